@@ -1,0 +1,327 @@
+//! [`CoreError`]: every failure of the controller, its kind, and the causes it wraps.
+
+use std::fmt;
+
+use cnm_ipam::IpamError;
+use cnm_sandbox::SandboxError;
+use cnm_types::ErrorKind;
+
+use crate::spi::DriverError;
+use crate::store::StoreError;
+
+/// Everything that can go wrong in the controller.
+///
+/// Each variant names what was done to which object; causes from the layers below (IPAM, kernel,
+/// driver, store) are kept as the `#[source]`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// A field of the caller's options was refused; nothing was changed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidOption {
+        /// The field (or option key) that was refused.
+        field: String,
+        /// The refused value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An option key nobody understands.
+    #[error("unknown option key {key:?} (value {value:?})")]
+    UnknownOption {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// No driver of that name is linked into this program.
+    #[error("driver {0:?} not found")]
+    DriverNotFound(String),
+    /// No IPAM driver of that name is configured.
+    #[error("ipam driver {0:?} not found")]
+    IpamDriverNotFound(String),
+    /// Two linked drivers registered the same name.
+    #[error("driver {0:?} is registered twice")]
+    DuplicateDriver(String),
+    /// A network of that name exists (or is being created).
+    #[error("network with name {0} already exists")]
+    NetworkExists(String),
+    /// Only one network of a singleton driver (null, host) may exist.
+    #[error("only one instance of {driver:?} network is allowed (network {existing} exists)")]
+    SingletonNetwork {
+        /// The driver.
+        driver: String,
+        /// The existing network's name.
+        existing: String,
+    },
+    /// An endpoint of that name exists in the network.
+    #[error("endpoint with name {name} already exists in network {network}")]
+    EndpointExists {
+        /// The network's name.
+        network: String,
+        /// The endpoint's name.
+        name: String,
+    },
+    /// A sandbox for that container exists.
+    #[error("sandbox for container {0} already exists")]
+    SandboxExists(String),
+    /// No object matches the name, id or id prefix.
+    #[error("{what} {key:?} not found")]
+    NotFound {
+        /// "network", "endpoint", "sandbox".
+        what: &'static str,
+        /// The name, id or prefix looked up.
+        key: String,
+    },
+    /// An id prefix matches more than one object.
+    #[error("{what} {prefix:?} is ambiguous: it matches {}", .matches.join(", "))]
+    Ambiguous {
+        /// "network", "endpoint", "sandbox".
+        what: &'static str,
+        /// The prefix.
+        prefix: String,
+        /// Every match, as `name (id)`.
+        matches: Vec<String>,
+    },
+    /// The network still has endpoints.
+    #[error("network {network} has active endpoints: {}", .endpoints.join(", "))]
+    NetworkInUse {
+        /// The network's name.
+        network: String,
+        /// The endpoints' names.
+        endpoints: Vec<String>,
+    },
+    /// The endpoint is joined to a sandbox already.
+    #[error("endpoint {endpoint} is already joined to sandbox {sandbox} (container {container})")]
+    AlreadyJoined {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The sandbox's short id.
+        sandbox: String,
+        /// The sandbox's container id.
+        container: String,
+    },
+    /// The endpoint is not joined to the sandbox named.
+    #[error("endpoint {endpoint} is not joined to sandbox {sandbox}")]
+    NotJoined {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The sandbox's short id (or container id).
+        sandbox: String,
+    },
+    /// The endpoint cannot be deleted while joined.
+    #[error("endpoint {endpoint} is still joined to sandbox {sandbox}; leave first")]
+    EndpointInUse {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The sandbox's short id.
+        sandbox: String,
+    },
+    /// The object was deleted while this handle was held.
+    #[error("{what} {name} was deleted")]
+    Deleted {
+        /// "network", "endpoint", "sandbox".
+        what: &'static str,
+        /// Its name or short id.
+        name: String,
+    },
+    /// A driver failed.
+    #[error("failed to {op} {object}: {source}")]
+    Driver {
+        /// What was being done.
+        op: &'static str,
+        /// To which object.
+        object: String,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
+    /// IPAM failed (pool overlap, address taken, address outside the pool, pool exhausted, …).
+    #[error("failed to {op} {object}: {source}")]
+    Ipam {
+        /// What was being done.
+        op: &'static str,
+        /// To which object.
+        object: String,
+        /// IPAM's error.
+        #[source]
+        source: IpamError,
+    },
+    /// The kernel layer failed.
+    #[error("failed to {op} {object}: {source}")]
+    Sandbox {
+        /// What was being done.
+        op: &'static str,
+        /// To which object.
+        object: String,
+        /// The kernel layer's error.
+        #[source]
+        source: SandboxError,
+    },
+    /// The store failed.
+    #[error("failed to {op} {key}: {source}")]
+    Store {
+        /// What was being done.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("failed to {op} record {key}: {source}")]
+    Record {
+        /// "encode" or "decode".
+        op: &'static str,
+        /// The record's key.
+        key: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A file operation failed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The task running an operation died (a panic in a driver, or the runtime shut down).
+    #[error("operation {op} on {object} did not complete: {reason}")]
+    Aborted {
+        /// What was being done.
+        op: &'static str,
+        /// To which object.
+        object: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operation failed and undoing its partial effects failed too: the first cause is the
+    /// source, every cleanup error is listed.
+    #[error("{source}; cleanup also failed: {}", CleanupList(.cleanup))]
+    Cleanup {
+        /// The first error, which made the operation fail.
+        #[source]
+        source: Box<CoreError>,
+        /// Every error met while undoing.
+        cleanup: Vec<CoreError>,
+    },
+}
+
+struct CleanupList<'a>(&'a [CoreError]);
+
+impl fmt::Display for CleanupList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl CoreError {
+    /// The kind of failure, independent of the variant.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidOption { .. } | Self::UnknownOption { .. } | Self::Ambiguous { .. } => {
+                ErrorKind::InvalidInput
+            }
+            Self::DriverNotFound(_) | Self::IpamDriverNotFound(_) | Self::NotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            Self::Deleted { .. } => ErrorKind::NotFound,
+            Self::DuplicateDriver(_) => ErrorKind::Internal,
+            Self::NetworkExists(_) | Self::EndpointExists { .. } | Self::SandboxExists(_) => {
+                ErrorKind::AlreadyExists
+            }
+            Self::SingletonNetwork { .. }
+            | Self::NetworkInUse { .. }
+            | Self::AlreadyJoined { .. }
+            | Self::NotJoined { .. }
+            | Self::EndpointInUse { .. } => ErrorKind::Conflict,
+            Self::Driver { source, .. } => source.kind(),
+            Self::Ipam { source, .. } => source.kind(),
+            Self::Sandbox { source, .. } => source.kind(),
+            Self::Store { source, .. } => source.kind(),
+            Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
+            Self::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            Self::Cleanup { source, .. } => source.kind(),
+        }
+    }
+
+    /// The error that made the operation fail, looking through [`CoreError::Cleanup`].
+    pub fn primary(&self) -> &CoreError {
+        match self {
+            Self::Cleanup { source, .. } => source.primary(),
+            other => other,
+        }
+    }
+
+    pub(crate) fn invalid(
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidOption {
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn driver(op: &'static str, object: impl Into<String>, source: DriverError) -> Self {
+        Self::Driver {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn ipam(op: &'static str, object: impl Into<String>, source: IpamError) -> Self {
+        Self::Ipam {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sandbox(
+        op: &'static str,
+        object: impl Into<String>,
+        source: SandboxError,
+    ) -> Self {
+        Self::Sandbox {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn store(op: &'static str, key: impl Into<String>, source: StoreError) -> Self {
+        Self::Store {
+            op,
+            key: key.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl fmt::Display, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The IPAM SPI: what the controller asks of an address manager, and its implementation for the
+//! default [`cnm_ipam::Ipam`].
+
+use std::fmt;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use cnm_ipam::{AddressRequest, IpamError, IpamState, Pool, PoolId, PoolRequest};
+use ipnet::IpNet;
+
+/// An address manager: pools (subnets) and the addresses in them.
+///
+/// Object-safe and async so a remote IPAM plugin can implement it too; the request and response
+/// types are the default IPAM's.
+#[async_trait]
+pub trait Ipam: Send + Sync + fmt::Debug {
+    /// The IPAM driver's name (`default` for the built-in one).
+    fn name(&self) -> &str;
+
+    /// Allocates a pool: the requested subnet, or a free default one avoiding `req.exclude`.
+    async fn request_pool(&self, req: &PoolRequest) -> Result<Pool, IpamError>;
+
+    /// Releases a pool and every address in it.
+    async fn release_pool(&self, pool: &PoolId) -> Result<(), IpamError>;
+
+    /// Allocates an address of a pool, returned with the pool's prefix length.
+    async fn request_address(&self, pool: &PoolId, req: AddressRequest)
+    -> Result<IpNet, IpamError>;
+
+    /// Releases an address.
+    async fn release_address(&self, pool: &PoolId, addr: IpAddr) -> Result<(), IpamError>;
+
+    /// The state to persist, if this IPAM keeps its state in the controller's store (the default
+    /// IPAM does; a remote plugin keeps its own and answers `None`).
+    async fn snapshot(&self) -> Option<IpamState> {
+        None
+    }
+}
+
+#[async_trait]
+impl Ipam for cnm_ipam::Ipam {
+    fn name(&self) -> &str {
+        "default"
+    }
+
+    async fn request_pool(&self, req: &PoolRequest) -> Result<Pool, IpamError> {
+        cnm_ipam::Ipam::request_pool(self, req)
+    }
+
+    async fn release_pool(&self, pool: &PoolId) -> Result<(), IpamError> {
+        cnm_ipam::Ipam::release_pool(self, pool)
+    }
+
+    async fn request_address(
+        &self,
+        pool: &PoolId,
+        req: AddressRequest,
+    ) -> Result<IpNet, IpamError> {
+        cnm_ipam::Ipam::request_address(self, pool, req)
+    }
+
+    async fn release_address(&self, pool: &PoolId, addr: IpAddr) -> Result<(), IpamError> {
+        cnm_ipam::Ipam::release_address(self, pool, addr)
+    }
+
+    async fn snapshot(&self) -> Option<IpamState> {
+        Some(cnm_ipam::Ipam::snapshot(self))
+    }
+}

@@ -1,0 +1,566 @@
+//! Network options: IPAM pools per family, IPv4/IPv6 switches, internal, labels, driver options.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{parse_bool, parse_ip, parse_subnet};
+use crate::CoreError;
+use crate::spi::DriverOptions;
+
+/// Docker's option key that turns IPv6 on.
+pub const KEY_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+/// Docker's option key that turns IPv4 off (IPv6-only networks).
+pub const KEY_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
+/// Docker's option key that makes a network internal.
+pub const KEY_INTERNAL: &str = "com.docker.network.internal";
+
+/// Option key prefixes that belong to drivers: core passes them on and the driver validates them.
+const DRIVER_KEY_PREFIXES: &[&str] = &[
+    "com.docker.network.bridge.",
+    "com.docker.network.driver.",
+    "com.docker.network.container_iface_prefix",
+];
+/// The namespace of Docker's well-known keys; a key in it that nobody knows is refused.
+const DOCKER_KEY_PREFIX: &str = "com.docker.network.";
+
+/// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
+/// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    subnet: IpNet,
+    ip_range: Option<IpNet>,
+    gateway: Option<IpAddr>,
+    aux_addresses: BTreeMap<String, IpAddr>,
+}
+
+impl PoolConfig {
+    /// A pool for `subnet`; host bits are cleared (`10.1.0.7/24` means `10.1.0.0/24`).
+    pub fn new(subnet: IpNet) -> Self {
+        Self {
+            subnet: subnet.trunc(),
+            ip_range: None,
+            gateway: None,
+            aux_addresses: BTreeMap::new(),
+        }
+    }
+
+    /// Restricts dynamic allocation to `range`, which must lie inside the subnet.
+    pub fn with_ip_range(mut self, range: IpNet) -> Result<Self, CoreError> {
+        let range = range.trunc();
+        if !self.subnet.contains(&range) {
+            return Err(CoreError::invalid(
+                "ip-range",
+                range,
+                format!("it is not inside subnet {}", self.subnet),
+            ));
+        }
+        self.ip_range = Some(range);
+        Ok(self)
+    }
+
+    /// Sets the gateway, which must lie inside the subnet.
+    pub fn with_gateway(mut self, gateway: IpAddr) -> Result<Self, CoreError> {
+        if !self.subnet.contains(&gateway) {
+            return Err(CoreError::invalid(
+                "gateway",
+                gateway,
+                format!("it is not inside subnet {}", self.subnet),
+            ));
+        }
+        self.gateway = Some(gateway);
+        Ok(self)
+    }
+
+    /// Reserves an auxiliary address for the driver, which must lie inside the subnet.
+    pub fn with_aux_address(
+        mut self,
+        name: impl Into<String>,
+        ip: IpAddr,
+    ) -> Result<Self, CoreError> {
+        let name = name.into();
+        if !self.subnet.contains(&ip) {
+            return Err(CoreError::invalid(
+                format!("auxiliary address {name}"),
+                ip,
+                format!("it is not inside subnet {}", self.subnet),
+            ));
+        }
+        self.aux_addresses.insert(name, ip);
+        Ok(self)
+    }
+
+    /// The subnet.
+    pub fn subnet(&self) -> IpNet {
+        self.subnet
+    }
+
+    /// The dynamic range, if restricted.
+    pub fn ip_range(&self) -> Option<IpNet> {
+        self.ip_range
+    }
+
+    /// The gateway, if given.
+    pub fn gateway(&self) -> Option<IpAddr> {
+        self.gateway
+    }
+
+    /// The auxiliary addresses, by name.
+    pub fn aux_addresses(&self) -> &BTreeMap<String, IpAddr> {
+        &self.aux_addresses
+    }
+
+    /// Whether this is an IPv6 pool.
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.subnet, IpNet::V6(_))
+    }
+}
+
+/// The typed options of a network. `Default` is Docker's: IPv4 on with a pool from the default
+/// address pools, IPv6 off, not internal, the default IPAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetworkOptions {
+    /// Explicit pools, of either family (the family is the subnet's). None: IPAM picks one per
+    /// enabled family.
+    pub pools: Vec<PoolConfig>,
+    /// Whether the network has IPv4 (off for an IPv6-only network).
+    pub enable_ipv4: bool,
+    /// Whether the network has IPv6.
+    pub enable_ipv6: bool,
+    /// An internal network has no route off its own subnet and never gives a default gateway.
+    pub internal: bool,
+    /// User labels, kept and shown, never interpreted.
+    pub labels: BTreeMap<String, String>,
+    /// Driver options, validated by the driver.
+    pub driver_options: DriverOptions,
+    /// The IPAM driver's name; `None` or `"default"` for the built-in one.
+    pub ipam_driver: Option<String>,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        Self {
+            pools: Vec::new(),
+            enable_ipv4: true,
+            enable_ipv6: false,
+            internal: false,
+            labels: BTreeMap::new(),
+            driver_options: DriverOptions::new(),
+            ipam_driver: None,
+        }
+    }
+}
+
+impl NetworkOptions {
+    /// Adds a pool.
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// Adds a pool for `subnet` with nothing reserved.
+    pub fn subnet(self, subnet: IpNet) -> Self {
+        self.pool(PoolConfig::new(subnet))
+    }
+
+    /// Turns IPv6 on or off.
+    pub fn enable_ipv6(mut self, on: bool) -> Self {
+        self.enable_ipv6 = on;
+        self
+    }
+
+    /// Turns IPv4 on or off.
+    pub fn enable_ipv4(mut self, on: bool) -> Self {
+        self.enable_ipv4 = on;
+        self
+    }
+
+    /// Makes the network internal.
+    pub fn internal(mut self, on: bool) -> Self {
+        self.internal = on;
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a driver option.
+    pub fn driver_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.driver_options.insert(key.into(), value.into());
+        self
+    }
+
+    /// The pools of one family.
+    pub fn pools_v4(&self) -> impl Iterator<Item = &PoolConfig> {
+        self.pools.iter().filter(|p| !p.is_ipv6())
+    }
+
+    /// The IPv6 pools.
+    pub fn pools_v6(&self) -> impl Iterator<Item = &PoolConfig> {
+        self.pools.iter().filter(|p| p.is_ipv6())
+    }
+
+    /// Checks what the public fields can get wrong together: pools of a disabled family, no family
+    /// at all, overlapping pools, an IPAM driver name that is empty.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if !self.enable_ipv4 && !self.enable_ipv6 {
+            return Err(CoreError::invalid(
+                "enable_ipv4",
+                false,
+                "a network needs IPv4 or IPv6 (enable_ipv6 is false too)",
+            ));
+        }
+        for pool in &self.pools {
+            if pool.is_ipv6() && !self.enable_ipv6 {
+                return Err(CoreError::invalid(
+                    "subnet",
+                    pool.subnet,
+                    "an IPv6 subnet needs enable_ipv6",
+                ));
+            }
+            if !pool.is_ipv6() && !self.enable_ipv4 {
+                return Err(CoreError::invalid(
+                    "subnet",
+                    pool.subnet,
+                    "an IPv4 subnet on a network with IPv4 disabled",
+                ));
+            }
+        }
+        for (i, a) in self.pools.iter().enumerate() {
+            for b in &self.pools[i + 1..] {
+                if a.subnet.contains(&b.subnet) || b.subnet.contains(&a.subnet) {
+                    return Err(CoreError::invalid(
+                        "subnet",
+                        b.subnet,
+                        format!("it overlaps subnet {} of the same network", a.subnet),
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &self.ipam_driver
+            && name.is_empty()
+        {
+            return Err(CoreError::invalid("ipam driver", name, "it is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// One entry of Docker's `IPAM.Config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RawIpamConfig {
+    /// `10.1.0.0/24`.
+    pub subnet: String,
+    /// `10.1.0.128/25` (optional).
+    #[serde(rename = "IPRange")]
+    pub ip_range: String,
+    /// `10.1.0.1` (optional).
+    pub gateway: String,
+    /// Name → address, reserved for the driver.
+    pub auxiliary_addresses: BTreeMap<String, String>,
+}
+
+/// Docker's `IPAM` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RawIpam {
+    /// The IPAM driver (`default` or empty for the built-in).
+    pub driver: String,
+    /// The pools.
+    pub config: Vec<RawIpamConfig>,
+    /// IPAM driver options (none are understood by the built-in IPAM).
+    pub options: BTreeMap<String, String>,
+}
+
+/// Network options as Docker's `POST /networks/create` body carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RawNetworkOptions {
+    /// Pools and the IPAM driver.
+    #[serde(rename = "IPAM")]
+    pub ipam: RawIpam,
+    /// Generic and driver options (`com.docker.network.*` and the driver's own keys).
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Internal network.
+    pub internal: Option<bool>,
+    /// IPv6 on.
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: Option<bool>,
+    /// IPv4 on (false for IPv6-only).
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: Option<bool>,
+}
+
+/// A boolean that may come both as a field and as an option key; they must agree.
+fn merge_flag(
+    field: &str,
+    from_field: Option<bool>,
+    key: &str,
+    options: &mut BTreeMap<String, String>,
+    default: bool,
+) -> Result<bool, CoreError> {
+    let from_key = options
+        .remove(key)
+        .map(|v| parse_bool(key, &v))
+        .transpose()?;
+    match (from_field, from_key) {
+        (Some(a), Some(b)) if a != b => Err(CoreError::invalid(
+            field,
+            a,
+            format!("it contradicts option {key}={b}"),
+        )),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) => Ok(default),
+    }
+}
+
+impl TryFrom<RawNetworkOptions> for NetworkOptions {
+    type Error = CoreError;
+
+    fn try_from(raw: RawNetworkOptions) -> Result<Self, CoreError> {
+        let mut options = raw.options;
+        let enable_ipv6 = merge_flag(
+            "EnableIPv6",
+            raw.enable_ipv6,
+            KEY_ENABLE_IPV6,
+            &mut options,
+            false,
+        )?;
+        let enable_ipv4 = merge_flag(
+            "EnableIPv4",
+            raw.enable_ipv4,
+            KEY_ENABLE_IPV4,
+            &mut options,
+            true,
+        )?;
+        let internal = merge_flag("Internal", raw.internal, KEY_INTERNAL, &mut options, false)?;
+        let mut driver_options = DriverOptions::new();
+        for (key, value) in options {
+            let for_driver = DRIVER_KEY_PREFIXES.iter().any(|p| key.starts_with(p));
+            if key.starts_with(DOCKER_KEY_PREFIX) && !for_driver {
+                return Err(CoreError::UnknownOption { key, value });
+            }
+            driver_options.insert(key, value);
+        }
+        if let Some((key, value)) = raw.ipam.options.into_iter().next() {
+            return Err(CoreError::UnknownOption {
+                key: format!("IPAM.Options.{key}"),
+                value,
+            });
+        }
+        let mut pools = Vec::new();
+        for config in raw.ipam.config {
+            pools.push(pool_from_raw(config)?);
+        }
+        let ipam_driver = match raw.ipam.driver.as_str() {
+            "" => None,
+            name => Some(name.to_owned()),
+        };
+        let typed = NetworkOptions {
+            pools,
+            enable_ipv4,
+            enable_ipv6,
+            internal,
+            labels: raw.labels,
+            driver_options,
+            ipam_driver,
+        };
+        typed.validate()?;
+        Ok(typed)
+    }
+}
+
+fn pool_from_raw(raw: RawIpamConfig) -> Result<PoolConfig, CoreError> {
+    if raw.subnet.is_empty() {
+        let what = [("ip-range", &raw.ip_range), ("gateway", &raw.gateway)]
+            .into_iter()
+            .find(|(_, v)| !v.is_empty());
+        return match what {
+            Some((field, value)) => Err(CoreError::invalid(field, value, "it needs a subnet")),
+            None => Err(CoreError::invalid(
+                "subnet",
+                "",
+                "an IPAM config entry needs a subnet",
+            )),
+        };
+    }
+    let subnet = parse_subnet("subnet", &raw.subnet)?;
+    let mut pool = PoolConfig::new(subnet);
+    if !raw.ip_range.is_empty() {
+        let range = parse_subnet("ip-range", &raw.ip_range)?;
+        check_family("ip-range", &raw.ip_range, subnet, range.addr())?;
+        pool = pool.with_ip_range(range)?;
+    }
+    if !raw.gateway.is_empty() {
+        let gateway = parse_ip("gateway", &raw.gateway)?;
+        check_family("gateway", &raw.gateway, subnet, gateway)?;
+        pool = pool.with_gateway(gateway)?;
+    }
+    for (name, value) in raw.auxiliary_addresses {
+        let field = format!("auxiliary address {name}");
+        let ip = parse_ip(&field, &value)?;
+        check_family(&field, &value, subnet, ip)?;
+        pool = pool.with_aux_address(name, ip)?;
+    }
+    Ok(pool)
+}
+
+fn check_family(field: &str, value: &str, subnet: IpNet, ip: IpAddr) -> Result<(), CoreError> {
+    if matches!(subnet, IpNet::V6(_)) != ip.is_ipv6() {
+        return Err(CoreError::invalid(
+            field,
+            value,
+            format!("it is not of the family of subnet {subnet}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnm_types::ErrorKind;
+
+    fn raw(subnet: &str, range: &str, gateway: &str) -> RawNetworkOptions {
+        RawNetworkOptions {
+            ipam: RawIpam {
+                config: vec![RawIpamConfig {
+                    subnet: subnet.into(),
+                    ip_range: range.into(),
+                    gateway: gateway.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn refused(raw: RawNetworkOptions, needles: &[&str]) {
+        let e = NetworkOptions::try_from(raw).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        for n in needles {
+            assert!(e.to_string().contains(n), "{e:?} lacks {n}");
+        }
+    }
+
+    #[test]
+    fn docker_json_parses() {
+        let json = r#"{"IPAM":{"Driver":"default","Config":[{"Subnet":"10.7.0.0/16","IPRange":"10.7.1.0/24",
+            "Gateway":"10.7.0.1","AuxiliaryAddresses":{"router":"10.7.0.2"}},{"Subnet":"fd00:7::/64"}]},
+            "Options":{"com.docker.network.bridge.name":"br7","com.docker.network.driver.mtu":"1400",
+            "com.docker.network.enable_ipv6":"true"},"Labels":{"a":"b"},"Internal":true}"#;
+        let raw: RawNetworkOptions = serde_json::from_str(json).unwrap();
+        let opts = NetworkOptions::try_from(raw).unwrap();
+        assert!(opts.enable_ipv6 && opts.enable_ipv4 && opts.internal);
+        assert_eq!(opts.pools.len(), 2);
+        let p = &opts.pools[0];
+        assert_eq!(p.subnet().to_string(), "10.7.0.0/16");
+        assert_eq!(p.ip_range().unwrap().to_string(), "10.7.1.0/24");
+        assert_eq!(p.gateway().unwrap().to_string(), "10.7.0.1");
+        assert_eq!(p.aux_addresses()["router"].to_string(), "10.7.0.2");
+        assert!(opts.pools[1].is_ipv6());
+        assert_eq!(
+            opts.driver_options.len(),
+            2,
+            "driver keys are passed on, core keys consumed"
+        );
+        assert_eq!(opts.labels["a"], "b");
+        assert_eq!(opts.ipam_driver.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn docker_keys_mean_what_they_say() {
+        let mut r = RawNetworkOptions::default();
+        r.options.insert(KEY_INTERNAL.into(), "1".into());
+        r.options.insert(KEY_ENABLE_IPV4.into(), "false".into());
+        r.options.insert(KEY_ENABLE_IPV6.into(), "True".into());
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert!(o.internal && !o.enable_ipv4 && o.enable_ipv6 && o.driver_options.is_empty());
+    }
+
+    #[test]
+    fn bad_inputs_name_field_and_value() {
+        refused(raw("10.1.0.0/33", "", ""), &["subnet", "10.1.0.0/33"]);
+        refused(raw("banana", "", ""), &["subnet", "banana"]);
+        refused(
+            raw("10.1.0.0/24", "", "10.2.0.1"),
+            &["gateway", "10.2.0.1", "10.1.0.0/24"],
+        );
+        refused(
+            raw("10.1.0.0/24", "10.1.1.0/25", ""),
+            &["ip-range", "10.1.1.0/25"],
+        );
+        refused(raw("10.1.0.0/24", "", "fd00::1"), &["gateway", "fd00::1"]);
+        refused(
+            raw("10.1.0.0/24", "", "10.1.0.300"),
+            &["gateway", "10.1.0.300"],
+        );
+        refused(raw("", "", "10.1.0.1"), &["gateway", "10.1.0.1", "subnet"]);
+        refused(
+            raw("fd00::/64", "", ""),
+            &["subnet", "fd00::/64", "enable_ipv6"],
+        );
+
+        let mut r = raw("10.1.0.0/24", "", "");
+        r.ipam.config[0]
+            .auxiliary_addresses
+            .insert("x".into(), "10.9.0.1".into());
+        refused(r, &["auxiliary address x", "10.9.0.1"]);
+
+        let mut r = raw("10.1.0.0/16", "", "");
+        r.ipam.config.push(RawIpamConfig {
+            subnet: "10.1.5.0/24".into(),
+            ..Default::default()
+        });
+        refused(r, &["10.1.5.0/24", "overlaps", "10.1.0.0/16"]);
+
+        let mut r = RawNetworkOptions::default();
+        r.options
+            .insert("com.docker.network.frobnicate".into(), "7".into());
+        refused(r, &["com.docker.network.frobnicate", "7"]);
+
+        let mut r = RawNetworkOptions::default();
+        r.options.insert(KEY_ENABLE_IPV6.into(), "maybe".into());
+        refused(r, &[KEY_ENABLE_IPV6, "maybe"]);
+
+        let mut r = RawNetworkOptions {
+            enable_ipv6: Some(true),
+            ..Default::default()
+        };
+        r.options.insert(KEY_ENABLE_IPV6.into(), "false".into());
+        refused(r, &["EnableIPv6", KEY_ENABLE_IPV6]);
+
+        let r = RawNetworkOptions {
+            enable_ipv4: Some(false),
+            ..Default::default()
+        };
+        refused(r, &["enable_ipv4"]);
+
+        let mut r = RawNetworkOptions::default();
+        r.ipam.options.insert("foo".into(), "bar".into());
+        refused(r, &["foo", "bar"]);
+    }
+
+    #[test]
+    fn typed_builders_check_containment() {
+        let p = PoolConfig::new("10.1.0.9/24".parse().unwrap());
+        assert_eq!(p.subnet().to_string(), "10.1.0.0/24");
+        assert!(p.clone().with_gateway("10.1.0.1".parse().unwrap()).is_ok());
+        let e = p
+            .clone()
+            .with_gateway("10.1.1.1".parse().unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("10.1.1.1"));
+        assert!(p.with_ip_range("10.0.0.0/8".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The records written to the [`Store`](crate::store::Store): one versioned serde record per
+//! network, endpoint and sandbox, plus the IPAM state. A `schema` number in every record lets a
+//! later version read (and migrate) what an earlier one wrote.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use cnm_ipam::PoolId;
+use cnm_types::{IfName, MacAddress};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::options::{ExposedPort, JoinOptions};
+use crate::port::PortBinding;
+use crate::spi::DriverOptions;
+
+/// The schema version of the records this build writes.
+pub const SCHEMA: u32 = 1;
+
+/// The key of a network record.
+pub fn network_key(id: &str) -> String {
+    format!("network/{id}")
+}
+
+/// The key of an endpoint record.
+pub fn endpoint_key(network_id: &str, id: &str) -> String {
+    format!("endpoint/{network_id}/{id}")
+}
+
+/// The key of a sandbox record.
+pub fn sandbox_key(id: &str) -> String {
+    format!("sandbox/{id}")
+}
+
+/// The key of the default IPAM's state.
+pub const IPAM_KEY: &str = "ipam/default";
+
+/// One pool of a network as allocated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolAllocation {
+    /// IPAM's id of the pool.
+    pub pool_id: PoolId,
+    /// The subnet.
+    pub subnet: IpNet,
+    /// The gateway address allocated for the network (with the pool's prefix length).
+    pub gateway: Option<IpNet>,
+    /// Auxiliary addresses, by name.
+    pub aux_addresses: BTreeMap<String, IpAddr>,
+}
+
+/// A network as persisted under `network/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// [`SCHEMA`] at the time of writing.
+    pub schema: u32,
+    /// The id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The driver's name.
+    pub driver: String,
+    /// The IPAM driver's name.
+    pub ipam_driver: String,
+    /// IPv4 on.
+    pub enable_ipv4: bool,
+    /// IPv6 on.
+    pub enable_ipv6: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Driver options.
+    pub driver_options: DriverOptions,
+    /// IPv4 pools as allocated.
+    pub ipv4: Vec<PoolAllocation>,
+    /// IPv6 pools as allocated.
+    pub ipv6: Vec<PoolAllocation>,
+}
+
+/// An endpoint as persisted under `endpoint/<network id>/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// [`SCHEMA`] at the time of writing.
+    pub schema: u32,
+    /// The id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The network's id.
+    pub network_id: String,
+    /// The IPv4 address and the pool it came from.
+    pub ipv4: Option<(Ipv4Net, PoolId)>,
+    /// The IPv6 address and the pool it came from.
+    pub ipv6: Option<(Ipv6Net, PoolId)>,
+    /// The MAC.
+    pub mac: Option<MacAddress>,
+    /// DNS names.
+    pub dns_names: Vec<String>,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// Exposed ports.
+    pub exposed_ports: Vec<ExposedPort>,
+    /// Published ports as requested.
+    pub port_bindings: Vec<PortBinding>,
+    /// Driver options.
+    pub driver_options: DriverOptions,
+    /// The sandbox it is joined to.
+    pub sandbox_id: Option<String>,
+}
+
+/// One endpoint joined to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinedRecord {
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    /// Its network's id.
+    pub network_id: String,
+    /// The interface's name inside the sandbox (absent for the null driver).
+    pub ifname: Option<IfName>,
+    /// The gateway priority of the join.
+    pub gateway_priority: i32,
+}
+
+/// A sandbox as persisted under `sandbox/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// [`SCHEMA`] at the time of writing.
+    pub schema: u32,
+    /// The id.
+    pub id: String,
+    /// The container's id.
+    pub container_id: String,
+    /// The sandbox key: the netns bind mount.
+    pub key: PathBuf,
+    /// The sandbox's options (host name, DNS, …).
+    pub options: JoinOptions,
+    /// Joined endpoints, in join order.
+    pub endpoints: Vec<JoinedRecord>,
+    /// The endpoint giving the default route.
+    pub gateway_endpoint: Option<String>,
+}

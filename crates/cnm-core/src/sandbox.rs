@@ -1,0 +1,982 @@
+//! [`Sandbox`]: one container's network stack (a persisted network namespace, its hosts file and
+//! resolv.conf), and the join/leave flow that plugs endpoints into it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cnm_sandbox::{HostsFile, NetNs, Netlink, ResolvConf, RouteSpec};
+use cnm_types::IfName;
+use ipnet::IpNet;
+
+use crate::CoreError;
+use crate::controller::{ControllerInner, FALLBACK_NAMESERVERS, run_op};
+use crate::endpoint::{Endpoint, EndpointInner, EndpointState};
+use crate::gateway::{self, GatewayCandidate};
+use crate::id;
+use crate::options::{JoinOptions, check_dns_name};
+use crate::port::PortBinding;
+use crate::record::{self, JoinedRecord, SandboxRecord};
+use crate::spi::{JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, SandboxRef};
+use crate::store::{Expect, Txn};
+use crate::undo::{Errors, Undo};
+
+/// One endpoint joined to a sandbox.
+#[derive(Clone)]
+pub(crate) struct Joined {
+    pub(crate) ep: Arc<EndpointInner>,
+    /// The name the driver was asked to use (`ethN`).
+    requested: IfName,
+    /// `N` of `ethN`, when the join made an interface.
+    eth: Option<u32>,
+    /// The interface's final name and index inside the sandbox.
+    pub(crate) ifname: Option<IfName>,
+    index: Option<u32>,
+    /// The host-side name of an interface the controller moved in (to give it back on leave).
+    moved_from: Option<IfName>,
+    info: JoinInfo,
+    priority: i32,
+    /// Ports as published while this endpoint is the gateway endpoint.
+    published: Vec<PortBinding>,
+}
+
+impl Joined {
+    fn candidate(&self) -> GatewayCandidate {
+        GatewayCandidate {
+            endpoint_id: self.ep.id.clone(),
+            priority: self.priority,
+            no_gateway_service: self.ep.network.internal() || self.info.disable_gateway_service,
+            has_gateway: self.index.is_some()
+                && (self.info.gateway_v4.is_some() || self.info.gateway_v6.is_some()),
+            network_name: self.ep.network.name.clone(),
+        }
+    }
+
+    fn default_routes(&self) -> Vec<RouteSpec> {
+        let Some(index) = self.index else {
+            return Vec::new();
+        };
+        [
+            self.info.gateway_v4.map(IpAddr::V4),
+            self.info.gateway_v6.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|gw| RouteSpec::default_via(gw, Some(index)))
+        .collect()
+    }
+
+    fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v4 = self.ep.ipv4.as_ref().map(|(a, _)| IpAddr::V4(a.addr()));
+        let v6 = self.ep.ipv6.as_ref().map(|(a, _)| IpAddr::V6(a.addr()));
+        v4.into_iter().chain(v6)
+    }
+}
+
+pub(crate) struct SandboxState {
+    pub(crate) joined: Vec<Joined>,
+    /// The id of the endpoint giving the default route.
+    pub(crate) gateway: Option<String>,
+    pub(crate) deleted: bool,
+    /// The store version of the sandbox record.
+    pub(crate) version: u64,
+}
+
+pub(crate) struct SandboxInner {
+    pub(crate) id: String,
+    pub(crate) container_id: String,
+    /// The sandbox key: the netns bind mount.
+    pub(crate) key: PathBuf,
+    /// `run_dir/sandboxes/<id>`: hosts and resolv.conf.
+    pub(crate) dir: PathBuf,
+    pub(crate) ns: NetNs,
+    pub(crate) netlink: Netlink,
+    pub(crate) options: JoinOptions,
+    pub(crate) state: tokio::sync::Mutex<SandboxState>,
+}
+
+impl SandboxInner {
+    fn short(&self) -> &str {
+        id::short(&self.id)
+    }
+
+    fn sandbox_ref(&self) -> SandboxRef {
+        SandboxRef {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            ns: self.ns.clone(),
+            netlink: self.netlink.clone(),
+        }
+    }
+
+    fn hosts_path(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+
+    fn resolv_conf_path(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+
+    /// The names a container's addresses get in its hosts file: `host.domain host`.
+    fn host_names(&self) -> Vec<String> {
+        let host = match &self.options.hostname {
+            Some(h) => h.clone(),
+            None => id::short(&self.container_id).to_owned(),
+        };
+        if check_dns_name("hostname", &host).is_err() {
+            return Vec::new();
+        }
+        match &self.options.domainname {
+            Some(d) => vec![format!("{host}.{d}"), host],
+            None => vec![host],
+        }
+    }
+
+    fn hosts_file(&self, joined: &[Joined]) -> HostsFile {
+        let mut hosts = HostsFile::with_defaults();
+        for (name, ip) in &self.options.extra_hosts {
+            hosts.push(*ip, [name.clone()]);
+        }
+        let names = self.host_names();
+        if !names.is_empty() {
+            for j in joined {
+                for ip in j.addresses() {
+                    hosts.push(ip, names.clone());
+                }
+            }
+        }
+        hosts
+    }
+
+    fn write_hosts(&self, joined: &[Joined]) -> Result<(), CoreError> {
+        let path = self.hosts_path();
+        self.hosts_file(joined)
+            .write(&path)
+            .map_err(|e| CoreError::sandbox("write hosts file", path.display().to_string(), e))
+    }
+
+    fn record(&self, joined: &[Joined], gateway: Option<&str>) -> SandboxRecord {
+        SandboxRecord {
+            schema: record::SCHEMA,
+            id: self.id.clone(),
+            container_id: self.container_id.clone(),
+            key: self.key.clone(),
+            options: self.options.clone(),
+            endpoints: joined
+                .iter()
+                .map(|j| JoinedRecord {
+                    endpoint_id: j.ep.id.clone(),
+                    network_id: j.ep.network.id.clone(),
+                    ifname: j.ifname.clone(),
+                    gateway_priority: j.priority,
+                })
+                .collect(),
+            gateway_endpoint: gateway.map(str::to_owned),
+        }
+    }
+}
+
+/// The resolv.conf a container gets: the host's without loopback servers (or Docker's
+/// fallbacks), with the join's DNS options replacing the host's where given.
+pub(crate) fn container_resolv_conf(host: &ResolvConf, opts: &JoinOptions) -> ResolvConf {
+    let mut rc = ResolvConf::for_container(host, &FALLBACK_NAMESERVERS);
+    if !opts.dns_servers.is_empty() {
+        rc.nameservers = opts.dns_servers.clone();
+    }
+    if !opts.dns_search.is_empty() {
+        rc.search = opts.dns_search.clone();
+    }
+    if !opts.dns_options.is_empty() {
+        rc.options = opts.dns_options.clone();
+    }
+    rc
+}
+
+fn check_container_id(cid: &str) -> Result<(), CoreError> {
+    if cid.is_empty()
+        || cid.len() > 255
+        || cid
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(CoreError::invalid(
+            "container id",
+            cid,
+            "must be 1 to 255 characters without '/' or whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the sandbox of a container, or creates it. With `allow_existing` false an existing
+/// sandbox is an error. Returns whether this call created it.
+pub(crate) async fn find_or_create(
+    ctl: &Arc<ControllerInner>,
+    cid: &str,
+    opts: JoinOptions,
+    allow_existing: bool,
+) -> Result<(Arc<SandboxInner>, bool), CoreError> {
+    check_container_id(cid)?;
+    if !allow_existing && opts.gateway_priority != 0 {
+        return Err(CoreError::invalid(
+            "gateway priority",
+            opts.gateway_priority,
+            "it is a join option, not a sandbox option",
+        ));
+    }
+    loop {
+        let slot = ctl.containers.entry(cid.to_owned()).or_default().clone();
+        let mut guard = slot.lock().await;
+        // The slot may have been retired (sandbox deleted, creation failed) while we waited.
+        if !ctl
+            .containers
+            .get(cid)
+            .is_some_and(|s| Arc::ptr_eq(&s, &slot))
+        {
+            continue;
+        }
+        if let Some(sb) = guard.as_ref() {
+            if allow_existing {
+                return Ok((sb.clone(), false));
+            }
+            return Err(CoreError::SandboxExists(cid.to_owned()));
+        }
+        let cid_owned = cid.to_owned();
+        match run_op(
+            "create sandbox",
+            cid_owned.clone(),
+            create(ctl.clone(), cid_owned, opts.clone()),
+        )
+        .await
+        {
+            Ok(sb) => {
+                ctl.sandboxes.insert(sb.id.clone(), sb.clone());
+                *guard = Some(sb.clone());
+                return Ok((sb, true));
+            }
+            Err(e) => {
+                ctl.containers.remove_if(cid, |_, s| Arc::ptr_eq(s, &slot));
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn create(
+    ctl: Arc<ControllerInner>,
+    cid: String,
+    opts: JoinOptions,
+) -> Result<Arc<SandboxInner>, CoreError> {
+    let id = id::generate();
+    let short = id::short(&id).to_owned();
+    let key = ctl.run_dir.join("netns").join(&id);
+    let dir = ctl.run_dir.join("sandboxes").join(&id);
+    let mut undo = Undo::new();
+    let result = async {
+        let ns = NetNs::create(&key)
+            .await
+            .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
+        {
+            let key = key.clone();
+            undo.push("delete netns", move || async move {
+                NetNs::delete(&key)
+                    .await
+                    .map_err(|e| CoreError::sandbox("delete netns", key.display().to_string(), e))
+            });
+        }
+        let netlink = Netlink::connect(&ns)
+            .await
+            .map_err(|e| CoreError::sandbox("connect netlink in sandbox", &short, e))?;
+        netlink
+            .loopback_up()
+            .await
+            .map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
+        {
+            let dir = dir.clone();
+            undo.push("remove sandbox directory", move || async move {
+                tokio::fs::remove_dir_all(&dir)
+                    .await
+                    .map_err(|e| CoreError::io("remove directory", dir.display(), e))
+            });
+        }
+        let host = ctl.host_resolv_conf().await?;
+        let mut sb = SandboxInner {
+            id: id.clone(),
+            container_id: cid.clone(),
+            key: key.clone(),
+            dir: dir.clone(),
+            ns,
+            netlink,
+            options: opts,
+            state: tokio::sync::Mutex::new(SandboxState {
+                joined: Vec::new(),
+                gateway: None,
+                deleted: false,
+                version: 0,
+            }),
+        };
+        let rc_path = sb.resolv_conf_path();
+        container_resolv_conf(&host, &sb.options)
+            .write(&rc_path)
+            .map_err(|e| {
+                CoreError::sandbox("write resolv.conf", rc_path.display().to_string(), e)
+            })?;
+        sb.write_hosts(&[])?;
+        let rkey = record::sandbox_key(&id);
+        let bytes =
+            serde_json::to_vec(&sb.record(&[], None)).map_err(|source| CoreError::Record {
+                op: "encode",
+                key: rkey.clone(),
+                source,
+            })?;
+        let version = ctl
+            .store
+            .put(&rkey, bytes, Expect::Absent)
+            .await
+            .map_err(|e| CoreError::store("write", &rkey, e))?;
+        sb.state.get_mut().version = version;
+        Ok(Arc::new(sb))
+    }
+    .await;
+    let sb = undo.finish(result).await?;
+    tracing::info!(sandbox = %short, container = %cid, key = %key.display(), "sandbox created");
+    Ok(sb)
+}
+
+/// Writes the endpoint's and the sandbox's records in one transaction; returns the revision.
+#[allow(clippy::too_many_arguments)]
+async fn commit_join_state(
+    ctl: &ControllerInner,
+    sb: &SandboxInner,
+    joined: &[Joined],
+    gateway: Option<&str>,
+    sb_version: u64,
+    ep: &EndpointInner,
+    ep_version: u64,
+    sandbox_id: Option<&str>,
+) -> Result<u64, CoreError> {
+    let skey = record::sandbox_key(&sb.id);
+    let ekey = ep.key();
+    let txn = Txn::new()
+        .put_json(&ekey, &ep.record(sandbox_id), Expect::Version(ep_version))
+        .and_then(|t| {
+            t.put_json(
+                &skey,
+                &sb.record(joined, gateway),
+                Expect::Version(sb_version),
+            )
+        })
+        .map_err(|e| CoreError::store("encode", &skey, e))?;
+    ctl.store
+        .commit(txn)
+        .await
+        .map_err(|e| CoreError::store("write", format!("{ekey} and {skey}"), e))
+}
+
+async fn add_routes(
+    sb: &SandboxInner,
+    routes: &[RouteSpec],
+    what: &'static str,
+) -> Result<(), CoreError> {
+    for r in routes {
+        sb.netlink.add_route(r).await.map_err(|e| {
+            CoreError::sandbox(
+                what,
+                format!("{} in sandbox {}", r.destination, sb.short()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn del_routes(sb: &SandboxInner, routes: &[RouteSpec]) -> Result<(), CoreError> {
+    for r in routes {
+        sb.netlink.del_route(r).await.map_err(|e| {
+            CoreError::sandbox(
+                "delete route",
+                format!("{} in sandbox {}", r.destination, sb.short()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn program(j: &Joined) -> Result<Vec<PortBinding>, CoreError> {
+    let net = &j.ep.network;
+    net.driver
+        .program_external_connectivity(&net.id, &j.ep.id, &j.ep.options.port_bindings)
+        .await
+        .map_err(|e| CoreError::driver("publish ports of endpoint", &j.ep.name, e))
+}
+
+async fn revoke(j: &Joined) -> Result<(), CoreError> {
+    let net = &j.ep.network;
+    net.driver
+        .revoke_external_connectivity(&net.id, &j.ep.id)
+        .await
+        .map_err(|e| CoreError::driver("withdraw published ports of endpoint", &j.ep.name, e))
+}
+
+/// Moves the default route and the published ports from `old` (if it is still in `list`) to the
+/// endpoint libnetwork's order picks among `list`. Returns the new gateway endpoint's id.
+async fn switch_gateway(
+    sb: &Arc<SandboxInner>,
+    old: Option<Joined>,
+    list: &mut [Joined],
+    undo: &mut Undo,
+) -> Result<Option<String>, CoreError> {
+    let candidates: Vec<GatewayCandidate> = list.iter().map(Joined::candidate).collect();
+    let new_id = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
+    let old_id = old.as_ref().map(|j| j.ep.id.clone());
+    if new_id == old_id {
+        return Ok(new_id);
+    }
+    if let Some(old) = old {
+        revoke(&old).await?;
+        {
+            let old = old.clone();
+            undo.push("republish ports", move || async move {
+                program(&old).await.map(drop)
+            });
+        }
+        let routes = old.default_routes();
+        del_routes(sb, &routes).await?;
+        {
+            let sb = sb.clone();
+            undo.push("restore default route", move || async move {
+                add_routes(&sb, &routes, "restore default route").await
+            });
+        }
+        if let Some(j) = list.iter_mut().find(|j| j.ep.id == old.ep.id) {
+            j.published.clear();
+        }
+    }
+    if let Some(new_id) = &new_id {
+        let Some(j) = list.iter_mut().find(|j| &j.ep.id == new_id) else {
+            return Ok(None);
+        };
+        let routes = j.default_routes();
+        add_routes(sb, &routes, "add default route").await?;
+        {
+            let sb = sb.clone();
+            undo.push("delete default route", move || async move {
+                del_routes(&sb, &routes).await
+            });
+        }
+        j.published = program(j).await?;
+        let jc = j.clone();
+        undo.push("withdraw published ports", move || async move {
+            revoke(&jc).await
+        });
+    }
+    Ok(new_id)
+}
+
+/// Joins `ep` to `sb`: driver join, interface set-up, gateway choice, files, records. On failure
+/// every step is undone.
+pub(crate) async fn join(
+    ctl: &Arc<ControllerInner>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    priority: i32,
+) -> Result<(), CoreError> {
+    let mut st = sb.state.lock().await;
+    if st.deleted {
+        return Err(CoreError::Deleted {
+            what: "sandbox",
+            name: sb.short().to_owned(),
+        });
+    }
+    let mut epst = ep.state.lock().await;
+    if epst.deleted {
+        return Err(ep.deleted_error());
+    }
+    if let Some(other) = &epst.sandbox {
+        let container = ctl
+            .sandboxes
+            .get(other)
+            .map(|s| s.container_id.clone())
+            .unwrap_or_default();
+        return Err(CoreError::AlreadyJoined {
+            endpoint: ep.name.clone(),
+            sandbox: id::short(other).to_owned(),
+            container,
+        });
+    }
+    let n = gateway::pick_index(st.joined.iter().filter_map(|j| j.eth));
+    let requested = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
+    let net = ep.network.clone();
+    let request = JoinRequest {
+        network_id: net.id.clone(),
+        endpoint_id: ep.id.clone(),
+        sandbox: sb.sandbox_ref(),
+        ifname: requested.clone(),
+        ipv4: ep.ipv4.as_ref().map(|(a, _)| *a),
+        ipv6: ep.ipv6.as_ref().map(|(a, _)| *a),
+        mac: ep.mac,
+        options: ep.options.driver_options.clone(),
+    };
+    let mut undo = Undo::new();
+    let result = async {
+        let info = net
+            .driver
+            .join(&request)
+            .await
+            .map_err(|e| CoreError::driver("join endpoint", &ep.name, e))?;
+        {
+            let leave = LeaveRequest {
+                network_id: net.id.clone(),
+                endpoint_id: ep.id.clone(),
+                sandbox: sb.sandbox_ref(),
+                ifname: requested.clone(),
+            };
+            let (driver, name) = (net.driver.clone(), ep.name.clone());
+            undo.push("leave in driver", move || async move {
+                driver
+                    .leave(&leave)
+                    .await
+                    .map_err(|e| CoreError::driver("leave endpoint", name, e))
+            });
+        }
+        let (index, ifname, moved_from) = match &info.interface {
+            JoinedInterface::InSandbox { index } => {
+                let index = match index {
+                    Some(i) => *i,
+                    None => find_link(&sb.netlink, &requested, sb.short()).await?,
+                };
+                (Some(index), Some(requested.clone()), None)
+            }
+            JoinedInterface::MoveIn {
+                host_name,
+                name_prefix,
+            } => {
+                let name = match name_prefix {
+                    Some(p) => IfName::new(format!("{p}{n}")).map_err(|e| {
+                        CoreError::invalid("interface name prefix", p, e.to_string())
+                    })?,
+                    None => requested.clone(),
+                };
+                let host_index =
+                    find_link(&ctl.host_netlink, host_name, "the host namespace").await?;
+                ctl.host_netlink
+                    .move_to_netns(host_index, &sb.ns, Some(&name))
+                    .await
+                    .map_err(|e| {
+                        CoreError::sandbox(
+                            "move interface",
+                            format!("{host_name} into sandbox {}", sb.short()),
+                            e,
+                        )
+                    })?;
+                let index = find_link(&sb.netlink, &name, sb.short()).await?;
+                {
+                    let (sbc, host_ns, host_name) =
+                        (sb.clone(), ctl.host_ns.clone(), host_name.clone());
+                    undo.push("move interface back", move || async move {
+                        sbc.netlink
+                            .move_to_netns(index, &host_ns, Some(&host_name))
+                            .await
+                            .map_err(|e| {
+                                CoreError::sandbox(
+                                    "move interface back to the host as",
+                                    host_name.to_string(),
+                                    e,
+                                )
+                            })
+                    });
+                }
+                if let Some(mac) = ep.mac {
+                    sb.netlink
+                        .set_mac(index, mac)
+                        .await
+                        .map_err(|e| CoreError::sandbox("set MAC of", name.to_string(), e))?;
+                }
+                (Some(index), Some(name), Some(host_name.clone()))
+            }
+            JoinedInterface::None => (None, None, None),
+        };
+        if let (Some(index), Some(name)) = (index, &ifname) {
+            // Addresses and routes go with the interface when the driver's leave removes it.
+            let addrs = ep
+                .ipv4
+                .as_ref()
+                .map(|(a, _)| IpNet::V4(*a))
+                .into_iter()
+                .chain(ep.ipv6.as_ref().map(|(a, _)| IpNet::V6(*a)));
+            for addr in addrs {
+                sb.netlink.add_address(index, addr).await.map_err(|e| {
+                    CoreError::sandbox(
+                        "add address",
+                        format!("{addr} to {name} in sandbox {}", sb.short()),
+                        e,
+                    )
+                })?;
+            }
+            sb.netlink.set_up(index).await.map_err(|e| {
+                CoreError::sandbox("bring up", format!("{name} in sandbox {}", sb.short()), e)
+            })?;
+            let routes: Vec<RouteSpec> = info
+                .static_routes
+                .iter()
+                .map(|r| match r.next_hop {
+                    Some(gw) => RouteSpec::via(r.destination, gw, Some(index)),
+                    None => RouteSpec::on_link(r.destination, Some(index)),
+                })
+                .collect();
+            add_routes(sb, &routes, "add static route").await?;
+        }
+        let joined = Joined {
+            ep: ep.clone(),
+            requested: requested.clone(),
+            eth: ifname.as_ref().map(|_| n),
+            ifname,
+            index,
+            moved_from,
+            info,
+            priority,
+            published: Vec::new(),
+        };
+        let mut list = st.joined.clone();
+        list.push(joined);
+        let old_gw = st
+            .gateway
+            .as_ref()
+            .and_then(|g| st.joined.iter().find(|j| &j.ep.id == g))
+            .cloned();
+        let gw = switch_gateway(sb, old_gw, &mut list, &mut undo).await?;
+        sb.write_hosts(&list)?;
+        {
+            let (sbc, old) = (sb.clone(), st.joined.clone());
+            undo.push("restore hosts file", move || async move {
+                sbc.write_hosts(&old)
+            });
+        }
+        let revision = commit_join_state(
+            ctl,
+            sb,
+            &list,
+            gw.as_deref(),
+            st.version,
+            ep,
+            epst.version,
+            Some(&sb.id),
+        )
+        .await?;
+        Ok((list, gw, revision))
+    }
+    .await;
+    let (list, gw, revision) = undo.finish(result).await?;
+    tracing::info!(
+        endpoint = id::short(&ep.id),
+        sandbox = sb.short(),
+        ifname = list
+            .last()
+            .and_then(|j| j.ifname.as_ref())
+            .map(IfName::as_str)
+            .unwrap_or("-"),
+        gateway = gw.as_deref().map(id::short).unwrap_or("-"),
+        "joined"
+    );
+    st.joined = list;
+    st.gateway = gw;
+    st.version = revision;
+    epst.sandbox = Some(sb.id.clone());
+    epst.version = revision;
+    Ok(())
+}
+
+async fn find_link(netlink: &Netlink, name: &IfName, where_: &str) -> Result<u32, CoreError> {
+    netlink
+        .link(name.as_str())
+        .await
+        .map_err(|e| CoreError::sandbox("look up interface", format!("{name} in {where_}"), e))?
+        .map(|l| l.index)
+        .ok_or_else(|| CoreError::NotFound {
+            what: "interface",
+            key: format!("{name} in {where_}"),
+        })
+}
+
+/// Leaves `ep` from `sb`.
+pub(crate) async fn leave(
+    ctl: &Arc<ControllerInner>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+) -> Result<(), CoreError> {
+    let mut st = sb.state.lock().await;
+    if st.deleted {
+        return Err(CoreError::Deleted {
+            what: "sandbox",
+            name: sb.short().to_owned(),
+        });
+    }
+    let mut epst = ep.state.lock().await;
+    if epst.sandbox.as_deref() != Some(sb.id.as_str()) {
+        return Err(CoreError::NotJoined {
+            endpoint: ep.name.clone(),
+            sandbox: sb.short().to_owned(),
+        });
+    }
+    leave_locked(ctl, sb, &mut st, ep, &mut epst).await
+}
+
+/// Best effort: every step runs even if an earlier one failed; the endpoint ends up detached and
+/// every failure is reported.
+async fn leave_locked(
+    ctl: &Arc<ControllerInner>,
+    sb: &Arc<SandboxInner>,
+    st: &mut SandboxState,
+    ep: &Arc<EndpointInner>,
+    epst: &mut EndpointState,
+) -> Result<(), CoreError> {
+    let Some(pos) = st.joined.iter().position(|j| j.ep.id == ep.id) else {
+        return Err(CoreError::NotJoined {
+            endpoint: ep.name.clone(),
+            sandbox: sb.short().to_owned(),
+        });
+    };
+    let j = st.joined.remove(pos);
+    let mut errors = Errors::default();
+    let was_gateway = st.gateway.as_deref() == Some(ep.id.as_str());
+    if was_gateway {
+        errors.check(revoke(&j).await);
+        st.gateway = None;
+    }
+    if let (Some(index), Some(host_name)) = (j.index, &j.moved_from) {
+        errors.check(
+            sb.netlink
+                .move_to_netns(index, &ctl.host_ns, Some(host_name))
+                .await
+                .map_err(|e| {
+                    CoreError::sandbox(
+                        "move interface back to the host as",
+                        host_name.to_string(),
+                        e,
+                    )
+                }),
+        );
+    }
+    let net = &ep.network;
+    let request = LeaveRequest {
+        network_id: net.id.clone(),
+        endpoint_id: ep.id.clone(),
+        sandbox: sb.sandbox_ref(),
+        ifname: j.requested.clone(),
+    };
+    errors.check(
+        net.driver
+            .leave(&request)
+            .await
+            .map_err(|e| CoreError::driver("leave endpoint", &ep.name, e)),
+    );
+    let old_gw = st
+        .gateway
+        .as_ref()
+        .and_then(|g| st.joined.iter().find(|x| &x.ep.id == g))
+        .cloned();
+    // A leave is not rolled back: the inverses are dropped unrun.
+    let mut undo = Undo::new();
+    if let Some(gw) = errors.check(switch_gateway(sb, old_gw, &mut st.joined, &mut undo).await) {
+        st.gateway = gw;
+    }
+    errors.check(sb.write_hosts(&st.joined));
+    let committed = commit_join_state(
+        ctl,
+        sb,
+        &st.joined,
+        st.gateway.as_deref(),
+        st.version,
+        ep,
+        epst.version,
+        None,
+    )
+    .await;
+    if let Some(revision) = errors.check(committed) {
+        st.version = revision;
+        epst.version = revision;
+    }
+    epst.sandbox = None;
+    tracing::info!(endpoint = id::short(&ep.id), sandbox = sb.short(), "left");
+    errors.into_result()
+}
+
+/// Deletes a sandbox: leaves every endpoint (newest first), removes the namespace and files.
+pub(crate) async fn delete(
+    ctl: Arc<ControllerInner>,
+    sb: Arc<SandboxInner>,
+) -> Result<(), CoreError> {
+    let slot = ctl.containers.get(&sb.container_id).map(|s| s.clone());
+    let mut slot_guard = match &slot {
+        Some(s) => Some(s.lock().await),
+        None => None,
+    };
+    let mut st = sb.state.lock().await;
+    if st.deleted {
+        return Err(CoreError::Deleted {
+            what: "sandbox",
+            name: sb.short().to_owned(),
+        });
+    }
+    let mut errors = Errors::default();
+    for j in st.joined.clone().iter().rev() {
+        let mut epst = j.ep.state.lock().await;
+        errors.check(leave_locked(&ctl, &sb, &mut st, &j.ep, &mut epst).await);
+    }
+    errors.check(
+        NetNs::delete(&sb.key)
+            .await
+            .map_err(|e| CoreError::sandbox("delete netns", sb.key.display().to_string(), e)),
+    );
+    match tokio::fs::remove_dir_all(&sb.dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            errors.check::<()>(Err(CoreError::io("remove directory", sb.dir.display(), e)));
+        }
+        _ => {}
+    }
+    let key = record::sandbox_key(&sb.id);
+    errors.check(
+        ctl.store
+            .delete(&key, Expect::Version(st.version))
+            .await
+            .map_err(|e| CoreError::store("delete", &key, e)),
+    );
+    st.deleted = true;
+    ctl.sandboxes.remove(&sb.id);
+    if let (Some(slot), Some(guard)) = (&slot, slot_guard.as_mut())
+        && guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sb))
+    {
+        **guard = None;
+        ctl.containers
+            .remove_if(&sb.container_id, |_, s| Arc::ptr_eq(s, slot));
+    }
+    tracing::info!(sandbox = sb.short(), container = %sb.container_id, "sandbox deleted");
+    errors.into_result()
+}
+
+/// A container's sandbox. Cheap to clone; a handle to the controller's state.
+#[derive(Clone)]
+pub struct Sandbox {
+    ctl: Arc<ControllerInner>,
+    inner: Arc<SandboxInner>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.inner.short())
+            .field("container_id", &self.inner.container_id)
+            .field("key", &self.inner.key)
+            .finish()
+    }
+}
+
+impl Sandbox {
+    pub(crate) fn new(ctl: Arc<ControllerInner>, inner: Arc<SandboxInner>) -> Self {
+        Self { ctl, inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<SandboxInner> {
+        &self.inner
+    }
+
+    pub(crate) fn by_container(ctl: &Arc<ControllerInner>, cid: &str) -> Result<Self, CoreError> {
+        ctl.sandboxes
+            .iter()
+            .find(|s| s.container_id == cid)
+            .map(|s| Self::new(ctl.clone(), s.value().clone()))
+            .ok_or_else(|| CoreError::NotFound {
+                what: "sandbox",
+                key: cid.to_owned(),
+            })
+    }
+
+    /// The 64-hex-character id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The container's id.
+    pub fn container_id(&self) -> &str {
+        &self.inner.container_id
+    }
+
+    /// The sandbox key: the path of the persisted network namespace.
+    pub fn key(&self) -> &Path {
+        &self.inner.key
+    }
+
+    /// The network namespace.
+    pub fn netns(&self) -> &NetNs {
+        &self.inner.ns
+    }
+
+    /// A netlink handle inside the namespace.
+    pub fn netlink(&self) -> &Netlink {
+        &self.inner.netlink
+    }
+
+    /// The container's hosts file.
+    pub fn hosts_path(&self) -> PathBuf {
+        self.inner.hosts_path()
+    }
+
+    /// The container's resolv.conf.
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        self.inner.resolv_conf_path()
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> &JoinOptions {
+        &self.inner.options
+    }
+
+    /// The joined endpoints with their interface names, in join order.
+    pub async fn endpoints(&self) -> Vec<(Endpoint, Option<IfName>)> {
+        let st = self.inner.state.lock().await;
+        st.joined
+            .iter()
+            .map(|j| {
+                (
+                    Endpoint::new(self.ctl.clone(), j.ep.clone()),
+                    j.ifname.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The endpoint giving the default route, if any.
+    pub async fn gateway_endpoint(&self) -> Option<Endpoint> {
+        let st = self.inner.state.lock().await;
+        let gw = st.gateway.as_ref()?;
+        st.joined
+            .iter()
+            .find(|j| &j.ep.id == gw)
+            .map(|j| Endpoint::new(self.ctl.clone(), j.ep.clone()))
+    }
+
+    /// The ports published for the gateway endpoint, as the driver made them.
+    pub async fn published_ports(&self) -> Vec<PortBinding> {
+        let st = self.inner.state.lock().await;
+        st.joined
+            .iter()
+            .flat_map(|j| j.published.iter().copied())
+            .collect()
+    }
+
+    /// Leaves every endpoint, then removes the namespace, the files and the record.
+    pub async fn delete(&self) -> Result<(), CoreError> {
+        let (ctl, sb) = (self.ctl.clone(), self.inner.clone());
+        run_op(
+            "delete sandbox",
+            self.inner.short().to_owned(),
+            delete(ctl, sb),
+        )
+        .await
+    }
+}

@@ -1,0 +1,154 @@
+//! The bridge driver's view of `cnm-firewall`: one firewall per driver (host namespace),
+//! created on first use, shared by every network and endpoint of the driver.
+
+use std::net::IpAddr;
+
+use cnm_core::port::Protocol;
+use cnm_firewall::{
+    Firewall, FirewallError, GatewayMode as FwMode, NetworkRules, PortMapping, Proto,
+};
+use cnm_sandbox::NetNs;
+
+use crate::options::GatewayMode;
+use crate::{BridgeError, BridgePlan};
+
+/// One DNAT mapping of a published port range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub proto: Protocol,
+    /// The host address; unspecified for every address of the container address's family.
+    pub host_ip: IpAddr,
+    pub host_ports: (u16, u16),
+    pub container_ip: IpAddr,
+    pub container_ports: (u16, u16),
+}
+
+impl Mapping {
+    fn to_rule(&self) -> PortMapping {
+        PortMapping {
+            proto: match self.proto {
+                Protocol::Tcp => Proto::Tcp,
+                Protocol::Udp => Proto::Udp,
+                Protocol::Sctp => Proto::Sctp,
+            },
+            host_ip: (!self.host_ip.is_unspecified()).then_some(self.host_ip),
+            host_ports: self.host_ports,
+            container_ip: self.container_ip,
+            container_ports: self.container_ports,
+        }
+    }
+}
+
+fn fw_err(
+    op: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(FirewallError) -> BridgeError {
+    let object = object.into();
+    move |e| BridgeError::firewall(op, object, e.kind(), e)
+}
+
+/// A shared handle on the driver's firewall (cheap to clone).
+#[derive(Debug, Clone)]
+pub(crate) struct FirewallHandle {
+    fw: Firewall,
+}
+
+impl FirewallHandle {
+    pub(crate) async fn new(ns: &NetNs) -> Result<Self, BridgeError> {
+        let fw = Firewall::new(ns)
+            .await
+            .map_err(fw_err("set up the firewall", ns.to_string()))?;
+        Ok(Self { fw })
+    }
+
+    pub(crate) fn transactions(&self) -> u64 {
+        self.fw.transactions()
+    }
+
+    /// Installs the network's rules, then makes sure a FORWARD DROP policy of iptables (Docker's)
+    /// lets cnm's forwarded traffic through.
+    pub(crate) async fn add_network(&self, plan: &BridgePlan) -> Result<(), BridgeError> {
+        // The firewall has one mode per network; IPv4's decides unless the network has none.
+        let mode = if plan.ipv4 {
+            plan.gateway_mode_v4
+        } else {
+            plan.gateway_mode_v6
+        };
+        let rules = NetworkRules {
+            id: plan.network_id.clone(),
+            bridge: plan.bridge.clone(),
+            subnets_v4: plan.subnets_v4.clone(),
+            subnets_v6: plan.subnets_v6.clone(),
+            icc: plan.icc,
+            masquerade: plan.masquerade,
+            internal: plan.internal,
+            gateway_mode: match mode {
+                GatewayMode::Nat => FwMode::Nat,
+                GatewayMode::Routed => FwMode::Routed,
+            },
+        };
+        let object = format!("network {}", plan.network_id);
+        self.fw
+            .add_network(&rules)
+            .await
+            .map_err(fw_err("add firewall rules", &object))?;
+        if let Err(e) = self.fw.ensure_iptables_compat().await {
+            let err = fw_err("add the iptables FORWARD rule", &object)(e);
+            if let Err(cleanup) = self.remove_network(&plan.network_id).await {
+                return Err(err.with_cleanup(vec![cleanup]));
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn remove_network(&self, network_id: &str) -> Result<(), BridgeError> {
+        self.fw.remove_network(network_id).await.map_err(fw_err(
+            "remove firewall rules",
+            format!("network {network_id}"),
+        ))
+    }
+
+    pub(crate) async fn add_port_mappings(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        mappings: &[Mapping],
+    ) -> Result<(), BridgeError> {
+        let rules: Vec<PortMapping> = mappings.iter().map(Mapping::to_rule).collect();
+        self.fw
+            .add_port_mappings(network_id, endpoint_id, &rules)
+            .await
+            .map_err(fw_err(
+                "add port mappings",
+                format!("endpoint {endpoint_id}"),
+            ))
+    }
+
+    pub(crate) async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), BridgeError> {
+        self.fw
+            .remove_port_mappings(endpoint_id)
+            .await
+            .map_err(fw_err(
+                "remove port mappings",
+                format!("endpoint {endpoint_id}"),
+            ))
+    }
+
+    /// Deletes conntrack entries towards the mappings' host ports, so flows that predate the
+    /// mapping (or went to a previous container) follow the new DNAT at once.
+    pub(crate) async fn flush_conntrack(&self, mappings: &[Mapping]) -> Result<(), BridgeError> {
+        for m in mappings {
+            let rule = m.to_rule();
+            for port in m.host_ports.0..=m.host_ports.1 {
+                cnm_firewall::flush_conntrack(self.fw.netns(), rule.proto, port, rule.host_ip)
+                    .await
+                    .map_err(fw_err(
+                        "flush conntrack entries",
+                        format!("{}/{port}", rule.proto),
+                    ))?;
+            }
+        }
+        Ok(())
+    }
+}

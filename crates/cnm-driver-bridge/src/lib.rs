@@ -1,0 +1,763 @@
+//! The bridge network driver: one Linux bridge per network, a veth per endpoint, NAT, isolation
+//! and published ports, as Docker's `bridge` driver.
+//!
+//! **Owns**
+//! - parsing the bridge options (Docker's keys) into [`BridgeOptions`] and planning a network
+//!   ([`BridgePlan`]) before anything is created;
+//! - the bridge link (name, pinned MAC, MTU, gateway addresses, its sysctls), forwarding in the host
+//!   namespace, and the veth pair of each endpoint, whose container end is born inside the sandbox
+//!   with its final name;
+//! - host port reservations (real sockets bound in the host namespace, held while published);
+//! - asking `cnm-firewall` for the network's rules and the endpoint's port mappings.
+//!
+//! **Does not**
+//! - render or apply nftables rules itself (`cnm-firewall` does);
+//! - put addresses or routes inside the sandbox, or pick its default gateway (the controller does,
+//!   from the [`JoinInfo`] it gets back);
+//! - persist anything: the controller owns the records.
+//!
+//! Every operation plans first (pure, all validation), then applies its effects with an undo list,
+//! so a failure at any step leaves nothing behind.
+//!
+//! ```
+//! use cnm_driver_bridge::{BridgeOptions, BridgePlan};
+//! use cnm_core::spi::{DriverOptions, IpamData, NetworkSpec};
+//!
+//! let mut raw = DriverOptions::new();
+//! raw.insert("com.docker.network.driver.mtu".into(), "1400".into());
+//! let opts = BridgeOptions::try_from(&raw).unwrap();
+//! let mut spec = NetworkSpec::new("3f2a9c0d1e2b4a5c", "net1");
+//! spec.ipv4.push(IpamData {
+//!     pool: "172.18.0.0/16".parse().unwrap(),
+//!     gateway: Some("172.18.0.1/16".parse().unwrap()),
+//!     aux_addresses: Default::default(),
+//! });
+//! let plan = BridgePlan::new(&opts, &spec).unwrap();
+//! assert_eq!(plan.bridge.as_str(), "cnm-3f2a9c0d1e2");
+//! assert_eq!(plan.mtu, Some(1400));
+//!
+//! raw.insert("com.docker.network.bridge.bogus".into(), "1".into());
+//! assert!(BridgeOptions::try_from(&raw).unwrap_err().to_string().contains("bogus"));
+//! ```
+
+mod error;
+mod fault;
+mod firewall;
+pub mod options;
+mod plan;
+mod ports;
+mod undo;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use cnm_core::port::{PortBinding, Protocol};
+use cnm_core::spi::{
+    Capability, Driver, DriverContext, DriverError, DriverOptions, DriverRegistration,
+    EndpointInfo, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec,
+};
+use cnm_sandbox::{LinkKind, LinkSpec, set_sysctls};
+use cnm_types::{ErrorKind, IfName, MacAddress};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use tokio::sync::OnceCell;
+
+pub use error::BridgeError;
+#[doc(hidden)]
+pub use fault::FaultPoint;
+pub use options::{BridgeOptions, GatewayMode};
+pub use plan::BridgePlan;
+
+use crate::fault::Faults;
+use crate::firewall::{FirewallHandle, Mapping};
+use crate::ports::Reservation;
+use crate::undo::{Inverse, Undo, delete_link_by_name};
+
+/// Drivers made by [`BridgeDriver::create`], by host namespace identity (for tests).
+#[allow(clippy::type_complexity)]
+static INSTANCES: Mutex<Vec<((u64, u64), std::sync::Weak<BridgeDriver>)>> = Mutex::new(Vec::new());
+
+/// The registered name of this driver.
+pub const DRIVER_NAME: &str = "bridge";
+
+inventory::submit! { DriverRegistration::new(DRIVER_NAME, BridgeDriver::create) }
+
+/// The bridge driver for one controller (one host namespace).
+#[derive(Debug)]
+pub struct BridgeDriver {
+    ctx: DriverContext,
+    networks: Mutex<HashMap<String, Arc<Network>>>,
+    firewall: OnceCell<FirewallHandle>,
+    faults: Faults,
+}
+
+#[derive(Debug)]
+struct Network {
+    plan: BridgePlan,
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    id: String,
+    ipv4: Option<Ipv4Net>,
+    ipv6: Option<Ipv6Net>,
+    mac: MacAddress,
+    state: Mutex<EndpointState>,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    /// The host end of the veth, while joined.
+    joined: Option<IfName>,
+    /// Published ports, while programmed.
+    published: Option<Published>,
+}
+
+#[derive(Debug)]
+struct Published {
+    /// Held open while the mappings exist; dropped after the rules are gone.
+    #[expect(dead_code, reason = "held only so that dropping it closes the sockets")]
+    reservations: Vec<Reservation>,
+}
+
+/// Locks a std mutex; a poisoned lock still guards consistent data here (every critical section
+/// is a plain map or field update that cannot panic half-way).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl BridgeDriver {
+    /// Builds the driver for the host namespace in `ctx` (the registration's constructor).
+    pub fn create(ctx: &DriverContext) -> Result<Arc<dyn Driver>, DriverError> {
+        let driver = Arc::new(Self::new(ctx.clone()));
+        let mut all = lock(&INSTANCES);
+        all.retain(|(id, weak)| weak.strong_count() > 0 && *id != ctx.host_ns.id());
+        all.push((ctx.host_ns.id(), Arc::downgrade(&driver)));
+        drop(all);
+        Ok(driver)
+    }
+
+    /// The driver instance most recently created for `host_ns` by a controller (tests use it to
+    /// inject faults and read counters of the instance the controller owns).
+    #[doc(hidden)]
+    pub fn instance_for(host_ns: &cnm_sandbox::NetNs) -> Option<Arc<BridgeDriver>> {
+        let all = lock(&INSTANCES);
+        all.iter()
+            .rev()
+            .find(|(id, _)| *id == host_ns.id())
+            .and_then(|(_, weak)| weak.upgrade())
+    }
+
+    /// Builds the driver (for tests and embedders that want the concrete type).
+    pub fn new(ctx: DriverContext) -> Self {
+        Self {
+            ctx,
+            networks: Mutex::new(HashMap::new()),
+            firewall: OnceCell::new(),
+            faults: Faults::default(),
+        }
+    }
+
+    /// Arms a one-shot failure right after `point` (tests only; inert unless called).
+    #[doc(hidden)]
+    pub fn inject_fault(&self, point: Option<FaultPoint>) {
+        self.faults.arm(point);
+    }
+
+    /// How many firewall transactions this driver has committed so far.
+    pub async fn firewall_transactions(&self) -> Result<u64, BridgeError> {
+        Ok(self.firewall().await?.transactions())
+    }
+
+    async fn firewall(&self) -> Result<&FirewallHandle, BridgeError> {
+        self.firewall
+            .get_or_try_init(|| FirewallHandle::new(&self.ctx.host_ns))
+            .await
+    }
+
+    fn network(&self, id: &str) -> Result<Arc<Network>, BridgeError> {
+        lock(&self.networks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BridgeError::NetworkNotFound(id.to_owned()))
+    }
+
+    fn endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(Arc<Network>, Arc<Endpoint>), BridgeError> {
+        let net = self.network(network_id)?;
+        let ep = lock(&net.endpoints)
+            .get(endpoint_id)
+            .cloned()
+            .ok_or_else(|| BridgeError::EndpointNotFound {
+                network: network_id.to_owned(),
+                endpoint: endpoint_id.to_owned(),
+            })?;
+        Ok((net, ep))
+    }
+
+    async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), BridgeError> {
+        let opts = BridgeOptions::try_from(&spec.options)?;
+        let plan = BridgePlan::new(&opts, spec)?;
+        {
+            let nets = lock(&self.networks);
+            if nets.contains_key(&spec.id) {
+                return Err(BridgeError::NetworkExists(spec.id.clone()));
+            }
+            if let Some(other) = nets.values().find(|n| n.plan.bridge == plan.bridge) {
+                return Err(BridgeError::BridgeNameInUse {
+                    name: plan.bridge.to_string(),
+                    owner: format!("network {}", other.plan.network_id),
+                });
+            }
+        }
+        let host = &self.ctx.host_netlink;
+        let bridge = plan.bridge.as_str();
+        if host
+            .link(bridge)
+            .await
+            .map_err(|e| BridgeError::kernel("look up link", bridge, e))?
+            .is_some()
+        {
+            return Err(BridgeError::BridgeNameInUse {
+                name: bridge.to_owned(),
+                owner: "an existing link".to_owned(),
+            });
+        }
+        let firewall = self.firewall().await?.clone();
+
+        let mut undo = Undo::default();
+        let result = async {
+            let mut link = LinkSpec::new(plan.bridge.clone(), LinkKind::Bridge);
+            link.mtu = plan.mtu;
+            link.mac = Some(plan.mac);
+            host.create_link(&link).await.map_err(|e| {
+                if e.kind() == ErrorKind::AlreadyExists {
+                    // Lost a race with someone creating the same name.
+                    BridgeError::BridgeNameInUse {
+                        name: bridge.to_owned(),
+                        owner: "an existing link".to_owned(),
+                    }
+                } else {
+                    BridgeError::kernel("create bridge", bridge, e)
+                }
+            })?;
+            undo.push(Inverse::DeleteLink {
+                netlink: host.clone(),
+                name: bridge.to_owned(),
+            });
+            self.faults.check(FaultPoint::NetworkBridgeCreated)?;
+
+            let sysctls = plan.bridge_sysctls();
+            let pairs: Vec<(&str, &str)> = sysctls
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            set_sysctls(&self.ctx.host_ns, &pairs)
+                .await
+                .map_err(|e| BridgeError::kernel("set sysctls of bridge", bridge, e))?;
+            self.faults.check(FaultPoint::NetworkSysctlsSet)?;
+
+            let index = host
+                .link(bridge)
+                .await
+                .map_err(|e| BridgeError::kernel("look up bridge", bridge, e))?
+                .ok_or_else(|| BridgeError::Conflict {
+                    op: "configure bridge",
+                    object: bridge.to_owned(),
+                    reason: "it vanished right after it was created",
+                })?
+                .index;
+            let addrs = plan
+                .gateways_v4
+                .iter()
+                .map(|g| IpNet::V4(*g))
+                .chain(plan.gateways_v6.iter().map(|g| IpNet::V6(*g)));
+            for addr in addrs {
+                host.add_address(index, addr).await.map_err(|e| {
+                    BridgeError::kernel(
+                        "add gateway address to bridge",
+                        format!("{bridge} ({addr})"),
+                        e,
+                    )
+                })?;
+            }
+            self.faults.check(FaultPoint::NetworkAddressesAdded)?;
+
+            host.set_up(index)
+                .await
+                .map_err(|e| BridgeError::kernel("bring up bridge", bridge, e))?;
+            self.faults.check(FaultPoint::NetworkBridgeUp)?;
+
+            let host_sysctls = plan.host_sysctls();
+            if !host_sysctls.is_empty() {
+                let pairs: Vec<(&str, &str)> = host_sysctls
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                set_sysctls(&self.ctx.host_ns, &pairs).await.map_err(|e| {
+                    BridgeError::kernel("enable forwarding in", self.ctx.host_ns.to_string(), e)
+                })?;
+            }
+            self.faults.check(FaultPoint::NetworkForwardingEnabled)?;
+
+            firewall.add_network(&plan).await?;
+            undo.push(Inverse::RemoveNetworkRules {
+                firewall: firewall.clone(),
+                network_id: plan.network_id.clone(),
+            });
+            self.faults.check(FaultPoint::NetworkFirewallProgrammed)?;
+            Ok(())
+        }
+        .await;
+        undo.finish(result).await?;
+        tracing::debug!(network = %short(&spec.id), bridge = %plan.bridge, "bridge network created");
+        lock(&self.networks).insert(
+            spec.id.clone(),
+            Arc::new(Network {
+                plan,
+                endpoints: Mutex::new(HashMap::new()),
+            }),
+        );
+        Ok(())
+    }
+
+    async fn delete_network_inner(&self, network_id: &str) -> Result<(), BridgeError> {
+        let net = {
+            let mut nets = lock(&self.networks);
+            let net = nets
+                .get(network_id)
+                .cloned()
+                .ok_or_else(|| BridgeError::NetworkNotFound(network_id.to_owned()))?;
+            if !lock(&net.endpoints).is_empty() {
+                return Err(BridgeError::Conflict {
+                    op: "delete network",
+                    object: network_id.to_owned(),
+                    reason: "it still has endpoints",
+                });
+            }
+            nets.remove(network_id);
+            net
+        };
+        let mut errors = Vec::new();
+        match self.firewall().await {
+            Ok(fw) => {
+                if let Err(e) = fw.remove_network(network_id).await {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        if let Err(e) = delete_link_by_name(&self.ctx.host_netlink, net.plan.bridge.as_str()).await
+        {
+            errors.push(e);
+        }
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(first.with_cleanup(errors.collect())),
+        }
+    }
+
+    async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, BridgeError> {
+        let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
+        if lock(&ep.state).joined.is_some() {
+            return Err(BridgeError::Conflict {
+                op: "join",
+                object: format!("endpoint {}", short(&ep.id)),
+                reason: "it is already joined",
+            });
+        }
+        let plan = &net.plan;
+        let mac = req.mac.unwrap_or(ep.mac);
+        let host_if = random_veth_name()?;
+        let host = &self.ctx.host_netlink;
+        let bridge_index = host
+            .link(plan.bridge.as_str())
+            .await
+            .map_err(|e| BridgeError::kernel("look up bridge", plan.bridge.as_str(), e))?
+            .ok_or_else(|| BridgeError::Conflict {
+                op: "join",
+                object: format!("network {}", short(&plan.network_id)),
+                reason: "its bridge is missing",
+            })?
+            .index;
+        // With a user prefix the controller names the interface, so it is born in the host
+        // namespace and moved in; otherwise it is born in the sandbox with its final name.
+        let move_in = plan.iface_prefix.clone();
+        let peer_name = match &move_in {
+            Some(_) => random_veth_name()?,
+            None => req.ifname.clone(),
+        };
+        let mut spec = LinkSpec::new(
+            host_if.clone(),
+            LinkKind::Veth {
+                peer_name: peer_name.clone(),
+                peer_ns: if move_in.is_some() {
+                    None
+                } else {
+                    Some(req.sandbox.ns.clone())
+                },
+                peer_mac: Some(mac),
+                peer_mtu: plan.mtu,
+                peer_up: false,
+            },
+        );
+        spec.mtu = plan.mtu;
+        spec.master = Some(bridge_index);
+        spec.up = true;
+
+        let mut undo = Undo::default();
+        let result = async {
+            host.create_link(&spec).await.map_err(|e| {
+                BridgeError::kernel(
+                    "create veth",
+                    format!(
+                        "{host_if} (peer {peer_name} in {}) on bridge {}",
+                        req.sandbox.ns, plan.bridge
+                    ),
+                    e,
+                )
+            })?;
+            undo.push(Inverse::DeleteLink {
+                netlink: host.clone(),
+                name: host_if.to_string(),
+            });
+            self.faults.check(FaultPoint::JoinVethCreated)?;
+
+            if let Some(prefix) = move_in {
+                self.faults.check(FaultPoint::JoinSysctlsSet)?;
+                self.faults.check(FaultPoint::JoinInterfaceFound)?;
+                return Ok(JoinedInterface::MoveIn {
+                    host_name: peer_name,
+                    name_prefix: Some(prefix),
+                });
+            }
+            if ep.ipv6.is_none() {
+                // Before the interface goes up, so it never gets even a link-local IPv6 address
+                // (CVE-2024-32473: IPv6 leaking onto "IPv4-only" interfaces).
+                let key = format!("net.ipv6.conf.{}.disable_ipv6", req.ifname);
+                match set_sysctls(&req.sandbox.ns, &[(key.as_str(), "1")]).await {
+                    Ok(()) => {}
+                    // No IPv6 in this kernel at all: nothing to disable.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(BridgeError::kernel(
+                            "disable IPv6 on",
+                            format!("{} in {}", req.ifname, req.sandbox.ns),
+                            e,
+                        ));
+                    }
+                }
+            }
+            self.faults.check(FaultPoint::JoinSysctlsSet)?;
+
+            let index = req
+                .sandbox
+                .netlink
+                .link(req.ifname.as_str())
+                .await
+                .map_err(|e| {
+                    BridgeError::kernel(
+                        "look up",
+                        format!("{} in {}", req.ifname, req.sandbox.ns),
+                        e,
+                    )
+                })?
+                .map(|l| l.index);
+            self.faults.check(FaultPoint::JoinInterfaceFound)?;
+            Ok(JoinedInterface::InSandbox { index })
+        }
+        .await;
+        let interface = undo.finish(result).await?;
+        lock(&ep.state).joined = Some(host_if);
+        let mut info = JoinInfo::new(interface);
+        if plan.internal {
+            info.disable_gateway_service = true;
+        } else {
+            info.gateway_v4 = plan.gateway_v4_for(ep.ipv4);
+            info.gateway_v6 = plan.gateway_v6_for(ep.ipv6);
+        }
+        Ok(info)
+    }
+
+    async fn leave_inner(&self, network_id: &str, endpoint_id: &str) -> Result<(), BridgeError> {
+        let (_, ep) = self.endpoint(network_id, endpoint_id)?;
+        // Published ports never outlive the join.
+        self.revoke_inner(network_id, endpoint_id).await?;
+        let joined = lock(&ep.state).joined.take();
+        let Some(host_if) = joined else {
+            return Err(BridgeError::Conflict {
+                op: "leave",
+                object: format!("endpoint {}", short(endpoint_id)),
+                reason: "it is not joined",
+            });
+        };
+        if let Err(e) = delete_link_by_name(&self.ctx.host_netlink, host_if.as_str()).await {
+            lock(&ep.state).joined = Some(host_if);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn program_inner(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        bindings: &[PortBinding],
+    ) -> Result<Vec<PortBinding>, BridgeError> {
+        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
+        let requests = ports::plan(
+            bindings,
+            net.plan.host_binding_ip,
+            ep.ipv4.map(|n| n.addr()),
+            ep.ipv6.map(|n| n.addr()),
+        )?;
+        if net.plan.internal && !requests.is_empty() {
+            return Err(BridgeError::invalid(
+                "port binding",
+                requests[0].binding.to_string(),
+                "an internal network has no route to the outside to publish ports on",
+            ));
+        }
+        // Programming again replaces what was there.
+        self.revoke_inner(network_id, endpoint_id).await?;
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let firewall = self.firewall().await?.clone();
+        let for_thread = requests.clone();
+        let reservations = self
+            .ctx
+            .host_ns
+            .run(move || ports::reserve(&for_thread))
+            .await
+            .map_err(|e| {
+                BridgeError::kernel("reserve host ports in", self.ctx.host_ns.to_string(), e)
+            })??;
+
+        let mut undo = Undo::default();
+        let result = async {
+            self.faults.check(FaultPoint::PublishPortsReserved)?;
+            let mut mappings = Vec::new();
+            let mut made = Vec::with_capacity(requests.len());
+            for (req, res) in requests.iter().zip(&reservations) {
+                for (host_ip, container_ip) in &req.targets {
+                    mappings.push(Mapping {
+                        proto: req.binding.proto,
+                        host_ip: *host_ip,
+                        host_ports: (res.host_ports.start, res.host_ports.end),
+                        container_ip: *container_ip,
+                        container_ports: (
+                            req.binding.container_port.start,
+                            req.binding.container_port.end,
+                        ),
+                    });
+                }
+                made.push(PortBinding {
+                    host_port: Some(res.host_ports),
+                    ..req.binding
+                });
+            }
+            firewall
+                .add_port_mappings(network_id, endpoint_id, &mappings)
+                .await?;
+            undo.push(Inverse::RemovePortMappings {
+                firewall: firewall.clone(),
+                endpoint_id: endpoint_id.to_owned(),
+            });
+            self.faults.check(FaultPoint::PublishFirewallProgrammed)?;
+
+            // A UDP flow conntracked before the mapping existed (or towards a previous
+            // container) would keep bypassing the new DNAT rule until it times out.
+            let udp_mappings: Vec<Mapping> = mappings
+                .iter()
+                .filter(|m| m.proto == Protocol::Udp)
+                .cloned()
+                .collect();
+            if !udp_mappings.is_empty() {
+                firewall.flush_conntrack(&udp_mappings).await?;
+            }
+            self.faults.check(FaultPoint::PublishConntrackFlushed)?;
+            Ok(made)
+        }
+        .await;
+        let made = undo.finish(result).await?;
+        lock(&ep.state).published = Some(Published { reservations });
+        Ok(made)
+    }
+
+    async fn revoke_inner(&self, network_id: &str, endpoint_id: &str) -> Result<(), BridgeError> {
+        let (_, ep) = self.endpoint(network_id, endpoint_id)?;
+        let published = lock(&ep.state).published.take();
+        let Some(published) = published else {
+            return Ok(());
+        };
+        let result = match self.firewall().await {
+            Ok(fw) => fw.remove_port_mappings(endpoint_id).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            // Rules are gone: now the host ports may be freed.
+            Ok(()) => {
+                drop(published);
+                Ok(())
+            }
+            Err(e) => {
+                lock(&ep.state).published = Some(published);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `veth` and 7 random hex digits, as Docker names host-side veths.
+fn random_veth_name() -> Result<IfName, BridgeError> {
+    let n: u32 = rand::random::<u32>() & 0x0fff_ffff;
+    let name = format!("veth{n:07x}");
+    IfName::new(name.clone()).map_err(|e| BridgeError::invalid("veth name", name, e.to_string()))
+}
+
+/// The first 12 characters of an id, for logs and messages.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[async_trait]
+impl Driver for BridgeDriver {
+    fn name(&self) -> &str {
+        DRIVER_NAME
+    }
+
+    fn capability(&self) -> Capability {
+        Capability::local()
+    }
+
+    fn validate_network_options(&self, options: &DriverOptions) -> Result<(), DriverError> {
+        BridgeOptions::try_from(options)?;
+        Ok(())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
+        Ok(self.create_network_inner(spec).await?)
+    }
+
+    async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
+        Ok(self.delete_network_inner(network_id).await?)
+    }
+
+    async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
+        if let Some(key) = spec.options.keys().next() {
+            return Err(BridgeError::UnknownOption { key: key.clone() }.into());
+        }
+        let net = self.network(&spec.network_id)?;
+        if let Some(mac) = spec
+            .mac
+            .filter(|m| m.is_multicast() || m.octets() == [0; 6])
+        {
+            return Err(BridgeError::invalid(
+                "MAC address",
+                mac.to_string(),
+                "must be a unicast, non-zero address",
+            )
+            .into());
+        }
+        if spec.ipv4.is_none() && spec.ipv6.is_none() {
+            return Err(BridgeError::invalid(
+                "endpoint",
+                &spec.name,
+                "a bridge endpoint needs an IPv4 or IPv6 address",
+            )
+            .into());
+        }
+        let mac = spec.mac.unwrap_or_else(MacAddress::random_local);
+        let mut eps = lock(&net.endpoints);
+        if eps.contains_key(&spec.endpoint_id) {
+            return Err(BridgeError::EndpointExists {
+                network: spec.network_id.clone(),
+                endpoint: spec.endpoint_id.clone(),
+            }
+            .into());
+        }
+        eps.insert(
+            spec.endpoint_id.clone(),
+            Arc::new(Endpoint {
+                id: spec.endpoint_id.clone(),
+                ipv4: spec.ipv4,
+                ipv6: spec.ipv6,
+                mac,
+                state: Mutex::new(EndpointState::default()),
+            }),
+        );
+        Ok(EndpointInfo::with_mac(Some(mac)))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
+        // Tolerate a controller that deletes without leaving first: undo what is still there.
+        self.revoke_inner(network_id, endpoint_id).await?;
+        let joined = lock(&ep.state).joined.take();
+        if let Some(host_if) = joined {
+            delete_link_by_name(&self.ctx.host_netlink, host_if.as_str()).await?;
+        }
+        lock(&net.endpoints).remove(endpoint_id);
+        Ok(())
+    }
+
+    async fn join(&self, request: &JoinRequest) -> Result<JoinInfo, DriverError> {
+        Ok(self.join_inner(request).await?)
+    }
+
+    async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
+        Ok(self
+            .leave_inner(&request.network_id, &request.endpoint_id)
+            .await?)
+    }
+
+    async fn program_external_connectivity(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        bindings: &[PortBinding],
+    ) -> Result<Vec<PortBinding>, DriverError> {
+        Ok(self
+            .program_inner(network_id, endpoint_id, bindings)
+            .await?)
+    }
+
+    async fn revoke_external_connectivity(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        Ok(self.revoke_inner(network_id, endpoint_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_and_differ() {
+        let a = random_veth_name().unwrap();
+        assert_eq!(a.as_str().len(), 11);
+        assert!(a.as_str().starts_with("veth"));
+        let names: std::collections::HashSet<_> =
+            (0..64).map(|_| random_veth_name().unwrap()).collect();
+        assert!(names.len() > 60);
+    }
+
+    #[test]
+    fn short_ids() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+    }
+}

@@ -1,0 +1,260 @@
+//! The bridge network options (Docker's keys), parsed once into typed values.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use cnm_core::spi::DriverOptions;
+use cnm_types::IfName;
+
+use crate::BridgeError;
+
+/// `-o com.docker.network.bridge.name=br0`: the Linux bridge's name.
+pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+/// Short alias of [`BRIDGE_NAME`].
+pub const BRIDGE_NAME_SHORT: &str = "bridge_name";
+/// The MTU of the bridge and every veth of the network.
+pub const MTU: &str = "com.docker.network.driver.mtu";
+/// Whether containers of one network may talk to each other (default true).
+pub const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
+/// Whether traffic leaving the network is masqueraded (default true).
+pub const ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+/// The default host address of published ports that name none (default: any).
+pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
+/// `nat` or `routed` for IPv4.
+pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+/// `nat` or `routed` for IPv6.
+pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+/// A name prefix replacing `eth` for container interfaces of this network.
+pub const CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
+
+/// How traffic between the network and the outside is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GatewayMode {
+    /// Outbound traffic is masqueraded, inbound reaches containers only through published ports.
+    #[default]
+    Nat,
+    /// No address translation: the network's addresses are routed as they are.
+    Routed,
+}
+
+impl FromStr for GatewayMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "nat" => Ok(Self::Nat),
+            "routed" => Ok(Self::Routed),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Nat => "nat",
+            Self::Routed => "routed",
+        })
+    }
+}
+
+/// The options of one bridge network, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgeOptions {
+    /// The bridge's name, when the user chose one.
+    pub bridge_name: Option<IfName>,
+    /// MTU of the bridge and veths (68..=65535), when set.
+    pub mtu: Option<u32>,
+    /// Inter-container communication on the network.
+    pub enable_icc: bool,
+    /// Masquerade traffic leaving the network.
+    pub enable_ip_masquerade: bool,
+    /// Default host address of published ports (`None`: any address of both families).
+    pub host_binding_ip: Option<IpAddr>,
+    /// IPv4 gateway mode.
+    pub gateway_mode_v4: GatewayMode,
+    /// IPv6 gateway mode.
+    pub gateway_mode_v6: GatewayMode,
+    /// Prefix replacing `eth` for container interface names.
+    pub container_iface_prefix: Option<String>,
+}
+
+impl Default for BridgeOptions {
+    fn default() -> Self {
+        Self {
+            bridge_name: None,
+            mtu: None,
+            enable_icc: true,
+            enable_ip_masquerade: true,
+            host_binding_ip: None,
+            gateway_mode_v4: GatewayMode::Nat,
+            gateway_mode_v6: GatewayMode::Nat,
+            container_iface_prefix: None,
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> BridgeError {
+    BridgeError::InvalidOption {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Go's `strconv.ParseBool`, which Docker uses for these options.
+fn parse_bool(key: &str, value: &str) -> Result<bool, BridgeError> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(invalid(key, value, "expected true or false")),
+    }
+}
+
+impl TryFrom<&DriverOptions> for BridgeOptions {
+    type Error = BridgeError;
+
+    fn try_from(raw: &DriverOptions) -> Result<Self, BridgeError> {
+        let mut opts = Self::default();
+        for (key, value) in raw {
+            let value = value.as_str();
+            match key.as_str() {
+                BRIDGE_NAME | BRIDGE_NAME_SHORT => {
+                    let name =
+                        IfName::new(value).map_err(|e| invalid(key, value, e.to_string()))?;
+                    opts.bridge_name = Some(name);
+                }
+                MTU => {
+                    let mtu: u32 = value.parse().map_err(|_| {
+                        invalid(key, value, "expected a number between 68 and 65535")
+                    })?;
+                    // 68 is the IPv4 minimum (RFC 791); 65535 the kernel's ETH_MAX_MTU.
+                    if !(68..=65535).contains(&mtu) {
+                        return Err(invalid(key, value, "MTU must be between 68 and 65535"));
+                    }
+                    opts.mtu = Some(mtu);
+                }
+                ENABLE_ICC => opts.enable_icc = parse_bool(key, value)?,
+                ENABLE_IP_MASQUERADE => opts.enable_ip_masquerade = parse_bool(key, value)?,
+                HOST_BINDING_IPV4 => {
+                    let ip: IpAddr = value
+                        .parse()
+                        .map_err(|_| invalid(key, value, "expected an IP address"))?;
+                    // 0.0.0.0 is Docker's default and means "every address".
+                    opts.host_binding_ip = if ip.is_unspecified() { None } else { Some(ip) };
+                }
+                GATEWAY_MODE_IPV4 | GATEWAY_MODE_IPV6 => {
+                    let mode: GatewayMode = value
+                        .parse()
+                        .map_err(|()| invalid(key, value, "expected nat or routed"))?;
+                    if key == GATEWAY_MODE_IPV4 {
+                        opts.gateway_mode_v4 = mode;
+                    } else {
+                        opts.gateway_mode_v6 = mode;
+                    }
+                }
+                CONTAINER_IFACE_PREFIX => {
+                    // The controller appends an index; leave room for up to three digits.
+                    if value.is_empty()
+                        || value.len() > IfName::MAX_LEN - 3
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "expected 1 to 12 letters, digits, '-' or '_'",
+                        ));
+                    }
+                    opts.container_iface_prefix = Some(value.to_owned());
+                }
+                _ => return Err(BridgeError::UnknownOption { key: key.clone() }),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnm_types::ErrorKind;
+
+    fn raw(pairs: &[(&str, &str)]) -> DriverOptions {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_docker() {
+        let o = BridgeOptions::try_from(&DriverOptions::new()).unwrap();
+        assert_eq!(o, BridgeOptions::default());
+        assert!(o.enable_icc && o.enable_ip_masquerade);
+        assert_eq!(o.gateway_mode_v4, GatewayMode::Nat);
+    }
+
+    #[test]
+    fn parses_every_docker_key() {
+        let o = BridgeOptions::try_from(&raw(&[
+            (BRIDGE_NAME, "br-test"),
+            (MTU, "9000"),
+            (ENABLE_ICC, "false"),
+            (ENABLE_IP_MASQUERADE, "0"),
+            (HOST_BINDING_IPV4, "127.0.0.1"),
+            (GATEWAY_MODE_IPV4, "routed"),
+            (GATEWAY_MODE_IPV6, "nat"),
+            (CONTAINER_IFACE_PREFIX, "data"),
+        ]))
+        .unwrap();
+        assert_eq!(o.bridge_name.unwrap().as_str(), "br-test");
+        assert_eq!(o.mtu, Some(9000));
+        assert!(!o.enable_icc && !o.enable_ip_masquerade);
+        assert_eq!(o.host_binding_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(o.gateway_mode_v4, GatewayMode::Routed);
+        assert_eq!(o.container_iface_prefix.as_deref(), Some("data"));
+        let o = BridgeOptions::try_from(&raw(&[
+            (BRIDGE_NAME_SHORT, "br1"),
+            (HOST_BINDING_IPV4, "0.0.0.0"),
+        ]))
+        .unwrap();
+        assert_eq!(o.bridge_name.unwrap().as_str(), "br1");
+        assert_eq!(o.host_binding_ip, None);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e =
+            BridgeOptions::try_from(&raw(&[("com.docker.network.bridge.bogus", "1")])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains("com.docker.network.bridge.bogus"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (key, value) in [
+            (MTU, "67"),
+            (MTU, "65536"),
+            (MTU, "big"),
+            (ENABLE_ICC, "maybe"),
+            (BRIDGE_NAME, "a-name-far-too-long"),
+            (HOST_BINDING_IPV4, "1.2.3"),
+            (GATEWAY_MODE_IPV4, "isolated"),
+            (CONTAINER_IFACE_PREFIX, "bad/prefix"),
+        ] {
+            let e = BridgeOptions::try_from(&raw(&[(key, value)])).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{key}={value}");
+            let text = e.to_string();
+            assert!(text.contains(key) && text.contains(value), "{text}");
+        }
+        assert!(BridgeOptions::try_from(&raw(&[(MTU, "68")])).is_ok());
+        assert!(BridgeOptions::try_from(&raw(&[(MTU, "65535")])).is_ok());
+    }
+}

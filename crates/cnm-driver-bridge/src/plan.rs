@@ -1,0 +1,389 @@
+//! What a bridge network will look like, decided from its options and IPAM data alone.
+//!
+//! Planning is pure: every validation happens here, before any kernel object exists, and the
+//! result is what `apply` creates (and what the tests read without root).
+
+use std::net::IpAddr;
+
+use cnm_core::spi::NetworkSpec;
+use cnm_types::{IfName, MacAddress};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::BridgeError;
+use crate::options::{BridgeOptions, GatewayMode};
+
+/// Prefix of bridge names derived from the network id.
+const BRIDGE_PREFIX: &str = "cnm-";
+
+/// The planned data plane of one bridge network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BridgePlan {
+    /// The network's id.
+    pub network_id: String,
+    /// The bridge's name (chosen by the user, or `cnm-` + 11 characters of the id).
+    pub bridge: IfName,
+    /// The bridge's MAC, pinned so that it does not follow its ports as they come and go
+    /// (a bridge without an explicit address takes the lowest port MAC, which breaks neighbours'
+    /// caches every time that port leaves).
+    pub mac: MacAddress,
+    /// MTU of the bridge and every veth, when set.
+    pub mtu: Option<u32>,
+    /// Gateway addresses (with the pool's prefix) put on the bridge.
+    pub gateways_v4: Vec<Ipv4Net>,
+    /// IPv6 gateway addresses put on the bridge.
+    pub gateways_v6: Vec<Ipv6Net>,
+    /// The network's IPv4 subnets.
+    pub subnets_v4: Vec<Ipv4Net>,
+    /// The network's IPv6 subnets.
+    pub subnets_v6: Vec<Ipv6Net>,
+    /// Whether the network carries IPv4.
+    pub ipv4: bool,
+    /// Whether the network carries IPv6.
+    pub ipv6: bool,
+    /// No route off the network's own subnets.
+    pub internal: bool,
+    /// Inter-container communication.
+    pub icc: bool,
+    /// Masquerade outbound traffic (NAT gateway mode only).
+    pub masquerade: bool,
+    /// IPv4 gateway mode.
+    pub gateway_mode_v4: GatewayMode,
+    /// IPv6 gateway mode.
+    pub gateway_mode_v6: GatewayMode,
+    /// Default host address of published ports; `None` for any.
+    pub host_binding_ip: Option<IpAddr>,
+    /// Container interface name prefix, when the user asked for one.
+    pub iface_prefix: Option<String>,
+}
+
+impl BridgePlan {
+    /// Validates `spec` with `opts` and decides names, addresses and settings. Pure.
+    pub fn new(opts: &BridgeOptions, spec: &NetworkSpec) -> Result<Self, BridgeError> {
+        let bridge = match &opts.bridge_name {
+            Some(name) => name.clone(),
+            None => derived_bridge_name(&spec.id)?,
+        };
+        let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
+        let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
+        if spec.enable_ipv6 && spec.ipv6.is_empty() {
+            return Err(BridgeError::invalid(
+                "network",
+                &spec.name,
+                "IPv6 is enabled but the network has no IPv6 pool",
+            ));
+        }
+        if !ipv4 && !ipv6 {
+            return Err(BridgeError::invalid(
+                "network",
+                &spec.name,
+                "a bridge network needs an IPv4 or an IPv6 pool",
+            ));
+        }
+        let mut plan = Self {
+            network_id: spec.id.clone(),
+            bridge,
+            mac: mac_for(&spec.id),
+            mtu: opts.mtu,
+            gateways_v4: Vec::new(),
+            gateways_v6: Vec::new(),
+            subnets_v4: Vec::new(),
+            subnets_v6: Vec::new(),
+            ipv4,
+            ipv6,
+            internal: spec.internal,
+            icc: opts.enable_icc,
+            masquerade: opts.enable_ip_masquerade,
+            gateway_mode_v4: opts.gateway_mode_v4,
+            gateway_mode_v6: opts.gateway_mode_v6,
+            host_binding_ip: opts.host_binding_ip,
+            iface_prefix: opts.container_iface_prefix.clone(),
+        };
+        if ipv4 {
+            for data in &spec.ipv4 {
+                let subnet = data.pool.trunc();
+                if let Some(gw) = data.gateway {
+                    if !subnet.contains(&gw.addr()) {
+                        return Err(BridgeError::invalid(
+                            "gateway",
+                            gw.to_string(),
+                            format!("not inside the pool {subnet}"),
+                        ));
+                    }
+                    plan.gateways_v4
+                        .push(Ipv4Net::new(gw.addr(), subnet.prefix_len()).map_err(|e| {
+                            BridgeError::invalid("gateway", gw.to_string(), e.to_string())
+                        })?);
+                }
+                plan.subnets_v4.push(subnet);
+            }
+        }
+        if ipv6 {
+            for data in &spec.ipv6 {
+                let subnet = data.pool.trunc();
+                if let Some(gw) = data.gateway {
+                    if !subnet.contains(&gw.addr()) {
+                        return Err(BridgeError::invalid(
+                            "gateway",
+                            gw.to_string(),
+                            format!("not inside the pool {subnet}"),
+                        ));
+                    }
+                    plan.gateways_v6
+                        .push(Ipv6Net::new(gw.addr(), subnet.prefix_len()).map_err(|e| {
+                            BridgeError::invalid("gateway", gw.to_string(), e.to_string())
+                        })?);
+                }
+                plan.subnets_v6.push(subnet);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Sysctls of the bridge itself, set in the host namespace before it goes up.
+    pub fn bridge_sysctls(&self) -> Vec<(String, String)> {
+        let br = self.bridge.as_str();
+        let mut out = Vec::new();
+        // An IPv4-only bridge must not get a link-local IPv6 address or answer IPv6 at all.
+        out.push((
+            format!("net.ipv6.conf.{br}.disable_ipv6"),
+            if self.ipv6 { "0" } else { "1" }.to_owned(),
+        ));
+        if self.ipv4 && !self.internal {
+            // Lets packets DNATed from 127.0.0.1 be routed out of the bridge (published ports
+            // reached through the loopback address without a userland proxy).
+            out.push((format!("net.ipv4.conf.{br}.route_localnet"), "1".to_owned()));
+        }
+        out
+    }
+
+    /// Sysctls of the host namespace this network needs; never turned off again (other
+    /// networks and the host may rely on them).
+    pub fn host_sysctls(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.internal {
+            return out;
+        }
+        if self.ipv4 {
+            out.push(("net.ipv4.ip_forward".to_owned(), "1".to_owned()));
+        }
+        if self.ipv6 {
+            out.push(("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned()));
+        }
+        if !self.icc {
+            // Traffic between ports of one bridge meets the firewall's forward hook only
+            // through br_netfilter; ICC off depends on it.
+            if self.ipv4 {
+                out.push((
+                    "net.bridge.bridge-nf-call-iptables".to_owned(),
+                    "1".to_owned(),
+                ));
+            }
+            if self.ipv6 {
+                out.push((
+                    "net.bridge.bridge-nf-call-ip6tables".to_owned(),
+                    "1".to_owned(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The IPv4 gateway a container with `addr` routes through, if the network gives one.
+    pub fn gateway_v4_for(&self, addr: Option<Ipv4Net>) -> Option<std::net::Ipv4Addr> {
+        if self.internal {
+            return None;
+        }
+        let addr = addr?;
+        self.gateways_v4
+            .iter()
+            .find(|gw| gw.contains(&addr.addr()))
+            .or(self.gateways_v4.first())
+            .map(Ipv4Net::addr)
+    }
+
+    /// The IPv6 gateway a container with `addr` routes through, if the network gives one.
+    pub fn gateway_v6_for(&self, addr: Option<Ipv6Net>) -> Option<std::net::Ipv6Addr> {
+        if self.internal {
+            return None;
+        }
+        let addr = addr?;
+        self.gateways_v6
+            .iter()
+            .find(|gw| gw.contains(&addr.addr()))
+            .or(self.gateways_v6.first())
+            .map(Ipv6Net::addr)
+    }
+}
+
+/// `cnm-` and the first 11 characters of the network id: 15 bytes, the kernel's limit.
+pub fn derived_bridge_name(network_id: &str) -> Result<IfName, BridgeError> {
+    let room = IfName::MAX_LEN - BRIDGE_PREFIX.len();
+    let head: String = network_id.chars().take(room).collect();
+    IfName::new(format!("{BRIDGE_PREFIX}{head}"))
+        .map_err(|e| BridgeError::invalid("network id", network_id, e.to_string()))
+}
+
+/// A locally administered unicast MAC derived from the network id (FNV-1a), so the same network
+/// gets the same bridge MAC every time it is created.
+pub fn mac_for(network_id: &str) -> MacAddress {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in network_id.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let h = hash.to_be_bytes();
+    MacAddress([0x02, h[0], h[1], h[2], h[3], h[4]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnm_core::spi::IpamData;
+    use cnm_types::ErrorKind;
+    use std::collections::BTreeMap;
+
+    const ID: &str = "3f2a9c0d1e2b4a5c6d7e8f90112233445566778899aabbccddeeff0011223344";
+
+    fn v4(pool: &str, gw: Option<&str>) -> IpamData<Ipv4Net> {
+        IpamData {
+            pool: pool.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            aux_addresses: BTreeMap::new(),
+        }
+    }
+
+    fn v6(pool: &str, gw: Option<&str>) -> IpamData<Ipv6Net> {
+        IpamData {
+            pool: pool.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            aux_addresses: BTreeMap::new(),
+        }
+    }
+
+    fn spec() -> NetworkSpec {
+        let mut s = NetworkSpec::new(ID, "net1");
+        s.ipv4.push(v4("172.18.0.0/16", Some("172.18.0.1/16")));
+        s
+    }
+
+    #[test]
+    fn ipv4_network_plan() {
+        let p = BridgePlan::new(&BridgeOptions::default(), &spec()).unwrap();
+        assert_eq!(p.bridge.as_str(), "cnm-3f2a9c0d1e2");
+        assert_eq!(
+            p.gateways_v4,
+            vec!["172.18.0.1/16".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(
+            p.subnets_v4,
+            vec!["172.18.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(p.ipv4 && !p.ipv6 && p.icc && p.masquerade);
+        assert!(p.mac.is_locally_administered() && !p.mac.is_multicast());
+        assert_eq!(p.mac, mac_for(ID));
+        assert_ne!(mac_for(ID), mac_for("another"));
+        assert_eq!(
+            p.bridge_sysctls(),
+            vec![
+                (
+                    "net.ipv6.conf.cnm-3f2a9c0d1e2.disable_ipv6".into(),
+                    "1".into()
+                ),
+                (
+                    "net.ipv4.conf.cnm-3f2a9c0d1e2.route_localnet".into(),
+                    "1".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            p.host_sysctls(),
+            vec![("net.ipv4.ip_forward".into(), "1".into())]
+        );
+        assert_eq!(
+            p.gateway_v4_for(Some("172.18.0.2/16".parse().unwrap())),
+            Some("172.18.0.1".parse().unwrap())
+        );
+        assert_eq!(p.gateway_v6_for(None), None);
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only() {
+        let mut s = spec();
+        s.enable_ipv6 = true;
+        s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
+        let p = BridgePlan::new(&BridgeOptions::default(), &s).unwrap();
+        assert!(p.ipv4 && p.ipv6);
+        assert_eq!(p.bridge_sysctls()[0].1, "0");
+        assert_eq!(p.host_sysctls().len(), 2);
+        assert_eq!(
+            p.gateway_v6_for(Some("fd00:1::2/64".parse().unwrap())),
+            Some("fd00:1::1".parse().unwrap())
+        );
+
+        s.enable_ipv4 = false;
+        s.ipv4.clear();
+        let p = BridgePlan::new(&BridgeOptions::default(), &s).unwrap();
+        assert!(!p.ipv4 && p.ipv6);
+        assert_eq!(
+            p.bridge_sysctls().len(),
+            1,
+            "no route_localnet without IPv4"
+        );
+        assert_eq!(
+            p.host_sysctls(),
+            vec![("net.ipv6.conf.all.forwarding".into(), "1".into())]
+        );
+    }
+
+    #[test]
+    fn internal_network_has_no_gateway_and_needs_no_forwarding() {
+        let mut s = spec();
+        s.internal = true;
+        let p = BridgePlan::new(&BridgeOptions::default(), &s).unwrap();
+        assert!(p.host_sysctls().is_empty());
+        assert_eq!(
+            p.gateway_v4_for(Some("172.18.0.2/16".parse().unwrap())),
+            None
+        );
+        assert_eq!(p.gateways_v4.len(), 1, "the bridge still has its address");
+    }
+
+    #[test]
+    fn user_bridge_name_and_mtu() {
+        let opts = BridgeOptions {
+            bridge_name: Some("br-x".parse().unwrap()),
+            mtu: Some(1400),
+            ..Default::default()
+        };
+        let p = BridgePlan::new(&opts, &spec()).unwrap();
+        assert_eq!(p.bridge.as_str(), "br-x");
+        assert_eq!(p.mtu, Some(1400));
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        let mut s = spec();
+        s.ipv4 = vec![v4("172.18.0.0/16", Some("10.0.0.1/16"))];
+        let e = BridgePlan::new(&BridgeOptions::default(), &s).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("10.0.0.1"), "{e}");
+
+        let mut s = spec();
+        s.enable_ipv6 = true;
+        assert!(
+            BridgePlan::new(&BridgeOptions::default(), &s).is_err(),
+            "IPv6 without a pool"
+        );
+
+        let mut s = spec();
+        s.ipv4.clear();
+        assert!(
+            BridgePlan::new(&BridgeOptions::default(), &s).is_err(),
+            "no pool at all"
+        );
+
+        let s = NetworkSpec::new("ab/cd", "n");
+        assert!(derived_bridge_name(&s.id).is_err());
+    }
+}

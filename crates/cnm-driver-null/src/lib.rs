@@ -1,0 +1,153 @@
+//! The `null` network driver: endpoints with loopback only.
+//!
+//! The smallest complete driver, and the template for others: it registers itself through
+//! `inventory`, says what it can do, and answers every life-cycle call. Its networks need no
+//! addresses and its joins create no interface, so a sandbox joined to a `null` network keeps only
+//! `lo` — Docker's `--network none`.
+//!
+//! **Owns**: the `null` registration and its (empty) per-network bookkeeping.
+//! **Does not**: create links, addresses, routes or rules; publish ports.
+//!
+//! A binary links it by naming the crate, which keeps its registration:
+//! ```
+//! use cnm_driver_null as _;
+//! assert!(inventory::iter::<cnm_core::DriverRegistration>().any(|r| r.name == "null"));
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cnm_core::{
+    Capability, Driver, DriverContext, DriverError, DriverRegistration, EndpointInfo, EndpointSpec,
+    JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec,
+};
+use cnm_types::ErrorKind;
+
+/// The registered name.
+pub const NAME: &str = "null";
+
+inventory::submit! { DriverRegistration::new(NAME, NullDriver::create) }
+
+/// The `null` driver. It remembers which networks exist so that it can refuse calls for unknown
+/// ones, as every driver must.
+#[derive(Debug, Default)]
+pub struct NullDriver {
+    networks: Mutex<BTreeSet<String>>,
+}
+
+impl NullDriver {
+    /// Builds the driver for one controller (the registration's constructor).
+    pub fn create(_ctx: &DriverContext) -> Result<Arc<dyn Driver>, DriverError> {
+        Ok(Arc::new(Self::default()))
+    }
+
+    fn networks(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // The set holds plain strings; a panic elsewhere cannot leave it inconsistent.
+        self.networks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known(&self, network_id: &str) -> Result<(), DriverError> {
+        if self.networks().contains(network_id) {
+            Ok(())
+        } else {
+            Err(DriverError::new(
+                NAME,
+                ErrorKind::NotFound,
+                format!("network {network_id} not found"),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for NullDriver {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capability(&self) -> Capability {
+        Capability::local()
+            .with_addresses(false)
+            .with_singleton(true)
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
+        self.validate_network_options(&spec.options)?;
+        if !self.networks().insert(spec.id.clone()) {
+            return Err(DriverError::new(
+                NAME,
+                ErrorKind::AlreadyExists,
+                format!("network {} already exists", spec.id),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
+        self.known(network_id)?;
+        self.networks().remove(network_id);
+        Ok(())
+    }
+
+    async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
+        self.known(&spec.network_id)?;
+        Ok(EndpointInfo::default())
+    }
+
+    async fn delete_endpoint(
+        &self,
+        network_id: &str,
+        _endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        self.known(network_id)
+    }
+
+    async fn join(&self, request: &JoinRequest) -> Result<JoinInfo, DriverError> {
+        self.known(&request.network_id)?;
+        let mut info = JoinInfo::new(JoinedInterface::None);
+        info.disable_gateway_service = true;
+        Ok(info)
+    }
+
+    async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
+        self.known(&request.network_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn life_cycle_without_kernel() {
+        let d = NullDriver::default();
+        let spec = NetworkSpec::new("n1", "none");
+        d.create_network(&spec).await.unwrap();
+        assert_eq!(
+            d.create_network(&spec).await.unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        d.delete_endpoint("n1", "e1").await.unwrap();
+        d.delete_network("n1").await.unwrap();
+        assert_eq!(
+            d.delete_network("n1").await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        let mut bad = NetworkSpec::new("n2", "bad");
+        bad.options.insert("mtu".into(), "1500".into());
+        let e = d.create_network(&bad).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("\"mtu\""), "{e}");
+        assert!(
+            !d.networks().contains("n2"),
+            "a refused network leaves nothing"
+        );
+    }
+
+    #[test]
+    fn capability_has_no_addresses() {
+        let c = NullDriver::default().capability();
+        assert!(!c.needs_addresses && c.singleton);
+    }
+}

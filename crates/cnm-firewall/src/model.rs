@@ -1,0 +1,702 @@
+//! The data model: networks and published ports, and the set elements each one owns.
+//!
+//! The ruleset's chains and rules are constant; everything that varies lives in set and map
+//! elements. A network or an endpoint therefore owns a precise list of elements, derived here,
+//! and adding or removing it adds or deletes exactly those.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use cnm_types::IfName;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use crate::FirewallError;
+use crate::ruleset::SetName;
+
+/// A transport protocol that can be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+    /// SCTP (132).
+    Sctp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+    /// The nft keyword.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a network's containers are reached from outside the host (Docker's `gateway_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// Published ports are DNATed from host addresses; direct access to container addresses
+    /// from outside the host is dropped unless it was DNATed (Docker 28).
+    #[default]
+    Nat,
+    /// No DNAT: container addresses are routed, and direct access to published ports is allowed.
+    Routed,
+}
+
+/// The firewall's view of one bridge network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRules {
+    /// The network id (the key of every later call).
+    pub id: String,
+    /// The bridge interface.
+    pub bridge: IfName,
+    /// IPv4 subnets on the bridge.
+    pub subnets_v4: Vec<Ipv4Net>,
+    /// IPv6 subnets on the bridge.
+    pub subnets_v6: Vec<Ipv6Net>,
+    /// Inter-container traffic within the bridge is allowed (`true`) or dropped.
+    pub icc: bool,
+    /// Masquerade the subnets' traffic that leaves through a non-bridge interface.
+    pub masquerade: bool,
+    /// No forwarding off the bridge at all, either direction.
+    pub internal: bool,
+    /// NAT or routed access from outside.
+    pub gateway_mode: GatewayMode,
+}
+
+/// One published port (range) of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Host address to bind; `None` is every address of the container address's family.
+    pub host_ip: Option<IpAddr>,
+    /// Host ports, inclusive.
+    pub host_ports: (u16, u16),
+    /// The container's address.
+    pub container_ip: IpAddr,
+    /// Container ports, inclusive; the same size as `host_ports`.
+    pub container_ports: (u16, u16),
+}
+
+impl PortMapping {
+    /// Checks ranges and families; `index` names the mapping in the error.
+    pub fn validate(&self, index: usize) -> Result<(), FirewallError> {
+        let field = |f: &str| format!("port mapping {index} {f}");
+        for (name, (lo, hi)) in [
+            ("host_ports", self.host_ports),
+            ("container_ports", self.container_ports),
+        ] {
+            if lo == 0 {
+                return Err(FirewallError::invalid(
+                    field(name),
+                    format!("{lo}-{hi}"),
+                    "port 0 cannot be published",
+                ));
+            }
+            if hi < lo {
+                return Err(FirewallError::invalid(
+                    field(name),
+                    format!("{lo}-{hi}"),
+                    "the range ends before it starts",
+                ));
+            }
+        }
+        if self.host_ports.1 - self.host_ports.0 != self.container_ports.1 - self.container_ports.0
+        {
+            return Err(FirewallError::invalid(
+                field("container_ports"),
+                format!("{}-{}", self.container_ports.0, self.container_ports.1),
+                format!(
+                    "the range must be as long as host_ports {}-{}",
+                    self.host_ports.0, self.host_ports.1
+                ),
+            ));
+        }
+        if let Some(h) = self.host_ip
+            && h.is_ipv4() != self.container_ip.is_ipv4()
+        {
+            return Err(FirewallError::invalid(
+                field("host_ip"),
+                h,
+                format!("its family differs from container_ip {}", self.container_ip),
+            ));
+        }
+        let c = self.container_ip;
+        if c.is_unspecified() || c.is_multicast() || c.is_loopback() {
+            return Err(FirewallError::invalid(
+                field("container_ip"),
+                c,
+                "not a unicast container address",
+            ));
+        }
+        if let Some(h) = self.host_ip
+            && h.is_multicast()
+        {
+            return Err(FirewallError::invalid(
+                field("host_ip"),
+                h,
+                "a multicast address cannot be published",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host address with `0.0.0.0`/`::` folded into "any address".
+    fn host_key(&self) -> Option<IpAddr> {
+        self.host_ip.filter(|h| !h.is_unspecified())
+    }
+
+    fn is_v4(&self) -> bool {
+        self.container_ip.is_ipv4()
+    }
+}
+
+impl NetworkRules {
+    /// Checks the fields that are not already typed.
+    pub fn validate(&self) -> Result<(), FirewallError> {
+        if self.id.is_empty() {
+            return Err(FirewallError::invalid("network id", "", "it is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// One field of a set element key or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Field {
+    /// An interface name (16 bytes, NUL padded).
+    IfName([u8; 16]),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+    Proto(u8),
+    Port(u16),
+}
+
+impl Field {
+    pub(crate) fn ifname(name: &IfName) -> Self {
+        let mut b = [0u8; 16];
+        b[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+        Self::IfName(b)
+    }
+
+    /// The field's bytes in network order, unpadded.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        match self {
+            Self::IfName(b) => b.to_vec(),
+            Self::V4(a) => a.octets().to_vec(),
+            Self::V6(a) => a.octets().to_vec(),
+            Self::Proto(p) => vec![*p],
+            Self::Port(p) => p.to_be_bytes().to_vec(),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::IfName(b) => {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(16);
+                format!("\"{}\"", String::from_utf8_lossy(&b[..end]))
+            }
+            Self::V4(a) => a.to_string(),
+            Self::V6(a) => a.to_string(),
+            Self::Proto(6) => "tcp".into(),
+            Self::Proto(17) => "udp".into(),
+            Self::Proto(132) => "sctp".into(),
+            Self::Proto(p) => p.to_string(),
+            Self::Port(p) => p.to_string(),
+        }
+    }
+}
+
+/// One element: a key (with an inclusive end for interval sets) and, for maps, a value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Element {
+    pub key: Vec<Field>,
+    /// Same length as `key`; equal to `key` for a single point.
+    pub key_end: Option<Vec<Field>>,
+    pub data: Vec<Field>,
+}
+
+impl Element {
+    fn point(key: Vec<Field>) -> Self {
+        Self {
+            key,
+            key_end: None,
+            data: Vec::new(),
+        }
+    }
+
+    /// The element in nft syntax, e.g. `10.0.0.2 . tcp . 8000-8010 : 172.18.0.2`.
+    pub(crate) fn text(&self) -> String {
+        let mut parts = Vec::with_capacity(self.key.len());
+        for (i, k) in self.key.iter().enumerate() {
+            let end = self.key_end.as_ref().map(|e| e[i]).unwrap_or(*k);
+            parts.push(match (k, end) {
+                (a, b) if *a == b => a.text(),
+                (Field::V4(a), Field::V4(b)) => match prefix_v4(*a, b) {
+                    Some(len) => format!("{a}/{len}"),
+                    None => format!("{a}-{b}"),
+                },
+                (Field::V6(a), Field::V6(b)) => match prefix_v6(*a, b) {
+                    Some(len) => format!("{a}/{len}"),
+                    None => format!("{a}-{b}"),
+                },
+                (a, b) => format!("{}-{}", a.text(), b.text()),
+            });
+        }
+        let mut s = parts.join(" . ");
+        if !self.data.is_empty() {
+            s.push_str(" : ");
+            s.push_str(
+                &self
+                    .data
+                    .iter()
+                    .map(Field::text)
+                    .collect::<Vec<_>>()
+                    .join(" . "),
+            );
+        }
+        s
+    }
+}
+
+fn prefix_v4(a: Ipv4Addr, b: Ipv4Addr) -> Option<u8> {
+    let (a, b) = (u32::from(a), u32::from(b));
+    let host = a ^ b;
+    (host.wrapping_add(1) & host == 0 && a & host == 0).then(|| 32 - host.count_ones() as u8)
+}
+
+fn prefix_v6(a: Ipv6Addr, b: Ipv6Addr) -> Option<u8> {
+    let (a, b) = (u128::from(a), u128::from(b));
+    let host = a ^ b;
+    (host.wrapping_add(1) & host == 0 && a & host == 0).then(|| 128 - host.count_ones() as u8)
+}
+
+/// Elements grouped by set, ordered so that renders and batches are deterministic.
+pub(crate) type Elements = BTreeMap<SetName, BTreeSet<Element>>;
+
+fn push(out: &mut Elements, set: SetName, e: Element) {
+    out.entry(set).or_default().insert(e);
+}
+
+/// The elements a network owns.
+pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
+    let mut out = Elements::new();
+    let br = Field::ifname(&net.bridge);
+    push(&mut out, SetName::Bridges, Element::point(vec![br]));
+    push(&mut out, SetName::SameBridge, Element::point(vec![br, br]));
+    if net.internal {
+        push(&mut out, SetName::Internal, Element::point(vec![br]));
+    }
+    if !net.icc {
+        push(&mut out, SetName::IccOff, Element::point(vec![br]));
+    }
+    if net.gateway_mode == GatewayMode::Routed {
+        push(&mut out, SetName::Routed, Element::point(vec![br]));
+    }
+    if net.masquerade && !net.internal {
+        for s in &net.subnets_v4 {
+            let s = s.trunc();
+            push(
+                &mut out,
+                SetName::Masq4,
+                Element {
+                    key: vec![br, Field::V4(s.network())],
+                    key_end: Some(vec![br, Field::V4(s.broadcast())]),
+                    data: vec![],
+                },
+            );
+        }
+        for s in &net.subnets_v6 {
+            let s = s.trunc();
+            push(
+                &mut out,
+                SetName::Masq6,
+                Element {
+                    key: vec![br, Field::V6(s.network())],
+                    key_end: Some(vec![br, Field::V6(s.broadcast())]),
+                    data: vec![],
+                },
+            );
+        }
+    }
+    out
+}
+
+fn addr(ip: IpAddr) -> Field {
+    match ip {
+        IpAddr::V4(a) => Field::V4(a),
+        IpAddr::V6(a) => Field::V6(a),
+    }
+}
+
+/// The elements one port mapping owns on `net`.
+///
+/// Equal host and container ranges are one interval element DNATing to the address only (the
+/// kernel keeps the port). A range shifted to other container ports cannot be one element:
+/// nftables has no port arithmetic and its NAT offset mode is not exposed to maps, so it becomes
+/// one element per port, as Docker does.
+pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements {
+    let mut out = Elements::new();
+    let proto = Field::Proto(m.proto.number());
+    let v4 = m.is_v4();
+    let cip = addr(m.container_ip);
+    push(
+        &mut out,
+        if v4 {
+            SetName::Published4
+        } else {
+            SetName::Published6
+        },
+        Element {
+            key: vec![cip, proto, Field::Port(m.container_ports.0)],
+            key_end: Some(vec![cip, proto, Field::Port(m.container_ports.1)]),
+            data: vec![],
+        },
+    );
+    if net.gateway_mode == GatewayMode::Routed || net.internal {
+        return out;
+    }
+    let host = m.host_key().map(addr);
+    let prefix = |port: u16| -> Vec<Field> {
+        let mut k: Vec<Field> = host.into_iter().collect();
+        k.extend([proto, Field::Port(port)]);
+        k
+    };
+    let (single, range) = match (v4, host.is_some()) {
+        (true, true) => (SetName::Dnat4, SetName::Dnat4Range),
+        (true, false) => (SetName::Dnat4Any, SetName::Dnat4AnyRange),
+        (false, true) => (SetName::Dnat6, SetName::Dnat6Range),
+        (false, false) => (SetName::Dnat6Any, SetName::Dnat6AnyRange),
+    };
+    let (hlo, hhi) = m.host_ports;
+    if hlo == hhi {
+        push(
+            &mut out,
+            single,
+            Element {
+                key: prefix(hlo),
+                key_end: Some(prefix(hlo)),
+                data: vec![cip, Field::Port(m.container_ports.0)],
+            },
+        );
+    } else if m.host_ports == m.container_ports {
+        push(
+            &mut out,
+            range,
+            Element {
+                key: prefix(hlo),
+                key_end: Some(prefix(hhi)),
+                data: vec![cip],
+            },
+        );
+    } else {
+        for (i, hp) in (hlo..=hhi).enumerate() {
+            let cp = m.container_ports.0 + i as u16;
+            push(
+                &mut out,
+                single,
+                Element {
+                    key: prefix(hp),
+                    key_end: Some(prefix(hp)),
+                    data: vec![cip, Field::Port(cp)],
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Everything the firewall has been told: the single source of truth for every transaction.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Model {
+    pub networks: BTreeMap<String, NetworkRules>,
+    /// endpoint id → (network id, mappings)
+    pub endpoints: BTreeMap<String, (String, Vec<PortMapping>)>,
+}
+
+fn ranges_overlap(a: (u16, u16), b: (u16, u16)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+impl Model {
+    /// Every element of the whole desired ruleset.
+    pub fn elements(&self) -> Elements {
+        let mut out = Elements::new();
+        for net in self.networks.values() {
+            merge(&mut out, network_elements(net));
+        }
+        for (net_id, maps) in self.endpoints.values() {
+            if let Some(net) = self.networks.get(net_id) {
+                for m in maps {
+                    merge(&mut out, mapping_elements(net, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// The elements of every endpoint except `skip`, for reference counting shared elements.
+    pub fn endpoint_elements_except(&self, skip: &str) -> Elements {
+        let mut out = Elements::new();
+        for (id, (net_id, maps)) in &self.endpoints {
+            if id == skip {
+                continue;
+            }
+            if let Some(net) = self.networks.get(net_id) {
+                for m in maps {
+                    merge(&mut out, mapping_elements(net, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Refuses a network whose id or bridge is already taken.
+    pub fn check_network(&self, net: &NetworkRules) -> Result<(), FirewallError> {
+        for other in self.networks.values() {
+            if other.id == net.id || other.bridge == net.bridge {
+                return Err(FirewallError::Conflict {
+                    op: "add network".into(),
+                    object: format!("{} (bridge {})", net.id, net.bridge),
+                    reason: format!(
+                        "network {} on bridge {} is already installed",
+                        other.id, other.bridge
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses host ports already published (same protocol and family, overlapping ports, same
+    /// or wildcard address) and container port ranges that overlap without being equal.
+    pub fn check_mappings(
+        &self,
+        endpoint_id: &str,
+        new: &[PortMapping],
+    ) -> Result<(), FirewallError> {
+        let existing = self
+            .endpoints
+            .iter()
+            .filter(|(id, _)| id.as_str() != endpoint_id)
+            .flat_map(|(id, (_, ms))| ms.iter().map(move |m| (id.as_str(), m)));
+        let mut seen: Vec<(&str, &PortMapping)> = existing.collect();
+        if let Some((_, ms)) = self.endpoints.get(endpoint_id) {
+            seen.extend(ms.iter().map(|m| (endpoint_id, m)));
+        }
+        for (i, m) in new.iter().enumerate() {
+            for (owner, o) in &seen {
+                let host_clash = o.proto == m.proto
+                    && o.is_v4() == m.is_v4()
+                    && ranges_overlap(o.host_ports, m.host_ports)
+                    && (o.host_key().is_none()
+                        || m.host_key().is_none()
+                        || o.host_key() == m.host_key());
+                let container_clash = o.proto == m.proto
+                    && o.container_ip == m.container_ip
+                    && ranges_overlap(o.container_ports, m.container_ports)
+                    && o.container_ports != m.container_ports;
+                if host_clash || container_clash {
+                    return Err(FirewallError::Conflict {
+                        op: "publish".into(),
+                        object: format!(
+                            "port mapping {i} {}/{}-{} of endpoint {endpoint_id}",
+                            m.proto, m.host_ports.0, m.host_ports.1
+                        ),
+                        reason: format!(
+                            "overlaps {}/{}-{} -> {} {}-{} of endpoint {owner}",
+                            o.proto,
+                            o.host_ports.0,
+                            o.host_ports.1,
+                            o.container_ip,
+                            o.container_ports.0,
+                            o.container_ports.1
+                        ),
+                    });
+                }
+            }
+            seen.push((endpoint_id, m));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn merge(into: &mut Elements, from: Elements) {
+    for (set, elems) in from {
+        into.entry(set).or_default().extend(elems);
+    }
+}
+
+/// `a` minus `b`, per set.
+pub(crate) fn subtract(a: &Elements, b: &Elements) -> Elements {
+    let mut out = Elements::new();
+    for (set, elems) in a {
+        let left: BTreeSet<Element> = match b.get(set) {
+            Some(other) => elems.difference(other).cloned().collect(),
+            None => elems.clone(),
+        };
+        if !left.is_empty() {
+            out.insert(*set, left);
+        }
+    }
+    out
+}
+
+/// A desired ruleset as a plain value, without a kernel: what [`crate::Firewall`] keeps inside.
+/// Useful to review or test the rules cnm would install (`render`), e.g. as golden files.
+#[derive(Debug, Clone, Default)]
+pub struct Ruleset {
+    model: Model,
+}
+
+impl Ruleset {
+    /// An empty ruleset: the base table with no networks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a network, with the same checks as [`crate::Firewall::add_network`].
+    pub fn add_network(&mut self, net: &NetworkRules) -> Result<(), FirewallError> {
+        net.validate()?;
+        self.model.check_network(net)?;
+        self.model.networks.insert(net.id.clone(), net.clone());
+        Ok(())
+    }
+
+    /// Publishes ports, with the same checks as [`crate::Firewall::add_port_mappings`].
+    pub fn add_port_mappings(
+        &mut self,
+        network_id: &str,
+        endpoint_id: &str,
+        mappings: &[PortMapping],
+    ) -> Result<(), FirewallError> {
+        for (i, m) in mappings.iter().enumerate() {
+            m.validate(i)?;
+        }
+        if !self.model.networks.contains_key(network_id) {
+            return Err(FirewallError::NotFound {
+                what: "network",
+                id: network_id.to_string(),
+            });
+        }
+        self.model.check_mappings(endpoint_id, mappings)?;
+        self.model
+            .endpoints
+            .entry(endpoint_id.to_string())
+            .or_insert_with(|| (network_id.to_string(), Vec::new()))
+            .1
+            .extend_from_slice(mappings);
+        Ok(())
+    }
+
+    /// The whole table as nft text.
+    pub fn render(&self) -> String {
+        crate::ruleset::render(&self.model.elements())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(host: (u16, u16), cont: (u16, u16)) -> PortMapping {
+        PortMapping {
+            proto: Proto::Tcp,
+            host_ip: None,
+            host_ports: host,
+            container_ip: "172.18.0.2".parse().unwrap(),
+            container_ports: cont,
+        }
+    }
+
+    #[test]
+    fn validation_names_field_and_value() {
+        let e = m((10, 5), (10, 5)).validate(3).unwrap_err();
+        assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "invalid port mapping 3 host_ports \"10-5\": the range ends before it starts"
+        );
+        assert!(m((1, 5), (1, 6)).validate(0).is_err());
+        assert!(m((0, 0), (1, 1)).validate(0).is_err());
+        let mut fam = m((80, 80), (80, 80));
+        fam.host_ip = Some("::1".parse().unwrap());
+        assert!(fam.validate(0).unwrap_err().to_string().contains("host_ip"));
+        assert!(m((8000, 8010), (9000, 9010)).validate(0).is_ok());
+    }
+
+    #[test]
+    fn element_text_uses_prefixes_and_ranges() {
+        let e = Element {
+            key: vec![Field::V4("10.0.0.0".parse().unwrap()), Field::Port(1)],
+            key_end: Some(vec![
+                Field::V4("10.0.255.255".parse().unwrap()),
+                Field::Port(9),
+            ]),
+            data: vec![Field::V4("1.2.3.4".parse().unwrap())],
+        };
+        assert_eq!(e.text(), "10.0.0.0/16 . 1-9 : 1.2.3.4");
+        assert_eq!(
+            prefix_v4("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn shifted_ranges_expand_equal_ranges_do_not() {
+        let net = NetworkRules {
+            id: "n".into(),
+            bridge: "br-n".parse().unwrap(),
+            subnets_v4: vec![],
+            subnets_v6: vec![],
+            icc: true,
+            masquerade: true,
+            internal: false,
+            gateway_mode: GatewayMode::Nat,
+        };
+        let eq = mapping_elements(&net, &m((8000, 8099), (8000, 8099)));
+        assert_eq!(eq[&SetName::Dnat4AnyRange].len(), 1);
+        let shifted = mapping_elements(&net, &m((8000, 8009), (9000, 9009)));
+        assert_eq!(shifted[&SetName::Dnat4Any].len(), 10);
+    }
+
+    #[test]
+    fn overlapping_host_ports_conflict() {
+        let mut model = Model::default();
+        model.endpoints.insert(
+            "a".into(),
+            ("n".into(), vec![m((8000, 8010), (8000, 8010))]),
+        );
+        let mut other = m((8010, 8010), (80, 80));
+        other.container_ip = "172.18.0.3".parse().unwrap();
+        let e = model.check_mappings("b", &[other]).unwrap_err();
+        assert_eq!(e.kind(), cnm_types::ErrorKind::Conflict);
+        other.host_ports = (8011, 8011);
+        model.check_mappings("b", &[other]).unwrap();
+        other.proto = Proto::Udp;
+        other.host_ports = (8005, 8005);
+        model.check_mappings("b", &[other]).unwrap();
+    }
+}

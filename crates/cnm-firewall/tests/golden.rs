@@ -1,0 +1,163 @@
+//! Golden files of the rendered ruleset for a matrix of network options.
+//! `CNM_BLESS=1 cargo test -p cnm-firewall --test golden` rewrites them after a reviewed change.
+
+use std::path::PathBuf;
+
+use cnm_firewall::{GatewayMode, NetworkRules, PortMapping, Proto, Ruleset};
+
+fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
+    NetworkRules {
+        id: id.into(),
+        bridge: format!("br-{id}").parse().unwrap(),
+        subnets_v4: if v4 {
+            vec!["172.18.0.0/16".parse().unwrap()]
+        } else {
+            vec![]
+        },
+        subnets_v6: if v6 {
+            vec!["fd00:18::/64".parse().unwrap()]
+        } else {
+            vec![]
+        },
+        icc: true,
+        masquerade: true,
+        internal: false,
+        gateway_mode: GatewayMode::Nat,
+    }
+}
+
+fn ports(v4: bool, v6: bool) -> Vec<PortMapping> {
+    let mut out = Vec::new();
+    if v4 {
+        let c = "172.18.0.2".parse().unwrap();
+        out.push(PortMapping {
+            proto: Proto::Tcp,
+            host_ip: None,
+            host_ports: (8080, 8080),
+            container_ip: c,
+            container_ports: (80, 80),
+        });
+        out.push(PortMapping {
+            proto: Proto::Udp,
+            host_ip: None,
+            host_ports: (5000, 5009),
+            container_ip: c,
+            container_ports: (5000, 5009),
+        });
+        out.push(PortMapping {
+            proto: Proto::Tcp,
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            host_ports: (9000, 9000),
+            container_ip: c,
+            container_ports: (9000, 9000),
+        });
+        out.push(PortMapping {
+            proto: Proto::Sctp,
+            host_ip: Some("10.0.0.1".parse().unwrap()),
+            host_ports: (7000, 7002),
+            container_ip: c,
+            container_ports: (8000, 8002),
+        });
+    }
+    if v6 {
+        let c = "fd00:18::2".parse().unwrap();
+        out.push(PortMapping {
+            proto: Proto::Tcp,
+            host_ip: None,
+            host_ports: (8080, 8080),
+            container_ip: c,
+            container_ports: (80, 80),
+        });
+        out.push(PortMapping {
+            proto: Proto::Tcp,
+            host_ip: Some("2001:db8::1".parse().unwrap()),
+            host_ports: (6000, 6099),
+            container_ip: c,
+            container_ports: (6000, 6099),
+        });
+    }
+    out
+}
+
+fn cases() -> Vec<(&'static str, Ruleset)> {
+    let mut cases = Vec::new();
+    let mut add = |name: &'static str, n: NetworkRules, with_ports: bool| {
+        let mut r = Ruleset::new();
+        let (v4, v6) = (!n.subnets_v4.is_empty(), !n.subnets_v6.is_empty());
+        r.add_network(&n).unwrap();
+        if with_ports {
+            r.add_port_mappings(&n.id, "ep1", &ports(v4, v6)).unwrap();
+        }
+        cases.push((name, r));
+    };
+    add("v4-defaults", net("a", true, false), false);
+    add("v4-ports", net("a", true, false), true);
+    add("v6-ports", net("a", false, true), true);
+    add("dual-ports", net("a", true, true), true);
+    add(
+        "icc-off",
+        NetworkRules {
+            icc: false,
+            ..net("a", true, false)
+        },
+        false,
+    );
+    add(
+        "no-masquerade",
+        NetworkRules {
+            masquerade: false,
+            ..net("a", true, true)
+        },
+        false,
+    );
+    add(
+        "internal",
+        NetworkRules {
+            internal: true,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "routed-ports",
+        NetworkRules {
+            gateway_mode: GatewayMode::Routed,
+            masquerade: false,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    let mut two = Ruleset::new();
+    two.add_network(&net("a", true, false)).unwrap();
+    two.add_network(&NetworkRules {
+        subnets_v4: vec!["172.19.0.0/16".parse().unwrap()],
+        ..net("b", false, false)
+    })
+    .unwrap();
+    cases.push(("two-networks", two));
+    cases.push(("empty", Ruleset::new()));
+    cases
+}
+
+#[test]
+fn rendered_rulesets_match_golden_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let bless = std::env::var_os("CNM_BLESS").is_some();
+    let mut failures = Vec::new();
+    for (name, ruleset) in cases() {
+        let path = dir.join(format!("{name}.nft"));
+        let got = ruleset.render();
+        if bless {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            failures.push(format!(
+                "{name}: differs from {} (CNM_BLESS=1 to regenerate)\n{got}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

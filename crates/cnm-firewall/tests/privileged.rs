@@ -1,0 +1,553 @@
+//! Privileged tests: real nftables in throwaway network namespaces (never the machine's own).
+//! Run with `unshare --mount --propagation private -- cargo test -p cnm-firewall -- --ignored`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cnm_firewall::{Backend, Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
+
+/// Runs `sh -c script` inside `ns` (a child forked from a thread in `ns` inherits it).
+async fn sh(ns: &NetNs, script: &str) -> Result<String> {
+    let script = script.to_string();
+    let out = ns
+        .run(move || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .map(|o| (script, o))
+        })
+        .await??;
+    let (script, out) = out;
+    if !out.status.success() {
+        bail!(
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn list(ns: &NetNs) -> Result<String> {
+    sh(ns, "nft list ruleset").await
+}
+
+fn net(id: &str, bridge: &str, v4: &str) -> NetworkRules {
+    NetworkRules {
+        id: id.into(),
+        bridge: bridge.parse().unwrap(),
+        subnets_v4: vec![v4.parse().unwrap()],
+        subnets_v6: vec!["fd00:1::/64".parse().unwrap()],
+        icc: false,
+        masquerade: true,
+        internal: false,
+        gateway_mode: GatewayMode::Nat,
+    }
+}
+
+fn tcp(host: (u16, u16), ip: &str, cont: (u16, u16)) -> PortMapping {
+    PortMapping {
+        proto: Proto::Tcp,
+        host_ip: None,
+        host_ports: host,
+        container_ip: ip.parse().unwrap(),
+        container_ports: cont,
+    }
+}
+
+fn sample_ports() -> Vec<PortMapping> {
+    vec![
+        tcp((8080, 8080), "172.18.0.2", (80, 80)),
+        PortMapping {
+            proto: Proto::Udp,
+            ..tcp((5000, 5099), "172.18.0.2", (5000, 5099))
+        },
+        PortMapping {
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            ..tcp((9000, 9000), "172.18.0.2", (9000, 9000))
+        },
+        PortMapping {
+            proto: Proto::Sctp,
+            host_ip: Some("10.9.0.1".parse().unwrap()),
+            ..tcp((7000, 7002), "172.18.0.2", (8000, 8002))
+        },
+        PortMapping {
+            host_ip: Some("fd00:9::1".parse().unwrap()),
+            ..tcp((443, 443), "fd00:1::2", (8443, 8443))
+        },
+        tcp((6000, 6010), "fd00:1::2", (6000, 6010)),
+    ]
+}
+
+async fn populate(fw: &Firewall) -> Result<()> {
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    fw.add_network(&NetworkRules {
+        icc: true,
+        internal: true,
+        ..net("n2", "br-n2", "172.19.0.0/16")
+    })
+    .await?;
+    fw.add_network(&NetworkRules {
+        gateway_mode: GatewayMode::Routed,
+        masquerade: false,
+        ..net("n3", "br-n3", "172.20.0.0/16")
+    })
+    .await?;
+    fw.add_port_mappings("n1", "ep1", &sample_ports()).await?;
+    fw.add_port_mappings("n3", "ep3", &[tcp((80, 80), "172.20.0.2", (80, 80))])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn netlink_and_nft_backends_install_the_same_ruleset() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let b = NetNs::create_anonymous().await?;
+    let fa = Firewall::new(&a).await?;
+    let fb = Firewall::with_backend(&b, Backend::NftCommand).await?;
+    populate(&fa).await?;
+    populate(&fb).await?;
+    let (la, lb) = (list(&a).await?, list(&b).await?);
+    assert_eq!(la, lb, "netlink and nft -f listings differ");
+    assert!(la.contains("tcp . 8080 : 172.18.0.2 . 80"), "{la}");
+    assert!(la.contains("udp . 5000-5099 : 172.18.0.2"), "{la}");
+    assert!(
+        la.contains("meta mark set meta mark | 0x01000000 accept"),
+        "{la}"
+    );
+    // nft accepts its own listing back: the table is well formed for nft 1.0.6
+    let c = NetNs::create_anonymous().await?;
+    let path = std::env::temp_dir().join(format!("cnm-fw-{}.nft", std::process::id()));
+    std::fs::write(&path, &la)?;
+    sh(&c, &format!("nft -f {}", path.display())).await?;
+    std::fs::remove_file(&path)?;
+    assert_eq!(list(&c).await?, la);
+    // 1 base + 3 networks + 2 publishes
+    assert_eq!(fa.transactions(), 6);
+    assert_eq!(fa.render(), fb.render());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn every_golden_file_loads_into_nft() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let ns = NetNs::create_anonymous().await?;
+        sh(&ns, &format!("nft -f {}", path.display()))
+            .await
+            .with_context(|| path.display().to_string())?;
+        ensure!(list(&ns).await?.contains("table inet cnm"));
+        n += 1;
+    }
+    ensure!(n >= 10, "only {n} golden files");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn removals_leave_exactly_the_remaining_model() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    populate(&fw).await?;
+    let before = fw.transactions();
+    fw.remove_port_mappings("ep1").await?;
+    fw.remove_network("n1").await?;
+    assert_eq!(
+        fw.transactions(),
+        before + 2,
+        "one transaction per operation"
+    );
+    let got = list(&a).await?;
+    assert!(!got.contains("br-n1") && !got.contains("172.18."), "{got}");
+    // the same model built directly in another namespace lists identically
+    let b = NetNs::create_anonymous().await?;
+    let reference = Firewall::new(&b).await?;
+    reference
+        .add_network(&NetworkRules {
+            icc: true,
+            internal: true,
+            ..net("n2", "br-n2", "172.19.0.0/16")
+        })
+        .await?;
+    reference
+        .add_network(&NetworkRules {
+            gateway_mode: GatewayMode::Routed,
+            masquerade: false,
+            ..net("n3", "br-n3", "172.20.0.0/16")
+        })
+        .await?;
+    reference
+        .add_port_mappings("n3", "ep3", &[tcp((80, 80), "172.20.0.2", (80, 80))])
+        .await?;
+    assert_eq!(got, list(&b).await?);
+    // removing a network removes its endpoints' ports too
+    fw.remove_network("n3").await?;
+    let got = list(&a).await?;
+    assert!(!got.contains("172.20.0.2"), "{got}");
+    let e = fw.remove_network("n3").await.unwrap_err();
+    assert_eq!(e.kind(), cnm_types::ErrorKind::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn reconcile_restores_the_table_after_a_flush() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    populate(&fw).await?;
+    let want = list(&a).await?;
+    sh(&a, "nft flush ruleset").await?;
+    assert_eq!(list(&a).await?.trim(), "");
+    fw.reconcile().await?;
+    assert_eq!(list(&a).await?, want);
+    // and again while the table exists
+    fw.reconcile().await?;
+    assert_eq!(list(&a).await?, want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn concurrent_publishes_both_land() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    let mut tasks = Vec::new();
+    for i in 0..8u16 {
+        let fw = fw.clone();
+        tasks.push(tokio::spawn(async move {
+            let ip = format!("172.18.0.{}", 10 + i);
+            fw.add_port_mappings(
+                "n1",
+                &format!("ep{i}"),
+                &[tcp((8000 + i, 8000 + i), &ip, (80, 80))],
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let got = list(&a).await?;
+    for i in 0..8u16 {
+        let line = format!("tcp . {} : 172.18.0.{} . 80", 8000 + i, 10 + i);
+        assert!(got.contains(&line), "missing {line} in {got}");
+    }
+    assert_eq!(fw.transactions(), 2 + 8);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_refused_transaction_changes_nothing() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    // someone else put an element there behind cnm's back: our interval will collide with it
+    sh(
+        &a,
+        "nft add element inet cnm dnat4_any '{ tcp . 9000-9010 : 10.0.0.9 . 80 }'",
+    )
+    .await?;
+    let before = list(&a).await?;
+    let rendered = fw.render();
+    let count = fw.transactions();
+    let e = fw
+        .add_port_mappings("n1", "ep1", &[tcp((9005, 9005), "172.18.0.2", (80, 80))])
+        .await
+        .expect_err("the kernel must refuse an overlapping interval");
+    let text = e.to_string();
+    assert!(
+        text.contains("add element inet cnm dnat4_any { tcp . 9005 : 172.18.0.2 . 80 }"),
+        "{text}"
+    );
+    assert_eq!(
+        list(&a).await?,
+        before,
+        "the published4 element of the same batch must not land"
+    );
+    assert_eq!(fw.render(), rendered);
+    assert_eq!(fw.transactions(), count);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn invalid_input_is_refused_before_anything_is_sent() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    let count = fw.transactions();
+    let bad = tcp((90, 80), "172.18.0.2", (90, 80));
+    let e = fw.add_port_mappings("n1", "ep1", &[bad]).await.unwrap_err();
+    assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("host_ports"), "{e}");
+    let e = fw
+        .add_port_mappings("nope", "ep1", &[tcp((80, 80), "172.18.0.2", (80, 80))])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), cnm_types::ErrorKind::NotFound);
+    let e = fw
+        .add_network(&net("n1", "br-other", "172.30.0.0/16"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), cnm_types::ErrorKind::Conflict);
+    assert_eq!(fw.transactions(), count);
+    Ok(())
+}
+
+/// client (10.1.0.2) —veth— host (10.1.0.1 | cnmbr0 172.30.0.1) —veth— server (172.30.0.2)
+struct Topology {
+    host: NetNs,
+    client: NetNs,
+    server: NetNs,
+}
+
+async fn topology() -> Result<Topology> {
+    let host = NetNs::create_anonymous().await?;
+    let client = NetNs::create_anonymous().await?;
+    let server = NetNs::create_anonymous().await?;
+    let nl = Netlink::connect(&host).await?;
+    nl.loopback_up().await?;
+    for (name, peer_ns) in [("uplink0", &client), ("cnmbr0", &server)] {
+        nl.create_link(&LinkSpec {
+            up: true,
+            ..LinkSpec::new(
+                name.parse()?,
+                LinkKind::Veth {
+                    peer_name: "eth0".parse()?,
+                    peer_ns: Some(peer_ns.clone()),
+                    peer_mac: None,
+                    peer_mtu: None,
+                    peer_up: true,
+                },
+            )
+        })
+        .await?;
+    }
+    let up = nl.link("uplink0").await?.context("uplink0")?;
+    nl.add_address(up.index, "10.1.0.1/24".parse()?).await?;
+    let br = nl.link("cnmbr0").await?.context("cnmbr0")?;
+    nl.add_address(br.index, "172.30.0.1/24".parse()?).await?;
+    sh(
+        &host,
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.cnmbr0.route_localnet=1",
+    )
+    .await?;
+    for (ns, addr, gw) in [
+        (&client, "10.1.0.2/24", "10.1.0.1"),
+        (&server, "172.30.0.2/24", "172.30.0.1"),
+    ] {
+        let n = Netlink::connect(ns).await?;
+        n.loopback_up().await?;
+        let eth0 = n.link("eth0").await?.context("eth0")?;
+        n.add_address(eth0.index, addr.parse()?).await?;
+        n.add_route(&RouteSpec::default_via(gw.parse()?, Some(eth0.index)))
+            .await?;
+    }
+    Ok(Topology {
+        host,
+        client,
+        server,
+    })
+}
+
+/// A TCP server in `ns` answering "hello" to every connection, on a thread of its own.
+async fn serve(ns: &NetNs, addr: SocketAddr) -> Result<()> {
+    let listener = ns.run(move || TcpListener::bind(addr)).await??;
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"hello");
+        }
+    });
+    Ok(())
+}
+
+/// Connects from `ns` to `to` and reads the greeting.
+async fn probe(ns: &NetNs, to: SocketAddr) -> Result<String> {
+    Ok(ns
+        .run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(700))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .await??)
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn published_port_is_dnated_end_to_end_and_direct_access_is_dropped() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    fw.add_network(&NetworkRules {
+        subnets_v6: vec![],
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    })
+    .await?;
+    serve(&t.server, "172.30.0.2:80".parse()?).await?;
+    let published: SocketAddr = "10.1.0.1:8080".parse()?;
+    probe(&t.client, published)
+        .await
+        .expect_err("not published yet");
+    let ports = [
+        tcp((8080, 8080), "172.30.0.2", (80, 80)),
+        PortMapping {
+            host_ip: Some("127.0.0.1".parse()?),
+            ..tcp((9090, 9090), "172.30.0.2", (80, 80))
+        },
+    ];
+    fw.add_port_mappings("n1", "ep1", &ports).await?;
+    assert_eq!(probe(&t.client, published).await?, "hello");
+    // from the host itself, through the output hook, to its own address and to 127.0.0.1
+    assert_eq!(probe(&t.host, "10.1.0.1:8080".parse()?).await?, "hello");
+    assert_eq!(probe(&t.host, "127.0.0.1:9090".parse()?).await?, "hello");
+    // NAT mode: the container address is not reachable directly from outside the host
+    probe(&t.client, "172.30.0.2:80".parse()?)
+        .await
+        .expect_err("direct access must be dropped");
+    // a port published on 127.0.0.1 is not reachable from another host
+    sh(&t.client, "ip rule del pref 0 lookup local && ip rule add pref 100 lookup local && ip route add 127.0.0.1/32 via 10.1.0.1 dev eth0 src 10.1.0.2 onlink table 100 && ip rule add to 127.0.0.1 ipproto tcp dport 9090 lookup 100 pref 10 && sysctl -qw net.ipv4.conf.eth0.route_localnet=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0").await?;
+    sh(&t.host, "sysctl -qw net.ipv4.conf.uplink0.route_localnet=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.uplink0.rp_filter=0").await?;
+    probe(&t.client, "127.0.0.1:9090".parse()?)
+        .await
+        .expect_err("loopback-published port reached from another host");
+    // proof that the setup above would reach it, were it not for cnm's drop rule
+    sh(&t.host, "nft flush chain inet cnm prerouting && nft add rule inet cnm prerouting fib daddr type local jump publish").await?;
+    assert_eq!(probe(&t.client, "127.0.0.1:9090".parse()?).await?, "hello");
+    fw.reconcile().await?;
+    probe(&t.client, "127.0.0.1:9090".parse()?)
+        .await
+        .expect_err("reconcile restores the drop rule");
+    // unpublishing closes it again
+    fw.remove_port_mappings("ep1").await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match probe(&t.client, published).await {
+            Err(_) => break,
+            Ok(_) if Instant::now() < deadline => continue,
+            Ok(_) => bail!("port still published after remove_port_mappings"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn routed_mode_allows_direct_access_to_published_ports_only() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    fw.add_network(&NetworkRules {
+        subnets_v6: vec![],
+        gateway_mode: GatewayMode::Routed,
+        masquerade: false,
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    })
+    .await?;
+    serve(&t.server, "172.30.0.2:80".parse()?).await?;
+    serve(&t.server, "172.30.0.2:81".parse()?).await?;
+    sh(&t.client, "ip route add 172.30.0.0/24 via 10.1.0.1")
+        .await
+        .ok();
+    fw.add_port_mappings("n1", "ep1", &[tcp((80, 80), "172.30.0.2", (80, 80))])
+        .await?;
+    assert_eq!(probe(&t.client, "172.30.0.2:80".parse()?).await?, "hello");
+    probe(&t.client, "172.30.0.2:81".parse()?)
+        .await
+        .expect_err("unpublished port reachable");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    assert!(
+        !fw.ensure_iptables_compat().await?,
+        "no iptables FORWARD chain yet: nothing to do"
+    );
+    fw.add_network(&NetworkRules {
+        subnets_v6: vec![],
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    })
+    .await?;
+    fw.add_port_mappings("n1", "ep1", &[tcp((8080, 8080), "172.30.0.2", (80, 80))])
+        .await?;
+    serve(&t.server, "172.30.0.2:80".parse()?).await?;
+    let published: SocketAddr = "10.1.0.1:8080".parse()?;
+    assert_eq!(probe(&t.client, published).await?, "hello");
+    // what Docker does to the host
+    sh(&t.host, "iptables -P FORWARD DROP").await?;
+    probe(&t.client, published)
+        .await
+        .expect_err("Docker's DROP policy must drop it");
+    assert!(fw.ensure_iptables_compat().await?);
+    assert!(fw.ensure_iptables_compat().await?, "idempotent");
+    let rules = sh(&t.host, "iptables -S FORWARD").await?;
+    assert_eq!(rules.matches("cnm").count(), 1, "{rules}");
+    assert_eq!(probe(&t.client, published).await?, "hello");
+    assert!(fw.remove_iptables_compat().await?);
+    assert!(!sh(&t.host, "iptables -S FORWARD").await?.contains("cnm"));
+    probe(&t.client, published)
+        .await
+        .expect_err("dropped again without the rule");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn conntrack_flush_deletes_the_entries_of_a_port() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    fw.add_network(&NetworkRules {
+        subnets_v6: vec![],
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    })
+    .await?;
+    fw.add_port_mappings(
+        "n1",
+        "ep1",
+        &[PortMapping {
+            proto: Proto::Udp,
+            ..tcp((5353, 5353), "172.30.0.2", (53, 53))
+        }],
+    )
+    .await?;
+    // a UDP flow through the DNAT creates a conntrack entry on the host
+    t.client
+        .run(|| -> std::io::Result<()> {
+            let s = std::net::UdpSocket::bind("10.1.0.2:40000")?;
+            s.send_to(b"x", "10.1.0.1:5353")?;
+            Ok(())
+        })
+        .await??;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !sh(
+        &t.host,
+        "cat /proc/net/nf_conntrack 2>/dev/null || conntrack -L 2>/dev/null",
+    )
+    .await?
+    .contains("dport=5353")
+    {
+        ensure!(Instant::now() < deadline, "no conntrack entry appeared");
+        tokio::task::yield_now().await;
+    }
+    let n =
+        cnm_firewall::flush_conntrack(&t.host, Proto::Udp, 5353, Some(IpAddr::from([10, 1, 0, 1])))
+            .await?;
+    assert_eq!(n, 1);
+    let left = sh(&t.host, "conntrack -L -p udp 2>/dev/null").await?;
+    assert!(!left.contains("dport=5353"), "{left}");
+    assert_eq!(fw.flush_conntrack(Proto::Udp, 5353, None).await?, 0);
+    Ok(())
+}

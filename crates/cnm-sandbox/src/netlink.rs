@@ -1,0 +1,1103 @@
+//! An rtnetlink handle whose socket was created inside one namespace; usable from any task.
+//!
+//! Messages are built here from typed specs and sent as single requests: one link lookup is one
+//! `RTM_GETLINK` with `IFLA_IFNAME` (never a dump), and a veth is created with its peer already
+//! inside the sandbox, named, addressed and up, in one `RTM_NEWLINK`.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use cnm_types::{IfName, MacAddress};
+use futures::StreamExt;
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, MacVlanMode,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::link::MacvlanMode;
+use crate::ns::on_thread;
+use crate::{Address, IpFamily, Link, LinkKind, LinkSpec, NetNs, Route, RouteSpec, SandboxError};
+
+/// The loopback device's index in every namespace (`LOOPBACK_IFINDEX` in the kernel).
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// An rtnetlink connection bound to one network namespace. Clone is cheap.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+    ns: NetNs,
+}
+
+/// A neighbour (ARP/NDP) entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Interface index.
+    pub index: u32,
+    /// The neighbour's IP address.
+    pub ip: IpAddr,
+    /// Its link-layer address, if resolved.
+    pub mac: Option<MacAddress>,
+    /// Whether the entry is permanent (static).
+    pub permanent: bool,
+}
+
+/// A forwarding database (bridge/vxlan FDB) entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// Interface index of the port or vxlan device.
+    pub index: u32,
+    /// The MAC address.
+    pub mac: MacAddress,
+    /// Remote VTEP, for vxlan entries.
+    pub dst: Option<IpAddr>,
+    /// Whether the entry is permanent (static).
+    pub permanent: bool,
+}
+
+impl Netlink {
+    /// Opens a NETLINK_ROUTE socket inside `ns` and drives it on the current tokio runtime.
+    ///
+    /// The socket is created on a short-lived thread that entered `ns` (a netlink socket belongs
+    /// to the namespace it was created in); the connection task then runs on tokio, and the
+    /// handle works from any task.
+    pub async fn connect(ns: &NetNs) -> Result<Netlink, SandboxError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SandboxError::NoRuntime {
+                op: "connect netlink in",
+                object: ns.to_string(),
+            })?;
+        let inside = ns.clone();
+        let shown = ns.to_string();
+        let (connection, handle, _events) =
+            on_thread("connect netlink in", ns.to_string(), move || {
+                inside.enter()?;
+                // The socket registers with the reactor of the runtime we were called from.
+                let _guard = runtime.enter();
+                rtnetlink::new_connection()
+                    .map_err(|e| SandboxError::kernel("open netlink socket in", shown, e))
+            })
+            .await??;
+        tokio::spawn(connection);
+        Ok(Netlink {
+            handle,
+            ns: ns.clone(),
+        })
+    }
+
+    /// The namespace this handle talks to.
+    pub fn netns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Sends one request and collects the replies; a NACK becomes the errno it carries.
+    async fn request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut nl = NetlinkMessage::from(msg);
+        nl.header.flags = NLM_F_REQUEST | flags;
+        let mut handle = self.handle.clone();
+        let mut replies = handle
+            .request(nl)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(reply) = replies.next().await {
+            match reply.payload {
+                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// A change acknowledged by the kernel.
+    async fn change(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.request(msg, NLM_F_ACK | flags).await.map(drop)
+    }
+
+    fn object(&self, what: impl std::fmt::Display) -> String {
+        format!("{what} in {}", self.ns)
+    }
+
+    // ---- links ----
+
+    /// Creates a link as specified, with MTU, MAC, master and up state in the same message.
+    pub async fn create_link(&self, spec: &LinkSpec) -> Result<(), SandboxError> {
+        spec.validate()?;
+        let msg = link_create_message(spec);
+        let object = match &spec.kind {
+            LinkKind::Veth {
+                peer_name, peer_ns, ..
+            } => match peer_ns {
+                Some(p) => self.object(format!("{} (peer {peer_name} in {p})", spec.name)),
+                None => self.object(format!("{} (peer {peer_name})", spec.name)),
+            },
+            _ => self.object(&spec.name),
+        };
+        let op = match spec.kind {
+            LinkKind::Bridge => "create bridge",
+            LinkKind::Veth { .. } => "create veth",
+            LinkKind::Vxlan { .. } => "create vxlan",
+            LinkKind::Dummy => "create dummy",
+            LinkKind::Macvlan { .. } => "create macvlan",
+        };
+        tracing::debug!(name = %spec.name, kind = spec.kind.kernel_name(), "create link");
+        self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .await
+            .map_err(|e| SandboxError::kernel(op, object.clone(), e))?;
+        if let LinkKind::Veth {
+            peer_name,
+            peer_ns,
+            peer_up: true,
+            ..
+        } = &spec.kind
+        {
+            // The kernel configures the peer before the pair is linked, and veth_open refuses
+            // (ENOTCONN) to open a device without a peer: so "up" cannot ride in the peer's
+            // create message. Bring it up by name in its namespace instead.
+            let up = match peer_ns {
+                Some(ns) if *ns != self.ns => {
+                    Netlink::connect(ns).await?.set_up_by_name(peer_name).await
+                }
+                _ => self.set_up_by_name(peer_name).await,
+            };
+            up.map_err(|e| match e {
+                SandboxError::Kernel { source, .. } => {
+                    SandboxError::kernel("bring up veth peer of", object, source)
+                }
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Brings a link up by name (`RTM_SETLINK` with `IFLA_IFNAME`, no lookup round trip).
+    pub async fn set_up_by_name(&self, name: &IfName) -> Result<(), SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes
+            .push(LinkAttribute::IfName(name.as_str().to_owned()));
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .await
+            .map_err(|e| SandboxError::kernel("set up", self.object(name), e))
+    }
+
+    /// The link named `name`, `None` if absent (one `RTM_GETLINK`, no dump).
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.get_link(msg, || self.object(name)).await
+    }
+
+    /// The link with index `index`, `None` if absent.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.get_link(msg, || self.object(format_args!("link {index}")))
+            .await
+    }
+
+    async fn get_link(
+        &self,
+        msg: LinkMessage,
+        object: impl FnOnce() -> String,
+    ) -> Result<Option<Link>, SandboxError> {
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0).await {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {
+                Ok(None)
+            }
+            Err(e) => Err(SandboxError::kernel("get link", object(), e)),
+        }
+    }
+
+    /// All links.
+    pub async fn links(&self) -> Result<Vec<Link>, SandboxError> {
+        let replies = self
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .await
+            .map_err(|e| SandboxError::kernel("list links", self.ns.to_string(), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Deletes a link (for a veth, both ends go).
+    pub async fn delete_link(&self, index: u32) -> Result<(), SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.change(RouteNetlinkMessage::DelLink(msg), 0)
+            .await
+            .map_err(|e| {
+                SandboxError::kernel("delete link", self.object(format_args!("link {index}")), e)
+            })
+    }
+
+    async fn set_link(
+        &self,
+        op: &'static str,
+        index: u32,
+        build: impl FnOnce(&mut LinkMessage),
+    ) -> Result<(), SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        build(&mut msg);
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .await
+            .map_err(|e| SandboxError::kernel(op, self.object(format_args!("link {index}")), e))
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<(), SandboxError> {
+        self.set_link("set up", index, |m| {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        })
+        .await
+    }
+
+    /// Brings a link down.
+    pub async fn set_down(&self, index: u32) -> Result<(), SandboxError> {
+        self.set_link("set down", index, |m| {
+            m.header.flags = LinkFlags::empty();
+            m.header.change_mask = LinkFlags::Up;
+        })
+        .await
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), SandboxError> {
+        crate::link::validate_mtu(Some(mtu))?;
+        self.set_link("set mtu of", index, |m| {
+            m.attributes.push(LinkAttribute::Mtu(mtu))
+        })
+        .await
+    }
+
+    /// Sets a link's MAC address.
+    pub async fn set_mac(&self, index: u32, mac: MacAddress) -> Result<(), SandboxError> {
+        crate::link::validate_mac(Some(mac))?;
+        self.set_link("set mac of", index, |m| {
+            m.attributes
+                .push(LinkAttribute::Address(mac.octets().to_vec()))
+        })
+        .await
+    }
+
+    /// Enslaves a link to `master`, or frees it with `None`.
+    pub async fn set_master(&self, index: u32, master: Option<u32>) -> Result<(), SandboxError> {
+        self.set_link("set master of", index, |m| {
+            m.attributes
+                .push(LinkAttribute::Controller(master.unwrap_or(0)))
+        })
+        .await
+    }
+
+    /// Renames a link (the kernel refuses with EBUSY while it is up).
+    pub async fn rename(&self, index: u32, name: &IfName) -> Result<(), SandboxError> {
+        self.set_link("rename", index, |m| {
+            m.attributes
+                .push(LinkAttribute::IfName(name.as_str().to_owned()))
+        })
+        .await
+    }
+
+    /// Moves the link into `ns`, optionally renaming it in the same message.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        ns: &NetNs,
+        new_name: Option<&IfName>,
+    ) -> Result<(), SandboxError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+        if let Some(n) = new_name {
+            // With IFLA_NET_NS_FD the kernel takes IFLA_IFNAME as the name in the target namespace.
+            msg.attributes
+                .push(LinkAttribute::IfName(n.as_str().to_owned()));
+        }
+        let object = self.object(format_args!(
+            "link {index} to {ns}{}",
+            new_name.map(|n| format!(" as {n}")).unwrap_or_default()
+        ));
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .await
+            .map_err(|e| SandboxError::kernel("move", object, e))
+    }
+
+    /// Brings `lo` up.
+    pub async fn loopback_up(&self) -> Result<(), SandboxError> {
+        self.set_up(LOOPBACK_IFINDEX).await
+    }
+
+    // ---- addresses ----
+
+    /// Adds an address (IPv6 with IFA_F_NODAD so it is usable at once).
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SandboxError> {
+        self.change(
+            RouteNetlinkMessage::NewAddress(address_message(index, addr)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "add address",
+                self.object(format_args!("{addr} on link {index}")),
+                e,
+            )
+        })
+    }
+
+    /// Deletes an address.
+    pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), SandboxError> {
+        self.change(
+            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
+            0,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "delete address",
+                self.object(format_args!("{addr} on link {index}")),
+                e,
+            )
+        })
+    }
+
+    /// Addresses of one link, or of all links with `None`.
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, SandboxError> {
+        let replies = self
+            .request(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .await
+            .map_err(|e| SandboxError::kernel("list addresses", self.ns.to_string(), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_address(&a),
+                _ => None,
+            })
+            .filter(|a| index.is_none_or(|i| a.index == i))
+            .collect())
+    }
+
+    // ---- routes ----
+
+    /// Adds a route to the main table.
+    pub async fn add_route(&self, route: &RouteSpec) -> Result<(), SandboxError> {
+        validate_route(route)?;
+        let msg = route_message(route, false);
+        self.change(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| SandboxError::kernel("add route", self.object(describe_route(route)), e))
+    }
+
+    /// Deletes a route from the main table.
+    pub async fn del_route(&self, route: &RouteSpec) -> Result<(), SandboxError> {
+        let msg = route_message(route, true);
+        self.change(RouteNetlinkMessage::DelRoute(msg), 0)
+            .await
+            .map_err(|e| {
+                SandboxError::kernel("delete route", self.object(describe_route(route)), e)
+            })
+    }
+
+    /// Unicast routes of the main table.
+    pub async fn routes(&self, family: IpFamily) -> Result<Vec<Route>, SandboxError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match family {
+            IpFamily::V4 => AddressFamily::Inet,
+            IpFamily::V6 => AddressFamily::Inet6,
+        };
+        let replies = self
+            .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
+            .await
+            .map_err(|e| SandboxError::kernel("list routes", self.ns.to_string(), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    // ---- neighbours and FDB ----
+
+    /// Adds a permanent neighbour entry.
+    pub async fn add_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddress,
+    ) -> Result<(), SandboxError> {
+        let mut msg = neighbour_message(index, ip);
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "add neighbour",
+                self.object(format_args!("{ip} lladdr {mac} on link {index}")),
+                e,
+            )
+        })
+    }
+
+    /// Deletes a neighbour entry.
+    pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), SandboxError> {
+        self.change(
+            RouteNetlinkMessage::DelNeighbour(neighbour_message(index, ip)),
+            0,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "delete neighbour",
+                self.object(format_args!("{ip} on link {index}")),
+                e,
+            )
+        })
+    }
+
+    /// Neighbour (ARP/NDP) entries of one link, or of all links with `None`.
+    pub async fn neighbours(&self, index: Option<u32>) -> Result<Vec<Neighbour>, SandboxError> {
+        let replies = self
+            .request(
+                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+                NLM_F_DUMP,
+            )
+            .await
+            .map_err(|e| SandboxError::kernel("list neighbours", self.ns.to_string(), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
+                _ => None,
+            })
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .collect())
+    }
+
+    /// Adds a permanent FDB entry on the device itself (`bridge fdb add … self permanent`); for
+    /// a vxlan device `dst` is the remote VTEP.
+    pub async fn add_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> Result<(), SandboxError> {
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, dst)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "add fdb entry",
+                self.object(describe_fdb(index, mac, dst)),
+                e,
+            )
+        })
+    }
+
+    /// Deletes an FDB entry.
+    pub async fn del_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> Result<(), SandboxError> {
+        self.change(
+            RouteNetlinkMessage::DelNeighbour(fdb_message(index, mac, dst)),
+            0,
+        )
+        .await
+        .map_err(|e| {
+            SandboxError::kernel(
+                "delete fdb entry",
+                self.object(describe_fdb(index, mac, dst)),
+                e,
+            )
+        })
+    }
+
+    /// FDB entries of one device, or of all devices with `None`.
+    pub async fn fdb(&self, index: Option<u32>) -> Result<Vec<FdbEntry>, SandboxError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        let replies = self
+            .request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)
+            .await
+            .map_err(|e| SandboxError::kernel("list fdb entries", self.ns.to_string(), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n),
+                _ => None,
+            })
+            .filter(|n| index.is_none_or(|i| n.index == i))
+            .collect())
+    }
+}
+
+// ---- message building (pure) ----
+
+fn link_create_message(spec: &LinkSpec) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    set_common(&mut msg, &spec.name, spec.mtu, spec.mac, spec.up);
+    if let Some(master) = spec.master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
+    let (kind, data) = match &spec.kind {
+        LinkKind::Bridge => (InfoKind::Bridge, None),
+        LinkKind::Dummy => (InfoKind::Dummy, None),
+        LinkKind::Veth {
+            peer_name,
+            peer_ns,
+            peer_mac,
+            peer_mtu,
+            ..
+        } => {
+            let mut peer = LinkMessage::default();
+            set_common(
+                &mut peer,
+                peer_name,
+                peer_mtu.or(spec.mtu),
+                *peer_mac,
+                false, // peer_up is applied after creation (see create_link)
+            );
+            if let Some(ns) = peer_ns {
+                // The fd stays open: `spec` (and so the NetNs) outlives the request.
+                peer.attributes
+                    .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+            }
+            (InfoKind::Veth, Some(InfoData::Veth(InfoVeth::Peer(peer))))
+        }
+        LinkKind::Vxlan {
+            vni,
+            local,
+            group,
+            port,
+            learning,
+            parent,
+        } => {
+            let mut data = vec![InfoVxlan::Id(*vni)];
+            match local {
+                Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(*a)),
+                Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(*a)),
+                None => {}
+            }
+            match group {
+                Some(IpAddr::V4(a)) => data.push(InfoVxlan::Group(*a)),
+                Some(IpAddr::V6(a)) => data.push(InfoVxlan::Group6(*a)),
+                None => {}
+            }
+            if let Some(p) = parent {
+                data.push(InfoVxlan::Link(*p));
+            }
+            data.push(InfoVxlan::Port(*port));
+            data.push(InfoVxlan::Learning(*learning));
+            (InfoKind::Vxlan, Some(InfoData::Vxlan(data)))
+        }
+        LinkKind::Macvlan { parent, mode } => {
+            msg.attributes.push(LinkAttribute::Link(*parent));
+            let mode = match mode {
+                MacvlanMode::Private => MacVlanMode::Private,
+                MacvlanMode::Vepa => MacVlanMode::Vepa,
+                MacvlanMode::Bridge => MacVlanMode::Bridge,
+                MacvlanMode::Passthru => MacVlanMode::Passthrough,
+            };
+            (
+                InfoKind::MacVlan,
+                Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)])),
+            )
+        }
+    };
+    let mut info = vec![LinkInfo::Kind(kind)];
+    info.extend(data.map(LinkInfo::Data));
+    msg.attributes.push(LinkAttribute::LinkInfo(info));
+    msg
+}
+
+fn set_common(
+    msg: &mut LinkMessage,
+    name: &IfName,
+    mtu: Option<u32>,
+    mac: Option<MacAddress>,
+    up: bool,
+) {
+    msg.attributes
+        .push(LinkAttribute::IfName(name.as_str().to_owned()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = mac {
+        msg.attributes
+            .push(LinkAttribute::Address(mac.octets().to_vec()));
+    }
+    if up {
+        // The kernel applies ifi_flags/ifi_change of a create message (rtnl_configure_link),
+        // no separate "set up" round trip (except a veth peer, see create_link).
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+    }
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        master: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+            LinkAttribute::Address(a) => {
+                if let Ok(octets) = <[u8; 6]>::try_from(a.as_slice()) {
+                    link.mac = Some(MacAddress(octets));
+                }
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(k) = info {
+                        link.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.index = index;
+    msg.header.prefix_len = addr.prefix_len();
+    msg.header.scope = AddressScope::Universe;
+    match addr {
+        IpNet::V4(net) => {
+            msg.header.family = AddressFamily::Inet;
+            msg.attributes
+                .push(AddressAttribute::Local(IpAddr::V4(net.addr())));
+            msg.attributes
+                .push(AddressAttribute::Address(IpAddr::V4(net.addr())));
+            // As `ip addr add … brd +` and Docker: a broadcast address unless /31 or /32.
+            if net.prefix_len() < 31 {
+                msg.attributes
+                    .push(AddressAttribute::Broadcast(net.broadcast()));
+            }
+        }
+        IpNet::V6(net) => {
+            msg.header.family = AddressFamily::Inet6;
+            // NODAD: a container address is ours by allocation; waiting ~1 s for duplicate
+            // address detection would leave it "tentative" and unusable meanwhile.
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Address(IpAddr::V6(net.addr())));
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+    }
+    msg
+}
+
+fn parse_address(msg: &AddressMessage) -> Option<Address> {
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    // For point-to-point IPv4, IFA_ADDRESS is the peer; IFA_LOCAL is ours.
+    let ip = local.or(address)?;
+    let addr = IpNet::new(ip, msg.header.prefix_len).ok()?;
+    Some(Address {
+        index: msg.header.index,
+        addr,
+    })
+}
+
+fn validate_route(route: &RouteSpec) -> Result<(), SandboxError> {
+    if let Some(gw) = route.gateway
+        && gw.is_ipv4() != route.destination.addr().is_ipv4()
+    {
+        return Err(SandboxError::invalid(
+            "route gateway",
+            gw.to_string(),
+            "must be of the destination's family",
+        ));
+    }
+    if route.gateway.is_none() && route.oif.is_none() {
+        return Err(SandboxError::invalid(
+            "route",
+            describe_route(route),
+            "needs a gateway or an output interface",
+        ));
+    }
+    Ok(())
+}
+
+fn describe_route(route: &RouteSpec) -> String {
+    let mut s = format!("{}", route.destination);
+    if let Some(gw) = route.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(oif) = route.oif {
+        s.push_str(&format!(" dev {oif}"));
+    }
+    if let Some(m) = route.metric {
+        s.push_str(&format!(" metric {m}"));
+    }
+    s
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn route_message(route: &RouteSpec, delete: bool) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    let dst = route.destination.trunc();
+    msg.header.address_family = match dst {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.scope = if delete {
+        // As `ip route del`: NOWHERE matches a route of any scope.
+        RouteScope::NoWhere
+    } else if route.scope_link {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
+    if dst.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(dst.addr())));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(gw)));
+    }
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(m) = route.metric {
+        msg.attributes.push(RouteAttribute::Priority(m));
+    }
+    msg
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<Route> {
+    let mut table = u32::from(msg.header.table);
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut metric = None;
+    let to_ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = to_ip(a),
+            RouteAttribute::Gateway(a) => gateway = to_ip(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => metric = Some(*p),
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let dst = match (dst, msg.header.address_family) {
+        (Some(ip), _) => ip,
+        (None, AddressFamily::Inet6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        (None, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    Some(Route {
+        destination: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        metric,
+    })
+}
+
+fn neighbour_message(index: u32, ip: IpAddr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    let (family, addr) = match ip {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    msg.header.family = family;
+    msg.attributes.push(NeighbourAttribute::Destination(addr));
+    msg
+}
+
+fn neighbour_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        // AF_BRIDGE (FDB) messages carry the vxlan remote as raw bytes: decode by length.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn parse_neighbour(msg: &NeighbourMessage) -> Option<Neighbour> {
+    if !matches!(
+        msg.header.family,
+        AddressFamily::Inet | AddressFamily::Inet6
+    ) {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(l) => {
+                mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddress)
+            }
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        index: msg.header.ifindex,
+        ip: ip?,
+        mac,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn fdb_message(index: u32, mac: MacAddress, dst: Option<IpAddr>) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
+    if let Some(ip) = dst {
+        let addr = match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        msg.attributes.push(NeighbourAttribute::Destination(addr));
+    }
+    msg
+}
+
+fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
+    if msg.header.family != AddressFamily::Bridge {
+        return None;
+    }
+    let mut mac = None;
+    let mut dst = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(l) => {
+                mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddress)
+            }
+            _ => {}
+        }
+    }
+    Some(FdbEntry {
+        index: msg.header.ifindex,
+        mac: mac?,
+        dst,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn describe_fdb(index: u32, mac: MacAddress, dst: Option<IpAddr>) -> String {
+    match dst {
+        Some(d) => format!("{mac} dst {d} on link {index}"),
+        None => format!("{mac} on link {index}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_message_carries_peer_settings_and_up() {
+        let spec = LinkSpec {
+            mtu: Some(1400),
+            up: true,
+            master: Some(7),
+            ..LinkSpec::new(
+                "veth0".parse().unwrap(),
+                LinkKind::Veth {
+                    peer_name: "eth0".parse().unwrap(),
+                    peer_ns: None,
+                    peer_mac: Some("02:42:ac:11:00:02".parse().unwrap()),
+                    peer_mtu: None,
+                    peer_up: true,
+                },
+            )
+        };
+        let msg = link_create_message(&spec);
+        assert!(msg.header.flags.contains(LinkFlags::Up));
+        assert!(msg.attributes.contains(&LinkAttribute::Controller(7)));
+        let peer = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(i) => i.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .expect("peer message");
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
+        assert!(
+            peer.attributes.contains(&LinkAttribute::Mtu(1400)),
+            "peer inherits mtu"
+        );
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::Address(vec![2, 0x42, 0xac, 0x11, 0, 2]))
+        );
+        assert!(
+            !peer.header.flags.contains(LinkFlags::Up),
+            "the kernel refuses to open a peer in its create message"
+        );
+    }
+
+    /// Callers spawn these futures on tokio: they must stay `Send`.
+    #[allow(dead_code, clippy::manual_async_fn)]
+    fn futures_are_send(nl: Netlink, spec: LinkSpec, ns: NetNs) {
+        fn send<T: Send>(_: T) {}
+        send(async move {
+            let _ = Netlink::connect(&ns).await;
+            let _ = nl.create_link(&spec).await;
+            let _ = nl.link("eth0").await;
+            let _ = nl
+                .add_route(&RouteSpec::default_via([10, 0, 0, 1].into(), None))
+                .await;
+            let _ = ns.run(|| ()).await;
+            let _ = crate::set_sysctl(&ns, "net.ipv4.ip_forward", "1").await;
+            let _ = NetNs::create("/nonexistent").await;
+        });
+    }
+
+    #[test]
+    fn default_route_message_has_no_destination() {
+        let r = RouteSpec::default_via("10.0.0.1".parse().unwrap(), Some(3));
+        let msg = route_message(&r, false);
+        assert_eq!(msg.header.destination_prefix_length, 0);
+        assert!(
+            !msg.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_)))
+        );
+        assert!(msg.attributes.contains(&RouteAttribute::Oif(3)));
+        let parsed = parse_route(&msg).unwrap();
+        assert_eq!(parsed.destination.to_string(), "0.0.0.0/0");
+        assert_eq!(parsed.gateway, r.gateway);
+    }
+
+    #[test]
+    fn route_validation() {
+        let bad = RouteSpec::default_via("fd00::1".parse().unwrap(), None);
+        let bad = RouteSpec {
+            destination: "10.0.0.0/8".parse().unwrap(),
+            ..bad
+        };
+        assert!(validate_route(&bad).is_err());
+        let nowhere = RouteSpec {
+            gateway: None,
+            oif: None,
+            ..RouteSpec::on_link("10.0.0.0/8".parse().unwrap(), None)
+        };
+        assert!(validate_route(&nowhere).is_err());
+    }
+
+    #[test]
+    fn v6_address_is_nodad_and_round_trips() {
+        let msg = address_message(4, "fd00::2/64".parse().unwrap());
+        assert!(
+            msg.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        assert_eq!(parse_address(&msg).unwrap().addr.to_string(), "fd00::2/64");
+        let v4 = address_message(4, "10.0.0.2/24".parse().unwrap());
+        assert!(
+            v4.attributes
+                .contains(&AddressAttribute::Broadcast("10.0.0.255".parse().unwrap()))
+        );
+    }
+}

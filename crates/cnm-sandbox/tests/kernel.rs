@@ -1,0 +1,690 @@
+//! Privileged tests against the real kernel. Each test makes its own namespaces under a temporary
+//! directory and deletes them; nothing touches the namespace the test process started in.
+//!
+//! Run with: `unshare --mount --propagation private -- cargo test -p cnm-sandbox -- --include-ignored`
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use cnm_sandbox::{
+    IpFamily, LinkKind, LinkSpec, MacvlanMode, NetNs, Netlink, RouteSpec, get_sysctl, set_sysctl,
+    set_sysctls,
+};
+use cnm_types::{ErrorKind, IfName, MacAddress};
+
+fn name(s: &str) -> IfName {
+    s.parse().expect("valid test interface name")
+}
+
+/// Throwaway namespaces persisted under a temporary directory, deleted by `finish`.
+struct Namespaces {
+    dir: tempfile::TempDir,
+    made: Vec<PathBuf>,
+}
+
+impl Namespaces {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            made: Vec::new(),
+        })
+    }
+
+    async fn make(&mut self, label: &str) -> Result<(NetNs, Netlink)> {
+        let path = self.dir.path().join(label);
+        let ns = NetNs::create(&path)
+            .await
+            .with_context(|| format!("create {label}"))?;
+        self.made.push(path);
+        let nl = Netlink::connect(&ns).await?;
+        Ok((ns, nl))
+    }
+
+    async fn finish(self) -> Result<()> {
+        for path in &self.made {
+            NetNs::delete(path).await?;
+            ensure!(!path.exists(), "{} still exists", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// A plain Ethernet-like link to hang things on. A veth end, because this CI kernel has no
+/// `dummy` driver (see `dummy_link_or_typed_unsupported`).
+async fn plain_link(nl: &Netlink, n: &str) -> Result<cnm_sandbox::Link> {
+    let peer = format!("{}p", &n[..n.len().min(14)]);
+    nl.create_link(&LinkSpec::new(
+        name(n),
+        LinkKind::Veth {
+            peer_name: name(&peer),
+            peer_ns: None,
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: false,
+        },
+    ))
+    .await?;
+    nl.link(n)
+        .await?
+        .with_context(|| format!("{n} just created"))
+}
+
+fn is_mounted(path: &std::path::Path) -> Result<bool> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let p = path.to_string_lossy();
+    Ok(mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(&*p)))
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn netns_create_open_delete() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sub/dir/ns1");
+    let ns = NetNs::create(&path).await?;
+    ensure!(
+        is_mounted(&path)?,
+        "namespace must be bind-mounted at its path"
+    );
+    assert_eq!(ns.path(), Some(path.as_path()));
+    let again = NetNs::open(&path)?;
+    assert_eq!(again, ns);
+    assert_ne!(ns, NetNs::current()?);
+
+    let dup = NetNs::create(&path)
+        .await
+        .expect_err("creating over an existing namespace must fail");
+    assert_eq!(dup.kind(), ErrorKind::AlreadyExists, "{dup}");
+    ensure!(
+        is_mounted(&path)?,
+        "a failed create must not disturb the existing namespace"
+    );
+
+    NetNs::delete(&path).await?;
+    ensure!(!path.exists(), "path must be gone");
+    ensure!(!is_mounted(&path)?, "mount must be gone");
+    let gone = NetNs::delete(&path).await.expect_err("second delete");
+    assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
+    let e = NetNs::open(&path).expect_err("open after delete");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+
+    // A plain file is not a namespace.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "")?;
+    assert_eq!(
+        NetNs::open(&plain).expect_err("plain file").kind(),
+        ErrorKind::InvalidInput
+    );
+    // The held fd keeps the namespace usable after its mount is gone.
+    let lo_in_deleted = ns
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+        .await??;
+    assert_eq!(lo_in_deleted.trim(), "0");
+    Ok(())
+}
+
+#[test]
+#[ignore = "privileged: run cargo xtask test"]
+fn blocking_create_run_delete() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("nsb");
+    let ns = NetNs::create_blocking(&path)?;
+    let inside = ns.run_blocking(|| NetNs::current().map(|n| n.id()))??;
+    assert_eq!(inside, ns.id());
+    NetNs::delete_blocking(&path)?;
+    ensure!(!path.exists());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn run_sees_a_different_namespace() -> Result<()> {
+    let ns = NetNs::create_anonymous().await?;
+    let caller = NetNs::current()?;
+    let inside = ns.run(|| NetNs::current().map(|n| n.id())).await??;
+    assert_eq!(inside, ns.id());
+    assert_ne!(inside, caller.id());
+    // The caller's thread was not moved.
+    assert_eq!(NetNs::current()?.id(), caller.id());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn veth_peer_born_in_sandbox_with_addresses_and_default_route() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_host, host_nl) = nss.make("host").await?;
+    let (sandbox, sb_nl) = nss.make("sandbox").await?;
+    let mac: MacAddress = "02:42:ac:11:00:02".parse()?;
+
+    host_nl
+        .create_link(&LinkSpec {
+            up: true,
+            mtu: Some(1450),
+            ..LinkSpec::new(
+                name("veth1a2b3c"),
+                LinkKind::Veth {
+                    peer_name: name("eth0"),
+                    peer_ns: Some(sandbox.clone()),
+                    peer_mac: Some(mac),
+                    peer_mtu: None,
+                    peer_up: true,
+                },
+            )
+        })
+        .await?;
+    let host_end = host_nl.link("veth1a2b3c").await?.context("host end")?;
+    assert_eq!(host_end.kind.as_deref(), Some("veth"));
+    assert!(host_end.up);
+    assert!(
+        host_nl.link("eth0").await?.is_none(),
+        "the peer must not appear in the host namespace"
+    );
+
+    let eth0 = sb_nl
+        .link("eth0")
+        .await?
+        .context("peer born in the sandbox")?;
+    assert_eq!(eth0.mac, Some(mac));
+    assert_eq!(eth0.mtu, 1450);
+    assert!(eth0.up);
+    assert_eq!(
+        sb_nl.link_by_index(eth0.index).await?.map(|l| l.name),
+        Some("eth0".into())
+    );
+
+    sb_nl
+        .add_address(eth0.index, "172.30.0.2/16".parse()?)
+        .await?;
+    sb_nl
+        .add_address(eth0.index, "fd00:30::2/64".parse()?)
+        .await?;
+    let dup = sb_nl
+        .add_address(eth0.index, "172.30.0.2/16".parse()?)
+        .await
+        .expect_err("duplicate address");
+    assert_eq!(dup.kind(), ErrorKind::AlreadyExists, "{dup}");
+    let addrs: Vec<String> = sb_nl
+        .addresses(Some(eth0.index))
+        .await?
+        .iter()
+        .map(|a| a.addr.to_string())
+        .collect();
+    ensure!(addrs.contains(&"172.30.0.2/16".to_string()), "{addrs:?}");
+    ensure!(addrs.contains(&"fd00:30::2/64".to_string()), "{addrs:?}");
+
+    let gw: IpAddr = "172.30.0.1".parse()?;
+    sb_nl
+        .add_route(&RouteSpec::default_via(gw, Some(eth0.index)))
+        .await?;
+    sb_nl
+        .add_route(&RouteSpec::default_via(
+            "fd00:30::1".parse()?,
+            Some(eth0.index),
+        ))
+        .await?;
+    sb_nl
+        .add_route(&RouteSpec::on_link("192.0.2.0/24".parse()?, Some(eth0.index)).with_metric(50))
+        .await?;
+    let routes = sb_nl.routes(IpFamily::V4).await?;
+    ensure!(
+        routes.iter().any(|r| r.destination.prefix_len() == 0
+            && r.gateway == Some(gw)
+            && r.oif == Some(eth0.index)),
+        "{routes:?}"
+    );
+    ensure!(
+        routes
+            .iter()
+            .any(|r| r.destination.to_string() == "192.0.2.0/24" && r.metric == Some(50)),
+        "{routes:?}"
+    );
+    let routes6 = sb_nl.routes(IpFamily::V6).await?;
+    ensure!(
+        routes6.iter().any(|r| r.destination.prefix_len() == 0),
+        "{routes6:?}"
+    );
+    sb_nl
+        .del_route(&RouteSpec::default_via(gw, Some(eth0.index)))
+        .await?;
+    ensure!(
+        !sb_nl
+            .routes(IpFamily::V4)
+            .await?
+            .iter()
+            .any(|r| r.destination.prefix_len() == 0)
+    );
+    sb_nl
+        .del_address(eth0.index, "172.30.0.2/16".parse()?)
+        .await?;
+
+    // Deleting one end removes the pair.
+    host_nl.delete_link(host_end.index).await?;
+    ensure!(sb_nl.link("eth0").await?.is_none());
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn bridge_master_mac_mtu_rename() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_ns, nl) = nss.make("h").await?;
+    nl.create_link(&LinkSpec {
+        up: true,
+        ..LinkSpec::new(name("br0"), LinkKind::Bridge)
+    })
+    .await?;
+    let br = nl.link("br0").await?.context("bridge")?;
+    assert_eq!(br.kind.as_deref(), Some("bridge"));
+    nl.create_link(&LinkSpec {
+        master: Some(br.index),
+        ..LinkSpec::new(
+            name("d0"),
+            LinkKind::Veth {
+                peer_name: name("d0p"),
+                peer_ns: None,
+                peer_mac: None,
+                peer_mtu: None,
+                peer_up: false,
+            },
+        )
+    })
+    .await?;
+    let d0 = nl.link("d0").await?.context("port")?;
+    assert_eq!(
+        d0.master,
+        Some(br.index),
+        "master set in the create message"
+    );
+    nl.set_master(d0.index, None).await?;
+    assert_eq!(
+        nl.link_by_index(d0.index).await?.context("d0")?.master,
+        None
+    );
+    nl.set_master(d0.index, Some(br.index)).await?;
+    assert_eq!(
+        nl.link_by_index(d0.index).await?.context("d0")?.master,
+        Some(br.index)
+    );
+
+    let mac: MacAddress = "02:00:00:00:00:aa".parse()?;
+    nl.set_mac(d0.index, mac).await?;
+    nl.set_mtu(d0.index, 1300).await?;
+    nl.rename(d0.index, &name("d0new")).await?;
+    nl.set_up(d0.index).await?;
+    let d = nl.link("d0new").await?.context("renamed")?;
+    assert_eq!(
+        (d.mac, d.mtu, d.up, d.index),
+        (Some(mac), 1300, true, d0.index)
+    );
+    nl.set_down(d0.index).await?;
+    assert!(!nl.link_by_index(d0.index).await?.context("d0")?.up);
+    assert_eq!(
+        nl.set_mtu(d0.index, 10).await.expect_err("tiny mtu").kind(),
+        ErrorKind::InvalidInput
+    );
+    let all = nl.links().await?;
+    ensure!(
+        all.iter().any(|l| l.name == "lo") && all.iter().any(|l| l.name == "br0"),
+        "{all:?}"
+    );
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn dummy_link_or_typed_unsupported() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_ns, nl) = nss.make("h").await?;
+    match nl
+        .create_link(&LinkSpec {
+            up: true,
+            ..LinkSpec::new(name("dummy0"), LinkKind::Dummy)
+        })
+        .await
+    {
+        Ok(()) => {
+            let d = nl.link("dummy0").await?.context("dummy")?;
+            assert_eq!(d.kind.as_deref(), Some("dummy"));
+            assert!(d.up);
+            nl.delete_link(d.index).await?;
+            ensure!(nl.link("dummy0").await?.is_none());
+        }
+        // This CI kernel is built without CONFIG_DUMMY: the failure must be typed and named.
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            ensure!(e.to_string().contains("create dummy dummy0"), "{e}");
+        }
+    }
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn vxlan_and_macvlan_created_and_deleted() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_ns, nl) = nss.make("h").await?;
+    let under = plain_link(&nl, "under0").await?;
+    nl.set_up(under.index).await?;
+    nl.add_address(under.index, "198.51.100.1/24".parse()?)
+        .await?;
+
+    nl.create_link(&LinkSpec::new(
+        name("vx42"),
+        LinkKind::Vxlan {
+            vni: 42,
+            local: Some("198.51.100.1".parse()?),
+            group: None,
+            port: 4789,
+            learning: false,
+            parent: Some(under.index),
+        },
+    ))
+    .await?;
+    nl.create_link(&LinkSpec::new(
+        name("mv0"),
+        LinkKind::Macvlan {
+            parent: under.index,
+            mode: MacvlanMode::Bridge,
+        },
+    ))
+    .await?;
+    let vx = nl.link("vx42").await?.context("vxlan")?;
+    let mv = nl.link("mv0").await?.context("macvlan")?;
+    assert_eq!(vx.kind.as_deref(), Some("vxlan"));
+    assert_eq!(mv.kind.as_deref(), Some("macvlan"));
+    let exists = nl
+        .create_link(&LinkSpec::new(name("mv0"), LinkKind::Bridge))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(exists.kind(), ErrorKind::AlreadyExists, "{exists}");
+    ensure!(exists.to_string().contains("mv0"), "{exists}");
+
+    for l in [vx.index, mv.index, under.index] {
+        nl.delete_link(l).await?;
+        ensure!(nl.link_by_index(l).await?.is_none(), "link {l} still there");
+    }
+    let missing = nl.delete_link(vx.index).await.expect_err("already deleted");
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn move_to_netns_with_rename() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_h, h_nl) = nss.make("h").await?;
+    let (s, s_nl) = nss.make("s").await?;
+    let tmp = plain_link(&h_nl, "tmp1234").await?;
+    h_nl.move_to_netns(tmp.index, &s, Some(&name("eth1")))
+        .await?;
+    ensure!(h_nl.link("tmp1234").await?.is_none());
+    let moved = s_nl.link("eth1").await?.context("moved and renamed")?;
+    assert_eq!(moved.kind.as_deref(), Some("veth"));
+    assert_eq!(moved.mac, tmp.mac, "the same device");
+    // Plain move keeps the name.
+    let keep = plain_link(&h_nl, "keep0").await?;
+    h_nl.move_to_netns(keep.index, &s, None).await?;
+    ensure!(s_nl.link("keep0").await?.is_some());
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn neighbour_and_fdb_entries() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_h, nl) = nss.make("h").await?;
+    nl.create_link(&LinkSpec {
+        up: true,
+        ..LinkSpec::new(
+            name("va"),
+            LinkKind::Veth {
+                peer_name: name("vb"),
+                peer_ns: None,
+                peer_mac: None,
+                peer_mtu: None,
+                peer_up: true,
+            },
+        )
+    })
+    .await?;
+    let va = nl.link("va").await?.context("veth")?;
+    let mac: MacAddress = "02:00:00:00:01:01".parse()?;
+    let ip: IpAddr = "10.9.0.9".parse()?;
+    nl.add_neighbour(va.index, ip, mac).await?;
+    nl.add_neighbour(va.index, "fd00:9::9".parse()?, mac)
+        .await?;
+    let neigh = nl.neighbours(Some(va.index)).await?;
+    ensure!(
+        neigh
+            .iter()
+            .any(|n| n.ip == ip && n.mac == Some(mac) && n.permanent),
+        "{neigh:?}"
+    );
+    ensure!(
+        neigh.iter().any(|n| n.ip.is_ipv6() && n.permanent),
+        "{neigh:?}"
+    );
+    nl.del_neighbour(va.index, ip).await?;
+    ensure!(
+        !nl.neighbours(Some(va.index))
+            .await?
+            .iter()
+            .any(|n| n.ip == ip)
+    );
+
+    let d0 = plain_link(&nl, "d0").await?;
+    nl.create_link(&LinkSpec {
+        up: true,
+        ..LinkSpec::new(
+            name("vx7"),
+            LinkKind::Vxlan {
+                vni: 7,
+                local: None,
+                group: None,
+                port: 4789,
+                learning: false,
+                parent: Some(d0.index),
+            },
+        )
+    })
+    .await?;
+    let vx = nl.link("vx7").await?.context("vxlan")?;
+    let remote: IpAddr = "203.0.113.7".parse()?;
+    let rmac: MacAddress = "02:00:00:00:07:07".parse()?;
+    nl.add_fdb(vx.index, rmac, Some(remote)).await?;
+    let fdb = nl.fdb(Some(vx.index)).await?;
+    ensure!(
+        fdb.iter()
+            .any(|e| e.mac == rmac && e.dst == Some(remote) && e.permanent),
+        "{fdb:?}"
+    );
+    nl.del_fdb(vx.index, rmac, Some(remote)).await?;
+    ensure!(!nl.fdb(Some(vx.index)).await?.iter().any(|e| e.mac == rmac));
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn sysctl_inside_namespace_only() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (ns, _nl) = nss.make("s").await?;
+    let before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
+    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, "0");
+    set_sysctl(&ns, "net.ipv4.ip_forward", "1").await?;
+    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, "1");
+    set_sysctls(
+        &ns,
+        &[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv4.conf.all.rp_filter", "2"),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        get_sysctl(&ns, "net.ipv6.conf.all.disable_ipv6").await?,
+        "1"
+    );
+    assert_eq!(get_sysctl(&ns, "net.ipv4.conf.all.rp_filter").await?, "2");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?,
+        before,
+        "caller's namespace unchanged"
+    );
+    let missing = get_sysctl(&ns, "net.ipv4.no_such_knob")
+        .await
+        .expect_err("missing sysctl");
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+    assert_eq!(
+        set_sysctl(&ns, "kernel.hostname", "x")
+            .await
+            .expect_err("not net")
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn loopback_up() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_ns, nl) = nss.make("s").await?;
+    assert!(
+        !nl.link("lo").await?.context("lo")?.up,
+        "lo starts down in a new namespace"
+    );
+    nl.loopback_up().await?;
+    assert!(nl.link("lo").await?.context("lo")?.up);
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn tcp_between_two_namespaces() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (a, a_nl) = nss.make("a").await?;
+    let (b, b_nl) = nss.make("b").await?;
+    a_nl.create_link(&LinkSpec {
+        up: true,
+        ..LinkSpec::new(
+            name("eth0"),
+            LinkKind::Veth {
+                peer_name: name("eth0"),
+                peer_ns: Some(b.clone()),
+                peer_mac: None,
+                peer_mtu: None,
+                peer_up: true,
+            },
+        )
+    })
+    .await?;
+    let a_if = a_nl.link("eth0").await?.context("a end")?;
+    let b_if = b_nl.link("eth0").await?.context("b end")?;
+    a_nl.add_address(a_if.index, "10.77.0.1/24".parse()?)
+        .await?;
+    b_nl.add_address(b_if.index, "10.77.0.2/24".parse()?)
+        .await?;
+
+    // The listening socket is created inside b and stays there; accept runs on a plain thread.
+    let listener = b.run(|| TcpListener::bind("10.77.0.2:0")).await??;
+    let server_addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut conn, _) = listener.accept()?;
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(b"pong!")?;
+        Ok(buf.to_vec())
+    });
+    let reply = a
+        .run(move || -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&server_addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"ping!")?;
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf)?;
+            Ok(buf.to_vec())
+        })
+        .await??;
+    assert_eq!(reply, b"pong!");
+    let got = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    assert_eq!(got, b"ping!");
+
+    // And a namespace without the link cannot reach it.
+    let (c, _c_nl) = nss.make("c").await?;
+    let unreachable = c
+        .run(move || TcpStream::connect_timeout(&server_addr, Duration::from_millis(200)))
+        .await?;
+    ensure!(
+        unreachable.is_err(),
+        "a namespace without a route must not connect"
+    );
+    nss.finish().await
+}
+
+/// Times a whole container attach (namespace, veth with its peer born inside as eth0 and up,
+/// address, default route, loopback up), 50 times, and prints the median.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+#[allow(clippy::print_stdout)]
+async fn attach_timing() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_h, host) = nss.make("host").await?;
+    let mut total = Vec::new();
+    let mut attach_only = Vec::new();
+    for i in 0..50u32 {
+        let path = nss.dir.path().join(format!("c{i}"));
+        let t0 = Instant::now();
+        let sandbox = NetNs::create(&path).await?;
+        let t1 = Instant::now();
+        host.create_link(&LinkSpec {
+            up: true,
+            ..LinkSpec::new(
+                name(&format!("veth{i:04}")),
+                LinkKind::Veth {
+                    peer_name: name("eth0"),
+                    peer_ns: Some(sandbox.clone()),
+                    peer_mac: None,
+                    peer_mtu: None,
+                    peer_up: true,
+                },
+            )
+        })
+        .await?;
+        let inside = Netlink::connect(&sandbox).await?;
+        let eth0 = inside.link("eth0").await?.context("eth0")?;
+        inside
+            .add_address(
+                eth0.index,
+                format!("10.88.{}.{}/16", i / 250, i % 250 + 2).parse()?,
+            )
+            .await?;
+        inside
+            .add_route(&RouteSpec::default_via(
+                "10.88.0.1".parse()?,
+                Some(eth0.index),
+            ))
+            .await?;
+        inside.loopback_up().await?;
+        let t2 = Instant::now();
+        total.push(t2 - t0);
+        attach_only.push(t2 - t1);
+        nss.made.push(path);
+    }
+    total.sort();
+    attach_only.sort();
+    println!(
+        "attach x50: median total {:?} (create netns + attach), median attach {:?}, min {:?}, max {:?}",
+        total[25], attach_only[25], attach_only[0], attach_only[49]
+    );
+    ensure!(
+        total[25] < Duration::from_millis(200),
+        "attach is far slower than expected: {:?}",
+        total[25]
+    );
+    nss.finish().await
+}

@@ -1,0 +1,43 @@
+//! Dev-only fixtures for cnm: throwaway host namespaces and in-process traffic probes.
+//!
+//! Privileged tests never touch the machine's own network namespace. They build a [`TestHost`]
+//! — a fresh network namespace that plays "the host", with its own run and state directories —
+//! and prove behaviour with real packets sent by [`probe`] and answered by the echo servers in
+//! [`server`], all from sockets created inside the namespaces the test made.
+//!
+//! **Owns**
+//! - [`TestHost`]: a throwaway "host" namespace (loopback up, forwarding on), extra bare
+//!   namespaces, and an [`Outside`] world reachable only through the host over a veth pair.
+//! - [`probe`]: TCP, UDP and ICMP/ICMPv6 echo probes with a bounded timeout, so an expected
+//!   failure is quick.
+//! - [`server`]: TCP and UDP echo servers that report the peer address they saw (proof of
+//!   masquerading).
+//!
+//! **Does not**
+//! - build a cnm controller: `cnm-core` adds a `controller()` constructor bound to a
+//!   [`TestHost`] once it exists, so this crate stays below it in the dependency graph;
+//! - skip anything: without root (CAP_SYS_ADMIN, CAP_NET_ADMIN) [`TestHost::new`] fails loudly.
+//!
+//! Errors are `anyhow::Error`: this crate only serves tests, whose failures are read by people.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
+//!
+//! let host = TestHost::new().await?;
+//! let outside = host.outside().await?;
+//! let echo = TcpEchoServer::start(outside.netns(), outside.addr_v4(), 8080).await?;
+//! probe::tcp(host.netns(), outside.addr_v4(), 8080).await?;        // reaches
+//! assert_eq!(echo.peers()[0].ip(), outside.host_addr_v4());        // seen from the host's side
+//! probe::tcp(host.netns(), "198.51.100.99".parse()?, 8080)
+//!     .await
+//!     .expect_err("nobody has that address");
+//! # Ok(()) }
+//! ```
+
+mod host;
+mod mounts;
+pub mod probe;
+pub mod server;
+
+pub use host::{Outside, TestHost};

@@ -1,0 +1,278 @@
+//! The shared vocabulary of cnm: the [`ErrorKind`] every public error reports, and validated
+//! newtypes that more than one layer passes around ([`IfName`], [`MacAddress`]).
+//!
+//! **Owns**: error kinds, interface names, MAC addresses.
+//! **Does not**: any I/O, any knowledge of networks, endpoints or drivers.
+//!
+//! ```
+//! use cnm_types::{IfName, MacAddress};
+//! let name: IfName = "eth0".parse().unwrap();
+//! assert_eq!(name.as_str(), "eth0");
+//! assert!("a-name-that-is-too-long".parse::<IfName>().is_err());
+//! let mac: MacAddress = "02:42:ac:11:00:02".parse().unwrap();
+//! assert!(mac.is_locally_administered());
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of failure an error is, independent of which crate raised it.
+///
+/// The daemon maps kinds to HTTP statuses; callers branch on kinds rather than on variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller passed something malformed or out of range; nothing was changed.
+    InvalidInput,
+    /// The named object does not exist.
+    NotFound,
+    /// An object with that name or identity already exists.
+    AlreadyExists,
+    /// The operation conflicts with the current state (in use, joined elsewhere, …).
+    Conflict,
+    /// The operation or option is not supported by this driver, kernel or build.
+    Unsupported,
+    /// A resource or service is not available right now (pool exhausted, kernel refused, …).
+    Unavailable,
+    /// A bug or an unexpected failure inside cnm or the kernel.
+    Internal,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidInput => "invalid input",
+            Self::NotFound => "not found",
+            Self::AlreadyExists => "already exists",
+            Self::Conflict => "conflict",
+            Self::Unsupported => "unsupported",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal error",
+        })
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+/// Why a string is not a valid [`IfName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IfNameError {
+    /// The name is empty.
+    #[error("invalid interface name {0:?}: it is empty")]
+    Empty(String),
+    /// The name is longer than the kernel's IFNAMSIZ - 1.
+    #[error("invalid interface name {0:?}: {len} bytes, at most 15 allowed", len = .0.len())]
+    TooLong(String),
+    /// The name contains a character the kernel refuses.
+    #[error(
+        "invalid interface name {0:?}: it must not contain '/', ':', whitespace or be '.' or '..'"
+    )]
+    BadCharacter(String),
+}
+
+impl IfNameError {
+    /// Every malformed name is invalid input.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}
+
+impl IfName {
+    /// The maximum length of an interface name in bytes (IFNAMSIZ - 1).
+    pub const MAX_LEN: usize = 15;
+
+    /// Validates `name` as an interface name.
+    pub fn new(name: impl Into<String>) -> Result<Self, IfNameError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(IfNameError::Empty(name));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(IfNameError::TooLong(name));
+        }
+        if name == "."
+            || name == ".."
+            || name
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+        {
+            return Err(IfNameError::BadCharacter(name));
+        }
+        Ok(Self(name))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for IfName {
+    type Err = IfNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = IfNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(n: IfName) -> Self {
+        n.0
+    }
+}
+
+impl AsRef<str> for IfName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A 48-bit Ethernet MAC address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddress(pub [u8; 6]);
+
+/// Why a string is not a valid [`MacAddress`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {0:?}: expected six hex octets separated by ':'")]
+pub struct MacAddressError(pub String);
+
+impl MacAddressError {
+    /// Every malformed address is invalid input.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
+}
+
+impl MacAddress {
+    /// A random, unicast, locally administered address (as the kernel's `eth_random_addr`).
+    pub fn random_local() -> Self {
+        let mut b: [u8; 6] = rand::random();
+        b[0] = (b[0] & 0xfe) | 0x02;
+        Self(b)
+    }
+
+    /// The octets.
+    pub fn octets(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Whether the locally administered bit is set.
+    pub fn is_locally_administered(&self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    /// Whether this is a multicast (group) address, which no interface may carry.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+}
+
+impl fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddress {
+    type Err = MacAddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacAddressError(s.to_owned());
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let p = parts.next().ok_or_else(err)?;
+            if p.len() != 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Self(out))
+    }
+}
+
+impl TryFrom<String> for MacAddress {
+    type Error = MacAddressError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MacAddress> for String {
+    fn from(m: MacAddress) -> Self {
+        m.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_name_bounds() {
+        assert!(IfName::new("eth0").is_ok());
+        assert!(IfName::new("a".repeat(15)).is_ok());
+        assert!(matches!(
+            IfName::new("a".repeat(16)),
+            Err(IfNameError::TooLong(_))
+        ));
+        assert!(matches!(IfName::new(""), Err(IfNameError::Empty(_))));
+        for bad in ["a/b", "a:b", "a b", ".", ".."] {
+            assert!(
+                matches!(IfName::new(bad), Err(IfNameError::BadCharacter(_))),
+                "{bad}"
+            );
+        }
+        let e = IfName::new("0123456789abcdef").unwrap_err();
+        assert!(e.to_string().contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn mac_round_trip_and_random() {
+        let m: MacAddress = "02:42:AC:11:00:02".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:ac:11:00:02");
+        for bad in [
+            "",
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:02:03",
+            "zz:42:ac:11:00:02",
+            "2:42:ac:11:00:02",
+        ] {
+            assert!(bad.parse::<MacAddress>().is_err(), "{bad}");
+        }
+        let r = MacAddress::random_local();
+        assert!(r.is_locally_administered() && !r.is_multicast());
+    }
+}

@@ -1,0 +1,32 @@
+//! cnm: the Container Network Model (Docker's libnetwork) in Rust. This facade re-exports the
+//! core's public API and links the built-in drivers selected by cargo features.
+//!
+//! **Owns**: which built-in drivers a program gets (`bridge`, `null`; both on by default).
+//! **Does not**: implement anything itself; see `cnm-core` and the `cnm-driver-*` crates.
+//!
+//! ```no_run
+//! use cnm::{Controller, DriverOptions, EndpointOptions, JoinOption, NetworkOptions};
+//!
+//! # async fn seed() -> Result<(), cnm::CoreError> {
+//! let controller = Controller::builder().build().await?;
+//! controller.configure_network_driver("bridge", DriverOptions::default()).await?;
+//! let network = controller.new_network("bridge", "network1", NetworkOptions::default()).await?;
+//! let ep = network.create_endpoint("Endpoint1", EndpointOptions::default()).await?;
+//! let sandbox_key = ep
+//!     .join("container1", [JoinOption::hostname("test"), JoinOption::domainname("docker.io")])
+//!     .await?;
+//! # let _ = sandbox_key; Ok(()) }
+//! ```
+
+pub use cnm_core::*;
+
+// A driver crate that is never named is not linked, and its `inventory` registration with it.
+#[cfg(feature = "bridge")]
+use cnm_driver_bridge as _;
+#[cfg(feature = "null")]
+use cnm_driver_null as _;
+
+/// The names of the built-in drivers linked into this build, sorted.
+pub fn builtin_drivers() -> Vec<&'static str> {
+    cnm_core::registered_drivers()
+}

@@ -1,0 +1,158 @@
+//! The system packages the tests need, installed with apt-get when missing.
+//!
+//! Keep the list here and only here: later issues add to it (protobuf-compiler, iperf3, …).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// A Debian package and a command that proves it is installed.
+struct SystemPackage {
+    /// The Debian package name.
+    deb: &'static str,
+    /// A program it provides; found on `PATH` (or in an sbin directory) means installed.
+    provides: &'static str,
+}
+
+/// Everything the privileged tests and the xtask itself call out to.
+const SYSTEM_PACKAGES: &[SystemPackage] = &[
+    SystemPackage {
+        deb: "iproute2",
+        provides: "ip",
+    },
+    SystemPackage {
+        deb: "nftables",
+        provides: "nft",
+    },
+    SystemPackage {
+        deb: "iptables",
+        provides: "iptables",
+    },
+    SystemPackage {
+        deb: "conntrack",
+        provides: "conntrack",
+    },
+    SystemPackage {
+        deb: "procps",
+        provides: "sysctl",
+    },
+    // `unshare` runs the privileged phase in a private mount namespace.
+    SystemPackage {
+        deb: "util-linux",
+        provides: "unshare",
+    },
+    // `mount` puts a tmpfs on /run/cnm inside that namespace.
+    SystemPackage {
+        deb: "mount",
+        provides: "mount",
+    },
+];
+
+/// Root runs tools from sbin even when `PATH` lacks it (e.g. `sudo` with a user's PATH).
+const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// Whether `program` is on `PATH` (like `command -v`) or in a standard system directory.
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_DIRS.iter().map(Into::into))
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// The effective uid, from /proc (std has no geteuid and xtask stays dependency-light).
+pub fn is_root() -> Result<bool> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
+    let uid_line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .context("no Uid: line in /proc/self/status")?;
+    // Fields: real, effective, saved, filesystem.
+    let effective = uid_line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed Uid: line in /proc/self/status")?;
+    Ok(effective == "0")
+}
+
+fn missing() -> Vec<&'static SystemPackage> {
+    SYSTEM_PACKAGES
+        .iter()
+        .filter(|p| find_program(p.provides).is_none())
+        .collect()
+}
+
+/// Makes sure every package in [`SYSTEM_PACKAGES`] is installed, installing the missing ones as root.
+pub fn ensure_installed() -> Result<()> {
+    let missing = missing();
+    if missing.is_empty() {
+        let names: Vec<_> = SYSTEM_PACKAGES.iter().map(|p| p.deb).collect();
+        println!("xtask: all present: {}", names.join(" "));
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.deb).collect();
+    let list = names.join(" ");
+    if !is_root()? {
+        bail!(
+            "missing system packages: {list}; run as root so xtask can `apt-get install` them, or install them yourself"
+        );
+    }
+    if crate::packages::find_program("apt-get").is_none() {
+        bail!(
+            "missing system packages: {list}; apt-get is not available, install them with your package manager"
+        );
+    }
+    println!("xtask: installing missing system packages: {list}");
+    apt_get(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(&names);
+    apt_get(&install)?;
+    let still: Vec<_> = self::missing()
+        .iter()
+        .map(|p| format!("{} (no `{}`)", p.deb, p.provides))
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after apt-get install: {}", still.join(", "));
+    }
+    Ok(())
+}
+
+fn apt_get(args: &[&str]) -> Result<()> {
+    println!("xtask: $ apt-get {}", args.join(" "));
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("failed to start apt-get")?;
+    if !status.success() {
+        bail!("`apt-get {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_list_names_each_package_once() {
+        let mut names: Vec<_> = SYSTEM_PACKAGES.iter().map(|p| p.deb).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SYSTEM_PACKAGES.len());
+    }
+
+    #[test]
+    fn finds_a_program_every_system_has_and_not_a_made_up_one() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("cnm-no-such-program").is_none());
+    }
+}

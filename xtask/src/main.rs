@@ -14,10 +14,12 @@
 //! cargo xtask test --no-lint            # skip fmt and clippy
 //! cargo xtask test --privileged-only    # only the privileged tests
 //! cargo xtask test -p cnm-testkit probe # one crate, tests whose name contains "probe"
+//! cargo xtask bench --quick             # cnm against its peers, about two minutes
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user
 
+mod bench;
 mod libtest;
 mod packages;
 mod privileged;
@@ -37,7 +39,9 @@ commands:
         install missing test tools, fmt --check, clippy -D warnings, unit + doc tests,
         then every privileged test inside a private mount namespace
   ci    exactly what CI runs (the same as `test`, no options)
-  bench benchmarks (not implemented yet)
+  bench [--quick] [--install-peers] [SCENARIO]...
+        build cnm-bench in release mode and run it: cnm against the peers (netavark, CNI,
+        ip, docker) as medians, p95s and ratios; writes target/bench/latest.json
 ";
 
 /// What `cargo xtask` was asked to do.
@@ -45,8 +49,8 @@ commands:
 enum Command {
     /// The full test matrix (also what CI runs).
     Test(TestArgs),
-    /// Benchmarks; arrive in a later issue.
-    Bench,
+    /// Benchmarks against the peers.
+    Bench(bench::BenchArgs),
     /// Internal: we are the child of `unshare --mount`; set up the private `/run` and exec the rest.
     InMountNs(Vec<String>),
     /// Print usage.
@@ -78,7 +82,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
             }
             Ok(Command::Test(TestArgs::default()))
         }
-        "bench" => Ok(Command::Bench),
+        "bench" => Ok(Command::Bench(bench::parse(rest)?)),
         privileged::IN_MOUNT_NS => Ok(Command::InMountNs(rest.to_vec())),
         "help" | "-h" | "--help" => Ok(Command::Help),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
@@ -111,10 +115,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse_args(&args).and_then(|command| match command {
         Command::Test(test_args) => test(&test_args),
-        Command::Bench => {
-            eprintln!("xtask: `cargo xtask bench` is not implemented yet (benchmarks arrive in a later issue)");
-            Ok(false)
-        }
+        Command::Bench(bench_args) => bench::bench(&bench_args),
         Command::InMountNs(rest) => privileged::in_mount_ns(&rest).map(|never| match never {}),
         Command::Help => {
             print!("{USAGE}");
@@ -394,7 +395,11 @@ mod tests {
         assert!(parse_args(&args(&["tset"])).is_err());
         assert!(parse_args(&args(&["test", "--nolint"])).is_err());
         assert!(parse_args(&args(&["test", "-p"])).is_err());
-        assert_eq!(parse_args(&args(&["bench"])).unwrap(), Command::Bench);
+        assert_eq!(
+            parse_args(&args(&["bench"])).unwrap(),
+            Command::Bench(bench::BenchArgs::default())
+        );
+        assert!(parse_args(&args(&["bench", "--fast"])).is_err());
         assert_eq!(parse_args(&[]).unwrap(), Command::Help);
     }
 }

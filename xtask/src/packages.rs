@@ -47,6 +47,11 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "mount",
         provides: "mount",
     },
+    // The daemon's tests drive cnmd with the real docker CLI (the client only; no dockerd).
+    SystemPackage {
+        deb: "docker.io",
+        provides: "docker",
+    },
 ];
 
 /// Root runs tools from sbin even when `PATH` lacks it (e.g. `sudo` with a user's PATH).
@@ -114,7 +119,12 @@ pub fn ensure_installed() -> Result<()> {
     apt_get(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(&names);
-    apt_get(&install)?;
+    {
+        // Packages such as docker.io start their daemons from the maintainer scripts; a daemon
+        // started here would program the machine's own namespace, which tests never touch.
+        let _no_services = NoServiceStarts::install()?;
+        apt_get(&install)?;
+    }
     let still: Vec<_> = self::missing()
         .iter()
         .map(|p| format!("{} (no `{}`)", p.deb, p.provides))
@@ -123,6 +133,41 @@ pub fn ensure_installed() -> Result<()> {
         bail!("still missing after apt-get install: {}", still.join(", "));
     }
     Ok(())
+}
+
+/// Debian's `policy-rc.d` hook answering 101 ("action forbidden") to every service start while
+/// it exists; removed again on drop unless someone else had put one there.
+struct NoServiceStarts {
+    created: bool,
+}
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if Path::new(Self::PATH).exists() {
+            return Ok(Self { created: false });
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# written by cargo xtask while installing test tools\nexit 101\n",
+        )
+        .with_context(|| format!("failed to write {}", Self::PATH))?;
+        std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("failed to make {} executable", Self::PATH))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created
+            && let Err(e) = std::fs::remove_file(Self::PATH)
+        {
+            eprintln!("xtask: failed to remove {}: {e}", Self::PATH);
+        }
+    }
 }
 
 fn apt_get(args: &[&str]) -> Result<()> {

@@ -280,14 +280,14 @@ impl ControllerInner {
 
     /// The host's resolv.conf as configured (empty when the file does not exist).
     pub(crate) async fn host_resolv_conf(&self) -> Result<ResolvConf, CoreError> {
-        match tokio::fs::read_to_string(&self.resolv_conf).await {
-            Ok(text) => Ok(ResolvConf::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %self.resolv_conf.display(), "resolv.conf source missing");
-                Ok(ResolvConf::default())
-            }
-            Err(e) => Err(CoreError::io("read", self.resolv_conf.display(), e)),
-        }
+        let path = self.resolv_conf.clone();
+        tokio::task::spawn_blocking(move || read_resolv_conf(&path))
+            .await
+            .map_err(|e| CoreError::Aborted {
+                op: "read",
+                object: self.resolv_conf.display().to_string(),
+                reason: e.to_string(),
+            })?
     }
 
     fn network_handles(self: &Arc<Self>) -> Vec<Network> {
@@ -298,6 +298,18 @@ impl ControllerInner {
             .collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
+    }
+}
+
+/// Reads and parses a resolv.conf (blocking); a missing file is an empty one.
+pub(crate) fn read_resolv_conf(path: &Path) -> Result<ResolvConf, CoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(ResolvConf::parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "resolv.conf source missing");
+            Ok(ResolvConf::default())
+        }
+        Err(e) => Err(CoreError::io("read", path.display(), e)),
     }
 }
 
@@ -459,9 +471,8 @@ impl Controller {
 
     /// The sandbox of a container.
     pub fn sandbox_by_container_id(&self, container_id: &str) -> Result<Sandbox, CoreError> {
-        self.sandboxes()
-            .into_iter()
-            .find(|s| s.container_id() == container_id)
+        sandbox::find_by_container(&self.inner, container_id)
+            .map(|s| Sandbox::new(self.inner.clone(), s))
             .ok_or_else(|| CoreError::NotFound {
                 what: "sandbox",
                 key: container_id.to_owned(),

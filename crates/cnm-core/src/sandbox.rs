@@ -1,17 +1,22 @@
 //! [`Sandbox`]: one container's network stack (a persisted network namespace, its hosts file and
 //! resolv.conf), and the join/leave flow that plugs endpoints into it.
+//!
+//! A sandbox's namespace is made with `net.ipv6.conf.default.disable_ipv6 = 1`, so every
+//! interface a driver creates in it (or the controller moves in) starts with IPv6 off, not even a
+//! link-local address (CVE-2024-32473); a join turns IPv6 on for the interface of an endpoint that
+//! has an IPv6 address, before adding it. Loopback predates the default and keeps `::1`.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cnm_sandbox::{HostsFile, NetNs, Netlink, ResolvConf, RouteSpec};
+use cnm_sandbox::{HostsFile, NetNs, Netlink, ResolvConf, RouteSpec, set_sysctls};
 use cnm_types::IfName;
 use ipnet::IpNet;
 
 use crate::CoreError;
-use crate::controller::{ControllerInner, FALLBACK_NAMESERVERS, run_op};
+use crate::controller::{ControllerInner, FALLBACK_NAMESERVERS, read_resolv_conf, run_op};
 use crate::endpoint::{Endpoint, EndpointInner, EndpointState};
 use crate::gateway::{self, GatewayCandidate};
 use crate::id;
@@ -21,6 +26,9 @@ use crate::record::{self, JoinedRecord, SandboxRecord};
 use crate::spi::{JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, SandboxRef};
 use crate::store::{Expect, Txn};
 use crate::undo::{Errors, Undo};
+
+/// The sysctl that makes interfaces born in (or moved into) a sandbox start with IPv6 off.
+const IPV6_DEFAULT_OFF: &str = "net.ipv6.conf.default.disable_ipv6";
 
 /// One endpoint joined to a sandbox.
 #[derive(Clone)]
@@ -274,7 +282,11 @@ async fn create(
     let dir = ctl.run_dir.join("sandboxes").join(&id);
     let mut undo = Undo::new();
     let result = async {
-        let ns = NetNs::create(&key)
+        // One thread creates the namespace, sets its defaults and opens its netlink socket.
+        // Interfaces are born with IPv6 off (CVE-2024-32473: no IPv6, not even link-local, on
+        // the interfaces of IPv4-only endpoints); a join turns it on for an IPv6 endpoint's.
+        // Loopback predates the default and keeps ::1.
+        let (ns, netlink) = Netlink::create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
             .await
             .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
         {
@@ -285,25 +297,34 @@ async fn create(
                     .map_err(|e| CoreError::sandbox("delete netns", key.display().to_string(), e))
             });
         }
-        let netlink = Netlink::connect(&ns)
-            .await
-            .map_err(|e| CoreError::sandbox("connect netlink in sandbox", &short, e))?;
-        netlink
-            .loopback_up()
-            .await
-            .map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
+        // Loopback comes up while the files are written.
+        let files = {
+            let (dir, source) = (dir.clone(), ctl.resolv_conf.clone());
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
+                read_resolv_conf(&source)
+            })
+        };
+        let (lo, files) = futures::join!(netlink.loopback_up(), files);
+        let host = files.map_err(|e| CoreError::Aborted {
+            op: "create sandbox",
+            object: short.clone(),
+            reason: e.to_string(),
+        });
         {
             let dir = dir.clone();
             undo.push("remove sandbox directory", move || async move {
-                tokio::fs::remove_dir_all(&dir)
-                    .await
-                    .map_err(|e| CoreError::io("remove directory", dir.display(), e))
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(CoreError::io("remove directory", dir.display(), e))
+                    }
+                    _ => Ok(()),
+                }
             });
         }
-        let host = ctl.host_resolv_conf().await?;
+        let host = host??;
+        lo.map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
         let mut sb = SandboxInner {
             id: id.clone(),
             container_id: cid.clone(),
@@ -462,18 +483,25 @@ async fn switch_gateway(
             return Ok(None);
         };
         let routes = j.default_routes();
-        add_routes(sb, &routes, "add default route").await?;
-        {
+        // The default route (in the sandbox) and the published ports (the driver, on the host)
+        // are independent: do them at once, then record the inverse of each that was done.
+        let (routed, published) =
+            futures::join!(add_routes(sb, &routes, "add default route"), program(j));
+        if routed.is_ok() {
             let sb = sb.clone();
             undo.push("delete default route", move || async move {
                 del_routes(&sb, &routes).await
             });
         }
-        j.published = program(j).await?;
-        let jc = j.clone();
-        undo.push("withdraw published ports", move || async move {
-            revoke(&jc).await
-        });
+        if let Ok(ports) = &published {
+            j.published = ports.clone();
+            let jc = j.clone();
+            undo.push("withdraw published ports", move || async move {
+                revoke(&jc).await
+            });
+        }
+        routed?;
+        published?;
     }
     Ok(new_id)
 }
@@ -609,18 +637,36 @@ pub(crate) async fn join(
                 .map(|(a, _)| IpNet::V4(*a))
                 .into_iter()
                 .chain(ep.ipv6.as_ref().map(|(a, _)| IpNet::V6(*a)));
-            for addr in addrs {
+            if ep.ipv6.is_some() {
+                // Interfaces are born with IPv6 off in our sandboxes (see `create`).
+                let key = format!("net/ipv6/conf/{name}/disable_ipv6");
+                set_sysctls(&sb.ns, &[(key.as_str(), "0")])
+                    .await
+                    .map_err(|e| {
+                        CoreError::sandbox(
+                            "enable IPv6 on",
+                            format!("{name} in sandbox {}", sb.short()),
+                            e,
+                        )
+                    })?;
+            }
+            // Sent back to back without waiting for each ack: the kernel handles one socket's
+            // requests in order, so the addresses are there when the link comes up.
+            let adds = futures::future::try_join_all(addrs.map(|addr| async move {
                 sb.netlink.add_address(index, addr).await.map_err(|e| {
                     CoreError::sandbox(
                         "add address",
                         format!("{addr} to {name} in sandbox {}", sb.short()),
                         e,
                     )
-                })?;
-            }
-            sb.netlink.set_up(index).await.map_err(|e| {
-                CoreError::sandbox("bring up", format!("{name} in sandbox {}", sb.short()), e)
-            })?;
+                })
+            }));
+            let up = async {
+                sb.netlink.set_up(index).await.map_err(|e| {
+                    CoreError::sandbox("bring up", format!("{name} in sandbox {}", sb.short()), e)
+                })
+            };
+            futures::try_join!(adds, up)?;
             let routes: Vec<RouteSpec> = info
                 .static_routes
                 .iter()
@@ -859,6 +905,19 @@ pub(crate) async fn delete(
     errors.into_result()
 }
 
+/// The sandbox of a container: O(1) through its slot, unless the slot is busy (a create or
+/// delete of it in flight), then by a scan that sees the committed state.
+pub(crate) fn find_by_container(ctl: &ControllerInner, cid: &str) -> Option<Arc<SandboxInner>> {
+    let slot = ctl.containers.get(cid).map(|s| s.value().clone())?;
+    if let Ok(guard) = slot.try_lock() {
+        return guard.clone();
+    }
+    ctl.sandboxes
+        .iter()
+        .find(|s| s.container_id == cid)
+        .map(|s| s.value().clone())
+}
+
 /// A container's sandbox. Cheap to clone; a handle to the controller's state.
 #[derive(Clone)]
 pub struct Sandbox {
@@ -886,10 +945,8 @@ impl Sandbox {
     }
 
     pub(crate) fn by_container(ctl: &Arc<ControllerInner>, cid: &str) -> Result<Self, CoreError> {
-        ctl.sandboxes
-            .iter()
-            .find(|s| s.container_id == cid)
-            .map(|s| Self::new(ctl.clone(), s.value().clone()))
+        find_by_container(ctl, cid)
+            .map(|s| Self::new(ctl.clone(), s))
             .ok_or_else(|| CoreError::NotFound {
                 what: "sandbox",
                 key: cid.to_owned(),

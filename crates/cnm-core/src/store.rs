@@ -136,6 +136,12 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// A watch fed by `rx`: a store backend keeps the sender and sends every committed change under
+    /// the watched prefix, in commit order; a failed send means the watch was dropped.
+    pub fn new(rx: mpsc::UnboundedReceiver<WatchEvent>) -> Self {
+        Self { rx }
+    }
+
     /// The next change, or `None` when the store is gone.
     pub async fn next(&mut self) -> Option<WatchEvent> {
         self.rx.recv().await

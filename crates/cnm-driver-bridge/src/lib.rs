@@ -94,6 +94,8 @@ pub struct BridgeDriver {
 #[derive(Debug)]
 struct Network {
     plan: BridgePlan,
+    /// The bridge's interface index in the host namespace.
+    bridge_index: u32,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
 }
 
@@ -230,6 +232,7 @@ impl BridgeDriver {
         let firewall = self.firewall().await?.clone();
 
         let mut undo = Undo::default();
+        let mut bridge_index = 0;
         let result = async {
             let mut link = LinkSpec::new(plan.bridge.clone(), LinkKind::Bridge);
             link.mtu = plan.mtu;
@@ -271,6 +274,7 @@ impl BridgeDriver {
                     reason: "it vanished right after it was created",
                 })?
                 .index;
+            bridge_index = index;
             let addrs = plan
                 .gateways_v4
                 .iter()
@@ -319,6 +323,7 @@ impl BridgeDriver {
             spec.id.clone(),
             Arc::new(Network {
                 plan,
+                bridge_index,
                 endpoints: Mutex::new(HashMap::new()),
             }),
         );
@@ -375,16 +380,9 @@ impl BridgeDriver {
         let mac = req.mac.unwrap_or(ep.mac);
         let host_if = random_veth_name()?;
         let host = &self.ctx.host_netlink;
-        let bridge_index = host
-            .link(plan.bridge.as_str())
-            .await
-            .map_err(|e| BridgeError::kernel("look up bridge", plan.bridge.as_str(), e))?
-            .ok_or_else(|| BridgeError::Conflict {
-                op: "join",
-                object: format!("network {}", short(&plan.network_id)),
-                reason: "its bridge is missing",
-            })?
-            .index;
+        // The index noted when the bridge was made: no lookup per join. Should the bridge be
+        // gone, the veth create fails and the lookup below says so.
+        let bridge_index = net.bridge_index;
         // With a user prefix the controller names the interface, so it is born in the host
         // namespace and moved in; otherwise it is born in the sandbox with its final name.
         let move_in = plan.iface_prefix.clone();
@@ -412,16 +410,23 @@ impl BridgeDriver {
 
         let mut undo = Undo::default();
         let result = async {
-            host.create_link(&spec).await.map_err(|e| {
-                BridgeError::kernel(
+            if let Err(e) = host.create_link(&spec).await {
+                if let Ok(None) = host.link(plan.bridge.as_str()).await {
+                    return Err(BridgeError::Conflict {
+                        op: "join",
+                        object: format!("network {}", short(&plan.network_id)),
+                        reason: "its bridge is missing",
+                    });
+                }
+                return Err(BridgeError::kernel(
                     "create veth",
                     format!(
                         "{host_if} (peer {peer_name} in {}) on bridge {}",
                         req.sandbox.ns, plan.bridge
                     ),
                     e,
-                )
-            })?;
+                ));
+            }
             undo.push(Inverse::DeleteLink {
                 netlink: host.clone(),
                 name: host_if.to_string(),
@@ -436,23 +441,9 @@ impl BridgeDriver {
                     name_prefix: Some(prefix),
                 });
             }
-            if ep.ipv6.is_none() {
-                // Before the interface goes up, so it never gets even a link-local IPv6 address
-                // (CVE-2024-32473: IPv6 leaking onto "IPv4-only" interfaces).
-                let key = format!("net.ipv6.conf.{}.disable_ipv6", req.ifname);
-                match set_sysctls(&req.sandbox.ns, &[(key.as_str(), "1")]).await {
-                    Ok(()) => {}
-                    // No IPv6 in this kernel at all: nothing to disable.
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(BridgeError::kernel(
-                            "disable IPv6 on",
-                            format!("{} in {}", req.ifname, req.sandbox.ns),
-                            e,
-                        ));
-                    }
-                }
-            }
+            // No sysctl here: the controller's sandboxes give every interface born in them
+            // IPv6 off (CVE-2024-32473: no link-local IPv6 on "IPv4-only" interfaces), and it
+            // turns IPv6 on for an IPv6 endpoint's interface. That saved a thread per join.
             self.faults.check(FaultPoint::JoinSysctlsSet)?;
 
             let index = req

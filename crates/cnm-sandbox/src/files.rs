@@ -191,7 +191,9 @@ fn write_atomic(path: &Path, data: &[u8], op: &'static str) -> Result<(), Sandbo
             .create_new(true)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        // No fsync: the rename alone keeps readers from ever seeing half a file, and these files
+        // live in the run dir beside a network namespace that cannot outlive a reboot either.
+        // An fsync cost 0.1-4 ms per write on ext4 (three writes per container attach).
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| {

@@ -3,10 +3,16 @@
 //! Messages are built here from typed specs and sent as single requests: one link lookup is one
 //! `RTM_GETLINK` with `IFLA_IFNAME` (never a dump), and a veth is created with its peer already
 //! inside the sandbox, named, addressed and up, in one `RTM_NEWLINK`.
+//!
+//! [`Netlink::delete_link_named`] returns when the kernel has unlisted a link (its `RTM_DELLINK`
+//! notification), not when it has freed it: the kernel's ack waits out RCU grace periods.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use cnm_types::{IfName, MacAddress};
 use futures::StreamExt;
@@ -30,7 +36,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::link::MacvlanMode;
-use crate::ns::on_thread;
+use crate::ns::{create_persisted, delete_persisted, on_thread};
 use crate::{Address, IpFamily, Link, LinkKind, LinkSpec, NetNs, Route, RouteSpec, SandboxError};
 
 /// The loopback device's index in every namespace (`LOOPBACK_IFINDEX` in the kernel).
@@ -41,6 +47,53 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub struct Netlink {
     handle: rtnetlink::Handle,
     ns: NetNs,
+    /// Link notifications of the namespace, subscribed on first use (see `delete_link_named`).
+    watch: Arc<tokio::sync::OnceCell<Arc<LinkWatch>>>,
+}
+
+/// Waiters for the RTM_DELLINK notification of a link, by name, fed by a multicast netlink
+/// connection subscribed to RTNLGRP_LINK in the namespace.
+#[derive(Debug)]
+struct LinkWatch {
+    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+    /// Keeps the multicast connection open: it closes once the last handle is dropped.
+    _handle: rtnetlink::Handle,
+}
+
+impl LinkWatch {
+    fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>> {
+        // Every critical section is a plain map update: a poisoned lock still holds a valid map.
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify_deleted(&self, name: &str) {
+        if let Some(senders) = self.waiters().remove(name) {
+            for tx in senders {
+                // The waiter may have given up already (its delete failed or was cancelled).
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Forgets a waiter whatever way the wait ends.
+struct WaiterGuard<'a> {
+    watch: &'a LinkWatch,
+    name: &'a str,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.watch.waiters();
+        if let Some(list) = waiters.get_mut(self.name) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(self.name);
+            }
+        }
+    }
 }
 
 /// A neighbour (ARP/NDP) entry.
@@ -93,10 +146,76 @@ impl Netlink {
             })
             .await??;
         tokio::spawn(connection);
-        Ok(Netlink {
+        Ok(Netlink::from_parts(handle, ns.clone()))
+    }
+
+    fn from_parts(handle: rtnetlink::Handle, ns: NetNs) -> Netlink {
+        Netlink {
             handle,
-            ns: ns.clone(),
+            ns,
+            watch: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// Creates a namespace persisted at `path` (as [`NetNs::create`]), sets `sysctls` inside it
+    /// and opens a netlink connection to it, all on the one thread that created it: one thread
+    /// instead of three (each costs a clone, a `setns` and a wake-up).
+    ///
+    /// A sysctl the kernel does not have (no such file: say, IPv6 settings on a kernel without
+    /// IPv6) is skipped. On any failure the namespace is removed again.
+    pub async fn create_netns(
+        path: impl AsRef<Path>,
+        sysctls: &[(&str, &str)],
+    ) -> Result<(NetNs, Netlink), SandboxError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SandboxError::NoRuntime {
+                op: "create netns",
+                object: path.as_ref().display().to_string(),
+            })?;
+        let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        let mut settings = Vec::with_capacity(sysctls.len());
+        for (key, value) in sysctls {
+            settings.push((key.to_string(), crate::sysctl_path(key)?, value.to_string()));
+        }
+        let (ns, connection, handle) = on_thread("create netns", shown.clone(), move || {
+            // create_persisted leaves this thread inside the new namespace.
+            let ns = create_persisted(&path)?;
+            let configured = (|| {
+                for (key, file, value) in settings {
+                    match std::fs::write(&file, value.as_bytes()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            tracing::debug!(%key, "sysctl absent in this kernel; skipped");
+                        }
+                        Err(e) => {
+                            return Err(SandboxError::kernel(
+                                "set sysctl",
+                                format!("{key} in {ns}"),
+                                e,
+                            ));
+                        }
+                    }
+                }
+                let _guard = runtime.enter();
+                let (connection, handle, _events) = rtnetlink::new_connection()
+                    .map_err(|e| SandboxError::kernel("open netlink socket in", ns.to_string(), e))?;
+                Ok((connection, handle))
+            })();
+            match configured {
+                Ok((connection, handle)) => Ok((ns, connection, handle)),
+                Err(primary) => {
+                    if let Err(e) = delete_persisted(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cleanup after failed netns create");
+                    }
+                    Err(primary)
+                }
+            }
         })
+        .await??;
+        tokio::spawn(connection);
+        let netlink = Netlink::from_parts(handle, ns.clone());
+        Ok((ns, netlink))
     }
 
     /// The namespace this handle talks to.
@@ -259,6 +378,135 @@ impl Netlink {
             .map_err(|e| {
                 SandboxError::kernel("delete link", self.object(format_args!("link {index}")), e)
             })
+    }
+
+    /// Deletes the link named `name` (a veth takes its peer with it) and returns as soon as the
+    /// kernel has unlisted it; `Ok(false)` if there is no such link.
+    ///
+    /// Why not a plain `RTM_DELLINK` and its ack: the kernel acks only after
+    /// `unregister_netdevice` has waited out RCU grace periods (`synchronize_net`, then
+    /// `rcu_barrier` in `netdev_run_todo`), 15-40 ms on a busy machine, and the sending thread
+    /// sits in `sendmsg` all that time (a tokio worker, if sent through the shared connection).
+    /// So the request goes out on a thread of its own, and we return on the link's
+    /// `RTM_DELLINK` notification, which the kernel sends once the device is closed, unlisted
+    /// (its name and index free), detached from its master and stripped of addresses and
+    /// routes: everything anyone can observe. The thread finishes the wait in the background.
+    pub async fn delete_link_named(&self, name: &str) -> Result<bool, SandboxError> {
+        let object = || self.object(name);
+        let watch = match self.link_watch().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Without notifications we still delete; we just wait for the ack.
+                tracing::debug!(error = %e, "no link notifications; waiting for the delete's ack");
+                None
+            }
+        };
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let _guard = watch.as_deref().map(|w| {
+            w.waiters()
+                .entry(name.to_owned())
+                .or_default()
+                .push(seen_tx);
+            WaiterGuard { watch: w, name }
+        });
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (ns, owned) = (self.ns.clone(), name.to_owned());
+        std::thread::Builder::new()
+            .name("cnm-netns".into())
+            .spawn(move || {
+                let result = ns.enter().map_err(|e| match e {
+                    SandboxError::Kernel { source, .. } => source,
+                    other => io::Error::other(other.to_string()),
+                });
+                // The receiver is gone once the notification came first: nothing to report then.
+                let _ = done_tx.send(result.and_then(|()| delete_link_blocking(&owned)));
+            })
+            .map_err(|e| {
+                SandboxError::kernel("spawn thread to", format!("delete link {}", object()), e)
+            })?;
+        let acked = async {
+            match done_rx.await {
+                Ok(Ok(())) => Ok(true),
+                Ok(Err(e))
+                    if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) =>
+                {
+                    Ok(false)
+                }
+                Ok(Err(e)) => Err(SandboxError::kernel("delete link", object(), e)),
+                Err(_) => Err(SandboxError::ThreadPanicked {
+                    op: "delete link",
+                    object: object(),
+                }),
+            }
+        };
+        if watch.is_none() {
+            return acked.await;
+        }
+        tokio::select! {
+            biased;
+            result = acked => result,
+            Ok(()) = seen_rx => Ok(true),
+        }
+    }
+
+    /// The namespace's link notifications, subscribed on first use.
+    async fn link_watch(&self) -> Result<Arc<LinkWatch>, SandboxError> {
+        self.watch
+            .get_or_try_init(|| async {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| SandboxError::NoRuntime {
+                        op: "watch links in",
+                        object: self.ns.to_string(),
+                    })?;
+                let inside = self.ns.clone();
+                let shown = self.ns.to_string();
+                let (connection, handle, mut events) =
+                    on_thread("watch links in", self.ns.to_string(), move || {
+                        inside.enter()?;
+                        let _guard = runtime.enter();
+                        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+                            .and_then(|(mut c, h, e)| {
+                                // A busy host may outrun us: then the kernel drops events
+                                // (a delete waits for its ack instead) rather than failing the
+                                // socket with ENOBUFS, which would end the subscription.
+                                use netlink_sys::AsyncSocket as _;
+                                let socket = c.socket_mut().socket_mut();
+                                socket.set_no_enobufs(true)?;
+                                socket.set_rx_buf_sz(1 << 20)?;
+                                Ok((c, h, e))
+                            })
+                            .map_err(|e| SandboxError::kernel("subscribe to links in", shown, e))
+                    })
+                    .await??;
+                tokio::spawn(connection);
+                let watch = Arc::new(LinkWatch {
+                    waiters: Mutex::new(HashMap::new()),
+                    _handle: handle,
+                });
+                // The task holds the watch weakly: dropping the last handle to it closes the
+                // connection, which ends the stream and the task.
+                let weak: Weak<LinkWatch> = Arc::downgrade(&watch);
+                tokio::spawn(async move {
+                    while let Some((msg, _)) = events.next().await {
+                        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) =
+                            msg.payload
+                        else {
+                            continue;
+                        };
+                        let Some(watch) = weak.upgrade() else { break };
+                        let name = link.attributes.iter().find_map(|a| match a {
+                            LinkAttribute::IfName(n) => Some(n.as_str()),
+                            _ => None,
+                        });
+                        if let Some(name) = name {
+                            watch.notify_deleted(name);
+                        }
+                    }
+                });
+                Ok(watch)
+            })
+            .await
+            .cloned()
     }
 
     async fn set_link(
@@ -657,6 +905,42 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
     info.extend(data.map(LinkInfo::Data));
     msg.attributes.push(LinkAttribute::LinkInfo(info));
     msg
+}
+
+/// Sends `RTM_DELLINK` for `name` on a fresh socket of the calling thread's namespace and waits
+/// for the ack (blocking: see [`Netlink::delete_link_named`]).
+fn delete_link_blocking(name: &str) -> io::Result<()> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    let mut msg = NetlinkMessage::from(RouteNetlinkMessage::DelLink(link));
+    msg.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    msg.header.sequence_number = 1;
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    loop {
+        let (reply, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < reply.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = msg.header.length as usize;
+            if let NetlinkPayload::Error(e) = msg.payload {
+                return match e.code {
+                    None => Ok(()),
+                    Some(_) => Err(e.to_io()),
+                };
+            }
+            if len == 0 {
+                break;
+            }
+            offset += len.div_ceil(4) * 4;
+        }
+    }
 }
 
 fn set_common(

@@ -94,7 +94,13 @@ impl NetNs {
     pub async fn delete(path: impl AsRef<Path>) -> Result<(), SandboxError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        on_thread("delete netns", shown, move || delete_persisted(&path)).await?
+        // No namespace is entered here, so a pooled blocking thread serves (no fresh thread).
+        tokio::task::spawn_blocking(move || delete_persisted(&path))
+            .await
+            .map_err(|_| SandboxError::ThreadPanicked {
+                op: "delete netns",
+                object: shown,
+            })?
     }
 
     /// Blocking variant of [`NetNs::delete`].
@@ -185,7 +191,7 @@ impl fmt::Display for NetNs {
 }
 
 /// Body of [`NetNs::create`]; runs on a dedicated thread that it moves into the new namespace.
-fn create_persisted(path: &Path) -> Result<NetNs, SandboxError> {
+pub(crate) fn create_persisted(path: &Path) -> Result<NetNs, SandboxError> {
     let shown = path.display().to_string();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| {
@@ -234,7 +240,7 @@ fn create_unpersisted() -> Result<NetNs, SandboxError> {
 }
 
 /// Body of [`NetNs::delete`].
-fn delete_persisted(path: &Path) -> Result<(), SandboxError> {
+pub(crate) fn delete_persisted(path: &Path) -> Result<(), SandboxError> {
     let shown = path.display().to_string();
     let unmounted = match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) => true,

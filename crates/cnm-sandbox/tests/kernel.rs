@@ -688,3 +688,84 @@ async fn attach_timing() -> Result<()> {
     );
     nss.finish().await
 }
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn create_netns_sets_sysctls_and_connects_on_one_thread() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sb");
+    let (ns, nl) = Netlink::create_netns(
+        &path,
+        &[
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+            // Absent in every kernel: skipped, not an error.
+            ("net.ipv4.conf.default.cnm_no_such_knob", "1"),
+        ],
+    )
+    .await?;
+    ensure!(NetNs::open(&path)? == ns, "persisted at its path");
+    ensure!(get_sysctl(&ns, "net.ipv6.conf.default.disable_ipv6").await? == "1");
+    // The handle talks to the new namespace: its loopback, and only it.
+    nl.loopback_up().await?;
+    let links = nl.links().await?;
+    ensure!(
+        links.len() == 1 && links[0].name == "lo" && links[0].up,
+        "{links:?}"
+    );
+    // An interface born there starts with IPv6 off.
+    plain_link(&nl, "born0").await?;
+    ensure!(get_sysctl(&ns, "net.ipv6.conf.born0.disable_ipv6").await? == "1");
+
+    let taken = Netlink::create_netns(&path, &[]).await.unwrap_err();
+    ensure!(taken.kind() == ErrorKind::AlreadyExists, "{taken}");
+    let bad = Netlink::create_netns(dir.path().join("x"), &[("kernel.hostname", "x")]).await;
+    ensure!(
+        bad.is_err() && !dir.path().join("x").exists(),
+        "bad key refused first"
+    );
+    NetNs::delete(&path).await?;
+    ensure!(!path.exists());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+#[allow(clippy::print_stdout)]
+async fn delete_link_named_returns_once_both_veth_ends_are_gone() -> Result<()> {
+    let mut spaces = Namespaces::new()?;
+    let (_host_ns, host) = spaces.make("host").await?;
+    let (sb_ns, sb) = spaces.make("sb").await?;
+    for round in 0..3 {
+        let host_if = format!("vdel{round}");
+        host.create_link(&LinkSpec {
+            up: true,
+            ..LinkSpec::new(
+                name(&host_if),
+                LinkKind::Veth {
+                    peer_name: name("eth0"),
+                    peer_ns: Some(sb_ns.clone()),
+                    peer_mac: None,
+                    peer_mtu: None,
+                    peer_up: true,
+                },
+            )
+        })
+        .await?;
+        ensure!(sb.link("eth0").await?.is_some());
+        let start = Instant::now();
+        ensure!(host.delete_link_named(&host_if).await?, "deleted");
+        let took = start.elapsed();
+        // Observable at once: both ends unlisted, so the peer's name is free for the next round.
+        ensure!(
+            host.link(&host_if).await?.is_none(),
+            "{host_if} still listed"
+        );
+        ensure!(sb.link("eth0").await?.is_none(), "peer still listed");
+        println!("delete_link_named round {round}: {took:?}");
+    }
+    ensure!(
+        !host.delete_link_named("vdel-none").await?,
+        "absent is Ok(false)"
+    );
+    spaces.finish().await
+}

@@ -64,6 +64,14 @@ impl Series {
     }
 }
 
+fn median(samples: &[Duration]) -> Duration {
+    Series {
+        name: "",
+        samples: samples.to_vec(),
+    }
+    .quantile(0.5)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -274,6 +282,15 @@ async fn main() -> Result<()> {
             name: "",
             samples: at[m - window..].to_vec(),
         };
+        for s in [&growth.new_sandbox, &growth.create_endpoint, &growth.join] {
+            let (h, t) = (&s.samples[..window], &s.samples[m - window..]);
+            println!(
+                "  growth of {:<18} median of the first {window} {:>7.3} ms, of the last {window} {:>7.3} ms",
+                s.name,
+                ms(median(h)),
+                ms(median(t)),
+            );
+        }
         let start = Instant::now();
         for a in alive.into_iter().rev() {
             detach(a, Some(&mut growth)).await?;

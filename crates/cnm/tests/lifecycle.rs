@@ -556,6 +556,9 @@ fn seed_example_runs() -> Result<()> {
     assert!(stdout.contains("  address:   172."), "{stdout}");
     assert!(stdout.contains("interface: eth0 up"), "{stdout}");
     assert!(stdout.contains("test.docker.io test"), "{stdout}");
-    assert!(stdout.contains("removed the sandbox, the endpoint and the network"), "{stdout}");
+    assert!(
+        stdout.contains("removed the sandbox, the endpoint and the network"),
+        "{stdout}"
+    );
     Ok(())
 }

@@ -1,0 +1,132 @@
+//! cnm's own API under `/cnm/v1`: sandboxes (create, list, inspect, delete, connect with
+//! published ports, disconnect) and daemon info.
+
+use axum::Json;
+use axum::http::StatusCode;
+use serde::Serialize;
+
+use crate::ApiError;
+use crate::events::Event;
+use crate::request::{SandboxConnect, SandboxCreate, SandboxDisconnect};
+use crate::server::{Body, Key, St};
+use crate::views::SandboxView;
+
+/// `GET /cnm/v1/info`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Info {
+    version: &'static str,
+    api_version: &'static str,
+    drivers: Vec<&'static str>,
+    state_dir: String,
+    run_dir: String,
+    store: &'static str,
+}
+
+pub(crate) async fn info(st: St) -> Json<Info> {
+    Json(Info {
+        version: env!("CARGO_PKG_VERSION"),
+        api_version: crate::server::API_VERSION,
+        drivers: cnm::builtin_drivers(),
+        state_dir: st.state_dir.display().to_string(),
+        run_dir: st.run_dir.display().to_string(),
+        store: st.store.as_str(),
+    })
+}
+
+fn not_found(key: &str) -> String {
+    format!("sandbox {key} not found")
+}
+
+/// `GET /cnm/v1/sandboxes`.
+pub(crate) async fn list(st: St) -> Json<Vec<SandboxView>> {
+    let mut out = Vec::new();
+    for sb in st.ctl.sandboxes() {
+        out.push(SandboxView::new(&sb).await);
+    }
+    Json(out)
+}
+
+/// `POST /cnm/v1/sandboxes` → 201.
+pub(crate) async fn create(
+    st: St,
+    Body(req): Body<SandboxCreate>,
+) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
+    let (name, opts) = req.parse()?;
+    let sb = st
+        .timed("sandbox_create", async {
+            Ok(st.ctl.new_sandbox(&name, opts).await?)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(SandboxView::new(&sb).await)))
+}
+
+/// `GET /cnm/v1/sandboxes/{key}`.
+pub(crate) async fn inspect(st: St, Key(key): Key) -> Result<Json<SandboxView>, ApiError> {
+    let sb = st.sandbox(&key, || not_found(&key))?;
+    Ok(Json(SandboxView::new(&sb).await))
+}
+
+/// `DELETE /cnm/v1/sandboxes/{key}` → 204: leaves every network, deletes those endpoints, then
+/// the sandbox.
+pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError> {
+    let sb = st.sandbox(&key, || not_found(&key))?;
+    st.timed("sandbox_delete", async {
+        let endpoints: Vec<_> = sb.endpoints().await.into_iter().map(|(e, _)| e).collect();
+        sb.delete().await?;
+        let mut failures = Vec::new();
+        for ep in endpoints {
+            let net = ep.network();
+            st.events.publish(Event::network(
+                "disconnect",
+                net.id(),
+                net.name(),
+                net.driver(),
+                Some(sb.id()),
+            ));
+            if let Err(e) = ep.delete().await {
+                failures.push(e.to_string());
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "sandbox {} deleted, but deleting its endpoints failed: {}",
+                    sb.container_id(),
+                    failures.join("; ")
+                ),
+            ))
+        }
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /cnm/v1/sandboxes/{key}/connect` → 200 with the sandbox.
+pub(crate) async fn connect(
+    st: St,
+    Key(key): Key,
+    Body(req): Body<SandboxConnect>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let (network, endpoint, join) = req.parse()?;
+    let sb = st.sandbox(&key, || not_found(&key))?;
+    let net = st.network(&network)?;
+    st.connect(&net, &sb, endpoint, join).await?;
+    Ok(Json(SandboxView::new(&sb).await))
+}
+
+/// `POST /cnm/v1/sandboxes/{key}/disconnect` → 200 with the sandbox.
+pub(crate) async fn disconnect(
+    st: St,
+    Key(key): Key,
+    Body(req): Body<SandboxDisconnect>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let network = req.parse()?;
+    let sb = st.sandbox(&key, || not_found(&key))?;
+    let net = st.network(&network)?;
+    st.disconnect(&net, &sb).await?;
+    Ok(Json(SandboxView::new(&sb).await))
+}

@@ -1,0 +1,41 @@
+//! cnmd's library part: the daemon serving cnm over HTTP on a unix socket, with the network part
+//! of Docker's Engine API (so `docker network …` works against it unmodified) beside cnm's own
+//! `/cnm/v1` API, an events stream, and Prometheus metrics.
+//!
+//! **Owns**: the HTTP API ([`Daemon`], [`serve`]) and its JSON shapes, request decoding and
+//! validation at the boundary ([`request`]), the state-dir lock ([`StateLock`]), the
+//! predefined networks (`none`, and `bridge` on interface `cnm0`), events, metrics, graceful
+//! shutdown (which leaves networks and sandboxes in place).
+//! **Does not**: implement networking (the controller does, through the `cnm` facade), parse the
+//! command line (`main.rs` does), or tear down the data plane on exit.
+//!
+//! Routes are documented in `openapi.yaml` beside this crate; a test checks every routed path is
+//! there. Every Docker path also answers under a `/v1.NN` prefix (NN ≥ 41).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), cnm_daemon::DaemonError> {
+//! use cnm_daemon::{Config, Daemon};
+//!
+//! let daemon = Daemon::start(Config::in_dirs("/run/cnm", "/var/lib/cnm")).await?;
+//! // DOCKER_HOST=unix:///run/cnm/cnm.sock docker network ls
+//! daemon.stop().await?; // graceful: in-flight requests finish, networks stay
+//! # Ok(()) }
+//! ```
+
+mod clock;
+mod cnm_api;
+mod docker;
+mod error;
+pub mod events;
+mod lock;
+pub mod metrics;
+pub mod request;
+mod server;
+pub mod views;
+
+pub use error::{ApiError, DaemonError};
+pub use lock::{LOCK_FILE, StateLock};
+pub use server::{
+    API_VERSION, Config, DEFAULT_BRIDGE_IF, DEFAULT_SOCKET, Daemon, MIN_API_VERSION, PREDEFINED,
+    StoreKind, serve,
+};

@@ -1,0 +1,731 @@
+//! [`Daemon`]: the state-dir lock, the controller, the predefined networks, and the HTTP servers
+//! (the API on a unix socket, metrics on an opt-in TCP address) with graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use cnm::cnm_sandbox::NetNs;
+use cnm::store::{MemoryStore, Store};
+use cnm::{Controller, CoreError, Endpoint, JoinOption, Network, NetworkOptions, Sandbox};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::events::{Event, Events};
+use crate::lock::StateLock;
+use crate::metrics::{Gauges, Metrics};
+use crate::request::{MAX_BODY, decode};
+use crate::{ApiError, DaemonError, clock, cnm_api, docker};
+
+/// The Docker Engine API version this daemon speaks (and announces in `/_ping`).
+pub const API_VERSION: &str = "1.45";
+/// The oldest Docker Engine API version accepted in a `/v1.NN` prefix.
+pub const MIN_API_VERSION: (u32, u32) = (1, 41);
+/// The default socket.
+pub const DEFAULT_SOCKET: &str = "/run/cnm/cnm.sock";
+/// The names Docker reserves for its predefined networks.
+pub const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
+/// The default bridge's interface name.
+pub const DEFAULT_BRIDGE_IF: &str = "cnm0";
+
+/// Which state store backs the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// In memory: state is lost when cnmd exits.
+    Memory,
+    /// The embedded durable store (`cnm-store`'s redb) in the state dir. Until the controller
+    /// reloads state on start, records survive a restart but are not picked up again.
+    Redb,
+}
+
+impl StoreKind {
+    /// The name as given on the command line and shown in `/cnm/v1/info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redb => "redb",
+        }
+    }
+}
+
+impl FromStr for StoreKind {
+    type Err = DaemonError;
+    fn from_str(s: &str) -> Result<Self, DaemonError> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "redb" => Ok(Self::Redb),
+            _ => Err(DaemonError::Config {
+                field: "store",
+                reason: format!("{s:?} is not one of memory, redb"),
+            }),
+        }
+    }
+}
+
+/// What a daemon is started with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The API socket (default `/run/cnm/cnm.sock`), created with mode 0660.
+    pub socket: PathBuf,
+    /// The run dir (default `/run/cnm`).
+    pub run_dir: PathBuf,
+    /// The state dir (default `/var/lib/cnm`), locked for this process.
+    pub state_dir: PathBuf,
+    /// Where to serve Prometheus `/metrics` over TCP (off by default).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The store.
+    pub store: StoreKind,
+    /// The namespace treated as the host (default: the process's own). Tests pass a throwaway.
+    pub host_netns: Option<NetNs>,
+    /// The resolv.conf containers' resolv.conf derives from (default `/etc/resolv.conf`).
+    pub resolv_conf: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            run_dir: PathBuf::from(cnm::DEFAULT_RUN_DIR),
+            state_dir: PathBuf::from(cnm::DEFAULT_STATE_DIR),
+            metrics_addr: None,
+            store: StoreKind::Memory,
+            host_netns: None,
+            resolv_conf: None,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with the given run and state dirs, the socket being `<run_dir>/cnm.sock`.
+    pub fn in_dirs(run_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let run_dir = run_dir.into();
+        Self {
+            socket: run_dir.join("cnm.sock"),
+            run_dir,
+            state_dir: state_dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Everything a request handler sees.
+pub(crate) struct AppState {
+    pub(crate) ctl: Controller,
+    pub(crate) events: Events,
+    pub(crate) metrics: Metrics,
+    created: Mutex<HashMap<String, SystemTime>>,
+    started: SystemTime,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) store: StoreKind,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) type St = State<Arc<AppState>>;
+
+impl AppState {
+    /// The network with this name, id or unique id prefix; 404 in Docker's words.
+    pub(crate) fn network(&self, key: &str) -> Result<Network, ApiError> {
+        self.ctl.network(key).map_err(|e| match e {
+            CoreError::NotFound { .. } => ApiError::not_found(format!("network {key} not found")),
+            e => e.into(),
+        })
+    }
+
+    /// The sandbox with this name, id or unique id prefix; 404 says `not_found`.
+    pub(crate) fn sandbox(
+        &self,
+        key: &str,
+        not_found: impl FnOnce() -> String,
+    ) -> Result<Sandbox, ApiError> {
+        self.ctl.sandbox(key).map_err(|e| match e {
+            CoreError::NotFound { .. } => ApiError::not_found(not_found()),
+            e => e.into(),
+        })
+    }
+
+    /// When the network was created (the daemon's start for ones it did not create itself).
+    pub(crate) fn created_at(&self, net: &Network) -> SystemTime {
+        let map = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(net.id()).copied().unwrap_or(self.started)
+    }
+
+    /// [`AppState::created_at`] in RFC 3339.
+    pub(crate) fn created(&self, net: &Network) -> String {
+        clock::rfc3339(self.created_at(net))
+    }
+
+    pub(crate) fn network_created(&self, net: &Network) {
+        self.created
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(net.id().to_owned(), SystemTime::now());
+        self.events.publish(Event::network(
+            "create",
+            net.id(),
+            net.name(),
+            net.driver(),
+            None,
+        ));
+    }
+
+    pub(crate) fn network_destroyed(&self, net: &Network) {
+        self.created
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(net.id());
+        self.events.publish(Event::network(
+            "destroy",
+            net.id(),
+            net.name(),
+            net.driver(),
+            None,
+        ));
+    }
+
+    /// Runs and times one mutating operation.
+    pub(crate) async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let t = Instant::now();
+        let r = fut.await;
+        self.metrics.operation(op, t.elapsed());
+        r
+    }
+
+    /// Creates the endpoint of `sb` on `net` (named after the sandbox, as Docker names an
+    /// endpoint after its container) and joins it; deletes the endpoint again if the join fails.
+    pub(crate) async fn connect(
+        &self,
+        net: &Network,
+        sb: &Sandbox,
+        options: cnm::EndpointOptions,
+        join: Vec<JoinOption>,
+    ) -> Result<Endpoint, ApiError> {
+        self.timed("connect", async {
+            let ep = net.create_endpoint(sb.container_id(), options).await?;
+            if let Err(e) = ep.join_sandbox(sb, join).await {
+                let mut err = ApiError::from(e);
+                if let Err(c) = ep.delete().await {
+                    err.message = format!("{}; cleanup also failed: {c}", err.message);
+                }
+                return Err(err);
+            }
+            self.events.publish(Event::network(
+                "connect",
+                net.id(),
+                net.name(),
+                net.driver(),
+                Some(sb.id()),
+            ));
+            Ok(ep)
+        })
+        .await
+    }
+
+    /// Leaves `net` and deletes the sandbox's endpoint on it.
+    pub(crate) async fn disconnect(&self, net: &Network, sb: &Sandbox) -> Result<(), ApiError> {
+        self.timed("disconnect", async {
+            let ep = sb
+                .endpoints()
+                .await
+                .into_iter()
+                .map(|(ep, _)| ep)
+                .find(|ep| ep.network().id() == net.id())
+                .ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "container {} is not connected to network {}",
+                        sb.container_id(),
+                        net.name()
+                    ))
+                })?;
+            ep.leave_sandbox(sb).await?;
+            self.events.publish(Event::network(
+                "disconnect",
+                net.id(),
+                net.name(),
+                net.driver(),
+                Some(sb.id()),
+            ));
+            ep.delete().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) fn gauges(&self) -> Gauges {
+        let networks = self.ctl.networks();
+        Gauges {
+            endpoints: networks.iter().map(|n| n.endpoints().len()).sum(),
+            networks: networks.len(),
+            sandboxes: self.ctl.sandboxes().len(),
+        }
+    }
+}
+
+/// A JSON body, size-limited and decoded by [`decode`]; refusals are 4xx in Docker's shape.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body is larger than {MAX_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::new(e.status(), e.body_text())
+                }
+            })?;
+        decode(&bytes).map(Body)
+    }
+}
+
+/// The one path parameter (a name, id or prefix), percent-decoded.
+pub(crate) struct Key(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| Key(p.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// Every route: (method, path, handler). The OpenAPI file is checked against this list.
+pub(crate) fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("get", "/_ping", get(docker::ping)),
+        ("head", "/_ping", axum::routing::head(docker::ping)),
+        ("get", "/version", get(docker::version)),
+        ("get", "/events", get(docker::events)),
+        ("get", "/networks", get(docker::list)),
+        ("post", "/networks/create", post(docker::create)),
+        ("post", "/networks/prune", post(docker::prune)),
+        ("get", "/networks/{id}", get(docker::inspect)),
+        (
+            "delete",
+            "/networks/{id}",
+            axum::routing::delete(docker::remove),
+        ),
+        ("post", "/networks/{id}/connect", post(docker::connect)),
+        (
+            "post",
+            "/networks/{id}/disconnect",
+            post(docker::disconnect),
+        ),
+        ("get", "/cnm/v1/info", get(cnm_api::info)),
+        ("get", "/cnm/v1/sandboxes", get(cnm_api::list)),
+        ("post", "/cnm/v1/sandboxes", post(cnm_api::create)),
+        ("get", "/cnm/v1/sandboxes/{key}", get(cnm_api::inspect)),
+        (
+            "delete",
+            "/cnm/v1/sandboxes/{key}",
+            axum::routing::delete(cnm_api::remove),
+        ),
+        (
+            "post",
+            "/cnm/v1/sandboxes/{key}/connect",
+            post(cnm_api::connect),
+        ),
+        (
+            "post",
+            "/cnm/v1/sandboxes/{key}/disconnect",
+            post(cnm_api::disconnect),
+        ),
+    ]
+}
+
+/// The metrics listener's one route.
+pub(crate) const METRICS_ROUTE: (&str, &str) = ("get", "/metrics");
+
+fn api_router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::not_found("page not found") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn count_requests(State(st): St, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().to_string();
+    let span = tracing::debug_span!("request", %method, uri = %req.uri());
+    let resp = tracing::Instrument::instrument(next.run(req), span).await;
+    st.metrics.request(&route, &method, resp.status().as_u16());
+    resp
+}
+
+/// Splits `/v1.45/networks` into ((1, 45), "/networks").
+fn split_version(path: &str) -> Option<((u32, u32), &str)> {
+    let rest = path.strip_prefix("/v")?;
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let (major, minor) = rest[..slash].split_once('.')?;
+    let v = (major.parse().ok()?, minor.parse().ok()?);
+    let tail = &rest[slash..];
+    Some((v, if tail.is_empty() { "/" } else { tail }))
+}
+
+/// Strips Docker's `/v1.NN` prefix (refusing versions below the minimum) and stamps Docker's
+/// headers on every response.
+async fn docker_version(mut req: Request, next: Next) -> Response {
+    if let Some((v, tail)) = split_version(req.uri().path()) {
+        if v < MIN_API_VERSION {
+            let (ma, mi) = MIN_API_VERSION;
+            return ApiError::bad_request(format!(
+                "client version {}.{} is too old. Minimum supported API version is {ma}.{mi}, \
+                 please upgrade your client to a newer version",
+                v.0, v.1
+            ))
+            .into_response();
+        }
+        let pq = match req.uri().query() {
+            Some(q) => format!("{tail}?{q}"),
+            None => tail.to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        match pq.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+        }
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("api-version", HeaderValue::from_static(API_VERSION));
+    h.insert("ostype", HeaderValue::from_static("linux"));
+    h.insert("docker-experimental", HeaderValue::from_static("false"));
+    h.insert(
+        "server",
+        HeaderValue::from_static(concat!("cnmd/", env!("CARGO_PKG_VERSION"))),
+    );
+    resp
+}
+
+/// Creates `none` and the default `bridge` when missing.
+async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
+    let have: Vec<String> = ctl.networks().iter().map(|n| n.name().to_owned()).collect();
+    let wanted = [
+        ("null", "none", NetworkOptions::default()),
+        (
+            "bridge",
+            "bridge",
+            NetworkOptions::default()
+                .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF),
+        ),
+    ];
+    for (driver, name, options) in wanted {
+        if have.iter().any(|h| h == name) {
+            continue;
+        }
+        ctl.new_network(driver, name, options)
+            .await
+            .map_err(|source| DaemonError::Controller {
+                op: format!("create predefined network {name}"),
+                source: Box::new(source),
+            })?;
+        tracing::info!(network = name, driver, "predefined network created");
+    }
+    Ok(())
+}
+
+/// Removes a socket file left by a dead cnmd; refuses to remove anything that is not a socket.
+fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            tracing::info!(path = %path.display(), "removing stale socket");
+            std::fs::remove_file(path)
+                .map_err(|e| DaemonError::io("remove stale socket", path.display(), e))
+        }
+        Ok(_) => Err(DaemonError::Config {
+            field: "socket",
+            reason: format!("{} exists and is not a socket", path.display()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DaemonError::io("inspect", path.display(), e)),
+    }
+}
+
+/// A running daemon. Dropping it does not stop it; call [`Daemon::stop`].
+#[derive(Debug)]
+pub struct Daemon {
+    controller: Controller,
+    socket: PathBuf,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+}
+
+impl Daemon {
+    /// Locks the state dir, builds the controller, creates the predefined networks and starts
+    /// serving; returns once both listeners accept connections.
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let lock = StateLock::acquire(&config.state_dir)?;
+        let store: Arc<dyn Store> = match config.store {
+            StoreKind::Memory => Arc::new(MemoryStore::new()),
+            StoreKind::Redb => {
+                // Opening may repair the file after a crash: blocking work.
+                let dir = config.state_dir.clone();
+                let opened = tokio::task::spawn_blocking(move || cnm_store::RedbStore::open(&dir))
+                    .await
+                    .map_err(|e| DaemonError::Task(e.to_string()))?;
+                Arc::new(opened.map_err(|source| DaemonError::Store {
+                    path: config.state_dir.clone(),
+                    source,
+                })?)
+            }
+        };
+        let mut builder = Controller::builder()
+            .run_dir(&config.run_dir)
+            .state_dir(&config.state_dir)
+            .store(store);
+        if let Some(ns) = config.host_netns.clone() {
+            builder = builder.host_netns(ns);
+        }
+        if let Some(rc) = &config.resolv_conf {
+            builder = builder.resolv_conf(rc);
+        }
+        let ctl = builder
+            .build()
+            .await
+            .map_err(|source| DaemonError::Controller {
+                op: "build the controller".to_owned(),
+                source: Box::new(source),
+            })?;
+        ensure_predefined(&ctl).await?;
+
+        // Only the lock holder may touch the socket: a second cnmd must not unlink a live one.
+        if let Some(dir) = config.socket.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DaemonError::io("create socket dir", dir.display(), e))?;
+        }
+        remove_stale_socket(&config.socket)?;
+        let listener = tokio::net::UnixListener::bind(&config.socket)
+            .map_err(|e| DaemonError::io("bind", config.socket.display(), e))?;
+        std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| DaemonError::io("chmod", config.socket.display(), e))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| DaemonError::io("bind metrics address", addr, e))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| DaemonError::io("read address of", "metrics listener", e))?,
+            ),
+            None => None,
+        };
+
+        let (tx, rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            ctl: ctl.clone(),
+            events: Events::default(),
+            metrics: Metrics::default(),
+            created: Mutex::new(HashMap::new()),
+            started: SystemTime::now(),
+            run_dir: config.run_dir.clone(),
+            state_dir: config.state_dir.clone(),
+            store: config.store,
+            shutdown: rx.clone(),
+        });
+        let app = tower::Layer::layer(
+            &middleware::from_fn(docker_version),
+            api_router(state.clone()),
+        );
+        let socket = config.socket.clone();
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            // An error means the sender is gone: stop as well.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let api = axum::serve(
+            listener,
+            axum::ServiceExt::<Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(stopped(rx.clone()));
+        let metrics = metrics_listener.map(|l| {
+            let router = Router::new()
+                .route(METRICS_ROUTE.1, get(metrics_handler))
+                .with_state(state.clone());
+            axum::serve(l, router).with_graceful_shutdown(stopped(rx.clone()))
+        });
+        tracing::info!(socket = %socket.display(), metrics = ?metrics_addr, store = config.store.as_str(), "cnmd listening");
+        let sock = socket.clone();
+        let task = tokio::spawn(async move {
+            let metrics = async move {
+                match metrics {
+                    Some(m) => m.await,
+                    None => Ok(()),
+                }
+            };
+            let (a, m) = tokio::join!(api.into_future(), metrics);
+            // Still holding the lock: the socket is ours to remove.
+            if let Err(e) = std::fs::remove_file(&sock) {
+                tracing::warn!(path = %sock.display(), error = %e, "failed to remove socket");
+            }
+            drop(lock);
+            tracing::info!("cnmd stopped; networks and sandboxes are left in place");
+            a.map_err(|e| DaemonError::io("serve", sock.display(), e))?;
+            m.map_err(|e| DaemonError::io("serve", "metrics", e))
+        });
+        Ok(Daemon {
+            controller: ctl,
+            socket,
+            metrics_addr,
+            shutdown: tx,
+            task,
+        })
+    }
+
+    /// The controller it serves.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The metrics listener's bound address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (event streams end), removes the socket
+    /// and releases the state-dir lock. Networks and sandboxes stay as they are.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        tracing::info!("cnmd shutting down");
+        self.shutdown.send_replace(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(DaemonError::Task(e.to_string())),
+        }
+    }
+}
+
+async fn metrics_handler(State(st): St) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(st.gauges()),
+    )
+}
+
+/// Runs a daemon until `shutdown` completes, then stops it gracefully.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.stop().await
+}
+
+/// Whether `net` is one of Docker's predefined networks (never deleted, never pruned).
+pub(crate) fn is_predefined(net: &Network) -> bool {
+    PREDEFINED.contains(&net.name())
+}
+
+/// Maps a kind to the error text Docker uses when the kind is NotFound for containers.
+pub(crate) fn no_such_container(key: &str) -> String {
+    format!("No such container: {key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefixes() {
+        assert_eq!(
+            split_version("/v1.45/networks"),
+            Some(((1, 45), "/networks"))
+        );
+        assert_eq!(split_version("/v1.41"), Some(((1, 41), "/")));
+        assert_eq!(split_version("/networks"), None);
+        assert_eq!(split_version("/version"), None);
+        assert_eq!(split_version("/vx.1/a"), None);
+    }
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let text = include_str!("../openapi.yaml");
+        let mut documented = std::collections::BTreeSet::new();
+        let mut path = None;
+        let mut in_paths = false;
+        for line in text.lines() {
+            if line == "paths:" {
+                in_paths = true;
+                continue;
+            }
+            if in_paths && !line.starts_with(' ') && !line.is_empty() {
+                in_paths = false;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+                && p.starts_with('/')
+            {
+                path = Some(p.trim_matches('"').to_owned());
+            } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+                && !m.starts_with(' ')
+                && let Some(p) = &path
+            {
+                documented.insert((m.to_owned(), p.clone()));
+            }
+        }
+        let mut all: Vec<(&str, &str)> = routes().iter().map(|(m, p, _)| (*m, *p)).collect();
+        all.push(METRICS_ROUTE);
+        for (m, p) in all {
+            assert!(
+                documented.contains(&(m.to_owned(), p.to_owned())),
+                "{m} {p} is routed but not in openapi.yaml"
+            );
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The real `docker` CLI against cnmd: `docker network create|ls|inspect|connect|disconnect|
+//! rm|prune`, unmodified, with DOCKER_HOST pointing at the daemon's socket.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::{Context, Result, ensure};
+use cnm_testkit::TestHost;
+use common::Client;
+use serde_json::{Value, json};
+
+/// Runs `docker ARGS` against `socket` with a private config dir.
+async fn docker(socket: &Path, config: &Path, args: &[&str]) -> Result<Output> {
+    let (socket, config) = (socket.to_owned(), config.to_owned());
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("docker")
+            .args(&args)
+            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+            .env("DOCKER_CONFIG", &config)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .output()
+            .context("run docker (is the docker CLI installed? xtask installs docker.io)")
+    })
+    .await?
+}
+
+async fn ok(socket: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    let out = docker(socket, config, args).await?;
+    ensure!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+async fn fails(socket: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    let out = docker(socket, config, args).await?;
+    ensure!(!out.status.success(), "docker {args:?} should have failed");
+    Ok(String::from_utf8(out.stderr)?)
+}
+
+async fn inspect(socket: &Path, config: &Path, name: &str) -> Result<Value> {
+    let text = ok(socket, config, &["network", "inspect", name]).await?;
+    let v: Value = serde_json::from_str(&text)?;
+    Ok(v[0].clone())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn docker_cli_manages_networks() -> Result<()> {
+    let host = TestHost::new().await?;
+    let daemon = common::start(&host, false).await?;
+    let sock = daemon.socket().to_owned();
+    let cfg = tempfile::tempdir()?;
+    let c = cfg.path();
+    let api = Client::new(&sock);
+
+    // ls: the predefined networks.
+    let names = ok(&sock, c, &["network", "ls", "--format", "{{.Name}}"]).await?;
+    let names: Vec<&str> = names.lines().collect();
+    ensure!(names == ["bridge", "none"], "{names:?}");
+
+    // create with subnet, gateway, ip-range, label, option.
+    let id = ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.99.0.0/24",
+            "--gateway",
+            "10.99.0.1",
+            "--ip-range",
+            "10.99.0.128/25",
+            "--label",
+            "team=a",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "-d",
+            "bridge",
+            "web",
+        ],
+    )
+    .await?;
+    let id = id.trim().to_owned();
+    ensure!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+
+    // ls lists ours and the predefined ones; filters work.
+    let names = ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Driver}} {{.Scope}}",
+        ],
+    )
+    .await?;
+    let names: Vec<&str> = names.lines().collect();
+    ensure!(
+        names == ["bridge bridge local", "none null local", "web bridge local"],
+        "{names:?}"
+    );
+    let filtered = ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "ls",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            "label=team=a",
+        ],
+    )
+    .await?;
+    ensure!(filtered.trim() == id, "{filtered}");
+
+    // inspect by name: Docker's keys and our values.
+    let n = inspect(&sock, c, "web").await?;
+    ensure!(n["Name"] == "web" && n["Id"] == id.as_str(), "{n}");
+    ensure!(n["Driver"] == "bridge" && n["Scope"] == "local", "{n}");
+    ensure!(
+        n["IPAM"]["Config"]
+            == json!([{"Subnet": "10.99.0.0/24", "IPRange": "10.99.0.128/25", "Gateway": "10.99.0.1"}]),
+        "{n}"
+    );
+    ensure!(n["Containers"] == json!({}), "{n}");
+    ensure!(
+        n["Options"] == json!({"com.docker.network.driver.mtu": "1400"}),
+        "{n}"
+    );
+    ensure!(n["Labels"] == json!({"team": "a"}), "{n}");
+    ensure!(n["Internal"] == false && n["EnableIPv6"] == false, "{n}");
+    // by id prefix too
+    let n2 = inspect(&sock, c, &id[..10]).await?;
+    ensure!(n2["Name"] == "web");
+
+    // connect a sandbox (made through cnm's API) with --ip and --alias.
+    let sb = api
+        .expect(
+            "POST",
+            "/cnm/v1/sandboxes",
+            Some(json!({"Name": "app1"})),
+            201,
+        )
+        .await?;
+    let sb_id = sb["Id"].as_str().context("sandbox id")?.to_owned();
+    ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "connect",
+            "--ip",
+            "10.99.0.50",
+            "--alias",
+            "db",
+            "web",
+            "app1",
+        ],
+    )
+    .await?;
+    let n = inspect(&sock, c, "web").await?;
+    let ctr = &n["Containers"][sb_id.as_str()];
+    ensure!(
+        ctr["Name"] == "app1" && ctr["IPv4Address"] == "10.99.0.50/24",
+        "{n}"
+    );
+    let net = daemon.controller().network("web")?;
+    let eps = net.endpoints();
+    ensure!(
+        eps.len() == 1 && eps[0].options().aliases == ["db"],
+        "{eps:?}"
+    );
+    // The address is really on the sandbox's interface.
+    let sandbox = daemon.controller().sandbox("app1")?;
+    let addrs = sandbox.netlink().addresses(None).await?;
+    ensure!(
+        addrs.iter().any(|a| a.addr.to_string() == "10.99.0.50/24"),
+        "{addrs:?}"
+    );
+
+    // rm while connected is refused; disconnect; then rm works.
+    let err = fails(&sock, c, &["network", "rm", "web"]).await?;
+    ensure!(err.contains("active endpoints"), "{err}");
+    ok(&sock, c, &["network", "disconnect", "web", "app1"]).await?;
+    ensure!(inspect(&sock, c, "web").await?["Containers"] == json!({}));
+
+    // predefined networks cannot be removed.
+    let err = fails(&sock, c, &["network", "rm", "bridge"]).await?;
+    ensure!(err.contains("pre-defined"), "{err}");
+
+    // --internal --ipv6 network; rm web; prune removes the unused one and keeps predefined.
+    ok(
+        &sock,
+        c,
+        &["network", "create", "--internal", "--ipv6", "spare"],
+    )
+    .await?;
+    let s = inspect(&sock, c, "spare").await?;
+    ensure!(s["Internal"] == true && s["EnableIPv6"] == true, "{s}");
+    ensure!(
+        s["IPAM"]["Config"].as_array().is_some_and(|a| a.len() == 2),
+        "an IPv4 and an IPv6 pool: {s}"
+    );
+    ok(&sock, c, &["network", "rm", "web"]).await?;
+    let pruned = ok(&sock, c, &["network", "prune", "-f"]).await?;
+    ensure!(
+        pruned.contains("spare") && !pruned.contains("bridge"),
+        "{pruned}"
+    );
+    let names = ok(&sock, c, &["network", "ls", "--format", "{{.Name}}"]).await?;
+    ensure!(
+        names.lines().collect::<Vec<_>>() == ["bridge", "none"],
+        "{names}"
+    );
+
+    // not found in Docker's words.
+    let err = fails(&sock, c, &["network", "inspect", "nope"]).await?;
+    ensure!(err.contains("network nope not found"), "{err}");
+
+    daemon.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Durable state stores for cnm: the embedded, crash-safe default store behind
+//! [`cnm_core::store::Store`].
+//!
+//! **Owns**
+//! - [`RedbStore`]: `<state_dir>/state.redb`, with exactly `MemoryStore`'s semantics (store-wide
+//!   strictly increasing revisions, all-or-nothing transactions, ordered prefix watches), every
+//!   commit durable before it returns, revisions persisted across restarts.
+//! - [`StateDirLock`]: one process per state directory (`<state_dir>/lock`, `flock`, holder pid).
+//!
+//! **Does not**
+//! - decide what is stored (records and keys belong to cnm-core);
+//! - take the state-directory lock implicitly: the daemon takes [`StateDirLock`] first, then opens
+//!   the store;
+//! - share state between hosts (global scope goes to an etcd backend).
+//!
+//! ```
+//! use cnm_core::store::{Expect, Store, Txn};
+//! use cnm_store::{RedbStore, StateDirLock};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let state_dir = dir.path();
+//! let _lock = StateDirLock::acquire(state_dir)?; // a second daemon is refused here
+//! let store = RedbStore::open(state_dir)?;
+//! let v = store.put("network/n1", b"{}".to_vec(), Expect::Absent).await?;
+//! let txn = Txn::new()
+//!     .put_json("network/n1", &"updated", Expect::Version(v))?
+//!     .put_json("endpoint/n1/e1", &"new", Expect::Absent)?;
+//! let rev = store.commit(txn).await?; // on disk when this returns
+//! assert_eq!(store.get("endpoint/n1/e1").await?.map(|r| r.version), Some(rev));
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod lock;
+mod redb_store;
+mod watch;
+
+pub use error::RedbStoreError;
+pub use lock::{LOCK_FILE, StateDirLock};
+pub use redb_store::{DB_FILE, RedbStore};

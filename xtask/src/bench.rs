@@ -1,0 +1,245 @@
+//! `cargo xtask bench`: builds `cnm-bench` in release mode and runs it, after installing the
+//! peers it compares cnm with when asked to.
+//!
+//! xtask stays light: it does not link any cnm crate; it builds and runs the `cnm-bench`
+//! binary (crates/cnm-bench), which does the measuring and writes `target/bench/latest.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::packages;
+use crate::run;
+
+/// Debian packages of the peers and of the tools the benchmark drives.
+pub const PEER_PACKAGES: &[&str] = &[
+    "docker.io",
+    "netavark",
+    "containernetworking-plugins",
+    "iperf3",
+    "dnsperf",
+    "protobuf-compiler",
+];
+
+/// The current netavark, built from crates.io (Debian's is 1.4, iptables only).
+pub const NETAVARK_VERSION: &str = "1.17.2";
+
+/// Directories the benchmark mounts a private tmpfs on; xtask makes missing mount points and
+/// removes them again afterwards, so the machine's /run is left as it was.
+const MOUNT_POINTS: &[&str] = &["/run/netns", "/run/cnm"];
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Default, PartialEq)]
+pub struct BenchArgs {
+    /// About two minutes instead of about fifteen.
+    pub quick: bool,
+    /// Install the peers (Debian packages, netavark from crates.io) first.
+    pub install_peers: bool,
+    /// Scenarios (or groups) to run; empty means all.
+    pub scenarios: Vec<String>,
+}
+
+/// Parses the options after `bench`.
+pub fn parse(args: &[String]) -> Result<BenchArgs> {
+    let mut parsed = BenchArgs::default();
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => parsed.quick = true,
+            "--install-peers" => parsed.install_peers = true,
+            flag if flag.starts_with('-') => bail!("unknown option `{flag}` for `bench`"),
+            scenario => parsed.scenarios.push(scenario.to_owned()),
+        }
+    }
+    Ok(parsed)
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where cargo puts build outputs for this invocation.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// The text recorded as the run's command in the JSON.
+pub fn command_line(args: &BenchArgs) -> String {
+    let mut parts = vec!["cargo xtask bench".to_owned()];
+    if args.quick {
+        parts.push("--quick".into());
+    }
+    if args.install_peers {
+        parts.push("--install-peers".into());
+    }
+    parts.extend(args.scenarios.iter().cloned());
+    parts.join(" ")
+}
+
+/// Runs the benchmark; returns whether it completed.
+pub fn bench(args: &BenchArgs) -> Result<bool> {
+    if !packages::is_root()? {
+        bail!(
+            "the benchmark needs root (it creates network namespaces and a private mount namespace); \
+             run `cargo xtask bench` as root"
+        );
+    }
+    let root = workspace_root();
+    let bench_dir = root.join("target").join("bench");
+    let peers_dir = bench_dir.join("peers");
+    let cargo = run::cargo_program();
+
+    if args.install_peers {
+        install_peers(&cargo, &peers_dir)?;
+    }
+
+    let release = ["build", "--release", "--quiet"].map(String::from).to_vec();
+    let mut build = release.clone();
+    build.extend(["-p", "cnm-bench", "--bin", "cnm-bench"].map(String::from));
+    if !run::status(&cargo, &build)? {
+        bail!("cnm-bench did not build");
+    }
+    // The CLI contender needs both binaries; if they do not build, it is reported, not fatal.
+    let mut cli_build = release;
+    cli_build.extend(["-p", "cnm-cli", "-p", "cnm-daemon"].map(String::from));
+    let cli_ok = run::status(&cargo, &cli_build)?;
+
+    let out_dir = target_dir(&root).join("release");
+    let mut bench_args: Vec<String> = Vec::new();
+    if args.quick {
+        bench_args.push("--quick".into());
+    }
+    bench_args.extend([
+        "--out".into(),
+        bench_dir.join("latest.json").to_string_lossy().into_owned(),
+        "--peers-dir".into(),
+        peers_dir.to_string_lossy().into_owned(),
+        "--command".into(),
+        command_line(args),
+    ]);
+    let (cnm, cnmd) = (out_dir.join("cnm"), out_dir.join("cnmd"));
+    if cli_ok && cnm.is_file() && cnmd.is_file() {
+        bench_args.extend([
+            "--cli".into(),
+            cnm.to_string_lossy().into_owned(),
+            "--cnmd".into(),
+            cnmd.to_string_lossy().into_owned(),
+        ]);
+    } else {
+        bench_args.extend([
+            "--cli-unavailable".into(),
+            "cnm-cli/cnm-daemon do not build in release mode".into(),
+        ]);
+    }
+    bench_args.extend(args.scenarios.iter().cloned());
+
+    let mut created = Vec::new();
+    for dir in MOUNT_POINTS {
+        if !Path::new(dir).exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create mount point {dir}"))?;
+            created.push(*dir);
+        }
+    }
+    let ok = run::status(&out_dir.join("cnm-bench").to_string_lossy(), &bench_args);
+    for dir in created {
+        if let Err(err) = std::fs::remove_dir(dir) {
+            eprintln!("xtask: warning: could not remove the mount point {dir}: {err}");
+        }
+    }
+    ok
+}
+
+/// Installs the peers' Debian packages and builds netavark from crates.io (niced: it takes
+/// about twelve minutes on two cores) under `target/bench/peers/`.
+fn install_peers(cargo: &str, peers_dir: &Path) -> Result<()> {
+    println!("xtask: installing the peers: {}", PEER_PACKAGES.join(" "));
+    apt_get(&["update"])?;
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend(PEER_PACKAGES);
+    apt_get(&install)?;
+
+    let root = peers_dir.join(format!("netavark-{NETAVARK_VERSION}"));
+    if root.join("bin").join("netavark").is_file() {
+        println!(
+            "xtask: netavark {NETAVARK_VERSION} already built in {}",
+            root.display()
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(peers_dir)
+        .with_context(|| format!("failed to create {}", peers_dir.display()))?;
+    let root_arg = root.to_string_lossy().into_owned();
+    let args = [
+        "-n",
+        "19",
+        cargo,
+        "install",
+        "netavark",
+        "--version",
+        NETAVARK_VERSION,
+        "--locked",
+        "--root",
+        &root_arg,
+    ]
+    .map(String::from);
+    println!("xtask: building netavark {NETAVARK_VERSION} (about 12 minutes on 2 cores)");
+    // Outside the workspace, so its toolchain file and config do not apply to the peer.
+    let status = Command::new("nice")
+        .args(&args)
+        .current_dir(peers_dir)
+        .status()
+        .context("failed to start `nice cargo install netavark`")?;
+    if !status.success() {
+        bail!("`cargo install netavark --version {NETAVARK_VERSION}` failed with {status}");
+    }
+    Ok(())
+}
+
+fn apt_get(args: &[&str]) -> Result<()> {
+    println!("xtask: $ apt-get {}", args.join(" "));
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("failed to start apt-get")?;
+    if !status.success() {
+        bail!("`apt-get {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn bench_options_parse_and_are_recorded() {
+        let parsed = parse(&args(&["--quick", "attach", "ports"])).unwrap();
+        assert_eq!(
+            parsed,
+            BenchArgs {
+                quick: true,
+                install_peers: false,
+                scenarios: args(&["attach", "ports"]),
+            }
+        );
+        assert_eq!(
+            command_line(&parsed),
+            "cargo xtask bench --quick attach ports"
+        );
+        assert!(parse(&args(&["--fast"])).is_err());
+        assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
+    }
+}

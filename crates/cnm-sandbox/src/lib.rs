@@ -43,6 +43,7 @@
 //! ```
 
 mod error;
+pub mod exec;
 mod files;
 mod link;
 mod netlink;

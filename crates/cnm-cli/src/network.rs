@@ -1,0 +1,541 @@
+//! `cnm network …`, `cnm connect`, `cnm disconnect`: docker's network commands over cnmd's API.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
+
+use crate::args::{
+    ConnectArgs, DisconnectArgs, Format, NetworkCommand, NetworkCreateArgs, NetworkLsArgs,
+};
+use crate::client::{Client, UsageError, encode};
+use crate::hint::Target;
+use crate::output::{Outcome, Printer};
+use crate::{ports, table};
+
+/// Runs one `cnm network` subcommand.
+pub async fn run(client: &Client, cmd: NetworkCommand, out: &Printer) -> anyhow::Result<Outcome> {
+    match cmd {
+        NetworkCommand::Create(a) => create(client, *a, out).await,
+        NetworkCommand::Ls(a) => ls(client, a, out).await,
+        NetworkCommand::Inspect { networks } => {
+            let mut found = Vec::new();
+            let mut outcome = Outcome::Ok;
+            for n in &networks {
+                match client
+                    .get(&format!("/networks/{}", encode(n)), Target::Network(n))
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => outcome = out.failed(&e),
+                }
+            }
+            out.json(&Value::Array(found));
+            Ok(outcome)
+        }
+        NetworkCommand::Rm { networks } => {
+            let mut removed = Vec::new();
+            let mut outcome = Outcome::Ok;
+            for n in &networks {
+                match client
+                    .delete(&format!("/networks/{}", encode(n)), Target::NetworkRm(n))
+                    .await
+                {
+                    Ok(()) => {
+                        if out.format == Format::Table {
+                            out.line(n);
+                        }
+                        removed.push(Value::from(n.as_str()));
+                    }
+                    Err(e) => outcome = out.failed(&e),
+                }
+            }
+            if out.format == Format::Json {
+                out.json(&Value::Array(removed));
+            }
+            Ok(outcome)
+        }
+        NetworkCommand::Prune { force, filters } => prune(client, force, &filters, out).await,
+    }
+}
+
+async fn create(client: &Client, a: NetworkCreateArgs, out: &Printer) -> anyhow::Result<Outcome> {
+    let body = create_body(&a)?;
+    let v = client
+        .post("/networks/create", &body, Target::Network(&a.name))
+        .await?;
+    if let Some(w) = v
+        .get("Warning")
+        .and_then(Value::as_str)
+        .filter(|w| !w.is_empty())
+    {
+        out.warn(w);
+    }
+    match out.format {
+        Format::Json => out.json(&v),
+        Format::Table => out.line(v.get("Id").and_then(Value::as_str).unwrap_or_default()),
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The body of `POST /networks/create` for `cnm network create` flags, with docker's rules for
+/// pairing gateways, ranges and aux addresses with the subnet that contains them.
+pub fn create_body(a: &NetworkCreateArgs) -> Result<Value, UsageError> {
+    let config = ipam_config(a)?;
+    Ok(json!({
+        "Name": a.name,
+        "CheckDuplicate": true,
+        "Driver": a.driver,
+        "Internal": a.internal,
+        "Attachable": a.attachable,
+        "EnableIPv6": a.ipv6,
+        "IPAM": {
+            "Driver": a.ipam_driver,
+            "Config": config,
+            "Options": key_values("--ipam-opt", &a.ipam_opts)?,
+        },
+        "Options": key_values("--opt", &a.opts)?,
+        "Labels": key_values("--label", &a.labels)?,
+    }))
+}
+
+fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<Value>, UsageError> {
+    let usage = |m: String| UsageError(m);
+    if a.subnets.len() < a.ip_ranges.len() || a.subnets.len() < a.gateways.len() {
+        return Err(usage(
+            "every --ip-range or --gateway must have a corresponding --subnet".into(),
+        ));
+    }
+    let mut subnets: Vec<(IpNet, Map<String, Value>)> = Vec::new();
+    for s in &a.subnets {
+        let net: IpNet = s.parse().map_err(|_| {
+            usage(format!(
+                "invalid --subnet {s:?}: expected CIDR, e.g. 10.89.0.0/24"
+            ))
+        })?;
+        if let Some((other, _)) = subnets
+            .iter()
+            .find(|(o, _)| o.contains(&net.network()) || net.contains(&o.network()))
+        {
+            return Err(usage(format!(
+                "--subnet {net} overlaps --subnet {other}: multiple overlapping subnets are not supported"
+            )));
+        }
+        let mut m = Map::new();
+        m.insert("Subnet".into(), Value::from(s.as_str()));
+        subnets.push((net, m));
+    }
+    for r in &a.ip_ranges {
+        let range: IpNet = r
+            .parse()
+            .map_err(|_| usage(format!("invalid --ip-range {r:?}: expected CIDR")))?;
+        let (subnet, m) = subnets
+            .iter_mut()
+            .find(|(s, _)| s.contains(&range))
+            .ok_or_else(|| usage(format!("no matching --subnet for --ip-range {r}")))?;
+        if let Some(old) = m.get("IPRange") {
+            return Err(usage(format!(
+                "cannot configure multiple ranges ({old}, {r}) on the same subnet ({subnet})"
+            )));
+        }
+        m.insert("IPRange".into(), Value::from(r.as_str()));
+    }
+    for g in &a.gateways {
+        let ip: IpAddr = g
+            .parse()
+            .map_err(|_| usage(format!("invalid --gateway {g:?}: expected an IP address")))?;
+        let (subnet, m) = subnets
+            .iter_mut()
+            .find(|(s, _)| s.contains(&ip))
+            .ok_or_else(|| usage(format!("no matching --subnet for --gateway {g}")))?;
+        if let Some(old) = m.get("Gateway") {
+            return Err(usage(format!(
+                "cannot configure multiple gateways ({old}, {g}) for the same subnet ({subnet})"
+            )));
+        }
+        m.insert("Gateway".into(), Value::from(g.as_str()));
+    }
+    for aux in &a.aux_addresses {
+        let (name, ip) = aux
+            .split_once('=')
+            .ok_or_else(|| usage(format!("invalid --aux-address {aux:?}: expected NAME=IP")))?;
+        let addr: IpAddr = ip.parse().map_err(|_| {
+            usage(format!(
+                "invalid --aux-address {aux:?}: {ip:?} is not an IP address"
+            ))
+        })?;
+        let (_, m) = subnets
+            .iter_mut()
+            .find(|(s, _)| s.contains(&addr))
+            .ok_or_else(|| usage(format!("no matching --subnet for --aux-address {aux}")))?;
+        let entry = m
+            .entry("AuxiliaryAddresses")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = entry {
+            o.insert(name.to_owned(), Value::from(ip));
+        }
+    }
+    Ok(subnets.into_iter().map(|(_, m)| Value::Object(m)).collect())
+}
+
+/// Parses repeated `KEY=VALUE` flags into a JSON object (a missing `=` means an empty value,
+/// as docker does for labels).
+pub fn key_values(flag: &str, items: &[String]) -> Result<Value, UsageError> {
+    let mut m = Map::new();
+    for kv in items {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if k.is_empty() {
+            return Err(UsageError(format!(
+                "invalid {flag} {kv:?}: expected KEY=VALUE"
+            )));
+        }
+        m.insert(k.to_owned(), Value::from(v));
+    }
+    Ok(Value::Object(m))
+}
+
+/// Docker's `filters` query value for repeated `-f KEY=VALUE` flags.
+pub fn filters_json(filters: &[String]) -> Result<Option<String>, UsageError> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let mut m: BTreeMap<&str, BTreeMap<&str, bool>> = BTreeMap::new();
+    for f in filters {
+        let (k, v) = f.split_once('=').ok_or_else(|| {
+            UsageError(format!(
+                "invalid filter {f:?}: expected KEY=VALUE, e.g. name=demo"
+            ))
+        })?;
+        m.entry(k).or_default().insert(v, true);
+    }
+    Ok(Some(
+        serde_json::to_string(&m).map_err(|e| UsageError(e.to_string()))?,
+    ))
+}
+
+async fn ls(client: &Client, a: NetworkLsArgs, out: &Printer) -> anyhow::Result<Outcome> {
+    let path = match filters_json(&a.filters)? {
+        Some(f) => format!("/networks?filters={}", encode(&f)),
+        None => "/networks".to_owned(),
+    };
+    let v = client.get(&path, Target::None).await?;
+    let mut nets = v.as_array().cloned().unwrap_or_default();
+    nets.sort_by(|x, y| str_of(x, "Name").cmp(str_of(y, "Name")));
+    if out.format == Format::Json {
+        out.json(&Value::Array(nets));
+        return Ok(Outcome::Ok);
+    }
+    let id = |n: &Value| {
+        let id = str_of(n, "Id");
+        if a.no_trunc {
+            id.to_owned()
+        } else {
+            table::short_id(id).to_owned()
+        }
+    };
+    if a.quiet {
+        for n in &nets {
+            out.line(&id(n));
+        }
+        return Ok(Outcome::Ok);
+    }
+    out.text(&network_table(&nets, id));
+    Ok(Outcome::Ok)
+}
+
+/// The `cnm network ls` table.
+pub fn network_table(nets: &[Value], id: impl Fn(&Value) -> String) -> String {
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                id(n),
+                str_of(n, "Name").to_owned(),
+                str_of(n, "Driver").to_owned(),
+                str_of(n, "Scope").to_owned(),
+            ]
+        })
+        .collect();
+    table::render(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows)
+}
+
+async fn prune(
+    client: &Client,
+    force: bool,
+    filters: &[String],
+    out: &Printer,
+) -> anyhow::Result<Outcome> {
+    if !force {
+        out.text("WARNING! This will remove all custom networks not used by at least one sandbox.\nAre you sure you want to continue? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            return Ok(Outcome::Ok);
+        }
+    }
+    let path = match filters_json(filters)? {
+        Some(f) => format!("/networks/prune?filters={}", encode(&f)),
+        None => "/networks/prune".to_owned(),
+    };
+    let v = client.post(&path, &json!({}), Target::None).await?;
+    let deleted: Vec<String> = v
+        .get("NetworksDeleted")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    match out.format {
+        Format::Json => out.json(&v),
+        Format::Table if !deleted.is_empty() => {
+            out.line("Deleted Networks:");
+            for d in &deleted {
+                out.line(d);
+            }
+        }
+        Format::Table => {}
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `cnm connect`.
+pub async fn connect(client: &Client, a: ConnectArgs, out: &Printer) -> anyhow::Result<Outcome> {
+    let body = connect_body(
+        &a.network,
+        a.ip.as_deref(),
+        a.ip6.as_deref(),
+        &a.aliases,
+        &a.publish,
+    )?;
+    let v = client
+        .post(
+            &format!("/cnm/v1/sandboxes/{}/connect", encode(&a.sandbox)),
+            &body,
+            Target::Attach {
+                network: &a.network,
+                sandbox: &a.sandbox,
+            },
+        )
+        .await?;
+    if out.format == Format::Json {
+        out.json(&v);
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The body of `POST /cnm/v1/sandboxes/{s}/connect`; port specs are checked, then passed verbatim.
+pub fn connect_body(
+    network: &str,
+    ip: Option<&str>,
+    ip6: Option<&str>,
+    aliases: &[String],
+    publish: &[String],
+) -> Result<Value, UsageError> {
+    let mut body = Map::new();
+    body.insert("Network".into(), Value::from(network));
+    if let Some(ip) = ip {
+        ip.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| UsageError(format!("invalid --ip {ip:?}: expected an IPv4 address")))?;
+        body.insert("IPv4Address".into(), Value::from(ip));
+    }
+    if let Some(ip) = ip6 {
+        ip.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| UsageError(format!("invalid --ip6 {ip:?}: expected an IPv6 address")))?;
+        body.insert("IPv6Address".into(), Value::from(ip));
+    }
+    if !aliases.is_empty() {
+        body.insert("Aliases".into(), json!(aliases));
+    }
+    if !publish.is_empty() {
+        let specs = publish
+            .iter()
+            .map(|p| ports::check(p).map(Value::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(UsageError)?;
+        body.insert("Ports".into(), Value::Array(specs));
+    }
+    Ok(Value::Object(body))
+}
+
+/// `cnm disconnect` (docker's endpoint, which also knows `--force`).
+pub async fn disconnect(client: &Client, a: DisconnectArgs) -> anyhow::Result<Outcome> {
+    client
+        .post(
+            &format!("/networks/{}/disconnect", encode(&a.network)),
+            &json!({ "Container": a.sandbox, "Force": a.force }),
+            Target::Attach {
+                network: &a.network,
+                sandbox: &a.sandbox,
+            },
+        )
+        .await?;
+    Ok(Outcome::Ok)
+}
+
+/// A string field of a JSON object, "" when absent.
+pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser as _;
+
+    fn create_args(flags: &[&str]) -> NetworkCreateArgs {
+        let argv = ["cnm", "network", "create"]
+            .iter()
+            .chain(flags)
+            .chain(&["n"])
+            .copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Network(NetworkCommand::Create(a)) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_body_has_dockers_shape() {
+        let b = create_body(&create_args(&[
+            "--subnet",
+            "10.1.0.0/16",
+            "--gateway",
+            "10.1.0.1",
+            "--ip-range",
+            "10.1.5.0/24",
+            "--aux-address",
+            "r=10.1.0.2",
+            "--label",
+            "env=t",
+            "-o",
+            "k=v",
+            "--internal",
+        ]))
+        .unwrap();
+        assert_eq!(
+            b,
+            json!({
+                "Name": "n", "CheckDuplicate": true, "Driver": "bridge", "Internal": true,
+                "Attachable": false, "EnableIPv6": false,
+                "IPAM": {"Driver": "default", "Options": {}, "Config": [{
+                    "Subnet": "10.1.0.0/16", "Gateway": "10.1.0.1", "IPRange": "10.1.5.0/24",
+                    "AuxiliaryAddresses": {"r": "10.1.0.2"}}]},
+                "Options": {"k": "v"}, "Labels": {"env": "t"},
+            })
+        );
+    }
+
+    #[test]
+    fn gateways_pair_with_their_subnet_in_any_order() {
+        let b = create_body(&create_args(&[
+            "--subnet",
+            "10.1.0.0/24",
+            "--subnet",
+            "fd00:1::/64",
+            "--ipv6",
+            "--gateway",
+            "fd00:1::1",
+            "--gateway",
+            "10.1.0.254",
+        ]))
+        .unwrap();
+        let c = &b["IPAM"]["Config"];
+        assert_eq!(c[0]["Gateway"], "10.1.0.254");
+        assert_eq!(c[1]["Gateway"], "fd00:1::1");
+        assert_eq!(b["EnableIPv6"], true);
+    }
+
+    #[test]
+    fn dockers_pairing_errors() {
+        for (flags, want) in [
+            (&["--gateway", "10.0.0.1"][..], "corresponding --subnet"),
+            (
+                &["--subnet", "10.0.0.0/24", "--gateway", "10.9.0.1"][..],
+                "no matching --subnet for --gateway",
+            ),
+            (
+                &["--subnet", "10.0.0.0/24", "--ip-range", "10.9.0.0/28"][..],
+                "no matching --subnet for --ip-range",
+            ),
+            (
+                &["--subnet", "10.0.0.0/16", "--subnet", "10.0.1.0/24"][..],
+                "overlap",
+            ),
+            (&["--subnet", "10.0.0/24"][..], "invalid --subnet"),
+            (
+                &["--subnet", "10.0.0.0/24", "--aux-address", "x"][..],
+                "NAME=IP",
+            ),
+            (
+                &[
+                    "--subnet",
+                    "10.0.0.0/24",
+                    "--subnet",
+                    "10.1.0.0/24",
+                    "--gateway",
+                    "10.0.0.1",
+                    "--gateway",
+                    "10.0.0.2",
+                ][..],
+                "multiple gateways",
+            ),
+            (&["-o", "=v"][..], "KEY=VALUE"),
+        ] {
+            let e = create_body(&create_args(flags))
+                .expect_err(want)
+                .to_string();
+            assert!(e.contains(want), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn filters_become_dockers_filter_map() {
+        assert_eq!(filters_json(&[]).unwrap(), None);
+        assert_eq!(
+            filters_json(&["name=a".into(), "name=b".into(), "driver=bridge".into()]).unwrap(),
+            Some(r#"{"driver":{"bridge":true},"name":{"a":true,"b":true}}"#.into())
+        );
+        assert!(filters_json(&["name".into()]).is_err());
+    }
+
+    #[test]
+    fn connect_body_passes_port_specs_through_verbatim() {
+        let b = connect_body(
+            "net",
+            Some("10.0.0.5"),
+            None,
+            &["db".into()],
+            &["127.0.0.1:8080:80/tcp".into(), "53/udp".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            json!({"Network": "net", "IPv4Address": "10.0.0.5", "Aliases": ["db"],
+                   "Ports": ["127.0.0.1:8080:80/tcp", "53/udp"]})
+        );
+        assert!(connect_body("n", Some("fd00::1"), None, &[], &[]).is_err());
+        assert!(connect_body("n", None, None, &[], &["80:x".into()]).is_err());
+        assert_eq!(
+            connect_body("n", None, None, &[], &[]).unwrap(),
+            json!({"Network": "n"})
+        );
+    }
+
+    #[test]
+    fn network_table_rows() {
+        let nets = vec![
+            json!({"Id": "0123456789abcdef", "Name": "demo", "Driver": "bridge", "Scope": "local"}),
+        ];
+        let t = network_table(&nets, |n| table::short_id(str_of(n, "Id")).to_owned());
+        assert_eq!(
+            t,
+            "NETWORK ID     NAME      DRIVER    SCOPE\n0123456789ab   demo      bridge    local\n"
+        );
+    }
+}

@@ -3,7 +3,9 @@
 //! container's network namespace — and the interfaces inside it), then removes all of it.
 //!
 //! Run as root: `cargo run --example readme`. It uses the defaults: /run/cnm, /var/lib/cnm and the
-//! machine's own network namespace as the host.
+//! machine's own network namespace as the host. The store is the durable default (the embedded
+//! one in /var/lib/cnm, locked while the controller lives): what the example makes would be
+//! reloaded by the next controller on these directories if it did not remove it at the end.
 #![allow(clippy::print_stdout)]
 
 use cnm::{Controller, DriverOptions, EndpointOptions, JoinOption, NetworkOptions};

@@ -135,7 +135,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     } else {
         bench_args.extend([
             "--cli-unavailable".into(),
-            "cnm-cli/cnm-daemon do not build in release mode".into(),
+            "cnm-cli/cnm-daemon do not build in release mode (cargo's errors are above)".into(),
         ]);
     }
     bench_args.extend(args.scenarios.iter().cloned());

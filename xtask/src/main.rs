@@ -15,6 +15,7 @@
 //! cargo xtask test --privileged-only    # only the privileged tests
 //! cargo xtask test -p cnm-testkit probe # one crate, tests whose name contains "probe"
 //! cargo xtask bench --quick             # cnm against its peers, about two minutes
+//! cargo xtask soak --kills 200           # random operations killed with SIGKILL, restart, check
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user
@@ -24,6 +25,7 @@ mod libtest;
 mod packages;
 mod privileged;
 mod run;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -42,6 +44,9 @@ commands:
   bench [--quick] [--install-peers] [SCENARIO]...
         build cnm-bench in release mode and run it: cnm against the peers (netavark, CNI,
         ip, docker) as medians, p95s and ratios; writes target/bench/latest.json
+  soak [--kills N]
+        crash soak (default 200 kills): random operations in a child controller killed with
+        SIGKILL at random moments, restart, check records against the kernel and IPAM
 ";
 
 /// What `cargo xtask` was asked to do.
@@ -51,6 +56,8 @@ enum Command {
     Test(TestArgs),
     /// Benchmarks against the peers.
     Bench(bench::BenchArgs),
+    /// The crash soak.
+    Soak(soak::SoakArgs),
     /// Internal: we are the child of `unshare --mount`; set up the private `/run` and exec the rest.
     InMountNs(Vec<String>),
     /// Print usage.
@@ -83,6 +90,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
             Ok(Command::Test(TestArgs::default()))
         }
         "bench" => Ok(Command::Bench(bench::parse(rest)?)),
+        "soak" => Ok(Command::Soak(soak::parse(rest)?)),
         privileged::IN_MOUNT_NS => Ok(Command::InMountNs(rest.to_vec())),
         "help" | "-h" | "--help" => Ok(Command::Help),
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
     let result = parse_args(&args).and_then(|command| match command {
         Command::Test(test_args) => test(&test_args),
         Command::Bench(bench_args) => bench::bench(&bench_args),
+        Command::Soak(soak_args) => soak::soak(&soak_args),
         Command::InMountNs(rest) => privileged::in_mount_ns(&rest).map(|never| match never {}),
         Command::Help => {
             print!("{USAGE}");

@@ -31,6 +31,19 @@ fn mount_ns_of_self() -> Result<String> {
 
 /// Runs every ignored (privileged) test; returns cargo's success and its captured stdout.
 pub fn run_tests(cargo: &str, scope: &[String], test_args: &[String]) -> Result<(bool, String)> {
+    let mut cargo_args: Vec<String> = ["test", "--no-fail-fast"].map(String::from).to_vec();
+    cargo_args.extend(scope.iter().cloned());
+    // Integration and unit test binaries only: doc tests marked ```ignore are examples that do not
+    // compile on their own, not privileged tests.
+    cargo_args.push("--tests".to_owned());
+    cargo_args.extend(["--", "--ignored"].map(String::from));
+    cargo_args.extend(test_args.iter().cloned());
+    run_cargo(cargo, &cargo_args)
+}
+
+/// Runs `cargo <cargo_args>` inside a private mount namespace with the private run dirs;
+/// returns cargo's success and its captured stdout.
+pub fn run_cargo(cargo: &str, cargo_args: &[String]) -> Result<(bool, String)> {
     if !packages::is_root()? {
         bail!(
             "the privileged tests need root (CAP_SYS_ADMIN for the private mount namespace, CAP_NET_ADMIN for \
@@ -58,13 +71,7 @@ pub fn run_tests(cargo: &str, scope: &[String], test_args: &[String]) -> Result<
     args.push(xtask.to_string_lossy().into_owned());
     args.push(IN_MOUNT_NS.to_owned());
     args.push(cargo.to_owned());
-    args.extend(["test", "--no-fail-fast"].map(String::from));
-    args.extend(scope.iter().cloned());
-    // Integration and unit test binaries only: doc tests marked ```ignore are examples that do not
-    // compile on their own, not privileged tests.
-    args.push("--tests".to_owned());
-    args.extend(["--", "--ignored"].map(String::from));
-    args.extend(test_args.iter().cloned());
+    args.extend(cargo_args.iter().cloned());
 
     // The child checks it really is in a new mount namespace before mounting anything.
     let parent_ns = mount_ns_of_self()?;

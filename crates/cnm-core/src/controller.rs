@@ -25,7 +25,7 @@ use crate::options::{JoinOption, JoinOptions, NetworkOptions, PoolConfig};
 use crate::record::{self, NetworkRecord};
 use crate::sandbox::{self, Sandbox, SandboxInner};
 use crate::spi::{Driver, DriverContext, DriverOptions, DriverRegistration, NetworkSpec};
-use crate::store::{Expect, MemoryStore, Store};
+use crate::store::{DefaultStore, Expect, MemoryStore, Store};
 use crate::undo::{Errors, Undo};
 
 /// The default run dir (netns bind mounts, sandbox files).
@@ -101,7 +101,10 @@ impl ControllerBuilder {
         self
     }
 
-    /// The state store (default: an in-memory store).
+    /// The state store. The default is the durable store a linked crate registered as
+    /// [`DefaultStore`](crate::store::DefaultStore) (the `cnm` facade links `cnm-store`'s
+    /// embedded one, which takes the state dir's lock), opened in the state dir; an in-memory
+    /// store when none is linked.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
@@ -113,8 +116,13 @@ impl ControllerBuilder {
         self
     }
 
-    /// Creates the directories, connects to the host namespace and instantiates every linked
-    /// driver.
+    /// Creates the directories, connects to the host namespace, opens the store, instantiates
+    /// every linked driver, and reloads the recorded state: IPAM is rebuilt from the network
+    /// and endpoint records, each network handed back to its driver with its endpoints
+    /// ([`Driver::restore_network`]), each sandbox's namespace reopened by its key, default
+    /// routes and published ports of gateway endpoints made again; then what no record owns
+    /// (namespaces under `run_dir/netns`, sandbox directories, the drivers' links and rules)
+    /// is removed.
     pub async fn build(self) -> Result<Controller, CoreError> {
         let host_ns = match self.host_ns {
             Some(ns) => ns,
@@ -142,6 +150,10 @@ impl ControllerBuilder {
                 (reg.create)(&ctx).map_err(|e| CoreError::driver("instantiate driver", name, e))?;
             drivers.insert(name.to_owned(), driver);
         }
+        let store = match self.store {
+            Some(store) => store,
+            None => open_default_store(&self.state_dir).await?,
+        };
         let ipam = self.ipam.unwrap_or_else(|| {
             Arc::new(cnm_ipam::Ipam::new(IpamConfig::docker_defaults(
                 IpamConfig::DEFAULT_HOST_ID,
@@ -153,7 +165,7 @@ impl ControllerBuilder {
             run_dir: self.run_dir,
             state_dir: self.state_dir,
             resolv_conf: self.resolv_conf,
-            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            store,
             ipam,
             drivers,
             networks: DashMap::new(),
@@ -161,13 +173,32 @@ impl ControllerBuilder {
             singletons: DashMap::new(),
             sandboxes: DashMap::new(),
             containers: DashMap::new(),
-            ipam_save: tokio::sync::Mutex::new(()),
         };
+        let inner = Arc::new(inner);
+        crate::reload::reload(&inner).await?;
         tracing::info!(drivers = ?inner.drivers.keys().collect::<Vec<_>>(), "controller built");
-        Ok(Controller {
-            inner: Arc::new(inner),
-        })
+        Ok(Controller { inner })
     }
+}
+
+/// Opens the store registered as the default (see [`DefaultStore`]), or an in-memory one.
+async fn open_default_store(state_dir: &Path) -> Result<Arc<dyn Store>, CoreError> {
+    let mut regs: Vec<&'static DefaultStore> =
+        inventory::iter::<DefaultStore>.into_iter().collect();
+    regs.sort_by_key(|r| r.name);
+    let Some(reg) = regs.first() else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let (open, dir) = (reg.open, state_dir.to_owned());
+    // Opening may repair the file after a crash: blocking work.
+    tokio::task::spawn_blocking(move || open(&dir))
+        .await
+        .map_err(|e| CoreError::Aborted {
+            op: "open store in",
+            object: state_dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| CoreError::store("open", state_dir.display().to_string(), e))
 }
 
 /// One container's sandbox slot: `None` until its sandbox exists.
@@ -192,8 +223,17 @@ pub(crate) struct ControllerInner {
     pub(crate) sandboxes: DashMap<String, Arc<SandboxInner>>,
     /// Container id → its sandbox slot.
     pub(crate) containers: DashMap<String, ContainerSlot>,
-    /// Serialises IPAM snapshot writes so the last write is the newest state.
-    ipam_save: tokio::sync::Mutex<()>,
+}
+
+impl Drop for ControllerInner {
+    fn drop(&mut self) {
+        // A network holds its endpoints and each endpoint its network: break those cycles, so
+        // the networks, and the drivers they hold (with their host-port reservations), go with
+        // the controller. A controller restarted in the same process needs those ports back.
+        for net in self.networks.iter() {
+            net.state().endpoints.clear();
+        }
+    }
 }
 
 impl fmt::Debug for ControllerInner {
@@ -232,24 +272,6 @@ impl ControllerInner {
             .get(name)
             .cloned()
             .ok_or_else(|| CoreError::DriverNotFound(name.to_owned()))
-    }
-
-    /// Writes the IPAM state to the store (if the IPAM keeps it there).
-    pub(crate) async fn save_ipam(&self) -> Result<(), CoreError> {
-        let _guard = self.ipam_save.lock().await;
-        let Some(state) = self.ipam.snapshot().await else {
-            return Ok(());
-        };
-        let bytes = serde_json::to_vec(&state).map_err(|source| CoreError::Record {
-            op: "encode",
-            key: record::IPAM_KEY.into(),
-            source,
-        })?;
-        self.store
-            .put(record::IPAM_KEY, bytes, Expect::Any)
-            .await
-            .map_err(|e| CoreError::store("write", record::IPAM_KEY, e))?;
-        Ok(())
     }
 
     /// What default pools must avoid: the host's on-link networks and its name servers.
@@ -360,7 +382,12 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), CoreError> {
 
 impl Controller {
     /// A builder with the defaults: the caller's namespace as the host, `/run/cnm`,
-    /// `/var/lib/cnm`, `/etc/resolv.conf`, an in-memory store and the built-in IPAM.
+    /// `/var/lib/cnm`, `/etc/resolv.conf`, the registered default store (durable, in the state
+    /// dir; in-memory when none is linked) and the built-in IPAM.
+    ///
+    /// Building reloads what the store holds: networks, endpoints, sandboxes and their
+    /// addresses come back, each network is handed back to its driver, and the kernel is
+    /// reconciled with the records (see [`ControllerBuilder::build`]).
     pub fn builder() -> ControllerBuilder {
         ControllerBuilder {
             host_ns: None,
@@ -591,6 +618,7 @@ async fn create_network(
     }
 
     let id = id::generate();
+    let created = std::time::SystemTime::now();
     let span =
         tracing::info_span!("network", id = id::short(&id), name = %name, driver = %driver_name);
     async move {
@@ -599,11 +627,6 @@ async fn create_network(
             // 3. Pools and gateways.
             let (mut v4, mut v6) = (Vec::new(), Vec::new());
             if capability.needs_addresses {
-                let c = ctl.clone();
-                undo.push(
-                    "save ipam state",
-                    move || async move { c.save_ipam().await },
-                );
                 let needs_default = (options.enable_ipv4 && options.pools_v4().next().is_none())
                     || (options.enable_ipv6 && options.pools_v6().next().is_none());
                 let exclude = if needs_default {
@@ -658,7 +681,8 @@ async fn create_network(
                         .map_err(|e| CoreError::driver("delete network", id, e))
                 });
             }
-            // 5. The record.
+            crate::crash::point("network-create:after-driver");
+            // 5. The record: last, so a crash before it leaves nothing the restart keeps.
             let record = NetworkRecord {
                 schema: record::SCHEMA,
                 id: id.clone(),
@@ -672,6 +696,7 @@ async fn create_network(
                 driver_options: options.driver_options.clone(),
                 ipv4: v4.iter().map(NetworkPool::record).collect(),
                 ipv6: v6.iter().map(NetworkPool::record).collect(),
+                created,
             };
             let key = record::network_key(&id);
             let bytes = serde_json::to_vec(&record).map_err(|source| CoreError::Record {
@@ -693,9 +718,7 @@ async fn create_network(
                         .map_err(|e| CoreError::store("delete", key, e))
                 });
             }
-            if capability.needs_addresses {
-                ctl.save_ipam().await?;
-            }
+            crate::crash::point("network-create:after-record");
             Ok(Arc::new(NetworkInner::new(
                 id.clone(),
                 name.clone(),
@@ -706,6 +729,7 @@ async fn create_network(
                 v4,
                 v6,
                 version,
+                created,
             )))
         }
         .await;
@@ -785,6 +809,9 @@ pub(crate) async fn delete_network(
         net.abort_delete();
         return Err(CoreError::driver("delete network", &net.name, e));
     }
+    // A crash from here until the record is gone leaves the record: the restart recreates the
+    // network from it (the delete did not happen).
+    crate::crash::point("network-delete:after-driver");
     let mut errors = Errors::default();
     let key = record::network_key(&net.id);
     errors.check(
@@ -802,8 +829,8 @@ pub(crate) async fn delete_network(
                     .map_err(|e| CoreError::ipam("release pool of network", &net.name, e)),
             );
         }
-        errors.check(ctl.save_ipam().await);
     }
+    crate::crash::point("network-delete:after-record");
     ctl.networks.remove(&net.id);
     ctl.network_names.remove(&net.name);
     ctl.singletons

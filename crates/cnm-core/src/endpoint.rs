@@ -250,6 +250,8 @@ async fn delete(ctl: Arc<ControllerInner>, ep: Arc<EndpointInner>) -> Result<(),
         .await
         .map_err(|e| CoreError::driver("delete endpoint", &ep.name, e))?;
     // Past this point the endpoint is gone from the data plane: finish every step, report all.
+    // A crash before the record goes leaves the record: the restart brings the endpoint back.
+    crate::crash::point("endpoint-delete:after-driver");
     st.deleted = true;
     let mut errors = Errors::default();
     let key = ep.key();
@@ -267,18 +269,14 @@ async fn delete(ctl: Arc<ControllerInner>, ep: Arc<EndpointInner>) -> Result<(),
         .ipv6
         .as_ref()
         .map(|(a, p)| (std::net::IpAddr::V6(a.addr()), p));
-    let mut released = false;
+    crate::crash::point("endpoint-delete:after-record");
     for (addr, pool) in v4.into_iter().chain(v6) {
-        released = true;
         errors.check(
             ctl.ipam
                 .release_address(pool, addr)
                 .await
                 .map_err(|e| CoreError::ipam("release address", addr.to_string(), e)),
         );
-    }
-    if released {
-        errors.check(ctl.save_ipam().await);
     }
     net.state().endpoints.remove(&ep.name);
     tracing::info!(endpoint = id::short(&ep.id), name = %ep.name, "endpoint deleted");

@@ -4,7 +4,12 @@
 //! **Owns**: [`Controller`] (driver registry, IPAM, store, every object), [`Network`],
 //! [`Endpoint`], [`Sandbox`]; the join flow (driver join → interface set-up → gateway choice →
 //! hosts/resolv.conf → published ports → records), undo on failure; typed options and their
-//! raw, Docker-shaped forms; the [`spi::Driver`] and [`Ipam`] traits; [`store::Store`].
+//! raw, Docker-shaped forms; the [`spi::Driver`] and [`Ipam`] traits; [`store::Store`] and the
+//! choice of the default one ([`store::DefaultStore`], registered by a linked backend); reload on
+//! start (records back into objects, IPAM rebuilt from them, networks handed back to their
+//! drivers, the kernel reconciled with the records) and the write order that makes a crash at
+//! any point look like the operation happened completely or not at all, with named
+//! [`crash`] points to prove it.
 //! **Does not**: name any driver (drivers register through `inventory`), talk netlink itself
 //! (it goes through `cnm-sandbox`), or keep a global lock across kernel work (see
 //! [`Controller`] for the lock order).
@@ -39,6 +44,7 @@
 //! ```
 
 mod controller;
+pub mod crash;
 mod endpoint;
 mod error;
 mod gateway;
@@ -48,6 +54,7 @@ mod network;
 pub mod options;
 pub mod port;
 pub mod record;
+mod reload;
 mod sandbox;
 pub mod spi;
 pub mod store;
@@ -70,7 +77,7 @@ pub use sandbox::Sandbox;
 pub use spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, DriverRegistration,
     EndpointInfo, EndpointSpec, IpamData, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
-    NetworkSpec, SandboxRef, Scope, StaticRoute,
+    NetworkSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
 };
 
 /// The default IPAM's types, re-exported for [`Ipam`] implementors and callers.

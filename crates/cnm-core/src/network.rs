@@ -86,6 +86,8 @@ pub(crate) struct NetworkInner {
     pub(crate) pools_v6: Vec<NetworkPool>,
     /// The store version of the network record (written once).
     pub(crate) version: u64,
+    /// When it was created.
+    pub(crate) created: std::time::SystemTime,
     state: Mutex<NetworkState>,
 }
 
@@ -101,6 +103,7 @@ impl NetworkInner {
         pools_v4: Vec<NetworkPool>,
         pools_v6: Vec<NetworkPool>,
         version: u64,
+        created: std::time::SystemTime,
     ) -> Self {
         Self {
             id,
@@ -112,6 +115,7 @@ impl NetworkInner {
             pools_v4,
             pools_v6,
             version,
+            created,
             state: Mutex::new(NetworkState::default()),
         }
     }
@@ -191,6 +195,17 @@ impl Network {
     /// The options it was created with.
     pub fn options(&self) -> &NetworkOptions {
         &self.inner.options
+    }
+
+    /// When it was created (kept in its record, so it survives restarts; the Unix epoch for a
+    /// network recorded by a build that did not keep it).
+    pub fn created(&self) -> std::time::SystemTime {
+        self.inner.created
+    }
+
+    /// Its scope, as its driver declares it.
+    pub fn scope(&self) -> crate::spi::Scope {
+        self.inner.capability.scope
     }
 
     /// The IPv4 subnets and gateways.
@@ -432,11 +447,6 @@ async fn create_endpoint(
         // 3. Addresses.
         let (mut v4, mut v6) = (None, None);
         if needs {
-            let c = ctl.clone();
-            undo.push(
-                "save ipam state",
-                move || async move { c.save_ipam().await },
-            );
             v4 = allocate_address(&ctl, &mut undo, &net.pools_v4, fixed_v4, &name).await?;
             v6 = allocate_address(&ctl, &mut undo, &net.pools_v6, fixed_v6, &name).await?;
         }
@@ -485,6 +495,7 @@ async fn create_endpoint(
             });
         }
         let mac = options.mac.or(info.mac);
+        crate::crash::point("endpoint-create:after-driver");
 
         // 5. The record.
         let record = EndpointRecord {
@@ -522,9 +533,7 @@ async fn create_endpoint(
                     .map_err(|e| CoreError::store("delete", key, e))
             });
         }
-        if needs {
-            ctl.save_ipam().await?;
-        }
+        crate::crash::point("endpoint-create:after-record");
         Ok(Arc::new(EndpointInner::new(
             id.clone(),
             name.clone(),

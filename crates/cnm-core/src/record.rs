@@ -3,8 +3,9 @@
 //! later version read (and migrate) what an earlier one wrote.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use cnm_ipam::PoolId;
 use cnm_types::{IfName, MacAddress};
@@ -33,8 +34,15 @@ pub fn sandbox_key(id: &str) -> String {
     format!("sandbox/{id}")
 }
 
-/// The key of the default IPAM's state.
+/// The key under which earlier builds wrote the default IPAM's state after every operation.
+/// No longer written: on start the controller rebuilds IPAM from the network and endpoint
+/// records themselves (see [`crate::Ipam::snapshot`] to look at the live state).
 pub const IPAM_KEY: &str = "ipam/default";
+
+/// The creation time of records written before the field existed.
+fn unknown_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH
+}
 
 /// One pool of a network as allocated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +84,9 @@ pub struct NetworkRecord {
     pub ipv4: Vec<PoolAllocation>,
     /// IPv6 pools as allocated.
     pub ipv6: Vec<PoolAllocation>,
+    /// When it was created (the Unix epoch for records that predate the field).
+    #[serde(default = "unknown_time")]
+    pub created: SystemTime,
 }
 
 /// An endpoint as persisted under `endpoint/<network id>/<id>`.
@@ -120,6 +131,29 @@ pub struct JoinedRecord {
     pub ifname: Option<IfName>,
     /// The gateway priority of the join.
     pub gateway_priority: i32,
+    /// The name the driver was asked to use (`ethN`); absent in records that predate it, where
+    /// it is `ifname`.
+    #[serde(default)]
+    pub requested: Option<IfName>,
+    /// The host-side name of an interface the controller moved in.
+    #[serde(default)]
+    pub moved_from: Option<IfName>,
+    /// The driver's IPv4 gateway for the endpoint.
+    #[serde(default)]
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// The driver's IPv6 gateway for the endpoint.
+    #[serde(default)]
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// The driver's static routes: destination and next hop (none: on link).
+    #[serde(default)]
+    pub static_routes: Vec<(IpNet, Option<IpAddr>)>,
+    /// The driver said this endpoint never gives the default route.
+    #[serde(default)]
+    pub disable_gateway_service: bool,
+    /// The ports as the driver published them while this is the gateway endpoint (host ports
+    /// resolved), re-published as they were on restart.
+    #[serde(default)]
+    pub published: Vec<PortBinding>,
 }
 
 /// A sandbox as persisted under `sandbox/<id>`.

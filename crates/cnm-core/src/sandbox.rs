@@ -35,22 +35,90 @@ const IPV6_DEFAULT_OFF: &str = "net.ipv6.conf.default.disable_ipv6";
 pub(crate) struct Joined {
     pub(crate) ep: Arc<EndpointInner>,
     /// The name the driver was asked to use (`ethN`).
-    requested: IfName,
+    pub(crate) requested: IfName,
     /// `N` of `ethN`, when the join made an interface.
-    eth: Option<u32>,
+    pub(crate) eth: Option<u32>,
     /// The interface's final name and index inside the sandbox.
     pub(crate) ifname: Option<IfName>,
-    index: Option<u32>,
+    pub(crate) index: Option<u32>,
     /// The host-side name of an interface the controller moved in (to give it back on leave).
-    moved_from: Option<IfName>,
-    info: JoinInfo,
-    priority: i32,
+    pub(crate) moved_from: Option<IfName>,
+    pub(crate) info: JoinInfo,
+    pub(crate) priority: i32,
     /// Ports as published while this endpoint is the gateway endpoint.
-    published: Vec<PortBinding>,
+    pub(crate) published: Vec<PortBinding>,
 }
 
 impl Joined {
-    fn candidate(&self) -> GatewayCandidate {
+    fn to_record(&self) -> JoinedRecord {
+        JoinedRecord {
+            endpoint_id: self.ep.id.clone(),
+            network_id: self.ep.network.id.clone(),
+            ifname: self.ifname.clone(),
+            gateway_priority: self.priority,
+            requested: Some(self.requested.clone()),
+            moved_from: self.moved_from.clone(),
+            gateway_v4: self.info.gateway_v4,
+            gateway_v6: self.info.gateway_v6,
+            static_routes: self
+                .info
+                .static_routes
+                .iter()
+                .map(|r| (r.destination, r.next_hop))
+                .collect(),
+            disable_gateway_service: self.info.disable_gateway_service,
+            published: self.published.clone(),
+        }
+    }
+
+    /// A join as recorded, with the interface's index as found in the sandbox now.
+    pub(crate) fn from_record(
+        ep: Arc<EndpointInner>,
+        rec: &JoinedRecord,
+        index: Option<u32>,
+    ) -> Self {
+        let requested = match (&rec.requested, &rec.ifname) {
+            (Some(r), _) | (None, Some(r)) => r.clone(),
+            (None, None) => IfName::new("eth0").expect("a valid constant name"),
+        };
+        let eth = rec
+            .ifname
+            .as_ref()
+            .and(requested.as_str().strip_prefix("eth"))
+            .and_then(|n| n.parse().ok());
+        let mut info = JoinInfo::new(match (&rec.moved_from, index) {
+            (Some(host_name), _) => JoinedInterface::MoveIn {
+                host_name: host_name.clone(),
+                name_prefix: None,
+            },
+            (None, Some(index)) => JoinedInterface::InSandbox { index: Some(index) },
+            (None, None) => JoinedInterface::None,
+        });
+        info.gateway_v4 = rec.gateway_v4;
+        info.gateway_v6 = rec.gateway_v6;
+        info.disable_gateway_service = rec.disable_gateway_service;
+        info.static_routes = rec
+            .static_routes
+            .iter()
+            .map(|(destination, next_hop)| crate::spi::StaticRoute {
+                destination: *destination,
+                next_hop: *next_hop,
+            })
+            .collect();
+        Self {
+            ep,
+            requested,
+            eth,
+            ifname: rec.ifname.clone(),
+            index,
+            moved_from: rec.moved_from.clone(),
+            info,
+            priority: rec.gateway_priority,
+            published: rec.published.clone(),
+        }
+    }
+
+    pub(crate) fn candidate(&self) -> GatewayCandidate {
         GatewayCandidate {
             endpoint_id: self.ep.id.clone(),
             priority: self.priority,
@@ -61,7 +129,7 @@ impl Joined {
         }
     }
 
-    fn default_routes(&self) -> Vec<RouteSpec> {
+    pub(crate) fn default_routes(&self) -> Vec<RouteSpec> {
         let Some(index) = self.index else {
             return Vec::new();
         };
@@ -105,11 +173,11 @@ pub(crate) struct SandboxInner {
 }
 
 impl SandboxInner {
-    fn short(&self) -> &str {
+    pub(crate) fn short(&self) -> &str {
         id::short(&self.id)
     }
 
-    fn sandbox_ref(&self) -> SandboxRef {
+    pub(crate) fn sandbox_ref(&self) -> SandboxRef {
         SandboxRef {
             id: self.id.clone(),
             key: self.key.clone(),
@@ -122,7 +190,7 @@ impl SandboxInner {
         self.dir.join("hosts")
     }
 
-    fn resolv_conf_path(&self) -> PathBuf {
+    pub(crate) fn resolv_conf_path(&self) -> PathBuf {
         self.dir.join("resolv.conf")
     }
 
@@ -157,29 +225,21 @@ impl SandboxInner {
         hosts
     }
 
-    fn write_hosts(&self, joined: &[Joined]) -> Result<(), CoreError> {
+    pub(crate) fn write_hosts(&self, joined: &[Joined]) -> Result<(), CoreError> {
         let path = self.hosts_path();
         self.hosts_file(joined)
             .write(&path)
             .map_err(|e| CoreError::sandbox("write hosts file", path.display().to_string(), e))
     }
 
-    fn record(&self, joined: &[Joined], gateway: Option<&str>) -> SandboxRecord {
+    pub(crate) fn record(&self, joined: &[Joined], gateway: Option<&str>) -> SandboxRecord {
         SandboxRecord {
             schema: record::SCHEMA,
             id: self.id.clone(),
             container_id: self.container_id.clone(),
             key: self.key.clone(),
             options: self.options.clone(),
-            endpoints: joined
-                .iter()
-                .map(|j| JoinedRecord {
-                    endpoint_id: j.ep.id.clone(),
-                    network_id: j.ep.network.id.clone(),
-                    ifname: j.ifname.clone(),
-                    gateway_priority: j.priority,
-                })
-                .collect(),
+            endpoints: joined.iter().map(Joined::to_record).collect(),
             gateway_endpoint: gateway.map(str::to_owned),
         }
     }
@@ -297,6 +357,7 @@ async fn create(
                     .map_err(|e| CoreError::sandbox("delete netns", key.display().to_string(), e))
             });
         }
+        crate::crash::point("sandbox-create:after-netns");
         // Loopback comes up while the files are written.
         let files = {
             let (dir, source) = (dir.clone(), ctl.resolv_conf.clone());
@@ -360,6 +421,7 @@ async fn create(
             .await
             .map_err(|e| CoreError::store("write", &rkey, e))?;
         sb.state.get_mut().version = version;
+        crate::crash::point("sandbox-create:after-record");
         Ok(Arc::new(sb))
     }
     .await;
@@ -557,6 +619,7 @@ pub(crate) async fn join(
             .join(&request)
             .await
             .map_err(|e| CoreError::driver("join endpoint", &ep.name, e))?;
+        crate::crash::point("join:after-driver");
         {
             let leave = LeaveRequest {
                 network_id: net.id.clone(),
@@ -677,6 +740,7 @@ pub(crate) async fn join(
                 .collect();
             add_routes(sb, &routes, "add static route").await?;
         }
+        crate::crash::point("join:after-interface");
         let joined = Joined {
             ep: ep.clone(),
             requested: requested.clone(),
@@ -696,6 +760,7 @@ pub(crate) async fn join(
             .and_then(|g| st.joined.iter().find(|j| &j.ep.id == g))
             .cloned();
         let gw = switch_gateway(sb, old_gw, &mut list, &mut undo).await?;
+        crate::crash::point("join:after-gateway");
         sb.write_hosts(&list)?;
         {
             let (sbc, old) = (sb.clone(), st.joined.clone());
@@ -718,6 +783,7 @@ pub(crate) async fn join(
     }
     .await;
     let (list, gw, revision) = undo.finish(result).await?;
+    crate::crash::point("join:after-record");
     tracing::info!(
         endpoint = id::short(&ep.id),
         sandbox = sb.short(),
@@ -772,8 +838,10 @@ pub(crate) async fn leave(
     leave_locked(ctl, sb, &mut st, ep, &mut epst).await
 }
 
-/// Best effort: every step runs even if an earlier one failed; the endpoint ends up detached and
-/// every failure is reported.
+/// Records first, then the kernel: once the records say the endpoint left, a crash leaves at
+/// most a veth, rules or a route that no record owns, which the restart sweeps. The kernel
+/// steps are best effort: every one runs even if an earlier one failed, and every failure is
+/// reported.
 async fn leave_locked(
     ctl: &Arc<ControllerInner>,
     sb: &Arc<SandboxInner>,
@@ -787,12 +855,72 @@ async fn leave_locked(
             sandbox: sb.short().to_owned(),
         });
     };
-    let j = st.joined.remove(pos);
-    let mut errors = Errors::default();
+    let mut rest = st.joined.clone();
+    let j = rest.remove(pos);
     let was_gateway = st.gateway.as_deref() == Some(ep.id.as_str());
+    // The gateway the sandbox will have: the one switch_gateway picks below.
+    let candidates: Vec<GatewayCandidate> = rest.iter().map(Joined::candidate).collect();
+    let next_gw = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
+    let revision = commit_join_state(
+        ctl,
+        sb,
+        &rest,
+        next_gw.as_deref(),
+        st.version,
+        ep,
+        epst.version,
+        None,
+    )
+    .await?;
+    st.version = revision;
+    epst.version = revision;
+    epst.sandbox = None;
+    crate::crash::point("leave:after-record");
+    let old_gw = if was_gateway {
+        None
+    } else {
+        st.gateway
+            .as_ref()
+            .and_then(|g| rest.iter().find(|x| &x.ep.id == g))
+            .cloned()
+    };
+    st.joined = rest;
+    st.gateway = next_gw.clone();
+    let mut errors = Errors::default();
+    leave_kernel(ctl, sb, &j, was_gateway, &mut errors).await;
+    crate::crash::point("leave:after-driver");
+    // A leave is not rolled back: the inverses are dropped unrun.
+    let mut undo = Undo::new();
+    let switched = errors.check(switch_gateway(sb, old_gw, &mut st.joined, &mut undo).await);
+    if switched.is_some() && next_gw.is_some() {
+        // The new gateway endpoint's ports as published (host ports resolved) go in its record.
+        let published = st
+            .joined
+            .iter()
+            .any(|x| Some(&x.ep.id) == next_gw.as_ref() && !x.published.is_empty());
+        if published
+            && let Some(v) = errors
+                .check(commit_sandbox(ctl, sb, &st.joined, next_gw.as_deref(), st.version).await)
+        {
+            st.version = v;
+        }
+    }
+    errors.check(sb.write_hosts(&st.joined));
+    tracing::info!(endpoint = id::short(&ep.id), sandbox = sb.short(), "left");
+    errors.into_result()
+}
+
+/// The kernel half of a leave: withdraw published ports, give a moved-in interface back, and
+/// the driver's leave (which removes the interface, its addresses and routes).
+async fn leave_kernel(
+    ctl: &Arc<ControllerInner>,
+    sb: &Arc<SandboxInner>,
+    j: &Joined,
+    was_gateway: bool,
+    errors: &mut Errors,
+) {
     if was_gateway {
-        errors.check(revoke(&j).await);
-        st.gateway = None;
+        errors.check(revoke(j).await);
     }
     if let (Some(index), Some(host_name)) = (j.index, &j.moved_from) {
         errors.check(
@@ -808,10 +936,10 @@ async fn leave_locked(
                 }),
         );
     }
-    let net = &ep.network;
+    let net = &j.ep.network;
     let request = LeaveRequest {
         network_id: net.id.clone(),
-        endpoint_id: ep.id.clone(),
+        endpoint_id: j.ep.id.clone(),
         sandbox: sb.sandbox_ref(),
         ifname: j.requested.clone(),
     };
@@ -819,40 +947,32 @@ async fn leave_locked(
         net.driver
             .leave(&request)
             .await
-            .map_err(|e| CoreError::driver("leave endpoint", &ep.name, e)),
+            .map_err(|e| CoreError::driver("leave endpoint", &j.ep.name, e)),
     );
-    let old_gw = st
-        .gateway
-        .as_ref()
-        .and_then(|g| st.joined.iter().find(|x| &x.ep.id == g))
-        .cloned();
-    // A leave is not rolled back: the inverses are dropped unrun.
-    let mut undo = Undo::new();
-    if let Some(gw) = errors.check(switch_gateway(sb, old_gw, &mut st.joined, &mut undo).await) {
-        st.gateway = gw;
-    }
-    errors.check(sb.write_hosts(&st.joined));
-    let committed = commit_join_state(
-        ctl,
-        sb,
-        &st.joined,
-        st.gateway.as_deref(),
-        st.version,
-        ep,
-        epst.version,
-        None,
-    )
-    .await;
-    if let Some(revision) = errors.check(committed) {
-        st.version = revision;
-        epst.version = revision;
-    }
-    epst.sandbox = None;
-    tracing::info!(endpoint = id::short(&ep.id), sandbox = sb.short(), "left");
-    errors.into_result()
 }
 
-/// Deletes a sandbox: leaves every endpoint (newest first), removes the namespace and files.
+/// Rewrites the sandbox's record alone; returns the revision.
+async fn commit_sandbox(
+    ctl: &ControllerInner,
+    sb: &SandboxInner,
+    joined: &[Joined],
+    gateway: Option<&str>,
+    version: u64,
+) -> Result<u64, CoreError> {
+    let skey = record::sandbox_key(&sb.id);
+    let txn = Txn::new()
+        .put_json(&skey, &sb.record(joined, gateway), Expect::Version(version))
+        .map_err(|e| CoreError::store("encode", &skey, e))?;
+    ctl.store
+        .commit(txn)
+        .await
+        .map_err(|e| CoreError::store("write", skey, e))
+}
+
+/// Deletes a sandbox. Records first, in one transaction: the sandbox's record goes and every
+/// joined endpoint's record says it is free. Then the kernel: each endpoint leaves (newest
+/// first), the namespace and the files go. A crash after the transaction leaves only what the
+/// restart's sweep removes (the namespace's bind mount, its files, veths no record owns).
 pub(crate) async fn delete(
     ctl: Arc<ControllerInner>,
     sb: Arc<SandboxInner>,
@@ -869,31 +989,55 @@ pub(crate) async fn delete(
             name: sb.short().to_owned(),
         });
     }
-    let mut errors = Errors::default();
-    for j in st.joined.clone().iter().rev() {
-        let mut epst = j.ep.state.lock().await;
-        errors.check(leave_locked(&ctl, &sb, &mut st, &j.ep, &mut epst).await);
+    let joined = st.joined.clone();
+    let mut ep_states = Vec::with_capacity(joined.len());
+    for j in &joined {
+        ep_states.push(j.ep.state.lock().await);
     }
+    let key = record::sandbox_key(&sb.id);
+    let mut txn = Txn::new().delete(&key, Expect::Version(st.version));
+    for (j, epst) in joined.iter().zip(&ep_states) {
+        txn = txn
+            .put_json(
+                j.ep.key(),
+                &j.ep.record(None),
+                Expect::Version(epst.version),
+            )
+            .map_err(|e| CoreError::store("encode", j.ep.key(), e))?;
+    }
+    let revision = ctl
+        .store
+        .commit(txn)
+        .await
+        .map_err(|e| CoreError::store("delete", &key, e))?;
+    for epst in &mut ep_states {
+        epst.sandbox = None;
+        epst.version = revision;
+    }
+    drop(ep_states);
+    st.deleted = true;
+    let was_gateway = st.gateway.take();
+    st.joined.clear();
+    ctl.sandboxes.remove(&sb.id);
+    crate::crash::point("sandbox-delete:after-record");
+    let mut errors = Errors::default();
+    for j in joined.iter().rev() {
+        let gw = was_gateway.as_deref() == Some(j.ep.id.as_str());
+        leave_kernel(&ctl, &sb, j, gw, &mut errors).await;
+    }
+    crate::crash::point("sandbox-delete:after-leave");
     errors.check(
         NetNs::delete(&sb.key)
             .await
             .map_err(|e| CoreError::sandbox("delete netns", sb.key.display().to_string(), e)),
     );
+    crate::crash::point("sandbox-delete:after-netns");
     match tokio::fs::remove_dir_all(&sb.dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             errors.check::<()>(Err(CoreError::io("remove directory", sb.dir.display(), e)));
         }
         _ => {}
     }
-    let key = record::sandbox_key(&sb.id);
-    errors.check(
-        ctl.store
-            .delete(&key, Expect::Version(st.version))
-            .await
-            .map_err(|e| CoreError::store("delete", &key, e)),
-    );
-    st.deleted = true;
-    ctl.sandboxes.remove(&sb.id);
     if let (Some(slot), Some(guard)) = (&slot, slot_guard.as_mut())
         && guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sb))
     {

@@ -371,6 +371,40 @@ impl JoinInfo {
     }
 }
 
+/// An endpoint handed back to its driver on restart (see [`Driver::restore_network`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RestoredEndpoint {
+    /// The endpoint as it was created.
+    pub spec: EndpointSpec,
+    /// The sandbox it is joined to, if any.
+    pub joined: Option<RestoredJoin>,
+}
+
+/// Where a restored endpoint is joined.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RestoredJoin {
+    /// The sandbox (namespace reopened by its key).
+    pub sandbox: SandboxRef,
+    /// The name the driver was asked to use in the join (`ethN`).
+    pub ifname: IfName,
+}
+
+impl RestoredEndpoint {
+    /// An endpoint, joined to `joined` if given.
+    pub fn new(spec: EndpointSpec, joined: Option<RestoredJoin>) -> Self {
+        Self { spec, joined }
+    }
+}
+
+impl RestoredJoin {
+    /// A join in `sandbox` under the name `ifname`.
+    pub fn new(sandbox: SandboxRef, ifname: IfName) -> Self {
+        Self { sandbox, ifname }
+    }
+}
+
 /// What the controller asks of a driver in `leave`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -424,6 +458,35 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// Creates the network's data plane. On error nothing of it may remain.
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError>;
+
+    /// Takes a network back after a restart of the controller, with its endpoints (and where
+    /// each is joined), from the controller's records.
+    ///
+    /// A driver whose data plane survives the restart adopts what exists (a bridge driver finds
+    /// its bridge and each joined endpoint's veth), recreates what is missing, and deletes what
+    /// of this network no endpoint owns. The default is the create path: `create_network`, then
+    /// `create_endpoint` for each endpoint, which suits drivers that keep no kernel state.
+    /// Published ports are not part of this: the controller publishes them again for each
+    /// sandbox's gateway endpoint afterwards.
+    async fn restore_network(
+        &self,
+        spec: &NetworkSpec,
+        endpoints: &[RestoredEndpoint],
+    ) -> Result<(), DriverError> {
+        self.create_network(spec).await?;
+        for ep in endpoints {
+            self.create_endpoint(&ep.spec).await?;
+        }
+        Ok(())
+    }
+
+    /// After a restart, once every recorded network was restored: removes what this driver
+    /// made for networks that have no record (`keep` lists the ones that do), left behind by
+    /// a crash between the driver's work and the record. The default does nothing.
+    async fn sweep(&self, keep: &[String]) -> Result<(), DriverError> {
+        let _ = keep;
+        Ok(())
+    }
 
     /// Removes the network's data plane.
     async fn delete_network(&self, network_id: &str) -> Result<(), DriverError>;

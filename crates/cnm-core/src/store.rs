@@ -185,6 +185,20 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A store could not be opened (for a durable store: its state directory is locked by
+    /// another process, or its file is unreadable).
+    #[error("failed to open the {backend} store in {path}")]
+    Open {
+        /// Which backend.
+        backend: &'static str,
+        /// The state directory.
+        path: std::path::PathBuf,
+        /// What kind of failure the backend reported.
+        kind: ErrorKind,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The backend failed (I/O, connection, …).
     #[error("store backend {backend} failed to {op}")]
     Backend {
@@ -205,6 +219,7 @@ impl StoreError {
             Self::Conflict { .. } => ErrorKind::Conflict,
             Self::Encode { .. } | Self::Decode { .. } => ErrorKind::Internal,
             Self::Backend { .. } => ErrorKind::Unavailable,
+            Self::Open { kind, .. } => *kind,
         }
     }
 }
@@ -236,6 +251,32 @@ fn check(key: &str, expect: Expect, current: Option<u64>) -> Result<(), StoreErr
         found: describe(current),
     })
 }
+
+/// A durable store backend that offers itself as the controller's default, found through
+/// [`inventory`] as drivers are: core names no backend. A program that links one (the `cnm`
+/// facade links `cnm-store`'s embedded store) gets it from `Controller::builder().build()`; a
+/// program that links none gets a [`MemoryStore`].
+///
+/// `open` runs on the blocking pool with the state directory; the store it returns owns that
+/// directory (it holds its lock) until it is dropped.
+pub struct DefaultStore {
+    /// The backend's name.
+    pub name: &'static str,
+    /// Opens the store in a state directory.
+    pub open: fn(&std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError>,
+}
+
+impl DefaultStore {
+    /// A registration, for `inventory::submit!`.
+    pub const fn new(
+        name: &'static str,
+        open: fn(&std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError>,
+    ) -> Self {
+        Self { name, open }
+    }
+}
+
+inventory::collect!(DefaultStore);
 
 /// A key/value store of versioned records.
 ///

@@ -29,9 +29,8 @@ struct Args {
     /// Log filter (tracing's syntax, e.g. info or cnm=debug); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// The state store: memory or redb (memory stays the default until the controller reloads
-    /// state on start).
-    #[arg(long, default_value = "memory")]
+    /// The state store: redb (durable, reloaded on start) or memory.
+    #[arg(long, default_value = "redb")]
     store: String,
 }
 

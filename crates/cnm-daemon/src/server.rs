@@ -46,8 +46,9 @@ pub const DEFAULT_BRIDGE_IF: &str = "cnm0";
 pub enum StoreKind {
     /// In memory: state is lost when cnmd exits.
     Memory,
-    /// The embedded durable store (`cnm-store`'s redb) in the state dir. Until the controller
-    /// reloads state on start, records survive a restart but are not picked up again.
+    /// The embedded durable store (`cnm-store`'s redb) in the state dir (the default): networks,
+    /// endpoints and sandboxes survive a restart of cnmd, and running containers keep their
+    /// connectivity across it.
     Redb,
 }
 
@@ -102,7 +103,7 @@ impl Default for Config {
             run_dir: PathBuf::from(cnm::DEFAULT_RUN_DIR),
             state_dir: PathBuf::from(cnm::DEFAULT_STATE_DIR),
             metrics_addr: None,
-            store: StoreKind::Memory,
+            store: StoreKind::Redb,
             host_netns: None,
             resolv_conf: None,
         }
@@ -158,8 +159,13 @@ impl AppState {
         })
     }
 
-    /// When the network was created (the daemon's start for ones it did not create itself).
+    /// When the network was created: its record's time (kept across restarts); for a network
+    /// recorded without one, when this daemon saw it created, else the daemon's start.
     pub(crate) fn created_at(&self, net: &Network) -> SystemTime {
+        let recorded = net.created();
+        if recorded != SystemTime::UNIX_EPOCH {
+            return recorded;
+        }
         let map = self.created.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(net.id()).copied().unwrap_or(self.started)
     }
@@ -507,6 +513,7 @@ impl Daemon {
             StoreKind::Redb => {
                 // Opening may repair the file after a crash: blocking work.
                 let dir = config.state_dir.clone();
+                // Not `open_exclusive`: the daemon holds the state dir's lock already.
                 let opened = tokio::task::spawn_blocking(move || cnm_store::RedbStore::open(&dir))
                     .await
                     .map_err(|e| DaemonError::Task(e.to_string()))?;

@@ -21,7 +21,7 @@ async fn cnm_api_sandboxes_connect_with_ports() -> Result<()> {
 
     let info = api.expect("GET", "/cnm/v1/info", None, 200).await?;
     ensure!(
-        info["Store"] == "memory" && info["Drivers"] == json!(["bridge", "null"]),
+        info["Store"] == "redb" && info["Drivers"] == json!(["bridge", "null"]),
         "{info}"
     );
     ensure!(
@@ -719,5 +719,55 @@ async fn redb_store_keeps_records_in_the_state_dir() -> Result<()> {
         host.state_dir().join(cnm_store::DB_FILE).exists(),
         "database file in the state dir"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn restart_reloads_networks_and_keeps_predefined_ones_once() -> Result<()> {
+    let host = TestHost::new().await?;
+    let daemon = common::start(&host, false).await?;
+    let api = Client::new(daemon.socket());
+    let created = api
+        .expect(
+            "POST",
+            "/networks/create",
+            Some(json!({"Name": "kept", "IPAM": {"Config": [{"Subnet": "10.91.0.0/24"}]}})),
+            201,
+        )
+        .await?;
+    let kept_id = created["Id"].as_str().context("Id")?.to_owned();
+    let before = api.expect("GET", "/networks", None, 200).await?;
+    daemon.stop().await?;
+
+    // The store is durable by default: the second start reloads what the first made, and does
+    // not make the predefined networks again.
+    let daemon = common::start(&host, false).await?;
+    let api = Client::new(daemon.socket());
+    let after = api.expect("GET", "/networks", None, 200).await?;
+    let summary = |v: &Value| -> BTreeSet<(String, String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["Name"].as_str().unwrap_or_default().to_owned(),
+                    n["Id"].as_str().unwrap_or_default().to_owned(),
+                    n["Created"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    ensure!(summary(&before) == summary(&after), "{before} vs {after}");
+    let names: Vec<String> = summary(&after).into_iter().map(|(n, _, _)| n).collect();
+    ensure!(names == ["bridge", "kept", "none"], "{names:?}");
+    let kept = api
+        .expect("GET", &format!("/networks/{kept_id}"), None, 200)
+        .await?;
+    ensure!(
+        kept["IPAM"]["Config"][0]["Subnet"] == "10.91.0.0/24",
+        "{kept}"
+    );
+    daemon.stop().await?;
     Ok(())
 }

@@ -46,6 +46,7 @@ mod firewall;
 pub mod options;
 mod plan;
 mod ports;
+mod restore;
 mod undo;
 
 use std::collections::HashMap;
@@ -275,6 +276,10 @@ impl BridgeDriver {
                 })?
                 .index;
             bridge_index = index;
+            // Marked as ours, so the sweep after a crash can tell it from anyone else's.
+            host.set_alias(index, &restore::alias(&plan.network_id))
+                .await
+                .map_err(|e| BridgeError::kernel("mark bridge", bridge, e))?;
             let addrs = plan
                 .gateways_v4
                 .iter()
@@ -432,6 +437,13 @@ impl BridgeDriver {
                 name: host_if.to_string(),
             });
             self.faults.check(FaultPoint::JoinVethCreated)?;
+            // Marked with the endpoint's id: the restore finds a joined endpoint's veth by it.
+            host.set_alias_by_name(&host_if, &restore::alias(&req.endpoint_id))
+                .await
+                .map_err(|e| BridgeError::kernel("mark veth", host_if.to_string(), e))?;
+            if !plan.icc {
+                isolate_port(host, &host_if).await?;
+            }
 
             if let Some(prefix) = move_in {
                 self.faults.check(FaultPoint::JoinSysctlsSet)?;
@@ -605,6 +617,28 @@ impl BridgeDriver {
     }
 }
 
+/// ICC off: the host end of the veth becomes an isolated bridge port, so the bridge forwards
+/// no frame between two ports of the network while each still reaches the bridge (the gateway)
+/// and, routed through it, the outside. This replaces br_netfilter, which made every bridged
+/// frame of every bridge in the namespace traverse the IP hooks. Routed traffic between the
+/// containers (sent to the gateway's MAC) is still dropped by the firewall's `icc_off` set.
+async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(), BridgeError> {
+    let object = || format!("{host_if} in {}", host.netns());
+    let index = host
+        .link(host_if.as_str())
+        .await
+        .map_err(|e| BridgeError::kernel("look up", object(), e))?
+        .map(|l| l.index)
+        .ok_or(BridgeError::Conflict {
+            op: "isolate bridge port",
+            object: format!("veth {host_if}"),
+            reason: "it vanished after it was created",
+        })?;
+    host.set_bridge_port_isolated(index, true)
+        .await
+        .map_err(|e| BridgeError::kernel("isolate bridge port", object(), e))
+}
+
 /// `veth` and 7 random hex digits, as Docker names host-side veths.
 fn random_veth_name() -> Result<IfName, BridgeError> {
     let n: u32 = rand::random::<u32>() & 0x0fff_ffff;
@@ -729,6 +763,18 @@ impl Driver for BridgeDriver {
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
         Ok(self.revoke_inner(network_id, endpoint_id).await?)
+    }
+
+    async fn restore_network(
+        &self,
+        spec: &NetworkSpec,
+        endpoints: &[cnm_core::spi::RestoredEndpoint],
+    ) -> Result<(), DriverError> {
+        Ok(self.restore_network_inner(spec, endpoints).await?)
+    }
+
+    async fn sweep(&self, keep: &[String]) -> Result<(), DriverError> {
+        Ok(self.sweep_inner(keep).await?)
     }
 }
 

@@ -170,22 +170,6 @@ impl BridgePlan {
         if self.ipv6 {
             out.push(("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned()));
         }
-        if !self.icc {
-            // Traffic between ports of one bridge meets the firewall's forward hook only
-            // through br_netfilter; ICC off depends on it.
-            if self.ipv4 {
-                out.push((
-                    "net.bridge.bridge-nf-call-iptables".to_owned(),
-                    "1".to_owned(),
-                ));
-            }
-            if self.ipv6 {
-                out.push((
-                    "net.bridge.bridge-nf-call-ip6tables".to_owned(),
-                    "1".to_owned(),
-                ));
-            }
-        }
         out
     }
 

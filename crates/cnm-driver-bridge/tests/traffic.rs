@@ -51,21 +51,52 @@ async fn same_network_reaches_other_networks_do_not_and_a_two_network_sandbox_re
 #[ignore = "privileged: run cargo xtask test"]
 async fn icc_off_blocks_containers_of_one_network() -> Result<()> {
     let w = World::new().await?;
+    // A new namespace starts with bridge-nf-call-iptables=1 whenever br_netfilter is loaded:
+    // turn it off, so the isolation proven below comes from the bridge ports alone.
+    let br_nf = [
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+    ];
+    let br_nf_loaded = std::path::Path::new("/proc/sys/net/bridge").exists();
+    if br_nf_loaded {
+        for key in br_nf {
+            w.host_cmd(&["sysctl", "-qw", &format!("{key}=0")]).await?;
+        }
+    }
     let opts = NetworkOptions::default()
         .subnet("10.33.0.0/24".parse()?)
         .driver_option("com.docker.network.bridge.enable_icc", "false");
     let n = w.net("noicc", opts).await?;
     let c1 = w.run(&n, "c1", EndpointOptions::default()).await?;
     let c2 = w.run(&n, "c2", EndpointOptions::default()).await?;
-    let _s = TcpEchoServer::start(c2.ns(), ANY4, 80).await?;
+    let _s1 = TcpEchoServer::start(c1.ns(), ANY4, 80).await?;
+    let _s2 = TcpEchoServer::start(c2.ns(), ANY4, 80).await?;
     ensure!(
         probe::tcp(c1.ns(), c2.v4(), 80).await.is_err(),
         "ICC off must block c1 -> c2"
     );
-    // The containers still reach the outside.
+    ensure!(
+        probe::tcp(c2.ns(), c1.v4(), 80).await.is_err(),
+        "ICC off must block c2 -> c1"
+    );
+    // Each still reaches its gateway (the bridge itself) and the outside.
+    let gateway: IpAddr = "10.33.0.1".parse()?;
+    let _gw = TcpEchoServer::start(w.host.netns(), gateway, 7003).await?;
     let out = w.host.outside().await?;
     let _echo = TcpEchoServer::start(out.netns(), out.addr_v4(), 7000).await?;
-    probe::tcp(c1.ns(), out.addr_v4(), 7000).await?;
+    for c in [&c1, &c2] {
+        probe::tcp(c.ns(), gateway, 7003).await?;
+        probe::tcp(c.ns(), out.addr_v4(), 7000).await?;
+    }
+    if br_nf_loaded {
+        for key in br_nf {
+            let value = w.host_cmd(&["sysctl", "-n", key]).await?;
+            ensure!(
+                value.trim() == "0",
+                "{key} is {value}: the driver turned it on"
+            );
+        }
+    }
     Ok(())
 }
 

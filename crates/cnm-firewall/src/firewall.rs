@@ -33,15 +33,32 @@ pub(crate) enum Change {
     Elements { del: Elements, add: Elements },
 }
 
+impl Change {
+    fn added(add: Elements) -> Self {
+        Self::Elements {
+            del: Elements::new(),
+            add,
+        }
+    }
+
+    fn deleted(del: Elements) -> Self {
+        Self::Elements {
+            del,
+            add: Elements::new(),
+        }
+    }
+}
+
 struct Inner {
     ns: NetNs,
     backend: Backend,
     socket: Option<Arc<NfSocket>>,
-    /// The model; the lock also serialises transactions, so two operations can never
-    /// interleave and every change is derived from the model, never read back from the kernel.
-    model: Mutex<Model>,
-    /// A copy of the model for the synchronous `render` (updated under `model`'s lock).
-    snapshot: std::sync::Mutex<Model>,
+    /// Serialises transactions: held from planning to applying, so two operations never
+    /// interleave and every change derives from the model, never read back from the kernel.
+    tx: Mutex<()>,
+    /// The model, locked briefly to plan or apply (never across an await), so `render` can
+    /// read it without a copy per operation. Only the holder of `tx` changes it.
+    model: std::sync::Mutex<Model>,
     transactions: AtomicU64,
     seq: AtomicU64,
 }
@@ -89,8 +106,8 @@ impl Firewall {
                 ns: ns.clone(),
                 backend,
                 socket,
-                model: Mutex::new(Model::default()),
-                snapshot: std::sync::Mutex::new(Model::default()),
+                tx: Mutex::new(()),
+                model: std::sync::Mutex::new(Model::default()),
                 transactions: AtomicU64::new(0),
                 seq: AtomicU64::new(1),
             }),
@@ -106,152 +123,77 @@ impl Firewall {
 
     /// Installs a network's filtering and masquerading (one transaction).
     pub async fn add_network(&self, net: &NetworkRules) -> Result<(), FirewallError> {
-        net.validate()?;
-        let mut model = self.inner.model.lock().await;
-        model.check_network(net)?;
-        let mut next = model.clone();
-        next.networks.insert(net.id.clone(), net.clone());
-        let change = Change::Elements {
-            del: Elements::new(),
-            add: model::network_elements(net),
-        };
-        self.commit(&format!("add network {}", net.id), &mut model, next, change)
-            .await
+        let _tx = self.inner.tx.lock().await;
+        let add = self.model().plan_add_network(net)?;
+        self.commit(&format!("add network {}", net.id), Change::added(add))
+            .await?;
+        self.model().apply_add_network(net);
+        Ok(())
     }
 
     /// Removes a network and every port it published: only its own elements (one transaction).
     pub async fn remove_network(&self, id: &str) -> Result<(), FirewallError> {
-        let mut model = self.inner.model.lock().await;
-        let Some(net) = model.networks.get(id).cloned() else {
-            return Err(FirewallError::NotFound {
-                what: "network",
-                id: id.to_string(),
-            });
-        };
-        let mut next = model.clone();
-        next.networks.remove(id);
-        next.endpoints.retain(|_, (net_id, _)| net_id != id);
-        let mut owned = model::network_elements(&net);
-        for (net_id, maps) in model.endpoints.values() {
-            if net_id == id {
-                for m in maps {
-                    model::merge(&mut owned, model::mapping_elements(&net, m));
-                }
-            }
-        }
-        let del = model::subtract(&owned, &next.elements());
-        let change = Change::Elements {
-            del,
-            add: Elements::new(),
-        };
-        self.commit(&format!("remove network {id}"), &mut model, next, change)
-            .await
+        let _tx = self.inner.tx.lock().await;
+        let del = self.model().plan_remove_network(id)?;
+        self.commit(&format!("remove network {id}"), Change::deleted(del))
+            .await?;
+        self.model().apply_remove_network(id);
+        Ok(())
     }
 
     /// Publishes ports of an endpoint on a network (one transaction). Calling it again for
-    /// the same endpoint adds more mappings.
+    /// the same endpoint adds more mappings. The batch holds only the new elements, so its
+    /// cost does not depend on how many other ports are published.
     pub async fn add_port_mappings(
         &self,
         network_id: &str,
         endpoint_id: &str,
         mappings: &[PortMapping],
     ) -> Result<(), FirewallError> {
-        for (i, m) in mappings.iter().enumerate() {
-            m.validate(i)?;
-        }
-        if endpoint_id.is_empty() {
-            return Err(FirewallError::invalid("endpoint id", "", "it is empty"));
-        }
-        let mut model = self.inner.model.lock().await;
-        let Some(net) = model.networks.get(network_id).cloned() else {
-            return Err(FirewallError::NotFound {
-                what: "network",
-                id: network_id.to_string(),
-            });
-        };
-        if let Some((other, _)) = model.endpoints.get(endpoint_id)
-            && other != network_id
-        {
-            return Err(FirewallError::Conflict {
-                op: "publish ports".into(),
-                object: format!("endpoint {endpoint_id} on network {network_id}"),
-                reason: format!("the endpoint already publishes ports on network {other}"),
-            });
-        }
+        let _tx = self.inner.tx.lock().await;
+        let add = self
+            .model()
+            .plan_add_mappings(network_id, endpoint_id, mappings)?;
         if mappings.is_empty() {
             return Ok(());
         }
-        model.check_mappings(endpoint_id, mappings)?;
-        let mut add = Elements::new();
-        for m in mappings {
-            model::merge(&mut add, model::mapping_elements(&net, m));
-        }
-        let add = model::subtract(&add, &model.elements());
-        let mut next = model.clone();
-        next.endpoints
-            .entry(endpoint_id.to_string())
-            .or_insert_with(|| (network_id.to_string(), Vec::new()))
-            .1
-            .extend_from_slice(mappings);
-        let change = Change::Elements {
-            del: Elements::new(),
-            add,
-        };
         self.commit(
             &format!("publish ports of endpoint {endpoint_id}"),
-            &mut model,
-            next,
-            change,
+            Change::added(add),
         )
-        .await
+        .await?;
+        self.model()
+            .apply_add_mappings(network_id, endpoint_id, mappings);
+        Ok(())
     }
 
     /// Unpublishes every port of an endpoint: deletes exactly its elements (one transaction;
     /// none when the endpoint published nothing).
     pub async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), FirewallError> {
-        let mut model = self.inner.model.lock().await;
-        let Some((net_id, maps)) = model.endpoints.get(endpoint_id).cloned() else {
+        let _tx = self.inner.tx.lock().await;
+        let Some(del) = self.model().plan_remove_endpoint(endpoint_id) else {
             return Ok(());
-        };
-        let mut next = model.clone();
-        next.endpoints.remove(endpoint_id);
-        let mut owned = Elements::new();
-        if let Some(net) = model.networks.get(&net_id) {
-            for m in &maps {
-                model::merge(&mut owned, model::mapping_elements(net, m));
-            }
-        }
-        let del = model::subtract(&owned, &model.endpoint_elements_except(endpoint_id));
-        let change = Change::Elements {
-            del,
-            add: Elements::new(),
         };
         self.commit(
             &format!("unpublish ports of endpoint {endpoint_id}"),
-            &mut model,
-            next,
-            change,
+            Change::deleted(del),
         )
-        .await
+        .await?;
+        self.model().apply_remove_endpoint(endpoint_id);
+        Ok(())
     }
 
     /// Re-applies the whole desired ruleset in one transaction (recreating the table whether
     /// or not it exists), which also drops anything no longer in the model.
     pub async fn reconcile(&self) -> Result<(), FirewallError> {
-        let mut model = self.inner.model.lock().await;
-        let next = model.clone();
-        let change = Change::Replace(next.elements());
-        self.commit("reconcile", &mut model, next, change).await
+        let _tx = self.inner.tx.lock().await;
+        let elements = self.model().elements();
+        self.commit("reconcile", Change::Replace(elements)).await
     }
 
     /// The whole desired ruleset as nft text (`nft -f` accepts it).
     pub fn render(&self) -> String {
-        let model = self
-            .inner
-            .snapshot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        ruleset::render(&model.elements())
+        ruleset::render(&self.model().elements())
     }
 
     /// The number of transactions sent to the kernel so far.
@@ -287,20 +229,22 @@ impl Firewall {
         crate::conntrack::flush_conntrack(&self.inner.ns, proto, port, dst).await
     }
 
-    /// Sends `change`; on success the model becomes `next`, on failure it stays unchanged.
-    async fn commit(
-        &self,
-        op: &str,
-        model: &mut Model,
-        next: Model,
-        change: Change,
-    ) -> Result<(), FirewallError> {
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        // a panic while planning or applying cannot leave a half-applied model: planning does
+        // not mutate, and applying is pure bookkeeping without fallible steps
+        self.inner
+            .model
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `change` as one transaction (nothing when it is empty). The caller applies the
+    /// change to the model only on success, so a refused batch leaves the model unchanged.
+    async fn commit(&self, op: &str, change: Change) -> Result<(), FirewallError> {
         if let Change::Elements { del, add } = &change
             && del.is_empty()
             && add.is_empty()
         {
-            *model = next;
-            self.publish_snapshot(model);
             return Ok(());
         }
         let span = info_span!("nft_transaction", op, backend = ?self.inner.backend);
@@ -314,19 +258,7 @@ impl Firewall {
             Ok::<(), FirewallError>(())
         }
         .instrument(span)
-        .await?;
-        *model = next;
-        self.publish_snapshot(model);
-        Ok(())
-    }
-
-    fn publish_snapshot(&self, model: &Model) {
-        let mut snap = self
-            .inner
-            .snapshot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *snap = model.clone();
+        .await
     }
 
     async fn send_netlink(&self, op: &str, change: &Change) -> Result<(), FirewallError> {
@@ -622,21 +554,62 @@ mod tests {
                 data: vec![],
             },
         );
+        let v6 = |s: &str| Field::V6(s.parse().unwrap());
+        let point = |key: Vec<Field>, data: Vec<Field>| Element {
+            key,
+            key_end: None,
+            data,
+        };
+        // hash sets and maps: single ports, no key end
         put(
             SetName::Published4,
+            point(
+                vec![v4("172.18.0.2"), Field::Proto(6), Field::Port(80)],
+                vec![],
+            ),
+        );
+        put(
+            SetName::Published6,
+            point(
+                vec![v6("fd00:1::2"), Field::Proto(17), Field::Port(53)],
+                vec![],
+            ),
+        );
+        put(
+            SetName::Dnat4,
+            point(
+                vec![v4("127.0.0.1"), Field::Proto(17), Field::Port(53)],
+                vec![v4("172.18.0.3"), Field::Port(5353)],
+            ),
+        );
+        put(
+            SetName::Dnat4Any,
+            point(
+                vec![Field::Proto(6), Field::Port(80)],
+                vec![v4("172.18.0.3"), Field::Port(8080)],
+            ),
+        );
+        put(
+            SetName::Dnat6,
+            point(
+                vec![v6("fd00::1"), Field::Proto(6), Field::Port(80)],
+                vec![v6("fd00:1::2"), Field::Port(8080)],
+            ),
+        );
+        put(
+            SetName::Dnat6Any,
+            point(
+                vec![Field::Proto(132), Field::Port(443)],
+                vec![v6("fd00:1::2"), Field::Port(8443)],
+            ),
+        );
+        // interval sets and maps: real ranges only
+        put(
+            SetName::Published4Range,
             Element {
                 key: vec![v4("172.18.0.2"), Field::Proto(6), Field::Port(8000)],
                 key_end: Some(vec![v4("172.18.0.2"), Field::Proto(6), Field::Port(8010)]),
                 data: vec![],
-            },
-        );
-        let udp53 = vec![v4("127.0.0.1"), Field::Proto(17), Field::Port(53)];
-        put(
-            SetName::Dnat4,
-            Element {
-                key: udp53.clone(),
-                key_end: Some(udp53),
-                data: vec![v4("172.18.0.3"), Field::Port(5353)],
             },
         );
         put(
@@ -647,13 +620,12 @@ mod tests {
                 data: vec![v4("172.18.0.2")],
             },
         );
-        let tcp80 = vec![Field::Proto(6), Field::Port(80)];
         put(
-            SetName::Dnat4Any,
+            SetName::Dnat4AnyRange,
             Element {
-                key: tcp80.clone(),
-                key_end: Some(tcp80),
-                data: vec![v4("172.18.0.3"), Field::Port(8080)],
+                key: vec![Field::Proto(17), Field::Port(5000)],
+                key_end: Some(vec![Field::Proto(17), Field::Port(5009)]),
+                data: vec![v4("172.18.0.4")],
             },
         );
         let (bytes, _) = encode(&Change::Replace(elements), 1);
@@ -665,13 +637,14 @@ mod tests {
         };
         let ours = elems(split(&bytes));
         let theirs = elems(nft_reference());
-        // the reference also has masq6 and dnat6 elements, which we did not build here
-        assert_eq!(ours.len(), 7);
+        // the reference also has a masq6 element, which we did not build here
+        assert_eq!(ours.len(), 12);
         for m in &ours {
             assert!(
                 theirs.contains(m),
                 "element message not sent by nft: {m:02x?}"
             );
         }
+        assert_eq!(theirs.len(), ours.len() + 1);
     }
 }

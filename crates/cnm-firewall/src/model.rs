@@ -4,7 +4,7 @@
 //! elements. A network or an endpoint therefore owns a precise list of elements, derived here,
 //! and adding or removing it adds or deletes exactly those.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -353,8 +353,9 @@ fn addr(ip: IpAddr) -> Field {
 
 /// The elements one port mapping owns on `net`.
 ///
-/// Equal host and container ranges are one interval element DNATing to the address only (the
-/// kernel keeps the port). A range shifted to other container ports cannot be one element:
+/// A single port is one element of a hash map (and of the hash set `published4/6`); equal host
+/// and container ranges are one interval element DNATing to the address only (the kernel keeps
+/// the port). A range shifted to other container ports cannot be one element:
 /// nftables has no port arithmetic and its NAT offset mode is not exposed to maps, so it becomes
 /// one element per port, as Docker does.
 pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements {
@@ -362,19 +363,32 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
     let proto = Field::Proto(m.proto.number());
     let v4 = m.is_v4();
     let cip = addr(m.container_ip);
-    push(
-        &mut out,
-        if v4 {
-            SetName::Published4
-        } else {
-            SetName::Published6
-        },
-        Element {
-            key: vec![cip, proto, Field::Port(m.container_ports.0)],
-            key_end: Some(vec![cip, proto, Field::Port(m.container_ports.1)]),
-            data: vec![],
-        },
-    );
+    let (clo, chi) = m.container_ports;
+    if clo == chi {
+        push(
+            &mut out,
+            if v4 {
+                SetName::Published4
+            } else {
+                SetName::Published6
+            },
+            Element::point(vec![cip, proto, Field::Port(clo)]),
+        );
+    } else {
+        push(
+            &mut out,
+            if v4 {
+                SetName::Published4Range
+            } else {
+                SetName::Published6Range
+            },
+            Element {
+                key: vec![cip, proto, Field::Port(clo)],
+                key_end: Some(vec![cip, proto, Field::Port(chi)]),
+                data: vec![],
+            },
+        );
+    }
     if net.gateway_mode == GatewayMode::Routed || net.internal {
         return out;
     }
@@ -397,7 +411,7 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
             single,
             Element {
                 key: prefix(hlo),
-                key_end: Some(prefix(hlo)),
+                key_end: None,
                 data: vec![cip, Field::Port(m.container_ports.0)],
             },
         );
@@ -419,7 +433,7 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
                 single,
                 Element {
                     key: prefix(hp),
-                    key_end: Some(prefix(hp)),
+                    key_end: None,
                     data: vec![cip, Field::Port(cp)],
                 },
             );
@@ -428,49 +442,133 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
     out
 }
 
+/// What a host port range is published on: protocol, family (IPv4?), host address (`None`:
+/// every address of the family).
+type HostKey = (Proto, bool, Option<IpAddr>);
+
+/// A published mapping and the endpoint that owns it, as the conflict indexes keep it.
+#[derive(Debug, Clone)]
+struct Owned {
+    endpoint: String,
+    mapping: PortMapping,
+}
+
 /// Everything the firewall has been told: the single source of truth for every transaction.
+///
+/// Besides the networks and endpoints it keeps what is installed, each element with the
+/// number of owners (a network, or one port mapping) that need it, and two indexes of the
+/// published ports for conflict checks. So adding or removing one endpoint's mappings costs
+/// the same whatever the number of other endpoints: every operation is planned (`plan_*`, pure:
+/// the elements to add or delete) and applied (`apply_*`) only once the kernel took the batch.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Model {
     pub networks: BTreeMap<String, NetworkRules>,
     /// endpoint id → (network id, mappings)
     pub endpoints: BTreeMap<String, (String, Vec<PortMapping>)>,
+    /// element → number of owners, per set
+    installed: BTreeMap<SetName, BTreeMap<Element, u32>>,
+    /// Host port ranges by where they are published, keyed by their first port. Ranges under
+    /// one key never overlap (overlaps are refused), so one ordered lookup finds a clash.
+    host_ports: BTreeMap<HostKey, BTreeMap<u16, Owned>>,
+    /// Container port ranges by protocol and container address.
+    container_ports: HashMap<(Proto, IpAddr), Vec<Owned>>,
 }
 
 fn ranges_overlap(a: (u16, u16), b: (u16, u16)) -> bool {
     a.0 <= b.1 && b.0 <= a.1
 }
 
+/// Whether `m` (new) clashes with `o` (published): the same host ports, or overlapping but
+/// different container ranges of one container address.
+fn clashes(m: &PortMapping, o: &PortMapping) -> bool {
+    let host_clash = o.proto == m.proto
+        && o.is_v4() == m.is_v4()
+        && ranges_overlap(o.host_ports, m.host_ports)
+        && (o.host_key().is_none() || m.host_key().is_none() || o.host_key() == m.host_key());
+    let container_clash = o.proto == m.proto
+        && o.container_ip == m.container_ip
+        && ranges_overlap(o.container_ports, m.container_ports)
+        && o.container_ports != m.container_ports;
+    host_clash || container_clash
+}
+
 impl Model {
-    /// Every element of the whole desired ruleset.
+    /// Every element of the whole desired ruleset (for `render` and `reconcile`).
     pub fn elements(&self) -> Elements {
+        self.installed
+            .iter()
+            .map(|(set, elems)| (*set, elems.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// The elements of `owned` that nothing installs yet.
+    fn missing(&self, owned: Elements) -> Elements {
         let mut out = Elements::new();
-        for net in self.networks.values() {
-            merge(&mut out, network_elements(net));
-        }
-        for (net_id, maps) in self.endpoints.values() {
-            if let Some(net) = self.networks.get(net_id) {
-                for m in maps {
-                    merge(&mut out, mapping_elements(net, m));
-                }
+        for (set, elems) in owned {
+            let have = self.installed.get(&set);
+            let left: BTreeSet<Element> = elems
+                .into_iter()
+                .filter(|e| !have.is_some_and(|h| h.contains_key(e)))
+                .collect();
+            if !left.is_empty() {
+                out.insert(set, left);
             }
         }
         out
     }
 
-    /// The elements of every endpoint except `skip`, for reference counting shared elements.
-    pub fn endpoint_elements_except(&self, skip: &str) -> Elements {
-        let mut out = Elements::new();
-        for (id, (net_id, maps)) in &self.endpoints {
-            if id == skip {
-                continue;
-            }
-            if let Some(net) = self.networks.get(net_id) {
-                for m in maps {
-                    merge(&mut out, mapping_elements(net, m));
+    /// The elements that no owner needs any more once every owner in `owners` is gone.
+    fn orphaned(&self, owners: impl IntoIterator<Item = Elements>) -> Elements {
+        let mut counts: BTreeMap<SetName, BTreeMap<Element, u32>> = BTreeMap::new();
+        for owned in owners {
+            for (set, elems) in owned {
+                let c = counts.entry(set).or_default();
+                for e in elems {
+                    *c.entry(e).or_default() += 1;
                 }
             }
         }
+        let mut out = Elements::new();
+        for (set, elems) in counts {
+            let have = self.installed.get(&set);
+            let gone: BTreeSet<Element> = elems
+                .into_iter()
+                .filter(|(e, n)| have.and_then(|h| h.get(e)) == Some(n))
+                .map(|(e, _)| e)
+                .collect();
+            if !gone.is_empty() {
+                out.insert(set, gone);
+            }
+        }
         out
+    }
+
+    fn acquire(&mut self, owned: Elements) {
+        for (set, elems) in owned {
+            let have = self.installed.entry(set).or_default();
+            for e in elems {
+                *have.entry(e).or_default() += 1;
+            }
+        }
+    }
+
+    fn release(&mut self, owned: Elements) {
+        for (set, elems) in owned {
+            let Some(have) = self.installed.get_mut(&set) else {
+                continue;
+            };
+            for e in elems {
+                if let Some(n) = have.get_mut(&e) {
+                    *n -= 1;
+                    if *n == 0 {
+                        have.remove(&e);
+                    }
+                }
+            }
+            if have.is_empty() {
+                self.installed.remove(&set);
+            }
+        }
     }
 
     /// Refuses a network whose id or bridge is already taken.
@@ -490,6 +588,196 @@ impl Model {
         Ok(())
     }
 
+    /// Checks a new network; returns the elements to add.
+    pub fn plan_add_network(&self, net: &NetworkRules) -> Result<Elements, FirewallError> {
+        net.validate()?;
+        self.check_network(net)?;
+        Ok(self.missing(network_elements(net)))
+    }
+
+    /// Records a network planned by [`Model::plan_add_network`].
+    pub fn apply_add_network(&mut self, net: &NetworkRules) {
+        self.acquire(network_elements(net));
+        self.networks.insert(net.id.clone(), net.clone());
+    }
+
+    /// The elements to delete with a network and every port its endpoints publish.
+    pub fn plan_remove_network(&self, id: &str) -> Result<Elements, FirewallError> {
+        let Some(net) = self.networks.get(id) else {
+            return Err(FirewallError::NotFound {
+                what: "network",
+                id: id.to_string(),
+            });
+        };
+        let mappings = self
+            .endpoints
+            .values()
+            .filter(|(net_id, _)| net_id == id)
+            .flat_map(|(_, maps)| maps.iter().map(|m| mapping_elements(net, m)));
+        Ok(self.orphaned(std::iter::once(network_elements(net)).chain(mappings)))
+    }
+
+    /// Forgets a network and its endpoints' mappings (planned by `plan_remove_network`).
+    pub fn apply_remove_network(&mut self, id: &str) {
+        let owned: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, (net_id, _))| net_id == id)
+            .map(|(ep, _)| ep.clone())
+            .collect();
+        for ep in owned {
+            self.apply_remove_endpoint(&ep);
+        }
+        if let Some(net) = self.networks.remove(id) {
+            self.release(network_elements(&net));
+        }
+    }
+
+    /// Checks new mappings of an endpoint; returns the elements to add (none for no mappings).
+    pub fn plan_add_mappings(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        mappings: &[PortMapping],
+    ) -> Result<Elements, FirewallError> {
+        for (i, m) in mappings.iter().enumerate() {
+            m.validate(i)?;
+        }
+        if endpoint_id.is_empty() {
+            return Err(FirewallError::invalid("endpoint id", "", "it is empty"));
+        }
+        let Some(net) = self.networks.get(network_id) else {
+            return Err(FirewallError::NotFound {
+                what: "network",
+                id: network_id.to_string(),
+            });
+        };
+        if let Some((other, _)) = self.endpoints.get(endpoint_id)
+            && other != network_id
+        {
+            return Err(FirewallError::Conflict {
+                op: "publish ports".into(),
+                object: format!("endpoint {endpoint_id} on network {network_id}"),
+                reason: format!("the endpoint already publishes ports on network {other}"),
+            });
+        }
+        self.check_mappings(endpoint_id, mappings)?;
+        let mut add = Elements::new();
+        for m in mappings {
+            merge(&mut add, mapping_elements(net, m));
+        }
+        Ok(self.missing(add))
+    }
+
+    /// Records mappings planned by [`Model::plan_add_mappings`].
+    pub fn apply_add_mappings(
+        &mut self,
+        network_id: &str,
+        endpoint_id: &str,
+        mappings: &[PortMapping],
+    ) {
+        if mappings.is_empty() {
+            return;
+        }
+        if let Some(net) = self.networks.get(network_id).cloned() {
+            for m in mappings {
+                self.acquire(mapping_elements(&net, m));
+            }
+        }
+        for m in mappings {
+            let owned = Owned {
+                endpoint: endpoint_id.to_string(),
+                mapping: *m,
+            };
+            self.host_ports
+                .entry((m.proto, m.is_v4(), m.host_key()))
+                .or_default()
+                .insert(m.host_ports.0, owned.clone());
+            self.container_ports
+                .entry((m.proto, m.container_ip))
+                .or_default()
+                .push(owned);
+        }
+        self.endpoints
+            .entry(endpoint_id.to_string())
+            .or_insert_with(|| (network_id.to_string(), Vec::new()))
+            .1
+            .extend_from_slice(mappings);
+    }
+
+    /// The elements to delete with every mapping of an endpoint; `None` if it publishes none.
+    pub fn plan_remove_endpoint(&self, endpoint_id: &str) -> Option<Elements> {
+        let (net_id, maps) = self.endpoints.get(endpoint_id)?;
+        let net = self.networks.get(net_id)?;
+        Some(self.orphaned(maps.iter().map(|m| mapping_elements(net, m))))
+    }
+
+    /// Forgets an endpoint's mappings (planned by [`Model::plan_remove_endpoint`]).
+    pub fn apply_remove_endpoint(&mut self, endpoint_id: &str) {
+        let Some((net_id, maps)) = self.endpoints.remove(endpoint_id) else {
+            return;
+        };
+        if let Some(net) = self.networks.get(&net_id).cloned() {
+            for m in &maps {
+                self.release(mapping_elements(&net, m));
+            }
+        }
+        for m in &maps {
+            let key = (m.proto, m.is_v4(), m.host_key());
+            if let Some(ranges) = self.host_ports.get_mut(&key) {
+                ranges.remove(&m.host_ports.0);
+                if ranges.is_empty() {
+                    self.host_ports.remove(&key);
+                }
+            }
+            let key = (m.proto, m.container_ip);
+            if let Some(list) = self.container_ports.get_mut(&key) {
+                list.retain(|o| o.endpoint != endpoint_id);
+                if list.is_empty() {
+                    self.container_ports.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The published mappings `m` could clash with: those on the same host ports (same or
+    /// wildcard address) and those of the same container address. Logarithmic in the number
+    /// of published mappings.
+    fn neighbours<'a>(&'a self, m: &PortMapping) -> Vec<&'a Owned> {
+        let mut out = Vec::new();
+        let (proto, v4) = (m.proto, m.is_v4());
+        let mut look = |ranges: &'a BTreeMap<u16, Owned>| {
+            if let Some((_, o)) = ranges.range(..=m.host_ports.1).next_back()
+                && o.mapping.host_ports.1 >= m.host_ports.0
+            {
+                out.push(o);
+            }
+        };
+        match m.host_key() {
+            Some(h) => {
+                for key in [(proto, v4, None), (proto, v4, Some(h))] {
+                    if let Some(ranges) = self.host_ports.get(&key) {
+                        look(ranges);
+                    }
+                }
+            }
+            // a wildcard clashes with every address of the family: one lookup per address
+            None => {
+                for (_, ranges) in self
+                    .host_ports
+                    .range((proto, v4, None)..)
+                    .take_while(|((p, f, _), _)| *p == proto && *f == v4)
+                {
+                    look(ranges);
+                }
+            }
+        }
+        if let Some(list) = self.container_ports.get(&(m.proto, m.container_ip)) {
+            out.extend(list);
+        }
+        out
+    }
+
     /// Refuses host ports already published (same protocol and family, overlapping ports, same
     /// or wildcard address) and container port ranges that overlap without being equal.
     pub fn check_mappings(
@@ -497,28 +785,14 @@ impl Model {
         endpoint_id: &str,
         new: &[PortMapping],
     ) -> Result<(), FirewallError> {
-        let existing = self
-            .endpoints
-            .iter()
-            .filter(|(id, _)| id.as_str() != endpoint_id)
-            .flat_map(|(id, (_, ms))| ms.iter().map(move |m| (id.as_str(), m)));
-        let mut seen: Vec<(&str, &PortMapping)> = existing.collect();
-        if let Some((_, ms)) = self.endpoints.get(endpoint_id) {
-            seen.extend(ms.iter().map(|m| (endpoint_id, m)));
-        }
         for (i, m) in new.iter().enumerate() {
-            for (owner, o) in &seen {
-                let host_clash = o.proto == m.proto
-                    && o.is_v4() == m.is_v4()
-                    && ranges_overlap(o.host_ports, m.host_ports)
-                    && (o.host_key().is_none()
-                        || m.host_key().is_none()
-                        || o.host_key() == m.host_key());
-                let container_clash = o.proto == m.proto
-                    && o.container_ip == m.container_ip
-                    && ranges_overlap(o.container_ports, m.container_ports)
-                    && o.container_ports != m.container_ports;
-                if host_clash || container_clash {
+            let earlier = new[..i].iter().map(|o| (endpoint_id, o));
+            let published = self
+                .neighbours(m)
+                .into_iter()
+                .map(|o| (o.endpoint.as_str(), &o.mapping));
+            for (owner, o) in published.chain(earlier) {
+                if clashes(m, o) {
                     return Err(FirewallError::Conflict {
                         op: "publish".into(),
                         object: format!(
@@ -537,7 +811,6 @@ impl Model {
                     });
                 }
             }
-            seen.push((endpoint_id, m));
         }
         Ok(())
     }
@@ -547,21 +820,6 @@ pub(crate) fn merge(into: &mut Elements, from: Elements) {
     for (set, elems) in from {
         into.entry(set).or_default().extend(elems);
     }
-}
-
-/// `a` minus `b`, per set.
-pub(crate) fn subtract(a: &Elements, b: &Elements) -> Elements {
-    let mut out = Elements::new();
-    for (set, elems) in a {
-        let left: BTreeSet<Element> = match b.get(set) {
-            Some(other) => elems.difference(other).cloned().collect(),
-            None => elems.clone(),
-        };
-        if !left.is_empty() {
-            out.insert(*set, left);
-        }
-    }
-    out
 }
 
 /// A desired ruleset as a plain value, without a kernel: what [`crate::Firewall`] keeps inside.
@@ -579,9 +837,8 @@ impl Ruleset {
 
     /// Adds a network, with the same checks as [`crate::Firewall::add_network`].
     pub fn add_network(&mut self, net: &NetworkRules) -> Result<(), FirewallError> {
-        net.validate()?;
-        self.model.check_network(net)?;
-        self.model.networks.insert(net.id.clone(), net.clone());
+        self.model.plan_add_network(net)?;
+        self.model.apply_add_network(net);
         Ok(())
     }
 
@@ -592,22 +849,10 @@ impl Ruleset {
         endpoint_id: &str,
         mappings: &[PortMapping],
     ) -> Result<(), FirewallError> {
-        for (i, m) in mappings.iter().enumerate() {
-            m.validate(i)?;
-        }
-        if !self.model.networks.contains_key(network_id) {
-            return Err(FirewallError::NotFound {
-                what: "network",
-                id: network_id.to_string(),
-            });
-        }
-        self.model.check_mappings(endpoint_id, mappings)?;
         self.model
-            .endpoints
-            .entry(endpoint_id.to_string())
-            .or_insert_with(|| (network_id.to_string(), Vec::new()))
-            .1
-            .extend_from_slice(mappings);
+            .plan_add_mappings(network_id, endpoint_id, mappings)?;
+        self.model
+            .apply_add_mappings(network_id, endpoint_id, mappings);
         Ok(())
     }
 
@@ -683,12 +928,85 @@ mod tests {
     }
 
     #[test]
+    fn shared_elements_are_counted_and_deltas_hold_only_changes() {
+        let net = NetworkRules {
+            id: "n".into(),
+            bridge: "br-n".parse().unwrap(),
+            subnets_v4: vec!["172.18.0.0/16".parse().unwrap()],
+            subnets_v6: vec![],
+            icc: true,
+            masquerade: true,
+            internal: false,
+            gateway_mode: GatewayMode::Nat,
+        };
+        let mut model = Model::default();
+        let add = model.plan_add_network(&net).unwrap();
+        assert_eq!(add, network_elements(&net));
+        model.apply_add_network(&net);
+        // two endpoints' host ports lead to the same container port: one published4 element
+        let a = [m((8080, 8080), (80, 80))];
+        let b = [m((8081, 8081), (80, 80))];
+        let add = model.plan_add_mappings("n", "a", &a).unwrap();
+        assert_eq!(add[&SetName::Published4].len(), 1);
+        assert_eq!(add[&SetName::Dnat4Any].len(), 1);
+        assert!(
+            !add.contains_key(&SetName::Dnat4AnyRange),
+            "single ports are hashed"
+        );
+        model.apply_add_mappings("n", "a", &a);
+        let add = model.plan_add_mappings("n", "b", &b).unwrap();
+        assert!(!add.contains_key(&SetName::Published4), "already installed");
+        assert_eq!(add[&SetName::Dnat4Any].len(), 1);
+        model.apply_add_mappings("n", "b", &b);
+        // removing a keeps the shared element for b
+        let del = model.plan_remove_endpoint("a").unwrap();
+        assert!(!del.contains_key(&SetName::Published4));
+        assert_eq!(del[&SetName::Dnat4Any].len(), 1);
+        model.apply_remove_endpoint("a");
+        // a's host port is free again, b's is not
+        model
+            .check_mappings("c", &[m((8080, 8080), (80, 80))])
+            .unwrap();
+        assert!(
+            model
+                .check_mappings("c", &[m((8081, 8081), (80, 80))])
+                .is_err()
+        );
+        // the network takes b's elements with it, and the model is empty again
+        let del = model.plan_remove_network("n").unwrap();
+        assert_eq!(del[&SetName::Published4].len(), 1);
+        model.apply_remove_network("n");
+        assert!(model.elements().is_empty());
+        assert!(model.endpoints.is_empty());
+        model
+            .check_mappings("c", &[m((8081, 8081), (80, 80))])
+            .unwrap();
+    }
+
+    #[test]
+    fn wildcard_and_specific_host_addresses_clash() {
+        let mut model = Model::default();
+        let mut specific = m((9000, 9010), (9000, 9010));
+        specific.host_ip = Some("10.0.0.1".parse().unwrap());
+        model.apply_add_mappings("n", "a", &[specific]);
+        let mut other_addr = specific;
+        other_addr.host_ip = Some("10.0.0.2".parse().unwrap());
+        other_addr.container_ip = "172.18.0.3".parse().unwrap();
+        model.check_mappings("b", &[other_addr]).unwrap();
+        let mut wildcard = m((9010, 9020), (9010, 9020));
+        wildcard.container_ip = "172.18.0.4".parse().unwrap();
+        assert!(model.check_mappings("b", &[wildcard]).is_err());
+        // and within one call
+        let e = model
+            .check_mappings("c", &[m((1, 1), (1, 1)), m((1, 1), (2, 2))])
+            .unwrap_err();
+        assert!(e.to_string().contains("of endpoint c"), "{e}");
+    }
+
+    #[test]
     fn overlapping_host_ports_conflict() {
         let mut model = Model::default();
-        model.endpoints.insert(
-            "a".into(),
-            ("n".into(), vec![m((8000, 8010), (8000, 8010))]),
-        );
+        model.apply_add_mappings("n", "a", &[m((8000, 8010), (8000, 8010))]);
         let mut other = m((8010, 8010), (80, 80));
         other.container_ip = "172.18.0.3".parse().unwrap();
         let e = model.check_mappings("b", &[other]).unwrap_err();

@@ -1,7 +1,8 @@
 //! The ruleset cnm owns: `table inet cnm`, its sets, chains and constant rules.
 //!
 //! Every rule is constant; per-packet decisions go through set and map lookups, so neither the
-//! packet path nor an operation grows with the number of networks, endpoints or ports.
+//! packet path nor an operation grows with the number of networks, endpoints or ports: single
+//! ports are hash lookups, port ranges interval lookups in sets that hold only ranges.
 //!
 //! Chains (policy accept everywhere: cnm never decides for traffic that is not its own):
 //! - `prerouting` (nat, dstnat): drops packets for 127.0.0.0/8 arriving on a non-loopback
@@ -11,6 +12,10 @@
 //! - `postrouting` (nat, srcnat): hairpin masquerade, masquerade of host loopback sources
 //!   entering a bridge, masquerade of each network's subnets leaving through a non-bridge link.
 //! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound.
+//!   ICC off between two ports of one bridge is the bridge driver's port isolation (frames never
+//!   reach IP hooks without br_netfilter); `intra`'s `icc_off` drop is what stops traffic
+//!   *routed* between two containers of one bridge through the gateway (and bridged frames
+//!   too where br_netfilter happens to be on).
 //!   Every packet it lets through jumps to `allow`, which sets [`FORWARD_MARK`] so a
 //!   Docker/iptables `FORWARD` policy of DROP can accept it (see `compat`).
 
@@ -38,7 +43,9 @@ pub enum SetName {
     Masq4,
     Masq6,
     Published4,
+    Published4Range,
     Published6,
+    Published6Range,
     Dnat4,
     Dnat4Range,
     Dnat4Any,
@@ -91,7 +98,7 @@ use Ty::{IfName as I, Port as P, Proto as R, V4, V6};
 
 impl SetName {
     /// Every set, in table order.
-    pub const ALL: [SetName; 17] = [
+    pub const ALL: [SetName; 19] = [
         Self::Bridges,
         Self::Internal,
         Self::IccOff,
@@ -100,7 +107,9 @@ impl SetName {
         Self::Masq4,
         Self::Masq6,
         Self::Published4,
+        Self::Published4Range,
         Self::Published6,
+        Self::Published6Range,
         Self::Dnat4,
         Self::Dnat4Range,
         Self::Dnat4Any,
@@ -122,7 +131,9 @@ impl SetName {
             Self::Masq4 => "masq4",
             Self::Masq6 => "masq6",
             Self::Published4 => "published4",
+            Self::Published4Range => "published4_range",
             Self::Published6 => "published6",
+            Self::Published6Range => "published6_range",
             Self::Dnat4 => "dnat4",
             Self::Dnat4Range => "dnat4_range",
             Self::Dnat4Any => "dnat4_any",
@@ -134,22 +145,29 @@ impl SetName {
         }
     }
 
-    /// (key fields, data fields, interval)
+    /// (key fields, data fields, interval).
+    ///
+    /// Single ports live in hash sets and maps (concatenated keys, no `flags interval`): the
+    /// kernel's rhash adds and removes one element in O(1). Only real port ranges go to the
+    /// interval (pipapo) sets, which the kernel clones whole on every transaction that touches
+    /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
     fn shape(self) -> (&'static [Ty], &'static [Ty], bool) {
         match self {
             Self::Bridges | Self::Internal | Self::IccOff | Self::Routed => (&[I], &[], false),
             Self::SameBridge => (&[I, I], &[], false),
             Self::Masq4 => (&[I, V4], &[], true),
             Self::Masq6 => (&[I, V6], &[], true),
-            Self::Published4 => (&[V4, R, P], &[], true),
-            Self::Published6 => (&[V6, R, P], &[], true),
-            Self::Dnat4 => (&[V4, R, P], &[V4, P], true),
+            Self::Published4 => (&[V4, R, P], &[], false),
+            Self::Published4Range => (&[V4, R, P], &[], true),
+            Self::Published6 => (&[V6, R, P], &[], false),
+            Self::Published6Range => (&[V6, R, P], &[], true),
+            Self::Dnat4 => (&[V4, R, P], &[V4, P], false),
             Self::Dnat4Range => (&[V4, R, P], &[V4], true),
-            Self::Dnat4Any => (&[R, P], &[V4, P], true),
+            Self::Dnat4Any => (&[R, P], &[V4, P], false),
             Self::Dnat4AnyRange => (&[R, P], &[V4], true),
-            Self::Dnat6 => (&[V6, R, P], &[V6, P], true),
+            Self::Dnat6 => (&[V6, R, P], &[V6, P], false),
             Self::Dnat6Range => (&[V6, R, P], &[V6], true),
-            Self::Dnat6Any => (&[R, P], &[V6, P], true),
+            Self::Dnat6Any => (&[R, P], &[V6, P], false),
             Self::Dnat6AnyRange => (&[R, P], &[V6], true),
         }
     }
@@ -389,10 +407,9 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
         },
     ];
     v.extend(nfproto(fam));
+    v.extend([nh(1, off, len), meta(MetaKey::L4Proto, preg)]);
+    v.extend(hton(map, preg));
     v.extend([
-        nh(1, off, len),
-        meta(MetaKey::L4Proto, preg),
-        Expr::ByteorderHton { reg: preg },
         dport(dreg),
         Expr::Lookup {
             sreg: 1,
@@ -409,6 +426,12 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
     v
 }
 
+/// nft widens `meta l4proto` in a concatenation to network order for interval sets only
+/// (their keys compare as big-endian ranges); a hash set hashes the register as loaded.
+fn hton(set: SetName, reg: u32) -> Option<Expr> {
+    set.shape().2.then_some(Expr::ByteorderHton { reg })
+}
+
 /// `meta nfproto X meta l4proto {…} dnat to meta l4proto . th dport map @m`.
 fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
     let fam = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
@@ -420,7 +443,9 @@ fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
             protos: TCP_UDP_SCTP,
         },
         meta(MetaKey::L4Proto, 1),
-        Expr::ByteorderHton { reg: 1 },
+    ]);
+    v.extend(hton(map, 1));
+    v.extend([
         dport(9),
         Expr::Lookup {
             sreg: 1,
@@ -439,22 +464,17 @@ fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
     v
 }
 
-fn published(v6: bool) -> Vec<Expr> {
-    let (fam, off, len, preg, dreg, set) = if v6 {
-        (NFPROTO_IPV6, 24, 16, 2, 13, SetName::Published6)
+fn published(v6: bool, set: SetName) -> Vec<Expr> {
+    let (fam, off, len, preg, dreg) = if v6 {
+        (NFPROTO_IPV6, 24, 16, 2, 13)
     } else {
-        (NFPROTO_IPV4, 16, 4, 9, 10, SetName::Published4)
+        (NFPROTO_IPV4, 16, 4, 9, 10)
     };
     let mut v = vec![meta(MetaKey::OifName, 1), lookup(1, SetName::Routed)];
     v.extend(nfproto(fam));
-    v.extend([
-        nh(1, off, len),
-        meta(MetaKey::L4Proto, preg),
-        Expr::ByteorderHton { reg: preg },
-        dport(dreg),
-        lookup(1, set),
-        jump("allow"),
-    ]);
+    v.extend([nh(1, off, len), meta(MetaKey::L4Proto, preg)]);
+    v.extend(hton(set, preg));
+    v.extend([dport(dreg), lookup(1, set), jump("allow")]);
     v
 }
 
@@ -660,12 +680,22 @@ pub(crate) fn rules() -> Vec<RuleDef> {
         r(
             "inbound",
             "oifname @routed ip daddr . meta l4proto . th dport @published4 jump allow",
-            published(false),
+            published(false, S::Published4),
+        ),
+        r(
+            "inbound",
+            "oifname @routed ip daddr . meta l4proto . th dport @published4_range jump allow",
+            published(false, S::Published4Range),
         ),
         r(
             "inbound",
             "oifname @routed ip6 daddr . meta l4proto . th dport @published6 jump allow",
-            published(true),
+            published(true, S::Published6),
+        ),
+        r(
+            "inbound",
+            "oifname @routed ip6 daddr . meta l4proto . th dport @published6_range jump allow",
+            published(true, S::Published6Range),
         ),
         r(
             "inbound",

@@ -1,4 +1,6 @@
 //! Timing of publish/unpublish transactions (privileged; prints a small table).
+//! `publish_and_unpublish_timings`: 100 ports in one call; `one_mapping_cost_is_flat`: one
+//! mapping added and removed beside 0 and 1000 other endpoints' mappings.
 //! `unshare --mount --propagation private -- cargo test -p cnm-firewall --release --test bench -- --ignored --nocapture`
 #![allow(clippy::print_stderr)]
 
@@ -100,5 +102,78 @@ async fn publish_and_unpublish_timings() -> Result<()> {
         );
         assert_eq!((add_tx, del_tx), (1, 1));
     }
+    Ok(())
+}
+
+fn network() -> Result<NetworkRules> {
+    Ok(NetworkRules {
+        id: "n1".into(),
+        bridge: "br-n1".parse()?,
+        subnets_v4: vec!["172.18.0.0/16".parse()?],
+        subnets_v6: vec![],
+        icc: true,
+        masquerade: true,
+        internal: false,
+        gateway_mode: GatewayMode::Nat,
+    })
+}
+
+/// Median (publish, unpublish) of one single-port mapping with `others` endpoints present,
+/// each publishing one port (as with 1000 containers on one network).
+async fn one_mapping(others: u16, runs: usize) -> Result<(Duration, Duration)> {
+    let ns = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&ns).await?;
+    fw.add_network(&network()?).await?;
+    for i in 0..others {
+        let ip = std::net::Ipv4Addr::new(172, 18, 1 + (i / 250) as u8, 2 + (i % 250) as u8);
+        fw.add_port_mappings(
+            "n1",
+            &format!("ep{i}"),
+            &[PortMapping {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_ports: (10000 + i, 10000 + i),
+                container_ip: ip.into(),
+                container_ports: (80, 80),
+            }],
+        )
+        .await?;
+    }
+    let probe = [PortMapping {
+        proto: Proto::Tcp,
+        host_ip: None,
+        host_ports: (8080, 8080),
+        container_ip: "172.18.0.2".parse()?,
+        container_ports: (80, 80),
+    }];
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let start = Instant::now();
+        fw.add_port_mappings("n1", "probe", &probe).await?;
+        add.push(start.elapsed());
+        let start = Instant::now();
+        fw.remove_port_mappings("probe").await?;
+        del.push(start.elapsed());
+    }
+    Ok((median(add), median(del)))
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn one_mapping_cost_is_flat() -> Result<()> {
+    let (add0, del0) = one_mapping(0, 100).await?;
+    let (add1k, del1k) = one_mapping(1000, 100).await?;
+    eprintln!("one mapping, 0 others:    publish {add0:?}, unpublish {del0:?}, median of 100");
+    eprintln!("one mapping, 1000 others: publish {add1k:?}, unpublish {del1k:?}, median of 100");
+    // loose bounds: a cost that grows with the number of endpoints is many times larger
+    let slack = Duration::from_micros(300);
+    assert!(
+        add1k <= add0 * 2 + slack,
+        "publish grows: {add0:?} -> {add1k:?}"
+    );
+    assert!(
+        del1k <= del0 * 2 + slack,
+        "unpublish grows: {del0:?} -> {del1k:?}"
+    );
     Ok(())
 }

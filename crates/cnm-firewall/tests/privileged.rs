@@ -251,10 +251,11 @@ async fn a_refused_transaction_changes_nothing() -> Result<()> {
     let a = NetNs::create_anonymous().await?;
     let fw = Firewall::new(&a).await?;
     fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
-    // someone else put an element there behind cnm's back: our interval will collide with it
+    // someone else put an element there behind cnm's back: ours has the same key and
+    // another value, which the kernel refuses (EBUSY)
     sh(
         &a,
-        "nft add element inet cnm dnat4_any '{ tcp . 9000-9010 : 10.0.0.9 . 80 }'",
+        "nft add element inet cnm dnat4_any '{ tcp . 9005 : 10.0.0.9 . 80 }'",
     )
     .await?;
     let before = list(&a).await?;
@@ -263,7 +264,7 @@ async fn a_refused_transaction_changes_nothing() -> Result<()> {
     let e = fw
         .add_port_mappings("n1", "ep1", &[tcp((9005, 9005), "172.18.0.2", (80, 80))])
         .await
-        .expect_err("the kernel must refuse an overlapping interval");
+        .expect_err("the kernel must refuse a clashing element");
     let text = e.to_string();
     assert!(
         text.contains("add element inet cnm dnat4_any { tcp . 9005 : 172.18.0.2 . 80 }"),

@@ -196,6 +196,8 @@ pub struct Link {
     pub up: bool,
     /// Index of the master device, if enslaved.
     pub master: Option<u32>,
+    /// The alias (`IFLA_IFALIAS`), if set.
+    pub alias: Option<String>,
 }
 
 #[cfg(test)]

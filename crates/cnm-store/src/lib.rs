@@ -9,8 +9,9 @@
 //!
 //! **Does not**
 //! - decide what is stored (records and keys belong to cnm-core);
-//! - take the state-directory lock implicitly: the daemon takes [`StateDirLock`] first, then opens
-//!   the store;
+//! - take the state-directory lock in [`RedbStore::open`]: [`RedbStore::open_exclusive`] (and the
+//!   controller's default store, registered here as [`cnm_core::store::DefaultStore`] `redb`)
+//!   takes [`StateDirLock`] first and holds it as long as the store lives;
 //! - share state between hosts (global scope goes to an etcd backend).
 //!
 //! ```
@@ -40,4 +41,25 @@ mod watch;
 
 pub use error::RedbStoreError;
 pub use lock::{LOCK_FILE, StateDirLock};
-pub use redb_store::{DB_FILE, RedbStore};
+pub use redb_store::{DB_FILE, RESTART_PATIENCE, RedbStore};
+
+/// The name under which the embedded store registers itself as the controller's default.
+pub const DEFAULT_STORE_NAME: &str = "redb";
+
+inventory::submit! { cnm_core::store::DefaultStore::new(DEFAULT_STORE_NAME, open_default) }
+
+/// Opens the embedded store as a controller's default: exclusively (see
+/// [`RedbStore::open_exclusive`]).
+fn open_default(
+    state_dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn cnm_core::store::Store>, cnm_core::store::StoreError> {
+    match RedbStore::open_exclusive(state_dir) {
+        Ok(store) => Ok(std::sync::Arc::new(store)),
+        Err(e) => Err(cnm_core::store::StoreError::Open {
+            backend: DEFAULT_STORE_NAME,
+            path: state_dir.to_owned(),
+            kind: e.kind(),
+            source: Box::new(e),
+        }),
+    }
+}

@@ -74,6 +74,30 @@ impl StateDirLock {
         Ok(StateDirLock { path, _file: file })
     }
 
+    /// Like [`StateDirLock::acquire`], but while the lock is held, tries again for up to
+    /// `patience` (backing off from 5 to 100 ms) before refusing.
+    ///
+    /// For a restart after a crash: the crashed holder may have been between `fork` and `exec`
+    /// of a helper (`iptables`, `conntrack`); that orphan holds a copy of the descriptor, and
+    /// so the lock, until its `exec` closes it a moment later. A second live owner is still
+    /// refused, `patience` later.
+    pub fn acquire_within(
+        state_dir: &Path,
+        patience: std::time::Duration,
+    ) -> Result<StateDirLock, RedbStoreError> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match Self::acquire(state_dir) {
+                Err(RedbStoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -22,8 +22,8 @@ use redb::{
     WriteTransaction,
 };
 
-use crate::RedbStoreError;
 use crate::watch::Watchers;
+use crate::{RedbStoreError, StateDirLock};
 
 /// The name of the database file inside the state directory.
 pub const DB_FILE: &str = "state.redb";
@@ -56,8 +56,15 @@ struct Inner {
     db: Database,
     /// Held across a whole commit, including telling the watchers.
     writer: Mutex<()>,
+    /// The state-directory lock, when the store was opened with [`RedbStore::open_exclusive`]:
+    /// held for as long as the store lives.
+    lock: Option<StateDirLock>,
     watchers: Watchers,
 }
+
+/// How long [`RedbStore::open_exclusive`] waits for a held state-directory lock before it
+/// refuses (see [`StateDirLock::acquire_within`]).
+pub const RESTART_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RedbStore {
     /// Opens (or creates) the store in `state_dir`, creating the directory if needed.
@@ -65,6 +72,13 @@ impl RedbStore {
     /// Blocking: opening may repair the file after a crash. Call it before serving requests, or on
     /// the blocking pool.
     pub fn open(state_dir: &Path) -> Result<RedbStore, RedbStoreError> {
+        Self::open_with(state_dir, None)
+    }
+
+    fn open_with(
+        state_dir: &Path,
+        lock: Option<StateDirLock>,
+    ) -> Result<RedbStore, RedbStoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| RedbStoreError::CreateDir {
             path: state_dir.to_owned(),
             source,
@@ -104,6 +118,7 @@ impl RedbStore {
                 db,
                 writer: Mutex::new(()),
                 watchers: Watchers::default(),
+                lock,
             }),
         };
         let revision = store
@@ -112,6 +127,24 @@ impl RedbStore {
             .map_err(init("read the store revision"))?;
         tracing::info!(path = %store.inner.path.display(), revision, "store opened");
         Ok(store)
+    }
+
+    /// Takes the state-directory lock ([`StateDirLock::acquire_within`], waiting up to
+    /// [`RESTART_PATIENCE`] for a crashed holder's orphaned helper to let go), then opens the store, which holds the
+    /// lock until it is dropped: the one process that owns the state directory is the one
+    /// whose store is open on it. Refused, naming the lock file and its holder's pid, when
+    /// another process (or another open in this one) holds it.
+    ///
+    /// Blocking, like [`RedbStore::open`].
+    pub fn open_exclusive(state_dir: &Path) -> Result<RedbStore, RedbStoreError> {
+        let lock = StateDirLock::acquire_within(state_dir, RESTART_PATIENCE)?;
+        Self::open_with(state_dir, Some(lock))
+    }
+
+    /// The state-directory lock this store holds, if it was opened with
+    /// [`RedbStore::open_exclusive`].
+    pub fn lock(&self) -> Option<&StateDirLock> {
+        self.inner.lock.as_ref()
     }
 
     /// The database file.

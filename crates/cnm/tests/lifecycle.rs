@@ -114,7 +114,7 @@ async fn seed_life_cycle_with_bridge() -> Result<()> {
     );
     assert!(std::fs::read_to_string(sandbox.resolv_conf_path())?.contains("nameserver"));
 
-    // Records: network, endpoint (joined), sandbox, IPAM state.
+    // Records: network, endpoint (joined), sandbox; no IPAM snapshot (rebuilt from these).
     let keys: Vec<String> = store_listing(&ctl)
         .await?
         .into_iter()
@@ -132,7 +132,7 @@ async fn seed_life_cycle_with_bridge() -> Result<()> {
         keys.contains(&format!("sandbox/{}", sandbox.id())),
         "{keys:?}"
     );
-    assert!(keys.iter().any(|k| k.starts_with("ipam/")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("ipam/")), "{keys:?}");
     let rec: serde_json::Value = serde_json::from_slice(
         &ctl.store()
             .get(&format!("endpoint/{}/{}", network.id(), ep.id()))
@@ -156,7 +156,7 @@ async fn seed_life_cycle_with_bridge() -> Result<()> {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    assert!(left.iter().all(|k| k.starts_with("ipam/")), "{left:?}");
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(link_names(host.netlink()).await?, host_links_before);
     Ok(())
 }

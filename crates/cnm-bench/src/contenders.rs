@@ -1,0 +1,702 @@
+//! The contenders of the attach/detach, ports, scale and parallel scenarios: each one builds a
+//! sandbox, an endpoint on an existing bridge network and its published ports, its own way, in
+//! its own throwaway host namespace.
+//!
+//! Attach `i` always means sandbox `i`: the same names, the `i`th address of the subnet and the
+//! ports asked for, so every contender does the same work.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use cnm::{Controller, Endpoint, EndpointOptions, Network, NetworkOptions, PortBinding, Sandbox};
+use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
+use cnm_testkit::TestHost;
+use cnm_types::IfName;
+use ipnet::{IpNet, Ipv4Net};
+use serde_json::Value;
+
+use crate::peers::{self, BridgeNet, Cmd, Peers, PortSpec};
+
+/// The network every contender attaches to (each in its own host namespace).
+pub fn bench_net() -> BridgeNet {
+    BridgeNet {
+        name: "benchnet".into(),
+        bridge: "benchbr0".into(),
+        subnet: "10.89.0.0/16".parse().expect("constant subnet"),
+        gateway: "10.89.0.1".parse().expect("constant gateway"),
+    }
+}
+
+/// The ports attach `i` publishes in the attach and scale scenarios: one TCP port.
+pub fn one_port(i: u32) -> Vec<PortSpec> {
+    vec![PortSpec::single(20000 + (i % 20000) as u16, 80)]
+}
+
+/// Which contender, before it is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// cnm through the library.
+    Cnm,
+    /// cnm through the `cnm` CLI and `cnmd`.
+    Cli,
+    /// The same netlink and nftables messages with no bookkeeping.
+    Floor,
+    /// One `ip -batch` per side plus one `nft -f`.
+    IpBatch,
+    /// Debian's netavark 1.4 (iptables).
+    NetavarkDeb,
+    /// netavark 1.17.2 with the nftables driver.
+    Netavark,
+    /// The CNI reference plugins: bridge + host-local + portmap.
+    Cni,
+    /// `docker network connect/disconnect`.
+    Docker,
+}
+
+impl Kind {
+    /// The contender's name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Cnm => "cnm",
+            Kind::Cli => "cnm-cli",
+            Kind::Floor => "floor",
+            Kind::IpBatch => "ip-batch",
+            Kind::NetavarkDeb => "netavark-1.4",
+            Kind::Netavark => "netavark",
+            Kind::Cni => "cni",
+            Kind::Docker => "docker",
+        }
+    }
+
+    /// Every attach contender, in report order.
+    pub const ALL: [Kind; 8] = [
+        Kind::Cnm,
+        Kind::Cli,
+        Kind::Floor,
+        Kind::IpBatch,
+        Kind::NetavarkDeb,
+        Kind::Netavark,
+        Kind::Cni,
+        Kind::Docker,
+    ];
+}
+
+/// A contender that is set up and ready to attach.
+pub struct Contender {
+    /// Which one.
+    pub kind: Kind,
+    host: TestHost,
+    imp: Imp,
+}
+
+enum Imp {
+    Cnm(CnmImp),
+    Cli(CliImp),
+    Floor(FloorImp),
+    IpBatch,
+    Netavark(NetavarkImp),
+    Cni(CniImp),
+    Docker(DockerImp),
+}
+
+struct CnmImp {
+    ctl: Controller,
+    net: Network,
+    _resolv: tempfile::NamedTempFile,
+    live: Mutex<HashMap<u32, (Sandbox, Endpoint)>>,
+}
+
+/// `cnmd` running in the throwaway host namespace, driven through the `cnm` CLI.
+struct CliImp {
+    cnm: PathBuf,
+    host_arg: String,
+    daemon: std::process::Child,
+}
+
+impl Drop for CliImp {
+    fn drop(&mut self) {
+        // SIGTERM: cnmd shuts down cleanly; then reap it.
+        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+            let _ = self.daemon.kill(); // already gone or not ours to signal: make sure
+        }
+        let _ = self.daemon.wait();
+    }
+}
+
+struct FloorImp {
+    netlink: Netlink,
+    bridge: u32,
+    fw: Firewall,
+}
+
+struct NetavarkImp {
+    binary: PathBuf,
+    config_dir: tempfile::TempDir,
+    firewall: &'static str,
+    live: Mutex<HashMap<u32, Value>>,
+}
+
+struct CniImp {
+    dir: PathBuf,
+    data_dir: tempfile::TempDir,
+    live: Mutex<HashMap<u32, (Value, Vec<PortSpec>)>>,
+}
+
+struct DockerImp {
+    network: String,
+    container: String,
+}
+
+/// Why a contender cannot run here ("not installed", "not reachable", …), or a real error.
+pub enum Unavailable {
+    /// Reported as the contender's status.
+    Status(String),
+    /// Setting it up failed.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Unavailable {
+    fn from(e: anyhow::Error) -> Self {
+        Unavailable::Failed(e)
+    }
+}
+
+impl Contender {
+    /// Sets the contender up in a fresh throwaway host namespace with the bridge network
+    /// created (and, for the peers that delete an empty bridge, kept alive).
+    pub async fn setup(kind: Kind, peers: &Peers) -> Result<Contender, Unavailable> {
+        let host = TestHost::new().await?;
+        let net = bench_net();
+        let imp = match kind {
+            Kind::Cnm => {
+                let resolv = tempfile::NamedTempFile::new().context("resolv.conf")?;
+                std::fs::write(resolv.path(), "nameserver 192.0.2.53\n").context("resolv.conf")?;
+                let ctl = Controller::builder()
+                    .host_netns(host.netns().clone())
+                    .run_dir(host.run_dir())
+                    .state_dir(host.state_dir())
+                    .resolv_conf(resolv.path())
+                    .build()
+                    .await
+                    .context("failed to build a cnm controller")?;
+                let cnm_net = ctl
+                    .new_network(
+                        "bridge",
+                        &net.name,
+                        NetworkOptions::default().subnet(IpNet::V4(net.subnet)),
+                    )
+                    .await
+                    .context("failed to create the cnm network")?;
+                Imp::Cnm(CnmImp {
+                    ctl,
+                    net: cnm_net,
+                    _resolv: resolv,
+                    live: Mutex::new(HashMap::new()),
+                })
+            }
+            Kind::Cli => {
+                let (cnm, cnmd) = peers
+                    .cli
+                    .clone()
+                    .map_err(|why| Unavailable::Status(format!("not available: {why}")))?;
+                Imp::Cli(cli_setup(&host, &net, cnm, cnmd).await?)
+            }
+            Kind::Floor => Imp::Floor(floor_setup(&host, &net).await?),
+            Kind::IpBatch => {
+                let script = format!(
+                    "link add {br} type bridge\naddr add {gw}/{len} dev {br}\nlink set {br} up\n",
+                    br = net.bridge,
+                    gw = net.gateway,
+                    len = net.subnet.prefix_len()
+                );
+                Cmd::new("ip", &["-batch", "-"])
+                    .stdin(script)
+                    .run_in(host.netns())
+                    .await?;
+                Cmd::new("nft", &["-f", "-"])
+                    .stdin(peers::NFT_BASE)
+                    .run_in(host.netns())
+                    .await?;
+                Imp::IpBatch
+            }
+            Kind::NetavarkDeb | Kind::Netavark => {
+                let (binary, firewall) = if kind == Kind::NetavarkDeb {
+                    (peers.netavark_deb.clone(), "iptables")
+                } else {
+                    (peers.netavark_new.clone(), "nftables")
+                };
+                let binary = binary.ok_or_else(|| Unavailable::Status("not installed".into()))?;
+                let imp = NetavarkImp {
+                    binary,
+                    config_dir: tempfile::tempdir().context("netavark config dir")?,
+                    firewall,
+                    live: Mutex::new(HashMap::new()),
+                };
+                Imp::Netavark(imp)
+            }
+            Kind::Cni => {
+                let dir = peers
+                    .cni_dir
+                    .clone()
+                    .ok_or_else(|| Unavailable::Status("not installed".into()))?;
+                Imp::Cni(CniImp {
+                    dir,
+                    data_dir: tempfile::tempdir().context("CNI data dir")?,
+                    live: Mutex::new(HashMap::new()),
+                })
+            }
+            Kind::Docker => Imp::Docker(docker_setup().await?),
+        };
+        let c = Contender { kind, host, imp };
+        // netavark deletes the bridge with its last container: a keeper container holds it, so
+        // every timed attach joins an existing network, as for the others.
+        if matches!(c.imp, Imp::Netavark(_) | Imp::Cni(_)) {
+            c.attach(KEEPER, &[]).await?;
+        }
+        Ok(c)
+    }
+
+    /// Attach `i`: sandbox, endpoint, join, publish `ports`.
+    pub async fn attach(&self, i: u32, ports: &[PortSpec]) -> Result<()> {
+        let net = bench_net();
+        let ip = net.address(i);
+        match &self.imp {
+            Imp::Cnm(c) => {
+                let mut opts = EndpointOptions::default();
+                for p in ports {
+                    let binding: PortBinding = p
+                        .docker_syntax()
+                        .parse()
+                        .with_context(|| format!("port binding {}", p.docker_syntax()))?;
+                    opts = opts.publish(binding);
+                }
+                let name = format!("c{i}");
+                let sb = c.ctl.new_sandbox(&name, []).await?;
+                let ep = c.net.create_endpoint(&name, opts).await?;
+                ep.join_sandbox(&sb, []).await?;
+                lock(&c.live).insert(i, (sb, ep));
+            }
+            Imp::Cli(c) => {
+                let name = format!("c{i}");
+                self.cli(c, &["sandbox", "create", &name]).await?;
+                let mut args = vec!["connect".to_owned()];
+                for p in ports {
+                    args.extend(["-p".to_owned(), p.docker_syntax()]);
+                }
+                args.extend([net.name.clone(), name]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                self.cli(c, &args).await?;
+            }
+            Imp::Floor(f) => floor_attach(f, &self.host, i, ip, ports).await?,
+            Imp::IpBatch => {
+                let (sb, veth) = (format!("sb{i}"), format!("vb{i}"));
+                let ns = self.host.netns();
+                Cmd::new("ip", &["-batch", "-"])
+                    .stdin(peers::ip_attach_host_script(&sb, &veth, &net.bridge))
+                    .run_in(ns)
+                    .await?;
+                let addr = Ipv4Net::new(ip, net.subnet.prefix_len()).context("address")?;
+                Cmd::new("ip", &["-n", &sb, "-batch", "-"])
+                    .stdin(peers::ip_attach_sandbox_script(addr, net.gateway))
+                    .run_in(ns)
+                    .await?;
+                if !ports.is_empty() {
+                    Cmd::new("nft", &["-f", "-"])
+                        .stdin(peers::nft_ports_script(true, ip, ports))
+                        .run_in(ns)
+                        .await?;
+                }
+            }
+            Imp::Netavark(n) => {
+                let path = self.sandbox_path("netavark", i);
+                NetNs::create(&path).await?;
+                let config = peers::netavark_config(&format!("c{i}"), &net, ip, ports);
+                self.netavark(n, "setup", &path, &config).await?;
+                lock(&n.live).insert(i, config);
+            }
+            Imp::Cni(c) => {
+                let path = self.sandbox_path("cni", i);
+                NetNs::create(&path).await?;
+                let bridge = peers::cni_bridge_config(&net, c.data_dir.path());
+                let result = self.cni(c, "ADD", "bridge", i, &path, &bridge).await?;
+                let result = if ports.is_empty() {
+                    result
+                } else {
+                    let pm = peers::cni_portmap_config(&net, ports, &result);
+                    self.cni(c, "ADD", "portmap", i, &path, &pm).await?
+                };
+                lock(&c.live).insert(i, (result, ports.to_vec()));
+            }
+            Imp::Docker(d) => {
+                Cmd::new("docker", &["network", "connect", &d.network, &d.container])
+                    .run_in(self.host.netns())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detach `i`: the reverse of [`Contender::attach`].
+    pub async fn detach(&self, i: u32, ports: &[PortSpec]) -> Result<()> {
+        let net = bench_net();
+        match &self.imp {
+            Imp::Cnm(c) => {
+                let (sb, ep) = lock(&c.live)
+                    .remove(&i)
+                    .with_context(|| format!("attach {i} is not live"))?;
+                ep.leave_sandbox(&sb).await?;
+                ep.delete().await?;
+                sb.delete().await?;
+            }
+            Imp::Cli(c) => {
+                let name = format!("c{i}");
+                self.cli(c, &["disconnect", &net.name, &name]).await?;
+                self.cli(c, &["sandbox", "rm", &name]).await?;
+            }
+            Imp::Floor(f) => floor_detach(f, &self.host, i).await?,
+            Imp::IpBatch => {
+                let ns = self.host.netns();
+                if !ports.is_empty() {
+                    Cmd::new("nft", &["-f", "-"])
+                        .stdin(peers::nft_ports_script(false, net.address(i), ports))
+                        .run_in(ns)
+                        .await?;
+                }
+                Cmd::new("ip", &["-batch", "-"])
+                    .stdin(peers::ip_detach_script(
+                        &format!("sb{i}"),
+                        &format!("vb{i}"),
+                    ))
+                    .run_in(ns)
+                    .await?;
+            }
+            Imp::Netavark(n) => {
+                let config = lock(&n.live)
+                    .remove(&i)
+                    .with_context(|| format!("attach {i} is not live"))?;
+                let path = self.sandbox_path("netavark", i);
+                self.netavark(n, "teardown", &path, &config).await?;
+                NetNs::delete(&path).await?;
+            }
+            Imp::Cni(c) => {
+                let (result, ports) = lock(&c.live)
+                    .remove(&i)
+                    .with_context(|| format!("attach {i} is not live"))?;
+                let path = self.sandbox_path("cni", i);
+                if !ports.is_empty() {
+                    let pm = peers::cni_portmap_config(&net, &ports, &result);
+                    self.cni(c, "DEL", "portmap", i, &path, &pm).await?;
+                }
+                let mut bridge = peers::cni_bridge_config(&net, c.data_dir.path());
+                bridge["prevResult"] = result;
+                self.cni(c, "DEL", "bridge", i, &path, &bridge).await?;
+                NetNs::delete(&path).await?;
+            }
+            Imp::Docker(d) => {
+                Cmd::new(
+                    "docker",
+                    &["network", "disconnect", &d.network, &d.container],
+                )
+                .run_in(self.host.netns())
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes what setup did that dropping the host namespace does not (the keeper's sandbox,
+    /// docker's network); errors are returned, not hidden.
+    pub async fn finish(self) -> Result<()> {
+        if matches!(self.imp, Imp::Netavark(_) | Imp::Cni(_)) {
+            self.detach(KEEPER, &[]).await?;
+        }
+        if let Imp::Docker(d) = &self.imp {
+            Cmd::new("docker", &["network", "rm", &d.network])
+                .run_in(self.host.netns())
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn sandbox_path(&self, dir: &str, i: u32) -> PathBuf {
+        self.host.run_dir().join(dir).join(format!("sb{i}"))
+    }
+
+    async fn cli(&self, c: &CliImp, args: &[&str]) -> Result<()> {
+        cli_run(&c.cnm, &c.host_arg, args, self.host.netns()).await
+    }
+
+    /// The process id of `cnmd`, for the CLI contender.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        match &self.imp {
+            Imp::Cli(c) => Some(c.daemon.id()),
+            _ => None,
+        }
+    }
+
+    async fn netavark(
+        &self,
+        n: &NetavarkImp,
+        command: &str,
+        netns: &std::path::Path,
+        config: &Value,
+    ) -> Result<()> {
+        let config_dir = n.config_dir.path().display().to_string();
+        let netns = netns.display().to_string();
+        Cmd::new(
+            &n.binary,
+            &[
+                "--config",
+                &config_dir,
+                "--rootless",
+                "false",
+                command,
+                &netns,
+            ],
+        )
+        .env("NETAVARK_FW", n.firewall)
+        .stdin(config.to_string())
+        .run_in(self.host.netns())
+        .await?;
+        Ok(())
+    }
+
+    async fn cni(
+        &self,
+        c: &CniImp,
+        command: &str,
+        plugin: &str,
+        i: u32,
+        netns: &std::path::Path,
+        config: &Value,
+    ) -> Result<Value> {
+        let out = Cmd::new(c.dir.join(plugin), &[])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", peers::long_id(&format!("c{i}")))
+            .env("CNI_NETNS", netns.display().to_string())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", c.dir.display().to_string())
+            .stdin(config.to_string())
+            .run_in(self.host.netns())
+            .await?;
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("CNI {plugin} {command} printed no JSON result"))
+    }
+}
+
+/// The attach index of the keeper container (far above any timed one).
+const KEEPER: u32 = 60_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ifname(s: &str) -> Result<IfName> {
+    IfName::new(s).with_context(|| format!("interface name {s}"))
+}
+
+async fn cli_run(cnm: &std::path::Path, host_arg: &str, args: &[&str], ns: &NetNs) -> Result<()> {
+    let mut all = vec!["--host", host_arg];
+    all.extend_from_slice(args);
+    Cmd::new(cnm, &all).run_in(ns).await?;
+    Ok(())
+}
+
+/// Starts `cnmd` inside the host namespace with its socket and directories under the host's
+/// temporary ones, waits (bounded) until it answers, and creates the network through the CLI.
+async fn cli_setup(
+    host: &TestHost,
+    net: &BridgeNet,
+    cnm: PathBuf,
+    cnmd: PathBuf,
+) -> Result<CliImp> {
+    let run_dir = host.run_dir().join("cnmd");
+    let socket = run_dir.join("cnm.sock");
+    let args: Vec<String> = vec![
+        "--socket".into(),
+        socket.display().to_string(),
+        "--run-dir".into(),
+        run_dir.display().to_string(),
+        "--state-dir".into(),
+        host.state_dir().display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let program = cnmd.clone();
+    let daemon = host
+        .netns()
+        .run(move || {
+            std::process::Command::new(program)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        })
+        .await?
+        .with_context(|| format!("failed to start {}", cnmd.display()))?;
+    let imp = CliImp {
+        cnm,
+        host_arg: format!("unix://{}", socket.display()),
+        daemon,
+    };
+    let mut last = None;
+    for _ in 0..100 {
+        match cli_run(&imp.cnm, &imp.host_arg, &["info"], host.netns()).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    if let Some(e) = last {
+        return Err(e.context("cnmd did not answer within 5 s"));
+    }
+    let subnet = net.subnet.to_string();
+    cli_run(
+        &imp.cnm,
+        &imp.host_arg,
+        &["network", "create", "--subnet", &subnet, &net.name],
+        host.netns(),
+    )
+    .await?;
+    Ok(imp)
+}
+
+async fn floor_setup(host: &TestHost, net: &BridgeNet) -> Result<FloorImp> {
+    let netlink = host.netlink().clone();
+    let mut spec = LinkSpec::new(ifname(&net.bridge)?, LinkKind::Bridge);
+    spec.up = true;
+    netlink.create_link(&spec).await?;
+    let bridge = netlink
+        .link(&net.bridge)
+        .await?
+        .context("bridge vanished")?
+        .index;
+    netlink
+        .add_address(
+            bridge,
+            IpNet::V4(Ipv4Net::new(net.gateway, net.subnet.prefix_len())?),
+        )
+        .await?;
+    let fw = Firewall::new(host.netns()).await?;
+    fw.add_network(&NetworkRules {
+        id: net.name.clone(),
+        bridge: ifname(&net.bridge)?,
+        subnets_v4: vec![net.subnet],
+        subnets_v6: vec![],
+        icc: true,
+        masquerade: true,
+        internal: false,
+        gateway_mode: GatewayMode::Nat,
+    })
+    .await?;
+    Ok(FloorImp {
+        netlink,
+        bridge,
+        fw,
+    })
+}
+
+async fn floor_attach(
+    f: &FloorImp,
+    host: &TestHost,
+    i: u32,
+    ip: Ipv4Addr,
+    ports: &[PortSpec],
+) -> Result<()> {
+    let net = bench_net();
+    let ns = NetNs::create(host.run_dir().join("floor").join(format!("sb{i}"))).await?;
+    let mut spec = LinkSpec::new(
+        ifname(&format!("vf{i}"))?,
+        LinkKind::Veth {
+            peer_name: ifname("eth0")?,
+            peer_ns: Some(ns.clone()),
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: true,
+        },
+    );
+    spec.master = Some(f.bridge);
+    spec.up = true;
+    f.netlink.create_link(&spec).await?;
+    let inside = Netlink::connect(&ns).await?;
+    inside.loopback_up().await?;
+    let eth0 = inside.link("eth0").await?.context("eth0 vanished")?.index;
+    inside
+        .add_address(eth0, IpNet::V4(Ipv4Net::new(ip, net.subnet.prefix_len())?))
+        .await?;
+    inside
+        .add_route(&RouteSpec::default_via(IpAddr::V4(net.gateway), Some(eth0)))
+        .await?;
+    if !ports.is_empty() {
+        let mappings: Vec<PortMapping> = ports
+            .iter()
+            .map(|p| PortMapping {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_ports: (p.host_port, p.host_port + p.range - 1),
+                container_ip: IpAddr::V4(ip),
+                container_ports: (p.container_port, p.container_port + p.range - 1),
+            })
+            .collect();
+        f.fw.add_port_mappings(&net.name, &format!("ep{i}"), &mappings)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn floor_detach(f: &FloorImp, host: &TestHost, i: u32) -> Result<()> {
+    f.fw.remove_port_mappings(&format!("ep{i}")).await?;
+    let veth = format!("vf{i}");
+    let index = f
+        .netlink
+        .link(&veth)
+        .await?
+        .with_context(|| format!("{veth} vanished"))?
+        .index;
+    f.netlink.delete_link(index).await?;
+    NetNs::delete(host.run_dir().join("floor").join(format!("sb{i}"))).await?;
+    Ok(())
+}
+
+/// The Docker contender needs a reachable dockerd and a running container to connect.
+async fn docker_setup() -> Result<DockerImp, Unavailable> {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        return Err(Unavailable::Status("not reachable".into()));
+    }
+    let me = NetNs::current().context("current netns")?;
+    let ps = Cmd::new("docker", &["ps", "-q"])
+        .run_in(&me)
+        .await
+        .map_err(|e| Unavailable::Status(format!("not available: docker ps failed: {e:#}")))?;
+    let Some(container) = String::from_utf8_lossy(&ps.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+    else {
+        return Err(Unavailable::Status(
+            "not available: dockerd has no running container to connect".into(),
+        ));
+    };
+    let network = format!("cnm-bench-{}", std::process::id());
+    Cmd::new("docker", &["network", "create", &network])
+        .run_in(&me)
+        .await?;
+    Ok(DockerImp { network, container })
+}

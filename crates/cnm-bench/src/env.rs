@@ -1,0 +1,84 @@
+//! The process's surroundings: a private mount namespace with its own `/run/netns` and
+//! `/run/cnm`, and a description of the machine for the report.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use serde_json::{Value, json};
+
+/// Directories that get a private tmpfs, so `ip netns add` and cnm's bind mounts made by the
+/// benchmark never show in the machine's `/run`.
+const PRIVATE_RUN_DIRS: &[&str] = &["/run/netns", "/run/cnm"];
+
+/// Moves this process into a new mount namespace (nothing propagates back) and mounts a tmpfs on
+/// each of `/run/netns` and `/run/cnm`.
+///
+/// Must run before any other thread exists: `unshare(CLONE_NEWNS)` refuses a process whose
+/// threads share their filesystem context.
+pub fn enter_private_mounts() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)
+        .context("failed to unshare the mount namespace (the benchmark needs root)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("failed to make / private in the new mount namespace")?;
+    for dir in PRIVATE_RUN_DIRS {
+        if !Path::new(dir).is_dir() {
+            // xtask creates missing mount points beforehand and removes them afterwards.
+            bail!("mount point {dir} is missing (run the benchmark with `cargo xtask bench`)");
+        }
+        mount(
+            Some("cnm-bench"),
+            *dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755,size=64m"),
+        )
+        .with_context(|| format!("failed to mount a private tmpfs on {dir}"))?;
+    }
+    Ok(())
+}
+
+/// Host name, kernel, CPUs and memory: enough to tell two machines' results apart.
+pub fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mem_total_mb = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb / 1024);
+    json!({
+        "hostname": read("/proc/sys/kernel/hostname").trim(),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "mem_total_mb": mem_total_mb,
+    })
+}
+
+/// This process's resident and peak resident memory in KiB (`VmRSS`, `VmHWM`).
+pub fn rss_kib() -> Result<(u64, u64)> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("failed to read /proc/self/status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/self/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}

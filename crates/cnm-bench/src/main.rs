@@ -1,0 +1,345 @@
+//! cnm-bench: cnm measured against the tools users would use instead, on one machine, in one
+//! run, as ratios.
+//!
+//! **Owns**: the scenarios (attach/detach, ports, scale, parallel, IPAM, data path, restart,
+//! memory), the contenders (cnm as a library, the `floor` of the same kernel messages with no
+//! bookkeeping, `ip -batch` + `nft -f`, netavark 1.4 and 1.17, the CNI plugins, Docker), the
+//! statistics (median, p95, ratio), the table, the targets and `target/bench/latest.json`.
+//! **Does not**: install or build the peers (`cargo xtask bench --install-peers` does), or
+//! touch the machine's own network namespace: every contender run gets a throwaway "host"
+//! namespace, peers are spawned from a thread inside it, and `/run/netns` and `/run/cnm` are
+//! private tmpfs mounts of this process.
+//!
+//! ```text
+//! cargo xtask bench --quick                  # about two minutes
+//! cargo xtask bench --install-peers          # install the peers, then the full run
+//! cargo xtask bench attach detach            # only these scenarios
+//! cnm-bench --contenders cnm,floor -n 3 --out /tmp/x.json attach   # what the smoke test runs
+//! ```
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user
+
+mod children;
+mod contenders;
+mod datapath;
+mod env;
+mod peers;
+mod report;
+mod restart;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use crate::peers::Peers;
+use crate::report::{Outcome, Report, SCENARIOS};
+use crate::scenarios::{Bench, Options};
+
+const USAGE: &str = "\
+usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--out FILE] [--peers-dir DIR]
+                 [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT] [SCENARIO…]
+scenarios (default: all): attach detach ports100-setup ports100-teardown ports1000range-setup
+  ports1000range-teardown scale-attach-{1,100,500,1000} scale-network-{1,200} parallel32
+  ipam-v4-16 ipam-v6-64 ipam-memory-1m-v6 datapath-bridge datapath-published restart memory
+  (also the groups: ports scale ipam datapath)
+";
+
+/// The command line, parsed.
+#[derive(Debug, Default, PartialEq)]
+struct Args {
+    quick: bool,
+    iterations: Option<usize>,
+    contenders: Option<Vec<String>>,
+    out: Option<PathBuf>,
+    peers_dir: Option<PathBuf>,
+    cli: Option<PathBuf>,
+    cnmd: Option<PathBuf>,
+    cli_unavailable: Option<String>,
+    command: Option<String>,
+    scenarios: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "-n" => a.iterations = Some(value("-n")?.parse().context("-n takes a number")?),
+            "--contenders" => {
+                a.contenders = Some(
+                    value("--contenders")?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
+            "--out" => a.out = Some(value("--out")?.into()),
+            "--peers-dir" => a.peers_dir = Some(value("--peers-dir")?.into()),
+            "--cli" => a.cli = Some(value("--cli")?.into()),
+            "--cnmd" => a.cnmd = Some(value("--cnmd")?.into()),
+            "--cli-unavailable" => a.cli_unavailable = Some(value("--cli-unavailable")?),
+            "--command" => a.command = Some(value("--command")?),
+            "-h" | "--help" => bail!("{USAGE}"),
+            flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
+            name => a.scenarios.extend(expand(name)?),
+        }
+    }
+    if a.scenarios.is_empty() {
+        a.scenarios = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+    }
+    Ok(a)
+}
+
+/// A scenario name or a group of them.
+fn expand(name: &str) -> Result<Vec<String>> {
+    let group: Vec<&str> = match name {
+        "ports" => SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with("ports"))
+            .collect(),
+        "scale" => SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with("scale"))
+            .collect(),
+        "ipam" => SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with("ipam"))
+            .collect(),
+        "datapath" => SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with("datapath"))
+            .collect(),
+        one if SCENARIOS.contains(&one) => vec![one],
+        other => bail!("unknown scenario {other}\n{USAGE}"),
+    };
+    Ok(group.into_iter().map(str::to_owned).collect())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = match args.first().map(String::as_str) {
+        Some("__memory-child") => child(|rt| {
+            let count = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1000);
+            rt.block_on(children::memory_child(count))
+        }),
+        Some("__ipam-memory-child") => child(|_| children::ipam_memory_child()),
+        _ => parse_args(&args).and_then(run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cnm-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")
+}
+
+/// A measuring child: prints its JSON object on stdout.
+fn child(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<serde_json::Value>) -> Result<()> {
+    let rt = runtime()?;
+    let value = f(&rt)?;
+    println!("{value}");
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    // Before any thread exists (unshare of the mount namespace needs that).
+    env::enter_private_mounts()?;
+    let rt = runtime()?;
+    let command = args.command.clone().unwrap_or_else(|| {
+        std::iter::once("cnm-bench".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let cli = match (&args.cli_unavailable, &args.cli, &args.cnmd) {
+        (Some(why), _, _) => Err(why.clone()),
+        (None, Some(cnm), Some(cnmd)) => Ok((cnm.clone(), cnmd.clone())),
+        _ => Err("no cnm/cnmd binaries given (run through `cargo xtask bench`)".to_owned()),
+    };
+    let peers_dir = args
+        .peers_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/peers"));
+    let mut bench = Bench {
+        opts: Options {
+            quick: args.quick,
+            iterations: args.iterations,
+            contenders: args.contenders.clone(),
+            runs_datapath: if args.quick { 1 } else { 3 },
+            secs_datapath: if args.quick { 1 } else { 3 },
+        },
+        peers: Peers::find(&peers_dir, cli),
+        report: Report::default(),
+    };
+    let started = std::time::Instant::now();
+    rt.block_on(run_scenarios(&mut bench, &args.scenarios));
+    let date = report::rfc3339_now();
+    let doc = bench.report.to_json(env::machine(), &date, &command);
+    println!("\n{}", bench.report.table());
+    println!("targets:\n{}", report::targets_text(&bench.report));
+    println!(
+        "cnm-bench: finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("failed to write {}", out.display()))?;
+    println!("cnm-bench: wrote {}", out.display());
+    Ok(())
+}
+
+async fn run_scenarios(bench: &mut Bench, scenarios: &[String]) {
+    let wants = |prefix: &str| scenarios.iter().any(|s| s.starts_with(prefix));
+    let phase = |name: &str| eprintln!("cnm-bench: {name} …");
+    if wants("attach") || wants("detach") {
+        phase("attach/detach");
+        bench.attach_detach().await;
+    }
+    if wants("ports") {
+        phase("ports");
+        bench.ports().await;
+    }
+    if wants("scale-attach") {
+        phase("scale (1000 attaches on one network)");
+        bench.scale_attach().await;
+    }
+    if wants("scale-network") {
+        phase("scale (200 networks)");
+        bench.scale_network().await;
+    }
+    if wants("parallel32") {
+        phase("parallel");
+        bench.parallel().await;
+    }
+    if wants("ipam") {
+        phase("ipam");
+        bench.ipam(scenarios).await;
+    }
+    if wants("datapath") {
+        phase("data path");
+        datapath(bench, scenarios).await;
+    }
+    if wants("restart") {
+        phase("restart");
+        bench.restart().await;
+    }
+    if wants("memory") {
+        phase("memory");
+        bench.memory().await;
+    }
+    // Only the scenarios asked for stay in the report (a group may have filled its siblings).
+    bench
+        .report
+        .scenarios
+        .retain(|name, _| scenarios.contains(name));
+}
+
+async fn datapath(bench: &mut Bench, scenarios: &[String]) {
+    let (runs, secs) = (bench.opts.runs_datapath, bench.opts.secs_datapath);
+    let Some(iperf3) = bench.peers.iperf3.clone() else {
+        for sc in ["datapath-bridge", "datapath-published"] {
+            bench
+                .report
+                .set(sc, "cnm", Outcome::Status("not installed: iperf3".into()));
+        }
+        return;
+    };
+    if scenarios.iter().any(|s| s == "datapath-bridge") {
+        match datapath::bridge(&iperf3, runs, secs).await {
+            Ok((cnm, hand)) => {
+                bench
+                    .report
+                    .set("datapath-bridge", "cnm", Outcome::Values(cnm));
+                bench
+                    .report
+                    .set("datapath-bridge", "ip-batch", Outcome::Values(hand));
+            }
+            Err(e) => bench.report.set(
+                "datapath-bridge",
+                "cnm",
+                Outcome::Status(format!("failed: {e:#}")),
+            ),
+        }
+    }
+    if scenarios.iter().any(|s| s == "datapath-published") {
+        let outcome = match datapath::published(&iperf3, runs, secs).await {
+            Ok(values) => Outcome::Values(values),
+            Err(e) => Outcome::Status(format!("failed: {e:#}")),
+        };
+        bench.report.set("datapath-published", "cnm", outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn options_and_scenarios_parse() {
+        let a = parse_args(&args(&[
+            "--quick",
+            "-n",
+            "3",
+            "--contenders",
+            "cnm,floor",
+            "attach",
+            "ports",
+        ]))
+        .unwrap();
+        assert!(a.quick);
+        assert_eq!(a.iterations, Some(3));
+        assert_eq!(a.contenders, Some(args(&["cnm", "floor"])));
+        assert_eq!(
+            a.scenarios,
+            args(&[
+                "attach",
+                "ports100-setup",
+                "ports100-teardown",
+                "ports1000range-setup",
+                "ports1000range-teardown"
+            ])
+        );
+        assert_eq!(parse_args(&[]).unwrap().scenarios.len(), SCENARIOS.len());
+        assert!(parse_args(&args(&["atach"])).is_err());
+        assert!(parse_args(&args(&["--fast"])).is_err());
+        assert!(parse_args(&args(&["-n"])).is_err());
+    }
+}

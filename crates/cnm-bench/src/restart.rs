@@ -1,0 +1,108 @@
+//! The restart scenario: time until a controller rebuilt on the store of a previous one is
+//! ready, with `count` endpoints and `count` published ports to reload and reconcile.
+//!
+//! It turns itself on: it first checks whether a controller built on a store that holds a
+//! network reloads it. Until the controller reloads its records, that check fails and the
+//! scenario reports `not available: no durable state yet`; once it does, the same code measures.
+//! The store is the in-memory one shared between the two controllers (the reload path is the
+//! same; a durable backend adds its own read time, measured when cnm-store has one).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cnm::store::{MemoryStore, Store};
+use cnm::{Controller, EndpointOptions, NetworkOptions, PortBinding};
+use cnm_testkit::TestHost;
+use serde_json::{Map, json};
+
+use crate::report::{Outcome, round3};
+use crate::stats::Summary;
+
+/// The status reported while the controller does not reload its state.
+pub const NO_DURABLE_STATE: &str = "not available: no durable state yet";
+
+struct Host {
+    host: TestHost,
+    resolv: tempfile::NamedTempFile,
+    store: Arc<dyn Store>,
+}
+
+impl Host {
+    async fn new() -> Result<Host> {
+        let host = TestHost::new().await?;
+        let resolv = tempfile::NamedTempFile::new()?;
+        std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
+        Ok(Host {
+            host,
+            resolv,
+            store: Arc::new(MemoryStore::new()),
+        })
+    }
+
+    async fn controller(&self) -> Result<Controller> {
+        Controller::builder()
+            .host_netns(self.host.netns().clone())
+            .run_dir(self.host.run_dir())
+            .state_dir(self.host.state_dir())
+            .resolv_conf(self.resolv.path())
+            .store(self.store.clone())
+            .build()
+            .await
+            .context("failed to build a controller")
+    }
+}
+
+/// Measures one restart with `count` endpoints, or reports that reload does not exist yet.
+pub async fn measure(count: u32) -> Result<Outcome> {
+    // Does a rebuilt controller see the network its predecessor created?
+    {
+        let probe = Host::new().await?;
+        let ctl = probe.controller().await?;
+        ctl.new_network(
+            "bridge",
+            "probe",
+            NetworkOptions::default().subnet("10.91.0.0/24".parse()?),
+        )
+        .await?;
+        drop(ctl);
+        let again = probe.controller().await?;
+        if again.network("probe").is_err() {
+            return Ok(Outcome::Status(format!(
+                "{NO_DURABLE_STATE} (a controller rebuilt on the same store reloads no networks)"
+            )));
+        }
+    }
+
+    let h = Host::new().await?;
+    {
+        let ctl = h.controller().await?;
+        let net = ctl
+            .new_network(
+                "bridge",
+                "restartnet",
+                NetworkOptions::default().subnet("10.92.0.0/16".parse()?),
+            )
+            .await?;
+        for i in 0..count {
+            let name = format!("r{i}");
+            let binding: PortBinding = format!("{}:80/tcp", 20000 + i).parse()?;
+            let sb = ctl.new_sandbox(&name, []).await?;
+            let ep = net
+                .create_endpoint(&name, EndpointOptions::default().publish(binding))
+                .await?;
+            ep.join_sandbox(&sb, []).await?;
+        }
+    }
+    let t = Instant::now();
+    let ctl = h.controller().await?;
+    let ready = t.elapsed();
+    let endpoints = ctl.network("restartnet")?.endpoints().len();
+    let mut extra = Map::new();
+    extra.insert("endpoints".into(), json!(endpoints));
+    extra.insert("published_ports".into(), json!(count));
+    extra.insert("store".into(), json!("memory (shared by both controllers)"));
+    extra.insert("ready_ms".into(), json!(round3(ready.as_secs_f64() * 1e3)));
+    let summary = Summary::of(&[ready]).context("one sample")?;
+    Ok(Outcome::Timed(summary, extra))
+}

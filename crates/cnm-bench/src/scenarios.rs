@@ -1,0 +1,571 @@
+//! The scenarios: each runs its contenders alternately (A B A B …) and records one outcome per
+//! contender in the report.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cnm::{Controller, NetworkOptions};
+use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
+use serde_json::{Map, Value, json};
+
+use crate::contenders::{Contender, Kind, Unavailable, one_port};
+use crate::peers::{Peers, PortSpec};
+use crate::report::{Outcome, Report, round3};
+use crate::stats::Summary;
+
+/// How the run was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--quick`: fewer iterations, smaller scales, shorter data-path runs.
+    pub quick: bool,
+    /// Overrides the attach/detach iteration count (`-n`).
+    pub iterations: Option<usize>,
+    /// Restricts the contenders (`--contenders a,b`); `None` means all.
+    pub contenders: Option<Vec<String>>,
+    /// Data-path runs per side.
+    pub runs_datapath: usize,
+    /// Seconds per data-path run.
+    pub secs_datapath: u32,
+}
+
+impl Options {
+    fn wants(&self, name: &str) -> bool {
+        self.contenders
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == name))
+    }
+
+    fn kinds(&self, candidates: &[Kind]) -> Vec<Kind> {
+        candidates
+            .iter()
+            .copied()
+            .filter(|k| self.wants(k.name()))
+            .collect()
+    }
+}
+
+/// Runs scenarios and fills the report.
+pub struct Bench {
+    /// Options.
+    pub opts: Options,
+    /// Where the peers are.
+    pub peers: Peers,
+    /// The results so far.
+    pub report: Report,
+}
+
+/// Sets up every kind; the ones that cannot run get their status recorded under `scenarios`.
+async fn setup_all(
+    kinds: &[Kind],
+    peers: &Peers,
+    report: &mut Report,
+    scenarios: &[&str],
+) -> Vec<Contender> {
+    let mut live = Vec::new();
+    for &kind in kinds {
+        match Contender::setup(kind, peers).await {
+            Ok(c) => live.push(c),
+            Err(Unavailable::Status(s)) => {
+                for sc in scenarios {
+                    report.set(sc, kind.name(), Outcome::Status(s.clone()));
+                }
+            }
+            Err(Unavailable::Failed(e)) => {
+                tracing::warn!(contender = kind.name(), error = %format!("{e:#}"), "setup failed");
+                for sc in scenarios {
+                    report.set(sc, kind.name(), Outcome::Status(format!("failed: {e:#}")));
+                }
+            }
+        }
+    }
+    live
+}
+
+async fn finish_all(live: Vec<Contender>) {
+    for c in live {
+        let name = c.kind.name();
+        if let Err(e) = c.finish().await {
+            tracing::warn!(contender = name, error = %format!("{e:#}"), "cleanup failed");
+        }
+    }
+}
+
+fn failed(e: &anyhow::Error) -> Outcome {
+    Outcome::Status(format!("failed: {e:#}"))
+}
+
+impl Bench {
+    /// Attach (sandbox + endpoint + join + one published port) and detach, alternating
+    /// contenders every iteration.
+    pub async fn attach_detach(&mut self) {
+        let n = self
+            .opts
+            .iterations
+            .unwrap_or(if self.opts.quick { 20 } else { 100 });
+        let kinds = self.opts.kinds(&Kind::ALL);
+        let scenarios = ["attach", "detach"];
+        let mut live = setup_all(&kinds, &self.peers, &mut self.report, &scenarios).await;
+        let mut samples: BTreeMap<&'static str, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
+        // Two untimed rounds first: page cache, lazily created kernel state, the peers' first exec.
+        let warmup = 2;
+        for round in 0..(n + warmup) {
+            let i = round as u32;
+            let count = live.len();
+            let mut dead = Vec::new();
+            for j in 0..count {
+                let idx = (round + j) % count;
+                let c = &live[idx];
+                let ports = one_port(i);
+                let t = Instant::now();
+                let attached = c.attach(i, &ports).await;
+                let a = t.elapsed();
+                let detached = match &attached {
+                    Ok(()) => {
+                        let t = Instant::now();
+                        c.detach(i, &ports).await.map(|()| t.elapsed())
+                    }
+                    Err(_) => Ok(Duration::ZERO),
+                };
+                match (attached, detached) {
+                    (Ok(()), Ok(d)) if round >= warmup => {
+                        let e = samples.entry(c.kind.name()).or_default();
+                        e.0.push(a);
+                        e.1.push(d);
+                    }
+                    (Ok(()), Ok(_)) => {}
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(contender = c.kind.name(), error = %format!("{e:#}"), "attach/detach failed");
+                        for sc in scenarios {
+                            self.report.set(sc, c.kind.name(), failed(&e));
+                        }
+                        dead.push(idx);
+                    }
+                }
+            }
+            dead.sort_unstable();
+            for idx in dead.into_iter().rev() {
+                let c = live.remove(idx);
+                let _ = c.finish().await; // it already failed; its host namespace goes with it
+            }
+        }
+        for (name, (a, d)) in samples {
+            if let (Some(a), Some(d)) = (Summary::of(&a), Summary::of(&d)) {
+                self.report.set("attach", name, Outcome::timed(a));
+                self.report.set("detach", name, Outcome::timed(d));
+            }
+        }
+        finish_all(live).await;
+    }
+
+    /// One endpoint with 100 published ports, and one with a 1000-port range: setup/teardown.
+    pub async fn ports(&mut self) {
+        let n = if self.opts.quick { 5 } else { 20 };
+        let mut candidates = vec![
+            Kind::Cnm,
+            Kind::Floor,
+            Kind::IpBatch,
+            Kind::Netavark,
+            Kind::Cni,
+        ];
+        if !self.opts.quick {
+            // One iptables process per rule: tens of seconds per round at 100 ports.
+            candidates.insert(3, Kind::NetavarkDeb);
+        }
+        let hundred: Vec<PortSpec> = (0..100)
+            .map(|k| PortSpec::single(21000 + k, 8000 + k))
+            .collect();
+        let range = vec![PortSpec {
+            host_port: 30000,
+            container_port: 30000,
+            range: 1000,
+        }];
+        for (prefix, ports) in [("ports100", hundred), ("ports1000range", range)] {
+            let (setup_name, teardown_name) =
+                (format!("{prefix}-setup"), format!("{prefix}-teardown"));
+            let scenarios = [setup_name.as_str(), teardown_name.as_str()];
+            let mut kinds = self.opts.kinds(&candidates);
+            if self.opts.quick && prefix == "ports1000range" && kinds.contains(&Kind::Cni) {
+                // portmap has no ranges: 1000 mappings take about 50 s per setup.
+                kinds.retain(|k| *k != Kind::Cni);
+                for sc in scenarios {
+                    self.report.set(
+                        sc,
+                        Kind::Cni.name(),
+                        Outcome::Status(
+                            "not measured with --quick (1000 single mappings, about 50 s per setup)"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+            let mut live = setup_all(&kinds, &self.peers, &mut self.report, &scenarios).await;
+            let mut samples: BTreeMap<&'static str, (Vec<Duration>, Vec<Duration>)> =
+                BTreeMap::new();
+            // A slow peer stops sampling once it has a few samples and has used its budget.
+            let budget = Duration::from_secs(if self.opts.quick { 10 } else { 40 });
+            let mut spent: BTreeMap<&'static str, Duration> = BTreeMap::new();
+            for round in 0..=n {
+                let mut dead = Vec::new();
+                for j in 0..live.len() {
+                    let idx = (round + j) % live.len();
+                    let c = &live[idx];
+                    let i = round as u32;
+                    let used = spent.entry(c.kind.name()).or_default();
+                    let have = samples.get(c.kind.name()).map_or(0, |s| s.0.len());
+                    if *used > budget && have >= 2 {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let result = async {
+                        c.attach(i, &ports).await?;
+                        let a = t.elapsed();
+                        let t = Instant::now();
+                        c.detach(i, &ports).await?;
+                        Ok::<_, anyhow::Error>((a, t.elapsed()))
+                    }
+                    .await;
+                    *spent.entry(c.kind.name()).or_default() += t.elapsed();
+                    match result {
+                        Ok((a, d)) if round > 0 => {
+                            let e = samples.entry(c.kind.name()).or_default();
+                            e.0.push(a);
+                            e.1.push(d);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            for sc in scenarios {
+                                self.report.set(sc, c.kind.name(), failed(&e));
+                            }
+                            dead.push(idx);
+                        }
+                    }
+                }
+                dead.sort_unstable();
+                for idx in dead.into_iter().rev() {
+                    let _ = live.remove(idx).finish().await;
+                }
+            }
+            for (name, (a, d)) in samples {
+                if let (Some(a), Some(d)) = (Summary::of(&a), Summary::of(&d)) {
+                    self.report.set(&setup_name, name, Outcome::timed(a));
+                    self.report.set(&teardown_name, name, Outcome::timed(d));
+                }
+            }
+            finish_all(live).await;
+        }
+    }
+
+    /// The cost of the 1st, 100th, 500th and 1000th attach on one network (each keeps its
+    /// sandbox and published port), as the median of a window of five attaches at each mark.
+    pub async fn scale_attach(&mut self) {
+        const MARKS: [usize; 4] = [1, 100, 500, 1000];
+        let candidates = if self.opts.quick {
+            vec![Kind::Cnm, Kind::Floor]
+        } else {
+            vec![Kind::Cnm, Kind::Floor, Kind::Netavark, Kind::Cni]
+        };
+        let scenarios: Vec<String> = MARKS.iter().map(|m| format!("scale-attach-{m}")).collect();
+        let names: Vec<&str> = scenarios.iter().map(String::as_str).collect();
+        let kinds = self.opts.kinds(&candidates);
+        let live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
+        let total = 1000u32;
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); live.len()];
+        let mut dead: Vec<bool> = vec![false; live.len()];
+        // A peer whose attach grows with every endpoint stops once it has used its budget.
+        let budget = Duration::from_secs(if self.opts.quick { 30 } else { 90 });
+        let mut stopped: Vec<Option<String>> = vec![None; live.len()];
+        for i in 0..total {
+            for (k, c) in live.iter().enumerate() {
+                if dead[k] || stopped[k].is_some() {
+                    continue;
+                }
+                if times[k].iter().sum::<Duration>() > budget {
+                    let last = times[k].last().copied().unwrap_or_default();
+                    stopped[k] = Some(format!(
+                        "not reached: stopped after {i} attaches ({} s budget; the last took {:.1} ms)",
+                        budget.as_secs(),
+                        last.as_secs_f64() * 1e3
+                    ));
+                    continue;
+                }
+                let t = Instant::now();
+                match c.attach(i, &one_port(i)).await {
+                    Ok(()) => times[k].push(t.elapsed()),
+                    Err(e) => {
+                        for sc in &names {
+                            self.report.set(sc, c.kind.name(), failed(&e));
+                        }
+                        dead[k] = true;
+                    }
+                }
+            }
+        }
+        for (k, c) in live.iter().enumerate() {
+            if dead[k] {
+                continue;
+            }
+            for (m, sc) in MARKS.iter().zip(&names) {
+                if times[k].len() < *m {
+                    let why = stopped[k].clone().unwrap_or_else(|| "not reached".into());
+                    self.report.set(sc, c.kind.name(), Outcome::Status(why));
+                    continue;
+                }
+                let start = (m - 1).min(times[k].len().saturating_sub(5));
+                let window = &times[k][start..(start + 5).min(times[k].len())];
+                if let Some(s) = Summary::of(window) {
+                    self.report.set(sc, c.kind.name(), Outcome::timed(s));
+                }
+            }
+        }
+        // No detaches: dropping each throwaway host namespace (and its sandboxes' mounts) takes
+        // it all down; detaching 1000 CNI attaches one by one alone takes many minutes.
+        finish_all(live).await;
+    }
+
+    /// Creating the 1st and the 200th network on one controller (median of five at each mark).
+    pub async fn scale_network(&mut self) {
+        if !self.opts.wants("cnm") {
+            return;
+        }
+        let result = async {
+            let host = cnm_testkit::TestHost::new().await?;
+            let resolv = tempfile::NamedTempFile::new()?;
+            std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
+            let ctl = Controller::builder()
+                .host_netns(host.netns().clone())
+                .run_dir(host.run_dir())
+                .state_dir(host.state_dir())
+                .resolv_conf(resolv.path())
+                .build()
+                .await?;
+            let mut times = Vec::new();
+            let mut nets = Vec::new();
+            for k in 0..200u32 {
+                let subnet = format!("10.{}.{}.0/24", 100 + k / 256, k % 256).parse()?;
+                let t = Instant::now();
+                let net = ctl
+                    .new_network(
+                        "bridge",
+                        &format!("net{k}"),
+                        NetworkOptions::default().subnet(subnet),
+                    )
+                    .await?;
+                times.push(t.elapsed());
+                nets.push(net);
+            }
+            for net in nets {
+                net.delete().await?;
+            }
+            Ok::<_, anyhow::Error>(times)
+        }
+        .await;
+        match result {
+            Ok(times) => {
+                for (sc, window) in [
+                    ("scale-network-1", &times[0..5]),
+                    ("scale-network-200", &times[195..200]),
+                ] {
+                    if let Some(s) = Summary::of(window) {
+                        self.report.set(sc, "cnm", Outcome::timed(s));
+                    }
+                }
+            }
+            Err(e) => {
+                for sc in ["scale-network-1", "scale-network-200"] {
+                    self.report.set(sc, "cnm", failed(&e));
+                }
+            }
+        }
+    }
+
+    /// 32 attaches started at once against one after another: wall time and the ratio.
+    pub async fn parallel(&mut self) {
+        const N: u32 = 32;
+        let reps = if self.opts.quick { 2 } else { 5 };
+        let kinds = self.opts.kinds(&[Kind::Cnm, Kind::Floor, Kind::Netavark]);
+        let mut live = setup_all(&kinds, &self.peers, &mut self.report, &["parallel32"]).await;
+        let mut results: BTreeMap<&'static str, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
+        let mut dead = Vec::new();
+        for rep in 0..reps {
+            for (k, c) in live.iter().enumerate() {
+                if dead.contains(&k) {
+                    continue;
+                }
+                let run = async {
+                    let mut serial = Duration::ZERO;
+                    let mut parallel = Duration::ZERO;
+                    // Alternate which goes first.
+                    for parallel_turn in [rep % 2 == 0, rep % 2 != 0] {
+                        let t = Instant::now();
+                        if parallel_turn {
+                            futures::future::try_join_all(
+                                (0..N).map(|i| async move { c.attach(i, &one_port(i)).await }),
+                            )
+                            .await?;
+                            parallel = t.elapsed();
+                        } else {
+                            for i in 0..N {
+                                c.attach(i, &one_port(i)).await?;
+                            }
+                            serial = t.elapsed();
+                        }
+                        for i in 0..N {
+                            c.detach(i, &one_port(i)).await?;
+                        }
+                    }
+                    Ok::<_, anyhow::Error>((serial, parallel))
+                }
+                .await;
+                match run {
+                    Ok((s, p)) => {
+                        let e = results.entry(c.kind.name()).or_default();
+                        e.0.push(s);
+                        e.1.push(p);
+                    }
+                    Err(e) => {
+                        self.report.set("parallel32", c.kind.name(), failed(&e));
+                        dead.push(k);
+                    }
+                }
+            }
+        }
+        for (name, (serial, parallel)) in results {
+            if dead.iter().any(|&k| live[k].kind.name() == name) {
+                continue;
+            }
+            let (Some(s), Some(p)) = (Summary::of(&serial), Summary::of(&parallel)) else {
+                continue;
+            };
+            let mut extra = Map::new();
+            extra.insert("serial_ms".into(), json!(round3(s.median_ms)));
+            extra.insert("speedup".into(), json!(round3(s.median_ms / p.median_ms)));
+            self.report
+                .set("parallel32", name, Outcome::Timed(p, extra));
+        }
+        live.retain(|_| true);
+        finish_all(live).await;
+    }
+
+    /// Allocate/release rates of cnm-ipam on a /16 and a /64, and its memory after 1 M
+    /// allocations in a /64 (in a child process).
+    pub async fn ipam(&mut self, scenarios: &[String]) {
+        if !self.opts.wants("cnm") {
+            return;
+        }
+        let v6_count = if self.opts.quick { 100_000 } else { 1_000_000 };
+        for (sc, subnet, count) in [
+            ("ipam-v4-16", "10.200.0.0/16", 65_000u32),
+            ("ipam-v6-64", "fd00:b::/64", v6_count),
+        ] {
+            if !scenarios.iter().any(|s| s == sc) {
+                continue;
+            }
+            let outcome = match ipam_rates(subnet, count) {
+                Ok(values) => Outcome::Values(values),
+                Err(e) => failed(&e),
+            };
+            self.report.set(sc, "cnm", outcome);
+        }
+        if scenarios.iter().any(|s| s == "ipam-memory-1m-v6") {
+            let outcome = match crate::children::run_child("__ipam-memory-child", &[]).await {
+                Ok(values) => Outcome::Values(values),
+                Err(e) => failed(&e),
+            };
+            self.report.set("ipam-memory-1m-v6", "cnm", outcome);
+        }
+    }
+
+    /// Resident memory of a process holding a controller with 1000 endpoints and 1000
+    /// published ports; and of cnmd, once it exists.
+    pub async fn memory(&mut self) {
+        if self.opts.wants("cnm") {
+            let outcome = match crate::children::run_child("__memory-child", &["1000"]).await {
+                Ok(values) => Outcome::Values(values),
+                Err(e) => failed(&e),
+            };
+            self.report.set("memory", "cnm", outcome);
+        }
+        if self.opts.wants("cnm-cli") {
+            let outcome = if self.opts.quick {
+                Outcome::Status("not measured with --quick (2000 CLI calls)".into())
+            } else {
+                match cnmd_memory(&self.peers, 1000).await {
+                    Ok(o) => o,
+                    Err(e) => failed(&e),
+                }
+            };
+            self.report.set("memory", "cnm-cli", outcome);
+        }
+    }
+
+    /// Time until a restarted controller is ready with 1000 endpoints and 1000 published ports.
+    pub async fn restart(&mut self) {
+        if !self.opts.wants("cnm") {
+            return;
+        }
+        let count = if self.opts.quick { 200 } else { 1000 };
+        let outcome = match crate::restart::measure(count).await {
+            Ok(o) => o,
+            Err(e) => failed(&e),
+        };
+        self.report.set("restart", "cnm", outcome);
+    }
+}
+
+/// Resident memory of `cnmd` after `count` attaches through the CLI.
+async fn cnmd_memory(peers: &Peers, count: u32) -> Result<Outcome> {
+    let c = match Contender::setup(Kind::Cli, peers).await {
+        Ok(c) => c,
+        Err(Unavailable::Status(s)) => return Ok(Outcome::Status(s)),
+        Err(Unavailable::Failed(e)) => return Err(e),
+    };
+    for i in 0..count {
+        c.attach(i, &one_port(i)).await?;
+    }
+    let pid = c.daemon_pid().context("the CLI contender has a daemon")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mut m = Map::new();
+    m.insert("rss_mb".into(), json!(round3(kib("VmRSS:") / 1024.0)));
+    m.insert("peak_rss_mb".into(), json!(round3(kib("VmHWM:") / 1024.0)));
+    m.insert("endpoints".into(), json!(count));
+    m.insert("process".into(), json!("cnmd"));
+    for i in 0..count {
+        c.detach(i, &one_port(i)).await?;
+    }
+    c.finish().await?;
+    Ok(Outcome::Values(m))
+}
+
+/// Allocates `count` addresses (lowest free) in `subnet`, then releases them all.
+fn ipam_rates(subnet: &str, count: u32) -> Result<Map<String, Value>> {
+    let ipam = Ipam::new(IpamConfig::docker_defaults("bench"));
+    let pool = ipam.request_pool(&PoolRequest::with_subnet(parse_subnet("subnet", subnet)?))?;
+    let mut addrs = Vec::with_capacity(count as usize);
+    let t = Instant::now();
+    for _ in 0..count {
+        addrs.push(ipam.request_address(&pool.id, AddressRequest::Any)?);
+    }
+    let alloc = t.elapsed();
+    let t = Instant::now();
+    for a in &addrs {
+        ipam.release_address(&pool.id, a.addr())?;
+    }
+    let release = t.elapsed();
+    if ipam.usage(&pool.id)?.allocated > 2 {
+        bail!("addresses left allocated after releasing all of them");
+    }
+    let rate = |d: Duration| (f64::from(count) / d.as_secs_f64()).round();
+    let mut m = Map::new();
+    m.insert("alloc_per_s".into(), json!(rate(alloc)));
+    m.insert("release_per_s".into(), json!(rate(release)));
+    m.insert("n".into(), json!(count));
+    Ok(m)
+}

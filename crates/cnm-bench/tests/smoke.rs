@@ -1,0 +1,57 @@
+//! Runs the `attach` scenario for cnm and the floor with three iterations and checks the JSON
+//! it writes. Never asserts timings: only that each contender measured, and the shape.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+#[test]
+#[ignore = "privileged: run cargo xtask test"]
+fn attach_scenario_for_cnm_and_floor_writes_the_documented_json() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("latest.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cnm-bench"))
+        .args(["--contenders", "cnm,floor", "-n", "3", "--out"])
+        .arg(&out)
+        .arg("attach")
+        .status()
+        .context("failed to run cnm-bench")?;
+    ensure!(status.success(), "cnm-bench exited with {status}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    ensure!(
+        doc["machine"]["cpus"].as_u64().is_some_and(|n| n > 0),
+        "machine: {}",
+        doc["machine"]
+    );
+    ensure!(
+        doc["date"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z') && d.len() == 20),
+        "date: {}",
+        doc["date"]
+    );
+    ensure!(
+        doc["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("attach"))
+    );
+    let attach = doc["scenarios"]["attach"]
+        .as_object()
+        .context("no scenarios.attach object")?;
+    let mut names: Vec<&str> = attach.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cnm", "floor"], "only the contenders asked for");
+    for name in ["cnm", "floor"] {
+        let c = &attach[name];
+        assert_eq!(c["n"], 3, "{name}: {c}");
+        let median = c["median_ms"].as_f64().context("median_ms")?;
+        let p95 = c["p95_ms"].as_f64().context("p95_ms")?;
+        ensure!(median > 0.0 && p95 >= median, "{name}: {c}");
+    }
+    // `detach` was not asked for, so it is not in the report.
+    ensure!(doc["scenarios"].get("detach").is_none());
+    ensure!(doc["targets"].as_array().is_some_and(|t| !t.is_empty()));
+    Ok(())
+}

@@ -256,6 +256,20 @@ impl Netlink {
         format!("{what} in {}", self.ns)
     }
 
+    /// A change acknowledged by the kernel; a failure names `op` and the object `what` gives
+    /// (built only on failure, so the success path allocates nothing for it).
+    async fn apply(
+        &self,
+        op: &'static str,
+        what: impl FnOnce() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), SandboxError> {
+        self.change(msg, flags)
+            .await
+            .map_err(|e| SandboxError::kernel(op, self.object(what()), e))
+    }
+
     // ---- links ----
 
     /// Creates a link as specified, with MTU, MAC, master and up state in the same message.
@@ -315,9 +329,13 @@ impl Netlink {
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes
             .push(LinkAttribute::IfName(name.as_str().to_owned()));
-        self.change(RouteNetlinkMessage::SetLink(msg), 0)
-            .await
-            .map_err(|e| SandboxError::kernel("set up", self.object(name), e))
+        self.apply(
+            "set up",
+            || name.to_string(),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .await
     }
 
     /// The link named `name`, `None` if absent (one `RTM_GETLINK`, no dump).
@@ -374,11 +392,13 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<(), SandboxError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        self.change(RouteNetlinkMessage::DelLink(msg), 0)
-            .await
-            .map_err(|e| {
-                SandboxError::kernel("delete link", self.object(format_args!("link {index}")), e)
-            })
+        self.apply(
+            "delete link",
+            || format!("link {index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+        .await
     }
 
     /// Deletes the link named `name` (a veth takes its peer with it) and returns as soon as the
@@ -578,9 +598,13 @@ impl Netlink {
             .push(LinkAttribute::IfName(name.as_str().to_owned()));
         msg.attributes
             .push(LinkAttribute::IfAlias(alias.to_owned()));
-        self.change(RouteNetlinkMessage::SetLink(msg), 0)
-            .await
-            .map_err(|e| SandboxError::kernel("set alias of", self.object(name), e))
+        self.apply(
+            "set alias of",
+            || name.to_string(),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .await
     }
 
     /// Enslaves a link to `master`, or frees it with `None`.
@@ -659,34 +683,24 @@ impl Netlink {
 
     /// Adds an address (IPv6 with IFA_F_NODAD so it is usable at once).
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SandboxError> {
-        self.change(
+        self.apply(
+            "add address",
+            || format!("{addr} on link {index}"),
             RouteNetlinkMessage::NewAddress(address_message(index, addr)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "add address",
-                self.object(format_args!("{addr} on link {index}")),
-                e,
-            )
-        })
     }
 
     /// Deletes an address.
     pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), SandboxError> {
-        self.change(
+        self.apply(
+            "delete address",
+            || format!("{addr} on link {index}"),
             RouteNetlinkMessage::DelAddress(address_message(index, addr)),
             0,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "delete address",
-                self.object(format_args!("{addr} on link {index}")),
-                e,
-            )
-        })
     }
 
     /// Addresses of one link, or of all links with `None`.
@@ -714,22 +728,25 @@ impl Netlink {
     pub async fn add_route(&self, route: &RouteSpec) -> Result<(), SandboxError> {
         validate_route(route)?;
         let msg = route_message(route, false);
-        self.change(
+        self.apply(
+            "add route",
+            || describe_route(route),
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
-        .map_err(|e| SandboxError::kernel("add route", self.object(describe_route(route)), e))
     }
 
     /// Deletes a route from the main table.
     pub async fn del_route(&self, route: &RouteSpec) -> Result<(), SandboxError> {
         let msg = route_message(route, true);
-        self.change(RouteNetlinkMessage::DelRoute(msg), 0)
-            .await
-            .map_err(|e| {
-                SandboxError::kernel("delete route", self.object(describe_route(route)), e)
-            })
+        self.apply(
+            "delete route",
+            || describe_route(route),
+            RouteNetlinkMessage::DelRoute(msg),
+            0,
+        )
+        .await
     }
 
     /// Unicast routes of the main table.
@@ -764,34 +781,24 @@ impl Netlink {
         let mut msg = neighbour_message(index, ip);
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
-        self.change(
+        self.apply(
+            "add neighbour",
+            || format!("{ip} lladdr {mac} on link {index}"),
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "add neighbour",
-                self.object(format_args!("{ip} lladdr {mac} on link {index}")),
-                e,
-            )
-        })
     }
 
     /// Deletes a neighbour entry.
     pub async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), SandboxError> {
-        self.change(
+        self.apply(
+            "delete neighbour",
+            || format!("{ip} on link {index}"),
             RouteNetlinkMessage::DelNeighbour(neighbour_message(index, ip)),
             0,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "delete neighbour",
-                self.object(format_args!("{ip} on link {index}")),
-                e,
-            )
-        })
     }
 
     /// Neighbour (ARP/NDP) entries of one link, or of all links with `None`.
@@ -821,18 +828,13 @@ impl Netlink {
         mac: MacAddress,
         dst: Option<IpAddr>,
     ) -> Result<(), SandboxError> {
-        self.change(
+        self.apply(
+            "add fdb entry",
+            || describe_fdb(index, mac, dst),
             RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, dst)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "add fdb entry",
-                self.object(describe_fdb(index, mac, dst)),
-                e,
-            )
-        })
     }
 
     /// Deletes an FDB entry.
@@ -842,18 +844,13 @@ impl Netlink {
         mac: MacAddress,
         dst: Option<IpAddr>,
     ) -> Result<(), SandboxError> {
-        self.change(
+        self.apply(
+            "delete fdb entry",
+            || describe_fdb(index, mac, dst),
             RouteNetlinkMessage::DelNeighbour(fdb_message(index, mac, dst)),
             0,
         )
         .await
-        .map_err(|e| {
-            SandboxError::kernel(
-                "delete fdb entry",
-                self.object(describe_fdb(index, mac, dst)),
-                e,
-            )
-        })
     }
 
     /// FDB entries of one device, or of all devices with `None`.

@@ -38,14 +38,48 @@
 //! TTL 0 by default). `attach_sandbox` is async because the sockets are created on a
 //! short-lived thread inside the sandbox's namespace; they are then served by tokio tasks.
 //!
+//! # What a sandbox gets
+//!
+//! - Names (endpoint names, aliases, `name.network`) only from the networks it is on; the first
+//!   network in join order that has the name answers, with every address of every endpoint under
+//!   it, rotated per query. A name we know without an address of the asked family: NOERROR, no
+//!   answer. PTR for its networks' addresses (`name.network.`); any other address inside one of
+//!   our subnets: NXDOMAIN, never forwarded.
+//! - Everything else is forwarded to, in order of precedence: the sandbox's own servers
+//!   (`--dns`; a loopback one is the sandbox's own loopback, asked from inside it, as Docker
+//!   does), its networks' servers, the host's resolv.conf (stat'ed per forwarded query and read
+//!   again when it changed), the fallback servers. Upstreams are asked from the host namespace
+//!   given in [`ResolverConfig::new`] (Docker 26+ does the same), with a fresh socket, source
+//!   port and id per query. 127.0.0.11 and our own host listeners are never upstreams.
+//! - SERVFAIL/REFUSED or silence moves to the next upstream; after [`Limits::hedge_delay`]
+//!   without an answer the next one is asked as well, and a silent upstream goes to the back of
+//!   the line for [`Limits::upstream_down_for`], so a dead first server costs one hedge delay
+//!   once. Forwarded queries in flight are bounded per sandbox and overall; beyond, REFUSED.
+//! - UDP answers fit the client's EDNS size (or 512), cut at a whole record with TC set; TCP
+//!   answers are whole (a truncated upstream answer is asked again over TCP for a TCP client).
+//! - A sandbox on internal networks only (or on none) gets REFUSED for every name that is not
+//!   local: nothing leaves (CVE-2024-29018). One internal and one routed network may forward.
+//!
 //! # One listener per sandbox
 //!
-//! Each attached sandbox costs two sockets (UDP, TCP), two idle tokio tasks and about 5 KiB of
-//! buffers; nothing else runs until a query arrives. A query is answered inline on the UDP task
-//! when local; forwarded ones get their own task. The alternative, one host socket reached by
-//! DNAT from every sandbox, needs `route_localnet` and nftables rules per sandbox, exposes a
-//! host socket to every network, and loses the sandbox's identity behind the NAT; binding
-//! inside the namespace needs neither, and 127.0.0.11 is then reachable from that sandbox only.
+//! Each attached sandbox costs two sockets (UDP, TCP), two idle tokio tasks and a 4 KiB receive
+//! buffer; nothing runs until a query arrives. Measured (`cargo bench -p cnm-dns --bench
+//! local_names`, 100 sandboxes, release build, 2 shared cores): attach p50 85 µs (one
+//! short-lived thread into the namespace to bind), 4.2 KiB RSS and 2 fds per sandbox. A local
+//! query is answered inline on the UDP task (closed loop, one client: 30k queries/s, p50 10 µs,
+//! p99 59 µs; dnsperf with 4 clients and 64 in flight: 39k queries/s); a forwarded one gets
+//! its own task.
+//!
+//! The alternative, one host socket reached by DNAT from every sandbox, needs `route_localnet`
+//! and nftables rules per sandbox, exposes a host socket to every network, and hides which
+//! sandbox asked behind the NAT (its source address is not enough: sandboxes on different
+//! networks may share addresses). Binding inside the namespace needs none of that, and
+//! 127.0.0.11 is then reachable from that sandbox only (the kernel never routes 127.0.0.0/8
+//! between namespaces).
+//!
+//! hickory-proto is the codec (messages, names, records); the networking is ours because the
+//! limits are: hickory-server spawns a task per UDP query without bound and caps no TCP
+//! connections, and the listener must know which sandbox it serves.
 //!
 //! # The host resolver
 //!

@@ -52,6 +52,11 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "docker.io",
         provides: "docker",
     },
+    // cnm-dns proves interoperability with a real resolver client.
+    SystemPackage {
+        deb: "bind9-dnsutils",
+        provides: "dig",
+    },
 ];
 
 /// Root runs tools from sbin even when `PATH` lacks it (e.g. `sudo` with a user's PATH).

@@ -1,0 +1,320 @@
+//! What to do with a query: answer it from the records, or forward it. Pure; the listeners
+//! call it under the records' read lock and do the I/O.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+
+use crate::name::query_key;
+use crate::records::{Found, HostFound, Ptr, Records, Want};
+use crate::wire::response_to;
+
+/// Who is asking.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum View<'a> {
+    /// A sandbox through its own listener.
+    Sandbox(&'a str),
+    /// The host listener, with the cnm domain if one is configured.
+    Host(Option<&'a str>),
+}
+
+/// The decision for one query.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Answer this.
+    Answer(Message),
+    /// Not ours: forward (the caller checks whether the sandbox may).
+    Forward,
+}
+
+/// Decides how to answer `query` (already checked by [`crate::wire::parse_query`]).
+pub(crate) fn decide(records: &Records, view: View<'_>, query: &Message, ttl: u32) -> Decision {
+    let q = &query.queries[0];
+    let answer = |code| Decision::Answer(response_to(query, code));
+    if q.query_class() != DNSClass::IN {
+        return answer(ResponseCode::Refused);
+    }
+    let qtype = q.query_type();
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        return answer(ResponseCode::Refused);
+    }
+
+    if qtype == RecordType::PTR
+        && let Some(ip) = reverse_address(q.name())
+    {
+        let ptr = match view {
+            View::Sandbox(s) => records.sandbox_ptr(s, ip),
+            View::Host(_) => records.host_ptr(ip),
+        };
+        return match ptr {
+            Ptr::Name(target) => {
+                let mut resp = response_to(query, ResponseCode::NoError);
+                resp.metadata.authoritative = true;
+                resp.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    ttl,
+                    RData::PTR(PTR(target)),
+                ));
+                Decision::Answer(resp)
+            }
+            Ptr::NxDomain => answer(ResponseCode::NXDomain),
+            Ptr::NotOurs => match view {
+                View::Sandbox(_) => Decision::Forward,
+                View::Host(_) => answer(ResponseCode::Refused),
+            },
+        };
+    }
+
+    let want = Want {
+        v4: matches!(qtype, RecordType::A | RecordType::ANY),
+        v6: matches!(qtype, RecordType::AAAA | RecordType::ANY),
+    };
+    let key = query_key(q.name());
+    let found = match (view, key.as_deref()) {
+        (View::Sandbox(s), Some(key)) => records.sandbox_lookup(s, key, want),
+        (View::Sandbox(_), None) => Found::Unknown,
+        (View::Host(domain), Some(key)) => match records.host_lookup(key, domain, want) {
+            HostFound::Found(f) => f,
+            HostFound::NxDomain => return answer(ResponseCode::NXDomain),
+            HostFound::OutOfZone => return answer(ResponseCode::Refused),
+        },
+        (View::Host(_), None) => return answer(ResponseCode::Refused),
+    };
+    match found {
+        Found::Addrs(addrs) => {
+            let mut resp = response_to(query, ResponseCode::NoError);
+            resp.metadata.authoritative = true;
+            for addr in addrs {
+                let rdata = match addr {
+                    IpAddr::V4(a) => RData::A(A(a)),
+                    IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                };
+                resp.add_answer(Record::from_rdata(q.name().clone(), ttl, rdata));
+            }
+            Decision::Answer(resp)
+        }
+        // A name we know with nothing of this type: NOERROR, no answer, never forwarded.
+        Found::NoData => {
+            let mut resp = response_to(query, ResponseCode::NoError);
+            resp.metadata.authoritative = true;
+            Decision::Answer(resp)
+        }
+        Found::Unknown => {
+            // Docker's rule: when the sandbox's resolv.conf sets ndots itself, a single-label
+            // name is the client's first try before its search list; keep it home.
+            if let (View::Sandbox(s), Some(key)) = (view, key.as_deref())
+                && matches!(qtype, RecordType::A | RecordType::AAAA)
+                && !key.contains('.')
+                && records.sandbox(s).is_some_and(|sbx| sbx.dns.ndots_set)
+            {
+                return answer(ResponseCode::NoError);
+            }
+            Decision::Forward
+        }
+    }
+}
+
+/// The address a full `in-addr.arpa.`/`ip6.arpa.` name stands for; `None` for anything else
+/// (including partial reverse names, which are forwarded like any name).
+fn reverse_address(name: &hickory_proto::rr::Name) -> Option<IpAddr> {
+    let net = name.parse_arpa_name().ok()?;
+    let full = match net.addr() {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    (net.prefix_len() == full).then(|| net.addr())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{EndpointDns, NetworkDns, SandboxDns};
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn records() -> Records {
+        let mut r = Records::default();
+        r.upsert_network(
+            "n1",
+            &NetworkDns::new("front").subnet("10.1.0.0/24".parse().unwrap()),
+        )
+        .unwrap();
+        r.add_endpoint(
+            "n1",
+            &EndpointDns::new("e1", "s1", "web").address("10.1.0.2".parse().unwrap()),
+        )
+        .unwrap();
+        r
+    }
+
+    fn ask(name: &str, qtype: RecordType) -> Message {
+        let mut m = Message::query();
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m
+    }
+
+    fn answered(d: Decision) -> Message {
+        match d {
+            Decision::Answer(m) => m,
+            Decision::Forward => panic!("expected a local answer"),
+        }
+    }
+
+    #[test]
+    fn local_names_answer_case_insensitively() {
+        let r = records();
+        let m = answered(decide(
+            &r,
+            View::Sandbox("s1"),
+            &ask("WEB.", RecordType::A),
+            0,
+        ));
+        assert_eq!(m.response_code, ResponseCode::NoError);
+        assert!(m.authoritative && m.recursion_available && m.recursion_desired);
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(
+            m.answers[0].name.to_ascii(),
+            "WEB.",
+            "the owner name echoes the question"
+        );
+        let m = answered(decide(
+            &r,
+            View::Sandbox("s1"),
+            &ask("web.", RecordType::MX),
+            0,
+        ));
+        assert_eq!(
+            (m.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        assert!(matches!(
+            decide(
+                &r,
+                View::Sandbox("s1"),
+                &ask("example.com.", RecordType::A),
+                0
+            ),
+            Decision::Forward
+        ));
+    }
+
+    #[test]
+    fn reverse_names_inside_our_subnets_stay_home() {
+        let r = records();
+        let m = answered(decide(
+            &r,
+            View::Sandbox("s1"),
+            &ask("2.0.1.10.in-addr.arpa.", RecordType::PTR),
+            0,
+        ));
+        let RData::PTR(PTR(target)) = &m.answers[0].data else {
+            panic!()
+        };
+        assert_eq!(target.to_ascii(), "web.front.");
+        let m = answered(decide(
+            &r,
+            View::Sandbox("s1"),
+            &ask("9.0.1.10.in-addr.arpa.", RecordType::PTR),
+            0,
+        ));
+        assert_eq!(m.response_code, ResponseCode::NXDomain);
+        assert!(matches!(
+            decide(
+                &r,
+                View::Sandbox("s1"),
+                &ask("1.2.0.192.in-addr.arpa.", RecordType::PTR),
+                0
+            ),
+            Decision::Forward
+        ));
+        assert!(matches!(
+            decide(
+                &r,
+                View::Sandbox("s1"),
+                &ask("1.10.in-addr.arpa.", RecordType::PTR),
+                0
+            ),
+            Decision::Forward
+        ));
+    }
+
+    #[test]
+    fn ndots_set_keeps_single_labels_home() {
+        let mut r = records();
+        assert!(matches!(
+            decide(&r, View::Sandbox("s1"), &ask("printer.", RecordType::A), 0),
+            Decision::Forward
+        ));
+        r.set_sandbox_dns(
+            "s1",
+            SandboxDns {
+                servers: vec![],
+                ndots_set: true,
+            },
+        );
+        let m = answered(decide(
+            &r,
+            View::Sandbox("s1"),
+            &ask("printer.", RecordType::A),
+            0,
+        ));
+        assert_eq!(
+            (m.response_code, m.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+    }
+
+    #[test]
+    fn host_view_refuses_what_it_does_not_serve() {
+        let r = records();
+        let m = answered(decide(
+            &r,
+            View::Host(Some("cnm")),
+            &ask("web.front.cnm.", RecordType::A),
+            0,
+        ));
+        assert_eq!(m.answers.len(), 1);
+        let m = answered(decide(
+            &r,
+            View::Host(Some("cnm")),
+            &ask("example.com.", RecordType::A),
+            0,
+        ));
+        assert_eq!(m.response_code, ResponseCode::Refused);
+        let m = answered(decide(
+            &r,
+            View::Host(None),
+            &ask("x.front.", RecordType::A),
+            0,
+        ));
+        assert_eq!(m.response_code, ResponseCode::NXDomain);
+        let mut chaos = ask("version.bind.", RecordType::TXT);
+        chaos.queries[0].set_query_class(DNSClass::CH);
+        let m = answered(decide(&r, View::Sandbox("s1"), &chaos, 0));
+        assert_eq!(m.response_code, ResponseCode::Refused);
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, parsing never panics, an error answer fits a classic datagram, and
+        /// a decided answer fits the client's limit.
+        #[test]
+        fn any_bytes_get_a_bounded_answer_or_none(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let r = records();
+            match crate::wire::parse_query(&bytes) {
+                Err(crate::wire::Reject::Drop) => {}
+                Err(crate::wire::Reject::Respond(b)) => proptest::prop_assert!(b.len() <= 512),
+                Ok(q) => {
+                    if let Decision::Answer(m) = decide(&r, View::Sandbox("s1"), &q.msg, 0) {
+                        let b = crate::wire::encode(&m, q.udp_limit);
+                        proptest::prop_assert!(b.len() <= q.udp_limit);
+                    }
+                }
+            }
+        }
+    }
+}

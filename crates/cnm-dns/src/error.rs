@@ -1,0 +1,140 @@
+//! [`DnsError`]: what the resolver's API reports.
+
+use cnm_sandbox::SandboxError;
+use cnm_types::ErrorKind;
+
+/// A failure of the resolver's API. Queries never fail this way: a query that cannot be
+/// answered gets a DNS error code (FORMERR, SERVFAIL, REFUSED, …), never a Rust error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// Bad input, rejected before anything changed.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidInput {
+        /// Which field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The network is not registered with the resolver.
+    #[error("network {0} is not registered with the resolver")]
+    NetworkNotFound(String),
+    /// The endpoint is not registered on that network.
+    #[error("endpoint {endpoint} is not registered on network {network}")]
+    EndpointNotFound {
+        /// The network's id.
+        network: String,
+        /// The endpoint's id.
+        endpoint: String,
+    },
+    /// The endpoint is already registered on that network.
+    #[error("endpoint {endpoint} is already registered on network {network}")]
+    EndpointExists {
+        /// The network's id.
+        network: String,
+        /// The endpoint's id.
+        endpoint: String,
+    },
+    /// Work inside a namespace (binding a listener, creating upstream sockets) failed.
+    #[error("failed to {op} {object}: {source}")]
+    Sandbox {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        object: String,
+        /// The cause.
+        #[source]
+        source: SandboxError,
+    },
+    /// A socket operation failed.
+    #[error("failed to {op} {object}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        object: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DnsError {
+    /// The kind of failure, for callers that branch on it (the daemon maps it to a status).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
+            Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
+            Self::Sandbox { source, .. } => source.kind(),
+            Self::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::AddrInUse => ErrorKind::Conflict,
+                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::PermissionDenied => {
+                    ErrorKind::Unavailable
+                }
+                std::io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+                _ => ErrorKind::Internal,
+            },
+        }
+    }
+
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidInput {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sandbox(
+        op: &'static str,
+        object: impl Into<String>,
+        source: SandboxError,
+    ) -> Self {
+        Self::Sandbox {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_texts_name_the_object() {
+        let e = DnsError::invalid("alias", "a b", "only letters");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "invalid alias \"a b\": only letters");
+        let e = DnsError::io(
+            "bind DNS listener at",
+            "127.0.0.11:53 in netns x",
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        );
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(
+            e.to_string()
+                .starts_with("failed to bind DNS listener at 127.0.0.11:53 in netns x: ")
+        );
+        assert_eq!(
+            DnsError::NetworkNotFound("n1".into()).kind(),
+            ErrorKind::NotFound
+        );
+    }
+}

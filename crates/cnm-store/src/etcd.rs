@@ -36,6 +36,7 @@ use etcd_client::{
     TxnOpResponse,
 };
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROOT, EtcdConfig, EtcdEndpoints,
@@ -43,6 +44,8 @@ pub use config::{
 };
 
 const BACKEND: &str = "etcd";
+/// The most operations etcd takes in one transaction (its `--max-txn-ops` default).
+pub const MAX_TXN_OPS: usize = 128;
 /// Keys per page when listing.
 pub const LIST_PAGE: i64 = 1000;
 
@@ -107,23 +110,35 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true)
             // Without a leader etcd cannot serve linearisable reads or writes; fail fast.
             .with_require_leader(true);
-        let probe = async {
-            let client = Client::connect(config.endpoints.urls(), Some(options)).await?;
-            let response = client
-                .kv_client()
-                .get(
-                    config.root.as_bytes(),
-                    Some(GetOptions::new().with_count_only()),
-                )
-                .await?;
-            Ok::<_, etcd_client::Error>((client, response.header().map(ResponseHeader::revision)))
-        };
-        let (client, revision) = match tokio::time::timeout(config.connect_timeout, probe).await {
-            Ok(Ok(done)) => done,
+        let deadline = Instant::now() + config.connect_timeout;
+        let client = match tokio::time::timeout_at(
+            deadline,
+            Client::connect(config.endpoints.urls(), Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(unreachable(Some(e))),
             Err(_) => return Err(unreachable(None)),
         };
-        let revision = revision.and_then(|r| u64::try_from(r).ok()).unwrap_or(0);
+        // The client connects lazily: one read proves that etcd answers.
+        let probe = retry_unsent(deadline, || {
+            let mut kv = client.kv_client();
+            let root = config.root.clone();
+            async move {
+                kv.get(root, Some(GetOptions::new().with_count_only()))
+                    .await
+            }
+        });
+        let response = match probe.await {
+            Some(Ok(response)) => response,
+            Some(Err(e)) => return Err(unreachable(Some(e))),
+            None => return Err(unreachable(None)),
+        };
+        let revision = response
+            .header()
+            .and_then(|h| u64::try_from(h.revision()).ok())
+            .unwrap_or(0);
         tracing::info!(endpoints = %config.endpoints, root = %config.root, revision, "connected to the cluster store");
         let (shutdown, _) = tokio::sync::watch::channel(());
         Ok(EtcdStore {
@@ -179,34 +194,83 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one request within the request timeout; the client's own error is left to the
-    /// caller to interpret.
-    async fn bounded<T>(
+    /// Runs one request within the request timeout, sending it again while it fails before
+    /// reaching any etcd (see [`retry_unsent`]); the client's own error is left to the caller to
+    /// interpret.
+    async fn bounded<T, F, Fut>(
         &self,
         op: &str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<Result<T, etcd_client::Error>, StoreError> {
+        request: F,
+    ) -> Result<Result<T, etcd_client::Error>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let timeout = self.inner.config.request_timeout;
-        tokio::time::timeout(timeout, request).await.map_err(|_| {
-            self.backend_error(
-                op,
-                Box::new(EtcdStoreError::Timeout {
-                    endpoints: self.inner.config.endpoints.clone(),
-                    timeout,
-                }),
-            )
-        })
+        retry_unsent(Instant::now() + timeout, request)
+            .await
+            .ok_or_else(|| {
+                self.backend_error(
+                    op,
+                    Box::new(EtcdStoreError::Timeout {
+                        endpoints: self.inner.config.endpoints.clone(),
+                        timeout,
+                    }),
+                )
+            })
     }
 
     /// Runs one request within the request timeout.
-    async fn call<T>(
-        &self,
-        op: &str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
+    async fn call<T, F, Fut>(&self, op: &str, request: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         self.bounded(op, request)
             .await?
             .map_err(|e| self.backend_error(op, Box::new(e)))
+    }
+}
+
+/// Runs `request` until it gets an answer or `deadline` passes (`None`). A request that failed
+/// because no connection could be made to the endpoint it was routed to was never sent, so
+/// sending it again cannot apply it twice: it is retried (after a short pause), which is what
+/// carries a client over a dead member of a multi-endpoint cluster (the client's balancer routes
+/// requests to endpoints it has not yet found dead) and over the first moments after an etcd
+/// restart. Every other outcome is returned as it is.
+async fn retry_unsent<T, F, Fut>(
+    deadline: Instant,
+    mut request: F,
+) -> Option<Result<T, etcd_client::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match tokio::time::timeout_at(deadline, request()).await {
+            Err(_) => return None,
+            Ok(Err(e)) if never_sent(&e) && Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "etcd request not sent; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Ok(result) => return Some(result),
+        }
+    }
+}
+
+/// Whether a request failed while connecting, before any byte of it reached etcd.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    // tonic reports a failed connect as an `Unavailable` status whose message is its transport
+    // error's ("tcp connect error", "transport error" while the channel reconnects) and whose
+    // source is the connect error.
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            message.contains("connect error") || format!("{status:?}").contains("ConnectError")
+        }
+        _ => false,
     }
 }
 
@@ -250,12 +314,14 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>, StoreError> {
-        let mut kv = self.inner.client.kv_client();
+        let kv = self.inner.client.kv_client();
+        let full = self.full_key(key);
         let response = self
-            .call(
-                &format!("read key {key:?}"),
-                kv.get(self.full_key(key), None),
-            )
+            .call(&format!("read key {key:?}"), || {
+                let mut kv = kv.clone();
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
             .await?;
         self.note(response.header());
         Ok(response.kvs().first().map(versioned))
@@ -266,6 +332,15 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        if txn.ops.len() > MAX_TXN_OPS {
+            return Err(StoreError::unsupported(
+                BACKEND,
+                format!(
+                    "{} operations in one transaction (etcd takes at most {MAX_TXN_OPS})",
+                    txn.ops.len()
+                ),
+            ));
+        }
         let mut keys = HashSet::with_capacity(txn.ops.len());
         if let Some(twice) = txn.ops.iter().find(|op| !keys.insert(op.key())) {
             return Err(StoreError::unsupported(
@@ -313,8 +388,15 @@ impl Store for EtcdStore {
             .and_then(writes)
             .or_else(reads);
         let op = "commit a transaction";
-        let mut kv = self.inner.client.kv_client();
-        let response = match self.bounded(op, kv.txn(request)).await? {
+        let kv = self.inner.client.kv_client();
+        let response = match self
+            .bounded(op, || {
+                let mut kv = kv.clone();
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?
+        {
             Ok(response) => response,
             Err(e) if is_lease_not_found(&e) => {
                 // etcd does not say which lease; the first one the transaction names is it
@@ -375,7 +457,7 @@ impl Store for EtcdStore {
         let mut start = full.into_bytes();
         let mut revision = 0i64;
         let mut entries = Vec::new();
-        let mut kv = self.inner.client.kv_client();
+        let kv = self.inner.client.kv_client();
         loop {
             let mut options = GetOptions::new()
                 .with_range(end.clone())
@@ -385,10 +467,11 @@ impl Store for EtcdStore {
                 options = options.with_revision(revision);
             }
             let response = self
-                .call(
-                    &format!("list keys under {prefix:?}"),
-                    kv.get(start.clone(), Some(options)),
-                )
+                .call(&format!("list keys under {prefix:?}"), || {
+                    let mut kv = kv.clone();
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
                 .await?;
             if revision == 0 {
                 revision = response.header().map(ResponseHeader::revision).unwrap_or(0);
@@ -434,9 +517,14 @@ impl Store for EtcdStore {
         // etcd counts whole seconds; round up so the lease never lives shorter than asked.
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
         let secs = i64::try_from(secs.max(1)).unwrap_or(i64::MAX);
-        let mut leases = self.inner.client.lease_client();
+        let leases = self.inner.client.lease_client();
         let op = format!("grant a lease of {secs}s");
-        let response = self.call(&op, leases.grant(secs, None)).await?;
+        let response = self
+            .call(&op, || {
+                let mut leases = leases.clone();
+                async move { leases.grant(secs, None).await }
+            })
+            .await?;
         self.note(response.header());
         if !response.error().is_empty() {
             return Err(self.backend_error(&op, response.error().to_owned().into()));
@@ -448,12 +536,16 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut leases = self.inner.client.lease_client();
+        let leases = self.inner.client.lease_client();
         // One request and its answer on a short-lived stream: simple, and it survives
         // reconnects without any state here. (The client refuses an answer with TTL 0: the lease
         // is gone.)
         let op = format!("keep lease {lease} alive");
-        match self.bounded(&op, leases.keep_alive(lease.get())).await? {
+        let request = || {
+            let mut leases = leases.clone();
+            async move { leases.keep_alive(lease.get()).await }
+        };
+        match self.bounded(&op, request).await? {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound { lease }),
             Err(e) => Err(self.backend_error(&op, Box::new(e))),
@@ -461,9 +553,13 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut leases = self.inner.client.lease_client();
+        let leases = self.inner.client.lease_client();
         let op = format!("revoke lease {lease}");
-        match self.bounded(&op, leases.revoke(lease.get())).await? {
+        let request = || {
+            let mut leases = leases.clone();
+            async move { leases.revoke(lease.get()).await }
+        };
+        match self.bounded(&op, request).await? {
             Ok(response) => {
                 self.note(response.header());
                 Ok(())

@@ -51,7 +51,7 @@ pub use error::RedbStoreError;
 #[cfg(feature = "etcd")]
 pub use etcd::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROOT, EtcdConfig, EtcdEndpoints,
-    EtcdStore, EtcdStoreError, LIST_PAGE,
+    EtcdStore, EtcdStoreError, LIST_PAGE, MAX_TXN_OPS,
 };
 pub use lock::{LOCK_FILE, StateDirLock};
 pub use redb_store::{DB_FILE, RESTART_PATIENCE, RedbStore};

@@ -22,6 +22,7 @@
 //! dedicated writer thread batching several `Txn`s per fsync was left out until a workload needs
 //! it.)
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -36,6 +37,7 @@ use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
 };
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::{RedbStoreError, StateDirLock};
@@ -70,8 +72,8 @@ pub struct RedbStore {
 struct Inner {
     path: PathBuf,
     db: Database,
-    /// Held across a whole commit, including telling the watchers. Lock order: `writer`, then
-    /// `leases`, then `log`.
+    /// Held across a whole commit, including telling the watchers, and across lease grants and
+    /// ends. Lock order: `writer`, then `leases` or `log` (never both, never across I/O).
     writer: Mutex<()>,
     /// The state-directory lock, when the store was opened with [`RedbStore::open_exclusive`]:
     /// held for as long as the store lives.
@@ -278,9 +280,22 @@ impl Inner {
 
     fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
         let _writer = self.lock_writer();
-        let mut leases = self.lock_leases();
+        // The leases this transaction attaches keys to must be live now. Only `end_lease` forgets
+        // a lease, and it waits for the writer lock, so they are still there to attach to after
+        // the write; the lease table is not held across the fsync (keep-alives would wait).
+        let live: HashSet<LeaseId> = {
+            let leases = self.lock_leases();
+            let now = Instant::now();
+            txn.ops
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOp::PutLeased { lease, .. } if leases.is_live(*lease, now) => Some(*lease),
+                    _ => None,
+                })
+                .collect()
+        };
         let wtx = self.begin_write()?;
-        let (revision, events, attachments) = match apply(&wtx, txn, &leases, Instant::now()) {
+        let (revision, events, attachments) = match apply(&wtx, txn, &live) {
             Ok(done) => done,
             Err(error) => {
                 if let Err(abort) = wtx.abort() {
@@ -293,10 +308,12 @@ impl Inner {
         };
         wtx.commit()
             .map_err(backend(&format!("commit revision {revision}")))?;
-        for (key, lease) in attachments {
-            leases.attach(&key, lease);
+        {
+            let mut leases = self.lock_leases();
+            for (key, lease) in attachments {
+                leases.attach(&key, lease);
+            }
         }
-        drop(leases);
         self.lock_log().publish(revision, events);
         Ok(revision)
     }
@@ -315,9 +332,11 @@ impl Inner {
     /// Issues a lease id (persisting the next one first, so that no id is issued twice) and
     /// starts the lease.
     fn grant(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        // Grants are serialised by the writer lock, so the id read here is the one `grant` below
+        // issues.
         let _writer = self.lock_writer();
-        let mut leases = self.lock_leases();
-        let next = u64::try_from(leases.next_id()).unwrap_or(u64::MAX) + 1;
+        let id = self.lock_leases().next_id();
+        let next = u64::try_from(id).unwrap_or(u64::MAX).saturating_add(1);
         let wtx = self.begin_write()?;
         {
             let mut meta = wtx.open_table(META).map_err(backend("open table meta"))?;
@@ -325,28 +344,30 @@ impl Inner {
                 .map_err(backend("write the next lease id"))?;
         }
         wtx.commit().map_err(backend("commit a lease grant"))?;
-        Ok(leases.grant(ttl, Instant::now()))
+        Ok(self.lock_leases().grant(ttl, Instant::now()))
     }
 
     /// Forgets `lease` and deletes its keys in one commit (no commit if it had none); says
     /// whether the lease was still live. A failed commit keeps the lease for another try.
     fn end_lease(&self, lease: LeaseId) -> Result<bool, StoreError> {
         let _writer = self.lock_writer();
-        let mut leases = self.lock_leases();
-        let live = leases.is_live(lease, Instant::now());
-        let Some(keys) = leases.keys(lease).cloned() else {
-            return Ok(false);
+        let (live, keys) = {
+            let leases = self.lock_leases();
+            let live = leases.is_live(lease, Instant::now());
+            match leases.keys(lease) {
+                Some(keys) => (live, keys.clone()),
+                None => return Ok(false),
+            }
         };
         if keys.is_empty() {
-            leases.remove(lease);
+            self.lock_leases().remove(lease);
             return Ok(live);
         }
         let wtx = self.begin_write()?;
         let revision = delete_keys(&wtx, keys.iter().map(String::as_str))?;
         wtx.commit()
             .map_err(backend(&format!("commit revision {revision}")))?;
-        leases.remove(lease);
-        drop(leases);
+        self.lock_leases().remove(lease);
         let events = keys
             .into_iter()
             .map(|key| WatchEvent::Delete {
@@ -363,13 +384,9 @@ impl Inner {
 /// its events, and the lease attachments to record (`None`: detached).
 type Applied = (u64, Vec<WatchEvent>, Vec<(String, Option<LeaseId>)>);
 
-/// Checks and applies every op of `txn` inside `wtx`; the caller aborts `wtx` on error.
-fn apply(
-    wtx: &WriteTransaction,
-    txn: Txn,
-    leases: &LeaseTable,
-    now: Instant,
-) -> Result<Applied, StoreError> {
+/// Checks and applies every op of `txn` inside `wtx` (`live`: the leases that may be attached
+/// to); the caller aborts `wtx` on error.
+fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Applied, StoreError> {
     let mut meta = wtx.open_table(META).map_err(backend("open table meta"))?;
     let mut kv = wtx.open_table(KV).map_err(backend("open table kv"))?;
     let mut leased = wtx
@@ -396,7 +413,7 @@ fn apply(
             TxnOp::PutLeased {
                 key, value, lease, ..
             } => {
-                if !leases.is_live(lease, now) {
+                if !live.contains(&lease) {
                     return Err(StoreError::LeaseNotFound { lease });
                 }
                 (key, value, Some(lease))
@@ -502,10 +519,19 @@ fn sweep_orphaned_leases(db: &Database) -> Result<(u64, i64, usize), redb::Error
     Ok((revision + 1, next_lease, keys.len()))
 }
 
+/// The runtime a lease's timer runs on: the caller's.
+fn expiry_runtime() -> Result<Handle, StoreError> {
+    Handle::try_current().map_err(|source| StoreError::Backend {
+        backend: BACKEND,
+        op: "start a lease timer (leases need a tokio runtime)".to_owned(),
+        source: Box::new(source),
+    })
+}
+
 /// Ends `lease` when its deadline passes without a keep-alive; stops when the lease is gone
 /// (revoked) or the store is dropped.
-fn spawn_expiry(inner: Weak<Inner>, lease: LeaseId, first: Instant) {
-    tokio::spawn(async move {
+fn spawn_expiry(runtime: &Handle, inner: Weak<Inner>, lease: LeaseId, first: Instant) {
+    runtime.spawn(async move {
         let mut deadline = first;
         loop {
             tokio::time::sleep_until(deadline).await;
@@ -578,10 +604,12 @@ impl Store for RedbStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         check_lease_ttl(ttl)?;
+        let runtime = expiry_runtime()?;
         let lease = self
             .blocking("grant a lease", move |inner| inner.grant(ttl))
             .await?;
         spawn_expiry(
+            &runtime,
             Arc::downgrade(&self.inner),
             lease.id,
             Instant::now() + lease.ttl,

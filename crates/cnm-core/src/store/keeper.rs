@@ -62,7 +62,8 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// Starts keeping `lease` (granted by `store`) alive. Must be called within a tokio runtime.
+    /// Starts keeping `lease` (granted by `store`) alive on the current tokio runtime. Like
+    /// `tokio::spawn`, panics when called outside one.
     pub fn spawn(store: Arc<dyn Store>, lease: Lease) -> Self {
         let (tx, lost) = watch::channel(None);
         let task = tokio::spawn(keep(Arc::clone(&store), lease, tx));

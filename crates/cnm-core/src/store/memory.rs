@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::local::{ChangeLog, DEFAULT_HISTORY, LeaseTable};
@@ -166,8 +167,8 @@ fn lock(state: &Mutex<MemoryState>) -> MutexGuard<'_, MemoryState> {
 
 /// Ends `lease` when its deadline passes without a keep-alive; stops when the lease is gone
 /// (revoked) or the store is dropped.
-fn spawn_expiry(state: Weak<Mutex<MemoryState>>, lease: LeaseId, first: Instant) {
-    tokio::spawn(async move {
+fn spawn_expiry(runtime: &Handle, state: Weak<Mutex<MemoryState>>, lease: LeaseId, first: Instant) {
+    runtime.spawn(async move {
         let mut deadline = first;
         loop {
             tokio::time::sleep_until(deadline).await;
@@ -233,9 +234,14 @@ impl Store for MemoryStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         check_lease_ttl(ttl)?;
+        let runtime = Handle::try_current().map_err(|source| StoreError::Backend {
+            backend: "memory",
+            op: "start a lease timer (leases need a tokio runtime)".to_owned(),
+            source: Box::new(source),
+        })?;
         let now = Instant::now();
         let lease = self.lock().leases.grant(ttl, now);
-        spawn_expiry(Arc::downgrade(&self.state), lease.id, now + ttl);
+        spawn_expiry(&runtime, Arc::downgrade(&self.state), lease.id, now + ttl);
         Ok(lease)
     }
 

@@ -16,7 +16,10 @@
 //!
 //! Every request is bounded by the request timeout; connecting is bounded by the connect
 //! timeout and proves etcd answers (a read), so an unreachable etcd is a typed
-//! [`EtcdStoreError::Unreachable`] naming the endpoints, not a hang.
+//! [`EtcdStoreError::Unreachable`] naming the endpoints, not a hang. A request that failed while
+//! connecting (never sent) is sent again within its timeout; any other failure is returned. As
+//! with any remote store, a write that timed out may or may not have been applied: re-read before
+//! retrying (an expectation makes the retry safe, since a CAS cannot apply twice).
 
 mod config;
 mod watch;

@@ -1,6 +1,8 @@
 //! The system packages the tests need, installed with apt-get when missing.
 //!
-//! Keep the list here and only here: later issues add to it (protobuf-compiler, iperf3, …).
+//! Keep the list here and only here: later issues add to it (iperf3, …). What building needs
+//! (protoc for the etcd client) is here too, so that `cargo xtask test` on a fresh machine builds;
+//! `.ci/run` installs the build packages itself before it starts cargo.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +13,8 @@ use anyhow::{Context, Result, bail};
 struct SystemPackage {
     /// The Debian package name.
     deb: &'static str,
-    /// A program it provides; found on `PATH` (or in an sbin directory) means installed.
+    /// A program it provides; found on `PATH` (or in an sbin directory) means installed. An
+    /// absolute path names a file instead (for packages that install no program).
     provides: &'static str,
 }
 
@@ -57,6 +60,26 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "bind9-dnsutils",
         provides: "dig",
     },
+    // Building: the etcd client's build script compiles etcd's .proto files with protoc, which
+    // needs protobuf's well-known types (google/protobuf/*.proto) from libprotobuf-dev.
+    SystemPackage {
+        deb: "protobuf-compiler",
+        provides: "protoc",
+    },
+    SystemPackage {
+        deb: "libprotobuf-dev",
+        provides: "/usr/include/google/protobuf/descriptor.proto",
+    },
+    // The cluster-store tests start a real etcd in a namespace of their own, and use etcdctl
+    // as an independent client (compaction, revocation, listing the raw keys).
+    SystemPackage {
+        deb: "etcd-server",
+        provides: "etcd",
+    },
+    SystemPackage {
+        deb: "etcd-client",
+        provides: "etcdctl",
+    },
 ];
 
 /// Root runs tools from sbin even when `PATH` lacks it (e.g. `sudo` with a user's PATH).
@@ -93,11 +116,16 @@ pub fn is_root() -> Result<bool> {
     Ok(effective == "0")
 }
 
+fn is_present(p: &SystemPackage) -> bool {
+    if p.provides.starts_with('/') {
+        Path::new(p.provides).is_file()
+    } else {
+        find_program(p.provides).is_some()
+    }
+}
+
 fn missing() -> Vec<&'static SystemPackage> {
-    SYSTEM_PACKAGES
-        .iter()
-        .filter(|p| find_program(p.provides).is_none())
-        .collect()
+    SYSTEM_PACKAGES.iter().filter(|p| !is_present(p)).collect()
 }
 
 /// Makes sure every package in [`SYSTEM_PACKAGES`] is installed, installing the missing ones as root.

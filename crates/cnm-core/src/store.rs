@@ -1,20 +1,51 @@
-//! The state store: versioned key/value records with optimistic concurrency and prefix watches.
+//! The state store: versioned key/value records with optimistic concurrency, prefix watches that
+//! can resume from a revision, and leases.
 //!
 //! Every network, endpoint, sandbox and allocation is a serde record under a key such as
 //! `network/<id>`. Each write is checked against an expectation ([`Expect`]) so two writers can
 //! never silently overwrite each other, and several writes can go in as one atomic [`Txn`] (what
 //! etcd's transactions and an embedded database's write transactions both give). [`MemoryStore`]
-//! is the in-process implementation; durable backends implement the same trait.
+//! is the in-process implementation; durable backends (`cnm-store`: redb, etcd) implement the
+//! same trait.
+//!
+//! # Revisions
+//! Every commit that writes gets a new store-wide revision, strictly greater than every earlier
+//! one; a record's [`Versioned::version`] is the revision of its last write (etcd's
+//! `mod_revision`), and [`Expect::Version`] compares exactly that. A watcher that listed at
+//! revision R ([`Store::list_with_revision`]) and then watches from R ([`Store::watch_from`])
+//! sees every later change exactly once, in commit order: no gap, no duplicate.
+//!
+//! # Leases
+//! A lease ([`Store::grant_lease`]) lives for its TTL unless kept alive ([`Store::keep_alive`],
+//! or [`LeaseKeeper`] which does it in the background). Keys written with
+//! [`Txn::put_leased`] are attached to it; when the lease expires or is revoked the store deletes
+//! them all in one revision, and watchers see the deletions. A later plain put detaches a key.
+//!
+//! | backend | a lease lives | on expiry |
+//! |---|---|---|
+//! | etcd | in the cluster, across client and server restarts, until its TTL runs out without a keep-alive | etcd deletes the keys |
+//! | memory | in this process: a timer per lease | the store deletes the keys (one commit) |
+//! | redb | in this process, like memory; attachments are on disk | same; and keys still attached when the store is opened again are deleted at open, since every lease died with the process that granted it |
+//!
+//! # Local and cluster stores
+//! [`Store::is_cluster`] tells a store shared by every host (etcd) from a host's own (redb,
+//! memory): the controller keeps global-scope state in the former.
 
-use std::collections::BTreeMap;
+mod keeper;
+pub mod local;
+mod memory;
+
 use std::fmt;
-use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cnm_types::ErrorKind;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+
+pub use keeper::{LeaseKeeper, LeaseLost};
+pub use memory::MemoryStore;
 
 /// A value with the store revision at which it was last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +61,73 @@ pub struct Versioned<T> {
 pub enum Expect {
     /// No check: last writer wins.
     Any,
-    /// The key must not exist (create).
+    /// The key must not exist (create). On etcd: `create_revision == 0`.
     Absent,
-    /// The key must exist at exactly this version (compare-and-swap).
+    /// The key must exist at exactly this version (compare-and-swap). On etcd:
+    /// `mod_revision == version`.
     Version(u64),
+}
+
+impl Expect {
+    /// Checks the expectation against the key's current version (`None`: no key), with the
+    /// wording every backend uses: `expected version 3, found version 4`.
+    pub fn check(self, key: &str, current: Option<u64>) -> Result<(), StoreError> {
+        let ok = match self {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current == Some(v),
+        };
+        if ok {
+            return Ok(());
+        }
+        let expected = match self {
+            Expect::Any => "anything".to_owned(),
+            Expect::Absent => describe(None),
+            Expect::Version(v) => describe(Some(v)),
+        };
+        Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            found: describe(current),
+        })
+    }
+}
+
+/// The id of a lease granted by a store ([`Store::grant_lease`]). Shown in hex, as `etcdctl` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(i64);
+
+impl LeaseId {
+    /// A lease id as the store issued it.
+    pub const fn new(id: i64) -> Self {
+        Self(id)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// A granted lease: its id and the TTL the store granted (etcd may round it up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The id.
+    pub id: LeaseId,
+    /// How long the lease lives without a keep-alive.
+    pub ttl: Duration,
 }
 
 /// One operation of a [`Txn`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    /// Writes `value` at `key` if `expect` holds.
+    /// Writes `value` at `key` if `expect` holds. A key attached to a lease is detached.
     Put {
         /// The key.
         key: String,
@@ -55,9 +143,43 @@ pub enum TxnOp {
         /// The expectation.
         expect: Expect,
     },
+    /// Writes `value` at `key` if `expect` holds, attached to `lease`: the store deletes the key
+    /// when the lease expires or is revoked. An unknown or expired lease refuses the whole
+    /// transaction ([`StoreError::LeaseNotFound`]).
+    PutLeased {
+        /// The key.
+        key: String,
+        /// The encoded value.
+        value: Vec<u8>,
+        /// The expectation.
+        expect: Expect,
+        /// The lease the key lives under.
+        lease: LeaseId,
+    },
+}
+
+impl TxnOp {
+    /// The key the operation is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key, .. } | Self::PutLeased { key, .. } => key,
+        }
+    }
+
+    /// The operation's expectation.
+    pub fn expect(&self) -> Expect {
+        match self {
+            Self::Put { expect, .. }
+            | Self::Delete { expect, .. }
+            | Self::PutLeased { expect, .. } => *expect,
+        }
+    }
 }
 
 /// Several writes applied atomically: all expectations hold and every write lands, or none does.
+///
+/// Portable transactions name each key at most once: the local stores apply repeated keys in
+/// order (a later op sees the earlier one), etcd refuses them ([`StoreError::Unsupported`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Txn {
     /// The operations, applied in order.
@@ -70,20 +192,56 @@ impl Txn {
         Self::default()
     }
 
+    /// Adds a put of an encoded value.
+    pub fn put(mut self, key: impl Into<String>, value: Vec<u8>, expect: Expect) -> Self {
+        self.ops.push(TxnOp::Put {
+            key: key.into(),
+            value,
+            expect,
+        });
+        self
+    }
+
+    /// Adds a put of an encoded value attached to `lease`.
+    pub fn put_leased(
+        mut self,
+        key: impl Into<String>,
+        value: Vec<u8>,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Self {
+        self.ops.push(TxnOp::PutLeased {
+            key: key.into(),
+            value,
+            expect,
+            lease,
+        });
+        self
+    }
+
     /// Adds a put of a JSON-encoded record.
     pub fn put_json<T: Serialize>(
-        mut self,
+        self,
         key: impl Into<String>,
         value: &T,
         expect: Expect,
     ) -> Result<Self, StoreError> {
         let key = key.into();
-        let value = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-            key: key.clone(),
-            source,
-        })?;
-        self.ops.push(TxnOp::Put { key, value, expect });
-        Ok(self)
+        let value = encode(&key, value)?;
+        Ok(self.put(key, value, expect))
+    }
+
+    /// Adds a put of a JSON-encoded record attached to `lease`.
+    pub fn put_json_leased<T: Serialize>(
+        self,
+        key: impl Into<String>,
+        value: &T,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Result<Self, StoreError> {
+        let key = key.into();
+        let value = encode(&key, value)?;
+        Ok(self.put_leased(key, value, expect, lease))
     }
 
     /// Adds a delete.
@@ -101,8 +259,16 @@ impl Txn {
     }
 }
 
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode {
+        key: key.to_owned(),
+        source,
+    })
+}
+
 /// A change seen by a watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WatchEvent {
     /// The key was written.
     Put {
@@ -111,20 +277,37 @@ pub enum WatchEvent {
         /// The new value and its version.
         value: Versioned<Vec<u8>>,
     },
-    /// The key was removed.
+    /// The key was removed (deleted, or its lease expired or was revoked).
     Delete {
         /// The key.
         key: String,
         /// The revision of the removal.
         version: u64,
     },
+    /// The store no longer has the history the watch needs (it was compacted past the revision
+    /// the watch resumes from), so changes may have been missed. The watch ends after this event:
+    /// list again ([`Store::list_with_revision`]) and watch from the listing's revision.
+    Resync {
+        /// The oldest revision the store still has history after.
+        compacted: u64,
+    },
 }
 
 impl WatchEvent {
-    /// The key the event is about.
+    /// The key the event is about (empty for [`WatchEvent::Resync`]).
     pub fn key(&self) -> &str {
         match self {
             Self::Put { key, .. } | Self::Delete { key, .. } => key,
+            Self::Resync { .. } => "",
+        }
+    }
+
+    /// The revision of the change (for [`WatchEvent::Resync`], the compaction revision).
+    pub fn revision(&self) -> u64 {
+        match self {
+            Self::Put { value, .. } => value.version,
+            Self::Delete { version, .. } => *version,
+            Self::Resync { compacted } => *compacted,
         }
     }
 }
@@ -142,7 +325,8 @@ impl Watch {
         Self { rx }
     }
 
-    /// The next change, or `None` when the store is gone.
+    /// The next change, or `None` when the watch has ended (the store is gone, or after a
+    /// [`WatchEvent::Resync`]).
     pub async fn next(&mut self) -> Option<WatchEvent> {
         self.rx.recv().await
     }
@@ -151,6 +335,16 @@ impl Watch {
     pub fn try_next(&mut self) -> Option<WatchEvent> {
         self.rx.try_recv().ok()
     }
+}
+
+/// Every key under a prefix, sorted by key, as of one store revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The store revision the listing was read at: [`Store::watch_from`] this revision to see
+    /// every later change.
+    pub revision: u64,
+    /// The keys and their versioned values.
+    pub entries: Vec<(String, Versioned<Vec<u8>>)>,
 }
 
 /// Why a store operation failed.
@@ -210,6 +404,32 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// The lease does not exist (any more): it expired or was revoked, and its keys are gone.
+    /// Nothing of the operation was written.
+    #[error("store lease {lease} has expired or was revoked")]
+    LeaseNotFound {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// The backend does not offer this (a store written before the operation existed, or a
+    /// transaction shape its server refuses).
+    #[error("store backend {backend} does not support {what}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// What was asked.
+        what: String,
+    },
+    /// An argument is out of range; nothing was done.
+    #[error("invalid store {field} {value:?}: {reason}")]
+    Invalid {
+        /// Which argument.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
 }
 
 impl StoreError {
@@ -220,6 +440,17 @@ impl StoreError {
             Self::Encode { .. } | Self::Decode { .. } => ErrorKind::Internal,
             Self::Backend { .. } => ErrorKind::Unavailable,
             Self::Open { kind, .. } => *kind,
+            Self::LeaseNotFound { .. } => ErrorKind::NotFound,
+            Self::Unsupported { .. } => ErrorKind::Unsupported,
+            Self::Invalid { .. } => ErrorKind::InvalidInput,
+        }
+    }
+
+    /// [`StoreError::Unsupported`] for a backend that does not implement `what`.
+    pub fn unsupported(backend: &'static str, what: impl Into<String>) -> Self {
+        Self::Unsupported {
+            backend,
+            what: what.into(),
         }
     }
 }
@@ -231,25 +462,17 @@ fn describe(v: Option<u64>) -> String {
     }
 }
 
-fn check(key: &str, expect: Expect, current: Option<u64>) -> Result<(), StoreError> {
-    let ok = match expect {
-        Expect::Any => true,
-        Expect::Absent => current.is_none(),
-        Expect::Version(v) => current == Some(v),
-    };
-    if ok {
-        return Ok(());
+/// Checks a lease TTL the way every backend does: at least a millisecond, at most a year.
+pub fn check_lease_ttl(ttl: Duration) -> Result<(), StoreError> {
+    const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+    if ttl < Duration::from_millis(1) || ttl > MAX {
+        return Err(StoreError::Invalid {
+            field: "lease TTL",
+            value: format!("{ttl:?}"),
+            reason: "must be between 1ms and 365 days",
+        });
     }
-    let expected = match expect {
-        Expect::Any => "anything".to_owned(),
-        Expect::Absent => "no key".to_owned(),
-        Expect::Version(v) => format!("version {v}"),
-    };
-    Err(StoreError::Conflict {
-        key: key.to_owned(),
-        expected,
-        found: describe(current),
-    })
+    Ok(())
 }
 
 /// A durable store backend that offers itself as the controller's default, found through
@@ -282,7 +505,12 @@ inventory::collect!(DefaultStore);
 ///
 /// Object-safe; every implementation gives the same semantics as [`MemoryStore`]: revisions grow
 /// strictly across the whole store, a [`Txn`] is all-or-nothing, and watchers see every committed
-/// change under their prefix in commit order.
+/// change under their prefix in commit order. The module documentation lists where backends
+/// differ (leases' lifetime, repeated keys in one transaction).
+///
+/// The methods after [`Store::delete`] came with the cluster store; each has a default that
+/// refuses with [`StoreError::Unsupported`], so a store written before them (a test's wrapper)
+/// still compiles and keeps working for everything else.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// The backend's name (`memory`, `redb`, `etcd`, …).
@@ -295,33 +523,87 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned<Vec<u8>>)>, StoreError>;
 
     /// Applies a transaction atomically; returns the revision it was committed at.
+    ///
+    /// A transaction that writes something gets a new revision. One that writes nothing (no ops,
+    /// or only deletes of missing keys) gets a new revision from the local stores and the
+    /// current one from etcd; nobody may rely on either.
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError>;
 
     /// Watches changes under `prefix` from now on.
+    ///
+    /// For a cluster store "now" is the latest revision this client has seen: changes committed
+    /// by other clients just before the call may be delivered too. Use
+    /// [`Store::list_with_revision`] and [`Store::watch_from`] for an exact hand-over.
     fn watch(&self, prefix: &str) -> Result<Watch, StoreError>;
 
     /// Writes one key if `expect` holds; returns its new version.
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StoreError> {
-        self.commit(Txn {
-            ops: vec![TxnOp::Put {
-                key: key.to_owned(),
-                value,
-                expect,
-            }],
-        })
-        .await
+        self.commit(Txn::new().put(key, value, expect)).await
     }
 
     /// Removes one key if `expect` holds.
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
-        self.commit(Txn {
-            ops: vec![TxnOp::Delete {
-                key: key.to_owned(),
-                expect,
-            }],
-        })
-        .await?;
+        self.commit(Txn::new().delete(key, expect)).await?;
         Ok(())
+    }
+
+    /// Whether this store is shared by every host of a cluster (etcd) rather than one host's own
+    /// (redb, memory): the controller keeps global-scope state in a cluster store.
+    fn is_cluster(&self) -> bool {
+        false
+    }
+
+    /// Every key under `prefix`, sorted by key, with the revision the listing was read at.
+    async fn list_with_revision(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let _ = prefix;
+        Err(StoreError::unsupported(
+            self.backend(),
+            "listing at a revision",
+        ))
+    }
+
+    /// Watches changes under `prefix` committed after revision `after`: every one of them
+    /// exactly once, in commit order, then every later one as it happens. If the store no longer
+    /// has the history back to `after`, the watch delivers [`WatchEvent::Resync`] and ends.
+    fn watch_from(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        let _ = (prefix, after);
+        Err(StoreError::unsupported(
+            self.backend(),
+            "watching from a revision",
+        ))
+    }
+
+    /// Grants a lease that lives `ttl` unless kept alive. The store may grant a longer TTL
+    /// (etcd rounds up to whole seconds and to its minimum); the returned [`Lease`] says which.
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        let _ = ttl;
+        Err(StoreError::unsupported(self.backend(), "leases"))
+    }
+
+    /// Renews a lease for its whole TTL from now. [`StoreError::LeaseNotFound`] when it has
+    /// already expired or was revoked (its keys are gone).
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(StoreError::unsupported(self.backend(), "leases"))
+    }
+
+    /// Revokes a lease now: its keys are deleted in one revision. [`StoreError::LeaseNotFound`]
+    /// when it does not exist.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(StoreError::unsupported(self.backend(), "leases"))
+    }
+
+    /// Writes one key attached to `lease` if `expect` holds; returns its new version.
+    async fn put_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Result<u64, StoreError> {
+        self.commit(Txn::new().put_leased(key, value, expect, lease))
+            .await
     }
 }
 
@@ -332,16 +614,7 @@ pub async fn get_json<T: DeserializeOwned>(
 ) -> Result<Option<Versioned<T>>, StoreError> {
     match store.get(key).await? {
         None => Ok(None),
-        Some(v) => {
-            let value = serde_json::from_slice(&v.value).map_err(|source| StoreError::Decode {
-                key: key.to_owned(),
-                source,
-            })?;
-            Ok(Some(Versioned {
-                version: v.version,
-                value,
-            }))
-        }
+        Some(v) => Ok(Some(decode(key, v)?)),
     }
 }
 
@@ -355,208 +628,22 @@ pub async fn list_json<T: DeserializeOwned>(
         .await?
         .into_iter()
         .map(|(key, v)| {
-            let value = serde_json::from_slice(&v.value).map_err(|source| StoreError::Decode {
-                key: key.clone(),
-                source,
-            })?;
-            Ok((
-                key,
-                Versioned {
-                    version: v.version,
-                    value,
-                },
-            ))
+            let v = decode(&key, v)?;
+            Ok((key, v))
         })
         .collect()
 }
 
-#[derive(Debug, Default)]
-struct MemoryState {
-    revision: u64,
-    data: BTreeMap<String, Versioned<Vec<u8>>>,
-    watchers: Vec<(String, mpsc::UnboundedSender<WatchEvent>)>,
-}
-
-/// The in-process store: a sorted map under a mutex. Nothing survives the process.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    state: Mutex<MemoryState>,
-}
-
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        // A panic while holding this lock cannot leave the map half-written: every commit checks
-        // all expectations before its first write, so the data is consistent even if poisoned.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>, StoreError> {
-        Ok(self.lock().data.get(key).cloned())
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned<Vec<u8>>)>, StoreError> {
-        let state = self.lock();
-        Ok(state
-            .data
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
-    }
-
-    async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
-        let mut state = self.lock();
-        // Check every expectation against the state as the transaction would see it, in order,
-        // before writing anything: a later op may depend on an earlier one in the same txn.
-        let mut shadow: BTreeMap<&str, Option<u64>> = BTreeMap::new();
-        let revision = state.revision + 1;
-        for op in &txn.ops {
-            let (key, expect) = match op {
-                TxnOp::Put { key, expect, .. } | TxnOp::Delete { key, expect } => (key, *expect),
-            };
-            let current = match shadow.get(key.as_str()) {
-                Some(v) => *v,
-                None => state.data.get(key).map(|v| v.version),
-            };
-            check(key, expect, current)?;
-            let after = match op {
-                TxnOp::Put { .. } => Some(revision),
-                TxnOp::Delete { .. } => None,
-            };
-            shadow.insert(key, after);
-        }
-        state.revision = revision;
-        let mut events = Vec::with_capacity(txn.ops.len());
-        for op in txn.ops {
-            match op {
-                TxnOp::Put { key, value, .. } => {
-                    let v = Versioned {
-                        version: revision,
-                        value,
-                    };
-                    state.data.insert(key.clone(), v.clone());
-                    events.push(WatchEvent::Put { key, value: v });
-                }
-                TxnOp::Delete { key, .. } => {
-                    if state.data.remove(&key).is_some() {
-                        events.push(WatchEvent::Delete {
-                            key,
-                            version: revision,
-                        });
-                    }
-                }
-            }
-        }
-        state.watchers.retain(|(prefix, tx)| {
-            events
-                .iter()
-                .filter(|e| e.key().starts_with(prefix.as_str()))
-                .all(|e| tx.send(e.clone()).is_ok())
-        });
-        Ok(revision)
-    }
-
-    fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().watchers.push((prefix.to_owned(), tx));
-        Ok(Watch { rx })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn versions_and_expectations() {
-        let s = MemoryStore::new();
-        let v1 = s
-            .put("network/a", b"1".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
-        let e = s
-            .put("network/a", b"2".to_vec(), Expect::Absent)
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Conflict);
-        assert!(e.to_string().contains("network/a"), "{e}");
-        let v2 = s
-            .put("network/a", b"2".to_vec(), Expect::Version(v1))
-            .await
-            .unwrap();
-        assert!(v2 > v1);
-        assert!(
-            s.put("network/a", b"3".to_vec(), Expect::Version(v1))
-                .await
-                .is_err()
-        );
-        assert_eq!(s.get("network/a").await.unwrap().unwrap().value, b"2");
-        s.delete("network/a", Expect::Version(v2)).await.unwrap();
-        assert!(s.get("network/a").await.unwrap().is_none());
-        s.delete("network/a", Expect::Any).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn txn_is_all_or_nothing() {
-        let s = MemoryStore::new();
-        s.put("endpoint/n/1", b"x".to_vec(), Expect::Absent)
-            .await
-            .unwrap();
-        let txn = Txn::new()
-            .put_json("sandbox/s", &"s", Expect::Absent)
-            .unwrap()
-            .put_json("endpoint/n/1", &"y", Expect::Absent)
-            .unwrap();
-        assert!(s.commit(txn).await.is_err());
-        assert!(
-            s.get("sandbox/s").await.unwrap().is_none(),
-            "first op must not land"
-        );
-        // An op may rely on an earlier op of the same transaction.
-        let txn = Txn::new()
-            .put_json("a", &1, Expect::Absent)
-            .unwrap()
-            .delete("a", Expect::Any);
-        s.commit(txn).await.unwrap();
-        assert!(s.get("a").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn list_by_prefix_and_watch() {
-        let s = MemoryStore::new();
-        let mut w = s.watch("endpoint/").unwrap();
-        for k in ["endpoint/n/1", "endpoint/n/2", "network/n", "endpointx"] {
-            s.put(k, b"{}".to_vec(), Expect::Any).await.unwrap();
-        }
-        let keys: Vec<String> = s
-            .list("endpoint/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, ["endpoint/n/1", "endpoint/n/2"]);
-        assert_eq!(w.next().await.unwrap().key(), "endpoint/n/1");
-        assert_eq!(w.next().await.unwrap().key(), "endpoint/n/2");
-        assert!(w.try_next().is_none());
-        s.delete("endpoint/n/1", Expect::Any).await.unwrap();
-        assert!(matches!(w.next().await, Some(WatchEvent::Delete { .. })));
-        let decoded: Vec<(String, Versioned<serde_json::Value>)> =
-            list_json(&s, "endpoint/").await.unwrap();
-        assert_eq!(decoded.len(), 1);
-    }
+fn decode<T: DeserializeOwned>(
+    key: &str,
+    v: Versioned<Vec<u8>>,
+) -> Result<Versioned<T>, StoreError> {
+    let value = serde_json::from_slice(&v.value).map_err(|source| StoreError::Decode {
+        key: key.to_owned(),
+        source,
+    })?;
+    Ok(Versioned {
+        version: v.version,
+        value,
+    })
 }

@@ -1,18 +1,25 @@
-//! Durable state stores for cnm: the embedded, crash-safe default store behind
-//! [`cnm_core::store::Store`].
+//! State stores for cnm behind [`cnm_core::store::Store`]: the embedded, crash-safe default and
+//! the etcd cluster store.
 //!
 //! **Owns**
 //! - [`RedbStore`]: `<state_dir>/state.redb`, with exactly `MemoryStore`'s semantics (store-wide
-//!   strictly increasing revisions, all-or-nothing transactions, ordered prefix watches), every
-//!   commit durable before it returns, revisions persisted across restarts.
+//!   strictly increasing revisions, all-or-nothing transactions, ordered prefix watches that can
+//!   resume from a revision, in-process leases), every commit durable before it returns,
+//!   revisions persisted across restarts.
 //! - [`StateDirLock`]: one process per state directory (`<state_dir>/lock`, `flock`, holder pid).
+//! - [`EtcdStore`] (feature `etcd`, on by default): the store shared by every host of a cluster,
+//!   on etcd's transactions (compare on `mod_revision`/`create_revision`), revisions, watches
+//!   (re-established after any break without loss or duplicates) and leases, under a
+//!   configurable key root ([`EtcdConfig`], from `etcd://HOST:PORT[,HOST:PORT…]`).
 //!
 //! **Does not**
 //! - decide what is stored (records and keys belong to cnm-core);
 //! - take the state-directory lock in [`RedbStore::open`]: [`RedbStore::open_exclusive`] (and the
 //!   controller's default store, registered here as [`cnm_core::store::DefaultStore`] `redb`)
 //!   takes [`StateDirLock`] first and holds it as long as the store lives;
-//! - share state between hosts (global scope goes to an etcd backend).
+//! - decide which state is global: the controller routes global-scope records to a store whose
+//!   [`cnm_core::store::Store::is_cluster`] is true;
+//! - speak TLS to etcd (plain gRPC only; `etcd-client`'s TLS features are left off).
 //!
 //! ```
 //! use cnm_core::store::{Expect, Store, Txn};
@@ -35,11 +42,17 @@
 //! ```
 
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod lock;
 mod redb_store;
-mod watch;
 
 pub use error::RedbStoreError;
+#[cfg(feature = "etcd")]
+pub use etcd::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_ROOT, EtcdConfig, EtcdEndpoints,
+    EtcdStore, EtcdStoreError, LIST_PAGE, MAX_TXN_OPS,
+};
 pub use lock::{LOCK_FILE, StateDirLock};
 pub use redb_store::{DB_FILE, RESTART_PATIENCE, RedbStore};
 

@@ -12,6 +12,8 @@
 //!   failure is quick.
 //! - [`server`]: TCP and UDP echo servers that report the peer address they saw (proof of
 //!   masquerading).
+//! - [`etcd`]: a real etcd in a namespace of the test's, with its own data directory, killed
+//!   and restarted on demand, and [`etcd::run_in`] to run client code inside a namespace.
 //!
 //! **Does not**
 //! - build a cnm controller: `cnm-core` adds a `controller()` constructor bound to a
@@ -35,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod etcd;
 mod host;
 mod mounts;
 pub mod probe;

@@ -189,6 +189,11 @@ pub struct NetworkCreateArgs {
     /// Allow sandboxes to attach (accepted for docker compatibility; always true here).
     #[arg(long)]
     pub attachable: bool,
+    /// Let the subnet overlap an address or route the host already has (a LAN it is on, a VPN
+    /// route): the host loses its path to the overlapped part while the network exists.
+    /// Refused without this flag. Sets option com.cnm.network.allow_host_overlap=true.
+    #[arg(long)]
+    pub allow_host_overlap: bool,
     /// Driver option KEY=VALUE (repeatable).
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opts: Vec<String>,

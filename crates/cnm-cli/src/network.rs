@@ -80,10 +80,20 @@ async fn create(client: &Client, a: NetworkCreateArgs, out: &Printer) -> anyhow:
     Ok(Outcome::Ok)
 }
 
+/// cnm's network option that lets a subnet overlap the host's networks (cnm-core's
+/// `KEY_ALLOW_HOST_OVERLAP`; the CLI speaks to cnmd over HTTP and does not link the library).
+pub const ALLOW_HOST_OVERLAP: &str = "com.cnm.network.allow_host_overlap";
+
 /// The body of `POST /networks/create` for `cnm network create` flags, with docker's rules for
 /// pairing gateways, ranges and aux addresses with the subnet that contains them.
 pub fn create_body(a: &NetworkCreateArgs) -> Result<Value, UsageError> {
     let config = ipam_config(a)?;
+    let mut options = key_values("--opt", &a.opts)?;
+    if a.allow_host_overlap
+        && let Value::Object(m) = &mut options
+    {
+        m.insert(ALLOW_HOST_OVERLAP.to_owned(), Value::from("true"));
+    }
     Ok(json!({
         "Name": a.name,
         "CheckDuplicate": true,
@@ -96,7 +106,7 @@ pub fn create_body(a: &NetworkCreateArgs) -> Result<Value, UsageError> {
             "Config": config,
             "Options": key_values("--ipam-opt", &a.ipam_opts)?,
         },
-        "Options": key_values("--opt", &a.opts)?,
+        "Options": options,
         "Labels": key_values("--label", &a.labels)?,
     }))
 }
@@ -429,6 +439,24 @@ mod tests {
                 "Options": {"k": "v"}, "Labels": {"env": "t"},
             })
         );
+    }
+
+    #[test]
+    fn allow_host_overlap_is_an_option_key() {
+        let b = create_body(&create_args(&[
+            "--subnet",
+            "10.1.0.0/24",
+            "--allow-host-overlap",
+            "-o",
+            "k=v",
+        ]))
+        .unwrap();
+        assert_eq!(
+            b["Options"],
+            json!({"k": "v", "com.cnm.network.allow_host_overlap": "true"})
+        );
+        let b = create_body(&create_args(&["--subnet", "10.1.0.0/24"])).unwrap();
+        assert_eq!(b["Options"], json!({}));
     }
 
     #[test]

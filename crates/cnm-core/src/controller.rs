@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use tracing::Instrument as _;
 
 use crate::CoreError;
+use crate::host::{self, HostNetwork};
 use crate::id;
 use crate::ipam::Ipam;
 use crate::network::{Network, NetworkInner, NetworkPool};
@@ -274,22 +275,46 @@ impl ControllerInner {
             .ok_or_else(|| CoreError::DriverNotFound(name.to_owned()))
     }
 
-    /// What default pools must avoid: the host's on-link networks and its name servers.
+    /// The networks the host is on (addresses and routes of its namespace), leaving out the
+    /// bridges of this controller's networks and catch-all routes (see [`crate::host`]).
+    pub(crate) async fn host_networks(&self) -> Result<Vec<HostNetwork>, CoreError> {
+        let nl = &self.host_netlink;
+        let what = "the host namespace";
+        // One after the other: the kernel runs one dump at a time per netlink socket (a second
+        // one started meanwhile fails with EBUSY).
+        let links = nl
+            .links()
+            .await
+            .map_err(|e| CoreError::sandbox("list links of", what, e))?;
+        let addresses = nl
+            .addresses(None)
+            .await
+            .map_err(|e| CoreError::sandbox("list addresses of", what, e))?;
+        let v4 = nl
+            .routes(IpFamily::V4)
+            .await
+            .map_err(|e| CoreError::sandbox("list routes of", what, e))?;
+        let v6 = nl
+            .routes(IpFamily::V6)
+            .await
+            .map_err(|e| CoreError::sandbox("list routes of", what, e))?;
+        let routes: Vec<_> = v4.into_iter().chain(v6).collect();
+        Ok(host::collect(&links, &addresses, &routes, |link| {
+            link.alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(host::ALIAS_PREFIX))
+                .is_some_and(|id| self.networks.contains_key(id))
+        }))
+    }
+
+    /// What default pools must avoid: the networks the host is on and its name servers.
     async fn pool_exclusions(&self) -> Result<Vec<IpNet>, CoreError> {
-        let mut out = Vec::new();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let routes = self
-                .host_netlink
-                .routes(family)
-                .await
-                .map_err(|e| CoreError::sandbox("list routes of", "the host namespace", e))?;
-            out.extend(
-                routes
-                    .into_iter()
-                    .filter(|r| r.gateway.is_none() && r.destination.prefix_len() > 0)
-                    .map(|r| r.destination),
-            );
-        }
+        let mut out: Vec<IpNet> = self
+            .host_networks()
+            .await?
+            .into_iter()
+            .map(|h| h.net)
+            .collect();
         out.extend(
             self.host_resolv_conf()
                 .await?
@@ -298,6 +323,24 @@ impl ControllerInner {
                 .map(IpNet::from),
         );
         Ok(out)
+    }
+
+    /// Refuses an explicit subnet that overlaps a network the host is on (see [`crate::host`]),
+    /// naming what of the host's it overlaps.
+    async fn check_host_overlap(&self, pools: &[PoolConfig]) -> Result<(), CoreError> {
+        if pools.is_empty() {
+            return Ok(());
+        }
+        let host = self.host_networks().await?;
+        for pool in pools {
+            if let Some(h) = host::overlap(&pool.subnet(), &host) {
+                return Err(CoreError::HostOverlap {
+                    subnet: pool.subnet(),
+                    host: h.description.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The host's resolv.conf as configured (empty when the file does not exist).
@@ -446,7 +489,7 @@ impl Controller {
         self.inner.network_handles()
     }
 
-    /// The network with this name, id, or unique id prefix.
+    /// The network with this full id, name, or unique id prefix (in that order, as Docker).
     pub fn network(&self, key: &str) -> Result<Network, CoreError> {
         let candidates = self
             .inner
@@ -506,7 +549,7 @@ impl Controller {
             })
     }
 
-    /// The sandbox with this id or unique id prefix (or container id).
+    /// The sandbox with this full id, container id, or unique id prefix (in that order).
     pub fn sandbox(&self, key: &str) -> Result<Sandbox, CoreError> {
         let candidates = self
             .inner
@@ -587,6 +630,10 @@ async fn create_network(
             pool.subnet(),
             format!("driver {driver_name:?} does not use addresses"),
         ));
+    }
+    // Reading the host's addresses and routes changes nothing.
+    if capability.host_routes && !options.allow_host_overlap {
+        ctl.check_host_overlap(&options.pools).await?;
     }
 
     // 2. Reserve the name (and the singleton slot) atomically.
@@ -694,6 +741,7 @@ async fn create_network(
                 internal: options.internal,
                 labels: options.labels.clone(),
                 driver_options: options.driver_options.clone(),
+                allow_host_overlap: options.allow_host_overlap,
                 ipv4: v4.iter().map(NetworkPool::record).collect(),
                 ipv6: v6.iter().map(NetworkPool::record).collect(),
                 created,

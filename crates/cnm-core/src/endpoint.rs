@@ -278,7 +278,11 @@ async fn delete(ctl: Arc<ControllerInner>, ep: Arc<EndpointInner>) -> Result<(),
                 .map_err(|e| CoreError::ipam("release address", addr.to_string(), e)),
         );
     }
-    net.state().endpoints.remove(&ep.name);
+    {
+        let mut st = net.state();
+        st.endpoints.remove(&ep.name);
+        st.release_mac(ep.mac, &ep.name);
+    }
     tracing::info!(endpoint = id::short(&ep.id), name = %ep.name, "endpoint deleted");
     errors.into_result()
 }

@@ -117,6 +117,50 @@ pub enum CoreError {
         /// The sandbox's short id.
         sandbox: String,
     },
+    /// A subnet overlaps an address or a route the host already has (outside cnm's own
+    /// networks); nothing was changed.
+    #[error(
+        "subnet {subnet} overlaps {host}: a network there would take it away from the host; \
+         choose another subnet, or allow the overlap for this network with option \
+         {}=true (cnm network create --allow-host-overlap)",
+        crate::options::KEY_ALLOW_HOST_OVERLAP
+    )]
+    HostOverlap {
+        /// The subnet asked for.
+        subnet: ipnet::IpNet,
+        /// What of the host it overlaps: `10.0.0.0/24 on eth1 (route)`.
+        host: String,
+    },
+    /// Another endpoint of the network has this MAC address; nothing was changed.
+    #[error("MAC address {mac} is already used by endpoint {endpoint} on network {network}")]
+    MacAddressInUse {
+        /// The MAC.
+        mac: cnm_types::MacAddress,
+        /// The network's name.
+        network: String,
+        /// The endpoint holding it.
+        endpoint: String,
+    },
+    /// Ports were given for an endpoint whose join does not make it its sandbox's gateway
+    /// endpoint: published ports follow the default route, so they would not be published;
+    /// nothing was changed.
+    #[error(
+        "cannot publish ports {} of endpoint {endpoint} on network {network}: {reason}",
+        .ports.join(", ")
+    )]
+    PortsNotPublishable {
+        /// The endpoint's name.
+        endpoint: String,
+        /// Its network's name.
+        network: String,
+        /// The ports, as given.
+        ports: Vec<String>,
+        /// The endpoint that provides (and keeps) the sandbox's default route, when another one
+        /// does; `None` when this endpoint can never provide it.
+        gateway: Option<String>,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// The object was deleted while this handle was held.
     #[error("{what} {name} was deleted")]
     Deleted {
@@ -246,7 +290,13 @@ impl CoreError {
             | Self::NetworkInUse { .. }
             | Self::AlreadyJoined { .. }
             | Self::NotJoined { .. }
-            | Self::EndpointInUse { .. } => ErrorKind::Conflict,
+            | Self::EndpointInUse { .. }
+            | Self::HostOverlap { .. }
+            | Self::MacAddressInUse { .. } => ErrorKind::Conflict,
+            Self::PortsNotPublishable { gateway, .. } => match gateway {
+                Some(_) => ErrorKind::Conflict,
+                None => ErrorKind::InvalidInput,
+            },
             Self::Driver { source, .. } => source.kind(),
             Self::Ipam { source, .. } => source.kind(),
             Self::Sandbox { source, .. } => source.kind(),

@@ -20,7 +20,8 @@ pub(crate) struct GatewayCandidate {
 }
 
 impl GatewayCandidate {
-    fn can_serve(&self) -> bool {
+    /// Whether the endpoint can provide a default route at all.
+    pub(crate) fn can_serve(&self) -> bool {
         !self.no_gateway_service && self.has_gateway
     }
 }
@@ -42,6 +43,32 @@ pub(crate) fn select(candidates: &[GatewayCandidate]) -> Option<&GatewayCandidat
         .iter()
         .filter(|c| c.can_serve())
         .min_by(|a, b| order(a, b))
+}
+
+/// What joining `me` to a sandbox whose other endpoints are `others` does to its gateway.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum JoinOutcome<'a> {
+    /// `me` becomes the gateway endpoint.
+    Gateway,
+    /// `me` could serve, but this one of `others` ranks first and keeps (or takes) the role.
+    Outranked(&'a GatewayCandidate),
+    /// `me` can never provide the default route (internal, no gateway, service disabled).
+    CannotServe,
+}
+
+/// Decides [`JoinOutcome`] by libnetwork's [`order`].
+pub(crate) fn join_outcome<'a>(
+    others: &'a [GatewayCandidate],
+    me: &GatewayCandidate,
+) -> JoinOutcome<'a> {
+    if !me.can_serve() {
+        return JoinOutcome::CannotServe;
+    }
+    // `select` over the sandbox's list (the joining endpoint last) keeps the first of equals.
+    match select(others) {
+        Some(best) if order(me, best) != Ordering::Less => JoinOutcome::Outranked(best),
+        _ => JoinOutcome::Gateway,
+    }
 }
 
 /// The lowest `N` such that `ethN` is not used by the sandbox (`used` holds the N in use).
@@ -113,6 +140,43 @@ mod tests {
                 .unwrap()
                 .endpoint_id,
             "hi"
+        );
+    }
+
+    #[test]
+    fn a_joining_endpoint_knows_whether_it_becomes_the_gateway() {
+        let others = [c("a", 0, false, true, "alpha"), c("i", 9, true, true, "in")];
+        // Same priority, later network name: alpha keeps it.
+        assert_eq!(
+            join_outcome(&others, &c("z", 0, false, true, "zeta")),
+            JoinOutcome::Outranked(&others[0])
+        );
+        // A higher priority, or an earlier name, takes it.
+        assert_eq!(
+            join_outcome(&others, &c("z", 1, false, true, "zeta")),
+            JoinOutcome::Gateway
+        );
+        assert_eq!(
+            join_outcome(&others, &c("b", 0, false, true, "aaa")),
+            JoinOutcome::Gateway
+        );
+        // A lower priority never does; an internal one or one without gateway cannot.
+        assert_eq!(
+            join_outcome(&others, &c("b", -1, false, true, "aaa")),
+            JoinOutcome::Outranked(&others[0])
+        );
+        assert_eq!(
+            join_outcome(&others, &c("x", 100, true, true, "aaa")),
+            JoinOutcome::CannotServe
+        );
+        assert_eq!(
+            join_outcome(&[], &c("x", 0, false, false, "aaa")),
+            JoinOutcome::CannotServe
+        );
+        // Alone (or among endpoints that cannot serve), it is the gateway.
+        assert_eq!(
+            join_outcome(&others[1..], &c("z", 0, false, true, "zeta")),
+            JoinOutcome::Gateway
         );
     }
 

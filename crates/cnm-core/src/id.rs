@@ -1,5 +1,5 @@
 //! Object ids as Docker makes them (64 random hex characters), their short form, and lookup by
-//! name, full id or unique id prefix.
+//! full id, name or unique id prefix.
 
 use std::fmt::Write as _;
 
@@ -34,26 +34,27 @@ pub fn short(id: &str) -> &str {
     id.get(..SHORT_ID_LEN).unwrap_or(id)
 }
 
-/// Finds one object among `(name, id, value)` candidates by exact name, exact id, or unique id
-/// prefix, in that order of precedence (Docker's rule for `docker network inspect`).
+/// Finds one object among `(name, id, value)` candidates by full id, exact name, or unique id
+/// prefix, in that order of precedence (Docker's rule, `daemon.FindNetwork`): a string that is one
+/// object's full id finds that object even when another object is named that string.
 pub(crate) fn lookup<T: Clone>(
     what: &'static str,
     key: &str,
     candidates: impl IntoIterator<Item = (String, String, T)>,
 ) -> Result<T, CoreError> {
     let mut by_prefix = Vec::new();
-    let mut by_id = None;
+    let mut by_name = None;
     for (name, id, value) in candidates {
-        if name == key {
+        if id == key {
             return Ok(value);
         }
-        if id == key {
-            by_id = Some(value);
+        if name == key {
+            by_name = Some(value);
         } else if !key.is_empty() && id.starts_with(key) {
             by_prefix.push((name, id, value));
         }
     }
-    if let Some(value) = by_id {
+    if let Some(value) = by_name {
         return Ok(value);
     }
     match by_prefix.len() {
@@ -112,6 +113,22 @@ mod tests {
         assert_eq!(lookup("network", "ff", objects()).unwrap(), 3);
         // A name wins over an id prefix it also matches.
         assert_eq!(lookup("network", "abd", objects()).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_full_id_wins_over_a_name() {
+        // "evil" is named after alpha's full id; the id finds alpha whichever comes first.
+        let mut objs = vec![("evil".to_owned(), "ffff11".to_owned(), 9)];
+        objs.extend(objects());
+        objs[0].0 = "abc123".into();
+        assert_eq!(lookup("network", "abc123", objs.clone()).unwrap(), 1);
+        objs.reverse();
+        assert_eq!(lookup("network", "abc123", objs.clone()).unwrap(), 1);
+        // Its own id and a prefix of it still find it; a name beats a prefix.
+        assert_eq!(lookup("network", "ffff11", objs.clone()).unwrap(), 9);
+        assert_eq!(lookup("network", "ffff1", objs.clone()).unwrap(), 9);
+        objs.push(("ffff1".into(), "012345".into(), 7));
+        assert_eq!(lookup("network", "ffff1", objs).unwrap(), 7);
     }
 
     #[test]

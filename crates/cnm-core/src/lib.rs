@@ -48,6 +48,7 @@ pub mod crash;
 mod endpoint;
 mod error;
 mod gateway;
+mod host;
 pub mod id;
 mod ipam;
 mod network;

@@ -1,11 +1,12 @@
 //! [`Network`]: a handle to one network, and endpoint creation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cnm_ipam::{AddressRequest, IpamError, PoolId};
+use cnm_types::MacAddress;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::CoreError;
@@ -68,11 +69,45 @@ impl NetworkPool {
     }
 }
 
-/// A network's mutable state: its endpoints by name (`None` while one is being created).
+/// A network's mutable state: its endpoints by name (`None` while one is being created), and
+/// which endpoint holds each MAC address (reserved with the name, so two endpoints of one
+/// network, one L2 domain, never share a MAC).
 #[derive(Default)]
 pub(crate) struct NetworkState {
     pub(crate) endpoints: BTreeMap<String, Option<Arc<EndpointInner>>>,
+    pub(crate) macs: HashMap<MacAddress, String>,
     pub(crate) deleting: bool,
+}
+
+impl NetworkState {
+    /// Records that endpoint `name` holds `mac`; refused, naming the holder, when another does.
+    pub(crate) fn claim_mac(
+        &mut self,
+        mac: MacAddress,
+        name: &str,
+        network: &str,
+    ) -> Result<(), CoreError> {
+        match self.macs.get(&mac) {
+            Some(other) if other != name => Err(CoreError::MacAddressInUse {
+                mac,
+                network: network.to_owned(),
+                endpoint: other.clone(),
+            }),
+            _ => {
+                self.macs.insert(mac, name.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets that endpoint `name` holds `mac` (if it does).
+    pub(crate) fn release_mac(&mut self, mac: Option<MacAddress>, name: &str) {
+        if let Some(mac) = mac
+            && self.macs.get(&mac).is_some_and(|n| n == name)
+        {
+            self.macs.remove(&mac);
+        }
+    }
 }
 
 pub(crate) struct NetworkInner {
@@ -236,7 +271,7 @@ impl Network {
             .collect()
     }
 
-    /// The endpoint with this name, id or unique id prefix.
+    /// The endpoint with this full id, name, or unique id prefix (in that order, as Docker).
     pub fn endpoint(&self, key: &str) -> Result<Endpoint, CoreError> {
         let candidates: Vec<_> = self
             .inner
@@ -280,10 +315,11 @@ impl Network {
     }
 }
 
-/// Releases an endpoint-name reservation unless the creation committed.
+/// Releases an endpoint-name reservation (and its MAC) unless the creation committed.
 struct EndpointReservation {
     net: Arc<NetworkInner>,
     name: String,
+    mac: Option<MacAddress>,
     committed: bool,
 }
 
@@ -299,6 +335,7 @@ impl Drop for EndpointReservation {
             let mut st = self.net.state();
             if matches!(st.endpoints.get(&self.name), Some(None)) {
                 st.endpoints.remove(&self.name);
+                st.release_mac(self.mac, &self.name);
             }
         }
     }
@@ -433,11 +470,15 @@ async fn create_endpoint(
                 name,
             });
         }
+        if let Some(mac) = options.mac {
+            st.claim_mac(mac, &name, &net.name)?;
+        }
         st.endpoints.insert(name.clone(), None);
     }
-    let reservation = EndpointReservation {
+    let mut reservation = EndpointReservation {
         net: net.clone(),
         name: name.clone(),
+        mac: options.mac,
         committed: false,
     };
 
@@ -495,6 +536,14 @@ async fn create_endpoint(
             });
         }
         let mac = options.mac.or(info.mac);
+        if options.mac.is_none()
+            && let Some(chosen) = info.mac
+        {
+            // The driver's choice must be unique on the network too (a driver may derive MACs
+            // from addresses, which another endpoint may have asked for).
+            net.state().claim_mac(chosen, &name, &net.name)?;
+            reservation.mac = Some(chosen);
+        }
         crate::crash::point("endpoint-create:after-driver");
 
         // 5. The record.

@@ -133,6 +133,18 @@ pub enum PortError {
         /// The container range.
         container: PortRange,
     },
+    /// The host address is not one a port can be published on (broadcast, multicast, reserved,
+    /// IPv4-mapped, link-local IPv6).
+    #[error(
+        "host IP {ip} cannot take a published port: it is {reason}; give a unicast address of \
+         the host, or none for every address"
+    )]
+    HostIpNotUnicast {
+        /// The address.
+        ip: IpAddr,
+        /// What it is.
+        reason: String,
+    },
     /// The whole specification is malformed.
     #[error("invalid port binding {0:?}: expected [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]")]
     Spec(String),
@@ -145,10 +157,42 @@ impl PortError {
     }
 }
 
+/// Checks a host address for published ports: the unspecified address (every address of its
+/// family) or a unicast one. Loopback (`127.0.0.1`, `::1`) and IPv4 link-local are the
+/// host's own and fine; broadcast, multicast, "this network", the reserved `240.0.0.0/4`,
+/// IPv4-mapped or -compatible IPv6 (write the IPv4 address) and IPv6 link-local (a socket needs
+/// a zone a binding cannot carry) are refused.
+pub fn check_host_ip(ip: IpAddr) -> Result<(), PortError> {
+    if ip.is_unspecified() || ip.is_loopback() {
+        return Ok(());
+    }
+    let link_local_v4 = matches!(ip, IpAddr::V4(v4) if v4.is_link_local());
+    if link_local_v4 {
+        return Ok(());
+    }
+    let reason = match ip {
+        IpAddr::V6(v6) if let Some(v4) = v6.to_ipv4_mapped() => {
+            Some(format!("an IPv4-mapped address (write it as {v4})"))
+        }
+        _ => crate::options::reserved::RESERVED
+            .iter()
+            .find(|r| r.net.contains(&ip))
+            .map(|r| format!("in {}, {}", r.net, r.what)),
+    };
+    match reason {
+        Some(reason) => Err(PortError::HostIpNotUnicast { ip, reason }),
+        None => Ok(()),
+    }
+}
+
 impl PortBinding {
     /// Checks that host and container ranges have the same size (a single host port may front a
-    /// single container port only).
+    /// single container port only), and that the host address can take a published port (see
+    /// [`check_host_ip`]).
     pub fn validate(&self) -> Result<(), PortError> {
+        if let Some(ip) = self.host_ip {
+            check_host_ip(ip)?;
+        }
         match self.host_port {
             Some(host) if host.len() != self.container_port.len() => {
                 Err(PortError::RangeMismatch {
@@ -265,5 +309,49 @@ mod tests {
             let e = s.parse::<PortBinding>().unwrap_err();
             assert!(e.to_string().contains(needle), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn host_ip_must_be_unicast_or_unspecified() {
+        for (s, needle) in [
+            ("255.255.255.255:8080:80", "limited broadcast"),
+            ("224.0.0.1:8080:80", "multicast"),
+            ("239.255.255.250:1900:1900/udp", "multicast"),
+            ("240.0.0.1:8080:80", "reserved for future use"),
+            ("0.1.2.3:8080:80", "this network"),
+            ("[ff02::1]:8080:80", "multicast"),
+            ("[::ffff:10.0.0.1]:8080:80", "write it as 10.0.0.1"),
+            ("[fe80::1]:8080:80", "link-local"),
+            ("[::a00:1]:8080:80", "IPv4-compatible"),
+        ] {
+            let e = s.parse::<PortBinding>().unwrap_err();
+            assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput);
+            let text = e.to_string();
+            let ip = s.rsplitn(3, ':').last().unwrap().trim_matches(['[', ']']);
+            assert!(text.contains(needle) && text.contains(ip), "{s}: {text}");
+        }
+        for s in [
+            "0.0.0.0:8080:80",
+            "[::]:8080:80",
+            "127.0.0.1:8080:80",
+            "[::1]:8080:80",
+            "169.254.1.1:8080:80",
+            "10.0.0.1:8080:80",
+            "[2001:db8::1]:8080:80",
+            "[fd00::1]::80",
+        ] {
+            assert!(s.parse::<PortBinding>().is_ok(), "{s}");
+        }
+        // A binding built by hand is checked by validate() too.
+        let b = PortBinding {
+            proto: Protocol::Tcp,
+            container_port: PortRange::single(80).unwrap(),
+            host_ip: Some("255.255.255.255".parse().unwrap()),
+            host_port: None,
+        };
+        assert!(matches!(
+            b.validate(),
+            Err(PortError::HostIpNotUnicast { .. })
+        ));
     }
 }

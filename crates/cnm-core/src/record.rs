@@ -80,6 +80,9 @@ pub struct NetworkRecord {
     pub labels: BTreeMap<String, String>,
     /// Driver options.
     pub driver_options: DriverOptions,
+    /// The subnets may overlap networks the host is on (written only when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_host_overlap: bool,
     /// IPv4 pools as allocated.
     pub ipv4: Vec<PoolAllocation>,
     /// IPv6 pools as allocated.

@@ -133,6 +133,7 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             labels: rec.labels.clone(),
             driver_options: rec.driver_options.clone(),
             ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
+            allow_host_overlap: rec.allow_host_overlap,
         };
         let mut spec = NetworkSpec::new(rec.id.clone(), rec.name.clone());
         spec.ipv4 = v4.iter().filter_map(NetworkPool::ipam_data_v4).collect();
@@ -232,6 +233,12 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             let mut st = inner.state();
             for ep in &live {
                 st.endpoints.insert(ep.name.clone(), Some(ep.clone()));
+                if let Some(mac) = ep.mac
+                    && let Err(e) = st.claim_mac(mac, &ep.name, &rec.name)
+                {
+                    // Recorded by a build that did not check: keep both, say so.
+                    tracing::warn!(error = %e, endpoint = %ep.name, "duplicate MAC address restored");
+                }
             }
         }
         for ep in live {

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use crate::CoreError;
 use crate::controller::{ControllerInner, FALLBACK_NAMESERVERS, read_resolv_conf, run_op};
 use crate::endpoint::{Endpoint, EndpointInner, EndpointState};
-use crate::gateway::{self, GatewayCandidate};
+use crate::gateway::{self, GatewayCandidate, JoinOutcome};
 use crate::id;
 use crate::options::{JoinOptions, check_dns_name};
 use crate::port::PortBinding;
@@ -599,6 +599,21 @@ pub(crate) async fn join(
             container,
         });
     }
+    // Published ports follow the default route: refuse them before any effect unless this join
+    // makes the endpoint the gateway endpoint (as far as can be told before the driver says
+    // whether it gives a gateway; checked again, exactly, once it has).
+    check_ports_follow_gateway(
+        sb,
+        &st.joined,
+        ep,
+        &GatewayCandidate {
+            endpoint_id: ep.id.clone(),
+            priority,
+            no_gateway_service: ep.network.internal(),
+            has_gateway: true,
+            network_name: ep.network.name.clone(),
+        },
+    )?;
     let n = gateway::pick_index(st.joined.iter().filter_map(|j| j.eth));
     let requested = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
     let net = ep.network.clone();
@@ -752,6 +767,7 @@ pub(crate) async fn join(
             priority,
             published: Vec::new(),
         };
+        check_ports_follow_gateway(sb, &st.joined, ep, &joined.candidate())?;
         let mut list = st.joined.clone();
         list.push(joined);
         let old_gw = st
@@ -801,6 +817,76 @@ pub(crate) async fn join(
     epst.sandbox = Some(sb.id.clone());
     epst.version = revision;
     Ok(())
+}
+
+/// Refuses the join of an endpoint with published ports that will not be its sandbox's gateway
+/// endpoint (`me` is its gateway candidate, `joined` the sandbox's other endpoints).
+///
+/// Ports are published for the gateway endpoint only, because replies to outside clients leave
+/// by the default route: a port published on another endpoint's address would answer from the
+/// wrong interface (asymmetric routing, dropped by reverse-path filters and conntrack). Rather
+/// than take the ports and leave them unpublished, the join is refused and nothing is done.
+/// (An endpoint that was the gateway when it joined keeps its ports recorded if a later join
+/// takes the default route: they are withdrawn while it is not the gateway and published again
+/// when it is.)
+fn check_ports_follow_gateway(
+    sb: &SandboxInner,
+    joined: &[Joined],
+    ep: &EndpointInner,
+    me: &GatewayCandidate,
+) -> Result<(), CoreError> {
+    if ep.options.port_bindings.is_empty() {
+        return Ok(());
+    }
+    let others: Vec<GatewayCandidate> = joined.iter().map(Joined::candidate).collect();
+    let sandbox = format!("sandbox {} (container {})", sb.short(), sb.container_id);
+    let (gateway, reason) = match gateway::join_outcome(&others, me) {
+        JoinOutcome::Gateway => return Ok(()),
+        JoinOutcome::Outranked(best) => {
+            let g = joined
+                .iter()
+                .find(|j| j.ep.id == best.endpoint_id)
+                .expect("the candidates were made from the joined endpoints");
+            (
+                Some(g.ep.name.clone()),
+                format!(
+                    "endpoint {} on network {} provides the default route of {sandbox} and \
+                     keeps it after this join; published ports follow the default route \
+                     (replies to outside clients leave by it), so they are taken only on the \
+                     join that makes the endpoint the gateway: join with a gateway priority \
+                     above {}, or publish them on network {}",
+                    g.ep.name, g.ep.network.name, g.priority, g.ep.network.name
+                ),
+            )
+        }
+        JoinOutcome::CannotServe if ep.network.internal() => (
+            None,
+            format!(
+                "network {} is internal, so the endpoint never provides the default route of \
+                 {sandbox}, and published ports follow the default route",
+                ep.network.name
+            ),
+        ),
+        JoinOutcome::CannotServe => (
+            None,
+            format!(
+                "its driver gives it no gateway, so the endpoint never provides the default \
+                 route of {sandbox}, and published ports follow the default route"
+            ),
+        ),
+    };
+    Err(CoreError::PortsNotPublishable {
+        endpoint: ep.name.clone(),
+        network: ep.network.name.clone(),
+        ports: ep
+            .options
+            .port_bindings
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        gateway,
+        reason,
+    })
 }
 
 async fn find_link(netlink: &Netlink, name: &IfName, where_: &str) -> Result<u32, CoreError> {

@@ -54,16 +54,30 @@ pub struct Capability {
     pub needs_addresses: bool,
     /// Whether at most one network of this driver may exist (as `host` and `null` in Docker).
     pub singleton: bool,
+    /// Whether the network's subnets are routed in the host namespace (a bridge carries the
+    /// gateway address, so the host gets an on-link route for each subnet). The controller then
+    /// refuses a subnet that overlaps a network the host is on, unless the network allows it
+    /// ([`NetworkOptions::allow_host_overlap`](crate::NetworkOptions::allow_host_overlap)).
+    /// False for a driver whose addresses live only in containers (macvlan, ipvlan), where
+    /// sharing the host's LAN is the point.
+    pub host_routes: bool,
 }
 
 impl Capability {
-    /// A local-scope driver whose endpoints get IPAM addresses.
+    /// A local-scope driver whose endpoints get IPAM addresses, routed in the host.
     pub fn local() -> Self {
         Self {
             scope: Scope::Local,
             needs_addresses: true,
             singleton: false,
+            host_routes: true,
         }
+    }
+
+    /// Sets whether the network's subnets are routed in the host namespace.
+    pub fn with_host_routes(mut self, host_routes: bool) -> Self {
+        self.host_routes = host_routes;
+        self
     }
 
     /// Sets whether endpoints need IPAM addresses.

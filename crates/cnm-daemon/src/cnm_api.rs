@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use crate::ApiError;
+use crate::error::endpoint_already_deleted;
 use crate::events::Event;
 use crate::request::{SandboxConnect, SandboxCreate, SandboxDisconnect};
 use crate::server::{Body, Key, St};
@@ -76,16 +77,21 @@ pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError
         sb.delete().await?;
         let mut failures = Vec::new();
         for ep in endpoints {
-            let net = ep.network();
-            st.events.publish(Event::network(
-                "disconnect",
-                net.id(),
-                net.name(),
-                net.driver(),
-                Some(sb.id()),
-            ));
-            if let Err(e) = ep.delete().await {
-                failures.push(e.to_string());
+            match ep.delete().await {
+                Ok(()) => {
+                    let net = ep.network();
+                    st.events.publish(Event::network(
+                        "disconnect",
+                        net.id(),
+                        net.name(),
+                        net.driver(),
+                        Some(sb.id()),
+                    ));
+                }
+                // A disconnect racing this delete got there first (and said so): it is gone,
+                // which is all this wanted.
+                Err(e) if endpoint_already_deleted(&e) => {}
+                Err(e) => failures.push(e.to_string()),
             }
         }
         if failures.is_empty() {

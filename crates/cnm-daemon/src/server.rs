@@ -269,8 +269,11 @@ impl AppState {
                 net.driver(),
                 Some(sb.id()),
             ));
-            ep.delete().await?;
-            Ok(())
+            match ep.delete().await {
+                // A sandbox delete racing this disconnect deleted it first.
+                Err(e) if !crate::error::endpoint_already_deleted(&e) => Err(e.into()),
+                _ => Ok(()),
+            }
         })
         .await
     }

@@ -156,7 +156,16 @@ impl NetworkView {
             config_from: ConfigFromView::default(),
             config_only: false,
             containers,
-            options: opts.driver_options.clone(),
+            options: {
+                let mut o = opts.driver_options.clone();
+                if opts.allow_host_overlap {
+                    o.insert(
+                        cnm::options::KEY_ALLOW_HOST_OVERLAP.to_owned(),
+                        "true".to_owned(),
+                    );
+                }
+                o
+            },
             labels: opts.labels.clone(),
         }
     }

@@ -142,6 +142,8 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     let ip: IpAddr = value
                         .parse()
                         .map_err(|_| invalid(key, value, "expected an IP address"))?;
+                    cnm_core::port::check_host_ip(ip)
+                        .map_err(|e| invalid(key, value, e.to_string()))?;
                     // 0.0.0.0 is Docker's default and means "every address".
                     opts.host_binding_ip = if ip.is_unspecified() { None } else { Some(ip) };
                 }
@@ -246,6 +248,8 @@ mod tests {
             (ENABLE_ICC, "maybe"),
             (BRIDGE_NAME, "a-name-far-too-long"),
             (HOST_BINDING_IPV4, "1.2.3"),
+            (HOST_BINDING_IPV4, "255.255.255.255"),
+            (HOST_BINDING_IPV4, "224.0.0.1"),
             (GATEWAY_MODE_IPV4, "isolated"),
             (CONTAINER_IFACE_PREFIX, "bad/prefix"),
         ] {

@@ -80,6 +80,21 @@ impl BridgePlan {
                 "a bridge network needs an IPv4 or an IPv6 pool",
             ));
         }
+        if let Some(mtu) = opts.mtu
+            && ipv6
+            && mtu < cnm_core::options::MIN_MTU_V6
+        {
+            // The kernel turns IPv6 off on a link below 1280, and the gateway address could
+            // not be added: refuse it here, before anything exists.
+            return Err(BridgeError::invalid(
+                crate::options::MTU,
+                mtu.to_string(),
+                format!(
+                    "a network with IPv6 needs an MTU of at least {} (RFC 8200)",
+                    cnm_core::options::MIN_MTU_V6
+                ),
+            ));
+        }
         let mut plan = Self {
             network_id: spec.id.clone(),
             bridge,
@@ -144,11 +159,16 @@ impl BridgePlan {
     pub fn bridge_sysctls(&self) -> Vec<(String, String)> {
         let br = self.bridge.as_str();
         let mut out = Vec::new();
-        // An IPv4-only bridge must not get a link-local IPv6 address or answer IPv6 at all.
-        out.push((
-            format!("net.ipv6.conf.{br}.disable_ipv6"),
-            if self.ipv6 { "0" } else { "1" }.to_owned(),
-        ));
+        // An IPv4-only bridge must not get a link-local IPv6 address or answer IPv6 at all. A
+        // link below IPv6's minimum MTU has no IPv6 at all: the kernel keeps no IPv6 state (and
+        // no `conf` directory) for it, so there is nothing to turn off.
+        let no_ipv6_state = self.mtu.is_some_and(|m| m < cnm_core::options::MIN_MTU_V6);
+        if !no_ipv6_state {
+            out.push((
+                format!("net.ipv6.conf.{br}.disable_ipv6"),
+                if self.ipv6 { "0" } else { "1" }.to_owned(),
+            ));
+        }
         if self.ipv4 && !self.internal {
             // Lets packets DNATed from 127.0.0.1 be routed out of the bridge (published ports
             // reached through the loopback address without a userland proxy).
@@ -343,6 +363,31 @@ mod tests {
         let p = BridgePlan::new(&opts, &spec()).unwrap();
         assert_eq!(p.bridge.as_str(), "br-x");
         assert_eq!(p.mtu, Some(1400));
+    }
+
+    #[test]
+    fn ipv6_needs_an_mtu_of_1280() {
+        let mut s = spec();
+        s.enable_ipv6 = true;
+        s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
+        let opts = |mtu| BridgeOptions {
+            mtu: Some(mtu),
+            ..Default::default()
+        };
+        let e = BridgePlan::new(&opts(1279), &s).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains("1279") && e.to_string().contains("1280"),
+            "{e}"
+        );
+        assert!(BridgePlan::new(&opts(1280), &s).is_ok());
+        // Without IPv6 the IPv4 minimum is all that counts; such a link has no IPv6 sysctls.
+        let p = BridgePlan::new(&opts(576), &spec()).unwrap();
+        assert!(
+            p.bridge_sysctls().iter().all(|(k, _)| !k.contains("ipv6")),
+            "{:?}",
+            p.bridge_sysctls()
+        );
     }
 
     #[test]

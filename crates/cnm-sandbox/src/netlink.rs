@@ -50,6 +50,10 @@ pub struct Netlink {
     ns: NetNs,
     /// Link notifications of the namespace, subscribed on first use (see `delete_link_named`).
     watch: Arc<tokio::sync::OnceCell<Arc<LinkWatch>>>,
+    /// Held for the length of a dump: the kernel runs one dump at a time per socket and fails a
+    /// second one started meanwhile with EBUSY (`netlink_dump_start`), and every clone of this
+    /// handle shares the socket.
+    dumps: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Waiters for the RTM_DELLINK notification of a link, by name, fed by a multicast netlink
@@ -155,6 +159,7 @@ impl Netlink {
             handle,
             ns,
             watch: Arc::new(tokio::sync::OnceCell::new()),
+            dumps: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -230,6 +235,11 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let _dump = if flags & NLM_F_DUMP == NLM_F_DUMP {
+            Some(self.dumps.lock().await)
+        } else {
+            None
+        };
         let mut nl = NetlinkMessage::from(msg);
         nl.header.flags = NLM_F_REQUEST | flags;
         let mut handle = self.handle.clone();

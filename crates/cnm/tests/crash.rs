@@ -161,8 +161,13 @@ impl Model {
                     if !free.is_empty() {
                         let (n, e) = free[rng.random_range(0..free.len())].clone();
                         let c = pick(rng, &v);
-                        // One endpoint per network per sandbox, as Docker.
-                        if !self.networks[&n].values().any(|j| j.as_ref() == Some(&c)) {
+                        // One endpoint per network per sandbox, as Docker. Ports follow the
+                        // default route: an endpoint with ports joins only a sandbox where it
+                        // becomes the gateway (all bridge, priority 0: the lowest network name).
+                        let joined_to =
+                            |m: &String| self.networks[m].values().any(|j| j.as_ref() == Some(&c));
+                        let outranked = self.networks.keys().any(|m| *m < n && joined_to(m));
+                        if !joined_to(&n) && (port_of(&e).is_none() || !outranked) {
                             return Op::Join(n, e, c);
                         }
                     }

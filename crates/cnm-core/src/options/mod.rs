@@ -8,6 +8,7 @@
 mod endpoint;
 mod join;
 mod network;
+pub mod reserved;
 
 use std::net::IpAddr;
 
@@ -15,7 +16,10 @@ use ipnet::IpNet;
 
 pub use endpoint::{EndpointOptions, ExposedPort, RawEndpointIpam, RawEndpointOptions};
 pub use join::{JoinOption, JoinOptions, RawJoinOptions};
-pub use network::{NetworkOptions, PoolConfig, RawIpam, RawIpamConfig, RawNetworkOptions};
+pub use network::{
+    KEY_ALLOW_HOST_OVERLAP, KEY_DRIVER_MTU, MAX_MTU, MIN_MTU_V4, MIN_MTU_V6, NetworkOptions,
+    PoolConfig, RawIpam, RawIpamConfig, RawNetworkOptions, check_mtu,
+};
 
 use crate::CoreError;
 

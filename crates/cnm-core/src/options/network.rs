@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::reserved::{check_subnet, refusal};
 use super::{parse_bool, parse_ip, parse_subnet};
 use crate::CoreError;
 use crate::spi::DriverOptions;
@@ -16,6 +17,19 @@ pub const KEY_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 pub const KEY_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 /// Docker's option key that makes a network internal.
 pub const KEY_INTERNAL: &str = "com.docker.network.internal";
+/// Docker's generic driver option for the MTU of a network's interfaces. Passed on to the
+/// driver; core checks it first against the network's families (see [`check_mtu`]).
+pub const KEY_DRIVER_MTU: &str = "com.docker.network.driver.mtu";
+/// cnm's option key that lets a network's subnet overlap a network the host is on (see
+/// [`NetworkOptions::allow_host_overlap`]). Consumed by core, never passed to the driver.
+pub const KEY_ALLOW_HOST_OVERLAP: &str = "com.cnm.network.allow_host_overlap";
+
+/// The smallest MTU of an IPv4 link (RFC 791).
+pub const MIN_MTU_V4: u32 = 68;
+/// The smallest MTU of an IPv6 link (RFC 8200); the kernel turns IPv6 off on smaller links.
+pub const MIN_MTU_V6: u32 = 1280;
+/// The largest MTU (the kernel's `ETH_MAX_MTU`).
+pub const MAX_MTU: u32 = 65535;
 
 /// Option key prefixes that belong to drivers: core passes them on and the driver validates them.
 const DRIVER_KEY_PREFIXES: &[&str] = &[
@@ -25,6 +39,8 @@ const DRIVER_KEY_PREFIXES: &[&str] = &[
 ];
 /// The namespace of Docker's well-known keys; a key in it that nobody knows is refused.
 const DOCKER_KEY_PREFIX: &str = "com.docker.network.";
+/// The namespace of cnm's own network keys, all consumed by core; an unknown one is refused.
+const CNM_KEY_PREFIX: &str = "com.cnm.network.";
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -138,6 +154,10 @@ pub struct NetworkOptions {
     pub driver_options: DriverOptions,
     /// The IPAM driver's name; `None` or `"default"` for the built-in one.
     pub ipam_driver: Option<String>,
+    /// Lets a subnet overlap an address or a route the host already has (outside cnm's own
+    /// networks). Off by default: such a network takes that LAN away from the host the moment
+    /// its bridge comes up. Option key [`KEY_ALLOW_HOST_OVERLAP`].
+    pub allow_host_overlap: bool,
 }
 
 impl Default for NetworkOptions {
@@ -150,6 +170,7 @@ impl Default for NetworkOptions {
             labels: BTreeMap::new(),
             driver_options: DriverOptions::new(),
             ipam_driver: None,
+            allow_host_overlap: false,
         }
     }
 }
@@ -190,6 +211,12 @@ impl NetworkOptions {
         self
     }
 
+    /// Lets the subnets overlap networks the host is on (see the field of the same name).
+    pub fn allow_host_overlap(mut self, on: bool) -> Self {
+        self.allow_host_overlap = on;
+        self
+    }
+
     /// Adds a driver option.
     pub fn driver_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.driver_options.insert(key.into(), value.into());
@@ -206,9 +233,14 @@ impl NetworkOptions {
         self.pools.iter().filter(|p| p.is_ipv6())
     }
 
-    /// Checks what the public fields can get wrong together: pools of a disabled family, no family
-    /// at all, overlapping pools, an IPAM driver name that is empty.
+    /// Checks what the public fields can get wrong together: a reserved or too wide subnet
+    /// (see [`reserved`](super::reserved)), pools of a disabled family, no family at all,
+    /// overlapping pools, an MTU the network's families cannot have, an IPAM driver name that
+    /// is empty.
     pub fn validate(&self) -> Result<(), CoreError> {
+        for pool in &self.pools {
+            check_subnet("subnet", pool.subnet)?;
+        }
         if !self.enable_ipv4 && !self.enable_ipv6 {
             return Err(CoreError::invalid(
                 "enable_ipv4",
@@ -248,8 +280,33 @@ impl NetworkOptions {
         {
             return Err(CoreError::invalid("ipam driver", name, "it is empty"));
         }
+        if let Some(mtu) = self.driver_options.get(KEY_DRIVER_MTU) {
+            check_mtu(mtu, self.enable_ipv6)?;
+        }
         Ok(())
     }
+}
+
+/// Checks the value of [`KEY_DRIVER_MTU`]: a number from [`MIN_MTU_V4`] (or [`MIN_MTU_V6`] on
+/// a network with IPv6, whose links would otherwise lose IPv6, and with it their gateway
+/// address) to [`MAX_MTU`].
+pub fn check_mtu(value: &str, ipv6: bool) -> Result<u32, CoreError> {
+    let bad = |reason: String| CoreError::invalid(KEY_DRIVER_MTU, value, reason);
+    let mtu: u32 = value
+        .parse()
+        .map_err(|_| bad(format!("not a number from {MIN_MTU_V4} to {MAX_MTU}")))?;
+    if !(MIN_MTU_V4..=MAX_MTU).contains(&mtu) {
+        return Err(bad(format!(
+            "an MTU must be from {MIN_MTU_V4} (the IPv4 minimum, RFC 791) to {MAX_MTU}"
+        )));
+    }
+    if ipv6 && mtu < MIN_MTU_V6 {
+        return Err(bad(format!(
+            "a network with IPv6 needs an MTU of at least {MIN_MTU_V6} (RFC 8200); \
+             the kernel turns IPv6 off on a smaller link"
+        )));
+    }
+    Ok(mtu)
 }
 
 /// One entry of Docker's `IPAM.Config`.
@@ -343,10 +400,17 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             true,
         )?;
         let internal = merge_flag("Internal", raw.internal, KEY_INTERNAL, &mut options, false)?;
+        let allow_host_overlap = options
+            .remove(KEY_ALLOW_HOST_OVERLAP)
+            .map(|v| parse_bool(KEY_ALLOW_HOST_OVERLAP, &v))
+            .transpose()?
+            .unwrap_or(false);
         let mut driver_options = DriverOptions::new();
         for (key, value) in options {
             let for_driver = DRIVER_KEY_PREFIXES.iter().any(|p| key.starts_with(p));
-            if key.starts_with(DOCKER_KEY_PREFIX) && !for_driver {
+            if (key.starts_with(DOCKER_KEY_PREFIX) && !for_driver)
+                || key.starts_with(CNM_KEY_PREFIX)
+            {
                 return Err(CoreError::UnknownOption { key, value });
             }
             driver_options.insert(key, value);
@@ -373,6 +437,7 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             labels: raw.labels,
             driver_options,
             ipam_driver,
+            allow_host_overlap,
         };
         typed.validate()?;
         Ok(typed)
@@ -394,6 +459,11 @@ fn pool_from_raw(raw: RawIpamConfig) -> Result<PoolConfig, CoreError> {
         };
     }
     let subnet = parse_subnet("subnet", &raw.subnet)?;
+    // Before the range, gateway and aux addresses: those lie inside it, so a reserved subnet
+    // is what the user must hear about.
+    if let Some(reason) = refusal(subnet) {
+        return Err(CoreError::invalid("subnet", &raw.subnet, reason));
+    }
     let mut pool = PoolConfig::new(subnet);
     if !raw.ip_range.is_empty() {
         let range = parse_subnet("ip-range", &raw.ip_range)?;
@@ -549,6 +619,122 @@ mod tests {
         let mut r = RawNetworkOptions::default();
         r.ipam.options.insert("foo".into(), "bar".into());
         refused(r, &["foo", "bar"]);
+    }
+
+    #[test]
+    fn reserved_subnets_are_named_before_what_lies_in_them() {
+        // The subnet is what is wrong, whatever the range, gateway or aux address say.
+        refused(
+            raw("127.0.0.0/8", "127.0.1.0/24", "127.0.0.1"),
+            &["subnet \"127.0.0.0/8\"", "loopback"],
+        );
+        refused(
+            raw("169.254.0.0/16", "", "10.0.0.1"),
+            &["subnet \"169.254.0.0/16\"", "link-local"],
+        );
+        let mut r = raw("224.0.0.0/24", "", "");
+        r.ipam.config[0]
+            .auxiliary_addresses
+            .insert("x".into(), "224.0.0.5".into());
+        refused(r, &["subnet \"224.0.0.0/24\"", "multicast"]);
+        // IPv6 ranges are named even when IPv6 is off (the subnet is the first thing wrong).
+        for (subnet, needle) in [
+            ("::/0", "wider than /16"),
+            ("::1/128", "loopback"),
+            ("ff00::/8", "multicast"),
+            ("ff02::/16", "multicast"),
+            ("fe80::/64", "link-local"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+        ] {
+            let mut r = raw(subnet, "", "");
+            r.enable_ipv6 = Some(true);
+            refused(r, &[subnet, needle]);
+            refused(raw(subnet, "", ""), &[subnet, needle]);
+        }
+        refused(raw("0.0.0.0/0", "", ""), &["0.0.0.0/0", "wider than /8"]);
+        // A typed pool is checked by validate().
+        let e = NetworkOptions::default()
+            .subnet("255.255.255.255/32".parse().unwrap())
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("limited broadcast"), "{e}");
+        // A fine subnet with a range, gateway and aux address inside it passes.
+        let mut r = raw("10.7.0.0/16", "10.7.1.0/24", "10.7.0.1");
+        r.ipam.config[0]
+            .auxiliary_addresses
+            .insert("x".into(), "10.7.0.2".into());
+        assert!(NetworkOptions::try_from(r).is_ok());
+    }
+
+    #[test]
+    fn host_overlap_opt_in_is_a_core_key() {
+        let mut r = RawNetworkOptions::default();
+        r.options
+            .insert(KEY_ALLOW_HOST_OVERLAP.into(), "true".into());
+        r.options
+            .insert("com.docker.network.bridge.name".into(), "br9".into());
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert!(o.allow_host_overlap);
+        assert!(
+            !o.driver_options.contains_key(KEY_ALLOW_HOST_OVERLAP),
+            "consumed by core, not passed to the driver"
+        );
+        assert!(
+            !NetworkOptions::try_from(RawNetworkOptions::default())
+                .unwrap()
+                .allow_host_overlap
+        );
+        let mut r = RawNetworkOptions::default();
+        r.options
+            .insert(KEY_ALLOW_HOST_OVERLAP.into(), "yes".into());
+        refused(r, &[KEY_ALLOW_HOST_OVERLAP, "yes"]);
+        let mut r = RawNetworkOptions::default();
+        r.options
+            .insert("com.cnm.network.frobnicate".into(), "1".into());
+        refused(r, &["com.cnm.network.frobnicate"]);
+    }
+
+    #[test]
+    fn mtu_fits_the_networks_families() {
+        let mtu = |v: &str, ipv6: bool| {
+            let mut r = RawNetworkOptions::default();
+            r.options.insert(KEY_DRIVER_MTU.into(), v.into());
+            if ipv6 {
+                r.enable_ipv6 = Some(true);
+            }
+            NetworkOptions::try_from(r)
+        };
+        for (v, ipv6, needle) in [
+            ("67", false, "from 68"),
+            ("0", false, "from 68"),
+            ("65536", false, "65535"),
+            ("big", false, "not a number"),
+            ("-1", false, "not a number"),
+            ("1279", true, "at least 1280"),
+            ("68", true, "at least 1280"),
+        ] {
+            let e = mtu(v, ipv6).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            let text = e.to_string();
+            assert!(
+                text.contains(KEY_DRIVER_MTU)
+                    && text.contains(&format!("{v:?}"))
+                    && text.contains(needle),
+                "{v}: {text}"
+            );
+        }
+        for (v, ipv6) in [
+            ("68", false),
+            ("1279", false),
+            ("1280", true),
+            ("65535", true),
+        ] {
+            let o = mtu(v, ipv6).unwrap();
+            assert_eq!(
+                o.driver_options[KEY_DRIVER_MTU], v,
+                "passed on to the driver"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   strictly increasing revisions, all-or-nothing transactions, ordered prefix watches), every
 //!   commit durable before it returns, revisions persisted across restarts.
 //! - [`StateDirLock`]: one process per state directory (`<state_dir>/lock`, `flock`, holder pid).
+//! - The state directory's privacy: files created 0600, a directory it creates 0700.
 //!
 //! **Does not**
 //! - decide what is stored (records and keys belong to cnm-core);
@@ -36,6 +37,7 @@
 
 mod error;
 mod lock;
+mod private;
 mod redb_store;
 mod watch;
 

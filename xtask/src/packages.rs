@@ -50,6 +50,16 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "mount",
         provides: "mount",
     },
+    // Demo servers inside sandboxes (e2e tests, the quickstart test).
+    SystemPackage {
+        deb: "python3-minimal",
+        provides: "python3",
+    },
+    // An unprivileged HTTP client over the daemon's unix socket (socket access tests).
+    SystemPackage {
+        deb: "curl",
+        provides: "curl",
+    },
     // The daemon's tests drive cnmd with the real docker CLI (the client only; no dockerd).
     SystemPackage {
         deb: "docker.io",

@@ -2,6 +2,7 @@
 //! no setup step.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +13,12 @@ use crate::client::{Client, UnreachableError};
 
 /// Where cnmd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/cnm/cnm.sock";
+
+/// The daemon log's mode: root and its group read it, nobody else (it names every network,
+/// address and container; issue 8 found it world-readable).
+const LOG_MODE: u32 = 0o640;
+/// The autostart lock's mode.
+const LOCK_MODE: u32 = 0o600;
 
 /// How long a freshly started daemon may take to answer `/_ping`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,7 +50,7 @@ async fn start(client: &Client, run_dir: &Path) -> anyhow::Result<()> {
         )
     })?;
     // Two cnm commands racing to start the daemon: the second waits here, then finds it running.
-    let lock = File::create(run_dir.join("cnm-autostart.lock"))
+    let lock = open_private(&run_dir.join("cnm-autostart.lock"), LOCK_MODE, false)
         .with_context(|| format!("cannot create a lock in {}", run_dir.display()))?;
     let _lock = tokio::task::spawn_blocking(move || {
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
@@ -56,10 +63,7 @@ async fn start(client: &Client, run_dir: &Path) -> anyhow::Result<()> {
 
     let cnmd = locate_cnmd()?;
     let log_path = run_dir.join("cnmd.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = open_private(&log_path, LOG_MODE, true)
         .with_context(|| format!("cannot open the daemon log {}", log_path.display()))?;
     let me = std::env::current_exe().context("cannot find the cnm executable to start cnmd")?;
     // `cnm __detach` calls setsid() and execs cnmd: the daemon outlives this command and
@@ -106,6 +110,22 @@ async fn start(client: &Client, run_dir: &Path) -> anyhow::Result<()> {
     // The daemon is reparented to init when we exit; not waiting here is deliberate.
     drop(child);
     Ok(())
+}
+
+/// Opens `path` for writing (appending, or without truncating), created with `mode` from the
+/// start; a file left more open by an older version is narrowed to `mode`.
+fn open_private(path: &Path, mode: u32, append: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(false)
+        .mode(mode)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o777 & !mode != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
 }
 
 /// The `cnmd` next to this `cnm` executable, else the first on PATH.

@@ -5,7 +5,9 @@
 //! **Owns**: the HTTP API ([`Daemon`], [`serve`]) and its JSON shapes, request decoding and
 //! validation at the boundary ([`request`]), the state-dir lock ([`StateLock`]), the
 //! predefined networks (`none`, and `bridge` on interface `cnm0`), events, metrics, graceful
-//! shutdown (which leaves networks and sandboxes in place).
+//! shutdown (which leaves networks and sandboxes in place), and the bounds that keep it answering
+//! under abuse (header and body timeouts, a connection cap that closes the longest-idle
+//! connection to serve a new one, a socket born with its final mode and group).
 //! **Does not**: implement networking (the controller does, through the `cnm` facade), parse the
 //! command line (`main.rs` does), or tear down the data plane on exit.
 //!
@@ -24,6 +26,7 @@
 
 mod clock;
 mod cnm_api;
+mod conn;
 mod docker;
 mod error;
 pub mod events;
@@ -36,6 +39,6 @@ pub mod views;
 pub use error::{ApiError, DaemonError};
 pub use lock::{LOCK_FILE, StateLock};
 pub use server::{
-    API_VERSION, Config, DEFAULT_BRIDGE_IF, DEFAULT_SOCKET, Daemon, MIN_API_VERSION, PREDEFINED,
-    StoreKind, serve,
+    API_VERSION, Config, DEFAULT_BODY_TIMEOUT, DEFAULT_BRIDGE_IF, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, Daemon, MIN_API_VERSION, PREDEFINED, StoreKind, serve,
 };

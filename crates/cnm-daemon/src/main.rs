@@ -1,8 +1,9 @@
-//! cnmd: the cnm daemon. Parses the command line, sets up logging, and runs
-//! [`cnm_daemon::serve`] until SIGTERM or SIGINT.
+//! cnmd: the cnm daemon. Parses the command line, sets up logging, raises its descriptor limit,
+//! and runs [`cnm_daemon::serve`] until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -17,6 +18,17 @@ struct Args {
     /// The API socket.
     #[arg(long, default_value = cnm_daemon::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Group (name or gid) given read and write access to the socket besides root, like
+    /// dockerd's --group. Default: root only.
+    #[arg(short = 'G', long)]
+    group: Option<String>,
+    /// Seconds a client has to send a request head; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, default_value_t = cnm_daemon::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    header_timeout: f64,
+    /// Open API connections at most; beyond it the longest-idle one is closed.
+    #[arg(long, default_value_t = cnm_daemon::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// The run dir (netns bind mounts, sandbox files).
     #[arg(long, default_value = cnm::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
@@ -45,9 +57,22 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    raise_nofile_limit();
     let store: StoreKind = args.store.parse()?;
+    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!(
+                "invalid --header-timeout {}: want a positive number of seconds",
+                args.header_timeout
+            )
+        })?;
     let mut config = Config::in_dirs(args.run_dir, args.state_dir);
     config.socket = args.socket;
+    config.socket_group = args.group;
+    config.header_timeout = header_timeout;
+    config.max_connections = args.max_connections;
     config.metrics_addr = args.metrics_addr;
     config.store = store;
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -60,4 +85,35 @@ async fn main() -> anyhow::Result<()> {
     };
     cnm_daemon::serve(config, shutdown).await?;
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit. Each published host port holds a reserved
+/// socket per address family, so the common soft limit of 1,024 fails a 600-port range (issue 8);
+/// the hard limit is what the administrator allows. Failing to raise it is not fatal.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
+            return;
+        }
+    };
+    // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at nr_open.
+    let target = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(soft)
+    } else {
+        hard
+    };
+    if soft >= target {
+        tracing::debug!(soft, hard, "RLIMIT_NOFILE already at its hard limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => tracing::info!(from = soft, to = target, "raised the soft RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the soft RLIMIT_NOFILE"),
+    }
 }

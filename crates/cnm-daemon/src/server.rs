@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
@@ -23,6 +23,7 @@ use cnm::{Controller, CoreError, Endpoint, JoinOption, Network, NetworkOptions, 
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::conn::{self, Limits, Registry};
 use crate::events::{Event, Events};
 use crate::lock::StateLock;
 use crate::metrics::{Gauges, Metrics};
@@ -39,6 +40,14 @@ pub const DEFAULT_SOCKET: &str = "/run/cnm/cnm.sock";
 pub const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
 /// The default bridge's interface name.
 pub const DEFAULT_BRIDGE_IF: &str = "cnm0";
+/// Default [`Config::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Config::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Config::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The socket's mode: owner and group read and write, nobody else.
+const SOCKET_MODE: u32 = 0o660;
 
 /// Which state store backs the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +89,22 @@ impl FromStr for StoreKind {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
-    /// The API socket (default `/run/cnm/cnm.sock`), created with mode 0660.
+    /// The API socket (default `/run/cnm/cnm.sock`), created with mode 0660, owned by root and
+    /// [`Config::socket_group`].
     pub socket: PathBuf,
+    /// The group that may use the socket besides root (like dockerd's `--group`): a name or a
+    /// numeric gid. None (the default): the socket's group is the daemon's own (root).
+    pub socket_group: Option<String>,
+    /// How long a client has to send a request head, counted from when its connection starts
+    /// waiting for one (at accept, and after each response on a keep-alive connection): it
+    /// closes half-sent requests and idle keep-alive connections alike. Default 10 s.
+    pub header_timeout: Duration,
+    /// How long a client has to send a request body once its head has arrived (408 after).
+    /// Default 30 s.
+    pub body_timeout: Duration,
+    /// Open API connections at most (default 1024, and at most half the descriptor limit);
+    /// beyond it the longest-idle connection is closed to serve the new one.
+    pub max_connections: usize,
     /// The run dir (default `/run/cnm`).
     pub run_dir: PathBuf,
     /// The state dir (default `/var/lib/cnm`), locked for this process.
@@ -100,6 +123,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             run_dir: PathBuf::from(cnm::DEFAULT_RUN_DIR),
             state_dir: PathBuf::from(cnm::DEFAULT_STATE_DIR),
             metrics_addr: None,
@@ -127,7 +154,9 @@ impl Config {
 pub(crate) struct AppState {
     pub(crate) ctl: Controller,
     pub(crate) events: Events,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    connections: Arc<Registry>,
+    body_timeout: Duration,
     created: Mutex<HashMap<String, SystemTime>>,
     started: SystemTime,
     pub(crate) run_dir: PathBuf,
@@ -284,6 +313,7 @@ impl AppState {
             endpoints: networks.iter().map(|n| n.endpoints().len()).sum(),
             networks: networks.len(),
             sandboxes: self.ctl.sandboxes().len(),
+            connections: self.connections.len(),
         }
     }
 }
@@ -291,12 +321,21 @@ impl AppState {
 /// A JSON body, size-limited and decoded by [`decode`]; refusals are 4xx in Docker's shape.
 pub(crate) struct Body<T>(pub(crate) T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        // A head followed by a body that never comes would hold the connection (and mark it
+        // busy, so last in line for eviction) for ever.
+        let limit = state.body_timeout;
+        let bytes = tokio::time::timeout(limit, axum::body::Bytes::from_request(req, state))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {} s", limit.as_secs_f64()),
+                )
+            })?
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
@@ -391,15 +430,16 @@ fn api_router(state: Arc<AppState>) -> Router {
 }
 
 async fn count_requests(State(st): St, req: Request, next: Next) -> Response {
+    // The route template the router matched, never the raw path: a label's values stay few.
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let span = tracing::debug_span!("request", %method, uri = %req.uri());
     let resp = tracing::Instrument::instrument(next.run(req), span).await;
-    st.metrics.request(&route, &method, resp.status().as_u16());
+    st.metrics.request(&route, &method, resp.status());
     resp
 }
 
@@ -479,6 +519,74 @@ async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The gid of `spec`, a group name or a numeric gid (as dockerd's `--group` takes them).
+fn resolve_group(spec: &str) -> Result<u32, DaemonError> {
+    let bad = |reason: String| DaemonError::Config {
+        field: "group",
+        reason,
+    };
+    match nix::unistd::Group::from_name(spec) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => spec.parse::<u32>().map_err(|_| {
+            bad(format!(
+                "no group named {spec:?}, and it is not a numeric gid"
+            ))
+        }),
+        Err(e) => Err(bad(format!("cannot look up group {spec:?}: {e}"))),
+    }
+}
+
+/// The connection cap: as configured, but at most half the descriptor limit, so that
+/// connections alone can never use up the descriptors published ports and namespaces need.
+fn connection_cap(configured: usize) -> Result<usize, DaemonError> {
+    if configured == 0 {
+        return Err(DaemonError::Config {
+            field: "max-connections",
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    let soft = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping the connection cap");
+            return Ok(configured);
+        }
+    };
+    let half = usize::try_from(soft / 2).unwrap_or(usize::MAX).max(1);
+    if configured > half {
+        tracing::warn!(
+            configured,
+            cap = half,
+            nofile = soft,
+            "connection cap lowered to half the descriptor limit"
+        );
+        return Ok(half);
+    }
+    Ok(configured)
+}
+
+/// Binds the API socket with its final mode from the start: never reachable by more users than
+/// it should be, not even for the moment between bind and chmod.
+///
+/// The socket is born 0600 (umask 0177 around `bind`), then given its group, then opened to the
+/// group (0660): each step only widens access to whom it is meant for. The umask is
+/// process-wide, but while it is raised other threads' new files get fewer permission bits,
+/// never more (and the sandbox files set their mode explicitly).
+fn bind_socket(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener, DaemonError> {
+    use nix::sys::stat::{Mode, umask};
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    umask(previous);
+    let listener = bound.map_err(|e| DaemonError::io("bind", path.display(), e))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| DaemonError::io("chown", path.display(), e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| DaemonError::io("chmod", path.display(), e))?;
+    Ok(listener)
+}
+
 /// Removes a socket file left by a dead cnmd; refuses to remove anything that is not a socket.
 fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
     match std::fs::symlink_metadata(path) {
@@ -510,6 +618,15 @@ impl Daemon {
     /// Locks the state dir, builds the controller, creates the predefined networks and starts
     /// serving; returns once both listeners accept connections.
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        // Bad configuration is refused before anything exists.
+        let socket_gid = match &config.socket_group {
+            Some(g) => Some(resolve_group(g)?),
+            None => None,
+        };
+        let limits = Limits {
+            header_timeout: config.header_timeout,
+            max_connections: connection_cap(config.max_connections)?,
+        };
         let lock = StateLock::acquire(&config.state_dir)?;
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
@@ -551,10 +668,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::io("create socket dir", dir.display(), e))?;
         }
         remove_stale_socket(&config.socket)?;
-        let listener = tokio::net::UnixListener::bind(&config.socket)
-            .map_err(|e| DaemonError::io("bind", config.socket.display(), e))?;
-        std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| DaemonError::io("chmod", config.socket.display(), e))?;
+        let listener = bind_socket(&config.socket, socket_gid)?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -572,10 +686,13 @@ impl Daemon {
         };
 
         let (tx, rx) = watch::channel(false);
+        let connections = Arc::new(Registry::default());
         let state = Arc::new(AppState {
             ctl: ctl.clone(),
             events: Events::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            connections: connections.clone(),
+            body_timeout: config.body_timeout,
             created: Mutex::new(HashMap::new()),
             started: SystemTime::now(),
             run_dir: config.run_dir.clone(),
@@ -588,39 +705,50 @@ impl Daemon {
             api_router(state.clone()),
         );
         let socket = config.socket.clone();
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            // An error means the sender is gone: stop as well.
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let api = axum::serve(
+        let api = conn::serve(
             listener,
-            axum::ServiceExt::<Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(stopped(rx.clone()));
+            conn::App::new(app),
+            limits,
+            connections,
+            Some(state.metrics.clone()),
+            rx.clone(),
+        );
         let metrics = metrics_listener.map(|l| {
             let router = Router::new()
                 .route(METRICS_ROUTE.1, get(metrics_handler))
                 .with_state(state.clone());
-            axum::serve(l, router).with_graceful_shutdown(stopped(rx.clone()))
+            conn::serve(
+                l,
+                conn::App::new(router),
+                limits,
+                Arc::new(Registry::default()),
+                None,
+                rx.clone(),
+            )
         });
-        tracing::info!(socket = %socket.display(), metrics = ?metrics_addr, store = config.store.as_str(), "cnmd listening");
+        tracing::info!(
+            socket = %socket.display(),
+            metrics = ?metrics_addr,
+            store = config.store.as_str(),
+            header_timeout = ?limits.header_timeout,
+            max_connections = limits.max_connections,
+            "cnmd listening"
+        );
         let sock = socket.clone();
         let task = tokio::spawn(async move {
             let metrics = async move {
-                match metrics {
-                    Some(m) => m.await,
-                    None => Ok(()),
+                if let Some(m) = metrics {
+                    m.await;
                 }
             };
-            let (a, m) = tokio::join!(api.into_future(), metrics);
+            tokio::join!(api, metrics);
             // Still holding the lock: the socket is ours to remove.
             if let Err(e) = std::fs::remove_file(&sock) {
                 tracing::warn!(path = %sock.display(), error = %e, "failed to remove socket");
             }
             drop(lock);
             tracing::info!("cnmd stopped; networks and sandboxes are left in place");
-            a.map_err(|e| DaemonError::io("serve", sock.display(), e))?;
-            m.map_err(|e| DaemonError::io("serve", "metrics", e))
+            Ok(())
         });
         Ok(Daemon {
             controller: ctl,

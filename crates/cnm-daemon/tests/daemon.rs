@@ -328,6 +328,102 @@ async fn metrics_count_requests_objects_and_latency() -> Result<()> {
     Ok(())
 }
 
+/// A small deterministic generator (xorshift): varied enough for made-up methods and paths.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn word(&mut self, alphabet: &[u8], len: usize) -> String {
+        (0..len)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+#[allow(clippy::print_stderr)]
+async fn metrics_labels_stay_bounded_under_made_up_methods_and_paths() -> Result<()> {
+    let host = TestHost::new().await?;
+    let daemon = common::start(&host, true).await?;
+    let addr = daemon.metrics_addr().context("metrics enabled")?;
+    let api = Client::new(daemon.socket());
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    let upper = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let lower = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut sent = Vec::new();
+    for i in 0..3000 {
+        let method = noise.word(upper, 3 + (i % 8));
+        let token = noise.word(lower, 12);
+        let path = match i % 5 {
+            0 => format!("/{token}"),
+            1 => format!("/networks/{token}"),
+            2 => format!("/v1.45/networks/{token}/connect"),
+            3 => format!("/cnm/v1/sandboxes/{token}"),
+            _ => format!("/{token}/{}", noise.word(lower, 8)),
+        };
+        let (status, _) = api.raw(&method, &path, Vec::new()).await?;
+        ensure!((400..500).contains(&status), "{method} {path}: {status}");
+        sent.push(token);
+    }
+    // Some real requests too, with standard methods and raw paths of every shape.
+    for t in sent.iter().take(200) {
+        api.raw("GET", &format!("/networks/{t}"), Vec::new())
+            .await?;
+        api.raw("DELETE", &format!("/cnm/v1/sandboxes/{t}"), Vec::new())
+            .await?;
+    }
+
+    let text = scrape(addr).await?;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("cnmd_http_requests_total{"))
+        .collect();
+    eprintln!(
+        "{} request series after 3,400 requests:\n{}",
+        series.len(),
+        series.join("\n")
+    );
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+    ];
+    for line in &series {
+        let labels = line
+            .split_once('{')
+            .and_then(|(_, rest)| rest.rsplit_once('}'))
+            .context("labels")?
+            .0;
+        let method = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("method=\""))
+            .and_then(|v| v.strip_suffix('"'))
+            .context("method label")?;
+        ensure!(known.contains(&method), "method label {method:?}: {line}");
+        let route = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("route=\""))
+            .context("route label")?;
+        ensure!(
+            route.starts_with("unmatched") || route.starts_with('/'),
+            "{line}"
+        );
+        ensure!(
+            !sent.iter().any(|t| line.contains(t.as_str())),
+            "a raw path reached a label: {line}"
+        );
+    }
+    // Routes (about 20) x methods x statuses actually seen: a handful, not thousands.
+    ensure!(series.len() <= 30, "{} series:\n{text}", series.len());
+    daemon.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
 async fn second_daemon_on_the_same_state_dir_is_refused() -> Result<()> {

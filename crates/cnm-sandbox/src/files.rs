@@ -1,8 +1,12 @@
-//! The sandbox's /etc/hosts and /etc/resolv.conf, rendered from data and written atomically
-//! (temporary file in the same directory, then rename) so a reader never sees half a file.
+//! The sandbox's /etc/hosts and /etc/resolv.conf, rendered from data and updated in place.
+//!
+//! A process in the sandbox sees these files through bind mounts over its `/etc/hosts` and
+//! `/etc/resolv.conf` (see [`crate::exec`]). A bind mount pins the inode, so a file replaced by
+//! rename stays old forever for every process already running (issue 8: a process started before
+//! a connect never saw the new network's names). The files are therefore rewritten in place, on
+//! the same inode, as Docker does; see [`write_in_place`] for what a concurrent reader may see.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
@@ -83,9 +87,9 @@ impl HostsFile {
         out
     }
 
-    /// Writes the file atomically at `path`.
+    /// Writes the file at `path` in place (created 0644 if missing).
     pub fn write(&self, path: &Path) -> Result<(), SandboxError> {
-        write_atomic(path, self.render().as_bytes(), "write hosts file")
+        write_in_place(path, self.render().as_bytes(), "write hosts file")
     }
 }
 
@@ -143,9 +147,9 @@ impl ResolvConf {
         out
     }
 
-    /// Writes the file atomically at `path`.
+    /// Writes the file at `path` in place (created 0644 if missing).
     pub fn write(&self, path: &Path) -> Result<(), SandboxError> {
-        write_atomic(path, self.render().as_bytes(), "write resolv.conf")
+        write_in_place(path, self.render().as_bytes(), "write resolv.conf")
     }
 
     /// Docker's rule: drop name servers on the host's loopback (127.0.0.0/8, ::1), which the
@@ -169,46 +173,59 @@ impl ResolvConf {
     }
 }
 
-/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
-fn write_atomic(path: &Path, data: &[u8], op: &'static str) -> Result<(), SandboxError> {
-    let shown = || path.display().to_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| SandboxError::invalid("file path", shown(), "has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:08x}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        rand_suffix()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        // No fsync: the rename alone keeps readers from ever seeing half a file, and these files
-        // live in the run dir beside a network namespace that cannot outlive a reboot either.
-        // An fsync cost 0.1-4 ms per write on ext4 (three writes per container attach).
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        if let Err(clean) = std::fs::remove_file(&tmp) {
-            tracing::debug!(path = %tmp.display(), error = %clean, "remove temporary file");
-        }
-        SandboxError::kernel(op, shown(), e)
-    })
-}
+/// The mode of a newly created file: every user in the sandbox reads its `/etc/hosts`.
+const FILE_MODE: u32 = 0o644;
 
-/// A per-call suffix so concurrent writers in one process never share a temporary file.
-fn rand_suffix() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// Writes `data` over the file at `path` on the same inode, creating it (mode 0644) if missing.
+///
+/// What a process reading the file at the same moment can see, and why:
+/// - The new text goes out in one `pwrite` at offset 0 from one buffer, never a truncate first:
+///   a truncate-then-write (Docker's way) shows a reader an empty file in between, and an empty
+///   `/etc/hosts` makes lookups fail.
+/// - When the new text is shorter, the buffer is padded with newlines up to the old length and
+///   the file is cut to the new length afterwards. A reader between the write and the cut sees
+///   the new lines followed by blank lines, which hosts and resolv.conf parsers skip: never a
+///   stale tail of old lines.
+/// - A reader whose own reads straddle the write (a file larger than its read buffer, 4 KiB for
+///   glibc's stdio) may combine old and new halves. Rename would have given it a consistent
+///   snapshot, but would leave every bind-mounted reader on the old inode for good; a rare
+///   mixed read that the next lookup corrects is the lesser harm.
+///
+/// Writers are serialised by the caller (the sandbox's lock). No fsync: these files live in the
+/// run dir beside a network namespace that cannot outlive a reboot either.
+fn write_in_place(path: &Path, data: &[u8], op: &'static str) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _, PermissionsExt as _};
+
+    let fail = |e: std::io::Error| SandboxError::kernel(op, path.display().to_string(), e);
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+    {
+        Ok(f) => {
+            // The umask may have taken read bits away; a container's non-root user needs them.
+            f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+                .map_err(fail)?;
+            f
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(fail)?,
+        Err(e) => return Err(fail(e)),
+    };
+    let old_len = file.metadata().map_err(fail)?.len();
+    let new_len = data.len() as u64;
+    if new_len < old_len {
+        let mut padded = data.to_vec();
+        padded.resize(usize::try_from(old_len).unwrap_or(data.len()), b'\n');
+        file.write_all_at(&padded, 0).map_err(fail)?;
+        file.set_len(new_len).map_err(fail)?;
+    } else {
+        file.write_all_at(data, 0).map_err(fail)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -285,7 +302,40 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_content() {
+    fn in_place_write_keeps_the_inode_and_cuts_the_old_tail() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let mut h = HostsFile::with_defaults();
+        h.push(
+            "10.0.0.2".parse().unwrap(),
+            ["a-long-name-that-will-go-away"],
+        );
+        h.write(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        // A reader holding the file open (as a bind mount holds the inode) sees each update.
+        let held = std::fs::File::open(&path).unwrap();
+        let read_held = || {
+            use std::os::unix::fs::FileExt as _;
+            let mut buf = vec![0; 4096];
+            let n = held.read_at(&mut buf, 0).unwrap();
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        };
+        h.push("10.1.0.2".parse().unwrap(), ["second"]);
+        h.write(&path).unwrap();
+        assert_eq!(read_held(), h.render());
+        // Shorter content: no stale tail, same inode.
+        let short = HostsFile::with_defaults();
+        short.write(&path).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(after.ino(), meta.ino());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), short.render());
+        assert_eq!(read_held(), short.render());
+    }
+
+    #[test]
+    fn in_place_write_replaces_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("resolv.conf");
         std::fs::write(&path, "old").unwrap();

@@ -93,6 +93,12 @@ async fn netns_create_open_delete() -> Result<()> {
     assert_eq!(again, ns);
     assert_ne!(ns, NetNs::current()?);
 
+    // A value of our own in the new namespace, the opposite of the caller's, to recognise it
+    // by below.
+    let caller = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
+    let marker = if caller.trim() == "1" { "0" } else { "1" };
+    set_sysctl(&ns, "net.ipv4.ip_forward", marker).await?;
+
     let dup = NetNs::create(&path)
         .await
         .expect_err("creating over an existing namespace must fail");
@@ -117,11 +123,18 @@ async fn netns_create_open_delete() -> Result<()> {
         NetNs::open(&plain).expect_err("plain file").kind(),
         ErrorKind::InvalidInput
     );
-    // The held fd keeps the namespace usable after its mount is gone.
-    let lo_in_deleted = ns
+    // The held fd keeps the namespace usable after its mount is gone: it still answers with the
+    // value set in it above, which differs from the caller's (a new namespace inherits IPv4
+    // forwarding from the machine, so "0" would only describe the host, not this namespace).
+    let in_deleted = ns
         .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
         .await??;
-    assert_eq!(lo_in_deleted.trim(), "0");
+    assert_eq!(in_deleted.trim(), marker);
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(),
+        marker,
+        "the caller's namespace keeps its own value"
+    );
     Ok(())
 }
 
@@ -511,10 +524,25 @@ async fn neighbour_and_fdb_entries() -> Result<()> {
 async fn sysctl_inside_namespace_only() -> Result<()> {
     let mut nss = Namespaces::new()?;
     let (ns, _nl) = nss.make("s").await?;
+    // A new namespace inherits IPv4 forwarding from the machine, so its starting value says
+    // nothing about cnm: flip it to the opposite of the caller's, both ways, and check that only
+    // the namespace changed.
     let before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
-    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, "0");
-    set_sysctl(&ns, "net.ipv4.ip_forward", "1").await?;
-    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, "1");
+    let (flipped, back) = if before.trim() == "1" {
+        ("0", "1")
+    } else {
+        ("1", "0")
+    };
+    set_sysctl(&ns, "net.ipv4.ip_forward", flipped).await?;
+    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, flipped);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?,
+        before,
+        "caller's namespace unchanged"
+    );
+    set_sysctl(&ns, "net.ipv4.ip_forward", back).await?;
+    assert_eq!(get_sysctl(&ns, "net.ipv4.ip_forward").await?, back);
+    set_sysctl(&ns, "net.ipv4.ip_forward", flipped).await?;
     set_sysctls(
         &ns,
         &[

@@ -11,6 +11,7 @@
 //!   on etcd's transactions (compare on `mod_revision`/`create_revision`), revisions, watches
 //!   (re-established after any break without loss or duplicates) and leases, under a
 //!   configurable key root ([`EtcdConfig`], from `etcd://HOST:PORT[,HOST:PORT…]`).
+//! - The state directory's privacy: files created 0600, a directory it creates 0700.
 //!
 //! **Does not**
 //! - decide what is stored (records and keys belong to cnm-core);
@@ -45,6 +46,7 @@ mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod lock;
+mod private;
 mod redb_store;
 
 pub use error::RedbStoreError;

@@ -6,7 +6,7 @@
 //! lock to clean up after a crash. The holder's pid is written into the file only so that the
 //! refusal can name it; the pid is never trusted for the exclusion itself.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ impl StateDirLock {
     /// Fails at once with [`RedbStoreError::Locked`] (kind `Conflict`), naming the file and the
     /// holder's pid, if any process — this one included — already holds it.
     pub fn acquire(state_dir: &Path) -> Result<StateDirLock, RedbStoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| RedbStoreError::CreateDir {
+        crate::private::create_dir(state_dir).map_err(|source| RedbStoreError::CreateDir {
             path: state_dir.to_owned(),
             source,
         })?;
@@ -43,13 +43,7 @@ impl StateDirLock {
             move |source| RedbStoreError::LockFile { op, path, source }
         };
         // Not truncated on open: until we hold the lock, the pid in it is the holder's.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let file = crate::private::open_rw(&path).map_err(io_err("open", &path))?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(locked) => locked,
             Err((_, Errno::EWOULDBLOCK)) => {

@@ -33,6 +33,7 @@ use cnm_core::store::{
     Lease, LeaseId, Listing, Store, StoreError, Txn, TxnOp, Versioned, Watch, WatchEvent,
     check_lease_ttl,
 };
+use redb::backends::FileBackend;
 use redb::{
     Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
     WriteTransaction,
@@ -101,12 +102,17 @@ impl RedbStore {
         state_dir: &Path,
         lock: Option<StateDirLock>,
     ) -> Result<RedbStore, RedbStoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| RedbStoreError::CreateDir {
+        crate::private::create_dir(state_dir).map_err(|source| RedbStoreError::CreateDir {
             path: state_dir.to_owned(),
             source,
         })?;
         let path = state_dir.join(DB_FILE);
-        let db = Database::create(&path).map_err(|source| match source {
+        // Created 0600 by our own open (redb's would take the umask's 0644).
+        let opened = crate::private::open_rw(&path)
+            .map_err(DatabaseError::from)
+            .and_then(FileBackend::new)
+            .and_then(|backend| Database::builder().create_with_backend(backend));
+        let db = opened.map_err(|source| match source {
             DatabaseError::DatabaseAlreadyOpen => RedbStoreError::AlreadyOpen {
                 path: path.clone(),
                 source: Box::new(source),

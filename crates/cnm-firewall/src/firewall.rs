@@ -21,7 +21,7 @@ use crate::compat::{self, CompatOps};
 use crate::model::{self, Elements, EndpointPort, Model, NetworkRules, PortMapping};
 use crate::nftnl::{Batch, elem_size};
 use crate::ruleset::{self, CHAINS, SetName, TABLES};
-use crate::transport::{NfSocket, NotifySocket};
+use crate::transport::{NOTIFY_BUFFER, NfSocket, NotifySocket};
 
 /// `ERESTART`: the batch named a generation that is no longer current.
 const ERESTART: i32 = 85;
@@ -93,6 +93,8 @@ pub struct Healing {
     pub last_restore: Option<Duration>,
     /// The ruleset generation the last restore committed.
     pub last_generation: Option<u32>,
+    /// Times notifications were lost (`ENOBUFS`) and the generations checked instead.
+    pub overflows: u64,
 }
 
 /// State only the holder of the transaction lock reads or changes.
@@ -124,10 +126,15 @@ pub(crate) struct Inner {
     healing: watch::Sender<Healing>,
     /// Tests only: no restore at all (see [`Firewall::pause_healing`]).
     paused: AtomicBool,
+    /// Closed when the watcher thread exits.
+    watcher_alive: watch::Receiver<()>,
+    /// Tests only: holds the watcher (see [`Firewall::stall_watcher`]).
+    stall: Arc<crate::watch::Stall>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.stall.set(false);
         if let Err(e) = self.socket.poke(self.watcher) {
             warn!(error = %e, "failed to stop the nftables watcher; it stops at the next notification");
         }
@@ -180,7 +187,7 @@ impl Firewall {
     /// Opens the netlink sockets in `ns`, starts watching, and installs the tables, replacing
     /// any previous ones (one transaction). The caller then adds its networks and ports.
     pub async fn new(ns: &NetNs) -> Result<Firewall, FirewallError> {
-        let fw = Self::open(ns, false).await?;
+        let fw = Self::open(ns, false, NOTIFY_BUFFER).await?;
         fw.reconcile().await?;
         Ok(fw)
     }
@@ -191,15 +198,28 @@ impl Firewall {
     /// `finish_loading` then replaces them with the whole desired state in one transaction,
     /// so no packet ever meets a half-restored ruleset.
     pub async fn loading(ns: &NetNs) -> Result<Firewall, FirewallError> {
-        Self::open(ns, true).await
+        Self::open(ns, true, NOTIFY_BUFFER).await
     }
 
-    async fn open(ns: &NetNs, loading: bool) -> Result<Firewall, FirewallError> {
+    /// Tests only: [`Firewall::new`] with a notification buffer of `bytes`, so small that
+    /// notifications overflow (`ENOBUFS`) and the recovery from lost notifications shows.
+    #[doc(hidden)]
+    pub async fn with_notify_buffer(ns: &NetNs, bytes: usize) -> Result<Firewall, FirewallError> {
+        let fw = Self::open(ns, false, bytes).await?;
+        fw.reconcile().await?;
+        Ok(fw)
+    }
+
+    async fn open(
+        ns: &NetNs,
+        loading: bool,
+        notify_buffer: usize,
+    ) -> Result<Firewall, FirewallError> {
         let op = "open netfilter sockets";
         let (socket, notify) = ns
-            .run(|| -> io::Result<(NfSocket, NotifySocket)> {
+            .run(move || -> io::Result<(NfSocket, NotifySocket)> {
                 // subscribed first: no change made after the first transaction goes unseen
-                let notify = NotifySocket::open()?;
+                let notify = NotifySocket::open(notify_buffer)?;
                 Ok((NfSocket::open()?, notify))
             })
             .await
@@ -209,6 +229,8 @@ impl Firewall {
             })?
             .map_err(|e| FirewallError::io(op, e))?;
         let socket = Arc::new(socket);
+        let (alive, watcher_alive) = watch::channel(());
+        let stall = Arc::new(crate::watch::Stall::new());
         let generation = {
             let s = socket.clone();
             tokio::task::spawn_blocking(move || s.generation())
@@ -231,12 +253,16 @@ impl Firewall {
             transactions: AtomicU64::new(0),
             healing: watch::Sender::new(Healing::default()),
             paused: AtomicBool::new(false),
+            watcher_alive,
+            stall: stall.clone(),
         });
         crate::watch::spawn(
             Arc::downgrade(&inner),
             notify,
             inner.socket.portid(),
             generation,
+            alive,
+            stall,
         )
         .map_err(|e| FirewallError::io("start the nftables watcher thread", e))?;
         Ok(Firewall { inner })
@@ -451,6 +477,32 @@ impl Firewall {
     #[doc(hidden)]
     pub fn pause_healing(&self, paused: bool) {
         self.inner.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Tests only: a receiver whose `changed()` fails once the watcher thread has exited
+    /// (it exits when the last clone of the firewall is dropped).
+    #[doc(hidden)]
+    pub fn watcher_alive(&self) -> watch::Receiver<()> {
+        self.inner.watcher_alive.clone()
+    }
+
+    /// Tests only: `true` holds the watcher before its next read (returns once it waits), so
+    /// notifications pile up and overflow; `false` lets it go on.
+    #[doc(hidden)]
+    pub async fn stall_watcher(&self, on: bool) -> Result<(), FirewallError> {
+        self.inner.stall.set(on);
+        if on {
+            let mut stalled = self.inner.stall.stalled.subscribe();
+            // the watcher is blocked reading: a message it ignores wakes it
+            self.inner
+                .socket
+                .poke(self.inner.watcher)
+                .map_err(|e| FirewallError::io("wake the nftables watcher", e))?;
+            stalled.wait_for(|s| *s).await.map_err(|e| {
+                FirewallError::io("stall the nftables watcher", io::Error::other(e))
+            })?;
+        }
+        Ok(())
     }
 
     pub(crate) fn healing_paused(&self) -> bool {

@@ -19,7 +19,7 @@ const ACK_BUFFER: usize = 4 * 1024 * 1024;
 /// Room for the notifications of the largest transaction (a full restore of a table with tens
 /// of thousands of elements is a few MB of coalesced messages). An overflow is survivable (see
 /// `watch`), but costs a check of the generation and possibly a restore.
-const NOTIFY_BUFFER: usize = 32 * 1024 * 1024;
+pub(crate) const NOTIFY_BUFFER: usize = 32 * 1024 * 1024;
 /// The send buffer we start with; grown on demand for larger batches (`ensure_send_buffer`).
 const SEND_BUFFER: usize = 1024 * 1024;
 
@@ -291,11 +291,12 @@ pub(crate) struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Opens and subscribes; must run on a thread inside the target namespace.
-    pub fn open() -> io::Result<Self> {
+    /// Opens and subscribes with a receive buffer of `buffer` bytes; must run on a thread
+    /// inside the target namespace.
+    pub fn open(buffer: usize) -> io::Result<Self> {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         let addr = sock.bind_auto()?;
-        set_buffer(&sock, NOTIFY_BUFFER, false)?;
+        set_buffer(&sock, buffer, false)?;
         sock.add_membership(NFNLGRP_NFTABLES)?;
         Ok(Self {
             sock,

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -32,22 +32,65 @@ use crate::ruleset::{BRIDGE, INET, TABLE};
 use crate::transport::{NotifySocket, messages};
 
 const NLMSG_NOOP: u16 = 1;
-/// At most this many restores per second; beyond, someone keeps rewriting our tables (say
-/// a second cnm on the same namespace) and we slow down rather than fight at full speed.
+/// At most this many restores (or compatibility repairs) per second; beyond, someone keeps
+/// rewriting our tables (say a second cnm on the same namespace) and we slow down rather than
+/// fight at full speed.
 const RESTORES_PER_SECOND: usize = 20;
 
 /// Starts the watcher thread. `own` is the port id of the firewall's transaction socket,
-/// `generation` the generation when the firewall opened.
+/// `generation` the generation when the firewall opened; `alive` is dropped when it exits.
 pub(crate) fn spawn(
     weak: Weak<Inner>,
     sock: NotifySocket,
     own: u32,
     generation: u32,
+    alive: tokio::sync::watch::Sender<()>,
+    stall: Arc<Stall>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("cnm-nft-watch".into())
-        .spawn(move || run(weak, sock, own, generation))
+        .spawn(move || {
+            run(weak, sock, own, generation, &stall);
+            drop(alive);
+        })
         .map(drop)
+}
+
+/// Tests only: holds the watcher before its next read, so notifications pile up and overflow
+/// (see `Firewall::stall_watcher`).
+#[derive(Debug)]
+pub(crate) struct Stall {
+    on: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    /// True while the watcher waits.
+    pub stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Stall {
+    pub fn new() -> Self {
+        Self {
+            on: std::sync::Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+            stalled: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    pub fn set(&self, on: bool) {
+        *self.on.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        self.cv.notify_all();
+    }
+
+    fn wait_while_on(&self) {
+        let mut on = self.on.lock().unwrap_or_else(|p| p.into_inner());
+        if !*on {
+            return;
+        }
+        self.stalled.send_replace(true);
+        while *on {
+            on = self.cv.wait(on).unwrap_or_else(|p| p.into_inner());
+        }
+        self.stalled.send_replace(false);
+    }
 }
 
 /// What the notifications of the transaction being read touched so far.
@@ -72,11 +115,12 @@ struct Events {
     stop: bool,
 }
 
-fn run(weak: Weak<Inner>, sock: NotifySocket, own: u32, mut verified: u32) {
+fn run(weak: Weak<Inner>, sock: NotifySocket, own: u32, mut verified: u32, stall: &Stall) {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut pending = Pending::default();
     let mut recent: VecDeque<Instant> = VecDeque::new();
     loop {
+        stall.wait_while_on();
         let mut ev = Events::default();
         let mut wait = true;
         loop {
@@ -85,12 +129,14 @@ fn run(weak: Weak<Inner>, sock: NotifySocket, own: u32, mut verified: u32) {
                 Ok(Some(n)) if n > buf.len() => {
                     // truncated: treat as lost
                     ev.overflow.get_or_insert(verified);
+                    ev.seen.get_or_insert_with(Instant::now);
                     pending = Pending::default();
                 }
                 Ok(Some(_)) => parse(&buf, own, &mut verified, &mut pending, &mut ev),
                 Err(e) if e.raw_os_error() == Some(105) => {
                     // ENOBUFS: the queue overflowed and notifications were dropped
                     ev.overflow.get_or_insert(verified);
+                    ev.seen.get_or_insert_with(Instant::now);
                     pending = Pending::default();
                 }
                 Err(e) => {
@@ -178,17 +224,18 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
     if ev.restore.is_none() && !ev.compat && ev.overflow.is_none() || fw.healing_paused() {
         return;
     }
-    if ev.restore.is_some() || ev.overflow.is_some() {
-        rate_limit(recent);
-    }
+    // restores and compatibility repairs alike: never a loop at full speed with another
+    // program that reacts to our changes as we react to its own
+    rate_limit(recent);
     let mut st = fw.lock_blocking();
     if Firewall::is_loading(&st) {
         // the restored model is committed whole by finish_loading, which replaces whatever
         // is there by then
-        if ev.overflow.is_some()
-            && let Ok(g) = fw.current_generation()
-        {
-            *verified = g;
+        if ev.overflow.is_some() {
+            if let Ok(g) = fw.current_generation() {
+                *verified = g;
+            }
+            fw.record_healing(|h| h.overflows += 1);
         }
         return;
     }
@@ -244,5 +291,9 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
             Ok(false) => {}
             Err(e) => warn!(error = %e, "restoring the iptables compatibility rule failed"),
         }
+    }
+    if ev.overflow.is_some() {
+        // counted once handled, restore included
+        fw.record_healing(|h| h.overflows += 1);
     }
 }

@@ -290,6 +290,100 @@ async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> R
     Ok(())
 }
 
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_dropped_firewall_stops_watching_and_a_loading_one_changes_nothing_until_committed()
+-> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    populate(&fw).await?;
+    let want = list(&a).await?;
+    let mut alive = fw.watcher_alive();
+    drop(fw);
+    tokio::time::timeout(Duration::from_secs(2), alive.changed())
+        .await
+        .context("the watcher thread outlived its firewall")?
+        .expect_err("closed, not changed");
+    // a restart: the previous run's tables stay while the new firewall loads
+    let fw = Firewall::loading(&a).await?;
+    let count = fw.transactions();
+    populate(&fw).await?;
+    fw.add_port_mappings("n1", "ep4", &[tcp((81, 81), "172.18.0.3", (81, 81))])
+        .await?;
+    assert!(
+        fw.ensure_iptables_compat().await?,
+        "wanted, done at the commit"
+    );
+    assert_eq!(fw.transactions(), count, "nothing sent while loading");
+    assert_eq!(list(&a).await?, want, "the previous tables are untouched");
+    // a change by someone else while loading is not fought: the commit replaces everything
+    sh(&a, "nft delete table bridge cnm").await?;
+    fw.finish_loading().await?;
+    assert_eq!(fw.transactions(), count + 1, "one transaction");
+    let got = list(&a).await?;
+    assert!(got.contains("tcp . 81 : 172.18.0.3 . 81"), "{got}");
+    assert!(got.contains("table bridge cnm"), "{got}");
+    fw.finish_loading().await?;
+    assert_eq!(fw.transactions(), count + 1, "finishing twice is a no-op");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    // a receive buffer of a few notification datagrams, and a watcher held off reading
+    let fw = Firewall::with_notify_buffer(&a, 4096).await?;
+    let mut healing = fw.healing();
+    populate(&fw).await?;
+    // our own large transaction: notifications lost, all of them ours, nothing to restore
+    fw.stall_watcher(true).await?;
+    let many: Vec<PortMapping> = (0..2_000u16)
+        .map(|i| tcp((20_000 + i, 20_000 + i), "172.18.0.9", (80 + i, 80 + i)))
+        .collect();
+    fw.add_port_mappings("n1", "big", &many).await?;
+    let before = healing.borrow_and_update().overflows;
+    fw.stall_watcher(false).await?;
+    let h = tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.overflows > before),
+    )
+    .await
+    .context("the overflow was not seen")??
+    .to_owned();
+    assert_eq!(
+        h.restores, 0,
+        "our own transaction must not trigger a restore"
+    );
+    let want = list(&a).await?;
+    // our big transaction fills the queue, then someone else deletes a table of ours: all of
+    // its notifications are lost, and only the generation tells
+    let count = fw.transactions();
+    fw.stall_watcher(true).await?;
+    let before = healing.borrow_and_update().overflows;
+    let big: Vec<PortMapping> = (0..2_000u16)
+        .map(|i| tcp((30_000 + i, 30_000 + i), "172.18.0.10", (80 + i, 80 + i)))
+        .collect();
+    fw.add_port_mappings("n1", "more", &big).await?;
+    sh(&a, "nft delete table bridge cnm").await?;
+    fw.stall_watcher(false).await?;
+    let h = tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.overflows > before && h.restores >= 1),
+    )
+    .await
+    .context("no restore after a foreign change whose notifications were lost")??
+    .to_owned();
+    eprintln!("restored after lost notifications: {h:?}");
+    assert_eq!(h.restores, 1);
+    assert_eq!(fw.transactions(), count + 2, "our publish and the restore");
+    let got = list(&a).await?;
+    assert!(got.contains("table bridge cnm"), "{got}");
+    assert!(got.contains("tcp . 31999 : 172.18.0.10 . 2079"), "{got}");
+    assert!(got.len() > want.len());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: run cargo xtask test"]
 async fn operations_wait_for_the_restore_instead_of_failing() -> Result<()> {

@@ -599,6 +599,7 @@ async fn floor_setup(host: &TestHost, net: &BridgeNet) -> Result<FloorImp> {
         icc: true,
         masquerade: true,
         internal: false,
+        host_access: false,
         gateway_mode: GatewayMode::Nat,
     })
     .await?;

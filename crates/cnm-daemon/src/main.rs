@@ -44,6 +44,12 @@ struct Args {
     /// The state store: redb (durable, reloaded on start) or memory.
     #[arg(long, default_value = "redb")]
     store: String,
+    /// Do not drop forwarded traffic that is neither to nor from a cnm network when cnm is the
+    /// one that turned IP forwarding on (by default it is dropped, so that the host does not
+    /// start routing between its other interfaces). A host that already forwarded is never
+    /// touched either way.
+    #[arg(long)]
+    ip_forward_no_drop: bool,
 }
 
 #[tokio::main]
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.metrics_addr = args.metrics_addr;
     config.store = store;
+    config.ip_forward_no_drop = args.ip_forward_no_drop;
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let shutdown = async move {

@@ -117,6 +117,9 @@ pub struct Config {
     pub host_netns: Option<NetNs>,
     /// The resolv.conf containers' resolv.conf derives from (default `/etc/resolv.conf`).
     pub resolv_conf: Option<PathBuf>,
+    /// `--ip-forward-no-drop`: keep forwarding traffic that is not cnm's even when cnm turned
+    /// forwarding on (the bridge driver's `com.cnm.bridge.ip_forward_no_drop`).
+    pub ip_forward_no_drop: bool,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             store: StoreKind::Redb,
             host_netns: None,
             resolv_conf: None,
+            ip_forward_no_drop: false,
         }
     }
 }
@@ -660,6 +664,17 @@ impl Daemon {
                 op: "build the controller".to_owned(),
                 source: Box::new(source),
             })?;
+        if config.ip_forward_no_drop {
+            // cnm_driver_bridge::options::IP_FORWARD_NO_DROP
+            let mut opts = cnm::DriverOptions::new();
+            opts.insert("com.cnm.bridge.ip_forward_no_drop".into(), "true".into());
+            ctl.configure_network_driver("bridge", opts)
+                .await
+                .map_err(|source| DaemonError::Controller {
+                    op: "configure the bridge driver (--ip-forward-no-drop)".to_owned(),
+                    source: Box::new(source),
+                })?;
+        }
         ensure_predefined(&ctl).await?;
 
         // Only the lock holder may touch the socket: a second cnmd must not unlink a live one.

@@ -122,6 +122,17 @@ pub enum BridgeError {
         #[source]
         source: io::Error,
     },
+    /// Reading or writing the driver's files in the run dir failed.
+    #[error("failed to {op} {path}: {source}")]
+    RunDir {
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Reading the host's ephemeral port range failed.
     #[error("failed to read the host's ip_local_port_range: {0}")]
     PortRange(#[source] io::Error),
@@ -201,7 +212,7 @@ impl BridgeError {
                 Some(libc::EACCES | libc::EPERM) => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Self::PortRange(_) | Self::Injected(_) => ErrorKind::Internal,
+            Self::PortRange(_) | Self::RunDir { .. } | Self::Injected(_) => ErrorKind::Internal,
             Self::Kernel { source, .. } => source.kind(),
             Self::Firewall { kind, .. } => *kind,
             Self::WithCleanup { primary, .. } => primary.kind(),

@@ -25,6 +25,8 @@ pub enum FaultPoint {
     NetworkForwardingEnabled,
     /// create_network: the firewall has the network's rules.
     NetworkFirewallProgrammed,
+    /// join: the endpoint's bridge port is guarded (anti-spoofing elements in the firewall).
+    JoinPortGuarded,
     /// join: the veth pair exists (container end inside the sandbox).
     JoinVethCreated,
     /// join: the container end's sysctls are set.
@@ -41,13 +43,14 @@ pub enum FaultPoint {
 
 impl FaultPoint {
     /// Every point, in the order they occur.
-    pub const ALL: [FaultPoint; 12] = [
+    pub const ALL: [FaultPoint; 13] = [
         Self::NetworkBridgeCreated,
         Self::NetworkSysctlsSet,
         Self::NetworkAddressesAdded,
         Self::NetworkBridgeUp,
         Self::NetworkForwardingEnabled,
         Self::NetworkFirewallProgrammed,
+        Self::JoinPortGuarded,
         Self::JoinVethCreated,
         Self::JoinSysctlsSet,
         Self::JoinInterfaceFound,

@@ -5,9 +5,10 @@ use std::net::IpAddr;
 
 use cnm_core::port::Protocol;
 use cnm_firewall::{
-    Firewall, FirewallError, GatewayMode as FwMode, NetworkRules, PortMapping, Proto,
+    EndpointPort, Firewall, FirewallError, GatewayMode as FwMode, NetworkRules, PortMapping, Proto,
 };
-use cnm_sandbox::NetNs;
+use cnm_sandbox::{IpFamily, NetNs};
+use cnm_types::{IfName, MacAddress};
 
 use crate::options::GatewayMode;
 use crate::{BridgeError, BridgePlan};
@@ -54,11 +55,74 @@ pub(crate) struct FirewallHandle {
 }
 
 impl FirewallHandle {
-    pub(crate) async fn new(ns: &NetNs) -> Result<Self, BridgeError> {
-        let fw = Firewall::new(ns)
-            .await
-            .map_err(fw_err("set up the firewall", ns.to_string()))?;
+    /// Opens the firewall of `ns`: installed at once, or (`loading`, on a restart) only once
+    /// [`FirewallHandle::finish_loading`] commits everything the restore put in it.
+    pub(crate) async fn new(ns: &NetNs, loading: bool) -> Result<Self, BridgeError> {
+        let fw = if loading {
+            Firewall::loading(ns).await
+        } else {
+            Firewall::new(ns).await
+        }
+        .map_err(fw_err("set up the firewall", ns.to_string()))?;
         Ok(Self { fw })
+    }
+
+    /// Replaces the previous run's tables with the restored state, in one transaction.
+    pub(crate) async fn finish_loading(&self) -> Result<(), BridgeError> {
+        self.fw.finish_loading().await.map_err(fw_err(
+            "install the restored firewall",
+            self.fw.netns().to_string(),
+        ))
+    }
+
+    /// Drops (or stops dropping) forwarded traffic of `family` that is not cnm's.
+    pub(crate) async fn set_forward_drop(
+        &self,
+        family: IpFamily,
+        on: bool,
+    ) -> Result<(), BridgeError> {
+        self.fw.set_forward_drop(family, on).await.map_err(fw_err(
+            "set the drop of foreign forwarded traffic",
+            format!("{family:?} in {}", self.fw.netns()),
+        ))
+    }
+
+    /// Guards an endpoint's bridge port before it exists (anti-spoofing).
+    pub(crate) async fn guard_port(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        port: &IfName,
+        mac: MacAddress,
+        ipv4: Option<std::net::Ipv4Addr>,
+        ipv6: Option<std::net::Ipv6Addr>,
+    ) -> Result<(), BridgeError> {
+        self.fw
+            .add_endpoint(&EndpointPort {
+                endpoint_id: endpoint_id.to_owned(),
+                network_id: network_id.to_owned(),
+                port: port.clone(),
+                mac,
+                ipv4,
+                ipv6,
+            })
+            .await
+            .map_err(fw_err(
+                "guard the bridge port of",
+                format!("endpoint {endpoint_id} ({port})"),
+            ))
+    }
+
+    /// Forgets an endpoint: its guarded port and its published ports (one transaction).
+    pub(crate) async fn remove_endpoint(&self, endpoint_id: &str) -> Result<(), BridgeError> {
+        self.fw.remove_endpoint(endpoint_id).await.map_err(fw_err(
+            "remove the firewall elements of",
+            format!("endpoint {endpoint_id}"),
+        ))
+    }
+
+    pub(crate) fn firewall(&self) -> &Firewall {
+        &self.fw
     }
 
     pub(crate) fn transactions(&self) -> u64 {
@@ -82,6 +146,7 @@ impl FirewallHandle {
             icc: plan.icc,
             masquerade: plan.masquerade,
             internal: plan.internal,
+            host_access: plan.host_access,
             gateway_mode: match mode {
                 GatewayMode::Nat => FwMode::Nat,
                 GatewayMode::Routed => FwMode::Routed,

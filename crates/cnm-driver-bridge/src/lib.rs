@@ -5,10 +5,12 @@
 //! - parsing the bridge options (Docker's keys) into [`BridgeOptions`] and planning a network
 //!   ([`BridgePlan`]) before anything is created;
 //! - the bridge link (name, pinned MAC, MTU, gateway addresses, its sysctls), forwarding in the host
-//!   namespace, and the veth pair of each endpoint, whose container end is born inside the sandbox
-//!   with its final name;
+//!   namespace (never an open router: see `forwarding.rs`), and the veth pair of each endpoint,
+//!   whose container end is born inside the sandbox with its final name, its bridge port guarded
+//!   against spoofing before it exists;
 //! - host port reservations (real sockets bound in the host namespace, held while published);
-//! - asking `cnm-firewall` for the network's rules and the endpoint's port mappings.
+//! - asking `cnm-firewall` for the network's rules, the endpoint's guarded port and its port
+//!   mappings; on a restart, committing everything it restored in one transaction at the sweep.
 //!
 //! **Does not**
 //! - render or apply nftables rules itself (`cnm-firewall` does);
@@ -43,6 +45,7 @@
 mod error;
 mod fault;
 mod firewall;
+mod forwarding;
 pub mod options;
 mod plan;
 mod ports;
@@ -50,6 +53,7 @@ mod restore;
 mod undo;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -58,7 +62,7 @@ use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, DriverRegistration,
     EndpointInfo, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec,
 };
-use cnm_sandbox::{LinkKind, LinkSpec, set_sysctls};
+use cnm_sandbox::{IpFamily, LinkKind, LinkSpec, set_sysctls};
 use cnm_types::{ErrorKind, IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
@@ -66,7 +70,7 @@ use tokio::sync::OnceCell;
 pub use error::BridgeError;
 #[doc(hidden)]
 pub use fault::FaultPoint;
-pub use options::{BridgeOptions, GatewayMode};
+pub use options::{BridgeOptions, DriverConfig, GatewayMode};
 pub use plan::BridgePlan;
 
 use crate::fault::Faults;
@@ -89,6 +93,12 @@ pub struct BridgeDriver {
     ctx: DriverContext,
     networks: Mutex<HashMap<String, Arc<Network>>>,
     firewall: OnceCell<FirewallHandle>,
+    /// The firewall was opened by a restore and commits at the sweep (fail-closed restart).
+    firewall_loading: AtomicBool,
+    /// Forwarding the restore needs but could not turn on before the firewall committed.
+    deferred_forwarding: Mutex<Vec<IpFamily>>,
+    /// Driver-wide options (`configure_network_driver`).
+    config: Mutex<DriverConfig>,
     faults: Faults,
 }
 
@@ -158,6 +168,9 @@ impl BridgeDriver {
             ctx,
             networks: Mutex::new(HashMap::new()),
             firewall: OnceCell::new(),
+            firewall_loading: AtomicBool::new(false),
+            deferred_forwarding: Mutex::new(Vec::new()),
+            config: Mutex::new(DriverConfig::default()),
             faults: Faults::default(),
         }
     }
@@ -168,6 +181,13 @@ impl BridgeDriver {
         self.faults.arm(point);
     }
 
+    /// The driver's firewall (tests watch it heal, or pause its healing to show what happens
+    /// without it).
+    #[doc(hidden)]
+    pub async fn firewall_for_tests(&self) -> Result<cnm_firewall::Firewall, BridgeError> {
+        Ok(self.firewall().await?.firewall().clone())
+    }
+
     /// How many firewall transactions this driver has committed so far.
     pub async fn firewall_transactions(&self) -> Result<u64, BridgeError> {
         Ok(self.firewall().await?.transactions())
@@ -175,8 +195,27 @@ impl BridgeDriver {
 
     async fn firewall(&self) -> Result<&FirewallHandle, BridgeError> {
         self.firewall
-            .get_or_try_init(|| FirewallHandle::new(&self.ctx.host_ns))
+            .get_or_try_init(|| self.open_firewall(false))
             .await
+    }
+
+    /// The firewall for a restore: opened loading (nothing sent to the kernel, the previous
+    /// run's tables keep filtering) unless it is open already; the sweep commits it.
+    async fn firewall_for_restore(&self) -> Result<&FirewallHandle, BridgeError> {
+        self.firewall
+            .get_or_try_init(|| self.open_firewall(true))
+            .await
+    }
+
+    async fn open_firewall(&self, loading: bool) -> Result<FirewallHandle, BridgeError> {
+        let fw = FirewallHandle::new(&self.ctx.host_ns, loading).await?;
+        self.firewall_loading.store(loading, Ordering::SeqCst);
+        self.restore_forward_drop(&fw).await?;
+        Ok(fw)
+    }
+
+    fn firewall_loading(&self) -> bool {
+        self.firewall_loading.load(Ordering::SeqCst)
     }
 
     fn network(&self, id: &str) -> Result<Arc<Network>, BridgeError> {
@@ -301,16 +340,8 @@ impl BridgeDriver {
                 .map_err(|e| BridgeError::kernel("bring up bridge", bridge, e))?;
             self.faults.check(FaultPoint::NetworkBridgeUp)?;
 
-            let host_sysctls = plan.host_sysctls();
-            if !host_sysctls.is_empty() {
-                let pairs: Vec<(&str, &str)> = host_sysctls
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                set_sysctls(&self.ctx.host_ns, &pairs).await.map_err(|e| {
-                    BridgeError::kernel("enable forwarding in", self.ctx.host_ns.to_string(), e)
-                })?;
-            }
+            self.enable_forwarding(&plan.forwarding(), &firewall)
+                .await?;
             self.faults.check(FaultPoint::NetworkForwardingEnabled)?;
 
             firewall.add_network(&plan).await?;
@@ -413,8 +444,25 @@ impl BridgeDriver {
         spec.master = Some(bridge_index);
         spec.up = true;
 
+        let firewall = self.firewall().await?.clone();
         let mut undo = Undo::default();
         let result = async {
+            // Guarded before it exists: no frame from the port ever passes unchecked.
+            firewall
+                .guard_port(
+                    &req.network_id,
+                    &req.endpoint_id,
+                    &host_if,
+                    mac,
+                    ep.ipv4.map(|a| a.addr()),
+                    ep.ipv6.map(|a| a.addr()),
+                )
+                .await?;
+            undo.push(Inverse::RemoveEndpointRules {
+                firewall: firewall.clone(),
+                endpoint_id: req.endpoint_id.clone(),
+            });
+            self.faults.check(FaultPoint::JoinPortGuarded)?;
             if let Err(e) = host.create_link(&spec).await {
                 if let Ok(None) = host.link(plan.bridge.as_str()).await {
                     return Err(BridgeError::Conflict {
@@ -489,8 +537,6 @@ impl BridgeDriver {
 
     async fn leave_inner(&self, network_id: &str, endpoint_id: &str) -> Result<(), BridgeError> {
         let (_, ep) = self.endpoint(network_id, endpoint_id)?;
-        // Published ports never outlive the join.
-        self.revoke_inner(network_id, endpoint_id).await?;
         let joined = lock(&ep.state).joined.take();
         let Some(host_if) = joined else {
             return Err(BridgeError::Conflict {
@@ -499,11 +545,30 @@ impl BridgeDriver {
                 reason: "it is not joined",
             });
         };
-        if let Err(e) = delete_link_by_name(&self.ctx.host_netlink, host_if.as_str()).await {
+        if let Err(e) = self.unplug(&ep, &host_if).await {
             lock(&ep.state).joined = Some(host_if);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Deletes an endpoint's veth, then, in one transaction, its guarded port and published
+    /// ports (the port is gone first: a port without its elements would pass unchecked), then
+    /// frees its host ports. Published ports never outlive the join.
+    async fn unplug(&self, ep: &Endpoint, host_if: &IfName) -> Result<(), BridgeError> {
+        delete_link_by_name(&self.ctx.host_netlink, host_if.as_str()).await?;
+        let published = lock(&ep.state).published.take();
+        match self.firewall().await?.remove_endpoint(&ep.id).await {
+            // Rules are gone: now the host ports may be freed.
+            Ok(()) => {
+                drop(published);
+                Ok(())
+            }
+            Err(e) => {
+                lock(&ep.state).published = published;
+                Err(e)
+            }
+        }
     }
 
     async fn program_inner(
@@ -661,6 +726,15 @@ impl Driver for BridgeDriver {
         Capability::local()
     }
 
+    async fn configure(&self, options: &DriverOptions) -> Result<(), DriverError> {
+        let config = DriverConfig::try_from(options)?;
+        *lock(&self.config) = config;
+        if let Some(fw) = self.firewall.get() {
+            self.apply_forward_drop_config(fw).await?;
+        }
+        Ok(())
+    }
+
     fn validate_network_options(&self, options: &DriverOptions) -> Result<(), DriverError> {
         BridgeOptions::try_from(options)?;
         Ok(())
@@ -727,10 +801,15 @@ impl Driver for BridgeDriver {
     ) -> Result<(), DriverError> {
         let (net, ep) = self.endpoint(network_id, endpoint_id)?;
         // Tolerate a controller that deletes without leaving first: undo what is still there.
-        self.revoke_inner(network_id, endpoint_id).await?;
         let joined = lock(&ep.state).joined.take();
-        if let Some(host_if) = joined {
-            delete_link_by_name(&self.ctx.host_netlink, host_if.as_str()).await?;
+        match joined {
+            Some(host_if) => {
+                if let Err(e) = self.unplug(&ep, &host_if).await {
+                    lock(&ep.state).joined = Some(host_if);
+                    return Err(e.into());
+                }
+            }
+            None => self.revoke_inner(network_id, endpoint_id).await?,
         }
         lock(&net.endpoints).remove(endpoint_id);
         Ok(())

@@ -27,6 +27,14 @@ pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4
 pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
 /// A name prefix replacing `eth` for container interfaces of this network.
 pub const CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
+/// cnm's own: `true` lets containers of an *internal* network reach the host itself (its
+/// addresses, the gateway's included). Default false: an internal network stays internal
+/// (libnetwork#1151). Refused on a network that is not internal.
+pub const INTERNAL_HOST_ACCESS: &str = "com.cnm.network.bridge.internal_host_access";
+/// Driver-wide (`configure_network_driver`), cnm's own: `true` keeps forwarded traffic that is
+/// neither to nor from a cnm bridge flowing even when cnm is the one that turned forwarding on
+/// (the daemon's `--ip-forward-no-drop`, after Docker's flag of that name). Default false.
+pub const IP_FORWARD_NO_DROP: &str = "com.cnm.bridge.ip_forward_no_drop";
 
 /// How traffic between the network and the outside is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +87,8 @@ pub struct BridgeOptions {
     pub gateway_mode_v6: GatewayMode,
     /// Prefix replacing `eth` for container interface names.
     pub container_iface_prefix: Option<String>,
+    /// Containers of an internal network may reach the host itself.
+    pub internal_host_access: bool,
 }
 
 impl Default for BridgeOptions {
@@ -92,7 +102,31 @@ impl Default for BridgeOptions {
             gateway_mode_v4: GatewayMode::Nat,
             gateway_mode_v6: GatewayMode::Nat,
             container_iface_prefix: None,
+            internal_host_access: false,
         }
+    }
+}
+
+/// The driver-wide options (`configure_network_driver`), validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverConfig {
+    /// Never drop foreign forwarded traffic, even when cnm turned forwarding on.
+    pub ip_forward_no_drop: bool,
+}
+
+impl TryFrom<&DriverOptions> for DriverConfig {
+    type Error = BridgeError;
+
+    fn try_from(raw: &DriverOptions) -> Result<Self, BridgeError> {
+        let mut config = Self::default();
+        for (key, value) in raw {
+            match key.as_str() {
+                IP_FORWARD_NO_DROP => config.ip_forward_no_drop = parse_bool(key, value)?,
+                _ => return Err(BridgeError::UnknownOption { key: key.clone() }),
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -173,6 +207,7 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     }
                     opts.container_iface_prefix = Some(value.to_owned());
                 }
+                INTERNAL_HOST_ACCESS => opts.internal_host_access = parse_bool(key, value)?,
                 _ => return Err(BridgeError::UnknownOption { key: key.clone() }),
             }
         }
@@ -211,8 +246,10 @@ mod tests {
             (GATEWAY_MODE_IPV4, "routed"),
             (GATEWAY_MODE_IPV6, "nat"),
             (CONTAINER_IFACE_PREFIX, "data"),
+            (INTERNAL_HOST_ACCESS, "true"),
         ]))
         .unwrap();
+        assert!(o.internal_host_access);
         assert_eq!(o.bridge_name.unwrap().as_str(), "br-test");
         assert_eq!(o.mtu, Some(9000));
         assert!(!o.enable_icc && !o.enable_ip_masquerade);
@@ -252,6 +289,7 @@ mod tests {
             (HOST_BINDING_IPV4, "224.0.0.1"),
             (GATEWAY_MODE_IPV4, "isolated"),
             (CONTAINER_IFACE_PREFIX, "bad/prefix"),
+            (INTERNAL_HOST_ACCESS, "sometimes"),
         ] {
             let e = BridgeOptions::try_from(&raw(&[(key, value)])).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{key}={value}");
@@ -260,5 +298,20 @@ mod tests {
         }
         assert!(BridgeOptions::try_from(&raw(&[(MTU, "68")])).is_ok());
         assert!(BridgeOptions::try_from(&raw(&[(MTU, "65535")])).is_ok());
+    }
+
+    #[test]
+    fn driver_config_parses_the_no_drop_flag_and_refuses_others() {
+        assert_eq!(
+            DriverConfig::try_from(&DriverOptions::new()).unwrap(),
+            DriverConfig::default()
+        );
+        let c = DriverConfig::try_from(&raw(&[(IP_FORWARD_NO_DROP, "true")])).unwrap();
+        assert!(c.ip_forward_no_drop);
+        let e = DriverConfig::try_from(&raw(&[(IP_FORWARD_NO_DROP, "yes")])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(IP_FORWARD_NO_DROP), "{e}");
+        let e = DriverConfig::try_from(&raw(&[(MTU, "1500")])).unwrap_err();
+        assert!(e.to_string().contains(MTU), "{e}");
     }
 }

@@ -43,6 +43,8 @@ pub struct BridgePlan {
     pub ipv6: bool,
     /// No route off the network's own subnets.
     pub internal: bool,
+    /// For an internal network: its containers may reach the host itself.
+    pub host_access: bool,
     /// Inter-container communication.
     pub icc: bool,
     /// Masquerade outbound traffic (NAT gateway mode only).
@@ -64,6 +66,15 @@ impl BridgePlan {
             Some(name) => name.clone(),
             None => derived_bridge_name(&spec.id)?,
         };
+        if opts.internal_host_access && !spec.internal {
+            return Err(BridgeError::InvalidOption {
+                key: crate::options::INTERNAL_HOST_ACCESS.to_owned(),
+                value: "true".to_owned(),
+                reason: "only an internal network keeps its containers off the host; \
+                         this network is not internal"
+                    .to_owned(),
+            });
+        }
         let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
         let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
         if spec.enable_ipv6 && spec.ipv6.is_empty() {
@@ -107,6 +118,7 @@ impl BridgePlan {
             ipv4,
             ipv6,
             internal: spec.internal,
+            host_access: opts.internal_host_access,
             icc: opts.enable_icc,
             masquerade: opts.enable_ip_masquerade,
             gateway_mode_v4: opts.gateway_mode_v4,
@@ -178,17 +190,25 @@ impl BridgePlan {
     }
 
     /// Sysctls of the host namespace this network needs; never turned off again (other
-    /// networks and the host may rely on them).
+    /// networks and the host may rely on them). See `forwarding` for how they are set.
     pub fn host_sysctls(&self) -> Vec<(String, String)> {
+        self.forwarding()
+            .into_iter()
+            .map(|f| (crate::forwarding::key(f).to_owned(), "1".to_owned()))
+            .collect()
+    }
+
+    /// The families this network needs the host to forward.
+    pub fn forwarding(&self) -> Vec<cnm_sandbox::IpFamily> {
         let mut out = Vec::new();
         if self.internal {
             return out;
         }
         if self.ipv4 {
-            out.push(("net.ipv4.ip_forward".to_owned(), "1".to_owned()));
+            out.push(cnm_sandbox::IpFamily::V4);
         }
         if self.ipv6 {
-            out.push(("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned()));
+            out.push(cnm_sandbox::IpFamily::V6);
         }
         out
     }
@@ -351,6 +371,25 @@ mod tests {
             None
         );
         assert_eq!(p.gateways_v4.len(), 1, "the bridge still has its address");
+    }
+
+    #[test]
+    fn host_access_is_an_internal_network_option() {
+        let opts = BridgeOptions {
+            internal_host_access: true,
+            ..Default::default()
+        };
+        let e = BridgePlan::new(&opts, &spec()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("internal_host_access"), "{e}");
+        let mut s = spec();
+        s.internal = true;
+        assert!(BridgePlan::new(&opts, &s).unwrap().host_access);
+        assert!(
+            !BridgePlan::new(&BridgeOptions::default(), &s)
+                .unwrap()
+                .host_access
+        );
     }
 
     #[test]

@@ -44,6 +44,9 @@ impl BridgeDriver {
     ) -> Result<(), BridgeError> {
         let opts = BridgeOptions::try_from(&spec.options)?;
         let plan = BridgePlan::new(&opts, spec)?;
+        // Fail closed: everything restored goes to the kernel in one transaction at the sweep;
+        // until then the previous run's tables keep filtering.
+        let firewall = self.firewall_for_restore().await?.clone();
         let host = &self.ctx.host_netlink;
         let bridge = plan.bridge.as_str();
         let existing = host
@@ -85,17 +88,9 @@ impl BridgeDriver {
                 host.set_up(index)
                     .await
                     .map_err(|e| BridgeError::kernel("bring up bridge", bridge, e))?;
-                let host_sysctls = plan.host_sysctls();
-                if !host_sysctls.is_empty() {
-                    let pairs: Vec<(&str, &str)> = host_sysctls
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    set_sysctls(&self.ctx.host_ns, &pairs).await.map_err(|e| {
-                        BridgeError::kernel("enable forwarding in", self.ctx.host_ns.to_string(), e)
-                    })?;
-                }
-                self.firewall().await?.add_network(&plan).await?;
+                self.enable_forwarding(&plan.forwarding(), &firewall)
+                    .await?;
+                firewall.add_network(&plan).await?;
                 lock(&self.networks).insert(
                     spec.id.clone(),
                     Arc::new(Network {
@@ -132,6 +127,42 @@ impl BridgeDriver {
                 }
                 None => None,
             };
+            if let (Some(port), Some(join)) = (&joined, &ep.joined) {
+                // The MAC the container's interface carries: the record's, else the kernel's.
+                let mac = match s.mac {
+                    Some(m) => Some(m),
+                    None => join
+                        .sandbox
+                        .netlink
+                        .link(join.ifname.as_str())
+                        .await
+                        .map_err(|e| {
+                            BridgeError::kernel(
+                                "look up",
+                                format!("{} in {}", join.ifname, join.sandbox.ns),
+                                e,
+                            )
+                        })?
+                        .and_then(|l| l.mac),
+                };
+                match mac {
+                    Some(mac) => {
+                        firewall
+                            .guard_port(
+                                &spec.id,
+                                &s.endpoint_id,
+                                port,
+                                mac,
+                                s.ipv4.map(|a| a.addr()),
+                                s.ipv6.map(|a| a.addr()),
+                            )
+                            .await?
+                    }
+                    None => {
+                        tracing::warn!(endpoint = %short(&s.endpoint_id), "no MAC known for a joined endpoint: its port is not guarded")
+                    }
+                }
+            }
             lock(&net.endpoints).insert(
                 s.endpoint_id.clone(),
                 Arc::new(Endpoint {
@@ -164,9 +195,14 @@ impl BridgeDriver {
     }
 
     pub(crate) async fn sweep_inner(&self, keep: &[String]) -> Result<(), BridgeError> {
-        // Opening the firewall replaces the table with what the restored networks put in it:
-        // the rules of networks without a record go.
-        self.firewall().await?;
+        // The one transaction of the restart: the tables are replaced with what the restored
+        // networks, endpoints and published ports put in the model (the rules of networks
+        // without a record go). Without restored networks, opening the firewall does the same.
+        let firewall = self.firewall().await?;
+        firewall.finish_loading().await?;
+        self.firewall_loading
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.flush_deferred_forwarding().await?;
         let ours: HashSet<String> = lock(&self.networks)
             .values()
             .map(|n| n.plan.bridge.to_string())

@@ -20,6 +20,11 @@ pub(crate) enum Inverse {
         firewall: FirewallHandle,
         endpoint_id: String,
     },
+    /// Remove an endpoint's guarded port (and any port mappings).
+    RemoveEndpointRules {
+        firewall: FirewallHandle,
+        endpoint_id: String,
+    },
 }
 
 impl Inverse {
@@ -34,6 +39,10 @@ impl Inverse {
                 firewall,
                 endpoint_id,
             } => firewall.remove_port_mappings(&endpoint_id).await,
+            Self::RemoveEndpointRules {
+                firewall,
+                endpoint_id,
+            } => firewall.remove_endpoint(&endpoint_id).await,
         }
     }
 }

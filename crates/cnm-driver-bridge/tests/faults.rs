@@ -52,6 +52,11 @@ async fn join_step(point: FaultPoint, publish: bool) -> Result<()> {
         .expect_err("the injected failure surfaces");
     ensure!(format!("{:#}", anyhow::Error::from(e)).contains(&point.to_string()));
     assert_clean(&w, &baseline, &[PORT]).await?;
+    let rules = w.ruleset().await?;
+    ensure!(
+        !rules.contains("\"veth"),
+        "anti-spoofing elements of the failed join left behind:\n{rules}"
+    );
     ensure!(
         w.ctl.sandbox_by_container_id("c").is_err(),
         "the sandbox made for the join is gone"
@@ -88,6 +93,7 @@ fault_tests! {
     fail_after_bridge_up => network_step(FaultPoint::NetworkBridgeUp);
     fail_after_forwarding_enabled => network_step(FaultPoint::NetworkForwardingEnabled);
     fail_after_network_rules => network_step(FaultPoint::NetworkFirewallProgrammed);
+    fail_after_port_guarded => join_step(FaultPoint::JoinPortGuarded, false);
     fail_after_veth_created => join_step(FaultPoint::JoinVethCreated, false);
     fail_after_container_sysctls => join_step(FaultPoint::JoinSysctlsSet, false);
     fail_after_interface_found => join_step(FaultPoint::JoinInterfaceFound, false);
@@ -98,6 +104,6 @@ fault_tests! {
 
 #[test]
 fn every_fault_point_has_a_test() {
-    // Twelve tests above, one per point; a new point must get one.
-    assert_eq!(FaultPoint::ALL.len(), 12);
+    // Thirteen tests above, one per point; a new point must get one.
+    assert_eq!(FaultPoint::ALL.len(), 13);
 }

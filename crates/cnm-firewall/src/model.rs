@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cnm_types::IfName;
+use cnm_types::{IfName, MacAddress};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -81,8 +81,78 @@ pub struct NetworkRules {
     pub masquerade: bool,
     /// No forwarding off the bridge at all, either direction.
     pub internal: bool,
+    /// For an internal network: whether its containers may reach the host itself (its
+    /// addresses, the gateway's included). `false` (the default) blocks them; ignored for
+    /// networks that are not internal, whose containers reach the host as the outside does.
+    pub host_access: bool,
     /// NAT or routed access from outside.
     pub gateway_mode: GatewayMode,
+}
+
+/// An endpoint's bridge port and the only addresses frames from it may carry (anti-spoofing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPort {
+    /// The endpoint's id (the key of [`crate::Firewall::remove_endpoint`]).
+    pub endpoint_id: String,
+    /// The network it is on.
+    pub network_id: String,
+    /// The host end of its veth, a port of the network's bridge.
+    pub port: IfName,
+    /// The source MAC of its frames (and the sender MAC of its ARP packets).
+    pub mac: MacAddress,
+    /// Its IPv4 address: the only IPv4 source (and ARP sender address) it may use.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Its IPv6 address: with link-local addresses and `::`, the only IPv6 source it may use
+    /// (and the only non-link-local target of its neighbour advertisements).
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// The elements that let an endpoint's port send as itself.
+pub(crate) fn port_elements(p: &EndpointPort) -> Elements {
+    let mut out = Elements::new();
+    let port = Field::ifname(&p.port);
+    push(&mut out, SetName::Ports, Element::point(vec![port]));
+    push(
+        &mut out,
+        SetName::OwnMac,
+        Element::point(vec![port, Field::Mac(p.mac.octets())]),
+    );
+    if let Some(a) = p.ipv4 {
+        push(
+            &mut out,
+            SetName::OwnV4,
+            Element::point(vec![port, Field::V4(a)]),
+        );
+    }
+    if let Some(a) = p.ipv6 {
+        push(
+            &mut out,
+            SetName::OwnV6,
+            Element::point(vec![port, Field::V6(a)]),
+        );
+        push(
+            &mut out,
+            SetName::NdTarget,
+            Element::point(vec![port, Field::Raw128(u128::from(a))]),
+        );
+    }
+    out
+}
+
+/// The element that drops forwarded traffic of `family` that is not cnm's.
+pub(crate) fn forward_drop_element(v6: bool) -> Elements {
+    let mut out = Elements::new();
+    let proto = if v6 {
+        crate::nftnl::NFPROTO_IPV6
+    } else {
+        crate::nftnl::NFPROTO_IPV4
+    };
+    push(
+        &mut out,
+        SetName::ForwardDrop,
+        Element::point(vec![Field::NfProto(proto)]),
+    );
+    out
 }
 
 /// One published port (range) of an endpoint.
@@ -192,6 +262,11 @@ pub(crate) enum Field {
     V6(Ipv6Addr),
     Proto(u8),
     Port(u16),
+    Mac([u8; 6]),
+    /// An nfproto value (`ipv4` 2, `ipv6` 10).
+    NfProto(u8),
+    /// A 128-bit raw payload value (an IPv6 address read with `@th,64,128`).
+    Raw128(u128),
 }
 
 impl Field {
@@ -207,8 +282,10 @@ impl Field {
             Self::IfName(b) => b.to_vec(),
             Self::V4(a) => a.octets().to_vec(),
             Self::V6(a) => a.octets().to_vec(),
-            Self::Proto(p) => vec![*p],
+            Self::Proto(p) | Self::NfProto(p) => vec![*p],
             Self::Port(p) => p.to_be_bytes().to_vec(),
+            Self::Mac(m) => m.to_vec(),
+            Self::Raw128(v) => v.to_be_bytes().to_vec(),
         }
     }
 
@@ -225,6 +302,15 @@ impl Field {
             Self::Proto(132) => "sctp".into(),
             Self::Proto(p) => p.to_string(),
             Self::Port(p) => p.to_string(),
+            Self::Mac(m) => m
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            Self::NfProto(2) => "ipv4".into(),
+            Self::NfProto(10) => "ipv6".into(),
+            Self::NfProto(p) => p.to_string(),
+            Self::Raw128(v) => format!("0x{v:032x}"),
         }
     }
 }
@@ -308,6 +394,9 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     push(&mut out, SetName::SameBridge, Element::point(vec![br, br]));
     if net.internal {
         push(&mut out, SetName::Internal, Element::point(vec![br]));
+        if !net.host_access {
+            push(&mut out, SetName::NoHost, Element::point(vec![br]));
+        }
     }
     if !net.icc {
         push(&mut out, SetName::IccOff, Element::point(vec![br]));
@@ -471,7 +560,16 @@ pub(crate) struct Model {
     /// one key never overlap (overlaps are refused), so one ordered lookup finds a clash.
     host_ports: BTreeMap<HostKey, BTreeMap<u16, Owned>>,
     /// Container port ranges by protocol and container address.
-    container_ports: HashMap<(Proto, IpAddr), Vec<Owned>>,
+    /// Container port ranges by protocol and container address, keyed by their first port:
+    /// ranges under one key are disjoint or equal (equal ones share an entry), since ranges
+    /// that overlap without being equal are refused.
+    container_ports: HashMap<(Proto, IpAddr), BTreeMap<u16, Vec<Owned>>>,
+    /// endpoint id → its bridge port (anti-spoofing)
+    pub ports: BTreeMap<String, EndpointPort>,
+    /// Port name → endpoint id, to refuse a port claimed twice.
+    port_names: HashMap<IfName, String>,
+    /// Forwarded traffic that is not cnm's is dropped for IPv4 (`[0]`) and IPv6 (`[1]`).
+    pub forward_drop: [bool; 2],
 }
 
 fn ranges_overlap(a: (u16, u16), b: (u16, u16)) -> bool {
@@ -614,7 +712,16 @@ impl Model {
             .values()
             .filter(|(net_id, _)| net_id == id)
             .flat_map(|(_, maps)| maps.iter().map(|m| mapping_elements(net, m)));
-        Ok(self.orphaned(std::iter::once(network_elements(net)).chain(mappings)))
+        let ports = self
+            .ports
+            .values()
+            .filter(|p| p.network_id == id)
+            .map(port_elements);
+        Ok(self.orphaned(
+            std::iter::once(network_elements(net))
+                .chain(mappings)
+                .chain(ports),
+        ))
     }
 
     /// Forgets a network and its endpoints' mappings (planned by `plan_remove_network`).
@@ -627,6 +734,15 @@ impl Model {
             .collect();
         for ep in owned {
             self.apply_remove_endpoint(&ep);
+        }
+        let ports: Vec<String> = self
+            .ports
+            .values()
+            .filter(|p| p.network_id == id)
+            .map(|p| p.endpoint_id.clone())
+            .collect();
+        for ep in ports {
+            self.apply_remove_port(&ep);
         }
         if let Some(net) = self.networks.remove(id) {
             self.release(network_elements(&net));
@@ -685,18 +801,7 @@ impl Model {
             }
         }
         for m in mappings {
-            let owned = Owned {
-                endpoint: endpoint_id.to_string(),
-                mapping: *m,
-            };
-            self.host_ports
-                .entry((m.proto, m.is_v4(), m.host_key()))
-                .or_default()
-                .insert(m.host_ports.0, owned.clone());
-            self.container_ports
-                .entry((m.proto, m.container_ip))
-                .or_default()
-                .push(owned);
+            self.index(endpoint_id, m);
         }
         self.endpoints
             .entry(endpoint_id.to_string())
@@ -731,12 +836,112 @@ impl Model {
                 }
             }
             let key = (m.proto, m.container_ip);
-            if let Some(list) = self.container_ports.get_mut(&key) {
-                list.retain(|o| o.endpoint != endpoint_id);
-                if list.is_empty() {
+            if let Some(ranges) = self.container_ports.get_mut(&key) {
+                if let Some(owners) = ranges.get_mut(&m.container_ports.0) {
+                    owners.retain(|o| o.endpoint != endpoint_id);
+                    if owners.is_empty() {
+                        ranges.remove(&m.container_ports.0);
+                    }
+                }
+                if ranges.is_empty() {
                     self.container_ports.remove(&key);
                 }
             }
+        }
+    }
+
+    /// Checks an endpoint's port; returns the elements to add.
+    pub fn plan_add_port(&self, p: &EndpointPort) -> Result<Elements, FirewallError> {
+        if p.endpoint_id.is_empty() {
+            return Err(FirewallError::invalid("endpoint id", "", "it is empty"));
+        }
+        if !self.networks.contains_key(&p.network_id) {
+            return Err(FirewallError::NotFound {
+                what: "network",
+                id: p.network_id.clone(),
+            });
+        }
+        let m = p.mac.octets();
+        if m[0] & 1 == 1 || m == [0; 6] {
+            return Err(FirewallError::invalid(
+                "endpoint mac",
+                p.mac,
+                "not a unicast address",
+            ));
+        }
+        if self.ports.contains_key(&p.endpoint_id) {
+            return Err(FirewallError::Conflict {
+                op: "guard port".into(),
+                object: format!("endpoint {}", p.endpoint_id),
+                reason: "the endpoint already has a guarded port".into(),
+            });
+        }
+        if let Some(other) = self.port_names.get(&p.port) {
+            return Err(FirewallError::Conflict {
+                op: "guard port".into(),
+                object: format!("{} of endpoint {}", p.port, p.endpoint_id),
+                reason: format!("the port belongs to endpoint {other}"),
+            });
+        }
+        Ok(self.missing(port_elements(p)))
+    }
+
+    /// Records a port planned by [`Model::plan_add_port`].
+    pub fn apply_add_port(&mut self, p: &EndpointPort) {
+        self.acquire(port_elements(p));
+        self.port_names
+            .insert(p.port.clone(), p.endpoint_id.clone());
+        self.ports.insert(p.endpoint_id.clone(), p.clone());
+    }
+
+    /// The elements to delete with an endpoint: its port and its published ports. `None`
+    /// when the firewall knows neither.
+    pub fn plan_remove_endpoint_all(&self, endpoint_id: &str) -> Option<Elements> {
+        let port = self.ports.get(endpoint_id).map(port_elements);
+        let maps = self.endpoints.get(endpoint_id).and_then(|(net_id, maps)| {
+            let net = self.networks.get(net_id)?;
+            Some(
+                maps.iter()
+                    .map(|m| mapping_elements(net, m))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if port.is_none() && maps.is_none() {
+            return None;
+        }
+        Some(self.orphaned(port.into_iter().chain(maps.into_iter().flatten())))
+    }
+
+    /// Forgets an endpoint's port.
+    pub fn apply_remove_port(&mut self, endpoint_id: &str) {
+        if let Some(p) = self.ports.remove(endpoint_id) {
+            self.port_names.remove(&p.port);
+            self.release(port_elements(&p));
+        }
+    }
+
+    /// The change that turns the drop of foreign forwarded traffic of a family on or off:
+    /// (elements to add, elements to delete).
+    pub fn plan_forward_drop(&self, v6: bool, on: bool) -> (Elements, Elements) {
+        let was = self.forward_drop[usize::from(v6)];
+        match (was, on) {
+            (false, true) => (forward_drop_element(v6), Elements::new()),
+            (true, false) => (Elements::new(), forward_drop_element(v6)),
+            _ => (Elements::new(), Elements::new()),
+        }
+    }
+
+    /// Records the change planned by [`Model::plan_forward_drop`].
+    pub fn apply_forward_drop(&mut self, v6: bool, on: bool) {
+        let slot = &mut self.forward_drop[usize::from(v6)];
+        if *slot == on {
+            return;
+        }
+        *slot = on;
+        if on {
+            self.acquire(forward_drop_element(v6));
+        } else {
+            self.release(forward_drop_element(v6));
         }
     }
 
@@ -772,10 +977,33 @@ impl Model {
                 }
             }
         }
-        if let Some(list) = self.container_ports.get(&(m.proto, m.container_ip)) {
-            out.extend(list);
+        if let Some(ranges) = self.container_ports.get(&(m.proto, m.container_ip))
+            && let Some((_, owners)) = ranges.range(..=m.container_ports.1).next_back()
+            && let Some(o) = owners.first()
+            && o.mapping.container_ports.1 >= m.container_ports.0
+        {
+            // disjoint ranges: the last one starting before our end is the only candidate
+            out.push(o);
         }
         out
+    }
+
+    /// Adds a mapping to the conflict indexes.
+    fn index(&mut self, endpoint_id: &str, m: &PortMapping) {
+        let owned = Owned {
+            endpoint: endpoint_id.to_string(),
+            mapping: *m,
+        };
+        self.host_ports
+            .entry((m.proto, m.is_v4(), m.host_key()))
+            .or_default()
+            .insert(m.host_ports.0, owned.clone());
+        self.container_ports
+            .entry((m.proto, m.container_ip))
+            .or_default()
+            .entry(m.container_ports.0)
+            .or_default()
+            .push(owned);
     }
 
     /// Refuses host ports already published (same protocol and family, overlapping ports, same
@@ -785,13 +1013,18 @@ impl Model {
         endpoint_id: &str,
         new: &[PortMapping],
     ) -> Result<(), FirewallError> {
+        // the mappings of this call, indexed as they are checked: each check is logarithmic
+        let mut earlier = Model::default();
         for (i, m) in new.iter().enumerate() {
-            let earlier = new[..i].iter().map(|o| (endpoint_id, o));
-            let published = self
+            let candidates = self
                 .neighbours(m)
                 .into_iter()
-                .map(|o| (o.endpoint.as_str(), &o.mapping));
-            for (owner, o) in published.chain(earlier) {
+                .chain(earlier.neighbours(m))
+                .map(|o| (o.endpoint.clone(), o.mapping))
+                .collect::<Vec<_>>();
+            earlier.index(endpoint_id, m);
+            for (owner, o) in candidates {
+                let o = &o;
                 if clashes(m, o) {
                     return Err(FirewallError::Conflict {
                         op: "publish".into(),
@@ -856,7 +1089,21 @@ impl Ruleset {
         Ok(())
     }
 
-    /// The whole table as nft text.
+    /// Guards an endpoint's port, with the same checks as [`crate::Firewall::add_endpoint`].
+    pub fn add_endpoint(&mut self, port: &EndpointPort) -> Result<(), FirewallError> {
+        self.model.plan_add_port(port)?;
+        self.model.apply_add_port(port);
+        Ok(())
+    }
+
+    /// Drops forwarded traffic of a family that is not cnm's, as
+    /// [`crate::Firewall::set_forward_drop`].
+    pub fn set_forward_drop(&mut self, family: cnm_sandbox::IpFamily, on: bool) {
+        self.model
+            .apply_forward_drop(family == cnm_sandbox::IpFamily::V6, on);
+    }
+
+    /// Every table as nft text.
     pub fn render(&self) -> String {
         crate::ruleset::render(&self.model.elements())
     }
@@ -919,6 +1166,7 @@ mod tests {
             icc: true,
             masquerade: true,
             internal: false,
+            host_access: false,
             gateway_mode: GatewayMode::Nat,
         };
         let eq = mapping_elements(&net, &m((8000, 8099), (8000, 8099)));
@@ -937,6 +1185,7 @@ mod tests {
             icc: true,
             masquerade: true,
             internal: false,
+            host_access: false,
             gateway_mode: GatewayMode::Nat,
         };
         let mut model = Model::default();

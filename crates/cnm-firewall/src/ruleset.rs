@@ -1,14 +1,24 @@
-//! The ruleset cnm owns: `table inet cnm`, its sets, chains and constant rules.
+//! The ruleset cnm owns: `table inet cnm` and `table bridge cnm`, their sets, chains and
+//! constant rules.
 //!
 //! Every rule is constant; per-packet decisions go through set and map lookups, so neither the
 //! packet path nor an operation grows with the number of networks, endpoints or ports: single
 //! ports are hash lookups, port ranges interval lookups in sets that hold only ranges.
 //!
-//! Chains (policy accept everywhere: cnm never decides for traffic that is not its own):
-//! - `prerouting` (nat, dstnat): drops packets for 127.0.0.0/8 arriving on a non-loopback
-//!   interface (a port published on 127.0.0.1 must not be reachable from elsewhere, the lesson
-//!   of CVE-2020-8558), then DNATs local destinations through `publish`.
+//! Chains of `table inet cnm` (policy accept everywhere: cnm never decides for traffic that is
+//! not its own, except forwarding it turned on itself, see `forward`):
+//! - `guard` (filter, raw priority -300, prerouting): drops packets for 127.0.0.0/8 and `::1`
+//!   arriving on a non-loopback interface (a port published on 127.0.0.1 must not be reachable
+//!   from elsewhere, the lesson of CVE-2020-8558; and a container must not reach the host's
+//!   loopback-only services through `route_localnet`). It sits before conntrack, so no packet
+//!   escapes it: a NAT chain is never traversed by packets conntrack calls INVALID (a lone
+//!   FIN, SYN|FIN, NULL…), which is how such probes reached 127.0.0.1 when the drop lived in
+//!   the `prerouting` NAT chain.
+//! - `prerouting` (nat, dstnat): DNATs local destinations through `publish`.
 //! - `output` (nat, -100): the same DNAT for connections from the host itself, 127.0.0.1 included.
+//! - `input` (filter): containers of an internal network (set `no_host`, unless the network
+//!   allows host access) reach nothing on the host but neighbour discovery and replies to
+//!   connections the host opened (libnetwork#1151).
 //! - `postrouting` (nat, srcnat): hairpin masquerade, masquerade of host loopback sources
 //!   entering a bridge, masquerade of each network's subnets leaving through a non-bridge link.
 //! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound.
@@ -17,13 +27,40 @@
 //!   *routed* between two containers of one bridge through the gateway (and bridged frames
 //!   too where br_netfilter happens to be on).
 //!   Every packet it lets through jumps to `allow`, which sets [`FORWARD_MARK`] so a
-//!   Docker/iptables `FORWARD` policy of DROP can accept it (see `compat`).
+//!   Docker/iptables `FORWARD` policy of DROP can accept it (see `compat`). Its first rule
+//!   drops traffic that neither comes from nor goes to a cnm bridge, for the families in
+//!   `forward_drop`: those whose forwarding cnm itself turned on (no open router).
+//!
+//! `table bridge cnm` sees bridged frames without br_netfilter. Its `prerouting` chain (filter,
+//! -300, before the bridge learns the source MAC) drops, on every port in `ports` (the host end
+//! of each endpoint's veth), frames whose source MAC, IPv4/IPv6 source, ARP sender MAC/IP or
+//! neighbour-advertisement target is not the endpoint's own (one lookup per check in sets keyed
+//! by port name and address). IPv6 link-local sources (fe80::/10) and `::` (duplicate address
+//! detection) pass; VLAN-tagged frames are dropped (they would carry IP past the checks).
 
 use crate::model::{Element, Elements, Field};
-use crate::nftnl::{CtKey, ElemBytes, Expr, MetaKey, NFPROTO_IPV4, NFPROTO_IPV6, SetSpec, Verdict};
+use crate::nftnl::{
+    CtKey, ElemBytes, Expr, ICMP_ICMPV6, MetaKey, ND_NS_NA, NFPROTO_BRIDGE, NFPROTO_INET,
+    NFPROTO_IPV4, NFPROTO_IPV6, SetSpec, TCP_UDP_SCTP, Table, VLAN_ETHERTYPES, Verdict,
+};
 
-/// The table cnm owns (family inet).
+/// The name of the tables cnm owns (`table inet cnm`, `table bridge cnm`).
 pub const TABLE: &str = "cnm";
+
+/// `table inet cnm`: NAT, forwarding and host filtering.
+pub(crate) const INET: Table = Table {
+    family: NFPROTO_INET,
+    name: TABLE,
+};
+
+/// `table bridge cnm`: anti-spoofing on the endpoints' bridge ports.
+pub(crate) const BRIDGE: Table = Table {
+    family: NFPROTO_BRIDGE,
+    name: TABLE,
+};
+
+/// Every table cnm owns, in ruleset order.
+pub(crate) const TABLES: [Table; 2] = [INET, BRIDGE];
 
 /// The packet mark bit cnm's forward chain sets on every packet it accepts. The iptables
 /// compatibility rule accepts packets carrying it. Chosen clear of kube-proxy (0x4000, 0x8000),
@@ -39,6 +76,8 @@ pub enum SetName {
     Internal,
     IccOff,
     Routed,
+    NoHost,
+    ForwardDrop,
     SameBridge,
     Masq4,
     Masq6,
@@ -54,6 +93,11 @@ pub enum SetName {
     Dnat6Range,
     Dnat6Any,
     Dnat6AnyRange,
+    Ports,
+    OwnMac,
+    OwnV4,
+    OwnV6,
+    NdTarget,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +107,10 @@ enum Ty {
     V6,
     Proto,
     Port,
+    Ether,
+    NfProto,
+    /// A 128-bit raw payload (`typeof @th,64,128`).
+    Int128,
 }
 
 impl Ty {
@@ -73,14 +121,18 @@ impl Ty {
             Self::V6 => 8,
             Self::Proto => 12,
             Self::Port => 13,
+            Self::Ether => 9,
+            Self::NfProto => 2,
+            Self::Int128 => 4,
         }
     }
     fn len(self) -> u32 {
         match self {
-            Self::IfName | Self::V6 => 16,
+            Self::IfName | Self::V6 | Self::Int128 => 16,
             Self::V4 => 4,
-            Self::Proto => 1,
+            Self::Proto | Self::NfProto => 1,
             Self::Port => 2,
+            Self::Ether => 6,
         }
     }
     fn name(self) -> &'static str {
@@ -90,19 +142,34 @@ impl Ty {
             Self::V6 => "ipv6_addr",
             Self::Proto => "inet_proto",
             Self::Port => "inet_service",
+            Self::Ether => "ether_addr",
+            Self::NfProto => "nf_proto",
+            Self::Int128 => "integer",
         }
     }
 }
 
-use Ty::{IfName as I, Port as P, Proto as R, V4, V6};
+use Ty::{Ether as E, IfName as I, Int128, NfProto, Port as P, Proto as R, V4, V6};
+
+/// nft 1.0.6's user data of `set nd_target { typeof iifname . @th,64,128; }`: key byteorder,
+/// and the typeof expressions (meta iifname, raw transport payload at bit 64, 128 bits long).
+const ND_TARGET_UDATA: &[u8] = &[
+    0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x40, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x38,
+    0x00, 0x0e, 0x00, 0x04, 0x09, 0x00, 0x00, 0x00, 0x01, 0x06, 0x00, 0x04, 0x06, 0x00, 0x00, 0x00,
+    0x01, 0x26, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x1e, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x02, 0x04, 0x03, 0x00, 0x00, 0x00, 0x03, 0x04, 0x40, 0x00,
+    0x00, 0x00, 0x04, 0x04, 0x80, 0x00, 0x00, 0x00,
+];
 
 impl SetName {
-    /// Every set, in table order.
-    pub const ALL: [SetName; 19] = [
+    /// Every set, in ruleset order (table by table).
+    pub const ALL: [SetName; 26] = [
         Self::Bridges,
         Self::Internal,
         Self::IccOff,
         Self::Routed,
+        Self::NoHost,
+        Self::ForwardDrop,
         Self::SameBridge,
         Self::Masq4,
         Self::Masq6,
@@ -118,7 +185,20 @@ impl SetName {
         Self::Dnat6Range,
         Self::Dnat6Any,
         Self::Dnat6AnyRange,
+        Self::Ports,
+        Self::OwnMac,
+        Self::OwnV4,
+        Self::OwnV6,
+        Self::NdTarget,
     ];
+
+    /// The table the set belongs to.
+    pub(crate) fn table(self) -> Table {
+        match self {
+            Self::Ports | Self::OwnMac | Self::OwnV4 | Self::OwnV6 | Self::NdTarget => BRIDGE,
+            _ => INET,
+        }
+    }
 
     /// The set's name in the table.
     pub fn name(self) -> &'static str {
@@ -127,6 +207,13 @@ impl SetName {
             Self::Internal => "internal",
             Self::IccOff => "icc_off",
             Self::Routed => "routed",
+            Self::NoHost => "no_host",
+            Self::ForwardDrop => "forward_drop",
+            Self::Ports => "ports",
+            Self::OwnMac => "own_mac",
+            Self::OwnV4 => "own_v4",
+            Self::OwnV6 => "own_v6",
+            Self::NdTarget => "nd_target",
             Self::SameBridge => "same_bridge",
             Self::Masq4 => "masq4",
             Self::Masq6 => "masq6",
@@ -153,7 +240,15 @@ impl SetName {
     /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
     fn shape(self) -> (&'static [Ty], &'static [Ty], bool) {
         match self {
-            Self::Bridges | Self::Internal | Self::IccOff | Self::Routed => (&[I], &[], false),
+            Self::Bridges | Self::Internal | Self::IccOff | Self::Routed | Self::NoHost => {
+                (&[I], &[], false)
+            }
+            Self::Ports => (&[I], &[], false),
+            Self::ForwardDrop => (&[NfProto], &[], false),
+            Self::OwnMac => (&[I, E], &[], false),
+            Self::OwnV4 => (&[I, V4], &[], false),
+            Self::OwnV6 => (&[I, V6], &[], false),
+            Self::NdTarget => (&[I, Int128], &[], false),
             Self::SameBridge => (&[I, I], &[], false),
             Self::Masq4 => (&[I, V4], &[], true),
             Self::Masq6 => (&[I, V6], &[], true),
@@ -196,7 +291,9 @@ impl SetName {
         // DATA_INTERVAL; nft reads them back when listing.
         const CONCAT_TYPEOF: [u8; 8] = [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00];
         let mut ud = vec![0x00, 0x04];
-        ud.extend_from_slice(&u32::from(!concat_key).to_le_bytes());
+        // a lone interface name is in host byte order; a lone nf_proto is unspecified
+        let host_order = !concat_key && key[0] != NfProto;
+        ud.extend_from_slice(&u32::from(host_order).to_le_bytes());
         if !data.is_empty() {
             ud.extend_from_slice(&[0x01, 0x04]);
             ud.extend_from_slice(&(if data.len() == 1 { 2u32 } else { 0 }).to_le_bytes());
@@ -211,6 +308,9 @@ impl SetName {
         }
         if !data.is_empty() {
             ud.extend_from_slice(&[0x06, 0x04, 0, 0, 0, 0]);
+        }
+        if self == Self::NdTarget {
+            ud = ND_TARGET_UDATA.to_vec();
         }
         SetSpec {
             name: self.name().to_string(),
@@ -233,6 +333,12 @@ impl SetName {
         let (key, data, interval) = self.shape();
         let names = |tys: &[Ty]| tys.iter().map(|t| t.name()).collect::<Vec<_>>().join(" . ");
         let kind = if data.is_empty() { "set" } else { "map" };
+        if self == Self::NdTarget {
+            return format!(
+                "\t{kind} {} {{\n\t\ttypeof iifname . @th,64,128\n",
+                self.name()
+            );
+        }
         let mut s = format!("\t{kind} {} {{\n\t\ttype {}", self.name(), names(key));
         if !data.is_empty() {
             s.push_str(" : ");
@@ -269,57 +375,101 @@ impl SetName {
     }
 }
 
-/// A chain: name, hook (number, priority, type, priority text) for base chains.
-pub(crate) struct ChainDef {
+/// A base chain's hook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hook {
+    /// NF_INET_* / NF_BR_* number: prerouting 0, input 1, forward 2, output 3, postrouting 4.
+    pub num: u32,
+    pub prio: i32,
+    /// `filter` or `nat`.
+    pub ty: &'static str,
+    /// The priority as nft writes it.
+    pub prio_text: &'static str,
+    /// The hook's name.
     pub name: &'static str,
-    pub hook: Option<(u32, i32, &'static str, &'static str)>,
 }
 
-/// The chains in table order. Hook numbers: prerouting 0, forward 2, output 3, postrouting 4.
-pub(crate) const CHAINS: [ChainDef; 8] = [
+/// A chain: its table, name, and hook for base chains.
+pub(crate) struct ChainDef {
+    pub table: Table,
+    pub name: &'static str,
+    pub hook: Option<Hook>,
+}
+
+const fn regular(table: Table, name: &'static str) -> ChainDef {
     ChainDef {
-        name: "publish",
+        table,
+        name,
         hook: None,
-    },
+    }
+}
+
+const fn base(
+    table: Table,
+    name: &'static str,
+    hook: (&'static str, u32),
+    ty: &'static str,
+    prio: (i32, &'static str),
+) -> ChainDef {
     ChainDef {
-        name: "prerouting",
-        hook: Some((0, -100, "nat", "dstnat")),
-    },
-    ChainDef {
-        name: "output",
-        hook: Some((3, -100, "nat", "-100")),
-    },
-    ChainDef {
-        name: "postrouting",
-        hook: Some((4, 100, "nat", "srcnat")),
-    },
-    ChainDef {
-        name: "forward",
-        hook: Some((2, -1, "filter", "filter - 1")),
-    },
-    ChainDef {
-        name: "inbound",
-        hook: None,
-    },
-    ChainDef {
-        name: "intra",
-        hook: None,
-    },
-    ChainDef {
-        name: "allow",
-        hook: None,
-    },
+        table,
+        name,
+        hook: Some(Hook {
+            num: hook.1,
+            prio: prio.0,
+            ty,
+            prio_text: prio.1,
+            name: hook.0,
+        }),
+    }
+}
+
+/// The chains, table by table, in table order.
+pub(crate) const CHAINS: [ChainDef; 11] = [
+    regular(INET, "publish"),
+    base(INET, "guard", ("prerouting", 0), "filter", (-300, "raw")),
+    base(
+        INET,
+        "prerouting",
+        ("prerouting", 0),
+        "nat",
+        (-100, "dstnat"),
+    ),
+    base(INET, "output", ("output", 3), "nat", (-100, "-100")),
+    base(
+        INET,
+        "postrouting",
+        ("postrouting", 4),
+        "nat",
+        (100, "srcnat"),
+    ),
+    base(INET, "input", ("input", 1), "filter", (0, "filter")),
+    base(
+        INET,
+        "forward",
+        ("forward", 2),
+        "filter",
+        (-1, "filter - 1"),
+    ),
+    regular(INET, "inbound"),
+    regular(INET, "intra"),
+    regular(INET, "allow"),
+    base(
+        BRIDGE,
+        "prerouting",
+        ("prerouting", 0),
+        "filter",
+        (-300, "-300"),
+    ),
 ];
 
-/// One constant rule: its chain, its nft text and its expressions.
+/// One constant rule: its table and chain, its nft text and its expressions.
 pub(crate) struct RuleDef {
+    pub table: Table,
     pub chain: &'static str,
     pub text: &'static str,
     pub exprs: Vec<Expr>,
 }
-
-const TCP_UDP_SCTP: &[u8] = &[6, 17, 132];
-const ICMP_ICMPV6: &[u8] = &[1, 58];
 
 fn meta(key: MetaKey, dreg: u32) -> Expr {
     Expr::Meta { key, dreg }
@@ -374,8 +524,8 @@ fn ct_bit(key: CtKey, mask: u32) -> [Expr; 3] {
         Expr::Ct { key, dreg: 1 },
         Expr::Bitwise {
             reg: 1,
-            mask,
-            xor: 0,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
             with_op: false,
         },
         Expr::Cmp {
@@ -401,9 +551,9 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
     };
     let mut v = vec![
         meta(MetaKey::L4Proto, 1),
-        Expr::LookupProtos {
+        Expr::LookupAnon {
             sreg: 1,
-            protos: TCP_UDP_SCTP,
+            set: &TCP_UDP_SCTP,
         },
     ];
     v.extend(nfproto(fam));
@@ -438,9 +588,9 @@ fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
     let mut v: Vec<Expr> = nfproto(fam).into();
     v.extend([
         meta(MetaKey::L4Proto, 1),
-        Expr::LookupProtos {
+        Expr::LookupAnon {
             sreg: 1,
-            protos: TCP_UDP_SCTP,
+            set: &TCP_UDP_SCTP,
         },
         meta(MetaKey::L4Proto, 1),
     ]);
@@ -498,7 +648,22 @@ fn masq_subnets(v6: bool) -> Vec<Expr> {
 /// Every rule, in order.
 pub(crate) fn rules() -> Vec<RuleDef> {
     use SetName as S;
-    let r = |chain, text, exprs| RuleDef { chain, text, exprs };
+    let r = |chain, text, exprs| RuleDef {
+        table: INET,
+        chain,
+        text,
+        exprs,
+    };
+    let not_lo = || {
+        vec![
+            meta(MetaKey::IifName, 1),
+            Expr::Cmp {
+                sreg: 1,
+                neq: true,
+                data: ifname("lo"),
+            },
+        ]
+    };
     let loopback_v4 = |sreg_off: u32| -> Vec<Expr> {
         let mut v: Vec<Expr> = nfproto(NFPROTO_IPV4).into();
         v.extend([nh(1, sreg_off, 1), cmp(1, &[127])]);
@@ -550,23 +715,22 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             "meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @dnat6_any_range",
             dnat_any(true, S::Dnat6AnyRange, false),
         ),
-        r(
-            "prerouting",
-            "iifname != \"lo\" ip daddr 127.0.0.0/8 drop",
-            {
-                let mut v = vec![
-                    meta(MetaKey::IifName, 1),
-                    Expr::Cmp {
-                        sreg: 1,
-                        neq: true,
-                        data: ifname("lo"),
-                    },
-                ];
-                v.extend(loopback_v4(16));
-                v.push(Expr::Immediate(Verdict::Drop));
-                v
-            },
-        ),
+        r("guard", "iifname != \"lo\" ip daddr 127.0.0.0/8 drop", {
+            let mut v = not_lo();
+            v.extend(loopback_v4(16));
+            v.push(Expr::Immediate(Verdict::Drop));
+            v
+        }),
+        r("guard", "iifname != \"lo\" ip6 daddr ::1 drop", {
+            let mut v = not_lo();
+            v.extend(nfproto(NFPROTO_IPV6));
+            v.extend([
+                nh(1, 24, 16),
+                cmp(1, &std::net::Ipv6Addr::LOCALHOST.octets()),
+                Expr::Immediate(Verdict::Drop),
+            ]);
+            v
+        }),
         r(
             "prerouting",
             "fib daddr type local jump publish",
@@ -606,6 +770,52 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             "postrouting",
             "oifname != @bridges iifname . ip6 saddr @masq6 masquerade",
             masq_subnets(true),
+        ),
+        r(
+            "input",
+            "iifname != @no_host accept",
+            vec![
+                meta(MetaKey::IifName, 1),
+                not_in(1, S::NoHost),
+                Expr::Immediate(Verdict::Accept),
+            ],
+        ),
+        r("input", "ct state established,related accept", {
+            let mut v: Vec<Expr> = ct_bit(CtKey::State, 0x6).into();
+            v.push(Expr::Immediate(Verdict::Accept));
+            v
+        }),
+        r(
+            "input",
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
+            {
+                let mut v: Vec<Expr> = nfproto(NFPROTO_IPV6).into();
+                v.extend([
+                    meta(MetaKey::L4Proto, 1),
+                    cmp(1, &[58]),
+                    th(1, 0, 1),
+                    Expr::LookupAnon {
+                        sreg: 1,
+                        set: &ND_NS_NA,
+                    },
+                    Expr::Immediate(Verdict::Accept),
+                ]);
+                v
+            },
+        ),
+        r("input", "drop", vec![Expr::Immediate(Verdict::Drop)]),
+        r(
+            "forward",
+            "iifname != @bridges oifname != @bridges meta nfproto @forward_drop drop",
+            vec![
+                meta(MetaKey::IifName, 1),
+                not_in(1, S::Bridges),
+                meta(MetaKey::OifName, 1),
+                not_in(1, S::Bridges),
+                meta(MetaKey::NfProto, 1),
+                lookup(1, S::ForwardDrop),
+                Expr::Immediate(Verdict::Drop),
+            ],
         ),
         r(
             "forward",
@@ -704,9 +914,9 @@ pub(crate) fn rules() -> Vec<RuleDef> {
                 meta(MetaKey::OifName, 1),
                 lookup(1, S::Routed),
                 meta(MetaKey::L4Proto, 1),
-                Expr::LookupProtos {
+                Expr::LookupAnon {
                     sreg: 1,
-                    protos: ICMP_ICMPV6,
+                    set: &ICMP_ICMPV6,
                 },
                 jump("allow"),
             ],
@@ -729,8 +939,8 @@ pub(crate) fn rules() -> Vec<RuleDef> {
                 meta(MetaKey::Mark, 1),
                 Expr::Bitwise {
                     reg: 1,
-                    mask: !FORWARD_MARK,
-                    xor: FORWARD_MARK,
+                    mask: (!FORWARD_MARK).to_ne_bytes().to_vec(),
+                    xor: FORWARD_MARK.to_ne_bytes().to_vec(),
                     with_op: true,
                 },
                 Expr::MetaSet {
@@ -741,44 +951,209 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             ],
         ),
     ]
+    .into_iter()
+    .chain(bridge_rules())
+    .collect()
 }
 
-/// Renders the whole table with `elements` as nft text (what `nft -f` accepts).
+/// `ether type X` in the bridge family: the link-layer header's type field.
+fn ether_type(value: u16) -> [Expr; 2] {
+    [
+        Expr::Payload {
+            dreg: 1,
+            base: 0,
+            offset: 12,
+            len: 2,
+        },
+        cmp(1, &value.to_be_bytes()),
+    ]
+}
+
+/// `iifname . <payload> != @set drop`.
+fn port_check(payload: Expr, set: SetName) -> [Expr; 4] {
+    [
+        meta(MetaKey::IifName, 1),
+        payload,
+        not_in(1, set),
+        Expr::Immediate(Verdict::Drop),
+    ]
+}
+
+fn th(dreg: u32, offset: u32, len: u32) -> Expr {
+    Expr::Payload {
+        dreg,
+        base: 2,
+        offset,
+        len,
+    }
+}
+
+/// The anti-spoofing rules of `table bridge cnm`.
+fn bridge_rules() -> Vec<RuleDef> {
+    use SetName as S;
+    let r = |text, exprs| RuleDef {
+        table: BRIDGE,
+        chain: "prerouting",
+        text,
+        exprs,
+    };
+    let cat = |a: &[Expr], b: &[Expr]| -> Vec<Expr> { a.iter().chain(b).cloned().collect() };
+    const ETH_ARP: u16 = 0x0806;
+    const ETH_IP: u16 = 0x0800;
+    const ETH_IP6: u16 = 0x86dd;
+    let mut link_local_mask = [0u8; 16];
+    link_local_mask[..2].copy_from_slice(&[0xff, 0xc0]);
+    let mut link_local = [0u8; 16];
+    link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+    vec![
+        r(
+            "iifname != @ports accept",
+            vec![
+                meta(MetaKey::IifName, 1),
+                not_in(1, S::Ports),
+                Expr::Immediate(Verdict::Accept),
+            ],
+        ),
+        r(
+            "iifname . ether saddr != @own_mac drop",
+            port_check(
+                Expr::Payload {
+                    dreg: 2,
+                    base: 0,
+                    offset: 6,
+                    len: 6,
+                },
+                S::OwnMac,
+            )
+            .into(),
+        ),
+        r(
+            "ether type { 8021q, 8021ad } drop",
+            vec![
+                Expr::Payload {
+                    dreg: 1,
+                    base: 0,
+                    offset: 12,
+                    len: 2,
+                },
+                Expr::LookupAnon {
+                    sreg: 1,
+                    set: &VLAN_ETHERTYPES,
+                },
+                Expr::Immediate(Verdict::Drop),
+            ],
+        ),
+        r(
+            "ether type arp iifname . arp saddr ether != @own_mac drop",
+            cat(&ether_type(ETH_ARP), &port_check(nh(2, 8, 6), S::OwnMac)),
+        ),
+        r(
+            "ether type arp iifname . arp saddr ip != @own_v4 drop",
+            cat(&ether_type(ETH_ARP), &port_check(nh(2, 14, 4), S::OwnV4)),
+        ),
+        r(
+            "ether type ip iifname . ip saddr != @own_v4 drop",
+            cat(&ether_type(ETH_IP), &port_check(nh(2, 12, 4), S::OwnV4)),
+        ),
+        r(
+            "ether type ip6 ip6 saddr != :: ip6 saddr != fe80::/10 iifname . ip6 saddr != @own_v6 drop",
+            {
+                let mut v: Vec<Expr> = ether_type(ETH_IP6).into();
+                v.extend([
+                    nh(1, 8, 16),
+                    Expr::Cmp {
+                        sreg: 1,
+                        neq: true,
+                        data: vec![0; 16],
+                    },
+                    nh(1, 8, 16),
+                    Expr::Bitwise {
+                        reg: 1,
+                        mask: link_local_mask.to_vec(),
+                        xor: vec![0; 16],
+                        with_op: false,
+                    },
+                    Expr::Cmp {
+                        sreg: 1,
+                        neq: true,
+                        data: link_local.to_vec(),
+                    },
+                ]);
+                v.extend(port_check(nh(2, 8, 16), S::OwnV6));
+                v
+            },
+        ),
+        r(
+            "icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @nd_target drop",
+            {
+                let mut v: Vec<Expr> = ether_type(ETH_IP6).into();
+                v.extend([
+                    meta(MetaKey::L4Proto, 1),
+                    cmp(1, &[58]),
+                    th(1, 0, 1),
+                    cmp(1, &[136]),
+                    th(1, 8, 2),
+                    Expr::Bitwise {
+                        reg: 1,
+                        mask: vec![0xff, 0xc0],
+                        xor: vec![0, 0],
+                        with_op: true,
+                    },
+                    Expr::Cmp {
+                        sreg: 1,
+                        neq: true,
+                        data: vec![0xfe, 0x80],
+                    },
+                ]);
+                v.extend(port_check(th(2, 8, 16), S::NdTarget));
+                v
+            },
+        ),
+    ]
+}
+
+/// Renders every table with `elements` as nft text (what `nft -f` accepts).
 pub(crate) fn render(elements: &Elements) -> String {
-    let mut s = format!("table inet {TABLE} {{\n");
-    for set in SetName::ALL {
-        s.push_str(&set.declaration());
-        if let Some(elems) = elements.get(&set).filter(|e| !e.is_empty()) {
-            s.push_str("\t\telements = { ");
-            s.push_str(
-                &elems
-                    .iter()
-                    .map(Element::text)
-                    .collect::<Vec<_>>()
-                    .join(",\n\t\t\t     "),
-            );
-            s.push_str(" }\n");
-        }
-        s.push_str("\t}\n\n");
-    }
     let rules = rules();
-    for (i, chain) in CHAINS.iter().enumerate() {
-        s.push_str(&format!("\tchain {} {{\n", chain.name));
-        if let Some((_, _, ty, prio)) = chain.hook {
-            // base chains are named after their hook
-            s.push_str(&format!(
-                "\t\ttype {ty} hook {} priority {prio}; policy accept;\n",
-                chain.name
-            ));
+    let mut s = String::new();
+    for table in TABLES {
+        s.push_str(&format!("table {table} {{\n"));
+        for set in SetName::ALL.into_iter().filter(|s| s.table() == table) {
+            s.push_str(&set.declaration());
+            if let Some(elems) = elements.get(&set).filter(|e| !e.is_empty()) {
+                s.push_str("\t\telements = { ");
+                s.push_str(
+                    &elems
+                        .iter()
+                        .map(Element::text)
+                        .collect::<Vec<_>>()
+                        .join(",\n\t\t\t     "),
+                );
+                s.push_str(" }\n");
+            }
+            s.push_str("\t}\n\n");
         }
-        for rule in rules.iter().filter(|r| r.chain == chain.name) {
-            s.push_str(&format!("\t\t{}\n", rule.text));
+        let chains: Vec<&ChainDef> = CHAINS.iter().filter(|c| c.table == table).collect();
+        for (i, chain) in chains.iter().enumerate() {
+            s.push_str(&format!("\tchain {} {{\n", chain.name));
+            if let Some(h) = chain.hook {
+                s.push_str(&format!(
+                    "\t\ttype {} hook {} priority {}; policy accept;\n",
+                    h.ty, h.name, h.prio_text
+                ));
+            }
+            for rule in rules
+                .iter()
+                .filter(|r| r.table == table && r.chain == chain.name)
+            {
+                s.push_str(&format!("\t\t{}\n", rule.text));
+            }
+            s.push_str("\t}\n");
+            if i + 1 < chains.len() {
+                s.push('\n');
+            }
         }
-        s.push_str("\t}\n");
-        if i + 1 < CHAINS.len() {
-            s.push('\n');
-        }
+        s.push_str("}\n");
     }
-    s.push_str("}\n");
     s
 }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cnm_firewall::{Backend, Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_firewall::{EndpointPort, Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
 use cnm_sandbox::NetNs;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -15,13 +15,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-async fn measure(
-    backend: Backend,
-    mappings: &[PortMapping],
-    runs: usize,
-) -> Result<(Duration, Duration, u64, u64)> {
+async fn measure(mappings: &[PortMapping], runs: usize) -> Result<(Duration, Duration, u64, u64)> {
     let ns = NetNs::create_anonymous().await?;
-    let fw = Firewall::with_backend(&ns, backend).await?;
+    let fw = Firewall::new(&ns).await?;
     fw.add_network(&NetworkRules {
         id: "n1".into(),
         bridge: "br-n1".parse()?,
@@ -30,6 +26,7 @@ async fn measure(
         icc: true,
         masquerade: true,
         internal: false,
+        host_access: false,
         gateway_mode: GatewayMode::Nat,
     })
     .await?;
@@ -70,33 +67,11 @@ async fn publish_and_unpublish_timings() -> Result<()> {
         container_ip: ip,
         container_ports: (8000, 8099),
     }];
-    for (name, backend, maps, runs) in [
-        (
-            "100 single ports, netlink",
-            Backend::Netlink,
-            &singles[..],
-            50,
-        ),
-        (
-            "100-port range,   netlink",
-            Backend::Netlink,
-            &range[..],
-            50,
-        ),
-        (
-            "100 single ports, nft -f ",
-            Backend::NftCommand,
-            &singles[..],
-            20,
-        ),
-        (
-            "100-port range,   nft -f ",
-            Backend::NftCommand,
-            &range[..],
-            20,
-        ),
+    for (name, maps, runs) in [
+        ("100 single ports", &singles[..], 50),
+        ("100-port range  ", &range[..], 50),
     ] {
-        let (add, del, add_tx, del_tx) = measure(backend, maps, runs).await?;
+        let (add, del, add_tx, del_tx) = measure(maps, runs).await?;
         eprintln!(
             "{name}: publish {add:?} ({add_tx} tx), unpublish {del:?} ({del_tx} tx), median of {runs}"
         );
@@ -114,6 +89,7 @@ fn network() -> Result<NetworkRules> {
         icc: true,
         masquerade: true,
         internal: false,
+        host_access: false,
         gateway_mode: GatewayMode::Nat,
     })
 }
@@ -156,6 +132,57 @@ async fn one_mapping(others: u16, runs: usize) -> Result<(Duration, Duration)> {
         del.push(start.elapsed());
     }
     Ok((median(add), median(del)))
+}
+
+/// Median time to guard one endpoint's port (the anti-spoofing transaction of a join) and to
+/// forget it, beside `others` guarded endpoints.
+async fn one_port(others: u16, runs: usize) -> Result<(Duration, Duration)> {
+    let ns = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&ns).await?;
+    fw.add_network(&network()?).await?;
+    let port = |i: u16| -> Result<EndpointPort> {
+        Ok(EndpointPort {
+            endpoint_id: format!("ep{i}"),
+            network_id: "n1".into(),
+            port: format!("veth{i:07x}").parse()?,
+            mac: cnm_types::MacAddress([0x02, 0x42, 0xac, 0x12, (i >> 8) as u8, i as u8]),
+            ipv4: Some(std::net::Ipv4Addr::new(172, 18, (i >> 8) as u8, i as u8)),
+            ipv6: None,
+        })
+    };
+    for i in 1..=others {
+        fw.add_endpoint(&port(i)?).await?;
+    }
+    let probe = port(0)?;
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let start = Instant::now();
+        fw.add_endpoint(&probe).await?;
+        add.push(start.elapsed());
+        let start = Instant::now();
+        fw.remove_endpoint("ep0").await?;
+        del.push(start.elapsed());
+    }
+    Ok((median(add), median(del)))
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn guarding_a_port_is_cheap_and_flat() -> Result<()> {
+    let (add0, del0) = one_port(0, 100).await?;
+    let (add1k, del1k) = one_port(1000, 100).await?;
+    eprintln!("guard one port, 0 others:    add {add0:?}, remove {del0:?}, median of 100");
+    eprintln!("guard one port, 1000 others: add {add1k:?}, remove {del1k:?}, median of 100");
+    let slack = Duration::from_micros(300);
+    assert!(
+        add1k <= add0 * 2 + slack,
+        "guard grows: {add0:?} -> {add1k:?}"
+    );
+    assert!(
+        del1k <= del0 * 2 + slack,
+        "unguard grows: {del0:?} -> {del1k:?}"
+    );
+    Ok(())
 }
 
 #[tokio::test]

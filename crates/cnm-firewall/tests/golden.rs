@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use cnm_firewall::{GatewayMode, NetworkRules, PortMapping, Proto, Ruleset};
+use cnm_firewall::{EndpointPort, GatewayMode, NetworkRules, PortMapping, Proto, Ruleset};
+use cnm_sandbox::IpFamily;
 
 fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
     NetworkRules {
@@ -22,6 +23,7 @@ fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
         icc: true,
         masquerade: true,
         internal: false,
+        host_access: false,
         gateway_mode: GatewayMode::Nat,
     }
 }
@@ -127,6 +129,31 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
         },
         true,
     );
+    add(
+        "internal-host-access",
+        NetworkRules {
+            internal: true,
+            host_access: true,
+            ..net("a", true, false)
+        },
+        false,
+    );
+    // a joined endpoint's guarded port, on a host whose forwarding cnm turned on
+    let mut guarded = Ruleset::new();
+    guarded.add_network(&net("a", true, true)).unwrap();
+    guarded
+        .add_endpoint(&EndpointPort {
+            endpoint_id: "ep1".into(),
+            network_id: "a".into(),
+            port: "veth0123456".parse().unwrap(),
+            mac: "02:42:ac:12:00:02".parse().unwrap(),
+            ipv4: Some("172.18.0.2".parse().unwrap()),
+            ipv6: Some("fd00:18::2".parse().unwrap()),
+        })
+        .unwrap();
+    guarded.set_forward_drop(IpFamily::V4, true);
+    guarded.set_forward_drop(IpFamily::V6, true);
+    cases.push(("guarded-endpoint", guarded));
     let mut two = Ruleset::new();
     two.add_network(&net("a", true, false)).unwrap();
     two.add_network(&NetworkRules {

@@ -1,5 +1,7 @@
 //! Privileged tests: real nftables in throwaway network namespaces (never the machine's own).
 //! Run with `unshare --mount --propagation private -- cargo test -p cnm-firewall -- --ignored`.
+//! (Add `--nocapture` to see the measured restore times and large-publication timings.)
+#![allow(clippy::print_stderr)]
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -7,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cnm_firewall::{Backend, Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
 
 /// Runs `sh -c script` inside `ns` (a child forked from a thread in `ns` inherits it).
@@ -45,6 +47,7 @@ fn net(id: &str, bridge: &str, v4: &str) -> NetworkRules {
         icc: false,
         masquerade: true,
         internal: false,
+        host_access: false,
         gateway_mode: GatewayMode::Nat,
     }
 }
@@ -103,15 +106,24 @@ async fn populate(fw: &Firewall) -> Result<()> {
     Ok(())
 }
 
+/// Loads nft text into `ns` with `nft -f` (the reference the netlink encoding must match).
+async fn nft_load(ns: &NetNs, text: &str, name: &str) -> Result<()> {
+    let path = std::env::temp_dir().join(format!("cnm-fw-{}-{name}.nft", std::process::id()));
+    std::fs::write(&path, text)?;
+    let r = sh(ns, &format!("nft -f {}", path.display())).await;
+    std::fs::remove_file(&path)?;
+    r.map(drop)
+}
+
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
-async fn netlink_and_nft_backends_install_the_same_ruleset() -> Result<()> {
+async fn netlink_install_lists_as_nft_loading_the_rendering() -> Result<()> {
     let a = NetNs::create_anonymous().await?;
     let b = NetNs::create_anonymous().await?;
     let fa = Firewall::new(&a).await?;
-    let fb = Firewall::with_backend(&b, Backend::NftCommand).await?;
     populate(&fa).await?;
-    populate(&fb).await?;
+    // the same desired ruleset, loaded by nft itself from our rendering
+    nft_load(&b, &fa.render(), "reference").await?;
     let (la, lb) = (list(&a).await?, list(&b).await?);
     assert_eq!(la, lb, "netlink and nft -f listings differ");
     assert!(la.contains("tcp . 8080 : 172.18.0.2 . 80"), "{la}");
@@ -120,16 +132,13 @@ async fn netlink_and_nft_backends_install_the_same_ruleset() -> Result<()> {
         la.contains("meta mark set meta mark | 0x01000000 accept"),
         "{la}"
     );
-    // nft accepts its own listing back: the table is well formed for nft 1.0.6
+    assert!(la.contains("table bridge cnm"), "{la}");
+    // nft accepts its own listing back: the tables are well formed for nft 1.0.6
     let c = NetNs::create_anonymous().await?;
-    let path = std::env::temp_dir().join(format!("cnm-fw-{}.nft", std::process::id()));
-    std::fs::write(&path, &la)?;
-    sh(&c, &format!("nft -f {}", path.display())).await?;
-    std::fs::remove_file(&path)?;
+    nft_load(&c, &la, "listing").await?;
     assert_eq!(list(&c).await?, la);
     // 1 base + 3 networks + 2 publishes
     assert_eq!(fa.transactions(), 6);
-    assert_eq!(fa.render(), fb.render());
     Ok(())
 }
 
@@ -204,6 +213,7 @@ async fn reconcile_restores_the_table_after_a_flush() -> Result<()> {
     let fw = Firewall::new(&a).await?;
     populate(&fw).await?;
     let want = list(&a).await?;
+    fw.pause_healing(true);
     sh(&a, "nft flush ruleset").await?;
     assert_eq!(list(&a).await?.trim(), "");
     fw.reconcile().await?;
@@ -211,6 +221,230 @@ async fn reconcile_restores_the_table_after_a_flush() -> Result<()> {
     // and again while the table exists
     fw.reconcile().await?;
     assert_eq!(list(&a).await?, want);
+    Ok(())
+}
+
+/// Runs `script` in `ns` (someone else changing the ruleset), then waits for the firewall to
+/// restore it; returns (time from starting the script to the restore, the firewall's own
+/// figure from reading the notification to the restore's ack).
+async fn heal_after(fw: &Firewall, ns: &NetNs, script: &str) -> Result<(Duration, Duration)> {
+    let mut healing = fw.healing();
+    let before = healing.borrow_and_update().restores;
+    let start = Instant::now();
+    sh(ns, script).await?;
+    let deadline = Duration::from_secs(2);
+    let got = tokio::time::timeout(deadline, healing.wait_for(|h| h.restores > before))
+        .await
+        .with_context(|| format!("no restore within {deadline:?} after `{script}`"))??;
+    let total = start.elapsed();
+    let own = got.last_restore.context("a restore reports its duration")?;
+    ensure!(
+        got.restores == before + 1,
+        "one restore, got {}",
+        got.restores - before
+    );
+    Ok((total, own))
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    populate(&fw).await?;
+    let want = list(&a).await?;
+    let count = fw.transactions();
+    for script in [
+        "nft flush ruleset",
+        "nft delete table inet cnm",
+        "nft delete table bridge cnm",
+        "nft flush chain inet cnm forward",
+        "nft flush chain inet cnm guard",
+        "nft delete element inet cnm dnat4_any '{ tcp . 8080 }'",
+        "nft flush set inet cnm bridges",
+        "nft add rule inet cnm forward accept",
+        "nft 'insert rule inet cnm guard accept'",
+    ] {
+        let (total, own) = heal_after(&fw, &a, script).await?;
+        eprintln!(
+            "`{script}`: restored {own:?} after reading the change, {total:?} after starting nft"
+        );
+        assert_eq!(list(&a).await?, want, "after `{script}`");
+        ensure!(own < Duration::from_millis(100), "restore took {own:?}");
+    }
+    // one restore transaction per change, none of our own changes restored
+    assert_eq!(fw.transactions(), count + 9);
+    // changes to other tables are left alone
+    sh(
+        &a,
+        "nft add table inet other; nft add chain inet other c; nft delete table inet other",
+    )
+    .await?;
+    fw.add_port_mappings("n3", "ep4", &[tcp((81, 81), "172.20.0.3", (81, 81))])
+        .await?;
+    assert_eq!(
+        fw.transactions(),
+        count + 10,
+        "no restore for a foreign table"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_dropped_firewall_stops_watching_and_a_loading_one_changes_nothing_until_committed()
+-> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    populate(&fw).await?;
+    let want = list(&a).await?;
+    let mut alive = fw.watcher_alive();
+    drop(fw);
+    tokio::time::timeout(Duration::from_secs(2), alive.changed())
+        .await
+        .context("the watcher thread outlived its firewall")?
+        .expect_err("closed, not changed");
+    // a restart: the previous run's tables stay while the new firewall loads
+    let fw = Firewall::loading(&a).await?;
+    let count = fw.transactions();
+    populate(&fw).await?;
+    fw.add_port_mappings("n1", "ep4", &[tcp((81, 81), "172.18.0.3", (81, 81))])
+        .await?;
+    assert!(
+        fw.ensure_iptables_compat().await?,
+        "wanted, done at the commit"
+    );
+    assert_eq!(fw.transactions(), count, "nothing sent while loading");
+    assert_eq!(list(&a).await?, want, "the previous tables are untouched");
+    // a change by someone else while loading is not fought: the commit replaces everything
+    sh(&a, "nft delete table bridge cnm").await?;
+    fw.finish_loading().await?;
+    assert_eq!(fw.transactions(), count + 1, "one transaction");
+    let got = list(&a).await?;
+    assert!(got.contains("tcp . 81 : 172.18.0.3 . 81"), "{got}");
+    assert!(got.contains("table bridge cnm"), "{got}");
+    fw.finish_loading().await?;
+    assert_eq!(fw.transactions(), count + 1, "finishing twice is a no-op");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    // a receive buffer of a few notification datagrams, and a watcher held off reading
+    let fw = Firewall::with_notify_buffer(&a, 4096).await?;
+    let mut healing = fw.healing();
+    populate(&fw).await?;
+    // our own large transaction: notifications lost, all of them ours, nothing to restore
+    fw.stall_watcher(true).await?;
+    let many: Vec<PortMapping> = (0..2_000u16)
+        .map(|i| tcp((20_000 + i, 20_000 + i), "172.18.0.9", (80 + i, 80 + i)))
+        .collect();
+    fw.add_port_mappings("n1", "big", &many).await?;
+    let before = healing.borrow_and_update().overflows;
+    fw.stall_watcher(false).await?;
+    let h = tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.overflows > before),
+    )
+    .await
+    .context("the overflow was not seen")??
+    .to_owned();
+    assert_eq!(
+        h.restores, 0,
+        "our own transaction must not trigger a restore"
+    );
+    let want = list(&a).await?;
+    // our big transaction fills the queue, then someone else deletes a table of ours: all of
+    // its notifications are lost, and only the generation tells
+    let count = fw.transactions();
+    fw.stall_watcher(true).await?;
+    let before = healing.borrow_and_update().overflows;
+    let big: Vec<PortMapping> = (0..2_000u16)
+        .map(|i| tcp((30_000 + i, 30_000 + i), "172.18.0.10", (80 + i, 80 + i)))
+        .collect();
+    fw.add_port_mappings("n1", "more", &big).await?;
+    sh(&a, "nft delete table bridge cnm").await?;
+    fw.stall_watcher(false).await?;
+    let h = tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.overflows > before && h.restores >= 1),
+    )
+    .await
+    .context("no restore after a foreign change whose notifications were lost")??
+    .to_owned();
+    eprintln!("restored after lost notifications: {h:?}");
+    assert_eq!(h.restores, 1);
+    assert_eq!(fw.transactions(), count + 2, "our publish and the restore");
+    let got = list(&a).await?;
+    assert!(got.contains("table bridge cnm"), "{got}");
+    assert!(got.contains("tcp . 31999 : 172.18.0.10 . 2079"), "{got}");
+    assert!(got.len() > want.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn operations_wait_for_the_restore_instead_of_failing() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    // tables gone and the watcher held back: the operation finds ENOENT and restores first
+    fw.pause_healing(true);
+    sh(&a, "nft flush ruleset").await?;
+    fw.pause_healing(false);
+    fw.add_port_mappings("n1", "ep1", &[tcp((8080, 8080), "172.18.0.2", (80, 80))])
+        .await?;
+    let got = list(&a).await?;
+    assert!(got.contains("tcp . 8080 : 172.18.0.2 . 80"), "{got}");
+    assert!(
+        got.contains("\"br-n1\""),
+        "the network came back with it: {got}"
+    );
+    // and operations racing a flush all land
+    let mut tasks = Vec::new();
+    let flusher = {
+        let (a, fw) = (a.clone(), fw.clone());
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                let mut healing = fw.healing();
+                let before = healing.borrow_and_update().restores;
+                sh(&a, "nft flush ruleset").await?;
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    healing.wait_for(|h| h.restores > before),
+                )
+                .await
+                .context("no restore within 2 s of a flush")??;
+            }
+            anyhow::Ok(())
+        })
+    };
+    for i in 0..20u16 {
+        let fw = fw.clone();
+        tasks.push(tokio::spawn(async move {
+            let ip = format!("172.18.1.{}", 10 + i);
+            fw.add_port_mappings(
+                "n1",
+                &format!("ep-r{i}"),
+                &[tcp((9000 + i, 9000 + i), &ip, (80, 80))],
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    flusher.await??;
+    let got = list(&a).await?;
+    for i in 0..20u16 {
+        let line = format!("tcp . {} : 172.18.1.{} . 80", 9000 + i, 10 + i);
+        ensure!(
+            got.contains(&line),
+            "{line} missing after the flushes: {got}"
+        );
+    }
     Ok(())
 }
 
@@ -251,6 +485,8 @@ async fn a_refused_transaction_changes_nothing() -> Result<()> {
     let a = NetNs::create_anonymous().await?;
     let fw = Firewall::new(&a).await?;
     fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    // the watcher would take the intruder out at once: keep it, to make the kernel refuse
+    fw.pause_healing(true);
     // someone else put an element there behind cnm's back: ours has the same key and
     // another value, which the kernel refuses (EBUSY)
     sh(
@@ -422,13 +658,16 @@ async fn published_port_is_dnated_end_to_end_and_direct_access_is_dropped() -> R
     probe(&t.client, "127.0.0.1:9090".parse()?)
         .await
         .expect_err("loopback-published port reached from another host");
-    // proof that the setup above would reach it, were it not for cnm's drop rule
-    sh(&t.host, "nft flush chain inet cnm prerouting && nft add rule inet cnm prerouting fib daddr type local jump publish").await?;
+    // proof that the setup above would reach it, were it not for cnm's guard (held off the
+    // watcher, which would restore it at once)
+    fw.pause_healing(true);
+    sh(&t.host, "nft flush chain inet cnm guard").await?;
     assert_eq!(probe(&t.client, "127.0.0.1:9090".parse()?).await?, "hello");
+    fw.pause_healing(false);
     fw.reconcile().await?;
     probe(&t.client, "127.0.0.1:9090".parse()?)
         .await
-        .expect_err("reconcile restores the drop rule");
+        .expect_err("reconcile restores the guard");
     // unpublishing closes it again
     fw.remove_port_mappings("ep1").await?;
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -477,6 +716,8 @@ async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Res
         !fw.ensure_iptables_compat().await?,
         "no iptables FORWARD chain yet: nothing to do"
     );
+    // not wanted any more, so the chain created below stays as Docker made it
+    assert!(!fw.remove_iptables_compat().await?);
     fw.add_network(&NetworkRules {
         subnets_v6: vec![],
         ..net("n1", "cnmbr0", "172.30.0.0/24")
@@ -494,14 +735,141 @@ async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Res
         .expect_err("Docker's DROP policy must drop it");
     assert!(fw.ensure_iptables_compat().await?);
     assert!(fw.ensure_iptables_compat().await?, "idempotent");
+    const RULE: &str =
+        "-A FORWARD -m mark --mark 0x1000000/0x1000000 -m comment --comment cnm -j ACCEPT";
     let rules = sh(&t.host, "iptables -S FORWARD").await?;
     assert_eq!(rules.matches("cnm").count(), 1, "{rules}");
+    assert!(
+        rules.lines().any(|l| l == RULE),
+        "iptables reads it back: {rules}"
+    );
     assert_eq!(probe(&t.client, published).await?, "hello");
+    // someone flushes the chain (a Docker restart, a firewall reload): it comes back
+    let mut healing = fw.healing();
+    let before = healing.borrow_and_update().compat_repairs;
+    sh(&t.host, "iptables -F FORWARD").await?;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.compat_repairs > before),
+    )
+    .await
+    .context("the compatibility rule was not restored")??;
+    let rules = sh(&t.host, "iptables -S FORWARD").await?;
+    assert!(rules.lines().any(|l| l == RULE), "{rules}");
+    assert_eq!(probe(&t.client, published).await?, "hello");
+    // an ip6tables FORWARD chain appearing later gets one too
+    let before = fw.healing().borrow().compat_repairs;
+    sh(&t.host, "ip6tables -P FORWARD DROP").await?;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.compat_repairs > before),
+    )
+    .await
+    .context("no rule in the new ip6tables chain")??;
+    let rules6 = sh(&t.host, "ip6tables -S FORWARD").await?;
+    assert!(rules6.lines().any(|l| l == RULE), "{rules6}");
+    // after a flush of the whole ruleset the tables come back, and the rule with them once
+    // the chain exists again
     assert!(fw.remove_iptables_compat().await?);
     assert!(!sh(&t.host, "iptables -S FORWARD").await?.contains("cnm"));
+    assert!(!sh(&t.host, "ip6tables -S FORWARD").await?.contains("cnm"));
     probe(&t.client, published)
         .await
         .expect_err("dropped again without the rule");
+    assert!(
+        !fw.remove_iptables_compat().await?,
+        "nothing left to remove"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn no_iptables_chain_means_nothing_to_do() -> Result<()> {
+    let a = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&a).await?;
+    fw.add_network(&net("n1", "br-n1", "172.18.0.0/16")).await?;
+    assert!(!fw.ensure_iptables_compat().await?);
+    assert!(!fw.remove_iptables_compat().await?);
+    assert!(
+        !list(&a).await?.contains("table ip filter"),
+        "no table created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn ten_thousand_ports_and_a_sixty_thousand_port_range_publish_and_go() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    fw.add_network(&NetworkRules {
+        subnets_v6: vec![],
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    })
+    .await?;
+    // 10,000 single ports, each to another container port: 20,000 elements
+    let singles: Vec<PortMapping> = (0..10_000u16)
+        .map(|i| {
+            tcp(
+                (20_000 + i, 20_000 + i),
+                "172.30.0.2",
+                (30_000 + i, 30_000 + i),
+            )
+        })
+        .collect();
+    let count = fw.transactions();
+    let start = Instant::now();
+    fw.add_port_mappings("n1", "many", &singles).await?;
+    let singles_took = start.elapsed();
+    // a 60,000-port UDP range shifted to other container ports: 60,000 map elements
+    let range = PortMapping {
+        proto: Proto::Udp,
+        ..tcp((1_025, 61_024), "172.30.0.2", (2_025, 62_024))
+    };
+    let start = Instant::now();
+    fw.add_port_mappings("n1", "range", &[range]).await?;
+    let range_took = start.elapsed();
+    eprintln!(
+        "10,000 single ports in {singles_took:?}, a 60,000-port shifted range in {range_took:?}"
+    );
+    assert_eq!(fw.transactions(), count + 2, "one transaction each");
+    for i in [0u16, 4_999, 9_999] {
+        serve(
+            &t.server,
+            SocketAddr::new("172.30.0.2".parse()?, 30_000 + i),
+        )
+        .await?;
+        let to = SocketAddr::new("10.1.0.1".parse()?, 20_000 + i);
+        assert_eq!(probe(&t.client, to).await?, "hello", "port {}", to.port());
+    }
+    for i in [0u16, 30_000, 59_999] {
+        let port = 2_025 + i;
+        let server = t
+            .server
+            .run(move || std::net::UdpSocket::bind(("172.30.0.2", port)))
+            .await??;
+        let sent = t
+            .client
+            .run(move || -> std::io::Result<()> {
+                let s = std::net::UdpSocket::bind("10.1.0.2:0")?;
+                s.send_to(b"x", ("10.1.0.1", 1_025 + i))?;
+                Ok(())
+            })
+            .await?;
+        sent?;
+        server.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 8];
+        let (n, _) = server
+            .recv_from(&mut buf)
+            .context("UDP through the shifted range")?;
+        assert_eq!(&buf[..n], b"x");
+    }
+    fw.remove_port_mappings("many").await?;
+    fw.remove_port_mappings("range").await?;
+    assert_eq!(fw.transactions(), count + 4);
+    let got = list(&t.host).await?;
+    assert!(!got.contains("172.30.0.2 . "), "elements left behind");
     Ok(())
 }
 

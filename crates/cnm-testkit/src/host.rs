@@ -31,7 +31,8 @@ const PREFIX_V6: u8 = 64;
 /// A throwaway network namespace standing in for the machine, with its own run and state dirs.
 ///
 /// Loopback is up and forwarding (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`) is on
-/// inside it, as on a container host. Everything it created goes away on drop: namespaces die
+/// inside it, as on a container host ([`TestHost::with_forwarding`] makes one that does not
+/// forward, as a machine that is not a router). Everything it created goes away on drop: namespaces die
 /// with their last file descriptor, mounts under its directories are detached, the directories
 /// removed. Nothing is ever done in the machine's own namespace.
 ///
@@ -52,6 +53,12 @@ impl TestHost {
     ///
     /// Fails (never skips) when the process may not create namespaces, naming what is missing.
     pub async fn new() -> Result<TestHost> {
+        Self::with_forwarding(true).await
+    }
+
+    /// Like [`TestHost::new`] with IPv4 and IPv6 forwarding both on (`true`) or both off. Set
+    /// explicitly either way: a new namespace inherits IPv4 forwarding from the machine.
+    pub async fn with_forwarding(forwarding: bool) -> Result<TestHost> {
         let netns = NetNs::create_anonymous().await.context(NEEDS_ROOT)?;
         let netlink = Netlink::connect(&netns)
             .await
@@ -60,15 +67,16 @@ impl TestHost {
             .loopback_up()
             .await
             .context("failed to bring up loopback in the test host namespace")?;
+        let value = if forwarding { "1" } else { "0" };
         set_sysctls(
             &netns,
             &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv6.conf.all.forwarding", "1"),
+                ("net.ipv4.ip_forward", value),
+                ("net.ipv6.conf.all.forwarding", value),
             ],
         )
         .await
-        .context("failed to enable forwarding in the test host namespace")?;
+        .context("failed to set forwarding in the test host namespace")?;
         let run_dir = tempfile::Builder::new()
             .prefix("cnm-test-run-")
             .tempdir()
@@ -133,6 +141,115 @@ impl TestHost {
     /// masquerades them behind its own outside address.
     pub async fn outside(&self) -> Result<&Outside> {
         self.outside.get_or_try_init(|| Outside::create(self)).await
+    }
+
+    /// A "LAN" the host is attached to (index 1 to 3): a namespace joined to the host by a
+    /// veth `cnm-lanN`, on 203.0.113.64N/26 and 2001:db8:200:N::/64 (host .1 / ::1, LAN .2 /
+    /// ::2), whose default routes go through the host. Two LANs reach each other only if the
+    /// host routes between them.
+    pub async fn lan(&self, index: u8) -> Result<Lan> {
+        if !(1..=3).contains(&index) {
+            bail!("LAN index {index} out of 1..=3");
+        }
+        let netns = NetNs::create_anonymous().await.context(NEEDS_ROOT)?;
+        let netlink = Netlink::connect(&netns)
+            .await
+            .context("failed to open netlink in a LAN namespace")?;
+        netlink.loopback_up().await?;
+        let host_if = format!("cnm-lan{index}");
+        let spec = LinkSpec::new(
+            IfName::new(host_if.clone()).context("LAN veth name")?,
+            LinkKind::Veth {
+                peer_name: IfName::new(OUTSIDE_IF).context("LAN peer name")?,
+                peer_ns: Some(netns.clone()),
+                peer_mac: None,
+                peer_mtu: None,
+                peer_up: false,
+            },
+        );
+        self.netlink
+            .create_link(&spec)
+            .await
+            .with_context(|| format!("failed to create veth {host_if} to LAN {index}"))?;
+        let host_ifindex = index_of(&self.netlink, &host_if).await?;
+        let lan_ifindex = index_of(&netlink, OUTSIDE_IF).await?;
+        // No duplicate address detection on either end: a link-local address still tentative
+        // leaves the host without a source for neighbour solicitations for about a second.
+        let key = format!("net.ipv6.conf.{host_if}.accept_dad");
+        set_sysctls(&self.netns, &[(key.as_str(), "0")]).await?;
+        let key = format!("net.ipv6.conf.{OUTSIDE_IF}.accept_dad");
+        set_sysctls(&netns, &[(key.as_str(), "0")]).await?;
+        self.netlink.set_up(host_ifindex).await?;
+        netlink.set_up(lan_ifindex).await?;
+        let base = 64 * index;
+        let host_v4 = Ipv4Addr::new(203, 0, 113, base + 1);
+        let lan_v4 = Ipv4Addr::new(203, 0, 113, base + 2);
+        let host_v6 = Ipv6Addr::new(0x2001, 0xdb8, 0x200, index.into(), 0, 0, 0, 1);
+        let lan_v6 = Ipv6Addr::new(0x2001, 0xdb8, 0x200, index.into(), 0, 0, 0, 2);
+        for addr in [net(host_v4.into(), 26), net(host_v6.into(), PREFIX_V6)] {
+            self.netlink
+                .add_address(host_ifindex, addr)
+                .await
+                .with_context(|| format!("failed to add {addr} to {host_if}"))?;
+        }
+        for addr in [net(lan_v4.into(), 26), net(lan_v6.into(), PREFIX_V6)] {
+            netlink
+                .add_address(lan_ifindex, addr)
+                .await
+                .with_context(|| format!("failed to add {addr} in LAN {index}"))?;
+        }
+        for gw in [IpAddr::from(host_v4), IpAddr::from(host_v6)] {
+            netlink
+                .add_route(&cnm_sandbox::RouteSpec::default_via(gw, Some(lan_ifindex)))
+                .await
+                .with_context(|| {
+                    format!("failed to add a default route via {gw} in LAN {index}")
+                })?;
+        }
+        Ok(Lan {
+            netns,
+            netlink,
+            addr_v4: lan_v4.into(),
+            addr_v6: lan_v6.into(),
+            host_addr_v4: host_v4.into(),
+        })
+    }
+}
+
+/// A LAN of a [`TestHost`] (see [`TestHost::lan`]).
+#[derive(Debug)]
+pub struct Lan {
+    netns: NetNs,
+    netlink: Netlink,
+    addr_v4: IpAddr,
+    addr_v6: IpAddr,
+    host_addr_v4: IpAddr,
+}
+
+impl Lan {
+    /// The LAN's namespace.
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+
+    /// A netlink handle in the LAN's namespace.
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    /// The LAN machine's IPv4 address.
+    pub fn addr_v4(&self) -> IpAddr {
+        self.addr_v4
+    }
+
+    /// The LAN machine's IPv6 address.
+    pub fn addr_v6(&self) -> IpAddr {
+        self.addr_v6
+    }
+
+    /// The host's IPv4 address on this LAN.
+    pub fn host_addr_v4(&self) -> IpAddr {
+        self.host_addr_v4
     }
 }
 

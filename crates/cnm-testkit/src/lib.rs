@@ -6,8 +6,9 @@
 //! [`server`], all from sockets created inside the namespaces the test made.
 //!
 //! **Owns**
-//! - [`TestHost`]: a throwaway "host" namespace (loopback up, forwarding on), extra bare
-//!   namespaces, and an [`Outside`] world reachable only through the host over a veth pair.
+//! - [`TestHost`]: a throwaway "host" namespace (loopback up, forwarding on or off), extra bare
+//!   namespaces, an [`Outside`] world reachable only through the host over a veth pair, and
+//!   [`Lan`]s, other networks the host is attached to.
 //! - [`probe`]: TCP, UDP and ICMP/ICMPv6 echo probes with a bounded timeout, so an expected
 //!   failure is quick.
 //! - [`server`]: TCP and UDP echo servers that report the peer address they saw (proof of
@@ -43,4 +44,4 @@ mod mounts;
 pub mod probe;
 pub mod server;
 
-pub use host::{Outside, TestHost};
+pub use host::{Lan, Outside, TestHost};

@@ -2,10 +2,16 @@
 //! networks, endpoints and sandboxes (live restore: running sandboxes keep their interfaces,
 //! addresses and traffic), and one process owns a state dir.
 
-use std::net::IpAddr;
+#![allow(clippy::print_stderr)]
 
-use anyhow::{Context, Result, ensure};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
 use cnm::{Controller, CoreError, EndpointOptions, NetworkOptions, Scope};
+use cnm_testkit::server::UdpEchoServer;
 use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
 
 /// The default store: the embedded durable one, which takes the state dir's lock.
@@ -122,5 +128,120 @@ async fn one_controller_per_state_dir_the_second_is_refused_naming_the_lock() ->
     controller(&host)
         .await
         .context("free once the first is dropped")?;
+    Ok(())
+}
+
+/// Runs a program inside `ns` (a thread there forks it, so the child inherits the namespace).
+async fn run_in(ns: &cnm::cnm_sandbox::NetNs, args: &[&str]) -> Result<String> {
+    let owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let shown = owned.join(" ");
+    let out = ns
+        .run(move || {
+            std::process::Command::new(&owned[0])
+                .args(&owned[1..])
+                .output()
+        })
+        .await?
+        .with_context(|| format!("failed to run {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fail closed: while a restarted controller restores its networks one by one, the previous
+/// run's firewall keeps filtering, and the restored one replaces it in one transaction. A UDP
+/// stream at several thousand packets per second to a port the container did not publish
+/// (from an outside that has a route to the container) delivers nothing across ten restarts,
+/// and the published port answers after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn ten_restarts_let_no_packet_through_to_an_unpublished_port() -> Result<()> {
+    let host = TestHost::new().await?;
+    let out = host.outside().await?;
+    let (out_ns, out_host) = (out.netns().clone(), out.host_addr_v4());
+    let ctl = controller(&host).await?;
+    let net = ctl
+        .new_network(
+            "bridge",
+            "steady",
+            NetworkOptions::default().subnet("10.77.0.0/24".parse()?),
+        )
+        .await?;
+    let mut published = EndpointOptions::default();
+    published.port_bindings.push("18600:80".parse()?);
+    let ep = net.create_endpoint("c", published).await?;
+    ep.join("c", []).await?;
+    let sb = ctl.sandbox_by_container_id("c")?;
+    let addr = IpAddr::V4(ep.ipv4().context("an address")?.addr());
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let _web = TcpEchoServer::start(sb.netns(), any, 80).await?;
+    let victim = UdpEchoServer::start(sb.netns(), any, 9_999).await?;
+    // the outside knows a route to the container subnet: only the firewall stands between
+    run_in(
+        &out_ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.77.0.0/24",
+            "via",
+            &out_host.to_string(),
+        ],
+    )
+    .await?;
+    probe::tcp(&out_ns, out_host, 18_600).await?;
+    // the receiver works: a datagram from the host itself arrives
+    probe::udp(host.netns(), addr, 9_999).await?;
+    let control = victim.peers().len();
+    drop((net, ep, sb));
+
+    let sock = out_ns
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .await??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let to = SocketAddr::new(addr, 9_999);
+            // several thousand packets per second, paced by the clock
+            let gap = Duration::from_micros(200);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                if sock.send_to(b"leak?", to).is_ok() {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                next += gap;
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut ctl = ctl;
+    for round in 1..=10 {
+        drop(ctl);
+        ctl = controller(&host).await?;
+        probe::tcp(&out_ns, out_host, 18_600)
+            .await
+            .with_context(|| format!("published port after restart {round}"))?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    sender.join().expect("the sender thread does not panic");
+    let elapsed = started.elapsed();
+    let sent = sent.load(Ordering::SeqCst);
+    let rate = sent as f64 / elapsed.as_secs_f64();
+    let leaked = victim.peers().len() - control;
+    eprintln!(
+        "10 restarts in {elapsed:?}: {sent} datagrams ({rate:.0}/s) to an unpublished port, {leaked} delivered"
+    );
+    ensure!(rate > 2000.0, "the stream ran at {rate:.0} packets/s only");
+    ensure!(
+        leaked == 0,
+        "{leaked} datagrams got through during the restarts"
+    );
+    drop(ctl);
     Ok(())
 }

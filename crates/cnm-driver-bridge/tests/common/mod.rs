@@ -25,7 +25,11 @@ pub struct World {
 
 impl World {
     pub async fn new() -> Result<World> {
-        let host = TestHost::new().await?;
+        World::on(TestHost::new().await?).await
+    }
+
+    /// A controller on `host`.
+    pub async fn on(host: TestHost) -> Result<World> {
         let resolv = tempfile::NamedTempFile::new()?;
         std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
         let ctl = Controller::builder()
@@ -36,6 +40,22 @@ impl World {
             .build()
             .await
             .context("failed to build a controller on the test host")?;
+        Ok(World { host, ctl, resolv })
+    }
+
+    /// Drops the controller and builds a new one on the same host and directories: a restart
+    /// of cnmd (the new one reloads the store and restores the kernel state).
+    pub async fn restart(self) -> Result<World> {
+        let World { host, ctl, resolv } = self;
+        drop(ctl);
+        let ctl = Controller::builder()
+            .host_netns(host.netns().clone())
+            .run_dir(host.run_dir())
+            .state_dir(host.state_dir())
+            .resolv_conf(resolv.path())
+            .build()
+            .await
+            .context("failed to restart the controller on the test host")?;
         Ok(World { host, ctl, resolv })
     }
 

@@ -331,10 +331,10 @@ impl FromStr for PortBinding {
                     }
                 },
                 None => match host.split_once(':') {
-                    Some(("", _)) => return Err(spec("the host IP is empty")),
                     Some((_, port)) if port.contains(':') => {
                         return Err(spec("too many ':' (put an IPv6 host IP in brackets)"));
                     }
+                    Some(("", _)) => return Err(spec("the host IP is empty")),
                     Some((ip, port)) => (Some(ip), port),
                     None => (None, host),
                 },
@@ -436,7 +436,7 @@ mod tests {
             ("1.2.3:80:80", "\"1.2.3\""),
             ("8000-8001:80", "8000-8001"),
             ("a:b:c:d", "a:b:c:d"),
-            ("::1:80:80", "brackets"),
+            ("::1:80:80", "too many ':'"),
             ("[::1:80:80", "]:"),
             ("[::1]80:80", "]:"),
             (":8080:80", "host IP is empty"),

@@ -524,20 +524,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn docker_cli_create_body_decodes() {
-        // What docker 28 sends for `network create --subnet 10.9.0.0/24 --gateway 10.9.0.1
-        // --ip-range 10.9.0.128/25 --ipv6 --internal -o com.docker.network.driver.mtu=1400
-        // --label a=b n1`.
-        let body = r#"{"Name":"n1","CheckDuplicate":true,"Driver":"bridge","Scope":"","EnableIPv4":null,
-          "EnableIPv6":true,"IPAM":{"Driver":"default","Options":{},"Config":[{"Subnet":"10.9.0.0/24",
-          "IPRange":"10.9.0.128/25","Gateway":"10.9.0.1"}]},"Internal":true,"Attachable":false,
-          "Ingress":false,"ConfigOnly":false,"ConfigFrom":null,"Options":{"com.docker.network.driver.mtu":"1400"},
-          "Labels":{"a":"b"},"SomethingNew":1}"#;
+    fn create_body_decodes_leniently() {
+        // Fields added by newer clients are ignored, `null` is "not given".
+        let body = r#"{"Name":"n1","CheckDuplicate":true,"EnableIPv4":null,"EnableIPv6":true,
+          "Internal":true,"ConfigFrom":null,"IPAM":{"Config":[{"Subnet":"10.9.0.0/24",
+          "IPRange":"10.9.0.128/25","AuxiliaryAddresses":null}]},"Labels":{"a":"b"},
+          "SomethingNew":1}"#;
         let r: NetworkCreateRequest = serde_json::from_str(body).unwrap();
         assert_eq!((r.name.as_str(), r.internal), ("n1", Some(true)));
         assert_eq!((r.enable_ipv4, r.enable_ipv6), (None, Some(true)));
         let ipam = r.ipam.unwrap();
         assert_eq!(ipam.config[0].ip_range, "10.9.0.128/25");
+        assert!(ipam.config[0].auxiliary_addresses.is_empty());
         assert_eq!(r.labels.unwrap()["a"], "b");
         // Nulls where Go sends nil maps and slices.
         let r: NetworkCreateRequest = serde_json::from_str(

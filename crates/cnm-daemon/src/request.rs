@@ -55,6 +55,16 @@ pub fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A key (`Container`, `Network`) a body must not leave empty.
+fn non_empty(field: &str, value: String) -> Result<String, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "invalid {field} \"\": it is empty"
+        )));
+    }
+    Ok(value)
+}
+
 /// A decoded body, validated and converted into what the controller takes.
 pub trait Parse {
     /// The converted value.
@@ -153,9 +163,7 @@ impl Parse for NetworkConnectRequest {
     type Parsed = Connect;
 
     fn parse(self) -> Result<Connect, ApiError> {
-        if self.container.is_empty() {
-            return Err(ApiError::bad_request("invalid Container \"\": it is empty"));
-        }
+        let container = non_empty("Container", self.container)?;
         let ec = self.endpoint_config.unwrap_or_default();
         let ipam = ec.ipam_config.unwrap_or_default();
         let raw = RawEndpointOptions {
@@ -170,7 +178,7 @@ impl Parse for NetworkConnectRequest {
             ..Default::default()
         };
         Ok(Connect {
-            container: self.container,
+            container,
             endpoint: EndpointOptions::try_from(raw)?,
             join: gateway_priority(ec.gw_priority),
         })
@@ -189,10 +197,7 @@ impl Parse for NetworkDisconnectRequest {
     type Parsed = String;
 
     fn parse(self) -> Result<String, ApiError> {
-        if self.container.is_empty() {
-            return Err(ApiError::bad_request("invalid Container \"\": it is empty"));
-        }
-        Ok(self.container)
+        non_empty("Container", self.container)
     }
 }
 
@@ -222,9 +227,7 @@ impl Parse for SandboxConnectRequest {
     type Parsed = (String, EndpointOptions, Vec<JoinOption>);
 
     fn parse(self) -> Result<(String, EndpointOptions, Vec<JoinOption>), ApiError> {
-        if self.network.is_empty() {
-            return Err(ApiError::bad_request("invalid Network \"\": it is empty"));
-        }
+        let network = non_empty("Network", self.network)?;
         let raw = RawEndpointOptions {
             ipam_config: RawEndpointIpam {
                 ipv4_address: self.ipv4_address.unwrap_or_default(),
@@ -241,11 +244,7 @@ impl Parse for SandboxConnectRequest {
             .ports
             .into_iter()
             .fold(EndpointOptions::try_from(raw)?, EndpointOptions::publish);
-        Ok((
-            self.network,
-            endpoint,
-            gateway_priority(self.gateway_priority),
-        ))
+        Ok((network, endpoint, gateway_priority(self.gateway_priority)))
     }
 }
 
@@ -254,10 +253,7 @@ impl Parse for SandboxDisconnectRequest {
     type Parsed = String;
 
     fn parse(self) -> Result<String, ApiError> {
-        if self.network.is_empty() {
-            return Err(ApiError::bad_request("invalid Network \"\": it is empty"));
-        }
-        Ok(self.network)
+        non_empty("Network", self.network)
     }
 }
 

@@ -5,10 +5,21 @@
 //! [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]      an IPv6 HOST_IP goes in brackets
 //! ```
 //!
-//! and its tail `CONTAINER_PORT[-END][/PROTO]` for an exposed port. The CLI parses `-p` with it,
-//! cnmd's API carries bindings as these strings and parses them with it, and the controller, the
-//! store and the drivers pass the parsed [`PortBinding`] on unchanged. [`PortBinding::validate`]
-//! is the one set of rules; parsing applies it, so a parsed binding is a valid one.
+//! and its tail `CONTAINER_PORT[-END][/PROTO]` for an exposed port. [`PortBinding::validate`] is
+//! the one set of rules; parsing applies it, so a parsed binding is a valid one.
+//!
+//! The path of a published port, from `cnm connect -p 8080:80` to the firewall's netlink
+//! element, is five conversions:
+//!
+//! 1. the CLI parses the argument into a [`PortBinding`] (clap, with [`PortBinding::from_str`]);
+//! 2. it sends it as `"8080:80/tcp"` (`Display`) in `cnm_api::v1::SandboxConnectRequest::ports`;
+//! 3. cnmd parses it back into a `PortBinding` as the body is decoded (the daemon checks what it
+//!    is sent), which goes on unchanged into `EndpointOptions::port_bindings`, the endpoint's
+//!    record and the driver's `program_external_connectivity` (the library's raw, Docker-shaped
+//!    `RawEndpointOptions::port_bindings` strings enter here too, through the same parser);
+//! 4. the bridge driver turns the binding and the host ports it reserved into one
+//!    `cnm_firewall::PortMapping` per container address family;
+//! 5. the firewall turns each mapping into the set and map elements of its netlink batch.
 //!
 //! ```
 //! use cnm_types::port::{PortBinding, Protocol};

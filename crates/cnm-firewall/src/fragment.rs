@@ -499,7 +499,10 @@ pub enum Action {
     Return,
     /// `jump chain`: one of the owner's regular chains of the same family.
     Jump(String),
-    /// `jump allow` (`inet` only): marks the packet with [`crate::FORWARD_MARK`] and accepts it.
+    /// `jump allow` (`inet` only): marks the packet with [`crate::FORWARD_MARK`] and accepts it,
+    /// so that Docker's iptables `FORWARD` DROP policy lets it through too. That chain runs at
+    /// priority 0: a forward chain that allows (directly or through jumps) must have a priority
+    /// below 0 (the bridge's runs at filter - 1).
     Allow,
     /// `masquerade` (a `nat` base chain at postrouting only).
     Masquerade,
@@ -554,8 +557,9 @@ impl FragmentChain {
 
     /// A base chain of `inet` family on `hook`, of type `ty`, at `priority` (nft's numbers:
     /// raw -300, dstnat -100, filter 0, srcnat 100; the bridge's own chains sit at -300,
-    /// -100, 0, 100 and filter - 1; cnm's guards at raw and filter - 2). Its policy is
-    /// always accept: an owner drops only what its rules say.
+    /// -100, 0, 100 and filter - 1; cnm's guards at raw and filter - 2; iptables' at 0, so a
+    /// forward chain using [`Action::Allow`] sits below 0). Its policy is always accept: an
+    /// owner drops only what its rules say.
     pub fn base(name: impl Into<String>, hook: ChainHook, ty: ChainType, priority: i32) -> Self {
         Self {
             name: name.into(),
@@ -1068,6 +1072,37 @@ fn compile(spec: &FragmentSpec, owner: u16) -> Result<Declared, FirewallError> {
             ));
         }
     }
+    // `allow` marks for iptables' FORWARD chain (filter, priority 0): it only works from a
+    // forward chain that runs before it
+    fn allows(
+        c: &FragmentChain,
+        regular: &HashMap<(Family, &str), &FragmentChain>,
+        seen: &mut HashSet<String>,
+    ) -> bool {
+        if !seen.insert(c.name.clone()) {
+            return false;
+        }
+        c.rules.iter().any(|r| match &r.action {
+            Action::Allow => true,
+            Action::Jump(t) => regular
+                .get(&(c.family, t.as_str()))
+                .is_some_and(|next| allows(next, regular, seen)),
+            _ => false,
+        })
+    }
+    for c in &spec.chains {
+        if let Some((ChainHook::Forward, _, prio)) = c.base
+            && prio >= 0
+            && allows(c, &regular, &mut HashSet::new())
+        {
+            return Err(invalid(
+                format!("chain {} priority", c.name),
+                &prio.to_string(),
+                "`allow` marks packets for iptables' FORWARD chain, which runs at priority 0: \
+                 a forward chain that allows needs a priority below 0",
+            ));
+        }
+    }
     let mut tables = Vec::new();
     for family in [Family::Inet, Family::Bridge] {
         let table_sets: Vec<(SetId, SetDef)> = defs
@@ -1394,7 +1429,7 @@ pub(crate) fn sample() -> (FragmentSpec, ElementChange) {
             )),
         )
         .chain(
-            FragmentChain::base("screen", Forward, ChainType::Filter, 10)
+            FragmentChain::base("screen", Forward, ChainType::Filter, -10)
                 .rule(Rule::new(
                     [
                         Match::in_set([IifName], "ifaces"),
@@ -1501,7 +1536,7 @@ mod tests {
             .set(FragmentSet::new("ifaces", [FieldType::IfName]))
             .set(FragmentSet::new("blocked", [FieldType::Ipv4]))
             .chain(
-                FragmentChain::base("filter", ChainHook::Forward, ChainType::Filter, 10).rule(
+                FragmentChain::base("filter", ChainHook::Forward, ChainType::Filter, -10).rule(
                     Rule::new(
                         [
                             Match::in_set([Key::IifName], "ifaces"),
@@ -1589,6 +1624,15 @@ mod tests {
             (
                 spec().chain(FragmentChain::regular("x").rule(Rule::new([], Action::Masquerade))),
                 "postrouting",
+            ),
+            (
+                spec()
+                    .chain(FragmentChain::regular("ok").rule(Rule::new([], Action::Allow)))
+                    .chain(
+                        FragmentChain::base("late", ChainHook::Forward, ChainType::Filter, 0)
+                            .rule(Rule::new([], Action::Jump("ok".into()))),
+                    ),
+                "priority below 0",
             ),
         ];
         for (s, want) in cases {

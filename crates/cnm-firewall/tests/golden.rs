@@ -196,7 +196,7 @@ fn blocklist() -> FragmentSpec {
         .set(FragmentSet::new("ifaces", [FieldType::IfName]))
         .set(FragmentSet::new("blocked", [FieldType::Ipv4]))
         .chain(
-            FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, 10)
+            FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, -10)
                 .rule(Rule::new(
                     [
                         Match::in_set([Key::IifName], "ifaces"),

@@ -80,7 +80,7 @@ fn tdrv() -> FragmentSpec {
         .set(FragmentSet::new("forwards", [F::Ipv4, F::Port]).to([F::Ipv4, F::Port]))
         .set(FragmentSet::new("macs", [F::IfName, F::Mac]).family(Family::Bridge))
         .chain(
-            FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, 10)
+            FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, -10)
                 .rule(Rule::new(
                     [
                         Match::in_set([Key::IifName], "ifaces"),

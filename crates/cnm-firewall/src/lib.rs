@@ -101,12 +101,14 @@
 //! ```
 
 mod compat;
+mod compile;
 mod conntrack;
 mod error;
 mod firewall;
 mod fragment;
 mod model;
 mod nftnl;
+mod registry;
 mod ruleset;
 mod table;
 mod transport;

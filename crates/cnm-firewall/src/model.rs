@@ -16,8 +16,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::FirewallError;
-use crate::fragment::{ElementChange, FragmentSpec, Held, Registry};
+use crate::fragment::{ElementChange, FragmentSpec, Held};
 use crate::nftnl::Table;
+use crate::registry::Registry;
 use crate::ruleset::{SetName, SharedSet};
 
 /// Who a set, and the tables it lives in, belongs to.

@@ -180,14 +180,15 @@ impl BridgeDriver {
         self.faults.arm(point);
     }
 
-    /// The driver's firewall (tests watch it heal, or pause its healing to show what happens
-    /// without it).
+    /// The host namespace's shared firewall, as this driver uses it (tests watch it heal, or
+    /// pause its healing to show what happens without it).
     #[doc(hidden)]
     pub async fn firewall_for_tests(&self) -> Result<cnm_firewall::Firewall, BridgeError> {
         Ok(self.firewall().await?.firewall().clone())
     }
 
-    /// How many firewall transactions this driver has committed so far.
+    /// How many transactions the host namespace's shared firewall has committed so far (every
+    /// driver's, restores included).
     pub async fn firewall_transactions(&self) -> Result<u64, BridgeError> {
         Ok(self.firewall().await?.transactions())
     }

@@ -139,12 +139,17 @@ impl ControllerBuilder {
                 .await
                 .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
         }
+        // [firewall] The host namespace's one firewall, handed to every driver. Opened on first
+        // use (a controller of drivers without rules installs nothing); loading until the
+        // reload commits what every driver restored, in one transaction.
+        let firewall = cnm_firewall::Firewall::lazy(&host_ns, true);
         let ctx = DriverContext::new(
             host_ns.clone(),
             host_netlink.clone(),
             self.run_dir.clone(),
             self.state_dir.clone(),
-        );
+        )
+        .with_firewall(firewall.clone());
         let mut drivers = BTreeMap::new();
         for (name, reg) in registry(inventory::iter::<DriverRegistration>)? {
             let driver =
@@ -161,6 +166,7 @@ impl ControllerBuilder {
             )))
         });
         let inner = ControllerInner {
+            firewall,
             host_ns,
             host_netlink,
             run_dir: self.run_dir,
@@ -206,6 +212,8 @@ async fn open_default_store(state_dir: &Path) -> Result<Arc<dyn Store>, CoreErro
 pub(crate) type ContainerSlot = Arc<tokio::sync::Mutex<Option<Arc<SandboxInner>>>>;
 
 pub(crate) struct ControllerInner {
+    /// [firewall] The host namespace's firewall, shared by every driver.
+    pub(crate) firewall: cnm_firewall::Firewall,
     pub(crate) host_ns: NetNs,
     pub(crate) host_netlink: Netlink,
     pub(crate) run_dir: PathBuf,
@@ -234,6 +242,10 @@ impl Drop for ControllerInner {
         for net in self.networks.iter() {
             net.state().endpoints.clear();
         }
+        // [firewall] Nobody heals the rules once their controller is gone (a driver handle kept
+        // elsewhere would otherwise keep the watcher restoring a stale model); the tables stay
+        // for the next controller to adopt.
+        self.firewall.stop_watching();
     }
 }
 

@@ -202,6 +202,15 @@ pub enum CoreError {
         #[source]
         source: SandboxError,
     },
+    /// The host namespace's firewall failed (see [`crate::spi::DriverContext::firewall`]).
+    #[error("failed to {op}: {source}")]
+    Firewall {
+        /// What was being done.
+        op: &'static str,
+        /// The firewall's error.
+        #[source]
+        source: cnm_firewall::FirewallError,
+    },
     /// The store failed.
     #[error("failed to {op} {key}: {source}")]
     Store {
@@ -301,6 +310,7 @@ impl CoreError {
             Self::Ipam { source, .. } => source.kind(),
             Self::Sandbox { source, .. } => source.kind(),
             Self::Store { source, .. } => source.kind(),
+            Self::Firewall { source, .. } => source.kind(),
             Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
             Self::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,

@@ -81,6 +81,8 @@ pub use spi::{
     NetworkSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
 };
 
+/// The shared firewall a driver programs through ([`DriverContext::firewall`]).
+pub use cnm_firewall;
 /// The default IPAM's types, re-exported for [`Ipam`] implementors and callers.
 pub use cnm_ipam;
 /// The kernel layer's types that appear in this API ([`cnm_sandbox::NetNs`], …).

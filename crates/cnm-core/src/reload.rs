@@ -9,7 +9,9 @@
 //! gateway endpoint's default route and published ports again and its hosts file rewritten;
 //! then the sweep removes what no record owns: namespaces under `run_dir/netns`, directories
 //! under `run_dir/sandboxes`, and, through each driver's
-//! [`sweep`](crate::spi::Driver::sweep), links and rules of networks without a record.
+//! [`sweep`](crate::spi::Driver::sweep), links of networks without a record. Last, the host
+//! namespace's firewall, loading all along, commits every driver's restored rules in one
+//! transaction (rules of networks without a record are simply not in it).
 //!
 //! With the write order of the operations (constructive ones: kernel first, records last in
 //! one transaction; destructive ones: records first, kernel after, except a network's or an
@@ -349,6 +351,16 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             .await
             .map_err(|e| CoreError::driver("sweep after restart", name, e))?;
     }
+    // 5. [firewall] Fail closed: every driver's restored rules (and nothing of networks without
+    //    a record) replace the previous run's tables in one transaction; then what waited for
+    //    them (a driver turning forwarding on). Until here the old tables kept filtering.
+    ctl.firewall
+        .finish_loading()
+        .await
+        .map_err(|source| CoreError::Firewall {
+            op: "install the restored firewall",
+            source,
+        })?;
     crate::crash::point("reload:after-sweep");
     tracing::info!(
         networks = ctl.networks.len(),

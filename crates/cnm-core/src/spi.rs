@@ -146,7 +146,8 @@ impl DriverError {
 }
 
 /// The host as a driver sees it: the namespace the controller treats as the host (a throwaway one
-/// in tests), a netlink handle bound to it, and the controller's directories.
+/// in tests), a netlink handle bound to it, the controller's directories, and the host
+/// namespace's one firewall.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DriverContext {
@@ -158,22 +159,46 @@ pub struct DriverContext {
     pub run_dir: PathBuf,
     /// The controller's state dir; a driver may use `state_dir/<driver>/`.
     pub state_dir: PathBuf,
+    /// The firewall of `host_ns` (see [`DriverContext::firewall`]).
+    firewall: cnm_firewall::Firewall,
 }
 
 impl DriverContext {
-    /// Builds a context (the controller does this; tests of a driver may too).
+    /// Builds a context (the controller does this; tests of a driver may too). It gets a
+    /// firewall of its own for `host_ns`, opened on first use; the controller gives every
+    /// driver its one firewall instead ([`DriverContext::with_firewall`]).
     pub fn new(
         host_ns: NetNs,
         host_netlink: Netlink,
         run_dir: PathBuf,
         state_dir: PathBuf,
     ) -> Self {
+        let firewall = cnm_firewall::Firewall::lazy(&host_ns, false);
         Self {
             host_ns,
             host_netlink,
             run_dir,
             state_dir,
+            firewall,
         }
+    }
+
+    /// Uses `firewall` as the host namespace's firewall (there must be one per namespace).
+    pub fn with_firewall(mut self, firewall: cnm_firewall::Firewall) -> Self {
+        self.firewall = firewall;
+        self
+    }
+
+    /// The host namespace's one firewall, shared by every driver of the controller. A driver
+    /// that needs rules declares its own fragment in it
+    /// ([`cnm_firewall::Firewall::fragment`], owner = the driver's name) and changes only that
+    /// (the bridge driver uses the built-in bridge fragment), so no driver's transaction ever
+    /// rewrites another's rules. Opened on first use: a controller whose drivers put no rules
+    /// in it installs no table. During the controller's reload it is loading: changes fill its
+    /// model, and the controller commits every driver's rules in one transaction at the end
+    /// ([`cnm_firewall::Firewall::after_loading`] runs what must wait for that).
+    pub fn firewall(&self) -> &cnm_firewall::Firewall {
+        &self.firewall
     }
 }
 

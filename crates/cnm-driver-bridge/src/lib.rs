@@ -9,8 +9,10 @@
 //!   whose container end is born inside the sandbox with its final name, its bridge port guarded
 //!   against spoofing before it exists;
 //! - host port reservations (real sockets bound in the host namespace, held while published);
-//! - asking `cnm-firewall` for the network's rules, the endpoint's guarded port and its port
-//!   mappings; on a restart, committing everything it restored in one transaction at the sweep.
+//! - asking the host namespace's shared firewall (the controller's, see
+//!   [`DriverContext::firewall`]) for the network's rules, the endpoint's guarded port and its
+//!   port mappings, all in the built-in bridge fragment; on a restart they only fill the
+//!   firewall's model until the controller commits every driver's rules in one transaction.
 //!
 //! **Does not**
 //! - render or apply nftables rules itself (`cnm-firewall` does);
@@ -53,7 +55,6 @@ mod restore;
 mod undo;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -63,7 +64,7 @@ use cnm_core::spi::{
     EndpointInfo, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec,
 };
 use cnm_firewall::PortMapping;
-use cnm_sandbox::{IpFamily, LinkKind, LinkSpec, set_sysctls};
+use cnm_sandbox::{LinkKind, LinkSpec, set_sysctls};
 use cnm_types::{ErrorKind, IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
@@ -93,11 +94,10 @@ inventory::submit! { DriverRegistration::new(DRIVER_NAME, BridgeDriver::create) 
 pub struct BridgeDriver {
     ctx: DriverContext,
     networks: Mutex<HashMap<String, Arc<Network>>>,
+    /// The shared firewall, once the forward drop of an earlier run is back in it.
     firewall: OnceCell<FirewallHandle>,
-    /// The firewall was opened by a restore and commits at the sweep (fail-closed restart).
-    firewall_loading: AtomicBool,
-    /// Forwarding the restore needs but could not turn on before the firewall committed.
-    deferred_forwarding: Mutex<Vec<IpFamily>>,
+    /// Forwarding (IPv4, IPv6) a restore needs, waiting for the firewall's commit.
+    deferred_forwarding: Mutex<[bool; 2]>,
     /// Driver-wide options (`configure_network_driver`).
     config: Mutex<DriverConfig>,
     faults: Faults,
@@ -169,8 +169,7 @@ impl BridgeDriver {
             ctx,
             networks: Mutex::new(HashMap::new()),
             firewall: OnceCell::new(),
-            firewall_loading: AtomicBool::new(false),
-            deferred_forwarding: Mutex::new(Vec::new()),
+            deferred_forwarding: Mutex::new([false; 2]),
             config: Mutex::new(DriverConfig::default()),
             faults: Faults::default(),
         }
@@ -182,41 +181,29 @@ impl BridgeDriver {
         self.faults.arm(point);
     }
 
-    /// The driver's firewall (tests watch it heal, or pause its healing to show what happens
-    /// without it).
+    /// The host namespace's shared firewall, as this driver uses it (tests watch it heal, or
+    /// pause its healing to show what happens without it).
     #[doc(hidden)]
     pub async fn firewall_for_tests(&self) -> Result<cnm_firewall::Firewall, BridgeError> {
         Ok(self.firewall().await?.firewall().clone())
     }
 
-    /// How many firewall transactions this driver has committed so far.
+    /// How many transactions the host namespace's shared firewall has committed so far (every
+    /// driver's, restores included).
     pub async fn firewall_transactions(&self) -> Result<u64, BridgeError> {
         Ok(self.firewall().await?.transactions())
     }
 
+    /// The shared firewall; on first use, the families cnm turned on in an earlier run get
+    /// their drop of foreign forwarded traffic back.
     async fn firewall(&self) -> Result<&FirewallHandle, BridgeError> {
         self.firewall
-            .get_or_try_init(|| self.open_firewall(false))
+            .get_or_try_init(|| async {
+                let fw = FirewallHandle::new(self.ctx.firewall().clone());
+                self.restore_forward_drop(&fw).await?;
+                Ok(fw)
+            })
             .await
-    }
-
-    /// The firewall for a restore: opened loading (nothing sent to the kernel, the previous
-    /// run's tables keep filtering) unless it is open already; the sweep commits it.
-    async fn firewall_for_restore(&self) -> Result<&FirewallHandle, BridgeError> {
-        self.firewall
-            .get_or_try_init(|| self.open_firewall(true))
-            .await
-    }
-
-    async fn open_firewall(&self, loading: bool) -> Result<FirewallHandle, BridgeError> {
-        let fw = FirewallHandle::new(&self.ctx.host_ns, loading).await?;
-        self.firewall_loading.store(loading, Ordering::SeqCst);
-        self.restore_forward_drop(&fw).await?;
-        Ok(fw)
-    }
-
-    fn firewall_loading(&self) -> bool {
-        self.firewall_loading.load(Ordering::SeqCst)
     }
 
     fn network(&self, id: &str) -> Result<Arc<Network>, BridgeError> {

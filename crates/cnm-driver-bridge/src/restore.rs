@@ -44,9 +44,10 @@ impl BridgeDriver {
     ) -> Result<(), BridgeError> {
         let opts = BridgeOptions::try_from(&spec.options)?;
         let plan = BridgePlan::new(&opts, spec)?;
-        // Fail closed: everything restored goes to the kernel in one transaction at the sweep;
-        // until then the previous run's tables keep filtering.
-        let firewall = self.firewall_for_restore().await?.clone();
+        // Fail closed: the controller's firewall is loading, so everything restored goes to
+        // the kernel in one transaction (every driver's) once the reload is done; until then
+        // the previous run's tables keep filtering.
+        let firewall = self.firewall().await?.clone();
         let host = &self.ctx.host_netlink;
         let bridge = plan.bridge.as_str();
         let existing = host
@@ -195,14 +196,11 @@ impl BridgeDriver {
     }
 
     pub(crate) async fn sweep_inner(&self, keep: &[String]) -> Result<(), BridgeError> {
-        // The one transaction of the restart: the tables are replaced with what the restored
-        // networks, endpoints and published ports put in the model (the rules of networks
-        // without a record go). Without restored networks, opening the firewall does the same.
-        let firewall = self.firewall().await?;
-        firewall.finish_loading().await?;
-        self.firewall_loading
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        self.flush_deferred_forwarding().await?;
+        // The firewall holds exactly what the restored networks put in it, and the controller
+        // commits it after every sweep (rules of networks without a record go). One thing of
+        // ours outlives the networks, as the forwarding cnm turned on does: the drop of foreign
+        // forwarded traffic. Using the firewall puts it back, with or without a network.
+        self.firewall().await?;
         let ours: HashSet<String> = lock(&self.networks)
             .values()
             .map(|n| n.plan.bridge.to_string())

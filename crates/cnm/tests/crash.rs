@@ -362,13 +362,19 @@ async fn observe(ctl: &Controller) -> Result<Model> {
     Ok(m)
 }
 
+/// The bridge fragment's table and the firewall's own (its interfaces), as nft lists them
+/// (empty for a table that is not there).
 fn nft_table(host: &NetNs) -> Result<String> {
-    let out = host.run_blocking(|| {
-        Command::new("nft")
-            .args(["list", "table", "inet", "cnm"])
-            .output()
-    })??;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut text = String::new();
+    for table in ["cnm-bridge", "cnm"] {
+        let out = host.run_blocking(move || {
+            Command::new("nft")
+                .args(["list", "table", "inet", table])
+                .output()
+        })??;
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(text)
 }
 
 /// Mount points under `dir` (from /proc/self/mountinfo).

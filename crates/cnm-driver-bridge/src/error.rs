@@ -201,17 +201,9 @@ impl BridgeError {
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::NetworkExists(_) | Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
             Self::NoFreePort { .. } => ErrorKind::Unavailable,
-            Self::PortSocket { source, .. } => match source.raw_os_error() {
-                Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::ESOCKTNOSUPPORT) => {
-                    ErrorKind::Unsupported
-                }
-                Some(libc::EADDRNOTAVAIL) => ErrorKind::InvalidInput,
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                    ErrorKind::Unavailable
-                }
-                Some(libc::EACCES | libc::EPERM) => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            Self::PortSocket { source, .. } => source
+                .raw_os_error()
+                .map_or(ErrorKind::Internal, ErrorKind::from_errno),
             Self::PortRange(_) | Self::RunDir { .. } | Self::Injected(_) => ErrorKind::Internal,
             Self::Kernel { source, .. } => source.kind(),
             Self::Firewall { kind, .. } => *kind,

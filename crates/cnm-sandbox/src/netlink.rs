@@ -154,6 +154,23 @@ impl Netlink {
         Ok(Netlink::from_parts(handle, ns.clone()))
     }
 
+    /// Opens a NETLINK_ROUTE socket in the calling thread's own namespace and drives it on the
+    /// current tokio runtime: no thread, no `setns`, so no privilege is needed. On a tokio
+    /// worker that namespace is the process's (nothing in cnm ever moves a worker).
+    pub fn connect_current() -> Result<Netlink, SandboxError> {
+        let ns = NetNs::current()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SandboxError::NoRuntime {
+                op: "connect netlink in",
+                object: ns.to_string(),
+            });
+        }
+        let (connection, handle, _events) = rtnetlink::new_connection()
+            .map_err(|e| SandboxError::kernel("open netlink socket in", ns.to_string(), e))?;
+        tokio::spawn(connection);
+        Ok(Netlink::from_parts(handle, ns))
+    }
+
     fn from_parts(handle: rtnetlink::Handle, ns: NetNs) -> Netlink {
         Netlink {
             handle,
@@ -1107,7 +1124,7 @@ fn parse_address(msg: &AddressMessage) -> Option<Address> {
     })
 }
 
-fn validate_route(route: &RouteSpec) -> Result<(), SandboxError> {
+pub(crate) fn validate_route(route: &RouteSpec) -> Result<(), SandboxError> {
     if let Some(gw) = route.gateway
         && gw.is_ipv4() != route.destination.addr().is_ipv4()
     {

@@ -43,6 +43,28 @@ pub enum CoreError {
     /// Two linked drivers registered the same name.
     #[error("driver {0:?} is registered twice")]
     DuplicateDriver(String),
+    /// A driver registered while running has the name of one the controller has.
+    #[error("a driver named {0:?} is registered already")]
+    DriverExists(String),
+    /// The controller was shut down ([`Controller::shutdown`](crate::Controller::shutdown));
+    /// nothing was done.
+    #[error("the controller was shut down")]
+    Shutdown,
+    /// A driver gave an endpoint an address in a family the controller had assigned one in.
+    #[error(
+        "driver {driver} gave endpoint {endpoint} the address {given}, but it has {assigned} \
+         from IPAM"
+    )]
+    DriverAddress {
+        /// The driver.
+        driver: String,
+        /// The endpoint's name.
+        endpoint: String,
+        /// What the driver gave.
+        given: String,
+        /// What IPAM assigned.
+        assigned: String,
+    },
     /// A network of that name exists (or is being created).
     #[error("network with name {0} already exists")]
     NetworkExists(String),
@@ -108,6 +130,14 @@ pub enum CoreError {
         endpoint: String,
         /// The sandbox's short id (or container id).
         sandbox: String,
+    },
+    /// The sandbox has no endpoint on the network.
+    #[error("container {container} is not connected to network {network}")]
+    NotConnected {
+        /// The sandbox's container id.
+        container: String,
+        /// The network's name.
+        network: String,
     },
     /// The endpoint cannot be deleted while joined.
     #[error("endpoint {endpoint} is still joined to sandbox {sandbox}; leave first")]
@@ -282,7 +312,9 @@ impl CoreError {
                 ErrorKind::NotFound
             }
             Self::Deleted { .. } => ErrorKind::NotFound,
-            Self::DuplicateDriver(_) => ErrorKind::Internal,
+            Self::DuplicateDriver(_) | Self::DriverAddress { .. } => ErrorKind::Internal,
+            Self::DriverExists(_) => ErrorKind::AlreadyExists,
+            Self::Shutdown => ErrorKind::Unavailable,
             Self::NetworkExists(_) | Self::EndpointExists { .. } | Self::SandboxExists(_) => {
                 ErrorKind::AlreadyExists
             }
@@ -290,6 +322,7 @@ impl CoreError {
             | Self::NetworkInUse { .. }
             | Self::AlreadyJoined { .. }
             | Self::NotJoined { .. }
+            | Self::NotConnected { .. }
             | Self::EndpointInUse { .. }
             | Self::HostOverlap { .. }
             | Self::MacAddressInUse { .. } => ErrorKind::Conflict,

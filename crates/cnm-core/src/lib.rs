@@ -22,9 +22,10 @@
 //! controller.configure_network_driver("bridge", DriverOptions::default()).await?;
 //! let network = controller.new_network("bridge", "network1", NetworkOptions::default()).await?;
 //! let ep = network.create_endpoint("Endpoint1", EndpointOptions::default()).await?;
-//! let sandbox_key = ep
+//! let sandbox = ep
 //!     .join("container1", [JoinOption::hostname("test"), JoinOption::domainname("docker.io")])
 //!     .await?;
+//! let sandbox_key = sandbox.key();                     // path of the container's netns
 //! # let _ = sandbox_key; Ok(()) }
 //! ```
 //!
@@ -43,31 +44,48 @@
 //! assert_eq!(err.to_string(), "invalid gateway \"10.2.0.1\": it is not inside subnet 10.1.0.0/24");
 //! ```
 
+mod api;
 mod controller;
+#[cfg(feature = "test-hooks")]
 pub mod crash;
+#[cfg(not(feature = "test-hooks"))]
+mod crash {
+    //! Crash points compile to nothing without the `test-hooks` feature.
+    #[inline(always)]
+    pub(crate) fn point(_name: &'static str) {}
+}
 mod endpoint;
 mod error;
 mod gateway;
 mod host;
 pub mod id;
 mod ipam;
+pub mod kernel;
+mod model;
 mod network;
+mod ops;
 pub mod options;
 pub mod port;
 pub mod record;
-mod reload;
 mod sandbox;
 pub mod spi;
+mod state;
 pub mod store;
-mod undo;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+pub mod undo;
 
+pub use api::{ControllerApi, EndpointApi, NetworkApi, SandboxApi};
 pub use controller::{
     Controller, ControllerBuilder, DEFAULT_RESOLV_CONF, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR,
-    FALLBACK_NAMESERVERS, registered_drivers,
+    registered_drivers,
 };
 pub use endpoint::Endpoint;
 pub use error::CoreError;
 pub use ipam::Ipam;
+pub use model::sandbox::FALLBACK_NAMESERVERS;
 pub use network::Network;
 pub use options::{
     EndpointOptions, ExposedPort, JoinOption, JoinOptions, NetworkOptions, PoolConfig,
@@ -76,10 +94,14 @@ pub use options::{
 pub use port::{PortBinding, PortError, PortRange, Protocol};
 pub use sandbox::Sandbox;
 pub use spi::{
-    Capability, Driver, DriverContext, DriverError, DriverOptions, DriverRegistration,
-    EndpointInfo, EndpointSpec, IpamData, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
-    NetworkSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
+    Capability, Driver, DriverContext, DriverError, DriverFactory, DriverOptions,
+    DriverRegistration, EndpointInfo, EndpointSpec, IpamData, JoinInfo, JoinRequest,
+    JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, RestoredEndpoint, RestoredJoin,
+    SandboxRef, Scope, StaticRoute,
 };
+
+/// The kind of every public error ([`CoreError::kind`], [`DriverError::kind`], …).
+pub use cnm_types::ErrorKind;
 
 /// The default IPAM's types, re-exported for [`Ipam`] implementors and callers.
 pub use cnm_ipam;
@@ -87,3 +109,26 @@ pub use cnm_ipam;
 pub use cnm_sandbox;
 /// Shared vocabulary ([`cnm_types::ErrorKind`], [`cnm_types::IfName`], [`cnm_types::MacAddress`]).
 pub use cnm_types;
+/// IP networks as the API takes them ([`NetworkOptions::subnet`] takes an [`ipnet::IpNet`]).
+pub use ipnet;
+
+/// The attribute a [`Driver`] implementation needs: `#[cnm::async_trait] impl Driver for …`.
+pub use async_trait::async_trait;
+/// The registry behind [`register_driver!`] (re-exported so a driver crate needs no dependency
+/// of its own on it).
+pub use inventory;
+
+/// Registers a built-in driver: `register_driver!("name", Constructor::create)`, once per
+/// driver crate, where `create` is a `fn(&DriverContext) -> Result<Arc<dyn Driver>, DriverError>`.
+/// A program links the driver by naming its crate (`use my_driver as _;`).
+///
+/// A driver the program finds while running registers with
+/// [`ControllerBuilder::driver`] or [`Controller::register_driver`] instead.
+#[macro_export]
+macro_rules! register_driver {
+    ($name:expr, $create:path $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::spi::DriverRegistration::new($name, $create)
+        }
+    };
+}

@@ -115,7 +115,7 @@ impl NetworkView {
         }
         let mut containers = BTreeMap::new();
         for ep in net.endpoints() {
-            let Some(sandbox_id) = ep.sandbox_id().await else {
+            let Some(sandbox_id) = ep.sandbox_id() else {
                 continue;
             };
             let name = ctl
@@ -156,16 +156,7 @@ impl NetworkView {
             config_from: ConfigFromView::default(),
             config_only: false,
             containers,
-            options: {
-                let mut o = opts.driver_options.clone();
-                if opts.allow_host_overlap {
-                    o.insert(
-                        cnm::options::KEY_ALLOW_HOST_OVERLAP.to_owned(),
-                        "true".to_owned(),
-                    );
-                }
-                o
-            },
+            options: opts.as_docker_options(),
             labels: opts.labels.clone(),
         }
     }
@@ -242,11 +233,10 @@ impl From<&PortBinding> for PortView {
 impl SandboxView {
     /// Builds the view.
     pub async fn new(sb: &Sandbox) -> Self {
-        let gateway = sb.gateway_endpoint().await.map(|e| e.id().to_owned());
-        let published = sb.published_ports().await;
+        let gateway = sb.gateway_endpoint().map(|e| e.id().to_owned());
+        let published = sb.published_ports();
         let endpoints = sb
             .endpoints()
-            .await
             .into_iter()
             .map(|(ep, ifname): (Endpoint, _)| {
                 let is_gw = gateway.as_deref() == Some(ep.id());

@@ -6,6 +6,7 @@ use std::io;
 use cnm_core::spi::DriverError;
 use cnm_types::ErrorKind;
 
+#[cfg(feature = "test-hooks")]
 use crate::fault::FaultPoint;
 
 /// Everything the bridge driver can fail with.
@@ -161,6 +162,7 @@ pub enum BridgeError {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A failure forced by a test through the fault injection hook.
+    #[cfg(feature = "test-hooks")]
     #[error("injected failure at {0}")]
     Injected(FaultPoint),
     /// An operation failed and undoing its partial effects failed too.
@@ -204,7 +206,9 @@ impl BridgeError {
             Self::PortSocket { source, .. } => source
                 .raw_os_error()
                 .map_or(ErrorKind::Internal, ErrorKind::from_errno),
-            Self::PortRange(_) | Self::RunDir { .. } | Self::Injected(_) => ErrorKind::Internal,
+            Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
+            #[cfg(feature = "test-hooks")]
+            Self::Injected(_) => ErrorKind::Internal,
             Self::Kernel { source, .. } => source.kind(),
             Self::Firewall { kind, .. } => *kind,
             Self::WithCleanup { primary, .. } => primary.kind(),
@@ -259,6 +263,12 @@ impl BridgeError {
                 cleanup,
             }
         }
+    }
+}
+
+impl cnm_core::undo::Cleanup for BridgeError {
+    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
+        BridgeError::with_cleanup(self, cleanup)
     }
 }
 

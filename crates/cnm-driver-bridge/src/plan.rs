@@ -91,14 +91,14 @@ impl BridgePlan {
                 "a bridge network needs an IPv4 or an IPv6 pool",
             ));
         }
-        if let Some(mtu) = opts.mtu
+        if let Some(mtu) = spec.mtu
             && ipv6
             && mtu < cnm_core::options::MIN_MTU_V6
         {
             // The kernel turns IPv6 off on a link below 1280, and the gateway address could
             // not be added: refuse it here, before anything exists.
             return Err(BridgeError::invalid(
-                crate::options::MTU,
+                cnm_core::options::KEY_DRIVER_MTU,
                 mtu.to_string(),
                 format!(
                     "a network with IPv6 needs an MTU of at least {} (RFC 8200)",
@@ -110,7 +110,7 @@ impl BridgePlan {
             network_id: spec.id.clone(),
             bridge,
             mac: mac_for(&spec.id),
-            mtu: opts.mtu,
+            mtu: spec.mtu,
             gateways_v4: Vec::new(),
             gateways_v6: Vec::new(),
             subnets_v4: Vec::new(),
@@ -396,10 +396,11 @@ mod tests {
     fn user_bridge_name_and_mtu() {
         let opts = BridgeOptions {
             bridge_name: Some("br-x".parse().unwrap()),
-            mtu: Some(1400),
             ..Default::default()
         };
-        let p = BridgePlan::new(&opts, &spec()).unwrap();
+        let mut s = spec();
+        s.mtu = Some(1400);
+        let p = BridgePlan::new(&opts, &s).unwrap();
         assert_eq!(p.bridge.as_str(), "br-x");
         assert_eq!(p.mtu, Some(1400));
     }
@@ -409,19 +410,20 @@ mod tests {
         let mut s = spec();
         s.enable_ipv6 = true;
         s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
-        let opts = |mtu| BridgeOptions {
-            mtu: Some(mtu),
-            ..Default::default()
+        let opts = BridgeOptions::default();
+        let with_mtu = |mut s: NetworkSpec, mtu| {
+            s.mtu = Some(mtu);
+            s
         };
-        let e = BridgePlan::new(&opts(1279), &s).unwrap_err();
+        let e = BridgePlan::new(&opts, &with_mtu(s.clone(), 1279)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(
             e.to_string().contains("1279") && e.to_string().contains("1280"),
             "{e}"
         );
-        assert!(BridgePlan::new(&opts(1280), &s).is_ok());
+        assert!(BridgePlan::new(&opts, &with_mtu(s, 1280)).is_ok());
         // Without IPv6 the IPv4 minimum is all that counts; such a link has no IPv6 sysctls.
-        let p = BridgePlan::new(&opts(576), &spec()).unwrap();
+        let p = BridgePlan::new(&opts, &with_mtu(spec(), 576)).unwrap();
         assert!(
             p.bridge_sysctls().iter().all(|(k, _)| !k.contains("ipv6")),
             "{:?}",

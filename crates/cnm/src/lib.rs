@@ -14,9 +14,10 @@
 //! controller.configure_network_driver("bridge", DriverOptions::default()).await?;
 //! let network = controller.new_network("bridge", "network1", NetworkOptions::default()).await?;
 //! let ep = network.create_endpoint("Endpoint1", EndpointOptions::default()).await?;
-//! let sandbox_key = ep
+//! let sandbox = ep
 //!     .join("container1", [JoinOption::hostname("test"), JoinOption::domainname("docker.io")])
 //!     .await?;
+//! let sandbox_key = sandbox.key();                     // path of the container's netns
 //! # let _ = sandbox_key; Ok(()) }
 //! ```
 

@@ -4,7 +4,8 @@
 //! Order: the records are read; each sandbox's namespace is reopened by its key (a record whose
 //! namespace is gone, say after a reboot, is dropped, its endpoints freed); IPAM is rebuilt from
 //! the network and endpoint records themselves (pools, gateways, aux and endpoint addresses);
-//! each network is handed back to its driver with its endpoints and joins
+//! each network's and endpoint's driver options are parsed once by the driver, and the network
+//! is handed back to its driver with its endpoints and joins
 //! ([`Driver::restore_network`](crate::spi::Driver::restore_network)); each sandbox gets its
 //! gateway endpoint's default route and published ports again and its hosts file rewritten;
 //! then the sweep removes what no record owns: namespaces under `run_dir/netns`, directories
@@ -17,33 +18,33 @@
 //! every operation interrupted by a crash look done completely or not at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use cnm_ipam::{AddressRequest, Family, PoolRequest};
-use cnm_sandbox::{NetNs, Netlink};
 
 use crate::CoreError;
-use crate::controller::ControllerInner;
-use crate::endpoint::EndpointInner;
 use crate::id;
-use crate::network::{NetworkInner, NetworkPool};
-use crate::options::{EndpointOptions, NetworkOptions, PoolConfig};
-use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord};
-use crate::sandbox::{Joined, SandboxInner, SandboxState};
-use crate::spi::{EndpointSpec, NetworkSpec, RestoredEndpoint, RestoredJoin, SandboxRef};
+use crate::kernel::SandboxNs;
+use crate::model::endpoint::EndpointInner;
+use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
+use crate::model::sandbox::{Joined, SandboxInner, SandboxState};
+use crate::options::{NetworkOptions, PoolConfig};
+use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord, endpoint_key};
+use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef};
+use crate::state::Core;
 use crate::store::{Expect, Txn, Versioned, list_json};
+
+use super::gateway::program;
+use super::join::write_hosts;
 
 /// A sandbox whose namespace could be reopened.
 struct Opened {
     rec: Versioned<SandboxRecord>,
-    ns: NetNs,
-    netlink: Netlink,
+    ns: SandboxNs,
 }
 
-pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> {
-    let store = ctl.store.as_ref();
+pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
+    let store = core.store.as_ref();
     let read = |prefix: &'static str| move |e| CoreError::store("read", prefix, e);
     let nets = list_json::<NetworkRecord>(store, "network/")
         .await
@@ -59,19 +60,44 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
         .map(|(_, v)| (v.value.id.clone(), v))
         .collect();
 
-    // 1. Sandboxes: reopen each namespace by its key.
-    let mut opened: BTreeMap<String, Opened> = BTreeMap::new();
+    let opened = reopen_sandboxes(core, sbs, &mut eps).await?;
+    let (endpoints, kept_by_driver) = restore_networks(core, nets, eps, &opened).await?;
+    crate::crash::point("reload:after-networks");
+    restore_sandboxes(core, opened, &endpoints).await?;
+
+    // The sweep: what no record owns.
+    sweep_run_dir(core).await?;
+    for (name, driver) in core.drivers() {
+        let keep = kept_by_driver.get(&name).cloned().unwrap_or_default();
+        driver
+            .sweep(&keep)
+            .await
+            .map_err(|e| CoreError::driver("sweep after restart", &name, e))?;
+    }
+    crate::crash::point("reload:after-sweep");
+    tracing::info!(
+        networks = core.networks.len(),
+        endpoints = endpoints.len(),
+        sandboxes = core.sandboxes.len(),
+        "state reloaded"
+    );
+    Ok(())
+}
+
+/// Reopens each sandbox's namespace by its key. A record whose namespace is gone (a reboot, or
+/// removed behind our back) is dropped with its endpoints freed, in one transaction.
+async fn reopen_sandboxes(
+    core: &Core,
+    sbs: Vec<(String, Versioned<SandboxRecord>)>,
+    eps: &mut BTreeMap<String, Versioned<EndpointRecord>>,
+) -> Result<BTreeMap<String, Opened>, CoreError> {
+    let mut opened = BTreeMap::new();
     for (key, rec) in sbs {
-        match NetNs::open(&rec.value.key) {
+        match core.kernel.open_netns(&rec.value.key).await {
             Ok(ns) => {
-                let netlink = Netlink::connect(&ns).await.map_err(|e| {
-                    CoreError::sandbox("connect netlink in sandbox", id::short(&rec.value.id), e)
-                })?;
-                opened.insert(rec.value.id.clone(), Opened { rec, ns, netlink });
+                opened.insert(rec.value.id.clone(), Opened { rec, ns });
             }
             Err(e) => {
-                // Its namespace is gone (a reboot, or removed behind our back): so is the
-                // container's network. Drop the record and free its endpoints, in one go.
                 tracing::warn!(sandbox = id::short(&rec.value.id), key = %rec.value.key.display(), error = %e, "sandbox namespace gone: dropping its record");
                 let mut txn = Txn::new().delete(&key, Expect::Version(rec.version));
                 let mut freed = Vec::new();
@@ -79,14 +105,14 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
                     if let Some(ep) = eps.get(&j.endpoint_id) {
                         let mut r = ep.value.clone();
                         r.sandbox_id = None;
-                        let ekey = crate::record::endpoint_key(&r.network_id, &r.id);
+                        let ekey = endpoint_key(&r.network_id, &r.id);
                         txn = txn
                             .put_json(&ekey, &r, Expect::Version(ep.version))
                             .map_err(|e| CoreError::store("encode", &ekey, e))?;
                         freed.push(j.endpoint_id.clone());
                     }
                 }
-                let rev = ctl
+                let rev = core
                     .store
                     .commit(txn)
                     .await
@@ -100,8 +126,23 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             }
         }
     }
+    Ok(opened)
+}
 
-    // 2. Networks, with IPAM rebuilt from the records, handed back to their drivers.
+/// Networks, with IPAM rebuilt from the records, handed back to their drivers. Returns the
+/// endpoints by id, and the networks kept by each driver.
+async fn restore_networks(
+    core: &Arc<Core>,
+    nets: Vec<(String, Versioned<NetworkRecord>)>,
+    eps: BTreeMap<String, Versioned<EndpointRecord>>,
+    opened: &BTreeMap<String, Opened>,
+) -> Result<
+    (
+        HashMap<String, Arc<EndpointInner>>,
+        BTreeMap<String, Vec<String>>,
+    ),
+    CoreError,
+> {
     let mut by_network: HashMap<String, Vec<Versioned<EndpointRecord>>> = HashMap::new();
     for ep in eps.into_values() {
         by_network
@@ -113,116 +154,72 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
     let mut kept_by_driver: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, net) in nets {
         let rec = net.value;
-        let Some(driver) = ctl.drivers.get(&rec.driver).cloned() else {
+        let Ok(driver) = core.driver(&rec.driver) else {
             tracing::warn!(network = %rec.name, driver = %rec.driver, "driver of a recorded network is not linked: network not restored");
             continue;
         };
-        let capability = driver.capability();
-        let v4 = restore_pools(ctl, &rec.ipv4, Family::V4, &rec.name).await?;
-        let v6 = restore_pools(ctl, &rec.ipv6, Family::V6, &rec.name).await?;
-        let options = NetworkOptions {
-            pools: rec
-                .ipv4
-                .iter()
-                .chain(&rec.ipv6)
-                .map(pool_config)
-                .collect::<Result<_, _>>()?,
-            enable_ipv4: rec.enable_ipv4,
-            enable_ipv6: rec.enable_ipv6,
-            internal: rec.internal,
-            labels: rec.labels.clone(),
-            driver_options: rec.driver_options.clone(),
-            ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
-            allow_host_overlap: rec.allow_host_overlap,
-        };
-        let mut spec = NetworkSpec::new(rec.id.clone(), rec.name.clone());
-        spec.ipv4 = v4.iter().filter_map(NetworkPool::ipam_data_v4).collect();
-        spec.ipv6 = v6.iter().filter_map(NetworkPool::ipam_data_v6).collect();
-        spec.enable_ipv4 = rec.enable_ipv4;
-        spec.enable_ipv6 = rec.enable_ipv6;
-        spec.internal = rec.internal;
-        spec.options = rec.driver_options.clone();
-        spec.labels = rec.labels.clone();
-        let inner = Arc::new(NetworkInner::new(
-            rec.id.clone(),
-            rec.name.clone(),
-            rec.driver.clone(),
-            driver.clone(),
-            capability,
+        let options = network_options(&rec)?;
+        let parsed = driver
+            .parse_network_options(&options.driver_keys())
+            .map_err(|e| {
+                CoreError::driver("parse the recorded options of network", &rec.name, e)
+            })?;
+        let parts = NetworkParts {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            driver_name: rec.driver.clone(),
+            capability: driver.capability(),
+            mtu: options.mtu()?,
             options,
-            v4,
-            v6,
-            net.version,
-            rec.created,
-        ));
+            parsed,
+            pools_v4: restore_pools(core, &rec.ipv4, Family::V4, &rec.name).await?,
+            pools_v6: restore_pools(core, &rec.ipv6, Family::V6, &rec.name).await?,
+            created: rec.created,
+        };
+        let spec = parts.spec();
+        let net = Arc::new(parts.build(net.version));
         let mut restored = Vec::new();
         let mut live = Vec::new();
         for ep in by_network.remove(&rec.id).unwrap_or_default() {
-            let r = &ep.value;
-            if capability.needs_addresses {
-                for (addr, pool) in r
-                    .ipv4
-                    .iter()
-                    .map(|(a, p)| (IpAddr::V4(a.addr()), p))
-                    .chain(r.ipv6.iter().map(|(a, p)| (IpAddr::V6(a.addr()), p)))
-                {
-                    ctl.ipam
-                        .request_address(pool, AddressRequest::Specific(addr))
-                        .await
-                        .map_err(|e| CoreError::ipam("restore address of endpoint", &r.name, e))?;
-                }
-            }
-            let spec = EndpointSpec {
-                network_id: rec.id.clone(),
-                endpoint_id: r.id.clone(),
-                name: r.name.clone(),
-                ipv4: r.ipv4.as_ref().map(|(a, _)| *a),
-                ipv6: r.ipv6.as_ref().map(|(a, _)| *a),
-                mac: r.mac,
-                options: r.driver_options.clone(),
-            };
-            let joined = r.sandbox_id.as_ref().and_then(|sid| {
-                let sb = opened.get(sid)?;
+            let r = ep.value;
+            let ep_inner = restore_endpoint(core, &net, r, ep.version).await?;
+            let joined = ep_inner.state().sandbox.clone().and_then(|sid| {
+                let sb = opened.get(&sid)?;
                 let j = sb
                     .rec
                     .value
                     .endpoints
                     .iter()
-                    .find(|j| j.endpoint_id == r.id)?;
+                    .find(|j| j.endpoint_id == ep_inner.id)?;
                 let ifname = j.requested.clone().or_else(|| j.ifname.clone())?;
                 Some(RestoredJoin::new(
                     SandboxRef {
-                        id: sid.clone(),
-                        key: sb.rec.value.key.clone(),
-                        ns: sb.ns.clone(),
-                        netlink: sb.netlink.clone(),
+                        id: sid,
+                        key: sb.ns.key.clone(),
+                        ns: sb.ns.ns.clone(),
+                        netlink: sb.ns.netlink.clone(),
                     },
                     ifname,
                 ))
             });
-            restored.push(RestoredEndpoint::new(spec, joined));
-            let options = EndpointOptions {
-                mac: r.mac,
-                dns_names: r.dns_names.clone(),
-                aliases: r.aliases.clone(),
-                exposed_ports: r.exposed_ports.clone(),
-                port_bindings: r.port_bindings.clone(),
-                driver_options: r.driver_options.clone(),
-                ..EndpointOptions::default()
-            };
-            let sandbox_id = r.sandbox_id.clone().filter(|s| opened.contains_key(s));
-            let ep_inner = Arc::new(EndpointInner::new(
-                r.id.clone(),
-                r.name.clone(),
-                inner.clone(),
-                r.ipv4.clone(),
-                r.ipv6.clone(),
-                r.mac,
-                options,
-                r.clone(),
-                ep.version,
+            // A record joined to a sandbox that was not reopened is free.
+            let joined_to = ep_inner.state().sandbox.clone();
+            if joined_to.is_some_and(|s| !opened.contains_key(&s)) {
+                ep_inner.state().sandbox = None;
+            }
+            restored.push(RestoredEndpoint::new(
+                EndpointSpec {
+                    network_id: rec.id.clone(),
+                    endpoint_id: ep_inner.id.clone(),
+                    name: ep_inner.name.clone(),
+                    ipv4: ep_inner.ipv4.as_ref().map(|a| a.addr),
+                    ipv6: ep_inner.ipv6.as_ref().map(|a| a.addr),
+                    mac: ep_inner.mac,
+                    options: ep_inner.options.driver_options.clone(),
+                    parsed: ep_inner.parsed.clone(),
+                },
+                joined,
             ));
-            ep_inner.state.lock().await.sandbox = sandbox_id;
             live.push(ep_inner);
         }
         driver
@@ -230,9 +227,10 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             .await
             .map_err(|e| CoreError::driver("restore network", &rec.name, e))?;
         {
-            let mut st = inner.state();
+            let mut st = net.state();
             for ep in &live {
-                st.endpoints.insert(ep.name.clone(), Some(ep.clone()));
+                st.endpoints
+                    .insert(ep.name.clone(), Some(Arc::downgrade(ep)));
                 if let Some(mac) = ep.mac
                     && let Err(e) = st.claim_mac(mac, &ep.name, &rec.name)
                 {
@@ -242,14 +240,15 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             }
         }
         for ep in live {
+            core.endpoints.insert(ep.id.clone(), ep.clone());
             endpoints.insert(ep.id.clone(), ep);
         }
-        if capability.singleton {
-            ctl.singletons.insert(rec.driver.clone(), rec.name.clone());
+        if net.capability.singleton {
+            core.singletons.insert(rec.driver.clone(), rec.name.clone());
         }
-        ctl.network_names
+        core.network_names
             .insert(rec.name.clone(), Some(rec.id.clone()));
-        ctl.networks.insert(rec.id.clone(), inner);
+        core.networks.insert(rec.id.clone(), net);
         kept_by_driver
             .entry(rec.driver.clone())
             .or_default()
@@ -263,9 +262,63 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             "endpoint records of a network without a record: ignored"
         );
     }
-    crate::crash::point("reload:after-networks");
+    Ok((endpoints, kept_by_driver))
+}
 
-    // 3. Sandboxes: joins, default route and published ports of the gateway endpoint, files.
+/// The options a network was created with, from its record.
+fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
+    Ok(NetworkOptions {
+        pools: rec
+            .ipv4
+            .iter()
+            .chain(&rec.ipv6)
+            .map(pool_config)
+            .collect::<Result<_, _>>()?,
+        enable_ipv4: rec.enable_ipv4,
+        enable_ipv6: rec.enable_ipv6,
+        internal: rec.internal,
+        labels: rec.labels.clone(),
+        driver_options: rec.driver_options.clone(),
+        ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
+        allow_host_overlap: rec.allow_host_overlap,
+    })
+}
+
+/// An endpoint from its record: addresses held in IPAM again, options as the user gave them,
+/// the driver's options parsed once.
+async fn restore_endpoint(
+    core: &Core,
+    net: &Arc<NetworkInner>,
+    r: EndpointRecord,
+    version: u64,
+) -> Result<Arc<EndpointInner>, CoreError> {
+    let driver = core.driver_of(net)?;
+    let parsed = driver
+        .parse_endpoint_options(&r.driver_options)
+        .map_err(|e| CoreError::driver("parse the recorded options of endpoint", &r.name, e))?;
+    let options = r.options();
+    let ep = Arc::new(EndpointInner::from_record(
+        r,
+        net.clone(),
+        options,
+        parsed,
+        version,
+    ));
+    for (addr, pool) in ep.reserved() {
+        core.ipam
+            .request_address(pool, AddressRequest::Specific(addr))
+            .await
+            .map_err(|e| CoreError::ipam("restore address of endpoint", &ep.name, e))?;
+    }
+    Ok(ep)
+}
+
+/// Sandboxes: joins, default route and published ports of the gateway endpoint, files.
+async fn restore_sandboxes(
+    core: &Arc<Core>,
+    opened: BTreeMap<String, Opened>,
+    endpoints: &HashMap<String, Arc<EndpointInner>>,
+) -> Result<(), CoreError> {
     for (sid, o) in opened {
         let rec = o.rec.value;
         let mut joined = Vec::new();
@@ -279,9 +332,9 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
                 continue;
             };
             let index = match &j.ifname {
-                Some(name) => o
-                    .netlink
-                    .link(name.as_str())
+                Some(name) => core
+                    .kernel
+                    .interface_index(&o.ns, name)
                     .await
                     .map_err(|e| {
                         CoreError::sandbox(
@@ -289,8 +342,7 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
                             format!("{name} in sandbox {}", id::short(&sid)),
                             e,
                         )
-                    })?
-                    .map(|l| l.index),
+                    })?,
                 None => None,
             };
             if j.ifname.is_some() && index.is_none() {
@@ -298,70 +350,54 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             }
             joined.push(Joined::from_record(ep.clone(), j, index));
         }
-        let dir = ctl.run_dir.join("sandboxes").join(&sid);
-        let sb = Arc::new(SandboxInner {
-            id: sid.clone(),
-            container_id: rec.container_id.clone(),
-            key: rec.key.clone(),
-            dir: dir.clone(),
-            ns: o.ns,
-            netlink: o.netlink,
-            options: rec.options.clone(),
-            state: tokio::sync::Mutex::new(SandboxState {
+        let dir = core.run_dir.join("sandboxes").join(&sid);
+        let sb = Arc::new(SandboxInner::new(
+            sid.clone(),
+            rec.container_id.clone(),
+            dir.clone(),
+            o.ns,
+            rec.options.clone(),
+            SandboxState {
                 joined: Vec::new(),
                 gateway: rec.gateway_endpoint.clone(),
                 deleted: false,
                 version: o.rec.version,
-            }),
-        });
+            },
+        ));
         if let Some(gw) = &rec.gateway_endpoint
             && let Some(j) = joined.iter_mut().find(|j| &j.ep.id == gw)
         {
-            restore_gateway(&sb, j).await?;
+            restore_gateway(core, &sb, j).await?;
         }
-        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            return Err(CoreError::io("create directory", dir.display(), e));
-        }
-        sb.write_hosts(&joined)?;
-        if !sb.resolv_conf_path().exists() {
-            let host = ctl.host_resolv_conf().await?;
-            let path = sb.resolv_conf_path();
-            crate::sandbox::container_resolv_conf(&host, &sb.options)
-                .write(&path)
+        // The directory may be gone (a reboot keeps no run dir, a crash may have left it
+        // half-made): made again, the hosts file rewritten, resolv.conf written if missing.
+        let host = core
+            .kernel
+            .prepare_dir(&dir, &core.resolv_conf)
+            .await
+            .map_err(|e| CoreError::sandbox("prepare the files of sandbox", id::short(&sid), e))?;
+        write_hosts(core, &sb, &joined)?;
+        let path = sb.resolv_conf_path();
+        if !core.kernel.file_exists(&path) {
+            core.kernel
+                .write_resolv_conf(&path, &sb.resolv_conf(&host))
                 .map_err(|e| {
                     CoreError::sandbox("write resolv.conf", path.display().to_string(), e)
                 })?;
         }
-        sb.state.lock().await.joined = joined;
-        ctl.containers.insert(
+        sb.state().joined = joined;
+        core.containers.insert(
             rec.container_id.clone(),
             Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),
         );
-        ctl.sandboxes.insert(sid, sb);
+        core.sandboxes.insert(sid, sb);
     }
-
-    // 4. The sweep: what no record owns.
-    sweep_run_dir(ctl).await?;
-    for (name, driver) in &ctl.drivers {
-        let keep = kept_by_driver.get(name).cloned().unwrap_or_default();
-        driver
-            .sweep(&keep)
-            .await
-            .map_err(|e| CoreError::driver("sweep after restart", name, e))?;
-    }
-    crate::crash::point("reload:after-sweep");
-    tracing::info!(
-        networks = ctl.networks.len(),
-        endpoints = endpoints.len(),
-        sandboxes = ctl.sandboxes.len(),
-        "state reloaded"
-    );
     Ok(())
 }
 
 /// Re-reserves a network's pools and gateways in IPAM, as recorded.
 async fn restore_pools(
-    ctl: &ControllerInner,
+    core: &Core,
     pools: &[PoolAllocation],
     family: Family,
     network: &str,
@@ -373,7 +409,7 @@ async fn restore_pools(
         req.ip_range = p.pool_id.range();
         req.gateway = p.gateway.map(|g| g.addr());
         req.aux_addresses = p.aux_addresses.values().copied().collect();
-        let pool = ctl
+        let pool = core
             .ipam
             .request_pool(&req)
             .await
@@ -386,17 +422,12 @@ async fn restore_pools(
             ));
         }
         if let Some(gw) = p.gateway {
-            ctl.ipam
+            core.ipam
                 .request_address(&pool.id, AddressRequest::Specific(gw.addr()))
                 .await
                 .map_err(|e| CoreError::ipam("restore gateway of network", network, e))?;
         }
-        out.push(NetworkPool {
-            pool_id: p.pool_id.clone(),
-            subnet: p.subnet,
-            gateway: p.gateway,
-            aux_addresses: p.aux_addresses.clone(),
-        });
+        out.push(NetworkPool::from_record(p));
     }
     Ok(out)
 }
@@ -417,9 +448,13 @@ fn pool_config(p: &PoolAllocation) -> Result<PoolConfig, CoreError> {
 
 /// The gateway endpoint's default route (added unless there) and published ports (as they
 /// were, host ports included; as requested when none were recorded).
-async fn restore_gateway(sb: &Arc<SandboxInner>, j: &mut Joined) -> Result<(), CoreError> {
+async fn restore_gateway(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    j: &mut Joined,
+) -> Result<(), CoreError> {
     for route in j.default_routes() {
-        match sb.netlink.add_route(&route).await {
+        match core.kernel.add_route(&sb.ns, &route).await {
             Ok(()) => {}
             Err(e) if e.kind() == cnm_types::ErrorKind::AlreadyExists => {}
             Err(e) => {
@@ -437,12 +472,7 @@ async fn restore_gateway(sb: &Arc<SandboxInner>, j: &mut Joined) -> Result<(), C
         j.published.clone()
     };
     if !bindings.is_empty() {
-        let net = &j.ep.network;
-        j.published = net
-            .driver
-            .program_external_connectivity(&net.id, &j.ep.id, &bindings)
-            .await
-            .map_err(|e| CoreError::driver("publish ports again of endpoint", &j.ep.name, e))?;
+        j.published = program(core, j, &bindings, "publish ports again of endpoint").await?;
     }
     Ok(())
 }
@@ -450,52 +480,32 @@ async fn restore_gateway(sb: &Arc<SandboxInner>, j: &mut Joined) -> Result<(), C
 /// Removes namespaces under `run_dir/netns` and directories under `run_dir/sandboxes` that no
 /// sandbox owns: left by a crash between creating them and writing the record, or between
 /// deleting the record and them.
-async fn sweep_run_dir(ctl: &ControllerInner) -> Result<(), CoreError> {
-    let owned: BTreeSet<String> = ctl.sandboxes.iter().map(|s| s.id.clone()).collect();
-    let netns_dir = ctl.run_dir.join("netns");
-    for name in dir_names(&netns_dir).await? {
-        if owned.contains(&name) {
-            continue;
-        }
+async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
+    let owned: BTreeSet<String> = core.sandboxes.iter().map(|s| s.id.clone()).collect();
+    let list = |dir: std::path::PathBuf| async move {
+        core.kernel
+            .list_dir(&dir)
+            .await
+            .map(|names| (dir.clone(), names))
+            .map_err(|e| CoreError::sandbox("read directory", dir.display().to_string(), e))
+    };
+    let (netns_dir, names) = list(core.run_dir.join("netns")).await?;
+    for name in names.into_iter().filter(|n| !owned.contains(n)) {
         let path = netns_dir.join(&name);
         tracing::info!(path = %path.display(), "removing a namespace no sandbox owns");
-        NetNs::delete(&path)
+        core.kernel
+            .delete_netns(&path)
             .await
             .map_err(|e| CoreError::sandbox("delete netns", path.display().to_string(), e))?;
     }
-    let sb_dir = ctl.run_dir.join("sandboxes");
-    for name in dir_names(&sb_dir).await? {
-        if owned.contains(&name) {
-            continue;
-        }
+    let (sb_dir, names) = list(core.run_dir.join("sandboxes")).await?;
+    for name in names.into_iter().filter(|n| !owned.contains(n)) {
         let path = sb_dir.join(&name);
         tracing::info!(path = %path.display(), "removing a sandbox directory no sandbox owns");
-        match tokio::fs::remove_dir_all(&path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CoreError::io("remove directory", path.display(), e));
-            }
-            _ => {}
-        }
+        core.kernel
+            .remove_dir(&path)
+            .await
+            .map_err(|e| CoreError::sandbox("remove directory", path.display().to_string(), e))?;
     }
     Ok(())
-}
-
-/// The entry names of a directory (none when it does not exist).
-async fn dir_names(dir: &Path) -> Result<Vec<String>, CoreError> {
-    let mut out = Vec::new();
-    let mut rd = match tokio::fs::read_dir(dir).await {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(CoreError::io("read directory", dir.display(), e)),
-    };
-    while let Some(entry) = rd
-        .next_entry()
-        .await
-        .map_err(|e| CoreError::io("read directory", dir.display(), e))?
-    {
-        if let Some(name) = entry.file_name().to_str() {
-            out.push(name.to_owned());
-        }
-    }
-    Ok(out)
 }

@@ -19,7 +19,7 @@ use crate::ops::{self, run_op};
 use crate::options::{JoinOption, JoinOptions, NetworkOptions};
 use crate::sandbox::Sandbox;
 use crate::spi::{Driver, DriverContext, DriverError, DriverOptions, DriverRegistration};
-use crate::state::{Core, CoreParts};
+use crate::state::Core;
 use crate::store::{DefaultStore, MemoryStore, Store};
 
 /// The default run dir (netns bind mounts, sandbox files).
@@ -191,16 +191,14 @@ impl ControllerBuilder {
             )))
         });
         let host_ns = kernel.host_ns().clone();
-        let core = Arc::new(Core::new(CoreParts {
+        let core = Arc::new(Core::new(
             kernel,
-            run_dir: self.run_dir.clone(),
-            state_dir: self.state_dir.clone(),
-            resolv_conf: self.resolv_conf,
+            ctx,
+            self.resolv_conf,
             store,
             ipam,
-            driver_context: ctx,
             drivers,
-        }));
+        ));
         ops::reload::reload(&core).await?;
         tracing::info!(drivers = ?core.driver_names(), "controller built");
         Ok(Controller {
@@ -430,18 +428,27 @@ impl Controller {
         Ok(self.core()?.ipam.clone())
     }
 
-    /// Every network, sorted by name (none after shutdown).
-    pub fn networks(&self) -> Vec<Network> {
+    /// Handles on every object of one of the core's maps, sorted by `key`.
+    fn all<T, H>(
+        &self,
+        map: impl Fn(&Core) -> &dashmap::DashMap<String, Arc<T>>,
+        handle: fn(crate::state::CoreRef, Arc<T>) -> H,
+        key: fn(&H) -> &str,
+    ) -> Vec<H> {
         let Ok(core) = self.core() else {
             return Vec::new();
         };
-        let mut v: Vec<Network> = core
-            .networks
+        let mut v: Vec<H> = map(&core)
             .iter()
-            .map(|e| Network::new(Arc::downgrade(&core), e.value().clone()))
+            .map(|e| handle(Arc::downgrade(&core), e.value().clone()))
             .collect();
-        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v.sort_by(|a, b| key(a).cmp(key(b)));
         v
+    }
+
+    /// Every network, sorted by name (none after shutdown).
+    pub fn networks(&self) -> Vec<Network> {
+        self.all(|c| &c.networks, Network::new, Network::name)
     }
 
     /// The network with this full id, name, or unique id prefix (in that order, as Docker).
@@ -518,16 +525,7 @@ impl Controller {
 
     /// Every sandbox, sorted by container id (none after shutdown).
     pub fn sandboxes(&self) -> Vec<Sandbox> {
-        let Ok(core) = self.core() else {
-            return Vec::new();
-        };
-        let mut v: Vec<Sandbox> = core
-            .sandboxes
-            .iter()
-            .map(|e| Sandbox::new(Arc::downgrade(&core), e.value().clone()))
-            .collect();
-        v.sort_by(|a, b| a.container_id().cmp(b.container_id()));
-        v
+        self.all(|c| &c.sandboxes, Sandbox::new, Sandbox::container_id)
     }
 }
 

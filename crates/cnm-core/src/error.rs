@@ -277,7 +277,7 @@ pub enum CoreError {
     },
     /// An operation failed and undoing its partial effects failed too: the first cause is the
     /// source, every cleanup error is listed.
-    #[error("{source}; cleanup also failed: {}", CleanupList(.cleanup))]
+    #[error("{source}; cleanup also failed: {}", cnm_types::ErrorList(.cleanup))]
     Cleanup {
         /// The first error, which made the operation fail.
         #[source]
@@ -285,20 +285,6 @@ pub enum CoreError {
         /// Every error met while undoing.
         cleanup: Vec<CoreError>,
     },
-}
-
-struct CleanupList<'a>(&'a [CoreError]);
-
-impl fmt::Display for CleanupList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 impl CoreError {

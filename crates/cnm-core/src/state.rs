@@ -67,29 +67,25 @@ impl fmt::Debug for Core {
     }
 }
 
-/// The configuration a core is built from.
-pub(crate) struct CoreParts {
-    pub(crate) kernel: Arc<dyn Kernel>,
-    pub(crate) run_dir: PathBuf,
-    pub(crate) state_dir: PathBuf,
-    pub(crate) resolv_conf: PathBuf,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) ipam: Arc<dyn Ipam>,
-    pub(crate) driver_context: DriverContext,
-    pub(crate) drivers: BTreeMap<String, Arc<dyn Driver>>,
-}
-
 impl Core {
-    pub(crate) fn new(parts: CoreParts) -> Self {
+    /// A core with no object yet; its directories are the drivers' context's.
+    pub(crate) fn new(
+        kernel: Arc<dyn Kernel>,
+        driver_context: DriverContext,
+        resolv_conf: PathBuf,
+        store: Arc<dyn Store>,
+        ipam: Arc<dyn Ipam>,
+        drivers: BTreeMap<String, Arc<dyn Driver>>,
+    ) -> Self {
         Self {
-            kernel: parts.kernel,
-            run_dir: parts.run_dir,
-            state_dir: parts.state_dir,
-            resolv_conf: parts.resolv_conf,
-            store: parts.store,
-            ipam: parts.ipam,
-            driver_context: parts.driver_context,
-            drivers: RwLock::new(parts.drivers),
+            kernel,
+            run_dir: driver_context.run_dir.clone(),
+            state_dir: driver_context.state_dir.clone(),
+            resolv_conf,
+            store,
+            ipam,
+            driver_context,
+            drivers: RwLock::new(drivers),
             networks: DashMap::new(),
             network_names: DashMap::new(),
             singletons: DashMap::new(),

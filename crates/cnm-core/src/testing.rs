@@ -42,6 +42,80 @@ fn errno(op: &'static str, object: impl fmt::Display, errno: i32) -> SandboxErro
 }
 
 // ---------------------------------------------------------------------------------------------
+// Failure injection and call counts, for both fakes
+
+/// The steps of a fake that were called, and the one to fail next.
+pub struct Faults<S> {
+    inner: Mutex<FaultsInner<S>>,
+}
+
+struct FaultsInner<S> {
+    /// The step to fail, and how many calls of it to let through first.
+    fail: Option<(S, usize)>,
+    calls: BTreeMap<S, usize>,
+}
+
+impl<S> Default for Faults<S> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(FaultsInner {
+                fail: None,
+                calls: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+impl<S: Copy + Ord + fmt::Debug> Faults<S> {
+    /// Fails the next call of `step`, once.
+    pub fn fail_next(&self, step: S) {
+        self.fail_nth(step, 0);
+    }
+
+    /// Fails the call of `step` after `skip` more have succeeded, once.
+    pub fn fail_nth(&self, step: S, skip: usize) {
+        lock(&self.inner).fail = Some((step, skip));
+    }
+
+    /// Whether an armed failure is still pending (its step was not reached).
+    pub fn pending(&self) -> bool {
+        lock(&self.inner).fail.is_some()
+    }
+
+    /// Forgets an armed failure.
+    pub fn disarm(&self) {
+        lock(&self.inner).fail = None;
+    }
+
+    /// How many times each step was called.
+    pub fn calls(&self) -> BTreeMap<S, usize> {
+        lock(&self.inner).calls.clone()
+    }
+
+    /// Forgets the call counts.
+    pub fn reset_calls(&self) {
+        lock(&self.inner).calls.clear();
+    }
+
+    /// Counts a call of `step`; true when it must fail.
+    fn enter(&self, step: S) -> bool {
+        let mut inner = lock(&self.inner);
+        *inner.calls.entry(step).or_default() += 1;
+        match &mut inner.fail {
+            Some((s, 0)) if *s == step => {
+                inner.fail = None;
+                true
+            }
+            Some((s, skip)) if *s == step => {
+                *skip -= 1;
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The kernel
 
 /// A method of the [`Kernel`] seam, for failure injection and call counts.
@@ -149,9 +223,6 @@ pub struct KernelState {
 struct KernelInner {
     state: KernelState,
     next_index: u32,
-    /// The step to fail, and how many calls of it to let through first.
-    fail: Option<(KernelStep, usize)>,
-    calls: BTreeMap<KernelStep, usize>,
 }
 
 /// A kernel in memory. See the [module](self) documentation.
@@ -159,6 +230,7 @@ pub struct FakeKernel {
     host_ns: NetNs,
     host_netlink: Netlink,
     inner: Mutex<KernelInner>,
+    faults: Faults<KernelStep>,
 }
 
 impl fmt::Debug for FakeKernel {
@@ -181,6 +253,7 @@ impl FakeKernel {
                 next_index: 2,
                 ..KernelInner::default()
             }),
+            faults: Faults::default(),
         }))
     }
 
@@ -198,34 +271,9 @@ impl FakeKernel {
         lock(&self.inner).state.clone()
     }
 
-    /// Fails the next call of `step` (with EIO), once.
-    pub fn fail_next(&self, step: KernelStep) {
-        self.fail_nth(step, 0);
-    }
-
-    /// Fails the call of `step` after `skip` more have succeeded, once.
-    pub fn fail_nth(&self, step: KernelStep, skip: usize) {
-        lock(&self.inner).fail = Some((step, skip));
-    }
-
-    /// Whether an armed failure is still pending.
-    pub fn failure_pending(&self) -> bool {
-        lock(&self.inner).fail.is_some()
-    }
-
-    /// Forgets an armed failure.
-    pub fn disarm(&self) {
-        lock(&self.inner).fail = None;
-    }
-
-    /// How many times each step was called.
-    pub fn calls(&self) -> BTreeMap<KernelStep, usize> {
-        lock(&self.inner).calls.clone()
-    }
-
-    /// Forgets the call counts.
-    pub fn reset_calls(&self) {
-        lock(&self.inner).calls.clear();
+    /// The failures armed and the calls counted (a step that fails answers EIO).
+    pub fn faults(&self) -> &Faults<KernelStep> {
+        &self.faults
     }
 
     /// Creates an interface (down, no address) in the namespace at `key`, or the host's with
@@ -284,23 +332,14 @@ impl FakeKernel {
 
     /// Counts a call of `step`, failing it if armed.
     fn enter(&self, step: KernelStep, object: impl fmt::Display) -> Result<(), SandboxError> {
-        let mut inner = lock(&self.inner);
-        *inner.calls.entry(step).or_default() += 1;
-        match &mut inner.fail {
-            Some((s, 0)) if *s == step => {
-                inner.fail = None;
-                Err(SandboxError::Kernel {
-                    op: "fail on purpose in the fake kernel:",
-                    object: format!("{step:?} {object}"),
-                    source: std::io::Error::from_raw_os_error(libc::EIO),
-                })
-            }
-            Some((s, skip)) if *s == step => {
-                *skip -= 1;
-                Ok(())
-            }
-            _ => Ok(()),
+        if self.faults.enter(step) {
+            return Err(SandboxError::Kernel {
+                op: "fail on purpose in the fake kernel:",
+                object: format!("{step:?} {object}"),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
         }
+        Ok(())
     }
 
     fn with_ns<T>(
@@ -716,8 +755,6 @@ pub struct DriverState {
 #[derive(Default)]
 struct DriverInner {
     state: DriverState,
-    fail: Option<(DriverStep, usize)>,
-    calls: BTreeMap<DriverStep, usize>,
     /// Whether every call about an object got its parsed options back.
     parsed_seen: Vec<bool>,
 }
@@ -731,6 +768,7 @@ pub struct FakeDriver {
     /// Addresses `create_endpoint` gives, for families the controller assigned none in.
     gives: (Option<Ipv4Net>, Option<Ipv6Net>),
     inner: Mutex<DriverInner>,
+    faults: Faults<DriverStep>,
 }
 
 impl fmt::Debug for FakeDriver {
@@ -757,6 +795,7 @@ impl FakeDriver {
             kernel,
             gives: (None, None),
             inner: Mutex::new(DriverInner::default()),
+            faults: Faults::default(),
         }
     }
 
@@ -783,29 +822,9 @@ impl FakeDriver {
         lock(&self.inner).state.clone()
     }
 
-    /// Fails the next call of `step`, once.
-    pub fn fail_next(&self, step: DriverStep) {
-        self.fail_nth(step, 0);
-    }
-
-    /// Fails the call of `step` after `skip` more have succeeded, once.
-    pub fn fail_nth(&self, step: DriverStep, skip: usize) {
-        lock(&self.inner).fail = Some((step, skip));
-    }
-
-    /// Whether an armed failure is still pending.
-    pub fn failure_pending(&self) -> bool {
-        lock(&self.inner).fail.is_some()
-    }
-
-    /// Forgets an armed failure.
-    pub fn disarm(&self) {
-        lock(&self.inner).fail = None;
-    }
-
-    /// How many times each step was called.
-    pub fn calls(&self) -> BTreeMap<DriverStep, usize> {
-        lock(&self.inner).calls.clone()
+    /// The failures armed and the calls counted.
+    pub fn faults(&self) -> &Faults<DriverStep> {
+        &self.faults
     }
 
     /// Whether every call about a network or endpoint with options got them parsed.
@@ -814,23 +833,14 @@ impl FakeDriver {
     }
 
     fn enter(&self, step: DriverStep) -> Result<(), DriverError> {
-        let mut inner = lock(&self.inner);
-        *inner.calls.entry(step).or_default() += 1;
-        match &mut inner.fail {
-            Some((s, 0)) if *s == step => {
-                inner.fail = None;
-                Err(DriverError::new(
-                    &self.name,
-                    ErrorKind::Internal,
-                    format!("{step:?} fails on purpose"),
-                ))
-            }
-            Some((s, skip)) if *s == step => {
-                *skip -= 1;
-                Ok(())
-            }
-            _ => Ok(()),
+        if self.faults.enter(step) {
+            return Err(DriverError::new(
+                &self.name,
+                ErrorKind::Internal,
+                format!("{step:?} fails on purpose"),
+            ));
         }
+        Ok(())
     }
 
     /// Notes whether raw options came back parsed.

@@ -1,6 +1,5 @@
 //! The one error type of the bridge driver.
 
-use std::fmt;
 use std::io;
 
 use cnm_core::spi::DriverError;
@@ -166,7 +165,7 @@ pub enum BridgeError {
     #[error("injected failure at {0}")]
     Injected(FaultPoint),
     /// An operation failed and undoing its partial effects failed too.
-    #[error("{primary}; cleanup also failed: {}", Cleanup(cleanup))]
+    #[error("{primary}; cleanup also failed: {}", cnm_types::ErrorList(cleanup))]
     WithCleanup {
         /// The first error, which decides the kind.
         #[source]
@@ -174,20 +173,6 @@ pub enum BridgeError {
         /// Every cleanup error, in the order they happened.
         cleanup: Vec<BridgeError>,
     },
-}
-
-struct Cleanup<'a>(&'a [BridgeError]);
-
-impl fmt::Display for Cleanup<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 impl BridgeError {

@@ -557,18 +557,8 @@ impl BridgeDriver {
             // turns IPv6 on for an IPv6 endpoint's interface. That saved a thread per join.
             fault_point!(self, JoinSysctlsSet);
 
-            let index = req
-                .sandbox
-                .netlink
-                .link(req.ifname.as_str())
-                .await
-                .map_err(|e| {
-                    BridgeError::kernel(
-                        "look up",
-                        format!("{} in {}", req.ifname, req.sandbox.ns),
-                        e,
-                    )
-                })?
+            let index = sandbox_link(&req.sandbox, &req.ifname)
+                .await?
                 .map(|l| l.index);
             fault_point!(self, JoinInterfaceFound);
             Ok(JoinedInterface::InSandbox { index })
@@ -778,6 +768,18 @@ pub(crate) async fn delete_link_by_name(netlink: &Netlink, name: &str) -> Result
         .await
         .map(drop)
         .map_err(|e| BridgeError::kernel("delete link", name, e))
+}
+
+/// The link called `name` in a sandbox, if there is one.
+pub(crate) async fn sandbox_link(
+    sandbox: &cnm_core::spi::SandboxRef,
+    name: &IfName,
+) -> Result<Option<cnm_sandbox::Link>, BridgeError> {
+    sandbox
+        .netlink
+        .link(name.as_str())
+        .await
+        .map_err(|e| BridgeError::kernel("look up", format!("{name} in {}", sandbox.ns), e))
 }
 
 /// `veth` and 7 random hex digits, as Docker names host-side veths.

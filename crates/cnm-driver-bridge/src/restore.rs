@@ -81,18 +81,8 @@ impl BridgeDriver {
                 // The MAC the container's interface carries: the record's, else the kernel's.
                 let mac = match s.mac {
                     Some(m) => Some(m),
-                    None => join
-                        .sandbox
-                        .netlink
-                        .link(join.ifname.as_str())
-                        .await
-                        .map_err(|e| {
-                            BridgeError::kernel(
-                                "look up",
-                                format!("{} in {}", join.ifname, join.sandbox.ns),
-                                e,
-                            )
-                        })?
+                    None => crate::sandbox_link(&join.sandbox, &join.ifname)
+                        .await?
                         .and_then(|l| l.mac),
                 };
                 match mac {

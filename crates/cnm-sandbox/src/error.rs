@@ -51,7 +51,7 @@ pub enum SandboxError {
     },
     /// An operation failed and undoing its partial effects failed too: the first cause is the
     /// source, every cleanup failure is listed.
-    #[error("{source}; cleanup also failed: {}", CleanupList(.cleanup))]
+    #[error("{source}; cleanup also failed: {}", cnm_types::ErrorList(.cleanup))]
     Cleanup {
         /// The error that made the operation fail.
         #[source]
@@ -67,20 +67,6 @@ pub enum SandboxError {
         /// The object (namespace) it was done to.
         object: String,
     },
-}
-
-struct CleanupList<'a>(&'a [SandboxError]);
-
-impl std::fmt::Display for CleanupList<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 impl SandboxError {

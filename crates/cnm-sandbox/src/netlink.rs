@@ -274,6 +274,20 @@ impl Netlink {
         Ok(out)
     }
 
+    /// A dump: every reply `parse` keeps, in order; a failure names `op` and the namespace.
+    async fn dump<T>(
+        &self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        parse: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, SandboxError> {
+        let replies = self
+            .request(msg, NLM_F_DUMP)
+            .await
+            .map_err(|e| SandboxError::kernel(op, self.ns.to_string(), e))?;
+        Ok(replies.into_iter().filter_map(parse).collect())
+    }
+
     /// A change acknowledged by the kernel.
     async fn change(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.request(msg, NLM_F_ACK | flags).await.map(drop)
@@ -399,20 +413,12 @@ impl Netlink {
 
     /// All links.
     pub async fn links(&self) -> Result<Vec<Link>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list links", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                _ => None,
-            })
-            .collect())
+        let msg = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump("list links", msg, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+            _ => None,
+        })
+        .await
     }
 
     /// Deletes a link (for a veth, both ends go).
@@ -732,21 +738,14 @@ impl Netlink {
 
     /// Addresses of one link, or of all links with `None`.
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list addresses", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => parse_address(&a),
-                _ => None,
-            })
-            .filter(|a| index.is_none_or(|i| a.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.dump("list addresses", msg, |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => {
+                parse_address(&a).filter(|a| index.is_none_or(|i| a.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 
     // ---- routes ----
@@ -783,17 +782,12 @@ impl Netlink {
             IpFamily::V4 => AddressFamily::Inet,
             IpFamily::V6 => AddressFamily::Inet6,
         };
-        let replies = self
-            .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
-            .await
-            .map_err(|e| SandboxError::kernel("list routes", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
-                _ => None,
-            })
-            .collect())
+        let msg = RouteNetlinkMessage::GetRoute(msg);
+        self.dump("list routes", msg, |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
+            _ => None,
+        })
+        .await
     }
 
     // ---- neighbours and FDB ----
@@ -830,21 +824,14 @@ impl Netlink {
 
     /// Neighbour (ARP/NDP) entries of one link, or of all links with `None`.
     pub async fn neighbours(&self, index: Option<u32>) -> Result<Vec<Neighbour>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list neighbours", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
-                _ => None,
-            })
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
+        self.dump("list neighbours", msg, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                parse_neighbour(&n).filter(|n| index.is_none_or(|i| n.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// Adds a permanent FDB entry on the device itself (`bridge fdb add … self permanent`); for
@@ -884,18 +871,14 @@ impl Netlink {
     pub async fn fdb(&self, index: Option<u32>) -> Result<Vec<FdbEntry>, SandboxError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
-        let replies = self
-            .request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)
-            .await
-            .map_err(|e| SandboxError::kernel("list fdb entries", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n),
-                _ => None,
-            })
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetNeighbour(msg);
+        self.dump("list fdb entries", msg, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                parse_fdb(&n).filter(|n| index.is_none_or(|i| n.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 }
 

@@ -84,6 +84,22 @@ impl ErrorKind {
     }
 }
 
+/// Errors shown one after the other, separated by `; `: how every crate's error lists the
+/// cleanup failures it carries ("…; cleanup also failed: a; b").
+pub struct ErrorList<'a, E>(pub &'a [E]);
+
+impl<E: fmt::Display> fmt::Display for ErrorList<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A Linux interface name: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

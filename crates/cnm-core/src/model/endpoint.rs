@@ -23,6 +23,18 @@ pub(crate) struct Assigned<N> {
 }
 
 impl<N: Copy + Into<IpNet>> Assigned<N> {
+    /// The address a record keeps: held in a pool, or outside every pool.
+    fn from_record(pooled: &Option<(N, PoolId)>, unpooled: Option<N>) -> Option<Self> {
+        match (pooled, unpooled) {
+            (Some((addr, pool)), _) => Some(Self {
+                addr: *addr,
+                pool: Some(pool.clone()),
+            }),
+            (None, Some(addr)) => Some(Self { addr, pool: None }),
+            (None, None) => None,
+        }
+    }
+
     /// The address without its prefix, and its pool, when IPAM holds it.
     pub(crate) fn reserved(&self) -> Option<(IpAddr, &PoolId)> {
         let net: IpNet = self.addr.into();
@@ -69,22 +81,8 @@ impl EndpointInner {
         parsed: ParsedOptions,
         version: u64,
     ) -> Self {
-        let ipv4 = match (&record.ipv4, record.unpooled_ipv4) {
-            (Some((addr, pool)), _) => Some(Assigned {
-                addr: *addr,
-                pool: Some(pool.clone()),
-            }),
-            (None, Some(addr)) => Some(Assigned { addr, pool: None }),
-            (None, None) => None,
-        };
-        let ipv6 = match (&record.ipv6, record.unpooled_ipv6) {
-            (Some((addr, pool)), _) => Some(Assigned {
-                addr: *addr,
-                pool: Some(pool.clone()),
-            }),
-            (None, Some(addr)) => Some(Assigned { addr, pool: None }),
-            (None, None) => None,
-        };
+        let ipv4 = Assigned::from_record(&record.ipv4, record.unpooled_ipv4);
+        let ipv6 = Assigned::from_record(&record.ipv6, record.unpooled_ipv6);
         Self {
             id: record.id.clone(),
             name: record.name.clone(),

@@ -146,8 +146,20 @@ pub(crate) async fn create_endpoint(
             v4 = allocate(&core, &mut undo, &net.pools_v4, fixed_v4, &name).await?;
             v6 = allocate(&core, &mut undo, &net.pools_v6, fixed_v6, &name).await?;
         }
-        let mut ipv4 = v4.map(|(a, p)| narrow_v4(a, p)).transpose()?;
-        let mut ipv6 = v6.map(|(a, p)| narrow_v6(a, p)).transpose()?;
+        let v4_of = |n| match n {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        };
+        let v6_of = |n| match n {
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => None,
+        };
+        let mut ipv4 = v4
+            .map(|(a, p)| narrowed::<Ipv4Net>(a, p, v4_of, "IPv4 address"))
+            .transpose()?;
+        let mut ipv6 = v6
+            .map(|(a, p)| narrowed::<Ipv6Net>(a, p, v6_of, "IPv6 address"))
+            .transpose()?;
 
         // 4. The driver.
         let spec = EndpointSpec {
@@ -241,32 +253,19 @@ fn split<N: Copy>(a: &Option<Assigned<N>>) -> (Option<(N, PoolId)>, Option<N>) {
     }
 }
 
-fn narrow_v4(a: IpNet, pool: PoolId) -> Result<Assigned<Ipv4Net>, CoreError> {
-    match a {
-        IpNet::V4(addr) => Ok(Assigned {
+/// An address IPAM gave, in the family of its pool (`narrow` picks it out).
+fn narrowed<N>(
+    a: IpNet,
+    pool: PoolId,
+    narrow: fn(IpNet) -> Option<N>,
+    field: &str,
+) -> Result<Assigned<N>, CoreError> {
+    narrow(a)
+        .map(|addr| Assigned {
             addr,
             pool: Some(pool),
-        }),
-        IpNet::V6(_) => Err(CoreError::invalid(
-            "IPv4 address",
-            a,
-            "IPAM returned an IPv6 address for an IPv4 pool",
-        )),
-    }
-}
-
-fn narrow_v6(a: IpNet, pool: PoolId) -> Result<Assigned<Ipv6Net>, CoreError> {
-    match a {
-        IpNet::V6(addr) => Ok(Assigned {
-            addr,
-            pool: Some(pool),
-        }),
-        IpNet::V4(_) => Err(CoreError::invalid(
-            "IPv6 address",
-            a,
-            "IPAM returned an IPv4 address for an IPv6 pool",
-        )),
-    }
+        })
+        .ok_or_else(|| CoreError::invalid(field, a, "IPAM returned an address of the other family"))
 }
 
 /// Takes an address a driver gave for one family (remote drivers do): the driver's address is

@@ -25,12 +25,8 @@ pub(crate) async fn join(
     ep: &Arc<EndpointInner>,
     priority: i32,
 ) -> Result<(), CoreError> {
-    let _sb_op = sb.op.lock().await;
-    let _ep_op = ep.op.lock().await;
-    let st = sb.state().clone();
-    if st.deleted {
-        return Err(sb.deleted_error());
-    }
+    let locked = super::lock_pair(sb, ep).await?;
+    let st = &locked.state;
     let ep_version = {
         let epst = ep.state();
         if epst.deleted {

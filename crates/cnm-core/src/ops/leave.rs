@@ -23,12 +23,8 @@ pub(crate) async fn leave(
     sb: &Arc<SandboxInner>,
     ep: &Arc<EndpointInner>,
 ) -> Result<(), CoreError> {
-    let _sb_op = sb.op.lock().await;
-    let _ep_op = ep.op.lock().await;
-    let st = sb.state().clone();
-    if st.deleted {
-        return Err(sb.deleted_error());
-    }
+    let locked = super::lock_pair(sb, ep).await?;
+    let st = &locked.state;
     let not_joined = || CoreError::NotJoined {
         endpoint: ep.name.clone(),
         sandbox: sb.short().to_owned(),

@@ -72,6 +72,31 @@ where
     }
 }
 
+/// The operation locks of a sandbox and an endpoint (in the lock order), with the sandbox's
+/// state as committed; refused when the sandbox was deleted.
+pub(crate) struct Pair<'a> {
+    _sb: tokio::sync::MutexGuard<'a, ()>,
+    _ep: tokio::sync::MutexGuard<'a, ()>,
+    pub(crate) state: crate::model::sandbox::SandboxState,
+}
+
+pub(crate) async fn lock_pair<'a>(
+    sb: &'a SandboxInner,
+    ep: &'a EndpointInner,
+) -> Result<Pair<'a>, CoreError> {
+    let sb_op = sb.op.lock().await;
+    let ep_op = ep.op.lock().await;
+    let state = sb.state().clone();
+    if state.deleted {
+        return Err(sb.deleted_error());
+    }
+    Ok(Pair {
+        _sb: sb_op,
+        _ep: ep_op,
+        state,
+    })
+}
+
 /// Docker's rule for network and endpoint names.
 pub(crate) fn check_name(field: &str, name: &str) -> Result<(), CoreError> {
     let mut bytes = name.bytes();

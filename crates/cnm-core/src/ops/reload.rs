@@ -482,30 +482,23 @@ async fn restore_gateway(
 /// deleting the record and them.
 async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
     let owned: BTreeSet<String> = core.sandboxes.iter().map(|s| s.id.clone()).collect();
-    let list = |dir: std::path::PathBuf| async move {
-        core.kernel
+    for (sub, namespaces) in [("netns", true), ("sandboxes", false)] {
+        let dir = core.run_dir.join(sub);
+        let names = core
+            .kernel
             .list_dir(&dir)
             .await
-            .map(|names| (dir.clone(), names))
-            .map_err(|e| CoreError::sandbox("read directory", dir.display().to_string(), e))
-    };
-    let (netns_dir, names) = list(core.run_dir.join("netns")).await?;
-    for name in names.into_iter().filter(|n| !owned.contains(n)) {
-        let path = netns_dir.join(&name);
-        tracing::info!(path = %path.display(), "removing a namespace no sandbox owns");
-        core.kernel
-            .delete_netns(&path)
-            .await
-            .map_err(|e| CoreError::sandbox("delete netns", path.display().to_string(), e))?;
-    }
-    let (sb_dir, names) = list(core.run_dir.join("sandboxes")).await?;
-    for name in names.into_iter().filter(|n| !owned.contains(n)) {
-        let path = sb_dir.join(&name);
-        tracing::info!(path = %path.display(), "removing a sandbox directory no sandbox owns");
-        core.kernel
-            .remove_dir(&path)
-            .await
-            .map_err(|e| CoreError::sandbox("remove directory", path.display().to_string(), e))?;
+            .map_err(|e| CoreError::sandbox("read directory", dir.display().to_string(), e))?;
+        for name in names.into_iter().filter(|n| !owned.contains(n)) {
+            let path = dir.join(&name);
+            tracing::info!(path = %path.display(), "removing what no sandbox owns");
+            let (op, removed) = if namespaces {
+                ("delete netns", core.kernel.delete_netns(&path).await)
+            } else {
+                ("remove directory", core.kernel.remove_dir(&path).await)
+            };
+            removed.map_err(|e| CoreError::sandbox(op, path.display().to_string(), e))?;
+        }
     }
     Ok(())
 }

@@ -85,9 +85,9 @@ async fn a_join_costs_one_interface_call_one_route_and_one_hosts_write() {
     let net = w.net("n", "10.51.0.0/24").await;
     let ep = net.create_endpoint("e", ep_opts()).await.unwrap();
     let sb = w.ctl.new_sandbox("c", []).await.unwrap();
-    w.kernel.reset_calls();
+    w.kernel.faults().reset_calls();
     ep.join_sandbox(&sb, []).await.unwrap();
-    let calls = w.kernel.calls();
+    let calls = w.kernel.faults().calls();
     assert_eq!(
         calls.into_iter().collect::<Vec<_>>(),
         [
@@ -161,5 +161,5 @@ async fn a_moved_in_interface_gets_its_mac_and_mtu_and_goes_back_on_leave() {
         k.namespaces[sb.key()].interfaces.is_empty() && k.host_interfaces.is_empty(),
         "given back and deleted by the driver: {k:?}"
     );
-    assert_eq!(w.driver.calls()[&DriverStep::Leave], 1);
+    assert_eq!(w.driver.faults().calls()[&DriverStep::Leave], 1);
 }

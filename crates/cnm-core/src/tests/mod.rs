@@ -127,8 +127,8 @@ impl World {
 
     /// Disarms pending failures (a step the operation never reached).
     fn disarm(&self) {
-        self.kernel.disarm();
-        self.driver.disarm();
+        self.kernel.faults().disarm();
+        self.driver.faults().disarm();
     }
 }
 

@@ -13,7 +13,7 @@ async fn connect_is_undone_as_a_whole_and_reports_a_failed_cleanup() {
     let sb = w.ctl.new_sandbox("c", []).await.unwrap();
     let before = w.snapshot().await;
 
-    w.driver.fail_next(DriverStep::Join);
+    w.driver.faults().fail_next(DriverStep::Join);
     let e = net.connect("c", &sb, ep_opts(), []).await.unwrap_err();
     assert!(e.to_string().contains("Join fails on purpose"), "{e}");
     assert_eq!(
@@ -23,8 +23,8 @@ async fn connect_is_undone_as_a_whole_and_reports_a_failed_cleanup() {
     );
 
     // The join fails late, and deleting the endpoint again fails too: both are reported.
-    w.kernel.fail_next(KernelStep::AddRoute);
-    w.driver.fail_next(DriverStep::DeleteEndpoint);
+    w.kernel.faults().fail_next(KernelStep::AddRoute);
+    w.driver.faults().fail_next(DriverStep::DeleteEndpoint);
     let e = net.connect("c", &sb, ep_opts(), []).await.unwrap_err();
     let CoreError::Cleanup { source, cleanup } = &e else {
         panic!("{e}");

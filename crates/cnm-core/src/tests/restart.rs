@@ -30,7 +30,7 @@ async fn objects_options_and_joins_survive_a_restart() {
     asked.driver_options.insert("fake.size".into(), "xl".into());
     let ep = net.create_endpoint("e", asked.clone()).await.unwrap();
     let sb = ep.join("c", [JoinOption::hostname("db")]).await.unwrap();
-    let parses_before = w.driver.calls();
+    let parses_before = w.driver.faults().calls();
     let before = w.snapshot().await;
 
     w.restart().await.unwrap();
@@ -60,7 +60,7 @@ async fn objects_options_and_joins_survive_a_restart() {
     assert_eq!(sb2.published_ports()[0].to_string(), "5432:5432/tcp");
     assert_eq!(sb2.gateway_endpoint().unwrap().id(), ep.id());
     // One parse per object at reload: the network's and the endpoint's.
-    let calls = w.driver.calls();
+    let calls = w.driver.faults().calls();
     for step in [
         DriverStep::ParseNetworkOptions,
         DriverStep::ParseEndpointOptions,

@@ -29,7 +29,7 @@ async fn shutdown_releases_the_store_and_the_drivers_and_refuses_later_use() {
         1,
         "and of its drivers, the handles still held notwithstanding"
     );
-    assert_eq!(w.driver.calls()[&DriverStep::Shutdown], 1);
+    assert_eq!(w.driver.faults().calls()[&DriverStep::Shutdown], 1);
 
     for e in [
         ep.leave("c").await.unwrap_err(),

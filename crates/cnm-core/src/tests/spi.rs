@@ -173,7 +173,7 @@ async fn a_driver_parses_its_options_once_and_core_names_none_of_its_keys() {
     opts.driver_options.insert("fake.size".into(), "s".into());
     let ep = net.create_endpoint("e", opts).await.unwrap();
     ep.join("c", []).await.unwrap();
-    let calls = w.driver.calls();
+    let calls = w.driver.faults().calls();
     assert_eq!(calls[&DriverStep::ParseNetworkOptions], 1);
     assert_eq!(calls[&DriverStep::ParseEndpointOptions], 1);
     assert!(w.driver.always_got_parsed_options());

@@ -143,8 +143,8 @@ async fn a_failure_at_every_driver_step_is_undone() {
         let reached = every_step(
             mode,
             &steps,
-            |w, s| w.driver.fail_next(s),
-            |w| w.driver.failure_pending(),
+            |w, s| w.driver.faults().fail_next(s),
+            |w| w.driver.faults().pending(),
         )
         .await;
         assert_eq!(reached, steps, "{mode:?}: each constructive step is tested");
@@ -167,8 +167,8 @@ async fn a_failure_at_every_kernel_step_is_undone() {
         let reached = every_step(
             mode,
             &steps,
-            |w, s| w.kernel.fail_next(s),
-            |w| w.kernel.failure_pending(),
+            |w, s| w.kernel.faults().fail_next(s),
+            |w| w.kernel.faults().pending(),
         )
         .await;
         assert_eq!(reached, steps, "{mode:?}: each kernel step is tested");
@@ -180,8 +180,8 @@ async fn a_failed_cleanup_is_reported_with_the_cause() {
     let w = prepared(FakeInterfaceMode::InSandbox).await;
     let ep = w.ctl.network("a").unwrap().endpoint("free").unwrap();
     // The join fails at its default route; undoing it, the driver's leave fails too.
-    w.kernel.fail_next(KernelStep::AddRoute);
-    w.driver.fail_next(DriverStep::Leave);
+    w.kernel.faults().fail_next(KernelStep::AddRoute);
+    w.driver.faults().fail_next(DriverStep::Leave);
     let sb = w.ctl.new_sandbox("c", []).await.unwrap();
     let e = ep.join_sandbox(&sb, []).await.unwrap_err();
     let CoreError::Cleanup { source, cleanup } = &e else {

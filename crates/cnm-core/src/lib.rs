@@ -1,18 +1,27 @@
 //! The cnm object model and controller: networks, endpoints and sandboxes with libnetwork's life
 //! cycle, the driver and IPAM SPIs, typed options, and the store records.
 //!
-//! **Owns**: [`Controller`] (driver registry, IPAM, store, every object), [`Network`],
-//! [`Endpoint`], [`Sandbox`]; the join flow (driver join → interface set-up → gateway choice →
-//! hosts/resolv.conf → published ports → records), undo on failure; typed options and their
-//! raw, Docker-shaped forms; the [`spi::Driver`] and [`Ipam`] traits; [`store::Store`] and the
-//! choice of the default one ([`store::DefaultStore`], registered by a linked backend); reload on
-//! start (records back into objects, IPAM rebuilt from them, networks handed back to their
-//! drivers, the kernel reconciled with the records) and the write order that makes a crash at
-//! any point look like the operation happened completely or not at all, with named
-//! [`crash`] points to prove it.
-//! **Does not**: name any driver (drivers register through `inventory`), talk netlink itself
-//! (it goes through `cnm-sandbox`), or keep a global lock across kernel work (see
-//! [`Controller`] for the lock order).
+//! **Owns**: [`Controller`] (driver registry, IPAM, store, every object; [`Controller::shutdown`]),
+//! the handles [`Network`], [`Endpoint`], [`Sandbox`] and the card's traits they implement
+//! ([`ControllerApi`], [`NetworkApi`], [`EndpointApi`], [`SandboxApi`]); the life-cycle
+//! operations with undo on failure, composed ones included (connect, disconnect, removing a
+//! sandbox with its endpoints); typed options and their raw, Docker-shaped forms, of which it
+//! names only the generic labels it owns; the [`spi::Driver`] and [`Ipam`] traits and driver
+//! registration (built-in through [`register_driver!`], or while running); the [`kernel::Kernel`]
+//! seam to the kernel; [`store::Store`] and the choice of the default one; reload on start and
+//! the write order that makes a crash at any point look like the operation happened completely or
+//! not at all (with named crash points to prove it, under the `test-hooks` feature).
+//!
+//! **Does not**: name any driver or any driver's option key, talk netlink itself (interface
+//! set-up is one call into `cnm-sandbox`, through [`kernel::NetlinkKernel`]), or keep a global
+//! lock across kernel work (see [`Controller`] for the lock order).
+//!
+//! Map: `controller.rs`, `network.rs`, `endpoint.rs`, `sandbox.rs` are the handles; `api.rs` the
+//! traits; `ops/` one module per operation (create/delete network and endpoint, sandbox
+//! create/delete, join, leave, the gateway's effects, the composed ones, reload); `model/` the
+//! objects as data; `state.rs` what a controller owns; `kernel.rs` the seam; `testing.rs` a fake
+//! kernel and a fake driver (tests, `test-hooks`); `spi.rs`, `ipam.rs`, `store/`, `options/`,
+//! `record.rs` the contracts and formats; `undo.rs` the undo list drivers use too.
 //!
 //! ```no_run
 //! # async fn seed() -> Result<(), cnm_core::CoreError> {

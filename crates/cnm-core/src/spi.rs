@@ -554,7 +554,25 @@ pub struct LeaveRequest {
 ///
 /// Implement it inside `#[async_trait]` (re-exported as [`crate::async_trait`]): without it, the
 /// compiler answers every `async fn` with "lifetime parameters or bounds on method do not match
-/// the trait declaration" (E0195).
+/// the trait declaration" (E0195), which means just that:
+///
+/// ```compile_fail,E0195
+/// use cnm_core::spi::*;
+/// #[derive(Debug)]
+/// struct Forgot;
+/// impl Driver for Forgot {   // needs #[cnm_core::async_trait] above
+///     fn name(&self) -> &str { "forgot" }
+///     fn capability(&self) -> Capability { Capability::local() }
+///     async fn create_network(&self, _: &NetworkSpec) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn delete_network(&self, _: &str) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn create_endpoint(&self, _: &EndpointSpec) -> Result<EndpointInfo, DriverError> { todo!() }
+/// #   async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn join(&self, _: &JoinRequest) -> Result<JoinInfo, DriverError> { todo!() }
+/// #   async fn leave(&self, _: &LeaveRequest) -> Result<(), DriverError> { Ok(()) }
+/// }
+/// ```
+///
+/// Done right, with the registration macro:
 ///
 /// ```
 /// use std::sync::Arc;

@@ -95,6 +95,7 @@ impl FirewallHandle {
         ))
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn firewall(&self) -> &Firewall {
         &self.fw
     }

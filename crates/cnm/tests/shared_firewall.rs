@@ -242,10 +242,13 @@ impl Driver for TestDriver {
         Capability::local()
     }
 
-    fn validate_network_options(&self, options: &DriverOptions) -> Result<(), DriverError> {
+    fn parse_network_options(
+        &self,
+        options: &DriverOptions,
+    ) -> Result<cnm::spi::ParsedOptions, DriverError> {
         match options.keys().find(|k| *k != BLOCK) {
             Some(k) => Err(invalid(format!("unknown option {k}"))),
-            None => Ok(()),
+            None => Ok(cnm::spi::ParsedOptions::none()),
         }
     }
 

@@ -51,6 +51,7 @@ pub struct ControllerBuilder {
     state_dir: PathBuf,
     resolv_conf: PathBuf,
     store: Option<Arc<dyn Store>>,
+    cluster_store: Option<Arc<dyn Store>>,
     ipam: Option<Arc<dyn Ipam>>,
     builtin_drivers: bool,
     drivers: Vec<(String, Factory)>,
@@ -65,6 +66,7 @@ impl fmt::Debug for ControllerBuilder {
             .field("state_dir", &self.state_dir)
             .field("resolv_conf", &self.resolv_conf)
             .field("store", &self.store)
+            .field("cluster_store", &self.cluster_store)
             .field("ipam", &self.ipam)
             .field("builtin_drivers", &self.builtin_drivers)
             .field(
@@ -118,6 +120,16 @@ impl ControllerBuilder {
         self
     }
 
+    /// The store every host of a cluster shares (etcd: `cnm_store::EtcdStore`), where
+    /// global-scope networks live: their records, names, subnets and addresses, and what their
+    /// drivers keep there ([`DriverContext::store`], [`DriverContext::facts`]). Without one a
+    /// global network is refused ([`CoreError::NoClusterStore`]). Local networks never touch
+    /// it.
+    pub fn cluster_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.cluster_store = Some(store);
+        self
+    }
+
     /// The IPAM (default: the built-in one with Docker's default pools).
     pub fn ipam(mut self, ipam: Arc<dyn Ipam>) -> Self {
         self.ipam = Some(ipam);
@@ -167,6 +179,11 @@ impl ControllerBuilder {
                 .await
                 .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
         }
+        let store = match self.store {
+            Some(store) => store,
+            None => open_default_store(&self.state_dir).await?,
+        };
+        let host_id = host_id(store.as_ref()).await?;
         // [firewall] The host namespace's one firewall, handed to every driver. Opened on first
         // use (a controller of drivers without rules installs nothing); loading until the
         // reload commits what every driver restored, in one transaction.
@@ -177,7 +194,8 @@ impl ControllerBuilder {
             self.run_dir.clone(),
             self.state_dir.clone(),
         )
-        .with_firewall(firewall.clone());
+        .with_firewall(firewall.clone())
+        .with_stores(store.clone(), self.cluster_store.clone(), host_id.clone());
         let mut factories: Vec<(String, Factory)> = Vec::new();
         if self.builtin_drivers {
             for reg in inventory::iter::<DriverRegistration> {
@@ -186,15 +204,14 @@ impl ControllerBuilder {
         }
         factories.extend(self.drivers);
         let drivers = instantiate(factories, &ctx)?;
-        let store = match self.store {
-            Some(store) => store,
-            None => open_default_store(&self.state_dir).await?,
-        };
         let ipam = self.ipam.unwrap_or_else(|| {
             Arc::new(cnm_ipam::Ipam::new(IpamConfig::docker_defaults(
                 IpamConfig::DEFAULT_HOST_ID,
             )))
         });
+        let cluster = self
+            .cluster_store
+            .map(|store| crate::cluster::Cluster::new(store, host_id));
         let host_ns = kernel.host_ns().clone();
         let core = Arc::new(Core::new(
             kernel,
@@ -203,6 +220,7 @@ impl ControllerBuilder {
             store,
             ipam,
             drivers,
+            cluster,
         ));
         ops::reload::reload(&core).await?;
         tracing::info!(drivers = ?core.driver_names(), "controller built");
@@ -230,10 +248,34 @@ fn instantiate(
     }
     let mut out = BTreeMap::new();
     for (name, create) in factories {
-        let driver = create(ctx).map_err(|e| CoreError::driver("instantiate driver", &name, e))?;
+        let driver = create(&ctx.for_driver(&name))
+            .map_err(|e| CoreError::driver("instantiate driver", &name, e))?;
         out.insert(name, driver);
     }
     Ok(out)
+}
+
+/// The key of this host's id in its own store.
+const HOST_ID_KEY: &str = "host/id";
+
+/// This host's id in the cluster: made once, kept in the controller's own store.
+async fn host_id(store: &dyn Store) -> Result<String, CoreError> {
+    let read = |e| CoreError::store("read", HOST_ID_KEY, e);
+    if let Some(v) = store.get(HOST_ID_KEY).await.map_err(read)? {
+        return Ok(String::from_utf8_lossy(&v.value).into_owned());
+    }
+    let id = id::generate()[..16].to_owned();
+    match store
+        .put(
+            HOST_ID_KEY,
+            id.clone().into_bytes(),
+            crate::store::Expect::Absent,
+        )
+        .await
+    {
+        Ok(_) => Ok(id),
+        Err(e) => Err(CoreError::store("write", HOST_ID_KEY, e)),
+    }
 }
 
 /// Opens the store registered as the default (see [`DefaultStore`]), or an in-memory one.
@@ -322,6 +364,7 @@ impl Controller {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             store: None,
+            cluster_store: None,
             ipam: None,
             builtin_drivers: true,
             drivers: Vec::new(),
@@ -329,7 +372,7 @@ impl Controller {
     }
 
     /// The core, until shutdown.
-    fn core(&self) -> Result<Arc<Core>, CoreError> {
+    pub(crate) fn core(&self) -> Result<Arc<Core>, CoreError> {
         self.shared
             .core
             .read()
@@ -380,7 +423,11 @@ impl Controller {
 
     /// Adds a driver discovered while running (a plugin found by name): `create` builds it with
     /// the controller's [`DriverContext`]. Refused when a driver of that name exists.
-    pub fn register_driver(
+    ///
+    /// Networks of this driver that were recorded but could not be restored when the
+    /// controller was built, because the driver was not there yet, are restored now, with
+    /// their endpoints and joins: their names, pools and addresses stayed reserved meanwhile.
+    pub async fn register_driver(
         &self,
         name: &str,
         create: impl FnOnce(&DriverContext) -> Result<Arc<dyn Driver>, DriverError>,
@@ -389,11 +436,42 @@ impl Controller {
         if core.driver(name).is_ok() {
             return Err(CoreError::DriverExists(name.to_owned()));
         }
-        let driver = create(&core.driver_context)
+        let driver = create(&core.driver_context.for_driver(name))
             .map_err(|e| CoreError::driver("instantiate driver", name, e))?;
         core.add_driver(name.to_owned(), driver)?;
         tracing::info!(driver = name, "driver registered");
-        Ok(())
+        let driver = name.to_owned();
+        run_op(
+            core,
+            "restore the networks of driver",
+            driver.clone(),
+            |core| ops::reload::restore_pending(core, driver),
+        )
+        .await
+    }
+
+    /// Brings this controller's view of the cluster's global networks up to date now: adopts
+    /// those other hosts created (each handed to its driver) and lets go of those they deleted.
+    /// A background watch does the same after every change; this is for a caller that must
+    /// see a network another host just created. Nothing without a cluster store.
+    pub async fn sync_cluster(&self) -> Result<(), CoreError> {
+        let core = self.core()?;
+        if core.cluster.is_none() {
+            return Ok(());
+        }
+        run_op(
+            core,
+            "sync",
+            "the cluster's networks".to_owned(),
+            |core| async move { ops::reload::sync_cluster(&core).await.map(drop) },
+        )
+        .await
+    }
+
+    /// This host's id in the cluster (kept in the controller's store, so stable across
+    /// restarts), as address claims and driver facts carry it.
+    pub fn host_id(&self) -> Result<String, CoreError> {
+        Ok(self.core()?.driver_context.host_id().to_owned())
     }
 
     /// Applies driver-wide options (libnetwork's `ConfigureNetworkDriver`).

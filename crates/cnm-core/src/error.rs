@@ -191,6 +191,17 @@ pub enum CoreError {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A global-scope network needs a cluster store, and the controller has none
+    /// ([`ControllerBuilder::cluster_store`](crate::ControllerBuilder::cluster_store)).
+    #[error(
+        "network {network}: driver {driver} has global scope, and this controller has no cluster store"
+    )]
+    NoClusterStore {
+        /// The network's name.
+        network: String,
+        /// The driver's name.
+        driver: String,
+    },
     /// The object was deleted while this handle was held.
     #[error("{what} {name} was deleted")]
     Deleted {
@@ -307,6 +318,7 @@ impl CoreError {
                 ErrorKind::NotFound
             }
             Self::Deleted { .. } => ErrorKind::NotFound,
+            Self::NoClusterStore { .. } => ErrorKind::Unsupported,
             Self::DuplicateDriver(_) | Self::DriverAddress { .. } => ErrorKind::Internal,
             Self::DriverExists(_) => ErrorKind::AlreadyExists,
             Self::Shutdown => ErrorKind::Unavailable,

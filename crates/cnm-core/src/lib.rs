@@ -54,6 +54,7 @@
 //! ```
 
 mod api;
+mod cluster;
 mod controller;
 #[cfg(feature = "test-hooks")]
 pub mod crash;
@@ -65,6 +66,7 @@ mod crash {
 }
 mod endpoint;
 mod error;
+mod facts;
 mod gateway;
 mod host;
 pub mod id;
@@ -104,10 +106,11 @@ pub use port::{PortBinding, PortError, PortRange, Protocol};
 pub use sandbox::Sandbox;
 pub use spi::{
     Capability, Driver, DriverContext, DriverError, DriverFactory, DriverOptions,
-    DriverRegistration, EndpointInfo, EndpointSpec, IpamData, JoinInfo, JoinRequest,
-    JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, RestoredEndpoint, RestoredJoin,
-    SandboxRef, Scope, StaticRoute,
+    DriverRegistration, EndpointInfo, EndpointSpec, Fact, FactEvent, FactWatch, Facts, IpamData,
+    JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
+    RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
 };
+pub use store::ScopedStore;
 
 /// The shared firewall a driver programs through ([`DriverContext::firewall`]).
 pub use cnm_firewall;

@@ -64,9 +64,16 @@ impl Network {
         self.inner.created
     }
 
-    /// Its scope, as its driver declares it.
+    /// Its scope, as its driver declares it. A global network lives in the cluster store: every
+    /// host of the cluster sees it, and its names, subnets and addresses are the cluster's.
     pub fn scope(&self) -> Scope {
         self.inner.capability.scope
+    }
+
+    /// What its driver allocated for it, once for the whole cluster
+    /// ([`Driver::allocate_network`](crate::Driver::allocate_network)): a VNI, for an overlay.
+    pub fn allocation(&self) -> &crate::DriverOptions {
+        &self.inner.allocation
     }
 
     /// The IPv4 subnets and gateways.

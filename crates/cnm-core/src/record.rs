@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::options::{EndpointOptions, ExposedPort, JoinOptions};
 use crate::port::PortBinding;
-use crate::spi::DriverOptions;
+use crate::spi::{DriverOptions, Scope};
 
 /// The schema version of the records this build writes.
 pub const SCHEMA: u32 = 1;
@@ -90,6 +90,22 @@ pub struct NetworkRecord {
     /// When it was created (the Unix epoch for records that predate the field).
     #[serde(default = "unknown_time")]
     pub created: SystemTime,
+    /// The network's scope: a global network's record lives in the cluster store (written
+    /// only when global).
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: Scope,
+    /// What the driver allocated for the network, once for the cluster
+    /// ([`Driver::allocate_network`](crate::spi::Driver::allocate_network)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocation: DriverOptions,
+    /// A host is deleting the network: no host may take an address in it any more (written
+    /// only when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
+}
+
+fn is_local(scope: &Scope) -> bool {
+    *scope == Scope::Local
 }
 
 /// An endpoint as persisted under `endpoint/<network id>/<id>`.

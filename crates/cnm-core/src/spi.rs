@@ -29,6 +29,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::port::PortBinding;
+use crate::store::{MemoryStore, ScopedStore, Store};
+
+pub use crate::facts::{Fact, FactEvent, FactWatch, Facts};
 
 /// Whether a driver's networks are known to this host only or to a whole cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -213,11 +216,12 @@ impl DriverError {
 }
 
 /// The host as a driver sees it: the namespace the controller treats as the host (a throwaway one
-/// in tests), a netlink handle bound to it, the controller's directories, and the host
-/// namespace's one firewall.
+/// in tests), a netlink handle bound to it, the controller's directories, the host
+/// namespace's one firewall, and the driver's own corner of the stores.
 ///
-/// Non-exhaustive and built by the controller: what a driver gets from its host grows here (a
-/// store handle, …) without breaking drivers.
+/// Non-exhaustive and built by the controller: what a driver gets from its host grows here
+/// without breaking drivers. The controller gives each driver its own copy, bound to the
+/// driver's name ([`DriverContext::for_driver`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DriverContext {
@@ -231,12 +235,21 @@ pub struct DriverContext {
     pub state_dir: PathBuf,
     /// The firewall of `host_ns` (see [`DriverContext::firewall`]).
     firewall: cnm_firewall::Firewall,
+    /// The driver's name ("" until [`DriverContext::for_driver`]).
+    driver: String,
+    /// This host's id in the cluster.
+    host_id: String,
+    /// The controller's own store.
+    local_store: Arc<dyn Store>,
+    /// The store shared by every host, if the controller has one.
+    cluster_store: Option<Arc<dyn Store>>,
 }
 
 impl DriverContext {
     /// Builds a context (the controller does this; tests of a driver may too). It gets a
-    /// firewall of its own for `host_ns`, opened on first use; the controller gives every
-    /// driver its one firewall instead ([`DriverContext::with_firewall`]).
+    /// firewall of its own for `host_ns`, opened on first use, and an in-memory local store
+    /// and no cluster store; the controller gives every driver its one firewall and its
+    /// stores instead ([`DriverContext::with_firewall`], [`DriverContext::with_stores`]).
     pub fn new(
         host_ns: NetNs,
         host_netlink: Netlink,
@@ -250,6 +263,10 @@ impl DriverContext {
             run_dir,
             state_dir,
             firewall,
+            driver: String::new(),
+            host_id: String::new(),
+            local_store: Arc::new(MemoryStore::new()),
+            cluster_store: None,
         }
     }
 
@@ -257,6 +274,81 @@ impl DriverContext {
     pub fn with_firewall(mut self, firewall: cnm_firewall::Firewall) -> Self {
         self.firewall = firewall;
         self
+    }
+
+    /// Uses these stores: the controller's own (`local`), the one every host of the cluster
+    /// shares (`cluster`, if any), and this host's id in the cluster.
+    pub fn with_stores(
+        mut self,
+        local: Arc<dyn Store>,
+        cluster: Option<Arc<dyn Store>>,
+        host_id: impl Into<String>,
+    ) -> Self {
+        self.local_store = local;
+        self.cluster_store = cluster;
+        self.host_id = host_id.into();
+        self
+    }
+
+    /// The same context bound to the driver called `name`: its store handles are confined to
+    /// `driver/<name>/`.
+    pub fn for_driver(&self, name: &str) -> Self {
+        Self {
+            driver: name.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The name of the driver this context is bound to ("" when unbound).
+    pub fn driver_name(&self) -> &str {
+        &self.driver
+    }
+
+    /// This host's id in the cluster (stable across restarts: kept in the local store), as
+    /// facts carry it ([`Fact::host`]).
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Whether the controller has a cluster store (global-scope networks need one).
+    pub fn has_cluster_store(&self) -> bool {
+        self.cluster_store.is_some()
+    }
+
+    /// The driver's store handle for networks of `scope`: the controller's own store for
+    /// [`Scope::Local`], the cluster store for [`Scope::Global`], either seen through the
+    /// prefix `driver/<name>/` (see [`ScopedStore`]: the driver cannot reach outside it). Versioned
+    /// compare-and-swap, transactions and watches are the store's own, so a global driver
+    /// allocates cluster-wide (a VNI) with one `Expect::Absent` put.
+    ///
+    /// Refused (`Unsupported`) for [`Scope::Global`] when the controller has no cluster store,
+    /// and (`InvalidInput`) on a context not bound to a driver.
+    pub fn store(&self, scope: Scope) -> Result<ScopedStore, DriverError> {
+        if self.driver.is_empty() {
+            return Err(DriverError::new(
+                "unbound",
+                ErrorKind::InvalidInput,
+                "this driver context is not bound to a driver (DriverContext::for_driver)",
+            ));
+        }
+        let store = match scope {
+            Scope::Local => self.local_store.clone(),
+            Scope::Global => self.cluster_store.clone().ok_or_else(|| {
+                DriverError::new(
+                    &self.driver,
+                    ErrorKind::Unsupported,
+                    "the controller has no cluster store (ControllerBuilder::cluster_store)",
+                )
+            })?,
+        };
+        ScopedStore::new(store, driver_prefix(&self.driver))
+            .map_err(|e| DriverError::new(&self.driver, e.kind(), e))
+    }
+
+    /// The driver's per-endpoint facts, shared with every host through the cluster store
+    /// (see [`Facts`]). Refused (`Unsupported`) without a cluster store.
+    pub fn facts(&self) -> Result<Facts, DriverError> {
+        Ok(Facts::new(self.store(Scope::Global)?, self.host_id.clone()))
     }
 
     /// The host namespace's one firewall, shared by every driver of the controller. A driver
@@ -270,6 +362,11 @@ impl DriverContext {
     pub fn firewall(&self) -> &cnm_firewall::Firewall {
         &self.firewall
     }
+}
+
+/// The prefix of a driver's keys in either store.
+pub(crate) fn driver_prefix(driver: &str) -> String {
+    format!("driver/{driver}/")
 }
 
 /// How a driver is found by name: one `inventory::submit!` per driver crate.
@@ -342,6 +439,12 @@ pub struct NetworkSpec {
     pub mtu: Option<u32>,
     /// User labels.
     pub labels: BTreeMap<String, String>,
+    /// The network's scope (the driver's): a global network is known to every host of the
+    /// cluster, and each host's driver gets this same spec.
+    pub scope: Scope,
+    /// What [`Driver::allocate_network`] returned when the network was created (once for the
+    /// whole cluster): the same on every host, and on restore.
+    pub allocation: DriverOptions,
 }
 
 impl NetworkSpec {
@@ -359,6 +462,8 @@ impl NetworkSpec {
             parsed: ParsedOptions::none(),
             mtu: None,
             labels: BTreeMap::new(),
+            scope: Scope::Local,
+            allocation: DriverOptions::new(),
         }
     }
 }
@@ -666,6 +771,29 @@ pub trait Driver: Send + Sync + fmt::Debug {
         options: &DriverOptions,
     ) -> Result<ParsedOptions, DriverError> {
         refuse_any(self.name(), "endpoint", options)
+    }
+
+    /// Allocates what a network needs cluster-wide (libnetwork's `NetworkAllocate`): a VNI, a
+    /// multicast group. Called once per network, on the host that creates it, before any
+    /// host's [`Driver::create_network`]; what it returns is kept in the network's record and
+    /// handed to every host in [`NetworkSpec::allocation`]. A global driver allocates through
+    /// its cluster store handle ([`DriverContext::store`]) with compare-and-swap, so two hosts
+    /// never take the same value. The default allocates nothing.
+    async fn allocate_network(&self, spec: &NetworkSpec) -> Result<DriverOptions, DriverError> {
+        let _ = spec;
+        Ok(DriverOptions::new())
+    }
+
+    /// Frees what [`Driver::allocate_network`] allocated (libnetwork's `NetworkFree`): once,
+    /// on the host that deletes the network, after its data plane is gone there, or when the
+    /// creation is undone. The default does nothing.
+    async fn free_network(
+        &self,
+        network_id: &str,
+        allocation: &DriverOptions,
+    ) -> Result<(), DriverError> {
+        let _ = (network_id, allocation);
+        Ok(())
     }
 
     /// Creates the network's data plane. On error nothing of it may remain.

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -14,7 +15,10 @@ use cnm_sandbox::ResolvConf;
 use dashmap::DashMap;
 use ipnet::IpNet;
 
+use cnm_ipam::{AddressRequest, PoolId};
+
 use crate::CoreError;
+use crate::cluster::Cluster;
 use crate::host::{self, HostNetwork};
 use crate::ipam::Ipam;
 use crate::kernel::Kernel;
@@ -53,6 +57,19 @@ pub(crate) struct Core {
     pub(crate) containers: DashMap<String, ContainerSlot>,
     /// Operations in flight, and whether new ones may start.
     pub(crate) gate: Arc<Gate>,
+    /// The cluster store's side, when the controller has one (global-scope networks).
+    pub(crate) cluster: Option<Cluster>,
+    /// Networks whose driver was missing at reload, by driver name: their names, pools and
+    /// addresses stay reserved until the driver registers and they are restored.
+    pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
+}
+
+/// A recorded network whose driver was not there at reload (a plugin that registers later).
+pub(crate) struct PendingNetwork {
+    pub(crate) record: crate::store::Versioned<crate::record::NetworkRecord>,
+    pub(crate) pools_v4: Vec<crate::model::network::NetworkPool>,
+    pub(crate) pools_v6: Vec<crate::model::network::NetworkPool>,
+    pub(crate) endpoints: Vec<crate::store::Versioned<crate::record::EndpointRecord>>,
 }
 
 impl Drop for Core {
@@ -60,6 +77,9 @@ impl Drop for Core {
         // [firewall] A driver handle kept elsewhere would otherwise keep the watcher restoring a
         // stale model after its controller is gone.
         self.driver_context.firewall().stop_watching();
+        if let Some(c) = &self.cluster {
+            c.stop();
+        }
     }
 }
 
@@ -84,6 +104,7 @@ impl Core {
         store: Arc<dyn Store>,
         ipam: Arc<dyn Ipam>,
         drivers: BTreeMap<String, Arc<dyn Driver>>,
+        cluster: Option<Cluster>,
     ) -> Self {
         Self {
             kernel,
@@ -101,7 +122,58 @@ impl Core {
             sandboxes: DashMap::new(),
             containers: DashMap::new(),
             gate: Arc::new(Gate::default()),
+            cluster,
+            pending: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The cluster side, or the typed error a global network without a cluster store gets.
+    pub(crate) fn cluster_for(&self, network: &str, driver: &str) -> Result<&Cluster, CoreError> {
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| CoreError::NoClusterStore {
+                network: network.to_owned(),
+                driver: driver.to_owned(),
+            })
+    }
+
+    /// Allocates an address of a network: from IPAM for a local network, claimed in the
+    /// cluster store for a global one.
+    pub(crate) async fn request_address(
+        &self,
+        net: &NetworkInner,
+        pool: &PoolId,
+        req: AddressRequest,
+        op: &'static str,
+        object: &str,
+    ) -> Result<IpNet, CoreError> {
+        if net.is_global() {
+            let cluster = self.cluster_for(&net.name, &net.driver_name)?;
+            return cluster
+                .request_address(&net.id, &net.name, pool, req, object)
+                .await;
+        }
+        self.ipam
+            .request_address(pool, req)
+            .await
+            .map_err(|e| CoreError::ipam(op, object, e))
+    }
+
+    /// Releases an address of a network (see [`Core::request_address`]).
+    pub(crate) async fn release_address(
+        &self,
+        net: &NetworkInner,
+        pool: &PoolId,
+        addr: IpAddr,
+    ) -> Result<(), CoreError> {
+        if net.is_global() {
+            let cluster = self.cluster_for(&net.name, &net.driver_name)?;
+            return cluster.release_address(&net.id, pool, addr).await;
+        }
+        self.ipam
+            .release_address(pool, addr)
+            .await
+            .map_err(|e| CoreError::ipam("release address", addr.to_string(), e))
     }
 
     /// The driver called `name`.
@@ -170,6 +242,13 @@ impl Core {
         // [firewall] Nobody heals the rules once their controller is gone; the tables stay for
         // the next controller to adopt.
         self.driver_context.firewall().stop_watching();
+        if let Some(c) = &self.cluster {
+            c.stop();
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// The networks the host is on (addresses and routes of its namespace), leaving out the

@@ -14,7 +14,7 @@ use super::endpoint::EndpointInner;
 use crate::CoreError;
 use crate::options::NetworkOptions;
 use crate::record::{self, NetworkRecord, PoolAllocation};
-use crate::spi::{Capability, IpamData, NetworkSpec, ParsedOptions};
+use crate::spi::{Capability, DriverOptions, IpamData, NetworkSpec, ParsedOptions, Scope};
 
 /// One pool of a network as allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,8 @@ pub(crate) struct NetworkInner {
     pub(crate) version: u64,
     /// When it was created.
     pub(crate) created: SystemTime,
+    /// What the driver allocated for the network, once for the cluster.
+    pub(crate) allocation: DriverOptions,
     state: Mutex<NetworkState>,
 }
 
@@ -145,6 +147,8 @@ pub(crate) struct NetworkParts {
     pub(crate) pools_v4: Vec<NetworkPool>,
     pub(crate) pools_v6: Vec<NetworkPool>,
     pub(crate) created: SystemTime,
+    /// What the driver allocated for the network ([`Driver::allocate_network`](crate::spi::Driver::allocate_network)).
+    pub(crate) allocation: DriverOptions,
 }
 
 impl NetworkParts {
@@ -168,6 +172,8 @@ impl NetworkParts {
         spec.parsed = self.parsed.clone();
         spec.mtu = self.mtu;
         spec.labels = self.options.labels.clone();
+        spec.scope = self.capability.scope;
+        spec.allocation = self.allocation.clone();
         spec
     }
 
@@ -188,6 +194,9 @@ impl NetworkParts {
             ipv4: self.pools_v4.iter().map(NetworkPool::record).collect(),
             ipv6: self.pools_v6.iter().map(NetworkPool::record).collect(),
             created: self.created,
+            scope: self.capability.scope,
+            allocation: self.allocation.clone(),
+            deleting: false,
         }
     }
 
@@ -204,6 +213,7 @@ impl NetworkParts {
             pools_v6: self.pools_v6,
             version,
             created: self.created,
+            allocation: self.allocation,
             state: Mutex::new(NetworkState::default()),
         }
     }
@@ -213,6 +223,11 @@ impl NetworkInner {
     /// The state; held only for map operations, never across `.await`.
     pub(crate) fn state(&self) -> MutexGuard<'_, NetworkState> {
         super::lock(&self.state)
+    }
+
+    /// Whether the network is known to every host of the cluster.
+    pub(crate) fn is_global(&self) -> bool {
+        self.capability.scope == Scope::Global
     }
 
     /// Whether this network never gives a default gateway (internal).

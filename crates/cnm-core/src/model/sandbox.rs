@@ -168,6 +168,17 @@ pub(crate) struct SandboxInner {
     /// Serialises join, leave and delete in this sandbox (taken before an endpoint's).
     pub(crate) op: tokio::sync::Mutex<()>,
     state: Mutex<SandboxState>,
+    /// Joins recorded for endpoints whose network waits for its driver (registered later):
+    /// kept in every record written meanwhile. A leaf lock, taken after the state's.
+    detached: Mutex<Detached>,
+}
+
+/// Joins recorded for endpoints whose network waits for its driver.
+#[derive(Default)]
+struct Detached {
+    joins: Vec<JoinedRecord>,
+    /// The sandbox's gateway endpoint, when it is one of them: it keeps the default route.
+    gateway: Option<String>,
 }
 
 impl SandboxInner {
@@ -187,7 +198,51 @@ impl SandboxInner {
             options,
             op: tokio::sync::Mutex::new(()),
             state: Mutex::new(state),
+            detached: Mutex::new(Detached::default()),
         }
+    }
+
+    /// Sets the joins whose network waits for its driver, and the sandbox's gateway endpoint
+    /// when it is one of them.
+    pub(crate) fn set_detached(&self, joins: Vec<JoinedRecord>, gateway: Option<&str>) {
+        let gateway = gateway
+            .filter(|g| joins.iter().any(|j| j.endpoint_id == *g))
+            .map(str::to_owned);
+        *super::lock(&self.detached) = Detached { joins, gateway };
+    }
+
+    /// The gateway endpoint, when its network waits for its driver: the sandbox keeps it.
+    pub(crate) fn detached_gateway(&self) -> Option<String> {
+        super::lock(&self.detached).gateway.clone()
+    }
+
+    /// `N` of the `ethN` each waiting join holds.
+    pub(crate) fn detached_eths(&self) -> Vec<u32> {
+        super::lock(&self.detached)
+            .joins
+            .iter()
+            .filter(|j| j.ifname.is_some())
+            .filter_map(|j| {
+                let name = j.requested.as_ref().or(j.ifname.as_ref())?;
+                name.as_str().strip_prefix("eth")?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Takes the waiting joins `which` selects.
+    pub(crate) fn take_detached(&self, which: impl Fn(&JoinedRecord) -> bool) -> Vec<JoinedRecord> {
+        let mut all = super::lock(&self.detached);
+        let (taken, kept): (Vec<JoinedRecord>, Vec<JoinedRecord>) = std::mem::take(&mut all.joins)
+            .into_iter()
+            .partition(|j| which(j));
+        all.joins = kept;
+        if taken
+            .iter()
+            .any(|j| all.gateway.as_deref() == Some(j.endpoint_id.as_str()))
+        {
+            all.gateway = None;
+        }
+        taken
     }
 
     /// The state; held only for a few field updates, never across `.await`.
@@ -276,7 +331,11 @@ impl SandboxInner {
             container_id: self.container_id.clone(),
             key: self.ns.key.clone(),
             options: self.options.clone(),
-            endpoints: joined.iter().map(Joined::to_record).collect(),
+            endpoints: joined
+                .iter()
+                .map(Joined::to_record)
+                .chain(super::lock(&self.detached).joins.iter().cloned())
+                .collect(),
             gateway_endpoint: gateway.map(str::to_owned),
         }
     }

@@ -143,8 +143,8 @@ pub(crate) async fn create_endpoint(
         // 3. Addresses.
         let (mut v4, mut v6) = (None, None);
         if net.capability.needs_addresses {
-            v4 = allocate(&core, &mut undo, &net.pools_v4, fixed_v4, &name).await?;
-            v6 = allocate(&core, &mut undo, &net.pools_v6, fixed_v6, &name).await?;
+            v4 = allocate(&core, &mut undo, &net, &net.pools_v4, fixed_v4, &name).await?;
+            v6 = allocate(&core, &mut undo, &net, &net.pools_v6, fixed_v6, &name).await?;
         }
         let v4_of = |n| match n {
             IpNet::V4(n) => Some(n),
@@ -276,7 +276,7 @@ fn narrowed<N>(
 async fn take_driver_address<N>(
     core: &Arc<Core>,
     undo: &mut Undo<CoreError>,
-    net: &NetworkInner,
+    net: &Arc<NetworkInner>,
     endpoint: &str,
     assigned: &mut Option<Assigned<N>>,
     given: Option<N>,
@@ -304,33 +304,35 @@ where
     let ip = given.into().addr();
     let pool = net.pool_holding(ip);
     if let Some(pool) = &pool {
-        core.ipam
-            .request_address(pool, AddressRequest::Specific(ip))
-            .await
-            .map_err(|e| {
-                CoreError::ipam("reserve the driver's address of endpoint", endpoint, e)
-            })?;
-        let (ipam, pool) = (core.ipam.clone(), pool.clone());
+        core.request_address(
+            net,
+            pool,
+            AddressRequest::Specific(ip),
+            "reserve the driver's address of endpoint",
+            endpoint,
+        )
+        .await?;
+        let (c, n, pool) = (core.clone(), net.clone(), pool.clone());
         undo.push("release address", move || async move {
-            ipam.release_address(&pool, ip)
-                .await
-                .map_err(|e| CoreError::ipam("release address", ip.to_string(), e))
+            c.release_address(&n, &pool, ip).await
         });
     }
     if let Some((old, old_pool)) = assigned
         .as_ref()
         .and_then(|a| a.reserved().map(|(ip, p)| (ip, p.clone())))
     {
-        core.ipam
-            .release_address(&old_pool, old)
-            .await
-            .map_err(|e| CoreError::ipam("release address", old.to_string(), e))?;
-        let ipam = core.ipam.clone();
+        core.release_address(net, &old_pool, old).await?;
+        let (c, n) = (core.clone(), net.clone());
         undo.push("reserve address again", move || async move {
-            ipam.request_address(&old_pool, AddressRequest::Specific(old))
-                .await
-                .map(drop)
-                .map_err(|e| CoreError::ipam("reserve address again", old.to_string(), e))
+            c.request_address(
+                &n,
+                &old_pool,
+                AddressRequest::Specific(old),
+                "reserve address again",
+                &old.to_string(),
+            )
+            .await
+            .map(drop)
         });
     }
     *assigned = Some(Assigned { addr: given, pool });
@@ -341,6 +343,7 @@ where
 async fn allocate(
     core: &Arc<Core>,
     undo: &mut Undo<CoreError>,
+    net: &Arc<NetworkInner>,
     pools: &[NetworkPool],
     fixed: Option<(PoolId, IpAddr)>,
     endpoint: &str,
@@ -354,32 +357,28 @@ async fn allocate(
     };
     let mut last = None;
     for (pool, req) in attempts {
-        match core.ipam.request_address(&pool, req).await {
+        match core
+            .request_address(net, &pool, req, "allocate address for endpoint", endpoint)
+            .await
+        {
             Ok(addr) => {
-                let (ipam, id) = (core.ipam.clone(), pool.clone());
+                let (c, n, id) = (core.clone(), net.clone(), pool.clone());
                 undo.push("release address", move || async move {
-                    ipam.release_address(&id, addr.addr())
-                        .await
-                        .map_err(|e| CoreError::ipam("release address", addr.to_string(), e))
+                    c.release_address(&n, &id, addr.addr()).await
                 });
                 return Ok(Some((addr, pool)));
             }
-            Err(e @ IpamError::PoolExhausted { .. }) => last = Some(e),
-            Err(e) => {
-                return Err(CoreError::ipam(
-                    "allocate address for endpoint",
-                    endpoint,
-                    e,
-                ));
-            }
+            Err(
+                e @ CoreError::Ipam {
+                    source: IpamError::PoolExhausted { .. },
+                    ..
+                },
+            ) => last = Some(e),
+            Err(e) => return Err(e),
         }
     }
     match last {
-        Some(e) => Err(CoreError::ipam(
-            "allocate address for endpoint",
-            endpoint,
-            e,
-        )),
+        Some(e) => Err(e),
         None => Ok(None),
     }
 }

@@ -47,11 +47,19 @@ pub(crate) async fn delete_endpoint(
     );
     crate::crash::point("endpoint-delete:after-record");
     for (addr, pool) in ep.reserved() {
+        errors.check(core.release_address(net, pool, addr).await);
+    }
+    // The endpoint's facts, if its driver published any, go with it.
+    if net.is_global()
+        && let Some(cluster) = &core.cluster
+    {
+        let key = crate::facts::cluster_key(&net.driver_name, &net.id, &ep.id);
         errors.check(
-            core.ipam
-                .release_address(pool, addr)
+            cluster
+                .store
+                .delete(&key, Expect::Any)
                 .await
-                .map_err(|e| CoreError::ipam("release address", addr.to_string(), e)),
+                .map_err(|e| CoreError::store("delete", &key, e)),
         );
     }
     {

@@ -79,6 +79,12 @@ pub(crate) async fn switch_gateway(
     list: &mut [Joined],
     undo: &mut Undo<CoreError>,
 ) -> Result<Option<String>, CoreError> {
+    if old.is_none()
+        && let Some(kept) = sb.detached_gateway()
+    {
+        // The gateway endpoint's network waits for its driver: the route through it stays.
+        return Ok(Some(kept));
+    }
     let candidates: Vec<GatewayCandidate> = list.iter().map(Joined::candidate).collect();
     let new_id = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
     let old_id = old.as_ref().map(|j| j.ep.id.clone());

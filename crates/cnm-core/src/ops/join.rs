@@ -63,7 +63,13 @@ pub(crate) async fn join(
         },
     )?;
     let driver = core.driver_of(&net)?;
-    let n = gateway::pick_index(st.joined.iter().filter_map(|j| j.eth));
+    // Names held by joins waiting for their driver count as taken.
+    let n = gateway::pick_index(
+        st.joined
+            .iter()
+            .filter_map(|j| j.eth)
+            .chain(sb.detached_eths()),
+    );
     let requested = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
     let request = JoinRequest {
         network_id: net.id.clone(),

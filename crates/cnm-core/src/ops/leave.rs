@@ -44,7 +44,9 @@ pub(crate) async fn leave(
     let was_gateway = st.gateway.as_deref() == Some(ep.id.as_str());
     // The gateway the sandbox will have: the one switch_gateway picks below.
     let candidates: Vec<GatewayCandidate> = rest.iter().map(Joined::candidate).collect();
-    let next_gw = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
+    let next_gw = sb
+        .detached_gateway()
+        .or_else(|| gateway::select(&candidates).map(|c| c.endpoint_id.clone()));
     let mut version = commit_join_state(
         core,
         sb,

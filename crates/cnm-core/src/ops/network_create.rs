@@ -16,8 +16,9 @@ use crate::id;
 use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
 use crate::options::{NetworkOptions, PoolConfig};
 use crate::record;
-use crate::spi::Capability;
+use crate::spi::{Capability, Driver, DriverOptions, Scope};
 use crate::state::Core;
+use crate::store::{StoreError, Versioned};
 use crate::undo::Undo;
 
 /// Releases a name reservation (and a singleton claim) unless the creation committed.
@@ -108,9 +109,15 @@ pub(crate) async fn create_network(
         .parse_network_options(&options.driver_keys())
         .map_err(|e| CoreError::driver("validate options of network", &name, e))?;
     let capability = driver.capability();
+    let global = capability.scope == Scope::Global;
+    if global {
+        // A typed error before anything is reserved.
+        core.cluster_for(&name, &driver_name)?;
+    }
     check_capability(&capability, &driver_name, &options)?;
-    // Reading the host's addresses and routes changes nothing.
-    if capability.host_routes && !options.allow_host_overlap {
+    // Reading the host's addresses and routes changes nothing. A global network's subnets are
+    // the cluster's: they are checked against every other global network instead.
+    if capability.host_routes && !options.allow_host_overlap && !global {
         core.check_host_overlap(&options.pools).await?;
     }
 
@@ -123,13 +130,7 @@ pub(crate) async fn create_network(
     async move {
         let mut undo = Undo::new();
         let result = async {
-            // 3. Pools and gateways.
-            let (v4, v6) = if capability.needs_addresses {
-                allocate_pools(&core, &mut undo, &options, &capability, &name).await?
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            let parts = NetworkParts {
+            let mut parts = NetworkParts {
                 id: id.clone(),
                 name: name.clone(),
                 driver_name: driver_name.clone(),
@@ -137,9 +138,25 @@ pub(crate) async fn create_network(
                 options,
                 parsed,
                 mtu,
-                pools_v4: v4,
-                pools_v6: v6,
+                pools_v4: Vec::new(),
+                pools_v6: Vec::new(),
                 created: std::time::SystemTime::now(),
+                allocation: DriverOptions::new(),
+            };
+            // 3. Pools and gateways, and the driver's allocation; a global network's claimed
+            //    in the cluster store with its record and name, in one transaction.
+            let global_version = if global {
+                Some(claim_global(&core, &mut undo, &driver, &mut parts).await?)
+            } else {
+                if capability.needs_addresses {
+                    let (v4, v6) =
+                        allocate_pools(&core, &mut undo, &parts.options, &capability, &name)
+                            .await?;
+                    parts.pools_v4 = v4;
+                    parts.pools_v6 = v6;
+                }
+                parts.allocation = allocate_in_driver(&mut undo, &driver, &parts).await?;
+                None
             };
             // 4. The driver.
             driver
@@ -155,10 +172,18 @@ pub(crate) async fn create_network(
                 });
             }
             crate::crash::point("network-create:after-driver");
-            // 5. The record: last, so a crash before it leaves nothing the restart keeps.
-            let key = record::network_key(&id);
-            let version = put_new_record(&core, &key, &parts.record(core.ipam.name())).await?;
-            undo.push("delete network record", delete_record(&core, key, version));
+            // 5. The record: last, so a crash before it leaves nothing the restart keeps (a
+            //    global network's is in the cluster store already: other hosts create it too).
+            let version = match global_version {
+                Some(v) => v,
+                None => {
+                    let key = record::network_key(&id);
+                    let version =
+                        put_new_record(&core, &key, &parts.record(core.ipam.name())).await?;
+                    undo.push("delete network record", delete_record(&core, key, version));
+                    version
+                }
+            };
             crate::crash::point("network-create:after-record");
             Ok(Arc::new(parts.build(version)))
         }
@@ -171,6 +196,112 @@ pub(crate) async fn create_network(
     }
     .instrument(span)
     .await
+}
+
+/// Asks the driver for the network's cluster-wide allocation (undone by `free_network`).
+async fn allocate_in_driver(
+    undo: &mut Undo<CoreError>,
+    driver: &Arc<dyn Driver>,
+    parts: &NetworkParts,
+) -> Result<DriverOptions, CoreError> {
+    let allocation = driver
+        .allocate_network(&parts.spec())
+        .await
+        .map_err(|e| CoreError::driver("allocate network", &parts.name, e))?;
+    let (d, id, a) = (driver.clone(), parts.id.clone(), allocation.clone());
+    undo.push("free network in driver", move || async move {
+        d.free_network(&id, &a)
+            .await
+            .map_err(|e| CoreError::driver("free network", id, e))
+    });
+    Ok(allocation)
+}
+
+/// How often a global network's creation picks its subnets again after another host's
+/// network took the index first, before giving up.
+const CLAIM_ATTEMPTS: usize = 64;
+
+/// Claims a global network in the cluster store: subnets picked against every other global
+/// network's, the driver's allocation, then the record, name and subnet index in one
+/// transaction (retried from the pick when another network changed the index first). Returns
+/// the record's version.
+async fn claim_global(
+    core: &Arc<Core>,
+    undo: &mut Undo<CoreError>,
+    driver: &Arc<dyn Driver>,
+    parts: &mut NetworkParts,
+) -> Result<u64, CoreError> {
+    let cluster = core.cluster_for(&parts.name, &parts.driver_name)?;
+    for _ in 0..CLAIM_ATTEMPTS {
+        let (v4, v6, index, index_version) = cluster
+            .pick_pools(&parts.options, &parts.capability, &parts.name, &parts.id)
+            .await?;
+        parts.pools_v4 = v4;
+        parts.pools_v6 = v6;
+        parts.allocation = driver
+            .allocate_network(&parts.spec())
+            .await
+            .map_err(|e| CoreError::driver("allocate network", &parts.name, e))?;
+        let rec = parts.record(core.ipam.name());
+        let claimed = cluster.claim_network(&rec, &index, index_version).await;
+        let e = match claimed {
+            Ok(version) => {
+                let (d, id, a) = (driver.clone(), parts.id.clone(), parts.allocation.clone());
+                undo.push("free network in driver", move || async move {
+                    d.free_network(&id, &a)
+                        .await
+                        .map_err(|e| CoreError::driver("free network", id, e))
+                });
+                let record = Versioned {
+                    version,
+                    value: rec,
+                };
+                let c = core.clone();
+                undo.push(
+                    "delete the network's claims in the cluster store",
+                    move || async move {
+                        match &c.cluster {
+                            Some(cluster) => cluster.finish_delete(&record).await,
+                            None => Ok(()),
+                        }
+                    },
+                );
+                let pools: Vec<_> = parts
+                    .pools_v4
+                    .iter()
+                    .chain(&parts.pools_v6)
+                    .cloned()
+                    .collect();
+                cluster.adopt(&parts.id, version, &pools)?;
+                let (c, id) = (core.clone(), parts.id.clone());
+                undo.push("forget the cluster pools", move || async move {
+                    if let Some(cluster) = &c.cluster {
+                        cluster.forget(&id);
+                    }
+                    Ok(())
+                });
+                return Ok(version);
+            }
+            Err(e) => e,
+        };
+        // Nothing was written: give the allocation back, then pick again or give up.
+        driver
+            .free_network(&parts.id, &parts.allocation)
+            .await
+            .map_err(|e| CoreError::driver("free network", &parts.name, e))?;
+        match &e {
+            StoreError::Conflict { key, .. } if key == crate::cluster::SUBNETS_KEY => continue,
+            StoreError::Conflict { key, .. } if *key == crate::cluster::name_key(&parts.name) => {
+                return Err(CoreError::NetworkExists(parts.name.clone()));
+            }
+            _ => return Err(CoreError::store("write", record::network_key(&parts.id), e)),
+        }
+    }
+    Err(CoreError::Aborted {
+        op: "create network",
+        object: parts.name.clone(),
+        reason: format!("the cluster's subnet index changed {CLAIM_ATTEMPTS} times in a row"),
+    })
 }
 
 /// Refuses what the driver cannot take: addresses for a driver without any, a gateway for one

@@ -24,31 +24,69 @@ pub(crate) async fn delete_network(
             return Err(e);
         }
     };
+    // A global network is marked in the cluster store first: from then on no host can take an
+    // address in it, and the delete is refused while any host holds one.
+    let marked = if net.is_global() {
+        let marked = match core.cluster_for(&net.name, &net.driver_name) {
+            Ok(cluster) => cluster.begin_delete(&net.id, &net.name).await,
+            Err(e) => Err(e),
+        };
+        match marked {
+            Ok(m) => Some(m),
+            Err(e) => {
+                net.state().deleting = false;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     if let Err(e) = driver.delete_network(&net.id).await {
         net.state().deleting = false;
-        return Err(CoreError::driver("delete network", &net.name, e));
+        let e = CoreError::driver("delete network", &net.name, e);
+        if let (Some(m), Some(cluster)) = (marked, &core.cluster)
+            && let Err(undo) = cluster.abort_delete(m).await
+        {
+            return Err(crate::undo::with_cleanup(e, vec![undo]));
+        }
+        return Err(e);
     }
     // A crash from here until the record is gone leaves the record: the restart recreates the
     // network from it (the delete did not happen).
     crate::crash::point("network-delete:after-driver");
     let mut errors = Errors::default();
-    let key = record::network_key(&net.id);
-    errors.check(
-        core.store
-            .delete(&key, Expect::Version(net.version))
-            .await
-            .map_err(|e| CoreError::store("delete", &key, e)),
-    );
-    if net.capability.needs_addresses {
-        for pool in net.pools_v4.iter().chain(&net.pools_v6) {
+    match (&marked, &core.cluster) {
+        (Some(m), Some(cluster)) => {
+            errors.check(cluster.finish_delete(m).await);
+            cluster.forget(&net.id);
+        }
+        _ => {
+            let key = record::network_key(&net.id);
             errors.check(
-                core.ipam
-                    .release_pool(&pool.pool_id)
+                core.store
+                    .delete(&key, Expect::Version(net.version))
                     .await
-                    .map_err(|e| CoreError::ipam("release pool of network", &net.name, e)),
+                    .map_err(|e| CoreError::store("delete", &key, e)),
             );
+            if net.capability.needs_addresses {
+                for pool in net.pools_v4.iter().chain(&net.pools_v6) {
+                    errors.check(
+                        core.ipam
+                            .release_pool(&pool.pool_id)
+                            .await
+                            .map_err(|e| CoreError::ipam("release pool of network", &net.name, e)),
+                    );
+                }
+            }
         }
     }
+    // Once for the cluster, by the host that deletes it.
+    errors.check(
+        driver
+            .free_network(&net.id, &net.allocation)
+            .await
+            .map_err(|e| CoreError::driver("free network", &net.name, e)),
+    );
     crate::crash::point("network-delete:after-record");
     core.networks.remove(&net.id);
     core.network_names.remove(&net.name);

@@ -20,6 +20,7 @@
 //! every operation interrupted by a crash look done completely or not at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use cnm_ipam::{AddressRequest, Family, PoolRequest};
@@ -32,8 +33,8 @@ use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
 use crate::model::sandbox::{Joined, SandboxInner, SandboxState};
 use crate::options::{NetworkOptions, PoolConfig};
 use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord, endpoint_key};
-use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef};
-use crate::state::Core;
+use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope};
+use crate::state::{Core, PendingNetwork};
 use crate::store::{Expect, Txn, Versioned, list_json};
 
 use super::gateway::program;
@@ -48,9 +49,36 @@ struct Opened {
 pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
     let store = core.store.as_ref();
     let read = |prefix: &'static str| move |e| CoreError::store("read", prefix, e);
-    let nets = list_json::<NetworkRecord>(store, "network/")
+    let mut nets = list_json::<NetworkRecord>(store, "network/")
         .await
         .map_err(read("network/"))?;
+    // Global networks: every one of the cluster, each handed to its driver here too; then a
+    // watch from the listing's revision keeps the view current.
+    let mut cluster_revision = None;
+    if let Some(cluster) = &core.cluster {
+        let listing = cluster
+            .store
+            .list_with_revision("network/")
+            .await
+            .map_err(read("network/ of the cluster store"))?;
+        cluster_revision = Some(listing.revision);
+        for (key, v) in listing.entries {
+            let value = serde_json::from_slice::<NetworkRecord>(&v.value).map_err(|source| {
+                CoreError::Record {
+                    op: "decode",
+                    key: key.clone(),
+                    source,
+                }
+            })?;
+            nets.push((
+                key,
+                Versioned {
+                    version: v.version,
+                    value,
+                },
+            ));
+        }
+    }
     let eps = list_json::<EndpointRecord>(store, "endpoint/")
         .await
         .map_err(read("endpoint/"))?;
@@ -88,6 +116,9 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
             source,
         })?;
     crate::crash::point("reload:after-sweep");
+    if let (Some(cluster), Some(revision)) = (&core.cluster, cluster_revision) {
+        crate::cluster::watch(core, cluster, revision)?;
+    }
     tracing::info!(
         networks = core.networks.len(),
         endpoints = endpoints.len(),
@@ -143,7 +174,9 @@ async fn reopen_sandboxes(
 }
 
 /// Networks, with IPAM rebuilt from the records, handed back to their drivers. Returns the
-/// endpoints by id, and the networks kept by each driver.
+/// endpoints by id, and the networks kept by each driver. A network whose driver is not
+/// registered keeps its name, pools and addresses reserved, and waits for the driver
+/// ([`restore_pending`]).
 async fn restore_networks(
     core: &Arc<Core>,
     nets: Vec<(String, Versioned<NetworkRecord>)>,
@@ -166,107 +199,34 @@ async fn restore_networks(
     let mut endpoints: HashMap<String, Arc<EndpointInner>> = HashMap::new();
     let mut kept_by_driver: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, net) in nets {
-        let rec = net.value;
-        let Ok(driver) = core.driver(&rec.driver) else {
-            tracing::warn!(network = %rec.name, driver = %rec.driver, "driver of a recorded network is not linked: network not restored");
+        let eps = by_network.remove(&net.value.id).unwrap_or_default();
+        let (pools_v4, pools_v6) = reserve(core, &net, &eps).await?;
+        let (id, name, driver) = (
+            net.value.id.clone(),
+            net.value.name.clone(),
+            net.value.driver.clone(),
+        );
+        core.network_names.insert(name.clone(), Some(id.clone()));
+        if core.driver(&driver).is_err() {
+            tracing::warn!(network = %name, driver = %driver, "driver of a recorded network is not registered: network kept, restored when the driver registers");
+            core.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(driver)
+                .or_default()
+                .push(PendingNetwork {
+                    record: net,
+                    pools_v4,
+                    pools_v6,
+                    endpoints: eps,
+                });
             continue;
-        };
-        let options = network_options(&rec)?;
-        let parsed = driver
-            .parse_network_options(&options.driver_keys())
-            .map_err(|e| {
-                CoreError::driver("parse the recorded options of network", &rec.name, e)
-            })?;
-        let parts = NetworkParts {
-            id: rec.id.clone(),
-            name: rec.name.clone(),
-            driver_name: rec.driver.clone(),
-            capability: driver.capability(),
-            mtu: options.mtu()?,
-            options,
-            parsed,
-            pools_v4: restore_pools(core, &rec.ipv4, Family::V4, &rec.name).await?,
-            pools_v6: restore_pools(core, &rec.ipv6, Family::V6, &rec.name).await?,
-            created: rec.created,
-        };
-        let spec = parts.spec();
-        let net = Arc::new(parts.build(net.version));
-        let mut restored = Vec::new();
-        let mut live = Vec::new();
-        for ep in by_network.remove(&rec.id).unwrap_or_default() {
-            let r = ep.value;
-            let ep_inner = restore_endpoint(core, &net, r, ep.version).await?;
-            let joined = ep_inner.state().sandbox.clone().and_then(|sid| {
-                let sb = opened.get(&sid)?;
-                let j = sb
-                    .rec
-                    .value
-                    .endpoints
-                    .iter()
-                    .find(|j| j.endpoint_id == ep_inner.id)?;
-                let ifname = j.requested.clone().or_else(|| j.ifname.clone())?;
-                Some(RestoredJoin::new(
-                    SandboxRef {
-                        id: sid,
-                        key: sb.ns.key.clone(),
-                        ns: sb.ns.ns.clone(),
-                        netlink: sb.ns.netlink.clone(),
-                    },
-                    ifname,
-                ))
-            });
-            // A record joined to a sandbox that was not reopened is free.
-            let joined_to = ep_inner.state().sandbox.clone();
-            if joined_to.is_some_and(|s| !opened.contains_key(&s)) {
-                ep_inner.state().sandbox = None;
-            }
-            restored.push(RestoredEndpoint::new(
-                EndpointSpec {
-                    network_id: rec.id.clone(),
-                    endpoint_id: ep_inner.id.clone(),
-                    name: ep_inner.name.clone(),
-                    ipv4: ep_inner.ipv4.as_ref().map(|a| a.addr),
-                    ipv6: ep_inner.ipv6.as_ref().map(|a| a.addr),
-                    mac: ep_inner.mac,
-                    options: ep_inner.options.driver_options.clone(),
-                    parsed: ep_inner.parsed.clone(),
-                },
-                joined,
-            ));
-            live.push(ep_inner);
         }
-        driver
-            .restore_network(&spec, &restored)
-            .await
-            .map_err(|e| CoreError::driver("restore network", &rec.name, e))?;
-        {
-            let mut st = net.state();
-            for ep in &live {
-                st.endpoints
-                    .insert(ep.name.clone(), Some(Arc::downgrade(ep)));
-                if let Some(mac) = ep.mac
-                    && let Err(e) = st.claim_mac(mac, &ep.name, &rec.name)
-                {
-                    // Recorded by a build that did not check: keep both, say so.
-                    tracing::warn!(error = %e, endpoint = %ep.name, "duplicate MAC address restored");
-                }
-            }
-        }
+        let live = restore_one(core, net, pools_v4, pools_v6, eps, opened).await?;
         for ep in live {
-            core.endpoints.insert(ep.id.clone(), ep.clone());
             endpoints.insert(ep.id.clone(), ep);
         }
-        if net.capability.singleton {
-            core.singletons.insert(rec.driver.clone(), rec.name.clone());
-        }
-        core.network_names
-            .insert(rec.name.clone(), Some(rec.id.clone()));
-        core.networks.insert(rec.id.clone(), net);
-        kept_by_driver
-            .entry(rec.driver.clone())
-            .or_default()
-            .push(rec.id.clone());
-        tracing::debug!(network = id::short(&rec.id), name = %rec.name, "network restored");
+        kept_by_driver.entry(driver).or_default().push(id);
     }
     for (id, eps) in &by_network {
         tracing::warn!(
@@ -276,6 +236,366 @@ async fn restore_networks(
         );
     }
     Ok((endpoints, kept_by_driver))
+}
+
+/// Reserves a recorded network's pools and its endpoints' addresses: in IPAM for a local
+/// network, in the cluster mirror for a global one (whose claims are in the cluster store).
+async fn reserve(
+    core: &Core,
+    net: &Versioned<NetworkRecord>,
+    eps: &[Versioned<EndpointRecord>],
+) -> Result<(Vec<NetworkPool>, Vec<NetworkPool>), CoreError> {
+    let rec = &net.value;
+    let addresses = eps.iter().flat_map(|e| {
+        let v4 = e
+            .value
+            .ipv4
+            .as_ref()
+            .map(|(a, p)| (IpAddr::V4(a.addr()), p.clone()));
+        let v6 = e
+            .value
+            .ipv6
+            .as_ref()
+            .map(|(a, p)| (IpAddr::V6(a.addr()), p.clone()));
+        v4.into_iter()
+            .chain(v6)
+            .map(|(a, p)| (a, p, e.value.name.clone()))
+    });
+    if rec.scope == Scope::Global {
+        let cluster = core.cluster_for(&rec.name, &rec.driver)?;
+        let v4: Vec<NetworkPool> = rec.ipv4.iter().map(NetworkPool::from_record).collect();
+        let v6: Vec<NetworkPool> = rec.ipv6.iter().map(NetworkPool::from_record).collect();
+        let all: Vec<NetworkPool> = v4.iter().chain(&v6).cloned().collect();
+        cluster.adopt(&rec.id, net.version, &all)?;
+        for (addr, pool, _) in addresses {
+            cluster.restore_address(&pool, addr);
+        }
+        return Ok((v4, v6));
+    }
+    let v4 = restore_pools(core, &rec.ipv4, Family::V4, &rec.name).await?;
+    let v6 = restore_pools(core, &rec.ipv6, Family::V6, &rec.name).await?;
+    for (addr, pool, name) in addresses {
+        core.ipam
+            .request_address(&pool, AddressRequest::Specific(addr))
+            .await
+            .map_err(|e| CoreError::ipam("restore address of endpoint", name, e))?;
+    }
+    Ok((v4, v6))
+}
+
+/// One recorded network, its pools and addresses reserved, handed back to its driver with its
+/// endpoints (and where each is joined, among `opened`), and put in the controller's maps.
+/// Returns the endpoints.
+async fn restore_one(
+    core: &Arc<Core>,
+    net: Versioned<NetworkRecord>,
+    pools_v4: Vec<NetworkPool>,
+    pools_v6: Vec<NetworkPool>,
+    eps: Vec<Versioned<EndpointRecord>>,
+    opened: &BTreeMap<String, Opened>,
+) -> Result<Vec<Arc<EndpointInner>>, CoreError> {
+    let rec = net.value;
+    let driver = core.driver(&rec.driver)?;
+    let options = network_options(&rec)?;
+    let parsed = driver
+        .parse_network_options(&options.driver_keys())
+        .map_err(|e| CoreError::driver("parse the recorded options of network", &rec.name, e))?;
+    let parts = NetworkParts {
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        driver_name: rec.driver.clone(),
+        capability: driver.capability().with_scope(rec.scope),
+        mtu: options.mtu()?,
+        options,
+        parsed,
+        pools_v4,
+        pools_v6,
+        created: rec.created,
+        allocation: rec.allocation.clone(),
+    };
+    let spec = parts.spec();
+    let net = Arc::new(parts.build(net.version));
+    let mut restored = Vec::new();
+    let mut live = Vec::new();
+    for ep in eps {
+        let r = ep.value;
+        let ep_inner = restore_endpoint(core, &net, r, ep.version)?;
+        let joined = ep_inner.state().sandbox.clone().and_then(|sid| {
+            let sb = opened.get(&sid)?;
+            let j = sb
+                .rec
+                .value
+                .endpoints
+                .iter()
+                .find(|j| j.endpoint_id == ep_inner.id)?;
+            let ifname = j.requested.clone().or_else(|| j.ifname.clone())?;
+            Some(RestoredJoin::new(
+                SandboxRef {
+                    id: sid,
+                    key: sb.ns.key.clone(),
+                    ns: sb.ns.ns.clone(),
+                    netlink: sb.ns.netlink.clone(),
+                },
+                ifname,
+            ))
+        });
+        // A record joined to a sandbox that was not reopened is free.
+        let joined_to = ep_inner.state().sandbox.clone();
+        if joined_to.is_some_and(|s| !opened.contains_key(&s)) {
+            ep_inner.state().sandbox = None;
+        }
+        restored.push(RestoredEndpoint::new(
+            EndpointSpec {
+                network_id: rec.id.clone(),
+                endpoint_id: ep_inner.id.clone(),
+                name: ep_inner.name.clone(),
+                ipv4: ep_inner.ipv4.as_ref().map(|a| a.addr),
+                ipv6: ep_inner.ipv6.as_ref().map(|a| a.addr),
+                mac: ep_inner.mac,
+                options: ep_inner.options.driver_options.clone(),
+                parsed: ep_inner.parsed.clone(),
+            },
+            joined,
+        ));
+        live.push(ep_inner);
+    }
+    driver
+        .restore_network(&spec, &restored)
+        .await
+        .map_err(|e| CoreError::driver("restore network", &rec.name, e))?;
+    {
+        let mut st = net.state();
+        for ep in &live {
+            st.endpoints
+                .insert(ep.name.clone(), Some(Arc::downgrade(ep)));
+            if let Some(mac) = ep.mac
+                && let Err(e) = st.claim_mac(mac, &ep.name, &rec.name)
+            {
+                // Recorded by a build that did not check: keep both, say so.
+                tracing::warn!(error = %e, endpoint = %ep.name, "duplicate MAC address restored");
+            }
+        }
+    }
+    for ep in &live {
+        core.endpoints.insert(ep.id.clone(), ep.clone());
+    }
+    if net.capability.singleton {
+        core.singletons.insert(rec.driver.clone(), rec.name.clone());
+    }
+    core.network_names
+        .insert(rec.name.clone(), Some(rec.id.clone()));
+    core.networks.insert(rec.id.clone(), net);
+    tracing::debug!(network = id::short(&rec.id), name = %rec.name, "network restored");
+    Ok(live)
+}
+
+/// Restores the networks that waited for `driver` (see [`restore_networks`]), with their
+/// endpoints; an endpoint recorded as joined comes back joined when its sandbox is there.
+pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(), CoreError> {
+    let pending = core
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&driver)
+        .unwrap_or_default();
+    for p in pending {
+        let sandboxes: Vec<Arc<SandboxInner>> = p
+            .endpoints
+            .iter()
+            .filter_map(|e| e.value.sandbox_id.as_ref())
+            .filter_map(|sid| core.sandboxes.get(sid).map(|s| s.value().clone()))
+            .collect();
+        // The sandboxes' operation locks, in id order, so no join or leave runs meanwhile.
+        let mut sandboxes = sandboxes;
+        sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+        sandboxes.dedup_by(|a, b| a.id == b.id);
+        let mut guards = Vec::new();
+        for sb in &sandboxes {
+            guards.push(sb.op.lock().await);
+        }
+        let opened: BTreeMap<String, Opened> = sandboxes
+            .iter()
+            .map(|sb| {
+                let st = sb.state();
+                let rec = sb.record(&st.joined, st.gateway.as_deref());
+                let version = st.version;
+                drop(st);
+                (
+                    sb.id.clone(),
+                    Opened {
+                        rec: Versioned {
+                            version,
+                            value: rec,
+                        },
+                        ns: sb.ns.clone(),
+                    },
+                )
+            })
+            .collect();
+        let live = restore_one(
+            &core,
+            p.record,
+            p.pools_v4,
+            p.pools_v6,
+            p.endpoints,
+            &opened,
+        )
+        .await?;
+        for sb in &sandboxes {
+            let detached = sb.take_detached(|j| live.iter().any(|e| e.id == j.endpoint_id));
+            for j in detached {
+                let Some(ep) = live.iter().find(|e| e.id == j.endpoint_id) else {
+                    continue;
+                };
+                let index = match &j.ifname {
+                    Some(name) => core
+                        .kernel
+                        .interface_index(&sb.ns, name)
+                        .await
+                        .map_err(|e| {
+                            CoreError::sandbox(
+                                "look up interface",
+                                format!("{name} in sandbox {}", sb.short()),
+                                e,
+                            )
+                        })?,
+                    None => None,
+                };
+                let mut joined = Joined::from_record(ep.clone(), &j, index);
+                if sb.state().gateway.as_deref() == Some(ep.id.as_str()) {
+                    restore_gateway(&core, sb, &mut joined).await?;
+                }
+                // Back where it was: before the first join with a later interface.
+                let mut st = sb.state();
+                let at = joined
+                    .eth
+                    .and_then(|n| st.joined.iter().position(|o| o.eth.is_some_and(|m| m > n)))
+                    .unwrap_or(st.joined.len());
+                st.joined.insert(at, joined);
+            }
+            let joined = sb.state().joined.clone();
+            write_hosts(&core, sb, &joined)?;
+        }
+        drop(guards);
+    }
+    Ok(())
+}
+
+/// Brings the controller's global networks in line with the cluster store's records: adopts
+/// those it does not have (handed to their drivers, which create them on this host), updates
+/// the record versions address claims check, and lets go of those deleted elsewhere. Returns
+/// the store revision it read at.
+pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
+    let Some(cluster) = core.cluster.as_ref() else {
+        return Ok(0);
+    };
+    let _one = cluster.sync.lock().await;
+    let listing = cluster
+        .store
+        .list_with_revision("network/")
+        .await
+        .map_err(|e| CoreError::store("read", "network/", e))?;
+    let mut seen = BTreeSet::new();
+    for (key, v) in listing.entries {
+        let rec: NetworkRecord = match serde_json::from_slice(&v.value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "undecodable network record in the cluster store");
+                continue;
+            }
+        };
+        seen.insert(rec.id.clone());
+        if core.networks.contains_key(&rec.id) {
+            let pools: Vec<NetworkPool> = rec
+                .ipv4
+                .iter()
+                .chain(&rec.ipv6)
+                .map(NetworkPool::from_record)
+                .collect();
+            cluster.adopt(&rec.id, v.version, &pools)?;
+            continue;
+        }
+        if rec.deleting || cluster.knows(&rec.id) {
+            // Going, or being created or restored here, or waiting for its driver.
+            continue;
+        }
+        // The name: free here, or taken by a network being created here (skipped: this host
+        // made it or lost the race for it) or by a local network of this host.
+        match core.network_names.entry(rec.name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(_) => {
+                tracing::warn!(network = %rec.name, "a global network's name is taken on this host: not adopted");
+                continue;
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(None);
+            }
+        }
+        let (id, name) = (rec.id.clone(), rec.name.clone());
+        let net = Versioned {
+            version: v.version,
+            value: rec,
+        };
+        let adopted = async {
+            let (v4, v6) = reserve(core, &net, &[]).await?;
+            if core.driver(&net.value.driver).is_err() {
+                core.network_names.insert(name.clone(), Some(id.clone()));
+                core.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(net.value.driver.clone())
+                    .or_default()
+                    .push(PendingNetwork {
+                        record: net,
+                        pools_v4: v4,
+                        pools_v6: v6,
+                        endpoints: Vec::new(),
+                    });
+                return Ok(());
+            }
+            restore_one(core, net, v4, v6, Vec::new(), &BTreeMap::new())
+                .await
+                .map(drop)
+        }
+        .await;
+        if let Err(e) = adopted {
+            tracing::warn!(network = %name, error = %e, "adopting a global network failed");
+            cluster.forget(&id);
+            core.network_names.remove_if(&name, |_, v| v.is_none());
+        } else {
+            tracing::info!(network = %name, "global network adopted");
+        }
+    }
+    // Networks deleted by another host.
+    let gone: Vec<Arc<NetworkInner>> = core
+        .networks
+        .iter()
+        .filter(|n| n.is_global() && !seen.contains(&n.id))
+        .map(|n| n.value().clone())
+        .collect();
+    for net in gone {
+        {
+            let mut st = net.state();
+            if st.deleting {
+                continue;
+            }
+            if !st.endpoints.is_empty() {
+                tracing::warn!(network = %net.name, "a global network deleted elsewhere still has endpoints here: kept");
+                continue;
+            }
+            st.deleting = true;
+        }
+        if let Ok(d) = core.driver_of(&net)
+            && let Err(e) = d.delete_network(&net.id).await
+        {
+            tracing::warn!(network = %net.name, error = %e, "deleting a network deleted elsewhere failed in its driver");
+        }
+        cluster.forget(&net.id);
+        core.networks.remove(&net.id);
+        core.network_names.remove(&net.name);
+        tracing::info!(network = %net.name, "global network deleted by another host");
+    }
+    cluster.synced.send_replace(listing.revision);
+    Ok(listing.revision)
 }
 
 /// The options a network was created with, from its record.
@@ -297,9 +617,9 @@ fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
     })
 }
 
-/// An endpoint from its record: addresses held in IPAM again, options as the user gave them,
-/// the driver's options parsed once.
-async fn restore_endpoint(
+/// An endpoint from its record (its addresses reserved already, see [`reserve`]): options as
+/// the user gave them, the driver's options parsed once.
+fn restore_endpoint(
     core: &Core,
     net: &Arc<NetworkInner>,
     r: EndpointRecord,
@@ -317,12 +637,6 @@ async fn restore_endpoint(
         parsed,
         version,
     ));
-    for (addr, pool) in ep.reserved() {
-        core.ipam
-            .request_address(pool, AddressRequest::Specific(addr))
-            .await
-            .map_err(|e| CoreError::ipam("restore address of endpoint", &ep.name, e))?;
-    }
     Ok(ep)
 }
 
@@ -332,11 +646,25 @@ async fn restore_sandboxes(
     opened: BTreeMap<String, Opened>,
     endpoints: &HashMap<String, Arc<EndpointInner>>,
 ) -> Result<(), CoreError> {
+    let pending: BTreeSet<String> = core
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .flatten()
+        .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone()))
+        .collect();
     for (sid, o) in opened {
         let rec = o.rec.value;
         let mut joined = Vec::new();
+        let mut detached = Vec::new();
         for j in &rec.endpoints {
             let Some(ep) = endpoints.get(&j.endpoint_id) else {
+                if pending.contains(&j.endpoint_id) {
+                    // Its network waits for its driver: kept in the record meanwhile.
+                    detached.push(j.clone());
+                    continue;
+                }
                 tracing::warn!(
                     sandbox = id::short(&sid),
                     endpoint = id::short(&j.endpoint_id),
@@ -399,6 +727,7 @@ async fn restore_sandboxes(
                 })?;
         }
         sb.state().joined = joined;
+        sb.set_detached(detached, rec.gateway_endpoint.as_deref());
         core.containers.insert(
             rec.container_id.clone(),
             Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),

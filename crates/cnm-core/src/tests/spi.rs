@@ -16,7 +16,7 @@ async fn drivers_register_while_running_and_names_stay_unique() {
     assert_eq!(w.ctl.drivers(), ["fake"]);
     let second = Arc::new(FakeDriver::new("late", Some(w.kernel.clone())));
     let d = second.clone();
-    w.ctl.register_driver("late", move |_| Ok(d)).unwrap();
+    w.ctl.register_driver("late", move |_| Ok(d)).await.unwrap();
     assert_eq!(w.ctl.drivers(), ["fake", "late"]);
     let net = w
         .ctl
@@ -32,6 +32,7 @@ async fn drivers_register_while_running_and_names_stay_unique() {
     let e = w
         .ctl
         .register_driver("late", |_| unreachable!("not built twice"))
+        .await
         .unwrap_err();
     assert!(
         matches!(e, CoreError::DriverExists(ref n) if n == "late"),

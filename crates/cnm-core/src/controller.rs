@@ -74,6 +74,7 @@ pub struct ControllerBuilder {
     resolv_conf: PathBuf,
     store: Option<Arc<dyn Store>>,
     ipam: Option<Arc<dyn Ipam>>,
+    drivers: Vec<Arc<dyn Driver>>,
 }
 
 impl ControllerBuilder {
@@ -117,6 +118,14 @@ impl ControllerBuilder {
         self
     }
 
+    /// Adds a driver built by the caller (a remote plugin found at run time) next to the
+    /// linked ones, under its [`Driver::name`]; a name already taken fails the build with
+    /// [`CoreError::DuplicateDriver`].
+    pub fn driver(mut self, driver: Arc<dyn Driver>) -> Self {
+        self.drivers.push(driver);
+        self
+    }
+
     /// Creates the directories, connects to the host namespace, opens the store, instantiates
     /// every linked driver, and reloads the recorded state: IPAM is rebuilt from the network
     /// and endpoint records, each network handed back to its driver with its endpoints
@@ -150,6 +159,13 @@ impl ControllerBuilder {
             let driver =
                 (reg.create)(&ctx).map_err(|e| CoreError::driver("instantiate driver", name, e))?;
             drivers.insert(name.to_owned(), driver);
+        }
+        for driver in self.drivers {
+            let name = driver.name().to_owned();
+            if drivers.contains_key(&name) {
+                return Err(CoreError::DuplicateDriver(name));
+            }
+            drivers.insert(name, driver);
         }
         let store = match self.store {
             Some(store) => store,
@@ -439,6 +455,7 @@ impl Controller {
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             store: None,
             ipam: None,
+            drivers: Vec::new(),
         }
     }
 

@@ -175,8 +175,9 @@ impl PluginClient {
         dirs: PluginDirs,
         config: ClientConfig,
     ) -> Result<Self, PluginError> {
+        // An unknown name fails here, at once; only a plugin that exists is waited for.
         let spec = find(&dirs, name).await?;
-        let implements = activate(&spec, subsystem, &config).await?;
+        let implements = activate(&spec, subsystem, &config, Instant::now()).await?;
         tracing::info!(plugin = name, addr = %spec.addr, ?implements, "plugin activated");
         Ok(Self {
             name: name.to_owned(),
@@ -350,8 +351,21 @@ impl PluginClient {
         if self.lock().generation != seen {
             return Ok(());
         }
-        let spec = find(&self.dirs, &self.name).await?;
-        let implements = activate(&spec, self.subsystem, &self.config).await?;
+        // A plugin that restarts may remove its socket before it binds it again: look for it
+        // for as long as the wait for an answer allows.
+        let started = Instant::now();
+        let mut pause = FIRST_PAUSE;
+        let spec = loop {
+            match find(&self.dirs, &self.name).await {
+                Err(PluginError::NotFound { .. })
+                    if started.elapsed() < self.config.activate_wait =>
+                {
+                    pause = wait_a_little(pause, started, self.config.activate_wait).await;
+                }
+                other => break other?,
+            }
+        };
+        let implements = activate(&spec, self.subsystem, &self.config, started).await?;
         let mut a = self.lock();
         a.spec = Arc::new(spec);
         a.implements = implements;
@@ -374,25 +388,42 @@ async fn find(dirs: &PluginDirs, name: &str) -> Result<PluginSpec, PluginError> 
     }
 }
 
-/// The handshake: `POST /Plugin.Activate` with no body, waiting up to `activate_wait` for a
-/// plugin that refuses connections; checks that the plugin implements `subsystem`.
+/// The first pause between probes of a plugin that is coming up; it doubles up to
+/// [`LAST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const LAST_PAUSE: Duration = Duration::from_millis(100);
+
+/// Sleeps `pause` (never past `started + wait`) and returns the next pause.
+async fn wait_a_little(pause: Duration, started: Instant, wait: Duration) -> Duration {
+    let left = wait.saturating_sub(started.elapsed());
+    tokio::time::sleep(pause.min(left)).await;
+    (pause * 2).min(LAST_PAUSE)
+}
+
+/// The handshake: `POST /Plugin.Activate` with no body, probing until `started` +
+/// `activate_wait` a plugin whose socket refuses or resets connections or is missing for a
+/// moment (it is starting, restarting or dying); checks that the plugin implements `subsystem`.
 async fn activate(
     spec: &PluginSpec,
     subsystem: &'static str,
     config: &ClientConfig,
+    started: Instant,
 ) -> Result<Vec<String>, PluginError> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(5);
+    let mut pause = FIRST_PAUSE;
     let result = loop {
         match exchange(&spec.addr, ACTIVATE, &Bytes::new(), config).await {
-            // A socket that exists but refuses connections: the plugin is (re)starting. Probe
-            // again with a growing pause, for a bounded time.
             Err(Transport::Unreachable(e))
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && started.elapsed() + pause < config.activate_wait =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) && started.elapsed() < config.activate_wait =>
             {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+                pause = wait_a_little(pause, started, config.activate_wait).await;
+            }
+            // A connection queued on the socket of a plugin that is dying is reset when its
+            // listener closes; the handshake is idempotent, so probe again.
+            Err(Transport::Lost(_)) if started.elapsed() < config.activate_wait => {
+                pause = wait_a_little(pause, started, config.activate_wait).await;
             }
             other => break other,
         }

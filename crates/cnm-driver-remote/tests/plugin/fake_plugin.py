@@ -10,6 +10,7 @@ and can be told to misbehave, per method:
     work-hang     do the work, then never answer
     garbage       answer 200 with a body that is not JSON
     work-garbage  do the work, then answer garbage
+    work-bogus    do the work, then answer success naming an interface that does not exist
     500           answer HTTP 500 with {"Err": "..."} (and "Error" for IpamDriver calls)
     refuse        answer 200 with {"Err": "..."} / {"Error": "..."}
     404           answer 404
@@ -358,6 +359,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if fault == "work-garbage":
             return self.send(200, b"\x00\x01 not JSON either")
+        if fault == "work-bogus" and "InterfaceName" in answer:
+            answer["InterfaceName"]["SrcName"] = "nosuchif0"
         self.send_json(200, answer)
 
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use cnm::{Controller, Endpoint, EndpointOptions, Network, NetworkOptions, PortBinding, Sandbox};
-use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
 use cnm_testkit::TestHost;
 use cnm_types::IfName;
@@ -645,7 +645,7 @@ async fn floor_attach(
         let mappings: Vec<PortMapping> = ports
             .iter()
             .map(|p| PortMapping {
-                proto: Proto::Tcp,
+                proto: Protocol::Tcp,
                 host_ip: None,
                 host_ports: (p.host_port, p.host_port + p.range - 1),
                 container_ip: IpAddr::V4(ip),

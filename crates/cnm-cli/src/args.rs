@@ -2,6 +2,7 @@
 //! wherever docker has the same thing.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cnm_types::PortBinding;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -315,7 +316,7 @@ pub struct ConnectArgs {
     pub aliases: Vec<String>,
     /// Publish a port: `[HOST_IP:][HOST_PORT:]CTR_PORT[/PROTO]` (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-    pub publish: Vec<String>,
+    pub publish: Vec<PortBinding>,
     /// Network name or id.
     pub network: String,
     /// Sandbox name or id.
@@ -351,7 +352,7 @@ pub struct RunArgs {
     pub ip6: Option<String>,
     /// Publish a port on the first network: `[HOST_IP:][HOST_PORT:]CTR_PORT[/PROTO]` (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-    pub publish: Vec<String>,
+    pub publish: Vec<PortBinding>,
     /// DNS alias on every network (repeatable).
     #[arg(
         long = "dns-alias",
@@ -502,7 +503,7 @@ mod tests {
         assert_eq!((a.network.as_str(), a.sandbox.as_str()), ("net", "sb"));
         assert_eq!(a.ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(a.aliases, ["db", "pg"]);
-        assert_eq!(a.publish, ["5432:5432"]);
+        assert_eq!(a.publish, ["5432:5432".parse::<PortBinding>().unwrap()]);
     }
 
     #[test]
@@ -532,7 +533,7 @@ mod tests {
         };
         assert_eq!(a.networks, ["a", "b"]);
         assert_eq!(a.name.as_deref(), Some("x"));
-        assert_eq!(a.publish, ["8080:80/tcp"]);
+        assert_eq!(a.publish, ["8080:80/tcp".parse::<PortBinding>().unwrap()]);
         assert_eq!(a.dns_aliases, ["web"]);
         assert_eq!(a.config.hostname.as_deref(), Some("h"));
         assert!(a.keep);

@@ -1,15 +1,18 @@
 //! A minimal HTTP/1 client for cnmd's API over its unix socket, one connection per request.
+//! Bodies go out and answers come back as `cnm-api`'s types, the daemon's own.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cnm_api::docker::ErrorResponse;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::hint::{self, Target};
 
@@ -152,51 +155,69 @@ impl Client {
         }
     }
 
-    /// GET a JSON document.
-    pub async fn get(&self, path: &str, target: Target<'_>) -> anyhow::Result<Value> {
-        self.json(Method::GET, path, None, target).await
-    }
-
-    /// POST a JSON body, returning the JSON answer (`Value::Null` for an empty one).
-    pub async fn post(
+    /// GET a JSON answer.
+    pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &Value,
         target: Target<'_>,
-    ) -> anyhow::Result<Value> {
-        self.json(Method::POST, path, Some(body), target).await
+    ) -> anyhow::Result<T> {
+        self.call(Method::GET, path, None, target).await
+    }
+
+    /// POST a JSON body, decoding the answer as `T` (`serde::de::IgnoredAny` when it does not
+    /// matter or is empty).
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        target: Target<'_>,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_string(body)?;
+        self.call(Method::POST, path, Some(body), target).await
+    }
+
+    /// POST without a body (`/networks/prune`), decoding the answer as `T`.
+    pub async fn post_empty<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        target: Target<'_>,
+    ) -> anyhow::Result<T> {
+        self.call(Method::POST, path, None, target).await
     }
 
     /// DELETE a resource.
     pub async fn delete(&self, path: &str, target: Target<'_>) -> anyhow::Result<()> {
-        self.json(Method::DELETE, path, None, target)
+        self.call::<serde::de::IgnoredAny>(Method::DELETE, path, None, target)
             .await
             .map(drop)
     }
 
-    async fn json(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<String>,
         target: Target<'_>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<T> {
         if !self.endpoint.explicit {
             self.ready
                 .get_or_try_init(|| crate::autostart::ensure(self))
                 .await?;
         }
-        let body = body.map(|b| b.to_string());
         let (status, bytes) = self.send(method.clone(), path, body).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes, target).into());
         }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| {
+        // An answer without a body (204, or 200 to a Docker connect) is JSON's null: what
+        // `IgnoredAny`, `()` and `Option` take.
+        let json: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"null"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(json).map_err(|e| {
             anyhow::anyhow!(
-                "cnmd answered {method} {path} with invalid JSON ({e}): {}",
+                "cnmd answered {method} {path} with unexpected JSON ({e}): {}",
                 String::from_utf8_lossy(&bytes)
             )
         })
@@ -252,10 +273,9 @@ impl Client {
 
 /// Builds the error for a non-2xx answer: the daemon's `{"message"}` (or its raw body) plus a hint.
 pub fn api_error(status: StatusCode, body: &[u8], target: Target<'_>) -> ApiError {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| {
+    let message = serde_json::from_slice::<ErrorResponse>(body)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| {
             let raw = String::from_utf8_lossy(body).trim().to_owned();
             if raw.is_empty() {
                 format!("cnmd answered {status}")
@@ -287,6 +307,7 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cnm_api::docker::{NetworkCreateRequest, NetworkCreateResponse};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
@@ -377,18 +398,21 @@ mod tests {
             "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n{\"Id\":\"abc\",\"Warning\":\"\"}\n",
         )
         .await;
-        let v = Client::new(&Endpoint {
+        let v: NetworkCreateResponse = Client::new(&Endpoint {
             socket: sock.clone(),
             explicit: true,
         })
         .post(
             "/networks/create",
-            &serde_json::json!({"Name": "n"}),
+            &NetworkCreateRequest {
+                name: "n".into(),
+                ..Default::default()
+            },
             Target::Network("n"),
         )
         .await
         .unwrap();
-        assert_eq!(v["Id"], "abc");
+        assert_eq!(v.id, "abc");
         let req = server.await.unwrap();
         assert!(
             req.starts_with("POST /networks/create HTTP/1.1\r\n"),
@@ -415,9 +439,9 @@ mod tests {
             socket: sock.clone(),
             explicit: true,
         })
-        .post(
+        .post::<NetworkCreateResponse>(
             "/networks/create",
-            &serde_json::json!({}),
+            &NetworkCreateRequest::default(),
             Target::Network("demo"),
         )
         .await

@@ -24,7 +24,6 @@ mod client;
 mod hint;
 mod network;
 mod output;
-mod ports;
 mod run;
 mod sandbox;
 mod table;
@@ -98,25 +97,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Disconnect(a) => network::disconnect(&client, a).await,
         Command::Run(a) => run::run(&client, a).await,
         Command::Info => {
-            let v = client.get("/cnm/v1/info", hint::Target::None).await?;
+            let info: cnm_api::v1::Info = client.get("/cnm/v1/info", hint::Target::None).await?;
             match out.format {
-                args::Format::Json => out.json(&v),
+                args::Format::Json => out.json(&info),
                 args::Format::Table => {
-                    if let Some(obj) = v.as_object() {
-                        for (k, val) in obj {
-                            let shown = match val {
-                                serde_json::Value::String(s) => s.clone(),
-                                serde_json::Value::Array(a) => a
-                                    .iter()
-                                    .map(|x| {
-                                        x.as_str().map_or_else(|| x.to_string(), str::to_owned)
-                                    })
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                                other => other.to_string(),
-                            };
-                            out.line(&format!("{k}: {shown}"));
-                        }
+                    for (key, value) in [
+                        ("Version", info.version.as_str()),
+                        ("ApiVersion", &info.api_version),
+                        ("Drivers", &info.drivers.join(", ")),
+                        ("Store", &info.store),
+                        ("StateDir", &info.state_dir),
+                        ("RunDir", &info.run_dir),
+                    ] {
+                        out.line(&format!("{key}: {value}"));
                     }
                 }
             }

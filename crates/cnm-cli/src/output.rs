@@ -3,8 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use serde::Serialize as _;
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::args::Format;
 use crate::client::{ApiError, UsageError};
@@ -52,7 +51,7 @@ impl Printer {
     }
 
     /// A JSON document, indented like docker's inspect output.
-    pub fn json(&self, v: &Value) {
+    pub fn json(&self, v: &impl Serialize) {
         self.line(&pretty(v));
     }
 
@@ -69,15 +68,16 @@ impl Printer {
 }
 
 /// JSON indented with four spaces.
-pub fn pretty(v: &Value) -> String {
+pub fn pretty(v: &impl Serialize) -> String {
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(
         &mut buf,
         serde_json::ser::PrettyFormatter::with_indent(b"    "),
     );
-    // Serialising a Value into a Vec cannot fail.
-    if v.serialize(&mut ser).is_err() {
-        return v.to_string();
+    // The API's types serialise into a Vec without fail (string keys, no I/O); should one ever
+    // not, say so rather than print half a document.
+    if let Err(e) = v.serialize(&mut ser) {
+        return format!("(cannot encode the answer as JSON: {e})");
     }
     String::from_utf8_lossy(&buf).into_owned()
 }

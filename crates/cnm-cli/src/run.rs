@@ -10,16 +10,17 @@ use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::process::{ExitCode, ExitStatus, Stdio};
 
 use anyhow::Context as _;
+use cnm_api::v1::{Sandbox, SandboxConnectRequest};
 use cnm_sandbox::exec::{BindMount, SandboxEntry};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
+use serde::de::IgnoredAny;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::{ExecArgs, RunArgs};
 use crate::client::{Client, UsageError, encode};
 use crate::hint::Target;
-use crate::network::{connect_body, str_of};
+use crate::network::connect_body;
 use crate::output::{Outcome, report};
 use crate::sandbox;
 
@@ -88,14 +89,14 @@ pub async fn run(client: &Client, a: RunArgs) -> anyhow::Result<Outcome> {
 async fn connect_and_exec(
     client: &Client,
     name: &str,
-    created: &Value,
-    bodies: &[Value],
+    created: &Sandbox,
+    bodies: &[SandboxConnectRequest],
     networks: &[String],
     a: &RunArgs,
 ) -> anyhow::Result<Outcome> {
     for (body, network) in bodies.iter().zip(networks) {
         client
-            .post(
+            .post::<IgnoredAny>(
                 &format!("/cnm/v1/sandboxes/{}/connect", encode(name)),
                 body,
                 Target::Attach {
@@ -105,28 +106,23 @@ async fn connect_and_exec(
             )
             .await?;
     }
-    let key = str_of(created, "Key");
+    let key = &created.key;
     if key.is_empty() {
-        anyhow::bail!("cnmd returned sandbox {name} without a Key (netns path): {created}");
+        anyhow::bail!("cnmd returned sandbox {name} without a Key (netns path)");
     }
     let mut cmd = tokio::process::Command::new(
         std::env::current_exe().context("cannot find the cnm executable to re-exec")?,
     );
     cmd.arg("__exec").arg("--netns").arg(key);
-    for (field, target) in [
-        ("HostsPath", "/etc/hosts"),
-        ("ResolvConfPath", "/etc/resolv.conf"),
+    for (src, target) in [
+        (&created.hosts_path, "/etc/hosts"),
+        (&created.resolv_conf_path, "/etc/resolv.conf"),
     ] {
-        let src = str_of(created, field);
         if !src.is_empty() {
             cmd.arg("--bind").arg(format!("{src}:{target}"));
         }
     }
-    let hostname = a
-        .config
-        .hostname
-        .as_deref()
-        .unwrap_or_else(|| str_of(created, "Hostname"));
+    let hostname = a.config.hostname.as_deref().unwrap_or(&created.hostname);
     if !hostname.is_empty() {
         cmd.arg("--hostname").arg(hostname);
     }

@@ -1,11 +1,10 @@
 //! `cnm sandbox …`: cnm's own sandbox API (a sandbox is docker's "container" minus the process).
 
-use serde_json::{Map, Value, json};
+use cnm_api::v1::{Sandbox, SandboxCreateRequest};
 
 use crate::args::{Format, SandboxCommand, SandboxConfigArgs};
 use crate::client::{Client, UsageError, encode};
 use crate::hint::Target;
-use crate::network::str_of;
 use crate::output::{Outcome, Printer};
 use crate::table;
 
@@ -13,27 +12,25 @@ use crate::table;
 pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow::Result<Outcome> {
     match cmd {
         SandboxCommand::Create(a) => {
-            let v = create(client, &a.name, &a.config).await?;
+            let created = create(client, &a.name, &a.config).await?;
             match out.format {
-                Format::Json => out.json(&v),
-                Format::Table => out.line(str_of(&v, "Id")),
+                Format::Json => out.json(&created),
+                Format::Table => out.line(&created.id),
             }
             Ok(Outcome::Ok)
         }
         SandboxCommand::Ls { quiet, no_trunc } => {
-            let v = client.get("/cnm/v1/sandboxes", Target::None).await?;
-            let mut all = v.as_array().cloned().unwrap_or_default();
-            all.sort_by(|x, y| str_of(x, "Name").cmp(str_of(y, "Name")));
-            let id = |s: &Value| {
-                let id = str_of(s, "Id");
+            let mut all: Vec<Sandbox> = client.get("/cnm/v1/sandboxes", Target::None).await?;
+            all.sort_by(|x, y| x.name.cmp(&y.name));
+            let id = |s: &Sandbox| {
                 if no_trunc {
-                    id.to_owned()
+                    s.id.clone()
                 } else {
-                    table::short_id(id).to_owned()
+                    table::short_id(&s.id).to_owned()
                 }
             };
             if out.format == Format::Json {
-                out.json(&Value::Array(all));
+                out.json(&all);
             } else if quiet {
                 for s in &all {
                     out.line(&id(s));
@@ -44,7 +41,7 @@ pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow:
             Ok(Outcome::Ok)
         }
         SandboxCommand::Inspect { sandboxes } => {
-            let mut found = Vec::new();
+            let mut found: Vec<Sandbox> = Vec::new();
             let mut outcome = Outcome::Ok;
             for s in &sandboxes {
                 match client
@@ -54,11 +51,11 @@ pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow:
                     )
                     .await
                 {
-                    Ok(v) => found.push(v),
+                    Ok(sandbox) => found.push(sandbox),
                     Err(e) => outcome = out.failed(&e),
                 }
             }
-            out.json(&Value::Array(found));
+            out.json(&found);
             Ok(outcome)
         }
         SandboxCommand::Rm { sandboxes } => {
@@ -70,13 +67,13 @@ pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow:
                         if out.format == Format::Table {
                             out.line(s);
                         }
-                        removed.push(Value::from(s.as_str()));
+                        removed.push(s.as_str());
                     }
                     Err(e) => outcome = out.failed(&e),
                 }
             }
             if out.format == Format::Json {
-                out.json(&Value::Array(removed));
+                out.json(&removed);
             }
             Ok(outcome)
         }
@@ -88,7 +85,7 @@ pub async fn create(
     client: &Client,
     name: &str,
     config: &SandboxConfigArgs,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Sandbox> {
     let body = create_body(name, config)?;
     client
         .post("/cnm/v1/sandboxes", &body, Target::Sandbox(name))
@@ -106,37 +103,26 @@ pub async fn remove(client: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 /// The body of `POST /cnm/v1/sandboxes`; optional fields are left out when not given.
-pub fn create_body(name: &str, c: &SandboxConfigArgs) -> Result<Value, UsageError> {
-    let mut b = Map::new();
-    b.insert("Name".into(), Value::from(name));
-    if let Some(h) = &c.hostname {
-        b.insert("Hostname".into(), Value::from(h.as_str()));
-    }
-    if let Some(d) = &c.domainname {
-        b.insert("Domainname".into(), Value::from(d.as_str()));
-    }
-    if !c.add_hosts.is_empty() {
-        let hosts = c
-            .add_hosts
-            .iter()
-            .map(|h| extra_host(h))
-            .collect::<Result<Vec<_>, _>>()?;
-        b.insert("ExtraHosts".into(), json!(hosts));
-    }
+pub fn create_body(name: &str, c: &SandboxConfigArgs) -> Result<SandboxCreateRequest, UsageError> {
+    let extra_hosts = c
+        .add_hosts
+        .iter()
+        .map(|h| extra_host(h))
+        .collect::<Result<Vec<_>, _>>()?;
     for d in &c.dns {
         d.parse::<std::net::IpAddr>()
             .map_err(|_| UsageError(format!("invalid --dns {d:?}: expected an IP address")))?;
     }
-    for (key, vals) in [
-        ("Dns", &c.dns),
-        ("DnsSearch", &c.dns_search),
-        ("DnsOptions", &c.dns_options),
-    ] {
-        if !vals.is_empty() {
-            b.insert(key.into(), json!(vals));
-        }
-    }
-    Ok(Value::Object(b))
+    let given = |v: &[String]| (!v.is_empty()).then(|| v.to_vec());
+    Ok(SandboxCreateRequest {
+        name: name.to_owned(),
+        hostname: c.hostname.clone(),
+        domainname: c.domainname.clone(),
+        extra_hosts: given(&extra_hosts),
+        dns: given(&c.dns),
+        dns_search: given(&c.dns_search),
+        dns_options: given(&c.dns_options),
+    })
 }
 
 /// Normalises `--add-host NAME:IP` (or docker 25's `NAME=IP`) to the API's `name:ip`.
@@ -155,27 +141,18 @@ fn extra_host(h: &str) -> Result<String, UsageError> {
 }
 
 /// The `cnm sandbox ls` table.
-pub fn sandbox_table(all: &[Value], id: impl Fn(&Value) -> String) -> String {
+pub fn sandbox_table(all: &[Sandbox], id: impl Fn(&Sandbox) -> String) -> String {
     let rows: Vec<Vec<String>> = all
         .iter()
         .map(|s| {
-            let eps = s
-                .get("Endpoints")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let nets: Vec<&str> = eps.iter().map(|e| str_of(e, "Network")).collect();
-            let ips: Vec<&str> = eps
+            let nets: Vec<&str> = s.endpoints.iter().map(|e| e.network.as_str()).collect();
+            let ips: Vec<&str> = s
+                .endpoints
                 .iter()
-                .flat_map(|e| [str_of(e, "IPv4Address"), str_of(e, "IPv6Address")])
+                .flat_map(|e| [e.ipv4_address.as_str(), e.ipv6_address.as_str()])
                 .filter(|a| !a.is_empty())
                 .collect();
-            vec![
-                id(s),
-                str_of(s, "Name").to_owned(),
-                nets.join(","),
-                ips.join(","),
-            ]
+            vec![id(s), s.name.clone(), nets.join(","), ips.join(",")]
         })
         .collect();
     table::render(&["SANDBOX ID", "NAME", "NETWORKS", "ADDRESSES"], &rows)
@@ -184,11 +161,20 @@ pub fn sandbox_table(all: &[Value], id: impl Fn(&Value) -> String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cnm_api::v1::SandboxEndpoint;
+    use serde_json::json;
+
+    fn to_json(body: &SandboxCreateRequest) -> serde_json::Value {
+        serde_json::to_value(body).unwrap()
+    }
 
     #[test]
     fn create_body_leaves_out_what_was_not_given() {
         let c = SandboxConfigArgs::default();
-        assert_eq!(create_body("s", &c).unwrap(), json!({"Name": "s"}));
+        assert_eq!(
+            to_json(&create_body("s", &c).unwrap()),
+            json!({"Name": "s"})
+        );
         let c = SandboxConfigArgs {
             hostname: Some("h".into()),
             domainname: Some("example.com".into()),
@@ -202,7 +188,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            create_body("s", &c).unwrap(),
+            to_json(&create_body("s", &c).unwrap()),
             json!({"Name": "s", "Hostname": "h", "Domainname": "example.com", "Dns": ["1.1.1.1"],
                    "DnsSearch": ["x.org"], "DnsOptions": ["ndots:2"],
                    "ExtraHosts": ["db:10.0.0.5", "v6:fd00::1", "w:fd00::2"]})
@@ -231,12 +217,22 @@ mod tests {
 
     #[test]
     fn table_lists_networks_and_addresses() {
-        let all = vec![
-            json!({"Id": "aaaabbbbccccdddd", "Name": "web", "Endpoints": [
-            {"Network": "a", "IPv4Address": "10.0.0.2/24", "IPv6Address": ""},
-            {"Network": "b", "IPv4Address": "10.1.0.2/24", "IPv6Address": "fd00::2/64"}]}),
-        ];
-        let t = sandbox_table(&all, |s| table::short_id(str_of(s, "Id")).to_owned());
+        let endpoint = |network: &str, v4: &str, v6: &str| SandboxEndpoint {
+            network: network.into(),
+            ipv4_address: v4.into(),
+            ipv6_address: v6.into(),
+            ..Default::default()
+        };
+        let all = vec![Sandbox {
+            id: "aaaabbbbccccdddd".into(),
+            name: "web".into(),
+            endpoints: vec![
+                endpoint("a", "10.0.0.2/24", ""),
+                endpoint("b", "10.1.0.2/24", "fd00::2/64"),
+            ],
+            ..Default::default()
+        }];
+        let t = sandbox_table(&all, |s| table::short_id(&s.id).to_owned());
         assert_eq!(
             t,
             "SANDBOX ID     NAME      NETWORKS   ADDRESSES\n\

@@ -17,12 +17,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// Seconds and nanoseconds since the epoch, as Docker's events carry them.
-pub fn unix(t: SystemTime) -> (u64, u128) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.as_nanos())
-}
-
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
 /// Hinnant's `civil_from_days`, for non-negative day counts).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {

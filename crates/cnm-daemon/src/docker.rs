@@ -9,18 +9,20 @@ use axum::body::Bytes;
 use axum::extract::RawQuery;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use cnm_api::docker::{
+    ComponentVersion, Filters, Network, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkCreateResponse, NetworkDisconnectRequest, NetworkPruneResponse, Platform, SystemVersion,
+    label_matches,
+};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::ApiError;
 use crate::events::Event;
-use crate::request::{
-    DockerConnect, DockerDisconnect, DockerNetworkCreate, Filters, label_matches, query_param,
-};
+use crate::request::{Parse as _, filters, query_param};
 use crate::server::{
     API_VERSION, Body, Key, MIN_API_VERSION, St, is_predefined, no_such_container,
 };
-use crate::views::NetworkView;
+use crate::views;
 
 /// `GET|HEAD /_ping`: "OK"; the version headers are stamped on every response.
 pub(crate) async fn ping() -> impl IntoResponse {
@@ -35,21 +37,24 @@ pub(crate) async fn ping() -> impl IntoResponse {
 }
 
 /// `GET /version`.
-pub(crate) async fn version() -> Json<Value> {
+pub(crate) async fn version() -> Json<SystemVersion> {
     let (ma, mi) = MIN_API_VERSION;
-    Json(json!({
-        "Platform": {"Name": "cnm"},
-        "Components": [{"Name": "cnmd", "Version": env!("CARGO_PKG_VERSION"), "Details": {}}],
-        "Version": env!("CARGO_PKG_VERSION"),
-        "ApiVersion": API_VERSION,
-        "MinAPIVersion": format!("{ma}.{mi}"),
-        "GitCommit": "",
-        "GoVersion": "",
-        "Os": "linux",
-        "Arch": go_arch(),
-        "KernelVersion": "",
-        "BuildTime": "",
-    }))
+    Json(SystemVersion {
+        platform: Platform {
+            name: "cnm".to_owned(),
+        },
+        components: vec![ComponentVersion {
+            name: "cnmd".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            details: Default::default(),
+        }],
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api_version: API_VERSION.to_owned(),
+        min_api_version: format!("{ma}.{mi}"),
+        os: "linux".to_owned(),
+        arch: go_arch().to_owned(),
+        ..Default::default()
+    })
 }
 
 /// The architecture as Go (and so Docker) names it.
@@ -65,11 +70,8 @@ fn go_arch() -> &'static str {
 const LIST_FILTERS: &[&str] = &["name", "id", "driver", "label", "type", "scope", "dangling"];
 
 /// `GET /networks[?filters=…]`.
-pub(crate) async fn list(
-    st: St,
-    RawQuery(q): RawQuery,
-) -> Result<Json<Vec<NetworkView>>, ApiError> {
-    let f = Filters::from_query(q.as_deref(), LIST_FILTERS)?;
+pub(crate) async fn list(st: St, RawQuery(q): RawQuery) -> Result<Json<Vec<Network>>, ApiError> {
+    let f = filters(q.as_deref(), LIST_FILTERS)?;
     for t in f.get("type") {
         if t != "custom" && t != "builtin" {
             return Err(ApiError::bad_request(format!(
@@ -96,7 +98,7 @@ pub(crate) async fn list(
         if !keep {
             continue;
         }
-        let view = NetworkView::new(&st.ctl, &net, st.created(&net)).await;
+        let view = views::network(&st.ctl, &net, st.created(&net)).await;
         if !f.any("dangling", |v| {
             matches!(v, "true" | "1") == (view.containers.is_empty() && !predefined)
         }) {
@@ -108,18 +110,16 @@ pub(crate) async fn list(
 }
 
 /// `GET /networks/{id}`.
-pub(crate) async fn inspect(st: St, Key(key): Key) -> Result<Json<NetworkView>, ApiError> {
+pub(crate) async fn inspect(st: St, Key(key): Key) -> Result<Json<Network>, ApiError> {
     let net = st.network(&key)?;
-    Ok(Json(
-        NetworkView::new(&st.ctl, &net, st.created(&net)).await,
-    ))
+    Ok(Json(views::network(&st.ctl, &net, st.created(&net)).await))
 }
 
 /// `POST /networks/create` → 201 `{"Id", "Warning"}`.
 pub(crate) async fn create(
     st: St,
-    Body(req): Body<DockerNetworkCreate>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Body(req): Body<NetworkCreateRequest>,
+) -> Result<(StatusCode, Json<NetworkCreateResponse>), ApiError> {
     let c = req.parse()?;
     if c.name == "host" && st.ctl.network("host").is_err() {
         return Err(ApiError::forbidden(
@@ -134,7 +134,10 @@ pub(crate) async fn create(
     st.network_created(&net);
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "Id": net.id(), "Warning": "" })),
+        Json(NetworkCreateResponse {
+            id: net.id().to_owned(),
+            warning: String::new(),
+        }),
     ))
 }
 
@@ -157,7 +160,7 @@ pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError
 pub(crate) async fn connect(
     st: St,
     Key(key): Key,
-    Body(req): Body<DockerConnect>,
+    Body(req): Body<NetworkConnectRequest>,
 ) -> Result<StatusCode, ApiError> {
     let c = req.parse()?;
     let net = st.network(&key)?;
@@ -170,7 +173,7 @@ pub(crate) async fn connect(
 pub(crate) async fn disconnect(
     st: St,
     Key(key): Key,
-    Body(req): Body<DockerDisconnect>,
+    Body(req): Body<NetworkDisconnectRequest>,
 ) -> Result<StatusCode, ApiError> {
     let container = req.parse()?;
     let net = st.network(&key)?;
@@ -207,8 +210,11 @@ fn parse_until(v: &str, now: SystemTime) -> Result<SystemTime, ApiError> {
 }
 
 /// `POST /networks/prune[?filters=…]`: deletes every unused, non-predefined network.
-pub(crate) async fn prune(st: St, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
-    let f = Filters::from_query(q.as_deref(), &["label", "label!", "until"])?;
+pub(crate) async fn prune(
+    st: St,
+    RawQuery(q): RawQuery,
+) -> Result<Json<NetworkPruneResponse>, ApiError> {
+    let f = filters(q.as_deref(), &["label", "label!", "until"])?;
     let now = SystemTime::now();
     let until = f
         .get("until")
@@ -242,7 +248,9 @@ pub(crate) async fn prune(st: St, RawQuery(q): RawQuery) -> Result<Json<Value>, 
             Err(e) => tracing::warn!(network = %net.name(), error = %e, "prune skipped network"),
         }
     }
-    Ok(Json(json!({ "NetworksDeleted": deleted })))
+    Ok(Json(NetworkPruneResponse {
+        networks_deleted: deleted,
+    }))
 }
 
 fn event_matches(f: &Filters, ev: &Event) -> bool {
@@ -260,7 +268,7 @@ fn event_matches(f: &Filters, ev: &Event) -> bool {
 /// `GET /events`: one JSON object per line as things happen, until the client goes away, the
 /// `until` time passes, or the daemon shuts down.
 pub(crate) async fn events(st: St, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let f = Filters::from_query(
+    let f = filters(
         q.as_deref(),
         &["type", "event", "network", "container", "scope"],
     )?;
@@ -344,8 +352,7 @@ mod tests {
     fn event_filters() {
         let ev = Event::network("connect", "abc", "web", "bridge", Some("sb1"));
         let f = |q: &str| {
-            Filters::from_query(Some(q), &["type", "event", "network", "container", "scope"])
-                .unwrap()
+            filters(Some(q), &["type", "event", "network", "container", "scope"]).unwrap()
         };
         assert!(event_matches(&Filters::default(), &ev));
         assert!(event_matches(&f("filters={\"network\":[\"web\"]}"), &ev));

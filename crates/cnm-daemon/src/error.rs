@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cnm::CoreError;
 use cnm::cnm_types::ErrorKind;
+use cnm_api::docker::ErrorResponse;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +173,9 @@ impl IntoResponse for ApiError {
         }
         (
             self.status,
-            Json(serde_json::json!({ "message": self.message })),
+            Json(ErrorResponse {
+                message: self.message,
+            }),
         )
             .into_response()
     }

@@ -2,14 +2,16 @@
 //! of Docker's Engine API (so `docker network …` works against it unmodified) beside cnm's own
 //! `/cnm/v1` API, an events stream, and Prometheus metrics.
 //!
-//! **Owns**: the HTTP API ([`Daemon`], [`serve`]) and its JSON shapes, request decoding and
-//! validation at the boundary ([`request`]), the state-dir lock ([`StateLock`]), the
+//! **Owns**: the HTTP API ([`Daemon`], [`serve`]): routing, request decoding and conversion into
+//! the controller's typed options at the boundary ([`request`]), building answers from the
+//! controller's objects ([`views`]), the state-dir lock ([`StateLock`]), the
 //! predefined networks (`none`, and `bridge` on interface `cnm0`), events, metrics, graceful
 //! shutdown (which leaves networks and sandboxes in place), and the bounds that keep it answering
 //! under abuse (header and body timeouts, a connection cap that closes the longest-idle
 //! connection to serve a new one, a socket born with its final mode and group).
-//! **Does not**: implement networking (the controller does, through the `cnm` facade), parse the
-//! command line (`main.rs` does), or tear down the data plane on exit.
+//! **Does not**: define the bodies' shapes (`cnm-api` does, shared with the CLI), implement
+//! networking (the controller does, through the `cnm` facade), parse the command line
+//! (`main.rs` does), or tear down the data plane on exit.
 //!
 //! Routes are documented in `openapi.yaml` beside this crate; a test checks every routed path is
 //! there. Every Docker path also answers under a `/v1.NN` prefix (NN ≥ 41).

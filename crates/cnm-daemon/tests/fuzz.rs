@@ -4,11 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cnm_api::docker::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
+use cnm_api::v1::{SandboxConnectRequest, SandboxCreateRequest, SandboxDisconnectRequest};
 use cnm_daemon::ApiError;
-use cnm_daemon::request::{
-    DockerConnect, DockerDisconnect, DockerNetworkCreate, Filters, SandboxConnect, SandboxCreate,
-    SandboxDisconnect, decode,
-};
+use cnm_daemon::request::{Parse, decode, filters};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -26,12 +25,12 @@ fn check<T>(r: Result<T, ApiError>) -> Result<(), TestCaseError> {
 
 /// Runs every decoder (and its conversion into typed options) on `body`.
 fn all_decoders(body: &[u8]) -> Result<(), TestCaseError> {
-    check(decode::<DockerNetworkCreate>(body).and_then(DockerNetworkCreate::parse))?;
-    check(decode::<DockerConnect>(body).and_then(DockerConnect::parse))?;
-    check(decode::<DockerDisconnect>(body).and_then(DockerDisconnect::parse))?;
-    check(decode::<SandboxCreate>(body).and_then(SandboxCreate::parse))?;
-    check(decode::<SandboxConnect>(body).and_then(SandboxConnect::parse))?;
-    check(decode::<SandboxDisconnect>(body).and_then(SandboxDisconnect::parse))?;
+    check(decode::<NetworkCreateRequest>(body).and_then(Parse::parse))?;
+    check(decode::<NetworkConnectRequest>(body).and_then(Parse::parse))?;
+    check(decode::<NetworkDisconnectRequest>(body).and_then(Parse::parse))?;
+    check(decode::<SandboxCreateRequest>(body).and_then(Parse::parse))?;
+    check(decode::<SandboxConnectRequest>(body).and_then(Parse::parse))?;
+    check(decode::<SandboxDisconnectRequest>(body).and_then(Parse::parse))?;
     Ok(())
 }
 
@@ -102,12 +101,12 @@ proptest! {
 
     #[test]
     fn arbitrary_filters(q in any::<String>(), v in json_value()) {
-        check(Filters::from_query(Some(&q), &["name", "label"]))?;
+        check(filters(Some(&q), &["name", "label"]))?;
         let encoded: String = serde_json::to_string(&v).expect("a Value encodes")
             .bytes()
             .map(|b| format!("%{b:02X}"))
             .collect();
-        check(Filters::from_query(Some(&format!("filters={encoded}")), &["name", "label", "id"]))?;
+        check(filters(Some(&format!("filters={encoded}")), &["name", "label", "id"]))?;
     }
 }
 

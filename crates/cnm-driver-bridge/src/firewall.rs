@@ -1,44 +1,11 @@
 //! The bridge driver's view of `cnm-firewall`: one firewall per driver (host namespace),
 //! created on first use, shared by every network and endpoint of the driver.
 
-use std::net::IpAddr;
-
-use cnm_core::port::Protocol;
-use cnm_firewall::{
-    EndpointPort, Firewall, FirewallError, GatewayMode as FwMode, NetworkRules, PortMapping, Proto,
-};
+use cnm_firewall::{EndpointPort, Firewall, FirewallError, NetworkRules, PortMapping};
 use cnm_sandbox::{IpFamily, NetNs};
 use cnm_types::{IfName, MacAddress};
 
-use crate::options::GatewayMode;
 use crate::{BridgeError, BridgePlan};
-
-/// One DNAT mapping of a published port range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mapping {
-    pub proto: Protocol,
-    /// The host address; unspecified for every address of the container address's family.
-    pub host_ip: IpAddr,
-    pub host_ports: (u16, u16),
-    pub container_ip: IpAddr,
-    pub container_ports: (u16, u16),
-}
-
-impl Mapping {
-    fn to_rule(&self) -> PortMapping {
-        PortMapping {
-            proto: match self.proto {
-                Protocol::Tcp => Proto::Tcp,
-                Protocol::Udp => Proto::Udp,
-                Protocol::Sctp => Proto::Sctp,
-            },
-            host_ip: (!self.host_ip.is_unspecified()).then_some(self.host_ip),
-            host_ports: self.host_ports,
-            container_ip: self.container_ip,
-            container_ports: self.container_ports,
-        }
-    }
-}
 
 fn fw_err(
     op: &'static str,
@@ -147,10 +114,7 @@ impl FirewallHandle {
             masquerade: plan.masquerade,
             internal: plan.internal,
             host_access: plan.host_access,
-            gateway_mode: match mode {
-                GatewayMode::Nat => FwMode::Nat,
-                GatewayMode::Routed => FwMode::Routed,
-            },
+            gateway_mode: mode,
         };
         let object = format!("network {}", plan.network_id);
         self.fw
@@ -178,11 +142,10 @@ impl FirewallHandle {
         &self,
         network_id: &str,
         endpoint_id: &str,
-        mappings: &[Mapping],
+        mappings: &[PortMapping],
     ) -> Result<(), BridgeError> {
-        let rules: Vec<PortMapping> = mappings.iter().map(Mapping::to_rule).collect();
         self.fw
-            .add_port_mappings(network_id, endpoint_id, &rules)
+            .add_port_mappings(network_id, endpoint_id, mappings)
             .await
             .map_err(fw_err(
                 "add port mappings",
@@ -202,15 +165,17 @@ impl FirewallHandle {
 
     /// Deletes conntrack entries towards the mappings' host ports, so flows that predate the
     /// mapping (or went to a previous container) follow the new DNAT at once.
-    pub(crate) async fn flush_conntrack(&self, mappings: &[Mapping]) -> Result<(), BridgeError> {
+    pub(crate) async fn flush_conntrack(
+        &self,
+        mappings: &[PortMapping],
+    ) -> Result<(), BridgeError> {
         for m in mappings {
-            let rule = m.to_rule();
             for port in m.host_ports.0..=m.host_ports.1 {
-                cnm_firewall::flush_conntrack(self.fw.netns(), rule.proto, port, rule.host_ip)
+                cnm_firewall::flush_conntrack(self.fw.netns(), m.proto, port, m.host_ip)
                     .await
                     .map_err(fw_err(
                         "flush conntrack entries",
-                        format!("{}/{port}", rule.proto),
+                        format!("{}/{port}", m.proto),
                     ))?;
             }
         }

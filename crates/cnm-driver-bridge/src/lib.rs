@@ -62,6 +62,7 @@ use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, DriverRegistration,
     EndpointInfo, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec,
 };
+use cnm_firewall::PortMapping;
 use cnm_sandbox::{IpFamily, LinkKind, LinkSpec, set_sysctls};
 use cnm_types::{ErrorKind, IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -74,7 +75,7 @@ pub use options::{BridgeOptions, DriverConfig, GatewayMode};
 pub use plan::BridgePlan;
 
 use crate::fault::Faults;
-use crate::firewall::{FirewallHandle, Mapping};
+use crate::firewall::FirewallHandle;
 use crate::ports::Reservation;
 use crate::undo::{Inverse, Undo, delete_link_by_name};
 
@@ -614,9 +615,10 @@ impl BridgeDriver {
             let mut made = Vec::with_capacity(requests.len());
             for (req, res) in requests.iter().zip(&reservations) {
                 for (host_ip, container_ip) in &req.targets {
-                    mappings.push(Mapping {
+                    mappings.push(PortMapping {
                         proto: req.binding.proto,
-                        host_ip: *host_ip,
+                        // Unspecified: every address of the container address's family.
+                        host_ip: (!host_ip.is_unspecified()).then_some(*host_ip),
                         host_ports: (res.host_ports.start, res.host_ports.end),
                         container_ip: *container_ip,
                         container_ports: (
@@ -641,7 +643,7 @@ impl BridgeDriver {
 
             // A UDP flow conntracked before the mapping existed (or towards a previous
             // container) would keep bypassing the new DNAT rule until it times out.
-            let udp_mappings: Vec<Mapping> = mappings
+            let udp_mappings: Vec<PortMapping> = mappings
                 .iter()
                 .filter(|m| m.proto == Protocol::Udp)
                 .cloned()

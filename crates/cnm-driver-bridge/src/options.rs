@@ -1,8 +1,6 @@
 //! The bridge network options (Docker's keys), parsed once into typed values.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use cnm_core::spi::DriverOptions;
 use cnm_types::IfName;
@@ -36,36 +34,8 @@ pub const INTERNAL_HOST_ACCESS: &str = "com.cnm.network.bridge.internal_host_acc
 /// (the daemon's `--ip-forward-no-drop`, after Docker's flag of that name). Default false.
 pub const IP_FORWARD_NO_DROP: &str = "com.cnm.bridge.ip_forward_no_drop";
 
-/// How traffic between the network and the outside is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum GatewayMode {
-    /// Outbound traffic is masqueraded, inbound reaches containers only through published ports.
-    #[default]
-    Nat,
-    /// No address translation: the network's addresses are routed as they are.
-    Routed,
-}
-
-impl FromStr for GatewayMode {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "nat" => Ok(Self::Nat),
-            "routed" => Ok(Self::Routed),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for GatewayMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Nat => "nat",
-            Self::Routed => "routed",
-        })
-    }
-}
+/// `nat` or `routed`: one type with the firewall that renders it.
+pub use cnm_types::GatewayMode;
 
 /// The options of one bridge network, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +154,7 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                 GATEWAY_MODE_IPV4 | GATEWAY_MODE_IPV6 => {
                     let mode: GatewayMode = value
                         .parse()
-                        .map_err(|()| invalid(key, value, "expected nat or routed"))?;
+                        .map_err(|_| invalid(key, value, "expected nat or routed"))?;
                     if key == GATEWAY_MODE_IPV4 {
                         opts.gateway_mode_v4 = mode;
                     } else {

@@ -8,8 +8,8 @@ use cnm_sandbox::NetNs;
 use netlink_sys::Socket;
 
 use crate::FirewallError;
-use crate::model::Proto;
 use crate::nftnl::{NETLINK_NETFILTER, NLMSG_ERROR};
+use cnm_types::Protocol;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -27,7 +27,7 @@ const AF_INET6: u8 = 10;
 /// (and to `dst` when given). Returns how many were deleted.
 pub async fn flush_conntrack(
     ns: &NetNs,
-    proto: Proto,
+    proto: Protocol,
     port: u16,
     dst: Option<IpAddr>,
 ) -> Result<usize, FirewallError> {
@@ -41,7 +41,7 @@ pub async fn flush_conntrack(
         .map_err(|e| FirewallError::io(op, e))
 }
 
-fn flush_blocking(proto: Proto, port: u16, dst: Option<IpAddr>) -> io::Result<usize> {
+fn flush_blocking(proto: Protocol, port: u16, dst: Option<IpAddr>) -> io::Result<usize> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     let families: &[u8] = match dst {

@@ -558,7 +558,7 @@ impl Firewall {
     /// Returns how many entries were deleted.
     pub async fn flush_conntrack(
         &self,
-        proto: crate::Proto,
+        proto: cnm_types::Protocol,
         port: u16,
         dst: Option<std::net::IpAddr>,
     ) -> Result<usize, FirewallError> {
@@ -1072,10 +1072,10 @@ mod tests {
             masquerade: true,
             internal: false,
             host_access: false,
-            gateway_mode: model::GatewayMode::Nat,
+            gateway_mode: cnm_types::GatewayMode::Nat,
         };
         let m = PortMapping {
-            proto: crate::Proto::Tcp,
+            proto: cnm_types::Protocol::Tcp,
             host_ip: None,
             host_ports: (1, 60000),
             container_ip: "172.18.0.2".parse().unwrap(),

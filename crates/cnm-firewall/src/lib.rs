@@ -38,7 +38,7 @@
 //!
 //! ```no_run
 //! # async fn demo(ns: &cnm_sandbox::NetNs) -> Result<(), cnm_firewall::FirewallError> {
-//! use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+//! use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
 //! let fw = Firewall::new(ns).await?;                       // one transaction: the base table
 //! fw.add_network(&NetworkRules {
 //!     id: "net1".into(),
@@ -52,7 +52,7 @@
 //!     gateway_mode: GatewayMode::Nat,
 //! }).await?;
 //! fw.add_port_mappings("net1", "ep1", &[PortMapping {
-//!     proto: Proto::Tcp,
+//!     proto: Protocol::Tcp,
 //!     host_ip: None,
 //!     host_ports: (8080, 8080),
 //!     container_ip: "172.18.0.2".parse().expect("valid address"),
@@ -72,10 +72,12 @@ mod ruleset;
 mod transport;
 mod watch;
 
+/// The vocabulary [`NetworkRules`] and [`PortMapping`] speak, shared with every other layer.
+pub use cnm_types::{GatewayMode, Protocol};
 pub use conntrack::flush_conntrack;
 pub use error::FirewallError;
 pub use firewall::{Firewall, Healing};
-pub use model::{EndpointPort, GatewayMode, NetworkRules, PortMapping, Proto, Ruleset};
+pub use model::{EndpointPort, NetworkRules, PortMapping, Ruleset};
 pub use ruleset::{FORWARD_MARK, TABLE};
 
 #[cfg(test)]

@@ -5,64 +5,14 @@
 //! and adding or removing it adds or deletes exactly those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use cnm_types::{IfName, MacAddress};
+use cnm_types::{GatewayMode, IfName, MacAddress, Protocol};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::FirewallError;
 use crate::ruleset::SetName;
-
-/// A transport protocol that can be published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-    /// SCTP (132).
-    Sctp,
-}
-
-impl Proto {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-        }
-    }
-    /// The nft keyword.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How a network's containers are reached from outside the host (Docker's `gateway_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GatewayMode {
-    /// Published ports are DNATed from host addresses; direct access to container addresses
-    /// from outside the host is dropped unless it was DNATed (Docker 28).
-    #[default]
-    Nat,
-    /// No DNAT: container addresses are routed, and direct access to published ports is allowed.
-    Routed,
-}
 
 /// The firewall's view of one bridge network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +109,7 @@ pub(crate) fn forward_drop_element(v6: bool) -> Elements {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     /// Transport protocol.
-    pub proto: Proto,
+    pub proto: Protocol,
     /// Host address to bind; `None` is every address of the container address's family.
     pub host_ip: Option<IpAddr>,
     /// Host ports, inclusive.
@@ -533,7 +483,7 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
 
 /// What a host port range is published on: protocol, family (IPv4?), host address (`None`:
 /// every address of the family).
-type HostKey = (Proto, bool, Option<IpAddr>);
+type HostKey = (Protocol, bool, Option<IpAddr>);
 
 /// A published mapping and the endpoint that owns it, as the conflict indexes keep it.
 #[derive(Debug, Clone)]
@@ -563,7 +513,7 @@ pub(crate) struct Model {
     /// Container port ranges by protocol and container address, keyed by their first port:
     /// ranges under one key are disjoint or equal (equal ones share an entry), since ranges
     /// that overlap without being equal are refused.
-    container_ports: HashMap<(Proto, IpAddr), BTreeMap<u16, Vec<Owned>>>,
+    container_ports: HashMap<(Protocol, IpAddr), BTreeMap<u16, Vec<Owned>>>,
     /// endpoint id → its bridge port (anti-spoofing)
     pub ports: BTreeMap<String, EndpointPort>,
     /// Port name → endpoint id, to refuse a port claimed twice.
@@ -1115,7 +1065,7 @@ mod tests {
 
     fn m(host: (u16, u16), cont: (u16, u16)) -> PortMapping {
         PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: None,
             host_ports: host,
             container_ip: "172.18.0.2".parse().unwrap(),
@@ -1262,7 +1212,7 @@ mod tests {
         assert_eq!(e.kind(), cnm_types::ErrorKind::Conflict);
         other.host_ports = (8011, 8011);
         model.check_mappings("b", &[other]).unwrap();
-        other.proto = Proto::Udp;
+        other.proto = Protocol::Udp;
         other.host_ports = (8005, 8005);
         model.check_mappings("b", &[other]).unwrap();
     }

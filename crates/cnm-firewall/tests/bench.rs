@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cnm_firewall::{EndpointPort, Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_firewall::{EndpointPort, Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
 use cnm_sandbox::NetNs;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -53,7 +53,7 @@ async fn publish_and_unpublish_timings() -> Result<()> {
     let ip = "172.18.0.2".parse()?;
     let singles: Vec<PortMapping> = (0..100)
         .map(|i| PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: None,
             host_ports: (8000 + i, 8000 + i),
             container_ip: ip,
@@ -61,7 +61,7 @@ async fn publish_and_unpublish_timings() -> Result<()> {
         })
         .collect();
     let range = [PortMapping {
-        proto: Proto::Tcp,
+        proto: Protocol::Tcp,
         host_ip: None,
         host_ports: (8000, 8099),
         container_ip: ip,
@@ -106,7 +106,7 @@ async fn one_mapping(others: u16, runs: usize) -> Result<(Duration, Duration)> {
             "n1",
             &format!("ep{i}"),
             &[PortMapping {
-                proto: Proto::Tcp,
+                proto: Protocol::Tcp,
                 host_ip: None,
                 host_ports: (10000 + i, 10000 + i),
                 container_ip: ip.into(),
@@ -116,7 +116,7 @@ async fn one_mapping(others: u16, runs: usize) -> Result<(Duration, Duration)> {
         .await?;
     }
     let probe = [PortMapping {
-        proto: Proto::Tcp,
+        proto: Protocol::Tcp,
         host_ip: None,
         host_ports: (8080, 8080),
         container_ip: "172.18.0.2".parse()?,

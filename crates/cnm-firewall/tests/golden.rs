@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cnm_firewall::{EndpointPort, GatewayMode, NetworkRules, PortMapping, Proto, Ruleset};
+use cnm_firewall::{EndpointPort, GatewayMode, NetworkRules, PortMapping, Protocol, Ruleset};
 use cnm_sandbox::IpFamily;
 
 fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
@@ -33,28 +33,28 @@ fn ports(v4: bool, v6: bool) -> Vec<PortMapping> {
     if v4 {
         let c = "172.18.0.2".parse().unwrap();
         out.push(PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: None,
             host_ports: (8080, 8080),
             container_ip: c,
             container_ports: (80, 80),
         });
         out.push(PortMapping {
-            proto: Proto::Udp,
+            proto: Protocol::Udp,
             host_ip: None,
             host_ports: (5000, 5009),
             container_ip: c,
             container_ports: (5000, 5009),
         });
         out.push(PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: Some("127.0.0.1".parse().unwrap()),
             host_ports: (9000, 9000),
             container_ip: c,
             container_ports: (9000, 9000),
         });
         out.push(PortMapping {
-            proto: Proto::Sctp,
+            proto: Protocol::Sctp,
             host_ip: Some("10.0.0.1".parse().unwrap()),
             host_ports: (7000, 7002),
             container_ip: c,
@@ -64,14 +64,14 @@ fn ports(v4: bool, v6: bool) -> Vec<PortMapping> {
     if v6 {
         let c = "fd00:18::2".parse().unwrap();
         out.push(PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: None,
             host_ports: (8080, 8080),
             container_ip: c,
             container_ports: (80, 80),
         });
         out.push(PortMapping {
-            proto: Proto::Tcp,
+            proto: Protocol::Tcp,
             host_ip: Some("2001:db8::1".parse().unwrap()),
             host_ports: (6000, 6099),
             container_ip: c,

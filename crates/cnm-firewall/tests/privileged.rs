@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Proto};
+use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
 
 /// Runs `sh -c script` inside `ns` (a child forked from a thread in `ns` inherits it).
@@ -54,7 +54,7 @@ fn net(id: &str, bridge: &str, v4: &str) -> NetworkRules {
 
 fn tcp(host: (u16, u16), ip: &str, cont: (u16, u16)) -> PortMapping {
     PortMapping {
-        proto: Proto::Tcp,
+        proto: Protocol::Tcp,
         host_ip: None,
         host_ports: host,
         container_ip: ip.parse().unwrap(),
@@ -66,7 +66,7 @@ fn sample_ports() -> Vec<PortMapping> {
     vec![
         tcp((8080, 8080), "172.18.0.2", (80, 80)),
         PortMapping {
-            proto: Proto::Udp,
+            proto: Protocol::Udp,
             ..tcp((5000, 5099), "172.18.0.2", (5000, 5099))
         },
         PortMapping {
@@ -74,7 +74,7 @@ fn sample_ports() -> Vec<PortMapping> {
             ..tcp((9000, 9000), "172.18.0.2", (9000, 9000))
         },
         PortMapping {
-            proto: Proto::Sctp,
+            proto: Protocol::Sctp,
             host_ip: Some("10.9.0.1".parse().unwrap()),
             ..tcp((7000, 7002), "172.18.0.2", (8000, 8002))
         },
@@ -824,7 +824,7 @@ async fn ten_thousand_ports_and_a_sixty_thousand_port_range_publish_and_go() -> 
     let singles_took = start.elapsed();
     // a 60,000-port UDP range shifted to other container ports: 60,000 map elements
     let range = PortMapping {
-        proto: Proto::Udp,
+        proto: Protocol::Udp,
         ..tcp((1_025, 61_024), "172.30.0.2", (2_025, 62_024))
     };
     let start = Instant::now();
@@ -887,7 +887,7 @@ async fn conntrack_flush_deletes_the_entries_of_a_port() -> Result<()> {
         "n1",
         "ep1",
         &[PortMapping {
-            proto: Proto::Udp,
+            proto: Protocol::Udp,
             ..tcp((5353, 5353), "172.30.0.2", (53, 53))
         }],
     )
@@ -911,12 +911,16 @@ async fn conntrack_flush_deletes_the_entries_of_a_port() -> Result<()> {
         ensure!(Instant::now() < deadline, "no conntrack entry appeared");
         tokio::task::yield_now().await;
     }
-    let n =
-        cnm_firewall::flush_conntrack(&t.host, Proto::Udp, 5353, Some(IpAddr::from([10, 1, 0, 1])))
-            .await?;
+    let n = cnm_firewall::flush_conntrack(
+        &t.host,
+        Protocol::Udp,
+        5353,
+        Some(IpAddr::from([10, 1, 0, 1])),
+    )
+    .await?;
     assert_eq!(n, 1);
     let left = sh(&t.host, "conntrack -L -p udp 2>/dev/null").await?;
     assert!(!left.contains("dport=5353"), "{left}");
-    assert_eq!(fw.flush_conntrack(Proto::Udp, 5353, None).await?, 0);
+    assert_eq!(fw.flush_conntrack(Protocol::Udp, 5353, None).await?, 0);
     Ok(())
 }

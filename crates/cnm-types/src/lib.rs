@@ -1,17 +1,30 @@
 //! The shared vocabulary of cnm: the [`ErrorKind`] every public error reports, and validated
-//! newtypes that more than one layer passes around ([`IfName`], [`MacAddress`]).
+//! types that more than one layer passes around: [`IfName`], [`MacAddress`], ports
+//! ([`Protocol`], [`PortRange`], [`ExposedPort`], [`PortBinding`] and their one grammar, in
+//! [`port`]), the address ranges nothing may use ([`reserved`]) and a network's
+//! [`GatewayMode`].
 //!
-//! **Owns**: error kinds, interface names, MAC addresses.
+//! **Owns**: error kinds, interface names, MAC addresses, the port grammar and its rules,
+//! reserved address ranges, gateway modes.
 //! **Does not**: any I/O, any knowledge of networks, endpoints or drivers.
 //!
 //! ```
-//! use cnm_types::{IfName, MacAddress};
+//! use cnm_types::{IfName, MacAddress, PortBinding};
 //! let name: IfName = "eth0".parse().unwrap();
 //! assert_eq!(name.as_str(), "eth0");
 //! assert!("a-name-that-is-too-long".parse::<IfName>().is_err());
 //! let mac: MacAddress = "02:42:ac:11:00:02".parse().unwrap();
 //! assert!(mac.is_locally_administered());
+//! let port: PortBinding = "8080:80".parse().unwrap();
+//! assert_eq!(port.to_string(), "8080:80/tcp");
 //! ```
+
+mod gateway;
+pub mod port;
+pub mod reserved;
+
+pub use gateway::{GatewayMode, GatewayModeError};
+pub use port::{ExposedPort, PortBinding, PortError, PortRange, Protocol};
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,46 +1,16 @@
 //! Endpoint options: static addresses, MAC, DNS names and aliases, exposed and published ports.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 use cnm_types::MacAddress;
 use serde::{Deserialize, Serialize};
 
 use super::check_dns_name;
 use crate::CoreError;
-use crate::port::{PortBinding, PortError, PortRange, Protocol};
+pub use crate::port::ExposedPort;
+use crate::port::{PortBinding, PortError};
 use crate::spi::DriverOptions;
-
-/// A port the container exposes (`80/tcp`, `8000-8010/udp`), published or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ExposedPort {
-    /// The protocol.
-    pub proto: Protocol,
-    /// The port(s).
-    pub ports: PortRange,
-}
-
-impl FromStr for ExposedPort {
-    type Err = PortError;
-    fn from_str(s: &str) -> Result<Self, PortError> {
-        let (ports, proto) = match s.split_once('/') {
-            Some((p, proto)) => (p, proto.parse()?),
-            None => (s, Protocol::Tcp),
-        };
-        Ok(Self {
-            proto,
-            ports: ports.parse()?,
-        })
-    }
-}
-
-impl fmt::Display for ExposedPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.ports, self.proto)
-    }
-}
 
 /// The typed options of an endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

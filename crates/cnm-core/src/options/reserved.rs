@@ -7,9 +7,7 @@
 //! services away from it, `224.0.0.0/4` its multicast, `0.0.0.0/1` most of the Internet. Docker
 //! checks nothing but host bits; cnm refuses all of these with the range and the reason.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
 use crate::CoreError;
 
@@ -18,80 +16,8 @@ pub const MIN_PREFIX_V4: u8 = 8;
 /// The widest IPv6 subnet a network may have (wider ones hold whole registry allocations).
 pub const MIN_PREFIX_V6: u8 = 16;
 
-/// One range no network may overlap, and what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReservedRange {
-    /// The range.
-    pub net: IpNet,
-    /// What it is, with the RFC that reserves it.
-    pub what: &'static str,
-}
-
-const fn v4(a: [u8; 4], len: u8, what: &'static str) -> ReservedRange {
-    ReservedRange {
-        net: IpNet::V4(Ipv4Net::new_assert(
-            Ipv4Addr::new(a[0], a[1], a[2], a[3]),
-            len,
-        )),
-        what,
-    }
-}
-
-const fn v6(a: Ipv6Addr, len: u8, what: &'static str) -> ReservedRange {
-    ReservedRange {
-        net: IpNet::V6(Ipv6Net::new_assert(a, len)),
-        what,
-    }
-}
-
-/// The reserved ranges, the more specific of two nested ones first (so a subnet is named by
-/// the narrowest range it lies in).
-pub const RESERVED: &[ReservedRange] = &[
-    v4(
-        [0, 0, 0, 0],
-        8,
-        "\"this network\", never a destination (RFC 1122)",
-    ),
-    v4([127, 0, 0, 0], 8, "loopback, the host's own (RFC 1122)"),
-    v4([169, 254, 0, 0], 16, "link-local (RFC 3927)"),
-    v4([224, 0, 0, 0], 4, "multicast (RFC 5771)"),
-    v4(
-        [255, 255, 255, 255],
-        32,
-        "the limited broadcast address (RFC 919)",
-    ),
-    v4([240, 0, 0, 0], 4, "reserved for future use (RFC 1112)"),
-    v6(
-        Ipv6Addr::UNSPECIFIED,
-        128,
-        "the unspecified address (RFC 4291)",
-    ),
-    v6(
-        Ipv6Addr::LOCALHOST,
-        128,
-        "loopback, the host's own (RFC 4291)",
-    ),
-    v6(
-        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
-        96,
-        "IPv4-mapped addresses (RFC 4291)",
-    ),
-    v6(
-        Ipv6Addr::UNSPECIFIED,
-        96,
-        "IPv4-compatible addresses, deprecated (RFC 4291)",
-    ),
-    v6(
-        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
-        10,
-        "link-local (RFC 4291)",
-    ),
-    v6(
-        Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
-        8,
-        "multicast (RFC 4291)",
-    ),
-];
+/// The reserved ranges live with the shared vocabulary (published ports refuse them too).
+pub use cnm_types::reserved::{RESERVED, ReservedRange};
 
 /// Why `subnet` (canonical, host bits clear) cannot be a network's, as a sentence for
 /// [`CoreError::InvalidOption`]; `None` when it can.

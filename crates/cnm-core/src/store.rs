@@ -381,7 +381,7 @@ pub enum StoreError {
     },
     /// A store could not be opened (for a durable store: its state directory is locked by
     /// another process, or its file is unreadable).
-    #[error("failed to open the {backend} store in {path}")]
+    #[error("failed to open the {backend} store in {path}: {source}")]
     Open {
         /// Which backend.
         backend: &'static str,

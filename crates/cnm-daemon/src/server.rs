@@ -249,7 +249,8 @@ impl AppState {
     }
 
     /// Creates the endpoint of `sb` on `net` (named after the sandbox, as Docker names an
-    /// endpoint after its container) and joins it; deletes the endpoint again if the join fails.
+    /// endpoint after its container) and joins it, as one core operation (the endpoint goes
+    /// again if the join fails).
     pub(crate) async fn connect(
         &self,
         net: &Network,
@@ -258,14 +259,7 @@ impl AppState {
         join: Vec<JoinOption>,
     ) -> Result<Endpoint, ApiError> {
         self.timed("connect", async {
-            let ep = net.create_endpoint(sb.container_id(), options).await?;
-            if let Err(e) = ep.join_sandbox(sb, join).await {
-                let mut err = ApiError::from(e);
-                if let Err(c) = ep.delete().await {
-                    err.message = format!("{}; cleanup also failed: {c}", err.message);
-                }
-                return Err(err);
-            }
+            let ep = net.connect(sb.container_id(), sb, options, join).await?;
             self.events.publish(Event::network(
                 "connect",
                 net.id(),
@@ -278,23 +272,10 @@ impl AppState {
         .await
     }
 
-    /// Leaves `net` and deletes the sandbox's endpoint on it.
+    /// Leaves `net` and deletes the sandbox's endpoint on it (one core operation).
     pub(crate) async fn disconnect(&self, net: &Network, sb: &Sandbox) -> Result<(), ApiError> {
         self.timed("disconnect", async {
-            let ep = sb
-                .endpoints()
-                .await
-                .into_iter()
-                .map(|(ep, _)| ep)
-                .find(|ep| ep.network().id() == net.id())
-                .ok_or_else(|| {
-                    ApiError::conflict(format!(
-                        "container {} is not connected to network {}",
-                        sb.container_id(),
-                        net.name()
-                    ))
-                })?;
-            ep.leave_sandbox(sb).await?;
+            sb.disconnect(net).await?;
             self.events.publish(Event::network(
                 "disconnect",
                 net.id(),
@@ -302,11 +283,7 @@ impl AppState {
                 net.driver(),
                 Some(sb.id()),
             ));
-            match ep.delete().await {
-                // A sandbox delete racing this disconnect deleted it first.
-                Err(e) if !crate::error::endpoint_already_deleted(&e) => Err(e.into()),
-                _ => Ok(()),
-            }
+            Ok(())
         })
         .await
     }

@@ -43,7 +43,7 @@ pub async fn network(ctl: &Controller, net: &Network, created: String) -> docker
     }
     let mut containers = BTreeMap::new();
     for ep in net.endpoints() {
-        let Some(sandbox_id) = ep.sandbox_id().await else {
+        let Some(sandbox_id) = ep.sandbox_id() else {
             continue;
         };
         let name = ctl
@@ -84,16 +84,7 @@ pub async fn network(ctl: &Controller, net: &Network, created: String) -> docker
         config_from: ConfigReference::default(),
         config_only: false,
         containers,
-        options: {
-            let mut o = opts.driver_options.clone();
-            if opts.allow_host_overlap {
-                o.insert(
-                    cnm::options::KEY_ALLOW_HOST_OVERLAP.to_owned(),
-                    "true".to_owned(),
-                );
-            }
-            o
-        },
+        options: opts.as_docker_options(),
         labels: opts.labels.clone(),
     }
 }
@@ -104,11 +95,10 @@ fn aux(m: &BTreeMap<String, std::net::IpAddr>) -> BTreeMap<String, String> {
 
 /// A sandbox as cnm's API shows it.
 pub async fn sandbox(sb: &Sandbox) -> v1::Sandbox {
-    let gateway = sb.gateway_endpoint().await.map(|e| e.id().to_owned());
-    let published = sb.published_ports().await;
+    let gateway = sb.gateway_endpoint().map(|e| e.id().to_owned());
+    let published = sb.published_ports();
     let endpoints = sb
         .endpoints()
-        .await
         .into_iter()
         .map(|(ep, ifname): (Endpoint, _)| {
             let is_gw = gateway.as_deref() == Some(ep.id());

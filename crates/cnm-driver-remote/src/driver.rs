@@ -17,7 +17,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use cnm_core::{
     Capability, Driver, DriverError, DriverOptions, EndpointInfo, EndpointSpec, IpamData, JoinInfo,
-    JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, PortBinding, Protocol,
+    JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, PortBinding, Protocol,
     RestoredEndpoint, Scope, StaticRoute,
 };
 use cnm_types::{IfName, MacAddress};
@@ -44,22 +44,19 @@ pub struct RemoteConfig {
 }
 
 /// What a plugin filled in when an endpoint was created, beyond what cnm asked for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PluginAssigned {
-    /// An IPv4 address the plugin chose (the request had none).
-    pub ipv4: Option<Ipv4Net>,
-    /// An IPv6 address the plugin chose (the request had none).
-    pub ipv6: Option<Ipv6Net>,
-    /// A MAC the plugin chose (the request had none); the controller applies it.
-    pub mac: Option<MacAddress>,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Filled {
+    ipv4: Option<Ipv4Net>,
+    ipv6: Option<Ipv6Net>,
+    mac: Option<MacAddress>,
 }
 
-/// What the adapter remembers of an endpoint.
-#[derive(Debug, Clone, Default)]
+/// What the adapter remembers of an endpoint: its addresses (the container address of
+/// `ProgramExternalConnectivity`).
+#[derive(Debug, Clone, Copy, Default)]
 struct EndpointState {
     ipv4: Option<Ipv4Net>,
     ipv6: Option<Ipv6Net>,
-    assigned: PluginAssigned,
 }
 
 /// A network driver served by a plugin process.
@@ -122,15 +119,6 @@ impl RemoteDriver {
     /// How far the plugin's networks reach (`ConnectivityScope`).
     pub fn connectivity_scope(&self) -> Scope {
         self.connectivity_scope
-    }
-
-    /// What the plugin filled in when `endpoint_id` was created.
-    ///
-    /// Addresses a plugin returns from `CreateEndpoint` for an endpoint that IPAM gave none
-    /// cannot be handed to the controller through today's SPI ([`EndpointInfo`] carries a MAC
-    /// only); they are kept here until it can.
-    pub fn plugin_assigned(&self, endpoint_id: &str) -> Option<PluginAssigned> {
-        self.lock().get(endpoint_id).map(|e| e.assigned.clone())
     }
 
     /// `EndpointOperInfo`: the plugin's free-form operational data of an endpoint.
@@ -449,9 +437,9 @@ fn assigned(
     check: &AnswerCheck<'_>,
     spec: Asked,
     answer: &wire::CreateEndpointResponse,
-) -> Result<PluginAssigned, PluginError> {
+) -> Result<Filled, PluginError> {
     let Some(i) = answer.interface.as_ref().filter(|i| !i.is_empty()) else {
-        return Ok(PluginAssigned::default());
+        return Ok(Filled::default());
     };
     let ipv4 = check.filled("Interface.Address", &i.address, spec.ipv4, v4)?;
     let ipv6 = check.filled("Interface.AddressIPv6", &i.address_ipv6, spec.ipv6, v6)?;
@@ -477,7 +465,7 @@ fn assigned(
             None => Some(mac),
         }
     };
-    Ok(PluginAssigned { ipv4, ipv6, mac })
+    Ok(Filled { ipv4, ipv6, mac })
 }
 
 /// Turns `Join`'s answer into the SPI's [`JoinInfo`], refusing what cannot be applied.
@@ -610,9 +598,21 @@ impl Driver for RemoteDriver {
         }
     }
 
-    /// The plugin owns its option keys and checks them in `CreateNetwork`.
-    fn validate_network_options(&self, _options: &DriverOptions) -> Result<(), DriverError> {
-        Ok(())
+    /// The plugin owns its option keys and checks them in `CreateNetwork`: they pass through
+    /// as given (in [`NetworkSpec::options`]), nothing is parsed here.
+    fn parse_network_options(
+        &self,
+        _options: &DriverOptions,
+    ) -> Result<ParsedOptions, DriverError> {
+        Ok(ParsedOptions::none())
+    }
+
+    /// The plugin owns its endpoint option keys too (`CreateEndpoint` and `Join` carry them).
+    fn parse_endpoint_options(
+        &self,
+        _options: &DriverOptions,
+    ) -> Result<ParsedOptions, DriverError> {
+        Ok(ParsedOptions::none())
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
@@ -650,7 +650,6 @@ impl Driver for RemoteDriver {
                 .or_insert_with(|| EndpointState {
                     ipv4: ep.spec.ipv4,
                     ipv6: ep.spec.ipv6,
-                    assigned: PluginAssigned::default(),
                 });
         }
         Ok(())
@@ -705,16 +704,23 @@ impl Driver for RemoteDriver {
                 return Err(self.error(self.undo(cause, wire::DELETE_ENDPOINT, &inverse).await));
             }
         };
-        let mac = assigned.mac;
         self.lock().insert(
             spec.endpoint_id.clone(),
             EndpointState {
                 ipv4: spec.ipv4.or(assigned.ipv4),
                 ipv6: spec.ipv6.or(assigned.ipv6),
-                assigned,
             },
         );
-        Ok(EndpointInfo::with_mac(mac))
+        // Addresses the plugin filled in are the endpoint's: the controller uses them (and
+        // holds them in IPAM when they lie in one of the network's pools), as libnetwork does.
+        let mut info = EndpointInfo::with_mac(assigned.mac);
+        if let Some(a) = assigned.ipv4 {
+            info = info.ipv4(a);
+        }
+        if let Some(a) = assigned.ipv6 {
+            info = info.ipv6(a);
+        }
+        Ok(info)
     }
 
     async fn delete_endpoint(

@@ -38,6 +38,6 @@ mod ipam;
 pub mod plugin;
 pub mod wire;
 
-pub use driver::{PluginAssigned, RemoteConfig, RemoteDriver};
+pub use driver::{RemoteConfig, RemoteDriver};
 pub use error::RemoteError;
 pub use ipam::{IpamCapabilities, RemoteIpam};

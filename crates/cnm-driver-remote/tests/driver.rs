@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use cnm_core::{EndpointOptions, Network, NetworkOptions, PortBinding, PortRange, Protocol};
-use cnm_driver_remote::PluginAssigned;
 use cnm_driver_remote::plugin::MEDIA_TYPE;
 use cnm_sandbox::IpFamily;
 use cnm_testkit::{probe, server::TcpEchoServer};
@@ -20,10 +19,7 @@ use serde_json::{Value, json};
 
 /// Fails unless `ep`'s sandbox and join are gone and nothing of the join is left in the host.
 async fn no_join_left(w: &World, ep: &cnm_core::Endpoint, bridge_only: &str) -> Result<()> {
-    ensure!(
-        ep.sandbox_id().await.is_none(),
-        "the endpoint is still joined"
-    );
+    ensure!(ep.sandbox_id().is_none(), "the endpoint is still joined");
     ensure!(w.ctl.sandboxes().is_empty(), "a sandbox is left");
     ensure!(
         w.netns_files()?.is_empty(),
@@ -37,7 +33,7 @@ async fn no_join_left(w: &World, ep: &cnm_core::Endpoint, bridge_only: &str) -> 
     );
     let keys: Vec<String> = w
         .ctl
-        .store()
+        .store()?
         .list("")
         .await?
         .into_iter()
@@ -123,15 +119,15 @@ async fn a_plugin_network_carries_traffic_and_every_request_has_dockers_shape() 
     assert!(has("0.0.0.0/0", Some(gw)), "{routes:?}");
     assert!(has("198.18.0.0/15", Some(gw)), "{routes:?}");
     assert!(has("192.0.2.0/24", None), "{routes:?}");
-    // The IPv6 address the plugin filled in is kept (today's SPI cannot hand it over).
+    // The IPv6 address the plugin filled in is the endpoint's, and on its interface.
+    let v6: IpNet = "fd00:80::5/64".parse()?;
+    assert_eq!(ep1.ipv6().map(IpNet::V6), Some(v6));
     assert_eq!(
-        w.driver.plugin_assigned(ep1.id()),
-        Some(PluginAssigned {
-            ipv4: None,
-            ipv6: Some("fd00:80::5/64".parse()?),
-            mac: Some(plugin_mac.parse()?),
-        })
+        ep2.ipv6().map(IpNet::V6),
+        Some(v6),
+        "the plugin gives every endpoint this one"
     );
+    assert!(addrs.contains(&v6), "{addrs:?}");
 
     // Traffic between the two sandboxes, through the plugin's bridge, and to the gateway.
     let server = TcpEchoServer::start(sb2.netns(), IpAddr::V4(a2.addr()), 8080).await?;
@@ -196,7 +192,7 @@ async fn a_plugin_network_carries_traffic_and_every_request_has_dockers_shape() 
         (
             "NetworkDriver.Join",
             json!({"NetworkID": nid, "EndpointID": e1, "Options": {},
-                   "SandboxKey": key1.display().to_string()}),
+                   "SandboxKey": key1.key().display().to_string()}),
         ),
         (
             "NetworkDriver.ProgramExternalConnectivity",
@@ -205,7 +201,7 @@ async fn a_plugin_network_carries_traffic_and_every_request_has_dockers_shape() 
         (
             "NetworkDriver.Join",
             json!({"NetworkID": nid, "EndpointID": e2, "Options": {},
-                   "SandboxKey": key2.display().to_string()}),
+                   "SandboxKey": key2.key().display().to_string()}),
         ),
         (
             "NetworkDriver.ProgramExternalConnectivity",
@@ -255,7 +251,7 @@ async fn a_hung_plugin_gives_a_bounded_wait_a_clear_error_and_a_full_rollback() 
     );
     assert_eq!(e.kind(), cnm_types::ErrorKind::Unavailable);
     assert!(w.ctl.networks().is_empty());
-    assert!(w.ctl.store().list("").await?.is_empty(), "records left");
+    assert!(w.ctl.store()?.list("").await?.is_empty(), "records left");
     // The plugin was told to delete what it may have made.
     assert_eq!(
         w.plugin.methods()?.last().map(String::as_str),
@@ -343,7 +339,7 @@ async fn garbage_and_http_500_give_clear_errors_and_a_full_rollback() -> Result<
         "{e}"
     );
     assert!(w.ctl.networks().is_empty());
-    assert!(w.ctl.store().list("").await?.is_empty(), "records left");
+    assert!(w.ctl.store()?.list("").await?.is_empty(), "records left");
     w.host_is_clean().await?;
     w.plugin.fault("NetworkDriver.CreateNetwork", None)?;
     let net = w

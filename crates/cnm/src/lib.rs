@@ -6,6 +6,14 @@
 //! `Controller::builder().build()` persists and reloads its state, and takes the state dir's lock).
 //! **Does not**: implement anything itself; see `cnm-core` and the `cnm-driver-*` crates.
 //!
+//! Everything the API names is here: [`ErrorKind`] (the kind of every error), [`ipnet`] (subnets
+//! are [`ipnet::IpNet`]s), and for a driver crate, which then needs no other dependency:
+//! [`async_trait`] (implement [`Driver`] as `#[cnm::async_trait] impl Driver for …`),
+//! [`register_driver!`] (`cnm::register_driver!("p2p", P2p::create);`, through the re-exported
+//! [`inventory`]), or [`ControllerBuilder::driver`] / [`Controller::register_driver`] for a
+//! driver found while running. [`Controller::shutdown`] lets go of the store, its lock and the
+//! drivers; the handles never keep a controller alive.
+//!
 //! ```no_run
 //! use cnm::{Controller, DriverOptions, EndpointOptions, JoinOption, NetworkOptions};
 //!
@@ -14,9 +22,10 @@
 //! controller.configure_network_driver("bridge", DriverOptions::default()).await?;
 //! let network = controller.new_network("bridge", "network1", NetworkOptions::default()).await?;
 //! let ep = network.create_endpoint("Endpoint1", EndpointOptions::default()).await?;
-//! let sandbox_key = ep
+//! let sandbox = ep
 //!     .join("container1", [JoinOption::hostname("test"), JoinOption::domainname("docker.io")])
 //!     .await?;
+//! let sandbox_key = sandbox.key();                     // path of the container's netns
 //! # let _ = sandbox_key; Ok(()) }
 //! ```
 

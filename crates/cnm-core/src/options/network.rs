@@ -17,8 +17,10 @@ pub const KEY_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 pub const KEY_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 /// Docker's option key that makes a network internal.
 pub const KEY_INTERNAL: &str = "com.docker.network.internal";
-/// Docker's generic driver option for the MTU of a network's interfaces. Passed on to the
-/// driver; core checks it first against the network's families (see [`check_mtu`]).
+/// Docker's generic label for the MTU of a network's interfaces (libnetwork's
+/// `netlabel.DriverMTU`, which Docker passes to every driver). Core owns it: checks it once
+/// against the network's families (see [`check_mtu`]) and hands drivers the number
+/// ([`NetworkSpec::mtu`](crate::spi::NetworkSpec::mtu)); it stays among the options as given.
 pub const KEY_DRIVER_MTU: &str = "com.docker.network.driver.mtu";
 /// cnm's option key that lets a network's subnet overlap a network the host is on (see
 /// [`NetworkOptions::allow_host_overlap`]). Consumed by core, never passed to the driver.
@@ -31,16 +33,9 @@ pub const MIN_MTU_V6: u32 = 1280;
 /// The largest MTU (the kernel's `ETH_MAX_MTU`).
 pub const MAX_MTU: u32 = 65535;
 
-/// Option key prefixes that belong to drivers: core passes them on and the driver validates them.
-const DRIVER_KEY_PREFIXES: &[&str] = &[
-    "com.docker.network.bridge.",
-    "com.docker.network.driver.",
-    "com.docker.network.container_iface_prefix",
-];
-/// The namespace of Docker's well-known keys; a key in it that nobody knows is refused.
-const DOCKER_KEY_PREFIX: &str = "com.docker.network.";
-/// The namespace of cnm's own network keys, all consumed by core; an unknown one is refused.
-const CNM_KEY_PREFIX: &str = "com.cnm.network.";
+/// The generic labels core owns among a network's driver options (kept as given, never passed
+/// to the driver's parse step).
+const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -150,7 +145,8 @@ pub struct NetworkOptions {
     pub internal: bool,
     /// User labels, kept and shown, never interpreted.
     pub labels: BTreeMap<String, String>,
-    /// Driver options, validated by the driver.
+    /// Driver options as given: the driver's own keys (the driver parses them, and refuses the
+    /// ones it does not know), and generic labels core owns ([`KEY_DRIVER_MTU`]).
     pub driver_options: DriverOptions,
     /// The IPAM driver's name; `None` or `"default"` for the built-in one.
     pub ipam_driver: Option<String>,
@@ -280,10 +276,36 @@ impl NetworkOptions {
         {
             return Err(CoreError::invalid("ipam driver", name, "it is empty"));
         }
-        if let Some(mtu) = self.driver_options.get(KEY_DRIVER_MTU) {
-            check_mtu(mtu, self.enable_ipv6)?;
-        }
+        self.mtu()?;
         Ok(())
+    }
+
+    /// The MTU asked for with [`KEY_DRIVER_MTU`], checked against the network's families.
+    pub fn mtu(&self) -> Result<Option<u32>, CoreError> {
+        self.driver_options
+            .get(KEY_DRIVER_MTU)
+            .map(|v| check_mtu(v, self.enable_ipv6))
+            .transpose()
+    }
+
+    /// The driver's own options: [`NetworkOptions::driver_options`] without the generic labels
+    /// core owns. What the driver parses.
+    pub fn driver_keys(&self) -> DriverOptions {
+        self.driver_options
+            .iter()
+            .filter(|(k, _)| !GENERIC_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The options as a Docker client gives them (`Options` of `network inspect`): the driver
+    /// options as given, with cnm's own keys core consumed.
+    pub fn as_docker_options(&self) -> BTreeMap<String, String> {
+        let mut o = self.driver_options.clone();
+        if self.allow_host_overlap {
+            o.insert(KEY_ALLOW_HOST_OVERLAP.to_owned(), "true".to_owned());
+        }
+        o
     }
 }
 
@@ -405,16 +427,9 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             .map(|v| parse_bool(KEY_ALLOW_HOST_OVERLAP, &v))
             .transpose()?
             .unwrap_or(false);
-        let mut driver_options = DriverOptions::new();
-        for (key, value) in options {
-            let for_driver = DRIVER_KEY_PREFIXES.iter().any(|p| key.starts_with(p));
-            if (key.starts_with(DOCKER_KEY_PREFIX) && !for_driver)
-                || key.starts_with(CNM_KEY_PREFIX)
-            {
-                return Err(CoreError::UnknownOption { key, value });
-            }
-            driver_options.insert(key, value);
-        }
+        // Every other key is the driver's (it refuses the ones it does not know, naming them)
+        // or a generic label core owns (checked by `validate`).
+        let driver_options = options;
         if let Some((key, value)) = raw.ipam.options.into_iter().next() {
             return Err(CoreError::UnknownOption {
                 key: format!("IPAM.Options.{key}"),
@@ -594,10 +609,13 @@ mod tests {
         });
         refused(r, &["10.1.5.0/24", "overlaps", "10.1.0.0/16"]);
 
+        // A key core does not own is the driver's to accept or refuse (when the network is
+        // created, before anything else): core names no driver's keys.
         let mut r = RawNetworkOptions::default();
         r.options
             .insert("com.docker.network.frobnicate".into(), "7".into());
-        refused(r, &["com.docker.network.frobnicate", "7"]);
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert_eq!(o.driver_keys()["com.docker.network.frobnicate"], "7");
 
         let mut r = RawNetworkOptions::default();
         r.options.insert(KEY_ENABLE_IPV6.into(), "maybe".into());
@@ -688,10 +706,17 @@ mod tests {
         r.options
             .insert(KEY_ALLOW_HOST_OVERLAP.into(), "yes".into());
         refused(r, &[KEY_ALLOW_HOST_OVERLAP, "yes"]);
+        // A driver's key in cnm's namespace reaches the driver.
         let mut r = RawNetworkOptions::default();
-        r.options
-            .insert("com.cnm.network.frobnicate".into(), "1".into());
-        refused(r, &["com.cnm.network.frobnicate"]);
+        r.options.insert(
+            "com.cnm.network.bridge.internal_host_access".into(),
+            "true".into(),
+        );
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert!(
+            o.driver_keys()
+                .contains_key("com.cnm.network.bridge.internal_host_access")
+        );
     }
 
     #[test]
@@ -730,9 +755,11 @@ mod tests {
             ("65535", true),
         ] {
             let o = mtu(v, ipv6).unwrap();
-            assert_eq!(
-                o.driver_options[KEY_DRIVER_MTU], v,
-                "passed on to the driver"
+            assert_eq!(o.driver_options[KEY_DRIVER_MTU], v, "kept as given");
+            assert_eq!(o.mtu().unwrap(), Some(v.parse().unwrap()), "parsed by core");
+            assert!(
+                !o.driver_keys().contains_key(KEY_DRIVER_MTU),
+                "not the driver's to parse"
             );
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use cnm_core::{Controller, Ipam};
+use cnm_core::{Controller, Driver, Ipam};
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
 use cnm_driver_remote::{RemoteConfig, RemoteDriver, RemoteIpam};
 use cnm_sandbox::NetNs;
@@ -327,7 +327,10 @@ impl World {
             .run_dir(host.run_dir())
             .state_dir(host.state_dir())
             .resolv_conf(resolv.path())
-            .driver(driver.clone());
+            .driver(name, {
+                let driver = driver.clone();
+                move |_| Ok(driver as Arc<dyn Driver>)
+            });
         let mut ipam = None;
         if with_ipam {
             let remote = Arc::new(RemoteIpam::connect(name, &config).await?);

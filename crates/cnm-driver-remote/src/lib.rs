@@ -30,14 +30,18 @@
 //! ```
 //!
 //! With a plugin running, the driver joins a controller like a built-in one
-//! (`Controller::builder().driver(Arc::new(driver))`), under the plugin's name.
+//! (`Controller::builder().driver(name, |_| Ok(Arc::new(driver)))`), under the plugin's name;
+//! or the controller finds it by name itself, when a network first asks for it, through a
+//! [`PluginResolver`] (`Controller::builder().driver_resolver(Arc::new(PluginResolver::new(config)))`).
 
 mod driver;
 mod error;
 mod ipam;
 pub mod plugin;
+mod resolver;
 pub mod wire;
 
 pub use driver::{RemoteConfig, RemoteDriver};
 pub use error::RemoteError;
 pub use ipam::{IpamCapabilities, RemoteIpam};
+pub use resolver::PluginResolver;

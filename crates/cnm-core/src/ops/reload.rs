@@ -167,9 +167,13 @@ async fn restore_networks(
     let mut kept_by_driver: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, net) in nets {
         let rec = net.value;
-        let Ok(driver) = core.driver(&rec.driver) else {
-            tracing::warn!(network = %rec.name, driver = %rec.driver, "driver of a recorded network is not linked: network not restored");
-            continue;
+        // A driver the program does not link (a plugin) is found by name first.
+        let driver = match core.find_driver(&rec.driver).await {
+            Ok(driver) => driver,
+            Err(e) => {
+                tracing::warn!(network = %rec.name, driver = %rec.driver, error = %e, "driver of a recorded network not found: network not restored");
+                continue;
+            }
         };
         let options = network_options(&rec)?;
         let parsed = driver

@@ -8,6 +8,7 @@ mod concurrency;
 mod conflicts;
 mod life_cycle;
 mod orchestration;
+mod resolve;
 mod restart;
 mod shutdown;
 mod spi;

@@ -17,6 +17,7 @@ use crate::kernel::{Kernel, NetlinkKernel};
 use crate::network::Network;
 use crate::ops::{self, run_op};
 use crate::options::{JoinOption, JoinOptions, NetworkOptions};
+use crate::resolve::DriverResolver;
 use crate::sandbox::Sandbox;
 use crate::spi::{Driver, DriverContext, DriverError, DriverOptions, DriverRegistration};
 use crate::state::Core;
@@ -55,6 +56,7 @@ pub struct ControllerBuilder {
     ipam: Option<Arc<dyn Ipam>>,
     builtin_drivers: bool,
     drivers: Vec<(String, Factory)>,
+    resolver: Option<Arc<dyn DriverResolver>>,
 }
 
 impl fmt::Debug for ControllerBuilder {
@@ -69,6 +71,7 @@ impl fmt::Debug for ControllerBuilder {
             .field("cluster_store", &self.cluster_store)
             .field("ipam", &self.ipam)
             .field("builtin_drivers", &self.builtin_drivers)
+            .field("resolver", &self.resolver)
             .field(
                 "drivers",
                 &self.drivers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -155,6 +158,15 @@ impl ControllerBuilder {
         self
     }
 
+    /// What finds a driver the controller does not have, by name (default: none, and an unknown
+    /// name is [`CoreError::DriverNotFound`]). It is asked when a network is created with a
+    /// driver of that name, and at reload for a recorded network's driver, before the network
+    /// is restored; what it finds is registered as if by [`Controller::register_driver`].
+    pub fn driver_resolver(mut self, resolver: Arc<dyn DriverResolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
     /// Creates the directories, connects to the host namespace, opens the store, instantiates
     /// every driver, and reloads the recorded state: IPAM is rebuilt from the network and
     /// endpoint records, each network handed back to its driver with its endpoints
@@ -213,7 +225,7 @@ impl ControllerBuilder {
             .cluster_store
             .map(|store| crate::cluster::Cluster::new(store, host_id));
         let host_ns = kernel.host_ns().clone();
-        let core = Arc::new(Core::new(
+        let mut core = Core::new(
             kernel,
             ctx,
             self.resolv_conf,
@@ -221,7 +233,9 @@ impl ControllerBuilder {
             ipam,
             drivers,
             cluster,
-        ));
+        );
+        core.resolver = self.resolver;
+        let core = Arc::new(core);
         ops::reload::reload(&core).await?;
         tracing::info!(drivers = ?core.driver_names(), "controller built");
         Ok(Controller {
@@ -368,6 +382,7 @@ impl Controller {
             ipam: None,
             builtin_drivers: true,
             drivers: Vec::new(),
+            resolver: None,
         }
     }
 

@@ -78,6 +78,7 @@ mod ops;
 pub mod options;
 pub mod port;
 pub mod record;
+mod resolve;
 mod sandbox;
 pub mod spi;
 mod state;
@@ -103,6 +104,7 @@ pub use options::{
     RawEndpointIpam, RawEndpointOptions, RawIpam, RawIpamConfig, RawJoinOptions, RawNetworkOptions,
 };
 pub use port::{PortBinding, PortError, PortRange, Protocol};
+pub use resolve::DriverResolver;
 pub use sandbox::Sandbox;
 pub use spi::{
     Capability, Driver, DriverContext, DriverError, DriverFactory, DriverOptions,

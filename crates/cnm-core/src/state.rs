@@ -26,6 +26,7 @@ use crate::model::endpoint::EndpointInner;
 use crate::model::network::NetworkInner;
 use crate::model::sandbox::SandboxInner;
 use crate::options::PoolConfig;
+use crate::resolve::DriverResolver;
 use crate::spi::{Driver, DriverContext};
 use crate::store::Store;
 
@@ -43,6 +44,8 @@ pub(crate) struct Core {
     /// What drivers are built with (for drivers registered while running).
     pub(crate) driver_context: DriverContext,
     drivers: RwLock<BTreeMap<String, Arc<dyn Driver>>>,
+    /// Finds drivers the controller does not have, by name (plugins).
+    pub(crate) resolver: Option<Arc<dyn DriverResolver>>,
     /// Networks by id.
     pub(crate) networks: DashMap<String, Arc<NetworkInner>>,
     /// Network name → id; `None` while the network is being created (the name is reserved).
@@ -115,6 +118,7 @@ impl Core {
             ipam,
             driver_context,
             drivers: RwLock::new(drivers),
+            resolver: None,
             networks: DashMap::new(),
             network_names: DashMap::new(),
             singletons: DashMap::new(),
@@ -184,6 +188,31 @@ impl Core {
             .get(name)
             .cloned()
             .ok_or_else(|| CoreError::DriverNotFound(name.to_owned()))
+    }
+
+    /// The driver called `name`; when the controller has none, the one the resolver finds by
+    /// that name, registered for good.
+    pub(crate) async fn find_driver(&self, name: &str) -> Result<Arc<dyn Driver>, CoreError> {
+        let not_found = match self.driver(name) {
+            Ok(driver) => return Ok(driver),
+            Err(e) => e,
+        };
+        let Some(resolver) = &self.resolver else {
+            return Err(not_found);
+        };
+        let driver = resolver
+            .resolve(name, &self.driver_context)
+            .await
+            .map_err(|e| CoreError::driver("find driver", name, e))?;
+        match self.add_driver(name.to_owned(), driver.clone()) {
+            Ok(()) => {
+                tracing::info!(driver = name, "driver found by name and registered");
+                Ok(driver)
+            }
+            // Found by a concurrent lookup first: its driver is the one.
+            Err(CoreError::DriverExists(_)) => self.driver(name),
+            Err(e) => Err(e),
+        }
     }
 
     /// The driver of a network.

@@ -120,6 +120,11 @@ pub struct Config {
     /// `--ip-forward-no-drop`: keep forwarding traffic that is not cnm's even when cnm turned
     /// forwarding on (the bridge driver's `com.cnm.bridge.ip_forward_no_drop`).
     pub ip_forward_no_drop: bool,
+    /// Where network driver plugins are found by name, the moment a network names a driver
+    /// cnmd does not have, and how long each call to one may take (cnmd's `--plugin-dir`,
+    /// `--plugin-timeout`). None (the default here, for embedding and tests): no plugins, an
+    /// unknown driver is not found.
+    pub plugins: Option<cnm_driver_remote::RemoteConfig>,
 }
 
 impl Default for Config {
@@ -137,6 +142,7 @@ impl Default for Config {
             host_netns: None,
             resolv_conf: None,
             ip_forward_no_drop: false,
+            plugins: None,
         }
     }
 }
@@ -633,6 +639,13 @@ impl Daemon {
         }
         if let Some(rc) = &config.resolv_conf {
             builder = builder.resolv_conf(rc);
+        }
+        // Plugins are found before the reload too: a recorded network of a plugin's driver
+        // comes back once its plugin answers.
+        if let Some(plugins) = &config.plugins {
+            builder = builder.driver_resolver(Arc::new(cnm_driver_remote::PluginResolver::new(
+                plugins.clone(),
+            )));
         }
         let ctl = builder
             .build()

@@ -90,7 +90,11 @@ impl InterfaceConfig {
         crate::link::validate_mac(self.mac)?;
         crate::link::validate_mtu(self.mtu)?;
         for route in &self.routes {
-            crate::netlink::validate_route(route)?;
+            // Checked as it will be added: through this interface (an on-link route, with no
+            // gateway, is valid because of that).
+            let mut through = *route;
+            through.oif = Some(through.oif.unwrap_or(u32::MAX));
+            crate::netlink::validate_route(&through)?;
         }
         Ok(())
     }
@@ -213,5 +217,30 @@ impl Netlink {
             steps.push(async move { self.add_route(&route).await }.boxed());
         }
         try_join_all(steps).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_checked_as_going_through_the_interface() {
+        let mut config = InterfaceConfig::new(InterfaceSource::Existing {
+            name: IfName::new("eth0").unwrap(),
+            index: None,
+        });
+        // On link, no gateway: valid, since its output interface is the one configured (a
+        // remote plugin's connected static route, issue 13).
+        config.routes = vec![RouteSpec::on_link("192.0.2.0/24".parse().unwrap(), None)];
+        config.validate().unwrap();
+        // A gateway of the other family is still refused before anything is sent.
+        config.routes = vec![RouteSpec::via(
+            "192.0.2.0/24".parse().unwrap(),
+            "fd00::1".parse().unwrap(),
+            None,
+        )];
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("fd00::1"), "{e}");
     }
 }

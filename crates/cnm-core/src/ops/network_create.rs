@@ -100,7 +100,7 @@ pub(crate) async fn create_network(
     check_name("network name", &name)?;
     options.validate()?;
     let mtu = options.mtu()?;
-    let driver = core.driver(&driver_name)?;
+    let driver = core.find_driver(&driver_name).await?;
     let ipam_name = options.ipam_driver.as_deref().unwrap_or("default");
     if ipam_name != "default" && ipam_name != core.ipam.name() {
         return Err(CoreError::IpamDriverNotFound(ipam_name.to_owned()));

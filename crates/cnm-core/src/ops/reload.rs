@@ -207,8 +207,9 @@ async fn restore_networks(
             net.value.driver.clone(),
         );
         core.network_names.insert(name.clone(), Some(id.clone()));
-        if core.driver(&driver).is_err() {
-            tracing::warn!(network = %name, driver = %driver, "driver of a recorded network is not registered: network kept, restored when the driver registers");
+        // A driver the program does not link (a plugin) is looked for by name first.
+        if let Err(e) = core.find_driver(&driver).await {
+            tracing::warn!(network = %name, driver = %driver, error = %e, "driver of a recorded network not found: network kept, restored when the driver registers");
             core.pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

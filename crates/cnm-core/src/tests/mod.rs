@@ -9,6 +9,7 @@ mod conflicts;
 mod global;
 mod life_cycle;
 mod orchestration;
+mod resolve;
 mod restart;
 mod shutdown;
 mod spi;

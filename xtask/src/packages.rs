@@ -60,10 +60,18 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "curl",
         provides: "curl",
     },
-    // The daemon's tests drive cnmd with the real docker CLI (the client only; no dockerd).
+    // The daemon's tests drive cnmd with the real docker CLI, and the differential test runs
+    // the same sequence against a real dockerd (in throwaway namespaces; never as a service).
+    // Keyed on dockerd: a machine may have a docker client without the daemon.
     SystemPackage {
         deb: "docker.io",
-        provides: "docker",
+        provides: "dockerd",
+    },
+    // The differential test's containers: an image made of busybox-static's one binary, imported
+    // from a tarball (no registry is reachable).
+    SystemPackage {
+        deb: "busybox-static",
+        provides: "busybox",
     },
     // cnm-dns proves interoperability with a real resolver client.
     SystemPackage {

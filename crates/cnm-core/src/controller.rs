@@ -742,6 +742,7 @@ async fn create_network(
                 labels: options.labels.clone(),
                 driver_options: options.driver_options.clone(),
                 allow_host_overlap: options.allow_host_overlap,
+                attachable: options.attachable,
                 ipv4: v4.iter().map(NetworkPool::record).collect(),
                 ipv6: v6.iter().map(NetworkPool::record).collect(),
                 created,

@@ -91,7 +91,7 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
     let ipam = Ipam {
         driver: "default".into(),
         config: Vec::new(), // `Config` items are the separate `IpamConfig` schema
-        options: StringMap::new(),
+        options: Some(StringMap::new()),
     };
     let cases: Vec<(&str, BTreeSet<String>)> = vec![
         (

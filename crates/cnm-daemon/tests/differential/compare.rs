@@ -19,7 +19,10 @@ pub struct Outcome {
 /// One difference: a key the allow-list can name, and what each side had.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diff {
-    /// `exit`, `stderr`, `stdout`, `content-type`, `newline`, or `json:PATH`.
+    /// `exit`, `content-type`, `newline`, `json:PATH` (an element of an array of named objects
+    /// is `[NAME]`, others `[INDEX]`), or for text one line only one side has:
+    /// `stdout-:LINE` (dockerd's), `stdout+:LINE` (cnmd's), and `stdout:order` when both have
+    /// the same lines in another order; the same for `stderr`.
     pub key: String,
     pub dockerd: String,
     pub cnmd: String,
@@ -27,7 +30,7 @@ pub struct Diff {
 
 pub fn compare(d: &Outcome, c: &Outcome, sort: bool) -> Vec<Diff> {
     let mut out = Vec::new();
-    let mut push = |key: &str, a: String, b: String| {
+    let push = |out: &mut Vec<Diff>, key: &str, a: String, b: String| {
         if a != b {
             out.push(Diff {
                 key: key.to_owned(),
@@ -36,34 +39,70 @@ pub fn compare(d: &Outcome, c: &Outcome, sort: bool) -> Vec<Diff> {
             });
         }
     };
-    push("exit", d.code.to_string(), c.code.to_string());
-    push("stderr", lines(&d.stderr, sort), lines(&c.stderr, sort));
+    push(&mut out, "exit", d.code.to_string(), c.code.to_string());
+    text_diff("stderr", &d.stderr, &c.stderr, sort, &mut out);
     push(
+        &mut out,
         "content-type",
         d.content_type.clone().unwrap_or_default(),
         c.content_type.clone().unwrap_or_default(),
     );
     push(
+        &mut out,
         "newline",
         format!("{:?}", d.trailing_newline),
         format!("{:?}", c.trailing_newline),
     );
     match (as_json(&d.stdout, sort), as_json(&c.stdout, sort)) {
         (Some(a), Some(b)) => json_diff("json:", Some(&a), Some(&b), &mut out),
-        _ => push("stdout", lines(&d.stdout, sort), lines(&c.stdout, sort)),
+        _ => text_diff("stdout", &d.stdout, &c.stdout, sort, &mut out),
     }
     out
 }
 
-fn lines(s: &str, sort: bool) -> String {
+fn lines(s: &str) -> Vec<&str> {
     let mut v: Vec<&str> = s.lines().map(str::trim_end).collect();
     while v.last() == Some(&"") {
         v.pop();
     }
-    if sort {
-        v.sort_unstable();
+    v
+}
+
+/// Text compared line by line: each line only one side has is a difference of its own, so an
+/// allowed line (dockerd's `host` network in a list) hides nothing else.
+fn text_diff(what: &str, d: &str, c: &str, sort: bool, out: &mut Vec<Diff>) {
+    let (a, b) = (lines(d), lines(c));
+    let mut only_c: Vec<&str> = b.clone();
+    let mut only_d = Vec::new();
+    for l in &a {
+        match only_c.iter().position(|x| x == l) {
+            Some(i) => {
+                only_c.remove(i);
+            }
+            None => only_d.push(*l),
+        }
     }
-    v.join("\n")
+    for l in only_d {
+        out.push(Diff {
+            key: format!("{what}-:{l}"),
+            dockerd: l.to_owned(),
+            cnmd: "(no such line)".to_owned(),
+        });
+    }
+    for l in &only_c {
+        out.push(Diff {
+            key: format!("{what}+:{l}"),
+            dockerd: "(no such line)".to_owned(),
+            cnmd: (*l).to_owned(),
+        });
+    }
+    if !sort && a.len() == b.len() && a != b && out.iter().all(|d| !d.key.starts_with(what)) {
+        out.push(Diff {
+            key: format!("{what}:order"),
+            dockerd: a.join("\n"),
+            cnmd: b.join("\n"),
+        });
+    }
 }
 
 /// One JSON document, or one per line (then an array); `None` for anything else.
@@ -108,6 +147,49 @@ fn sort_json(v: &mut Value) {
     }
 }
 
+fn find<'a>(v: &[(&str, &'a Value)], n: &str) -> Option<&'a Value> {
+    v.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+}
+
+fn named_diff(path: &str, x: &[(&str, &Value)], y: &[(&str, &Value)], out: &mut Vec<Diff>) {
+    let mut names: Vec<&str> = x.iter().chain(y).map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    for n in names {
+        json_diff(&format!("{path}[{n}]"), find(x, n), find(y, n), out);
+    }
+    // The order of the names both have.
+    let both = |a: &[(&str, &Value)], b: &[(&str, &Value)]| -> Vec<String> {
+        a.iter()
+            .filter(|(n, _)| find(b, n).is_some())
+            .map(|(n, _)| (*n).to_owned())
+            .collect()
+    };
+    let (ox, oy) = (both(x, y), both(y, x));
+    if ox != oy {
+        out.push(Diff {
+            key: format!("{path}:order"),
+            dockerd: ox.join(" "),
+            cnmd: oy.join(" "),
+        });
+    }
+}
+
+/// The elements by their `Name`, when every element is an object with a distinct one.
+fn named(v: &[Value]) -> Option<Vec<(&str, &Value)>> {
+    if v.is_empty() {
+        return None;
+    }
+    let out: Vec<(&str, &Value)> = v
+        .iter()
+        .map(|e| e.get("Name").and_then(Value::as_str).map(|n| (n, e)))
+        .collect::<Option<_>>()?;
+    let mut names: Vec<&str> = out.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    names.dedup();
+    (names.len() == out.len()).then_some(out)
+}
+
 fn show(v: Option<&Value>) -> String {
     match v {
         None => "(absent)".to_owned(),
@@ -130,11 +212,15 @@ fn json_diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Dif
                 json_diff(&p, x.get(k), y.get(k), out);
             }
         }
-        (Some(Value::Array(x)), Some(Value::Array(y))) => {
-            for i in 0..x.len().max(y.len()) {
-                json_diff(&format!("{path}[{i}]"), x.get(i), y.get(i), out);
+        (Some(Value::Array(x)), Some(Value::Array(y))) => match (named(x), named(y)) {
+            // Lists of networks: element by name, so one missing network is one difference.
+            (Some(nx), Some(ny)) => named_diff(path, &nx, &ny, out),
+            _ => {
+                for i in 0..x.len().max(y.len()) {
+                    json_diff(&format!("{path}[{i}]"), x.get(i), y.get(i), out);
+                }
             }
-        }
+        },
         (a, b) if a == b => {}
         (a, b) => out.push(Diff {
             key: path.to_owned(),
@@ -159,7 +245,7 @@ mod tests {
             ..Default::default()
         };
         let keys: Vec<String> = compare(&d, &c, false).into_iter().map(|d| d.key).collect();
-        assert_eq!(keys, ["json:[0].W", "json:[0].X.Y", "json:[0].Z[1]"]);
+        assert_eq!(keys, ["json:[a].W", "json:[a].X.Y", "json:[a].Z[1]"]);
         let lines_d = Outcome {
             stdout: "b\na\n".into(),
             ..Default::default()
@@ -169,6 +255,15 @@ mod tests {
             ..Default::default()
         };
         assert!(compare(&lines_d, &lines_c, true).is_empty());
-        assert_eq!(compare(&lines_d, &lines_c, false)[0].key, "stdout");
+        assert_eq!(compare(&lines_d, &lines_c, false)[0].key, "stdout:order");
+        let more = Outcome {
+            stdout: "a\nhost\nb\n".into(),
+            ..Default::default()
+        };
+        let keys: Vec<String> = compare(&more, &lines_c, false)
+            .into_iter()
+            .map(|d| d.key)
+            .collect();
+        assert_eq!(keys, ["stdout-:host"]);
     }
 }

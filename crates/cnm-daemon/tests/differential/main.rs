@@ -293,6 +293,14 @@ impl Target {
                 self.container(setup_client, name)?;
                 return Ok(None);
             }
+            Action::Remove(names) => {
+                for n in names {
+                    let path = format!("/networks/{}", encode_uri(n));
+                    http::request(&self.socket, "DELETE", &path, None)?;
+                }
+                self.refresh()?;
+                return Ok(None);
+            }
             Action::Mark(name) => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
                 self.marks.insert(

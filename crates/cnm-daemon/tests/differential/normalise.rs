@@ -20,6 +20,7 @@ static GO_TIME: LazyLock<Regex> = LazyLock::new(|| {
 });
 static EVENT_TIME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#""(time|timeNano)":\s*\d+"#).unwrap());
+static MATCHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d+ matches found").unwrap());
 static MAC: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b").unwrap());
 
@@ -85,6 +86,8 @@ impl Registry {
         let t = GO_TIME.replace_all(&t, "<time>");
         let t = EVENT_TIME.replace_all(&t, "\"$1\":0");
         let t = MAC.replace_all(&t, "<mac>");
+        // How many ids share an ambiguous prefix depends on the random ids.
+        let t = MATCHES.replace_all(&t, "N matches found");
         t.into_owned()
     }
 }

@@ -8,6 +8,7 @@
 //! [sort] docker network prune -f                      compare the output's lines sorted
 //! @container c1        set-up: a busybox container on dockerd, a cnm sandbox on cnmd
 //! @mark t0             set-up: remember each daemon's "now" as ${mark:t0}
+//! @rm n1 n2            set-up: remove networks on both daemons, ignoring failures
 //! ```
 //!
 //! Set-up steps are not compared (a failure fails the test). In commands, `${id:NAME}` is the
@@ -32,6 +33,9 @@ pub enum Action {
     Container(String),
     /// Remember the time.
     Mark(String),
+    /// Remove these networks on both daemons, whatever the outcome (after a create that
+    /// succeeded on one side only, so that the two go on from the same state).
+    Remove(Vec<String>),
 }
 
 /// One line of the script.
@@ -80,6 +84,9 @@ pub fn parse(text: &str) -> Result<Vec<Step>> {
 fn parse_action(l: &str) -> Result<Action> {
     if let Some(rest) = l.strip_prefix("@container ") {
         return Ok(Action::Container(rest.trim().to_owned()));
+    }
+    if let Some(rest) = l.strip_prefix("@rm ") {
+        return Ok(Action::Remove(split_words(rest)?));
     }
     if let Some(rest) = l.strip_prefix("@mark ") {
         return Ok(Action::Mark(rest.trim().to_owned()));

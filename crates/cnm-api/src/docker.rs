@@ -772,10 +772,15 @@ mod tests {
     fn inspect_answer_has_dockers_field_names() {
         let n = Network {
             name: "web".into(),
+            enable_ipv4: Some(true),
             containers: BTreeMap::from([("sb".into(), EndpointResource::default())]),
             ..Default::default()
         };
         let v = serde_json::to_value(&n).unwrap();
+        // Before API 1.48 there is no EnableIPv4, and IPAM options never given are null.
+        let old = serde_json::to_value(Network::default()).unwrap();
+        assert!(old.get("EnableIPv4").is_none(), "{old}");
+        assert_eq!(old["IPAM"]["Options"], json!(null));
         for key in [
             "Name",
             "Id",

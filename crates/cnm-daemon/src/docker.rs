@@ -527,6 +527,10 @@ pub(crate) async fn prune(
             Err(e) => tracing::warn!(network = %net.name(), error = %e, "prune skipped network"),
         }
     }
+    // dockerd (API 1.41+) reports every prune, even one that deleted nothing.
+    let mut ev = Event::network("prune", "", "", "", None);
+    ev.actor.attributes = StringMap::from([("reclaimed".to_owned(), "0".to_owned())]);
+    st.events.publish(ev);
     Ok(DockerJson(NetworkPruneResponse {
         networks_deleted: deleted,
     }))

@@ -194,6 +194,10 @@ fn docker_wording(e: &CoreError) -> Option<ApiError> {
         CoreError::SingletonNetwork { driver, .. } => Some(ApiError::forbidden(format!(
             "only one instance of \"{driver}\" network is allowed"
         ))),
+        // libnetwork's words are cnm's; its status is 403.
+        CoreError::EndpointExists { network, name } => Some(ApiError::forbidden(format!(
+            "endpoint with name {name} already exists in network {network}"
+        ))),
         // dockerd looks an unknown driver up as a plugin.
         CoreError::DriverNotFound(name) | CoreError::IpamDriverNotFound(name) => {
             Some(ApiError::not_found(format!("plugin \"{name}\" not found")))

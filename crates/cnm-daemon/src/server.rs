@@ -443,6 +443,8 @@ pub(crate) fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppS
         ("get", "/info", get(docker::info)),
         ("get", "/events", get(docker::events)),
         ("get", "/networks", get(docker::list)),
+        // dockerd lists on the trailing slash too (API 1.26+).
+        ("get", "/networks/", get(docker::list)),
         ("post", "/networks/create", post(docker::create)),
         ("post", "/networks/prune", post(docker::prune)),
         ("get", "/networks/{id}", get(docker::inspect)),

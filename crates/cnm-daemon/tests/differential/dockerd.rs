@@ -27,6 +27,33 @@ use crate::http;
 /// The image every container runs: busybox-static's one binary and the links the sequence uses.
 pub const IMAGE: &str = "cnm-difftest-busybox:latest";
 
+/// Debian's docker.io daemon, by path: another engine may come first on PATH.
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+
+/// busybox-static's binary (Debian's dynamic `busybox` would replace it at the same path).
+const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX_STATIC_MARK: &str = "/usr/share/doc/busybox-static/copyright";
+
+/// The reference is dockerd 20.10 (Debian bookworm's docker.io); anything else fails loudly,
+/// since the allow-list is written against it.
+fn check_dockerd() -> Result<PathBuf> {
+    let dockerd = PathBuf::from(DOCKERD);
+    ensure!(
+        dockerd.is_file(),
+        "{DOCKERD} is missing: install Debian's docker.io (`cargo xtask test` does)"
+    );
+    let out = Command::new(&dockerd)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("run {DOCKERD} --version"))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && version.starts_with("Docker version 20.10."),
+        "{DOCKERD} is not dockerd 20.10 (Debian's docker.io): {version:?}"
+    );
+    Ok(dockerd)
+}
+
 /// A dockerd and everything under it, stopped on drop.
 pub struct Dockerd {
     child: Option<Child>,
@@ -37,8 +64,7 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd and waits (bounded) until it answers `/_ping`.
     pub fn start() -> Result<Dockerd> {
-        let dockerd =
-            which("dockerd").context("dockerd is not installed (xtask installs docker.io)")?;
+        let dockerd = check_dockerd()?;
         let dir = tempfile::Builder::new().prefix("cnm-dockerd-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let d = dir.path();
@@ -134,8 +160,11 @@ exec "$@""#;
 
     /// Imports the busybox image from a tarball made here (no registry is reachable).
     pub fn import_image(&self, docker: &Path, config: &Path) -> Result<()> {
-        let busybox =
-            which("busybox").context("busybox is not installed (xtask installs busybox-static)")?;
+        ensure!(
+            Path::new(BUSYBOX_STATIC_MARK).is_file() && Path::new(BUSYBOX).is_file(),
+            "busybox-static is not installed (`cargo xtask test` installs it)"
+        );
+        let busybox = PathBuf::from(BUSYBOX);
         let root = self.dir.path().join("rootfs");
         std::fs::create_dir_all(root.join("bin"))?;
         std::fs::copy(&busybox, root.join("bin/busybox"))?;
@@ -247,18 +276,6 @@ impl Drop for Dockerd {
         self.kill();
         let _ = self.remove_cgroups();
     }
-}
-
-/// A program on PATH or in the system directories (root's sbin may be missing from PATH).
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Writes `text` to `path` (a helper for report files).

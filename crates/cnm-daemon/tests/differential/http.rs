@@ -39,10 +39,11 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> 
         ));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    if let Some(b) = body {
-        s.write_all(b)?;
-    }
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    // A server may answer and close before it reads the body (dockerd refusing a version):
+    // the answer is what counts, so a failed write is not an error by itself.
+    let _ = s.write_all(&request);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .with_context(|| format!("read the answer to {method} {path}"))?;

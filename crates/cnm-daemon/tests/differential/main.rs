@@ -301,6 +301,12 @@ impl Target {
                 self.refresh()?;
                 return Ok(None);
             }
+            Action::Disconnect { network, container } => {
+                let body = serde_json::json!({ "Container": container, "Force": true }).to_string();
+                let path = format!("/networks/{}/disconnect", encode_uri(network));
+                http::request(&self.socket, "POST", &path, Some(body.as_bytes()))?;
+                return Ok(None);
+            }
             Action::Mark(name) => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
                 self.marks.insert(
@@ -457,6 +463,8 @@ fn leaves(o: &Outcome) -> usize {
     2 + body
 }
 
+// The summary goes to the test's output (shown on failure or with --nocapture).
+#[allow(clippy::print_stderr)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: run cargo xtask test"]
 async fn docker_clients_see_cnmd_as_they_see_dockerd() -> Result<()> {
@@ -557,7 +565,7 @@ async fn docker_clients_see_cnmd_as_they_see_dockerd() -> Result<()> {
         entries.len(),
         cats
     )?;
-    println!("{summary}");
+    eprintln!("{summary}");
     if !unexplained.is_empty() || !stale.is_empty() {
         bail!(
             "{summary}\nDIFFERENCES NOT IN allowlist.txt:\n{unexplained}\nSTALE ENTRIES:\n{stale}"

@@ -21,6 +21,8 @@ static GO_TIME: LazyLock<Regex> = LazyLock::new(|| {
 static EVENT_TIME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#""(time|timeNano)":\s*\d+"#).unwrap());
 static MATCHES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d+ matches found").unwrap());
+static AMBIGUOUS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"network [0-9a-f] is ambiguous").unwrap());
 static MAC: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b").unwrap());
 
@@ -88,6 +90,8 @@ impl Registry {
         let t = MAC.replace_all(&t, "<mac>");
         // How many ids share an ambiguous prefix depends on the random ids.
         let t = MATCHES.replace_all(&t, "N matches found");
+        // ${ambiguous} is whichever hex digit two ids share on that daemon.
+        let t = AMBIGUOUS.replace_all(&t, "network <prefix> is ambiguous");
         t.into_owned()
     }
 }

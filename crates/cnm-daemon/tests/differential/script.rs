@@ -9,6 +9,7 @@
 //! @container c1        set-up: a busybox container on dockerd, a cnm sandbox on cnmd
 //! @mark t0             set-up: remember each daemon's "now" as ${mark:t0}
 //! @rm n1 n2            set-up: remove networks on both daemons, ignoring failures
+//! @disconnect n1 c1    set-up: disconnect c1 from n1 on both daemons, ignoring failures
 //! ```
 //!
 //! Set-up steps are not compared (a failure fails the test). In commands, `${id:NAME}` is the
@@ -36,6 +37,9 @@ pub enum Action {
     /// Remove these networks on both daemons, whatever the outcome (after a create that
     /// succeeded on one side only, so that the two go on from the same state).
     Remove(Vec<String>),
+    /// Disconnect a container from a network on both daemons, whatever the outcome (after a
+    /// connect that succeeded on one side only).
+    Disconnect { network: String, container: String },
 }
 
 /// One line of the script.
@@ -84,6 +88,16 @@ pub fn parse(text: &str) -> Result<Vec<Step>> {
 fn parse_action(l: &str) -> Result<Action> {
     if let Some(rest) = l.strip_prefix("@container ") {
         return Ok(Action::Container(rest.trim().to_owned()));
+    }
+    if let Some(rest) = l.strip_prefix("@disconnect ") {
+        let w = split_words(rest)?;
+        let [network, container] = w.as_slice() else {
+            bail!("@disconnect NETWORK CONTAINER");
+        };
+        return Ok(Action::Disconnect {
+            network: network.clone(),
+            container: container.clone(),
+        });
     }
     if let Some(rest) = l.strip_prefix("@rm ") {
         return Ok(Action::Remove(split_words(rest)?));

@@ -55,15 +55,33 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "python3-minimal",
         provides: "python3",
     },
+    // The Docker SDK for Python (PyPI's `docker`, packaged by Debian) for cnm-daemon's
+    // python_sdk test, which drives cnmd the way compose does. Keyed on the module itself.
+    SystemPackage {
+        deb: "python3-docker",
+        provides: "/usr/lib/python3/dist-packages/docker/__init__.py",
+    },
     // An unprivileged HTTP client over the daemon's unix socket (socket access tests).
     SystemPackage {
         deb: "curl",
         provides: "curl",
     },
-    // The daemon's tests drive cnmd with the real docker CLI (the client only; no dockerd).
+    // The daemon's tests drive cnmd with the real docker CLI, and the differential test runs
+    // the same sequence against a real dockerd (in throwaway namespaces; never as a service).
+    // Keyed on Debian's dockerd by path: a machine may have a docker client without the
+    // daemon, or another engine elsewhere on PATH; the tests use /usr/sbin/dockerd (20.10) and
+    // /usr/bin/docker (its 20.10 CLI) by path.
     SystemPackage {
         deb: "docker.io",
-        provides: "docker",
+        provides: "/usr/sbin/dockerd",
+    },
+    // The differential test's containers: an image made of busybox-static's one binary, imported
+    // from a tarball (no registry is reachable).
+    // Keyed on the package's own file: Debian's dynamic `busybox` installs /bin/busybox too
+    // (the two replace each other), and a dynamic binary would not run in the image.
+    SystemPackage {
+        deb: "busybox-static",
+        provides: "/usr/share/doc/busybox-static/copyright",
     },
     // cnm-dns proves interoperability with a real resolver client.
     SystemPackage {

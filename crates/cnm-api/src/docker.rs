@@ -81,19 +81,18 @@ pub struct ConfigReference {
     pub network: String,
 }
 
-/// Docker's `IPAM`, in a create request and in an inspect answer.
+/// Docker's `IPAM`, in a create request and in an inspect answer (fields in dockerd's order).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Ipam {
     /// The IPAM driver (`default`).
     #[serde(deserialize_with = "nullable")]
     pub driver: String,
+    /// IPAM driver options; `null` where none were ever given (dockerd's predefined networks).
+    pub options: Option<StringMap>,
     /// One entry per subnet.
     #[serde(deserialize_with = "nullable")]
     pub config: Vec<IpamConfig>,
-    /// IPAM driver options.
-    #[serde(deserialize_with = "nullable")]
-    pub options: StringMap,
 }
 
 /// One `IPAM.Config` entry; what is empty is left out when encoding.
@@ -138,9 +137,9 @@ pub struct Network {
     pub scope: String,
     /// The driver.
     pub driver: String,
-    /// IPv4 enabled.
-    #[serde(rename = "EnableIPv4")]
-    pub enable_ipv4: bool,
+    /// IPv4 enabled; shown from API 1.48 on (absent before, as dockerd does).
+    #[serde(rename = "EnableIPv4", skip_serializing_if = "Option::is_none")]
+    pub enable_ipv4: Option<bool>,
     /// IPv6 enabled.
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: bool,
@@ -279,9 +278,17 @@ pub struct NetworkDisconnectRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NetworkPruneResponse {
-    /// The names of the deleted networks.
-    #[serde(deserialize_with = "nullable")]
+    /// The names of the deleted networks (`null` when none, as dockerd sends it).
+    #[serde(deserialize_with = "nullable", serialize_with = "null_if_empty")]
     pub networks_deleted: Vec<String>,
+}
+
+fn null_if_empty<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        s.collect_seq(v)
+    }
 }
 
 /// Every error answer: `{"message": "..."}` (tools match on Docker's wording).
@@ -412,6 +419,193 @@ pub struct SystemVersion {
     /// When it was built.
     #[serde(rename = "BuildTime")]
     pub build_time: String,
+}
+
+/// `GET /info` (Docker's `system.Info`): the fields of API 1.41 to 1.48 that a network daemon
+/// can answer truthfully; those about images, storage, runtimes and swarm are empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SystemInfo {
+    /// The daemon's id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Containers (for cnmd: sandboxes).
+    pub containers: u64,
+    /// Running containers (every sandbox).
+    pub containers_running: u64,
+    /// Paused containers (none).
+    pub containers_paused: u64,
+    /// Stopped containers (none).
+    pub containers_stopped: u64,
+    /// Images (none).
+    pub images: u64,
+    /// The storage driver (none).
+    pub driver: String,
+    /// The storage driver's status lines.
+    #[serde(deserialize_with = "nullable")]
+    pub driver_status: Vec<[String; 2]>,
+    /// The plugins by kind; `Network` lists the network drivers.
+    pub plugins: PluginsInfo,
+    /// Memory limits supported.
+    pub memory_limit: bool,
+    /// Swap limits supported.
+    pub swap_limit: bool,
+    /// CFS period supported.
+    pub cpu_cfs_period: bool,
+    /// CFS quota supported.
+    pub cpu_cfs_quota: bool,
+    /// CPU shares supported.
+    #[serde(rename = "CPUShares")]
+    pub cpu_shares: bool,
+    /// cpusets supported.
+    #[serde(rename = "CPUSet")]
+    pub cpu_set: bool,
+    /// PID limits supported.
+    pub pids_limit: bool,
+    /// The OOM killer can be disabled.
+    pub oom_kill_disable: bool,
+    /// IPv4 forwarding is on in the host namespace.
+    #[serde(rename = "IPv4Forwarding")]
+    pub ipv4_forwarding: bool,
+    /// Debug mode.
+    pub debug: bool,
+    /// Open file descriptors of the daemon.
+    #[serde(rename = "NFd")]
+    pub n_fd: u64,
+    /// Goroutines (0: cnmd is not written in Go).
+    #[serde(rename = "NGoroutines")]
+    pub n_goroutines: u64,
+    /// RFC 3339 with nanoseconds.
+    pub system_time: String,
+    /// The default logging driver (none).
+    pub logging_driver: String,
+    /// The cgroup driver (none).
+    pub cgroup_driver: String,
+    /// The cgroup version (none).
+    pub cgroup_version: String,
+    /// `GET /events` subscribers.
+    #[serde(rename = "NEventsListener")]
+    pub n_events_listener: u64,
+    /// `uname -r`.
+    pub kernel_version: String,
+    /// `PRETTY_NAME` of os-release.
+    pub operating_system: String,
+    /// `VERSION_ID` of os-release.
+    #[serde(rename = "OSVersion")]
+    pub os_version: String,
+    /// `linux`.
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    /// `uname -m`.
+    pub architecture: String,
+    /// The registry (none).
+    pub index_server_address: String,
+    /// Registry configuration (none: `null`).
+    pub registry_config: Option<StringMap>,
+    /// CPUs.
+    #[serde(rename = "NCPU")]
+    pub ncpu: u64,
+    /// Bytes of memory.
+    pub mem_total: u64,
+    /// Swarm generic resources (none: `null`).
+    pub generic_resources: Option<Vec<StringMap>>,
+    /// The state dir.
+    pub docker_root_dir: String,
+    /// `HTTP_PROXY` of the daemon.
+    pub http_proxy: String,
+    /// `HTTPS_PROXY`.
+    pub https_proxy: String,
+    /// `NO_PROXY`.
+    pub no_proxy: String,
+    /// The host name.
+    pub name: String,
+    /// Daemon labels.
+    #[serde(deserialize_with = "nullable")]
+    pub labels: Vec<String>,
+    /// An experimental build.
+    pub experimental_build: bool,
+    /// The daemon's version.
+    pub server_version: String,
+    /// OCI runtimes (none).
+    #[serde(deserialize_with = "nullable")]
+    pub runtimes: BTreeMap<String, RuntimeInfo>,
+    /// The default runtime (none).
+    pub default_runtime: String,
+    /// Swarm (never active).
+    pub swarm: SwarmInfo,
+    /// Networks and sandboxes outlive the daemon (cnmd leaves them in place on exit).
+    pub live_restore_enabled: bool,
+    /// Isolation (Windows only).
+    pub isolation: String,
+    /// The init binary (none).
+    pub init_binary: String,
+    /// containerd's commit (none).
+    pub containerd_commit: Commit,
+    /// runc's commit (none).
+    pub runc_commit: Commit,
+    /// The init binary's commit (none).
+    pub init_commit: Commit,
+    /// Security options (none).
+    #[serde(deserialize_with = "nullable")]
+    pub security_options: Vec<String>,
+    /// Warnings about the daemon's configuration (`null` when none).
+    pub warnings: Option<Vec<String>>,
+}
+
+/// `Info.Plugins`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PluginsInfo {
+    /// Volume plugins.
+    #[serde(deserialize_with = "nullable")]
+    pub volume: Vec<String>,
+    /// Network drivers.
+    #[serde(deserialize_with = "nullable")]
+    pub network: Vec<String>,
+    /// Authorization plugins (`null`).
+    pub authorization: Option<Vec<String>>,
+    /// Log drivers.
+    #[serde(deserialize_with = "nullable")]
+    pub log: Vec<String>,
+}
+
+/// One of `Info.Runtimes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeInfo {
+    /// The runtime's program.
+    pub path: String,
+}
+
+/// `Info.Swarm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SwarmInfo {
+    /// The node id (empty).
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// The node address (empty).
+    pub node_addr: String,
+    /// `inactive`.
+    pub local_node_state: String,
+    /// A manager.
+    pub control_available: bool,
+    /// The swarm error.
+    pub error: String,
+    /// Managers (`null`).
+    pub remote_managers: Option<Vec<StringMap>>,
+}
+
+/// A component's commit in `Info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Commit {
+    /// The commit.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The commit the daemon expected.
+    #[serde(rename = "Expected")]
+    pub expected: String,
 }
 
 /// `SystemVersion.Platform`.
@@ -555,7 +749,7 @@ mod tests {
                     subnet: "10.1.0.0/24".into(),
                     ..Default::default()
                 }],
-                options: StringMap::new(),
+                options: Some(StringMap::new()),
             }),
             ..Default::default()
         };
@@ -578,10 +772,15 @@ mod tests {
     fn inspect_answer_has_dockers_field_names() {
         let n = Network {
             name: "web".into(),
+            enable_ipv4: Some(true),
             containers: BTreeMap::from([("sb".into(), EndpointResource::default())]),
             ..Default::default()
         };
         let v = serde_json::to_value(&n).unwrap();
+        // Before API 1.48 there is no EnableIPv4, and IPAM options never given are null.
+        let old = serde_json::to_value(Network::default()).unwrap();
+        assert!(old.get("EnableIPv4").is_none(), "{old}");
+        assert_eq!(old["IPAM"]["Options"], json!(null));
         for key in [
             "Name",
             "Id",

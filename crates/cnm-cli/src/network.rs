@@ -104,7 +104,7 @@ pub fn create_body(a: &NetworkCreateArgs) -> Result<NetworkCreateRequest, UsageE
         ipam: Some(Ipam {
             driver: a.ipam_driver.clone(),
             config,
-            options: key_values("--ipam-opt", &a.ipam_opts)?,
+            options: Some(key_values("--ipam-opt", &a.ipam_opts)?),
         }),
         options: Some(options),
         labels: Some(key_values("--label", &a.labels)?),

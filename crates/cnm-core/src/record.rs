@@ -83,6 +83,9 @@ pub struct NetworkRecord {
     /// The subnets may overlap networks the host is on (written only when true).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_host_overlap: bool,
+    /// Docker's `Attachable` (written only when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attachable: bool,
     /// IPv4 pools as allocated.
     pub ipv4: Vec<PoolAllocation>,
     /// IPv6 pools as allocated.

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cnm::CoreError;
+use cnm::cnm_ipam::{Family, IpamError};
 use cnm::cnm_types::ErrorKind;
 use cnm_api::docker::ErrorResponse;
 
@@ -141,7 +141,55 @@ impl ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
-        Self::new(Self::status_of(e.kind()), e.to_string())
+        docker_wording(&e).unwrap_or_else(|| Self::new(Self::status_of(e.kind()), e.to_string()))
+    }
+}
+
+/// dockerd's text and status for the failures clients recognise by their words: kind and
+/// minikube retry another subnet on "Pool overlaps…", scripts test for "Address already in use"
+/// and for the default pools running out. The texts are libnetwork's (moby 20.10 to 28),
+/// exactly, statuses included.
+fn docker_wording(e: &CoreError) -> Option<ApiError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(ipam) = c.downcast_ref::<IpamError>() {
+            match ipam {
+                IpamError::PoolOverlap { .. } => {
+                    return Some(ApiError::forbidden(
+                        "Pool overlaps with other one on this address space",
+                    ));
+                }
+                IpamError::NoDefaultPool { family } => {
+                    let v = match family {
+                        Family::V4 => 4,
+                        Family::V6 => 6,
+                    };
+                    return Some(ApiError::not_found(format!(
+                        "could not find an available, non-overlapping IPv{v} address pool \
+                         among the defaults to assign to the network"
+                    )));
+                }
+                IpamError::AddressInUse { .. } => {
+                    return Some(ApiError::forbidden("Address already in use"));
+                }
+                _ => {}
+            }
+        }
+        cause = c.source();
+    }
+    match e.primary() {
+        CoreError::SingletonNetwork { driver, .. } => Some(ApiError::forbidden(format!(
+            "only one instance of \"{driver}\" network is allowed"
+        ))),
+        // libnetwork's words are cnm's; its status is 403.
+        CoreError::EndpointExists { network, name } => Some(ApiError::forbidden(format!(
+            "endpoint with name {name} already exists in network {network}"
+        ))),
+        // dockerd looks an unknown driver up as a plugin.
+        CoreError::DriverNotFound(name) | CoreError::IpamDriverNotFound(name) => {
+            Some(ApiError::not_found(format!("plugin \"{name}\" not found")))
+        }
+        _ => None,
     }
 }
 
@@ -160,7 +208,7 @@ impl IntoResponse for ApiError {
         }
         (
             self.status,
-            Json(ErrorResponse {
+            crate::server::DockerJson(ErrorResponse {
                 message: self.message,
             }),
         )

@@ -14,7 +14,8 @@
 //! (`main.rs` does), or tear down the data plane on exit.
 //!
 //! Routes are documented in `openapi.yaml` beside this crate; a test checks every routed path is
-//! there. Every Docker path also answers under a `/v1.NN` prefix (NN ≥ 41).
+//! there. Every Docker path also answers under a `/v1.NN` prefix, 1.12 ≤ NN ≤ 1.48 (dockerd
+//! 20.10 accepts from 1.12; answers are shaped per version where dockerd's are).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), cnm_daemon::DaemonError> {
@@ -42,5 +43,6 @@ pub use error::{ApiError, DaemonError};
 pub use lock::{LOCK_FILE, StateLock};
 pub use server::{
     API_VERSION, Config, DEFAULT_BODY_TIMEOUT, DEFAULT_BRIDGE_IF, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, Daemon, MIN_API_VERSION, PREDEFINED, StoreKind, serve,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, Daemon, MAX_API_VERSION, MIN_API_VERSION, PREDEFINED,
+    StoreKind, serve,
 };

@@ -97,18 +97,27 @@ impl Parse for NetworkCreateRequest {
         };
         match self.scope.as_deref() {
             None | Some("") | Some("local") => {}
+            // dockerd's words: cnmd is never part of a swarm.
+            Some("swarm") => {
+                return Err(ApiError::forbidden(
+                    "cannot create a swarm scoped network when swarm is not active",
+                ));
+            }
             Some(s) => {
                 return Err(ApiError::bad_request(format!(
                     "invalid Scope {s:?}: only local networks are supported"
                 )));
             }
         }
-        for (field, on) in [("Ingress", self.ingress), ("ConfigOnly", self.config_only)] {
-            if on == Some(true) {
-                return Err(ApiError::bad_request(format!(
-                    "{field} networks are not supported"
-                )));
-            }
+        if self.ingress == Some(true) {
+            return Err(ApiError::forbidden(
+                "Ingress network can only be global scope network",
+            ));
+        }
+        if self.config_only == Some(true) {
+            return Err(ApiError::bad_request(
+                "ConfigOnly networks are not supported",
+            ));
         }
         if let Some(from) = self.config_from.map(|c| c.network)
             && !from.is_empty()
@@ -125,13 +134,13 @@ impl Parse for NetworkCreateRequest {
                     .config
                     .into_iter()
                     .map(|c| RawIpamConfig {
-                        subnet: c.subnet,
+                        subnet: network_address(c.subnet),
                         ip_range: c.ip_range,
                         gateway: c.gateway,
                         auxiliary_addresses: c.auxiliary_addresses,
                     })
                     .collect(),
-                options: ipam.options,
+                options: ipam.options.unwrap_or_default(),
             },
             options: self.options.unwrap_or_default(),
             labels: self.labels.unwrap_or_default(),
@@ -139,12 +148,22 @@ impl Parse for NetworkCreateRequest {
             enable_ipv6: self.enable_ipv6,
             enable_ipv4: self.enable_ipv4,
         };
-        let options = NetworkOptions::try_from(raw)?;
+        let options = NetworkOptions::try_from(raw)?.attachable(self.attachable.unwrap_or(false));
         Ok(NetworkCreate {
             name: self.name,
             driver,
             options,
         })
+    }
+}
+
+/// A subnet given with host bits set (`10.12.0.1/24`) as its network (`10.12.0.0/24`): dockerd
+/// accepts it so, and so does cnmd. Anything that does not parse is left for the controller to
+/// refuse, naming it.
+fn network_address(subnet: String) -> String {
+    match subnet.parse::<ipnet::IpNet>() {
+        Ok(net) if net.trunc() != net => net.trunc().to_string(),
+        _ => subnet,
     }
 }
 
@@ -271,12 +290,23 @@ pub fn filters(query: Option<&str>, allowed: &[&str]) -> Result<Filters, ApiErro
     let filters: Filters = serde_json::from_str(&raw)
         .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))?;
     if let Some(key) = filters.keys().find(|k| !allowed.contains(k)) {
-        return Err(ApiError::bad_request(format!(
-            "invalid filter '{key}' (supported: {})",
-            allowed.join(", ")
-        )));
+        // dockerd's words (`filters.Validate`).
+        return Err(ApiError::bad_request(format!("Invalid filter '{key}'")));
     }
     Ok(filters)
+}
+
+/// [`filters`] without a check of the keys: `GET /events` ignores the ones it does not know,
+/// as dockerd does.
+pub fn any_filters(query: Option<&str>) -> Result<Filters, ApiError> {
+    let Some(raw) = query_param(query.unwrap_or(""), "filters")? else {
+        return Ok(Filters::default());
+    };
+    if raw.trim().is_empty() {
+        return Ok(Filters::default());
+    }
+    serde_json::from_str(&raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid filters {raw:?}: {e}")))
 }
 
 /// One parameter of a raw query string, percent-decoded; `+` is a space.

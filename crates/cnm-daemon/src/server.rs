@@ -30,10 +30,16 @@ use crate::metrics::{Gauges, Metrics};
 use crate::request::{MAX_BODY, decode};
 use crate::{ApiError, DaemonError, clock, cnm_api, docker};
 
-/// The Docker Engine API version this daemon speaks (and announces in `/_ping`).
-pub const API_VERSION: &str = "1.45";
-/// The oldest Docker Engine API version accepted in a `/v1.NN` prefix.
-pub const MIN_API_VERSION: (u32, u32) = (1, 41);
+/// The newest Docker Engine API version this daemon speaks (announced in `/_ping` and every
+/// answer's `Api-Version` header, and used for requests without a `/v1.NN` prefix): the
+/// network API of Docker 28.0 (`EnableIPv4`, `GwPriority`).
+pub const API_VERSION: &str = "1.48";
+/// [`API_VERSION`] as numbers.
+pub const MAX_API_VERSION: (u32, u32) = (1, 48);
+/// The oldest Docker Engine API version accepted in a `/v1.NN` prefix: what dockerd 20.10
+/// accepts (current engines default to 1.24). Answers are shaped per version where Docker's
+/// are (see `docker.rs`); errors are plain text before 1.24, as dockerd's.
+pub const MIN_API_VERSION: (u32, u32) = (1, 12);
 /// The default socket.
 pub const DEFAULT_SOCKET: &str = "/run/cnm/cnm.sock";
 /// The names Docker reserves for its predefined networks.
@@ -160,6 +166,53 @@ impl Config {
     }
 }
 
+/// The API version of a request: its `/v1.NN` prefix, else [`MAX_API_VERSION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ApiVersion(pub(crate) u32, pub(crate) u32);
+
+impl ApiVersion {
+    /// Whether the request speaks at least `major.minor`.
+    pub(crate) fn at_least(self, major: u32, minor: u32) -> bool {
+        self >= ApiVersion(major, minor)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiVersion {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let (ma, mi) = MAX_API_VERSION;
+        Ok(parts
+            .extensions
+            .get::<ApiVersion>()
+            .copied()
+            .unwrap_or(ApiVersion(ma, mi)))
+    }
+}
+
+/// A JSON answer as dockerd writes it: `application/json`, ending with a newline.
+pub(crate) struct DockerJson<T>(pub(crate) T);
+
+impl<T: serde::Serialize> IntoResponse for DockerJson<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response()
+            }
+            Err(e) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to encode the answer: {e}"),
+            )
+            .into_response(),
+        }
+    }
+}
+
 /// Everything a request handler sees.
 pub(crate) struct AppState {
     pub(crate) ctl: Controller,
@@ -178,12 +231,24 @@ pub(crate) struct AppState {
 pub(crate) type St = State<Arc<AppState>>;
 
 impl AppState {
-    /// The network with this name, id or unique id prefix; 404 in Docker's words.
+    /// The network with this name, id or unique id prefix; 404 or 400 (ambiguous) in Docker's
+    /// words.
     pub(crate) fn network(&self, key: &str) -> Result<Network, ApiError> {
-        self.ctl.network(key).map_err(|e| match e {
+        self.ctl
+            .network(key)
+            .map_err(|e| self.network_error(key, e))
+    }
+
+    /// A failed network lookup in dockerd's words.
+    pub(crate) fn network_error(&self, key: &str, e: CoreError) -> ApiError {
+        match e {
             CoreError::NotFound { .. } => ApiError::not_found(format!("network {key} not found")),
+            CoreError::Ambiguous { matches, .. } => ApiError::bad_request(format!(
+                "network {key} is ambiguous ({} matches found based on ID prefix)",
+                matches.len()
+            )),
             e => e.into(),
-        })
+        }
     }
 
     /// The sandbox with this name, id or unique id prefix; 404 says `not_found`.
@@ -281,7 +346,15 @@ impl AppState {
     /// Leaves `net` and deletes the sandbox's endpoint on it (one core operation).
     pub(crate) async fn disconnect(&self, net: &Network, sb: &Sandbox) -> Result<(), ApiError> {
         self.timed("disconnect", async {
-            sb.disconnect(net).await?;
+            sb.disconnect(net).await.map_err(|e| match e {
+                // dockerd names the container by its id.
+                CoreError::NotConnected { .. } => ApiError::conflict(format!(
+                    "container {} is not connected to network {}",
+                    sb.id(),
+                    net.name()
+                )),
+                e => e.into(),
+            })?;
             self.events.publish(Event::network(
                 "disconnect",
                 net.id(),
@@ -357,8 +430,11 @@ pub(crate) fn routes() -> Vec<(&'static str, &'static str, MethodRouter<Arc<AppS
         ("get", "/_ping", get(docker::ping)),
         ("head", "/_ping", axum::routing::head(docker::ping)),
         ("get", "/version", get(docker::version)),
+        ("get", "/info", get(docker::info)),
         ("get", "/events", get(docker::events)),
         ("get", "/networks", get(docker::list)),
+        // dockerd lists on the trailing slash too (API 1.26+).
+        ("get", "/networks/", get(docker::list)),
         ("post", "/networks/create", post(docker::create)),
         ("post", "/networks/prune", post(docker::prune)),
         ("get", "/networks/{id}", get(docker::inspect)),
@@ -405,9 +481,8 @@ fn api_router(state: Arc<AppState>) -> Router {
     }
     router
         .fallback(|| async { ApiError::not_found("page not found") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        })
+        // dockerd's router answers an unrouted method with 404 too.
+        .method_not_allowed_fallback(|| async { ApiError::not_found("page not found") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -440,18 +515,30 @@ fn split_version(path: &str) -> Option<((u32, u32), &str)> {
     Some((v, if tail.is_empty() { "/" } else { tail }))
 }
 
-/// Strips Docker's `/v1.NN` prefix (refusing versions below the minimum) and stamps Docker's
-/// headers on every response.
+/// Strips Docker's `/v1.NN` prefix (refusing versions outside the range served, in dockerd's
+/// words), records the version for the handlers, turns error bodies into plain text for
+/// versions before 1.24 (dockerd's JSON errors start there), and stamps Docker's headers on
+/// every response.
 async fn docker_version(mut req: Request, next: Next) -> Response {
+    let (ma, mi) = MAX_API_VERSION;
+    let mut version = ApiVersion(ma, mi);
     if let Some((v, tail)) = split_version(req.uri().path()) {
+        version = ApiVersion(v.0, v.1);
         if v < MIN_API_VERSION {
             let (ma, mi) = MIN_API_VERSION;
-            return ApiError::bad_request(format!(
+            let e = ApiError::bad_request(format!(
                 "client version {}.{} is too old. Minimum supported API version is {ma}.{mi}, \
                  please upgrade your client to a newer version",
                 v.0, v.1
-            ))
-            .into_response();
+            ));
+            return stamp(versioned_error(version, e.into_response()).await);
+        }
+        if v > MAX_API_VERSION {
+            let e = ApiError::bad_request(format!(
+                "client version {}.{} is too new. Maximum supported API version is {API_VERSION}",
+                v.0, v.1
+            ));
+            return stamp(versioned_error(version, e.into_response()).await);
         }
         let pq = match req.uri().query() {
             Some(q) => format!("{tail}?{q}"),
@@ -460,14 +547,52 @@ async fn docker_version(mut req: Request, next: Next) -> Response {
         let mut parts = req.uri().clone().into_parts();
         match pq.parse() {
             Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+            Err(_) => return stamp(ApiError::bad_request("invalid request path").into_response()),
         }
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+            Err(_) => return stamp(ApiError::bad_request("invalid request path").into_response()),
         }
     }
-    let mut resp = next.run(req).await;
+    req.extensions_mut().insert(version);
+    let resp = next.run(req).await;
+    stamp(versioned_error(version, resp).await)
+}
+
+/// Before API 1.24 dockerd sends errors as `text/plain` lines, not `{"message": …}`.
+async fn versioned_error(version: ApiVersion, resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if version.at_least(1, 24)
+        || !resp.status().is_client_error() && !resp.status().is_server_error()
+        || !is_json
+    {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return parts.status.into_response();
+    };
+    let message = serde_json::from_slice::<::cnm_api::docker::ErrorResponse>(&bytes)
+        .map(|e| e.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    (
+        parts.status,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+fn stamp(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert("api-version", HeaderValue::from_static(API_VERSION));
     h.insert("ostype", HeaderValue::from_static("linux"));

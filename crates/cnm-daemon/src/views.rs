@@ -11,38 +11,66 @@ fn opt_string<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-/// A network as `GET /networks/{id}` shows it; `created` is the RFC 3339 creation time.
-pub async fn network(ctl: &Controller, net: &Network, created: String) -> docker::Network {
-    let opts = net.options();
-    let range_of = |subnet: String| {
-        opts.pools
-            .iter()
-            .find(|p| p.subnet().to_string() == subnet)
-            .and_then(|p| p.ip_range())
-            .map(|r| r.to_string())
-            .unwrap_or_default()
+/// What a network's answer carries, by API version and route.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// The attached containers: in inspect, and in lists before API 1.28 (dockerd's lists
+    /// carry none since).
+    pub containers: bool,
+    /// `EnableIPv4`: from API 1.48 on.
+    pub enable_ipv4: bool,
+}
+
+impl Shape {
+    /// Everything (inspect at the newest version).
+    pub const FULL: Shape = Shape {
+        containers: true,
+        enable_ipv4: true,
     };
+}
+
+/// A network as `GET /networks/{id}` shows it; `created` is the RFC 3339 creation time.
+///
+/// `IPAM.Config` shows what the user asked for, as dockerd does: a gateway only when one was
+/// given, except for a subnet IPAM picked from the default pools, whose gateway is shown too.
+/// Networks the daemon made itself (`bridge`, `none`) show their subnets only, and `null` IPAM
+/// options.
+pub async fn network(
+    ctl: &Controller,
+    net: &Network,
+    created: String,
+    shape: Shape,
+) -> docker::Network {
+    let opts = net.options();
+    let predefined = crate::server::PREDEFINED.contains(&net.name());
     let mut config = Vec::new();
-    for d in net.ipv4() {
-        let subnet = d.pool.to_string();
+    let (v4, v6) = (net.ipv4(), net.ipv6());
+    let allocated = v4
+        .iter()
+        .map(|d| {
+            let gw = d.gateway.map(|g| std::net::IpAddr::V4(g.addr()));
+            (ipnet::IpNet::V4(d.pool), gw, &d.aux_addresses)
+        })
+        .chain(v6.iter().map(|d| {
+            let gw = d.gateway.map(|g| std::net::IpAddr::V6(g.addr()));
+            (ipnet::IpNet::V6(d.pool), gw, &d.aux_addresses)
+        }));
+    for (pool, allocated_gateway, aux_addresses) in allocated {
+        let given = opts.pools.iter().find(|p| p.subnet() == pool);
+        let gateway = match given {
+            Some(p) => opt_string(p.gateway()),
+            None if predefined => String::new(),
+            None => opt_string(allocated_gateway),
+        };
         config.push(IpamConfig {
-            ip_range: range_of(subnet.clone()),
-            subnet,
-            gateway: opt_string(d.gateway.map(|g| g.addr())),
-            auxiliary_addresses: aux(&d.aux_addresses),
-        });
-    }
-    for d in net.ipv6() {
-        let subnet = d.pool.to_string();
-        config.push(IpamConfig {
-            ip_range: range_of(subnet.clone()),
-            subnet,
-            gateway: opt_string(d.gateway.map(|g| g.addr())),
-            auxiliary_addresses: aux(&d.aux_addresses),
+            ip_range: opt_string(given.and_then(|p| p.ip_range())),
+            subnet: pool.to_string(),
+            gateway,
+            auxiliary_addresses: aux(aux_addresses),
         });
     }
     let mut containers = BTreeMap::new();
-    for ep in net.endpoints() {
+    for ep in net.endpoints().into_iter().filter(|_| shape.containers) {
         let Some(sandbox_id) = ep.sandbox_id() else {
             continue;
         };
@@ -67,7 +95,7 @@ pub async fn network(ctl: &Controller, net: &Network, created: String) -> docker
         created,
         scope: "local".to_owned(),
         driver: net.driver().to_owned(),
-        enable_ipv4: opts.enable_ipv4,
+        enable_ipv4: shape.enable_ipv4.then_some(opts.enable_ipv4),
         enable_ipv6: opts.enable_ipv6,
         ipam: Ipam {
             driver: opts
@@ -75,11 +103,11 @@ pub async fn network(ctl: &Controller, net: &Network, created: String) -> docker
                 .clone()
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| "default".to_owned()),
-            options: BTreeMap::new(),
+            options: (!predefined).then(BTreeMap::new),
             config,
         },
         internal: opts.internal,
-        attachable: false,
+        attachable: opts.attachable,
         ingress: false,
         config_from: ConfigReference::default(),
         config_only: false,

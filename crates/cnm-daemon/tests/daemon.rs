@@ -238,11 +238,24 @@ async fn events_stream_in_docker_shape() -> Result<()> {
         "{actions:?}"
     );
 
-    // A bad filter is a 400, not a stream.
-    let (s, _) = api
-        .json("GET", "/events?filters=%7B%22bogus%22%3A%5B%5D%7D", None)
+    // An unknown filter key is ignored, as dockerd does (`until` in the past: the replay of the
+    // kept events, filtered, then the end); filters that are not JSON are a 400, not a stream.
+    let (s, body_past) = api
+        .raw(
+            "GET",
+            "/events?until=1&filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D",
+            Vec::new(),
+        )
         .await?;
+    ensure!(s == 200 && body_past.is_empty(), "{s} {body_past:?}");
+    let (s, _) = api.json("GET", "/events?filters=%7Bbogus", None).await?;
     ensure!(s == 400);
+    // `since` replays the kept events.
+    let (s, replay) = api
+        .raw("GET", "/events?since=0&until=0s", Vec::new())
+        .await
+        .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))?;
+    ensure!(s == 200 && replay.lines().count() >= 4, "{s} {replay}");
     daemon.stop().await?;
     ensure!(
         next_line(&mut body, &mut buf).await?.is_none(),
@@ -674,7 +687,8 @@ async fn bad_input_is_a_4xx_with_a_message_and_harmless() -> Result<()> {
     ensure!(m == "No such container: ghost", "{m}");
     message(&api, "DELETE", "/networks/nope", Vec::new(), 404).await?;
     message(&api, "GET", "/no/such/thing", Vec::new(), 404).await?;
-    message(&api, "PUT", "/networks", Vec::new(), 405).await?;
+    // An unrouted method is 404, as dockerd's router answers it.
+    message(&api, "PUT", "/networks", Vec::new(), 404).await?;
     // duplicates and conflicts
     let m = message(
         &api,
@@ -707,14 +721,16 @@ async fn bad_input_is_a_4xx_with_a_message_and_harmless() -> Result<()> {
         200,
     )
     .await?;
-    message(
+    // Connected already: libnetwork's 403.
+    let m = message(
         &api,
         "POST",
         "/networks/u1/connect",
         j(json!({"Container": "dup"})),
-        409,
+        403,
     )
     .await?;
+    ensure!(m.contains("already exists in network u1"), "{m}");
     let m = message(&api, "POST", "/networks/u1/connect",
         j(json!({"Container": "dup", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "nonsense"}}})), 400).await?;
     ensure!(m.contains("nonsense"), "{m}");
@@ -748,7 +764,22 @@ async fn bad_input_is_a_4xx_with_a_message_and_harmless() -> Result<()> {
         400,
     )
     .await?;
-    message(&api, "GET", "/v1.24/networks", Vec::new(), 400).await?;
+    // Versions outside 1.12..=1.48, in dockerd's words; before 1.24 errors are plain text.
+    let m = message(&api, "GET", "/v1.99/networks", Vec::new(), 400).await?;
+    ensure!(
+        m == "client version 1.99 is too new. Maximum supported API version is 1.48",
+        "{m}"
+    );
+    let (s, text) = api.raw("GET", "/v1.11/networks", Vec::new()).await?;
+    ensure!(
+        s == 400
+            && text
+                == b"client version 1.11 is too old. Minimum supported API version is 1.12, \
+                     please upgrade your client to a newer version\n",
+        "{s} {}",
+        String::from_utf8_lossy(&text)
+    );
+    api.expect("GET", "/v1.24/networks", None, 200).await?;
     // an id prefix matching several networks
     let mut ids: Vec<String> = daemon
         .controller()

@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 
 use cnm_api::docker::{
-    ComponentVersion, ConfigReference, EndpointIpamConfig, EndpointResource, EndpointSettings,
-    EventMessage, Ipam, IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkCreateResponse, NetworkDisconnectRequest, NetworkPruneResponse, Platform, StringMap,
-    SystemVersion,
+    Commit, ComponentVersion, ConfigReference, EndpointIpamConfig, EndpointResource,
+    EndpointSettings, EventMessage, Ipam, IpamConfig, Network, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, NetworkPruneResponse,
+    Platform, StringMap, SystemInfo, SystemVersion,
 };
 use cnm_api::v1::{
     Info, PublishedPort, Sandbox, SandboxConnectRequest, SandboxCreateRequest,
@@ -91,7 +91,7 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
     let ipam = Ipam {
         driver: "default".into(),
         config: Vec::new(), // `Config` items are the separate `IpamConfig` schema
-        options: StringMap::new(),
+        options: Some(StringMap::new()),
     };
     let cases: Vec<(&str, BTreeSet<String>)> = vec![
         (
@@ -141,6 +141,7 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
             "Network",
             wire(&Network {
                 ipam,
+                enable_ipv4: some(),
                 config_from: ConfigReference::default(),
                 containers: [("sb".to_owned(), EndpointResource::default())].into(),
                 ..Default::default()
@@ -165,6 +166,8 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
             )),
         ),
         ("Info", wire(&Info::default())),
+        ("SystemInfo", wire(&SystemInfo::default())),
+        ("Commit", wire(&Commit::default())),
         (
             "SandboxCreate",
             wire(&SandboxCreateRequest {

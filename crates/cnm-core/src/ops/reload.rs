@@ -615,6 +615,7 @@ fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
         driver_options: rec.driver_options.clone(),
         ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
         allow_host_overlap: rec.allow_host_overlap,
+        attachable: rec.attachable,
     })
 }
 

@@ -154,6 +154,9 @@ pub struct NetworkOptions {
     /// networks). Off by default: such a network takes that LAN away from the host the moment
     /// its bridge comes up. Option key [`KEY_ALLOW_HOST_OVERLAP`].
     pub allow_host_overlap: bool,
+    /// Docker's `Attachable` (manual attachment of containers to a swarm network): kept and
+    /// shown, never interpreted by a local network.
+    pub attachable: bool,
 }
 
 impl Default for NetworkOptions {
@@ -167,6 +170,7 @@ impl Default for NetworkOptions {
             driver_options: DriverOptions::new(),
             ipam_driver: None,
             allow_host_overlap: false,
+            attachable: false,
         }
     }
 }
@@ -210,6 +214,12 @@ impl NetworkOptions {
     /// Lets the subnets overlap networks the host is on (see the field of the same name).
     pub fn allow_host_overlap(mut self, on: bool) -> Self {
         self.allow_host_overlap = on;
+        self
+    }
+
+    /// Marks the network attachable (Docker's `Attachable`; kept and shown only).
+    pub fn attachable(mut self, on: bool) -> Self {
+        self.attachable = on;
         self
     }
 
@@ -453,6 +463,7 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             driver_options,
             ipam_driver,
             allow_host_overlap,
+            attachable: false,
         };
         typed.validate()?;
         Ok(typed)

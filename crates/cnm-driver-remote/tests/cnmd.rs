@@ -312,7 +312,10 @@ async fn cnm_network_create_with_a_plugin_driver_finds_it_carries_traffic_and_su
     let started = Instant::now();
     let out = d.cnm(&["network", "create", "-d", "nosuchplug", "n0"])?;
     let took = started.elapsed();
-    eprintln!("unknown driver refused in {took:?} (cnm process included)");
+    eprintln!(
+        "unknown driver refused in {took:?} (cnm process included): {}",
+        out.stderr.trim()
+    );
     ensure!(
         out.code != 0,
         "an unknown driver was accepted: {}",

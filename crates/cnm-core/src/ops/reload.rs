@@ -506,13 +506,17 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
         };
         seen.insert(rec.id.clone());
         if core.networks.contains_key(&rec.id) {
-            let pools: Vec<NetworkPool> = rec
-                .ipv4
-                .iter()
-                .chain(&rec.ipv6)
-                .map(NetworkPool::from_record)
-                .collect();
-            cluster.adopt(&rec.id, v.version, &pools)?;
+            // The version its address claims check; never that of a record being deleted,
+            // so a claim racing the delete fails.
+            if !rec.deleting {
+                let pools: Vec<NetworkPool> = rec
+                    .ipv4
+                    .iter()
+                    .chain(&rec.ipv6)
+                    .map(NetworkPool::from_record)
+                    .collect();
+                cluster.adopt(&rec.id, v.version, &pools)?;
+            }
             continue;
         }
         if rec.deleting || cluster.knows(&rec.id) {
@@ -522,8 +526,10 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
         // The name: free here, or taken by a network being created here (skipped: this host
         // made it or lost the race for it) or by a local network of this host.
         match core.network_names.entry(rec.name.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => {
-                tracing::warn!(network = %rec.name, "a global network's name is taken on this host: not adopted");
+            dashmap::mapref::entry::Entry::Occupied(o) => {
+                if o.get().is_some() {
+                    tracing::warn!(network = %rec.name, "a global network's name is taken by a local network of this host: not adopted");
+                }
                 continue;
             }
             dashmap::mapref::entry::Entry::Vacant(e) => {

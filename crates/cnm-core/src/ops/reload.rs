@@ -399,6 +399,23 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
         .remove(&driver)
         .unwrap_or_default();
     for p in pending {
+        // A global network deleted by another host meanwhile is let go of, not restored.
+        if p.record.value.scope == Scope::Global
+            && let Some(cluster) = &core.cluster
+        {
+            let key = crate::record::network_key(&p.record.value.id);
+            let exists = cluster
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| CoreError::store("read", &key, e))?
+                .is_some();
+            if !exists {
+                cluster.forget(&p.record.value.id);
+                core.network_names.remove(&p.record.value.name);
+                continue;
+            }
+        }
         let sandboxes: Vec<Arc<SandboxInner>> = p
             .endpoints
             .iter()

@@ -152,8 +152,15 @@ impl Cluster {
     ) -> Result<(Vec<NetworkPool>, Vec<NetworkPool>, SubnetIndex, Option<u64>), CoreError> {
         let (mut index, version) = self.index().await?;
         let scratch = cnm_ipam::Ipam::new(global_pools());
-        for subnet in index.keys() {
-            // What is recorded does not overlap; a failure here only means it is known already.
+        // Every subnet the cluster holds, and those this host still holds (a network deleted
+        // elsewhere that this host's watch has not let go of yet). What is recorded does not
+        // overlap: a failure here only means the subnet is in both.
+        let held: Vec<IpNet> = self
+            .known()
+            .values()
+            .flat_map(|k| k.pools.iter().map(|p| p.subnet))
+            .collect();
+        for subnet in index.keys().chain(&held) {
             let _ = scratch.request_pool(&PoolRequest::with_subnet(*subnet));
         }
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
@@ -302,7 +309,11 @@ impl Cluster {
             .commit(txn)
             .await
             .map_err(Self::store_err("write", &key))?;
-        if let Some(k) = self.known().get_mut(&rec.id) {
+        // Claims check the version of a record that is not being deleted, so a claim racing
+        // the delete fails.
+        if !rec.deleting
+            && let Some(k) = self.known().get_mut(&rec.id)
+        {
             k.version = v;
         }
         Ok(v)
@@ -348,12 +359,8 @@ impl Cluster {
             k.version = version;
             return Ok(());
         }
-        self.mirror_pools(pools).map_err(|e| {
-            for p in pools {
-                let _ = self.mirror.release_pool(&p.pool_id);
-            }
-            CoreError::ipam("take the cluster pools of network", id, e)
-        })?;
+        self.mirror_pools(pools)
+            .map_err(|e| CoreError::ipam("take the cluster pools of network", id, e))?;
         known.insert(
             id.to_owned(),
             Known {
@@ -364,19 +371,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Takes `pools` into the mirror, all or none: on failure the pools this call took are
+    /// released (never one another network holds).
     fn mirror_pools(&self, pools: &[NetworkPool]) -> Result<(), IpamError> {
-        for p in pools {
+        let mut taken: Vec<&PoolId> = Vec::new();
+        let result = pools.iter().try_for_each(|p| {
             let mut req = PoolRequest::with_subnet(p.subnet);
             req.ip_range = p.pool_id.range();
             req.gateway = p.gateway.map(|g| g.addr());
             req.aux_addresses = p.aux_addresses.values().copied().collect();
             self.mirror.request_pool(&req)?;
+            taken.push(&p.pool_id);
             if let Some(gw) = p.gateway {
                 self.mirror
                     .request_address(&p.pool_id, AddressRequest::Specific(gw.addr()))?;
             }
+            Ok(())
+        });
+        if result.is_err() {
+            for id in taken {
+                let _ = self.mirror.release_pool(id);
+            }
         }
-        Ok(())
+        result
     }
 
     /// Forgets a global network's pools.
@@ -570,6 +587,8 @@ pub(crate) fn watch(core: &Arc<Core>, cluster: &Cluster, revision: u64) -> Resul
                 resync |= matches!(e, WatchEvent::Resync { .. });
             }
             let Some(core) = weak.upgrade() else { return };
+            // A shutdown waits for a sync in flight, and stops the next.
+            let Ok(_pass) = core.gate.enter() else { return };
             match crate::ops::reload::sync_cluster(&core).await {
                 Ok(rev) if resync => {
                     let Some(cluster) = core.cluster.as_ref() else {

@@ -10,7 +10,14 @@
 //! registration (built-in through [`register_driver!`], or while running); the [`kernel::Kernel`]
 //! seam to the kernel; [`store::Store`] and the choice of the default one; reload on start and
 //! the write order that makes a crash at any point look like the operation happened completely or
-//! not at all (with named crash points to prove it, under the `test-hooks` feature).
+//! not at all (with named crash points to prove it, under the `test-hooks` feature). Global
+//! scope: with a cluster store
+//! ([`ControllerBuilder::cluster_store`]), a global driver's networks, their names, subnets and
+//! addresses live there and are allocated with compare-and-swap transactions, so every host
+//! sees one network and no two hosts take the same address; each driver persists through its
+//! own prefix of either store ([`spi::DriverContext::store`], [`ScopedStore`]), allocates once
+//! per network ([`spi::Driver::allocate_network`]) and shares per-endpoint facts with the other
+//! hosts ([`Facts`]).
 //!
 //! **Does not**: name any driver or any driver's option key, talk netlink itself (interface
 //! set-up is one call into `cnm-sandbox`, through [`kernel::NetlinkKernel`]), or keep a global
@@ -19,7 +26,8 @@
 //! Map: `controller.rs`, `network.rs`, `endpoint.rs`, `sandbox.rs` are the handles; `api.rs` the
 //! traits; `ops/` one module per operation (create/delete network and endpoint, sandbox
 //! create/delete, join, leave, the gateway's effects, the composed ones, reload); `model/` the
-//! objects as data; `state.rs` what a controller owns; `kernel.rs` the seam; `testing.rs` a fake
+//! objects as data; `state.rs` what a controller owns; `cluster.rs` what global networks keep
+//! in the cluster store; `facts.rs` drivers' per-endpoint facts; `kernel.rs` the seam; `testing.rs` a fake
 //! kernel and a fake driver (tests, `test-hooks`); `spi.rs`, `ipam.rs`, `store/`, `options/`,
 //! `record.rs` the contracts and formats; `undo.rs` the undo list drivers use too.
 //!

@@ -29,7 +29,8 @@
 //!
 //! # Local and cluster stores
 //! [`Store::is_cluster`] tells a store shared by every host (etcd) from a host's own (redb,
-//! memory): the controller keeps global-scope state in the former.
+//! memory): the controller keeps global-scope state in the former. A driver sees either only
+//! through its own key prefix ([`ScopedStore`]).
 
 mod keeper;
 pub mod local;

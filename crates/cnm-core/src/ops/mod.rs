@@ -13,7 +13,12 @@
 //! | join | [`join`] | driver join → one interface call → gateway choice → hosts → records (one transaction) |
 //! | leave | [`leave`] | records first, then the kernel |
 //! | connect, disconnect, remove a sandbox with its endpoints | [`connect`] | composed of the above, undone together |
-//! | reload on start | [`reload`] | records → objects, IPAM, drivers, kernel reconciled, sweep |
+//! | reload on start | [`reload`] | records (the cluster's global networks too) → objects, IPAM, drivers, kernel reconciled, sweep, then the cluster watch |
+//! | sync with the cluster, register a late driver | [`reload`] | adopt other hosts' global networks, drop those they deleted; restore the networks that waited for a driver |
+//!
+//! A global network (`cluster.rs`) writes its record, name and subnets in the cluster
+//! store in one transaction before its driver creates it (the other hosts create it from that
+//! record); its delete marks the record first, and is refused while any host holds an address.
 //!
 //! Each constructive operation pushes the inverse of every effect on an [`Undo`](crate::undo::Undo)
 //! list; a failure unwinds it and reports every cleanup error with the first cause.

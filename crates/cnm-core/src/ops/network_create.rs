@@ -238,10 +238,25 @@ async fn claim_global(
             .await?;
         parts.pools_v4 = v4;
         parts.pools_v6 = v6;
-        parts.allocation = driver
-            .allocate_network(&parts.spec())
-            .await
-            .map_err(|e| CoreError::driver("allocate network", &parts.name, e))?;
+        // Held here before the record is visible, so this host's watch does not adopt it and
+        // a creation running beside this one picks other subnets; one that picked the same
+        // subnets first makes this one pick again.
+        let pools: Vec<_> = parts
+            .pools_v4
+            .iter()
+            .chain(&parts.pools_v6)
+            .cloned()
+            .collect();
+        if cluster.adopt(&parts.id, 0, &pools).is_err() {
+            continue;
+        }
+        parts.allocation = match driver.allocate_network(&parts.spec()).await {
+            Ok(a) => a,
+            Err(e) => {
+                cluster.forget(&parts.id);
+                return Err(CoreError::driver("allocate network", &parts.name, e));
+            }
+        };
         let rec = parts.record(core.ipam.name());
         let claimed = cluster.claim_network(&rec, &index, index_version).await;
         let e = match claimed {
@@ -266,12 +281,6 @@ async fn claim_global(
                         }
                     },
                 );
-                let pools: Vec<_> = parts
-                    .pools_v4
-                    .iter()
-                    .chain(&parts.pools_v6)
-                    .cloned()
-                    .collect();
                 cluster.adopt(&parts.id, version, &pools)?;
                 let (c, id) = (core.clone(), parts.id.clone());
                 undo.push("forget the cluster pools", move || async move {
@@ -284,6 +293,7 @@ async fn claim_global(
             }
             Err(e) => e,
         };
+        cluster.forget(&parts.id);
         // Nothing was written: give the allocation back, then pick again or give up.
         driver
             .free_network(&parts.id, &parts.allocation)

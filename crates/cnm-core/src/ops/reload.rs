@@ -400,6 +400,23 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
         .remove(&driver)
         .unwrap_or_default();
     for p in pending {
+        // A global network deleted by another host meanwhile is let go of, not restored.
+        if p.record.value.scope == Scope::Global
+            && let Some(cluster) = &core.cluster
+        {
+            let key = crate::record::network_key(&p.record.value.id);
+            let exists = cluster
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| CoreError::store("read", &key, e))?
+                .is_some();
+            if !exists {
+                cluster.forget(&p.record.value.id);
+                core.network_names.remove(&p.record.value.name);
+                continue;
+            }
+        }
         let sandboxes: Vec<Arc<SandboxInner>> = p
             .endpoints
             .iter()
@@ -507,13 +524,17 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
         };
         seen.insert(rec.id.clone());
         if core.networks.contains_key(&rec.id) {
-            let pools: Vec<NetworkPool> = rec
-                .ipv4
-                .iter()
-                .chain(&rec.ipv6)
-                .map(NetworkPool::from_record)
-                .collect();
-            cluster.adopt(&rec.id, v.version, &pools)?;
+            // The version its address claims check; never that of a record being deleted,
+            // so a claim racing the delete fails.
+            if !rec.deleting {
+                let pools: Vec<NetworkPool> = rec
+                    .ipv4
+                    .iter()
+                    .chain(&rec.ipv6)
+                    .map(NetworkPool::from_record)
+                    .collect();
+                cluster.adopt(&rec.id, v.version, &pools)?;
+            }
             continue;
         }
         if rec.deleting || cluster.knows(&rec.id) {
@@ -523,8 +544,10 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
         // The name: free here, or taken by a network being created here (skipped: this host
         // made it or lost the race for it) or by a local network of this host.
         match core.network_names.entry(rec.name.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) => {
-                tracing::warn!(network = %rec.name, "a global network's name is taken on this host: not adopted");
+            dashmap::mapref::entry::Entry::Occupied(o) => {
+                if o.get().is_some() {
+                    tracing::warn!(network = %rec.name, "a global network's name is taken by a local network of this host: not adopted");
+                }
                 continue;
             }
             dashmap::mapref::entry::Entry::Vacant(e) => {

@@ -557,3 +557,46 @@ async fn a_restarted_host_takes_its_global_networks_back_from_the_cluster() {
     let addrs: BTreeSet<_> = [addr, e2.ipv4().unwrap(), e3.ipv4().unwrap()].into();
     assert_eq!(addrs.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_racing_address_claims_on_another_host_never_leaves_one_behind() {
+    for round in 0..10 {
+        let (cluster, a, b) = cluster_pair().await;
+        let g = a.ctl.new_network("overlay", "g", overlay()).await.unwrap();
+        b.ctl.sync_cluster().await.unwrap();
+        let gb = b.ctl.network("g").unwrap();
+        let creations: Vec<_> = (0..8)
+            .map(|i| {
+                let net = gb.clone();
+                tokio::spawn(async move { net.create_endpoint(&format!("e{i}"), ep_opts()).await })
+            })
+            .collect();
+        let deleted = tokio::spawn(async move { g.delete().await });
+        let made: Vec<_> = join_all(creations)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .filter_map(Result::ok)
+            .collect();
+        let deleted = deleted.await.unwrap();
+        let claims = keys(&cluster, "address/").await;
+        match deleted {
+            Ok(()) => {
+                assert!(
+                    made.is_empty(),
+                    "round {round}: endpoints in a deleted network"
+                );
+                assert!(claims.is_empty(), "round {round}: {claims:?}");
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, CoreError::NetworkInUse { .. }),
+                    "round {round}: {e}"
+                );
+                assert_eq!(claims.len(), made.len(), "round {round}");
+                // The refused delete left it usable.
+                gb.create_endpoint("after", ep_opts()).await.unwrap();
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cnm_sandbox::exec::{BindMount, SandboxEntry};
 use cnm_sandbox::{NetNs, Netlink};
 use cnm_types::IfName;
 
@@ -87,6 +88,36 @@ impl Sandbox {
     /// The container's resolv.conf.
     pub fn resolv_conf_path(&self) -> PathBuf {
         self.inner.resolv_conf_path()
+    }
+
+    /// What a runtime applies to the command it runs in this container, before it spawns it:
+    /// the command starts in the sandbox's network namespace, with the sandbox's hosts file and
+    /// resolv.conf bind-mounted over `/etc/hosts` and `/etc/resolv.conf` in a mount namespace
+    /// of its own, and with the sandbox's hostname (when it was given one) in a UTS namespace
+    /// of its own. Works from a multi-threaded (tokio) program (a `tokio::process::Command` is
+    /// made `From` the `std` one); the library runs nothing itself.
+    ///
+    /// ```no_run
+    /// # fn run(sandbox: &cnm_core::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
+    /// let entry = sandbox.entry();
+    /// let mut cmd = std::process::Command::new("/bin/sh");
+    /// cmd.args(["-c", "ip addr; cat /etc/hosts"]);
+    /// entry.apply(&mut cmd)?;                           // checked here, entered in the child
+    /// let child = cmd.spawn().map_err(|e| entry.spawn_error(e))?;   // names the sandbox
+    /// # let _ = child; Ok(()) }
+    /// ```
+    ///
+    /// The files are rewritten in place as endpoints join and leave, so a running command sees
+    /// the changes. Add more (a root filesystem, other mounts) with
+    /// [`SandboxEntry::bind`] before applying.
+    pub fn entry(&self) -> SandboxEntry {
+        let entry = SandboxEntry::new(self.netns().clone())
+            .bind(BindMount::new(self.hosts_path(), "/etc/hosts"))
+            .bind(BindMount::new(self.resolv_conf_path(), "/etc/resolv.conf"));
+        match &self.inner.options.hostname {
+            Some(h) => entry.hostname(h.clone()),
+            None => entry,
+        }
     }
 
     /// The options it was created with.

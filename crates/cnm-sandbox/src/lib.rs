@@ -5,7 +5,8 @@
 //! addresses, routes, neighbours, FDB); a container interface's whole set-up in one call
 //! ([`Netlink::configure_interface`]: moved in and renamed when needed, MAC, MTU, addresses,
 //! IPv6, up, routes); per-namespace sysctls; writing a sandbox's hosts and
-//! resolv.conf. It is the only crate of cnm with `unsafe` permitted (and currently needs none).
+//! resolv.conf; entering a sandbox before `exec` ([`exec::SandboxEntry`]). It is the only crate of cnm
+//! with `unsafe` permitted, used only between `fork` and `exec` there.
 //!
 //! **Does not**: know networks, endpoints, drivers or IPAM; choose names or addresses; touch
 //! the firewall; keep any state beyond the file descriptors it hands out.

@@ -28,6 +28,29 @@
 //! let sandbox_key = sandbox.key();                     // path of the container's netns
 //! # let _ = sandbox_key; Ok(()) }
 //! ```
+//!
+//! A runtime then starts the container's process inside the sandbox: [`Sandbox::entry`] gives
+//! what to apply to its [`std::process::Command`] before spawning it — the sandbox's network
+//! namespace, its hosts file and resolv.conf bind-mounted over `/etc/hosts` and
+//! `/etc/resolv.conf` in a mount namespace of the process' own, and the hostname asked for at
+//! the join in a UTS namespace of its own. It works from a multi-threaded (tokio) program: the
+//! child enters between `fork` and `exec`, with everything prepared beforehand. The library
+//! spawns nothing; the runtime does.
+//!
+//! ```no_run
+//! # async fn run(sandbox: cnm::Sandbox) -> Result<(), Box<dyn std::error::Error>> {
+//! let entry = sandbox.entry();
+//! let mut cmd = std::process::Command::new("/usr/bin/my-server");
+//! entry.apply(&mut cmd)?;                              // checked now, entered in the child
+//! let child = cmd.spawn().map_err(|e| entry.spawn_error(e))?;  // names the sandbox
+//! // (a tokio runtime may wrap it first: `tokio::process::Command::from(cmd)`)
+//! # let _ = child; Ok(()) }
+//! ```
+//!
+//! `examples/runtime.rs` is a whole runtime: two networks, a multi-homed container with a
+//! published port, processes run in it through `entry()`, a restart after
+//! [`Controller::shutdown`] that adopts everything. `examples/ptp-driver/` (outside the
+//! workspace) is a driver written against this facade only, with the driver author's guide.
 
 pub use cnm_core::*;
 

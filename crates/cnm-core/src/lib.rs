@@ -63,6 +63,7 @@ mod crash {
     #[inline(always)]
     pub(crate) fn point(_name: &'static str) {}
 }
+mod dns;
 mod endpoint;
 mod error;
 mod gateway;
@@ -109,6 +110,8 @@ pub use spi::{
     SandboxRef, Scope, StaticRoute,
 };
 
+/// The embedded DNS resolver the controller owns ([`Controller::dns_resolver`]).
+pub use cnm_dns;
 /// The shared firewall a driver programs through ([`DriverContext::firewall`]).
 pub use cnm_firewall;
 /// The kind of every public error ([`CoreError::kind`], [`DriverError::kind`], …).

@@ -53,6 +53,8 @@ pub(crate) struct Core {
     pub(crate) containers: DashMap<String, ContainerSlot>,
     /// Operations in flight, and whether new ones may start.
     pub(crate) gate: Arc<Gate>,
+    /// The embedded DNS resolver, when on (see [`crate::dns`]).
+    pub(crate) dns: crate::dns::Dns,
 }
 
 impl Drop for Core {
@@ -101,6 +103,7 @@ impl Core {
             sandboxes: DashMap::new(),
             containers: DashMap::new(),
             gate: Arc::new(Gate::default()),
+            dns: crate::dns::Dns::default(),
         }
     }
 
@@ -167,6 +170,7 @@ impl Core {
         self.networks.clear();
         self.network_names.clear();
         self.singletons.clear();
+        self.dns.release();
         // [firewall] Nobody heals the rules once their controller is gone; the tables stay for
         // the next controller to adopt.
         self.driver_context.firewall().stop_watching();

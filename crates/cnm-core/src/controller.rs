@@ -226,7 +226,7 @@ impl ControllerBuilder {
             let resolver = cnm_dns::Resolver::new(config).map_err(|source| CoreError::Dns {
                 op: "start",
                 object: "the embedded DNS resolver".to_owned(),
-                source,
+                source: Box::new(source),
             })?;
             core.dns.set(resolver);
         }

@@ -57,7 +57,11 @@ fn dns_error(
     object: impl Into<String>,
 ) -> impl FnOnce(cnm_dns::DnsError) -> CoreError {
     let object = object.into();
-    move |source| CoreError::Dns { op, object, source }
+    move |source| CoreError::Dns {
+        op,
+        object,
+        source: Box::new(source),
+    }
 }
 
 /// Whether the embedded DNS serves `net` (see the module docs).
@@ -253,22 +257,42 @@ pub(crate) fn network_deleted(core: &Core, net: &NetworkInner) {
 }
 
 /// After a reload: every sandbox with a served endpoint gets its listener and resolv.conf again
-/// and every joined endpoint its names, so names resolve as before the restart.
+/// and every joined endpoint its names, so names resolve as before the restart. A sandbox left
+/// without one whose resolv.conf still names 127.0.0.11 (a crash between a join's DNS step and
+/// its record, or the embedded DNS turned off since) gets the host's servers back.
 pub(crate) async fn replay(core: &Arc<Core>) -> Result<(), CoreError> {
-    let Some(resolver) = core.dns.resolver() else {
-        return Ok(());
-    };
+    let resolver = core.dns.resolver();
     let sandboxes: Vec<Arc<SandboxInner>> =
         core.sandboxes.iter().map(|s| s.value().clone()).collect();
     let mut published = 0usize;
     for sb in sandboxes {
         let joined = sb.state().joined.clone();
-        if !any_served(&joined) {
-            continue;
-        }
-        attach(core, &resolver, &sb).await?;
-        for j in joined.iter().filter(|j| serves(&j.ep.network)) {
-            published += usize::from(publish(&resolver, &sb, &j.ep)?);
+        match &resolver {
+            Some(resolver) if any_served(&joined) => {
+                attach(core, resolver, &sb).await?;
+                for j in joined.iter().filter(|j| serves(&j.ep.network)) {
+                    published += usize::from(publish(resolver, &sb, &j.ep)?);
+                }
+            }
+            _ => {
+                let path = sb.resolv_conf_path();
+                let current = core
+                    .kernel
+                    .read_resolv_conf(&path)
+                    .await
+                    .map_err(|e| CoreError::sandbox("read", path.display().to_string(), e))?;
+                if current
+                    .nameservers
+                    .contains(&std::net::IpAddr::V4(cnm_dns::SANDBOX_RESOLVER))
+                {
+                    let host = core.host_resolv_conf().await?;
+                    core.kernel
+                        .write_resolv_conf(&path, &sb.resolv_conf(&host))
+                        .map_err(|e| {
+                            CoreError::sandbox("write resolv.conf", path.display().to_string(), e)
+                        })?;
+                }
+            }
         }
     }
     tracing::debug!(endpoints = published, "DNS records replayed");

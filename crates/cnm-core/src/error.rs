@@ -248,9 +248,9 @@ pub enum CoreError {
         op: &'static str,
         /// To what.
         object: String,
-        /// The resolver's error.
+        /// The resolver's error (boxed: it is large, and rare).
         #[source]
-        source: cnm_dns::DnsError,
+        source: Box<cnm_dns::DnsError>,
     },
     /// The store failed.
     #[error("failed to {op} {key}: {source}")]

@@ -10,7 +10,9 @@
 //! registration (built-in through [`register_driver!`], or while running); the [`kernel::Kernel`]
 //! seam to the kernel; [`store::Store`] and the choice of the default one; reload on start and
 //! the write order that makes a crash at any point look like the operation happened completely or
-//! not at all (with named crash points to prove it, under the `test-hooks` feature).
+//! not at all (with named crash points to prove it, under the `test-hooks` feature); the embedded
+//! DNS ([`cnm_dns::Resolver`], one per controller, on by default with the real kernel: see
+//! [`ControllerBuilder::embedded_dns`]), fed from join, leave, deletes and reload.
 //!
 //! **Does not**: name any driver or any driver's option key, talk netlink itself (interface
 //! set-up is one call into `cnm-sandbox`, through [`kernel::NetlinkKernel`]), or keep a global
@@ -19,7 +21,8 @@
 //! Map: `controller.rs`, `network.rs`, `endpoint.rs`, `sandbox.rs` are the handles; `api.rs` the
 //! traits; `ops/` one module per operation (create/delete network and endpoint, sandbox
 //! create/delete, join, leave, the gateway's effects, the composed ones, reload); `model/` the
-//! objects as data; `state.rs` what a controller owns; `kernel.rs` the seam; `testing.rs` a fake
+//! objects as data; `state.rs` what a controller owns; `dns.rs` the embedded DNS's records and
+//! listeners as the operations change them; `kernel.rs` the seam; `testing.rs` a fake
 //! kernel and a fake driver (tests, `test-hooks`); `spi.rs`, `ipam.rs`, `store/`, `options/`,
 //! `record.rs` the contracts and formats; `undo.rs` the undo list drivers use too.
 //!

@@ -27,8 +27,8 @@ fn v4(ep: &Value) -> Result<IpAddr> {
 
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
-async fn sandboxes_on_a_user_network_resolve_each_other_and_inspect_shows_their_names()
--> Result<()> {
+async fn sandboxes_on_a_user_network_resolve_each_other_and_inspect_shows_their_names() -> Result<()>
+{
     let host = TestHost::new().await?;
     let resolv = host.run_dir().join("host-resolv.conf");
     std::fs::write(&resolv, "nameserver 192.0.2.53\nsearch corp.test\n")?;
@@ -47,7 +47,12 @@ async fn sandboxes_on_a_user_network_resolve_each_other_and_inspect_shows_their_
     let mut keys = Vec::new();
     for name in ["web", "db", "legacy"] {
         let sb = api
-            .expect("POST", "/cnm/v1/sandboxes", Some(json!({"Name": name})), 201)
+            .expect(
+                "POST",
+                "/cnm/v1/sandboxes",
+                Some(json!({"Name": name})),
+                201,
+            )
             .await?;
         keys.push(sb["Key"].as_str().context("Key")?.to_owned());
     }

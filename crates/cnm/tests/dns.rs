@@ -140,9 +140,16 @@ async fn containers_resolve_each_other_by_name_and_alias_over_udp_and_tcp_not_ac
     // What inspect shows: the aliases as given, and every name the resolver answers.
     let (ep, _) = db.endpoints().into_iter().next().context("db's endpoint")?;
     ensure!(ep.options().aliases == ["pg", "Primary"]);
-    ensure!(ep.dns_names() == ["db", "pg", "Primary"], "{:?}", ep.dns_names());
+    ensure!(
+        ep.dns_names() == ["db", "pg", "Primary"],
+        "{:?}",
+        ep.dns_names()
+    );
     let stats = ctl.dns_resolver()?.context("the resolver is on")?.stats();
-    ensure!(stats.sandbox_listeners == 3 && stats.endpoints == 3, "{stats:?}");
+    ensure!(
+        stats.sandbox_listeners == 3 && stats.endpoints == 3,
+        "{stats:?}"
+    );
     ctl.shutdown().await?;
     Ok(())
 }
@@ -186,7 +193,10 @@ async fn a_name_is_gone_the_moment_its_endpoint_leaves_or_its_sandbox_goes() -> 
     let (rc, _) = ask(web.netns(), "worker", false).await?;
     ensure!(rc == ResponseCode::NXDomain, "worker after delete: {rc}");
     let stats = ctl.dns_resolver()?.context("on")?.stats();
-    ensure!(stats.sandbox_listeners == 2 && stats.endpoints == 2, "{stats:?}");
+    ensure!(
+        stats.sandbox_listeners == 2 && stats.endpoints == 2,
+        "{stats:?}"
+    );
     ctl.shutdown().await?;
     Ok(())
 }

@@ -57,6 +57,7 @@ pub struct ControllerBuilder {
     builtin_drivers: bool,
     drivers: Vec<(String, Factory)>,
     resolver: Option<Arc<dyn DriverResolver>>,
+    embedded_dns: Option<bool>,
 }
 
 impl fmt::Debug for ControllerBuilder {
@@ -72,6 +73,7 @@ impl fmt::Debug for ControllerBuilder {
             .field("ipam", &self.ipam)
             .field("builtin_drivers", &self.builtin_drivers)
             .field("resolver", &self.resolver)
+            .field("embedded_dns", &self.embedded_dns)
             .field(
                 "drivers",
                 &self.drivers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -146,6 +148,19 @@ impl ControllerBuilder {
         self
     }
 
+    /// Whether the controller runs the embedded DNS ([`cnm_dns`]): each sandbox on a network it
+    /// serves gets a resolver at `127.0.0.11:53` inside its own namespace (UDP and TCP) and a
+    /// resolv.conf naming it; containers find each other by name, alias and `name.network`,
+    /// and other names are forwarded to the sandbox's `--dns` servers or the host's. Networks
+    /// whose driver gives no addresses (`null`), and networks with
+    /// [`KEY_EMBEDDED_DNS`](crate::options::KEY_EMBEDDED_DNS)`=false` (Docker's
+    /// default `bridge`), are not served. Default: on with the real kernel, off with a kernel
+    /// given to [`ControllerBuilder::kernel`] (a fake has no namespaces to listen in).
+    pub fn embedded_dns(mut self, on: bool) -> Self {
+        self.embedded_dns = Some(on);
+        self
+    }
+
     /// Adds a driver discovered while running (a plugin found by name, a driver of the embedding
     /// program): `create` builds it with the controller's [`DriverContext`]. Its name must not
     /// be a linked driver's.
@@ -175,6 +190,7 @@ impl ControllerBuilder {
     /// (namespaces under `run_dir/netns`, sandbox directories, the drivers' links and rules)
     /// is removed.
     pub async fn build(self) -> Result<Controller, CoreError> {
+        let embedded_dns = self.embedded_dns.unwrap_or(self.kernel.is_none());
         let kernel: Arc<dyn Kernel> =
             match (self.kernel, self.host_ns) {
                 (Some(kernel), _) => kernel,
@@ -236,6 +252,16 @@ impl ControllerBuilder {
         );
         core.resolver = self.resolver;
         let core = Arc::new(core);
+        if embedded_dns {
+            let config =
+                cnm_dns::ResolverConfig::new(host_ns.clone()).resolv_conf(core.resolv_conf.clone());
+            let resolver = cnm_dns::Resolver::new(config).map_err(|source| CoreError::Dns {
+                op: "start",
+                object: "the embedded DNS resolver".to_owned(),
+                source: Box::new(source),
+            })?;
+            core.dns.set(resolver);
+        }
         ops::reload::reload(&core).await?;
         tracing::info!(drivers = ?core.driver_names(), "controller built");
         Ok(Controller {
@@ -383,6 +409,7 @@ impl Controller {
             builtin_drivers: true,
             drivers: Vec::new(),
             resolver: None,
+            embedded_dns: None,
         }
     }
 
@@ -524,6 +551,14 @@ impl Controller {
     /// The IPAM.
     pub fn ipam(&self) -> Result<Arc<dyn Ipam>, CoreError> {
         Ok(self.core()?.ipam.clone())
+    }
+
+    /// The embedded DNS resolver, when on (see [`ControllerBuilder::embedded_dns`]): for its
+    /// counters, or to offer it on the host with
+    /// [`Resolver::listen_on_host`](cnm_dns::Resolver::listen_on_host). The controller keeps
+    /// its records; a caller only reads or listens.
+    pub fn dns_resolver(&self) -> Result<Option<cnm_dns::Resolver>, CoreError> {
+        Ok(self.core()?.dns.resolver())
     }
 
     /// Handles on every object of one of the core's maps, sorted by `key`.

@@ -72,6 +72,17 @@ impl Endpoint {
         &self.inner.options
     }
 
+    /// The names the controller's embedded DNS answers for it on its network while it is joined
+    /// (Docker's `DNSNames`): its name, its aliases and its DNS names; empty when the embedded
+    /// DNS is off or does not serve its network (Docker's default `bridge`, `none`). Its aliases
+    /// as given (Docker's `Aliases`) are in [`EndpointOptions::aliases`].
+    pub fn dns_names(&self) -> Vec<String> {
+        match upgrade(&self.core) {
+            Ok(core) => crate::dns::published_names(&core, &self.inner),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The id of the sandbox it is joined to.
     pub fn sandbox_id(&self) -> Option<String> {
         self.inner.state().sandbox.clone()

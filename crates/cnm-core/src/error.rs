@@ -252,6 +252,17 @@ pub enum CoreError {
         #[source]
         source: cnm_firewall::FirewallError,
     },
+    /// The embedded DNS resolver failed (see [`crate::ControllerBuilder::embedded_dns`]).
+    #[error("failed to {op} {object}: {source}")]
+    Dns {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        object: String,
+        /// The resolver's error (boxed: it is large, and rare).
+        #[source]
+        source: Box<cnm_dns::DnsError>,
+    },
     /// The store failed.
     #[error("failed to {op} {key}: {source}")]
     Store {
@@ -342,6 +353,7 @@ impl CoreError {
             Self::Sandbox { source, .. } => source.kind(),
             Self::Store { source, .. } => source.kind(),
             Self::Firewall { source, .. } => source.kind(),
+            Self::Dns { source, .. } => source.kind(),
             Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
             Self::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,

@@ -17,7 +17,9 @@
 //! sees one network and no two hosts take the same address; each driver persists through its
 //! own prefix of either store ([`spi::DriverContext::store`], [`ScopedStore`]), allocates once
 //! per network ([`spi::Driver::allocate_network`]) and shares per-endpoint facts with the other
-//! hosts ([`Facts`]).
+//! hosts ([`Facts`]). The embedded DNS ([`cnm_dns::Resolver`], one per controller, on by default with
+//! the real kernel: see [`ControllerBuilder::embedded_dns`]) is fed from join, leave, deletes
+//! and reload.
 //!
 //! **Does not**: name any driver or any driver's option key, talk netlink itself (interface
 //! set-up is one call into `cnm-sandbox`, through [`kernel::NetlinkKernel`]), or keep a global
@@ -27,7 +29,8 @@
 //! traits; `ops/` one module per operation (create/delete network and endpoint, sandbox
 //! create/delete, join, leave, the gateway's effects, the composed ones, reload); `model/` the
 //! objects as data; `state.rs` what a controller owns; `cluster.rs` what global networks keep
-//! in the cluster store; `facts.rs` drivers' per-endpoint facts; `kernel.rs` the seam; `testing.rs` a fake
+//! in the cluster store; `facts.rs` drivers' per-endpoint facts; `dns.rs` the embedded DNS's records and
+//! listeners as the operations change them; `kernel.rs` the seam; `testing.rs` a fake
 //! kernel and a fake driver (tests, `test-hooks`); `spi.rs`, `ipam.rs`, `store/`, `options/`,
 //! `record.rs` the contracts and formats; `undo.rs` the undo list drivers use too.
 //!
@@ -72,6 +75,7 @@ mod crash {
     #[inline(always)]
     pub(crate) fn point(_name: &'static str) {}
 }
+mod dns;
 mod endpoint;
 mod error;
 mod facts;
@@ -122,6 +126,8 @@ pub use spi::{
 };
 pub use store::ScopedStore;
 
+/// The embedded DNS resolver the controller owns ([`Controller::dns_resolver`]).
+pub use cnm_dns;
 /// The shared firewall a driver programs through ([`DriverContext::firewall`]).
 pub use cnm_firewall;
 /// The kind of every public error ([`CoreError::kind`], [`DriverError::kind`], …).

@@ -65,6 +65,8 @@ pub(crate) struct Core {
     /// Networks whose driver was missing at reload, by driver name: their names, pools and
     /// addresses stay reserved until the driver registers and they are restored.
     pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
+    /// The embedded DNS resolver, when on (see [`crate::dns`]).
+    pub(crate) dns: crate::dns::Dns,
 }
 
 /// A recorded network whose driver was not there at reload (a plugin that registers later).
@@ -128,6 +130,7 @@ impl Core {
             gate: Arc::new(Gate::default()),
             cluster,
             pending: Mutex::new(BTreeMap::new()),
+            dns: crate::dns::Dns::default(),
         }
     }
 
@@ -268,6 +271,7 @@ impl Core {
         self.networks.clear();
         self.network_names.clear();
         self.singletons.clear();
+        self.dns.release();
         // [firewall] Nobody heals the rules once their controller is gone; the tables stay for
         // the next controller to adopt.
         self.driver_context.firewall().stop_watching();

@@ -613,7 +613,10 @@ async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
             "bridge",
             "bridge",
             NetworkOptions::default()
-                .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF),
+                .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF)
+                // Docker's default bridge has no embedded DNS: containers on it get the host's
+                // name servers and find each other only by legacy links.
+                .driver_option(cnm::options::KEY_EMBEDDED_DNS, "false"),
         ),
     ];
     for (driver, name, options) in wanted {

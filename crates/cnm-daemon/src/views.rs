@@ -141,6 +141,8 @@ pub async fn sandbox(sb: &Sandbox) -> v1::Sandbox {
                 ipv6_address: opt_string(ep.ipv6()),
                 mac_address: opt_string(ep.mac()),
                 gateway: is_gw,
+                aliases: ep.options().aliases.clone(),
+                dns_names: ep.dns_names(),
                 // Ports are published for the gateway endpoint only (libnetwork's rule).
                 ports: if is_gw {
                     published.iter().map(PublishedPort::from).collect()

@@ -129,6 +129,7 @@ pub(crate) async fn join(
                 write_hosts(&core, &sb, &old)
             });
         }
+        crate::dns::join(core, sb, ep, &st.joined, &mut undo).await?;
         let revision = commit_join_state(
             core,
             sb,

@@ -79,6 +79,7 @@ pub(crate) async fn leave(
         s.version = version;
     }
     let mut errors = Errors::default();
+    errors.check(crate::dns::leave(core, sb, ep, &rest).await);
     leave_kernel(core, sb, &j, was_gateway, &mut errors).await;
     crate::crash::point("leave:after-driver");
     // A leave is not rolled back: the inverses are dropped unrun.

@@ -89,6 +89,7 @@ pub(crate) async fn delete_network(
     );
     crate::crash::point("network-delete:after-record");
     core.networks.remove(&net.id);
+    crate::dns::network_deleted(&core, &net);
     core.network_names.remove(&net.name);
     core.singletons
         .remove_if(&net.driver_name, |_, n| *n == net.name);

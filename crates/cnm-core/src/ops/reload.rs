@@ -94,6 +94,7 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
     let (endpoints, kept_by_driver) = restore_networks(core, nets, eps, &opened).await?;
     crate::crash::point("reload:after-networks");
     restore_sandboxes(core, opened, &endpoints).await?;
+    crate::dns::replay(core).await?;
 
     // The sweep: what no record owns.
     sweep_run_dir(core).await?;

@@ -69,6 +69,7 @@ pub(crate) async fn delete_sandbox(
         s.joined.clear();
     }
     core.sandboxes.remove(&sb.id);
+    crate::dns::sandbox_deleted(&core, &sb, &joined);
     crate::crash::point("sandbox-delete:after-record");
     let mut errors = Errors::default();
     for j in joined.iter().rev() {

@@ -26,6 +26,12 @@ pub const KEY_DRIVER_MTU: &str = "com.docker.network.driver.mtu";
 /// [`NetworkOptions::allow_host_overlap`]). Consumed by core, never passed to the driver.
 pub const KEY_ALLOW_HOST_OVERLAP: &str = "com.cnm.network.allow_host_overlap";
 
+/// cnm's generic label that turns the embedded DNS off for a network (`false`; default `true`
+/// for a network whose driver gives its endpoints addresses). Docker's default `bridge` network
+/// has no embedded DNS: cnmd creates it with this key set to `false`. Core owns it (see
+/// [`NetworkOptions::embedded_dns`]); it stays among the options as given.
+pub const KEY_EMBEDDED_DNS: &str = "com.cnm.network.embedded_dns";
+
 /// The smallest MTU of an IPv4 link (RFC 791).
 pub const MIN_MTU_V4: u32 = 68;
 /// The smallest MTU of an IPv6 link (RFC 8200); the kernel turns IPv6 off on smaller links.
@@ -35,7 +41,7 @@ pub const MAX_MTU: u32 = 65535;
 
 /// The generic labels core owns among a network's driver options (kept as given, never passed
 /// to the driver's parse step).
-const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU];
+const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -287,7 +293,18 @@ impl NetworkOptions {
             return Err(CoreError::invalid("ipam driver", name, "it is empty"));
         }
         self.mtu()?;
+        self.embedded_dns()?;
         Ok(())
+    }
+
+    /// Whether the network may have the embedded DNS: [`KEY_EMBEDDED_DNS`] as given, true when
+    /// absent.
+    pub fn embedded_dns(&self) -> Result<bool, CoreError> {
+        self.driver_options
+            .get(KEY_EMBEDDED_DNS)
+            .map(|v| parse_bool(KEY_EMBEDDED_DNS, v))
+            .transpose()
+            .map(|on| on.unwrap_or(true))
     }
 
     /// The MTU asked for with [`KEY_DRIVER_MTU`], checked against the network's families.

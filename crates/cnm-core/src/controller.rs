@@ -241,15 +241,7 @@ impl ControllerBuilder {
             .cluster_store
             .map(|store| crate::cluster::Cluster::new(store, host_id));
         let host_ns = kernel.host_ns().clone();
-        let mut core = Core::new(
-            kernel,
-            ctx,
-            self.resolv_conf,
-            store,
-            ipam,
-            drivers,
-            cluster,
-        );
+        let mut core = Core::new(kernel, ctx, self.resolv_conf, store, ipam, drivers, cluster);
         core.resolver = self.resolver;
         let core = Arc::new(core);
         if embedded_dns {

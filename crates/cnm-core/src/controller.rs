@@ -211,7 +211,11 @@ impl ControllerBuilder {
             Some(store) => store,
             None => open_default_store(&self.state_dir).await?,
         };
-        let host_id = host_id(store.as_ref()).await?;
+        let host_id = match &self.cluster_store {
+            Some(_) => host_id(store.as_ref()).await?,
+            // Nobody else to tell this host from: an id for this run, nothing written.
+            None => id::generate()[..16].to_owned(),
+        };
         // [firewall] The host namespace's one firewall, handed to every driver. Opened on first
         // use (a controller of drivers without rules installs nothing); loading until the
         // reload commits what every driver restored, in one transaction.
@@ -290,7 +294,8 @@ fn instantiate(
 /// The key of this host's id in its own store.
 const HOST_ID_KEY: &str = "host/id";
 
-/// This host's id in the cluster: made once, kept in the controller's own store.
+/// This host's id in the cluster: made once, kept in the controller's own store (written only
+/// for a controller with a cluster store).
 async fn host_id(store: &dyn Store) -> Result<String, CoreError> {
     let read = |e| CoreError::store("read", HOST_ID_KEY, e);
     if let Some(v) = store.get(HOST_ID_KEY).await.map_err(read)? {
@@ -502,8 +507,9 @@ impl Controller {
         .await
     }
 
-    /// This host's id in the cluster (kept in the controller's store, so stable across
-    /// restarts), as address claims and driver facts carry it.
+    /// This host's id in the cluster, as address claims and driver facts carry it: kept in the
+    /// controller's own store, so stable across restarts, when the controller has a cluster
+    /// store; made for this run otherwise.
     pub fn host_id(&self) -> Result<String, CoreError> {
         Ok(self.core()?.driver_context.host_id().to_owned())
     }

@@ -305,7 +305,7 @@ impl DriverContext {
     }
 
     /// This host's id in the cluster (stable across restarts: kept in the local store), as
-    /// facts carry it ([`Fact::host`]).
+    /// facts carry it ([`Fact::host`]). Without a cluster store, an id for this run.
     pub fn host_id(&self) -> &str {
         &self.host_id
     }

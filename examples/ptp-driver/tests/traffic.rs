@@ -88,9 +88,11 @@ async fn registered_while_running_it_carries_traffic_and_is_adopted_after_a_rest
     let host = TestHost::new().await?;
     let ctl = host.controller().await?;
     // Beside the linked `ptp`, under a name of its own, with its own host-end prefix.
-    ctl.register_driver("p2p", |ctx| PtpDriver::named("p2p", ctx))?;
+    ctl.register_driver("p2p", |ctx| PtpDriver::named("p2p", ctx))
+        .await?;
     let err = ctl
         .register_driver("p2p", |ctx| PtpDriver::named("p2p", ctx))
+        .await
         .expect_err("a second driver of one name");
     ensure!(err.kind() == ErrorKind::AlreadyExists, "{err}");
     let opts = NetworkOptions::default()

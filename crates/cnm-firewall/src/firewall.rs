@@ -1424,17 +1424,7 @@ mod tests {
 
     #[test]
     fn large_element_batches_are_split_under_the_attribute_limit() {
-        let net = NetworkRules {
-            id: "n".into(),
-            bridge: "br-n".parse().unwrap(),
-            subnets_v4: vec![],
-            subnets_v6: vec![],
-            icc: true,
-            masquerade: true,
-            internal: false,
-            host_access: false,
-            gateway_mode: cnm_types::GatewayMode::Nat,
-        };
+        let net = NetworkRules::nat("n", "br-n".parse().unwrap(), vec![]);
         let m = PortMapping {
             proto: cnm_types::Protocol::Tcp,
             host_ip: None,

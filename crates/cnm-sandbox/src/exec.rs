@@ -92,19 +92,7 @@ impl SandboxEntry {
             .map_err(|e| SandboxError::kernel("open netns", shown.clone(), e))?;
 
         if !self.binds.is_empty() {
-            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
-                SandboxError::errno_err("unshare mount namespace for", shown.clone(), e)
-            })?;
-            // Without this, on a host whose / is shared (systemd's default) the bind mounts
-            // below would propagate back to the host's mount namespace.
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| SandboxError::errno_err("make private", "/", e))?;
+            enter_private_mount_namespace(&shown)?;
             for b in &self.binds {
                 bind_mount(&b.source, &b.target)?;
             }
@@ -123,6 +111,24 @@ impl SandboxEntry {
             .map_err(|e| SandboxError::errno_err("enter netns", shown, e))?;
         Ok(())
     }
+}
+
+/// Moves the calling process into a new mount namespace of its own and makes every mount in it
+/// private, so that what it mounts next never propagates back (on a host whose `/` is shared,
+/// systemd's default, it otherwise would). `object` names what the namespace is for, in errors.
+///
+/// Like [`SandboxEntry::enter`], only works in a process with no other thread yet.
+pub fn enter_private_mount_namespace(object: &str) -> Result<(), SandboxError> {
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| SandboxError::errno_err("unshare mount namespace for", object, e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| SandboxError::errno_err("make private", "/", e))
 }
 
 fn bind_mount(source: &Path, target: &Path) -> Result<(), SandboxError> {

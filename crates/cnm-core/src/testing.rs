@@ -219,6 +219,16 @@ pub struct KernelState {
     pub dirs: BTreeSet<PathBuf>,
 }
 
+/// The namespace of `key`, or ENOENT as the kernel would answer.
+fn namespace<'m>(
+    namespaces: &'m mut BTreeMap<PathBuf, FakeNamespace>,
+    key: &Path,
+) -> Result<&'m mut FakeNamespace, SandboxError> {
+    namespaces
+        .get_mut(key)
+        .ok_or_else(|| errno("find netns", key.display(), libc::ENOENT))
+}
+
 #[derive(Default)]
 struct KernelInner {
     state: KernelState,
@@ -348,11 +358,7 @@ impl FakeKernel {
         f: impl FnOnce(&mut FakeNamespace) -> Result<T, SandboxError>,
     ) -> Result<T, SandboxError> {
         let mut inner = lock(&self.inner);
-        let ns = inner
-            .state
-            .namespaces
-            .get_mut(key)
-            .ok_or_else(|| errno("find netns", key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut inner.state.namespaces, key)?;
         f(ns)
     }
 
@@ -491,10 +497,7 @@ impl Kernel for FakeKernel {
         self.enter(KernelStep::ConfigureInterface, config.source.name())?;
         let mut inner = lock(&self.inner);
         let state = &mut inner.state;
-        let ns = state
-            .namespaces
-            .get_mut(&sandbox.key)
-            .ok_or_else(|| errno("find netns", sandbox.key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut state.namespaces, &sandbox.key)?;
         let (name, mut iface, moved) = match &config.source {
             InterfaceSource::Existing { name, index } => {
                 let iface = ns
@@ -544,10 +547,7 @@ impl Kernel for FakeKernel {
         self.enter(KernelStep::MoveToHost, name)?;
         let mut inner = lock(&self.inner);
         let state = &mut inner.state;
-        let ns = state
-            .namespaces
-            .get_mut(&sandbox.key)
-            .ok_or_else(|| errno("find netns", sandbox.key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut state.namespaces, &sandbox.key)?;
         let Some(inside) = ns
             .interfaces
             .iter()

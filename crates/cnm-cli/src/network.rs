@@ -26,21 +26,11 @@ pub async fn run(client: &Client, cmd: NetworkCommand, out: &Printer) -> anyhow:
     match cmd {
         NetworkCommand::Create(a) => create(client, *a, out).await,
         NetworkCommand::Ls(a) => ls(client, a, out).await,
-        NetworkCommand::Inspect { networks } => {
-            let mut found: Vec<Network> = Vec::new();
-            let mut outcome = Outcome::Ok;
-            for n in &networks {
-                match client
-                    .get(&format!("/networks/{}", encode(n)), Target::Network(n))
-                    .await
-                {
-                    Ok(net) => found.push(net),
-                    Err(e) => outcome = out.failed(&e),
-                }
-            }
-            out.json(&found);
-            Ok(outcome)
-        }
+        NetworkCommand::Inspect { networks } => Ok(client
+            .inspect_each::<Network>(&networks, out, |n| {
+                (format!("/networks/{}", encode(n)), Target::Network(n))
+            })
+            .await),
         NetworkCommand::Rm { networks } => {
             let mut removed = Vec::new();
             let mut outcome = Outcome::Ok;

@@ -161,10 +161,10 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
 /// about twelve minutes on two cores) under `target/bench/peers/`.
 fn install_peers(cargo: &str, peers_dir: &Path) -> Result<()> {
     println!("xtask: installing the peers: {}", PEER_PACKAGES.join(" "));
-    apt_get(&["update"])?;
+    packages::apt_get(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(PEER_PACKAGES);
-    apt_get(&install)?;
+    packages::apt_get(&install)?;
 
     let root = peers_dir.join(format!("netavark-{NETAVARK_VERSION}"));
     if root.join("bin").join("netavark").is_file() {
@@ -199,19 +199,6 @@ fn install_peers(cargo: &str, peers_dir: &Path) -> Result<()> {
         .context("failed to start `nice cargo install netavark`")?;
     if !status.success() {
         bail!("`cargo install netavark --version {NETAVARK_VERSION}` failed with {status}");
-    }
-    Ok(())
-}
-
-fn apt_get(args: &[&str]) -> Result<()> {
-    println!("xtask: $ apt-get {}", args.join(" "));
-    let status = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("failed to start apt-get")?;
-    if !status.success() {
-        bail!("`apt-get {}` failed with {status}", args.join(" "));
     }
     Ok(())
 }

@@ -231,7 +231,8 @@ impl Drop for NoServiceStarts {
     }
 }
 
-fn apt_get(args: &[&str]) -> Result<()> {
+/// Runs `apt-get` non-interactively, failing when it fails.
+pub(crate) fn apt_get(args: &[&str]) -> Result<()> {
     println!("xtask: $ apt-get {}", args.join(" "));
     let status = Command::new("apt-get")
         .args(args)

@@ -7,11 +7,11 @@
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
-use cnm::{EndpointOptions, NetworkOptions, PortBinding};
 use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
 use serde_json::{Map, Value, json};
 
 use crate::env::rss_kib;
+use crate::fixture;
 
 /// Runs `cnm-bench CHILD ARGS…` and returns the JSON object it printed.
 pub async fn run_child(child: &str, args: &[&str]) -> Result<Map<String, Value>> {
@@ -48,25 +48,9 @@ pub async fn memory_child(count: u32) -> Result<Value> {
     let (baseline, _) = rss_kib()?;
     let host = cnm_testkit::TestHost::new().await?;
     let ctl = host.controller().await?;
-    let net = ctl
-        .new_network(
-            "bridge",
-            "memnet",
-            NetworkOptions::default().subnet("10.90.0.0/16".parse()?),
-        )
-        .await?;
+    let net = fixture::bridge_network(&ctl, "memnet", "10.90.0.0/16".parse()?).await?;
     let (empty, _) = rss_kib()?;
-    let mut live = Vec::new();
-    for i in 0..count {
-        let name = format!("m{i}");
-        let binding: PortBinding = format!("{}:80/tcp", 20000 + i).parse()?;
-        let sb = ctl.new_sandbox(&name, []).await?;
-        let ep = net
-            .create_endpoint(&name, EndpointOptions::default().publish(binding))
-            .await?;
-        ep.join_sandbox(&sb, []).await?;
-        live.push((sb, ep));
-    }
+    let live = fixture::publishing(&ctl, &net, "m", count).await?;
     let (full, peak) = rss_kib()?;
     let endpoints = net.endpoints().len();
     // Take it down, so the kernel is quiet for what follows.

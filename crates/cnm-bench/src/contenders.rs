@@ -11,14 +11,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use cnm::{Controller, Endpoint, EndpointOptions, Network, NetworkOptions, PortBinding, Sandbox};
-use cnm_firewall::{Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
+use cnm::{Controller, Endpoint, EndpointOptions, Network, PortBinding, Sandbox};
+use cnm_firewall::{Firewall, NetworkRules, PortMapping, Protocol};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, RouteSpec};
 use cnm_testkit::TestHost;
 use cnm_types::IfName;
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 
+use crate::fixture;
 use crate::peers::{self, BridgeNet, Cmd, Peers, PortSpec};
 
 /// The network every contender attaches to (each in its own host namespace).
@@ -177,12 +178,7 @@ impl Contender {
                     .controller()
                     .await
                     .context("failed to build a cnm controller")?;
-                let cnm_net = ctl
-                    .new_network(
-                        "bridge",
-                        &net.name,
-                        NetworkOptions::default().subnet(IpNet::V4(net.subnet)),
-                    )
+                let cnm_net = fixture::bridge_network(&ctl, &net.name, IpNet::V4(net.subnet))
                     .await
                     .context("failed to create the cnm network")?;
                 Imp::Cnm(CnmImp {
@@ -268,10 +264,8 @@ impl Contender {
                     opts = opts.publish(binding);
                 }
                 let name = format!("c{i}");
-                let sb = c.ctl.new_sandbox(&name, []).await?;
-                let ep = c.net.create_endpoint(&name, opts).await?;
-                ep.join_sandbox(&sb, []).await?;
-                lock(&c.live).insert(i, (sb, ep));
+                let joined = fixture::joined(&c.ctl, &c.net, &name, opts).await?;
+                lock(&c.live).insert(i, joined);
             }
             Imp::Cli(c) => {
                 let name = format!("c{i}");
@@ -583,17 +577,11 @@ async fn floor_setup(host: &TestHost, net: &BridgeNet) -> Result<FloorImp> {
         )
         .await?;
     let fw = Firewall::new(host.netns()).await?;
-    fw.add_network(&NetworkRules {
-        id: net.name.clone(),
-        bridge: ifname(&net.bridge)?,
-        subnets_v4: vec![net.subnet],
-        subnets_v6: vec![],
-        icc: true,
-        masquerade: true,
-        internal: false,
-        host_access: false,
-        gateway_mode: GatewayMode::Nat,
-    })
+    fw.add_network(&NetworkRules::nat(
+        net.name.clone(),
+        ifname(&net.bridge)?,
+        vec![net.subnet],
+    ))
     .await?;
     Ok(FloorImp {
         netlink,

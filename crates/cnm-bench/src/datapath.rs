@@ -12,11 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cnm::{Controller, EndpointOptions, NetworkOptions, PortBinding, Sandbox};
+use cnm::{Controller, EndpointOptions, PortBinding, Sandbox};
 use cnm_sandbox::NetNs;
 use cnm_testkit::TestHost;
 use serde_json::{Map, Value, json};
 
+use crate::fixture;
 use crate::peers::{self, Cmd};
 use crate::stats::median;
 
@@ -105,24 +106,11 @@ impl CnmSide {
     async fn new() -> Result<CnmSide> {
         let host = TestHost::new().await?;
         let ctl = host.controller().await?;
-        let net = ctl
-            .new_network(
-                "bridge",
-                "dpnet",
-                NetworkOptions::default().subnet("10.93.0.0/16".parse()?),
-            )
-            .await?;
+        let net = fixture::bridge_network(&ctl, "dpnet", "10.93.0.0/16".parse()?).await?;
         let binding: PortBinding = format!("{PORT}:{PORT}/tcp").parse()?;
-        let a = ctl.new_sandbox("dp-a", []).await?;
-        let ep_a = net
-            .create_endpoint("dp-a", EndpointOptions::default().publish(binding))
-            .await?;
-        ep_a.join_sandbox(&a, []).await?;
-        let b = ctl.new_sandbox("dp-b", []).await?;
-        let ep_b = net
-            .create_endpoint("dp-b", EndpointOptions::default())
-            .await?;
-        ep_b.join_sandbox(&b, []).await?;
+        let publish = EndpointOptions::default().publish(binding);
+        let (a, ep_a) = fixture::joined(&ctl, &net, "dp-a", publish).await?;
+        let (b, _) = fixture::joined(&ctl, &net, "dp-b", EndpointOptions::default()).await?;
         let a_ip = IpAddr::V4(ep_a.ipv4().context("endpoint A has no IPv4")?.addr());
         Ok(CnmSide {
             host,

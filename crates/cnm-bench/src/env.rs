@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use cnm_sandbox::exec::enter_private_mount_namespace;
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
 use serde_json::{Value, json};
 
 /// Directories that get a private tmpfs, so `ip netns add` and cnm's bind mounts made by the
@@ -18,16 +18,8 @@ const PRIVATE_RUN_DIRS: &[&str] = &["/run/netns", "/run/cnm"];
 /// Must run before any other thread exists: `unshare(CLONE_NEWNS)` refuses a process whose
 /// threads share their filesystem context.
 pub fn enter_private_mounts() -> Result<()> {
-    unshare(CloneFlags::CLONE_NEWNS)
-        .context("failed to unshare the mount namespace (the benchmark needs root)")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .context("failed to make / private in the new mount namespace")?;
+    enter_private_mount_namespace("the benchmark")
+        .context("failed to enter a private mount namespace (the benchmark needs root)")?;
     for dir in PRIVATE_RUN_DIRS {
         if !Path::new(dir).is_dir() {
             // xtask creates missing mount points beforehand and removes them afterwards.

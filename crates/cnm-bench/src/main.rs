@@ -23,6 +23,7 @@ mod children;
 mod contenders;
 mod datapath;
 mod env;
+mod fixture;
 mod peers;
 mod report;
 mod restart;

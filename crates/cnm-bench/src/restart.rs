@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use cnm::Controller;
 use cnm::store::{MemoryStore, Store};
-use cnm::{Controller, EndpointOptions, NetworkOptions, PortBinding};
 use cnm_testkit::TestHost;
 use serde_json::{Map, json};
 
+use crate::fixture;
 use crate::report::{Outcome, round3};
 use crate::stats::Summary;
 
@@ -51,12 +52,7 @@ pub async fn measure(count: u32) -> Result<Outcome> {
     {
         let probe = Host::new().await?;
         let ctl = probe.controller().await?;
-        ctl.new_network(
-            "bridge",
-            "probe",
-            NetworkOptions::default().subnet("10.91.0.0/24".parse()?),
-        )
-        .await?;
+        fixture::bridge_network(&ctl, "probe", "10.91.0.0/24".parse()?).await?;
         drop(ctl);
         let again = probe.controller().await?;
         if again.network("probe").is_err() {
@@ -69,22 +65,8 @@ pub async fn measure(count: u32) -> Result<Outcome> {
     let h = Host::new().await?;
     {
         let ctl = h.controller().await?;
-        let net = ctl
-            .new_network(
-                "bridge",
-                "restartnet",
-                NetworkOptions::default().subnet("10.92.0.0/16".parse()?),
-            )
-            .await?;
-        for i in 0..count {
-            let name = format!("r{i}");
-            let binding: PortBinding = format!("{}:80/tcp", 20000 + i).parse()?;
-            let sb = ctl.new_sandbox(&name, []).await?;
-            let ep = net
-                .create_endpoint(&name, EndpointOptions::default().publish(binding))
-                .await?;
-            ep.join_sandbox(&sb, []).await?;
-        }
+        let net = fixture::bridge_network(&ctl, "restartnet", "10.92.0.0/16".parse()?).await?;
+        fixture::publishing(&ctl, &net, "r", count).await?;
     }
     let t = Instant::now();
     let ctl = h.controller().await?;

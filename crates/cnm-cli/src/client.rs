@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::hint::{self, Target};
+use crate::output::{Outcome, Printer};
 
 /// How long one request may take before the CLI gives up on the daemon.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -186,6 +187,27 @@ impl Client {
     }
 
     /// DELETE a resource.
+    /// Fetches each of `names` (`at` gives its path and what an error names), prints the ones
+    /// found as one JSON array and reports each failure, as `docker … inspect` does.
+    pub async fn inspect_each<T: DeserializeOwned + Serialize>(
+        &self,
+        names: &[String],
+        out: &Printer,
+        at: impl for<'n> Fn(&'n str) -> (String, Target<'n>),
+    ) -> Outcome {
+        let mut found: Vec<T> = Vec::new();
+        let mut outcome = Outcome::Ok;
+        for name in names {
+            let (path, target) = at(name);
+            match self.get(&path, target).await {
+                Ok(item) => found.push(item),
+                Err(e) => outcome = out.failed(&e),
+            }
+        }
+        out.json(&found);
+        outcome
+    }
+
     pub async fn delete(&self, path: &str, target: Target<'_>) -> anyhow::Result<()> {
         self.call::<serde::de::IgnoredAny>(Method::DELETE, path, None, target)
             .await

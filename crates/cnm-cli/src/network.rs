@@ -26,21 +26,11 @@ pub async fn run(client: &Client, cmd: NetworkCommand, out: &Printer) -> anyhow:
     match cmd {
         NetworkCommand::Create(a) => create(client, *a, out).await,
         NetworkCommand::Ls(a) => ls(client, a, out).await,
-        NetworkCommand::Inspect { networks } => {
-            let mut found: Vec<Network> = Vec::new();
-            let mut outcome = Outcome::Ok;
-            for n in &networks {
-                match client
-                    .get(&format!("/networks/{}", encode(n)), Target::Network(n))
-                    .await
-                {
-                    Ok(net) => found.push(net),
-                    Err(e) => outcome = out.failed(&e),
-                }
-            }
-            out.json(&found);
-            Ok(outcome)
-        }
+        NetworkCommand::Inspect { networks } => Ok(client
+            .inspect_each::<Network>(&networks, out, |n| {
+                (format!("/networks/{}", encode(n)), Target::Network(n))
+            })
+            .await),
         NetworkCommand::Rm { networks } => {
             let mut removed = Vec::new();
             let mut outcome = Outcome::Ok;
@@ -144,10 +134,7 @@ fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<IpamConfig>, UsageError> {
         let range: IpNet = r
             .parse()
             .map_err(|_| usage(format!("invalid --ip-range {r:?}: expected CIDR")))?;
-        let (subnet, c) = subnets
-            .iter_mut()
-            .find(|(s, _)| s.contains(&range))
-            .ok_or_else(|| usage(format!("no matching --subnet for --ip-range {r}")))?;
+        let (subnet, c) = containing(&mut subnets, |s| s.contains(&range), "--ip-range", r)?;
         if !c.ip_range.is_empty() {
             return Err(usage(format!(
                 "cannot configure multiple ranges ({}, {r}) on the same subnet ({subnet})",
@@ -160,10 +147,7 @@ fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<IpamConfig>, UsageError> {
         let ip: IpAddr = g
             .parse()
             .map_err(|_| usage(format!("invalid --gateway {g:?}: expected an IP address")))?;
-        let (subnet, c) = subnets
-            .iter_mut()
-            .find(|(s, _)| s.contains(&ip))
-            .ok_or_else(|| usage(format!("no matching --subnet for --gateway {g}")))?;
+        let (subnet, c) = containing(&mut subnets, |s| s.contains(&ip), "--gateway", g)?;
         if !c.gateway.is_empty() {
             return Err(usage(format!(
                 "cannot configure multiple gateways ({}, {g}) for the same subnet ({subnet})",
@@ -181,13 +165,24 @@ fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<IpamConfig>, UsageError> {
                 "invalid --aux-address {aux:?}: {ip:?} is not an IP address"
             ))
         })?;
-        let (_, c) = subnets
-            .iter_mut()
-            .find(|(s, _)| s.contains(&addr))
-            .ok_or_else(|| usage(format!("no matching --subnet for --aux-address {aux}")))?;
+        let (_, c) = containing(&mut subnets, |s| s.contains(&addr), "--aux-address", aux)?;
         c.auxiliary_addresses.insert(name.to_owned(), ip.to_owned());
     }
     Ok(subnets.into_iter().map(|(_, c)| c).collect())
+}
+
+/// The `--subnet` (with its IPAM entry) that contains what `flag value` names.
+fn containing<'a>(
+    subnets: &'a mut [(IpNet, IpamConfig)],
+    contains: impl Fn(&IpNet) -> bool,
+    flag: &str,
+    value: &str,
+) -> Result<(&'a IpNet, &'a mut IpamConfig), UsageError> {
+    subnets
+        .iter_mut()
+        .find(|(s, _)| contains(s))
+        .map(|(s, c)| (&*s, c))
+        .ok_or_else(|| UsageError(format!("no matching --subnet for {flag} {value}")))
 }
 
 /// Parses repeated `KEY=VALUE` flags into a map (a missing `=` means an empty value, as docker

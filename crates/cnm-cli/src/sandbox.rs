@@ -40,24 +40,14 @@ pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow:
             }
             Ok(Outcome::Ok)
         }
-        SandboxCommand::Inspect { sandboxes } => {
-            let mut found: Vec<Sandbox> = Vec::new();
-            let mut outcome = Outcome::Ok;
-            for s in &sandboxes {
-                match client
-                    .get(
-                        &format!("/cnm/v1/sandboxes/{}", encode(s)),
-                        Target::Sandbox(s),
-                    )
-                    .await
-                {
-                    Ok(sandbox) => found.push(sandbox),
-                    Err(e) => outcome = out.failed(&e),
-                }
-            }
-            out.json(&found);
-            Ok(outcome)
-        }
+        SandboxCommand::Inspect { sandboxes } => Ok(client
+            .inspect_each::<Sandbox>(&sandboxes, out, |s| {
+                (
+                    format!("/cnm/v1/sandboxes/{}", encode(s)),
+                    Target::Sandbox(s),
+                )
+            })
+            .await),
         SandboxCommand::Rm { sandboxes } => {
             let mut removed = Vec::new();
             let mut outcome = Outcome::Ok;

@@ -577,6 +577,28 @@ impl Controller {
         v
     }
 
+    /// The object of `map` whose id, name (`names` gives both) or unique id prefix is `key`
+    /// (in that order, as Docker).
+    fn one<T, H>(
+        &self,
+        what: &'static str,
+        key: &str,
+        map: impl Fn(&Core) -> &dashmap::DashMap<String, Arc<T>>,
+        names: impl Fn(&T) -> (&String, &String),
+        handle: fn(crate::state::CoreRef, Arc<T>) -> H,
+    ) -> Result<H, CoreError> {
+        let core = self.core()?;
+        let candidates = map(&core)
+            .iter()
+            .map(|e| {
+                let (name, id) = names(e.value());
+                (name.clone(), id.clone(), e.value().clone())
+            })
+            .collect::<Vec<_>>();
+        let inner = id::lookup(what, key, candidates)?;
+        Ok(handle(Arc::downgrade(&core), inner))
+    }
+
     /// Every network, sorted by name (none after shutdown).
     pub fn networks(&self) -> Vec<Network> {
         self.all(|c| &c.networks, Network::new, Network::name)
@@ -584,14 +606,13 @@ impl Controller {
 
     /// The network with this full id, name, or unique id prefix (in that order, as Docker).
     pub fn network(&self, key: &str) -> Result<Network, CoreError> {
-        let core = self.core()?;
-        let candidates = core
-            .networks
-            .iter()
-            .map(|e| (e.name.clone(), e.id.clone(), e.value().clone()))
-            .collect::<Vec<_>>();
-        let inner = id::lookup("network", key, candidates)?;
-        Ok(Network::new(Arc::downgrade(&core), inner))
+        self.one(
+            "network",
+            key,
+            |c| &c.networks,
+            |n| (&n.name, &n.id),
+            Network::new,
+        )
     }
 
     /// Creates a network.
@@ -644,14 +665,13 @@ impl Controller {
 
     /// The sandbox with this full id, container id, or unique id prefix (in that order).
     pub fn sandbox(&self, key: &str) -> Result<Sandbox, CoreError> {
-        let core = self.core()?;
-        let candidates = core
-            .sandboxes
-            .iter()
-            .map(|e| (e.container_id.clone(), e.id.clone(), e.value().clone()))
-            .collect::<Vec<_>>();
-        let inner = id::lookup("sandbox", key, candidates)?;
-        Ok(Sandbox::new(Arc::downgrade(&core), inner))
+        self.one(
+            "sandbox",
+            key,
+            |c| &c.sandboxes,
+            |s| (&s.container_id, &s.id),
+            Sandbox::new,
+        )
     }
 
     /// Every sandbox, sorted by container id (none after shutdown).

@@ -355,11 +355,7 @@ impl CoreError {
             Self::Firewall { source, .. } => source.kind(),
             Self::Dns { source, .. } => source.kind(),
             Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
-            Self::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            Self::Io { source, .. } => ErrorKind::from_io(source),
             Self::Cleanup { source, .. } => source.kind(),
         }
     }

@@ -160,30 +160,17 @@ mod tests {
 
     #[test]
     fn routes_and_addresses_are_named_with_their_interface() {
-        assert_eq!(
-            hit("10.0.0.0/24").as_deref(),
-            Some("10.0.0.0/24 on eth1 (route)")
-        );
-        assert_eq!(
-            hit("10.0.0.128/25").as_deref(),
-            Some("10.0.0.0/24 on eth1 (route)")
-        );
-        assert_eq!(
-            hit("10.0.0.0/16").as_deref(),
-            Some("10.0.0.0/24 on eth1 (route)")
-        );
-        assert_eq!(
-            hit("10.64.3.0/24").as_deref(),
-            Some("10.64.0.0/16 via 10.0.0.1 on eth1 (route)")
-        );
-        assert_eq!(
-            hit("198.51.100.0/25").as_deref(),
-            Some("198.51.100.0/24 (route)")
-        );
-        assert_eq!(
-            hit("192.0.2.0/24").as_deref(),
-            Some("192.0.2.10/32 on eth0 (address)")
-        );
+        let cases = [
+            ("10.0.0.0/24", "10.0.0.0/24 on eth1 (route)"),
+            ("10.0.0.128/25", "10.0.0.0/24 on eth1 (route)"),
+            ("10.0.0.0/16", "10.0.0.0/24 on eth1 (route)"),
+            ("10.64.3.0/24", "10.64.0.0/16 via 10.0.0.1 on eth1 (route)"),
+            ("198.51.100.0/25", "198.51.100.0/24 (route)"),
+            ("192.0.2.0/24", "192.0.2.10/32 on eth0 (address)"),
+        ];
+        for (subnet, conflict) in cases {
+            assert_eq!(hit(subnet).as_deref(), Some(conflict), "{subnet}");
+        }
     }
 
     #[test]

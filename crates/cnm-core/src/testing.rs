@@ -219,6 +219,16 @@ pub struct KernelState {
     pub dirs: BTreeSet<PathBuf>,
 }
 
+/// The namespace of `key`, or ENOENT as the kernel would answer.
+fn namespace<'m>(
+    namespaces: &'m mut BTreeMap<PathBuf, FakeNamespace>,
+    key: &Path,
+) -> Result<&'m mut FakeNamespace, SandboxError> {
+    namespaces
+        .get_mut(key)
+        .ok_or_else(|| errno("find netns", key.display(), libc::ENOENT))
+}
+
 #[derive(Default)]
 struct KernelInner {
     state: KernelState,
@@ -348,11 +358,7 @@ impl FakeKernel {
         f: impl FnOnce(&mut FakeNamespace) -> Result<T, SandboxError>,
     ) -> Result<T, SandboxError> {
         let mut inner = lock(&self.inner);
-        let ns = inner
-            .state
-            .namespaces
-            .get_mut(key)
-            .ok_or_else(|| errno("find netns", key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut inner.state.namespaces, key)?;
         f(ns)
     }
 
@@ -491,10 +497,7 @@ impl Kernel for FakeKernel {
         self.enter(KernelStep::ConfigureInterface, config.source.name())?;
         let mut inner = lock(&self.inner);
         let state = &mut inner.state;
-        let ns = state
-            .namespaces
-            .get_mut(&sandbox.key)
-            .ok_or_else(|| errno("find netns", sandbox.key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut state.namespaces, &sandbox.key)?;
         let (name, mut iface, moved) = match &config.source {
             InterfaceSource::Existing { name, index } => {
                 let iface = ns
@@ -544,10 +547,7 @@ impl Kernel for FakeKernel {
         self.enter(KernelStep::MoveToHost, name)?;
         let mut inner = lock(&self.inner);
         let state = &mut inner.state;
-        let ns = state
-            .namespaces
-            .get_mut(&sandbox.key)
-            .ok_or_else(|| errno("find netns", sandbox.key.display(), libc::ENOENT))?;
+        let ns = namespace(&mut state.namespaces, &sandbox.key)?;
         let Some(inside) = ns
             .interfaces
             .iter()
@@ -834,11 +834,7 @@ impl FakeDriver {
 
     fn enter(&self, step: DriverStep) -> Result<(), DriverError> {
         if self.faults.enter(step) {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::Internal,
-                format!("{step:?} fails on purpose"),
-            ));
+            return Err(self.fail(ErrorKind::Internal, format!("{step:?} fails on purpose")));
         }
         Ok(())
     }
@@ -851,8 +847,7 @@ impl FakeDriver {
 
     fn parse(&self, raw: &DriverOptions) -> Result<ParsedOptions, DriverError> {
         if let Some((key, value)) = raw.iter().find(|(k, _)| !k.starts_with("fake.")) {
-            return Err(DriverError::new(
-                &self.name,
+            return Err(self.fail(
                 ErrorKind::InvalidInput,
                 format!("unknown option {key:?} (value {value:?})"),
             ));
@@ -869,8 +864,29 @@ impl FakeDriver {
     }
 
     fn err(&self, e: SandboxError) -> DriverError {
-        let kind = e.kind();
-        DriverError::new(&self.name, kind, e)
+        self.fail(e.kind(), e)
+    }
+
+    /// Removes `id` from one of the fake's tables: NotFound ("no such {what}") when absent.
+    fn forget<V>(
+        &self,
+        table: &mut BTreeMap<String, V>,
+        id: &str,
+        what: &str,
+    ) -> Result<(), DriverError> {
+        table
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| self.fail(ErrorKind::NotFound, format!("no such {what}")))
+    }
+
+    /// This driver's error of `kind`.
+    fn fail(
+        &self,
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> DriverError {
+        DriverError::new(&self.name, kind, source)
     }
 }
 
@@ -907,11 +923,7 @@ impl Driver for FakeDriver {
             .insert(spec.id.clone(), spec.mtu)
             .is_some()
         {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::AlreadyExists,
-                "network exists",
-            ));
+            return Err(self.fail(ErrorKind::AlreadyExists, "network exists"));
         }
         Ok(())
     }
@@ -936,12 +948,7 @@ impl Driver for FakeDriver {
 
     async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
         self.enter(DriverStep::DeleteNetwork)?;
-        lock(&self.inner)
-            .state
-            .networks
-            .remove(network_id)
-            .map(drop)
-            .ok_or_else(|| DriverError::new(&self.name, ErrorKind::NotFound, "no such network"))
+        self.forget(&mut lock(&self.inner).state.networks, network_id, "network")
     }
 
     async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
@@ -949,11 +956,7 @@ impl Driver for FakeDriver {
         self.saw(&spec.options, &spec.parsed);
         let mut inner = lock(&self.inner);
         if !inner.state.networks.contains_key(&spec.network_id) {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::NotFound,
-                "no such network",
-            ));
+            return Err(self.fail(ErrorKind::NotFound, "no such network"));
         }
         inner
             .state
@@ -984,18 +987,9 @@ impl Driver for FakeDriver {
         self.enter(DriverStep::DeleteEndpoint)?;
         let mut inner = lock(&self.inner);
         if inner.state.joined.contains_key(endpoint_id) {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::Conflict,
-                "deleted while joined",
-            ));
+            return Err(self.fail(ErrorKind::Conflict, "deleted while joined"));
         }
-        inner
-            .state
-            .endpoints
-            .remove(endpoint_id)
-            .map(drop)
-            .ok_or_else(|| DriverError::new(&self.name, ErrorKind::NotFound, "no such endpoint"))
+        self.forget(&mut inner.state.endpoints, endpoint_id, "endpoint")
     }
 
     async fn join(&self, req: &JoinRequest) -> Result<JoinInfo, DriverError> {
@@ -1006,11 +1000,7 @@ impl Driver for FakeDriver {
             .endpoints
             .contains_key(&req.endpoint_id)
         {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::NotFound,
-                "no such endpoint",
-            ));
+            return Err(self.fail(ErrorKind::NotFound, "no such endpoint"));
         }
         let (interface, name) = match (self.mode, &self.kernel) {
             (FakeInterfaceMode::InSandbox, Some(k)) => {
@@ -1052,11 +1042,7 @@ impl Driver for FakeDriver {
         self.enter(DriverStep::Leave)?;
         let joined = lock(&self.inner).state.joined.remove(&req.endpoint_id);
         let Some((key, name)) = joined else {
-            return Err(DriverError::new(
-                &self.name,
-                ErrorKind::Conflict,
-                "not joined",
-            ));
+            return Err(self.fail(ErrorKind::Conflict, "not joined"));
         };
         if let Some(k) = &self.kernel {
             // Deleting either end of a veth removes both, wherever the other end is.

@@ -156,6 +156,11 @@ mod tests {
         m
     }
 
+    /// What sandbox `s1` is told when it asks for `name`.
+    fn from_s1(r: &Records, name: &str, qtype: RecordType) -> Decision {
+        decide(r, View::Sandbox("s1"), &ask(name, qtype), 0)
+    }
+
     fn answered(d: Decision) -> Message {
         match d {
             Decision::Answer(m) => m,
@@ -166,12 +171,7 @@ mod tests {
     #[test]
     fn local_names_answer_case_insensitively() {
         let r = records();
-        let m = answered(decide(
-            &r,
-            View::Sandbox("s1"),
-            &ask("WEB.", RecordType::A),
-            0,
-        ));
+        let m = answered(from_s1(&r, "WEB.", RecordType::A));
         assert_eq!(m.response_code, ResponseCode::NoError);
         assert!(m.authoritative && m.recursion_available && m.recursion_desired);
         assert_eq!(m.answers.len(), 1);
@@ -180,23 +180,13 @@ mod tests {
             "WEB.",
             "the owner name echoes the question"
         );
-        let m = answered(decide(
-            &r,
-            View::Sandbox("s1"),
-            &ask("web.", RecordType::MX),
-            0,
-        ));
+        let m = answered(from_s1(&r, "web.", RecordType::MX));
         assert_eq!(
             (m.response_code, m.answers.len()),
             (ResponseCode::NoError, 0)
         );
         assert!(matches!(
-            decide(
-                &r,
-                View::Sandbox("s1"),
-                &ask("example.com.", RecordType::A),
-                0
-            ),
+            from_s1(&r, "example.com.", RecordType::A),
             Decision::Forward
         ));
     }
@@ -204,39 +194,19 @@ mod tests {
     #[test]
     fn reverse_names_inside_our_subnets_stay_home() {
         let r = records();
-        let m = answered(decide(
-            &r,
-            View::Sandbox("s1"),
-            &ask("2.0.1.10.in-addr.arpa.", RecordType::PTR),
-            0,
-        ));
+        let m = answered(from_s1(&r, "2.0.1.10.in-addr.arpa.", RecordType::PTR));
         let RData::PTR(PTR(target)) = &m.answers[0].data else {
             panic!()
         };
         assert_eq!(target.to_ascii(), "web.front.");
-        let m = answered(decide(
-            &r,
-            View::Sandbox("s1"),
-            &ask("9.0.1.10.in-addr.arpa.", RecordType::PTR),
-            0,
-        ));
+        let m = answered(from_s1(&r, "9.0.1.10.in-addr.arpa.", RecordType::PTR));
         assert_eq!(m.response_code, ResponseCode::NXDomain);
         assert!(matches!(
-            decide(
-                &r,
-                View::Sandbox("s1"),
-                &ask("1.2.0.192.in-addr.arpa.", RecordType::PTR),
-                0
-            ),
+            from_s1(&r, "1.2.0.192.in-addr.arpa.", RecordType::PTR),
             Decision::Forward
         ));
         assert!(matches!(
-            decide(
-                &r,
-                View::Sandbox("s1"),
-                &ask("1.10.in-addr.arpa.", RecordType::PTR),
-                0
-            ),
+            from_s1(&r, "1.10.in-addr.arpa.", RecordType::PTR),
             Decision::Forward
         ));
     }
@@ -245,7 +215,7 @@ mod tests {
     fn ndots_set_keeps_single_labels_home() {
         let mut r = records();
         assert!(matches!(
-            decide(&r, View::Sandbox("s1"), &ask("printer.", RecordType::A), 0),
+            from_s1(&r, "printer.", RecordType::A),
             Decision::Forward
         ));
         r.set_sandbox_dns(
@@ -255,12 +225,7 @@ mod tests {
                 ndots_set: true,
             },
         );
-        let m = answered(decide(
-            &r,
-            View::Sandbox("s1"),
-            &ask("printer.", RecordType::A),
-            0,
-        ));
+        let m = answered(from_s1(&r, "printer.", RecordType::A));
         assert_eq!(
             (m.response_code, m.answers.len()),
             (ResponseCode::NoError, 0)

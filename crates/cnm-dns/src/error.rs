@@ -69,14 +69,12 @@ impl DnsError {
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
             Self::Sandbox { source, .. } => source.kind(),
-            Self::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::AddrInUse => ErrorKind::Conflict,
-                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::PermissionDenied => {
-                    ErrorKind::Unavailable
-                }
-                std::io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
-                _ => ErrorKind::Internal,
-            },
+            // the listener's address not (yet) in the sandbox is the sandbox's state, not bad
+            // input from the caller (the shared table says InvalidInput for EADDRNOTAVAIL)
+            Self::Io { source, .. } if source.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                ErrorKind::Unavailable
+            }
+            Self::Io { source, .. } => ErrorKind::from_io(source),
         }
     }
 

@@ -188,9 +188,7 @@ impl BridgeError {
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::NetworkExists(_) | Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
             Self::NoFreePort { .. } => ErrorKind::Unavailable,
-            Self::PortSocket { source, .. } => source
-                .raw_os_error()
-                .map_or(ErrorKind::Internal, ErrorKind::from_errno),
+            Self::PortSocket { source, .. } => ErrorKind::from_io(source),
             Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
             #[cfg(feature = "test-hooks")]
             Self::Injected(_) => ErrorKind::Internal,

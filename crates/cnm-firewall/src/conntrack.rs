@@ -9,6 +9,7 @@ use netlink_sys::Socket;
 
 use crate::FirewallError;
 use crate::nftnl::{NETLINK_NETFILTER, NLMSG_ERROR};
+use crate::transport::messages;
 use cnm_types::Protocol;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -63,7 +64,7 @@ fn flush_blocking(proto: Protocol, port: u16, dst: Option<IpAddr>) -> io::Result
         )?;
         'dump: loop {
             let (buf, _) = sock.recv_from_full()?;
-            for (ty, payload) in split(&buf) {
+            for (ty, _, _, _, payload) in messages(&buf) {
                 match ty {
                     NLMSG_DONE => break 'dump,
                     NLMSG_ERROR => {
@@ -100,7 +101,7 @@ fn flush_blocking(proto: Protocol, port: u16, dst: Option<IpAddr>) -> io::Result
             0,
         )?;
         let (buf, _) = sock.recv_from_full()?;
-        for (ty, payload) in split(&buf) {
+        for (ty, _, _, _, payload) in messages(&buf) {
             if ty == NLMSG_ERROR && payload.len() >= 4 {
                 match i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]) {
                     0 => deleted += 1,
@@ -125,23 +126,6 @@ fn message(cmd: u16, flags: u16, family: u8, seq: u32, attrs: &[u8]) -> Vec<u8> 
     m.extend_from_slice(&[family, 0, 0, 0]);
     m.extend_from_slice(attrs);
     m
-}
-
-fn split(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as usize;
-        if len < 16 || i + len > buf.len() {
-            break;
-        }
-        out.push((
-            u16::from_ne_bytes([buf[i + 4], buf[i + 5]]),
-            &buf[i + 16..i + len],
-        ));
-        i += len.div_ceil(4) * 4;
-    }
-    out
 }
 
 /// (type without flags, payload, raw attribute bytes including header and padding)

@@ -102,15 +102,7 @@ impl FirewallError {
             Self::InvalidInput { .. } => ErrorKind::InvalidInput,
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Conflict { .. } => ErrorKind::Conflict,
-            Self::Kernel { source, .. } | Self::Io { source, .. } => match source.raw_os_error() {
-                Some(libc_errno::EEXIST) => ErrorKind::AlreadyExists,
-                Some(libc_errno::ENOENT) => ErrorKind::NotFound,
-                Some(libc_errno::EBUSY) | Some(libc_errno::ENOTEMPTY) => ErrorKind::Conflict,
-                Some(libc_errno::EINVAL) | Some(libc_errno::ERANGE) => ErrorKind::InvalidInput,
-                Some(libc_errno::EPERM) | Some(libc_errno::EACCES) => ErrorKind::Unavailable,
-                Some(libc_errno::EOPNOTSUPP) => ErrorKind::Unsupported,
-                _ => ErrorKind::Internal,
-            },
+            Self::Kernel { source, .. } | Self::Io { source, .. } => ErrorKind::from_io(source),
             Self::Command { .. } | Self::AfterLoading { .. } => ErrorKind::Internal,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Namespace { source, .. } => source.kind(),
@@ -135,17 +127,4 @@ impl FirewallError {
             source,
         }
     }
-}
-
-/// The few errno values `kind()` distinguishes (Linux numbers; this crate is Linux-only).
-mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const EACCES: i32 = 13;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const EINVAL: i32 = 22;
-    pub const ERANGE: i32 = 34;
-    pub const ENOTEMPTY: i32 = 39;
-    pub const EOPNOTSUPP: i32 = 95;
 }

@@ -202,15 +202,13 @@ impl Fragment {
         self.fw
             .run(move |fw, st| {
                 let delta = fw.model().plan_custom(owner, &change)?;
-                fw.commit(
+                fw.change(
                     st,
                     &format!("change the elements of fragment {name}"),
                     delta.del.clone(),
                     delta.add.clone(),
-                    Compat::Keep,
-                )?;
-                fw.model().apply_custom(delta);
-                Ok(())
+                    |m| m.apply_custom(delta),
+                )
             })
             .await
     }
@@ -464,15 +462,13 @@ impl Firewall {
         let net = net.clone();
         self.run(move |fw, st| {
             let add = fw.model().plan_add_network(&net)?;
-            fw.commit(
+            fw.change(
                 st,
                 &format!("add network {}", net.id),
                 Elements::new(),
                 add,
-                Compat::Keep,
-            )?;
-            fw.model().apply_add_network(&net);
-            Ok(())
+                |m| m.apply_add_network(&net),
+            )
         })
         .await
     }
@@ -483,15 +479,13 @@ impl Firewall {
         let id = id.to_string();
         self.run(move |fw, st| {
             let del = fw.model().plan_remove_network(&id)?;
-            fw.commit(
+            fw.change(
                 st,
                 &format!("remove network {id}"),
                 del,
                 Elements::new(),
-                Compat::Keep,
-            )?;
-            fw.model().apply_remove_network(&id);
-            Ok(())
+                |m| m.apply_remove_network(&id),
+            )
         })
         .await
     }
@@ -518,16 +512,13 @@ impl Firewall {
             if mappings.is_empty() {
                 return Ok(());
             }
-            fw.commit(
+            fw.change(
                 st,
                 &format!("publish ports of endpoint {endpoint_id}"),
                 Elements::new(),
                 add,
-                Compat::Keep,
-            )?;
-            fw.model()
-                .apply_add_mappings(&network_id, &endpoint_id, &mappings);
-            Ok(())
+                |m| m.apply_add_mappings(&network_id, &endpoint_id, &mappings),
+            )
         })
         .await
     }
@@ -540,15 +531,13 @@ impl Firewall {
             let Some(del) = fw.model().plan_remove_endpoint(&endpoint_id) else {
                 return Ok(());
             };
-            fw.commit(
+            fw.change(
                 st,
                 &format!("unpublish ports of endpoint {endpoint_id}"),
                 del,
                 Elements::new(),
-                Compat::Keep,
-            )?;
-            fw.model().apply_remove_endpoint(&endpoint_id);
-            Ok(())
+                |m| m.apply_remove_endpoint(&endpoint_id),
+            )
         })
         .await
     }
@@ -560,15 +549,13 @@ impl Firewall {
         let port = port.clone();
         self.run(move |fw, st| {
             let add = fw.model().plan_add_port(&port)?;
-            fw.commit(
+            fw.change(
                 st,
                 &format!("guard port {} of endpoint {}", port.port, port.endpoint_id),
                 Elements::new(),
                 add,
-                Compat::Keep,
-            )?;
-            fw.model().apply_add_port(&port);
-            Ok(())
+                |m| m.apply_add_port(&port),
+            )
         })
         .await
     }
@@ -582,17 +569,16 @@ impl Firewall {
             let Some(del) = fw.model().plan_remove_endpoint_all(&endpoint_id) else {
                 return Ok(());
             };
-            fw.commit(
+            fw.change(
                 st,
                 &format!("remove endpoint {endpoint_id}"),
                 del,
                 Elements::new(),
-                Compat::Keep,
-            )?;
-            let mut m = fw.model();
-            m.apply_remove_endpoint(&endpoint_id);
-            m.apply_remove_port(&endpoint_id);
-            Ok(())
+                |m| {
+                    m.apply_remove_endpoint(&endpoint_id);
+                    m.apply_remove_port(&endpoint_id);
+                },
+            )
         })
         .await
     }
@@ -606,7 +592,7 @@ impl Firewall {
         let v6 = family == IpFamily::V6;
         self.run(move |fw, st| {
             let (add, del) = fw.model().plan_forward_drop(v6, on);
-            fw.commit(
+            fw.change(
                 st,
                 &format!(
                     "{} forwarded {} traffic that is not cnm's",
@@ -615,10 +601,8 @@ impl Firewall {
                 ),
                 del,
                 add,
-                Compat::Keep,
-            )?;
-            fw.model().apply_forward_drop(v6, on);
-            Ok(())
+                |m| m.apply_forward_drop(v6, on),
+            )
         })
         .await
     }
@@ -813,6 +797,21 @@ impl Firewall {
             }
             r => r.map(|(ops, _)| ops),
         }
+    }
+
+    /// Commits the change of exactly `del` and `add` (see [`Firewall::commit`]) and, only once
+    /// it is made, applies it to the model with `apply`.
+    fn change(
+        &self,
+        st: &mut TxState,
+        op: &str,
+        del: Elements,
+        add: Elements,
+        apply: impl FnOnce(&mut Model),
+    ) -> Result<(), FirewallError> {
+        self.commit(st, op, del, add, Compat::Keep)?;
+        apply(&mut self.model());
+        Ok(())
     }
 
     /// Replaces every wanted table with the model (and the compatibility rule as wanted): one
@@ -1424,17 +1423,7 @@ mod tests {
 
     #[test]
     fn large_element_batches_are_split_under_the_attribute_limit() {
-        let net = NetworkRules {
-            id: "n".into(),
-            bridge: "br-n".parse().unwrap(),
-            subnets_v4: vec![],
-            subnets_v6: vec![],
-            icc: true,
-            masquerade: true,
-            internal: false,
-            host_access: false,
-            gateway_mode: cnm_types::GatewayMode::Nat,
-        };
+        let net = NetworkRules::nat("n", "br-n".parse().unwrap(), vec![]);
         let m = PortMapping {
             proto: cnm_types::Protocol::Tcp,
             host_ip: None,

@@ -253,6 +253,22 @@ impl PortMapping {
 }
 
 impl NetworkRules {
+    /// A NAT network on `bridge` with ICC and masquerade on, not internal, IPv4 only: what a
+    /// bridge network is by default; other shapes change fields of it.
+    pub fn nat(id: impl Into<String>, bridge: IfName, subnets_v4: Vec<Ipv4Net>) -> Self {
+        Self {
+            id: id.into(),
+            bridge,
+            subnets_v4,
+            subnets_v6: vec![],
+            icc: true,
+            masquerade: true,
+            internal: false,
+            host_access: false,
+            gateway_mode: GatewayMode::Nat,
+        }
+    }
+
     /// Checks the fields that are not already typed.
     pub fn validate(&self) -> Result<(), FirewallError> {
         if self.id.is_empty() {
@@ -342,6 +358,15 @@ impl Element {
         }
     }
 
+    /// An interval element of a set: the keys from `key` to `key_end`, both included.
+    pub(crate) fn interval(key: Vec<Field>, key_end: Vec<Field>) -> Self {
+        Self {
+            key,
+            key_end: Some(key_end),
+            data: Vec::new(),
+        }
+    }
+
     /// The element in nft syntax, e.g. `10.0.0.2 . tcp . 8000-8010 : 172.18.0.2`.
     pub(crate) fn text(&self) -> String {
         let mut parts = Vec::with_capacity(self.key.len());
@@ -416,28 +441,27 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
         push(&mut out, SetName::Routed, Element::point(vec![br]));
     }
     if net.masquerade && !net.internal {
-        for s in &net.subnets_v4 {
+        let v4 = net.subnets_v4.iter().map(|s| {
             let s = s.trunc();
-            push(
-                &mut out,
+            (
                 SetName::Masq4,
-                Element {
-                    key: vec![br, Field::V4(s.network())],
-                    key_end: Some(vec![br, Field::V4(s.broadcast())]),
-                    data: vec![],
-                },
-            );
-        }
-        for s in &net.subnets_v6 {
+                Field::V4(s.network()),
+                Field::V4(s.broadcast()),
+            )
+        });
+        let v6 = net.subnets_v6.iter().map(|s| {
             let s = s.trunc();
+            (
+                SetName::Masq6,
+                Field::V6(s.network()),
+                Field::V6(s.broadcast()),
+            )
+        });
+        for (set, first, last) in v4.chain(v6) {
             push(
                 &mut out,
-                SetName::Masq6,
-                Element {
-                    key: vec![br, Field::V6(s.network())],
-                    key_end: Some(vec![br, Field::V6(s.broadcast())]),
-                    data: vec![],
-                },
+                set,
+                Element::interval(vec![br, first], vec![br, last]),
             );
         }
     }
@@ -464,31 +488,18 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
     let v4 = m.is_v4();
     let cip = addr(m.container_ip);
     let (clo, chi) = m.container_ports;
-    if clo == chi {
-        push(
-            &mut out,
-            if v4 {
-                SetName::Published4
-            } else {
-                SetName::Published6
-            },
-            Element::point(vec![cip, proto, Field::Port(clo)]),
-        );
-    } else {
-        push(
-            &mut out,
-            if v4 {
-                SetName::Published4Range
-            } else {
-                SetName::Published6Range
-            },
-            Element {
-                key: vec![cip, proto, Field::Port(clo)],
-                key_end: Some(vec![cip, proto, Field::Port(chi)]),
-                data: vec![],
-            },
-        );
-    }
+    push(
+        &mut out,
+        SetName::published(!v4, clo != chi),
+        if clo == chi {
+            Element::point(vec![cip, proto, Field::Port(clo)])
+        } else {
+            Element::interval(
+                vec![cip, proto, Field::Port(clo)],
+                vec![cip, proto, Field::Port(chi)],
+            )
+        },
+    );
     if net.gateway_mode == GatewayMode::Routed || net.internal {
         return out;
     }
@@ -498,27 +509,11 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
         k.extend([proto, Field::Port(port)]);
         k
     };
-    let (single, range) = match (v4, host.is_some()) {
-        (true, true) => (SetName::Dnat4, SetName::Dnat4Range),
-        (true, false) => (SetName::Dnat4Any, SetName::Dnat4AnyRange),
-        (false, true) => (SetName::Dnat6, SetName::Dnat6Range),
-        (false, false) => (SetName::Dnat6Any, SetName::Dnat6AnyRange),
-    };
     let (hlo, hhi) = m.host_ports;
-    if hlo == hhi {
+    if hlo != hhi && m.host_ports == m.container_ports {
         push(
             &mut out,
-            single,
-            Element {
-                key: prefix(hlo),
-                key_end: None,
-                data: vec![cip, Field::Port(m.container_ports.0)],
-            },
-        );
-    } else if m.host_ports == m.container_ports {
-        push(
-            &mut out,
-            range,
+            SetName::dnat(!v4, host.is_none(), true),
             Element {
                 key: prefix(hlo),
                 key_end: Some(prefix(hhi)),
@@ -526,11 +521,12 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
             },
         );
     } else {
+        // a single port, or a range shifted to other ports: one element per port
         for (i, hp) in (hlo..=hhi).enumerate() {
             let cp = m.container_ports.0 + i as u16;
             push(
                 &mut out,
-                single,
+                SetName::dnat(!v4, host.is_none(), false),
                 Element {
                     key: prefix(hp),
                     key_end: None,
@@ -1481,17 +1477,7 @@ mod tests {
 
     #[test]
     fn shifted_ranges_expand_equal_ranges_do_not() {
-        let net = NetworkRules {
-            id: "n".into(),
-            bridge: "br-n".parse().unwrap(),
-            subnets_v4: vec![],
-            subnets_v6: vec![],
-            icc: true,
-            masquerade: true,
-            internal: false,
-            host_access: false,
-            gateway_mode: GatewayMode::Nat,
-        };
+        let net = NetworkRules::nat("n", "br-n".parse().unwrap(), vec![]);
         let eq = mapping_elements(&net, &m((8000, 8099), (8000, 8099)));
         assert_eq!(eq[&SetName::Dnat4AnyRange.into()].len(), 1);
         let shifted = mapping_elements(&net, &m((8000, 8009), (9000, 9009)));
@@ -1500,17 +1486,11 @@ mod tests {
 
     #[test]
     fn shared_elements_are_counted_and_deltas_hold_only_changes() {
-        let net = NetworkRules {
-            id: "n".into(),
-            bridge: "br-n".parse().unwrap(),
-            subnets_v4: vec!["172.18.0.0/16".parse().unwrap()],
-            subnets_v6: vec![],
-            icc: true,
-            masquerade: true,
-            internal: false,
-            host_access: false,
-            gateway_mode: GatewayMode::Nat,
-        };
+        let net = NetworkRules::nat(
+            "n",
+            "br-n".parse().unwrap(),
+            vec!["172.18.0.0/16".parse().unwrap()],
+        );
         let mut model = Model::default();
         let add = model.plan_add_network(&net).unwrap();
         assert_eq!(add, network_elements(&net));

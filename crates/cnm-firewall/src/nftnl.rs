@@ -232,6 +232,18 @@ pub(crate) enum Verdict {
     Jump(Cow<'static, str>),
 }
 
+impl Verdict {
+    /// The verdict as nft writes it.
+    pub(crate) fn text(&self) -> Cow<'static, str> {
+        match self {
+            Self::Drop => Cow::Borrowed("drop"),
+            Self::Accept => Cow::Borrowed("accept"),
+            Self::Return => Cow::Borrowed("return"),
+            Self::Jump(chain) => Cow::Owned(format!("jump {chain}")),
+        }
+    }
+}
+
 /// A meta key (`enum nft_meta_keys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -243,6 +255,20 @@ pub(crate) enum MetaKey {
     OifName = 7,
     NfProto = 15,
     L4Proto = 16,
+}
+
+impl MetaKey {
+    /// The key as nft writes it in a match.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Self::Protocol => "meta protocol",
+            Self::Mark => "meta mark",
+            Self::IifName => "iifname",
+            Self::OifName => "oifname",
+            Self::NfProto => "meta nfproto",
+            Self::L4Proto => "meta l4proto",
+        }
+    }
 }
 
 /// A ct key (`enum nft_ct_keys`).

@@ -225,6 +225,30 @@ impl SetName {
         Self::NdTarget,
     ];
 
+    /// The DNAT map for one family, a host-specific address or any, single ports or ranges.
+    pub(crate) fn dnat(v6: bool, any: bool, range: bool) -> SetName {
+        match (v6, any, range) {
+            (false, false, false) => Self::Dnat4,
+            (false, false, true) => Self::Dnat4Range,
+            (false, true, false) => Self::Dnat4Any,
+            (false, true, true) => Self::Dnat4AnyRange,
+            (true, false, false) => Self::Dnat6,
+            (true, false, true) => Self::Dnat6Range,
+            (true, true, false) => Self::Dnat6Any,
+            (true, true, true) => Self::Dnat6AnyRange,
+        }
+    }
+
+    /// The set of published container ports for one family, single ports or ranges.
+    pub(crate) fn published(v6: bool, range: bool) -> SetName {
+        match (v6, range) {
+            (false, false) => Self::Published4,
+            (false, true) => Self::Published4Range,
+            (true, false) => Self::Published6,
+            (true, true) => Self::Published6Range,
+        }
+    }
+
     /// Whether the set lives in the `bridge` family table.
     fn is_l2(self) -> bool {
         matches!(
@@ -432,26 +456,25 @@ fn ifname(s: &str) -> Vec<u8> {
     b
 }
 
-/// `[meta l4proto {tcp,udp,sctp}] ip daddr . meta l4proto . th dport` for a host-specific
-/// DNAT map, as nft orders it.
-fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
-    let (fam, off, len, preg, dreg) = if v6 {
-        (NFPROTO_IPV6, 24, 16, 2, 13)
-    } else {
-        (NFPROTO_IPV4, 16, 4, 9, 10)
-    };
-    let mut v = vec![
-        meta(MetaKey::L4Proto, 1),
-        Expr::LookupAnon {
-            sreg: 1,
-            set: &TCP_UDP_SCTP,
-        },
-    ];
-    v.extend(nfproto(fam));
+fn family(v6: bool) -> u8 {
+    if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }
+}
+
+/// `meta nfproto X` then `ip daddr . meta l4proto . th dport` (or `ip6 daddr …`) loaded for
+/// `set` as nft loads it; also returns the register `meta l4proto` lands in.
+fn daddr_proto_dport(v6: bool, set: SetName) -> (Vec<Expr>, u32) {
+    let (off, len, preg, dreg) = if v6 { (24, 16, 2, 13) } else { (16, 4, 9, 10) };
+    let mut v: Vec<Expr> = nfproto(family(v6)).into();
     v.extend([nh(1, off, len), meta(MetaKey::L4Proto, preg)]);
-    v.extend(hton(map, preg));
-    v.extend([
-        dport(dreg),
+    v.extend(hton(set, preg));
+    v.push(dport(dreg));
+    (v, preg)
+}
+
+/// `dnat to … map @map` with the key loaded from register 1: the address lands in register 1,
+/// the port (when the map has one) in `port`.
+fn dnat_via(v6: bool, map: SetName, port: Option<u32>) -> [Expr; 2] {
+    [
         Expr::Lookup {
             sreg: 1,
             dreg: Some(1),
@@ -459,11 +482,31 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
             inv: false,
         },
         Expr::Dnat {
-            family: fam,
+            family: family(v6),
             addr: 1,
-            proto: with_port.then_some(preg),
+            proto: port,
         },
-    ]);
+    ]
+}
+
+/// `meta l4proto { tcp, udp, sctp }`.
+fn any_l4proto() -> [Expr; 2] {
+    [
+        meta(MetaKey::L4Proto, 1),
+        Expr::LookupAnon {
+            sreg: 1,
+            set: &TCP_UDP_SCTP,
+        },
+    ]
+}
+
+/// `meta l4proto {tcp,udp,sctp} dnat ip to ip daddr . meta l4proto . th dport map @m` for a
+/// host-specific DNAT map, as nft orders it.
+fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
+    let (key, preg) = daddr_proto_dport(v6, map);
+    let mut v: Vec<Expr> = any_l4proto().into();
+    v.extend(key);
+    v.extend(dnat_via(v6, map, with_port.then_some(preg)));
     v
 }
 
@@ -475,48 +518,95 @@ fn hton(set: SetName, reg: u32) -> Option<Expr> {
 
 /// `meta nfproto X meta l4proto {…} dnat to meta l4proto . th dport map @m`.
 fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
-    let fam = if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
-    let mut v: Vec<Expr> = nfproto(fam).into();
-    v.extend([
-        meta(MetaKey::L4Proto, 1),
-        Expr::LookupAnon {
-            sreg: 1,
-            set: &TCP_UDP_SCTP,
-        },
-        meta(MetaKey::L4Proto, 1),
-    ]);
+    let mut v: Vec<Expr> = nfproto(family(v6)).into();
+    v.extend(any_l4proto());
+    v.push(meta(MetaKey::L4Proto, 1));
     v.extend(hton(map, 1));
-    v.extend([
-        dport(9),
-        Expr::Lookup {
-            sreg: 1,
-            dreg: Some(1),
-            set: Cow::Borrowed(map.name()),
-            inv: false,
-        },
-        Expr::Dnat {
-            family: fam,
-            addr: 1,
-            // the port follows the address in the map's value: register 9 after a 4-byte
-            // address, register 2 (the next 16-byte one) after a 16-byte address
-            proto: with_port.then_some(if v6 { 2 } else { 9 }),
-        },
-    ]);
+    v.push(dport(9));
+    // the port follows the address in the map's value: register 9 after a 4-byte address,
+    // register 2 (the next 16-byte one) after a 16-byte address
+    v.extend(dnat_via(
+        v6,
+        map,
+        with_port.then_some(if v6 { 2 } else { 9 }),
+    ));
     v
 }
 
-fn published(v6: bool, set: SetName) -> Vec<Expr> {
-    let (fam, off, len, preg, dreg) = if v6 {
-        (NFPROTO_IPV6, 24, 16, 2, 13)
+/// The `publish` chain's DNAT rule for one map: by family, host-specific or any address, single
+/// ports or ranges (a range maps to the same ports, so the rule sets no port).
+fn publish_rule(v6: bool, any: bool, range: bool) -> RuleDef {
+    let map = SetName::dnat(v6, any, range);
+    let ip = if v6 { "ip6" } else { "ip" };
+    let (text, exprs) = if any {
+        let fam = if v6 { "ipv6" } else { "ipv4" };
+        (
+            format!(
+                "meta nfproto {fam} meta l4proto {{ tcp, udp, sctp }} dnat {ip} to meta l4proto . th dport map @{}",
+                map.name()
+            ),
+            dnat_any(v6, map, !range),
+        )
     } else {
-        (NFPROTO_IPV4, 16, 4, 9, 10)
+        (
+            format!(
+                "meta l4proto {{ tcp, udp, sctp }} dnat {ip} to {ip} daddr . meta l4proto . th dport map @{}",
+                map.name()
+            ),
+            dnat_host(v6, map, !range),
+        )
     };
-    let mut v = vec![meta(MetaKey::OifName, 1), lookup(1, SetName::Routed)];
-    v.extend(nfproto(fam));
-    v.extend([nh(1, off, len), meta(MetaKey::L4Proto, preg)]);
-    v.extend(hton(set, preg));
-    v.extend([dport(dreg), lookup(1, set), jump("allow")]);
-    v
+    RuleDef {
+        chain: Cow::Borrowed("publish"),
+        text: Cow::Owned(text),
+        exprs,
+    }
+}
+
+/// The `inbound` chain's accept of published ports for one family, single ports or ranges.
+fn published_rule(v6: bool, range: bool) -> RuleDef {
+    let set = SetName::published(v6, range);
+    let ip = if v6 { "ip6" } else { "ip" };
+    let mut exprs = vec![meta(MetaKey::OifName, 1), lookup(1, SetName::Routed)];
+    exprs.extend(daddr_proto_dport(v6, set).0);
+    exprs.extend([lookup(1, set), jump("allow")]);
+    RuleDef {
+        chain: Cow::Borrowed("inbound"),
+        text: Cow::Owned(format!(
+            "oifname @routed {ip} daddr . meta l4proto . th dport @{} jump allow",
+            set.name()
+        )),
+        exprs,
+    }
+}
+
+/// A rule made of interface (or family) set lookups and a verdict, such as `iifname != @bridges
+/// oifname != @bridges return`: its text and its expressions come from one list, so they cannot
+/// disagree. Each match is the meta key, the set, and whether the value must be in it.
+fn set_rule<S: Named>(
+    chain: &'static str,
+    matches: &[(MetaKey, S, bool)],
+    verdict: Verdict,
+) -> RuleDef {
+    let mut text = Vec::new();
+    let mut exprs = Vec::new();
+    for &(key, set, member) in matches {
+        let not = if member { "" } else { "!= " };
+        text.push(format!("{} {not}@{}", key.text(), set.name()));
+        exprs.push(meta(key, 1));
+        exprs.push(if member {
+            lookup(1, set)
+        } else {
+            not_in(1, set)
+        });
+    }
+    text.push(verdict.text().into_owned());
+    exprs.push(Expr::Immediate(verdict));
+    RuleDef {
+        chain: Cow::Borrowed(chain),
+        text: Cow::Owned(text.join(" ")),
+        exprs,
+    }
 }
 
 fn masq_subnets(v6: bool) -> Vec<Expr> {
@@ -575,18 +665,14 @@ fn shared_rules() -> Vec<RuleDef> {
             ]);
             v
         }),
-        r(
+        set_rule(
             "forward",
-            "iifname != @interfaces oifname != @interfaces meta nfproto @forward_drop drop",
-            vec![
-                meta(MetaKey::IifName, 1),
-                not_in(1, SharedSet::Interfaces),
-                meta(MetaKey::OifName, 1),
-                not_in(1, SharedSet::Interfaces),
-                meta(MetaKey::NfProto, 1),
-                lookup(1, SharedSet::ForwardDrop),
-                Expr::Immediate(Verdict::Drop),
+            &[
+                (MetaKey::IifName, SharedSet::Interfaces, false),
+                (MetaKey::OifName, SharedSet::Interfaces, false),
+                (MetaKey::NfProto, SharedSet::ForwardDrop, true),
             ],
+            Verdict::Drop,
         ),
     ]
 }
@@ -623,6 +709,7 @@ fn loopback_v4(offset: u32) -> Vec<Expr> {
 
 /// The rules of the bridge fragment's `inet` table, in order.
 fn bridge_inet_rules() -> Vec<RuleDef> {
+    use MetaKey::{IifName as IIF, OifName as OIF};
     use SetName as S;
     let r = rule;
     let fib_local = vec![
@@ -630,47 +717,16 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
         cmp(1, &2u32.to_ne_bytes()),
         jump("publish"),
     ];
-    vec![
-        r(
-            "publish",
-            "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @dnat4",
-            dnat_host(false, S::Dnat4, true),
-        ),
-        r(
-            "publish",
-            "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @dnat4_range",
-            dnat_host(false, S::Dnat4Range, false),
-        ),
-        r(
-            "publish",
-            "meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @dnat4_any",
-            dnat_any(false, S::Dnat4Any, true),
-        ),
-        r(
-            "publish",
-            "meta nfproto ipv4 meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @dnat4_any_range",
-            dnat_any(false, S::Dnat4AnyRange, false),
-        ),
-        r(
-            "publish",
-            "meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6",
-            dnat_host(true, S::Dnat6, true),
-        ),
-        r(
-            "publish",
-            "meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_range",
-            dnat_host(true, S::Dnat6Range, false),
-        ),
-        r(
-            "publish",
-            "meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @dnat6_any",
-            dnat_any(true, S::Dnat6Any, true),
-        ),
-        r(
-            "publish",
-            "meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @dnat6_any_range",
-            dnat_any(true, S::Dnat6AnyRange, false),
-        ),
+    let jump_to = |chain| Verdict::Jump(Cow::Borrowed(chain));
+    let mut rules = Vec::new();
+    for v6 in [false, true] {
+        for any in [false, true] {
+            for range in [false, true] {
+                rules.push(publish_rule(v6, any, range));
+            }
+        }
+    }
+    rules.extend([
         r(
             "prerouting",
             "fib daddr type local jump publish",
@@ -683,8 +739,8 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             {
                 let mut v: Vec<Expr> = ct_bit(CtKey::Status, 0x20).into();
                 v.extend([
-                    meta(MetaKey::IifName, 1),
-                    meta(MetaKey::OifName, 2),
+                    meta(IIF, 1),
+                    meta(OIF, 2),
                     lookup(1, S::SameBridge),
                     Expr::Masq,
                 ]);
@@ -695,7 +751,7 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             "postrouting",
             "oifname @bridges ip saddr 127.0.0.0/8 masquerade",
             {
-                let mut v = vec![meta(MetaKey::OifName, 1), lookup(1, S::Bridges)];
+                let mut v = vec![meta(OIF, 1), lookup(1, S::Bridges)];
                 v.extend(loopback_v4(12));
                 v.push(Expr::Masq);
                 v
@@ -711,15 +767,7 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             "oifname != @bridges iifname . ip6 saddr @masq6 masquerade",
             masq_subnets(true),
         ),
-        r(
-            "input",
-            "iifname != @no_host accept",
-            vec![
-                meta(MetaKey::IifName, 1),
-                not_in(1, S::NoHost),
-                Expr::Immediate(Verdict::Accept),
-            ],
-        ),
+        set_rule("input", &[(IIF, S::NoHost, false)], Verdict::Accept),
         r("input", "ct state established,related accept", {
             let mut v: Vec<Expr> = ct_bit(CtKey::State, 0x6).into();
             v.push(Expr::Immediate(Verdict::Accept));
@@ -744,16 +792,10 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             },
         ),
         r("input", "drop", vec![Expr::Immediate(Verdict::Drop)]),
-        r(
+        set_rule(
             "forward",
-            "iifname != @bridges oifname != @bridges return",
-            vec![
-                meta(MetaKey::IifName, 1),
-                not_in(1, S::Bridges),
-                meta(MetaKey::OifName, 1),
-                not_in(1, S::Bridges),
-                Expr::Immediate(Verdict::Return),
-            ],
+            &[(IIF, S::Bridges, false), (OIF, S::Bridges, false)],
+            Verdict::Return,
         ),
         r("forward", "ct state established,related jump allow", {
             let mut v: Vec<Expr> = ct_bit(CtKey::State, 0x6).into();
@@ -764,81 +806,38 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             "forward",
             "iifname . oifname @same_bridge jump intra",
             vec![
-                meta(MetaKey::IifName, 1),
-                meta(MetaKey::OifName, 2),
+                meta(IIF, 1),
+                meta(OIF, 2),
                 lookup(1, S::SameBridge),
                 jump("intra"),
             ],
         ),
-        r(
-            "forward",
-            "iifname @internal drop",
-            vec![
-                meta(MetaKey::IifName, 1),
-                lookup(1, S::Internal),
-                Expr::Immediate(Verdict::Drop),
-            ],
-        ),
-        r(
-            "forward",
-            "oifname @internal drop",
-            vec![
-                meta(MetaKey::OifName, 1),
-                lookup(1, S::Internal),
-                Expr::Immediate(Verdict::Drop),
-            ],
-        ),
+        set_rule("forward", &[(IIF, S::Internal, true)], Verdict::Drop),
+        set_rule("forward", &[(OIF, S::Internal, true)], Verdict::Drop),
         r("forward", "ct status dnat jump allow", {
             let mut v: Vec<Expr> = ct_bit(CtKey::Status, 0x20).into();
             v.push(jump("allow"));
             v
         }),
-        r(
+        set_rule(
             "forward",
-            "iifname @bridges oifname @bridges drop",
-            vec![
-                meta(MetaKey::IifName, 1),
-                lookup(1, S::Bridges),
-                meta(MetaKey::OifName, 1),
-                lookup(1, S::Bridges),
-                Expr::Immediate(Verdict::Drop),
-            ],
+            &[(IIF, S::Bridges, true), (OIF, S::Bridges, true)],
+            Verdict::Drop,
         ),
-        r(
-            "forward",
-            "oifname @bridges jump inbound",
-            vec![
-                meta(MetaKey::OifName, 1),
-                lookup(1, S::Bridges),
-                jump("inbound"),
-            ],
-        ),
+        set_rule("forward", &[(OIF, S::Bridges, true)], jump_to("inbound")),
         r("forward", "jump allow", vec![jump("allow")]),
-        r(
-            "inbound",
-            "oifname @routed ip daddr . meta l4proto . th dport @published4 jump allow",
-            published(false, S::Published4),
-        ),
-        r(
-            "inbound",
-            "oifname @routed ip daddr . meta l4proto . th dport @published4_range jump allow",
-            published(false, S::Published4Range),
-        ),
-        r(
-            "inbound",
-            "oifname @routed ip6 daddr . meta l4proto . th dport @published6 jump allow",
-            published(true, S::Published6),
-        ),
-        r(
-            "inbound",
-            "oifname @routed ip6 daddr . meta l4proto . th dport @published6_range jump allow",
-            published(true, S::Published6Range),
-        ),
+    ]);
+    for v6 in [false, true] {
+        for range in [false, true] {
+            rules.push(published_rule(v6, range));
+        }
+    }
+    rules.extend([
         r(
             "inbound",
             "oifname @routed meta l4proto { icmp, ipv6-icmp } jump allow",
             vec![
-                meta(MetaKey::OifName, 1),
+                meta(OIF, 1),
                 lookup(1, S::Routed),
                 meta(MetaKey::L4Proto, 1),
                 Expr::LookupAnon {
@@ -849,18 +848,11 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             ],
         ),
         r("inbound", "drop", vec![Expr::Immediate(Verdict::Drop)]),
-        r(
-            "intra",
-            "iifname @icc_off drop",
-            vec![
-                meta(MetaKey::IifName, 1),
-                lookup(1, S::IccOff),
-                Expr::Immediate(Verdict::Drop),
-            ],
-        ),
+        set_rule("intra", &[(IIF, S::IccOff, true)], Verdict::Drop),
         r("intra", "jump allow", vec![jump("allow")]),
         allow_rule(),
-    ]
+    ]);
+    rules
 }
 
 /// `ether type X` in the bridge family: the link-layer header's type field.
@@ -908,13 +900,10 @@ fn bridge_l2_rules() -> Vec<RuleDef> {
     let mut link_local = [0u8; 16];
     link_local[..2].copy_from_slice(&[0xfe, 0x80]);
     vec![
-        r(
-            "iifname != @ports accept",
-            vec![
-                meta(MetaKey::IifName, 1),
-                not_in(1, S::Ports),
-                Expr::Immediate(Verdict::Accept),
-            ],
+        set_rule(
+            "prerouting",
+            &[(MetaKey::IifName, S::Ports, false)],
+            Verdict::Accept,
         ),
         r(
             "iifname . ether saddr != @own_mac drop",

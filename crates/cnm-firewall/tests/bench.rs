@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use cnm_firewall::{
     Action, ChainHook, ChainType, ElementChange, EndpointPort, FieldType, Firewall, FragmentChain,
-    FragmentSet, FragmentSpec, GatewayMode, Key, Match, NetworkRules, PortMapping, Protocol, Rule,
-    SetElement, Value,
+    FragmentSet, FragmentSpec, Key, Match, NetworkRules, PortMapping, Protocol, Rule, SetElement,
+    Value,
 };
 use cnm_sandbox::NetNs;
 
@@ -24,18 +24,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn measure(mappings: &[PortMapping], runs: usize) -> Result<(Duration, Duration, u64, u64)> {
     let ns = NetNs::create_anonymous().await?;
     let fw = Firewall::new(&ns).await?;
-    fw.add_network(&NetworkRules {
-        id: "n1".into(),
-        bridge: "br-n1".parse()?,
-        subnets_v4: vec!["172.18.0.0/16".parse()?],
-        subnets_v6: vec![],
-        icc: true,
-        masquerade: true,
-        internal: false,
-        host_access: false,
-        gateway_mode: GatewayMode::Nat,
-    })
-    .await?;
+    fw.add_network(&network()?).await?;
     let (mut add, mut del) = (Vec::new(), Vec::new());
     let (mut add_tx, mut del_tx) = (0, 0);
     for _ in 0..runs {
@@ -87,17 +76,11 @@ async fn publish_and_unpublish_timings() -> Result<()> {
 }
 
 fn network() -> Result<NetworkRules> {
-    Ok(NetworkRules {
-        id: "n1".into(),
-        bridge: "br-n1".parse()?,
-        subnets_v4: vec!["172.18.0.0/16".parse()?],
-        subnets_v6: vec![],
-        icc: true,
-        masquerade: true,
-        internal: false,
-        host_access: false,
-        gateway_mode: GatewayMode::Nat,
-    })
+    Ok(NetworkRules::nat(
+        "n1",
+        "br-n1".parse()?,
+        vec!["172.18.0.0/16".parse()?],
+    ))
 }
 
 /// Median (publish, unpublish) of one single-port mapping with `others` endpoints present,

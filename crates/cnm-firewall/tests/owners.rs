@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use cnm_firewall::{
     Action, ChainHook, ChainType, ElementChange, Family, FieldType, Firewall, Fragment,
-    FragmentChain, FragmentSet, FragmentSpec, GatewayMode, Key, Match, NetworkRules, Protocol,
-    Rule, SetElement, Value,
+    FragmentChain, FragmentSet, FragmentSpec, Key, Match, NetworkRules, Protocol, Rule, SetElement,
+    Value,
 };
 use cnm_sandbox::{IpFamily, NetNs};
 use cnm_types::{ErrorKind, IfName};
@@ -56,17 +56,11 @@ fn names(v: &[&str]) -> Vec<String> {
 }
 
 fn bridge_net(id: &str) -> NetworkRules {
-    NetworkRules {
-        id: id.into(),
-        bridge: format!("br-{id}").parse().unwrap(),
-        subnets_v4: vec!["172.18.0.0/16".parse().unwrap()],
-        subnets_v6: vec![],
-        icc: true,
-        masquerade: true,
-        internal: false,
-        host_access: false,
-        gateway_mode: GatewayMode::Nat,
-    }
+    NetworkRules::nat(
+        id,
+        format!("br-{id}").parse().unwrap(),
+        vec!["172.18.0.0/16".parse().unwrap()],
+    )
 }
 
 /// A second driver's fragment: a blocklist for its interfaces' traffic, a DNAT map of its

@@ -40,15 +40,9 @@ async fn list(ns: &NetNs) -> Result<String> {
 
 fn net(id: &str, bridge: &str, v4: &str) -> NetworkRules {
     NetworkRules {
-        id: id.into(),
-        bridge: bridge.parse().unwrap(),
-        subnets_v4: vec![v4.parse().unwrap()],
         subnets_v6: vec!["fd00:1::/64".parse().unwrap()],
         icc: false,
-        masquerade: true,
-        internal: false,
-        host_access: false,
-        gateway_mode: GatewayMode::Nat,
+        ..NetworkRules::nat(id, bridge.parse().unwrap(), vec![v4.parse().unwrap()])
     }
 }
 

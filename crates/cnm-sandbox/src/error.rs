@@ -85,9 +85,7 @@ impl SandboxError {
     /// The kind of failure, independent of the variant.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Kernel { source, .. } => source
-                .raw_os_error()
-                .map_or(ErrorKind::Internal, kind_from_errno),
+            Self::Kernel { source, .. } => ErrorKind::from_io(source),
             Self::InvalidInput { .. } => ErrorKind::InvalidInput,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::ThreadPanicked { .. } => ErrorKind::Internal,
@@ -132,12 +130,6 @@ impl SandboxError {
             reason,
         }
     }
-}
-
-/// Maps a kernel errno to the kind of failure it means for a caller (the shared table,
-/// [`ErrorKind::from_errno`]).
-pub fn kind_from_errno(errno: i32) -> ErrorKind {
-    ErrorKind::from_errno(errno)
 }
 
 #[cfg(test)]

@@ -229,6 +229,18 @@ impl Prepared {
     }
 }
 
+/// Moves the calling process into a new mount namespace of its own and makes every mount in it
+/// private, so that what it mounts next never propagates back (on a host whose `/` is shared,
+/// systemd's default, it otherwise would). `object` names what the namespace is for, in errors.
+///
+/// Like [`SandboxEntry::enter`], only works in a process with no other thread yet.
+pub fn enter_private_mount_namespace(object: &str) -> Result<(), SandboxError> {
+    check(sys_unshare(libc::CLONE_NEWNS))
+        .map_err(|e| SandboxError::kernel("unshare mount namespace for", object.to_owned(), e))?;
+    check(sys_mount(None, c"/", libc::MS_REC | libc::MS_PRIVATE))
+        .map_err(|e| SandboxError::kernel("make private", "/".to_owned(), e))
+}
+
 /// `-1` → the errno as an `io::Error` (no allocation).
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == -1 {

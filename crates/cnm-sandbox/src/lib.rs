@@ -55,7 +55,7 @@ mod ns;
 mod route;
 mod sysctl;
 
-pub use error::{SandboxError, kind_from_errno};
+pub use error::SandboxError;
 pub use files::{HostsEntry, HostsFile, ResolvConf};
 pub use interface::{InterfaceConfig, InterfaceSource};
 pub use link::{Link, LinkKind, LinkSpec, MacvlanMode};

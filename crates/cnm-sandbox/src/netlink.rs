@@ -148,7 +148,8 @@ impl Netlink {
                 let _guard = runtime.enter();
                 rtnetlink::new_connection()
                     .map_err(|e| SandboxError::kernel("open netlink socket in", shown, e))
-            })
+            })?
+            .wait()
             .await??;
         tokio::spawn(connection);
         Ok(Netlink::from_parts(handle, ns.clone()))
@@ -235,7 +236,7 @@ impl Netlink {
                 }
             }
         })
-        .await??;
+        ?.wait().await??;
         tokio::spawn(connection);
         let netlink = Netlink::from_parts(handle, ns.clone());
         Ok((ns, netlink))
@@ -530,7 +531,8 @@ impl Netlink {
                                 Ok((c, h, e))
                             })
                             .map_err(|e| SandboxError::kernel("subscribe to links in", shown, e))
-                    })
+                    })?
+                    .wait()
                     .await??;
                 tokio::spawn(connection);
                 let watch = Arc::new(LinkWatch {

@@ -71,20 +71,24 @@ impl NetNs {
     pub async fn create(path: impl AsRef<Path>) -> Result<NetNs, SandboxError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        on_thread("create netns", shown, move || create_persisted(&path)).await?
+        on_thread("create netns", shown, move || create_persisted(&path))?
+            .wait()
+            .await?
     }
 
     /// Blocking variant of [`NetNs::create`].
     pub fn create_blocking(path: impl AsRef<Path>) -> Result<NetNs, SandboxError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        on_thread_blocking("create netns", shown, move || create_persisted(&path))?
+        on_thread("create netns", shown, move || create_persisted(&path))?.join()?
     }
 
     /// Creates a new namespace that is not persisted: it lives as long as a clone of the
     /// returned `NetNs` (its fd) is alive.
     pub async fn create_anonymous() -> Result<NetNs, SandboxError> {
-        on_thread("create netns", "(anonymous)", create_unpersisted).await?
+        on_thread("create netns", "(anonymous)", create_unpersisted)?
+            .wait()
+            .await?
     }
 
     /// Unmounts (`MNT_DETACH`) and removes a persisted namespace at `path`; the kernel frees the
@@ -107,7 +111,7 @@ impl NetNs {
     pub fn delete_blocking(path: impl AsRef<Path>) -> Result<(), SandboxError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        on_thread_blocking("delete netns", shown, move || delete_persisted(&path))?
+        on_thread("delete netns", shown, move || delete_persisted(&path))?.join()?
     }
 
     /// The bind-mount path, if this namespace was created or opened by path.
@@ -134,12 +138,7 @@ impl NetNs {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let ns = self.clone();
-        on_thread("run in", self.to_string(), move || {
-            ns.enter()?;
-            Ok(f())
-        })
-        .await?
+        self.start(f)?.wait().await?
     }
 
     /// Blocking variant of [`NetNs::run`], for non-async callers (tests, xtask).
@@ -148,11 +147,20 @@ impl NetNs {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
+        self.start(f)?.join()?
+    }
+
+    /// Starts `f` on a fresh OS thread that enters this namespace first.
+    fn start<F, R>(&self, f: F) -> Result<OnThread<Result<R, SandboxError>>, SandboxError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
         let ns = self.clone();
-        on_thread_blocking("run in", self.to_string(), move || {
+        on_thread("run in", self.to_string(), move || {
             ns.enter()?;
             Ok(f())
-        })?
+        })
     }
 
     /// Moves the calling thread into this namespace. Only for threads this crate spawned.
@@ -267,12 +275,13 @@ fn spawn<F: FnOnce() + Send + 'static>(
         .map_err(|e| SandboxError::kernel("spawn thread to", format!("{op} {object}"), e))
 }
 
-/// Runs `f` on a fresh, named OS thread and awaits its result without blocking the executor.
-pub(crate) async fn on_thread<F, R>(
+/// Starts `f` on a fresh, named OS thread; its result is then awaited with
+/// [`OnThread::wait`] or, from blocking code, taken with [`OnThread::join`].
+pub(crate) fn on_thread<F, R>(
     op: &'static str,
     object: impl Into<String>,
     f: F,
-) -> Result<R, SandboxError>
+) -> Result<OnThread<R>, SandboxError>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
@@ -280,26 +289,42 @@ where
     let object = object.into();
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The receiver may be gone (caller cancelled); the thread exits either way.
-    spawn(op, &object, move || drop(tx.send(f())))?;
-    rx.await
-        .map_err(|_| SandboxError::ThreadPanicked { op, object })
+    let handle = spawn(op, &object, move || drop(tx.send(f())))?;
+    Ok(OnThread {
+        op,
+        object,
+        handle,
+        rx,
+    })
 }
 
-/// Blocking twin of [`on_thread`].
-pub(crate) fn on_thread_blocking<F, R>(
+/// A thread started by [`on_thread`] and the way to its result.
+pub(crate) struct OnThread<R> {
     op: &'static str,
-    object: impl Into<String>,
-    f: F,
-) -> Result<R, SandboxError>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    let object = object.into();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = spawn(op, &object, move || drop(tx.send(f())))?;
-    let result = rx.recv();
-    // Joined so that the thread is gone when this returns, as before.
-    let _ = handle.join();
-    result.map_err(|_| SandboxError::ThreadPanicked { op, object })
+    object: String,
+    handle: std::thread::JoinHandle<()>,
+    rx: tokio::sync::oneshot::Receiver<R>,
+}
+
+impl<R> OnThread<R> {
+    /// Awaits the result without blocking the executor (the thread is not joined).
+    pub(crate) async fn wait(self) -> Result<R, SandboxError> {
+        let Self { op, object, rx, .. } = self;
+        rx.await
+            .map_err(|_| SandboxError::ThreadPanicked { op, object })
+    }
+
+    /// Blocks until the thread is gone, then takes its result.
+    pub(crate) fn join(self) -> Result<R, SandboxError> {
+        let Self {
+            op,
+            object,
+            handle,
+            mut rx,
+        } = self;
+        // A thread that panicked dropped its sender: then there is no result.
+        let _ = handle.join();
+        rx.try_recv()
+            .map_err(|_| SandboxError::ThreadPanicked { op, object })
+    }
 }

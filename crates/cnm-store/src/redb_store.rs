@@ -386,6 +386,58 @@ impl Inner {
     }
 }
 
+/// The tables of a write transaction that makes one new revision, and that revision (the
+/// stored one plus one); [`NextRevision::commit`] records it.
+struct NextRevision<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    kv: redb::Table<'t, &'static str, (u64, &'static [u8])>,
+    leased: redb::Table<'t, &'static str, i64>,
+    revision: u64,
+}
+
+impl<'t> NextRevision<'t> {
+    fn open(wtx: &'t WriteTransaction) -> Result<Self, StoreError> {
+        let meta = wtx.open_table(META).map_err(backend("open table meta"))?;
+        let kv = wtx.open_table(KV).map_err(backend("open table kv"))?;
+        let leased = wtx
+            .open_table(LEASED)
+            .map_err(backend("open table leased"))?;
+        let revision = meta
+            .get(REVISION)
+            .map_err(backend("read the store revision"))?
+            .map(|g| g.value())
+            .unwrap_or(0)
+            + 1;
+        Ok(Self {
+            meta,
+            kv,
+            leased,
+            revision,
+        })
+    }
+
+    /// Removes `key` and its lease attachment; says whether the key was there.
+    fn remove(&mut self, key: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .kv
+            .remove(key)
+            .map_err(backend(&format!("remove key {key:?}")))?
+            .is_some();
+        self.leased
+            .remove(key)
+            .map_err(backend(&format!("detach key {key:?}")))?;
+        Ok(removed)
+    }
+
+    /// Records the new revision (the caller still commits the transaction).
+    fn commit(mut self) -> Result<(), StoreError> {
+        self.meta
+            .insert(REVISION, self.revision)
+            .map_err(backend("write the store revision"))?;
+        Ok(())
+    }
+}
+
 /// What a checked and applied transaction leaves to do after its redb commit: its revision,
 /// its events, and the lease attachments to record (`None`: detached).
 type Applied = (u64, Vec<WatchEvent>, Vec<(String, Option<LeaseId>)>);
@@ -393,23 +445,15 @@ type Applied = (u64, Vec<WatchEvent>, Vec<(String, Option<LeaseId>)>);
 /// Checks and applies every op of `txn` inside `wtx` (`live`: the leases that may be attached
 /// to); the caller aborts `wtx` on error.
 fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Applied, StoreError> {
-    let mut meta = wtx.open_table(META).map_err(backend("open table meta"))?;
-    let mut kv = wtx.open_table(KV).map_err(backend("open table kv"))?;
-    let mut leased = wtx
-        .open_table(LEASED)
-        .map_err(backend("open table leased"))?;
-    let revision = meta
-        .get(REVISION)
-        .map_err(backend("read the store revision"))?
-        .map(|g| g.value())
-        .unwrap_or(0)
-        + 1;
+    let mut next = NextRevision::open(wtx)?;
+    let revision = next.revision;
     let mut events = Vec::with_capacity(txn.ops.len());
     let mut attachments = Vec::new();
     for op in txn.ops {
         let key = op.key();
         // Reads inside the write transaction see the earlier ops of this same transaction.
-        let current = kv
+        let current = next
+            .kv
             .get(key)
             .map_err(backend(&format!("read key {key:?}")))?
             .map(|g| g.value().0);
@@ -426,13 +470,7 @@ fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Ap
             }
             TxnOp::Check { .. } => continue,
             TxnOp::Delete { key, .. } => {
-                let removed = kv
-                    .remove(key.as_str())
-                    .map_err(backend(&format!("remove key {key:?}")))?
-                    .is_some();
-                leased
-                    .remove(key.as_str())
-                    .map_err(backend(&format!("detach key {key:?}")))?;
+                let removed = next.remove(&key)?;
                 attachments.push((key.clone(), None));
                 if removed {
                     events.push(WatchEvent::Delete {
@@ -443,11 +481,12 @@ fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Ap
                 continue;
             }
         };
-        kv.insert(key.as_str(), (revision, value.as_slice()))
+        next.kv
+            .insert(key.as_str(), (revision, value.as_slice()))
             .map_err(backend(&format!("write key {key:?}")))?;
         match lease {
-            Some(lease) => leased.insert(key.as_str(), lease.get()).map(drop),
-            None => leased.remove(key.as_str()).map(drop),
+            Some(lease) => next.leased.insert(key.as_str(), lease.get()).map(drop),
+            None => next.leased.remove(key.as_str()).map(drop),
         }
         .map_err(backend(&format!("record the lease of key {key:?}")))?;
         attachments.push((key.clone(), lease));
@@ -459,8 +498,7 @@ fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Ap
             },
         });
     }
-    meta.insert(REVISION, revision)
-        .map_err(backend("write the store revision"))?;
+    next.commit()?;
     Ok((revision, events, attachments))
 }
 
@@ -470,26 +508,12 @@ fn delete_keys<'k>(
     wtx: &WriteTransaction,
     keys: impl IntoIterator<Item = &'k str>,
 ) -> Result<u64, StoreError> {
-    let mut meta = wtx.open_table(META).map_err(backend("open table meta"))?;
-    let mut kv = wtx.open_table(KV).map_err(backend("open table kv"))?;
-    let mut leased = wtx
-        .open_table(LEASED)
-        .map_err(backend("open table leased"))?;
-    let revision = meta
-        .get(REVISION)
-        .map_err(backend("read the store revision"))?
-        .map(|g| g.value())
-        .unwrap_or(0)
-        + 1;
+    let mut next = NextRevision::open(wtx)?;
+    let revision = next.revision;
     for key in keys {
-        kv.remove(key)
-            .map_err(backend(&format!("remove key {key:?}")))?;
-        leased
-            .remove(key)
-            .map_err(backend(&format!("detach key {key:?}")))?;
+        next.remove(key)?;
     }
-    meta.insert(REVISION, revision)
-        .map_err(backend("write the store revision"))?;
+    next.commit()?;
     Ok(revision)
 }
 

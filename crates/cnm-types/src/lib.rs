@@ -95,6 +95,33 @@ impl ErrorKind {
             _ => Self::Internal,
         }
     }
+
+    /// The kind of failure an I/O error means: its errno through [`ErrorKind::from_errno`];
+    /// for an error made without one (`io::Error::from(io::ErrorKind::…)`), the same table
+    /// read through its [`std::io::ErrorKind`].
+    ///
+    /// ```
+    /// use cnm_types::ErrorKind;
+    /// let e = std::io::Error::from_raw_os_error(16); // EBUSY
+    /// assert_eq!(ErrorKind::from_io(&e), ErrorKind::Conflict);
+    /// let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+    /// assert_eq!(ErrorKind::from_io(&e), ErrorKind::Conflict);
+    /// ```
+    pub fn from_io(e: &std::io::Error) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        if let Some(errno) = e.raw_os_error() {
+            return Self::from_errno(errno);
+        }
+        match e.kind() {
+            Io::AlreadyExists => Self::AlreadyExists,
+            Io::NotFound => Self::NotFound,
+            Io::ResourceBusy | Io::DirectoryNotEmpty | Io::AddrInUse => Self::Conflict,
+            Io::InvalidInput | Io::AddrNotAvailable => Self::InvalidInput,
+            Io::PermissionDenied | Io::OutOfMemory => Self::Unavailable,
+            Io::Unsupported => Self::Unsupported,
+            _ => Self::Internal,
+        }
+    }
 }
 
 /// Errors shown one after the other, separated by `; `: how every crate's error lists the
@@ -341,6 +368,25 @@ mod tests {
         ];
         for (errno, kind) in cases {
             assert_eq!(ErrorKind::from_errno(errno), kind, "errno {errno}");
+            let io = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(ErrorKind::from_io(&io), kind, "errno {errno}");
+        }
+        // an error made without an errno reads the same through its io::ErrorKind
+        let bare = [
+            (std::io::ErrorKind::AlreadyExists, ErrorKind::AlreadyExists),
+            (std::io::ErrorKind::NotFound, ErrorKind::NotFound),
+            (std::io::ErrorKind::AddrInUse, ErrorKind::Conflict),
+            (std::io::ErrorKind::InvalidInput, ErrorKind::InvalidInput),
+            (std::io::ErrorKind::PermissionDenied, ErrorKind::Unavailable),
+            (std::io::ErrorKind::Unsupported, ErrorKind::Unsupported),
+            (std::io::ErrorKind::BrokenPipe, ErrorKind::Internal),
+        ];
+        for (io, kind) in bare {
+            assert_eq!(
+                ErrorKind::from_io(&std::io::Error::from(io)),
+                kind,
+                "{io:?}"
+            );
         }
     }
 

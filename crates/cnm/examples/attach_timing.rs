@@ -159,6 +159,14 @@ impl Phases {
     }
 }
 
+/// Records the three steps timed by `marks` (each from one mark to the next) and their sum.
+fn record(steps: [&mut Series; 3], sum: &mut Series, marks: [Instant; 4]) {
+    for (series, pair) in steps.into_iter().zip(marks.windows(2)) {
+        series.samples.push(pair[1] - pair[0]);
+    }
+    sum.samples.push(marks[3] - marks[0]);
+}
+
 async fn attach(
     ctl: &Controller,
     net: &Network,
@@ -179,10 +187,8 @@ async fn attach(
     ep.join_sandbox(&sb, []).await?;
     let t3 = Instant::now();
     if let Some(p) = phases {
-        p.new_sandbox.samples.push(t1 - t0);
-        p.create_endpoint.samples.push(t2 - t1);
-        p.join.samples.push(t3 - t2);
-        p.attach.samples.push(t3 - t0);
+        let steps = [&mut p.new_sandbox, &mut p.create_endpoint, &mut p.join];
+        record(steps, &mut p.attach, [t0, t1, t2, t3]);
     }
     Ok(Attached { sb, ep })
 }
@@ -196,10 +202,8 @@ async fn detach(a: Attached, phases: Option<&mut Phases>) -> Result<()> {
     a.sb.delete().await?;
     let t3 = Instant::now();
     if let Some(p) = phases {
-        p.leave.samples.push(t1 - t0);
-        p.delete_endpoint.samples.push(t2 - t1);
-        p.delete_sandbox.samples.push(t3 - t2);
-        p.detach.samples.push(t3 - t0);
+        let steps = [&mut p.leave, &mut p.delete_endpoint, &mut p.delete_sandbox];
+        record(steps, &mut p.detach, [t0, t1, t2, t3]);
     }
     Ok(())
 }

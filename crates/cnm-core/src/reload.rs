@@ -135,6 +135,7 @@ pub(crate) async fn reload(ctl: &Arc<ControllerInner>) -> Result<(), CoreError> 
             ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
             allow_host_overlap: rec.allow_host_overlap,
             attachable: rec.attachable,
+            ipam_options: rec.ipam_options.clone(),
         };
         let mut spec = NetworkSpec::new(rec.id.clone(), rec.name.clone());
         spec.ipv4 = v4.iter().filter_map(NetworkPool::ipam_data_v4).collect();

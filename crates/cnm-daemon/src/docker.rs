@@ -308,6 +308,8 @@ pub(crate) async fn create(
         req.enable_ipv4 = None;
     }
     let c = req.parse()?;
+    // Keys no driver or IPAM knows are kept and shown, as dockerd keeps them, and named here.
+    let warnings = st.ctl.option_warnings(&c.driver, &c.options)?;
     let net = st
         .timed("network_create", async {
             Ok(st.ctl.new_network(&c.driver, &c.name, c.options).await?)
@@ -318,7 +320,7 @@ pub(crate) async fn create(
         StatusCode::CREATED,
         DockerJson(NetworkCreateResponse {
             id: net.id().to_owned(),
-            warning: String::new(),
+            warning: warnings.join("\n"),
         }),
     ))
 }

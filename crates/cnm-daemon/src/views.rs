@@ -103,7 +103,8 @@ pub async fn network(
                 .clone()
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| "default".to_owned()),
-            options: (!predefined).then(BTreeMap::new),
+            // As given (null when the request had none); the predefined networks have none.
+            options: opts.ipam_options.clone(),
             config,
         },
         internal: opts.internal,

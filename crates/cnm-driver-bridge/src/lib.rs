@@ -65,7 +65,7 @@ use cnm_core::spi::{
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{IpFamily, LinkKind, LinkSpec, set_sysctls};
 use cnm_types::{ErrorKind, IfName, MacAddress};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
 
 pub use error::BridgeError;
@@ -320,11 +320,7 @@ impl BridgeDriver {
             host.set_alias(index, &restore::alias(&plan.network_id))
                 .await
                 .map_err(|e| BridgeError::kernel("mark bridge", bridge, e))?;
-            let addrs = plan
-                .gateways_v4
-                .iter()
-                .map(|g| IpNet::V4(*g))
-                .chain(plan.gateways_v6.iter().map(|g| IpNet::V6(*g)));
+            let addrs = plan.bridge_addresses();
             for addr in addrs {
                 host.add_address(index, addr).await.map_err(|e| {
                     BridgeError::kernel(
@@ -740,6 +736,10 @@ impl Driver for BridgeDriver {
     fn validate_network_options(&self, options: &DriverOptions) -> Result<(), DriverError> {
         BridgeOptions::try_from(options)?;
         Ok(())
+    }
+
+    fn unknown_network_options(&self, options: &DriverOptions) -> Vec<String> {
+        options::unknown_keys(options)
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {

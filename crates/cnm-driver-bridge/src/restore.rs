@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
 use cnm_sandbox::set_sysctls;
 use cnm_types::{ErrorKind, IfName, MacAddress};
-use ipnet::IpNet;
 
 use crate::{BridgeDriver, BridgeError, BridgeOptions, BridgePlan, Endpoint, EndpointState};
 use crate::{Network, lock, short};
@@ -68,11 +67,7 @@ impl BridgeDriver {
                 set_sysctls(&self.ctx.host_ns, &pairs)
                     .await
                     .map_err(|e| BridgeError::kernel("set sysctls of bridge", bridge, e))?;
-                let addrs = plan
-                    .gateways_v4
-                    .iter()
-                    .map(|g| IpNet::V4(*g))
-                    .chain(plan.gateways_v6.iter().map(|g| IpNet::V6(*g)));
+                let addrs = plan.bridge_addresses();
                 for addr in addrs {
                     tolerate_exists(host.add_address(index, addr).await).map_err(|e| {
                         BridgeError::kernel(

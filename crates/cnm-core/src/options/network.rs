@@ -31,15 +31,10 @@ pub const MIN_MTU_V6: u32 = 1280;
 /// The largest MTU (the kernel's `ETH_MAX_MTU`).
 pub const MAX_MTU: u32 = 65535;
 
-/// Option key prefixes that belong to drivers: core passes them on and the driver validates them.
-const DRIVER_KEY_PREFIXES: &[&str] = &[
-    "com.docker.network.bridge.",
-    "com.docker.network.driver.",
-    "com.docker.network.container_iface_prefix",
-];
-/// The namespace of Docker's well-known keys; a key in it that nobody knows is refused.
-const DOCKER_KEY_PREFIX: &str = "com.docker.network.";
-/// The namespace of cnm's own network keys, all consumed by core; an unknown one is refused.
+/// The namespace of cnm's own network keys, all consumed by core; an unknown one is refused
+/// (a typo in cnm's own words is an error). Every other key core does not consume goes to the
+/// driver, which checks the values of the keys it knows and keeps the others, as Docker does
+/// (see [`Driver::unknown_network_options`](crate::spi::Driver::unknown_network_options)).
 const CNM_KEY_PREFIX: &str = "com.cnm.network.";
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
@@ -161,6 +156,10 @@ pub struct NetworkOptions {
     /// Docker's `Attachable` (manual attachment of containers to a swarm network): kept and
     /// shown, never interpreted by a local network.
     pub attachable: bool,
+    /// Docker's `IPAM.Options`, kept and shown as given (`None`: the request had none). The
+    /// built-in IPAM knows no option, so each is reported by
+    /// [`Controller::option_warnings`](crate::Controller::option_warnings).
+    pub ipam_options: Option<BTreeMap<String, String>>,
 }
 
 impl Default for NetworkOptions {
@@ -175,6 +174,7 @@ impl Default for NetworkOptions {
             ipam_driver: None,
             allow_host_overlap: false,
             attachable: false,
+            ipam_options: None,
         }
     }
 }
@@ -342,7 +342,7 @@ pub struct RawIpam {
     pub driver: String,
     /// The pools.
     pub config: Vec<RawIpamConfig>,
-    /// IPAM driver options (none are understood by the built-in IPAM).
+    /// IPAM driver options (none are understood by the built-in IPAM: kept, shown, reported).
     pub options: BTreeMap<String, String>,
 }
 
@@ -417,20 +417,12 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             .unwrap_or(false);
         let mut driver_options = DriverOptions::new();
         for (key, value) in options {
-            let for_driver = DRIVER_KEY_PREFIXES.iter().any(|p| key.starts_with(p));
-            if (key.starts_with(DOCKER_KEY_PREFIX) && !for_driver)
-                || key.starts_with(CNM_KEY_PREFIX)
-            {
+            if key.starts_with(CNM_KEY_PREFIX) {
                 return Err(CoreError::UnknownOption { key, value });
             }
             driver_options.insert(key, value);
         }
-        if let Some((key, value)) = raw.ipam.options.into_iter().next() {
-            return Err(CoreError::UnknownOption {
-                key: format!("IPAM.Options.{key}"),
-                value,
-            });
-        }
+        let ipam_options = (!raw.ipam.options.is_empty()).then_some(raw.ipam.options);
         let mut pools = Vec::new();
         for config in raw.ipam.config {
             pools.push(pool_from_raw(config)?);
@@ -449,6 +441,7 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             ipam_driver,
             allow_host_overlap,
             attachable: false,
+            ipam_options,
         };
         typed.validate()?;
         Ok(typed)
@@ -607,8 +600,8 @@ mod tests {
 
         let mut r = RawNetworkOptions::default();
         r.options
-            .insert("com.docker.network.frobnicate".into(), "7".into());
-        refused(r, &["com.docker.network.frobnicate", "7"]);
+            .insert("com.cnm.network.frobnicate".into(), "7".into());
+        refused(r, &["com.cnm.network.frobnicate", "7"]);
 
         let mut r = RawNetworkOptions::default();
         r.options.insert(KEY_ENABLE_IPV6.into(), "maybe".into());
@@ -626,10 +619,24 @@ mod tests {
             ..Default::default()
         };
         refused(r, &["enable_ipv4"]);
+    }
 
+    #[test]
+    fn keys_core_does_not_know_go_to_the_driver_and_ipam_options_are_kept() {
         let mut r = RawNetworkOptions::default();
-        r.ipam.options.insert("foo".into(), "bar".into());
-        refused(r, &["foo", "bar"]);
+        r.options
+            .insert("com.docker.network.frobnicate".into(), "7".into());
+        r.options.insert("foo".into(), "bar".into());
+        r.ipam.options.insert("x".into(), "y".into());
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert_eq!(o.driver_options.len(), 2);
+        assert_eq!(o.driver_options["com.docker.network.frobnicate"], "7");
+        assert_eq!(
+            o.ipam_options,
+            Some(BTreeMap::from([("x".into(), "y".into())]))
+        );
+        let o = NetworkOptions::try_from(RawNetworkOptions::default()).unwrap();
+        assert_eq!(o.ipam_options, None);
     }
 
     #[test]

@@ -38,8 +38,16 @@
 //! assert_eq!(plan.bridge.as_str(), "cnm-3f2a9c0d1e2");
 //! assert_eq!(plan.mtu, Some(1400));
 //!
+//! // A known key's value is checked; an unknown key is kept without effect, and named.
+//! raw.insert("com.docker.network.bridge.enable_icc".into(), "maybe".into());
+//! assert!(BridgeOptions::try_from(&raw).unwrap_err().to_string().contains("maybe"));
+//! raw.remove("com.docker.network.bridge.enable_icc");
 //! raw.insert("com.docker.network.bridge.bogus".into(), "1".into());
-//! assert!(BridgeOptions::try_from(&raw).unwrap_err().to_string().contains("bogus"));
+//! assert!(BridgeOptions::try_from(&raw).is_ok());
+//! assert_eq!(
+//!     cnm_driver_bridge::options::unknown_keys(&raw),
+//!     ["com.docker.network.bridge.bogus"]
+//! );
 //! ```
 
 mod error;

@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ep = network
         .create_endpoint("Endpoint1", EndpointOptions::default())
         .await?;
-    let sandbox_key = ep
+    let sandbox = ep
         .join(
             "container1",
             [
@@ -30,7 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 JoinOption::domainname("docker.io"),
             ],
         )
-        .await?; // path of the container's netns
+        .await?;
+    let sandbox_key = sandbox.key(); // path of the container's netns
 
     println!("drivers:     {}", controller.drivers().join(", "));
     println!(
@@ -51,7 +52,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  mac:       {mac}");
     }
     println!("sandbox key: {}", sandbox_key.display());
-    let sandbox = controller.sandbox_by_container_id("container1")?;
     println!("sandbox:     {} (container1)", sandbox.id());
     for link in sandbox.netlink().links().await? {
         let addrs: Vec<String> = sandbox
@@ -76,5 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ep.delete().await?;
     network.delete().await?;
     println!("removed the sandbox, the endpoint and the network");
+    // Lets go of the store and its lock (dropping the controller would too).
+    controller.shutdown().await?;
     Ok(())
 }

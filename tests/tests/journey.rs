@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, ensure};
-use cnm::{Controller, EndpointOptions, JoinOption, NetworkOptions};
+use cnm::{EndpointOptions, JoinOption, NetworkOptions};
 use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
 // The facade links the built-in drivers; naming them here keeps that explicit for this binary.
 use cnm_driver_bridge as _;
@@ -17,12 +17,7 @@ async fn two_tier_application_on_one_host() -> Result<()> {
     let host = TestHost::new().await?;
     let outside = host.outside().await?;
     let links_before = host.netlink().links().await?.len();
-    let ctl = Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .build()
-        .await?;
+    let ctl = host.controller().await?;
     ensure!(ctl.drivers() == ["bridge", "null"], "{:?}", ctl.drivers());
 
     let public = ctl
@@ -74,9 +69,7 @@ async fn two_tier_application_on_one_host() -> Result<()> {
         names.contains(&"eth0".to_owned()) && names.contains(&"eth1".to_owned()),
         "{names:?}"
     );
-    ensure!(
-        web.gateway_endpoint().await.map(|e| e.id().to_owned()) == Some(web_public.id().to_owned())
-    );
+    ensure!(web.gateway_endpoint().map(|e| e.id().to_owned()) == Some(web_public.id().to_owned()));
     let lonely_links: Vec<String> = lonely
         .netlink()
         .links()

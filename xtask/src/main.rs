@@ -22,6 +22,7 @@
 
 mod bench;
 mod libtest;
+mod outside;
 mod packages;
 mod privileged;
 mod run;
@@ -165,7 +166,8 @@ enum Outcome {
 /// Runs the whole matrix; returns whether everything passed.
 fn test(args: &TestArgs) -> Result<bool> {
     let cargo = run::cargo_program();
-    let scope = run::scope_args(&args.packages);
+    // The workspace's packages, and the crates outside it (`outside.rs`), each phase runs both.
+    let scope = outside::scope(&args.packages);
     let mut phases = Vec::new();
     let mut failures: Vec<String> = Vec::new();
 
@@ -175,14 +177,24 @@ fn test(args: &TestArgs) -> Result<bool> {
     let lint = !(args.no_lint || args.privileged_only);
     if lint {
         banner("1/4 cargo fmt --check");
-        let mut fmt = vec!["fmt".to_owned()];
-        if args.packages.is_empty() {
-            fmt.push("--all".to_owned());
-        } else {
-            fmt.extend(run::package_args(&args.packages));
+        let mut commands = Vec::new();
+        if let Some(workspace) = &scope.workspace {
+            let mut fmt = vec!["fmt".to_owned()];
+            if args.packages.is_empty() {
+                fmt.push("--all".to_owned());
+            } else {
+                fmt.extend(workspace.iter().cloned());
+            }
+            commands.push(fmt);
         }
-        fmt.extend(["--".to_owned(), "--check".to_owned()]);
-        let ok = run::status(&cargo, &fmt)?;
+        for c in &scope.outside {
+            commands.push([vec!["fmt".to_owned()], c.manifest_args()].concat());
+        }
+        let mut ok = true;
+        for mut fmt in commands {
+            fmt.extend(["--".to_owned(), "--check".to_owned()]);
+            ok &= run::status(&cargo, &fmt)?;
+        }
         phases.push(Phase {
             name: "fmt",
             outcome: Outcome::Checked { ok },
@@ -194,10 +206,13 @@ fn test(args: &TestArgs) -> Result<bool> {
 
         if failures.is_empty() {
             banner("2/4 cargo clippy -D warnings");
-            let mut clippy = vec!["clippy".to_owned()];
-            clippy.extend(scope.iter().cloned());
-            clippy.extend(["--all-targets", "--", "-D", "warnings"].map(String::from));
-            let ok = run::status(&cargo, &clippy)?;
+            let mut ok = true;
+            for selection in scope_selections(&scope) {
+                let mut clippy = vec!["clippy".to_owned()];
+                clippy.extend(selection);
+                clippy.extend(["--all-targets", "--", "-D", "warnings"].map(String::from));
+                ok &= run::status(&cargo, &clippy)?;
+            }
             phases.push(Phase {
                 name: "clippy",
                 outcome: Outcome::Checked { ok },
@@ -242,13 +257,18 @@ fn test(args: &TestArgs) -> Result<bool> {
     } else {
         banner("3/4 cargo test (unit, doc; privileged tests show as ignored)");
         // --no-fail-fast: one failing crate must not hide the results (and the ignored count) of the rest.
-        let mut cmd = vec!["test".to_owned(), "--no-fail-fast".to_owned()];
-        cmd.extend(scope.iter().cloned());
-        if !args.test_args.is_empty() {
-            cmd.push("--".to_owned());
-            cmd.extend(args.test_args.iter().cloned());
+        let (mut exit_ok, mut output) = (true, String::new());
+        for selection in scope_selections(&scope) {
+            let mut cmd = vec!["test".to_owned(), "--no-fail-fast".to_owned()];
+            cmd.extend(selection);
+            if !args.test_args.is_empty() {
+                cmd.push("--".to_owned());
+                cmd.extend(args.test_args.iter().cloned());
+            }
+            let (ok, out) = run::tee(&cargo, &cmd)?;
+            exit_ok &= ok;
+            output.push_str(&out);
         }
-        let (exit_ok, output) = run::tee(&cargo, &cmd)?;
         let counts = libtest::count(&output);
         check_run("unit+doc", &counts, exit_ok, &mut failures);
         // Ignored doc tests (```ignore blocks) are not privileged tests and phase 4 does not run them.
@@ -268,7 +288,12 @@ fn test(args: &TestArgs) -> Result<bool> {
     });
     if built {
         banner("4/4 privileged tests (private mount namespace, tmpfs on /run/cnm and /run/netns)");
-        let (exit_ok, output) = privileged::run_tests(&cargo, &scope, &args.test_args)?;
+        let (mut exit_ok, mut output) = (true, String::new());
+        for selection in scope_selections(&scope) {
+            let (ok, out) = privileged::run_tests(&cargo, &selection, &args.test_args)?;
+            exit_ok &= ok;
+            output.push_str(&out);
+        }
         let counts = libtest::count(&output);
         check_run("privileged", &counts, exit_ok, &mut failures);
         let ran = counts.passed + counts.failed;
@@ -306,6 +331,17 @@ fn test(args: &TestArgs) -> Result<bool> {
         });
     println!("xtask: {passed} passed, {failed} failed");
     Ok(failures.is_empty())
+}
+
+/// The cargo arguments selecting what to build and test: the workspace packages, then each
+/// out-of-tree crate by its manifest (built into the workspace's target dir).
+fn scope_selections(scope: &outside::Scope) -> Vec<Vec<String>> {
+    scope
+        .workspace
+        .iter()
+        .cloned()
+        .chain(scope.outside.iter().map(|c| c.build_args()))
+        .collect()
 }
 
 /// Records why a test phase failed, if it did.

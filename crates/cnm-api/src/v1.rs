@@ -159,6 +159,12 @@ pub struct SandboxEndpoint {
     pub mac_address: String,
     /// Whether it gives the sandbox its default route (and so holds the published ports).
     pub gateway: bool,
+    /// Its network-scoped aliases, as given (Docker's `Aliases`).
+    pub aliases: Vec<String>,
+    /// The names the embedded DNS answers for it: its name, aliases and DNS names (Docker's
+    /// `DNSNames`); empty on a network without embedded DNS (the default `bridge`).
+    #[serde(rename = "DNSNames")]
+    pub dns_names: Vec<String>,
     /// The ports published, with the host ports chosen for ephemeral requests.
     pub ports: Vec<PublishedPort>,
 }

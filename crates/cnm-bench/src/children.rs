@@ -7,7 +7,7 @@
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
-use cnm::{Controller, EndpointOptions, NetworkOptions, PortBinding};
+use cnm::{EndpointOptions, NetworkOptions, PortBinding};
 use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
 use serde_json::{Map, Value, json};
 
@@ -47,15 +47,7 @@ fn mb(kib: u64) -> f64 {
 pub async fn memory_child(count: u32) -> Result<Value> {
     let (baseline, _) = rss_kib()?;
     let host = cnm_testkit::TestHost::new().await?;
-    let resolv = tempfile::NamedTempFile::new()?;
-    std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
-    let ctl = Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .resolv_conf(resolv.path())
-        .build()
-        .await?;
+    let ctl = host.controller().await?;
     let net = ctl
         .new_network(
             "bridge",

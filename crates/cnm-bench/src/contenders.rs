@@ -106,7 +106,6 @@ enum Imp {
 struct CnmImp {
     ctl: Controller,
     net: Network,
-    _resolv: tempfile::NamedTempFile,
     live: Mutex<HashMap<u32, (Sandbox, Endpoint)>>,
 }
 
@@ -174,14 +173,8 @@ impl Contender {
         let net = bench_net();
         let imp = match kind {
             Kind::Cnm => {
-                let resolv = tempfile::NamedTempFile::new().context("resolv.conf")?;
-                std::fs::write(resolv.path(), "nameserver 192.0.2.53\n").context("resolv.conf")?;
-                let ctl = Controller::builder()
-                    .host_netns(host.netns().clone())
-                    .run_dir(host.run_dir())
-                    .state_dir(host.state_dir())
-                    .resolv_conf(resolv.path())
-                    .build()
+                let ctl = host
+                    .controller()
                     .await
                     .context("failed to build a cnm controller")?;
                 let cnm_net = ctl
@@ -195,7 +188,6 @@ impl Contender {
                 Imp::Cnm(CnmImp {
                     ctl,
                     net: cnm_net,
-                    _resolv: resolv,
                     live: Mutex::new(HashMap::new()),
                 })
             }

@@ -96,7 +96,6 @@ async fn client(iperf3: &Path, ns: &NetNs, addr: IpAddr, port: u16, secs: u32) -
 struct CnmSide {
     host: TestHost,
     _ctl: Controller,
-    _resolv: tempfile::NamedTempFile,
     a: Sandbox,
     b: Sandbox,
     a_ip: IpAddr,
@@ -105,15 +104,7 @@ struct CnmSide {
 impl CnmSide {
     async fn new() -> Result<CnmSide> {
         let host = TestHost::new().await?;
-        let resolv = tempfile::NamedTempFile::new()?;
-        std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
-        let ctl = Controller::builder()
-            .host_netns(host.netns().clone())
-            .run_dir(host.run_dir())
-            .state_dir(host.state_dir())
-            .resolv_conf(resolv.path())
-            .build()
-            .await?;
+        let ctl = host.controller().await?;
         let net = ctl
             .new_network(
                 "bridge",
@@ -136,7 +127,6 @@ impl CnmSide {
         Ok(CnmSide {
             host,
             _ctl: ctl,
-            _resolv: resolv,
             a,
             b,
             a_ip,

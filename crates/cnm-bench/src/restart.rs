@@ -24,28 +24,20 @@ pub const NO_DURABLE_STATE: &str = "not available: no durable state yet";
 
 struct Host {
     host: TestHost,
-    resolv: tempfile::NamedTempFile,
     store: Arc<dyn Store>,
 }
 
 impl Host {
     async fn new() -> Result<Host> {
-        let host = TestHost::new().await?;
-        let resolv = tempfile::NamedTempFile::new()?;
-        std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
         Ok(Host {
-            host,
-            resolv,
+            host: TestHost::new().await?,
             store: Arc::new(MemoryStore::new()),
         })
     }
 
     async fn controller(&self) -> Result<Controller> {
-        Controller::builder()
-            .host_netns(self.host.netns().clone())
-            .run_dir(self.host.run_dir())
-            .state_dir(self.host.state_dir())
-            .resolv_conf(self.resolv.path())
+        self.host
+            .controller_builder()?
             .store(self.store.clone())
             .build()
             .await

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cnm::{Controller, NetworkOptions};
+use cnm::NetworkOptions;
 use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
 use serde_json::{Map, Value, json};
 
@@ -330,15 +330,7 @@ impl Bench {
         }
         let result = async {
             let host = cnm_testkit::TestHost::new().await?;
-            let resolv = tempfile::NamedTempFile::new()?;
-            std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
-            let ctl = Controller::builder()
-                .host_netns(host.netns().clone())
-                .run_dir(host.run_dir())
-                .state_dir(host.state_dir())
-                .resolv_conf(resolv.path())
-                .build()
-                .await?;
+            let ctl = host.controller().await?;
             let mut times = Vec::new();
             let mut nets = Vec::new();
             for k in 0..200u32 {

@@ -200,7 +200,10 @@ pub fn exec_in_sandbox(a: ExecArgs) -> ExitCode {
         eprintln!("cnm: {msg}");
         ExitCode::from(code)
     }
-    let mut entry = SandboxEntry::new(&a.netns);
+    let mut entry = match SandboxEntry::open(&a.netns) {
+        Ok(entry) => entry,
+        Err(e) => return fail(EXIT_ENTER_FAILED, format!("cannot enter the sandbox: {e}")),
+    };
     for b in &a.binds {
         match b.rsplit_once(':') {
             Some((src, dst)) if !src.is_empty() && !dst.is_empty() => {

@@ -43,6 +43,28 @@ pub enum CoreError {
     /// Two linked drivers registered the same name.
     #[error("driver {0:?} is registered twice")]
     DuplicateDriver(String),
+    /// A driver registered while running has the name of one the controller has.
+    #[error("a driver named {0:?} is registered already")]
+    DriverExists(String),
+    /// The controller was shut down ([`Controller::shutdown`](crate::Controller::shutdown));
+    /// nothing was done.
+    #[error("the controller was shut down")]
+    Shutdown,
+    /// A driver gave an endpoint an address in a family the controller had assigned one in.
+    #[error(
+        "driver {driver} gave endpoint {endpoint} the address {given}, but it has {assigned} \
+         from IPAM"
+    )]
+    DriverAddress {
+        /// The driver.
+        driver: String,
+        /// The endpoint's name.
+        endpoint: String,
+        /// What the driver gave.
+        given: String,
+        /// What IPAM assigned.
+        assigned: String,
+    },
     /// A network of that name exists (or is being created).
     #[error("network with name {0} already exists")]
     NetworkExists(String),
@@ -109,6 +131,14 @@ pub enum CoreError {
         /// The sandbox's short id (or container id).
         sandbox: String,
     },
+    /// The sandbox has no endpoint on the network.
+    #[error("container {container} is not connected to network {network}")]
+    NotConnected {
+        /// The sandbox's container id.
+        container: String,
+        /// The network's name.
+        network: String,
+    },
     /// The endpoint cannot be deleted while joined.
     #[error("endpoint {endpoint} is still joined to sandbox {sandbox}; leave first")]
     EndpointInUse {
@@ -161,6 +191,17 @@ pub enum CoreError {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A global-scope network needs a cluster store, and the controller has none
+    /// ([`ControllerBuilder::cluster_store`](crate::ControllerBuilder::cluster_store)).
+    #[error(
+        "network {network}: driver {driver} has global scope, and this controller has no cluster store"
+    )]
+    NoClusterStore {
+        /// The network's name.
+        network: String,
+        /// The driver's name.
+        driver: String,
+    },
     /// The object was deleted while this handle was held.
     #[error("{what} {name} was deleted")]
     Deleted {
@@ -201,6 +242,26 @@ pub enum CoreError {
         /// The kernel layer's error.
         #[source]
         source: SandboxError,
+    },
+    /// The host namespace's firewall failed (see [`crate::spi::DriverContext::firewall`]).
+    #[error("failed to {op}: {source}")]
+    Firewall {
+        /// What was being done.
+        op: &'static str,
+        /// The firewall's error.
+        #[source]
+        source: cnm_firewall::FirewallError,
+    },
+    /// The embedded DNS resolver failed (see [`crate::ControllerBuilder::embedded_dns`]).
+    #[error("failed to {op} {object}: {source}")]
+    Dns {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        object: String,
+        /// The resolver's error (boxed: it is large, and rare).
+        #[source]
+        source: Box<cnm_dns::DnsError>,
     },
     /// The store failed.
     #[error("failed to {op} {key}: {source}")]
@@ -247,7 +308,7 @@ pub enum CoreError {
     },
     /// An operation failed and undoing its partial effects failed too: the first cause is the
     /// source, every cleanup error is listed.
-    #[error("{source}; cleanup also failed: {}", CleanupList(.cleanup))]
+    #[error("{source}; cleanup also failed: {}", cnm_types::ErrorList(.cleanup))]
     Cleanup {
         /// The first error, which made the operation fail.
         #[source]
@@ -255,20 +316,6 @@ pub enum CoreError {
         /// Every error met while undoing.
         cleanup: Vec<CoreError>,
     },
-}
-
-struct CleanupList<'a>(&'a [CoreError]);
-
-impl fmt::Display for CleanupList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 impl CoreError {
@@ -282,7 +329,10 @@ impl CoreError {
                 ErrorKind::NotFound
             }
             Self::Deleted { .. } => ErrorKind::NotFound,
-            Self::DuplicateDriver(_) => ErrorKind::Internal,
+            Self::NoClusterStore { .. } => ErrorKind::Unsupported,
+            Self::DuplicateDriver(_) | Self::DriverAddress { .. } => ErrorKind::Internal,
+            Self::DriverExists(_) => ErrorKind::AlreadyExists,
+            Self::Shutdown => ErrorKind::Unavailable,
             Self::NetworkExists(_) | Self::EndpointExists { .. } | Self::SandboxExists(_) => {
                 ErrorKind::AlreadyExists
             }
@@ -290,6 +340,7 @@ impl CoreError {
             | Self::NetworkInUse { .. }
             | Self::AlreadyJoined { .. }
             | Self::NotJoined { .. }
+            | Self::NotConnected { .. }
             | Self::EndpointInUse { .. }
             | Self::HostOverlap { .. }
             | Self::MacAddressInUse { .. } => ErrorKind::Conflict,
@@ -301,6 +352,8 @@ impl CoreError {
             Self::Ipam { source, .. } => source.kind(),
             Self::Sandbox { source, .. } => source.kind(),
             Self::Store { source, .. } => source.kind(),
+            Self::Firewall { source, .. } => source.kind(),
+            Self::Dns { source, .. } => source.kind(),
             Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
             Self::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,

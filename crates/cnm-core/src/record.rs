@@ -12,9 +12,9 @@ use cnm_types::{IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::options::{ExposedPort, JoinOptions};
+use crate::options::{EndpointOptions, ExposedPort, JoinOptions};
 use crate::port::PortBinding;
-use crate::spi::DriverOptions;
+use crate::spi::{DriverOptions, Scope};
 
 /// The schema version of the records this build writes.
 pub const SCHEMA: u32 = 1;
@@ -96,6 +96,22 @@ pub struct NetworkRecord {
     /// When it was created (the Unix epoch for records that predate the field).
     #[serde(default = "unknown_time")]
     pub created: SystemTime,
+    /// The network's scope: a global network's record lives in the cluster store (written
+    /// only when global).
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: Scope,
+    /// What the driver allocated for the network, once for the cluster
+    /// ([`Driver::allocate_network`](crate::spi::Driver::allocate_network)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocation: DriverOptions,
+    /// A host is deleting the network: no host may take an address in it any more (written
+    /// only when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
+}
+
+fn is_local(scope: &Scope) -> bool {
+    *scope == Scope::Local
 }
 
 /// An endpoint as persisted under `endpoint/<network id>/<id>`.
@@ -127,6 +143,52 @@ pub struct EndpointRecord {
     pub driver_options: DriverOptions,
     /// The sandbox it is joined to.
     pub sandbox_id: Option<String>,
+    /// An IPv4 address the driver gave outside the network's pools (IPAM holds no pool for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpooled_ipv4: Option<Ipv4Net>,
+    /// An IPv6 address the driver gave outside the network's pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpooled_ipv6: Option<Ipv6Net>,
+    /// What the user asked for that the fields above do not keep as asked (static addresses,
+    /// the MAC before the driver chose one); absent in records that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<RequestedEndpoint>,
+}
+
+/// The parts of an endpoint's options that its record keeps apart (see
+/// [`EndpointRecord::requested`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestedEndpoint {
+    /// The static IPv4 address asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    /// The static IPv6 address asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// The MAC asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddress>,
+}
+
+impl EndpointRecord {
+    /// The options the endpoint was created with, as the user gave them. A record that predates
+    /// [`EndpointRecord::requested`] gives its MAC as asked and no static address.
+    pub fn options(&self) -> EndpointOptions {
+        let requested = self.requested.clone().unwrap_or(RequestedEndpoint {
+            mac: self.mac,
+            ..RequestedEndpoint::default()
+        });
+        EndpointOptions {
+            ipv4: requested.ipv4,
+            ipv6: requested.ipv6,
+            mac: requested.mac,
+            dns_names: self.dns_names.clone(),
+            aliases: self.aliases.clone(),
+            exposed_ports: self.exposed_ports.clone(),
+            port_bindings: self.port_bindings.clone(),
+            driver_options: self.driver_options.clone(),
+        }
+    }
 }
 
 /// One endpoint joined to a sandbox.

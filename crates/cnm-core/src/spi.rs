@@ -1,8 +1,13 @@
 //! The driver SPI: what a network driver implements and how it registers itself.
 //!
-//! A driver is found by name through [`inventory`]: each driver crate submits one
-//! [`DriverRegistration`], and the controller instantiates every linked driver with a
-//! [`DriverContext`] when it is built. Core never names a driver.
+//! A driver is found by name: a built-in one through [`inventory`] (each driver crate submits one
+//! [`DriverRegistration`], see [`register_driver!`](crate::register_driver)), one discovered
+//! while running through [`ControllerBuilder::driver`](crate::ControllerBuilder::driver) or
+//! [`Controller::register_driver`](crate::Controller::register_driver). The controller
+//! instantiates each with a [`DriverContext`]. Core never names a driver, nor any driver's option
+//! keys: a driver parses its own options once ([`Driver::parse_network_options`],
+//! [`Driver::parse_endpoint_options`]) into a value core keeps opaque ([`ParsedOptions`]) and
+//! hands back with every call about that network or endpoint.
 //!
 //! Life cycle, as libnetwork's: `create_network` → `create_endpoint` (addresses already assigned
 //! by IPAM) → `join` (returns a [`JoinInfo`]) → `program_external_connectivity` (published ports,
@@ -10,6 +15,7 @@
 //! `delete_network`. Every method gets ids and typed values, never the controller's objects, so a
 //! driver cannot reach into core state.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -23,6 +29,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::port::PortBinding;
+use crate::store::{MemoryStore, ScopedStore, Store};
+
+pub use crate::facts::{Fact, FactEvent, FactWatch, Facts};
 
 /// Whether a driver's networks are known to this host only or to a whole cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -61,6 +70,10 @@ pub struct Capability {
     /// False for a driver whose addresses live only in containers (macvlan, ipvlan), where
     /// sharing the host's LAN is the point.
     pub host_routes: bool,
+    /// Whether the driver's networks have no gateway (a point-to-point link, a routed overlay
+    /// that routes elsewhere): IPAM then reserves no gateway address in their pools, and a
+    /// gateway asked for is refused.
+    pub no_gateway: bool,
 }
 
 impl Capability {
@@ -71,7 +84,14 @@ impl Capability {
             needs_addresses: true,
             singleton: false,
             host_routes: true,
+            no_gateway: false,
         }
+    }
+
+    /// Sets whether the driver's networks have a gateway (true by default).
+    pub fn with_gateway(mut self, gateway: bool) -> Self {
+        self.no_gateway = !gateway;
+        self
     }
 
     /// Sets whether the network's subnets are routed in the host namespace.
@@ -103,6 +123,56 @@ impl Capability {
 ///
 /// A driver parses them once, into its own typed options, and rejects unknown keys.
 pub type DriverOptions = BTreeMap<String, String>;
+
+/// A driver's options as the driver parsed them ([`Driver::parse_network_options`],
+/// [`Driver::parse_endpoint_options`]): core keeps the value opaque and hands it back with every
+/// call about that network or endpoint, so a driver parses each object's options once. Cheap to
+/// clone.
+///
+/// ```
+/// use cnm_core::spi::ParsedOptions;
+///
+/// #[derive(Debug, PartialEq)]
+/// struct MyOptions { mtu: u32 }
+/// let parsed = ParsedOptions::new(MyOptions { mtu: 1400 });
+/// assert_eq!(parsed.get::<MyOptions>(), Some(&MyOptions { mtu: 1400 }));
+/// assert_eq!(parsed.get::<String>(), None);
+/// assert!(ParsedOptions::none().is_none());
+/// ```
+#[derive(Clone, Default)]
+pub struct ParsedOptions(Option<Arc<dyn Any + Send + Sync>>);
+
+impl ParsedOptions {
+    /// Wraps a driver's parsed options.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Self(Some(Arc::new(value)))
+    }
+
+    /// No options (what the default parse steps return).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Whether there are none.
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The value, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref().and_then(|v| v.downcast_ref::<T>())
+    }
+}
+
+impl fmt::Debug for ParsedOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ParsedOptions(..)"
+        } else {
+            "ParsedOptions(none)"
+        })
+    }
+}
 
 /// The error every driver method returns: a kind, the driver's name, and the driver's own typed
 /// error as the source (downcast it to get the variant back).
@@ -146,7 +216,12 @@ impl DriverError {
 }
 
 /// The host as a driver sees it: the namespace the controller treats as the host (a throwaway one
-/// in tests), a netlink handle bound to it, and the controller's directories.
+/// in tests), a netlink handle bound to it, the controller's directories, the host
+/// namespace's one firewall, and the driver's own corner of the stores.
+///
+/// Non-exhaustive and built by the controller: what a driver gets from its host grows here
+/// without breaking drivers. The controller gives each driver its own copy, bound to the
+/// driver's name ([`DriverContext::for_driver`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DriverContext {
@@ -158,23 +233,140 @@ pub struct DriverContext {
     pub run_dir: PathBuf,
     /// The controller's state dir; a driver may use `state_dir/<driver>/`.
     pub state_dir: PathBuf,
+    /// The firewall of `host_ns` (see [`DriverContext::firewall`]).
+    firewall: cnm_firewall::Firewall,
+    /// The driver's name ("" until [`DriverContext::for_driver`]).
+    driver: String,
+    /// This host's id in the cluster.
+    host_id: String,
+    /// The controller's own store.
+    local_store: Arc<dyn Store>,
+    /// The store shared by every host, if the controller has one.
+    cluster_store: Option<Arc<dyn Store>>,
 }
 
 impl DriverContext {
-    /// Builds a context (the controller does this; tests of a driver may too).
+    /// Builds a context (the controller does this; tests of a driver may too). It gets a
+    /// firewall of its own for `host_ns`, opened on first use, and an in-memory local store
+    /// and no cluster store; the controller gives every driver its one firewall and its
+    /// stores instead ([`DriverContext::with_firewall`], [`DriverContext::with_stores`]).
     pub fn new(
         host_ns: NetNs,
         host_netlink: Netlink,
         run_dir: PathBuf,
         state_dir: PathBuf,
     ) -> Self {
+        let firewall = cnm_firewall::Firewall::lazy(&host_ns, false);
         Self {
             host_ns,
             host_netlink,
             run_dir,
             state_dir,
+            firewall,
+            driver: String::new(),
+            host_id: String::new(),
+            local_store: Arc::new(MemoryStore::new()),
+            cluster_store: None,
         }
     }
+
+    /// Uses `firewall` as the host namespace's firewall (there must be one per namespace).
+    pub fn with_firewall(mut self, firewall: cnm_firewall::Firewall) -> Self {
+        self.firewall = firewall;
+        self
+    }
+
+    /// Uses these stores: the controller's own (`local`), the one every host of the cluster
+    /// shares (`cluster`, if any), and this host's id in the cluster.
+    pub fn with_stores(
+        mut self,
+        local: Arc<dyn Store>,
+        cluster: Option<Arc<dyn Store>>,
+        host_id: impl Into<String>,
+    ) -> Self {
+        self.local_store = local;
+        self.cluster_store = cluster;
+        self.host_id = host_id.into();
+        self
+    }
+
+    /// The same context bound to the driver called `name`: its store handles are confined to
+    /// `driver/<name>/`.
+    pub fn for_driver(&self, name: &str) -> Self {
+        Self {
+            driver: name.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The name of the driver this context is bound to ("" when unbound).
+    pub fn driver_name(&self) -> &str {
+        &self.driver
+    }
+
+    /// This host's id in the cluster (stable across restarts: kept in the local store), as
+    /// facts carry it ([`Fact::host`]). Without a cluster store, an id for this run.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Whether the controller has a cluster store (global-scope networks need one).
+    pub fn has_cluster_store(&self) -> bool {
+        self.cluster_store.is_some()
+    }
+
+    /// The driver's store handle for networks of `scope`: the controller's own store for
+    /// [`Scope::Local`], the cluster store for [`Scope::Global`], either seen through the
+    /// prefix `driver/<name>/` (see [`ScopedStore`]: the driver cannot reach outside it). Versioned
+    /// compare-and-swap, transactions and watches are the store's own, so a global driver
+    /// allocates cluster-wide (a VNI) with one `Expect::Absent` put.
+    ///
+    /// Refused (`Unsupported`) for [`Scope::Global`] when the controller has no cluster store,
+    /// and (`InvalidInput`) on a context not bound to a driver.
+    pub fn store(&self, scope: Scope) -> Result<ScopedStore, DriverError> {
+        if self.driver.is_empty() {
+            return Err(DriverError::new(
+                "unbound",
+                ErrorKind::InvalidInput,
+                "this driver context is not bound to a driver (DriverContext::for_driver)",
+            ));
+        }
+        let store = match scope {
+            Scope::Local => self.local_store.clone(),
+            Scope::Global => self.cluster_store.clone().ok_or_else(|| {
+                DriverError::new(
+                    &self.driver,
+                    ErrorKind::Unsupported,
+                    "the controller has no cluster store (ControllerBuilder::cluster_store)",
+                )
+            })?,
+        };
+        ScopedStore::new(store, driver_prefix(&self.driver))
+            .map_err(|e| DriverError::new(&self.driver, e.kind(), e))
+    }
+
+    /// The driver's per-endpoint facts, shared with every host through the cluster store
+    /// (see [`Facts`]). Refused (`Unsupported`) without a cluster store.
+    pub fn facts(&self) -> Result<Facts, DriverError> {
+        Ok(Facts::new(self.store(Scope::Global)?, self.host_id.clone()))
+    }
+
+    /// The host namespace's one firewall, shared by every driver of the controller. A driver
+    /// that needs rules declares its own fragment in it
+    /// ([`cnm_firewall::Firewall::fragment`], owner = the driver's name) and changes only that
+    /// (the bridge driver uses the built-in bridge fragment), so no driver's transaction ever
+    /// rewrites another's rules. Opened on first use: a controller whose drivers put no rules
+    /// in it installs no table. During the controller's reload it is loading: changes fill its
+    /// model, and the controller commits every driver's rules in one transaction at the end
+    /// ([`cnm_firewall::Firewall::after_loading`] runs what must wait for that).
+    pub fn firewall(&self) -> &cnm_firewall::Firewall {
+        &self.firewall
+    }
+}
+
+/// The prefix of a driver's keys in either store.
+pub(crate) fn driver_prefix(driver: &str) -> String {
+    format!("driver/{driver}/")
 }
 
 /// How a driver is found by name: one `inventory::submit!` per driver crate.
@@ -200,6 +392,12 @@ impl DriverRegistration {
 }
 
 inventory::collect!(DriverRegistration);
+
+/// Builds a driver for one controller: what [`ControllerBuilder::driver`](crate::ControllerBuilder::driver)
+/// and [`Controller::register_driver`](crate::Controller::register_driver) take for a driver
+/// discovered while running.
+pub type DriverFactory =
+    Box<dyn FnOnce(&DriverContext) -> Result<Arc<dyn Driver>, DriverError> + Send + 'static>;
 
 /// One address family's IPAM result for a network, as Docker's `IPAMData`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,10 +428,23 @@ pub struct NetworkSpec {
     pub enable_ipv4: bool,
     /// An internal network has no route off its own subnet.
     pub internal: bool,
-    /// The driver's own options (already checked by [`Driver::validate_network_options`]).
+    /// The driver's own options as the user gave them (generic labels core owns, such as the
+    /// MTU, are left out: their typed values are fields here).
     pub options: DriverOptions,
+    /// The same options as [`Driver::parse_network_options`] parsed them.
+    pub parsed: ParsedOptions,
+    /// The MTU of the network's interfaces, from Docker's generic label
+    /// `com.docker.network.driver.mtu`, validated by the controller against the network's
+    /// families.
+    pub mtu: Option<u32>,
     /// User labels.
     pub labels: BTreeMap<String, String>,
+    /// The network's scope (the driver's): a global network is known to every host of the
+    /// cluster, and each host's driver gets this same spec.
+    pub scope: Scope,
+    /// What [`Driver::allocate_network`] returned when the network was created (once for the
+    /// whole cluster): the same on every host, and on restore.
+    pub allocation: DriverOptions,
 }
 
 impl NetworkSpec {
@@ -248,7 +459,11 @@ impl NetworkSpec {
             enable_ipv4: true,
             internal: false,
             options: DriverOptions::new(),
+            parsed: ParsedOptions::none(),
+            mtu: None,
             labels: BTreeMap::new(),
+            scope: Scope::Local,
+            allocation: DriverOptions::new(),
         }
     }
 }
@@ -269,22 +484,48 @@ pub struct EndpointSpec {
     pub ipv6: Option<Ipv6Net>,
     /// The MAC the user asked for, if any.
     pub mac: Option<MacAddress>,
-    /// The driver's own endpoint options.
+    /// The driver's own endpoint options, as the user gave them.
     pub options: DriverOptions,
+    /// The same options as [`Driver::parse_endpoint_options`] parsed them.
+    pub parsed: ParsedOptions,
 }
 
 /// What a driver chose when creating an endpoint.
+///
+/// A driver may give addresses (a remote plugin does): the controller then uses them instead of
+/// what IPAM assigned (releasing that), and reserves them in IPAM when they lie in one of the
+/// network's pools. A static address the user asked for is not the driver's to change: another
+/// one is refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointInfo {
     /// The MAC the container interface will carry (the driver may pick one when none was asked).
     pub mac: Option<MacAddress>,
+    /// The IPv4 address the driver gave the endpoint, with its prefix length.
+    pub ipv4: Option<Ipv4Net>,
+    /// The IPv6 address the driver gave the endpoint, with its prefix length.
+    pub ipv6: Option<Ipv6Net>,
 }
 
 impl EndpointInfo {
     /// An endpoint with the given MAC.
     pub fn with_mac(mac: Option<MacAddress>) -> Self {
-        Self { mac }
+        Self {
+            mac,
+            ..Self::default()
+        }
+    }
+
+    /// Gives the endpoint an IPv4 address.
+    pub fn ipv4(mut self, addr: Ipv4Net) -> Self {
+        self.ipv4 = Some(addr);
+        self
+    }
+
+    /// Gives the endpoint an IPv6 address.
+    pub fn ipv6(mut self, addr: Ipv6Net) -> Self {
+        self.ipv6 = Some(addr);
+        self
     }
 }
 
@@ -321,8 +562,10 @@ pub struct JoinRequest {
     pub ipv6: Option<Ipv6Net>,
     /// The MAC the interface must carry, if known.
     pub mac: Option<MacAddress>,
-    /// Join-time driver options.
+    /// The endpoint's driver options, as the user gave them.
     pub options: DriverOptions,
+    /// The same options as [`Driver::parse_endpoint_options`] parsed them.
+    pub parsed: ParsedOptions,
 }
 
 /// Where the container's interface comes from after a join.
@@ -438,7 +681,63 @@ pub struct LeaveRequest {
 /// Object-safe and async. Required methods are the life cycle every driver has; optional hooks have
 /// default bodies. Each call is for one object; the controller serialises calls per object, so a
 /// driver needs no lock per endpoint, but must be safe for calls on different objects at once.
+///
+/// Implement it inside `#[async_trait]` (re-exported as [`crate::async_trait`]): without it, the
+/// compiler answers every `async fn` with "lifetime parameters or bounds on method do not match
+/// the trait declaration" (E0195), which means just that:
+///
+/// ```compile_fail,E0195
+/// use cnm_core::spi::*;
+/// #[derive(Debug)]
+/// struct Forgot;
+/// impl Driver for Forgot {   // needs #[cnm_core::async_trait] above
+///     fn name(&self) -> &str { "forgot" }
+///     fn capability(&self) -> Capability { Capability::local() }
+///     async fn create_network(&self, _: &NetworkSpec) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn delete_network(&self, _: &str) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn create_endpoint(&self, _: &EndpointSpec) -> Result<EndpointInfo, DriverError> { todo!() }
+/// #   async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> { Ok(()) }
+/// #   async fn join(&self, _: &JoinRequest) -> Result<JoinInfo, DriverError> { todo!() }
+/// #   async fn leave(&self, _: &LeaveRequest) -> Result<(), DriverError> { Ok(()) }
+/// }
+/// ```
+///
+/// Done right, with the registration macro:
+///
+/// ```
+/// use std::sync::Arc;
+/// use cnm_core::{async_trait, register_driver};
+/// use cnm_core::spi::*;
+///
+/// #[derive(Debug)]
+/// struct Loopback;
+///
+/// #[async_trait]
+/// impl Driver for Loopback {
+///     fn name(&self) -> &str { "loopback" }
+///     fn capability(&self) -> Capability { Capability::local().with_addresses(false) }
+///     async fn create_network(&self, _: &NetworkSpec) -> Result<(), DriverError> { Ok(()) }
+///     async fn delete_network(&self, _: &str) -> Result<(), DriverError> { Ok(()) }
+///     async fn create_endpoint(&self, _: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
+///         Ok(EndpointInfo::default())
+///     }
+///     async fn delete_endpoint(&self, _: &str, _: &str) -> Result<(), DriverError> { Ok(()) }
+///     async fn join(&self, _: &JoinRequest) -> Result<JoinInfo, DriverError> {
+///         Ok(JoinInfo::new(JoinedInterface::None))
+///     }
+///     async fn leave(&self, _: &LeaveRequest) -> Result<(), DriverError> { Ok(()) }
+/// }
+///
+/// fn create(_: &DriverContext) -> Result<Arc<dyn Driver>, DriverError> {
+///     Ok(Arc::new(Loopback))
+/// }
+/// register_driver!("loopback", create);
+/// ```
 #[async_trait]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a cnm network driver",
+    note = "implement it as `#[cnm::async_trait] impl Driver for {Self} {{ ... }}`"
+)]
 pub trait Driver: Send + Sync + fmt::Debug {
     /// The driver's registered name.
     fn name(&self) -> &str;
@@ -458,24 +757,51 @@ pub trait Driver: Send + Sync + fmt::Debug {
         }
     }
 
-    /// Checks network options before anything is allocated or created. The default accepts none.
-    fn validate_network_options(&self, options: &DriverOptions) -> Result<(), DriverError> {
-        match options.keys().next() {
-            None => Ok(()),
-            Some(key) => Err(DriverError::new(
-                self.name(),
-                ErrorKind::InvalidInput,
-                format!("unknown network option {key:?}"),
-            )),
-        }
+    /// Parses a network's options, once, before anything is allocated or created: refuses an
+    /// unknown key or a bad value (naming them), and returns the typed options, which come back
+    /// in [`NetworkSpec::parsed`] on create and restore. The default accepts none.
+    fn parse_network_options(&self, options: &DriverOptions) -> Result<ParsedOptions, DriverError> {
+        refuse_any(self.name(), "network", options)
+    }
+
+    /// Parses an endpoint's options, once, before anything is allocated or created; they come
+    /// back in [`EndpointSpec::parsed`] and [`JoinRequest::parsed`]. The default accepts none.
+    fn parse_endpoint_options(
+        &self,
+        options: &DriverOptions,
+    ) -> Result<ParsedOptions, DriverError> {
+        refuse_any(self.name(), "endpoint", options)
+    }
+
+    /// Allocates what a network needs cluster-wide (libnetwork's `NetworkAllocate`): a VNI, a
+    /// multicast group. Called once per network, on the host that creates it, before any
+    /// host's [`Driver::create_network`]; what it returns is kept in the network's record and
+    /// handed to every host in [`NetworkSpec::allocation`]. A global driver allocates through
+    /// its cluster store handle ([`DriverContext::store`]) with compare-and-swap, so two hosts
+    /// never take the same value. The default allocates nothing.
+    async fn allocate_network(&self, spec: &NetworkSpec) -> Result<DriverOptions, DriverError> {
+        let _ = spec;
+        Ok(DriverOptions::new())
+    }
+
+    /// Frees what [`Driver::allocate_network`] allocated (libnetwork's `NetworkFree`): once,
+    /// on the host that deletes the network, after its data plane is gone there, or when the
+    /// creation is undone. The default does nothing.
+    async fn free_network(
+        &self,
+        network_id: &str,
+        allocation: &DriverOptions,
+    ) -> Result<(), DriverError> {
+        let _ = (network_id, allocation);
+        Ok(())
     }
 
     /// The keys of `options` this driver does not know. A driver that keeps unknown keys, as
     /// Docker's do (they are stored and shown in inspect, and the driver ignores them), names
-    /// them here so the caller can warn; its [`validate_network_options`] accepts them. The
-    /// default knows nothing and keeps nothing (its validation refuses every key).
+    /// them here so the caller can warn; its [`parse_network_options`] accepts them. The
+    /// default knows nothing and keeps nothing (its parse refuses every key).
     ///
-    /// [`validate_network_options`]: Driver::validate_network_options
+    /// [`parse_network_options`]: Driver::parse_network_options
     fn unknown_network_options(&self, options: &DriverOptions) -> Vec<String> {
         let _ = options;
         Vec::new()
@@ -557,5 +883,28 @@ pub trait Driver: Send + Sync + fmt::Debug {
     ) -> Result<(), DriverError> {
         let _ = (network_id, endpoint_id);
         Ok(())
+    }
+
+    /// The controller is shutting down ([`Controller::shutdown`](crate::Controller::shutdown)):
+    /// stop background tasks. The data plane stays as it is (a restarted controller restores it).
+    /// The controller drops the driver afterwards. The default does nothing.
+    async fn shutdown(&self) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+/// The default parse step: no key is known.
+fn refuse_any(
+    driver: &str,
+    what: &str,
+    options: &DriverOptions,
+) -> Result<ParsedOptions, DriverError> {
+    match options.iter().next() {
+        None => Ok(ParsedOptions::none()),
+        Some((key, value)) => Err(DriverError::new(
+            driver,
+            ErrorKind::InvalidInput,
+            format!("unknown {what} option {key:?} (value {value:?})"),
+        )),
     }
 }

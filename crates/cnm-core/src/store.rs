@@ -29,11 +29,13 @@
 //!
 //! # Local and cluster stores
 //! [`Store::is_cluster`] tells a store shared by every host (etcd) from a host's own (redb,
-//! memory): the controller keeps global-scope state in the former.
+//! memory): the controller keeps global-scope state in the former. A driver sees either only
+//! through its own key prefix ([`ScopedStore`]).
 
 mod keeper;
 pub mod local;
 mod memory;
+mod scoped;
 
 use std::fmt;
 use std::time::Duration;
@@ -46,6 +48,7 @@ use tokio::sync::mpsc;
 
 pub use keeper::{LeaseKeeper, LeaseLost};
 pub use memory::MemoryStore;
+pub use scoped::ScopedStore;
 
 /// A value with the store revision at which it was last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,13 +159,26 @@ pub enum TxnOp {
         /// The lease the key lives under.
         lease: LeaseId,
     },
+    /// Writes nothing: the transaction applies only if `expect` holds for `key` (etcd's compare
+    /// without a write). What guards a write on one key by the state of another: a host claims
+    /// an address block only while the network record is at the version it knows, so a delete
+    /// that changed the record first can never miss the claim.
+    Check {
+        /// The key.
+        key: String,
+        /// The expectation.
+        expect: Expect,
+    },
 }
 
 impl TxnOp {
     /// The key the operation is about.
     pub fn key(&self) -> &str {
         match self {
-            Self::Put { key, .. } | Self::Delete { key, .. } | Self::PutLeased { key, .. } => key,
+            Self::Put { key, .. }
+            | Self::Delete { key, .. }
+            | Self::PutLeased { key, .. }
+            | Self::Check { key, .. } => key,
         }
     }
 
@@ -171,7 +187,8 @@ impl TxnOp {
         match self {
             Self::Put { expect, .. }
             | Self::Delete { expect, .. }
-            | Self::PutLeased { expect, .. } => *expect,
+            | Self::PutLeased { expect, .. }
+            | Self::Check { expect, .. } => *expect,
         }
     }
 }
@@ -242,6 +259,16 @@ impl Txn {
         let key = key.into();
         let value = encode(&key, value)?;
         Ok(self.put_leased(key, value, expect, lease))
+    }
+
+    /// Adds a check that writes nothing: the transaction applies only if `expect` holds for
+    /// `key` ([`TxnOp::Check`]).
+    pub fn check(mut self, key: impl Into<String>, expect: Expect) -> Self {
+        self.ops.push(TxnOp::Check {
+            key: key.into(),
+            expect,
+        });
+        self
     }
 
     /// Adds a delete.
@@ -381,7 +408,7 @@ pub enum StoreError {
     },
     /// A store could not be opened (for a durable store: its state directory is locked by
     /// another process, or its file is unreadable).
-    #[error("failed to open the {backend} store in {path}")]
+    #[error("failed to open the {backend} store in {path}: {source}")]
     Open {
         /// Which backend.
         backend: &'static str,

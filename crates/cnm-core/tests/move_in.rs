@@ -13,7 +13,7 @@ use cnm_core::cnm_sandbox::{LinkKind, LinkSpec, Netlink};
 use cnm_core::cnm_types::{ErrorKind, IfName};
 use cnm_core::port::PortBinding;
 use cnm_core::{
-    Capability, Controller, Driver, DriverContext, DriverError, DriverRegistration, EndpointInfo,
+    Capability, Driver, DriverContext, DriverError, DriverRegistration, EndpointInfo,
     EndpointOptions, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
     NetworkOptions, NetworkSpec,
 };
@@ -125,12 +125,7 @@ async fn links(nl: &Netlink) -> Result<BTreeSet<String>> {
 #[ignore = "privileged: run cargo xtask test"]
 async fn move_in_join_and_undo_of_a_failed_join() -> Result<()> {
     let host = TestHost::new().await?;
-    let ctl = Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .build()
-        .await?;
+    let ctl = host.controller().await?;
     assert_eq!(
         ctl.drivers(),
         ["movein"],
@@ -149,8 +144,8 @@ async fn move_in_join_and_undo_of_a_failed_join() -> Result<()> {
     let sb = ctl.new_sandbox("c", []).await?;
     let nl = Netlink::connect(sb.netns()).await?;
     let host_before = links(host.netlink()).await?;
-    let store_before = ctl.store().list("").await?;
-    let ipam_before = ctl.ipam().snapshot().await;
+    let store_before = ctl.store()?.list("").await?;
+    let ipam_before = ctl.ipam()?.snapshot().await;
 
     // A failure after the interface was moved in and configured unwinds everything.
     FAIL_PUBLISH.store(true, Ordering::SeqCst);
@@ -158,8 +153,8 @@ async fn move_in_join_and_undo_of_a_failed_join() -> Result<()> {
     assert!(e.to_string().contains("injected publish failure"), "{e}");
     assert_eq!(links(&nl).await?.into_iter().collect::<Vec<_>>(), ["lo"]);
     assert_eq!(links(host.netlink()).await?, host_before);
-    assert_eq!(ctl.store().list("").await?, store_before);
-    assert_eq!(ctl.ipam().snapshot().await, ipam_before);
+    assert_eq!(ctl.store()?.list("").await?, store_before);
+    assert_eq!(ctl.ipam()?.snapshot().await, ipam_before);
 
     FAIL_PUBLISH.store(false, Ordering::SeqCst);
     ep.join_sandbox(&sb, []).await?;

@@ -8,7 +8,6 @@ use axum::Json;
 use axum::http::StatusCode;
 
 use crate::ApiError;
-use crate::error::endpoint_already_deleted;
 use crate::events::Event;
 use crate::request::Parse as _;
 use crate::server::{Body, Key, St};
@@ -66,42 +65,21 @@ pub(crate) async fn inspect(st: St, Key(key): Key) -> Result<Json<Sandbox>, ApiE
 /// the sandbox.
 pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError> {
     let sb = st.sandbox(&key, || not_found(&key))?;
-    st.timed("sandbox_delete", async {
-        let endpoints: Vec<_> = sb.endpoints().await.into_iter().map(|(e, _)| e).collect();
-        sb.delete().await?;
-        let mut failures = Vec::new();
-        for ep in endpoints {
-            match ep.delete().await {
-                Ok(()) => {
-                    let net = ep.network();
-                    st.events.publish(Event::network(
-                        "disconnect",
-                        net.id(),
-                        net.name(),
-                        net.driver(),
-                        Some(sb.id()),
-                    ));
-                }
-                // A disconnect racing this delete got there first (and said so): it is gone,
-                // which is all this wanted.
-                Err(e) if endpoint_already_deleted(&e) => {}
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "sandbox {} deleted, but deleting its endpoints failed: {}",
-                    sb.container_id(),
-                    failures.join("; ")
-                ),
-            ))
-        }
-    })
-    .await?;
+    let gone = st
+        .timed("sandbox_delete", async {
+            Ok(sb.delete_with_endpoints().await?)
+        })
+        .await?;
+    for ep in gone {
+        let net = ep.network();
+        st.events.publish(Event::network(
+            "disconnect",
+            net.id(),
+            net.name(),
+            net.driver(),
+            Some(sb.id()),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -139,19 +139,6 @@ impl ApiError {
     }
 }
 
-/// Whether deleting an endpoint failed only because it is already gone (a concurrent
-/// disconnect or sandbox delete deleted it first): for an operation that wanted it gone, that
-/// is success.
-pub(crate) fn endpoint_already_deleted(e: &CoreError) -> bool {
-    matches!(
-        e.primary(),
-        CoreError::Deleted {
-            what: "endpoint",
-            ..
-        }
-    )
-}
-
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         docker_wording(&e).unwrap_or_else(|| Self::new(Self::status_of(e.kind()), e.to_string()))

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use cnm_daemon::{Config, StoreKind};
+use cnm_driver_remote::RemoteConfig;
+use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -50,7 +52,24 @@ struct Args {
     /// touched either way.
     #[arg(long)]
     ip_forward_no_drop: bool,
+    /// A directory where network driver plugins are looked for by name, the moment a network
+    /// names a driver cnmd does not have (NAME.sock, NAME/NAME.sock, NAME.spec, NAME.json, …),
+    /// in search order; repeat for several. Default: Docker's /run/docker/plugins,
+    /// /etc/docker/plugins and /usr/lib/docker/plugins.
+    #[arg(long = "plugin-dir", value_name = "DIR", default_values = DEFAULT_PLUGIN_DIRS)]
+    plugin_dirs: Vec<PathBuf>,
+    /// Seconds one call to a plugin may take, from connecting to its last byte.
+    #[arg(long, default_value_t = 10.0)]
+    plugin_timeout: f64,
 }
+
+/// Docker's plugin directories: sockets in the first, spec files in the others (each is
+/// searched for both).
+const DEFAULT_PLUGIN_DIRS: [&str; 3] = [
+    "/run/docker/plugins",
+    "/etc/docker/plugins",
+    "/usr/lib/docker/plugins",
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -74,6 +93,22 @@ async fn main() -> anyhow::Result<()> {
                 args.header_timeout
             )
         })?;
+    let plugin_timeout = Duration::try_from_secs_f64(args.plugin_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!(
+                "invalid --plugin-timeout {}: want a positive number of seconds",
+                args.plugin_timeout
+            )
+        })?;
+    let plugins = RemoteConfig {
+        dirs: PluginDirs::new(args.plugin_dirs.clone(), args.plugin_dirs),
+        client: ClientConfig {
+            call_timeout: plugin_timeout,
+            ..ClientConfig::default()
+        },
+    };
     let mut config = Config::in_dirs(args.run_dir, args.state_dir);
     config.socket = args.socket;
     config.socket_group = args.group;
@@ -82,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
     config.metrics_addr = args.metrics_addr;
     config.store = store;
     config.ip_forward_no_drop = args.ip_forward_no_drop;
+    config.plugins = Some(plugins);
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let shutdown = async move {

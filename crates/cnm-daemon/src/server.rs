@@ -126,6 +126,11 @@ pub struct Config {
     /// `--ip-forward-no-drop`: keep forwarding traffic that is not cnm's even when cnm turned
     /// forwarding on (the bridge driver's `com.cnm.bridge.ip_forward_no_drop`).
     pub ip_forward_no_drop: bool,
+    /// Where network driver plugins are found by name, the moment a network names a driver
+    /// cnmd does not have, and how long each call to one may take (cnmd's `--plugin-dir`,
+    /// `--plugin-timeout`). None (the default here, for embedding and tests): no plugins, an
+    /// unknown driver is not found.
+    pub plugins: Option<cnm_driver_remote::RemoteConfig>,
 }
 
 impl Default for Config {
@@ -143,6 +148,7 @@ impl Default for Config {
             host_netns: None,
             resolv_conf: None,
             ip_forward_no_drop: false,
+            plugins: None,
         }
     }
 }
@@ -314,7 +320,8 @@ impl AppState {
     }
 
     /// Creates the endpoint of `sb` on `net` (named after the sandbox, as Docker names an
-    /// endpoint after its container) and joins it; deletes the endpoint again if the join fails.
+    /// endpoint after its container) and joins it, as one core operation (the endpoint goes
+    /// again if the join fails).
     pub(crate) async fn connect(
         &self,
         net: &Network,
@@ -323,14 +330,7 @@ impl AppState {
         join: Vec<JoinOption>,
     ) -> Result<Endpoint, ApiError> {
         self.timed("connect", async {
-            let ep = net.create_endpoint(sb.container_id(), options).await?;
-            if let Err(e) = ep.join_sandbox(sb, join).await {
-                let mut err = ApiError::from(e);
-                if let Err(c) = ep.delete().await {
-                    err.message = format!("{}; cleanup also failed: {c}", err.message);
-                }
-                return Err(err);
-            }
+            let ep = net.connect(sb.container_id(), sb, options, join).await?;
             self.events.publish(Event::network(
                 "connect",
                 net.id(),
@@ -343,24 +343,18 @@ impl AppState {
         .await
     }
 
-    /// Leaves `net` and deletes the sandbox's endpoint on it.
+    /// Leaves `net` and deletes the sandbox's endpoint on it (one core operation).
     pub(crate) async fn disconnect(&self, net: &Network, sb: &Sandbox) -> Result<(), ApiError> {
         self.timed("disconnect", async {
-            let ep = sb
-                .endpoints()
-                .await
-                .into_iter()
-                .map(|(ep, _)| ep)
-                .find(|ep| ep.network().id() == net.id())
-                .ok_or_else(|| {
-                    // dockerd names the container by its id.
-                    ApiError::conflict(format!(
-                        "container {} is not connected to network {}",
-                        sb.id(),
-                        net.name()
-                    ))
-                })?;
-            ep.leave_sandbox(sb).await?;
+            sb.disconnect(net).await.map_err(|e| match e {
+                // dockerd names the container by its id.
+                CoreError::NotConnected { .. } => ApiError::conflict(format!(
+                    "container {} is not connected to network {}",
+                    sb.id(),
+                    net.name()
+                )),
+                e => e.into(),
+            })?;
             self.events.publish(Event::network(
                 "disconnect",
                 net.id(),
@@ -368,11 +362,7 @@ impl AppState {
                 net.driver(),
                 Some(sb.id()),
             ));
-            match ep.delete().await {
-                // A sandbox delete racing this disconnect deleted it first.
-                Err(e) if !crate::error::endpoint_already_deleted(&e) => Err(e.into()),
-                _ => Ok(()),
-            }
+            Ok(())
         })
         .await
     }
@@ -623,7 +613,10 @@ async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
             "bridge",
             "bridge",
             NetworkOptions::default()
-                .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF),
+                .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF)
+                // Docker's default bridge has no embedded DNS: containers on it get the host's
+                // name servers and find each other only by legacy links.
+                .driver_option(cnm::options::KEY_EMBEDDED_DNS, "false"),
         ),
     ];
     for (driver, name, options) in wanted {
@@ -774,6 +767,13 @@ impl Daemon {
         }
         if let Some(rc) = &config.resolv_conf {
             builder = builder.resolv_conf(rc);
+        }
+        // Plugins are found before the reload too: a recorded network of a plugin's driver
+        // comes back once its plugin answers.
+        if let Some(plugins) = &config.plugins {
+            builder = builder.driver_resolver(Arc::new(cnm_driver_remote::PluginResolver::new(
+                plugins.clone(),
+            )));
         }
         let ctl = builder
             .build()

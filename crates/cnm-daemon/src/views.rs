@@ -71,7 +71,7 @@ pub async fn network(
     }
     let mut containers = BTreeMap::new();
     for ep in net.endpoints().into_iter().filter(|_| shape.containers) {
-        let Some(sandbox_id) = ep.sandbox_id().await else {
+        let Some(sandbox_id) = ep.sandbox_id() else {
             continue;
         };
         let name = ctl
@@ -113,16 +113,7 @@ pub async fn network(
         config_from: ConfigReference::default(),
         config_only: false,
         containers,
-        options: {
-            let mut o = opts.driver_options.clone();
-            if opts.allow_host_overlap {
-                o.insert(
-                    cnm::options::KEY_ALLOW_HOST_OVERLAP.to_owned(),
-                    "true".to_owned(),
-                );
-            }
-            o
-        },
+        options: opts.as_docker_options(),
         labels: opts.labels.clone(),
     }
 }
@@ -133,11 +124,10 @@ fn aux(m: &BTreeMap<String, std::net::IpAddr>) -> BTreeMap<String, String> {
 
 /// A sandbox as cnm's API shows it.
 pub async fn sandbox(sb: &Sandbox) -> v1::Sandbox {
-    let gateway = sb.gateway_endpoint().await.map(|e| e.id().to_owned());
-    let published = sb.published_ports().await;
+    let gateway = sb.gateway_endpoint().map(|e| e.id().to_owned());
+    let published = sb.published_ports();
     let endpoints = sb
         .endpoints()
-        .await
         .into_iter()
         .map(|(ep, ifname): (Endpoint, _)| {
             let is_gw = gateway.as_deref() == Some(ep.id());
@@ -152,6 +142,8 @@ pub async fn sandbox(sb: &Sandbox) -> v1::Sandbox {
                 ipv6_address: opt_string(ep.ipv6()),
                 mac_address: opt_string(ep.mac()),
                 gateway: is_gw,
+                aliases: ep.options().aliases.clone(),
+                dns_names: ep.dns_names(),
                 // Ports are published for the gateway endpoint only (libnetwork's rule).
                 ports: if is_gw {
                     published.iter().map(PublishedPort::from).collect()

@@ -835,7 +835,7 @@ async fn redb_store_keeps_records_in_the_state_dir() -> Result<()> {
         201,
     )
     .await?;
-    let keys = daemon.controller().store().list("").await?;
+    let keys = daemon.controller().store()?.list("").await?;
     ensure!(
         keys.len() >= 3,
         "records of bridge, none, durable: {}",

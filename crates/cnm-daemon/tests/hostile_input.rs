@@ -26,13 +26,13 @@ async fn snapshot(daemon: &Daemon, host: &TestHost) -> Result<Snapshot> {
     let ctl = daemon.controller();
     Ok(Snapshot {
         store: ctl
-            .store()
+            .store()?
             .list("")
             .await?
             .into_iter()
             .map(|(k, v)| (k, v.value))
             .collect(),
-        ipam: ctl.ipam().snapshot().await,
+        ipam: ctl.ipam()?.snapshot().await,
         links: host
             .netlink()
             .links()
@@ -369,7 +369,7 @@ async fn sandbox_delete_racing_disconnects_never_fails() -> Result<()> {
             );
         }
     }
-    let records = daemon.controller().store().list("endpoint/").await?;
+    let records = daemon.controller().store()?.list("endpoint/").await?;
     ensure!(
         records.is_empty(),
         "endpoint records left: {}",

@@ -93,7 +93,7 @@ async fn docker_sdk_for_python_drives_cnmd_like_compose() -> Result<()> {
     );
     let sb = ctl.sandbox("c1")?;
     ensure!(
-        ep.sandbox_id().await.as_deref() == Some(sb.id()),
+        ep.sandbox_id().as_deref() == Some(sb.id()),
         "the endpoint is joined to sandbox c1"
     );
     for gone in ["proj_default", "proj_tmp", "other_tmp"] {

@@ -1,11 +1,11 @@
 //! The one error type of the bridge driver.
 
-use std::fmt;
 use std::io;
 
 use cnm_core::spi::DriverError;
 use cnm_types::ErrorKind;
 
+#[cfg(feature = "test-hooks")]
 use crate::fault::FaultPoint;
 
 /// Everything the bridge driver can fail with.
@@ -161,10 +161,11 @@ pub enum BridgeError {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A failure forced by a test through the fault injection hook.
+    #[cfg(feature = "test-hooks")]
     #[error("injected failure at {0}")]
     Injected(FaultPoint),
     /// An operation failed and undoing its partial effects failed too.
-    #[error("{primary}; cleanup also failed: {}", Cleanup(cleanup))]
+    #[error("{primary}; cleanup also failed: {}", cnm_types::ErrorList(cleanup))]
     WithCleanup {
         /// The first error, which decides the kind.
         #[source]
@@ -172,20 +173,6 @@ pub enum BridgeError {
         /// Every cleanup error, in the order they happened.
         cleanup: Vec<BridgeError>,
     },
-}
-
-struct Cleanup<'a>(&'a [BridgeError]);
-
-impl fmt::Display for Cleanup<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 impl BridgeError {
@@ -201,18 +188,12 @@ impl BridgeError {
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::NetworkExists(_) | Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
             Self::NoFreePort { .. } => ErrorKind::Unavailable,
-            Self::PortSocket { source, .. } => match source.raw_os_error() {
-                Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::ESOCKTNOSUPPORT) => {
-                    ErrorKind::Unsupported
-                }
-                Some(libc::EADDRNOTAVAIL) => ErrorKind::InvalidInput,
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                    ErrorKind::Unavailable
-                }
-                Some(libc::EACCES | libc::EPERM) => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
-            Self::PortRange(_) | Self::RunDir { .. } | Self::Injected(_) => ErrorKind::Internal,
+            Self::PortSocket { source, .. } => source
+                .raw_os_error()
+                .map_or(ErrorKind::Internal, ErrorKind::from_errno),
+            Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
+            #[cfg(feature = "test-hooks")]
+            Self::Injected(_) => ErrorKind::Internal,
             Self::Kernel { source, .. } => source.kind(),
             Self::Firewall { kind, .. } => *kind,
             Self::WithCleanup { primary, .. } => primary.kind(),
@@ -267,6 +248,12 @@ impl BridgeError {
                 cleanup,
             }
         }
+    }
+}
+
+impl cnm_core::undo::Cleanup for BridgeError {
+    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
+        BridgeError::with_cleanup(self, cleanup)
     }
 }
 

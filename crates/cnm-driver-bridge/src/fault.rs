@@ -1,8 +1,10 @@
 //! Fault injection for tests: force a failure right after one named step of an operation.
 //!
-//! Compiled in always and inert by default: one relaxed atomic load per step. Tests arm one point
-//! with [`crate::BridgeDriver::inject_fault`]; the next time that step completes the operation fails
-//! as if the following step had failed, which proves the undo list removes everything before it.
+//! Only with the `test-hooks` feature (tests and the soak enable it; release builds leave it
+//! out): [`fault_point!`](crate::fault_point) compiles to nothing without it. Tests arm one point
+//! with [`crate::BridgeDriver::inject_fault`]; the next time that step completes the operation
+//! fails as if the following step had failed, which proves the undo list removes everything
+//! before it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,8 +1,11 @@
-//! The bridge driver's view of `cnm-firewall`: one firewall per driver (host namespace),
-//! created on first use, shared by every network and endpoint of the driver.
+//! The bridge driver's view of `cnm-firewall`: the host namespace's one firewall, which the
+//! controller hands every driver ([`cnm_core::spi::DriverContext::firewall`]); the bridge's
+//! rules are its built-in bridge fragment (`table inet cnm-bridge`, `table bridge cnm-bridge`).
+
+use std::future::Future;
 
 use cnm_firewall::{EndpointPort, Firewall, FirewallError, NetworkRules, PortMapping};
-use cnm_sandbox::{IpFamily, NetNs};
+use cnm_sandbox::IpFamily;
 use cnm_types::{IfName, MacAddress};
 
 use crate::{BridgeError, BridgePlan};
@@ -22,24 +25,28 @@ pub(crate) struct FirewallHandle {
 }
 
 impl FirewallHandle {
-    /// Opens the firewall of `ns`: installed at once, or (`loading`, on a restart) only once
-    /// [`FirewallHandle::finish_loading`] commits everything the restore put in it.
-    pub(crate) async fn new(ns: &NetNs, loading: bool) -> Result<Self, BridgeError> {
-        let fw = if loading {
-            Firewall::loading(ns).await
-        } else {
-            Firewall::new(ns).await
-        }
-        .map_err(fw_err("set up the firewall", ns.to_string()))?;
-        Ok(Self { fw })
+    /// The bridge's view of the shared firewall.
+    pub(crate) fn new(fw: Firewall) -> Self {
+        Self { fw }
     }
 
-    /// Replaces the previous run's tables with the restored state, in one transaction.
-    pub(crate) async fn finish_loading(&self) -> Result<(), BridgeError> {
-        self.fw.finish_loading().await.map_err(fw_err(
-            "install the restored firewall",
-            self.fw.netns().to_string(),
-        ))
+    /// Whether the firewall is loading (a restart): changes only fill its model until the
+    /// controller commits every driver's rules.
+    pub(crate) fn is_loading(&self) -> bool {
+        self.fw.is_loading()
+    }
+
+    /// Runs `action` once the rules are in the kernel (at once unless loading).
+    pub(crate) async fn after_loading(
+        &self,
+        what: String,
+        action: impl Future<Output = Result<(), cnm_firewall::BoxError>> + Send + 'static,
+    ) -> Result<(), BridgeError> {
+        let object = self.fw.netns().to_string();
+        self.fw
+            .after_loading(what, action)
+            .await
+            .map_err(fw_err("defer until the firewall is committed", object))
     }
 
     /// Drops (or stops dropping) forwarded traffic of `family` that is not cnm's.
@@ -88,6 +95,7 @@ impl FirewallHandle {
         ))
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn firewall(&self) -> &Firewall {
         &self.fw
     }

@@ -11,18 +11,45 @@
 //! "cnm turned it on" is remembered across restarts of cnmd in a marker file per family under
 //! `<run dir>/bridge/`: the run dir is a tmpfs (`/run/cnm`), cleared by a reboot exactly when
 //! the kernel resets forwarding to off, so the marker lives as long as the state it describes.
-//! When the firewall opens and a marker exists, the drop is put back (in the first transaction
-//! on a restart, with everything else).
+//! When the driver first uses the firewall and a marker exists, the drop is put back (in the
+//! controller's one transaction on a restart, with everything else). While the firewall is
+//! loading, forwarding that is off is turned on only once that transaction is in the kernel
+//! ([`cnm_firewall::Firewall::after_loading`]), so the drop is always there first.
 //!
 //! The driver-wide option [`crate::options::IP_FORWARD_NO_DROP`] (the daemon's
 //! `--ip-forward-no-drop`) opts out: no drop is ever added, and one in place is removed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use cnm_sandbox::{IpFamily, get_sysctl, set_sysctls};
+use cnm_sandbox::{IpFamily, NetNs, get_sysctl, set_sysctls};
 
 use crate::firewall::FirewallHandle;
 use crate::{BridgeDriver, BridgeError, lock};
+
+/// Records that cnm turns `family`'s forwarding on (`marker`), then turns it on in `ns`.
+async fn turn_on(ns: &NetNs, marker: &Path, family: IpFamily) -> Result<(), BridgeError> {
+    let record = || -> std::io::Result<()> {
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(
+            marker,
+            format!(
+                "cnm turned {} on in this network namespace; forwarded traffic that is not \
+                 cnm's is dropped (see --ip-forward-no-drop)\n",
+                key(family)
+            ),
+        )
+    };
+    record().map_err(|source| BridgeError::RunDir {
+        op: "record that cnm turns forwarding on in",
+        path: marker.display().to_string(),
+        source,
+    })?;
+    set_sysctls(ns, &[(key(family), "1")])
+        .await
+        .map_err(|e| BridgeError::kernel("enable forwarding in", ns.to_string(), e))
+}
 
 /// The sysctl that turns forwarding of `family` on.
 pub(crate) fn key(family: IpFamily) -> &'static str {
@@ -66,8 +93,8 @@ impl BridgeDriver {
     }
 
     /// Makes the host forward the families `plan` needs. While the firewall is loading (a
-    /// restart), forwarding that is off is only turned on once the firewall committed (see
-    /// [`BridgeDriver::flush_deferred_forwarding`]), so the drop is in the kernel first.
+    /// restart), forwarding that is off is only turned on once the firewall committed, so the
+    /// drop is in the kernel first.
     pub(crate) async fn enable_forwarding(
         &self,
         families: &[IpFamily],
@@ -84,51 +111,21 @@ impl BridgeDriver {
             if !self.no_drop() {
                 fw.set_forward_drop(family, true).await?;
             }
-            if self.firewall_loading() {
-                let mut deferred = lock(&self.deferred_forwarding);
-                if !deferred.contains(&family) {
-                    deferred.push(family);
+            let (ns, marker) = (self.ctx.host_ns.clone(), self.marker(family));
+            if fw.is_loading() {
+                let slot = usize::from(family == IpFamily::V6);
+                if std::mem::replace(&mut lock(&self.deferred_forwarding)[slot], true) {
+                    continue; // already waiting
                 }
+                fw.after_loading(format!("turn {key} on"), async move {
+                    turn_on(&ns, &marker, family)
+                        .await
+                        .map_err(|e| Box::new(e) as cnm_firewall::BoxError)
+                })
+                .await?;
                 continue;
             }
-            self.turn_on(family).await?;
-        }
-        Ok(())
-    }
-
-    /// Records that cnm turns `family`'s forwarding on, then turns it on.
-    async fn turn_on(&self, family: IpFamily) -> Result<(), BridgeError> {
-        let marker = self.marker(family);
-        let record = || -> std::io::Result<()> {
-            if let Some(dir) = marker.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(
-                &marker,
-                format!(
-                    "cnm turned {} on in this network namespace; forwarded traffic that is not \
-                     cnm's is dropped (see --ip-forward-no-drop)\n",
-                    key(family)
-                ),
-            )
-        };
-        record().map_err(|source| BridgeError::RunDir {
-            op: "record that cnm turns forwarding on in",
-            path: marker.display().to_string(),
-            source,
-        })?;
-        set_sysctls(&self.ctx.host_ns, &[(key(family), "1")])
-            .await
-            .map_err(|e| {
-                BridgeError::kernel("enable forwarding in", self.ctx.host_ns.to_string(), e)
-            })
-    }
-
-    /// After the restored firewall committed: turns on the forwarding the restore needed.
-    pub(crate) async fn flush_deferred_forwarding(&self) -> Result<(), BridgeError> {
-        let deferred = std::mem::take(&mut *lock(&self.deferred_forwarding));
-        for family in deferred {
-            self.turn_on(family).await?;
+            turn_on(&ns, &marker, family).await?;
         }
         Ok(())
     }

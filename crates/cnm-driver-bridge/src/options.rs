@@ -1,4 +1,7 @@
 //! The bridge network options (Docker's keys), parsed once into typed values.
+//!
+//! The MTU (`com.docker.network.driver.mtu`) is not among them: it is Docker's generic label,
+//! which the controller checks and hands every driver as [`NetworkSpec::mtu`](cnm_core::spi::NetworkSpec::mtu).
 
 use std::net::IpAddr;
 
@@ -11,8 +14,6 @@ use crate::BridgeError;
 pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 /// Short alias of [`BRIDGE_NAME`].
 pub const BRIDGE_NAME_SHORT: &str = "bridge_name";
-/// The MTU of the bridge and every veth of the network.
-pub const MTU: &str = "com.docker.network.driver.mtu";
 /// Whether containers of one network may talk to each other (default true).
 pub const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
 /// Whether traffic leaving the network is masqueraded (default true).
@@ -50,8 +51,6 @@ pub use cnm_types::GatewayMode;
 pub struct BridgeOptions {
     /// The bridge's name, when the user chose one.
     pub bridge_name: Option<IfName>,
-    /// MTU of the bridge and veths (68..=65535), when set.
-    pub mtu: Option<u32>,
     /// Inter-container communication on the network.
     pub enable_icc: bool,
     /// Masquerade traffic leaving the network.
@@ -74,7 +73,6 @@ impl Default for BridgeOptions {
     fn default() -> Self {
         Self {
             bridge_name: None,
-            mtu: None,
             enable_icc: true,
             enable_ip_masquerade: true,
             host_binding_ip: None,
@@ -128,11 +126,11 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, BridgeError> {
 }
 
 /// Every key the bridge driver knows; the values of these are checked strictly. Any other key
-/// is kept on the network without effect, as Docker's bridge keeps it (see [`unknown_keys`]).
+/// is kept on the network without effect, as Docker's bridge keeps it (see [`unknown_keys`]),
+/// except one in cnm's own namespace ([`CNM_KEY_PREFIX`]), which is refused.
 pub const KNOWN_KEYS: &[&str] = &[
     BRIDGE_NAME,
     BRIDGE_NAME_SHORT,
-    MTU,
     ENABLE_ICC,
     ENABLE_IP_MASQUERADE,
     HOST_BINDING_IPV4,
@@ -144,10 +142,14 @@ pub const KNOWN_KEYS: &[&str] = &[
     DEFAULT_BRIDGE,
 ];
 
-/// The keys of `raw` the bridge driver does not know, in order.
+/// The namespace of cnm's own keys: a key in it the bridge does not know is a typo in cnm's own
+/// words, refused rather than kept (the generic labels core owns never reach the driver).
+pub const CNM_KEY_PREFIX: &str = "com.cnm.";
+
+/// The keys of `raw` the bridge driver does not know and keeps, in order.
 pub fn unknown_keys(raw: &DriverOptions) -> Vec<String> {
     raw.keys()
-        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !k.starts_with(CNM_KEY_PREFIX))
         .cloned()
         .collect()
 }
@@ -164,16 +166,6 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     let name =
                         IfName::new(value).map_err(|e| invalid(key, value, e.to_string()))?;
                     opts.bridge_name = Some(name);
-                }
-                MTU => {
-                    let mtu: u32 = value.parse().map_err(|_| {
-                        invalid(key, value, "expected a number between 68 and 65535")
-                    })?;
-                    // 68 is the IPv4 minimum (RFC 791); 65535 the kernel's ETH_MAX_MTU.
-                    if !(68..=65535).contains(&mtu) {
-                        return Err(invalid(key, value, "MTU must be between 68 and 65535"));
-                    }
-                    opts.mtu = Some(mtu);
                 }
                 ENABLE_ICC => opts.enable_icc = parse_bool(key, value)?,
                 ENABLE_IP_MASQUERADE => opts.enable_ip_masquerade = parse_bool(key, value)?,
@@ -223,6 +215,10 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                          a network created later cannot be it",
                     ));
                 }
+                // cnm's own words are cnm's to know: a typo there is an error.
+                _ if key.starts_with(CNM_KEY_PREFIX) => {
+                    return Err(BridgeError::UnknownOption { key: key.clone() });
+                }
                 // Docker's bridge keeps keys it does not know, without effect; so does cnm's
                 // (the caller warns, see `unknown_keys`).
                 _ => {}
@@ -256,7 +252,6 @@ mod tests {
     fn parses_every_docker_key() {
         let o = BridgeOptions::try_from(&raw(&[
             (BRIDGE_NAME, "br-test"),
-            (MTU, "9000"),
             (ENABLE_ICC, "false"),
             (ENABLE_IP_MASQUERADE, "0"),
             (HOST_BINDING_IPV4, "127.0.0.1"),
@@ -268,7 +263,6 @@ mod tests {
         .unwrap();
         assert!(o.internal_host_access);
         assert_eq!(o.bridge_name.unwrap().as_str(), "br-test");
-        assert_eq!(o.mtu, Some(9000));
         assert!(!o.enable_icc && !o.enable_ip_masquerade);
         assert_eq!(o.host_binding_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(o.gateway_mode_v4, GatewayMode::Routed);
@@ -287,14 +281,23 @@ mod tests {
         let r = raw(&[
             ("com.docker.network.bridge.bogus", "1"),
             ("foo", "bar"),
-            (MTU, "1400"),
+            (ENABLE_ICC, "false"),
             (DEFAULT_BRIDGE, "false"),
             (INHIBIT_IPV4, "true"),
         ]);
         let o = BridgeOptions::try_from(&r).unwrap();
-        assert_eq!(o.mtu, Some(1400));
+        assert!(!o.enable_icc);
         assert!(o.inhibit_ipv4);
         assert_eq!(unknown_keys(&r), ["com.docker.network.bridge.bogus", "foo"]);
+    }
+
+    #[test]
+    fn unknown_key_in_cnms_namespace_is_refused_naming_it() {
+        let key = "com.cnm.network.bridge.internal_host_acess";
+        let e = BridgeOptions::try_from(&raw(&[(key, "true")])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(key), "{e}");
+        assert!(unknown_keys(&raw(&[(key, "true")])).is_empty());
     }
 
     #[test]
@@ -307,9 +310,6 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         for (key, value) in [
-            (MTU, "67"),
-            (MTU, "65536"),
-            (MTU, "big"),
             (ENABLE_ICC, "maybe"),
             (BRIDGE_NAME, "a-name-far-too-long"),
             (HOST_BINDING_IPV4, "1.2.3"),
@@ -326,8 +326,14 @@ mod tests {
             let text = e.to_string();
             assert!(text.contains(key) && text.contains(value), "{text}");
         }
-        assert!(BridgeOptions::try_from(&raw(&[(MTU, "68")])).is_ok());
-        assert!(BridgeOptions::try_from(&raw(&[(MTU, "65535")])).is_ok());
+        // The generic MTU label is the controller's, never the driver's to parse: handed to the
+        // bridge anyway, it has no effect (and would be named, not acted on).
+        let r = raw(&[(cnm_core::options::KEY_DRIVER_MTU, "1")]);
+        assert_eq!(
+            BridgeOptions::try_from(&r).unwrap(),
+            BridgeOptions::default()
+        );
+        assert_eq!(unknown_keys(&r), [cnm_core::options::KEY_DRIVER_MTU]);
     }
 
     #[test]
@@ -341,7 +347,7 @@ mod tests {
         let e = DriverConfig::try_from(&raw(&[(IP_FORWARD_NO_DROP, "yes")])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains(IP_FORWARD_NO_DROP), "{e}");
-        let e = DriverConfig::try_from(&raw(&[(MTU, "1500")])).unwrap_err();
-        assert!(e.to_string().contains(MTU), "{e}");
+        let e = DriverConfig::try_from(&raw(&[(BRIDGE_NAME, "br0")])).unwrap_err();
+        assert!(e.to_string().contains(BRIDGE_NAME), "{e}");
     }
 }

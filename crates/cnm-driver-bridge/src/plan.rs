@@ -5,9 +5,9 @@
 
 use std::net::IpAddr;
 
-use cnm_core::spi::NetworkSpec;
+use cnm_core::spi::{IpamData, NetworkSpec};
 use cnm_types::{IfName, MacAddress};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::BridgeError;
 use crate::options::{BridgeOptions, GatewayMode};
@@ -94,14 +94,14 @@ impl BridgePlan {
                 "a bridge network needs an IPv4 or an IPv6 pool",
             ));
         }
-        if let Some(mtu) = opts.mtu
+        if let Some(mtu) = spec.mtu
             && ipv6
             && mtu < cnm_core::options::MIN_MTU_V6
         {
             // The kernel turns IPv6 off on a link below 1280, and the gateway address could
             // not be added: refuse it here, before anything exists.
             return Err(BridgeError::invalid(
-                crate::options::MTU,
+                cnm_core::options::KEY_DRIVER_MTU,
                 mtu.to_string(),
                 format!(
                     "a network with IPv6 needs an MTU of at least {} (RFC 8200)",
@@ -113,7 +113,7 @@ impl BridgePlan {
             network_id: spec.id.clone(),
             bridge,
             mac: mac_for(&spec.id),
-            mtu: opts.mtu,
+            mtu: spec.mtu,
             gateways_v4: Vec::new(),
             inhibit_ipv4: opts.inhibit_ipv4,
             gateways_v6: Vec::new(),
@@ -131,42 +131,16 @@ impl BridgePlan {
             iface_prefix: opts.container_iface_prefix.clone(),
         };
         if ipv4 {
-            for data in &spec.ipv4 {
-                let subnet = data.pool.trunc();
-                if let Some(gw) = data.gateway {
-                    if !subnet.contains(&gw.addr()) {
-                        return Err(BridgeError::invalid(
-                            "gateway",
-                            gw.to_string(),
-                            format!("not inside the pool {subnet}"),
-                        ));
-                    }
-                    plan.gateways_v4
-                        .push(Ipv4Net::new(gw.addr(), subnet.prefix_len()).map_err(|e| {
-                            BridgeError::invalid("gateway", gw.to_string(), e.to_string())
-                        })?);
-                }
-                plan.subnets_v4.push(subnet);
-            }
+            (plan.subnets_v4, plan.gateways_v4) = subnets_and_gateways(&spec.ipv4, |n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })?;
         }
         if ipv6 {
-            for data in &spec.ipv6 {
-                let subnet = data.pool.trunc();
-                if let Some(gw) = data.gateway {
-                    if !subnet.contains(&gw.addr()) {
-                        return Err(BridgeError::invalid(
-                            "gateway",
-                            gw.to_string(),
-                            format!("not inside the pool {subnet}"),
-                        ));
-                    }
-                    plan.gateways_v6
-                        .push(Ipv6Net::new(gw.addr(), subnet.prefix_len()).map_err(|e| {
-                            BridgeError::invalid("gateway", gw.to_string(), e.to_string())
-                        })?);
-                }
-                plan.subnets_v6.push(subnet);
-            }
+            (plan.subnets_v6, plan.gateways_v6) = subnets_and_gateways(&spec.ipv6, |n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            })?;
         }
         Ok(plan)
     }
@@ -228,29 +202,61 @@ impl BridgePlan {
 
     /// The IPv4 gateway a container with `addr` routes through, if the network gives one.
     pub fn gateway_v4_for(&self, addr: Option<Ipv4Net>) -> Option<std::net::Ipv4Addr> {
-        if self.internal {
-            return None;
+        match self.gateway_for(&self.gateways_v4, addr)?.addr() {
+            IpAddr::V4(gw) => Some(gw),
+            IpAddr::V6(_) => None,
         }
-        let addr = addr?;
-        self.gateways_v4
-            .iter()
-            .find(|gw| gw.contains(&addr.addr()))
-            .or(self.gateways_v4.first())
-            .map(Ipv4Net::addr)
     }
 
     /// The IPv6 gateway a container with `addr` routes through, if the network gives one.
     pub fn gateway_v6_for(&self, addr: Option<Ipv6Net>) -> Option<std::net::Ipv6Addr> {
+        match self.gateway_for(&self.gateways_v6, addr)?.addr() {
+            IpAddr::V6(gw) => Some(gw),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// The gateway among `gateways` whose subnet holds `addr` (else the first), unless the
+    /// network is internal or the container has no address of the family.
+    fn gateway_for<N: Copy + Into<IpNet>>(&self, gateways: &[N], addr: Option<N>) -> Option<IpNet> {
         if self.internal {
             return None;
         }
-        let addr = addr?;
-        self.gateways_v6
-            .iter()
-            .find(|gw| gw.contains(&addr.addr()))
-            .or(self.gateways_v6.first())
-            .map(Ipv6Net::addr)
+        let addr: IpNet = addr?.into();
+        let gateways = gateways.iter().map(|g| (*g).into());
+        gateways
+            .clone()
+            .find(|gw: &IpNet| gw.contains(&addr.addr()))
+            .or_else(|| gateways.clone().next())
     }
+}
+
+/// The subnets of one family's pools and their gateways with the pool's prefix length; a
+/// gateway outside its pool is refused.
+fn subnets_and_gateways<N: Copy + Into<IpNet>>(
+    pools: &[IpamData<N>],
+    narrow: fn(IpNet) -> Option<N>,
+) -> Result<(Vec<N>, Vec<N>), BridgeError> {
+    let same_family = "a pool's subnet and gateway are of its family";
+    let (mut subnets, mut gateways) = (Vec::new(), Vec::new());
+    for data in pools {
+        let subnet = data.pool.into().trunc();
+        if let Some(gw) = data.gateway {
+            let gw: IpNet = gw.into();
+            if !subnet.contains(&gw.addr()) {
+                return Err(BridgeError::invalid(
+                    "gateway",
+                    gw.to_string(),
+                    format!("not inside the pool {subnet}"),
+                ));
+            }
+            let gw = IpNet::new(gw.addr(), subnet.prefix_len())
+                .map_err(|e| BridgeError::invalid("gateway", gw.to_string(), e.to_string()))?;
+            gateways.push(narrow(gw).expect(same_family));
+        }
+        subnets.push(narrow(subnet).expect(same_family));
+    }
+    Ok((subnets, gateways))
 }
 
 /// `cnm-` and the first 11 characters of the network id: 15 bytes, the kernel's limit.
@@ -276,7 +282,6 @@ pub fn mac_for(network_id: &str) -> MacAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cnm_core::spi::IpamData;
     use cnm_types::ErrorKind;
     use std::collections::BTreeMap;
 
@@ -409,10 +414,11 @@ mod tests {
     fn user_bridge_name_and_mtu() {
         let opts = BridgeOptions {
             bridge_name: Some("br-x".parse().unwrap()),
-            mtu: Some(1400),
             ..Default::default()
         };
-        let p = BridgePlan::new(&opts, &spec()).unwrap();
+        let mut s = spec();
+        s.mtu = Some(1400);
+        let p = BridgePlan::new(&opts, &s).unwrap();
         assert_eq!(p.bridge.as_str(), "br-x");
         assert_eq!(p.mtu, Some(1400));
     }
@@ -422,19 +428,20 @@ mod tests {
         let mut s = spec();
         s.enable_ipv6 = true;
         s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
-        let opts = |mtu| BridgeOptions {
-            mtu: Some(mtu),
-            ..Default::default()
+        let opts = BridgeOptions::default();
+        let with_mtu = |mut s: NetworkSpec, mtu| {
+            s.mtu = Some(mtu);
+            s
         };
-        let e = BridgePlan::new(&opts(1279), &s).unwrap_err();
+        let e = BridgePlan::new(&opts, &with_mtu(s.clone(), 1279)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(
             e.to_string().contains("1279") && e.to_string().contains("1280"),
             "{e}"
         );
-        assert!(BridgePlan::new(&opts(1280), &s).is_ok());
+        assert!(BridgePlan::new(&opts, &with_mtu(s, 1280)).is_ok());
         // Without IPv6 the IPv4 minimum is all that counts; such a link has no IPv6 sysctls.
-        let p = BridgePlan::new(&opts(576), &spec()).unwrap();
+        let p = BridgePlan::new(&opts, &with_mtu(spec(), 576)).unwrap();
         assert!(
             p.bridge_sysctls().iter().all(|(k, _)| !k.contains("ipv6")),
             "{:?}",

@@ -11,11 +11,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
-use cnm_sandbox::set_sysctls;
-use cnm_types::{ErrorKind, IfName, MacAddress};
+use cnm_core::undo::Undo;
+use cnm_types::{IfName, MacAddress};
 
-use crate::{BridgeDriver, BridgeError, BridgeOptions, BridgePlan, Endpoint, EndpointState};
-use crate::{Network, lock, short};
+use crate::{BridgeDriver, BridgeError, BridgePlan, Endpoint, EndpointState};
+use crate::{lock, short};
 
 /// The prefix of the alias that marks links the driver created.
 const ALIAS_PREFIX: &str = "cnm:";
@@ -25,77 +25,33 @@ pub(crate) fn alias(id: &str) -> String {
     format!("{ALIAS_PREFIX}{id}")
 }
 
-/// Ignores "already exists" (the kernel kept it across the restart).
-fn tolerate_exists(
-    r: Result<(), cnm_sandbox::SandboxError>,
-) -> Result<(), cnm_sandbox::SandboxError> {
-    match r {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        other => other,
-    }
-}
-
 impl BridgeDriver {
     pub(crate) async fn restore_network_inner(
         &self,
         spec: &NetworkSpec,
         endpoints: &[RestoredEndpoint],
     ) -> Result<(), BridgeError> {
-        let opts = BridgeOptions::try_from(&spec.options)?;
-        let plan = BridgePlan::new(&opts, spec)?;
-        // Fail closed: everything restored goes to the kernel in one transaction at the sweep;
-        // until then the previous run's tables keep filtering.
-        let firewall = self.firewall_for_restore().await?.clone();
+        let plan = BridgePlan::new(crate::options_of(spec)?, spec)?;
+        // Fail closed: the controller's firewall is loading, so everything restored goes to
+        // the kernel in one transaction (every driver's) once the reload is done; until then
+        // the previous run's tables keep filtering.
+        let firewall = self.firewall().await?.clone();
         let host = &self.ctx.host_netlink;
         let bridge = plan.bridge.as_str();
+        // Gone (a reboot, or deleted behind our back): made again, as on creation. Kept: adopted,
+        // what the kernel lost made again and what it kept left untouched, so the endpoints'
+        // traffic keeps flowing. One path either way.
         let existing = host
             .link(bridge)
             .await
-            .map_err(|e| BridgeError::kernel("look up link", bridge, e))?;
-        match existing {
-            // Gone (a reboot, or deleted behind our back): made again, as on creation.
-            None => self.create_network_inner(spec).await?,
-            Some(link) => {
-                // Adopted: what the kernel lost is made again; what it kept stays untouched,
-                // so the endpoints' traffic keeps flowing.
-                let index = link.index;
-                let sysctls = plan.bridge_sysctls();
-                let pairs: Vec<(&str, &str)> = sysctls
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                set_sysctls(&self.ctx.host_ns, &pairs)
-                    .await
-                    .map_err(|e| BridgeError::kernel("set sysctls of bridge", bridge, e))?;
-                let addrs = plan.bridge_addresses();
-                for addr in addrs {
-                    tolerate_exists(host.add_address(index, addr).await).map_err(|e| {
-                        BridgeError::kernel(
-                            "add gateway address to bridge",
-                            format!("{bridge} ({addr})"),
-                            e,
-                        )
-                    })?;
-                }
-                host.set_alias(index, &alias(&plan.network_id))
-                    .await
-                    .map_err(|e| BridgeError::kernel("mark bridge", bridge, e))?;
-                host.set_up(index)
-                    .await
-                    .map_err(|e| BridgeError::kernel("bring up bridge", bridge, e))?;
-                self.enable_forwarding(&plan.forwarding(), &firewall)
-                    .await?;
-                firewall.add_network(&plan).await?;
-                lock(&self.networks).insert(
-                    spec.id.clone(),
-                    Arc::new(Network {
-                        plan,
-                        bridge_index: index,
-                        endpoints: Mutex::new(std::collections::HashMap::new()),
-                    }),
-                );
-            }
-        }
+            .map_err(|e| BridgeError::kernel("look up link", bridge, e))?
+            .map(|l| l.index);
+        let mut undo = Undo::new();
+        let result = self
+            .apply_network(&plan, existing, &firewall, &mut undo)
+            .await;
+        let index = undo.finish(result).await?;
+        self.add_network(spec, plan, index);
         let net = self.network(&spec.id)?;
         let links = host
             .links()
@@ -126,18 +82,8 @@ impl BridgeDriver {
                 // The MAC the container's interface carries: the record's, else the kernel's.
                 let mac = match s.mac {
                     Some(m) => Some(m),
-                    None => join
-                        .sandbox
-                        .netlink
-                        .link(join.ifname.as_str())
-                        .await
-                        .map_err(|e| {
-                            BridgeError::kernel(
-                                "look up",
-                                format!("{} in {}", join.ifname, join.sandbox.ns),
-                                e,
-                            )
-                        })?
+                    None => crate::sandbox_link(&join.sandbox, &join.ifname)
+                        .await?
                         .and_then(|l| l.mac),
                 };
                 match mac {
@@ -190,14 +136,11 @@ impl BridgeDriver {
     }
 
     pub(crate) async fn sweep_inner(&self, keep: &[String]) -> Result<(), BridgeError> {
-        // The one transaction of the restart: the tables are replaced with what the restored
-        // networks, endpoints and published ports put in the model (the rules of networks
-        // without a record go). Without restored networks, opening the firewall does the same.
-        let firewall = self.firewall().await?;
-        firewall.finish_loading().await?;
-        self.firewall_loading
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        self.flush_deferred_forwarding().await?;
+        // The firewall holds exactly what the restored networks put in it, and the controller
+        // commits it after every sweep (rules of networks without a record go). One thing of
+        // ours outlives the networks, as the forwarding cnm turned on does: the drop of foreign
+        // forwarded traffic. Using the firewall puts it back, with or without a network.
+        self.firewall().await?;
         let ours: HashSet<String> = lock(&self.networks)
             .values()
             .map(|n| n.plan.bridge.to_string())

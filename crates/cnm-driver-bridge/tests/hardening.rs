@@ -363,8 +363,9 @@ async fn a_flushed_deleted_or_emptied_firewall_is_back_within_milliseconds() -> 
     let out = w.host.outside().await?;
     for script in [
         "nft flush ruleset",
+        "nft delete table inet cnm-bridge",
+        "nft flush chain inet cnm-bridge forward",
         "nft delete table inet cnm",
-        "nft flush chain inet cnm forward",
     ] {
         // traffic runs: a client hammering the published port from outside
         let stop = Arc::new(AtomicBool::new(false));

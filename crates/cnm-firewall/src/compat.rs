@@ -29,14 +29,8 @@ use crate::transport::NfSocket;
 
 /// The tables iptables-nft and ip6tables-nft keep their `filter` rules in.
 pub(crate) const FILTER_TABLES: [Table; 2] = [
-    Table {
-        family: NFPROTO_IPV4,
-        name: "filter",
-    },
-    Table {
-        family: NFPROTO_IPV6,
-        name: "filter",
-    },
+    Table::new(NFPROTO_IPV4, "filter"),
+    Table::new(NFPROTO_IPV6, "filter"),
 ];
 
 const CHAIN: &str = "FORWARD";
@@ -93,10 +87,10 @@ impl CompatOps {
     /// Appends the operations to a batch.
     pub fn encode(&self, b: &mut Batch) {
         for t in &self.insert {
-            b.add_rule(*t, CHAIN, &exprs(), Some(&userdata()), true, TEXT);
+            b.add_rule(t, CHAIN, &exprs(), Some(&userdata()), true, TEXT);
         }
         for (t, handle) in &self.delete {
-            b.delete_rule(*t, CHAIN, *handle, TEXT);
+            b.delete_rule(t, CHAIN, *handle, TEXT);
         }
     }
 }
@@ -129,12 +123,12 @@ fn is_ours(rule: &[u8]) -> bool {
 }
 
 /// The handles of our rules in the `FORWARD` chain of `t` (`None`: no such chain).
-fn ours(sock: &NfSocket, t: Table) -> io::Result<Option<Vec<u64>>> {
-    if !sock.chain_exists(t.family, t.name, CHAIN)? {
+fn ours(sock: &NfSocket, t: &Table) -> io::Result<Option<Vec<u64>>> {
+    if !sock.chain_exists(t.family, &t.name, CHAIN)? {
         return Ok(None);
     }
     Ok(Some(
-        sock.rules(t.family, t.name, CHAIN)?
+        sock.rules(t.family, &t.name, CHAIN)?
             .iter()
             .filter(|r| is_ours(r))
             .filter_map(|r| attr_be64(r, 3))
@@ -146,7 +140,7 @@ fn ours(sock: &NfSocket, t: Table) -> io::Result<Option<Vec<u64>>> {
 pub(crate) fn plan_ensure(sock: &NfSocket) -> io::Result<CompatOps> {
     let mut ops = CompatOps::default();
     for t in FILTER_TABLES {
-        match ours(sock, t)? {
+        match ours(sock, &t)? {
             Some(handles) if handles.is_empty() => ops.insert.push(t),
             Some(_) => ops.present += 1,
             None => {}
@@ -159,8 +153,8 @@ pub(crate) fn plan_ensure(sock: &NfSocket) -> io::Result<CompatOps> {
 pub(crate) fn plan_remove(sock: &NfSocket) -> io::Result<CompatOps> {
     let mut ops = CompatOps::default();
     for t in FILTER_TABLES {
-        for h in ours(sock, t)?.unwrap_or_default() {
-            ops.delete.push((t, h));
+        for h in ours(sock, &t)?.unwrap_or_default() {
+            ops.delete.push((t.clone(), h));
         }
     }
     Ok(ops)
@@ -193,7 +187,7 @@ mod tests {
     fn compat_rule_matches_nft_byte_for_byte() {
         let mut b = Batch::new(1, None);
         CompatOps {
-            insert: vec![FILTER_TABLES[0]],
+            insert: vec![FILTER_TABLES[0].clone()],
             ..CompatOps::default()
         }
         .encode(&mut b);
@@ -217,7 +211,7 @@ mod tests {
         let mut b = Batch::new(1, None);
         let mut ud = userdata();
         ud[2] = b'x';
-        b.add_rule(FILTER_TABLES[0], CHAIN, &exprs(), Some(&ud), true, TEXT);
+        b.add_rule(&FILTER_TABLES[0], CHAIN, &exprs(), Some(&ud), true, TEXT);
         let (bytes, _) = b.finish();
         let len = u32::from_ne_bytes(bytes[20..24].try_into().unwrap()) as usize;
         assert!(!is_ours(&bytes[40..20 + len]));

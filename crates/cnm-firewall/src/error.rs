@@ -74,6 +74,16 @@ pub enum FirewallError {
         /// What is missing.
         reason: String,
     },
+    /// An action deferred until the restored ruleset was committed failed
+    /// (see [`crate::Firewall::after_loading`]).
+    #[error("failed to {what} once the restored firewall was committed: {source}")]
+    AfterLoading {
+        /// The action.
+        what: String,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Entering the network namespace failed.
     #[error("failed to enter the network namespace for {op}: {source}")]
     Namespace {
@@ -101,7 +111,7 @@ impl FirewallError {
                 Some(libc_errno::EOPNOTSUPP) => ErrorKind::Unsupported,
                 _ => ErrorKind::Internal,
             },
-            Self::Command { .. } => ErrorKind::Internal,
+            Self::Command { .. } | Self::AfterLoading { .. } => ErrorKind::Internal,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Namespace { source, .. } => source.kind(),
         }

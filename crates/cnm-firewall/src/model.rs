@@ -1,18 +1,77 @@
-//! The data model: networks and published ports, and the set elements each one owns.
+//! The data model: every owner's set elements, the bridge fragment's networks and published
+//! ports, and what one change does to the tables.
 //!
-//! The ruleset's chains and rules are constant; everything that varies lives in set and map
-//! elements. A network or an endpoint therefore owns a precise list of elements, derived here,
-//! and adding or removing it adds or deletes exactly those.
+//! Chains and rules are constant; everything that varies lives in set and map elements. A
+//! network, an endpoint or a fragment's change therefore owns a precise list of elements,
+//! derived here, and adding or removing it adds or deletes exactly those. An owner's tables are
+//! in the kernel while its sets hold an element; the firewall's own table while any set does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use cnm_types::{GatewayMode, IfName, MacAddress, Protocol};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::FirewallError;
-use crate::ruleset::SetName;
+use crate::fragment::{ElementChange, FragmentSpec, Held};
+use crate::nftnl::Table;
+use crate::registry::Registry;
+use crate::ruleset::{SetName, SharedSet};
+
+/// Who a set, and the tables it lives in, belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Owner {
+    /// The firewall itself (`table inet cnm`: the guards).
+    Shared,
+    /// The built-in bridge fragment.
+    Bridge,
+    /// A declared fragment, by declaration order.
+    Custom(u16),
+}
+
+impl Owner {
+    /// The first and last set ids an owner can have (set ids sort by owner).
+    fn range(self) -> std::ops::RangeInclusive<SetId> {
+        match self {
+            Self::Shared => SetId::Shared(SharedSet::FIRST)..=SetId::Shared(SharedSet::LAST),
+            Self::Bridge => SetId::Bridge(SetName::FIRST)..=SetId::Bridge(SetName::LAST),
+            Self::Custom(i) => SetId::Custom(i, 0)..=SetId::Custom(i, u16::MAX),
+        }
+    }
+}
+
+/// One set of one owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SetId {
+    Shared(SharedSet),
+    Bridge(SetName),
+    /// (owner, the set's index in its fragment's declaration)
+    Custom(u16, u16),
+}
+
+impl SetId {
+    pub(crate) fn owner(self) -> Owner {
+        match self {
+            Self::Shared(_) => Owner::Shared,
+            Self::Bridge(_) => Owner::Bridge,
+            Self::Custom(o, _) => Owner::Custom(o),
+        }
+    }
+}
+
+impl From<SetName> for SetId {
+    fn from(s: SetName) -> Self {
+        Self::Bridge(s)
+    }
+}
+
+impl From<SharedSet> for SetId {
+    fn from(s: SharedSet) -> Self {
+        Self::Shared(s)
+    }
+}
 
 /// The firewall's view of one bridge network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +158,7 @@ pub(crate) fn forward_drop_element(v6: bool) -> Elements {
     };
     push(
         &mut out,
-        SetName::ForwardDrop,
+        SharedSet::ForwardDrop,
         Element::point(vec![Field::NfProto(proto)]),
     );
     out
@@ -275,7 +334,7 @@ pub(crate) struct Element {
 }
 
 impl Element {
-    fn point(key: Vec<Field>) -> Self {
+    pub(crate) fn point(key: Vec<Field>) -> Self {
         Self {
             key,
             key_end: None,
@@ -330,10 +389,10 @@ fn prefix_v6(a: Ipv6Addr, b: Ipv6Addr) -> Option<u8> {
 }
 
 /// Elements grouped by set, ordered so that renders and batches are deterministic.
-pub(crate) type Elements = BTreeMap<SetName, BTreeSet<Element>>;
+pub(crate) type Elements = BTreeMap<SetId, BTreeSet<Element>>;
 
-fn push(out: &mut Elements, set: SetName, e: Element) {
-    out.entry(set).or_default().insert(e);
+fn push(out: &mut Elements, set: impl Into<SetId>, e: Element) {
+    out.entry(set.into()).or_default().insert(e);
 }
 
 /// The elements a network owns.
@@ -341,6 +400,8 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     let mut out = Elements::new();
     let br = Field::ifname(&net.bridge);
     push(&mut out, SetName::Bridges, Element::point(vec![br]));
+    // the bridge's forwarded traffic is cnm's: the no-open-router drop lets it through
+    push(&mut out, SharedSet::Interfaces, Element::point(vec![br]));
     push(&mut out, SetName::SameBridge, Element::point(vec![br, br]));
     if net.internal {
         push(&mut out, SetName::Internal, Element::point(vec![br]));
@@ -501,11 +562,15 @@ struct Owned {
 /// the elements to add or delete) and applied (`apply_*`) only once the kernel took the batch.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Model {
+    /// Every owner's tables and sets.
+    pub registry: Arc<Registry>,
+    /// What each declared fragment holds (its elements and its claims), by declaration order.
+    custom: Vec<Held>,
     pub networks: BTreeMap<String, NetworkRules>,
     /// endpoint id → (network id, mappings)
     pub endpoints: BTreeMap<String, (String, Vec<PortMapping>)>,
     /// element → number of owners, per set
-    installed: BTreeMap<SetName, BTreeMap<Element, u32>>,
+    installed: BTreeMap<SetId, BTreeMap<Element, u32>>,
     /// Host port ranges by where they are published, keyed by their first port. Ranges under
     /// one key never overlap (overlaps are refused), so one ordered lookup finds a clash.
     host_ports: BTreeMap<HostKey, BTreeMap<u16, Owned>>,
@@ -520,6 +585,41 @@ pub(crate) struct Model {
     port_names: HashMap<IfName, String>,
     /// Forwarded traffic that is not cnm's is dropped for IPv4 (`[0]`) and IPv6 (`[1]`).
     pub forward_drop: [bool; 2],
+}
+
+/// What one transaction does to the tables (see [`Model::plan`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub registry: Arc<Registry>,
+    /// Owners whose tables are created (replacing any of that name) whole, with these elements.
+    pub create: Vec<(Owner, Elements)>,
+    /// Tables deleted, whether or not they exist.
+    pub delete: Vec<Table>,
+    /// Elements deleted from tables that stay.
+    pub del: Elements,
+    /// Elements added to tables that stay.
+    pub add: Elements,
+    /// Whether any owner's tables (not only the firewall's own) are wanted (before, after).
+    pub owners_live: (bool, bool),
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.delete.is_empty()
+            && self.del.is_empty()
+            && self.add.is_empty()
+    }
+}
+
+/// A fragment's change, checked: the bookkeeping and the kernel's element changes.
+#[derive(Debug, Clone)]
+pub(crate) struct CustomDelta {
+    owner: u16,
+    /// (set, element, held afterwards)
+    ops: Vec<(SetId, Element, bool)>,
+    pub del: Elements,
+    pub add: Elements,
 }
 
 fn ranges_overlap(a: (u16, u16), b: (u16, u16)) -> bool {
@@ -541,12 +641,264 @@ fn clashes(m: &PortMapping, o: &PortMapping) -> bool {
 }
 
 impl Model {
-    /// Every element of the whole desired ruleset (for `render` and `reconcile`).
+    /// Every element installed.
+    #[cfg(test)]
     pub fn elements(&self) -> Elements {
         self.installed
             .iter()
             .map(|(set, elems)| (*set, elems.keys().cloned().collect()))
             .collect()
+    }
+
+    /// The elements installed in one owner's sets.
+    fn owned(&self, owner: Owner) -> Elements {
+        self.installed
+            .range(owner.range())
+            .map(|(set, elems)| (*set, elems.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Installed elements per owner (owners with none left out). As many entries as sets.
+    fn counts(&self) -> BTreeMap<Owner, usize> {
+        let mut out = BTreeMap::new();
+        for (set, elems) in &self.installed {
+            *out.entry(set.owner()).or_default() += elems.len();
+        }
+        out
+    }
+
+    /// Whether an owner's tables are wanted, given the element counts: an owner's while its
+    /// sets hold an element, the firewall's own while any set does.
+    fn live(counts: &BTreeMap<Owner, usize>, owner: Owner) -> bool {
+        match owner {
+            Owner::Shared => counts.values().any(|n| *n > 0),
+            o => counts.get(&o).is_some_and(|n| *n > 0),
+        }
+    }
+
+    /// Whether any owner's tables (not only the firewall's own) are wanted.
+    pub fn owners_live(&self) -> bool {
+        self.installed
+            .range(Owner::Bridge.range().start()..)
+            .any(|(_, e)| !e.is_empty())
+    }
+
+    /// The tables the model wants in the kernel now.
+    pub fn desired_tables(&self) -> Vec<Table> {
+        let counts = self.counts();
+        self.registry
+            .owners()
+            .filter(|o| Self::live(&counts, *o))
+            .flat_map(|o| self.registry.tables(o).iter().map(|t| t.table.clone()))
+            .collect()
+    }
+
+    /// What a change of exactly these elements (`del` only installed ones about to be orphaned,
+    /// `add` only ones not installed yet) does to the tables: owners whose first element comes
+    /// get their tables created with it; owners whose last element goes lose theirs; the rest
+    /// is element changes. Costs as many steps as there are owners and sets, whatever the
+    /// number of elements installed.
+    pub fn plan(&self, mut del: Elements, mut add: Elements) -> Plan {
+        let before = self.counts();
+        let mut after = before.clone();
+        for (set, e) in &del {
+            let n = after.entry(set.owner()).or_default();
+            *n = n.saturating_sub(e.len());
+        }
+        for (set, e) in &add {
+            *after.entry(set.owner()).or_default() += e.len();
+        }
+        let take = |from: &mut Elements, owner: Owner| -> Elements {
+            let keys: Vec<SetId> = from.range(owner.range()).map(|(k, _)| *k).collect();
+            keys.into_iter()
+                .filter_map(|k| from.remove_entry(&k))
+                .collect()
+        };
+        let mut plan = Plan {
+            registry: self.registry.clone(),
+            create: Vec::new(),
+            delete: Vec::new(),
+            del: Elements::new(),
+            add: Elements::new(),
+            owners_live: (self.owners_live(), false),
+        };
+        for owner in self.registry.owners() {
+            let (d, a) = (take(&mut del, owner), take(&mut add, owner));
+            match (Self::live(&before, owner), Self::live(&after, owner)) {
+                (false, true) => plan.create.push((owner, a)),
+                (true, false) => plan
+                    .delete
+                    .extend(self.registry.tables(owner).iter().map(|t| t.table.clone())),
+                (true, true) => {
+                    plan.del.extend(d);
+                    plan.add.extend(a);
+                }
+                (false, false) => {}
+            }
+            if owner != Owner::Shared && Self::live(&after, owner) {
+                plan.owners_live.1 = true;
+            }
+        }
+        plan
+    }
+
+    /// Every wanted table, whole, with everything installed; and `extra` tables deleted.
+    pub fn replace_plan(&self, extra: Vec<Table>) -> Plan {
+        let counts = self.counts();
+        let live = self.owners_live();
+        Plan {
+            registry: self.registry.clone(),
+            create: self
+                .registry
+                .owners()
+                .filter(|o| Self::live(&counts, *o))
+                .map(|o| (o, self.owned(o)))
+                .collect(),
+            delete: extra,
+            del: Elements::new(),
+            add: Elements::new(),
+            owners_live: (live, live),
+        }
+    }
+
+    /// Declares a fragment (see [`Registry::declare`]); returns its owner index.
+    pub fn declare(&mut self, spec: &FragmentSpec) -> Result<u16, FirewallError> {
+        let mut registry = (*self.registry).clone();
+        let index = registry.declare(spec)?;
+        self.registry = Arc::new(registry);
+        if self.custom.len() <= usize::from(index) {
+            self.custom.resize_with(usize::from(index) + 1, Held::new);
+        }
+        Ok(index)
+    }
+
+    /// Checks a fragment's change; returns what it does to the kernel's elements and to the
+    /// fragment's bookkeeping. Only the owner's own sets (and its own claims) are touched.
+    pub fn plan_custom(
+        &self,
+        owner: u16,
+        change: &ElementChange,
+    ) -> Result<CustomDelta, FirewallError> {
+        let name = self.registry.owner_name(Owner::Custom(owner)).to_string();
+        let empty = Held::new();
+        let held = self.custom.get(usize::from(owner)).unwrap_or(&empty);
+        let resolve = |set: &str, e: &crate::fragment::SetElement| {
+            let id =
+                self.registry
+                    .custom_set(owner, set)
+                    .ok_or_else(|| FirewallError::NotFound {
+                        what: "set",
+                        id: format!("{set} of fragment {name}"),
+                    })?;
+            let what = format!("element of set {set} of fragment {name}");
+            Ok::<_, FirewallError>((id, e.element(self.registry.set(id).1, &what)?))
+        };
+        let claim = |n: &IfName| {
+            (
+                SetId::Shared(SharedSet::Interfaces),
+                Element::point(vec![Field::ifname(n)]),
+            )
+        };
+        let mut steps: Vec<((SetId, Element), bool)> = Vec::new();
+        for (set, e) in &change.delete {
+            steps.push((resolve(set, e)?, false));
+        }
+        steps.extend(change.release.iter().map(|n| (claim(n), false)));
+        for (set, e) in &change.add {
+            steps.push((resolve(set, e)?, true));
+        }
+        steps.extend(change.claim.iter().map(|n| (claim(n), true)));
+        // the state of each element this change touches, step by step
+        let mut state: BTreeMap<(SetId, Element), bool> = BTreeMap::new();
+        for ((id, e), add) in steps {
+            let key = (id, e);
+            let present = state
+                .get(&key)
+                .copied()
+                .unwrap_or_else(|| held.get(&key.0).is_some_and(|s| s.contains(&key.1)));
+            let describe = |k: &(SetId, Element)| match k.0 {
+                SetId::Shared(_) => format!("interface {}", k.1.text()),
+                id => format!("{} in set {}", k.1.text(), self.registry.set(id).1.name),
+            };
+            match (present, add) {
+                (true, true) => {
+                    return Err(FirewallError::Conflict {
+                        op: "add element".into(),
+                        object: describe(&key),
+                        reason: format!("fragment {name} holds it already"),
+                    });
+                }
+                (false, false) => {
+                    return Err(FirewallError::NotFound {
+                        what: "element",
+                        id: format!("{} of fragment {name}", describe(&key)),
+                    });
+                }
+                _ => {}
+            }
+            state.insert(key, add);
+        }
+        let mut delta = CustomDelta {
+            owner,
+            ops: Vec::new(),
+            del: Elements::new(),
+            add: Elements::new(),
+        };
+        for ((id, e), now) in state {
+            let was = held.get(&id).is_some_and(|s| s.contains(&e));
+            if was == now {
+                continue;
+            }
+            let count = self
+                .installed
+                .get(&id)
+                .and_then(|m| m.get(&e))
+                .copied()
+                .unwrap_or(0);
+            if now && count == 0 {
+                push(&mut delta.add, id, e.clone());
+            } else if !now && count == 1 {
+                push(&mut delta.del, id, e.clone());
+            }
+            delta.ops.push((id, e, now));
+        }
+        Ok(delta)
+    }
+
+    /// Records a change planned by [`Model::plan_custom`].
+    pub fn apply_custom(&mut self, delta: CustomDelta) {
+        let owner = usize::from(delta.owner);
+        if self.custom.len() <= owner {
+            self.custom.resize_with(owner + 1, Held::new);
+        }
+        for (id, e, now) in delta.ops {
+            let mut one = Elements::new();
+            push(&mut one, id, e.clone());
+            let held = self.custom[owner].entry(id).or_default();
+            if now {
+                held.insert(e);
+                self.acquire(one);
+            } else {
+                held.remove(&e);
+                self.release(one);
+            }
+        }
+        self.custom[owner].retain(|_, s| !s.is_empty());
+    }
+
+    /// Every wanted table as nft text.
+    pub fn render(&self) -> String {
+        let counts = self.counts();
+        let mut out = String::new();
+        for owner in self.registry.owners() {
+            if Self::live(&counts, owner) {
+                let elements = self.owned(owner);
+                for t in self.registry.tables(owner) {
+                    t.render(&elements, &mut out);
+                }
+            }
+        }
+        out
     }
 
     /// The elements of `owned` that nothing installs yet.
@@ -567,7 +919,7 @@ impl Model {
 
     /// The elements that no owner needs any more once every owner in `owners` is gone.
     fn orphaned(&self, owners: impl IntoIterator<Item = Elements>) -> Elements {
-        let mut counts: BTreeMap<SetName, BTreeMap<Element, u32>> = BTreeMap::new();
+        let mut counts: BTreeMap<SetId, BTreeMap<Element, u32>> = BTreeMap::new();
         for owned in owners {
             for (set, elems) in owned {
                 let c = counts.entry(set).or_default();
@@ -1005,15 +1357,16 @@ pub(crate) fn merge(into: &mut Elements, from: Elements) {
     }
 }
 
-/// A desired ruleset as a plain value, without a kernel: what [`crate::Firewall`] keeps inside.
-/// Useful to review or test the rules cnm would install (`render`), e.g. as golden files.
+/// A desired ruleset as a plain value, without a kernel: what [`crate::Firewall`] keeps inside
+/// (the bridge fragment's networks and ports, the guards, declared fragments). Useful to review
+/// or test the rules cnm would install (`render`), e.g. as golden files.
 #[derive(Debug, Clone, Default)]
 pub struct Ruleset {
     model: Model,
 }
 
 impl Ruleset {
-    /// An empty ruleset: the base table with no networks.
+    /// An empty ruleset: no tables at all.
     pub fn new() -> Self {
         Self::default()
     }
@@ -1053,9 +1406,29 @@ impl Ruleset {
             .apply_forward_drop(family == cnm_sandbox::IpFamily::V6, on);
     }
 
-    /// Every table as nft text.
+    /// Declares a fragment, as [`crate::Firewall::fragment`].
+    pub fn fragment(&mut self, spec: &FragmentSpec) -> Result<(), FirewallError> {
+        self.model.declare(spec).map(drop)
+    }
+
+    /// Changes a declared fragment's elements, as [`crate::Fragment::apply`].
+    pub fn apply(&mut self, owner: &str, change: &ElementChange) -> Result<(), FirewallError> {
+        let index =
+            self.model
+                .registry
+                .custom_index(owner)
+                .ok_or_else(|| FirewallError::NotFound {
+                    what: "fragment",
+                    id: owner.to_string(),
+                })?;
+        let delta = self.model.plan_custom(index, change)?;
+        self.model.apply_custom(delta);
+        Ok(())
+    }
+
+    /// Every table the kernel would have, as nft text (nothing when nothing is installed).
     pub fn render(&self) -> String {
-        crate::ruleset::render(&self.model.elements())
+        self.model.render()
     }
 }
 
@@ -1120,9 +1493,9 @@ mod tests {
             gateway_mode: GatewayMode::Nat,
         };
         let eq = mapping_elements(&net, &m((8000, 8099), (8000, 8099)));
-        assert_eq!(eq[&SetName::Dnat4AnyRange].len(), 1);
+        assert_eq!(eq[&SetName::Dnat4AnyRange.into()].len(), 1);
         let shifted = mapping_elements(&net, &m((8000, 8009), (9000, 9009)));
-        assert_eq!(shifted[&SetName::Dnat4Any].len(), 10);
+        assert_eq!(shifted[&SetName::Dnat4Any.into()].len(), 10);
     }
 
     #[test]
@@ -1146,21 +1519,24 @@ mod tests {
         let a = [m((8080, 8080), (80, 80))];
         let b = [m((8081, 8081), (80, 80))];
         let add = model.plan_add_mappings("n", "a", &a).unwrap();
-        assert_eq!(add[&SetName::Published4].len(), 1);
-        assert_eq!(add[&SetName::Dnat4Any].len(), 1);
+        assert_eq!(add[&SetName::Published4.into()].len(), 1);
+        assert_eq!(add[&SetName::Dnat4Any.into()].len(), 1);
         assert!(
-            !add.contains_key(&SetName::Dnat4AnyRange),
+            !add.contains_key(&SetName::Dnat4AnyRange.into()),
             "single ports are hashed"
         );
         model.apply_add_mappings("n", "a", &a);
         let add = model.plan_add_mappings("n", "b", &b).unwrap();
-        assert!(!add.contains_key(&SetName::Published4), "already installed");
-        assert_eq!(add[&SetName::Dnat4Any].len(), 1);
+        assert!(
+            !add.contains_key(&SetName::Published4.into()),
+            "already installed"
+        );
+        assert_eq!(add[&SetName::Dnat4Any.into()].len(), 1);
         model.apply_add_mappings("n", "b", &b);
         // removing a keeps the shared element for b
         let del = model.plan_remove_endpoint("a").unwrap();
-        assert!(!del.contains_key(&SetName::Published4));
-        assert_eq!(del[&SetName::Dnat4Any].len(), 1);
+        assert!(!del.contains_key(&SetName::Published4.into()));
+        assert_eq!(del[&SetName::Dnat4Any.into()].len(), 1);
         model.apply_remove_endpoint("a");
         // a's host port is free again, b's is not
         model
@@ -1173,7 +1549,7 @@ mod tests {
         );
         // the network takes b's elements with it, and the model is empty again
         let del = model.plan_remove_network("n").unwrap();
-        assert_eq!(del[&SetName::Published4].len(), 1);
+        assert_eq!(del[&SetName::Published4.into()].len(), 1);
         model.apply_remove_network("n");
         assert!(model.elements().is_empty());
         assert!(model.endpoints.is_empty());

@@ -4,6 +4,7 @@
 //! byte for byte against what `nft --debug=mnl` 1.0.6 sends for the same ruleset (see the unit
 //! tests), so that `nft list` shows our rules exactly as if `nft -f` had added them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub(crate) const NETLINK_NETFILTER: isize = 12;
@@ -34,6 +35,7 @@ pub(crate) const NFPROTO_IPV6: u8 = 10;
 #[repr(u16)]
 pub(crate) enum MsgType {
     NewTable = 0,
+    GetTable = 1,
     DelTable = 2,
     NewChain = 3,
     GetChain = 4,
@@ -51,6 +53,7 @@ impl MsgType {
     fn verb(self) -> &'static str {
         match self {
             Self::NewTable => "add table",
+            Self::GetTable => "list tables",
             Self::DelTable => "delete table",
             Self::NewChain => "add chain",
             Self::GetChain => "get chain",
@@ -83,10 +86,19 @@ pub(crate) fn family_name(family: u8) -> &'static str {
 }
 
 /// One table: its family and name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Table {
     pub family: u8,
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
+}
+
+impl Table {
+    pub(crate) const fn new(family: u8, name: &'static str) -> Self {
+        Self {
+            family,
+            name: Cow::Borrowed(name),
+        }
+    }
 }
 
 impl std::fmt::Display for Table {
@@ -217,13 +229,15 @@ pub(crate) enum Verdict {
     Drop,
     Accept,
     Return,
-    Jump(&'static str),
+    Jump(Cow<'static, str>),
 }
 
 /// A meta key (`enum nft_meta_keys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum MetaKey {
+    /// The link-layer protocol (`meta protocol`, an ether type in network order).
+    Protocol = 1,
     Mark = 3,
     IifName = 6,
     OifName = 7,
@@ -267,7 +281,7 @@ pub(crate) enum Expr {
     Lookup {
         sreg: Reg,
         dreg: Option<Reg>,
-        set: &'static str,
+        set: Cow<'static, str>,
         inv: bool,
     },
     /// A lookup in an anonymous constant set, created with the rule.
@@ -325,13 +339,7 @@ impl Expr {
     }
 
     /// Encodes the expression's `NFTA_EXPR_DATA`; `anon` is the id of its anonymous set.
-    fn encode(
-        &self,
-        a: &mut Attrs<'_>,
-        family: u8,
-        set_ids: &HashMap<(u8, String), u32>,
-        anon: Option<u32>,
-    ) {
+    fn encode(&self, a: &mut Attrs<'_>, table: &Table, set_ids: &SetIds, anon: Option<u32>) {
         match self {
             Self::Meta { key, dreg } => {
                 a.be32(2, *key as u32).be32(1, *dreg);
@@ -364,7 +372,7 @@ impl Expr {
                     a.be32(3, *d);
                 }
                 a.str(1, set);
-                if let Some(id) = set_ids.get(&(family, set.to_string())) {
+                if let Some(id) = set_ids.get(&(table.clone(), set.to_string())) {
                     a.be32(4, *id);
                 }
                 if *inv {
@@ -473,6 +481,9 @@ pub(crate) struct ElemBytes {
     pub data: Option<Vec<u8>>,
 }
 
+/// (table, set name) → the id of a set created in a batch.
+type SetIds = HashMap<(Table, String), u32>;
+
 /// One nfnetlink batch: BEGIN, messages, END. Every message asks for an ack so errors are
 /// matched to the message that caused them (by sequence number).
 pub(crate) struct Batch {
@@ -481,8 +492,8 @@ pub(crate) struct Batch {
     /// sequence number → decoded description of the message, for error reports
     described: Vec<(u32, String)>,
     next_set_id: u32,
-    /// (family, set name) → the id of a set created in this batch
-    set_ids: HashMap<(u8, String), u32>,
+    /// (table, set name) → the id of a set created in this batch
+    set_ids: SetIds,
 }
 
 impl Batch {
@@ -553,33 +564,33 @@ impl Batch {
         self.described.push((seq, format!("{} {what}", ty.verb())));
     }
 
-    pub fn add_table(&mut self, t: Table) {
+    pub fn add_table(&mut self, t: &Table) {
         self.msg(
             t.family,
             MsgType::NewTable,
             NLM_F_CREATE,
             t.to_string(),
             |a| {
-                a.str(1, t.name).be32(2, 0);
+                a.str(1, &t.name).be32(2, 0);
             },
         );
     }
 
-    pub fn delete_table(&mut self, t: Table) {
+    pub fn delete_table(&mut self, t: &Table) {
         self.msg(t.family, MsgType::DelTable, 0, t.to_string(), |a| {
-            a.str(1, t.name);
+            a.str(1, &t.name);
         });
     }
 
     /// A chain; `hook` is (hook number, priority, type name) for base chains, policy accept.
-    pub fn add_chain(&mut self, t: Table, name: &str, hook: Option<(u32, i32, &str)>) {
+    pub fn add_chain(&mut self, t: &Table, name: &str, hook: Option<(u32, i32, &str)>) {
         self.msg(
             t.family,
             MsgType::NewChain,
             NLM_F_CREATE,
             format!("{t} {name}"),
             |a| {
-                a.str(1, t.name).str(3, name);
+                a.str(1, &t.name).str(3, name);
                 if let Some((num, prio, ty)) = hook {
                     a.str(7, ty).be32(5, 1).nest(4, |h| {
                         h.be32(1, num).be32(2, prio as u32);
@@ -591,20 +602,20 @@ impl Batch {
 
     /// Gives the named sets of a batch their ids up front, in this order, as nft does for
     /// every table of a ruleset before it creates the first one (rules refer to sets by id).
-    pub fn declare_set(&mut self, t: Table, name: &str) {
+    pub fn declare_set(&mut self, t: &Table, name: &str) {
         let id = self.next_set_id;
         self.next_set_id += 1;
-        self.set_ids.insert((t.family, name.to_string()), id);
+        self.set_ids.insert((t.clone(), name.to_string()), id);
     }
 
-    pub fn add_set(&mut self, t: Table, spec: &SetSpec) -> u32 {
-        let id = match self.set_ids.get(&(t.family, spec.name.clone())) {
+    pub fn add_set(&mut self, t: &Table, spec: &SetSpec) -> u32 {
+        let id = match self.set_ids.get(&(t.clone(), spec.name.clone())) {
             Some(id) if spec.name != "__set%d" => *id,
             _ => {
                 let id = self.next_set_id;
                 self.next_set_id += 1;
                 if spec.name != "__set%d" {
-                    self.set_ids.insert((t.family, spec.name.clone()), id);
+                    self.set_ids.insert((t.clone(), spec.name.clone()), id);
                 }
                 id
             }
@@ -615,7 +626,7 @@ impl Batch {
             NLM_F_CREATE,
             format!("{t} {}", spec.name),
             |a| {
-                a.str(1, t.name)
+                a.str(1, &t.name)
                     .str(2, &spec.name)
                     .be32(3, spec.flags)
                     .be32(4, spec.key_type)
@@ -648,7 +659,7 @@ impl Batch {
     /// Adds (`delete == false`) or deletes elements of a set; `text` describes them.
     pub fn set_elems(
         &mut self,
-        t: Table,
+        t: &Table,
         set: &str,
         set_id: Option<u32>,
         elems: &[ElemBytes],
@@ -660,14 +671,14 @@ impl Batch {
         } else {
             (MsgType::NewSetElem, NLM_F_CREATE)
         };
-        let set_id = set_id.or_else(|| self.set_ids.get(&(t.family, set.to_string())).copied());
+        let set_id = set_id.or_else(|| self.set_ids.get(&(t.clone(), set.to_string())).copied());
         self.msg(
             t.family,
             ty,
             flags,
             format!("{t} {set} {{ {text} }}"),
             |a| {
-                a.str(1, t.name).str(2, set);
+                a.str(1, &t.name).str(2, set);
                 if let Some(id) = set_id {
                     a.be32(4, id);
                 }
@@ -687,7 +698,7 @@ impl Batch {
     /// anonymous sets it uses are created just before it.
     pub fn add_rule(
         &mut self,
-        t: Table,
+        t: &Table,
         chain: &str,
         exprs: &[Expr],
         userdata: Option<&[u8]>,
@@ -733,7 +744,7 @@ impl Batch {
             flags,
             format!("{t} {chain} {text}"),
             |a| {
-                a.str(1, t.name).str(2, chain).nest(4, |list| {
+                a.str(1, &t.name).str(2, chain).nest(4, |list| {
                     let mut anon = anon.iter();
                     for e in exprs {
                         let id = match e {
@@ -742,7 +753,7 @@ impl Batch {
                         };
                         list.nest(1, |el| {
                             el.str(1, e.name())
-                                .nest(2, |d| e.encode(d, t.family, &set_ids, id));
+                                .nest(2, |d| e.encode(d, t, &set_ids, id));
                         });
                     }
                 });
@@ -755,14 +766,14 @@ impl Batch {
     }
 
     /// Deletes the rule with `handle` from `chain`.
-    pub fn delete_rule(&mut self, t: Table, chain: &str, handle: u64, text: &str) {
+    pub fn delete_rule(&mut self, t: &Table, chain: &str, handle: u64, text: &str) {
         self.msg(
             t.family,
             MsgType::DelRule,
             0,
             format!("{t} {chain} handle {handle} ({text})"),
             |a| {
-                a.str(1, t.name)
+                a.str(1, &t.name)
                     .str(2, chain)
                     .bytes(3, &handle.to_be_bytes());
             },

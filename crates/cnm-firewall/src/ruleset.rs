@@ -1,19 +1,24 @@
-//! The ruleset cnm owns: `table inet cnm` and `table bridge cnm`, their sets, chains and
-//! constant rules.
+//! The built-in tables: the firewall's own (`table inet cnm`: the guards every owner relies
+//! on) and the bridge fragment's (`table inet cnm-bridge`, `table bridge cnm-bridge`).
 //!
 //! Every rule is constant; per-packet decisions go through set and map lookups, so neither the
 //! packet path nor an operation grows with the number of networks, endpoints or ports: single
 //! ports are hash lookups, port ranges interval lookups in sets that hold only ranges.
 //!
-//! Chains of `table inet cnm` (policy accept everywhere: cnm never decides for traffic that is
-//! not its own, except forwarding it turned on itself, see `forward`):
+//! `table inet cnm` (the firewall's own; policy accept everywhere):
 //! - `guard` (filter, raw priority -300, prerouting): drops packets for 127.0.0.0/8 and `::1`
 //!   arriving on a non-loopback interface (a port published on 127.0.0.1 must not be reachable
 //!   from elsewhere, the lesson of CVE-2020-8558; and a container must not reach the host's
 //!   loopback-only services through `route_localnet`). It sits before conntrack, so no packet
 //!   escapes it: a NAT chain is never traversed by packets conntrack calls INVALID (a lone
 //!   FIN, SYN|FIN, NULL…), which is how such probes reached 127.0.0.1 when the drop lived in
-//!   the `prerouting` NAT chain.
+//!   a `prerouting` NAT chain.
+//! - `forward` (filter, priority filter - 2): drops traffic that neither comes from nor goes to
+//!   an interface some owner claimed (set `interfaces`), for the families in `forward_drop`:
+//!   those whose forwarding cnm itself turned on (no open router). It belongs to no driver: a
+//!   second driver's interfaces are cnm's as much as the bridges are.
+//!
+//! `table inet cnm-bridge` (the bridge driver's fragment):
 //! - `prerouting` (nat, dstnat): DNATs local destinations through `publish`.
 //! - `output` (nat, -100): the same DNAT for connections from the host itself, 127.0.0.1 included.
 //! - `input` (filter): containers of an internal network (set `no_host`, unless the network
@@ -25,59 +30,102 @@
 //!   ICC off between two ports of one bridge is the bridge driver's port isolation (frames never
 //!   reach IP hooks without br_netfilter); `intra`'s `icc_off` drop is what stops traffic
 //!   *routed* between two containers of one bridge through the gateway (and bridged frames
-//!   too where br_netfilter happens to be on).
+//!   too where br_netfilter happens to be on). It ignores (`return`s) what touches no bridge.
 //!   Every packet it lets through jumps to `allow`, which sets [`FORWARD_MARK`] so a
-//!   Docker/iptables `FORWARD` policy of DROP can accept it (see `compat`). Its first rule
-//!   drops traffic that neither comes from nor goes to a cnm bridge, for the families in
-//!   `forward_drop`: those whose forwarding cnm itself turned on (no open router).
+//!   Docker/iptables `FORWARD` policy of DROP can accept it (see `compat`).
 //!
-//! `table bridge cnm` sees bridged frames without br_netfilter. Its `prerouting` chain (filter,
-//! -300, before the bridge learns the source MAC) drops, on every port in `ports` (the host end
-//! of each endpoint's veth), frames whose source MAC, IPv4/IPv6 source, ARP sender MAC/IP or
-//! neighbour-advertisement target is not the endpoint's own (one lookup per check in sets keyed
-//! by port name and address). IPv6 link-local sources (fe80::/10) and `::` (duplicate address
-//! detection) pass; VLAN-tagged frames are dropped (they would carry IP past the checks).
+//! `table bridge cnm-bridge` sees bridged frames without br_netfilter. Its `prerouting` chain
+//! (filter, -300, before the bridge learns the source MAC) drops, on every port in `ports` (the
+//! host end of each endpoint's veth), frames whose source MAC, IPv4/IPv6 source, ARP sender
+//! MAC/IP or neighbour-advertisement target is not the endpoint's own (one lookup per check in
+//! sets keyed by port name and address). IPv6 link-local sources (fe80::/10) and `::`
+//! (duplicate address detection) pass; VLAN-tagged frames are dropped (they would carry IP past
+//! the checks).
 
-use crate::model::{Element, Elements, Field};
+use std::borrow::Cow;
+
+use crate::model::SetId;
 use crate::nftnl::{
-    CtKey, ElemBytes, Expr, ICMP_ICMPV6, MetaKey, ND_NS_NA, NFPROTO_BRIDGE, NFPROTO_INET,
-    NFPROTO_IPV4, NFPROTO_IPV6, SetSpec, TCP_UDP_SCTP, Table, VLAN_ETHERTYPES, Verdict,
+    CtKey, Expr, ICMP_ICMPV6, MetaKey, ND_NS_NA, NFPROTO_BRIDGE, NFPROTO_INET, NFPROTO_IPV4,
+    NFPROTO_IPV6, TCP_UDP_SCTP, Table, VLAN_ETHERTYPES, Verdict,
 };
+use crate::table::{ChainDef, Hook, RuleDef, SetDef, TableDef, Ty, Typeof};
 
-/// The name of the tables cnm owns (`table inet cnm`, `table bridge cnm`).
+/// The name of the firewall's own table (`table inet cnm`); every owner's tables are named
+/// `cnm-<owner>`.
 pub const TABLE: &str = "cnm";
 
-/// `table inet cnm`: NAT, forwarding and host filtering.
-pub(crate) const INET: Table = Table {
-    family: NFPROTO_INET,
-    name: TABLE,
-};
+/// The prefix of an owner's tables.
+pub(crate) const OWNER_PREFIX: &str = "cnm-";
 
-/// `table bridge cnm`: anti-spoofing on the endpoints' bridge ports.
-pub(crate) const BRIDGE: Table = Table {
-    family: NFPROTO_BRIDGE,
-    name: TABLE,
-};
+/// `table inet cnm`: the guards shared by every owner.
+pub(crate) const SHARED: Table = Table::new(NFPROTO_INET, TABLE);
 
-/// Every table cnm owns, in ruleset order.
-pub(crate) const TABLES: [Table; 2] = [INET, BRIDGE];
+/// The bridge fragment's owner name.
+pub(crate) const BRIDGE_OWNER: &str = "bridge";
 
-/// The packet mark bit cnm's forward chain sets on every packet it accepts. The iptables
+/// `table inet cnm-bridge`: the bridge driver's NAT, forwarding and host filtering.
+pub(crate) const BRIDGE_INET: Table = Table::new(NFPROTO_INET, "cnm-bridge");
+
+/// `table bridge cnm-bridge`: anti-spoofing on the bridge driver's endpoint ports.
+pub(crate) const BRIDGE_L2: Table = Table::new(NFPROTO_BRIDGE, "cnm-bridge");
+
+/// Whether a table of this family and name may be one of ours (the firewall's own, or an
+/// owner's): what the watcher listens for and a reconcile sweeps.
+pub(crate) fn may_be_ours(family: u8, name: &str) -> bool {
+    (family == NFPROTO_INET || family == NFPROTO_BRIDGE)
+        && (name == TABLE || name.starts_with(OWNER_PREFIX))
+}
+
+/// The packet mark bit every owner's `allow` chain sets on the packets it accepts. The iptables
 /// compatibility rule accepts packets carrying it. Chosen clear of kube-proxy (0x4000, 0x8000),
 /// Cilium (0x0f00) and Weave (0x20000, 0x40000); Calico users must exclude it from Calico's
 /// mark mask.
 pub const FORWARD_MARK: u32 = 0x0100_0000;
 
-/// The sets and maps of the table.
+/// A built-in set, by its name in its table.
+pub(crate) trait Named: Copy {
+    fn name(self) -> &'static str;
+}
+
+/// The sets of the firewall's own table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[allow(missing_docs)]
-pub enum SetName {
+pub(crate) enum SharedSet {
+    /// Every interface some owner forwards for (the bridges, a driver's links…).
+    Interfaces,
+    /// The families whose forwarding cnm turned on: `ipv4`, `ipv6`.
+    ForwardDrop,
+}
+
+impl Named for SharedSet {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Interfaces => "interfaces",
+            Self::ForwardDrop => "forward_drop",
+        }
+    }
+}
+
+impl SharedSet {
+    pub(crate) const FIRST: SharedSet = SharedSet::Interfaces;
+    pub(crate) const LAST: SharedSet = SharedSet::ForwardDrop;
+
+    fn def(self) -> SetDef {
+        match self {
+            Self::Interfaces => SetDef::new(self.name(), &[Ty::IfName], &[], false),
+            Self::ForwardDrop => SetDef::new(self.name(), &[Ty::NfProto], &[], false),
+        }
+    }
+}
+
+/// The sets and maps of the bridge fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum SetName {
     Bridges,
     Internal,
     IccOff,
     Routed,
     NoHost,
-    ForwardDrop,
     SameBridge,
     Masq4,
     Masq6,
@@ -100,56 +148,7 @@ pub enum SetName {
     NdTarget,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
-    IfName,
-    V4,
-    V6,
-    Proto,
-    Port,
-    Ether,
-    NfProto,
-    /// A 128-bit raw payload (`typeof @th,64,128`).
-    Int128,
-}
-
-impl Ty {
-    fn id(self) -> u32 {
-        match self {
-            Self::IfName => 41,
-            Self::V4 => 7,
-            Self::V6 => 8,
-            Self::Proto => 12,
-            Self::Port => 13,
-            Self::Ether => 9,
-            Self::NfProto => 2,
-            Self::Int128 => 4,
-        }
-    }
-    fn len(self) -> u32 {
-        match self {
-            Self::IfName | Self::V6 | Self::Int128 => 16,
-            Self::V4 => 4,
-            Self::Proto | Self::NfProto => 1,
-            Self::Port => 2,
-            Self::Ether => 6,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Self::IfName => "ifname",
-            Self::V4 => "ipv4_addr",
-            Self::V6 => "ipv6_addr",
-            Self::Proto => "inet_proto",
-            Self::Port => "inet_service",
-            Self::Ether => "ether_addr",
-            Self::NfProto => "nf_proto",
-            Self::Int128 => "integer",
-        }
-    }
-}
-
-use Ty::{Ether as E, IfName as I, Int128, NfProto, Port as P, Proto as R, V4, V6};
+use Ty::{Ether as E, IfName as I, Int128, Port as P, Proto as R, V4, V6};
 
 /// nft 1.0.6's user data of `set nd_target { typeof iifname . @th,64,128; }`: key byteorder,
 /// and the typeof expressions (meta iifname, raw transport payload at bit 64, 128 bits long).
@@ -161,54 +160,14 @@ const ND_TARGET_UDATA: &[u8] = &[
     0x00, 0x00, 0x04, 0x04, 0x80, 0x00, 0x00, 0x00,
 ];
 
-impl SetName {
-    /// Every set, in ruleset order (table by table).
-    pub const ALL: [SetName; 26] = [
-        Self::Bridges,
-        Self::Internal,
-        Self::IccOff,
-        Self::Routed,
-        Self::NoHost,
-        Self::ForwardDrop,
-        Self::SameBridge,
-        Self::Masq4,
-        Self::Masq6,
-        Self::Published4,
-        Self::Published4Range,
-        Self::Published6,
-        Self::Published6Range,
-        Self::Dnat4,
-        Self::Dnat4Range,
-        Self::Dnat4Any,
-        Self::Dnat4AnyRange,
-        Self::Dnat6,
-        Self::Dnat6Range,
-        Self::Dnat6Any,
-        Self::Dnat6AnyRange,
-        Self::Ports,
-        Self::OwnMac,
-        Self::OwnV4,
-        Self::OwnV6,
-        Self::NdTarget,
-    ];
-
-    /// The table the set belongs to.
-    pub(crate) fn table(self) -> Table {
-        match self {
-            Self::Ports | Self::OwnMac | Self::OwnV4 | Self::OwnV6 | Self::NdTarget => BRIDGE,
-            _ => INET,
-        }
-    }
-
-    /// The set's name in the table.
-    pub fn name(self) -> &'static str {
+impl Named for SetName {
+    fn name(self) -> &'static str {
         match self {
             Self::Bridges => "bridges",
             Self::Internal => "internal",
             Self::IccOff => "icc_off",
             Self::Routed => "routed",
             Self::NoHost => "no_host",
-            Self::ForwardDrop => "forward_drop",
             Self::Ports => "ports",
             Self::OwnMac => "own_mac",
             Self::OwnV4 => "own_v4",
@@ -231,20 +190,61 @@ impl SetName {
             Self::Dnat6AnyRange => "dnat6_any_range",
         }
     }
+}
 
-    /// (key fields, data fields, interval).
+impl SetName {
+    pub(crate) const FIRST: SetName = SetName::Bridges;
+    pub(crate) const LAST: SetName = SetName::NdTarget;
+
+    /// Every set, in ruleset order (table by table).
+    pub(crate) const ALL: [SetName; 25] = [
+        Self::Bridges,
+        Self::Internal,
+        Self::IccOff,
+        Self::Routed,
+        Self::NoHost,
+        Self::SameBridge,
+        Self::Masq4,
+        Self::Masq6,
+        Self::Published4,
+        Self::Published4Range,
+        Self::Published6,
+        Self::Published6Range,
+        Self::Dnat4,
+        Self::Dnat4Range,
+        Self::Dnat4Any,
+        Self::Dnat4AnyRange,
+        Self::Dnat6,
+        Self::Dnat6Range,
+        Self::Dnat6Any,
+        Self::Dnat6AnyRange,
+        Self::Ports,
+        Self::OwnMac,
+        Self::OwnV4,
+        Self::OwnV6,
+        Self::NdTarget,
+    ];
+
+    /// Whether the set lives in the `bridge` family table.
+    fn is_l2(self) -> bool {
+        matches!(
+            self,
+            Self::Ports | Self::OwnMac | Self::OwnV4 | Self::OwnV6 | Self::NdTarget
+        )
+    }
+
+    /// Key and value types, and whether it holds intervals.
     ///
     /// Single ports live in hash sets and maps (concatenated keys, no `flags interval`): the
     /// kernel's rhash adds and removes one element in O(1). Only real port ranges go to the
     /// interval (pipapo) sets, which the kernel clones whole on every transaction that touches
     /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
-    fn shape(self) -> (&'static [Ty], &'static [Ty], bool) {
-        match self {
+    pub(crate) fn def(self) -> SetDef {
+        let (key, data, interval): (&[Ty], &[Ty], bool) = match self {
             Self::Bridges | Self::Internal | Self::IccOff | Self::Routed | Self::NoHost => {
                 (&[I], &[], false)
             }
             Self::Ports => (&[I], &[], false),
-            Self::ForwardDrop => (&[NfProto], &[], false),
             Self::OwnMac => (&[I, E], &[], false),
             Self::OwnV4 => (&[I, V4], &[], false),
             Self::OwnV6 => (&[I, V6], &[], false),
@@ -264,211 +264,102 @@ impl SetName {
             Self::Dnat6Range => (&[V6, R, P], &[V6], true),
             Self::Dnat6Any => (&[R, P], &[V6, P], false),
             Self::Dnat6AnyRange => (&[R, P], &[V6], true),
-        }
-    }
-
-    /// The netlink description, as nft 1.0.6 builds it.
-    pub(crate) fn spec(self) -> SetSpec {
-        let (key, data, interval) = self.shape();
-        let concat_key = key.len() > 1;
-        let mut flags = 0;
-        if interval {
-            flags |= 0x4 | 0x80; // NFT_SET_INTERVAL | NFT_SET_CONCAT
-        }
-        if !data.is_empty() {
-            flags |= 0x8; // NFT_SET_MAP
-        }
-        let type_of = |tys: &[Ty]| tys.iter().fold(0u32, |acc, t| (acc << 6) | t.id());
-        let len_of = |tys: &[Ty]| -> u32 {
-            if tys.len() == 1 {
-                tys[0].len()
-            } else {
-                tys.iter().map(|t| t.len().div_ceil(4) * 4).sum()
-            }
         };
-        // User data: NFTNL_UDATA_SET_KEYBYTEORDER (host for a lone ifname, else none), for
-        // maps DATABYTEORDER (big endian for a lone address), the concat typeof markers and
-        // DATA_INTERVAL; nft reads them back when listing.
-        const CONCAT_TYPEOF: [u8; 8] = [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00];
-        let mut ud = vec![0x00, 0x04];
-        // a lone interface name is in host byte order; a lone nf_proto is unspecified
-        let host_order = !concat_key && key[0] != NfProto;
-        ud.extend_from_slice(&u32::from(host_order).to_le_bytes());
-        if !data.is_empty() {
-            ud.extend_from_slice(&[0x01, 0x04]);
-            ud.extend_from_slice(&(if data.len() == 1 { 2u32 } else { 0 }).to_le_bytes());
-        }
-        if concat_key {
-            ud.extend_from_slice(&[0x03, 0x08]);
-            ud.extend_from_slice(&CONCAT_TYPEOF);
-        }
-        if data.len() > 1 {
-            ud.extend_from_slice(&[0x04, 0x08]);
-            ud.extend_from_slice(&CONCAT_TYPEOF);
-        }
-        if !data.is_empty() {
-            ud.extend_from_slice(&[0x06, 0x04, 0, 0, 0, 0]);
-        }
+        let mut def = SetDef::new(self.name(), key, data, interval);
         if self == Self::NdTarget {
-            ud = ND_TARGET_UDATA.to_vec();
+            def.typeof_ = Some(Typeof {
+                udata: ND_TARGET_UDATA,
+                decl: "typeof iifname . @th,64,128",
+            });
         }
-        SetSpec {
-            name: self.name().to_string(),
-            flags,
-            key_type: type_of(key),
-            key_len: len_of(key),
-            data: (!data.is_empty()).then(|| (type_of(data), len_of(data))),
-            concat: if interval {
-                key.iter().map(|t| t.len()).collect()
-            } else {
-                vec![]
-            },
-            size: None,
-            userdata: ud,
-        }
-    }
-
-    /// The set's declaration lines (without elements).
-    fn declaration(self) -> String {
-        let (key, data, interval) = self.shape();
-        let names = |tys: &[Ty]| tys.iter().map(|t| t.name()).collect::<Vec<_>>().join(" . ");
-        let kind = if data.is_empty() { "set" } else { "map" };
-        if self == Self::NdTarget {
-            return format!(
-                "\t{kind} {} {{\n\t\ttypeof iifname . @th,64,128\n",
-                self.name()
-            );
-        }
-        let mut s = format!("\t{kind} {} {{\n\t\ttype {}", self.name(), names(key));
-        if !data.is_empty() {
-            s.push_str(" : ");
-            s.push_str(&names(data));
-        }
-        s.push('\n');
-        if interval {
-            s.push_str("\t\tflags interval\n");
-        }
-        s
-    }
-
-    /// Encodes an element's fields; concatenations pad each field to 4 bytes.
-    pub(crate) fn elem_bytes(self, e: &Element) -> ElemBytes {
-        let (key, _, _) = self.shape();
-        let enc = |fields: &[Field]| -> Vec<u8> {
-            let mut out = Vec::new();
-            for f in fields {
-                out.extend_from_slice(&f.bytes());
-                if fields.len() > 1 {
-                    while !out.len().is_multiple_of(4) {
-                        out.push(0);
-                    }
-                }
-            }
-            out
-        };
-        ElemBytes {
-            key: enc(&e.key),
-            key_end: (key.len() > 1 && self.shape().2)
-                .then(|| enc(e.key_end.as_deref().unwrap_or(&e.key))),
-            data: (!e.data.is_empty()).then(|| enc(&e.data)),
-        }
+        def
     }
 }
 
-/// A base chain's hook.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Hook {
-    /// NF_INET_* / NF_BR_* number: prerouting 0, input 1, forward 2, output 3, postrouting 4.
-    pub num: u32,
-    pub prio: i32,
-    /// `filter` or `nat`.
-    pub ty: &'static str,
-    /// The priority as nft writes it.
-    pub prio_text: &'static str,
-    /// The hook's name.
-    pub name: &'static str,
-}
-
-/// A chain: its table, name, and hook for base chains.
-pub(crate) struct ChainDef {
-    pub table: Table,
-    pub name: &'static str,
-    pub hook: Option<Hook>,
-}
-
-const fn regular(table: Table, name: &'static str) -> ChainDef {
+fn regular(name: &'static str) -> ChainDef {
     ChainDef {
-        table,
-        name,
+        name: Cow::Borrowed(name),
         hook: None,
     }
 }
 
-const fn base(
-    table: Table,
+fn base(
     name: &'static str,
     hook: (&'static str, u32),
     ty: &'static str,
     prio: (i32, &'static str),
 ) -> ChainDef {
     ChainDef {
-        table,
-        name,
+        name: Cow::Borrowed(name),
         hook: Some(Hook {
             num: hook.1,
             prio: prio.0,
             ty,
-            prio_text: prio.1,
+            prio_text: Cow::Borrowed(prio.1),
             name: hook.0,
         }),
     }
 }
 
-/// The chains, table by table, in table order.
-pub(crate) const CHAINS: [ChainDef; 11] = [
-    regular(INET, "publish"),
-    base(INET, "guard", ("prerouting", 0), "filter", (-300, "raw")),
-    base(
-        INET,
-        "prerouting",
-        ("prerouting", 0),
-        "nat",
-        (-100, "dstnat"),
-    ),
-    base(INET, "output", ("output", 3), "nat", (-100, "-100")),
-    base(
-        INET,
-        "postrouting",
-        ("postrouting", 4),
-        "nat",
-        (100, "srcnat"),
-    ),
-    base(INET, "input", ("input", 1), "filter", (0, "filter")),
-    base(
-        INET,
-        "forward",
-        ("forward", 2),
-        "filter",
-        (-1, "filter - 1"),
-    ),
-    regular(INET, "inbound"),
-    regular(INET, "intra"),
-    regular(INET, "allow"),
-    base(
-        BRIDGE,
-        "prerouting",
-        ("prerouting", 0),
-        "filter",
-        (-300, "-300"),
-    ),
-];
+/// The `allow` chain every owner's `inet` table has (see [`allow_rule`]).
+pub(crate) fn allow_chain() -> ChainDef {
+    regular("allow")
+}
 
-/// One constant rule: its table and chain, its nft text and its expressions.
-pub(crate) struct RuleDef {
-    pub table: Table,
-    pub chain: &'static str,
-    pub text: &'static str,
-    pub exprs: Vec<Expr>,
+/// The firewall's own table.
+pub(crate) fn shared_tables() -> Vec<TableDef> {
+    vec![TableDef {
+        table: SHARED,
+        sets: [SharedSet::Interfaces, SharedSet::ForwardDrop]
+            .into_iter()
+            .map(|s| (SetId::Shared(s), s.def()))
+            .collect(),
+        chains: vec![
+            base("guard", ("prerouting", 0), "filter", (-300, "raw")),
+            base("forward", ("forward", 2), "filter", (-2, "filter - 2")),
+        ],
+        rules: shared_rules(),
+    }]
+}
+
+/// The bridge fragment's tables.
+pub(crate) fn bridge_tables() -> Vec<TableDef> {
+    let sets = |l2: bool| {
+        SetName::ALL
+            .into_iter()
+            .filter(|s| s.is_l2() == l2)
+            .map(|s| (SetId::Bridge(s), s.def()))
+            .collect()
+    };
+    vec![
+        TableDef {
+            table: BRIDGE_INET,
+            sets: sets(false),
+            chains: vec![
+                regular("publish"),
+                base("prerouting", ("prerouting", 0), "nat", (-100, "dstnat")),
+                base("output", ("output", 3), "nat", (-100, "-100")),
+                base("postrouting", ("postrouting", 4), "nat", (100, "srcnat")),
+                base("input", ("input", 1), "filter", (0, "filter")),
+                base("forward", ("forward", 2), "filter", (-1, "filter - 1")),
+                regular("inbound"),
+                regular("intra"),
+                allow_chain(),
+            ],
+            rules: bridge_inet_rules(),
+        },
+        TableDef {
+            table: BRIDGE_L2,
+            sets: sets(true),
+            chains: vec![base(
+                "prerouting",
+                ("prerouting", 0),
+                "filter",
+                (-300, "-300"),
+            )],
+            rules: bridge_l2_rules(),
+        },
+    ]
 }
 
 fn meta(key: MetaKey, dreg: u32) -> Expr {
@@ -481,19 +372,19 @@ fn cmp(sreg: u32, data: &[u8]) -> Expr {
         data: data.to_vec(),
     }
 }
-fn lookup(sreg: u32, set: SetName) -> Expr {
+fn lookup(sreg: u32, set: impl Named) -> Expr {
     Expr::Lookup {
         sreg,
         dreg: None,
-        set: set.name(),
+        set: Cow::Borrowed(set.name()),
         inv: false,
     }
 }
-fn not_in(sreg: u32, set: SetName) -> Expr {
+fn not_in(sreg: u32, set: impl Named) -> Expr {
     Expr::Lookup {
         sreg,
         dreg: None,
-        set: set.name(),
+        set: Cow::Borrowed(set.name()),
         inv: true,
     }
 }
@@ -517,7 +408,7 @@ fn dport(dreg: u32) -> Expr {
     }
 }
 fn jump(chain: &'static str) -> Expr {
-    Expr::Immediate(Verdict::Jump(chain))
+    Expr::Immediate(Verdict::Jump(Cow::Borrowed(chain)))
 }
 fn ct_bit(key: CtKey, mask: u32) -> [Expr; 3] {
     [
@@ -564,7 +455,7 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
         Expr::Lookup {
             sreg: 1,
             dreg: Some(1),
-            set: map.name(),
+            set: Cow::Borrowed(map.name()),
             inv: false,
         },
         Expr::Dnat {
@@ -579,7 +470,7 @@ fn dnat_host(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
 /// nft widens `meta l4proto` in a concatenation to network order for interval sets only
 /// (their keys compare as big-endian ranges); a hash set hashes the register as loaded.
 fn hton(set: SetName, reg: u32) -> Option<Expr> {
-    set.shape().2.then_some(Expr::ByteorderHton { reg })
+    set.def().interval.then_some(Expr::ByteorderHton { reg })
 }
 
 /// `meta nfproto X meta l4proto {…} dnat to meta l4proto . th dport map @m`.
@@ -600,7 +491,7 @@ fn dnat_any(v6: bool, map: SetName, with_port: bool) -> Vec<Expr> {
         Expr::Lookup {
             sreg: 1,
             dreg: Some(1),
-            set: map.name(),
+            set: Cow::Borrowed(map.name()),
             inv: false,
         },
         Expr::Dnat {
@@ -645,15 +536,18 @@ fn masq_subnets(v6: bool) -> Vec<Expr> {
     v
 }
 
-/// Every rule, in order.
-pub(crate) fn rules() -> Vec<RuleDef> {
-    use SetName as S;
-    let r = |chain, text, exprs| RuleDef {
-        table: INET,
-        chain,
-        text,
+fn rule(chain: &'static str, text: &'static str, exprs: Vec<Expr>) -> RuleDef {
+    RuleDef {
+        chain: Cow::Borrowed(chain),
+        text: Cow::Borrowed(text),
         exprs,
-    };
+    }
+}
+
+/// The rules of the firewall's own table: the loopback guard and the drop of forwarded
+/// traffic that is not cnm's.
+fn shared_rules() -> Vec<RuleDef> {
+    let r = rule;
     let not_lo = || {
         vec![
             meta(MetaKey::IifName, 1),
@@ -664,11 +558,73 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             },
         ]
     };
-    let loopback_v4 = |sreg_off: u32| -> Vec<Expr> {
-        let mut v: Vec<Expr> = nfproto(NFPROTO_IPV4).into();
-        v.extend([nh(1, sreg_off, 1), cmp(1, &[127])]);
-        v
-    };
+    vec![
+        r("guard", "iifname != \"lo\" ip daddr 127.0.0.0/8 drop", {
+            let mut v = not_lo();
+            v.extend(loopback_v4(16));
+            v.push(Expr::Immediate(Verdict::Drop));
+            v
+        }),
+        r("guard", "iifname != \"lo\" ip6 daddr ::1 drop", {
+            let mut v = not_lo();
+            v.extend(nfproto(NFPROTO_IPV6));
+            v.extend([
+                nh(1, 24, 16),
+                cmp(1, &std::net::Ipv6Addr::LOCALHOST.octets()),
+                Expr::Immediate(Verdict::Drop),
+            ]);
+            v
+        }),
+        r(
+            "forward",
+            "iifname != @interfaces oifname != @interfaces meta nfproto @forward_drop drop",
+            vec![
+                meta(MetaKey::IifName, 1),
+                not_in(1, SharedSet::Interfaces),
+                meta(MetaKey::OifName, 1),
+                not_in(1, SharedSet::Interfaces),
+                meta(MetaKey::NfProto, 1),
+                lookup(1, SharedSet::ForwardDrop),
+                Expr::Immediate(Verdict::Drop),
+            ],
+        ),
+    ]
+}
+
+/// The `allow` chain's one rule, in every owner's `inet` table: sets [`FORWARD_MARK`] (so a
+/// Docker/iptables `FORWARD` policy of DROP lets the packet through, see `compat`) and accepts.
+pub(crate) fn allow_rule() -> RuleDef {
+    rule(
+        "allow",
+        "meta mark set meta mark | 0x01000000 accept",
+        vec![
+            meta(MetaKey::Mark, 1),
+            Expr::Bitwise {
+                reg: 1,
+                mask: (!FORWARD_MARK).to_ne_bytes().to_vec(),
+                xor: FORWARD_MARK.to_ne_bytes().to_vec(),
+                with_op: true,
+            },
+            Expr::MetaSet {
+                key: MetaKey::Mark,
+                sreg: 1,
+            },
+            Expr::Immediate(Verdict::Accept),
+        ],
+    )
+}
+
+/// `meta nfproto ipv4` and the first byte of the address at `offset` is 127.
+fn loopback_v4(offset: u32) -> Vec<Expr> {
+    let mut v: Vec<Expr> = nfproto(NFPROTO_IPV4).into();
+    v.extend([nh(1, offset, 1), cmp(1, &[127])]);
+    v
+}
+
+/// The rules of the bridge fragment's `inet` table, in order.
+fn bridge_inet_rules() -> Vec<RuleDef> {
+    use SetName as S;
+    let r = rule;
     let fib_local = vec![
         Expr::FibDaddrType { dreg: 1 },
         cmp(1, &2u32.to_ne_bytes()),
@@ -715,22 +671,6 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             "meta nfproto ipv6 meta l4proto { tcp, udp, sctp } dnat ip6 to meta l4proto . th dport map @dnat6_any_range",
             dnat_any(true, S::Dnat6AnyRange, false),
         ),
-        r("guard", "iifname != \"lo\" ip daddr 127.0.0.0/8 drop", {
-            let mut v = not_lo();
-            v.extend(loopback_v4(16));
-            v.push(Expr::Immediate(Verdict::Drop));
-            v
-        }),
-        r("guard", "iifname != \"lo\" ip6 daddr ::1 drop", {
-            let mut v = not_lo();
-            v.extend(nfproto(NFPROTO_IPV6));
-            v.extend([
-                nh(1, 24, 16),
-                cmp(1, &std::net::Ipv6Addr::LOCALHOST.octets()),
-                Expr::Immediate(Verdict::Drop),
-            ]);
-            v
-        }),
         r(
             "prerouting",
             "fib daddr type local jump publish",
@@ -804,19 +744,6 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             },
         ),
         r("input", "drop", vec![Expr::Immediate(Verdict::Drop)]),
-        r(
-            "forward",
-            "iifname != @bridges oifname != @bridges meta nfproto @forward_drop drop",
-            vec![
-                meta(MetaKey::IifName, 1),
-                not_in(1, S::Bridges),
-                meta(MetaKey::OifName, 1),
-                not_in(1, S::Bridges),
-                meta(MetaKey::NfProto, 1),
-                lookup(1, S::ForwardDrop),
-                Expr::Immediate(Verdict::Drop),
-            ],
-        ),
         r(
             "forward",
             "iifname != @bridges oifname != @bridges return",
@@ -932,28 +859,8 @@ pub(crate) fn rules() -> Vec<RuleDef> {
             ],
         ),
         r("intra", "jump allow", vec![jump("allow")]),
-        r(
-            "allow",
-            "meta mark set meta mark | 0x01000000 accept",
-            vec![
-                meta(MetaKey::Mark, 1),
-                Expr::Bitwise {
-                    reg: 1,
-                    mask: (!FORWARD_MARK).to_ne_bytes().to_vec(),
-                    xor: FORWARD_MARK.to_ne_bytes().to_vec(),
-                    with_op: true,
-                },
-                Expr::MetaSet {
-                    key: MetaKey::Mark,
-                    sreg: 1,
-                },
-                Expr::Immediate(Verdict::Accept),
-            ],
-        ),
+        allow_rule(),
     ]
-    .into_iter()
-    .chain(bridge_rules())
-    .collect()
 }
 
 /// `ether type X` in the bridge family: the link-layer header's type field.
@@ -988,15 +895,10 @@ fn th(dreg: u32, offset: u32, len: u32) -> Expr {
     }
 }
 
-/// The anti-spoofing rules of `table bridge cnm`.
-fn bridge_rules() -> Vec<RuleDef> {
+/// The anti-spoofing rules of the bridge fragment's `bridge` table.
+fn bridge_l2_rules() -> Vec<RuleDef> {
     use SetName as S;
-    let r = |text, exprs| RuleDef {
-        table: BRIDGE,
-        chain: "prerouting",
-        text,
-        exprs,
-    };
+    let r = |text, exprs| rule("prerouting", text, exprs);
     let cat = |a: &[Expr], b: &[Expr]| -> Vec<Expr> { a.iter().chain(b).cloned().collect() };
     const ETH_ARP: u16 = 0x0806;
     const ETH_IP: u16 = 0x0800;
@@ -1110,50 +1012,4 @@ fn bridge_rules() -> Vec<RuleDef> {
             },
         ),
     ]
-}
-
-/// Renders every table with `elements` as nft text (what `nft -f` accepts).
-pub(crate) fn render(elements: &Elements) -> String {
-    let rules = rules();
-    let mut s = String::new();
-    for table in TABLES {
-        s.push_str(&format!("table {table} {{\n"));
-        for set in SetName::ALL.into_iter().filter(|s| s.table() == table) {
-            s.push_str(&set.declaration());
-            if let Some(elems) = elements.get(&set).filter(|e| !e.is_empty()) {
-                s.push_str("\t\telements = { ");
-                s.push_str(
-                    &elems
-                        .iter()
-                        .map(Element::text)
-                        .collect::<Vec<_>>()
-                        .join(",\n\t\t\t     "),
-                );
-                s.push_str(" }\n");
-            }
-            s.push_str("\t}\n\n");
-        }
-        let chains: Vec<&ChainDef> = CHAINS.iter().filter(|c| c.table == table).collect();
-        for (i, chain) in chains.iter().enumerate() {
-            s.push_str(&format!("\tchain {} {{\n", chain.name));
-            if let Some(h) = chain.hook {
-                s.push_str(&format!(
-                    "\t\ttype {} hook {} priority {}; policy accept;\n",
-                    h.ty, h.name, h.prio_text
-                ));
-            }
-            for rule in rules
-                .iter()
-                .filter(|r| r.table == table && r.chain == chain.name)
-            {
-                s.push_str(&format!("\t\t{}\n", rule.text));
-            }
-            s.push_str("\t}\n");
-            if i + 1 < chains.len() {
-                s.push('\n');
-            }
-        }
-        s.push_str("}\n");
-    }
-    s
 }

@@ -237,6 +237,21 @@ impl NfSocket {
             .ok_or_else(|| io::Error::other("the kernel's generation reply has no NFTA_GEN_ID"))
     }
 
+    /// Every table of every family: (family, name).
+    pub fn tables(&self) -> io::Result<Vec<(u8, String)>> {
+        let seq = self.seqs(1);
+        let msg = nftnl::request(MsgType::GetTable, NLM_F_DUMP, 0, seq, |_| {});
+        Ok(self
+            .ask(&msg, seq, true)?
+            .into_iter()
+            .filter_map(|p| {
+                let family = *p.first()?;
+                let name = nftnl::attr_str(p.get(4..)?, 1)?.to_string();
+                Some((family, name))
+            })
+            .collect())
+    }
+
     /// Whether chain `chain` of table `table` (family `family`) exists.
     pub fn chain_exists(&self, family: u8, table: &str, chain: &str) -> io::Result<bool> {
         let seq = self.seqs(1);

@@ -6,8 +6,10 @@
 //! How it tells our changes from others': every notification carries the port id of the
 //! socket whose transaction caused it (`nlmsg_pid`), and each transaction ends with
 //! `NFT_MSG_NEWGEN` carrying the new generation. Notifications from our transaction socket are
-//! ignored; a transaction of someone else that touched `table inet cnm` or `table bridge cnm`
-//! triggers one restore transaction (every table, and the compatibility rule). Should the
+//! ignored; a transaction of someone else that touched a table the model wants (`inet cnm`, an
+//! owner's `cnm-<owner>`) triggers one restore transaction (every wanted table of every owner,
+//! and the compatibility rule). A table the model does not want (one we deleted ourselves when
+//! its owner's last element went, or someone else's of a similar name) is never restored. Should the
 //! notification queue overflow (`ENOBUFS`), what was lost is judged by generation: every
 //! transaction of ours names the generation it expects (see `Firewall::send`), so we know the
 //! generations we made; if any generation since the last one read is not ours, the tables are
@@ -25,10 +27,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::compat;
 use crate::firewall::{Firewall, Inner, newer};
-use crate::nftnl::{MsgType, NFNL_SUBSYS_NFTABLES, attr_be32, attr_str};
-use crate::ruleset::{BRIDGE, INET, TABLE};
+use crate::nftnl::{MsgType, NFNL_SUBSYS_NFTABLES, Table, attr_be32, attr_str};
+use crate::ruleset::may_be_ours;
 use crate::transport::{NotifySocket, messages};
 
 const NLMSG_NOOP: u16 = 1;
@@ -38,7 +42,8 @@ const NLMSG_NOOP: u16 = 1;
 const RESTORES_PER_SECOND: usize = 20;
 
 /// Starts the watcher thread. `own` is the port id of the firewall's transaction socket,
-/// `generation` the generation when the firewall opened; `alive` is dropped when it exits.
+/// `generation` the generation when the firewall opened; `alive` is dropped when it exits;
+/// `stopped` set (and a poke) stops it while the firewall lives on.
 pub(crate) fn spawn(
     weak: Weak<Inner>,
     sock: NotifySocket,
@@ -46,11 +51,12 @@ pub(crate) fn spawn(
     generation: u32,
     alive: tokio::sync::watch::Sender<()>,
     stall: Arc<Stall>,
+    stopped: Arc<AtomicBool>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("cnm-nft-watch".into())
         .spawn(move || {
-            run(weak, sock, own, generation, &stall);
+            run(weak, sock, own, generation, &stall, &stopped);
             drop(alive);
         })
         .map(drop)
@@ -96,15 +102,18 @@ impl Stall {
 /// What the notifications of the transaction being read touched so far.
 #[derive(Debug, Default)]
 struct Pending {
-    ours: bool,
+    /// Tables that may be ours.
+    tables: Vec<Table>,
     compat: bool,
 }
 
 /// What the notifications read in one go ask for.
 #[derive(Debug, Default)]
 struct Events {
-    /// Someone else changed our tables; the newest such generation.
+    /// Someone else changed tables that may be ours; the newest such generation.
     restore: Option<u32>,
+    /// Which tables.
+    tables: Vec<Table>,
     /// Someone else changed an iptables `filter` table.
     compat: bool,
     /// Notifications were lost; the last generation read before the loss.
@@ -115,7 +124,14 @@ struct Events {
     stop: bool,
 }
 
-fn run(weak: Weak<Inner>, sock: NotifySocket, own: u32, mut verified: u32, stall: &Stall) {
+fn run(
+    weak: Weak<Inner>,
+    sock: NotifySocket,
+    own: u32,
+    mut verified: u32,
+    stall: &Stall,
+    stopped: &AtomicBool,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut pending = Pending::default();
     let mut recent: VecDeque<Instant> = VecDeque::new();
@@ -146,7 +162,7 @@ fn run(weak: Weak<Inner>, sock: NotifySocket, own: u32, mut verified: u32, stall
             }
             wait = false;
         }
-        if ev.stop && weak.strong_count() == 0 {
+        if ev.stop && (weak.strong_count() == 0 || stopped.load(Ordering::SeqCst)) {
             return;
         }
         let Some(inner) = weak.upgrade() else {
@@ -177,9 +193,14 @@ fn parse(buf: &[u8], own: u32, verified: &mut u32, pending: &mut Pending, ev: &m
                 continue;
             };
             if newer(g, *verified) {
-                if pid != own && (pending.ours || pending.compat) {
-                    if pending.ours {
+                if pid != own && (!pending.tables.is_empty() || pending.compat) {
+                    if !pending.tables.is_empty() {
                         ev.restore = Some(g);
+                        for t in pending.tables.drain(..) {
+                            if !ev.tables.contains(&t) {
+                                ev.tables.push(t);
+                            }
+                        }
                     }
                     ev.compat |= pending.compat;
                     ev.seen.get_or_insert_with(Instant::now);
@@ -189,8 +210,14 @@ fn parse(buf: &[u8], own: u32, verified: &mut u32, pending: &mut Pending, ev: &m
             *pending = Pending::default();
         } else if pid != own {
             let table = attr_str(attrs, 1).unwrap_or("");
-            if table == TABLE && (family == INET.family || family == BRIDGE.family) {
-                pending.ours = true;
+            if may_be_ours(family, table) {
+                let t = Table {
+                    family,
+                    name: table.to_string().into(),
+                };
+                if !pending.tables.contains(&t) {
+                    pending.tables.push(t);
+                }
             } else if compat::concerns(family, table) {
                 pending.compat = true;
             }
@@ -228,7 +255,7 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
     // program that reacts to our changes as we react to its own
     rate_limit(recent);
     let mut st = fw.lock_blocking();
-    if Firewall::is_loading(&st) {
+    if Firewall::is_loading_now(&st) {
         // the restored model is committed whole by finish_loading, which replaces whatever
         // is there by then
         if ev.overflow.is_some() {
@@ -239,10 +266,12 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
         }
         return;
     }
-    // an operation that found the tables gone may have restored them already
+    // an operation that found the tables gone may have restored them already; a change to
+    // tables the model does not want (any more) is none of our business
     let mut restore = ev
         .restore
-        .is_some_and(|g| !Firewall::replaced_after(&st, g));
+        .is_some_and(|g| !Firewall::replaced_after(&st, g))
+        && fw.wants_any(&ev.tables);
     if let Some(from) = ev.overflow {
         match fw.current_generation() {
             Ok(now) => {
@@ -270,7 +299,8 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
             &mut st,
             "restore the ruleset after a change by another process",
         ) {
-            Ok(()) => {
+            Ok(false) => debug!("nothing to restore: no table is wanted"),
+            Ok(true) => {
                 let took = ev.seen.map(|t| t.elapsed());
                 let generation = Firewall::last_generation(&st);
                 info!(?took, ?generation, "nftables tables restored");
@@ -282,7 +312,7 @@ fn react(fw: &Firewall, ev: &Events, verified: &mut u32, recent: &mut VecDeque<I
             }
             Err(e) => error!(error = %e, "restoring the nftables tables failed"),
         }
-    } else if ev.compat && Firewall::compat_wanted(&st) {
+    } else if ev.compat && fw.compat_wanted(&st) {
         match fw.repair_compat(&mut st) {
             Ok(true) => {
                 info!("iptables compatibility rule restored");

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Turns `nft --debug=mnl -f FILE` output into "type hexpayload" lines.
 
-Regenerate the reference (in a throwaway network namespace, nft 1.0.6):
-  (head -1 nft-1.0.6-batch.hex; unshare -n nft --debug=mnl -f nft-1.0.6-batch.nft 2>&1 \
+Regenerate a reference (in a throwaway network namespace, nft 1.0.6), for NAME `batch` (the
+built-in tables, written by hand) or `fragment` (a declared fragment's rendering, rewritten by
+`CNM_BLESS=1 cargo test -p cnm-firewall --lib a_declared_fragment`):
+  (head -1 nft-1.0.6-NAME.hex; unshare -n nft --debug=mnl -f nft-1.0.6-NAME.nft 2>&1 \
      | python3 mnl2hex.py | grep -v '^16 \|^17 \|^2576 \|^2561 \|^2564 \|^2570 \|^2583 ') > new.hex
-(the filter drops batch BEGIN/END and nft's own GET requests).
+then move new.hex over nft-1.0.6-NAME.hex (the filter drops batch BEGIN/END and nft's own GET
+requests).
 """
 import re, sys
 ansi = re.compile(r'\x1b\[[0-9;]*m')

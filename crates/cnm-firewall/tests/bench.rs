@@ -1,13 +1,19 @@
 //! Timing of publish/unpublish transactions (privileged; prints a small table).
 //! `publish_and_unpublish_timings`: 100 ports in one call; `one_mapping_cost_is_flat`: one
-//! mapping added and removed beside 0 and 1000 other endpoints' mappings.
+//! mapping added and removed beside 0 and 1000 other endpoints' mappings;
+//! `a_fragment_change_is_flat_beside_its_own_and_the_bridges`: one element of a declared
+//! fragment added and removed beside 0, then 1000 of its own and 1000 bridge mappings.
 //! `unshare --mount --propagation private -- cargo test -p cnm-firewall --release --test bench -- --ignored --nocapture`
 #![allow(clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cnm_firewall::{EndpointPort, Firewall, GatewayMode, NetworkRules, PortMapping, Protocol};
+use cnm_firewall::{
+    Action, ChainHook, ChainType, ElementChange, EndpointPort, FieldType, Firewall, FragmentChain,
+    FragmentSet, FragmentSpec, GatewayMode, Key, Match, NetworkRules, PortMapping, Protocol, Rule,
+    SetElement, Value,
+};
 use cnm_sandbox::NetNs;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -201,6 +207,95 @@ async fn one_mapping_cost_is_flat() -> Result<()> {
     assert!(
         del1k <= del0 * 2 + slack,
         "unpublish grows: {del0:?} -> {del1k:?}"
+    );
+    Ok(())
+}
+
+/// Median (add, delete) of one element of a declared fragment's set, with `others` elements of
+/// its own in the same set and `others` mappings of the bridge fragment beside it.
+async fn one_fragment_element(others: u16, runs: usize) -> Result<(Duration, Duration, u64)> {
+    let ns = NetNs::create_anonymous().await?;
+    let fw = Firewall::new(&ns).await?;
+    fw.add_network(&network()?).await?;
+    let frag = fw.fragment(
+        FragmentSpec::new("tdrv")
+            .set(FragmentSet::new(
+                "blocked",
+                [FieldType::IfName, FieldType::Ipv4],
+            ))
+            .chain(
+                FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, -10).rule(
+                    Rule::new(
+                        [Match::in_set([Key::IifName, Key::IpDaddr], "blocked")],
+                        Action::Drop,
+                    ),
+                ),
+            ),
+    )?;
+    let dev: cnm_types::IfName = "tdrv0".parse()?;
+    let element = |i: u16| {
+        SetElement::new([
+            Value::from(&dev),
+            Value::Ipv4(std::net::Ipv4Addr::new(10, 9, (i >> 8) as u8, i as u8)),
+        ])
+    };
+    // the owner's tables stay: one element that is never removed
+    frag.apply(&ElementChange::new().add("blocked", element(u16::MAX)))
+        .await?;
+    let mut bulk = ElementChange::new();
+    for i in 1..=others {
+        bulk = bulk.add("blocked", element(i));
+        let ip = std::net::Ipv4Addr::new(172, 18, 1 + (i / 250) as u8, 2 + (i % 250) as u8);
+        fw.add_port_mappings(
+            "n1",
+            &format!("ep{i}"),
+            &[PortMapping {
+                proto: Protocol::Tcp,
+                host_ip: None,
+                host_ports: (10000 + i, 10000 + i),
+                container_ip: ip.into(),
+                container_ports: (80, 80),
+            }],
+        )
+        .await?;
+    }
+    frag.apply(&bulk).await?;
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    let before = fw.transactions();
+    for _ in 0..runs {
+        let start = Instant::now();
+        frag.apply(&ElementChange::new().add("blocked", element(0)))
+            .await?;
+        add.push(start.elapsed());
+        let start = Instant::now();
+        frag.apply(&ElementChange::new().delete("blocked", element(0)))
+            .await?;
+        del.push(start.elapsed());
+    }
+    let per_change = (fw.transactions() - before) / (2 * runs as u64);
+    Ok((median(add), median(del), per_change))
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_fragment_change_is_flat_beside_its_own_and_the_bridges() -> Result<()> {
+    let (add0, del0, tx0) = one_fragment_element(0, 100).await?;
+    let (add1k, del1k, tx1k) = one_fragment_element(1000, 100).await?;
+    eprintln!(
+        "fragment element, 0 others:           add {add0:?}, delete {del0:?}, {tx0} tx each, median of 100"
+    );
+    eprintln!(
+        "fragment element, 1000 + 1000 bridge: add {add1k:?}, delete {del1k:?}, {tx1k} tx each, median of 100"
+    );
+    assert_eq!((tx0, tx1k), (1, 1), "one transaction per change");
+    let slack = Duration::from_micros(300);
+    assert!(
+        add1k <= add0 * 2 + slack,
+        "add grows: {add0:?} -> {add1k:?}"
+    );
+    assert!(
+        del1k <= del0 * 2 + slack,
+        "delete grows: {del0:?} -> {del1k:?}"
     );
     Ok(())
 }

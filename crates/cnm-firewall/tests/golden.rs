@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-use cnm_firewall::{EndpointPort, GatewayMode, NetworkRules, PortMapping, Protocol, Ruleset};
+use cnm_firewall::{
+    Action, ChainHook, ChainType, ElementChange, EndpointPort, FieldType, FragmentChain,
+    FragmentSet, FragmentSpec, GatewayMode, Key, Match, NetworkRules, PortMapping, Protocol, Rule,
+    Ruleset, SetElement, Value,
+};
 use cnm_sandbox::IpFamily;
 
 fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
@@ -162,8 +166,59 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
     })
     .unwrap();
     cases.push(("two-networks", two));
-    cases.push(("empty", Ruleset::new()));
+    // cnm turned forwarding on and has no network (left): only the firewall's own table
+    let mut guard_only = Ruleset::new();
+    guard_only.set_forward_drop(IpFamily::V4, true);
+    cases.push(("forward-drop-only", guard_only));
+    // a second driver's fragment beside the bridge's: tables of its own
+    let mut both = Ruleset::new();
+    both.add_network(&net("a", true, false)).unwrap();
+    both.fragment(&blocklist()).unwrap();
+    let ifname = "tdrv0".parse().unwrap();
+    both.apply(
+        "tdrv",
+        &ElementChange::new()
+            .add("ifaces", SetElement::new([Value::from(&ifname)]))
+            .add(
+                "blocked",
+                SetElement::new([Value::Ipv4("192.0.2.9".parse().unwrap())]),
+            )
+            .claim_interface(&ifname),
+    )
+    .unwrap();
+    cases.push(("bridge-and-fragment", both));
     cases
+}
+
+/// A driver's fragment: its containers may not reach the addresses of `blocked`.
+fn blocklist() -> FragmentSpec {
+    FragmentSpec::new("tdrv")
+        .set(FragmentSet::new("ifaces", [FieldType::IfName]))
+        .set(FragmentSet::new("blocked", [FieldType::Ipv4]))
+        .chain(
+            FragmentChain::base("screen", ChainHook::Forward, ChainType::Filter, -10)
+                .rule(Rule::new(
+                    [
+                        Match::in_set([Key::IifName], "ifaces"),
+                        Match::in_set([Key::IpDaddr], "blocked"),
+                    ],
+                    Action::Drop,
+                ))
+                .rule(Rule::new(
+                    [Match::in_set([Key::IifName], "ifaces")],
+                    Action::Allow,
+                )),
+        )
+}
+
+#[test]
+fn nothing_installed_renders_nothing() {
+    assert_eq!(Ruleset::new().render(), "");
+    // forward drop off again, no network: nothing left
+    let mut r = Ruleset::new();
+    r.set_forward_drop(IpFamily::V4, true);
+    r.set_forward_drop(IpFamily::V4, false);
+    assert_eq!(r.render(), "");
 }
 
 #[test]

@@ -132,13 +132,13 @@ async fn netlink_install_lists_as_nft_loading_the_rendering() -> Result<()> {
         la.contains("meta mark set meta mark | 0x01000000 accept"),
         "{la}"
     );
-    assert!(la.contains("table bridge cnm"), "{la}");
+    assert!(la.contains("table bridge cnm-bridge"), "{la}");
     // nft accepts its own listing back: the tables are well formed for nft 1.0.6
     let c = NetNs::create_anonymous().await?;
     nft_load(&c, &la, "listing").await?;
     assert_eq!(list(&c).await?, la);
-    // 1 base + 3 networks + 2 publishes
-    assert_eq!(fa.transactions(), 6);
+    // 3 networks (the first one brings the tables) + 2 publishes; nothing before the first
+    assert_eq!(fa.transactions(), 5);
     Ok(())
 }
 
@@ -257,11 +257,12 @@ async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> R
     for script in [
         "nft flush ruleset",
         "nft delete table inet cnm",
-        "nft delete table bridge cnm",
-        "nft flush chain inet cnm forward",
+        "nft delete table inet cnm-bridge",
+        "nft delete table bridge cnm-bridge",
+        "nft flush chain inet cnm-bridge forward",
         "nft flush chain inet cnm guard",
-        "nft delete element inet cnm dnat4_any '{ tcp . 8080 }'",
-        "nft flush set inet cnm bridges",
+        "nft delete element inet cnm-bridge dnat4_any '{ tcp . 8080 }'",
+        "nft flush set inet cnm-bridge bridges",
         "nft add rule inet cnm forward accept",
         "nft 'insert rule inet cnm guard accept'",
     ] {
@@ -273,7 +274,7 @@ async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> R
         ensure!(own < Duration::from_millis(100), "restore took {own:?}");
     }
     // one restore transaction per change, none of our own changes restored
-    assert_eq!(fw.transactions(), count + 9);
+    assert_eq!(fw.transactions(), count + 10);
     // changes to other tables are left alone
     sh(
         &a,
@@ -284,7 +285,7 @@ async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> R
         .await?;
     assert_eq!(
         fw.transactions(),
-        count + 10,
+        count + 11,
         "no restore for a foreign table"
     );
     Ok(())
@@ -317,12 +318,12 @@ async fn a_dropped_firewall_stops_watching_and_a_loading_one_changes_nothing_unt
     assert_eq!(fw.transactions(), count, "nothing sent while loading");
     assert_eq!(list(&a).await?, want, "the previous tables are untouched");
     // a change by someone else while loading is not fought: the commit replaces everything
-    sh(&a, "nft delete table bridge cnm").await?;
+    sh(&a, "nft delete table bridge cnm-bridge").await?;
     fw.finish_loading().await?;
     assert_eq!(fw.transactions(), count + 1, "one transaction");
     let got = list(&a).await?;
     assert!(got.contains("tcp . 81 : 172.18.0.3 . 81"), "{got}");
-    assert!(got.contains("table bridge cnm"), "{got}");
+    assert!(got.contains("table bridge cnm-bridge"), "{got}");
     fw.finish_loading().await?;
     assert_eq!(fw.transactions(), count + 1, "finishing twice is a no-op");
     Ok(())
@@ -365,7 +366,7 @@ async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
         .map(|i| tcp((30_000 + i, 30_000 + i), "172.18.0.10", (80 + i, 80 + i)))
         .collect();
     fw.add_port_mappings("n1", "more", &big).await?;
-    sh(&a, "nft delete table bridge cnm").await?;
+    sh(&a, "nft delete table bridge cnm-bridge").await?;
     fw.stall_watcher(false).await?;
     let h = tokio::time::timeout(
         Duration::from_secs(2),
@@ -378,7 +379,7 @@ async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
     assert_eq!(h.restores, 1);
     assert_eq!(fw.transactions(), count + 2, "our publish and the restore");
     let got = list(&a).await?;
-    assert!(got.contains("table bridge cnm"), "{got}");
+    assert!(got.contains("table bridge cnm-bridge"), "{got}");
     assert!(got.contains("tcp . 31999 : 172.18.0.10 . 2079"), "{got}");
     assert!(got.len() > want.len());
     Ok(())
@@ -475,7 +476,11 @@ async fn concurrent_publishes_both_land() -> Result<()> {
         let line = format!("tcp . {} : 172.18.0.{} . 80", 8000 + i, 10 + i);
         assert!(got.contains(&line), "missing {line} in {got}");
     }
-    assert_eq!(fw.transactions(), 2 + 8);
+    assert_eq!(
+        fw.transactions(),
+        1 + 8,
+        "the network (with the tables), then 8 publishes"
+    );
     Ok(())
 }
 
@@ -491,7 +496,7 @@ async fn a_refused_transaction_changes_nothing() -> Result<()> {
     // another value, which the kernel refuses (EBUSY)
     sh(
         &a,
-        "nft add element inet cnm dnat4_any '{ tcp . 9005 : 10.0.0.9 . 80 }'",
+        "nft add element inet cnm-bridge dnat4_any '{ tcp . 9005 : 10.0.0.9 . 80 }'",
     )
     .await?;
     let before = list(&a).await?;
@@ -503,7 +508,7 @@ async fn a_refused_transaction_changes_nothing() -> Result<()> {
         .expect_err("the kernel must refuse a clashing element");
     let text = e.to_string();
     assert!(
-        text.contains("add element inet cnm dnat4_any { tcp . 9005 : 172.18.0.2 . 80 }"),
+        text.contains("add element inet cnm-bridge dnat4_any { tcp . 9005 : 172.18.0.2 . 80 }"),
         "{text}"
     );
     assert_eq!(

@@ -210,6 +210,18 @@ pub enum IpamError {
         /// The range dynamic allocations come from, if the pool has one.
         range: InRange,
     },
+    /// An IPAM driver other than this crate's (a remote plugin) failed; its own error is the
+    /// source, and it says what kind of failure it is.
+    #[error("IPAM driver {driver}: {source}")]
+    Driver {
+        /// The IPAM driver's name.
+        driver: String,
+        /// The kind of failure.
+        kind: ErrorKind,
+        /// The driver's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// A saved state cannot be restored.
     #[error("failed to restore IPAM state: {what}")]
     CorruptState {
@@ -244,6 +256,7 @@ impl IpamError {
             Self::PoolNotFound { .. } | Self::AddressNotAllocated { .. } => ErrorKind::NotFound,
             Self::NoDefaultPool { .. } | Self::PoolExhausted { .. } => ErrorKind::Unavailable,
             Self::CorruptState { .. } => ErrorKind::Internal,
+            Self::Driver { kind, .. } => *kind,
         }
     }
 }

@@ -49,6 +49,16 @@ pub enum SandboxError {
         /// The namespace or object it was done to.
         object: String,
     },
+    /// An operation failed and undoing its partial effects failed too: the first cause is the
+    /// source, every cleanup failure is listed.
+    #[error("{source}; cleanup also failed: {}", cnm_types::ErrorList(.cleanup))]
+    Cleanup {
+        /// The error that made the operation fail.
+        #[source]
+        source: Box<SandboxError>,
+        /// Every error met while undoing.
+        cleanup: Vec<SandboxError>,
+    },
     /// No tokio runtime was available to drive a netlink connection.
     #[error("failed to {op} {object}: no tokio runtime is running")]
     NoRuntime {
@@ -60,6 +70,18 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
+    /// Attaches cleanup failures to this error (unchanged when there are none).
+    pub fn with_cleanup(self, cleanup: Vec<SandboxError>) -> SandboxError {
+        if cleanup.is_empty() {
+            self
+        } else {
+            Self::Cleanup {
+                source: Box::new(self),
+                cleanup,
+            }
+        }
+    }
+
     /// The kind of failure, independent of the variant.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -70,6 +92,7 @@ impl SandboxError {
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::ThreadPanicked { .. } => ErrorKind::Internal,
             Self::NoRuntime { .. } => ErrorKind::Unavailable,
+            Self::Cleanup { source, .. } => source.kind(),
         }
     }
 
@@ -77,6 +100,7 @@ impl SandboxError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::Kernel { source, .. } => source.raw_os_error(),
+            Self::Cleanup { source, .. } => source.errno(),
             _ => None,
         }
     }
@@ -110,42 +134,15 @@ impl SandboxError {
     }
 }
 
-/// Maps a kernel errno to the kind of failure it means for a caller.
+/// Maps a kernel errno to the kind of failure it means for a caller (the shared table,
+/// [`ErrorKind::from_errno`]).
 pub fn kind_from_errno(errno: i32) -> ErrorKind {
-    match errno {
-        libc::EEXIST => ErrorKind::AlreadyExists,
-        libc::ENOENT | libc::ENODEV | libc::ESRCH => ErrorKind::NotFound,
-        libc::EBUSY => ErrorKind::Conflict,
-        libc::EINVAL | libc::ERANGE => ErrorKind::InvalidInput,
-        libc::EPERM | libc::EACCES => ErrorKind::Unavailable,
-        libc::EOPNOTSUPP => ErrorKind::Unsupported,
-        _ => ErrorKind::Internal,
-    }
+    ErrorKind::from_errno(errno)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errno_maps_to_kind() {
-        let cases = [
-            (libc::EEXIST, ErrorKind::AlreadyExists),
-            (libc::ENOENT, ErrorKind::NotFound),
-            (libc::ENODEV, ErrorKind::NotFound),
-            (libc::ESRCH, ErrorKind::NotFound),
-            (libc::EBUSY, ErrorKind::Conflict),
-            (libc::EINVAL, ErrorKind::InvalidInput),
-            (libc::ERANGE, ErrorKind::InvalidInput),
-            (libc::EPERM, ErrorKind::Unavailable),
-            (libc::EACCES, ErrorKind::Unavailable),
-            (libc::EOPNOTSUPP, ErrorKind::Unsupported),
-            (libc::EIO, ErrorKind::Internal),
-        ];
-        for (errno, kind) in cases {
-            assert_eq!(kind_from_errno(errno), kind, "errno {errno}");
-        }
-    }
 
     #[test]
     fn message_names_op_object_and_cause() {

@@ -2,8 +2,11 @@
 //!
 //! **Owns**: network namespaces as file descriptors ([`NetNs`]: create, persist by bind mount,
 //! open, delete, run code inside); rtnetlink handles bound to a namespace ([`Netlink`]: links,
-//! addresses, routes, neighbours, FDB); per-namespace sysctls; writing a sandbox's hosts and
-//! resolv.conf. It is the only crate of cnm with `unsafe` permitted (and currently needs none).
+//! addresses, routes, neighbours, FDB); a container interface's whole set-up in one call
+//! ([`Netlink::configure_interface`]: moved in and renamed when needed, MAC, MTU, addresses,
+//! IPv6, up, routes); per-namespace sysctls; writing a sandbox's hosts and
+//! resolv.conf; entering a sandbox before `exec` ([`exec::SandboxEntry`]). It is the only crate of cnm
+//! with `unsafe` permitted, used only between `fork` and `exec` there.
 //!
 //! **Does not**: know networks, endpoints, drivers or IPAM; choose names or addresses; touch
 //! the firewall; keep any state beyond the file descriptors it hands out.
@@ -45,6 +48,7 @@
 mod error;
 pub mod exec;
 mod files;
+mod interface;
 mod link;
 mod netlink;
 mod ns;
@@ -53,6 +57,7 @@ mod sysctl;
 
 pub use error::{SandboxError, kind_from_errno};
 pub use files::{HostsEntry, HostsFile, ResolvConf};
+pub use interface::{InterfaceConfig, InterfaceSource};
 pub use link::{Link, LinkKind, LinkSpec, MacvlanMode};
 pub use netlink::{FdbEntry, Neighbour, Netlink};
 pub use ns::NetNs;

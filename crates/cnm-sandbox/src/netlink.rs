@@ -154,6 +154,23 @@ impl Netlink {
         Ok(Netlink::from_parts(handle, ns.clone()))
     }
 
+    /// Opens a NETLINK_ROUTE socket in the calling thread's own namespace and drives it on the
+    /// current tokio runtime: no thread, no `setns`, so no privilege is needed. On a tokio
+    /// worker that namespace is the process's (nothing in cnm ever moves a worker).
+    pub fn connect_current() -> Result<Netlink, SandboxError> {
+        let ns = NetNs::current()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SandboxError::NoRuntime {
+                op: "connect netlink in",
+                object: ns.to_string(),
+            });
+        }
+        let (connection, handle, _events) = rtnetlink::new_connection()
+            .map_err(|e| SandboxError::kernel("open netlink socket in", ns.to_string(), e))?;
+        tokio::spawn(connection);
+        Ok(Netlink::from_parts(handle, ns))
+    }
+
     fn from_parts(handle: rtnetlink::Handle, ns: NetNs) -> Netlink {
         Netlink {
             handle,
@@ -255,6 +272,20 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// A dump: every reply `parse` keeps, in order; a failure names `op` and the namespace.
+    async fn dump<T>(
+        &self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        parse: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, SandboxError> {
+        let replies = self
+            .request(msg, NLM_F_DUMP)
+            .await
+            .map_err(|e| SandboxError::kernel(op, self.ns.to_string(), e))?;
+        Ok(replies.into_iter().filter_map(parse).collect())
     }
 
     /// A change acknowledged by the kernel.
@@ -382,20 +413,12 @@ impl Netlink {
 
     /// All links.
     pub async fn links(&self) -> Result<Vec<Link>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list links", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                _ => None,
-            })
-            .collect())
+        let msg = RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump("list links", msg, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+            _ => None,
+        })
+        .await
     }
 
     /// Deletes a link (for a veth, both ends go).
@@ -715,21 +738,14 @@ impl Netlink {
 
     /// Addresses of one link, or of all links with `None`.
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list addresses", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => parse_address(&a),
-                _ => None,
-            })
-            .filter(|a| index.is_none_or(|i| a.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.dump("list addresses", msg, |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => {
+                parse_address(&a).filter(|a| index.is_none_or(|i| a.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 
     // ---- routes ----
@@ -766,17 +782,12 @@ impl Netlink {
             IpFamily::V4 => AddressFamily::Inet,
             IpFamily::V6 => AddressFamily::Inet6,
         };
-        let replies = self
-            .request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
-            .await
-            .map_err(|e| SandboxError::kernel("list routes", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
-                _ => None,
-            })
-            .collect())
+        let msg = RouteNetlinkMessage::GetRoute(msg);
+        self.dump("list routes", msg, |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(&r),
+            _ => None,
+        })
+        .await
     }
 
     // ---- neighbours and FDB ----
@@ -813,21 +824,14 @@ impl Netlink {
 
     /// Neighbour (ARP/NDP) entries of one link, or of all links with `None`.
     pub async fn neighbours(&self, index: Option<u32>) -> Result<Vec<Neighbour>, SandboxError> {
-        let replies = self
-            .request(
-                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-                NLM_F_DUMP,
-            )
-            .await
-            .map_err(|e| SandboxError::kernel("list neighbours", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
-                _ => None,
-            })
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
+        self.dump("list neighbours", msg, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                parse_neighbour(&n).filter(|n| index.is_none_or(|i| n.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// Adds a permanent FDB entry on the device itself (`bridge fdb add … self permanent`); for
@@ -867,18 +871,14 @@ impl Netlink {
     pub async fn fdb(&self, index: Option<u32>) -> Result<Vec<FdbEntry>, SandboxError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
-        let replies = self
-            .request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)
-            .await
-            .map_err(|e| SandboxError::kernel("list fdb entries", self.ns.to_string(), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n),
-                _ => None,
-            })
-            .filter(|n| index.is_none_or(|i| n.index == i))
-            .collect())
+        let msg = RouteNetlinkMessage::GetNeighbour(msg);
+        self.dump("list fdb entries", msg, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                parse_fdb(&n).filter(|n| index.is_none_or(|i| n.index == i))
+            }
+            _ => None,
+        })
+        .await
     }
 }
 
@@ -1107,7 +1107,7 @@ fn parse_address(msg: &AddressMessage) -> Option<Address> {
     })
 }
 
-fn validate_route(route: &RouteSpec) -> Result<(), SandboxError> {
+pub(crate) fn validate_route(route: &RouteSpec) -> Result<(), SandboxError> {
     if let Some(gw) = route.gateway
         && gw.is_ipv4() != route.destination.addr().is_ipv4()
     {

@@ -255,6 +255,18 @@ pub(crate) fn delete_persisted(path: &Path) -> Result<(), SandboxError> {
     }
 }
 
+/// Starts `f` on a fresh, named OS thread.
+fn spawn<F: FnOnce() + Send + 'static>(
+    op: &'static str,
+    object: &str,
+    f: F,
+) -> Result<std::thread::JoinHandle<()>, SandboxError> {
+    std::thread::Builder::new()
+        .name("cnm-netns".into())
+        .spawn(f)
+        .map_err(|e| SandboxError::kernel("spawn thread to", format!("{op} {object}"), e))
+}
+
 /// Runs `f` on a fresh, named OS thread and awaits its result without blocking the executor.
 pub(crate) async fn on_thread<F, R>(
     op: &'static str,
@@ -267,13 +279,8 @@ where
 {
     let object = object.into();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("cnm-netns".into())
-        .spawn(move || {
-            // The receiver may be gone (caller cancelled); the thread exits either way.
-            let _ = tx.send(f());
-        })
-        .map_err(|e| SandboxError::kernel("spawn thread to", format!("{op} {object}"), e))?;
+    // The receiver may be gone (caller cancelled); the thread exits either way.
+    spawn(op, &object, move || drop(tx.send(f())))?;
     rx.await
         .map_err(|_| SandboxError::ThreadPanicked { op, object })
 }
@@ -289,11 +296,10 @@ where
     R: Send + 'static,
 {
     let object = object.into();
-    let handle = std::thread::Builder::new()
-        .name("cnm-netns".into())
-        .spawn(f)
-        .map_err(|e| SandboxError::kernel("spawn thread to", format!("{op} {object}"), e))?;
-    handle
-        .join()
-        .map_err(|_| SandboxError::ThreadPanicked { op, object })
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = spawn(op, &object, move || drop(tx.send(f())))?;
+    let result = rx.recv();
+    // Joined so that the thread is gone when this returns, as before.
+    let _ = handle.join();
+    result.map_err(|_| SandboxError::ThreadPanicked { op, object })
 }

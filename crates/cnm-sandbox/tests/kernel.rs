@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use cnm_sandbox::{
-    IpFamily, LinkKind, LinkSpec, MacvlanMode, NetNs, Netlink, RouteSpec, get_sysctl, set_sysctl,
-    set_sysctls,
+    InterfaceConfig, InterfaceSource, IpFamily, LinkKind, LinkSpec, MacvlanMode, NetNs, Netlink,
+    RouteSpec, get_sysctl, set_sysctl, set_sysctls,
 };
 use cnm_types::{ErrorKind, IfName, MacAddress};
 
@@ -796,4 +796,160 @@ async fn delete_link_named_returns_once_both_veth_ends_are_gone() -> Result<()> 
         "absent is Ok(false)"
     );
     spaces.finish().await
+}
+
+/// Addresses (as `a/len` strings) of the link called `ifname` in `nl`'s namespace.
+async fn addresses_of(nl: &Netlink, ifname: &str) -> Result<Vec<String>> {
+    let link = nl.link(ifname).await?.context(ifname.to_owned())?;
+    Ok(nl
+        .addresses(Some(link.index))
+        .await?
+        .iter()
+        .map(|a| a.addr.to_string())
+        .collect())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn configure_interface_in_place_in_one_call() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nss = Namespaces::new()?;
+    let (_host, host_nl) = nss.make("host").await?;
+    // A sandbox as the controller makes it: interfaces are born with IPv6 off.
+    let key = dir.path().join("sb");
+    let (sandbox, sb_nl) =
+        Netlink::create_netns(&key, &[("net.ipv6.conf.default.disable_ipv6", "1")]).await?;
+    host_nl
+        .create_link(&LinkSpec {
+            up: true,
+            ..LinkSpec::new(
+                name("vcfg0"),
+                LinkKind::Veth {
+                    peer_name: name("eth0"),
+                    peer_ns: Some(sandbox.clone()),
+                    peer_mac: None,
+                    peer_mtu: None,
+                    peer_up: false,
+                },
+            )
+        })
+        .await?;
+    let mut config = InterfaceConfig::new(InterfaceSource::Existing {
+        name: name("eth0"),
+        index: None,
+    });
+    config.addresses = vec!["10.9.0.2/24".parse()?, "fd00:9::2/64".parse()?];
+    config.enable_ipv6 = true;
+    config.routes = vec![RouteSpec::via(
+        "10.99.0.0/16".parse()?,
+        "10.9.0.1".parse()?,
+        None,
+    )];
+    let index = sb_nl.configure_interface(&config).await?;
+
+    let eth0 = sb_nl.link("eth0").await?.context("eth0")?;
+    ensure!(eth0.index == index && eth0.up, "{eth0:?}");
+    let addrs = addresses_of(&sb_nl, "eth0").await?;
+    ensure!(
+        addrs.contains(&"10.9.0.2/24".to_owned()) && addrs.contains(&"fd00:9::2/64".to_owned()),
+        "{addrs:?}"
+    );
+    ensure!(get_sysctl(&sandbox, "net/ipv6/conf/eth0/disable_ipv6").await? == "0");
+    let routes = sb_nl.routes(IpFamily::V4).await?;
+    let next_hop: IpAddr = "10.9.0.1".parse()?;
+    ensure!(
+        routes
+            .iter()
+            .any(|r| r.destination.to_string() == "10.99.0.0/16"
+                && r.gateway == Some(next_hop)
+                && r.oif == Some(index)),
+        "{routes:?}"
+    );
+
+    // Bad values are refused before anything is sent.
+    let mut bad = InterfaceConfig::new(InterfaceSource::Existing {
+        name: name("eth0"),
+        index: Some(index),
+    });
+    bad.mtu = Some(10);
+    bad.addresses = vec!["10.9.1.2/24".parse()?];
+    let e = sb_nl.configure_interface(&bad).await.unwrap_err();
+    ensure!(e.kind() == ErrorKind::InvalidInput, "{e}");
+    ensure!(
+        !addresses_of(&sb_nl, "eth0")
+            .await?
+            .contains(&"10.9.1.2/24".to_owned())
+    );
+    // A missing interface is named.
+    let e = sb_nl
+        .configure_interface(&InterfaceConfig::new(InterfaceSource::Existing {
+            name: name("eth7"),
+            index: None,
+        }))
+        .await
+        .unwrap_err();
+    ensure!(
+        e.kind() == ErrorKind::NotFound && e.to_string().contains("eth7"),
+        "{e}"
+    );
+    NetNs::delete(&key).await?;
+    nss.finish().await
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn configure_interface_moves_in_renames_and_gives_back_on_failure() -> Result<()> {
+    let mut nss = Namespaces::new()?;
+    let (_host, host_nl) = nss.make("host").await?;
+    let (_sandbox, sb_nl) = nss.make("sandbox").await?;
+    plain_link(&host_nl, "vmove0").await?;
+    let mac: MacAddress = "02:42:ac:11:00:09".parse()?;
+    let mut config = InterfaceConfig::new(InterfaceSource::MoveIn {
+        from: host_nl.clone(),
+        name: name("vmove0p"),
+        rename: name("eth1"),
+    });
+    config.mac = Some(mac);
+    config.mtu = Some(1400);
+    config.addresses = vec!["10.8.0.2/24".parse()?];
+    let index = sb_nl.configure_interface(&config).await?;
+    let eth1 = sb_nl.link("eth1").await?.context("moved in and renamed")?;
+    ensure!(
+        eth1.index == index && eth1.mac == Some(mac) && eth1.mtu == 1400 && eth1.up,
+        "{eth1:?}"
+    );
+    ensure!(addresses_of(&sb_nl, "eth1").await? == ["10.8.0.2/24"]);
+    ensure!(host_nl.link("vmove0p").await?.is_none(), "left the host");
+
+    // A step that fails after the move: the interface goes back to the host, as it was named.
+    plain_link(&host_nl, "vmove1").await?;
+    let mut failing = InterfaceConfig::new(InterfaceSource::MoveIn {
+        from: host_nl.clone(),
+        name: name("vmove1p"),
+        rename: name("eth2"),
+    });
+    failing.addresses = vec!["10.7.0.2/24".parse()?];
+    // No route to the next hop: refused by the kernel (ENETUNREACH).
+    failing.routes = vec![RouteSpec::via(
+        "10.77.0.0/16".parse()?,
+        "192.0.2.1".parse()?,
+        None,
+    )];
+    let e = sb_nl.configure_interface(&failing).await.unwrap_err();
+    ensure!(e.to_string().contains("10.77.0.0/16"), "{e}");
+    ensure!(sb_nl.link("eth2").await?.is_none(), "nothing stays inside");
+    ensure!(
+        host_nl.link("vmove1p").await?.is_some(),
+        "given back under its old name"
+    );
+    nss.finish().await
+}
+
+#[tokio::test]
+async fn connect_current_needs_no_thread_and_no_privilege() -> Result<()> {
+    let nl = Netlink::connect_current()?;
+    ensure!(nl.netns().id() == NetNs::current()?.id());
+    // Reading is all this does: the caller's own namespace is never changed by a test.
+    ensure!(!nl.links().await?.is_empty(), "at least loopback");
+    Ok(())
 }

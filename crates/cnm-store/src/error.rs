@@ -78,6 +78,11 @@ pub enum RedbStoreError {
 
 fn holder_text(holder: Option<u32>) -> String {
     match holder {
+        Some(pid) if pid == std::process::id() => format!(
+            "this process (pid {pid}): a controller or store opened on this state directory \
+             earlier is still open; shut that controller down (Controller::shutdown) or drop it \
+             first"
+        ),
         Some(pid) => format!("pid {pid}"),
         None => "another process or handle (pid unknown)".to_owned(),
     }
@@ -111,6 +116,18 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "state-directory lock /var/lib/cnm/lock is held by pid 4242"
+        );
+        let ours = RedbStoreError::Locked {
+            path: "/var/lib/cnm/lock".into(),
+            holder: Some(std::process::id()),
+            source: nix::errno::Errno::EWOULDBLOCK,
+        };
+        assert!(
+            ours.to_string().starts_with(&format!(
+                "state-directory lock /var/lib/cnm/lock is held by this process (pid {})",
+                std::process::id()
+            )),
+            "{ours}"
         );
     }
 }

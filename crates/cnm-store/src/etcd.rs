@@ -384,6 +384,8 @@ impl Store for EtcdStore {
                     Some(PutOptions::new().with_lease(lease.get())),
                 ),
                 TxnOp::Delete { .. } => etcd_client::TxnOp::delete(key, None),
+                // A compare without a write.
+                TxnOp::Check { .. } => continue,
             });
         }
         let request = etcd_client::Txn::new()

@@ -424,6 +424,7 @@ fn apply(wtx: &WriteTransaction, txn: Txn, live: &HashSet<LeaseId>) -> Result<Ap
                 }
                 (key, value, Some(lease))
             }
+            TxnOp::Check { .. } => continue,
             TxnOp::Delete { key, .. } => {
                 let removed = kv
                     .remove(key.as_str())

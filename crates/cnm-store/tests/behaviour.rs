@@ -110,6 +110,46 @@ async fn txn_is_all_or_nothing(s: &dyn Store) -> Result<()> {
     Ok(())
 }
 
+async fn a_check_guards_a_write_and_writes_nothing(s: &dyn Store) -> Result<()> {
+    let v = s.put("network/n", b"1".to_vec(), Expect::Absent).await?;
+    let mut w = s.watch("")?;
+    let guarded = |expect| {
+        Txn::new()
+            .check("network/n", expect)
+            .put("block/n/1", b"h".to_vec(), Expect::Absent)
+    };
+    let e = s
+        .commit(guarded(Expect::Version(v + 7)))
+        .await
+        .expect_err("the check fails");
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("network/n"), "{e}");
+    assert!(s.get("block/n/1").await?.is_none(), "nothing written");
+    let rev = s.commit(guarded(Expect::Version(v))).await?;
+    // The checked key is neither rewritten nor reported to watchers.
+    assert_eq!(s.get("network/n").await?.context("kept")?.version, v);
+    let event = next_within(&mut w, Duration::from_secs(2), "the guarded write").await?;
+    assert_eq!((event.key(), event.revision()), ("block/n/1", rev));
+    // A guard on a missing key.
+    let e = s
+        .commit(
+            Txn::new()
+                .check("gone", Expect::Version(1))
+                .delete("block/n/1", Expect::Any),
+        )
+        .await
+        .expect_err("no key at version 1");
+    assert!(e.to_string().contains("gone"), "{e}");
+    s.commit(
+        Txn::new()
+            .check("gone", Expect::Absent)
+            .delete("block/n/1", Expect::Any),
+    )
+    .await?;
+    assert!(s.get("block/n/1").await?.is_none());
+    Ok(())
+}
+
 async fn a_key_twice_in_one_txn(s: &dyn Store) -> Result<()> {
     let before = s.put("probe", Vec::new(), Expect::Any).await?;
     let put_then_delete = Txn::new()
@@ -600,6 +640,7 @@ macro_rules! every_store {
 every_store!(
     versions_and_expectations,
     txn_is_all_or_nothing,
+    a_check_guards_a_write_and_writes_nothing,
     a_key_twice_in_one_txn,
     revisions_grow_across_the_store,
     list_by_prefix_and_watch,

@@ -484,3 +484,101 @@ async fn listing_pages_through_thousands_of_keys() -> Result<()> {
 fn report(line: &str) {
     eprintln!("{line}");
 }
+
+/// Global scope through etcd: two controllers (each on a fake kernel, with its own in-memory
+/// store) share one etcd as their cluster store. A global network created on one is seen by
+/// the other, its name is the cluster's, 32 endpoints created at once on each host never share
+/// an address, and once deleted nothing of it is left in etcd but the empty subnet index.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn global_addresses_allocated_through_etcd_never_collide() -> Result<()> {
+    use cnm_core::spi::{Capability, Scope};
+    use cnm_core::store::MemoryStore;
+    use cnm_core::testing::{FakeDriver, FakeKernel};
+    use cnm_core::{Controller, CoreError, EndpointOptions, NetworkOptions};
+
+    let etcd = EtcdServer::start_isolated().await?;
+    let endpoint = etcd.endpoint();
+    etcd.run_client(move || async move {
+        let cluster: Arc<dyn Store> =
+            Arc::new(EtcdStore::connect(EtcdConfig::new(endpoint.parse()?)).await?);
+        let resolv = std::path::Path::new("/fake/etc/resolv.conf");
+        let mut hosts = Vec::new();
+        for _ in 0..2 {
+            let kernel = FakeKernel::new()?;
+            kernel.put_file(resolv, "nameserver 192.0.2.53\n");
+            let run = tempfile::tempdir()?;
+            let k = kernel.clone();
+            let ctl = Controller::builder()
+                .kernel(kernel)
+                .store(Arc::new(MemoryStore::new()))
+                .cluster_store(cluster.clone())
+                .run_dir(run.path().join("run"))
+                .state_dir(run.path().join("state"))
+                .resolv_conf(resolv)
+                .builtin_drivers(false)
+                .driver("overlay", move |_| {
+                    let capability = Capability::local()
+                        .with_scope(Scope::Global)
+                        .with_host_routes(false);
+                    Ok(Arc::new(
+                        FakeDriver::new("overlay", Some(k)).with_capability(capability),
+                    ))
+                })
+                .build()
+                .await?;
+            hosts.push((ctl, run));
+        }
+        let (a, b) = (hosts[0].0.clone(), hosts[1].0.clone());
+        let g = a
+            .new_network("overlay", "g", NetworkOptions::default())
+            .await?;
+        b.sync_cluster().await?;
+        let gb = b.network("g")?;
+        ensure!(
+            gb.id() == g.id() && gb.ipv4() == g.ipv4(),
+            "one network on both"
+        );
+        let e = b
+            .new_network("overlay", "g", NetworkOptions::default())
+            .await
+            .expect_err("the name is the cluster's");
+        ensure!(matches!(e, CoreError::NetworkExists(_)), "{e}");
+
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            for (net, host) in [(g.clone(), "a"), (gb.clone(), "b")] {
+                tasks.push(tokio::spawn(async move {
+                    net.create_endpoint(&format!("{host}{i}"), EndpointOptions::default())
+                        .await
+                }));
+            }
+        }
+        let mut eps = Vec::new();
+        for t in tasks {
+            eps.push(t.await??);
+        }
+        let addrs: std::collections::BTreeSet<_> = eps.iter().filter_map(|e| e.ipv4()).collect();
+        ensure!(
+            addrs.len() == 64,
+            "{} distinct addresses of 64",
+            addrs.len()
+        );
+        let claims = cluster.list(&format!("address/{}/", g.id())).await?;
+        ensure!(claims.len() == 64, "{} claims in etcd", claims.len());
+
+        for e in eps {
+            e.delete().await?;
+        }
+        g.delete().await?;
+        b.sync_cluster().await?;
+        ensure!(b.network("g").is_err(), "gone from the other host");
+        let left: Vec<String> = cluster.list("").await?.into_iter().map(|e| e.0).collect();
+        ensure!(left == ["network-subnets"], "left in etcd: {left:?}");
+        for (ctl, _) in &hosts {
+            ctl.shutdown().await?;
+        }
+        Ok(())
+    })
+    .await
+}

@@ -36,8 +36,7 @@ const PREFIX_V6: u8 = 64;
 /// with their last file descriptor, mounts under its directories are detached, the directories
 /// removed. Nothing is ever done in the machine's own namespace.
 ///
-/// A cnm controller bound to this host (`host.controller()`) is provided by `cnm-core`'s test
-/// support, which builds on this type.
+/// A cnm controller bound to this host: [`TestHost::controller`].
 #[derive(Debug)]
 pub struct TestHost {
     netns: NetNs,

@@ -16,9 +16,12 @@
 //! - [`etcd`]: a real etcd in a namespace of the test's, with its own data directory, killed
 //!   and restarted on demand, and [`etcd::run_in`] to run client code inside a namespace.
 //!
+//! - [`TestHost::controller`]: a cnm controller on a throwaway host (and
+//!   [`TestHost::controller_builder`], [`TestHost::restart`]), the one fixture for it.
+//!
 //! **Does not**
-//! - build a cnm controller: `cnm-core` adds a `controller()` constructor bound to a
-//!   [`TestHost`] once it exists, so this crate stays below it in the dependency graph;
+//! - link a driver: a test names the ones it uses (`use cnm_driver_bridge as _;`), so core's own
+//!   tests see only their test drivers;
 //! - skip anything: without root (CAP_SYS_ADMIN, CAP_NET_ADMIN) [`TestHost::new`] fails loudly.
 //!
 //! Errors are `anyhow::Error`: this crate only serves tests, whose failures are read by people.
@@ -38,10 +41,12 @@
 //! # Ok(()) }
 //! ```
 
+mod controller;
 pub mod etcd;
 mod host;
 mod mounts;
 pub mod probe;
 pub mod server;
 
+pub use controller::HOST_NAMESERVER;
 pub use host::{Lan, Outside, TestHost};

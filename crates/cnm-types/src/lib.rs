@@ -67,6 +67,52 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind of failure a Linux errno means for a caller: the one table every crate that
+    /// reports kernel or socket errors uses (netlink, nftables, sockets).
+    ///
+    /// ```
+    /// use cnm_types::ErrorKind;
+    /// assert_eq!(ErrorKind::from_errno(17), ErrorKind::AlreadyExists); // EEXIST
+    /// assert_eq!(ErrorKind::from_errno(5), ErrorKind::Internal); // EIO
+    /// ```
+    pub fn from_errno(errno: i32) -> ErrorKind {
+        match errno {
+            libc::EEXIST => Self::AlreadyExists,
+            libc::ENOENT | libc::ENODEV | libc::ESRCH => Self::NotFound,
+            libc::EBUSY | libc::ENOTEMPTY | libc::EADDRINUSE => Self::Conflict,
+            libc::EINVAL | libc::ERANGE | libc::EADDRNOTAVAIL => Self::InvalidInput,
+            libc::EPERM
+            | libc::EACCES
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOBUFS
+            | libc::ENOMEM => Self::Unavailable,
+            libc::EOPNOTSUPP
+            | libc::EPROTONOSUPPORT
+            | libc::EAFNOSUPPORT
+            | libc::ESOCKTNOSUPPORT => Self::Unsupported,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// Errors shown one after the other, separated by `; `: how every crate's error lists the
+/// cleanup failures it carries ("…; cleanup also failed: a; b").
+pub struct ErrorList<'a, E>(pub &'a [E]);
+
+impl<E: fmt::Display> fmt::Display for ErrorList<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A Linux interface name: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -270,6 +316,32 @@ mod tests {
         }
         let e = IfName::new("0123456789abcdef").unwrap_err();
         assert!(e.to_string().contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn errno_maps_to_kind() {
+        let cases = [
+            (libc::EEXIST, ErrorKind::AlreadyExists),
+            (libc::ENOENT, ErrorKind::NotFound),
+            (libc::ENODEV, ErrorKind::NotFound),
+            (libc::ESRCH, ErrorKind::NotFound),
+            (libc::EBUSY, ErrorKind::Conflict),
+            (libc::ENOTEMPTY, ErrorKind::Conflict),
+            (libc::EADDRINUSE, ErrorKind::Conflict),
+            (libc::EINVAL, ErrorKind::InvalidInput),
+            (libc::ERANGE, ErrorKind::InvalidInput),
+            (libc::EADDRNOTAVAIL, ErrorKind::InvalidInput),
+            (libc::EPERM, ErrorKind::Unavailable),
+            (libc::EACCES, ErrorKind::Unavailable),
+            (libc::EMFILE, ErrorKind::Unavailable),
+            (libc::ENOMEM, ErrorKind::Unavailable),
+            (libc::EOPNOTSUPP, ErrorKind::Unsupported),
+            (libc::EAFNOSUPPORT, ErrorKind::Unsupported),
+            (libc::EIO, ErrorKind::Internal),
+        ];
+        for (errno, kind) in cases {
+            assert_eq!(ErrorKind::from_errno(errno), kind, "errno {errno}");
+        }
     }
 
     #[test]

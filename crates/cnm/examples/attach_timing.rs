@@ -217,15 +217,7 @@ async fn main() -> Result<()> {
             .init();
     }
     let host = TestHost::new().await?;
-    let resolv = host.state_dir().join("host-resolv.conf");
-    std::fs::write(&resolv, "nameserver 192.0.2.53\n")?;
-    let ctl = Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .resolv_conf(&resolv)
-        .build()
-        .await?;
+    let ctl = host.controller().await?;
     let driver = cnm_driver_bridge::BridgeDriver::instance_for(host.netns())
         .context("the controller made no bridge driver")?;
     let net = ctl

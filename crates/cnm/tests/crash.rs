@@ -351,7 +351,7 @@ async fn observe(ctl: &Controller) -> Result<Model> {
     for net in ctl.networks() {
         let mut eps = BTreeMap::new();
         for ep in net.endpoints() {
-            let joined = match ep.sandbox_id().await {
+            let joined = match ep.sandbox_id() {
                 Some(id) => Some(ctl.sandbox(&id)?.container_id().to_owned()),
                 None => None,
             };
@@ -362,13 +362,19 @@ async fn observe(ctl: &Controller) -> Result<Model> {
     Ok(m)
 }
 
+/// The bridge fragment's table and the firewall's own (its interfaces), as nft lists them
+/// (empty for a table that is not there).
 fn nft_table(host: &NetNs) -> Result<String> {
-    let out = host.run_blocking(|| {
-        Command::new("nft")
-            .args(["list", "table", "inet", "cnm"])
-            .output()
-    })??;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut text = String::new();
+    for table in ["cnm-bridge", "cnm"] {
+        let out = host.run_blocking(move || {
+            Command::new("nft")
+                .args(["list", "table", "inet", table])
+                .output()
+        })??;
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(text)
 }
 
 /// Mount points under `dir` (from /proc/self/mountinfo).
@@ -419,7 +425,7 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
                     bad.push(format!("address {ip} held by {other} and {}", ep.name()));
                 }
             }
-            if ep.sandbox_id().await.is_some() {
+            if ep.sandbox_id().is_some() {
                 joined_ids.insert(ep.id().to_owned());
             }
         }
@@ -474,7 +480,7 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
     for sb in ctl.sandboxes() {
         let in_ns = sb.netlink().links().await?;
         let ifs: Vec<_> = in_ns.iter().filter(|l| l.name != "lo").collect();
-        let eps = sb.endpoints().await;
+        let eps = sb.endpoints();
         if ifs.len() != eps.len() {
             bad.push(format!(
                 "sandbox {} has {} interfaces for {} endpoints",
@@ -503,7 +509,7 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
             }
         }
         for (ep, _) in &eps {
-            match ep.sandbox_id().await {
+            match ep.sandbox_id() {
                 Some(id) if id == sb.id() => {}
                 other => bad.push(format!(
                     "{} is in sandbox {}'s list but its record says {other:?}",
@@ -516,7 +522,7 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
     // Published ports: exactly those of gateway endpoints.
     let mut gateways = BTreeSet::new();
     for sb in ctl.sandboxes() {
-        if let Some(g) = sb.gateway_endpoint().await {
+        if let Some(g) = sb.gateway_endpoint() {
             gateways.insert(g.id().to_owned());
         }
     }
@@ -524,11 +530,10 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
     let mut all_ports = Vec::new();
     for net in ctl.networks() {
         for ep in net.endpoints() {
-            if let Some(sid) = ep.sandbox_id().await {
+            if let Some(sid) = ep.sandbox_id() {
                 let listed = ctl
                     .sandbox(&sid)?
                     .endpoints()
-                    .await
                     .iter()
                     .any(|(e, _)| e.id() == ep.id());
                 if !listed {
@@ -613,7 +618,7 @@ async fn tear_down_all(ctl: &Controller, w: &World) -> Result<()> {
         mounts_under(&w.run_dir.join("netns"))?.is_empty(),
         "netns mounts left after teardown"
     );
-    let keys = ctl.store().list("").await?;
+    let keys = ctl.store()?.list("").await?;
     ensure!(
         keys.is_empty(),
         "store entries left: {:?}",

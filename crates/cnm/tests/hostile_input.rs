@@ -4,12 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use cnm::cnm_sandbox::{IpFamily, LinkKind, LinkSpec, Netlink, RouteSpec};
 use cnm::cnm_types::{ErrorKind, IfName, MacAddress};
-use cnm::store::MemoryStore;
 use cnm::{
     Controller, CoreError, EndpointOptions, JoinOption, NetworkOptions, PortBinding, PortRange,
     Protocol,
@@ -18,13 +16,7 @@ use cnm_testkit::server::TcpEchoServer;
 use cnm_testkit::{TestHost, probe};
 
 async fn controller(host: &TestHost) -> Result<Controller> {
-    Ok(Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .store(Arc::new(MemoryStore::new()))
-        .build()
-        .await?)
+    host.memory_controller().await
 }
 
 /// What a refused request must leave as it was.
@@ -55,13 +47,13 @@ async fn snapshot(ctl: &Controller, nl: &Netlink) -> Result<Snapshot> {
     }
     Ok(Snapshot {
         store: ctl
-            .store()
+            .store()?
             .list("")
             .await?
             .into_iter()
             .map(|(k, v)| (k, v.value))
             .collect(),
-        ipam: ctl.ipam().snapshot().await,
+        ipam: ctl.ipam()?.snapshot().await,
         links: nl.links().await?.into_iter().map(|l| l.name).collect(),
         addresses: nl
             .addresses(None)
@@ -260,7 +252,7 @@ async fn a_subnet_on_a_host_lan_is_refused_naming_it_unless_allowed() -> Result<
     ensure!(net.options().allow_host_overlap);
     ensure!(net.ipv4()[0].pool.to_string() == "10.77.0.0/24");
     let rec = ctl
-        .store()
+        .store()?
         .get(&format!("network/{}", net.id()))
         .await?
         .context("record")?;
@@ -520,14 +512,14 @@ async fn ports_on_a_join_that_does_not_make_the_gateway_are_refused() -> Result<
         before == after,
         "a refused join changed state: {before:#?} {after:#?}"
     );
-    ensure!(sb.published_ports().await.is_empty());
-    ensure!(sb.gateway_endpoint().await.map(|e| e.name().to_owned()) == Some("web-alpha".into()));
+    ensure!(sb.published_ports().is_empty());
+    ensure!(sb.gateway_endpoint().map(|e| e.name().to_owned()) == Some("web-alpha".into()));
 
     // With a higher priority the join makes it the gateway, and the port answers from outside.
     z.join_sandbox(&sb, [JoinOption::gateway_priority(1)])
         .await?;
-    ensure!(sb.gateway_endpoint().await.map(|e| e.name().to_owned()) == Some("web-zeta".into()));
-    ensure!(sb.published_ports().await.len() == 1);
+    ensure!(sb.gateway_endpoint().map(|e| e.name().to_owned()) == Some("web-zeta".into()));
+    ensure!(sb.published_ports().len() == 1);
     let z_ip = IpAddr::V4(z.ipv4().context("zeta address")?.addr());
     let _srv = TcpEchoServer::start(sb.netns(), z_ip, 8080).await?;
     probe::tcp(outside.netns(), outside.host_addr_v4(), 18099)

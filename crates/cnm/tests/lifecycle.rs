@@ -21,13 +21,7 @@ async fn controller(host: &TestHost) -> Result<Controller> {
 }
 
 async fn controller_with_store(host: &TestHost, store: Arc<dyn Store>) -> Result<Controller> {
-    Ok(Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
-        .store(store)
-        .build()
-        .await?)
+    Ok(host.controller_builder()?.store(store).build().await?)
 }
 
 async fn link_names(netlink: &Netlink) -> Result<BTreeSet<String>> {
@@ -36,7 +30,7 @@ async fn link_names(netlink: &Netlink) -> Result<BTreeSet<String>> {
 
 async fn store_listing(ctl: &Controller) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(ctl
-        .store()
+        .store()?
         .list("")
         .await?
         .into_iter()
@@ -75,7 +69,9 @@ async fn seed_life_cycle_with_bridge() -> Result<()> {
                 JoinOption::domainname("docker.io"),
             ],
         )
-        .await?;
+        .await?
+        .key()
+        .to_owned();
     assert!(
         key.starts_with(host.run_dir().join("netns")),
         "{}",
@@ -134,7 +130,7 @@ async fn seed_life_cycle_with_bridge() -> Result<()> {
     );
     assert!(!keys.iter().any(|k| k.starts_with("ipam/")), "{keys:?}");
     let rec: serde_json::Value = serde_json::from_slice(
-        &ctl.store()
+        &ctl.store()?
             .get(&format!("endpoint/{}/{}", network.id(), ep.id()))
             .await?
             .context("no record")?
@@ -174,12 +170,11 @@ async fn two_networks_give_eth0_and_eth1_and_the_gateway_moves() -> Result<()> {
         .await?;
     let ea = a.create_endpoint("ea", EndpointOptions::default()).await?;
     let eb = b.create_endpoint("eb", EndpointOptions::default()).await?;
-    let key = ea.join("c1", []).await?;
+    let key = ea.join("c1", []).await?.key().to_owned();
     eb.join("c1", [JoinOption::gateway_priority(10)]).await?;
     let sb = ctl.sandbox_by_container_id("c1")?;
     let names: Vec<String> = sb
         .endpoints()
-        .await
         .into_iter()
         .map(|(_, n)| n.map(|n| n.to_string()).unwrap_or_default())
         .collect();
@@ -188,10 +183,7 @@ async fn two_networks_give_eth0_and_eth1_and_the_gateway_moves() -> Result<()> {
     let eth1 = nl.link("eth1").await?.context("no eth1")?;
     assert!(nl.link("eth0").await?.is_some());
     // The higher priority takes the default route.
-    assert_eq!(
-        sb.gateway_endpoint().await.context("no gateway")?.name(),
-        "eb"
-    );
+    assert_eq!(sb.gateway_endpoint().context("no gateway")?.name(), "eb");
     let default_oif = |routes: Vec<cnm::cnm_sandbox::Route>| {
         routes
             .into_iter()
@@ -204,10 +196,7 @@ async fn two_networks_give_eth0_and_eth1_and_the_gateway_moves() -> Result<()> {
     );
     // Leaving the gateway endpoint moves the default route to the other.
     eb.leave("c1").await?;
-    assert_eq!(
-        sb.gateway_endpoint().await.context("no gateway")?.name(),
-        "ea"
-    );
+    assert_eq!(sb.gateway_endpoint().context("no gateway")?.name(), "ea");
     let eth0 = nl.link("eth0").await?.context("no eth0")?;
     assert_eq!(
         default_oif(nl.routes(IpFamily::V4).await?),
@@ -218,7 +207,7 @@ async fn two_networks_give_eth0_and_eth1_and_the_gateway_moves() -> Result<()> {
     assert!(nl.link("eth1").await?.is_some());
     sb.delete().await?;
     ensure!(
-        ea.sandbox_id().await.is_none() && eb.sandbox_id().await.is_none(),
+        ea.sandbox_id().is_none() && eb.sandbox_id().is_none(),
         "delete must leave all"
     );
     Ok(())
@@ -313,7 +302,7 @@ async fn bad_inputs_change_nothing() -> Result<()> {
     let snapshot = || async {
         Ok::<_, anyhow::Error>((
             store_listing(&ctl).await?,
-            ctl.ipam().snapshot().await,
+            ctl.ipam()?.snapshot().await,
             link_names(host.netlink()).await?,
         ))
     };
@@ -436,7 +425,11 @@ async fn null_network_sandbox_has_loopback_only() -> Result<()> {
         .create_endpoint("ep", EndpointOptions::default())
         .await?;
     assert!(ep.ipv4().is_none());
-    let key = ep.join("c", [JoinOption::hostname("quiet")]).await?;
+    let key = ep
+        .join("c", [JoinOption::hostname("quiet")])
+        .await?
+        .key()
+        .to_owned();
     let nl = Netlink::connect(&NetNs::open(&key)?).await?;
     assert_eq!(
         link_names(&nl).await?.into_iter().collect::<Vec<_>>(),
@@ -497,7 +490,7 @@ async fn a_failure_late_in_join_leaves_nothing() -> Result<()> {
     let nl = Netlink::connect(sb.netns()).await?;
     let before = (
         store_listing(&ctl).await?,
-        ctl.ipam().snapshot().await,
+        ctl.ipam()?.snapshot().await,
         link_names(host.netlink()).await?,
         link_names(&nl).await?,
         std::fs::read_to_string(sb.hosts_path())?,
@@ -510,7 +503,7 @@ async fn a_failure_late_in_join_leaves_nothing() -> Result<()> {
     );
     let after = (
         store_listing(&ctl).await?,
-        ctl.ipam().snapshot().await,
+        ctl.ipam()?.snapshot().await,
         link_names(host.netlink()).await?,
         link_names(&nl).await?,
         std::fs::read_to_string(sb.hosts_path())?,
@@ -518,7 +511,7 @@ async fn a_failure_late_in_join_leaves_nothing() -> Result<()> {
     if before != after {
         bail!("a failed join left state behind:\nbefore {before:?}\nafter {after:?}");
     }
-    assert!(ep.sandbox_id().await.is_none());
+    assert!(ep.sandbox_id().is_none());
     store.armed.store(false, Ordering::SeqCst);
     ep.join_sandbox(&sb, []).await?;
     assert!(nl.link("eth0").await?.is_some());

@@ -16,10 +16,12 @@ use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
 
 /// The default store: the embedded durable one, which takes the state dir's lock.
 async fn controller(host: &TestHost) -> Result<Controller, CoreError> {
-    Controller::builder()
-        .host_netns(host.netns().clone())
-        .run_dir(host.run_dir())
-        .state_dir(host.state_dir())
+    host.controller_builder()
+        .map_err(|e| CoreError::Aborted {
+            op: "prepare",
+            object: "the test host".into(),
+            reason: e.to_string(),
+        })?
         .build()
         .await
 }
@@ -48,7 +50,7 @@ async fn live_restore_keeps_addresses_interfaces_and_traffic() -> Result<()> {
     let a2 = IpAddr::V4(e2.ipv4().context("e2 address")?.addr());
     let server = TcpEchoServer::start(c2.netns(), a2, 7000).await?;
     probe::tcp(c1.netns(), a2, 7000).await?;
-    let ports_before = c1.published_ports().await;
+    let ports_before = c1.published_ports();
     ensure!(ports_before.len() == 1, "{ports_before:?}");
     let eth0_before = c1.netlink().link("eth0").await?.context("eth0")?;
     let (net_id, created) = (net.id().to_owned(), net.created());
@@ -64,18 +66,18 @@ async fn live_restore_keeps_addresses_interfaces_and_traffic() -> Result<()> {
     let e2 = net.endpoint("e2")?;
     ensure!([e1.ipv4(), e2.ipv4()] == held, "addresses kept");
     let c1 = ctl.sandbox_by_container_id("c1")?;
-    ensure!(e2.sandbox_id().await.as_deref() == Some(ctl.sandbox_by_container_id("c2")?.id()));
-    ensure!(e1.sandbox_id().await.as_deref() == Some(c1.id()));
+    ensure!(e2.sandbox_id().as_deref() == Some(ctl.sandbox_by_container_id("c2")?.id()));
+    ensure!(e1.sandbox_id().as_deref() == Some(c1.id()));
     let eth0_after = c1.netlink().link("eth0").await?.context("eth0 after")?;
     ensure!(
         eth0_after.index == eth0_before.index,
         "the interface was adopted, not made again"
     );
     probe::tcp(c1.netns(), a2, 7000).await?;
-    ensure!(c1.gateway_endpoint().await.map(|e| e.id().to_owned()) == Some(e1.id().to_owned()));
+    ensure!(c1.gateway_endpoint().map(|e| e.id().to_owned()) == Some(e1.id().to_owned()));
     // Its published port is published again, with the same host port (the previous
     // controller's reservation is gone with it).
-    let ports = c1.published_ports().await;
+    let ports = c1.published_ports();
     ensure!(
         ports.len() == 1 && ports[0].host_port.map(|p| p.start) == Some(18090),
         "{ports:?}"
@@ -104,7 +106,7 @@ async fn live_restore_keeps_addresses_interfaces_and_traffic() -> Result<()> {
     }
     net.delete().await?;
     ensure!(host.netlink().links().await?.len() == links_before);
-    ensure!(ctl.store().list("").await?.is_empty());
+    ensure!(ctl.store()?.list("").await?.is_empty());
     Ok(())
 }
 
@@ -121,14 +123,34 @@ async fn one_controller_per_state_dir_the_second_is_refused_naming_the_lock() ->
     let lock = host.state_dir().join(cnm::cnm_store::LOCK_FILE);
     ensure!(text.contains(&lock.display().to_string()), "{text}");
     ensure!(
-        text.contains(&format!("pid {}", std::process::id())),
+        text.contains(&format!(
+            "held by this process (pid {})",
+            std::process::id()
+        )),
         "{text}"
     );
-    drop(ctl);
+    // The top-level message says what is wrong, not only the chain below it.
+    ensure!(err_top_mentions_lock(&text), "{text}");
+    // A handle held past the controller does not keep the lock.
+    let net = ctl
+        .new_network("bridge", "n", NetworkOptions::default())
+        .await?;
+    ctl.shutdown().await?;
+    let again = controller(&host)
+        .await
+        .context("free once the first is shut down, its handles still held")?;
+    ensure!(again.network("n")?.id() == net.id());
+    drop(again);
     controller(&host)
         .await
-        .context("free once the first is dropped")?;
+        .context("free once the second is dropped")?;
     Ok(())
+}
+
+fn err_top_mentions_lock(text: &str) -> bool {
+    text.lines()
+        .next()
+        .is_some_and(|l| l.contains("state-directory lock"))
 }
 
 /// Runs a program inside `ns` (a thread there forks it, so the child inherits the namespace).

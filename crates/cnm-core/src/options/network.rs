@@ -17,12 +17,20 @@ pub const KEY_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 pub const KEY_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 /// Docker's option key that makes a network internal.
 pub const KEY_INTERNAL: &str = "com.docker.network.internal";
-/// Docker's generic driver option for the MTU of a network's interfaces. Passed on to the
-/// driver; core checks it first against the network's families (see [`check_mtu`]).
+/// Docker's generic label for the MTU of a network's interfaces (libnetwork's
+/// `netlabel.DriverMTU`, which Docker passes to every driver). Core owns it: checks it once
+/// against the network's families (see [`check_mtu`]) and hands drivers the number
+/// ([`NetworkSpec::mtu`](crate::spi::NetworkSpec::mtu)); it stays among the options as given.
 pub const KEY_DRIVER_MTU: &str = "com.docker.network.driver.mtu";
 /// cnm's option key that lets a network's subnet overlap a network the host is on (see
 /// [`NetworkOptions::allow_host_overlap`]). Consumed by core, never passed to the driver.
 pub const KEY_ALLOW_HOST_OVERLAP: &str = "com.cnm.network.allow_host_overlap";
+
+/// cnm's generic label that turns the embedded DNS off for a network (`false`; default `true`
+/// for a network whose driver gives its endpoints addresses). Docker's default `bridge` network
+/// has no embedded DNS: cnmd creates it with this key set to `false`. Core owns it (see
+/// [`NetworkOptions::embedded_dns`]); it stays among the options as given.
+pub const KEY_EMBEDDED_DNS: &str = "com.cnm.network.embedded_dns";
 
 /// The smallest MTU of an IPv4 link (RFC 791).
 pub const MIN_MTU_V4: u32 = 68;
@@ -31,11 +39,9 @@ pub const MIN_MTU_V6: u32 = 1280;
 /// The largest MTU (the kernel's `ETH_MAX_MTU`).
 pub const MAX_MTU: u32 = 65535;
 
-/// The namespace of cnm's own network keys, all consumed by core; an unknown one is refused
-/// (a typo in cnm's own words is an error). Every other key core does not consume goes to the
-/// driver, which checks the values of the keys it knows and keeps the others, as Docker does
-/// (see [`Driver::unknown_network_options`](crate::spi::Driver::unknown_network_options)).
-const CNM_KEY_PREFIX: &str = "com.cnm.network.";
+/// The generic labels core owns among a network's driver options (kept as given, never passed
+/// to the driver's parse step).
+const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -145,7 +151,10 @@ pub struct NetworkOptions {
     pub internal: bool,
     /// User labels, kept and shown, never interpreted.
     pub labels: BTreeMap<String, String>,
-    /// Driver options, validated by the driver.
+    /// Driver options as given: the driver's own keys (the driver parses them, checks the values
+    /// of the ones it knows, and refuses or keeps the others, see
+    /// [`Driver::unknown_network_options`](crate::spi::Driver::unknown_network_options)), and
+    /// generic labels core owns ([`KEY_DRIVER_MTU`], [`KEY_EMBEDDED_DNS`]).
     pub driver_options: DriverOptions,
     /// The IPAM driver's name; `None` or `"default"` for the built-in one.
     pub ipam_driver: Option<String>,
@@ -290,10 +299,47 @@ impl NetworkOptions {
         {
             return Err(CoreError::invalid("ipam driver", name, "it is empty"));
         }
-        if let Some(mtu) = self.driver_options.get(KEY_DRIVER_MTU) {
-            check_mtu(mtu, self.enable_ipv6)?;
-        }
+        self.mtu()?;
+        self.embedded_dns()?;
         Ok(())
+    }
+
+    /// Whether the network may have the embedded DNS: [`KEY_EMBEDDED_DNS`] as given, true when
+    /// absent.
+    pub fn embedded_dns(&self) -> Result<bool, CoreError> {
+        self.driver_options
+            .get(KEY_EMBEDDED_DNS)
+            .map(|v| parse_bool(KEY_EMBEDDED_DNS, v))
+            .transpose()
+            .map(|on| on.unwrap_or(true))
+    }
+
+    /// The MTU asked for with [`KEY_DRIVER_MTU`], checked against the network's families.
+    pub fn mtu(&self) -> Result<Option<u32>, CoreError> {
+        self.driver_options
+            .get(KEY_DRIVER_MTU)
+            .map(|v| check_mtu(v, self.enable_ipv6))
+            .transpose()
+    }
+
+    /// The driver's own options: [`NetworkOptions::driver_options`] without the generic labels
+    /// core owns. What the driver parses.
+    pub fn driver_keys(&self) -> DriverOptions {
+        self.driver_options
+            .iter()
+            .filter(|(k, _)| !GENERIC_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The options as a Docker client gives them (`Options` of `network inspect`): the driver
+    /// options as given, with cnm's own keys core consumed.
+    pub fn as_docker_options(&self) -> BTreeMap<String, String> {
+        let mut o = self.driver_options.clone();
+        if self.allow_host_overlap {
+            o.insert(KEY_ALLOW_HOST_OVERLAP.to_owned(), "true".to_owned());
+        }
+        o
     }
 }
 
@@ -415,13 +461,10 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             .map(|v| parse_bool(KEY_ALLOW_HOST_OVERLAP, &v))
             .transpose()?
             .unwrap_or(false);
-        let mut driver_options = DriverOptions::new();
-        for (key, value) in options {
-            if key.starts_with(CNM_KEY_PREFIX) {
-                return Err(CoreError::UnknownOption { key, value });
-            }
-            driver_options.insert(key, value);
-        }
+        // Every other key is the driver's (it checks the values of the keys it knows, and
+        // refuses or keeps the others, naming them) or a generic label core owns (checked by
+        // `validate`).
+        let driver_options = options;
         let ipam_options = (!raw.ipam.options.is_empty()).then_some(raw.ipam.options);
         let mut pools = Vec::new();
         for config in raw.ipam.config {
@@ -598,10 +641,13 @@ mod tests {
         });
         refused(r, &["10.1.5.0/24", "overlaps", "10.1.0.0/16"]);
 
+        // A key core does not own is the driver's to accept or refuse (when the network is
+        // created, before anything else): core names no driver's keys.
         let mut r = RawNetworkOptions::default();
         r.options
-            .insert("com.cnm.network.frobnicate".into(), "7".into());
-        refused(r, &["com.cnm.network.frobnicate", "7"]);
+            .insert("com.docker.network.frobnicate".into(), "7".into());
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert_eq!(o.driver_keys()["com.docker.network.frobnicate"], "7");
 
         let mut r = RawNetworkOptions::default();
         r.options.insert(KEY_ENABLE_IPV6.into(), "maybe".into());
@@ -706,10 +752,17 @@ mod tests {
         r.options
             .insert(KEY_ALLOW_HOST_OVERLAP.into(), "yes".into());
         refused(r, &[KEY_ALLOW_HOST_OVERLAP, "yes"]);
+        // A driver's key in cnm's namespace reaches the driver.
         let mut r = RawNetworkOptions::default();
-        r.options
-            .insert("com.cnm.network.frobnicate".into(), "1".into());
-        refused(r, &["com.cnm.network.frobnicate"]);
+        r.options.insert(
+            "com.cnm.network.bridge.internal_host_access".into(),
+            "true".into(),
+        );
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert!(
+            o.driver_keys()
+                .contains_key("com.cnm.network.bridge.internal_host_access")
+        );
     }
 
     #[test]
@@ -748,9 +801,11 @@ mod tests {
             ("65535", true),
         ] {
             let o = mtu(v, ipv6).unwrap();
-            assert_eq!(
-                o.driver_options[KEY_DRIVER_MTU], v,
-                "passed on to the driver"
+            assert_eq!(o.driver_options[KEY_DRIVER_MTU], v, "kept as given");
+            assert_eq!(o.mtu().unwrap(), Some(v.parse().unwrap()), "parsed by core");
+            assert!(
+                !o.driver_keys().contains_key(KEY_DRIVER_MTU),
+                "not the driver's to parse"
             );
         }
     }

@@ -51,6 +51,7 @@ impl MemoryState {
             let after = match op {
                 TxnOp::Put { .. } | TxnOp::PutLeased { .. } => Some(revision),
                 TxnOp::Delete { .. } => None,
+                TxnOp::Check { .. } => current,
             };
             shadow.insert(key, after);
         }
@@ -67,6 +68,7 @@ impl MemoryState {
                     self.leases.attach(&key, Some(lease));
                     events.push(self.write(key, value, revision));
                 }
+                TxnOp::Check { .. } => {}
                 TxnOp::Delete { key, .. } => {
                     self.leases.detach(&key);
                     if self.data.remove(&key).is_some() {
@@ -141,6 +143,15 @@ impl MemoryStore {
         Self {
             cluster: true,
             ..Self::default()
+        }
+    }
+
+    /// [`MemoryStore::cluster`] keeping about `events` events of history (a small history lets
+    /// a test see [`WatchEvent::Resync`]).
+    pub fn cluster_with_history(events: usize) -> Self {
+        Self {
+            cluster: true,
+            ..Self::with_history(events)
         }
     }
 
@@ -320,6 +331,33 @@ mod tests {
             .delete("a", Expect::Any);
         s.commit(txn).await.unwrap();
         assert!(s.get("a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_check_guards_a_write_and_writes_nothing() {
+        let s = MemoryStore::new();
+        let v = s
+            .put("network/n", b"1".to_vec(), Expect::Absent)
+            .await
+            .unwrap();
+        let mut w = s.watch("").unwrap();
+        let guarded = |expect| {
+            Txn::new()
+                .check("network/n", expect)
+                .put("block/n/1", b"h".to_vec(), Expect::Absent)
+        };
+        let e = s.commit(guarded(Expect::Version(v + 7))).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.to_string().contains("network/n"), "{e}");
+        assert!(s.get("block/n/1").await.unwrap().is_none());
+        s.commit(guarded(Expect::Version(v))).await.unwrap();
+        // The checked key is neither rewritten nor reported to watchers.
+        assert_eq!(s.get("network/n").await.unwrap().unwrap().version, v);
+        assert_eq!(w.next().await.unwrap().key(), "block/n/1");
+        assert!(w.try_next().is_none());
+        s.commit(Txn::new().check("missing", Expect::Absent))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

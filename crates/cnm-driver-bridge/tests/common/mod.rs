@@ -16,11 +16,10 @@ use cnm_sandbox::{IpFamily, NetNs, Netlink};
 use cnm_testkit::TestHost;
 use ipnet::IpNet;
 
-/// A controller whose "host" is a throwaway namespace.
+/// A controller whose "host" is a throwaway namespace (cnm-testkit's fixture).
 pub struct World {
     pub host: TestHost,
     pub ctl: Controller,
-    pub resolv: tempfile::NamedTempFile,
 }
 
 impl World {
@@ -30,33 +29,16 @@ impl World {
 
     /// A controller on `host`.
     pub async fn on(host: TestHost) -> Result<World> {
-        let resolv = tempfile::NamedTempFile::new()?;
-        std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
-        let ctl = Controller::builder()
-            .host_netns(host.netns().clone())
-            .run_dir(host.run_dir())
-            .state_dir(host.state_dir())
-            .resolv_conf(resolv.path())
-            .build()
-            .await
-            .context("failed to build a controller on the test host")?;
-        Ok(World { host, ctl, resolv })
+        let ctl = host.controller().await?;
+        Ok(World { host, ctl })
     }
 
-    /// Drops the controller and builds a new one on the same host and directories: a restart
-    /// of cnmd (the new one reloads the store and restores the kernel state).
+    /// Shuts the controller down and builds a new one on the same host and directories: a
+    /// restart of cnmd (the new one reloads the store and restores the kernel state).
     pub async fn restart(self) -> Result<World> {
-        let World { host, ctl, resolv } = self;
-        drop(ctl);
-        let ctl = Controller::builder()
-            .host_netns(host.netns().clone())
-            .run_dir(host.run_dir())
-            .state_dir(host.state_dir())
-            .resolv_conf(resolv.path())
-            .build()
-            .await
-            .context("failed to restart the controller on the test host")?;
-        Ok(World { host, ctl, resolv })
+        let World { host, ctl } = self;
+        let ctl = host.restart(ctl).await?;
+        Ok(World { host, ctl })
     }
 
     /// The bridge driver instance the controller made for this host.
@@ -154,7 +136,7 @@ impl Ctr {
         self.ep.ipv6().expect("endpoint has IPv6").addr().into()
     }
     pub async fn published(&self) -> Vec<PortBinding> {
-        self.sb.published_ports().await
+        self.sb.published_ports()
     }
 }
 

@@ -1,0 +1,217 @@
+//! The effects of a sandbox's gateway choice ([`crate::gateway`] makes the choice, purely): the
+//! default route through the gateway endpoint, and the published ports that follow it.
+
+use std::sync::Arc;
+
+use cnm_sandbox::RouteSpec;
+
+use crate::CoreError;
+use crate::gateway::{self, GatewayCandidate, JoinOutcome};
+use crate::model::endpoint::EndpointInner;
+use crate::model::sandbox::{Joined, SandboxInner};
+use crate::port::PortBinding;
+use crate::state::Core;
+use crate::undo::Undo;
+
+pub(crate) async fn add_routes(
+    core: &Core,
+    sb: &SandboxInner,
+    routes: &[RouteSpec],
+    what: &'static str,
+) -> Result<(), CoreError> {
+    for r in routes {
+        core.kernel.add_route(&sb.ns, r).await.map_err(|e| {
+            CoreError::sandbox(
+                what,
+                format!("{} in sandbox {}", r.destination, sb.short()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn del_routes(
+    core: &Core,
+    sb: &SandboxInner,
+    routes: &[RouteSpec],
+) -> Result<(), CoreError> {
+    for r in routes {
+        core.kernel.del_route(&sb.ns, r).await.map_err(|e| {
+            CoreError::sandbox(
+                "delete route",
+                format!("{} in sandbox {}", r.destination, sb.short()),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Publishes `bindings` for a joined endpoint; returns them as made (host ports resolved).
+pub(crate) async fn program(
+    core: &Core,
+    j: &Joined,
+    bindings: &[PortBinding],
+    op: &'static str,
+) -> Result<Vec<PortBinding>, CoreError> {
+    let net = &j.ep.network;
+    core.driver_of(net)?
+        .program_external_connectivity(&net.id, &j.ep.id, bindings)
+        .await
+        .map_err(|e| CoreError::driver(op, &j.ep.name, e))
+}
+
+pub(crate) async fn revoke(core: &Core, j: &Joined) -> Result<(), CoreError> {
+    let net = &j.ep.network;
+    core.driver_of(net)?
+        .revoke_external_connectivity(&net.id, &j.ep.id)
+        .await
+        .map_err(|e| CoreError::driver("withdraw published ports of endpoint", &j.ep.name, e))
+}
+
+/// Moves the default route and the published ports from `old` (if it is still in `list`) to the
+/// endpoint libnetwork's order picks among `list`. Returns the new gateway endpoint's id.
+pub(crate) async fn switch_gateway(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    old: Option<Joined>,
+    list: &mut [Joined],
+    undo: &mut Undo<CoreError>,
+) -> Result<Option<String>, CoreError> {
+    if old.is_none()
+        && let Some(kept) = sb.detached_gateway()
+    {
+        // The gateway endpoint's network waits for its driver: the route through it stays.
+        return Ok(Some(kept));
+    }
+    let candidates: Vec<GatewayCandidate> = list.iter().map(Joined::candidate).collect();
+    let new_id = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
+    let old_id = old.as_ref().map(|j| j.ep.id.clone());
+    if new_id == old_id {
+        return Ok(new_id);
+    }
+    if let Some(old) = old {
+        revoke(core, &old).await?;
+        {
+            let (core, old) = (core.clone(), old.clone());
+            undo.push("republish ports", move || async move {
+                let bindings = old.ep.options.port_bindings.clone();
+                program(&core, &old, &bindings, "publish ports of endpoint")
+                    .await
+                    .map(drop)
+            });
+        }
+        let routes = old.default_routes();
+        del_routes(core, sb, &routes).await?;
+        {
+            let (core, sb) = (core.clone(), sb.clone());
+            undo.push("restore default route", move || async move {
+                add_routes(&core, &sb, &routes, "restore default route").await
+            });
+        }
+        if let Some(j) = list.iter_mut().find(|j| j.ep.id == old.ep.id) {
+            j.published.clear();
+        }
+    }
+    if let Some(new_id) = &new_id {
+        let Some(j) = list.iter_mut().find(|j| &j.ep.id == new_id) else {
+            return Ok(None);
+        };
+        let routes = j.default_routes();
+        // The default route (in the sandbox) and the published ports (the driver, on the host)
+        // are independent: do them at once, then record the inverse of each that was done.
+        let bindings = j.ep.options.port_bindings.clone();
+        let (routed, published) = futures::join!(
+            add_routes(core, sb, &routes, "add default route"),
+            program(core, j, &bindings, "publish ports of endpoint")
+        );
+        if routed.is_ok() {
+            let (core, sb) = (core.clone(), sb.clone());
+            undo.push("delete default route", move || async move {
+                del_routes(&core, &sb, &routes).await
+            });
+        }
+        if let Ok(ports) = &published {
+            j.published = ports.clone();
+            let (core, jc) = (core.clone(), j.clone());
+            undo.push("withdraw published ports", move || async move {
+                revoke(&core, &jc).await
+            });
+        }
+        routed?;
+        published?;
+    }
+    Ok(new_id)
+}
+
+/// Refuses the join of an endpoint with published ports that will not be its sandbox's gateway
+/// endpoint (`me` is its gateway candidate, `joined` the sandbox's other endpoints).
+///
+/// Ports are published for the gateway endpoint only, because replies to outside clients leave
+/// by the default route: a port published on another endpoint's address would answer from the
+/// wrong interface (asymmetric routing, dropped by reverse-path filters and conntrack). Rather
+/// than take the ports and leave them unpublished, the join is refused and nothing is done.
+/// (An endpoint that was the gateway when it joined keeps its ports recorded if a later join
+/// takes the default route: they are withdrawn while it is not the gateway and published again
+/// when it is.)
+pub(crate) fn check_ports_follow_gateway(
+    sb: &SandboxInner,
+    joined: &[Joined],
+    ep: &EndpointInner,
+    me: &GatewayCandidate,
+) -> Result<(), CoreError> {
+    if ep.options.port_bindings.is_empty() {
+        return Ok(());
+    }
+    let others: Vec<GatewayCandidate> = joined.iter().map(Joined::candidate).collect();
+    let sandbox = format!("sandbox {} (container {})", sb.short(), sb.container_id);
+    let net = &ep.network;
+    let (gateway, reason) = match gateway::join_outcome(&others, me) {
+        JoinOutcome::Gateway => return Ok(()),
+        JoinOutcome::Outranked(best) => {
+            let g = joined
+                .iter()
+                .find(|j| j.ep.id == best.endpoint_id)
+                .expect("the candidates were made from the joined endpoints");
+            (
+                Some(g.ep.name.clone()),
+                format!(
+                    "endpoint {} on network {} provides the default route of {sandbox} and \
+                     keeps it after this join; published ports follow the default route \
+                     (replies to outside clients leave by it), so they are taken only on the \
+                     join that makes the endpoint the gateway: join with a gateway priority \
+                     above {}, or publish them on network {}",
+                    g.ep.name, g.ep.network.name, g.priority, g.ep.network.name
+                ),
+            )
+        }
+        JoinOutcome::CannotServe if net.internal() => (
+            None,
+            format!(
+                "network {} is internal, so the endpoint never provides the default route of \
+                 {sandbox}, and published ports follow the default route",
+                net.name
+            ),
+        ),
+        JoinOutcome::CannotServe => (
+            None,
+            format!(
+                "its driver gives it no gateway, so the endpoint never provides the default \
+                 route of {sandbox}, and published ports follow the default route"
+            ),
+        ),
+    };
+    Err(CoreError::PortsNotPublishable {
+        endpoint: ep.name.clone(),
+        network: net.name.clone(),
+        ports: ep
+            .options
+            .port_bindings
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        gateway,
+        reason,
+    })
+}

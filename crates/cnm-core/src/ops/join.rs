@@ -1,0 +1,283 @@
+//! Joining an endpoint to a sandbox: driver join → one interface call into the kernel layer →
+//! gateway choice (default route, published ports) → hosts file → records, in one transaction.
+//! On failure every step is undone.
+
+use std::sync::Arc;
+
+use cnm_sandbox::{InterfaceConfig, InterfaceSource, RouteSpec};
+use cnm_types::IfName;
+
+use super::commit_join_state;
+use super::gateway::{check_ports_follow_gateway, switch_gateway};
+use crate::CoreError;
+use crate::gateway::{self, GatewayCandidate};
+use crate::id;
+use crate::model::endpoint::EndpointInner;
+use crate::model::sandbox::{Joined, SandboxInner};
+use crate::spi::{JoinInfo, JoinRequest, JoinedInterface, LeaveRequest};
+use crate::state::Core;
+use crate::undo::Undo;
+
+/// Joins `ep` to `sb` with gateway `priority`.
+pub(crate) async fn join(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    priority: i32,
+) -> Result<(), CoreError> {
+    let locked = super::lock_pair(sb, ep).await?;
+    let st = &locked.state;
+    let ep_version = {
+        let epst = ep.state();
+        if epst.deleted {
+            return Err(ep.deleted_error());
+        }
+        if let Some(other) = &epst.sandbox {
+            let container = core
+                .sandboxes
+                .get(other)
+                .map(|s| s.container_id.clone())
+                .unwrap_or_default();
+            return Err(CoreError::AlreadyJoined {
+                endpoint: ep.name.clone(),
+                sandbox: id::short(other).to_owned(),
+                container,
+            });
+        }
+        epst.version
+    };
+    let net = ep.network.clone();
+    // Published ports follow the default route: refuse them before any effect unless this join
+    // makes the endpoint the gateway endpoint (as far as can be told before the driver says
+    // whether it gives a gateway; checked again, exactly, once it has).
+    check_ports_follow_gateway(
+        sb,
+        &st.joined,
+        ep,
+        &GatewayCandidate {
+            endpoint_id: ep.id.clone(),
+            priority,
+            no_gateway_service: net.internal(),
+            has_gateway: true,
+            network_name: net.name.clone(),
+        },
+    )?;
+    let driver = core.driver_of(&net)?;
+    // Names held by joins waiting for their driver count as taken.
+    let n = gateway::pick_index(
+        st.joined
+            .iter()
+            .filter_map(|j| j.eth)
+            .chain(sb.detached_eths()),
+    );
+    let requested = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
+    let request = JoinRequest {
+        network_id: net.id.clone(),
+        endpoint_id: ep.id.clone(),
+        sandbox: sb.sandbox_ref(),
+        ifname: requested.clone(),
+        ipv4: ep.ipv4.as_ref().map(|a| a.addr),
+        ipv6: ep.ipv6.as_ref().map(|a| a.addr),
+        mac: ep.mac,
+        options: ep.options.driver_options.clone(),
+        parsed: ep.parsed.clone(),
+    };
+    let mut undo = Undo::new();
+    let result = async {
+        let info = driver
+            .join(&request)
+            .await
+            .map_err(|e| CoreError::driver("join endpoint", &ep.name, e))?;
+        crate::crash::point("join:after-driver");
+        {
+            let leave = LeaveRequest {
+                network_id: net.id.clone(),
+                endpoint_id: ep.id.clone(),
+                sandbox: sb.sandbox_ref(),
+                ifname: requested.clone(),
+            };
+            let (driver, name) = (driver.clone(), ep.name.clone());
+            undo.push("leave in driver", move || async move {
+                driver
+                    .leave(&leave)
+                    .await
+                    .map_err(|e| CoreError::driver("leave endpoint", name, e))
+            });
+        }
+        let joined = set_up_interface(
+            core,
+            sb,
+            ep,
+            info,
+            requested.clone(),
+            n,
+            priority,
+            &mut undo,
+        )
+        .await?;
+        crate::crash::point("join:after-interface");
+        check_ports_follow_gateway(sb, &st.joined, ep, &joined.candidate())?;
+        let mut list = st.joined.clone();
+        list.push(joined);
+        let old_gw = st.gateway_join().cloned();
+        let gw = switch_gateway(core, sb, old_gw, &mut list, &mut undo).await?;
+        crate::crash::point("join:after-gateway");
+        write_hosts(core, sb, &list)?;
+        {
+            let (core, sb, old) = (core.clone(), sb.clone(), st.joined.clone());
+            undo.push("restore hosts file", move || async move {
+                write_hosts(&core, &sb, &old)
+            });
+        }
+        crate::dns::join(core, sb, ep, &st.joined, &mut undo).await?;
+        let revision = commit_join_state(
+            core,
+            sb,
+            &list,
+            gw.as_deref(),
+            st.version,
+            ep,
+            ep_version,
+            Some(&sb.id),
+        )
+        .await?;
+        Ok((list, gw, revision))
+    }
+    .await;
+    let (list, gw, revision) = undo.finish(result).await?;
+    crate::crash::point("join:after-record");
+    tracing::info!(
+        endpoint = id::short(&ep.id),
+        sandbox = sb.short(),
+        ifname = list
+            .last()
+            .and_then(|j| j.ifname.as_ref())
+            .map(IfName::as_str)
+            .unwrap_or("-"),
+        gateway = gw.as_deref().map(id::short).unwrap_or("-"),
+        "joined"
+    );
+    {
+        let mut s = sb.state();
+        s.joined = list;
+        s.gateway = gw;
+        s.version = revision;
+    }
+    let mut e = ep.state();
+    e.sandbox = Some(sb.id.clone());
+    e.version = revision;
+    Ok(())
+}
+
+/// The kernel half of a join: one call that finishes the interface the driver made (moving it
+/// in and renaming it when the driver could not create it inside), with the endpoint's
+/// addresses, IPv6 on for an IPv6 endpoint, up, and the driver's static routes.
+#[allow(clippy::too_many_arguments)]
+async fn set_up_interface(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    info: JoinInfo,
+    requested: IfName,
+    n: u32,
+    priority: i32,
+    undo: &mut Undo<CoreError>,
+) -> Result<Joined, CoreError> {
+    let source = match &info.interface {
+        JoinedInterface::InSandbox { index } => Some(InterfaceSource::Existing {
+            name: requested.clone(),
+            index: *index,
+        }),
+        JoinedInterface::MoveIn {
+            host_name,
+            name_prefix,
+        } => {
+            let rename = match name_prefix {
+                Some(p) => IfName::new(format!("{p}{n}"))
+                    .map_err(|e| CoreError::invalid("interface name prefix", p, e.to_string()))?,
+                None => requested.clone(),
+            };
+            Some(InterfaceSource::MoveIn {
+                from: core.kernel.host_netlink().clone(),
+                name: host_name.clone(),
+                rename,
+            })
+        }
+        JoinedInterface::None => None,
+    };
+    let (mut index, mut ifname, mut moved_from) = (None, None, None);
+    if let Some(source) = source {
+        let name = source.name().clone();
+        let host_name = match &source {
+            InterfaceSource::MoveIn { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let mut config = InterfaceConfig::new(source);
+        if host_name.is_some() {
+            // Born in the host with the driver's choices; the endpoint's MAC and the network's
+            // MTU are set as it comes in. (A driver that creates it inside sets them itself.)
+            config.mac = ep.mac;
+            config.mtu = ep.network.mtu;
+        }
+        config.addresses = ep.networks().collect();
+        config.enable_ipv6 = ep.ipv6.is_some();
+        config.routes = info
+            .static_routes
+            .iter()
+            .map(|r| match r.next_hop {
+                Some(gw) => RouteSpec::via(r.destination, gw, None),
+                None => RouteSpec::on_link(r.destination, None),
+            })
+            .collect();
+        let i = core
+            .kernel
+            .configure_interface(&sb.ns, &config)
+            .await
+            .map_err(|e| {
+                CoreError::sandbox(
+                    "set up interface",
+                    format!("{name} in sandbox {}", sb.short()),
+                    e,
+                )
+            })?;
+        if let Some(host_name) = &host_name {
+            let (core, sb, host_name) = (core.clone(), sb.clone(), host_name.clone());
+            undo.push("move interface back", move || async move {
+                core.kernel
+                    .move_to_host(&sb.ns, i, &host_name)
+                    .await
+                    .map_err(|e| {
+                        CoreError::sandbox(
+                            "move interface back to the host as",
+                            host_name.to_string(),
+                            e,
+                        )
+                    })
+            });
+        }
+        (index, ifname, moved_from) = (Some(i), Some(name), host_name);
+    }
+    Ok(Joined {
+        ep: ep.clone(),
+        requested,
+        eth: ifname.as_ref().map(|_| n),
+        ifname,
+        index,
+        moved_from,
+        info,
+        priority,
+        published: Vec::new(),
+    })
+}
+
+/// Writes the sandbox's hosts file for `joined`.
+pub(crate) fn write_hosts(
+    core: &Core,
+    sb: &SandboxInner,
+    joined: &[Joined],
+) -> Result<(), CoreError> {
+    let path = sb.hosts_path();
+    core.kernel
+        .write_hosts(&path, &sb.hosts_file(joined))
+        .map_err(|e| CoreError::sandbox("write hosts file", path.display().to_string(), e))
+}

@@ -1,0 +1,873 @@
+//! Reload on start: the controller's records come back as live objects, and the kernel is
+//! reconciled with them ("persist intent, reconcile reality").
+//!
+//! Order: the records are read; each sandbox's namespace is reopened by its key (a record whose
+//! namespace is gone, say after a reboot, is dropped, its endpoints freed); IPAM is rebuilt from
+//! the network and endpoint records themselves (pools, gateways, aux and endpoint addresses);
+//! each network's and endpoint's driver options are parsed once by the driver, and the network
+//! is handed back to its driver with its endpoints and joins
+//! ([`Driver::restore_network`](crate::spi::Driver::restore_network)); each sandbox gets its
+//! gateway endpoint's default route and published ports again and its hosts file rewritten;
+//! then the sweep removes what no record owns: namespaces under `run_dir/netns`, directories
+//! under `run_dir/sandboxes`, and, through each driver's
+//! [`sweep`](crate::spi::Driver::sweep), links of networks without a record. Last, the host
+//! namespace's firewall, loading all along, commits every driver's restored rules in one
+//! transaction (rules of networks without a record are simply not in it).
+//!
+//! With the write order of the operations (constructive ones: kernel first, records last in
+//! one transaction; destructive ones: records first, kernel after, except a network's or an
+//! endpoint's delete, which the restore simply redoes from the surviving record), this makes
+//! every operation interrupted by a crash look done completely or not at all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cnm_ipam::{AddressRequest, Family, PoolRequest};
+
+use crate::CoreError;
+use crate::id;
+use crate::kernel::SandboxNs;
+use crate::model::endpoint::EndpointInner;
+use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
+use crate::model::sandbox::{Joined, SandboxInner, SandboxState};
+use crate::options::{NetworkOptions, PoolConfig};
+use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord, endpoint_key};
+use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope};
+use crate::state::{Core, PendingNetwork};
+use crate::store::{Expect, Txn, Versioned, list_json};
+
+use super::gateway::program;
+use super::join::write_hosts;
+
+/// A sandbox whose namespace could be reopened.
+struct Opened {
+    rec: Versioned<SandboxRecord>,
+    ns: SandboxNs,
+}
+
+pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
+    let store = core.store.as_ref();
+    let read = |prefix: &'static str| move |e| CoreError::store("read", prefix, e);
+    let mut nets = list_json::<NetworkRecord>(store, "network/")
+        .await
+        .map_err(read("network/"))?;
+    // Global networks: every one of the cluster, each handed to its driver here too; then a
+    // watch from the listing's revision keeps the view current.
+    let mut cluster_revision = None;
+    if let Some(cluster) = &core.cluster {
+        let listing = cluster
+            .store
+            .list_with_revision("network/")
+            .await
+            .map_err(read("network/ of the cluster store"))?;
+        cluster_revision = Some(listing.revision);
+        for (key, v) in listing.entries {
+            let value = serde_json::from_slice::<NetworkRecord>(&v.value).map_err(|source| {
+                CoreError::Record {
+                    op: "decode",
+                    key: key.clone(),
+                    source,
+                }
+            })?;
+            nets.push((
+                key,
+                Versioned {
+                    version: v.version,
+                    value,
+                },
+            ));
+        }
+    }
+    let eps = list_json::<EndpointRecord>(store, "endpoint/")
+        .await
+        .map_err(read("endpoint/"))?;
+    let sbs = list_json::<SandboxRecord>(store, "sandbox/")
+        .await
+        .map_err(read("sandbox/"))?;
+    let mut eps: BTreeMap<String, Versioned<EndpointRecord>> = eps
+        .into_iter()
+        .map(|(_, v)| (v.value.id.clone(), v))
+        .collect();
+
+    let opened = reopen_sandboxes(core, sbs, &mut eps).await?;
+    let (endpoints, kept_by_driver) = restore_networks(core, nets, eps, &opened).await?;
+    crate::crash::point("reload:after-networks");
+    restore_sandboxes(core, opened, &endpoints).await?;
+    crate::dns::replay(core).await?;
+
+    // The sweep: what no record owns.
+    sweep_run_dir(core).await?;
+    for (name, driver) in core.drivers() {
+        let keep = kept_by_driver.get(&name).cloned().unwrap_or_default();
+        driver
+            .sweep(&keep)
+            .await
+            .map_err(|e| CoreError::driver("sweep after restart", &name, e))?;
+    }
+    // [firewall] Fail closed: every driver's restored rules (and nothing of networks without a
+    // record) replace the previous run's tables in one transaction; then what waited for them
+    // (a driver turning forwarding on). Until here the old tables kept filtering.
+    core.driver_context
+        .firewall()
+        .finish_loading()
+        .await
+        .map_err(|source| CoreError::Firewall {
+            op: "install the restored firewall",
+            source,
+        })?;
+    crate::crash::point("reload:after-sweep");
+    if let (Some(cluster), Some(revision)) = (&core.cluster, cluster_revision) {
+        crate::cluster::watch(core, cluster, revision)?;
+    }
+    tracing::info!(
+        networks = core.networks.len(),
+        endpoints = endpoints.len(),
+        sandboxes = core.sandboxes.len(),
+        "state reloaded"
+    );
+    Ok(())
+}
+
+/// Reopens each sandbox's namespace by its key. A record whose namespace is gone (a reboot, or
+/// removed behind our back) is dropped with its endpoints freed, in one transaction.
+async fn reopen_sandboxes(
+    core: &Core,
+    sbs: Vec<(String, Versioned<SandboxRecord>)>,
+    eps: &mut BTreeMap<String, Versioned<EndpointRecord>>,
+) -> Result<BTreeMap<String, Opened>, CoreError> {
+    let mut opened = BTreeMap::new();
+    for (key, rec) in sbs {
+        match core.kernel.open_netns(&rec.value.key).await {
+            Ok(ns) => {
+                opened.insert(rec.value.id.clone(), Opened { rec, ns });
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id::short(&rec.value.id), key = %rec.value.key.display(), error = %e, "sandbox namespace gone: dropping its record");
+                let mut txn = Txn::new().delete(&key, Expect::Version(rec.version));
+                let mut freed = Vec::new();
+                for j in &rec.value.endpoints {
+                    if let Some(ep) = eps.get(&j.endpoint_id) {
+                        let mut r = ep.value.clone();
+                        r.sandbox_id = None;
+                        let ekey = endpoint_key(&r.network_id, &r.id);
+                        txn = txn
+                            .put_json(&ekey, &r, Expect::Version(ep.version))
+                            .map_err(|e| CoreError::store("encode", &ekey, e))?;
+                        freed.push(j.endpoint_id.clone());
+                    }
+                }
+                let rev = core
+                    .store
+                    .commit(txn)
+                    .await
+                    .map_err(|e| CoreError::store("delete", &key, e))?;
+                for id in freed {
+                    if let Some(ep) = eps.get_mut(&id) {
+                        ep.value.sandbox_id = None;
+                        ep.version = rev;
+                    }
+                }
+            }
+        }
+    }
+    Ok(opened)
+}
+
+/// Networks, with IPAM rebuilt from the records, handed back to their drivers. Returns the
+/// endpoints by id, and the networks kept by each driver. A network whose driver is not
+/// registered keeps its name, pools and addresses reserved, and waits for the driver
+/// ([`restore_pending`]).
+async fn restore_networks(
+    core: &Arc<Core>,
+    nets: Vec<(String, Versioned<NetworkRecord>)>,
+    eps: BTreeMap<String, Versioned<EndpointRecord>>,
+    opened: &BTreeMap<String, Opened>,
+) -> Result<
+    (
+        HashMap<String, Arc<EndpointInner>>,
+        BTreeMap<String, Vec<String>>,
+    ),
+    CoreError,
+> {
+    let mut by_network: HashMap<String, Vec<Versioned<EndpointRecord>>> = HashMap::new();
+    for ep in eps.into_values() {
+        by_network
+            .entry(ep.value.network_id.clone())
+            .or_default()
+            .push(ep);
+    }
+    let mut endpoints: HashMap<String, Arc<EndpointInner>> = HashMap::new();
+    let mut kept_by_driver: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, net) in nets {
+        let eps = by_network.remove(&net.value.id).unwrap_or_default();
+        let (pools_v4, pools_v6) = reserve(core, &net, &eps).await?;
+        let (id, name, driver) = (
+            net.value.id.clone(),
+            net.value.name.clone(),
+            net.value.driver.clone(),
+        );
+        core.network_names.insert(name.clone(), Some(id.clone()));
+        // A driver the program does not link (a plugin) is looked for by name first.
+        if let Err(e) = core.find_driver(&driver).await {
+            tracing::warn!(network = %name, driver = %driver, error = %e, "driver of a recorded network not found: network kept, restored when the driver registers");
+            core.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(driver)
+                .or_default()
+                .push(PendingNetwork {
+                    record: net,
+                    pools_v4,
+                    pools_v6,
+                    endpoints: eps,
+                });
+            continue;
+        }
+        let live = restore_one(core, net, pools_v4, pools_v6, eps, opened).await?;
+        for ep in live {
+            endpoints.insert(ep.id.clone(), ep);
+        }
+        kept_by_driver.entry(driver).or_default().push(id);
+    }
+    for (id, eps) in &by_network {
+        tracing::warn!(
+            network = id::short(id),
+            endpoints = eps.len(),
+            "endpoint records of a network without a record: ignored"
+        );
+    }
+    Ok((endpoints, kept_by_driver))
+}
+
+/// Reserves a recorded network's pools and its endpoints' addresses: in IPAM for a local
+/// network, in the cluster mirror for a global one (whose claims are in the cluster store).
+async fn reserve(
+    core: &Core,
+    net: &Versioned<NetworkRecord>,
+    eps: &[Versioned<EndpointRecord>],
+) -> Result<(Vec<NetworkPool>, Vec<NetworkPool>), CoreError> {
+    let rec = &net.value;
+    let addresses = eps.iter().flat_map(|e| {
+        let v4 = e
+            .value
+            .ipv4
+            .as_ref()
+            .map(|(a, p)| (IpAddr::V4(a.addr()), p.clone()));
+        let v6 = e
+            .value
+            .ipv6
+            .as_ref()
+            .map(|(a, p)| (IpAddr::V6(a.addr()), p.clone()));
+        v4.into_iter()
+            .chain(v6)
+            .map(|(a, p)| (a, p, e.value.name.clone()))
+    });
+    if rec.scope == Scope::Global {
+        let cluster = core.cluster_for(&rec.name, &rec.driver)?;
+        let v4: Vec<NetworkPool> = rec.ipv4.iter().map(NetworkPool::from_record).collect();
+        let v6: Vec<NetworkPool> = rec.ipv6.iter().map(NetworkPool::from_record).collect();
+        let all: Vec<NetworkPool> = v4.iter().chain(&v6).cloned().collect();
+        cluster.adopt(&rec.id, net.version, &all)?;
+        for (addr, pool, _) in addresses {
+            cluster.restore_address(&pool, addr);
+        }
+        return Ok((v4, v6));
+    }
+    let v4 = restore_pools(core, &rec.ipv4, Family::V4, &rec.name).await?;
+    let v6 = restore_pools(core, &rec.ipv6, Family::V6, &rec.name).await?;
+    for (addr, pool, name) in addresses {
+        core.ipam
+            .request_address(&pool, AddressRequest::Specific(addr))
+            .await
+            .map_err(|e| CoreError::ipam("restore address of endpoint", name, e))?;
+    }
+    Ok((v4, v6))
+}
+
+/// One recorded network, its pools and addresses reserved, handed back to its driver with its
+/// endpoints (and where each is joined, among `opened`), and put in the controller's maps.
+/// Returns the endpoints.
+async fn restore_one(
+    core: &Arc<Core>,
+    net: Versioned<NetworkRecord>,
+    pools_v4: Vec<NetworkPool>,
+    pools_v6: Vec<NetworkPool>,
+    eps: Vec<Versioned<EndpointRecord>>,
+    opened: &BTreeMap<String, Opened>,
+) -> Result<Vec<Arc<EndpointInner>>, CoreError> {
+    let rec = net.value;
+    let driver = core.driver(&rec.driver)?;
+    let options = network_options(&rec)?;
+    let parsed = driver
+        .parse_network_options(&options.driver_keys())
+        .map_err(|e| CoreError::driver("parse the recorded options of network", &rec.name, e))?;
+    let parts = NetworkParts {
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        driver_name: rec.driver.clone(),
+        capability: driver.capability().with_scope(rec.scope),
+        mtu: options.mtu()?,
+        options,
+        parsed,
+        pools_v4,
+        pools_v6,
+        created: rec.created,
+        allocation: rec.allocation.clone(),
+    };
+    let spec = parts.spec();
+    let net = Arc::new(parts.build(net.version));
+    let mut restored = Vec::new();
+    let mut live = Vec::new();
+    for ep in eps {
+        let r = ep.value;
+        let ep_inner = restore_endpoint(core, &net, r, ep.version)?;
+        let joined = ep_inner.state().sandbox.clone().and_then(|sid| {
+            let sb = opened.get(&sid)?;
+            let j = sb
+                .rec
+                .value
+                .endpoints
+                .iter()
+                .find(|j| j.endpoint_id == ep_inner.id)?;
+            let ifname = j.requested.clone().or_else(|| j.ifname.clone())?;
+            Some(RestoredJoin::new(
+                SandboxRef {
+                    id: sid,
+                    key: sb.ns.key.clone(),
+                    ns: sb.ns.ns.clone(),
+                    netlink: sb.ns.netlink.clone(),
+                },
+                ifname,
+            ))
+        });
+        // A record joined to a sandbox that was not reopened is free.
+        let joined_to = ep_inner.state().sandbox.clone();
+        if joined_to.is_some_and(|s| !opened.contains_key(&s)) {
+            ep_inner.state().sandbox = None;
+        }
+        restored.push(RestoredEndpoint::new(
+            EndpointSpec {
+                network_id: rec.id.clone(),
+                endpoint_id: ep_inner.id.clone(),
+                name: ep_inner.name.clone(),
+                ipv4: ep_inner.ipv4.as_ref().map(|a| a.addr),
+                ipv6: ep_inner.ipv6.as_ref().map(|a| a.addr),
+                mac: ep_inner.mac,
+                options: ep_inner.options.driver_options.clone(),
+                parsed: ep_inner.parsed.clone(),
+            },
+            joined,
+        ));
+        live.push(ep_inner);
+    }
+    driver
+        .restore_network(&spec, &restored)
+        .await
+        .map_err(|e| CoreError::driver("restore network", &rec.name, e))?;
+    {
+        let mut st = net.state();
+        for ep in &live {
+            st.endpoints
+                .insert(ep.name.clone(), Some(Arc::downgrade(ep)));
+            if let Some(mac) = ep.mac
+                && let Err(e) = st.claim_mac(mac, &ep.name, &rec.name)
+            {
+                // Recorded by a build that did not check: keep both, say so.
+                tracing::warn!(error = %e, endpoint = %ep.name, "duplicate MAC address restored");
+            }
+        }
+    }
+    for ep in &live {
+        core.endpoints.insert(ep.id.clone(), ep.clone());
+    }
+    if net.capability.singleton {
+        core.singletons.insert(rec.driver.clone(), rec.name.clone());
+    }
+    core.network_names
+        .insert(rec.name.clone(), Some(rec.id.clone()));
+    core.networks.insert(rec.id.clone(), net);
+    tracing::debug!(network = id::short(&rec.id), name = %rec.name, "network restored");
+    Ok(live)
+}
+
+/// Restores the networks that waited for `driver` (see [`restore_networks`]), with their
+/// endpoints; an endpoint recorded as joined comes back joined when its sandbox is there.
+pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(), CoreError> {
+    let pending = core
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&driver)
+        .unwrap_or_default();
+    for p in pending {
+        // A global network deleted by another host meanwhile is let go of, not restored.
+        if p.record.value.scope == Scope::Global
+            && let Some(cluster) = &core.cluster
+        {
+            let key = crate::record::network_key(&p.record.value.id);
+            let exists = cluster
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| CoreError::store("read", &key, e))?
+                .is_some();
+            if !exists {
+                cluster.forget(&p.record.value.id);
+                core.network_names.remove(&p.record.value.name);
+                continue;
+            }
+        }
+        let sandboxes: Vec<Arc<SandboxInner>> = p
+            .endpoints
+            .iter()
+            .filter_map(|e| e.value.sandbox_id.as_ref())
+            .filter_map(|sid| core.sandboxes.get(sid).map(|s| s.value().clone()))
+            .collect();
+        // The sandboxes' operation locks, in id order, so no join or leave runs meanwhile.
+        let mut sandboxes = sandboxes;
+        sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+        sandboxes.dedup_by(|a, b| a.id == b.id);
+        let mut guards = Vec::new();
+        for sb in &sandboxes {
+            guards.push(sb.op.lock().await);
+        }
+        let opened: BTreeMap<String, Opened> = sandboxes
+            .iter()
+            .map(|sb| {
+                let st = sb.state();
+                let rec = sb.record(&st.joined, st.gateway.as_deref());
+                let version = st.version;
+                drop(st);
+                (
+                    sb.id.clone(),
+                    Opened {
+                        rec: Versioned {
+                            version,
+                            value: rec,
+                        },
+                        ns: sb.ns.clone(),
+                    },
+                )
+            })
+            .collect();
+        let live = restore_one(
+            &core,
+            p.record,
+            p.pools_v4,
+            p.pools_v6,
+            p.endpoints,
+            &opened,
+        )
+        .await?;
+        for sb in &sandboxes {
+            let detached = sb.take_detached(|j| live.iter().any(|e| e.id == j.endpoint_id));
+            for j in detached {
+                let Some(ep) = live.iter().find(|e| e.id == j.endpoint_id) else {
+                    continue;
+                };
+                let index = match &j.ifname {
+                    Some(name) => core
+                        .kernel
+                        .interface_index(&sb.ns, name)
+                        .await
+                        .map_err(|e| {
+                            CoreError::sandbox(
+                                "look up interface",
+                                format!("{name} in sandbox {}", sb.short()),
+                                e,
+                            )
+                        })?,
+                    None => None,
+                };
+                let mut joined = Joined::from_record(ep.clone(), &j, index);
+                if sb.state().gateway.as_deref() == Some(ep.id.as_str()) {
+                    restore_gateway(&core, sb, &mut joined).await?;
+                }
+                // Back where it was: before the first join with a later interface.
+                let mut st = sb.state();
+                let at = joined
+                    .eth
+                    .and_then(|n| st.joined.iter().position(|o| o.eth.is_some_and(|m| m > n)))
+                    .unwrap_or(st.joined.len());
+                st.joined.insert(at, joined);
+            }
+            let joined = sb.state().joined.clone();
+            write_hosts(&core, sb, &joined)?;
+        }
+        drop(guards);
+    }
+    Ok(())
+}
+
+/// Brings the controller's global networks in line with the cluster store's records: adopts
+/// those it does not have (handed to their drivers, which create them on this host), updates
+/// the record versions address claims check, and lets go of those deleted elsewhere. Returns
+/// the store revision it read at.
+pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
+    let Some(cluster) = core.cluster.as_ref() else {
+        return Ok(0);
+    };
+    let _one = cluster.sync.lock().await;
+    let listing = cluster
+        .store
+        .list_with_revision("network/")
+        .await
+        .map_err(|e| CoreError::store("read", "network/", e))?;
+    let mut seen = BTreeSet::new();
+    for (key, v) in listing.entries {
+        let rec: NetworkRecord = match serde_json::from_slice(&v.value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "undecodable network record in the cluster store");
+                continue;
+            }
+        };
+        seen.insert(rec.id.clone());
+        if core.networks.contains_key(&rec.id) {
+            // The version its address claims check; never that of a record being deleted,
+            // so a claim racing the delete fails.
+            if !rec.deleting {
+                let pools: Vec<NetworkPool> = rec
+                    .ipv4
+                    .iter()
+                    .chain(&rec.ipv6)
+                    .map(NetworkPool::from_record)
+                    .collect();
+                cluster.adopt(&rec.id, v.version, &pools)?;
+            }
+            continue;
+        }
+        if rec.deleting || cluster.knows(&rec.id) {
+            // Going, or being created or restored here, or waiting for its driver.
+            continue;
+        }
+        // The name: free here, or taken by a network being created here (skipped: this host
+        // made it or lost the race for it) or by a local network of this host.
+        match core.network_names.entry(rec.name.clone()) {
+            dashmap::mapref::entry::Entry::Occupied(o) => {
+                if o.get().is_some() {
+                    tracing::warn!(network = %rec.name, "a global network's name is taken by a local network of this host: not adopted");
+                }
+                continue;
+            }
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                e.insert(None);
+            }
+        }
+        let (id, name) = (rec.id.clone(), rec.name.clone());
+        let net = Versioned {
+            version: v.version,
+            value: rec,
+        };
+        let adopted = async {
+            let (v4, v6) = reserve(core, &net, &[]).await?;
+            if core.driver(&net.value.driver).is_err() {
+                core.network_names.insert(name.clone(), Some(id.clone()));
+                core.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(net.value.driver.clone())
+                    .or_default()
+                    .push(PendingNetwork {
+                        record: net,
+                        pools_v4: v4,
+                        pools_v6: v6,
+                        endpoints: Vec::new(),
+                    });
+                return Ok(());
+            }
+            restore_one(core, net, v4, v6, Vec::new(), &BTreeMap::new())
+                .await
+                .map(drop)
+        }
+        .await;
+        if let Err(e) = adopted {
+            tracing::warn!(network = %name, error = %e, "adopting a global network failed");
+            cluster.forget(&id);
+            core.network_names.remove_if(&name, |_, v| v.is_none());
+        } else {
+            tracing::info!(network = %name, "global network adopted");
+        }
+    }
+    // Networks deleted by another host.
+    let gone: Vec<Arc<NetworkInner>> = core
+        .networks
+        .iter()
+        .filter(|n| n.is_global() && !seen.contains(&n.id))
+        .map(|n| n.value().clone())
+        .collect();
+    for net in gone {
+        {
+            let mut st = net.state();
+            if st.deleting {
+                continue;
+            }
+            if !st.endpoints.is_empty() {
+                tracing::warn!(network = %net.name, "a global network deleted elsewhere still has endpoints here: kept");
+                continue;
+            }
+            st.deleting = true;
+        }
+        if let Ok(d) = core.driver_of(&net)
+            && let Err(e) = d.delete_network(&net.id).await
+        {
+            tracing::warn!(network = %net.name, error = %e, "deleting a network deleted elsewhere failed in its driver");
+        }
+        cluster.forget(&net.id);
+        core.networks.remove(&net.id);
+        core.network_names.remove(&net.name);
+        tracing::info!(network = %net.name, "global network deleted by another host");
+    }
+    cluster.synced.send_replace(listing.revision);
+    Ok(listing.revision)
+}
+
+/// The options a network was created with, from its record.
+fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
+    Ok(NetworkOptions {
+        pools: rec
+            .ipv4
+            .iter()
+            .chain(&rec.ipv6)
+            .map(pool_config)
+            .collect::<Result<_, _>>()?,
+        enable_ipv4: rec.enable_ipv4,
+        enable_ipv6: rec.enable_ipv6,
+        internal: rec.internal,
+        labels: rec.labels.clone(),
+        driver_options: rec.driver_options.clone(),
+        ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
+        allow_host_overlap: rec.allow_host_overlap,
+        attachable: rec.attachable,
+        ipam_options: rec.ipam_options.clone(),
+    })
+}
+
+/// An endpoint from its record (its addresses reserved already, see [`reserve`]): options as
+/// the user gave them, the driver's options parsed once.
+fn restore_endpoint(
+    core: &Core,
+    net: &Arc<NetworkInner>,
+    r: EndpointRecord,
+    version: u64,
+) -> Result<Arc<EndpointInner>, CoreError> {
+    let driver = core.driver_of(net)?;
+    let parsed = driver
+        .parse_endpoint_options(&r.driver_options)
+        .map_err(|e| CoreError::driver("parse the recorded options of endpoint", &r.name, e))?;
+    let options = r.options();
+    let ep = Arc::new(EndpointInner::from_record(
+        r,
+        net.clone(),
+        options,
+        parsed,
+        version,
+    ));
+    Ok(ep)
+}
+
+/// Sandboxes: joins, default route and published ports of the gateway endpoint, files.
+async fn restore_sandboxes(
+    core: &Arc<Core>,
+    opened: BTreeMap<String, Opened>,
+    endpoints: &HashMap<String, Arc<EndpointInner>>,
+) -> Result<(), CoreError> {
+    let pending: BTreeSet<String> = core
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .flatten()
+        .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone()))
+        .collect();
+    for (sid, o) in opened {
+        let rec = o.rec.value;
+        let mut joined = Vec::new();
+        let mut detached = Vec::new();
+        for j in &rec.endpoints {
+            let Some(ep) = endpoints.get(&j.endpoint_id) else {
+                if pending.contains(&j.endpoint_id) {
+                    // Its network waits for its driver: kept in the record meanwhile.
+                    detached.push(j.clone());
+                    continue;
+                }
+                tracing::warn!(
+                    sandbox = id::short(&sid),
+                    endpoint = id::short(&j.endpoint_id),
+                    "joined endpoint not restored"
+                );
+                continue;
+            };
+            let index = match &j.ifname {
+                Some(name) => core
+                    .kernel
+                    .interface_index(&o.ns, name)
+                    .await
+                    .map_err(|e| {
+                        CoreError::sandbox(
+                            "look up interface",
+                            format!("{name} in sandbox {}", id::short(&sid)),
+                            e,
+                        )
+                    })?,
+                None => None,
+            };
+            if j.ifname.is_some() && index.is_none() {
+                tracing::warn!(sandbox = id::short(&sid), ifname = ?j.ifname, "joined interface missing in its sandbox");
+            }
+            joined.push(Joined::from_record(ep.clone(), j, index));
+        }
+        let dir = core.run_dir.join("sandboxes").join(&sid);
+        let sb = Arc::new(SandboxInner::new(
+            sid.clone(),
+            rec.container_id.clone(),
+            dir.clone(),
+            o.ns,
+            rec.options.clone(),
+            SandboxState {
+                joined: Vec::new(),
+                gateway: rec.gateway_endpoint.clone(),
+                deleted: false,
+                version: o.rec.version,
+            },
+        ));
+        if let Some(gw) = &rec.gateway_endpoint
+            && let Some(j) = joined.iter_mut().find(|j| &j.ep.id == gw)
+        {
+            restore_gateway(core, &sb, j).await?;
+        }
+        // The directory may be gone (a reboot keeps no run dir, a crash may have left it
+        // half-made): made again, the hosts file rewritten, resolv.conf written if missing.
+        let host = core
+            .kernel
+            .prepare_dir(&dir, &core.resolv_conf)
+            .await
+            .map_err(|e| CoreError::sandbox("prepare the files of sandbox", id::short(&sid), e))?;
+        write_hosts(core, &sb, &joined)?;
+        let path = sb.resolv_conf_path();
+        if !core.kernel.file_exists(&path) {
+            core.kernel
+                .write_resolv_conf(&path, &sb.resolv_conf(&host))
+                .map_err(|e| {
+                    CoreError::sandbox("write resolv.conf", path.display().to_string(), e)
+                })?;
+        }
+        sb.state().joined = joined;
+        sb.set_detached(detached, rec.gateway_endpoint.as_deref());
+        core.containers.insert(
+            rec.container_id.clone(),
+            Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),
+        );
+        core.sandboxes.insert(sid, sb);
+    }
+    Ok(())
+}
+
+/// Re-reserves a network's pools and gateways in IPAM, as recorded.
+async fn restore_pools(
+    core: &Core,
+    pools: &[PoolAllocation],
+    family: Family,
+    network: &str,
+) -> Result<Vec<NetworkPool>, CoreError> {
+    let mut out = Vec::new();
+    for p in pools {
+        let mut req = PoolRequest::new(family);
+        req.subnet = Some(p.pool_id.subnet());
+        req.ip_range = p.pool_id.range();
+        req.gateway = p.gateway.map(|g| g.addr());
+        req.aux_addresses = p.aux_addresses.values().copied().collect();
+        let pool = core
+            .ipam
+            .request_pool(&req)
+            .await
+            .map_err(|e| CoreError::ipam("restore pool of network", network, e))?;
+        if pool.id != p.pool_id {
+            return Err(CoreError::invalid(
+                "pool",
+                &p.pool_id,
+                format!("IPAM restored it as {} for network {network}", pool.id),
+            ));
+        }
+        if let Some(gw) = p.gateway {
+            core.ipam
+                .request_address(&pool.id, AddressRequest::Specific(gw.addr()))
+                .await
+                .map_err(|e| CoreError::ipam("restore gateway of network", network, e))?;
+        }
+        out.push(NetworkPool::from_record(p));
+    }
+    Ok(out)
+}
+
+fn pool_config(p: &PoolAllocation) -> Result<PoolConfig, CoreError> {
+    let mut c = PoolConfig::new(p.subnet);
+    if let Some(range) = p.pool_id.range() {
+        c = c.with_ip_range(range)?;
+    }
+    if let Some(gw) = p.gateway {
+        c = c.with_gateway(gw.addr())?;
+    }
+    for (name, addr) in &p.aux_addresses {
+        c = c.with_aux_address(name.clone(), *addr)?;
+    }
+    Ok(c)
+}
+
+/// The gateway endpoint's default route (added unless there) and published ports (as they
+/// were, host ports included; as requested when none were recorded).
+async fn restore_gateway(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    j: &mut Joined,
+) -> Result<(), CoreError> {
+    for route in j.default_routes() {
+        match core.kernel.add_route(&sb.ns, &route).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == cnm_types::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(CoreError::sandbox(
+                    "restore default route",
+                    format!("{} in sandbox {}", route.destination, sb.short()),
+                    e,
+                ));
+            }
+        }
+    }
+    let bindings = if j.published.is_empty() {
+        j.ep.options.port_bindings.clone()
+    } else {
+        j.published.clone()
+    };
+    if !bindings.is_empty() {
+        j.published = program(core, j, &bindings, "publish ports again of endpoint").await?;
+    }
+    Ok(())
+}
+
+/// Removes namespaces under `run_dir/netns` and directories under `run_dir/sandboxes` that no
+/// sandbox owns: left by a crash between creating them and writing the record, or between
+/// deleting the record and them.
+async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
+    let owned: BTreeSet<String> = core.sandboxes.iter().map(|s| s.id.clone()).collect();
+    for (sub, namespaces) in [("netns", true), ("sandboxes", false)] {
+        let dir = core.run_dir.join(sub);
+        let names = core
+            .kernel
+            .list_dir(&dir)
+            .await
+            .map_err(|e| CoreError::sandbox("read directory", dir.display().to_string(), e))?;
+        for name in names.into_iter().filter(|n| !owned.contains(n)) {
+            let path = dir.join(&name);
+            tracing::info!(path = %path.display(), "removing what no sandbox owns");
+            let (op, removed) = if namespaces {
+                ("delete netns", core.kernel.delete_netns(&path).await)
+            } else {
+                ("remove directory", core.kernel.remove_dir(&path).await)
+            };
+            removed.map_err(|e| CoreError::sandbox(op, path.display().to_string(), e))?;
+        }
+    }
+    Ok(())
+}

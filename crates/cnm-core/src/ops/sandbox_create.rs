@@ -1,0 +1,159 @@
+//! Creating a container's sandbox: a persisted namespace whose interfaces are born with IPv6 off
+//! (CVE-2024-32473: no IPv6, not even link-local, on the interfaces of IPv4-only endpoints; a
+//! join turns it on for an IPv6 endpoint's), loopback up (it predates the default and keeps
+//! `::1`), a hosts file and a resolv.conf; the record last.
+
+use std::sync::Arc;
+
+use super::{delete_record, put_new_record};
+use crate::CoreError;
+use crate::id;
+use crate::kernel::IPV6_DEFAULT_OFF;
+use crate::model::sandbox::{SandboxInner, SandboxState};
+use crate::options::JoinOptions;
+use crate::record;
+use crate::state::Core;
+use crate::undo::Undo;
+
+fn check_container_id(cid: &str) -> Result<(), CoreError> {
+    if cid.is_empty()
+        || cid.len() > 255
+        || cid
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(CoreError::invalid(
+            "container id",
+            cid,
+            "must be 1 to 255 characters without '/' or whitespace",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the sandbox of a container, or creates it. With `allow_existing` false an existing
+/// sandbox is an error. Returns whether this call created it.
+pub(crate) async fn find_or_create(
+    core: &Arc<Core>,
+    cid: &str,
+    opts: JoinOptions,
+    allow_existing: bool,
+) -> Result<(Arc<SandboxInner>, bool), CoreError> {
+    check_container_id(cid)?;
+    if !allow_existing && opts.gateway_priority != 0 {
+        return Err(CoreError::invalid(
+            "gateway priority",
+            opts.gateway_priority,
+            "it is a join option, not a sandbox option",
+        ));
+    }
+    loop {
+        let slot = core.containers.entry(cid.to_owned()).or_default().clone();
+        let mut guard = slot.lock().await;
+        // The slot may have been retired (sandbox deleted, creation failed) while we waited.
+        if !core
+            .containers
+            .get(cid)
+            .is_some_and(|s| Arc::ptr_eq(&s, &slot))
+        {
+            continue;
+        }
+        if let Some(sb) = guard.as_ref() {
+            if allow_existing {
+                return Ok((sb.clone(), false));
+            }
+            return Err(CoreError::SandboxExists(cid.to_owned()));
+        }
+        return match create(core, cid, opts).await {
+            Ok(sb) => {
+                core.sandboxes.insert(sb.id.clone(), sb.clone());
+                *guard = Some(sb.clone());
+                Ok((sb, true))
+            }
+            Err(e) => {
+                core.containers.remove_if(cid, |_, s| Arc::ptr_eq(s, &slot));
+                Err(e)
+            }
+        };
+    }
+}
+
+async fn create(
+    core: &Arc<Core>,
+    cid: &str,
+    opts: JoinOptions,
+) -> Result<Arc<SandboxInner>, CoreError> {
+    let id = id::generate();
+    let short = id::short(&id).to_owned();
+    let key = core.run_dir.join("netns").join(&id);
+    let dir = core.run_dir.join("sandboxes").join(&id);
+    let kernel = core.kernel.clone();
+    let mut undo = Undo::new();
+    let result = async {
+        let ns = kernel
+            .create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
+            .await
+            .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
+        {
+            let (kernel, key) = (kernel.clone(), key.clone());
+            undo.push("delete netns", move || async move {
+                kernel
+                    .delete_netns(&key)
+                    .await
+                    .map_err(|e| CoreError::sandbox("delete netns", key.display().to_string(), e))
+            });
+        }
+        crate::crash::point("sandbox-create:after-netns");
+        // Loopback comes up while the directory is made and the host's resolv.conf read.
+        let (lo, host) = futures::join!(
+            kernel.loopback_up(&ns),
+            kernel.prepare_dir(&dir, &core.resolv_conf)
+        );
+        {
+            let (kernel, dir) = (kernel.clone(), dir.clone());
+            undo.push("remove sandbox directory", move || async move {
+                kernel.remove_dir(&dir).await.map_err(|e| {
+                    CoreError::sandbox("remove directory", dir.display().to_string(), e)
+                })
+            });
+        }
+        let host =
+            host.map_err(|e| CoreError::sandbox("prepare the files of sandbox", &short, e))?;
+        lo.map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
+        let sb = SandboxInner::new(
+            id.clone(),
+            cid.to_owned(),
+            dir.clone(),
+            ns,
+            opts,
+            SandboxState {
+                joined: Vec::new(),
+                gateway: None,
+                deleted: false,
+                version: 0,
+            },
+        );
+        let rc_path = sb.resolv_conf_path();
+        kernel
+            .write_resolv_conf(&rc_path, &sb.resolv_conf(&host))
+            .map_err(|e| {
+                CoreError::sandbox("write resolv.conf", rc_path.display().to_string(), e)
+            })?;
+        let hosts_path = sb.hosts_path();
+        kernel
+            .write_hosts(&hosts_path, &sb.hosts_file(&[]))
+            .map_err(|e| {
+                CoreError::sandbox("write hosts file", hosts_path.display().to_string(), e)
+            })?;
+        let rkey = record::sandbox_key(&id);
+        let version = put_new_record(core, &rkey, &sb.record(&[], None)).await?;
+        undo.push("delete sandbox record", delete_record(core, rkey, version));
+        sb.state().version = version;
+        crate::crash::point("sandbox-create:after-record");
+        Ok(Arc::new(sb))
+    }
+    .await;
+    let sb = undo.finish(result).await?;
+    tracing::info!(sandbox = %short, container = %cid, key = %key.display(), "sandbox created");
+    Ok(sb)
+}

@@ -1,0 +1,19 @@
+//! The JSON bodies of every call, with Docker's exact field names.
+//!
+//! Requests are what cnm sends; answers are read leniently, as Go's decoder reads them: a
+//! missing field, or `null` (what Go writes for a nil map or slice), is the empty value, and
+//! unknown fields are ignored.
+
+pub mod ipam;
+pub mod network;
+
+use serde::{Deserialize, Deserializer};
+
+/// Reads `null` or a missing field as the type's default.
+pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}

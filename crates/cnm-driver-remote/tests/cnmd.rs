@@ -1,0 +1,466 @@
+//! The plugin through the whole stack: the `cnm` CLI talking to a real `cnmd` that finds the
+//! test plugin by name in its `--plugin-dir` the moment a network asks for its driver, in a
+//! throwaway host namespace; traffic between two sandboxes through the plugin's veths, every
+//! request the plugin received checked field by field, and a restart of cnmd that finds the
+//! plugin again before it reloads the plugin's network.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use cnm_driver_remote::plugin::MEDIA_TYPE;
+use cnm_sandbox::{NetNs, Netlink};
+use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
+use common::{FakePlugin, PluginArgs};
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+
+/// The target dir's profile dir this test binary was built in (`target/debug`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/debug/deps/cnmd-HASH
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in <profile>/deps")
+        .to_owned()
+}
+
+/// `cnmd` and `cnm` built from this tree into the same target dir, once per run.
+fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let profile = profile_dir();
+        let target = profile.parent().expect("the profile dir has a parent");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .args(["build", "-q", "-p", "cnm-daemon", "-p", "cnm-cli"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", target);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let ok = build.status().is_ok_and(|s| s.success());
+        assert!(ok, "cargo build -p cnm-daemon -p cnm-cli failed");
+        (profile.join("cnmd"), profile.join("cnm"))
+    })
+}
+
+/// What a `cnm` run printed.
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(self) -> Result<Out> {
+        ensure!(
+            self.code == 0,
+            "exit {}\nstdout: {}\nstderr: {}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        Ok(self)
+    }
+
+    fn json(&self) -> Result<Value> {
+        let v: Value = serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {}", self.stdout))?;
+        // `inspect` prints an array of one.
+        Ok(match v {
+            Value::Array(mut a) if a.len() == 1 => a.remove(0),
+            v => v,
+        })
+    }
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A `cnmd` in the test host's namespace, with the test host's directories and the plugin's
+/// directories as its `--plugin-dir`s; stopped with SIGTERM on drop.
+struct Cnmd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    host: NetNs,
+    args: Vec<String>,
+}
+
+impl Cnmd {
+    async fn start(host: &TestHost, plugin: &FakePlugin) -> Result<Cnmd> {
+        let dir = tempfile::tempdir()?;
+        let args = vec![
+            "--socket".to_owned(),
+            dir.path().join("cnm.sock").display().to_string(),
+            "--run-dir".to_owned(),
+            host.run_dir().display().to_string(),
+            "--state-dir".to_owned(),
+            host.state_dir().display().to_string(),
+            "--plugin-dir".to_owned(),
+            plugin.root().join("run").display().to_string(),
+            "--plugin-dir".to_owned(),
+            plugin.root().join("etc").display().to_string(),
+            "--plugin-timeout".to_owned(),
+            "5".to_owned(),
+        ];
+        let mut d = Cnmd {
+            child: None,
+            dir,
+            host: host.netns().clone(),
+            args,
+        };
+        d.spawn().await?;
+        Ok(d)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("cnm.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cnmd.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let (cnmd, _) = binaries();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cnmd.log"))?;
+        let mut cmd = Command::new(cnmd);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Born in the test host's namespace: the thread that forks is in it.
+        let child = self.host.run(move || cmd.spawn()).await??;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket().exists() && self.cnm(&["network", "ls", "-q"])?.code == 0 {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("cnmd exited with {status}: {}", self.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "cnmd did not answer: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, and waits for it to exit (bounded).
+    async fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::task::spawn_blocking(move || child.wait()),
+        )
+        .await
+        .context("cnmd did not stop on SIGTERM")???;
+        ensure!(
+            status.success(),
+            "cnmd exited with {status}: {}",
+            self.log()
+        );
+        Ok(())
+    }
+
+    fn cnm(&self, args: &[&str]) -> Result<Out> {
+        let (_, cnm) = binaries();
+        let host = format!("unix://{}", self.socket().display());
+        let out = Command::new(cnm)
+            .arg("--host")
+            .arg(host)
+            .args(args)
+            .env_remove("CNM_HOST")
+            .stdin(Stdio::null())
+            .output()
+            .context("failed to run cnm")?;
+        Ok(out.into())
+    }
+}
+
+impl Drop for Cnmd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if matches!(child.try_wait(), Ok(Some(_))) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if let Err(e) = child.kill().and_then(|()| child.wait().map(drop)) {
+                eprintln!("cnmd {pid} did not stop: {e}");
+            }
+        }
+    }
+}
+
+/// A sandbox as `cnm sandbox inspect` shows it: its namespace and its address on `network`.
+struct Joined {
+    ns: NetNs,
+    key: String,
+    endpoint: String,
+    addr: Ipv4Net,
+}
+
+fn joined(d: &Cnmd, sandbox: &str, network: &str) -> Result<Joined> {
+    let sb = d.cnm(&["sandbox", "inspect", sandbox])?.ok()?.json()?;
+    let key = sb["Key"].as_str().context("Key")?.to_owned();
+    let ep = sb["Endpoints"]
+        .as_array()
+        .and_then(|eps| eps.iter().find(|e| e["Network"] == network))
+        .with_context(|| format!("{sandbox} is not on {network}: {sb}"))?;
+    Ok(Joined {
+        ns: NetNs::open(&key)?,
+        key,
+        endpoint: ep["EndpointId"].as_str().context("EndpointId")?.to_owned(),
+        addr: ep["IPv4Address"]
+            .as_str()
+            .context("IPv4Address")?
+            .parse()
+            .context("IPv4Address")?,
+    })
+}
+
+/// The requests the plugin received after the first `skip`, as (method, body), each with
+/// Docker's headers.
+fn requests_since(plugin: &FakePlugin, skip: usize) -> Result<Vec<(String, Value)>> {
+    let reqs = plugin.requests()?;
+    let new = reqs.get(skip..).unwrap_or_default();
+    for r in new {
+        ensure!(r.accept.as_deref() == Some(MEDIA_TYPE), "Accept of {r:?}");
+        ensure!(
+            r.content_type.as_deref() == Some(MEDIA_TYPE),
+            "Content-Type of {r:?}"
+        );
+    }
+    Ok(new
+        .iter()
+        .map(|r| (r.method.clone(), r.body.clone()))
+        .collect())
+}
+
+fn expect(list: Vec<(&str, Value)>) -> Vec<(String, Value)> {
+    list.into_iter().map(|(m, b)| (m.to_owned(), b)).collect()
+}
+
+async fn traffic(a: &Joined, b: &Joined) -> Result<()> {
+    let server = TcpEchoServer::start(&b.ns, IpAddr::V4(b.addr.addr()), 8080).await?;
+    probe::tcp(&a.ns, IpAddr::V4(b.addr.addr()), 8080).await?;
+    let peers = server.peers();
+    ensure!(
+        peers.iter().any(|p| p.ip() == IpAddr::V4(a.addr.addr())),
+        "{peers:?}"
+    );
+    probe::icmp(&b.ns, IpAddr::V4(a.addr.addr())).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn cnm_network_create_with_a_plugin_driver_finds_it_carries_traffic_and_survives_a_restart()
+-> Result<()> {
+    let host = TestHost::new().await?;
+    let plugin = FakePlugin::start(
+        "cnmplug",
+        Some(host.netns()),
+        PluginArgs {
+            kernel: true,
+            ..PluginArgs::default()
+        },
+    )
+    .await?;
+    let mut d = Cnmd::start(&host, &plugin).await?;
+    ensure!(
+        plugin.requests()?.is_empty(),
+        "cnmd called the plugin before any network asked for it"
+    );
+
+    // A driver nobody serves fails at once, naming the directories looked in.
+    let started = Instant::now();
+    let out = d.cnm(&["network", "create", "-d", "nosuchplug", "n0"])?;
+    let took = started.elapsed();
+    eprintln!(
+        "unknown driver refused in {took:?} (cnm process included): {}",
+        out.stderr.trim()
+    );
+    ensure!(
+        out.code != 0,
+        "an unknown driver was accepted: {}",
+        out.stdout
+    );
+    let run_dir = plugin.root().join("run").display().to_string();
+    ensure!(
+        out.stderr.contains("nosuchplug") && out.stderr.contains(&run_dir),
+        "the error says neither the name nor where it looked: {}",
+        out.stderr
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "an unknown driver took {took:?}"
+    );
+    ensure!(
+        d.cnm(&["network", "ls", "-q", "-f", "name=n0"])?
+            .ok()?
+            .stdout
+            .is_empty()
+    );
+
+    // The plugin's name: found in --plugin-dir, activated, registered, used.
+    d.cnm(&[
+        "network",
+        "create",
+        "-d",
+        "cnmplug",
+        "--subnet",
+        "10.87.0.0/24",
+        "-o",
+        "test.dst-prefix=plg",
+        "pnet",
+    ])?
+    .ok()?;
+    let net = d.cnm(&["network", "inspect", "pnet"])?.ok()?.json()?;
+    assert_eq!(net["Driver"], "cnmplug");
+    let nid = net["Id"].as_str().context("Id")?.to_owned();
+    let bridge = format!("rb{}", &nid[..10]);
+    ensure!(
+        host.netlink().link(&bridge).await?.is_some(),
+        "the plugin made no bridge {bridge}"
+    );
+    for c in ["c1", "c2"] {
+        d.cnm(&["sandbox", "create", c])?.ok()?;
+        d.cnm(&["connect", "pnet", c])?.ok()?;
+    }
+    let (s1, s2) = (joined(&d, "c1", "pnet")?, joined(&d, "c2", "pnet")?);
+    assert_eq!(s1.addr.to_string(), "10.87.0.2/24");
+    assert_eq!(s2.addr.to_string(), "10.87.0.3/24");
+    // The plugin's interface, moved in and renamed with its DstPrefix.
+    ensure!(
+        Netlink::connect(&s1.ns)
+            .await?
+            .link("plg0")
+            .await?
+            .is_some(),
+        "no plg0 in c1"
+    );
+    traffic(&s1, &s2).await?;
+
+    let ep = |e: &str| json!({"NetworkID": nid, "EndpointID": e});
+    let create_ep = |j: &Joined| {
+        json!({"NetworkID": nid, "EndpointID": j.endpoint, "Options": {},
+               "Interface": {"Address": j.addr.to_string(), "AddressIPv6": "", "MacAddress": ""}})
+    };
+    let join = |j: &Joined| json!({"NetworkID": nid, "EndpointID": j.endpoint, "Options": {}, "SandboxKey": j.key});
+    let program = |j: &Joined| json!({"NetworkID": nid, "EndpointID": j.endpoint, "Options": {}});
+    assert_eq!(
+        requests_since(&plugin, 0)?,
+        expect(vec![
+            ("Plugin.Activate", Value::Null),
+            ("NetworkDriver.GetCapabilities", Value::Null),
+            (
+                "NetworkDriver.CreateNetwork",
+                json!({
+                    "NetworkID": nid,
+                    "Options": {
+                        "com.docker.network.generic": {"test.dst-prefix": "plg"},
+                        "com.docker.network.enable_ipv6": false,
+                    },
+                    "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.87.0.0/24",
+                                  "Gateway": "10.87.0.1/24"}],
+                    "IPv6Data": [],
+                }),
+            ),
+            ("NetworkDriver.CreateEndpoint", create_ep(&s1)),
+            ("NetworkDriver.Join", join(&s1)),
+            ("NetworkDriver.ProgramExternalConnectivity", program(&s1)),
+            ("NetworkDriver.CreateEndpoint", create_ep(&s2)),
+            ("NetworkDriver.Join", join(&s2)),
+            ("NetworkDriver.ProgramExternalConnectivity", program(&s2)),
+        ])
+    );
+
+    // Restart: the plugin is found again before the network is reloaded, and nothing of the
+    // network is asked of it again (the plugin keeps its own state).
+    let seen = plugin.requests()?.len();
+    d.stop().await?;
+    d.spawn().await?;
+    assert_eq!(
+        requests_since(&plugin, seen)?,
+        expect(vec![
+            ("Plugin.Activate", Value::Null),
+            ("NetworkDriver.GetCapabilities", Value::Null),
+        ])
+    );
+    let ls = d
+        .cnm(&["network", "ls", "-f", "driver=cnmplug", "-q", "--no-trunc"])?
+        .ok()?;
+    assert_eq!(
+        ls.stdout.trim(),
+        nid,
+        "the plugin's network after the restart"
+    );
+    let (r1, r2) = (joined(&d, "c1", "pnet")?, joined(&d, "c2", "pnet")?);
+    assert_eq!((r1.addr, r2.addr), (s1.addr, s2.addr));
+    traffic(&r2, &r1).await?;
+
+    // Taken apart through the CLI: the inverse calls, and the plugin's links gone.
+    let seen = plugin.requests()?.len();
+    d.cnm(&["disconnect", "pnet", "c1"])?.ok()?;
+    d.cnm(&["sandbox", "rm", "c1", "c2"])?.ok()?;
+    d.cnm(&["network", "rm", "pnet"])?.ok()?;
+    assert_eq!(
+        requests_since(&plugin, seen)?,
+        expect(vec![
+            ("NetworkDriver.RevokeExternalConnectivity", ep(&s1.endpoint)),
+            ("NetworkDriver.Leave", ep(&s1.endpoint)),
+            ("NetworkDriver.DeleteEndpoint", ep(&s1.endpoint)),
+            ("NetworkDriver.RevokeExternalConnectivity", ep(&s2.endpoint)),
+            ("NetworkDriver.Leave", ep(&s2.endpoint)),
+            ("NetworkDriver.DeleteEndpoint", ep(&s2.endpoint)),
+            ("NetworkDriver.DeleteNetwork", json!({"NetworkID": nid})),
+        ])
+    );
+    let left: Vec<String> = host
+        .netlink()
+        .links()
+        .await?
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.starts_with("rb") || n.starts_with("rh") || n.starts_with("rc"))
+        .collect();
+    ensure!(left.is_empty(), "plugin links left: {left:?}");
+    d.stop().await?;
+    Ok(())
+}

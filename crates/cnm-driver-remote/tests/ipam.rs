@@ -1,0 +1,265 @@
+//! The remote IPAM in a controller, against the test plugin (network driver and IPAM driver in
+//! one process): pools and addresses allocated and released with Docker's request shapes,
+//! libnetwork's overlap avoidance for pools the plugin chooses, and the refusal of a pool that
+//! overlaps an existing network's.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cnm_core::{EndpointOptions, NetworkOptions};
+use common::{PluginArgs, World};
+use serde_json::{Value, json};
+
+fn ipam_bodies(w: &World) -> Result<Vec<(String, Value)>> {
+    Ok(w.plugin
+        .requests()?
+        .into_iter()
+        .filter(|r| r.method.starts_with("IpamDriver."))
+        .map(|r| (r.method, r.body))
+        .collect())
+}
+
+fn plugin_pools(w: &World) -> Result<Value> {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(w.plugin.root().join("data/state.json"))?)?;
+    Ok(state["pools"].clone())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn remote_ipam_allocates_releases_and_keeps_pools_apart() -> Result<()> {
+    let w = World::new(
+        "rip",
+        PluginArgs {
+            implements: "NetworkDriver,IpamDriver",
+            // What the plugin hands out when it chooses: first a pool inside network A's.
+            pools: "10.90.1.0/24,10.91.0.0/24",
+            ..PluginArgs::default()
+        },
+        Duration::from_secs(2),
+    )
+    .await?;
+    let ipam = w.ipam.clone().context("the IPAM adapter")?;
+    assert_eq!(ipam.address_spaces(), ("cnmtest-local", "cnmtest-global"));
+    assert!(!ipam.capabilities().requires_mac_address);
+    assert_eq!(
+        ipam_bodies(&w)?,
+        [
+            ("IpamDriver.GetCapabilities".to_owned(), Value::Null),
+            ("IpamDriver.GetDefaultAddressSpaces".to_owned(), Value::Null),
+        ]
+    );
+    w.plugin.clear_requests()?;
+
+    // A: an explicit subnet; the gateway is asked for as Docker asks for it.
+    let a = w
+        .ctl
+        .new_network(
+            "rip",
+            "a",
+            NetworkOptions::default().subnet("10.90.0.0/16".parse()?),
+        )
+        .await?;
+    assert_eq!(
+        a.ipv4()[0].gateway.map(|g| g.to_string()).as_deref(),
+        Some("10.90.0.1/16")
+    );
+    let pool_a = "cnmtest-local:10.90.0.0/16";
+    assert_eq!(
+        ipam_bodies(&w)?,
+        [
+            (
+                "IpamDriver.RequestPool".to_owned(),
+                json!({"AddressSpace": "cnmtest-local", "Pool": "10.90.0.0/16", "SubPool": "",
+                       "Options": {}, "V6": false})
+            ),
+            (
+                "IpamDriver.RequestAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "",
+                       "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+            ),
+        ]
+    );
+    w.plugin.clear_requests()?;
+
+    // B: the plugin's choice. Its first pool lies inside A's: held, another asked for, then
+    // the held one released (libnetwork's overlap avoidance).
+    let b = w
+        .ctl
+        .new_network("rip", "b", NetworkOptions::default())
+        .await?;
+    assert_eq!(b.ipv4()[0].pool.to_string(), "10.91.0.0/24");
+    let auto = json!({"AddressSpace": "cnmtest-local", "Pool": "", "SubPool": "",
+                      "Options": {}, "V6": false});
+    let bodies = ipam_bodies(&w)?;
+    assert_eq!(
+        bodies[..3],
+        [
+            ("IpamDriver.RequestPool".to_owned(), auto.clone()),
+            ("IpamDriver.RequestPool".to_owned(), auto),
+            (
+                "IpamDriver.ReleasePool".to_owned(),
+                json!({"PoolID": "cnmtest-local:10.90.1.0/24"})
+            ),
+        ]
+    );
+    w.plugin.clear_requests()?;
+
+    // C: an explicit subnet overlapping A's: the plugin grants it, cnm gives it back and refuses.
+    let e = w
+        .ctl
+        .new_network(
+            "rip",
+            "c",
+            NetworkOptions::default().subnet("10.90.5.0/24".parse()?),
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("Pool overlaps with other one on this address space"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.90.5.0/24") && text.contains("10.90.0.0/16"),
+        "{text}"
+    );
+    assert_eq!(e.kind(), cnm_types::ErrorKind::Conflict);
+    let names: Vec<String> = w
+        .ctl
+        .networks()
+        .iter()
+        .map(|n| n.name().to_owned())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(
+        w.plugin.methods()?,
+        ["IpamDriver.RequestPool", "IpamDriver.ReleasePool"],
+        "refused before the network driver was asked"
+    );
+    assert_eq!(
+        ipam_bodies(&w)?[1].1,
+        json!({"PoolID": "cnmtest-local:10.90.5.0/24"})
+    );
+    w.plugin.clear_requests()?;
+
+    // Addresses: any, then specific; released on endpoint deletion.
+    let e1 = a.create_endpoint("e1", EndpointOptions::default()).await?;
+    let e2 = a
+        .create_endpoint("e2", EndpointOptions::default().ipv4("10.90.7.7".parse()?))
+        .await?;
+    assert_eq!(
+        e1.ipv4().map(|x| x.to_string()).as_deref(),
+        Some("10.90.0.2/16")
+    );
+    assert_eq!(
+        e2.ipv4().map(|x| x.to_string()).as_deref(),
+        Some("10.90.7.7/16")
+    );
+    e1.join("c1", []).await?;
+    e2.join("c2", []).await?;
+    let sb1 = w.ctl.sandbox_by_container_id("c1")?;
+    cnm_testkit::probe::icmp(sb1.netns(), "10.90.7.7".parse()?).await?;
+    for (ep, c) in [(&e1, "c1"), (&e2, "c2")] {
+        ep.leave(c).await?;
+        ep.delete().await?;
+    }
+    let bodies: Vec<(String, Value)> = ipam_bodies(&w)?;
+    assert_eq!(
+        bodies,
+        [
+            (
+                "IpamDriver.RequestAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "", "Options": {}})
+            ),
+            (
+                "IpamDriver.RequestAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "10.90.7.7", "Options": {}})
+            ),
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "10.90.0.2"})
+            ),
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "10.90.7.7"})
+            ),
+        ]
+    );
+    w.plugin.clear_requests()?;
+
+    // Deleting the networks gives back each gateway, then each pool.
+    a.delete().await?;
+    b.delete().await?;
+    assert_eq!(
+        ipam_bodies(&w)?,
+        [
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": pool_a, "Address": "10.90.0.1"})
+            ),
+            (
+                "IpamDriver.ReleasePool".to_owned(),
+                json!({"PoolID": pool_a})
+            ),
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": "cnmtest-local:10.91.0.0/24", "Address": "10.91.0.1"})
+            ),
+            (
+                "IpamDriver.ReleasePool".to_owned(),
+                json!({"PoolID": "cnmtest-local:10.91.0.0/24"})
+            ),
+        ]
+    );
+    assert_eq!(plugin_pools(&w)?, json!({}), "the plugin holds nothing");
+    w.host_is_clean().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_hung_ipam_plugin_fails_the_network_within_the_bound_and_leaves_nothing() -> Result<()> {
+    let w = World::new(
+        "hungipam",
+        PluginArgs {
+            implements: "NetworkDriver,IpamDriver",
+            pools: "10.92.0.0/24",
+            ..PluginArgs::default()
+        },
+        Duration::from_millis(500),
+    )
+    .await?;
+    // The gateway request hangs after the pool was granted: the pool is given back.
+    w.plugin.fault("IpamDriver.RequestAddress", Some("hang"))?;
+    let started = std::time::Instant::now();
+    let e = w
+        .ctl
+        .new_network("hungipam", "n", NetworkOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.to_string()
+            .contains("plugin \"hungipam\": IpamDriver.RequestAddress: no answer within 500ms"),
+        "{e}"
+    );
+    assert!(w.ctl.networks().is_empty());
+    assert_eq!(
+        w.plugin.methods()?.last().map(String::as_str),
+        Some("IpamDriver.ReleasePool")
+    );
+    assert_eq!(
+        plugin_pools(&w)?,
+        json!({}),
+        "the pool went back to the plugin"
+    );
+    w.host_is_clean().await?;
+    Ok(())
+}

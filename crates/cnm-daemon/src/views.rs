@@ -89,6 +89,12 @@ pub async fn network(
             },
         );
     }
+    let mut options = opts.as_docker_options();
+    if net.name() == "bridge" {
+        // cnmd's own mark on the predefined `bridge` (no embedded DNS, as Docker's), not an
+        // option anyone gave: Docker's view shows what dockerd shows.
+        options.remove(cnm::options::KEY_EMBEDDED_DNS);
+    }
     docker::Network {
         name: net.name().to_owned(),
         id: net.id().to_owned(),
@@ -113,7 +119,7 @@ pub async fn network(
         config_from: ConfigReference::default(),
         config_only: false,
         containers,
-        options: opts.as_docker_options(),
+        options,
         labels: opts.labels.clone(),
     }
 }

@@ -217,7 +217,11 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                 }
                 // cnm's own words are cnm's to know: a typo there is an error.
                 _ if key.starts_with(CNM_KEY_PREFIX) => {
-                    return Err(BridgeError::UnknownOption { key: key.clone() });
+                    return Err(invalid(
+                        key,
+                        value,
+                        "no such option in cnm's own namespace (a typo?)",
+                    ));
                 }
                 // Docker's bridge keeps keys it does not know, without effect; so does cnm's
                 // (the caller warns, see `unknown_keys`).
@@ -296,7 +300,10 @@ mod tests {
         let key = "com.cnm.network.bridge.internal_host_acess";
         let e = BridgeOptions::try_from(&raw(&[(key, "true")])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
-        assert!(e.to_string().contains(key), "{e}");
+        assert!(
+            e.to_string().contains(key) && e.to_string().contains("true"),
+            "{e}"
+        );
         assert!(unknown_keys(&raw(&[(key, "true")])).is_empty());
     }
 

@@ -636,6 +636,38 @@ impl Controller {
         Ok(Network::new(weak, inner))
     }
 
+    /// What a network created with `options` on `driver` would keep without acting on: the
+    /// driver options its driver does not know and every IPAM option (the built-in IPAM knows
+    /// none), one warning each, for Docker's `Warning` in the create response. Docker keeps
+    /// such keys and shows them in inspect, and so does cnm; values of known keys are checked
+    /// strictly by [`Controller::new_network`]. The generic labels core owns are never named.
+    /// Reads nothing but the options; `driver` must be registered (a driver a resolver finds by
+    /// name is, once a network was created with it).
+    pub fn option_warnings(
+        &self,
+        driver: &str,
+        options: &NetworkOptions,
+    ) -> Result<Vec<String>, CoreError> {
+        let d = self.core()?.driver(driver)?;
+        let mut out: Vec<String> = d
+            .unknown_network_options(&options.driver_keys())
+            .into_iter()
+            .map(|key| {
+                format!(
+                    "option {key:?} is not known to the {driver} driver: kept on the network, \
+                     without effect"
+                )
+            })
+            .collect();
+        out.extend(options.ipam_options.iter().flatten().map(|(key, _)| {
+            format!(
+                "IPAM option {key:?} is not known to the default IPAM driver: kept on the \
+                 network, without effect"
+            )
+        }));
+        Ok(out)
+    }
+
     /// Creates the sandbox of a container: a persisted network namespace with loopback up, a
     /// hosts file and a resolv.conf. Fails if the container has one.
     pub async fn new_sandbox(

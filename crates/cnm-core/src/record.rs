@@ -86,6 +86,9 @@ pub struct NetworkRecord {
     /// Docker's `Attachable` (written only when true).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attachable: bool,
+    /// Docker's `IPAM.Options` as given (written only when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam_options: Option<BTreeMap<String, String>>,
     /// IPv4 pools as allocated.
     pub ipv4: Vec<PoolAllocation>,
     /// IPv6 pools as allocated.

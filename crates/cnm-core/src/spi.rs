@@ -796,6 +796,17 @@ pub trait Driver: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// The keys of `options` this driver does not know. A driver that keeps unknown keys, as
+    /// Docker's do (they are stored and shown in inspect, and the driver ignores them), names
+    /// them here so the caller can warn; its [`parse_network_options`] accepts them. The
+    /// default knows nothing and keeps nothing (its parse refuses every key).
+    ///
+    /// [`parse_network_options`]: Driver::parse_network_options
+    fn unknown_network_options(&self, options: &DriverOptions) -> Vec<String> {
+        let _ = options;
+        Vec::new()
+    }
+
     /// Creates the network's data plane. On error nothing of it may remain.
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError>;
 

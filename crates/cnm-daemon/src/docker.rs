@@ -308,17 +308,28 @@ pub(crate) async fn create(
         req.enable_ipv4 = None;
     }
     let c = req.parse()?;
+    let options = c.options.clone();
     let net = st
         .timed("network_create", async {
             Ok(st.ctl.new_network(&c.driver, &c.name, c.options).await?)
         })
         .await?;
+    // Keys no driver or IPAM knows are kept and shown, as dockerd keeps them, and named here
+    // (after the create: a driver a resolver finds by name is registered by then). The network
+    // exists: a failure here costs the warning, never the answer.
+    let warnings = st
+        .ctl
+        .option_warnings(&c.driver, &options)
+        .unwrap_or_else(|e| {
+            tracing::warn!(network = %c.name, error = %e, "option warnings");
+            Vec::new()
+        });
     st.network_created(&net);
     Ok((
         StatusCode::CREATED,
         DockerJson(NetworkCreateResponse {
             id: net.id().to_owned(),
-            warning: String::new(),
+            warning: warnings.join("\n"),
         }),
     ))
 }

@@ -140,7 +140,7 @@ impl Parse for NetworkCreateRequest {
                         auxiliary_addresses: c.auxiliary_addresses,
                     })
                     .collect(),
-                options: ipam.options.unwrap_or_default(),
+                options: ipam.options.clone().unwrap_or_default(),
             },
             options: self.options.unwrap_or_default(),
             labels: self.labels.unwrap_or_default(),
@@ -148,7 +148,10 @@ impl Parse for NetworkCreateRequest {
             enable_ipv6: self.enable_ipv6,
             enable_ipv4: self.enable_ipv4,
         };
-        let options = NetworkOptions::try_from(raw)?.attachable(self.attachable.unwrap_or(false));
+        let mut options =
+            NetworkOptions::try_from(raw)?.attachable(self.attachable.unwrap_or(false));
+        // `IPAM.Options` as sent: `{}` stays `{}` and an absent one stays null, as dockerd shows.
+        options.ipam_options = ipam.options;
         Ok(NetworkCreate {
             name: self.name,
             driver,

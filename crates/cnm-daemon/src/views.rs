@@ -89,6 +89,12 @@ pub async fn network(
             },
         );
     }
+    let mut options = opts.as_docker_options();
+    if net.name() == "bridge" {
+        // cnmd's own mark on the predefined `bridge` (no embedded DNS, as Docker's), not an
+        // option anyone gave: Docker's view shows what dockerd shows.
+        options.remove(cnm::options::KEY_EMBEDDED_DNS);
+    }
     docker::Network {
         name: net.name().to_owned(),
         id: net.id().to_owned(),
@@ -103,7 +109,8 @@ pub async fn network(
                 .clone()
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| "default".to_owned()),
-            options: (!predefined).then(BTreeMap::new),
+            // As given (null when the request had none); the predefined networks have none.
+            options: opts.ipam_options.clone(),
             config,
         },
         internal: opts.internal,
@@ -112,7 +119,7 @@ pub async fn network(
         config_from: ConfigReference::default(),
         config_only: false,
         containers,
-        options: opts.as_docker_options(),
+        options,
         labels: opts.labels.clone(),
     }
 }

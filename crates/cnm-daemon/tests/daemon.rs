@@ -898,3 +898,77 @@ async fn restart_reloads_networks_and_keeps_predefined_ones_once() -> Result<()>
     daemon.stop().await?;
     Ok(())
 }
+
+/// Options no driver knows are kept and shown, as dockerd keeps them, with a `Warning` in the
+/// create response instead of a 400 (compose's `driver_opts`, terraform's `options`); IPAM
+/// options are kept as given; values of known keys are still checked strictly.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn unknown_options_are_kept_with_a_warning_and_known_ones_checked() -> Result<()> {
+    let j = |v: Value| serde_json::to_vec(&v).expect("json");
+    let host = TestHost::new().await?;
+    let daemon = common::start(&host, false).await?;
+    let api = Client::new(daemon.socket());
+    let created = api
+        .expect(
+            "POST",
+            "/v1.41/networks/create",
+            Some(json!({"Name": "u", "Options": {"foo": "bar",
+                "com.docker.network.bridge.default_bridge": "false",
+                "com.docker.network.driver.mtu": "1400"},
+                "IPAM": {"Options": {"x": "y"}, "Config": [{"Subnet": "10.44.0.0/24"}]}})),
+            201,
+        )
+        .await?;
+    let warning = created["Warning"].as_str().context("Warning")?;
+    ensure!(
+        warning.contains("\"foo\"")
+            && warning.contains("IPAM option \"x\"")
+            && !warning.contains("mtu")
+            && !warning.contains("default_bridge"),
+        "{warning}"
+    );
+    let net = api.expect("GET", "/v1.41/networks/u", None, 200).await?;
+    ensure!(
+        net["Options"]["foo"] == "bar"
+            && net["Options"]["com.docker.network.driver.mtu"] == "1400"
+            && net["IPAM"]["Options"] == json!({"x": "y"}),
+        "{net}"
+    );
+    // A network made with known options only has no warning, and no IPAM options is null.
+    let plain = api
+        .expect(
+            "POST",
+            "/v1.41/networks/create",
+            Some(
+                json!({"Name": "p", "Options": {"com.docker.network.bridge.enable_icc": "false"}}),
+            ),
+            201,
+        )
+        .await?;
+    ensure!(plain["Warning"] == "", "{plain}");
+    let p = api.expect("GET", "/v1.41/networks/p", None, 200).await?;
+    ensure!(p["IPAM"]["Options"].is_null(), "{p}");
+    // Known keys are still checked, naming the key and value, and nothing is made.
+    for (key, value) in [
+        ("com.docker.network.bridge.enable_icc", "maybe"),
+        ("com.docker.network.bridge.default_bridge", "true"),
+        ("com.docker.network.bridge.inhibit_ipv4", "sometimes"),
+        ("com.docker.network.driver.mtu", "abc"),
+        ("com.cnm.network.typo", "1"),
+    ] {
+        let m = message(
+            &api,
+            "POST",
+            "/v1.41/networks/create",
+            j(json!({"Name": "bad", "Options": {key: value}})),
+            400,
+        )
+        .await?;
+        ensure!(m.contains(key) && m.contains(value), "{key}={value}: {m}");
+    }
+    let (s, _) = api.raw("GET", "/v1.41/networks/bad", Vec::new()).await?;
+    ensure!(s == 404, "a refused create made nothing: {s}");
+    daemon.stop().await?;
+    Ok(())
+}

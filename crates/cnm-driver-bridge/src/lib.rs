@@ -41,8 +41,16 @@
 //! assert_eq!(plan.bridge.as_str(), "br-web");
 //! assert_eq!(plan.mtu, Some(1400));
 //!
+//! // A known key's value is checked; an unknown key is kept without effect, and named.
+//! raw.insert("com.docker.network.bridge.enable_icc".into(), "maybe".into());
+//! assert!(BridgeOptions::try_from(&raw).unwrap_err().to_string().contains("maybe"));
+//! raw.remove("com.docker.network.bridge.enable_icc");
 //! raw.insert("com.docker.network.bridge.bogus".into(), "1".into());
-//! assert!(BridgeOptions::try_from(&raw).unwrap_err().to_string().contains("bogus"));
+//! assert!(BridgeOptions::try_from(&raw).is_ok());
+//! assert_eq!(
+//!     cnm_driver_bridge::options::unknown_keys(&raw),
+//!     ["com.docker.network.bridge.bogus"]
+//! );
 //! ```
 
 mod error;
@@ -68,7 +76,7 @@ use cnm_core::{async_trait, register_driver};
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};
 use cnm_types::{ErrorKind, IfName, MacAddress};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
 
 pub use error::BridgeError;
@@ -349,12 +357,7 @@ impl BridgeDriver {
         host.set_alias(index, &restore::alias(&plan.network_id))
             .await
             .map_err(|e| BridgeError::kernel("mark bridge", bridge, e))?;
-        let addrs = plan
-            .gateways_v4
-            .iter()
-            .map(|g| IpNet::V4(*g))
-            .chain(plan.gateways_v6.iter().map(|g| IpNet::V6(*g)));
-        for addr in addrs {
+        for addr in plan.bridge_addresses() {
             match host.add_address(index, addr).await {
                 Ok(()) => {}
                 // Adopted: the kernel kept it across the restart.
@@ -804,6 +807,10 @@ impl Driver for BridgeDriver {
 
     fn parse_network_options(&self, options: &DriverOptions) -> Result<ParsedOptions, DriverError> {
         Ok(ParsedOptions::new(BridgeOptions::try_from(options)?))
+    }
+
+    fn unknown_network_options(&self, options: &DriverOptions) -> Vec<String> {
+        options::unknown_keys(options)
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {

@@ -24,6 +24,13 @@ pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4
 pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 /// `nat` or `routed` for IPv6.
 pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+/// Docker's `inhibit_ipv4`: the bridge gets no IPv4 address (the network's IPv4 gateway is
+/// someone else on the bridge's segment, e.g. a router the operator attached); containers still
+/// get their addresses and the gateway as their default route.
+pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+/// Docker's `default_bridge`: marks dockerd's own default network. `false` is every user
+/// network's value; `true` is refused (the default bridge is the daemon's, made at start).
+pub const DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
 /// A name prefix replacing `eth` for container interfaces of this network.
 pub const CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
 /// cnm's own: `true` lets containers of an *internal* network reach the host itself (its
@@ -58,6 +65,8 @@ pub struct BridgeOptions {
     pub container_iface_prefix: Option<String>,
     /// Containers of an internal network may reach the host itself.
     pub internal_host_access: bool,
+    /// No IPv4 address on the bridge.
+    pub inhibit_ipv4: bool,
 }
 
 impl Default for BridgeOptions {
@@ -71,6 +80,7 @@ impl Default for BridgeOptions {
             gateway_mode_v6: GatewayMode::Nat,
             container_iface_prefix: None,
             internal_host_access: false,
+            inhibit_ipv4: false,
         }
     }
 }
@@ -113,6 +123,35 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, BridgeError> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
         _ => Err(invalid(key, value, "expected true or false")),
     }
+}
+
+/// Every key the bridge driver knows; the values of these are checked strictly. Any other key
+/// is kept on the network without effect, as Docker's bridge keeps it (see [`unknown_keys`]),
+/// except one in cnm's own namespace ([`CNM_KEY_PREFIX`]), which is refused.
+pub const KNOWN_KEYS: &[&str] = &[
+    BRIDGE_NAME,
+    BRIDGE_NAME_SHORT,
+    ENABLE_ICC,
+    ENABLE_IP_MASQUERADE,
+    HOST_BINDING_IPV4,
+    GATEWAY_MODE_IPV4,
+    GATEWAY_MODE_IPV6,
+    CONTAINER_IFACE_PREFIX,
+    INTERNAL_HOST_ACCESS,
+    INHIBIT_IPV4,
+    DEFAULT_BRIDGE,
+];
+
+/// The namespace of cnm's own keys: a key in it the bridge does not know is a typo in cnm's own
+/// words, refused rather than kept (the generic labels core owns never reach the driver).
+pub const CNM_KEY_PREFIX: &str = "com.cnm.";
+
+/// The keys of `raw` the bridge driver does not know and keeps, in order.
+pub fn unknown_keys(raw: &DriverOptions) -> Vec<String> {
+    raw.keys()
+        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !k.starts_with(CNM_KEY_PREFIX))
+        .cloned()
+        .collect()
 }
 
 impl TryFrom<&DriverOptions> for BridgeOptions {
@@ -166,7 +205,27 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     opts.container_iface_prefix = Some(value.to_owned());
                 }
                 INTERNAL_HOST_ACCESS => opts.internal_host_access = parse_bool(key, value)?,
-                _ => return Err(BridgeError::UnknownOption { key: key.clone() }),
+                INHIBIT_IPV4 => opts.inhibit_ipv4 = parse_bool(key, value)?,
+                // `false` is every user network's value, and has no effect.
+                DEFAULT_BRIDGE if parse_bool(key, value)? => {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "the default bridge is the daemon's own network, made when it starts; \
+                         a network created later cannot be it",
+                    ));
+                }
+                // cnm's own words are cnm's to know: a typo there is an error.
+                _ if key.starts_with(CNM_KEY_PREFIX) => {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "no such option in cnm's own namespace (a typo?)",
+                    ));
+                }
+                // Docker's bridge keeps keys it does not know, without effect; so does cnm's
+                // (the caller warns, see `unknown_keys`).
+                _ => {}
             }
         }
         Ok(opts)
@@ -222,14 +281,37 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_named() {
-        let e =
-            BridgeOptions::try_from(&raw(&[("com.docker.network.bridge.bogus", "1")])).unwrap_err();
+    fn unknown_keys_are_kept_without_effect_and_named() {
+        let r = raw(&[
+            ("com.docker.network.bridge.bogus", "1"),
+            ("foo", "bar"),
+            (ENABLE_ICC, "false"),
+            (DEFAULT_BRIDGE, "false"),
+            (INHIBIT_IPV4, "true"),
+        ]);
+        let o = BridgeOptions::try_from(&r).unwrap();
+        assert!(!o.enable_icc);
+        assert!(o.inhibit_ipv4);
+        assert_eq!(unknown_keys(&r), ["com.docker.network.bridge.bogus", "foo"]);
+    }
+
+    #[test]
+    fn unknown_key_in_cnms_namespace_is_refused_naming_it() {
+        let key = "com.cnm.network.bridge.internal_host_acess";
+        let e = BridgeOptions::try_from(&raw(&[(key, "true")])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(
-            e.to_string().contains("com.docker.network.bridge.bogus"),
+            e.to_string().contains(key) && e.to_string().contains("true"),
             "{e}"
         );
+        assert!(unknown_keys(&raw(&[(key, "true")])).is_empty());
+    }
+
+    #[test]
+    fn default_bridge_true_is_refused_naming_it() {
+        let e = BridgeOptions::try_from(&raw(&[(DEFAULT_BRIDGE, "true")])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains(DEFAULT_BRIDGE), "{e}");
     }
 
     #[test]
@@ -243,16 +325,22 @@ mod tests {
             (GATEWAY_MODE_IPV4, "isolated"),
             (CONTAINER_IFACE_PREFIX, "bad/prefix"),
             (INTERNAL_HOST_ACCESS, "sometimes"),
+            (INHIBIT_IPV4, "perhaps"),
+            (DEFAULT_BRIDGE, "no"),
         ] {
             let e = BridgeOptions::try_from(&raw(&[(key, value)])).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{key}={value}");
             let text = e.to_string();
             assert!(text.contains(key) && text.contains(value), "{text}");
         }
-        // The generic MTU label is the controller's, never the driver's to parse.
-        let e = BridgeOptions::try_from(&raw(&[(cnm_core::options::KEY_DRIVER_MTU, "1500")]))
-            .unwrap_err();
-        assert!(matches!(e, BridgeError::UnknownOption { .. }), "{e}");
+        // The generic MTU label is the controller's, never the driver's to parse: handed to the
+        // bridge anyway, it has no effect (and would be named, not acted on).
+        let r = raw(&[(cnm_core::options::KEY_DRIVER_MTU, "1")]);
+        assert_eq!(
+            BridgeOptions::try_from(&r).unwrap(),
+            BridgeOptions::default()
+        );
+        assert_eq!(unknown_keys(&r), [cnm_core::options::KEY_DRIVER_MTU]);
     }
 
     #[test]

@@ -29,8 +29,11 @@ pub struct BridgePlan {
     pub mac: MacAddress,
     /// MTU of the bridge and every veth, when set.
     pub mtu: Option<u32>,
-    /// Gateway addresses (with the pool's prefix) put on the bridge.
+    /// IPv4 gateway addresses (with the pool's prefix): put on the bridge unless
+    /// [`inhibit_ipv4`](Self::inhibit_ipv4), and the containers' default route either way.
     pub gateways_v4: Vec<Ipv4Net>,
+    /// Docker's `inhibit_ipv4`: the bridge has no IPv4 address.
+    pub inhibit_ipv4: bool,
     /// IPv6 gateway addresses put on the bridge.
     pub gateways_v6: Vec<Ipv6Net>,
     /// The network's IPv4 subnets.
@@ -112,6 +115,7 @@ impl BridgePlan {
             mac: mac_for(&spec.id),
             mtu: spec.mtu,
             gateways_v4: Vec::new(),
+            inhibit_ipv4: opts.inhibit_ipv4,
             gateways_v6: Vec::new(),
             subnets_v4: Vec::new(),
             subnets_v6: Vec::new(),
@@ -139,6 +143,15 @@ impl BridgePlan {
             })?;
         }
         Ok(plan)
+    }
+
+    /// The addresses put on the bridge: the gateways, but no IPv4 one with `inhibit_ipv4`.
+    pub fn bridge_addresses(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
+        self.gateways_v4
+            .iter()
+            .filter(|_| !self.inhibit_ipv4)
+            .map(|g| ipnet::IpNet::V4(*g))
+            .chain(self.gateways_v6.iter().map(|g| ipnet::IpNet::V6(*g)))
     }
 
     /// Sysctls of the bridge itself, set in the host namespace before it goes up.

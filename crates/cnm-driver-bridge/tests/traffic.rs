@@ -484,9 +484,9 @@ async fn bad_input_is_refused_with_typed_errors_and_nothing_changes() -> Result<
         ("com.docker.network.driver.mtu", "20", "20"),
         ("com.docker.network.driver.mtu", "70000", "70000"),
         (
-            "com.docker.network.bridge.bogus",
-            "1",
-            "com.docker.network.bridge.bogus",
+            "com.docker.network.bridge.inhibit_ipv4",
+            "bogus",
+            "com.docker.network.bridge.inhibit_ipv4",
         ),
     ] {
         let opts = NetworkOptions::default()
@@ -525,5 +525,61 @@ async fn bad_input_is_refused_with_typed_errors_and_nothing_changes() -> Result<
     };
     ensure!(e.kind() == ErrorKind::InvalidInput, "{e}");
     assert_clean(&w, &baseline, &[18090]).await?;
+    Ok(())
+}
+
+/// Docker's `inhibit_ipv4`: the bridge gets no IPv4 address, so nothing on the host answers at
+/// the gateway address, yet the containers keep their addresses, reach each other, and route
+/// through the gateway address, which a router the operator attaches to the bridge then owns.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn inhibit_ipv4_leaves_the_gateway_address_to_a_router_on_the_segment() -> Result<()> {
+    let w = World::new().await?;
+    let opts = NetworkOptions::default()
+        .subnet("10.35.0.0/24".parse()?)
+        .driver_option("com.docker.network.bridge.name", "br-inhibit")
+        .driver_option("com.docker.network.bridge.inhibit_ipv4", "true");
+    let n = w.net("inhibit", opts).await?;
+    let c1 = w.run(&n, "c1", EndpointOptions::default()).await?;
+    let c2 = w.run(&n, "c2", EndpointOptions::default()).await?;
+    let _s2 = TcpEchoServer::start(c2.ns(), ANY4, 80).await?;
+    probe::tcp(c1.ns(), c2.v4(), 80).await?;
+    let gateway: IpAddr = "10.35.0.1".parse()?;
+    ensure!(
+        probe::icmp(c1.ns(), gateway).await.is_err(),
+        "with inhibit_ipv4 the host must not answer at the gateway address"
+    );
+    // A router on the bridge's segment takes the gateway address; behind it, 203.0.113.1.
+    let router = w.host.sandbox_ns("router").await?;
+    let router_path = router
+        .path()
+        .ok_or_else(|| anyhow::anyhow!("the router namespace has no path"))?
+        .display()
+        .to_string();
+    w.host_cmd(&[
+        "ip", "link", "add", "rtr0", "type", "veth", "peer", "name", "rtr1",
+    ])
+    .await?;
+    w.host_cmd(&["ip", "link", "set", "rtr1", "netns", &router_path])
+        .await?;
+    w.host_cmd(&["ip", "link", "set", "rtr0", "master", "br-inhibit", "up"])
+        .await?;
+    run_in(
+        &router,
+        &["ip", "addr", "add", "10.35.0.1/24", "dev", "rtr1"],
+    )
+    .await?;
+    run_in(
+        &router,
+        &["ip", "addr", "add", "203.0.113.1/32", "dev", "lo"],
+    )
+    .await?;
+    run_in(&router, &["ip", "link", "set", "rtr1", "up"]).await?;
+    let _at_gw = TcpEchoServer::start(&router, gateway, 80).await?;
+    let beyond: IpAddr = "203.0.113.1".parse()?;
+    let _beyond = TcpEchoServer::start(&router, beyond, 81).await?;
+    probe::tcp(c1.ns(), gateway, 80).await?;
+    // Only the default route through the gateway leads there.
+    probe::tcp(c1.ns(), beyond, 81).await?;
     Ok(())
 }

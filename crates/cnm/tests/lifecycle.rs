@@ -333,18 +333,28 @@ async fn bad_inputs_change_nothing() -> Result<()> {
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "driver \"foo\" not found");
+    // A known key's bad value is refused; an unknown key would be kept (with a warning).
     let e = ctl
         .new_network(
             "bridge",
             "n",
-            NetworkOptions::default().driver_option("com.docker.network.bridge.bogus", "1"),
+            NetworkOptions::default().driver_option("com.docker.network.bridge.enable_icc", "2"),
         )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(
-        e.to_string().contains("com.docker.network.bridge.bogus"),
+        e.to_string()
+            .contains("com.docker.network.bridge.enable_icc"),
         "{e}"
+    );
+    let unknown = NetworkOptions::default().driver_option("com.docker.network.bridge.bogus", "1");
+    assert_eq!(
+        ctl.option_warnings("bridge", &unknown)?,
+        [
+            "option \"com.docker.network.bridge.bogus\" is not known to the bridge driver: \
+          kept on the network, without effect"
+        ]
     );
     // Overlap with an existing network's pool: refused by IPAM, after nothing else was done.
     let e = ctl

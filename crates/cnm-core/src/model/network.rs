@@ -192,6 +192,7 @@ impl NetworkParts {
             driver_options: self.options.driver_options.clone(),
             allow_host_overlap: self.options.allow_host_overlap,
             attachable: self.options.attachable,
+            ipam_options: self.options.ipam_options.clone(),
             ipv4: self.pools_v4.iter().map(NetworkPool::record).collect(),
             ipv6: self.pools_v6.iter().map(NetworkPool::record).collect(),
             created: self.created,

@@ -640,6 +640,7 @@ fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
         ipam_driver: (rec.ipam_driver != "default").then(|| rec.ipam_driver.clone()),
         allow_host_overlap: rec.allow_host_overlap,
         attachable: rec.attachable,
+        ipam_options: rec.ipam_options.clone(),
     })
 }
 

@@ -151,8 +151,10 @@ pub struct NetworkOptions {
     pub internal: bool,
     /// User labels, kept and shown, never interpreted.
     pub labels: BTreeMap<String, String>,
-    /// Driver options as given: the driver's own keys (the driver parses them, and refuses the
-    /// ones it does not know), and generic labels core owns ([`KEY_DRIVER_MTU`]).
+    /// Driver options as given: the driver's own keys (the driver parses them, checks the values
+    /// of the ones it knows, and refuses or keeps the others, see
+    /// [`Driver::unknown_network_options`](crate::spi::Driver::unknown_network_options)), and
+    /// generic labels core owns ([`KEY_DRIVER_MTU`], [`KEY_EMBEDDED_DNS`]).
     pub driver_options: DriverOptions,
     /// The IPAM driver's name; `None` or `"default"` for the built-in one.
     pub ipam_driver: Option<String>,
@@ -163,6 +165,10 @@ pub struct NetworkOptions {
     /// Docker's `Attachable` (manual attachment of containers to a swarm network): kept and
     /// shown, never interpreted by a local network.
     pub attachable: bool,
+    /// Docker's `IPAM.Options`, kept and shown as given (`None`: the request had none). The
+    /// built-in IPAM knows no option, so each is reported by
+    /// [`Controller::option_warnings`](crate::Controller::option_warnings).
+    pub ipam_options: Option<BTreeMap<String, String>>,
 }
 
 impl Default for NetworkOptions {
@@ -177,6 +183,7 @@ impl Default for NetworkOptions {
             ipam_driver: None,
             allow_host_overlap: false,
             attachable: false,
+            ipam_options: None,
         }
     }
 }
@@ -381,7 +388,7 @@ pub struct RawIpam {
     pub driver: String,
     /// The pools.
     pub config: Vec<RawIpamConfig>,
-    /// IPAM driver options (none are understood by the built-in IPAM).
+    /// IPAM driver options (none are understood by the built-in IPAM: kept, shown, reported).
     pub options: BTreeMap<String, String>,
 }
 
@@ -454,15 +461,11 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             .map(|v| parse_bool(KEY_ALLOW_HOST_OVERLAP, &v))
             .transpose()?
             .unwrap_or(false);
-        // Every other key is the driver's (it refuses the ones it does not know, naming them)
-        // or a generic label core owns (checked by `validate`).
+        // Every other key is the driver's (it checks the values of the keys it knows, and
+        // refuses or keeps the others, naming them) or a generic label core owns (checked by
+        // `validate`).
         let driver_options = options;
-        if let Some((key, value)) = raw.ipam.options.into_iter().next() {
-            return Err(CoreError::UnknownOption {
-                key: format!("IPAM.Options.{key}"),
-                value,
-            });
-        }
+        let ipam_options = (!raw.ipam.options.is_empty()).then_some(raw.ipam.options);
         let mut pools = Vec::new();
         for config in raw.ipam.config {
             pools.push(pool_from_raw(config)?);
@@ -481,6 +484,7 @@ impl TryFrom<RawNetworkOptions> for NetworkOptions {
             ipam_driver,
             allow_host_overlap,
             attachable: false,
+            ipam_options,
         };
         typed.validate()?;
         Ok(typed)
@@ -661,10 +665,24 @@ mod tests {
             ..Default::default()
         };
         refused(r, &["enable_ipv4"]);
+    }
 
+    #[test]
+    fn keys_core_does_not_know_go_to_the_driver_and_ipam_options_are_kept() {
         let mut r = RawNetworkOptions::default();
-        r.ipam.options.insert("foo".into(), "bar".into());
-        refused(r, &["foo", "bar"]);
+        r.options
+            .insert("com.docker.network.frobnicate".into(), "7".into());
+        r.options.insert("foo".into(), "bar".into());
+        r.ipam.options.insert("x".into(), "y".into());
+        let o = NetworkOptions::try_from(r).unwrap();
+        assert_eq!(o.driver_options.len(), 2);
+        assert_eq!(o.driver_options["com.docker.network.frobnicate"], "7");
+        assert_eq!(
+            o.ipam_options,
+            Some(BTreeMap::from([("x".into(), "y".into())]))
+        );
+        let o = NetworkOptions::try_from(RawNetworkOptions::default()).unwrap();
+        assert_eq!(o.ipam_options, None);
     }
 
     #[test]

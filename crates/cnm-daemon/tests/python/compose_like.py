@@ -1,7 +1,7 @@
 """Drives cnmd with the Docker SDK for Python the way docker compose (v1, and tools built on the
 SDK) does: create a project network with options, IPAM and labels, find it by label and name,
 connect containers with an address and aliases, disconnect, remove, prune, info(), version(),
-events with since/until. DOCKER_HOST points at cnmd; containers c1 and c2 are cnm sandboxes.
+events with since/until, options no driver knows (kept with a Warning). DOCKER_HOST points at cnmd; containers c1 and c2 are cnm sandboxes.
 
 Leaves the network `proj_keep` with c1 connected (address 10.51.0.20, alias `api`) for the Rust
 test to check in cnm's own view. Exits non-zero on the first failed check.
@@ -142,6 +142,27 @@ def main():
     events = list(client.events(since=t0, until=t1, decode=True, filters={"type": "network", "event": "create"}))
     names = [e["Actor"]["Attributes"].get("name") for e in events]
     check(names == [f"{PROJECT}_default", f"{PROJECT}_tmp", "other_tmp"], f"events replayed: {names}")
+
+    # compose's driver_opts and ipam options that no driver knows: kept, shown, and warned about.
+    resp = api.create_network(
+        f"{PROJECT}_opts",
+        driver="bridge",
+        options={"com.example.custom": "1", "com.docker.network.bridge.enable_icc": "false"},
+        ipam=IPAMConfig(options={"x": "y"}, pool_configs=[IPAMPool(subnet="10.52.0.0/24")]),
+    )
+    check(
+        "com.example.custom" in resp["Warning"] and "enable_icc" not in resp["Warning"],
+        f"unknown options are warned about: {resp}",
+    )
+    opts = client.networks.get(f"{PROJECT}_opts")
+    check(opts.attrs["Options"]["com.example.custom"] == "1", f"kept: {opts.attrs['Options']}")
+    check(opts.attrs["IPAM"]["Options"] == {"x": "y"}, f"IPAM options kept: {opts.attrs['IPAM']}")
+    opts.remove()
+    try:
+        api.create_network(f"{PROJECT}_bad", options={"com.docker.network.bridge.enable_icc": "maybe"})
+        check(False, "a known option's bad value is refused")
+    except docker.errors.APIError as e:
+        check(e.status_code == 400 and "enable_icc" in str(e), f"bad value refused: {e}")
 
     keep = client.networks.create(
         f"{PROJECT}_keep", ipam=IPAMConfig(pool_configs=[IPAMPool(subnet="10.51.0.0/24")]), labels=LABELS

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
 use crate::model::network::NetworkPool;
-use crate::options::{NetworkOptions, PoolConfig};
+use crate::options::NetworkOptions;
 use crate::record::{self, NetworkRecord};
 use crate::spi::Capability;
 use crate::state::Core;
@@ -172,17 +172,7 @@ impl Cluster {
                 if !on {
                     continue;
                 }
-                let given: Vec<&PoolConfig> = options
-                    .pools
-                    .iter()
-                    .filter(|p| p.is_ipv6() == (family == Family::V6))
-                    .collect();
-                let configs: Vec<Option<&PoolConfig>> = if given.is_empty() {
-                    vec![None]
-                } else {
-                    given.into_iter().map(Some).collect()
-                };
-                for config in configs {
+                for config in options.pool_configs(family) {
                     let mut req = PoolRequest::new(family);
                     let mut aux = BTreeMap::new();
                     if let Some(c) = config {

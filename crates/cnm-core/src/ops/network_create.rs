@@ -366,17 +366,7 @@ async fn allocate_pools(
         if !on {
             continue;
         }
-        let given: Vec<&PoolConfig> = options
-            .pools
-            .iter()
-            .filter(|p| p.is_ipv6() == (family == Family::V6))
-            .collect();
-        let configs: Vec<Option<&PoolConfig>> = if given.is_empty() {
-            vec![None]
-        } else {
-            given.into_iter().map(Some).collect()
-        };
-        for config in configs {
+        for config in options.pool_configs(family) {
             let pool = allocate_pool(core, undo, family, config, &exclude, network).await?;
             let pool = if capability.no_gateway {
                 pool

@@ -252,6 +252,19 @@ impl NetworkOptions {
         self.pools.iter().filter(|p| p.is_ipv6())
     }
 
+    /// What to allocate in one family: each pool given for it, or one default pool (`None`)
+    /// when none is.
+    pub(crate) fn pool_configs(&self, family: cnm_ipam::Family) -> Vec<Option<&PoolConfig>> {
+        let v6 = family == cnm_ipam::Family::V6;
+        let given: Vec<Option<&PoolConfig>> = self
+            .pools
+            .iter()
+            .filter(|p| p.is_ipv6() == v6)
+            .map(Some)
+            .collect();
+        if given.is_empty() { vec![None] } else { given }
+    }
+
     /// Checks what the public fields can get wrong together: a reserved or too wide subnet
     /// (see [`reserved`](super::reserved)), pools of a disabled family, no family at all,
     /// overlapping pools, an MTU the network's families cannot have, an IPAM driver name that

@@ -35,6 +35,7 @@ mod error;
 pub mod events;
 mod lock;
 pub mod metrics;
+pub mod plugin;
 pub mod request;
 mod server;
 pub mod views;

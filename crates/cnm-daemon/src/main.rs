@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use cnm_daemon::plugin::DockerPluginConfig;
 use cnm_daemon::{Config, StoreKind};
 use cnm_driver_remote::RemoteConfig;
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
@@ -61,6 +62,13 @@ struct Args {
     /// Seconds one call to a plugin may take, from connecting to its last byte.
     #[arg(long, default_value_t = 10.0)]
     plugin_timeout: f64,
+    /// Serve cnm's drivers and IPAM to dockerd as a Docker plugin of this name, on
+    /// `DIR/NAME.sock`: `docker network create -d NAME --ipam-driver NAME -o com.cnm.driver=bridge …`.
+    #[arg(long, value_name = "NAME")]
+    docker_plugin: Option<String>,
+    /// The directory of the --docker-plugin socket.
+    #[arg(long, value_name = "DIR", default_value = cnm_daemon::plugin::DEFAULT_PLUGIN_DIR)]
+    docker_plugin_dir: PathBuf,
 }
 
 /// Docker's plugin directories: sockets in the first, spec files in the others (each is
@@ -118,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
     config.store = store;
     config.ip_forward_no_drop = args.ip_forward_no_drop;
     config.plugins = Some(plugins);
+    config.docker_plugin = args.docker_plugin.map(|name| DockerPluginConfig {
+        name,
+        dir: args.docker_plugin_dir,
+    });
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let shutdown = async move {

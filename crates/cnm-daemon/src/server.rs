@@ -131,6 +131,9 @@ pub struct Config {
     /// `--plugin-timeout`). None (the default here, for embedding and tests): no plugins, an
     /// unknown driver is not found.
     pub plugins: Option<cnm_driver_remote::RemoteConfig>,
+    /// Serve cnm's drivers and IPAM to dockerd as a Docker plugin on `DIR/NAME.sock` (cnmd's
+    /// `--docker-plugin NAME`, `--docker-plugin-dir DIR`). None (the default): not served.
+    pub docker_plugin: Option<crate::plugin::DockerPluginConfig>,
 }
 
 impl Default for Config {
@@ -149,6 +152,7 @@ impl Default for Config {
             resolv_conf: None,
             ip_forward_no_drop: false,
             plugins: None,
+            docker_plugin: None,
         }
     }
 }
@@ -742,6 +746,12 @@ impl Daemon {
             header_timeout: config.header_timeout,
             max_connections: connection_cap(config.max_connections)?,
         };
+        if let Some(p) = &config.docker_plugin {
+            p.validate().map_err(|reason| DaemonError::Config {
+                field: "docker-plugin",
+                reason,
+            })?;
+        }
         let lock = StateLock::acquire(&config.state_dir)?;
         let store: Arc<dyn Store> = match config.store {
             StoreKind::Memory => Arc::new(MemoryStore::new()),
@@ -802,6 +812,31 @@ impl Daemon {
         }
         remove_stale_socket(&config.socket)?;
         let listener = bind_socket(&config.socket, socket_gid)?;
+        let plugin = match &config.docker_plugin {
+            Some(p) => {
+                let host_id = ctl.host_id().map_err(|source| DaemonError::Controller {
+                    op: "read the host id".to_owned(),
+                    source: Box::new(source),
+                })?;
+                let ipam = crate::plugin::ipam::IpamServer::open(&config.state_dir, &host_id)
+                    .map_err(|reason| DaemonError::Config {
+                        field: "docker-plugin",
+                        reason,
+                    })?;
+                std::fs::create_dir_all(&p.dir)
+                    .map_err(|e| DaemonError::io("create plugin dir", p.dir.display(), e))?;
+                let path = p.socket();
+                remove_stale_socket(&path)?;
+                // dockerd runs as root: the plugin socket is root's only.
+                let listener = bind_socket(&path, None)?;
+                let state = Arc::new(crate::plugin::PluginState {
+                    ctl: ctl.clone(),
+                    ipam,
+                });
+                Some((listener, path, state))
+            }
+            None => None,
+        };
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -859,6 +894,18 @@ impl Daemon {
                 rx.clone(),
             )
         });
+        let plugin = plugin.map(|(listener, path, st)| {
+            tracing::info!(socket = %path.display(), "serving cnm as a Docker network and IPAM plugin");
+            let serve = conn::serve(
+                listener,
+                conn::App::new(crate::plugin::router(st)),
+                limits,
+                Arc::new(Registry::default()),
+                None,
+                rx.clone(),
+            );
+            (serve, path)
+        });
         tracing::info!(
             socket = %socket.display(),
             metrics = ?metrics_addr,
@@ -874,7 +921,18 @@ impl Daemon {
                     m.await;
                 }
             };
-            tokio::join!(api, metrics);
+            let plugin_path = plugin.as_ref().map(|(_, p)| p.clone());
+            let plugin = async move {
+                if let Some((p, _)) = plugin {
+                    p.await;
+                }
+            };
+            tokio::join!(api, metrics, plugin);
+            if let Some(p) = plugin_path
+                && let Err(e) = std::fs::remove_file(&p)
+            {
+                tracing::warn!(path = %p.display(), error = %e, "failed to remove plugin socket");
+            }
             // Still holding the lock: the socket is ours to remove.
             if let Err(e) = std::fs::remove_file(&sock) {
                 tracing::warn!(path = %sock.display(), error = %e, "failed to remove socket");

@@ -111,19 +111,19 @@ impl Answer for AddressSpacesResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestPoolRequest {
     /// The address space.
-    #[serde(rename = "AddressSpace")]
+    #[serde(rename = "AddressSpace", default, deserialize_with = "null_default")]
     pub address_space: String,
     /// The pool wanted, in CIDR notation; empty for one of the plugin's choosing.
-    #[serde(rename = "Pool")]
+    #[serde(rename = "Pool", default, deserialize_with = "null_default")]
     pub pool: String,
     /// A range inside the pool that container addresses come from; empty for all of it.
-    #[serde(rename = "SubPool")]
+    #[serde(rename = "SubPool", default, deserialize_with = "null_default")]
     pub sub_pool: String,
     /// IPAM driver options.
-    #[serde(rename = "Options")]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: BTreeMap<String, String>,
     /// Whether a pool of the plugin's choosing must be IPv6.
-    #[serde(rename = "V6")]
+    #[serde(rename = "V6", default, deserialize_with = "null_default")]
     pub v6: bool,
 }
 
@@ -165,10 +165,10 @@ pub struct RequestAddressRequest {
     #[serde(rename = "PoolID")]
     pub pool_id: String,
     /// The address wanted, bare (`10.0.0.5`); empty for any.
-    #[serde(rename = "Address")]
+    #[serde(rename = "Address", default, deserialize_with = "null_default")]
     pub address: String,
     /// Options ([`REQUEST_ADDRESS_TYPE`], [`MAC_ADDRESS`]).
-    #[serde(rename = "Options")]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -199,7 +199,7 @@ pub struct ReleaseAddressRequest {
     #[serde(rename = "PoolID")]
     pub pool_id: String,
     /// The address, bare.
-    #[serde(rename = "Address")]
+    #[serde(rename = "Address", default, deserialize_with = "null_default")]
     pub address: String,
 }
 

@@ -1,8 +1,8 @@
 //! The JSON bodies of every call, with Docker's exact field names.
 //!
-//! Requests are what cnm sends; answers are read leniently, as Go's decoder reads them: a
-//! missing field, or `null` (what Go writes for a nil map or slice), is the empty value, and
-//! unknown fields are ignored.
+//! Requests are what cnm sends as a client and reads as a server (cnmd's `--docker-plugin`);
+//! everything is read leniently, as Go's decoder reads it: a missing field, or `null` (what Go
+//! writes for a nil map, slice or pointer), is the empty value, and unknown fields are ignored.
 
 pub mod ipam;
 pub mod network;

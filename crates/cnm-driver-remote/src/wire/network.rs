@@ -110,13 +110,19 @@ pub struct IpamData {
     #[serde(rename = "Pool", default)]
     pub pool: String,
     /// The gateway, an address in CIDR notation (`10.0.0.1/24`); left out when there is none.
-    #[serde(rename = "Gateway", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "Gateway",
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub gateway: String,
     /// Addresses reserved for the driver by name, in CIDR notation as Docker sends them;
     /// left out when there are none.
     #[serde(
         rename = "AuxAddresses",
         default,
+        deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub aux_addresses: BTreeMap<String, String>,
@@ -130,13 +136,13 @@ pub struct CreateNetworkRequest {
     pub network_id: String,
     /// `com.docker.network.generic` (the user's driver options), `com.docker.network.enable_ipv6`,
     /// `com.docker.network.internal`.
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: Options,
     /// The IPv4 pools.
-    #[serde(rename = "IPv4Data", default)]
+    #[serde(rename = "IPv4Data", default, deserialize_with = "null_default")]
     pub ipv4_data: Vec<IpamData>,
     /// The IPv6 pools.
-    #[serde(rename = "IPv6Data", default)]
+    #[serde(rename = "IPv6Data", default, deserialize_with = "null_default")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -182,10 +188,10 @@ pub struct CreateEndpointRequest {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     /// What is already known of the interface.
-    #[serde(rename = "Interface")]
+    #[serde(rename = "Interface", default, deserialize_with = "null_default")]
     pub interface: EndpointInterface,
     /// The endpoint's options.
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: Options,
 }
 
@@ -247,7 +253,7 @@ pub struct JoinRequest {
     #[serde(rename = "SandboxKey")]
     pub sandbox_key: String,
     /// The join's options.
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: Options,
 }
 
@@ -337,7 +343,7 @@ pub struct ProgramExternalConnectivityRequest {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     /// [`PORT_MAP`] (a list of [`PortBinding`]) and [`EXPOSED_PORTS`] (of [`TransportPort`]).
-    #[serde(rename = "Options", default)]
+    #[serde(rename = "Options", default, deserialize_with = "null_default")]
     pub options: Options,
 }
 

@@ -1,0 +1,600 @@
+//! `NetworkDriver.*`: cnm's drivers behind libnetwork's remote driver protocol.
+//!
+//! A Docker network is the cnm network named by Docker's `NetworkID`, on the cnm driver named
+//! by the driver option `com.cnm.driver` (default `bridge`), with exactly the pools and gateways
+//! dockerd's IPAM chose. A Docker endpoint is the cnm endpoint named by its `EndpointID`, with
+//! the addresses dockerd gives (cnm's IPAM of the network reserves them, and picks them only
+//! when dockerd gives none). Both live in cnm's durable store: a cnmd restart keeps serving them.
+//!
+//! **Join.** libnetwork's remote driver expects the plugin to leave an interface in the host
+//! namespace and name it (`InterfaceName {SrcName, DstPrefix}`); dockerd then moves it into the
+//! container, renames it `ethN` in its own numbering, gives it the addresses it allocated and
+//! sets the default route through the `Gateway` answered. cnm joins the endpoint into a cnm
+//! sandbox of its own (container id `docker-<EndpointID>`), so the driver builds the veth (host
+//! end on the bridge, MAC, MTU) exactly as for any cnm container; the container end is then
+//! moved out of that sandbox into the host namespace as `cnm<first 12 hex of EndpointID>`, and
+//! handed to dockerd. Adopting dockerd's namespace as the sandbox instead was rejected: cnm would
+//! pick `eth0` itself and add its own default route, colliding with the interfaces and gateway
+//! dockerd manages for the container's other networks.
+//!
+//! **Leave.** dockerd calls `Leave` while the interface is still in the container, then moves it
+//! back to the host namespace; the veth is deleted at `DeleteEndpoint`, when cnm's endpoint
+//! leaves and deletes its sandbox (deleting the host end deletes the pair wherever the other
+//! end is). `Leave` only checks that the endpoint is joined.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use cnm::cnm_types::{IfName, MacAddress};
+use cnm::ipnet::IpNet;
+use cnm::{CoreError, Endpoint, EndpointOptions, Network, NetworkOptions, PoolConfig};
+use cnm_driver_remote::wire::network as wire;
+use serde_json::Value;
+
+use super::{Field, PluginState, decode, error_reply, reply};
+
+type St = State<Arc<PluginState>>;
+
+/// The driver option choosing the cnm driver of a network (`-o com.cnm.driver=bridge`).
+pub const DRIVER_OPTION: &str = "com.cnm.driver";
+/// The cnm driver of a network made without [`DRIVER_OPTION`].
+pub const DEFAULT_DRIVER: &str = "bridge";
+/// The container id of the cnm sandbox an endpoint is joined to: this prefix and its id.
+pub const SANDBOX_PREFIX: &str = "docker-";
+/// The prefix of the name the interface has in the host namespace between `Join` and dockerd
+/// moving it (followed by the endpoint id's first 12 characters: 15 bytes, the kernel's limit).
+pub const HOST_IF_PREFIX: &str = "cnm";
+
+fn fail(msg: impl Into<String>) -> Response {
+    error_reply(Field::Err, StatusCode::OK, msg)
+}
+
+fn ok() -> Response {
+    reply(StatusCode::OK, &serde_json::json!({}))
+}
+
+fn core_err(op: &str, what: &str, e: CoreError) -> Response {
+    fail(format!("cnm: {op} {what}: {e}"))
+}
+
+macro_rules! body {
+    ($call:literal, $body:expr) => {
+        match decode($call, &$body) {
+            Ok(v) => v,
+            Err(e) => return error_reply(Field::Err, StatusCode::BAD_REQUEST, e),
+        }
+    };
+}
+
+pub(crate) async fn capabilities() -> Response {
+    reply(
+        StatusCode::OK,
+        &wire::CapabilitiesResponse {
+            scope: "local".into(),
+            connectivity_scope: "local".into(),
+            err: String::new(),
+        },
+    )
+}
+
+/// The network dockerd calls `id`: the cnm network of that name (never an id prefix of another).
+fn network(st: &PluginState, id: &str) -> Result<Network, String> {
+    if id.is_empty() {
+        return Err("NetworkID is empty".into());
+    }
+    match st.ctl.network(id) {
+        Ok(n) if n.name() == id => Ok(n),
+        Ok(_) => Err(format!("network {id} not found")),
+        Err(e) => Err(format!("network {id}: {e}")),
+    }
+}
+
+fn endpoint(net: &Network, id: &str) -> Result<Option<Endpoint>, String> {
+    if id.is_empty() {
+        return Err("EndpointID is empty".into());
+    }
+    match net.endpoint(id) {
+        Ok(ep) if ep.name() == id => Ok(Some(ep)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == cnm::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("endpoint {id}: {e}")),
+    }
+}
+
+fn string_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn flag(options: &wire::Options, key: &str) -> bool {
+    match options.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// Parses one `IPv4Data`/`IPv6Data` entry into a pool with its gateway and aux addresses.
+fn pool_of(field: &str, d: &wire::IpamData) -> Result<PoolConfig, String> {
+    let subnet: IpNet = d
+        .pool
+        .parse()
+        .map_err(|e| format!("{field}.Pool {:?}: {e}", d.pool))?;
+    let mut pool = PoolConfig::new(subnet);
+    if !d.gateway.is_empty() {
+        let gw = parse_addr(&d.gateway).map_err(|e| format!("{field}.Gateway {e}"))?;
+        pool = pool
+            .with_gateway(gw)
+            .map_err(|e| format!("{field}.Gateway: {e}"))?;
+    }
+    for (name, addr) in &d.aux_addresses {
+        let a = parse_addr(addr).map_err(|e| format!("{field}.AuxAddresses[{name}] {e}"))?;
+        pool = pool
+            .with_aux_address(name.clone(), a)
+            .map_err(|e| format!("{field}.AuxAddresses[{name}]: {e}"))?;
+    }
+    Ok(pool)
+}
+
+/// An address as Docker writes it: CIDR (`10.0.0.1/24`) or bare.
+fn parse_addr(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpNet>()
+        .map(|n| n.addr())
+        .or_else(|_| s.parse::<IpAddr>())
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The network `req` asks for: driver, options and pools, all checked before anything is made.
+fn plan_network(req: &wire::CreateNetworkRequest) -> Result<(String, NetworkOptions), String> {
+    let mut generic: BTreeMap<String, String> = match req.options.get(wire::GENERIC_OPTIONS) {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), string_of(v))).collect(),
+        Some(other) => {
+            return Err(format!(
+                "Options.{}: want an object, got {other}",
+                wire::GENERIC_OPTIONS
+            ));
+        }
+    };
+    let driver = generic
+        .remove(DRIVER_OPTION)
+        .unwrap_or_else(|| DEFAULT_DRIVER.to_owned());
+    let builtin = cnm::builtin_drivers();
+    if !builtin.contains(&driver.as_str()) {
+        return Err(format!(
+            "driver option {DRIVER_OPTION}={driver:?}: not a cnm driver; one of {}",
+            builtin.join(", ")
+        ));
+    }
+    let mut opts = NetworkOptions::default()
+        .enable_ipv6(flag(&req.options, wire::ENABLE_IPV6) || !req.ipv6_data.is_empty())
+        .enable_ipv4(!req.ipv4_data.is_empty())
+        .internal(flag(&req.options, wire::INTERNAL));
+    for (k, v) in generic {
+        opts = opts.driver_option(k, v);
+    }
+    for (i, d) in req.ipv4_data.iter().enumerate() {
+        opts = opts.pool(pool_of(&format!("IPv4Data[{i}]"), d)?);
+    }
+    for (i, d) in req.ipv6_data.iter().enumerate() {
+        opts = opts.pool(pool_of(&format!("IPv6Data[{i}]"), d)?);
+    }
+    Ok((driver, opts))
+}
+
+pub(crate) async fn create_network(State(st): St, body: Bytes) -> Response {
+    let req: wire::CreateNetworkRequest = body!("NetworkDriver.CreateNetwork", body);
+    if req.network_id.is_empty() {
+        return fail("NetworkID is empty");
+    }
+    let (driver, opts) = match plan_network(&req) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    // dockerd may repeat a call whose answer it lost: the same network again is success.
+    if let Ok(existing) = network(&st, &req.network_id) {
+        let same = existing.driver() == driver
+            && existing
+                .options()
+                .pools
+                .iter()
+                .map(PoolConfig::subnet)
+                .eq(opts.pools.iter().map(PoolConfig::subnet));
+        return if same {
+            ok()
+        } else {
+            fail(format!(
+                "network {} exists with other settings",
+                req.network_id
+            ))
+        };
+    }
+    match st.ctl.new_network(&driver, &req.network_id, opts).await {
+        Ok(net) => {
+            tracing::info!(network = %req.network_id, cnm_id = net.id(), %driver, "docker plugin: network created");
+            ok()
+        }
+        Err(e) => core_err("create network", &req.network_id, e),
+    }
+}
+
+pub(crate) async fn delete_network(State(st): St, body: Bytes) -> Response {
+    let req: wire::DeleteNetworkRequest = body!("NetworkDriver.DeleteNetwork", body);
+    let net = match st.ctl.network(&req.network_id) {
+        Ok(n) if n.name() == req.network_id => n,
+        // Deleting what is gone is done (dockerd may repeat the call).
+        Ok(_) => return ok(),
+        Err(e) if e.kind() == cnm::ErrorKind::NotFound => return ok(),
+        Err(e) => return core_err("find network", &req.network_id, e),
+    };
+    match net.delete().await {
+        Ok(()) => ok(),
+        Err(e) => core_err("delete network", &req.network_id, e),
+    }
+}
+
+/// An address dockerd gave, in CIDR notation; it must lie in the prefix it names.
+fn endpoint_address(field: &str, s: &str) -> Result<Option<IpNet>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<IpNet>()
+        .map(Some)
+        .map_err(|e| format!("Interface.{field} {s:?}: {e}"))
+}
+
+pub(crate) async fn create_endpoint(State(st): St, body: Bytes) -> Response {
+    let req: wire::CreateEndpointRequest = body!("NetworkDriver.CreateEndpoint", body);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let iface = &req.interface;
+    let planned = (|| -> Result<EndpointOptions, String> {
+        let mut opts = EndpointOptions::default();
+        match endpoint_address("Address", &iface.address)? {
+            Some(IpNet::V4(a)) => opts = opts.ipv4(a.addr()),
+            Some(IpNet::V6(_)) => {
+                return Err(format!("Interface.Address {:?}: not IPv4", iface.address));
+            }
+            None => {}
+        }
+        match endpoint_address("AddressIPv6", &iface.address_ipv6)? {
+            Some(IpNet::V6(a)) => opts = opts.ipv6(a.addr()),
+            Some(IpNet::V4(_)) => {
+                return Err(format!(
+                    "Interface.AddressIPv6 {:?}: not IPv6",
+                    iface.address_ipv6
+                ));
+            }
+            None => {}
+        }
+        if !iface.mac_address.is_empty() {
+            let mac = MacAddress::from_str(&iface.mac_address)
+                .map_err(|e| format!("Interface.MacAddress {:?}: {e}", iface.mac_address))?;
+            opts = opts.mac(mac);
+        }
+        Ok(opts)
+    })();
+    let opts = match planned {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    if req.endpoint_id.is_empty() {
+        return fail("EndpointID is empty");
+    }
+    let ep = match net.create_endpoint(&req.endpoint_id, opts).await {
+        Ok(ep) => ep,
+        Err(e) => return core_err("create endpoint", &req.endpoint_id, e),
+    };
+    // Only what dockerd left empty may be answered: it refuses to change what it set.
+    let mut out = wire::EndpointInterface::default();
+    if iface.address.is_empty()
+        && let Some(a) = ep.ipv4()
+    {
+        out.address = a.to_string();
+    }
+    if iface.address_ipv6.is_empty()
+        && let Some(a) = ep.ipv6()
+    {
+        out.address_ipv6 = a.to_string();
+    }
+    if iface.mac_address.is_empty()
+        && let Some(m) = ep.mac()
+    {
+        out.mac_address = m.to_string();
+    }
+    tracing::info!(network = %req.network_id, endpoint = %req.endpoint_id, "docker plugin: endpoint created");
+    reply(
+        StatusCode::OK,
+        &wire::CreateEndpointResponse {
+            interface: (!out.is_empty()).then_some(out),
+            err: String::new(),
+        },
+    )
+}
+
+pub(crate) async fn endpoint_oper_info(State(st): St, body: Bytes) -> Response {
+    let req: wire::EndpointRequest = body!("NetworkDriver.EndpointOperInfo", body);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let ep = match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) => ep,
+        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+        Err(e) => return fail(e),
+    };
+    let mut value = BTreeMap::new();
+    if let Some(m) = ep.mac() {
+        value.insert(
+            "com.docker.network.endpoint.macaddress".to_owned(),
+            Value::String(m.to_string()),
+        );
+    }
+    value.insert(
+        "com.cnm.endpoint.id".to_owned(),
+        Value::String(ep.id().into()),
+    );
+    value.insert(
+        "com.cnm.network.id".to_owned(),
+        Value::String(net.id().into()),
+    );
+    reply(
+        StatusCode::OK,
+        &wire::EndpointOperInfoResponse {
+            value,
+            err: String::new(),
+        },
+    )
+}
+
+fn sandbox_id(endpoint_id: &str) -> String {
+    format!("{SANDBOX_PREFIX}{endpoint_id}")
+}
+
+/// The name of the interface in the host namespace between the join and dockerd moving it.
+pub fn host_if_name(endpoint_id: &str) -> Result<IfName, String> {
+    let short: String = endpoint_id.chars().take(12).collect();
+    IfName::from_str(&format!("{HOST_IF_PREFIX}{short}"))
+        .map_err(|e| format!("EndpointID {endpoint_id:?} gives no interface name: {e}"))
+}
+
+/// Leaves and deletes the cnm sandbox of a Docker endpoint, if it has one.
+async fn unjoin(st: &PluginState, endpoint_id: &str) -> Result<(), CoreError> {
+    match st.ctl.sandbox_by_container_id(&sandbox_id(endpoint_id)) {
+        Ok(sb) => sb.delete().await,
+        Err(e) if e.kind() == cnm::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) async fn delete_endpoint(State(st): St, body: Bytes) -> Response {
+    let req: wire::EndpointRequest = body!("NetworkDriver.DeleteEndpoint", body);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let ep = match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) => ep,
+        // Gone already: done (dockerd may repeat the call).
+        Ok(None) => return ok(),
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = unjoin(&st, &req.endpoint_id).await {
+        return core_err("leave the sandbox of endpoint", &req.endpoint_id, e);
+    }
+    match ep.delete().await {
+        Ok(()) => ok(),
+        Err(e) => core_err("delete endpoint", &req.endpoint_id, e),
+    }
+}
+
+pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
+    let req: wire::JoinRequest = body!("NetworkDriver.Join", body);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let ep = match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) => ep,
+        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+        Err(e) => return fail(e),
+    };
+    let host_name = match host_if_name(&req.endpoint_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let sb = match ep.join(&sandbox_id(&req.endpoint_id), []).await {
+        Ok(sb) => sb,
+        Err(e) => return core_err("join endpoint", &req.endpoint_id, e),
+    };
+    let moved = async {
+        let ifname = sb
+            .endpoints()
+            .into_iter()
+            .find(|(e, _)| e.id() == ep.id())
+            .and_then(|(_, n)| n)
+            .ok_or_else(|| "the joined endpoint has no interface".to_owned())?;
+        let link = sb
+            .netlink()
+            .link(ifname.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("interface {ifname} is not in the sandbox"))?;
+        sb.netlink()
+            .move_to_netns(link.index, st.ctl.host_netns(), Some(&host_name))
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(e) = moved {
+        // Atomic or nothing: the sandbox goes, and the veth with it.
+        let undo = sb.delete().await;
+        let mut msg = format!(
+            "cnm: join endpoint {}: hand its interface to dockerd as {host_name}: {e}",
+            req.endpoint_id
+        );
+        if let Err(u) = undo {
+            msg.push_str(&format!("; cleanup also failed: {u}"));
+        }
+        return fail(msg);
+    }
+    let internal = net.options().internal;
+    let gateway = if internal {
+        String::new()
+    } else {
+        net.ipv4()
+            .first()
+            .and_then(|d| d.gateway)
+            .map(|g| g.addr().to_string())
+            .unwrap_or_default()
+    };
+    let gateway_ipv6 = if internal {
+        String::new()
+    } else {
+        net.ipv6()
+            .first()
+            .and_then(|d| d.gateway)
+            .map(|g| g.addr().to_string())
+            .unwrap_or_default()
+    };
+    tracing::info!(network = %req.network_id, endpoint = %req.endpoint_id, interface = %host_name, sandbox_key = %req.sandbox_key, "docker plugin: joined");
+    reply(
+        StatusCode::OK,
+        &wire::JoinResponse {
+            interface_name: Some(wire::InterfaceName {
+                src_name: host_name.to_string(),
+                dst_name: String::new(),
+                dst_prefix: "eth".into(),
+            }),
+            gateway,
+            gateway_ipv6,
+            static_routes: Vec::new(),
+            disable_gateway_service: internal,
+            err: String::new(),
+        },
+    )
+}
+
+pub(crate) async fn leave(State(st): St, body: Bytes) -> Response {
+    let req: wire::EndpointRequest = body!("NetworkDriver.Leave", body);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) if ep.sandbox_id().is_some() => ok(),
+        Ok(Some(_)) => fail(format!("endpoint {} is not joined", req.endpoint_id)),
+        Ok(None) => fail(format!("endpoint {} not found", req.endpoint_id)),
+        Err(e) => fail(e),
+    }
+}
+
+/// Node discovery concerns global-scope drivers; every network served here is local.
+pub(crate) async fn discover(body: Bytes) -> Response {
+    let _: wire::DiscoveryNotification = body!("NetworkDriver.DiscoverNew", body);
+    ok()
+}
+
+/// Published ports (`docker run -p`) are not served: refused with a clear error rather than
+/// accepted and silently not programmed. Exposed ports alone need nothing.
+pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) -> Response {
+    let req: wire::ProgramExternalConnectivityRequest =
+        body!("NetworkDriver.ProgramExternalConnectivity", body);
+    if let Err(e) = network(&st, &req.network_id) {
+        return fail(e);
+    }
+    match req.options.get(wire::PORT_MAP) {
+        None | Some(Value::Null) => ok(),
+        Some(Value::Array(a)) if a.is_empty() => ok(),
+        Some(other) => fail(format!(
+            "cnm: published ports are not supported on networks served to dockerd \
+             (Options.{}: {other})",
+            wire::PORT_MAP
+        )),
+    }
+}
+
+pub(crate) async fn revoke_external_connectivity(State(st): St, body: Bytes) -> Response {
+    let req: wire::EndpointRequest = body!("NetworkDriver.RevokeExternalConnectivity", body);
+    match network(&st, &req.network_id) {
+        Ok(_) => ok(),
+        Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> wire::CreateNetworkRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_network_plan_takes_dockers_pools_and_options() {
+        let (driver, opts) = plan_network(&req(serde_json::json!({
+            "NetworkID": "n1",
+            "Options": {"com.docker.network.enable_ipv6": false,
+                        "com.docker.network.generic": {"com.cnm.driver": "bridge",
+                                                       "com.docker.network.driver.mtu": "1400"}},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.9.0.0/24",
+                          "Gateway": "10.9.0.1/24", "AuxAddresses": {"r": "10.9.0.5/24"}}],
+            "IPv6Data": null
+        })))
+        .unwrap();
+        assert_eq!(driver, "bridge");
+        assert_eq!(opts.pools.len(), 1);
+        assert_eq!(opts.pools[0].gateway(), Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(
+            opts.pools[0].aux_addresses()["r"],
+            "10.9.0.5".parse::<IpAddr>().unwrap()
+        );
+        assert!(!opts.enable_ipv6 && opts.enable_ipv4 && !opts.internal);
+        assert_eq!(
+            opts.driver_options
+                .get("com.docker.network.driver.mtu")
+                .map(String::as_str),
+            Some("1400")
+        );
+        assert!(!opts.driver_options.contains_key(DRIVER_OPTION));
+    }
+
+    #[test]
+    fn bad_plans_name_the_field_and_value() {
+        let err = plan_network(&req(serde_json::json!({
+            "NetworkID": "n1",
+            "Options": {"com.docker.network.generic": {"com.cnm.driver": "weave"}}
+        })))
+        .unwrap_err();
+        assert!(err.contains("com.cnm.driver=\"weave\""), "{err}");
+        let err = plan_network(&req(serde_json::json!({
+            "NetworkID": "n1",
+            "IPv4Data": [{"AddressSpace": "", "Pool": "10.9.0.0/33"}]
+        })))
+        .unwrap_err();
+        assert!(err.contains("IPv4Data[0].Pool \"10.9.0.0/33\""), "{err}");
+        let err = plan_network(&req(serde_json::json!({
+            "NetworkID": "n1",
+            "IPv4Data": [{"AddressSpace": "", "Pool": "10.9.0.0/24", "Gateway": "10.8.0.1/24"}]
+        })))
+        .unwrap_err();
+        assert!(err.contains("IPv4Data[0].Gateway"), "{err}");
+    }
+
+    #[test]
+    fn host_interface_names_fit_the_kernel() {
+        let n = host_if_name(&"ab".repeat(32)).unwrap();
+        assert_eq!(n.as_str(), "cnmabababababab");
+        assert_eq!(n.as_str().len(), 15);
+    }
+}

@@ -167,6 +167,13 @@ pub struct SandboxEndpoint {
     pub dns_names: Vec<String>,
     /// The ports published, with the host ports chosen for ephemeral requests.
     pub ports: Vec<PublishedPort>,
+    /// The endpoint's driver options as given (Docker's `EndpointSettings.DriverOpts`, which
+    /// dockerd shows in a container's inspect): absent when there are none.
+    #[serde(
+        rename = "DriverOpts",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub driver_opts: std::collections::BTreeMap<String, String>,
 }
 
 /// One published port as made. A range shows its first port, with `HostPortEnd`/

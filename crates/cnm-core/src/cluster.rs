@@ -202,6 +202,9 @@ impl Cluster {
                         subnet: pool.subnet,
                         gateway,
                         aux_addresses: aux,
+                        as_given: config
+                            .map(crate::options::PoolConfig::subnet_as_given)
+                            .filter(|g| *g != pool.subnet),
                     });
                 }
             }

@@ -171,6 +171,15 @@ pub enum CoreError {
         /// The endpoint holding it.
         endpoint: String,
     },
+    /// The interface name asked for (`com.docker.network.endpoint.ifname`) is another
+    /// interface's in the sandbox; nothing was changed.
+    #[error("interface name {name} is already in use in sandbox {sandbox}")]
+    InterfaceNameInUse {
+        /// The name.
+        name: String,
+        /// The sandbox's short id.
+        sandbox: String,
+    },
     /// Ports were given for an endpoint whose join does not make it its sandbox's gateway
     /// endpoint: published ports follow the default route, so they would not be published;
     /// nothing was changed.
@@ -343,7 +352,8 @@ impl CoreError {
             | Self::NotConnected { .. }
             | Self::EndpointInUse { .. }
             | Self::HostOverlap { .. }
-            | Self::MacAddressInUse { .. } => ErrorKind::Conflict,
+            | Self::MacAddressInUse { .. }
+            | Self::InterfaceNameInUse { .. } => ErrorKind::Conflict,
             Self::PortsNotPublishable { gateway, .. } => match gateway {
                 Some(_) => ErrorKind::Conflict,
                 None => ErrorKind::InvalidInput,

@@ -55,6 +55,9 @@ pub struct PoolAllocation {
     pub gateway: Option<IpNet>,
     /// Auxiliary addresses, by name.
     pub aux_addresses: BTreeMap<String, IpAddr>,
+    /// The subnet as the user wrote it, when that had host bits set (written only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_as_given: Option<IpNet>,
 }
 
 /// A network as persisted under `network/<id>`.

@@ -127,6 +127,10 @@ impl Parse for NetworkCreateRequest {
             )));
         }
         let ipam = self.ipam.unwrap_or_default();
+        // Subnets as written: one with host bits set is the network's subnet as far as the
+        // controller goes, and shown as written, as dockerd does.
+        let written: Vec<Option<ipnet::IpNet>> =
+            ipam.config.iter().map(|c| c.subnet.parse().ok()).collect();
         let raw = RawNetworkOptions {
             ipam: RawIpam {
                 driver: ipam.driver,
@@ -150,6 +154,12 @@ impl Parse for NetworkCreateRequest {
         };
         let mut options =
             NetworkOptions::try_from(raw)?.attachable(self.attachable.unwrap_or(false));
+        // `NetworkOptions::try_from` keeps the configs' order, one pool each.
+        for (pool, given) in options.pools.iter_mut().zip(written) {
+            if let Some(given) = given.filter(|g| g.trunc() != *g) {
+                *pool = pool.clone().written_as(given)?;
+            }
+        }
         // `IPAM.Options` as sent: `{}` stays `{}` and an absent one stays null, as dockerd shows.
         options.ipam_options = ipam.options;
         Ok(NetworkCreate {
@@ -161,7 +171,8 @@ impl Parse for NetworkCreateRequest {
 }
 
 /// A subnet given with host bits set (`10.12.0.1/24`) as its network (`10.12.0.0/24`): dockerd
-/// accepts it so, and so does cnmd. Anything that does not parse is left for the controller to
+/// accepts it so (and shows it as written, see `PoolConfig::written_as`), and so does cnmd.
+/// Anything that does not parse is left for the controller to
 /// refuse, naming it.
 fn network_address(subnet: String) -> String {
     match subnet.parse::<ipnet::IpNet>() {

@@ -618,6 +618,12 @@ async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
             "bridge",
             NetworkOptions::default()
                 .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF)
+                // dockerd's default bridge states its settings (the defaults, here) among its
+                // options, and clients read them there.
+                .driver_option("com.docker.network.bridge.enable_icc", "true")
+                .driver_option("com.docker.network.bridge.enable_ip_masquerade", "true")
+                .driver_option("com.docker.network.bridge.host_binding_ipv4", "0.0.0.0")
+                .driver_option(cnm::options::KEY_DRIVER_MTU, "1500")
                 // Docker's default bridge has no embedded DNS: containers on it get the host's
                 // name servers and find each other only by legacy links.
                 .driver_option(cnm::options::KEY_EMBEDDED_DNS, "false"),

@@ -64,7 +64,8 @@ pub async fn network(
         };
         config.push(IpamConfig {
             ip_range: opt_string(given.and_then(|p| p.ip_range())),
-            subnet: pool.to_string(),
+            // As written, host bits and all, as dockerd shows it.
+            subnet: given.map_or(pool, |p| p.subnet_as_given()).to_string(),
             gateway,
             auxiliary_addresses: aux(aux_addresses),
         });
@@ -94,6 +95,12 @@ pub async fn network(
         // cnmd's own mark on the predefined `bridge` (no embedded DNS, as Docker's), not an
         // option anyone gave: Docker's view shows what dockerd shows.
         options.remove(cnm::options::KEY_EMBEDDED_DNS);
+        // The mark dockerd puts on its own default network. The bridge driver refuses it on a
+        // network made later (cnmd's predefined `bridge` is the one that carries it).
+        options.insert(
+            "com.docker.network.bridge.default_bridge".to_owned(),
+            "true".to_owned(),
+        );
     }
     docker::Network {
         name: net.name().to_owned(),
@@ -150,6 +157,7 @@ pub async fn sandbox(sb: &Sandbox) -> v1::Sandbox {
                 gateway: is_gw,
                 aliases: ep.options().aliases.clone(),
                 dns_names: ep.dns_names(),
+                driver_opts: ep.options().driver_options.clone(),
                 // Ports are published for the gateway endpoint only (libnetwork's rule).
                 ports: if is_gw {
                     published.iter().map(PublishedPort::from).collect()

@@ -237,3 +237,116 @@ async fn docker_cli_manages_networks() -> Result<()> {
     daemon.stop().await?;
     Ok(())
 }
+
+/// `docker network connect --driver-opt` with Docker's endpoint options: the interface's name
+/// and sysctls land in the sandbox, a bad sysctl is refused in dockerd's words leaving nothing,
+/// an unknown key is kept; subnets with host bits show as written; the default bridge's
+/// options are dockerd's.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn docker_cli_connects_with_endpoint_driver_options() -> Result<()> {
+    let host = TestHost::new().await?;
+    let daemon = common::start(&host, false).await?;
+    let sock = daemon.socket().to_owned();
+    let cfg = tempfile::tempdir()?;
+    let c = cfg.path();
+    let api = Client::new(&sock);
+
+    // dockerd's default bridge options.
+    let b = inspect(&sock, c, "bridge").await?;
+    for (k, v) in [
+        ("com.docker.network.bridge.default_bridge", "true"),
+        ("com.docker.network.bridge.enable_icc", "true"),
+        ("com.docker.network.bridge.enable_ip_masquerade", "true"),
+        ("com.docker.network.bridge.host_binding_ipv4", "0.0.0.0"),
+        ("com.docker.network.driver.mtu", "1500"),
+    ] {
+        ensure!(b["Options"][k] == v, "{k}: {b}");
+    }
+
+    // A subnet with host bits: allocated as its network, shown as written.
+    ok(
+        &sock,
+        c,
+        &["network", "create", "--subnet", "10.98.0.1/24", "lan"],
+    )
+    .await?;
+    let n = inspect(&sock, c, "lan").await?;
+    ensure!(n["IPAM"]["Config"][0]["Subnet"] == "10.98.0.1/24", "{n}");
+    let pools = daemon.controller().network("lan")?.ipv4();
+    ensure!(pools[0].pool.to_string() == "10.98.0.0/24", "{pools:?}");
+
+    api.expect(
+        "POST",
+        "/cnm/v1/sandboxes",
+        Some(json!({"Name": "app1"})),
+        201,
+    )
+    .await?;
+    let sandbox = daemon.controller().sandbox("app1")?;
+    let links = || async {
+        let mut v: Vec<String> = sandbox
+            .netlink()
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        v.sort();
+        anyhow::Ok(v)
+    };
+    let before = links().await?;
+
+    // A sysctl that is not an interface's: dockerd's words, 400, nothing made.
+    let err = fails(
+        &sock,
+        c,
+        &[
+            "network",
+            "connect",
+            "--driver-opt",
+            "com.docker.network.endpoint.sysctls=net.ipv4.ip_forward=1",
+            "lan",
+            "app1",
+        ],
+    )
+    .await?;
+    ensure!(
+        err.contains("unrecognised network interface sysctl"),
+        "{err}"
+    );
+    ensure!(links().await? == before);
+    ensure!(daemon.controller().network("lan")?.endpoints().is_empty());
+
+    ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "connect",
+            "--driver-opt",
+            "com.docker.network.endpoint.ifname=lan0",
+            "--driver-opt",
+            "com.docker.network.endpoint.sysctls=net.ipv4.conf.IFNAME.log_martians=1",
+            "--driver-opt",
+            "foo=bar",
+            "lan",
+            "app1",
+        ],
+    )
+    .await?;
+    ensure!(links().await? == ["lan0", "lo"], "{:?}", links().await?);
+    let v =
+        cnm::cnm_sandbox::get_sysctl(sandbox.netns(), "net.ipv4.conf.lan0.log_martians").await?;
+    ensure!(v == "1", "log_martians is {v}");
+    let eps = daemon.controller().network("lan")?.endpoints();
+    ensure!(eps[0].options().driver_options["foo"] == "bar");
+    // The sandbox view names the interface.
+    let sb = api
+        .expect("GET", "/cnm/v1/sandboxes/app1", None, 200)
+        .await?;
+    ensure!(sb["Endpoints"][0]["Interface"] == "lan0", "{sb}");
+
+    daemon.stop().await?;
+    Ok(())
+}

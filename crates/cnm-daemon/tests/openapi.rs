@@ -202,6 +202,7 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
             wire(&Sandbox {
                 endpoints: vec![SandboxEndpoint {
                     ports: vec![PublishedPort::from(&port)],
+                    driver_opts: [("foo".to_owned(), "bar".to_owned())].into(),
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -813,6 +813,18 @@ impl Driver for BridgeDriver {
         options::unknown_keys(options)
     }
 
+    /// The bridge has no endpoint option of its own (MAC, ports, the interface's name and
+    /// sysctls are generic, the controller's): any other key is kept without effect, as Docker's
+    /// bridge keeps it (compose's and the CLI's `--driver-opt`); one in cnm's namespace is a typo
+    /// and refused.
+    fn parse_endpoint_options(
+        &self,
+        options: &DriverOptions,
+    ) -> Result<ParsedOptions, DriverError> {
+        options::check_endpoint_options(options)?;
+        Ok(ParsedOptions::none())
+    }
+
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
         Ok(self.create_network_inner(spec).await?)
     }
@@ -822,7 +834,7 @@ impl Driver for BridgeDriver {
     }
 
     async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
-        // Endpoint options: none known (the default parse step refused any key).
+        // Endpoint options: none of the bridge's own (see `parse_endpoint_options`).
         let net = self.network(&spec.network_id)?;
         if let Some(mac) = spec
             .mac

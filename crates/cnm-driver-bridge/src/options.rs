@@ -154,6 +154,19 @@ pub fn unknown_keys(raw: &DriverOptions) -> Vec<String> {
         .collect()
 }
 
+/// An endpoint's options: the bridge knows none and keeps any, except one in cnm's namespace
+/// ([`CNM_KEY_PREFIX`]), which is a typo and refused naming it.
+pub fn check_endpoint_options(raw: &DriverOptions) -> Result<(), BridgeError> {
+    match raw.iter().find(|(k, _)| k.starts_with(CNM_KEY_PREFIX)) {
+        Some((key, value)) => Err(invalid(
+            key,
+            value,
+            "not an endpoint option of the bridge driver",
+        )),
+        None => Ok(()),
+    }
+}
+
 impl TryFrom<&DriverOptions> for BridgeOptions {
     type Error = BridgeError;
 
@@ -293,6 +306,14 @@ mod tests {
         assert!(!o.enable_icc);
         assert!(o.inhibit_ipv4);
         assert_eq!(unknown_keys(&r), ["com.docker.network.bridge.bogus", "foo"]);
+    }
+
+    #[test]
+    fn endpoint_options_are_kept_except_in_cnms_namespace() {
+        check_endpoint_options(&raw(&[("foo", "bar"), ("com.example.x", "1")])).unwrap();
+        let e = check_endpoint_options(&raw(&[("com.cnm.endpoint.nope", "1")])).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("com.cnm.endpoint.nope"), "{e}");
     }
 
     #[test]

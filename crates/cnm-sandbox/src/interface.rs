@@ -13,7 +13,7 @@ use cnm_types::{IfName, MacAddress};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
 use ipnet::IpNet;
 
-use crate::{Netlink, RouteSpec, SandboxError, set_sysctls};
+use crate::{InterfaceSysctl, Netlink, RouteSpec, SandboxError, set_sysctls};
 
 /// Where the interface to configure is.
 #[derive(Clone, Debug)]
@@ -66,6 +66,9 @@ pub struct InterfaceConfig {
     /// Turn IPv6 on for this interface (`disable_ipv6 = 0`) before its addresses are added:
     /// for namespaces whose interfaces are born with IPv6 off.
     pub enable_ipv6: bool,
+    /// Per-interface sysctls, set (after IPv6 is turned on, before the addresses) under the
+    /// interface's final name.
+    pub sysctls: Vec<InterfaceSysctl>,
     /// Bring it up.
     pub up: bool,
     /// Routes through it; each one's `oif` is set to the interface's index.
@@ -81,6 +84,7 @@ impl InterfaceConfig {
             mtu: None,
             addresses: Vec::new(),
             enable_ipv6: false,
+            sysctls: Vec::new(),
             up: true,
             routes: Vec::new(),
         }
@@ -189,13 +193,21 @@ impl Netlink {
         }
     }
 
-    /// IPv6 on (a sysctl: the one step that needs a thread in the namespace), then MAC, MTU,
-    /// addresses, up and routes, sent back to back.
+    /// IPv6 on and the interface's sysctls (the one step that needs a thread in the namespace,
+    /// one thread for all of them), then MAC, MTU, addresses, up and routes, sent back to back.
     async fn apply_config(&self, index: u32, config: &InterfaceConfig) -> Result<(), SandboxError> {
         let name = config.source.name();
+        let mut sysctls: Vec<(String, &str)> = Vec::with_capacity(1 + config.sysctls.len());
         if config.enable_ipv6 {
-            let key = format!("net/ipv6/conf/{name}/disable_ipv6");
-            set_sysctls(self.netns(), &[(key.as_str(), "0")]).await?;
+            sysctls.push((format!("net/ipv6/conf/{name}/disable_ipv6"), "0"));
+        }
+        for s in &config.sysctls {
+            sysctls.push((s.key(name.as_str()), s.value()));
+        }
+        if !sysctls.is_empty() {
+            let settings: Vec<(&str, &str)> =
+                sysctls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            set_sysctls(self.netns(), &settings).await?;
         }
         let mut steps: Vec<BoxFuture<'_, Result<(), SandboxError>>> =
             Vec::with_capacity(3 + config.addresses.len() + config.routes.len());

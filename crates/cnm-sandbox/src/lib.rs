@@ -62,4 +62,4 @@ pub use link::{Link, LinkKind, LinkSpec, MacvlanMode};
 pub use netlink::{FdbEntry, Neighbour, Netlink};
 pub use ns::NetNs;
 pub use route::{Address, IpFamily, Route, RouteSpec};
-pub use sysctl::{get_sysctl, set_sysctl, set_sysctls, sysctl_path};
+pub use sysctl::{InterfaceSysctl, get_sysctl, set_sysctl, set_sysctls, sysctl_path};

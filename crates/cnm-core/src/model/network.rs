@@ -23,6 +23,8 @@ pub(crate) struct NetworkPool {
     pub(crate) subnet: IpNet,
     pub(crate) gateway: Option<IpNet>,
     pub(crate) aux_addresses: BTreeMap<String, IpAddr>,
+    /// The subnet as the user wrote it, when that had host bits set.
+    pub(crate) as_given: Option<IpNet>,
 }
 
 impl NetworkPool {
@@ -32,6 +34,7 @@ impl NetworkPool {
             subnet: self.subnet,
             gateway: self.gateway,
             aux_addresses: self.aux_addresses.clone(),
+            subnet_as_given: self.as_given,
         }
     }
 
@@ -41,6 +44,7 @@ impl NetworkPool {
             subnet: p.subnet,
             gateway: p.gateway,
             aux_addresses: p.aux_addresses.clone(),
+            as_given: p.subnet_as_given,
         }
     }
 

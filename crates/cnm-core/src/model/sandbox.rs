@@ -216,6 +216,16 @@ impl SandboxInner {
         super::lock(&self.detached).gateway.clone()
     }
 
+    /// The interface names waiting joins hold.
+    pub(crate) fn detached_names(&self) -> Vec<IfName> {
+        super::lock(&self.detached)
+            .joins
+            .iter()
+            .filter(|j| j.ifname.is_some())
+            .filter_map(|j| j.requested.clone().or_else(|| j.ifname.clone()))
+            .collect()
+    }
+
     /// `N` of the `ethN` each waiting join holds.
     pub(crate) fn detached_eths(&self) -> Vec<u32> {
         super::lock(&self.detached)

@@ -131,7 +131,7 @@ pub(crate) async fn create_endpoint(
     )?;
     let driver = core.driver_of(&net)?;
     let parsed = driver
-        .parse_endpoint_options(&options.driver_options)
+        .parse_endpoint_options(&options.options_for_driver())
         .map_err(|e| CoreError::driver("validate options of endpoint", &name, e))?;
 
     // 2. Reserve the name (and the MAC asked for).
@@ -169,7 +169,7 @@ pub(crate) async fn create_endpoint(
             ipv4: ipv4.as_ref().map(|a| a.addr),
             ipv6: ipv6.as_ref().map(|a| a.addr),
             mac: options.mac,
-            options: options.driver_options.clone(),
+            options: options.options_for_driver(),
             parsed: parsed.clone(),
         };
         let info = driver

@@ -63,14 +63,42 @@ pub(crate) async fn join(
         },
     )?;
     let driver = core.driver_of(&net)?;
-    // Names held by joins waiting for their driver count as taken.
-    let n = gateway::pick_index(
-        st.joined
-            .iter()
-            .filter_map(|j| j.eth)
-            .chain(sb.detached_eths()),
-    );
-    let requested = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
+    // The interface's sysctls, checked when the endpoint was created (a recorded endpoint from
+    // an older cnm is checked here, before any effect).
+    let sysctls = ep.options.interface_sysctls()?;
+    // The name the user asked for (`com.docker.network.endpoint.ifname`), or the lowest free
+    // `ethN`. Names held by joins waiting for their driver count as taken.
+    let (requested, n, custom) = match ep.options.interface_name()? {
+        Some(name) => {
+            let taken = st
+                .joined
+                .iter()
+                .filter_map(|j| j.ifname.as_ref().or(Some(&j.requested)))
+                .chain(sb.detached_names().iter())
+                .any(|used| used == &name);
+            if taken || name.as_str() == "lo" {
+                return Err(CoreError::InterfaceNameInUse {
+                    name: name.to_string(),
+                    sandbox: sb.short().to_owned(),
+                });
+            }
+            let n = name
+                .as_str()
+                .strip_prefix("eth")
+                .and_then(|n| n.parse().ok());
+            (name, n, true)
+        }
+        None => {
+            let n = gateway::pick_index(
+                st.joined
+                    .iter()
+                    .filter_map(|j| j.eth)
+                    .chain(sb.detached_eths()),
+            );
+            let name = IfName::new(format!("eth{n}")).expect("\"eth\" and a u32 fit in 15 bytes");
+            (name, Some(n), false)
+        }
+    };
     let request = JoinRequest {
         network_id: net.id.clone(),
         endpoint_id: ep.id.clone(),
@@ -79,7 +107,7 @@ pub(crate) async fn join(
         ipv4: ep.ipv4.as_ref().map(|a| a.addr),
         ipv6: ep.ipv6.as_ref().map(|a| a.addr),
         mac: ep.mac,
-        options: ep.options.driver_options.clone(),
+        options: ep.options.options_for_driver(),
         parsed: ep.parsed.clone(),
     };
     let mut undo = Undo::new();
@@ -109,8 +137,12 @@ pub(crate) async fn join(
             sb,
             ep,
             info,
-            requested.clone(),
-            n,
+            Requested {
+                name: requested.clone(),
+                n,
+                custom,
+                sysctls: sysctls.clone(),
+            },
             priority,
             &mut undo,
         )
@@ -169,20 +201,36 @@ pub(crate) async fn join(
     Ok(())
 }
 
+/// The interface a join asks for.
+struct Requested {
+    /// Its name (`ethN`, or the user's).
+    name: IfName,
+    /// `N` of `ethN` when the name is one.
+    n: Option<u32>,
+    /// The user named it: a driver's name prefix does not apply.
+    custom: bool,
+    /// Its sysctls.
+    sysctls: Vec<cnm_sandbox::InterfaceSysctl>,
+}
+
 /// The kernel half of a join: one call that finishes the interface the driver made (moving it
 /// in and renaming it when the driver could not create it inside), with the endpoint's
-/// addresses, IPv6 on for an IPv6 endpoint, up, and the driver's static routes.
-#[allow(clippy::too_many_arguments)]
+/// addresses, IPv6 on for an IPv6 endpoint, its sysctls, up, and the driver's static routes.
 async fn set_up_interface(
     core: &Arc<Core>,
     sb: &Arc<SandboxInner>,
     ep: &Arc<EndpointInner>,
     info: JoinInfo,
-    requested: IfName,
-    n: u32,
+    wanted: Requested,
     priority: i32,
     undo: &mut Undo<CoreError>,
 ) -> Result<Joined, CoreError> {
+    let Requested {
+        name: requested,
+        n,
+        custom,
+        sysctls,
+    } = wanted;
     let source = match &info.interface {
         JoinedInterface::InSandbox { index } => Some(InterfaceSource::Existing {
             name: requested.clone(),
@@ -192,10 +240,11 @@ async fn set_up_interface(
             host_name,
             name_prefix,
         } => {
-            let rename = match name_prefix {
-                Some(p) => IfName::new(format!("{p}{n}"))
+            // A name the user gave takes precedence over the driver's prefix (as in moby).
+            let rename = match (name_prefix, custom) {
+                (Some(p), false) => IfName::new(format!("{p}{}", n.unwrap_or_default()))
                     .map_err(|e| CoreError::invalid("interface name prefix", p, e.to_string()))?,
-                None => requested.clone(),
+                _ => requested.clone(),
             };
             Some(InterfaceSource::MoveIn {
                 from: core.kernel.host_netlink().clone(),
@@ -221,6 +270,7 @@ async fn set_up_interface(
         }
         config.addresses = ep.networks().collect();
         config.enable_ipv6 = ep.ipv6.is_some();
+        config.sysctls = sysctls;
         config.routes = info
             .static_routes
             .iter()
@@ -260,7 +310,7 @@ async fn set_up_interface(
     Ok(Joined {
         ep: ep.clone(),
         requested,
-        eth: ifname.as_ref().map(|_| n),
+        eth: ifname.as_ref().and(n),
         ifname,
         index,
         moved_from,

@@ -417,6 +417,9 @@ async fn allocate_pool(
         subnet: pool.subnet,
         gateway: None,
         aux_addresses: aux,
+        as_given: config
+            .map(PoolConfig::subnet_as_given)
+            .filter(|g| *g != pool.subnet),
     })
 }
 

@@ -354,7 +354,7 @@ async fn restore_one(
                 ipv4: ep_inner.ipv4.as_ref().map(|a| a.addr),
                 ipv6: ep_inner.ipv6.as_ref().map(|a| a.addr),
                 mac: ep_inner.mac,
-                options: ep_inner.options.driver_options.clone(),
+                options: ep_inner.options.options_for_driver(),
                 parsed: ep_inner.parsed.clone(),
             },
             joined,
@@ -653,10 +653,10 @@ fn restore_endpoint(
     version: u64,
 ) -> Result<Arc<EndpointInner>, CoreError> {
     let driver = core.driver_of(net)?;
-    let parsed = driver
-        .parse_endpoint_options(&r.driver_options)
-        .map_err(|e| CoreError::driver("parse the recorded options of endpoint", &r.name, e))?;
     let options = r.options();
+    let parsed = driver
+        .parse_endpoint_options(&options.options_for_driver())
+        .map_err(|e| CoreError::driver("parse the recorded options of endpoint", &r.name, e))?;
     let ep = Arc::new(EndpointInner::from_record(
         r,
         net.clone(),
@@ -803,6 +803,9 @@ async fn restore_pools(
 
 fn pool_config(p: &PoolAllocation) -> Result<PoolConfig, CoreError> {
     let mut c = PoolConfig::new(p.subnet);
+    if let Some(given) = p.subnet_as_given {
+        c = c.written_as(given)?;
+    }
     if let Some(range) = p.pool_id.range() {
         c = c.with_ip_range(range)?;
     }

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use cnm_types::MacAddress;
+use cnm_sandbox::InterfaceSysctl;
+use cnm_types::{IfName, MacAddress};
 use serde::{Deserialize, Serialize};
 
 use super::check_dns_name;
@@ -11,6 +12,55 @@ use crate::CoreError;
 pub use crate::port::ExposedPort;
 use crate::port::{PortBinding, PortError};
 use crate::spi::DriverOptions;
+
+/// Docker's endpoint option (moby 25+) with sysctls of the endpoint's interface inside the
+/// sandbox: a comma-separated list of `net.X.Y.IFNAME.Z=V`, `X` one of `ipv4`, `ipv6`, `mpls`,
+/// `IFNAME` (or `ifname`, as the docker CLI lowercases it) standing for the interface's name.
+/// Core owns it: it is checked when the endpoint is created and applied in the join, for every
+/// driver; drivers never see it. It stays among the endpoint's options as given.
+pub const KEY_ENDPOINT_SYSCTLS: &str = "com.docker.network.endpoint.sysctls";
+/// Docker's endpoint option (moby 28) naming the endpoint's interface inside the sandbox
+/// (instead of `ethN`, and before a driver's own prefix). Core owns it, as
+/// [`KEY_ENDPOINT_SYSCTLS`].
+pub const KEY_ENDPOINT_IFNAME: &str = "com.docker.network.endpoint.ifname";
+
+/// The endpoint option keys core owns (left out of what drivers get).
+const CORE_KEYS: [&str; 2] = [KEY_ENDPOINT_SYSCTLS, KEY_ENDPOINT_IFNAME];
+
+/// Parses [`KEY_ENDPOINT_SYSCTLS`]'s value, refusing as dockerd does (its words, naming the
+/// entry), and, where dockerd would fail only at the join, before anything is made.
+pub fn parse_endpoint_sysctls(value: &str) -> Result<Vec<InterfaceSysctl>, CoreError> {
+    value
+        .split(',')
+        .map(|entry| {
+            let refuse = |reason: &str| {
+                CoreError::invalid(
+                    KEY_ENDPOINT_SYSCTLS,
+                    entry,
+                    format!(
+                        "unrecognised network interface sysctl '{entry}'; represent \
+                         'net.X.Y.ethN.Z=V' as 'net.X.Y.IFNAME.Z=V', 'X' must be 'ipv4', 'ipv6' \
+                         or 'mpls'{reason}"
+                    ),
+                )
+            };
+            let parts: Vec<&str> = entry.splitn(5, '.').collect();
+            let [net, family, table, ifname, rest] = parts[..] else {
+                return Err(refuse(""));
+            };
+            if net != "net"
+                || !matches!(family, "ipv4" | "ipv6" | "mpls")
+                || !matches!(ifname, "IFNAME" | "ifname")
+            {
+                return Err(refuse(""));
+            }
+            let Some((name, v)) = rest.split_once('=') else {
+                return Err(refuse(" (expected name=value)"));
+            };
+            InterfaceSysctl::new(family, table, name, v).map_err(|e| refuse(&format!(" ({e})")))
+        })
+        .collect()
+}
 
 /// The typed options of an endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,9 +115,40 @@ impl EndpointOptions {
         self
     }
 
+    /// The interface name asked for with [`KEY_ENDPOINT_IFNAME`], checked as the kernel
+    /// checks names (1 to 15 bytes, no '/', ':' or whitespace).
+    pub fn interface_name(&self) -> Result<Option<IfName>, CoreError> {
+        self.driver_options
+            .get(KEY_ENDPOINT_IFNAME)
+            .map(|v| {
+                IfName::new(v.as_str())
+                    .map_err(|e| CoreError::invalid(KEY_ENDPOINT_IFNAME, v, e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The interface's sysctls asked for with [`KEY_ENDPOINT_SYSCTLS`].
+    pub fn interface_sysctls(&self) -> Result<Vec<InterfaceSysctl>, CoreError> {
+        match self.driver_options.get(KEY_ENDPOINT_SYSCTLS) {
+            Some(v) => parse_endpoint_sysctls(v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The driver options a driver gets: the keys core owns left out.
+    pub fn options_for_driver(&self) -> DriverOptions {
+        let mut o = self.driver_options.clone();
+        for key in CORE_KEYS {
+            o.remove(key);
+        }
+        o
+    }
+
     /// Checks what the public fields can get wrong: a multicast MAC, malformed names, port
-    /// bindings whose ranges differ in size.
+    /// bindings whose ranges differ in size, the interface name and sysctls core owns.
     pub fn validate(&self) -> Result<(), CoreError> {
+        self.interface_name()?;
+        self.interface_sysctls()?;
         if let Some(mac) = self.mac
             && (mac.is_multicast() || mac.octets() == [0; 6])
         {
@@ -184,6 +265,66 @@ impl TryFrom<RawEndpointOptions> for EndpointOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_sysctls_parse_as_dockerd_checks_them() {
+        let got = parse_endpoint_sysctls(
+            "net.ipv4.conf.IFNAME.log_martians=1,net.ipv6.conf.ifname.accept_ra=2",
+        )
+        .unwrap();
+        assert_eq!(
+            got.iter().map(|s| s.key("eth1")).collect::<Vec<_>>(),
+            [
+                "net/ipv4/conf/eth1/log_martians",
+                "net/ipv6/conf/eth1/accept_ra"
+            ]
+        );
+        assert_eq!(got[1].value(), "2");
+        for bad in [
+            "",
+            "net.ipv4.ip_forward=1",
+            "net.core.conf.IFNAME.x=1",
+            "kernel.ipv4.conf.IFNAME.x=1",
+            "net.ipv4.conf.eth0.forwarding=1",
+            "net.ipv4.conf.IFNAME.forwarding",
+            "net.ipv4.conf.IFNAME.a.b=1",
+            "net.ipv4.conf.IFNAME.log_martians=1,net.ipv4.ip_forward=1",
+        ] {
+            let e = parse_endpoint_sysctls(bad).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(KEY_ENDPOINT_SYSCTLS), "{text}");
+            assert!(
+                text.contains("unrecognised network interface sysctl"),
+                "{text}"
+            );
+            assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn core_keys_are_checked_and_left_out_for_the_driver() {
+        let mut o = EndpointOptions::default();
+        o.driver_options
+            .insert(KEY_ENDPOINT_IFNAME.into(), "lan0".into());
+        o.driver_options.insert(
+            KEY_ENDPOINT_SYSCTLS.into(),
+            "net.ipv4.conf.IFNAME.forwarding=1".into(),
+        );
+        o.driver_options
+            .insert("com.example.kept".into(), "x".into());
+        o.validate().unwrap();
+        assert_eq!(o.interface_name().unwrap().unwrap().as_str(), "lan0");
+        assert_eq!(
+            o.options_for_driver().keys().collect::<Vec<_>>(),
+            ["com.example.kept"]
+        );
+        for bad in ["", "a/b", "has space", "sixteen-bytes-xx", "x:1"] {
+            o.driver_options
+                .insert(KEY_ENDPOINT_IFNAME.into(), bad.into());
+            let e = o.validate().unwrap_err().to_string();
+            assert!(e.contains(KEY_ENDPOINT_IFNAME), "{e}");
+        }
+    }
 
     #[test]
     fn docker_json_parses() {

@@ -14,7 +14,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub use endpoint::{EndpointOptions, ExposedPort, RawEndpointIpam, RawEndpointOptions};
+pub use endpoint::{
+    EndpointOptions, ExposedPort, KEY_ENDPOINT_IFNAME, KEY_ENDPOINT_SYSCTLS, RawEndpointIpam,
+    RawEndpointOptions, parse_endpoint_sysctls,
+};
 pub use join::{JoinOption, JoinOptions, RawJoinOptions};
 pub use network::{
     KEY_ALLOW_HOST_OVERLAP, KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, MAX_MTU, MIN_MTU_V4, MIN_MTU_V6,

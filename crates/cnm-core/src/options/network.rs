@@ -51,17 +51,42 @@ pub struct PoolConfig {
     ip_range: Option<IpNet>,
     gateway: Option<IpAddr>,
     aux_addresses: BTreeMap<String, IpAddr>,
+    /// The subnet as the user wrote it, when that had host bits set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    as_given: Option<IpNet>,
 }
 
 impl PoolConfig {
-    /// A pool for `subnet`; host bits are cleared (`10.1.0.7/24` means `10.1.0.0/24`).
+    /// A pool for `subnet`; host bits are cleared (`10.1.0.7/24` means `10.1.0.0/24`), and
+    /// the subnet as written is kept for display ([`PoolConfig::subnet_as_given`]).
     pub fn new(subnet: IpNet) -> Self {
         Self {
             subnet: subnet.trunc(),
             ip_range: None,
             gateway: None,
             aux_addresses: BTreeMap::new(),
+            as_given: (subnet.trunc() != subnet).then_some(subnet),
         }
+    }
+
+    /// Notes that the user wrote the subnet as `given` (`10.12.0.1/24` for `10.12.0.0/24`):
+    /// Docker accepts such a subnet and shows it as written, while the network is the
+    /// subnet's. Refused when `given` is not this pool's subnet with host bits.
+    pub fn written_as(mut self, given: IpNet) -> Result<Self, CoreError> {
+        if given.trunc() != self.subnet {
+            return Err(CoreError::invalid(
+                "subnet",
+                given,
+                format!("it is not subnet {} as written", self.subnet),
+            ));
+        }
+        self.as_given = (given != self.subnet).then_some(given);
+        Ok(self)
+    }
+
+    /// The subnet as the user wrote it (host bits and all); [`PoolConfig::subnet`] otherwise.
+    pub fn subnet_as_given(&self) -> IpNet {
+        self.as_given.unwrap_or(self.subnet)
     }
 
     /// Restricts dynamic allocation to `range`, which must lie inside the subnet.

@@ -43,8 +43,8 @@ fn subnet_opts(subnet: &str) -> Result<NetworkOptions> {
 }
 
 #[test]
-fn builtin_drivers_are_bridge_and_null() {
-    assert_eq!(cnm::builtin_drivers(), ["bridge", "null"]);
+fn builtin_drivers_are_bridge_null_and_overlay() {
+    assert_eq!(cnm::builtin_drivers(), ["bridge", "null", "overlay"]);
 }
 
 #[tokio::test]

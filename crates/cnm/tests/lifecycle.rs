@@ -52,7 +52,7 @@ fn builtin_drivers_are_bridge_null_and_overlay() {
 async fn seed_life_cycle_with_bridge() -> Result<()> {
     let host = TestHost::new().await?;
     let ctl = controller(&host).await?;
-    assert_eq!(ctl.drivers(), ["bridge", "null"]);
+    assert_eq!(ctl.drivers(), ["bridge", "null", "overlay"]);
     let host_links_before = link_names(host.netlink()).await?;
 
     let network = ctl

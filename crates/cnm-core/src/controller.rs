@@ -53,6 +53,8 @@ pub struct ControllerBuilder {
     resolv_conf: PathBuf,
     store: Option<Arc<dyn Store>>,
     cluster_store: Option<Arc<dyn Store>>,
+    advertise_addr: Option<std::net::IpAddr>,
+    lease_ttl: std::time::Duration,
     ipam: Option<Arc<dyn Ipam>>,
     builtin_drivers: bool,
     drivers: Vec<(String, Factory)>,
@@ -70,6 +72,8 @@ impl fmt::Debug for ControllerBuilder {
             .field("resolv_conf", &self.resolv_conf)
             .field("store", &self.store)
             .field("cluster_store", &self.cluster_store)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("lease_ttl", &self.lease_ttl)
             .field("ipam", &self.ipam)
             .field("builtin_drivers", &self.builtin_drivers)
             .field("resolver", &self.resolver)
@@ -132,6 +136,21 @@ impl ControllerBuilder {
     /// it.
     pub fn cluster_store(mut self, store: Arc<dyn Store>) -> Self {
         self.cluster_store = Some(store);
+        self
+    }
+
+    /// This host's address on the cluster's underlay, as the other hosts reach it (cnmd's
+    /// `--advertise-addr`): an overlay network's tunnel endpoint (VTEP) here.
+    pub fn advertise_addr(mut self, addr: std::net::IpAddr) -> Self {
+        self.advertise_addr = Some(addr);
+        self
+    }
+
+    /// The TTL of the lease under which this host's per-endpoint facts live in the cluster
+    /// store (default [`DEFAULT_LEASE_TTL`](crate::spi::DEFAULT_LEASE_TTL), 15 s): when this
+    /// host dies, the other hosts drop its endpoints within it.
+    pub fn cluster_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.lease_ttl = ttl;
         self
     }
 
@@ -227,7 +246,8 @@ impl ControllerBuilder {
             self.state_dir.clone(),
         )
         .with_firewall(firewall.clone())
-        .with_stores(store.clone(), self.cluster_store.clone(), host_id.clone());
+        .with_stores(store.clone(), self.cluster_store.clone(), host_id.clone())
+        .with_cluster(self.advertise_addr, self.lease_ttl);
         let mut factories: Vec<(String, Factory)> = Vec::new();
         if self.builtin_drivers {
             for reg in inventory::iter::<DriverRegistration> {
@@ -402,6 +422,8 @@ impl Controller {
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             store: None,
             cluster_store: None,
+            advertise_addr: None,
+            lease_ttl: crate::spi::DEFAULT_LEASE_TTL,
             ipam: None,
             builtin_drivers: true,
             drivers: Vec::new(),

@@ -203,7 +203,9 @@ pub enum CoreError {
     /// A global-scope network needs a cluster store, and the controller has none
     /// ([`ControllerBuilder::cluster_store`](crate::ControllerBuilder::cluster_store)).
     #[error(
-        "network {network}: driver {driver} has global scope, and this controller has no cluster store"
+        "network {network}: driver {driver} has global scope and needs a cluster store, which this \
+         host has not joined (cnmd --cluster-store etcd://HOST:PORT, or \
+         ControllerBuilder::cluster_store)"
     )]
     NoClusterStore {
         /// The network's name.

@@ -9,18 +9,25 @@
 //! list-then-watch-from hand-over, so nothing is missed between the two. The controller
 //! withdraws an endpoint's fact when it deletes the endpoint.
 //!
-//! Facts are written without a lease for now: a host that dies leaves its facts behind until
-//! its endpoints are deleted. The overlay issue puts them under a per-host lease, so the
-//! store removes a dead host's facts and every watcher sees them go.
+//! Facts live under a lease of their host (one per driver, granted at the first publish, TTL
+//! [`DriverContext::lease_ttl`](crate::spi::DriverContext::lease_ttl), 15 s by default), kept
+//! alive in the background: a host that dies stops renewing it, the store deletes its facts
+//! when it expires, and every watcher sees them go ([`FactEvent::Removed`]). A host whose lease
+//! was lost while it lived (the store was unreachable for a whole TTL) takes a new one and
+//! writes its facts again.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use cnm_types::ErrorKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::spi::DriverError;
-use crate::store::{Expect, ScopedStore, StoreError, Watch, WatchEvent};
+use crate::store::{
+    Expect, LeaseId, LeaseKeeper, ScopedStore, Store, StoreError, Txn, Watch, WatchEvent,
+};
 
 /// The relative key of a fact.
 fn key(network_id: &str, endpoint_id: &str) -> String {
@@ -90,6 +97,135 @@ pub enum FactEvent {
 pub struct Facts {
     store: ScopedStore,
     host: String,
+    lease: Arc<HostLease>,
+}
+
+/// The lease a driver's facts live under on this host, shared by every [`Facts`] of one
+/// driver context. No lease exists until the first publish.
+#[derive(Debug)]
+pub(crate) struct HostLease {
+    /// The cluster store itself (the keeper renews through it).
+    raw: Option<Arc<dyn Store>>,
+    /// The driver's handle on it, which grants the lease and so may write under it (every
+    /// [`Facts`] of the driver writes through a clone of it).
+    scoped: Option<ScopedStore>,
+    ttl: Duration,
+    state: tokio::sync::Mutex<LeaseState>,
+    /// Renews the lease, and takes a new one when it is lost.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    lease: Option<LeaseId>,
+    /// What this host published, by relative key: written again under a new lease.
+    published: BTreeMap<String, Vec<u8>>,
+}
+
+impl HostLease {
+    pub(crate) fn new(
+        raw: Option<Arc<dyn Store>>,
+        scoped: Option<ScopedStore>,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            raw,
+            scoped,
+            ttl,
+            state: tokio::sync::Mutex::default(),
+            task: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The lease to write under, granted (and kept alive from now on) if there is none.
+    async fn current(self: &Arc<Self>, store: &ScopedStore) -> Result<LeaseId, StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(lease) = state.lease {
+            return Ok(lease);
+        }
+        let keeper = self.grant(store, &mut state).await?;
+        let lease = keeper.lease().id;
+        let task = tokio::spawn(renew(Arc::downgrade(self), store.clone(), keeper));
+        if let Some(old) = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task)
+        {
+            old.abort();
+        }
+        Ok(lease)
+    }
+
+    /// Grants a lease, writes every published fact under it, and starts renewing it.
+    async fn grant(
+        &self,
+        store: &ScopedStore,
+        state: &mut LeaseState,
+    ) -> Result<LeaseKeeper, StoreError> {
+        let raw = self
+            .raw
+            .clone()
+            .ok_or_else(|| StoreError::unsupported("none", "facts without a cluster store"))?;
+        let lease = store.grant_lease(self.ttl).await?;
+        for (key, value) in &state.published {
+            store
+                .commit(Txn::new().put_leased(key, value.clone(), Expect::Any, lease.id))
+                .await?;
+        }
+        state.lease = Some(lease.id);
+        Ok(LeaseKeeper::spawn(raw, lease))
+    }
+
+    /// Forgets a lease the store refused (it expired before the keeper noticed).
+    async fn lost(&self, lease: LeaseId) {
+        let mut state = self.state.lock().await;
+        if state.lease == Some(lease) {
+            state.lease = None;
+        }
+    }
+}
+
+impl Drop for HostLease {
+    fn drop(&mut self) {
+        // Renewals stop: the lease expires after its TTL, as a crashed host's would.
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Renews the lease; when it is lost, takes a new one (retrying every tenth of the TTL while
+/// the store cannot grant one) and writes this host's facts again under it.
+async fn renew(host: Weak<HostLease>, store: ScopedStore, mut keeper: LeaseKeeper) {
+    loop {
+        let why = keeper.lost().await;
+        tracing::warn!(error = %why, "facts lease lost; taking a new one");
+        loop {
+            let Some(lease) = host.upgrade() else { return };
+            let mut state = lease.state.lock().await;
+            state.lease = None;
+            match lease.grant(&store, &mut state).await {
+                Ok(k) => {
+                    tracing::info!(lease = %k.lease().id, facts = state.published.len(), "facts written again under a new lease");
+                    keeper = k;
+                    break;
+                }
+                Err(e) => {
+                    let retry = lease.ttl / 10;
+                    drop(state);
+                    drop(lease);
+                    tracing::warn!(error = %e, "cannot take a new facts lease yet");
+                    tokio::time::sleep(retry).await;
+                }
+            }
+        }
+    }
 }
 
 fn driver_error(store: &ScopedStore, e: StoreError) -> DriverError {
@@ -102,8 +238,11 @@ fn driver_error(store: &ScopedStore, e: StoreError) -> DriverError {
 }
 
 impl Facts {
-    pub(crate) fn new(store: ScopedStore, host: String) -> Self {
-        Self { store, host }
+    /// The facts of a driver: `store` is its handle on the cluster store, used when the lease
+    /// has none of its own (a context not bound through `for_driver`).
+    pub(crate) fn new(store: ScopedStore, host: String, lease: Arc<HostLease>) -> Self {
+        let store = lease.scoped.clone().unwrap_or(store);
+        Self { store, host, lease }
     }
 
     /// This host's id, which its facts carry.
@@ -111,7 +250,8 @@ impl Facts {
         &self.host
     }
 
-    /// Publishes (or replaces) the fact of one of this host's endpoints.
+    /// Publishes (or replaces) the fact of one of this host's endpoints, under this host's
+    /// lease (see the module's documentation).
     pub async fn publish<T: Serialize>(
         &self,
         network_id: &str,
@@ -126,19 +266,48 @@ impl Facts {
         };
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| DriverError::new(self.driver(), ErrorKind::Internal, e))?;
-        self.store
-            .put(&key(network_id, endpoint_id), bytes, Expect::Any)
+        let key = key(network_id, endpoint_id);
+        // Remembered first: a new lease taken meanwhile writes it too.
+        self.lease
+            .state
+            .lock()
             .await
-            .map(drop)
-            .map_err(|e| driver_error(&self.store, e))
+            .published
+            .insert(key.clone(), bytes.clone());
+        let mut attempts = 0;
+        loop {
+            let lease = self
+                .lease
+                .current(&self.store)
+                .await
+                .map_err(|e| driver_error(&self.store, e))?;
+            let put = Txn::new().put_leased(&key, bytes.clone(), Expect::Any, lease);
+            match self.store.commit(put).await {
+                Ok(_) => return Ok(()),
+                // Expired before the keeper noticed: once more under a new one.
+                Err(StoreError::LeaseNotFound { .. }) if attempts == 0 => {
+                    attempts += 1;
+                    self.lease.lost(lease).await;
+                }
+                Err(e) => return Err(driver_error(&self.store, e)),
+            }
+        }
     }
 
     /// Withdraws an endpoint's fact (nothing if there is none).
     pub async fn withdraw(&self, network_id: &str, endpoint_id: &str) -> Result<(), DriverError> {
+        let key = key(network_id, endpoint_id);
+        self.lease.state.lock().await.published.remove(&key);
         self.store
-            .delete(&key(network_id, endpoint_id), Expect::Any)
+            .delete(&key, Expect::Any)
             .await
             .map_err(|e| driver_error(&self.store, e))
+    }
+
+    /// The lease this host's facts live under now, if one was granted (tests revoke it to
+    /// play an expiry).
+    pub async fn lease(&self) -> Option<LeaseId> {
+        self.lease.state.lock().await.lease
     }
 
     /// Every fact of a network, this host's included.

@@ -21,6 +21,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cnm_sandbox::{NetNs, Netlink};
@@ -243,7 +244,16 @@ pub struct DriverContext {
     local_store: Arc<dyn Store>,
     /// The store shared by every host, if the controller has one.
     cluster_store: Option<Arc<dyn Store>>,
+    /// This host's address on the underlay, as other hosts reach it.
+    advertise_addr: Option<IpAddr>,
+    /// The TTL of the lease a driver's facts live under.
+    lease_ttl: Duration,
+    /// That lease, shared by every [`Facts`] of the driver this context is bound to.
+    facts_lease: Arc<crate::facts::HostLease>,
 }
+
+/// The default TTL of a host's facts lease: a dead host's facts go within it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 impl DriverContext {
     /// Builds a context (the controller does this; tests of a driver may too). It gets a
@@ -267,7 +277,30 @@ impl DriverContext {
             host_id: String::new(),
             local_store: Arc::new(MemoryStore::new()),
             cluster_store: None,
+            advertise_addr: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            facts_lease: crate::facts::HostLease::new(None, None, DEFAULT_LEASE_TTL),
         }
+    }
+
+    /// This host's place in the cluster: the address other hosts reach it at on the underlay
+    /// (`--advertise-addr`; an overlay's VTEP), and the TTL of the lease its facts live under
+    /// (default [`DEFAULT_LEASE_TTL`]).
+    pub fn with_cluster(mut self, advertise_addr: Option<IpAddr>, lease_ttl: Duration) -> Self {
+        self.advertise_addr = advertise_addr;
+        self.lease_ttl = lease_ttl;
+        self
+    }
+
+    /// This host's address on the underlay, as the other hosts of the cluster reach it
+    /// (`ControllerBuilder::advertise_addr`), if one was given.
+    pub fn advertise_addr(&self) -> Option<IpAddr> {
+        self.advertise_addr
+    }
+
+    /// The TTL of the lease this host's facts live under.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
     }
 
     /// Uses `firewall` as the host namespace's firewall (there must be one per namespace).
@@ -295,6 +328,13 @@ impl DriverContext {
     pub fn for_driver(&self, name: &str) -> Self {
         Self {
             driver: name.to_owned(),
+            facts_lease: crate::facts::HostLease::new(
+                self.cluster_store.clone(),
+                self.cluster_store
+                    .clone()
+                    .and_then(|s| ScopedStore::new(s, driver_prefix(name)).ok()),
+                self.lease_ttl,
+            ),
             ..self.clone()
         }
     }
@@ -346,9 +386,14 @@ impl DriverContext {
     }
 
     /// The driver's per-endpoint facts, shared with every host through the cluster store
-    /// (see [`Facts`]). Refused (`Unsupported`) without a cluster store.
+    /// (see [`Facts`]), under one lease of this host per driver context. Refused
+    /// (`Unsupported`) without a cluster store.
     pub fn facts(&self) -> Result<Facts, DriverError> {
-        Ok(Facts::new(self.store(Scope::Global)?, self.host_id.clone()))
+        Ok(Facts::new(
+            self.store(Scope::Global)?,
+            self.host_id.clone(),
+            self.facts_lease.clone(),
+        ))
     }
 
     /// The host namespace's one firewall, shared by every driver of the controller. A driver

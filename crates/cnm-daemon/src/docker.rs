@@ -240,7 +240,7 @@ pub(crate) async fn list(
             && f.any("driver", |v| net.driver() == v)
             && f.labels_match("label", &net.options().labels)
             && f.any("type", |v| (v == "builtin") == predefined)
-            && f.any("scope", |v| v == "local")
+            && f.any("scope", |v| v == net.scope().to_string())
             && dangling.is_none_or(|d| d == (!predefined && net.endpoints().is_empty()));
         if keep {
             let shape = shape(v, !v.at_least(1, 28));

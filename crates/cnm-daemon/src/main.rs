@@ -69,6 +69,19 @@ struct Args {
     /// The directory of the --docker-plugin socket.
     #[arg(long, value_name = "DIR", default_value = cnm_daemon::plugin::DEFAULT_PLUGIN_DIR)]
     docker_plugin_dir: PathBuf,
+    /// Join a cluster: the etcd store every host shares (etcd://HOST:PORT[,HOST:PORT…]),
+    /// where global (overlay) networks live. Unreachable at start: cnmd starts with local
+    /// networks only, and says so.
+    #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT…]")]
+    cluster_store: Option<cnm_store::EtcdEndpoints>,
+    /// This host's address on the cluster's underlay, as the other hosts reach it (the VTEP
+    /// of its overlay networks). Required with --cluster-store.
+    #[arg(long, value_name = "ADDR")]
+    advertise_addr: Option<std::net::IpAddr>,
+    /// Seconds of the lease this host's endpoints live under in the cluster store: when this
+    /// host dies, the other hosts drop its endpoints within it.
+    #[arg(long, default_value_t = 15.0)]
+    cluster_lease_ttl: f64,
 }
 
 /// Docker's plugin directories: sockets in the first, spec files in the others (each is
@@ -130,6 +143,17 @@ async fn main() -> anyhow::Result<()> {
         name,
         dir: args.docker_plugin_dir,
     });
+    config.cluster_store = args.cluster_store;
+    config.advertise_addr = args.advertise_addr;
+    config.cluster_lease_ttl = Duration::try_from_secs_f64(args.cluster_lease_ttl)
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(1))
+        .with_context(|| {
+            format!(
+                "invalid --cluster-lease-ttl {}: must be at least 1 second",
+                args.cluster_lease_ttl
+            )
+        })?;
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let shutdown = async move {

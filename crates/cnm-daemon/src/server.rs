@@ -134,6 +134,14 @@ pub struct Config {
     /// Serve cnm's drivers and IPAM to dockerd as a Docker plugin on `DIR/NAME.sock` (cnmd's
     /// `--docker-plugin NAME`, `--docker-plugin-dir DIR`). None (the default): not served.
     pub docker_plugin: Option<crate::plugin::DockerPluginConfig>,
+    /// The cluster store every host shares (`--cluster-store etcd://HOST:PORT[,HOST:PORT…]`),
+    /// where global (overlay) networks live. None (the default): local networks only.
+    pub cluster_store: Option<cnm_store::EtcdEndpoints>,
+    /// This host's address on the cluster's underlay (`--advertise-addr`): its overlay VTEP.
+    pub advertise_addr: Option<std::net::IpAddr>,
+    /// The TTL of the lease this host's per-endpoint facts live under (`--cluster-lease-ttl`):
+    /// when this host dies the others drop its endpoints within it.
+    pub cluster_lease_ttl: Duration,
 }
 
 impl Default for Config {
@@ -153,6 +161,9 @@ impl Default for Config {
             ip_forward_no_drop: false,
             plugins: None,
             docker_plugin: None,
+            cluster_store: None,
+            advertise_addr: None,
+            cluster_lease_ttl: cnm::spi::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -784,6 +795,13 @@ impl Daemon {
         if let Some(rc) = &config.resolv_conf {
             builder = builder.resolv_conf(rc);
         }
+        if let Some(cluster) = connect_cluster(&config).await? {
+            builder = builder.cluster_store(cluster);
+        }
+        if let Some(addr) = config.advertise_addr {
+            builder = builder.advertise_addr(addr);
+        }
+        builder = builder.cluster_lease_ttl(config.cluster_lease_ttl);
         // Plugins are found before the reload too: a recorded network of a plugin's driver
         // comes back once its plugin answers.
         if let Some(plugins) = &config.plugins {
@@ -998,6 +1016,40 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let daemon = Daemon::start(config).await?;
     shutdown.await;
     daemon.stop().await
+}
+
+/// Connects to the cluster store, if one is configured. An unreachable store is logged as an
+/// error and cnmd starts without it: local networks work, and a global network is refused
+/// (naming `--cluster-store`) until cnmd is restarted with the store reachable.
+async fn connect_cluster(config: &Config) -> Result<Option<Arc<dyn Store>>, DaemonError> {
+    let Some(endpoints) = &config.cluster_store else {
+        if config.advertise_addr.is_some() {
+            tracing::warn!("--advertise-addr without --cluster-store: no cluster to advertise to");
+        }
+        return Ok(None);
+    };
+    if config.advertise_addr.is_none() {
+        return Err(DaemonError::Config {
+            field: "--advertise-addr",
+            reason: "a host of a cluster (--cluster-store) needs the address the other hosts \
+                     reach it at on the underlay"
+                .to_owned(),
+        });
+    }
+    match cnm_store::EtcdStore::connect(cnm_store::EtcdConfig::new(endpoints.clone())).await {
+        Ok(store) => {
+            tracing::info!(store = %endpoints.urls().join(","), "joined the cluster store");
+            Ok(Some(Arc::new(store)))
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "the cluster store is unreachable: starting without it; local networks work, \
+                 global (overlay) networks are refused until cnmd restarts with it reachable"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Whether `net` is one of Docker's predefined networks (never deleted, never pruned).

@@ -106,7 +106,7 @@ pub async fn network(
         name: net.name().to_owned(),
         id: net.id().to_owned(),
         created,
-        scope: "local".to_owned(),
+        scope: net.scope().to_string(),
         driver: net.driver().to_owned(),
         enable_ipv4: shape.enable_ipv4.then_some(opts.enable_ipv4),
         enable_ipv6: opts.enable_ipv6,

@@ -21,7 +21,7 @@ async fn cnm_api_sandboxes_connect_with_ports() -> Result<()> {
 
     let info = api.expect("GET", "/cnm/v1/info", None, 200).await?;
     ensure!(
-        info["Store"] == "redb" && info["Drivers"] == json!(["bridge", "null"]),
+        info["Store"] == "redb" && info["Drivers"] == json!(["bridge", "null", "overlay"]),
         "{info}"
     );
     ensure!(

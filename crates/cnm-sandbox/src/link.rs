@@ -55,6 +55,9 @@ pub enum LinkKind {
         port: u16,
         /// Whether the device learns remote MACs from traffic.
         learning: bool,
+        /// Whether the device answers ARP and neighbour solicitations itself from its
+        /// neighbour table (`proxy`): with static entries, no ARP request crosses the tunnel.
+        proxy: bool,
         /// Index of the underlay device.
         parent: Option<u32>,
     },
@@ -228,6 +231,7 @@ mod tests {
                 group: None,
                 port: 4789,
                 learning: false,
+                proxy: false,
                 parent: None,
             },
         );

@@ -923,6 +923,7 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
             group,
             port,
             learning,
+            proxy,
             parent,
         } => {
             let mut data = vec![InfoVxlan::Id(*vni)];
@@ -941,6 +942,7 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
             }
             data.push(InfoVxlan::Port(*port));
             data.push(InfoVxlan::Learning(*learning));
+            data.push(InfoVxlan::Proxy(*proxy));
             (InfoKind::Vxlan, Some(InfoData::Vxlan(data)))
         }
         LinkKind::Macvlan { parent, mode } => {

@@ -392,6 +392,7 @@ async fn vxlan_and_macvlan_created_and_deleted() -> Result<()> {
             group: None,
             port: 4789,
             learning: false,
+            proxy: false,
             parent: Some(under.index),
         },
     ))
@@ -499,6 +500,7 @@ async fn neighbour_and_fdb_entries() -> Result<()> {
                 group: None,
                 port: 4789,
                 learning: false,
+                proxy: true,
                 parent: Some(d0.index),
             },
         )

@@ -1,7 +1,7 @@
 //! cnm: the Container Network Model (Docker's libnetwork) in Rust. This facade re-exports the
 //! core's public API and links the built-in drivers selected by cargo features.
 //!
-//! **Owns**: which built-in drivers a program gets (`bridge`, `null`; both on by default), and
+//! **Owns**: which built-in drivers a program gets (`bridge`, `null`, `overlay`; all on by default), and
 //! its default store: `cnm-store`'s embedded, crash-safe store in the state dir (linked here, so
 //! `Controller::builder().build()` persists and reloads its state, and takes the state dir's lock).
 //! **Does not**: implement anything itself; see `cnm-core` and the `cnm-driver-*` crates.
@@ -59,6 +59,8 @@ pub use cnm_core::*;
 use cnm_driver_bridge as _;
 #[cfg(feature = "null")]
 use cnm_driver_null as _;
+#[cfg(feature = "overlay")]
+use cnm_driver_overlay as _;
 // The embedded store registers itself as the controller's default store (see
 // `cnm_core::store::DefaultStore`); re-exported for the daemon and for tests.
 pub use cnm_store;

@@ -43,8 +43,8 @@ fn subnet_opts(subnet: &str) -> Result<NetworkOptions> {
 }
 
 #[test]
-fn builtin_drivers_are_bridge_and_null() {
-    assert_eq!(cnm::builtin_drivers(), ["bridge", "null"]);
+fn builtin_drivers_are_bridge_null_and_overlay() {
+    assert_eq!(cnm::builtin_drivers(), ["bridge", "null", "overlay"]);
 }
 
 #[tokio::test]
@@ -52,7 +52,7 @@ fn builtin_drivers_are_bridge_and_null() {
 async fn seed_life_cycle_with_bridge() -> Result<()> {
     let host = TestHost::new().await?;
     let ctl = controller(&host).await?;
-    assert_eq!(ctl.drivers(), ["bridge", "null"]);
+    assert_eq!(ctl.drivers(), ["bridge", "null", "overlay"]);
     let host_links_before = link_names(host.netlink()).await?;
 
     let network = ctl

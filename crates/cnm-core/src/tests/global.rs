@@ -127,6 +127,10 @@ struct Host {
 }
 
 async fn host(cluster: &Arc<MemoryStore>) -> Host {
+    host_with_ttl(cluster, DEFAULT_LEASE_TTL).await
+}
+
+async fn host_with_ttl(cluster: &Arc<MemoryStore>, ttl: Duration) -> Host {
     let kernel = FakeKernel::new().expect("a fake kernel");
     kernel.put_file(std::path::Path::new(RESOLV), "nameserver 192.0.2.53\n");
     let local = Arc::new(MemoryStore::new());
@@ -136,6 +140,7 @@ async fn host(cluster: &Arc<MemoryStore>) -> Host {
     let fake = Arc::new(FakeDriver::new("fake", Some(kernel.clone())));
     let ctl = builder(&kernel, &fake, &local, run.path())
         .cluster_store(cluster.clone())
+        .cluster_lease_ttl(ttl)
         .driver("overlay", move |ctx| {
             let d = Arc::new(Overlay {
                 fake: FakeDriver::new("overlay", Some(k)).with_capability(Overlay::capability()),
@@ -360,6 +365,48 @@ async fn facts_of_one_host_reach_the_other_and_go_with_their_endpoint() {
         matches!(next(&mut w).await, FactEvent::Removed { endpoint_id, .. } if endpoint_id == late.id())
     );
     assert!(facts_b.list(g.id()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn facts_live_under_the_hosts_lease_taken_again_when_lost_and_gone_when_it_dies() {
+    let cluster = Arc::new(MemoryStore::cluster());
+    let a = host_with_ttl(&cluster, Duration::from_millis(600)).await;
+    let b = host(&cluster).await;
+    let g = a.ctl.new_network("overlay", "g", overlay()).await.unwrap();
+    b.ctl.sync_cluster().await.unwrap();
+    let ep = g.create_endpoint("e", ep_opts()).await.unwrap();
+    let mut w = b.overlay.ctx.facts().unwrap().watch(g.id()).await.unwrap();
+    assert!(matches!(next(&mut w).await, FactEvent::Added(f) if f.endpoint_id == ep.id()));
+
+    // The lease lost while the host lives (expired, revoked): its fact goes, and comes back
+    // under a new lease.
+    let facts_a = a.overlay.ctx.facts().unwrap();
+    let lease = facts_a
+        .lease()
+        .await
+        .expect("a lease since the first publish");
+    cluster.revoke_lease(lease).await.unwrap();
+    assert!(
+        matches!(next(&mut w).await, FactEvent::Removed { endpoint_id, .. } if endpoint_id == ep.id())
+    );
+    assert!(matches!(next(&mut w).await, FactEvent::Added(f) if f.endpoint_id == ep.id()));
+    let renewed = facts_a.lease().await.unwrap();
+    assert_ne!(renewed, lease);
+    // Kept alive: still there after several TTLs.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(facts_a.list(g.id()).await.unwrap().len(), 1);
+
+    // The host dies (nothing renews its lease any more): within the TTL its fact is gone.
+    drop((facts_a, ep, g));
+    a.ctl.shutdown().await.unwrap();
+    drop(a);
+    let gone = tokio::time::Instant::now();
+    assert!(matches!(next(&mut w).await, FactEvent::Removed { .. }));
+    assert!(
+        gone.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        gone.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,181 @@
+//! The one error type of the overlay driver.
+
+use cnm_core::spi::DriverError;
+use cnm_core::store::StoreError;
+use cnm_core::undo::Cleanup;
+use cnm_sandbox::SandboxError;
+use cnm_types::ErrorKind;
+
+/// Everything the overlay driver can fail with; each variant names what was done to which
+/// object and keeps the cause as its source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverlayError {
+    /// An option key the overlay driver does not know.
+    #[error("unknown overlay network option {key:?}")]
+    UnknownOption {
+        /// The key as given.
+        key: String,
+    },
+    /// An option (or allocation) with a value that cannot be used.
+    #[error("invalid value {value:?} for overlay option {key:?}: {reason}")]
+    InvalidOption {
+        /// The key.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// This host has no advertise address, so no tunnel endpoint.
+    #[error(
+        "an overlay network needs this host's address on the underlay: start cnmd with \
+         --advertise-addr ADDR (ControllerBuilder::advertise_addr)"
+    )]
+    NoAdvertiseAddr,
+    /// The advertise address is on no interface of the host namespace.
+    #[error("the advertise address {0} is on no interface of the host namespace")]
+    AdvertiseAddrNotFound(std::net::IpAddr),
+    /// The VNI the user asked for belongs to another network.
+    #[error("VXLAN id {vni} is already taken by network {owner}")]
+    VniTaken {
+        /// The VNI.
+        vni: u32,
+        /// The network holding it.
+        owner: String,
+    },
+    /// A network id that this driver does not know.
+    #[error("overlay network {0} not found")]
+    NetworkNotFound(String),
+    /// An endpoint id that this driver does not know.
+    #[error("endpoint {endpoint} not found on overlay network {network}")]
+    EndpointNotFound {
+        /// The network id.
+        network: String,
+        /// The endpoint id.
+        endpoint: String,
+    },
+    /// The operation conflicts with the current state.
+    #[error("cannot {op} {object}: {reason}")]
+    Conflict {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        object: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A kernel operation failed.
+    #[error("failed to {op} {object}: {source}")]
+    Kernel {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        object: String,
+        /// The cause.
+        #[source]
+        source: SandboxError,
+    },
+    /// The cluster store failed.
+    #[error("failed to {op} {key} in the cluster store: {source}")]
+    Store {
+        /// What was attempted.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// Core refused a request of the driver (no cluster store, facts).
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// A failure, and what failed while undoing it.
+    #[error("{source} (and while undoing it: {})", list(.cleanup))]
+    WithCleanup {
+        /// The first failure.
+        #[source]
+        source: Box<OverlayError>,
+        /// What failed while undoing.
+        cleanup: Vec<OverlayError>,
+    },
+}
+
+fn list(errors: &[OverlayError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl OverlayError {
+    pub(crate) fn kernel(
+        op: &'static str,
+        object: impl Into<String>,
+        source: SandboxError,
+    ) -> Self {
+        Self::Kernel {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn store(op: &'static str, key: impl Into<String>, source: StoreError) -> Self {
+        Self::Store {
+            op,
+            key: key.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidOption {
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::UnknownOption { .. } | Self::InvalidOption { .. } => ErrorKind::InvalidInput,
+            Self::NoAdvertiseAddr | Self::AdvertiseAddrNotFound(_) => ErrorKind::InvalidInput,
+            Self::VniTaken { .. } => ErrorKind::AlreadyExists,
+            Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
+            Self::Conflict { .. } => ErrorKind::Conflict,
+            Self::Kernel { source, .. } => source.kind(),
+            Self::Store { source, .. } => source.kind(),
+            Self::Driver(e) => e.kind(),
+            Self::WithCleanup { source, .. } => source.kind(),
+        }
+    }
+}
+
+impl Cleanup for OverlayError {
+    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
+        if cleanup.is_empty() {
+            self
+        } else {
+            Self::WithCleanup {
+                source: Box::new(self),
+                cleanup,
+            }
+        }
+    }
+}
+
+impl From<OverlayError> for DriverError {
+    fn from(e: OverlayError) -> Self {
+        match e {
+            OverlayError::Driver(d) => d,
+            other => DriverError::new(crate::DRIVER_NAME, other.kind(), other),
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! The overlay network driver: one network across the hosts of a cluster, as Docker's
+//! `overlay`, with etcd (the controller's cluster store) as its control plane instead of
+//! swarm's gossip.
+//!
+//! **Owns**
+//! - the network's VXLAN id (VNI), taken once for the whole cluster with a create-if-absent
+//!   key in the cluster store ([`Driver::allocate_network`]): from 4096 up, or the one asked
+//!   for with Docker's `com.docker.network.driver.overlay.vxlanid_list`; two networks never
+//!   share one;
+//! - per network on each host, a bridge (`ov-<vni>`) with a VXLAN device (`vx-<vni>`, UDP 4789
+//!   unless `com.cnm.overlay.vxlan_port` says otherwise, local address = the host's
+//!   advertise address, learning off, ARP answered from its neighbour table) enslaved to it;
+//!   MTU = the underlay's − 50 (− 70 over IPv6);
+//! - a veth per joined endpoint, its container end born inside the sandbox, its host end on
+//!   the bridge;
+//! - each joined endpoint's fact (IP, MAC, VTEP) in the cluster store, under this host's lease
+//!   ([`cnm_core::spi::Facts`]), and, per network, a task that watches the other hosts' facts
+//!   and programs a static FDB entry (`dst <vtep>`) and a neighbour entry for each of their
+//!   endpoints, removed when the fact goes (leave, delete, or the host's lease expiring). So
+//!   nothing is flooded over the underlay.
+//!
+//! **Does not**
+//! - give the network a gateway or a way out (no gateway bridge yet): sandboxes on an overlay
+//!   reach each other, not the outside;
+//! - put addresses or routes inside the sandbox (the controller does);
+//! - run any program: everything goes over netlink through `cnm-sandbox`.
+
+mod error;
+pub mod options;
+mod peers;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cnm_core::spi::{
+    Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
+    Facts, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
+    RestoredEndpoint, Scope,
+};
+use cnm_core::store::{Expect, StoreError};
+use cnm_core::undo::Undo;
+use cnm_core::{async_trait, register_driver};
+use cnm_sandbox::{LinkKind, LinkSpec, Netlink};
+use cnm_types::{IfName, MacAddress};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+pub use error::OverlayError;
+pub use options::OverlayOptions;
+use options::{Allocation, FIRST_VNI, MAX_VNI, VXLANID_LIST};
+
+/// The registered name of this driver.
+pub const DRIVER_NAME: &str = "overlay";
+
+register_driver!(DRIVER_NAME, OverlayDriver::create);
+
+/// The alias marking links this driver made: `cnm-overlay:<network or endpoint id>` (not the
+/// bridge driver's `cnm:`, so neither sweeps the other's).
+const ALIAS_PREFIX: &str = "cnm-overlay:";
+
+/// VXLAN's encapsulation over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const OVERHEAD_V4: u32 = 50;
+/// The same over IPv6 (a 40-byte outer header).
+const OVERHEAD_V6: u32 = 70;
+
+/// What a host publishes for each joined endpoint, and what the others program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFact {
+    /// The endpoint's IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The endpoint's IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The MAC of its interface.
+    pub mac: MacAddress,
+    /// The tunnel endpoint of its host (the host's advertise address).
+    pub vtep: IpAddr,
+}
+
+/// The overlay driver for one controller (one host).
+#[derive(Debug)]
+pub struct OverlayDriver {
+    ctx: DriverContext,
+    networks: Mutex<HashMap<String, Arc<Network>>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Network {
+    pub(crate) id: String,
+    pub(crate) vni: u32,
+    bridge: IfName,
+    vxlan: IfName,
+    bridge_index: u32,
+    pub(crate) vxlan_index: u32,
+    mtu: u32,
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// The other hosts' endpoints programmed here, by endpoint id (only the watch task
+    /// changes it).
+    pub(crate) peers: Mutex<HashMap<String, PeerFact>>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    ipv4: Option<Ipv4Net>,
+    ipv6: Option<Ipv6Net>,
+    mac: MacAddress,
+    /// The host end of the veth, while joined.
+    joined: Mutex<Option<IfName>>,
+}
+
+/// Locks a std mutex; every critical section is a plain map or field update.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The names of a network's links on every host: they follow from the VNI.
+fn link_names(vni: u32) -> Result<(IfName, IfName), OverlayError> {
+    let name = |n: String| {
+        IfName::new(n.clone()).map_err(|e| OverlayError::invalid("link name", n, e.to_string()))
+    };
+    Ok((
+        name(format!("ov-{vni:06x}"))?,
+        name(format!("vx-{vni:06x}"))?,
+    ))
+}
+
+fn alias(id: &str) -> String {
+    format!("{ALIAS_PREFIX}{id}")
+}
+
+/// The first 12 characters of an id, for logs and messages.
+pub(crate) fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `veth` and 7 random hex digits, as the bridge driver names host-side veths.
+fn random_veth_name() -> Result<IfName, OverlayError> {
+    let n: u32 = rand::random::<u32>() & 0x0fff_ffff;
+    let name = format!("veth{n:07x}");
+    IfName::new(name.clone()).map_err(|e| OverlayError::invalid("veth name", name, e.to_string()))
+}
+
+async fn delete_link_named(netlink: &Netlink, name: &str) -> Result<(), OverlayError> {
+    netlink
+        .delete_link_named(name)
+        .await
+        .map(drop)
+        .map_err(|e| OverlayError::kernel("delete link", name, e))
+}
+
+impl OverlayDriver {
+    /// Builds the driver for the host in `ctx` (the registration's constructor).
+    pub fn create(ctx: &DriverContext) -> Result<Arc<dyn Driver>, DriverError> {
+        Ok(Arc::new(Self::new(ctx.clone())))
+    }
+
+    /// Builds the driver.
+    pub fn new(ctx: DriverContext) -> Self {
+        Self {
+            ctx,
+            networks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn facts(&self) -> Result<Facts, OverlayError> {
+        Ok(self.ctx.facts()?)
+    }
+
+    fn vtep(&self) -> Result<IpAddr, OverlayError> {
+        self.ctx
+            .advertise_addr()
+            .ok_or(OverlayError::NoAdvertiseAddr)
+    }
+
+    fn network(&self, id: &str) -> Result<Arc<Network>, OverlayError> {
+        lock(&self.networks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| OverlayError::NetworkNotFound(id.to_owned()))
+    }
+
+    fn endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(Arc<Network>, Arc<Endpoint>), OverlayError> {
+        let net = self.network(network_id)?;
+        let ep = lock(&net.endpoints)
+            .get(endpoint_id)
+            .cloned()
+            .ok_or_else(|| OverlayError::EndpointNotFound {
+                network: network_id.to_owned(),
+                endpoint: endpoint_id.to_owned(),
+            })?;
+        Ok((net, ep))
+    }
+
+    /// Takes a VNI for a new network in the cluster store: the one asked for, or the lowest
+    /// free one from [`FIRST_VNI`]. Each is a create-if-absent key, so two hosts racing for
+    /// one never both get it.
+    async fn allocate(&self, spec: &NetworkSpec) -> Result<Allocation, OverlayError> {
+        let opts = options_of(spec)?;
+        let store = self.ctx.store(Scope::Global)?;
+        let claim = |vni: u32| {
+            let store = store.clone();
+            let id = spec.id.clone();
+            async move {
+                store
+                    .put(&format!("vni/{vni}"), id.into_bytes(), Expect::Absent)
+                    .await
+            }
+        };
+        if let Some(vni) = opts.vni {
+            return match claim(vni).await {
+                Ok(_) => Ok(Allocation {
+                    vni,
+                    port: opts.port,
+                }),
+                Err(StoreError::Conflict { .. }) => {
+                    let owner = store
+                        .get(&format!("vni/{vni}"))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|v| String::from_utf8_lossy(&v.value).into_owned())
+                        .unwrap_or_else(|| "another network".to_owned());
+                    Err(OverlayError::VniTaken { vni, owner })
+                }
+                Err(e) => Err(OverlayError::store("claim", format!("VNI {vni}"), e)),
+            };
+        }
+        // Allocation happens once per network, so one listing of the VNIs in use is fine.
+        let used: std::collections::BTreeSet<u32> = store
+            .list("vni/")
+            .await
+            .map_err(|e| OverlayError::store("list", "VNIs", e))?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("vni/")?.parse().ok())
+            .collect();
+        let mut vni = FIRST_VNI;
+        while vni <= MAX_VNI {
+            if !used.contains(&vni) {
+                match claim(vni).await {
+                    Ok(_) => {
+                        return Ok(Allocation {
+                            vni,
+                            port: opts.port,
+                        });
+                    }
+                    // Another host took it since the listing: the next one.
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(OverlayError::store("claim", format!("VNI {vni}"), e)),
+                }
+            }
+            vni += 1;
+        }
+        Err(OverlayError::invalid(
+            VXLANID_LIST,
+            "",
+            "every VXLAN id from 4096 up is taken",
+        ))
+    }
+
+    /// The underlay link holding `vtep`: its index and MTU.
+    async fn underlay(&self, vtep: IpAddr) -> Result<(u32, u32), OverlayError> {
+        let host = &self.ctx.host_netlink;
+        let addrs = host
+            .addresses(None)
+            .await
+            .map_err(|e| OverlayError::kernel("list addresses of", host.netns().to_string(), e))?;
+        let index = addrs
+            .iter()
+            .find(|a| a.addr.addr() == vtep)
+            .map(|a| a.index)
+            .ok_or(OverlayError::AdvertiseAddrNotFound(vtep))?;
+        let link = host
+            .link_by_index(index)
+            .await
+            .map_err(|e| OverlayError::kernel("look up underlay link", index.to_string(), e))?
+            .ok_or(OverlayError::AdvertiseAddrNotFound(vtep))?;
+        Ok((index, link.mtu))
+    }
+
+    /// Creates (or, on a restore, adopts) the network's bridge and makes its VXLAN device
+    /// anew, enslaved and up. Returns the network, not yet watching its peers.
+    async fn build_network(
+        &self,
+        spec: &NetworkSpec,
+        restoring: bool,
+    ) -> Result<Arc<Network>, OverlayError> {
+        let alloc = Allocation::from_options(&spec.allocation)?;
+        let vtep = self.vtep()?;
+        // Refused before anything exists when there is no cluster store.
+        self.facts()?;
+        let (underlay, underlay_mtu) = self.underlay(vtep).await?;
+        let overhead = if vtep.is_ipv4() {
+            OVERHEAD_V4
+        } else {
+            OVERHEAD_V6
+        };
+        let mtu = spec.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead));
+        let (bridge, vxlan) = link_names(alloc.vni)?;
+        let host = self.ctx.host_netlink.clone();
+        let lookup = |name: IfName| {
+            let host = host.clone();
+            async move {
+                host.link(name.as_str())
+                    .await
+                    .map_err(|e| OverlayError::kernel("look up link", name.to_string(), e))
+            }
+        };
+        let mut undo: Undo<OverlayError> = Undo::new();
+        let result = async {
+            let existing = lookup(bridge.clone()).await?;
+            let bridge_index = match existing {
+                Some(l) if restoring => l.index,
+                Some(_) => {
+                    return Err(OverlayError::Conflict {
+                        op: "create bridge",
+                        object: bridge.to_string(),
+                        reason: "a link of that name exists".to_owned(),
+                    });
+                }
+                None => {
+                    let mut link = LinkSpec::new(bridge.clone(), LinkKind::Bridge);
+                    link.mtu = Some(mtu);
+                    link.up = true;
+                    host.create_link(&link)
+                        .await
+                        .map_err(|e| OverlayError::kernel("create bridge", bridge.as_str(), e))?;
+                    let (h, n) = (host.clone(), bridge.to_string());
+                    undo.push("delete bridge", move || async move {
+                        delete_link_named(&h, &n).await
+                    });
+                    lookup(bridge.clone())
+                        .await?
+                        .ok_or_else(|| OverlayError::Conflict {
+                            op: "configure bridge",
+                            object: bridge.to_string(),
+                            reason: "it vanished right after it was created".to_owned(),
+                        })?
+                        .index
+                }
+            };
+            host.set_alias(bridge_index, &alias(&spec.id))
+                .await
+                .map_err(|e| OverlayError::kernel("mark bridge", bridge.as_str(), e))?;
+            // The VXLAN device holds only the FDB and neighbour entries of the other hosts'
+            // endpoints: made anew on a restore, so that none of a previous run stays stale.
+            if restoring {
+                delete_link_named(&host, vxlan.as_str()).await?;
+            }
+            let mut link = LinkSpec::new(
+                vxlan.clone(),
+                LinkKind::Vxlan {
+                    vni: alloc.vni,
+                    local: Some(vtep),
+                    group: None,
+                    port: alloc.port,
+                    learning: false,
+                    proxy: true,
+                    parent: Some(underlay),
+                },
+            );
+            link.mtu = Some(mtu);
+            link.master = Some(bridge_index);
+            link.up = true;
+            host.create_link(&link).await.map_err(|e| {
+                OverlayError::kernel(
+                    "create vxlan",
+                    format!("{vxlan} (VNI {}, port {})", alloc.vni, alloc.port),
+                    e,
+                )
+            })?;
+            let (h, n) = (host.clone(), vxlan.to_string());
+            undo.push("delete vxlan", move || async move {
+                delete_link_named(&h, &n).await
+            });
+            let vxlan_index = lookup(vxlan.clone())
+                .await?
+                .ok_or_else(|| OverlayError::Conflict {
+                    op: "configure vxlan",
+                    object: vxlan.to_string(),
+                    reason: "it vanished right after it was created".to_owned(),
+                })?
+                .index;
+            host.set_alias(vxlan_index, &alias(&spec.id))
+                .await
+                .map_err(|e| OverlayError::kernel("mark vxlan", vxlan.as_str(), e))?;
+            host.set_up(bridge_index)
+                .await
+                .map_err(|e| OverlayError::kernel("bring up bridge", bridge.as_str(), e))?;
+            Ok((bridge_index, vxlan_index))
+        }
+        .await;
+        let (bridge_index, vxlan_index) = undo.finish(result).await?;
+        tracing::debug!(network = %short(&spec.id), vni = alloc.vni, %bridge, %vxlan, mtu, "overlay network set up");
+        Ok(Arc::new(Network {
+            id: spec.id.clone(),
+            vni: alloc.vni,
+            bridge,
+            vxlan,
+            bridge_index,
+            vxlan_index,
+            mtu,
+            endpoints: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(None),
+        }))
+    }
+
+    /// Takes `net` on and starts programming the other hosts' endpoints.
+    fn add_network(&self, net: Arc<Network>) -> Result<(), OverlayError> {
+        let facts = self.facts()?;
+        let task = tokio::spawn(peers::watch(
+            Arc::downgrade(&net),
+            facts,
+            self.ctx.host_netlink.clone(),
+        ));
+        *lock(&net.watcher) = Some(task);
+        lock(&self.networks).insert(net.id.clone(), net);
+        Ok(())
+    }
+
+    async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), OverlayError> {
+        if lock(&self.networks).contains_key(&spec.id) {
+            return Err(OverlayError::Conflict {
+                op: "create network",
+                object: short(&spec.id).to_owned(),
+                reason: "it exists".to_owned(),
+            });
+        }
+        let net = self.build_network(spec, false).await?;
+        if let Err(e) = self.add_network(net.clone()) {
+            let mut cleanup = Vec::new();
+            for name in [net.vxlan.as_str(), net.bridge.as_str()] {
+                if let Err(c) = delete_link_named(&self.ctx.host_netlink, name).await {
+                    cleanup.push(c);
+                }
+            }
+            return Err(cnm_core::undo::Cleanup::with_cleanup(e, cleanup));
+        }
+        Ok(())
+    }
+
+    async fn delete_network_inner(&self, network_id: &str) -> Result<(), OverlayError> {
+        let net = {
+            let mut nets = lock(&self.networks);
+            let net = nets
+                .get(network_id)
+                .cloned()
+                .ok_or_else(|| OverlayError::NetworkNotFound(network_id.to_owned()))?;
+            if !lock(&net.endpoints).is_empty() {
+                return Err(OverlayError::Conflict {
+                    op: "delete network",
+                    object: short(network_id).to_owned(),
+                    reason: "it still has endpoints".to_owned(),
+                });
+            }
+            nets.remove(network_id);
+            net
+        };
+        if let Some(task) = lock(&net.watcher).take() {
+            task.abort();
+        }
+        // The FDB and neighbour entries go with the VXLAN device.
+        lock(&net.peers).clear();
+        let host = &self.ctx.host_netlink;
+        let vx = delete_link_named(host, net.vxlan.as_str()).await;
+        let br = delete_link_named(host, net.bridge.as_str()).await;
+        match (vx, br) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(e), Err(c)) => Err(cnm_core::undo::Cleanup::with_cleanup(e, vec![c])),
+        }
+    }
+
+    fn fact_of(&self, ep: &Endpoint, mac: MacAddress) -> Result<PeerFact, OverlayError> {
+        Ok(PeerFact {
+            ipv4: ep.ipv4.map(|a| a.addr()),
+            ipv6: ep.ipv6.map(|a| a.addr()),
+            mac,
+            vtep: self.vtep()?,
+        })
+    }
+
+    async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, OverlayError> {
+        let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
+        if lock(&ep.joined).is_some() {
+            return Err(OverlayError::Conflict {
+                op: "join",
+                object: format!("endpoint {}", short(&req.endpoint_id)),
+                reason: "it is already joined".to_owned(),
+            });
+        }
+        let mac = req.mac.unwrap_or(ep.mac);
+        let fact = self.fact_of(&ep, mac)?;
+        let facts = self.facts()?;
+        let host_if = random_veth_name()?;
+        let host = &self.ctx.host_netlink;
+        let mut spec = LinkSpec::new(
+            host_if.clone(),
+            LinkKind::Veth {
+                peer_name: req.ifname.clone(),
+                peer_ns: Some(req.sandbox.ns.clone()),
+                peer_mac: Some(mac),
+                peer_mtu: Some(net.mtu),
+                peer_up: false,
+            },
+        );
+        spec.mtu = Some(net.mtu);
+        spec.master = Some(net.bridge_index);
+        spec.up = true;
+        let mut undo: Undo<OverlayError> = Undo::new();
+        let result = async {
+            host.create_link(&spec).await.map_err(|e| {
+                OverlayError::kernel(
+                    "create veth",
+                    format!(
+                        "{host_if} (peer {} in {}) on bridge {}",
+                        req.ifname, req.sandbox.ns, net.bridge
+                    ),
+                    e,
+                )
+            })?;
+            {
+                let (h, n) = (host.clone(), host_if.to_string());
+                undo.push("delete veth", move || async move {
+                    delete_link_named(&h, &n).await
+                });
+            }
+            host.set_alias_by_name(&host_if, &alias(&req.endpoint_id))
+                .await
+                .map_err(|e| OverlayError::kernel("mark veth", host_if.as_str(), e))?;
+            // Kernel first, then the record every other host acts on.
+            facts
+                .publish(&req.network_id, &req.endpoint_id, &fact)
+                .await?;
+            Ok(())
+        }
+        .await;
+        undo.finish(result).await?;
+        *lock(&ep.joined) = Some(host_if);
+        let mut info = JoinInfo::new(JoinedInterface::InSandbox { index: None });
+        // No way out of an overlay yet: never the sandbox's default gateway.
+        info.disable_gateway_service = true;
+        Ok(info)
+    }
+
+    /// Withdraws an endpoint's fact, then deletes its veth (records first on the way down).
+    async fn unplug(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        ep: &Endpoint,
+    ) -> Result<(), OverlayError> {
+        let Some(host_if) = lock(&ep.joined).take() else {
+            return Ok(());
+        };
+        let result = async {
+            self.facts()?.withdraw(network_id, endpoint_id).await?;
+            delete_link_named(&self.ctx.host_netlink, host_if.as_str()).await
+        }
+        .await;
+        if result.is_err() {
+            *lock(&ep.joined) = Some(host_if);
+        }
+        result
+    }
+
+    async fn restore_network_inner(
+        &self,
+        spec: &NetworkSpec,
+        endpoints: &[RestoredEndpoint],
+    ) -> Result<(), OverlayError> {
+        let net = self.build_network(spec, true).await?;
+        let host = &self.ctx.host_netlink;
+        let links = host
+            .links()
+            .await
+            .map_err(|e| OverlayError::kernel("list links of", host.netns().to_string(), e))?;
+        let facts = self.facts()?;
+        for restored in endpoints {
+            let s = &restored.spec;
+            let ep = Arc::new(Endpoint {
+                ipv4: s.ipv4,
+                ipv6: s.ipv6,
+                mac: s.mac.unwrap_or_else(MacAddress::random_local),
+                joined: Mutex::new(None),
+            });
+            if restored.joined.is_some() {
+                let mark = alias(&s.endpoint_id);
+                match links
+                    .iter()
+                    .find(|l| l.alias.as_deref() == Some(mark.as_str()))
+                {
+                    Some(l) => {
+                        if l.master != Some(net.bridge_index) {
+                            host.set_master(l.index, Some(net.bridge_index))
+                                .await
+                                .map_err(|e| {
+                                    OverlayError::kernel("enslave veth", l.name.clone(), e)
+                                })?;
+                        }
+                        let name = IfName::new(l.name.clone()).map_err(|e| {
+                            OverlayError::invalid("veth name", l.name.clone(), e.to_string())
+                        })?;
+                        *lock(&ep.joined) = Some(name);
+                        // The container end's MAC, as recorded (not the host end's).
+                        let fact = self.fact_of(&ep, ep.mac)?;
+                        facts.publish(&spec.id, &s.endpoint_id, &fact).await?;
+                    }
+                    None => tracing::warn!(
+                        endpoint = %short(&s.endpoint_id),
+                        "the veth of a joined overlay endpoint is gone; it carries no traffic"
+                    ),
+                }
+            }
+            lock(&net.endpoints).insert(s.endpoint_id.clone(), ep);
+        }
+        self.add_network(net)
+    }
+
+    async fn sweep_inner(&self, keep: &[String]) -> Result<(), OverlayError> {
+        let host = &self.ctx.host_netlink;
+        let links = host
+            .links()
+            .await
+            .map_err(|e| OverlayError::kernel("list links of", host.netns().to_string(), e))?;
+        let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let mut orphans = std::collections::HashSet::new();
+        for l in &links {
+            let Some(id) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
+            else {
+                continue;
+            };
+            let network_link = matches!(l.kind.as_deref(), Some("bridge" | "vxlan"));
+            if network_link && !keep.contains(id) {
+                orphans.insert(l.index);
+            }
+        }
+        for l in &links {
+            let ours = l
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(ALIAS_PREFIX));
+            let on_orphan = l.master.is_some_and(|m| orphans.contains(&m));
+            if orphans.contains(&l.index) || (ours && on_orphan) {
+                tracing::info!(link = %l.name, "deleting an overlay link no network owns");
+                delete_link_named(host, &l.name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The overlay options a network's spec carries, as [`Driver::parse_network_options`] made them.
+fn options_of(spec: &NetworkSpec) -> Result<OverlayOptions, OverlayError> {
+    match spec.parsed.get::<OverlayOptions>() {
+        Some(o) => Ok(*o),
+        None => OverlayOptions::try_from(&spec.options),
+    }
+}
+
+#[async_trait]
+impl Driver for OverlayDriver {
+    fn name(&self) -> &str {
+        DRIVER_NAME
+    }
+
+    fn capability(&self) -> Capability {
+        Capability::local()
+            .with_scope(Scope::Global)
+            .with_host_routes(false)
+            .with_gateway(false)
+    }
+
+    fn parse_network_options(&self, options: &DriverOptions) -> Result<ParsedOptions, DriverError> {
+        Ok(ParsedOptions::new(OverlayOptions::try_from(options)?))
+    }
+
+    async fn allocate_network(&self, spec: &NetworkSpec) -> Result<DriverOptions, DriverError> {
+        Ok(self.allocate(spec).await?.to_options())
+    }
+
+    async fn free_network(
+        &self,
+        network_id: &str,
+        allocation: &DriverOptions,
+    ) -> Result<(), DriverError> {
+        let alloc = Allocation::from_options(allocation)?;
+        let store = self.ctx.store(Scope::Global)?;
+        let key = format!("vni/{}", alloc.vni);
+        // Only the network's own claim: never one another network took since.
+        match store.get(&key).await {
+            Ok(Some(v)) if v.value == network_id.as_bytes() => store
+                .delete(&key, Expect::Version(v.version))
+                .await
+                .map_err(|e| OverlayError::store("free", format!("VNI {}", alloc.vni), e).into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(OverlayError::store("read", format!("VNI {}", alloc.vni), e).into()),
+        }
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
+        Ok(self.create_network_inner(spec).await?)
+    }
+
+    async fn restore_network(
+        &self,
+        spec: &NetworkSpec,
+        endpoints: &[RestoredEndpoint],
+    ) -> Result<(), DriverError> {
+        Ok(self.restore_network_inner(spec, endpoints).await?)
+    }
+
+    async fn sweep(&self, keep: &[String]) -> Result<(), DriverError> {
+        Ok(self.sweep_inner(keep).await?)
+    }
+
+    async fn delete_network(&self, network_id: &str) -> Result<(), DriverError> {
+        Ok(self.delete_network_inner(network_id).await?)
+    }
+
+    async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
+        let net = self.network(&spec.network_id)?;
+        if let Some(mac) = spec
+            .mac
+            .filter(|m| m.is_multicast() || m.octets() == [0; 6])
+        {
+            return Err(OverlayError::invalid(
+                "MAC address",
+                mac.to_string(),
+                "must be a unicast, non-zero address",
+            )
+            .into());
+        }
+        if spec.ipv4.is_none() && spec.ipv6.is_none() {
+            return Err(OverlayError::invalid(
+                "endpoint",
+                &spec.name,
+                "an overlay endpoint needs an IPv4 or IPv6 address",
+            )
+            .into());
+        }
+        let mac = spec.mac.unwrap_or_else(MacAddress::random_local);
+        let mut eps = lock(&net.endpoints);
+        if eps.contains_key(&spec.endpoint_id) {
+            return Err(OverlayError::Conflict {
+                op: "create endpoint",
+                object: short(&spec.endpoint_id).to_owned(),
+                reason: "it exists".to_owned(),
+            }
+            .into());
+        }
+        eps.insert(
+            spec.endpoint_id.clone(),
+            Arc::new(Endpoint {
+                ipv4: spec.ipv4,
+                ipv6: spec.ipv6,
+                mac,
+                joined: Mutex::new(None),
+            }),
+        );
+        Ok(EndpointInfo::with_mac(Some(mac)))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
+        // A controller that deletes without leaving first: undo the join too.
+        self.unplug(network_id, endpoint_id, &ep).await?;
+        lock(&net.endpoints).remove(endpoint_id);
+        Ok(())
+    }
+
+    async fn join(&self, request: &JoinRequest) -> Result<JoinInfo, DriverError> {
+        Ok(self.join_inner(request).await?)
+    }
+
+    async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
+        let (_, ep) = self.endpoint(&request.network_id, &request.endpoint_id)?;
+        if lock(&ep.joined).is_none() {
+            return Err(OverlayError::Conflict {
+                op: "leave",
+                object: format!("endpoint {}", short(&request.endpoint_id)),
+                reason: "it is not joined".to_owned(),
+            }
+            .into());
+        }
+        Ok(self
+            .unplug(&request.network_id, &request.endpoint_id, &ep)
+            .await?)
+    }
+
+    async fn shutdown(&self) -> Result<(), DriverError> {
+        for net in lock(&self.networks).values() {
+            if let Some(task) = lock(&net.watcher).take() {
+                task.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OverlayDriver {
+    fn drop(&mut self) {
+        for net in lock(&self.networks).values() {
+            if let Some(task) = lock(&net.watcher).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_follow_the_vni_and_fit() {
+        let (b, v) = link_names(4096).unwrap();
+        assert_eq!((b.as_str(), v.as_str()), ("ov-001000", "vx-001000"));
+        let (b, v) = link_names(MAX_VNI).unwrap();
+        assert_eq!((b.as_str(), v.as_str()), ("ov-ffffff", "vx-ffffff"));
+    }
+
+    #[test]
+    fn the_capability_is_global_without_gateway() {
+        let c = Capability::local()
+            .with_scope(Scope::Global)
+            .with_host_routes(false)
+            .with_gateway(false);
+        assert_eq!(c.scope, Scope::Global);
+        assert!(c.no_gateway && c.needs_addresses && !c.host_routes);
+    }
+}

@@ -1,0 +1,158 @@
+//! Per network, the task that turns the other hosts' facts into this host's FDB and neighbour
+//! entries: for each remote endpoint a static FDB entry on the VXLAN device (its MAC behind
+//! `dst <its host's VTEP>`) and a neighbour entry (its IP → its MAC, which the device's ARP
+//! proxy answers from), so nothing is learnt or flooded. A removed fact (leave, delete, or
+//! the host's lease expiring) takes both away.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use cnm_core::spi::{FactEvent, Facts};
+use cnm_sandbox::{Netlink, SandboxError};
+use cnm_types::ErrorKind;
+
+use crate::{Network, PeerFact, lock, short};
+
+/// How long to wait before listing and watching again after the store failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Runs until the network goes (the task is aborted, or the network dropped).
+pub(crate) async fn watch(net: Weak<Network>, facts: Facts, netlink: Netlink) {
+    loop {
+        let Some(id) = net.upgrade().map(|n| n.id.clone()) else {
+            return;
+        };
+        // What exists now: a peer programmed earlier whose fact went while the watch was
+        // down is removed here; the watch then reports every fact that exists.
+        match facts.list(&id).await {
+            Ok(list) => {
+                let present: HashSet<String> = list
+                    .into_iter()
+                    .filter(|f| f.host != facts.host())
+                    .map(|f| f.endpoint_id)
+                    .collect();
+                let Some(n) = net.upgrade() else { return };
+                let gone: Vec<String> = lock(&n.peers)
+                    .keys()
+                    .filter(|k| !present.contains(*k))
+                    .cloned()
+                    .collect();
+                for ep in gone {
+                    remove(&n, &netlink, &ep).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(network = %short(&id), error = %e, "cannot list overlay peers; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        let mut w = match facts.watch(&id).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(network = %short(&id), error = %e, "cannot watch overlay peers; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        while let Some(event) = w.next().await {
+            let Some(n) = net.upgrade() else { return };
+            match event {
+                FactEvent::Added(fact) => match fact.decode::<PeerFact>() {
+                    Ok(peer) => add(&n, &netlink, &fact.endpoint_id, peer).await,
+                    Err(e) => tracing::warn!(
+                        endpoint = %short(&fact.endpoint_id),
+                        error = %e,
+                        "undecodable overlay peer ignored"
+                    ),
+                },
+                FactEvent::Removed { endpoint_id, .. } => remove(&n, &netlink, &endpoint_id).await,
+                _ => {}
+            }
+        }
+        tracing::warn!(network = %short(&id), "overlay peer watch ended; watching again");
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Programs a remote endpoint (replacing what an earlier fact of it programmed).
+async fn add(net: &Network, netlink: &Netlink, endpoint_id: &str, peer: PeerFact) {
+    let old = lock(&net.peers).get(endpoint_id).cloned();
+    if old.as_ref() == Some(&peer) {
+        return;
+    }
+    if let Some(old) = old {
+        unprogram(net, netlink, &old).await;
+    }
+    match program(net, netlink, &peer).await {
+        Ok(()) => {
+            tracing::debug!(network = %short(&net.id), vni = net.vni, endpoint = %short(endpoint_id), vtep = %peer.vtep, mac = %peer.mac, "overlay peer programmed");
+            lock(&net.peers).insert(endpoint_id.to_owned(), peer);
+        }
+        Err(e) => {
+            tracing::warn!(network = %short(&net.id), endpoint = %short(endpoint_id), error = %e, "cannot program overlay peer");
+            unprogram(net, netlink, &peer).await;
+            lock(&net.peers).remove(endpoint_id);
+        }
+    }
+}
+
+async fn remove(net: &Network, netlink: &Netlink, endpoint_id: &str) {
+    let old = lock(&net.peers).remove(endpoint_id);
+    if let Some(old) = old {
+        unprogram(net, netlink, &old).await;
+        tracing::debug!(network = %short(&net.id), endpoint = %short(endpoint_id), "overlay peer removed");
+    }
+}
+
+fn ips(peer: &PeerFact) -> impl Iterator<Item = IpAddr> {
+    peer.ipv4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(peer.ipv6.map(IpAddr::V6))
+}
+
+/// The FDB entry, then the neighbour entries; an entry left by an earlier program of the
+/// same MAC or IP (another host's, before it moved) is replaced.
+async fn program(net: &Network, netlink: &Netlink, peer: &PeerFact) -> Result<(), SandboxError> {
+    let index = net.vxlan_index;
+    match netlink.add_fdb(index, peer.mac, Some(peer.vtep)).await {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            gone_ok(netlink.del_fdb(index, peer.mac, None).await)?;
+            netlink.add_fdb(index, peer.mac, Some(peer.vtep)).await?;
+        }
+        other => other?,
+    }
+    for ip in ips(peer) {
+        match netlink.add_neighbour(index, ip, peer.mac).await {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                gone_ok(netlink.del_neighbour(index, ip).await)?;
+                netlink.add_neighbour(index, ip, peer.mac).await?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`program`] made; an entry already gone is fine.
+async fn unprogram(net: &Network, netlink: &Netlink, peer: &PeerFact) {
+    let index = net.vxlan_index;
+    for ip in ips(peer) {
+        if let Err(e) = gone_ok(netlink.del_neighbour(index, ip).await) {
+            tracing::warn!(%ip, error = %e, "cannot remove overlay neighbour entry");
+        }
+    }
+    if let Err(e) = gone_ok(netlink.del_fdb(index, peer.mac, Some(peer.vtep)).await) {
+        tracing::warn!(mac = %peer.mac, error = %e, "cannot remove overlay FDB entry");
+    }
+}
+
+fn gone_ok(r: Result<(), SandboxError>) -> Result<(), SandboxError> {
+    match r {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

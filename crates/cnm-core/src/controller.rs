@@ -174,9 +174,8 @@ impl ControllerBuilder {
     /// `addr` must be a loopback address (`127.0.0.153:53` is what cnmd uses): the listener
     /// must never be reachable from another host, and containers cannot reach the host's
     /// loopback (the kernel never routes 127.0.0.0/8 between namespaces). Anything else is
-    /// refused ([`CoreError::Dns`] of kind `InvalidInput`), and so is a host resolver with the
-    /// embedded DNS off ([`CoreError::InvalidOption`]); both before anything is done. Default:
-    /// none.
+    /// refused, and so is a host resolver with the embedded DNS off (both
+    /// [`CoreError::InvalidOption`], before anything is done). Default: none.
     pub fn host_dns(mut self, addr: SocketAddr) -> Self {
         self.host_dns = Some(addr);
         self
@@ -212,12 +211,21 @@ impl ControllerBuilder {
     /// is removed.
     pub async fn build(self) -> Result<Controller, CoreError> {
         let embedded_dns = self.embedded_dns.unwrap_or(self.kernel.is_none());
-        if let (Some(addr), false) = (self.host_dns, embedded_dns) {
-            return Err(CoreError::invalid(
-                "host DNS address",
-                addr,
-                "the host resolver needs the embedded DNS, which is off",
-            ));
+        if let Some(addr) = self.host_dns {
+            if !addr.ip().is_loopback() {
+                return Err(CoreError::invalid(
+                    "host DNS address",
+                    addr,
+                    "not a loopback address: it would be reachable from other machines",
+                ));
+            }
+            if !embedded_dns {
+                return Err(CoreError::invalid(
+                    "host DNS address",
+                    addr,
+                    "the host resolver needs the embedded DNS, which is off",
+                ));
+            }
         }
         let kernel: Arc<dyn Kernel> =
             match (self.kernel, self.host_ns) {

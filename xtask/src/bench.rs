@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: builds `cnm-bench` in release mode and runs it, after installing the
-//! peers it compares cnm with when asked to.
+//! peers it compares cnm with when asked to; then the embedded DNS benchmark (scenario `dns`:
+//! cnm-dns's `local_names` bench against aardvark-dns, with dnsperf).
 //!
 //! xtask stays light: it does not link any cnm crate; it builds and runs the `cnm-bench`
 //! binary (crates/cnm-bench), which does the measuring and writes `target/bench/latest.json`.
@@ -19,8 +20,21 @@ pub const PEER_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "iperf3",
     "dnsperf",
+    "aardvark-dns",
     "protobuf-compiler",
 ];
+
+/// Where Debian's `aardvark-dns` package puts the program (podman's helper directory), and
+/// where other distributions do.
+const AARDVARK_PATHS: &[&str] = &[
+    "/usr/lib/podman/aardvark-dns",
+    "/usr/libexec/podman/aardvark-dns",
+];
+
+/// The scenario that runs the embedded DNS benchmark (cnm-dns's `local_names` bench, not a
+/// cnm-bench scenario): local names with dnsperf side by side with aardvark-dns, forwarded
+/// queries against a local upstream, listener attach cost.
+pub const DNS_SCENARIO: &str = "dns";
 
 /// The current netavark, built from crates.io (Debian's is 1.4, iptables only).
 pub const NETAVARK_VERSION: &str = "1.17.2";
@@ -99,6 +113,16 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     if args.install_peers {
         install_peers(&cargo, &peers_dir)?;
     }
+    let dns_wanted = args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == DNS_SCENARIO);
+    let others: Vec<String> = args
+        .scenarios
+        .iter()
+        .filter(|s| *s != DNS_SCENARIO)
+        .cloned()
+        .collect();
+    if !args.scenarios.is_empty() && others.is_empty() {
+        return dns_bench(&cargo, args.quick);
+    }
 
     let release = ["build", "--release", "--quiet"].map(String::from).to_vec();
     let mut build = release.clone();
@@ -138,7 +162,7 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
             "cnm-cli/cnm-daemon do not build in release mode (cargo's errors are above)".into(),
         ]);
     }
-    bench_args.extend(args.scenarios.iter().cloned());
+    bench_args.extend(others);
 
     let mut created = Vec::new();
     for dir in MOUNT_POINTS {
@@ -154,7 +178,50 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
             eprintln!("xtask: warning: could not remove the mount point {dir}: {err}");
         }
     }
-    ok
+    let ok = ok?;
+    let dns_ok = if dns_wanted {
+        dns_bench(&cargo, args.quick)?
+    } else {
+        true
+    };
+    Ok(ok && dns_ok)
+}
+
+/// The embedded DNS benchmark: cnm-dns's `local_names` bench (release), in a private mount
+/// namespace (its test host bind-mounts namespaces under a temporary directory), with dnsperf,
+/// and aardvark-dns beside cnm when it is installed.
+fn dns_bench(cargo: &str, quick: bool) -> Result<bool> {
+    let seconds = if quick { "2" } else { "5" };
+    let mut args: Vec<String> = [
+        "--mount",
+        "--propagation",
+        "private",
+        cargo,
+        "bench",
+        "--quiet",
+        "-p",
+        "cnm-dns",
+        "--bench",
+        "local_names",
+        "--",
+        "--names",
+        "1000",
+        "--seconds",
+        seconds,
+        "--dnsperf",
+    ]
+    .map(String::from)
+    .to_vec();
+    match AARDVARK_PATHS.iter().find(|p| Path::new(p).is_file()) {
+        Some(p) => args.extend(["--aardvark".to_owned(), (*p).to_owned()]),
+        None => println!(
+            "xtask: aardvark-dns is not installed (cargo xtask bench --install-peers): cnm's DNS is measured alone"
+        ),
+    }
+    if packages::find_program("dnsperf").is_none() {
+        bail!("dnsperf is not installed: run `cargo xtask bench --install-peers dns`");
+    }
+    run::status("unshare", &args)
 }
 
 /// Installs the peers' Debian packages and builds netavark from crates.io (niced: it takes

@@ -44,7 +44,8 @@ commands:
   ci    exactly what CI runs (the same as `test`, no options)
   bench [--quick] [--install-peers] [SCENARIO]...
         build cnm-bench in release mode and run it: cnm against the peers (netavark, CNI,
-        ip, docker) as medians, p95s and ratios; writes target/bench/latest.json
+        ip, docker) as medians, p95s and ratios; writes target/bench/latest.json;
+        scenario `dns`: the embedded DNS against aardvark-dns with dnsperf
   soak [--kills N]
         crash soak (default 200 kills): random operations in a child controller killed with
         SIGKILL at random moments, restart, check records against the kernel and IPAM

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -60,6 +61,7 @@ pub struct ControllerBuilder {
     drivers: Vec<(String, Factory)>,
     resolver: Option<Arc<dyn DriverResolver>>,
     embedded_dns: Option<bool>,
+    host_dns: Option<SocketAddr>,
 }
 
 impl fmt::Debug for ControllerBuilder {
@@ -78,6 +80,7 @@ impl fmt::Debug for ControllerBuilder {
             .field("builtin_drivers", &self.builtin_drivers)
             .field("resolver", &self.resolver)
             .field("embedded_dns", &self.embedded_dns)
+            .field("host_dns", &self.host_dns)
             .field(
                 "drivers",
                 &self.drivers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -180,6 +183,23 @@ impl ControllerBuilder {
         self
     }
 
+    /// Offers the embedded DNS on the host too (moby#27790): a resolver at `addr` in the host
+    /// namespace answering `name.network` and `name.network.cnm` (A, AAAA) for the endpoints
+    /// of every served network, and PTR for their addresses. It is authoritative for those
+    /// names only and forwards nothing: any other name is REFUSED, so a host resolver that
+    /// routes the `cnm` domain (or a network's name) to it never loops through it, and it is
+    /// no open resolver. Port 0 picks a free port ([`Controller::host_dns`] tells which).
+    ///
+    /// `addr` must be a loopback address (`127.0.0.153:53` is what cnmd uses): the listener
+    /// must never be reachable from another host, and containers cannot reach the host's
+    /// loopback (the kernel never routes 127.0.0.0/8 between namespaces). Anything else is
+    /// refused, and so is a host resolver with the embedded DNS off (both
+    /// [`CoreError::InvalidOption`], before anything is done). Default: none.
+    pub fn host_dns(mut self, addr: SocketAddr) -> Self {
+        self.host_dns = Some(addr);
+        self
+    }
+
     /// Adds a driver discovered while running (a plugin found by name, a driver of the embedding
     /// program): `create` builds it with the controller's [`DriverContext`]. Its name must not
     /// be a linked driver's.
@@ -210,6 +230,22 @@ impl ControllerBuilder {
     /// is removed.
     pub async fn build(self) -> Result<Controller, CoreError> {
         let embedded_dns = self.embedded_dns.unwrap_or(self.kernel.is_none());
+        if let Some(addr) = self.host_dns {
+            if !addr.ip().is_loopback() {
+                return Err(CoreError::invalid(
+                    "host DNS address",
+                    addr,
+                    "not a loopback address: it would be reachable from other machines",
+                ));
+            }
+            if !embedded_dns {
+                return Err(CoreError::invalid(
+                    "host DNS address",
+                    addr,
+                    "the host resolver needs the embedded DNS, which is off",
+                ));
+            }
+        }
         let kernel: Arc<dyn Kernel> =
             match (self.kernel, self.host_ns) {
                 (Some(kernel), _) => kernel,
@@ -268,6 +304,7 @@ impl ControllerBuilder {
         let mut core = Core::new(kernel, ctx, self.resolv_conf, store, ipam, drivers, cluster);
         core.resolver = self.resolver;
         let core = Arc::new(core);
+        let mut host_dns = None;
         if embedded_dns {
             let config =
                 cnm_dns::ResolverConfig::new(host_ns.clone()).resolv_conf(core.resolv_conf.clone());
@@ -276,9 +313,23 @@ impl ControllerBuilder {
                 object: "the embedded DNS resolver".to_owned(),
                 source: Box::new(source),
             })?;
+            host_dns = match self.host_dns {
+                // Bound before the reload: a refused address changes nothing.
+                Some(addr) => Some(resolver.listen_on_host(addr, false).await.map_err(
+                    |source| CoreError::Dns {
+                        op: "start",
+                        object: format!("the host DNS listener at {addr}"),
+                        source: Box::new(source),
+                    },
+                )?),
+                None => None,
+            };
             core.dns.set(resolver);
         }
         ops::reload::reload(&core).await?;
+        if let Some(addr) = host_dns {
+            tracing::info!(%addr, "host DNS listener answering name.network");
+        }
         tracing::info!(drivers = ?core.driver_names(), "controller built");
         Ok(Controller {
             shared: Arc::new(Shared {
@@ -286,6 +337,7 @@ impl ControllerBuilder {
                 host_ns,
                 run_dir: self.run_dir,
                 state_dir: self.state_dir,
+                host_dns,
             }),
         })
     }
@@ -361,6 +413,7 @@ struct Shared {
     host_ns: NetNs,
     run_dir: PathBuf,
     state_dir: PathBuf,
+    host_dns: Option<SocketAddr>,
 }
 
 /// The root of the model: create and find networks and sandboxes here.
@@ -429,6 +482,7 @@ impl Controller {
             drivers: Vec::new(),
             resolver: None,
             embedded_dns: None,
+            host_dns: None,
         }
     }
 
@@ -579,6 +633,12 @@ impl Controller {
     /// its records; a caller only reads or listens.
     pub fn dns_resolver(&self) -> Result<Option<cnm_dns::Resolver>, CoreError> {
         Ok(self.core()?.dns.resolver())
+    }
+
+    /// Where the host DNS listener answers ([`ControllerBuilder::host_dns`]), port 0 resolved;
+    /// none when it was not asked for.
+    pub fn host_dns(&self) -> Option<SocketAddr> {
+        self.shared.host_dns
     }
 
     /// Handles on every object of one of the core's maps, sorted by `key`.

@@ -104,6 +104,11 @@ fn network_dns(net: &NetworkInner) -> NetworkDns {
     for p in net.pools_v4.iter().chain(&net.pools_v6) {
         n = n.subnet(p.subnet);
     }
+    // Checked when the network was created; a record that no longer parses forwards to the
+    // host's servers rather than losing the network's names.
+    for server in net.options.dns_servers().unwrap_or_default() {
+        n = n.server(server);
+    }
     n
 }
 

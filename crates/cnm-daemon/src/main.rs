@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use cnm_daemon::plugin::DockerPluginConfig;
-use cnm_daemon::{Config, StoreKind};
+use cnm_daemon::{Config, HostDns, StoreKind};
 use cnm_driver_remote::RemoteConfig;
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
 use tokio::signal::unix::{SignalKind, signal};
@@ -82,6 +82,12 @@ struct Args {
     /// host dies, the other hosts drop its endpoints within it.
     #[arg(long, default_value_t = 15.0)]
     cluster_lease_ttl: f64,
+    /// Where the host itself resolves containers: a DNS server on this loopback address
+    /// answering NAME.NETWORK and NAME.NETWORK.cnm (and PTR) for every network, REFUSED for
+    /// anything else. `off` for none. Default: 127.0.0.153:53 when that can be bound (a
+    /// warning if not); an address given here must be bound or cnmd does not start.
+    #[arg(long, value_name = "ADDR|off")]
+    host_dns: Option<String>,
 }
 
 /// Docker's plugin directories: sockets in the first, spec files in the others (each is
@@ -154,6 +160,11 @@ async fn main() -> anyhow::Result<()> {
                 args.cluster_lease_ttl
             )
         })?;
+    config.host_dns = match args.host_dns.as_deref() {
+        None => HostDns::Try(cnm_daemon::DEFAULT_HOST_DNS),
+        Some("off" | "none" | "false") => HostDns::Off,
+        Some(v) => HostDns::Require(parse_host_dns(v)?),
+    };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let shutdown = async move {
@@ -164,6 +175,22 @@ async fn main() -> anyhow::Result<()> {
     };
     cnm_daemon::serve(config, shutdown).await?;
     Ok(())
+}
+
+/// `--host-dns`: `IP:PORT`, or an IP (port 53); a loopback one.
+fn parse_host_dns(v: &str) -> anyhow::Result<SocketAddr> {
+    let addr = v
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            v.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| anyhow::anyhow!("invalid --host-dns {v:?}: want IP[:PORT] or off"))?;
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "invalid --host-dns {v:?}: not a loopback address (it would be reachable from other machines)"
+    );
+    Ok(addr)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Each published host port holds a reserved

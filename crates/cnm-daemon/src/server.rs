@@ -142,6 +142,33 @@ pub struct Config {
     /// The TTL of the lease this host's per-endpoint facts live under (`--cluster-lease-ttl`):
     /// when this host dies the others drop its endpoints within it.
     pub cluster_lease_ttl: Duration,
+    /// The resolver on the host answering `name.network[.cnm]` (cnmd's `--host-dns`; see
+    /// [`HostDns`]). Default here (for embedding and tests): off.
+    pub host_dns: HostDns,
+}
+
+/// cnmd's default host resolver address: loopback (never reachable from another machine, nor
+/// from a container: the kernel never routes 127.0.0.0/8 between namespaces), and not
+/// systemd-resolved's 127.0.0.53/54.
+pub const DEFAULT_HOST_DNS: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 153)),
+    53,
+);
+
+/// Whether and where cnmd offers the embedded DNS on the host (moby#27790), answering
+/// `name.network` and `name.network.cnm` for every network and REFUSED for anything else (it
+/// forwards nothing). The address must be a loopback one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostDns {
+    /// No host resolver.
+    #[default]
+    Off,
+    /// At this address if it can be bound; if not (another DNS server holds the port on every
+    /// address), a warning and the daemon runs without it. cnmd's default, at
+    /// [`DEFAULT_HOST_DNS`].
+    Try(SocketAddr),
+    /// At this address or the daemon does not start (an explicit `--host-dns ADDR`).
+    Require(SocketAddr),
 }
 
 impl Default for Config {
@@ -164,6 +191,7 @@ impl Default for Config {
             cluster_store: None,
             advertise_addr: None,
             cluster_lease_ttl: cnm::spi::DEFAULT_LEASE_TTL,
+            host_dns: HostDns::Off,
         }
     }
 }
@@ -746,6 +774,7 @@ pub struct Daemon {
     controller: Controller,
     socket: PathBuf,
     metrics_addr: Option<SocketAddr>,
+    host_dns: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
 }
@@ -828,6 +857,7 @@ impl Daemon {
                 })?;
         }
         ensure_predefined(&ctl).await?;
+        let host_dns = start_host_dns(&ctl, config.host_dns).await?;
 
         // Only the lock holder may touch the socket: a second cnmd must not unlink a live one.
         if let Some(dir) = config.socket.parent() {
@@ -969,6 +999,7 @@ impl Daemon {
             controller: ctl,
             socket,
             metrics_addr,
+            host_dns,
             shutdown: tx,
             task,
         })
@@ -987,6 +1018,11 @@ impl Daemon {
     /// The metrics listener's bound address, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the host resolver answers ([`Config::host_dns`]), if it runs.
+    pub fn host_dns(&self) -> Option<SocketAddr> {
+        self.host_dns
     }
 
     /// Stops accepting, lets in-flight requests finish (event streams end), removes the socket
@@ -1009,6 +1045,72 @@ async fn metrics_handler(State(st): St) -> impl IntoResponse {
         )],
         st.metrics.render(st.gauges()),
     )
+}
+
+/// Starts the host resolver as `want` says; returns where it answers.
+async fn start_host_dns(
+    ctl: &Controller,
+    want: HostDns,
+) -> Result<Option<SocketAddr>, DaemonError> {
+    let (addr, required) = match want {
+        HostDns::Off => return Ok(None),
+        HostDns::Try(addr) => (addr, false),
+        HostDns::Require(addr) => (addr, true),
+    };
+    let resolver = ctl.dns_resolver().ok().flatten();
+    let bound = match resolver {
+        Some(r) => r
+            .listen_on_host(addr, false)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the embedded DNS is off".to_owned()),
+    };
+    match bound {
+        Ok(bound) => {
+            tracing::info!(addr = %bound, "host DNS listener answering name.network and name.network.cnm");
+            tracing::info!("{}", host_resolver_hint(bound));
+            Ok(Some(bound))
+        }
+        Err(reason) if required => Err(DaemonError::Config {
+            field: "host-dns",
+            reason: format!("cannot serve DNS on the host at {addr}: {reason}"),
+        }),
+        Err(reason) => {
+            tracing::warn!(%addr, %reason, "no host DNS listener (choose another address with --host-dns, or --host-dns off)");
+            Ok(None)
+        }
+    }
+}
+
+/// How to point this host's resolver at the host DNS listener, by the resolver the host runs.
+/// cnm does not (yet) register itself with systemd-resolved over D-Bus: `SetLinkDNS` and
+/// `SetLinkDomains` need a non-loopback link of cnm's own that stays up (resolved ignores `lo`),
+/// and resolved before v252.3 sent a per-link loopback server's queries out of that link
+/// (systemd#25397, #23010). A resolved.conf drop-in with global `DNS=` and `Domains=~cnm` works
+/// on every version; editing /etc is left to the administrator.
+fn host_resolver_hint(bound: SocketAddr) -> String {
+    let resolved = std::path::Path::new("/run/systemd/resolve/io.systemd.Resolve").exists();
+    let stub = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().eq(["nameserver", "127.0.0.53"]))
+        })
+        .unwrap_or(false);
+    let server = if bound.port() == 53 {
+        bound.ip().to_string()
+    } else {
+        bound.to_string()
+    };
+    if resolved || stub {
+        format!(
+            "systemd-resolved runs: to resolve containers from the host, add /etc/systemd/resolved.conf.d/cnm.conf with \"[Resolve]\\nDNS={server}\\nDomains=~cnm\" and reload it (systemctl reload systemd-resolved); then `getent hosts NAME.NETWORK.cnm`"
+        )
+    } else {
+        format!(
+            "no systemd-resolved: to resolve containers from the host, route the cnm domain to {server} (dnsmasq: server=/cnm/{server}; unbound: a stub-zone \"cnm\" with stub-addr {server}), or ask it directly (dig @{} NAME.NETWORK)",
+            bound.ip()
+        )
+    }
 }
 
 /// Runs a daemon until `shutdown` completes, then stops it gracefully.

@@ -34,6 +34,8 @@ async fn sandboxes_on_a_user_network_resolve_each_other_and_inspect_shows_their_
     std::fs::write(&resolv, "nameserver 192.0.2.53\nsearch corp.test\n")?;
     let mut cfg = common::config(&host, false)?;
     cfg.resolv_conf = Some(resolv);
+    // cnmd's --host-dns, on a free port of 127.0.0.153 in the test host's namespace.
+    cfg.host_dns = cnm_daemon::HostDns::Require("127.0.0.153:0".parse()?);
     let daemon = cnm_daemon::Daemon::start(cfg).await?;
     let api = Client::new(daemon.socket());
 
@@ -96,6 +98,30 @@ async fn sandboxes_on_a_user_network_resolve_each_other_and_inspect_shows_their_
             );
         }
     }
+    // The host resolves it too, as name.network (cnmd's host resolver).
+    let at = daemon.host_dns().context("the host resolver runs")?;
+    for name in ["db.front", "pg.front.cnm"] {
+        let (m, _) = Ask::new(name, RecordType::A)
+            .server(at)
+            .from(host.netns())
+            .await?;
+        ensure!(
+            addrs(&m) == [db_addr],
+            "{name} from the host: {}",
+            m.response_code
+        );
+    }
+    // A network's own DNS servers are a driver option; a bad one is refused, naming it.
+    let err = api
+        .expect(
+            "POST",
+            "/networks/create",
+            Some(json!({"Name": "bad", "Options": {"com.cnm.network.dns": "nowhere"}})),
+            400,
+        )
+        .await?;
+    ensure!(err.to_string().contains("com.cnm.network.dns"), "{err}");
+
     let rc = std::fs::read_to_string(web["ResolvConfPath"].as_str().context("path")?)?;
     ensure!(
         rc == "search corp.test\nnameserver 127.0.0.11\noptions ndots:0\n",

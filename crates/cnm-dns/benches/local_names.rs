@@ -5,10 +5,17 @@
 //! cargo bench -p cnm-dns --bench local_names                     # built-in load generator
 //! cargo bench -p cnm-dns --bench local_names -- --dnsperf         # dnsperf too, if installed
 //! cargo bench -p cnm-dns --bench local_names -- --names 1000 --seconds 5 --clients 2 --attach 200
+//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns
+//! cargo xtask bench dns                                           # the last one, in a private mount namespace
 //! ```
 //!
-//! [`local_names`] and [`attach_cost`] are the functions `cargo xtask bench` is meant to call
-//! (side by side with aardvark-dns serving the same records through dnsperf).
+//! With `--aardvark PATH`, aardvark-dns (what netavark starts for podman) serves the same
+//! records from a config directory in its own format, in a throwaway namespace, bound to the
+//! network's gateway address as netavark binds it; the same load (the closed-loop client and
+//! dnsperf) runs against both. aardvark-dns answers only clients whose source address is a
+//! container of the network, so the client asks from such an address. The forwarded-query
+//! figure asks cnm's resolver for names it forwards to an upstream the bench runs on the
+//! host namespace's loopback, next to the same questions asked of that upstream directly.
 
 #![allow(clippy::print_stdout)] // a benchmark reports to its user
 
@@ -22,6 +29,10 @@ use cnm_testkit::TestHost;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Behaviour, TestUpstream};
+
 /// What to measure.
 #[derive(Clone, Debug)]
 struct Opts {
@@ -30,9 +41,10 @@ struct Opts {
     clients: usize,
     attach: usize,
     dnsperf: bool,
+    aardvark: Option<std::path::PathBuf>,
 }
 
-/// Figures of a query run.
+/// Closed-loop figures.
 #[derive(Debug)]
 struct QueryReport {
     queries: usize,
@@ -41,7 +53,7 @@ struct QueryReport {
     p99_us: f64,
 }
 
-/// Figures of attaching listeners.
+/// What attaching listeners costs.
 #[derive(Debug)]
 struct AttachReport {
     p50_us: f64,
@@ -50,6 +62,25 @@ struct AttachReport {
     fds_per_sandbox: f64,
 }
 
+/// dnsperf's figures: its rate, and the latency of every answered query (from `-v`).
+#[derive(Debug)]
+struct DnsperfReport {
+    qps: f64,
+    lost: usize,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// A DNS server to measure and where to ask it from.
+#[derive(Clone, Debug)]
+struct Target {
+    ns: NetNs,
+    server: SocketAddr,
+    /// The client's source address (aardvark-dns answers known containers only).
+    source: IpAddr,
+}
+
+/// Nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -58,11 +89,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// A resolver on a throwaway host with `names` endpoints on one network, and a client sandbox.
+/// The address of name `c{i}` (10.64.0.0/10, skipping .0 and the gateway .1).
+fn addr_of(i: usize) -> IpAddr {
+    let n = i + 2;
+    IpAddr::from([10, 64 + (n >> 16) as u8, (n >> 8) as u8, n as u8])
+}
+
+/// A resolver with `names` endpoints on one network and a client sandbox attached.
 async fn setup(host: &TestHost, names: usize) -> Result<(Resolver, NetNs)> {
     let resolver = Resolver::new(
         ResolverConfig::new(host.netns().clone())
-            .resolv_conf(host.run_dir().join("none"))
+            .resolv_conf(host.run_dir().join("bench-resolv.conf"))
             .fallback_servers(Vec::new()),
     )?;
     resolver.upsert_network(
@@ -70,10 +107,10 @@ async fn setup(host: &TestHost, names: usize) -> Result<(Resolver, NetNs)> {
         &NetworkDns::new("bench").subnet("10.64.0.0/10".parse()?),
     )?;
     for i in 0..names {
-        let addr = IpAddr::from([10, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
         resolver.add_endpoint(
             "bench",
-            &EndpointDns::new(format!("e{i}"), format!("s{i}"), format!("c{i}")).address(addr),
+            &EndpointDns::new(format!("e{i}"), format!("s{i}"), format!("c{i}"))
+                .address(addr_of(i)),
         )?;
     }
     resolver.add_endpoint("bench", &EndpointDns::new("client", "client", "client"))?;
@@ -84,20 +121,30 @@ async fn setup(host: &TestHost, names: usize) -> Result<(Resolver, NetNs)> {
     Ok((resolver, ns))
 }
 
-/// Closed-loop clients inside the sandbox asking A for random local names at 127.0.0.11.
-async fn local_names(
-    ns: &NetNs,
+/// `clients` closed-loop clients for `seconds`, asking `name(i)` (A) over UDP.
+async fn closed_loop(
+    t: &Target,
     names: usize,
     seconds: u64,
     clients: usize,
+    name: fn(usize) -> String,
 ) -> Result<QueryReport> {
     let start = Instant::now();
     let mut runs = Vec::new();
     for c in 0..clients {
-        let ns = ns.clone();
+        let t = t.clone();
         runs.push(tokio::spawn(async move {
-            ns.run(move || client(c, names, Duration::from_secs(seconds)))
-                .await?
+            t.ns.run(move || {
+                client(
+                    c,
+                    names,
+                    Duration::from_secs(seconds),
+                    t.server,
+                    t.source,
+                    name,
+                )
+            })
+            .await?
         }));
     }
     let mut latencies = Vec::new();
@@ -114,9 +161,17 @@ async fn local_names(
     })
 }
 
-fn client(seed: usize, names: usize, for_how_long: Duration) -> Result<Vec<f64>> {
-    let s = UdpSocket::bind("127.0.0.1:0")?;
-    s.connect(SocketAddr::from(([127, 0, 0, 11], 53)))?;
+/// One closed-loop client (blocking, on a namespace thread); per-query latencies in µs.
+fn client(
+    seed: usize,
+    names: usize,
+    for_how_long: Duration,
+    server: SocketAddr,
+    source: IpAddr,
+    name: fn(usize) -> String,
+) -> Result<Vec<f64>> {
+    let s = UdpSocket::bind(SocketAddr::new(source, 0))?;
+    s.connect(server)?;
     s.set_read_timeout(Some(Duration::from_secs(1)))?;
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::new();
@@ -126,23 +181,31 @@ fn client(seed: usize, names: usize, for_how_long: Duration) -> Result<Vec<f64>>
         i = (i + 104_729) % names.max(1);
         let mut q = Message::query();
         q.metadata.recursion_desired = true;
-        q.add_query(Query::query(
-            Name::from_ascii(format!("c{i}"))?,
-            RecordType::A,
-        ));
+        q.add_query(Query::query(Name::from_ascii(name(i))?, RecordType::A));
         let bytes = q.to_vec()?;
         let t = Instant::now();
         s.send(&bytes)?;
-        let n = s.recv(&mut buf)?;
+        let n = s
+            .recv(&mut buf)
+            .with_context(|| format!("no answer from {server} for {}", name(i)))?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
         let m = Message::from_vec(&buf[..n])?;
         if m.answers.len() != 1 {
-            bail!("c{i}: expected one answer, got {m}");
+            bail!("{}: expected one answer, got {m}", name(i));
         }
     }
     Ok(out)
 }
 
+fn local_name(i: usize) -> String {
+    format!("c{i}")
+}
+
+fn forwarded_name(i: usize) -> String {
+    format!("x{i}.example")
+}
+
+/// The resident set of this process, in KiB.
 fn rss_kib() -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
@@ -160,7 +223,7 @@ fn fds() -> Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count())
 }
 
-/// Attaches `n` sandboxes' listeners (their namespaces made beforehand) and times each attach.
+/// Attaches `n` more sandboxes, timing each attach and the memory and fds they add.
 async fn attach_cost(host: &TestHost, resolver: &Resolver, n: usize) -> Result<AttachReport> {
     let mut namespaces = Vec::new();
     for i in 0..n {
@@ -185,57 +248,163 @@ async fn attach_cost(host: &TestHost, resolver: &Resolver, n: usize) -> Result<A
     })
 }
 
-/// dnsperf against the sandbox's resolver, from inside the sandbox: (queries/s, mean latency µs).
+/// dnsperf against `t` (4 clients, 64 queries in flight, every local name), verbose so that
+/// each answered query's latency is known.
 async fn dnsperf(
-    ns: &NetNs,
+    t: &Target,
     names: usize,
     seconds: u64,
     dir: &std::path::Path,
-) -> Result<(f64, f64)> {
+) -> Result<DnsperfReport> {
     let file = dir.join("dnsperf-queries");
     let text: String = (0..names).map(|i| format!("c{i} A\n")).collect();
     std::fs::write(&file, text)?;
-    let args = vec![
-        "-s".to_owned(),
-        "127.0.0.11".to_owned(),
-        "-d".to_owned(),
-        file.display().to_string(),
-        "-l".to_owned(),
-        seconds.to_string(),
-        "-c".to_owned(),
-        "4".to_owned(),
-        "-q".to_owned(),
-        "64".to_owned(),
-    ];
-    let out = ns
-        .run(move || std::process::Command::new("dnsperf").args(&args).output())
-        .await??;
+    let args: Vec<String> = [
+        "-s",
+        &t.server.ip().to_string(),
+        "-p",
+        &t.server.port().to_string(),
+        "-a",
+        &t.source.to_string(),
+        "-d",
+        &file.display().to_string(),
+        "-l",
+        &seconds.to_string(),
+        "-c",
+        "4",
+        "-q",
+        "64",
+        "-v",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out =
+        t.ns.run(move || std::process::Command::new("dnsperf").args(&args).output())
+            .await??;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!(
-            "dnsperf failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("dnsperf failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let field = |label: &str| -> Result<f64> {
-        let line = text
-            .lines()
+    let field = |label: &str, nth: usize| -> Result<f64> {
+        text.lines()
             .find(|l| l.trim_start().starts_with(label))
-            .with_context(|| format!("no {label:?} in dnsperf output:\n{text}"))?;
-        Ok(line
-            .split_whitespace()
-            .nth_back(0)
-            .context("value")?
-            .parse()?)
+            .and_then(|l| l.split_whitespace().nth(nth))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {label:?} in dnsperf's output"))
     };
-    let qps = field("Queries per second:")?;
-    let avg = text
+    // Verbose lines: `> NOERROR c5 A 0.000071`.
+    let mut latencies: Vec<f64> = text
         .lines()
-        .find(|l| l.trim_start().starts_with("Average Latency (s):"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<f64>().ok())
-        .context("no average latency in dnsperf output")?;
-    Ok((qps, avg * 1e6))
+        .filter(|l| l.starts_with("> NOERROR "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|s| s * 1e6)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(DnsperfReport {
+        qps: field("Queries per second:", 3)?,
+        lost: field("Queries lost:", 2)? as usize,
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+    })
+}
+
+/// aardvark-dns serving the same records, started as netavark starts it (`--config DIR -p 53
+/// run`, bound to the gateway listed first in the network's file), in a namespace of its own
+/// whose loopback holds the gateway and the client's container address.
+struct Aardvark {
+    child: std::process::Child,
+    target: Target,
+}
+
+impl Drop for Aardvark {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_aardvark(
+    host: &TestHost,
+    program: &std::path::Path,
+    names: usize,
+) -> Result<Aardvark> {
+    let gateway = IpAddr::from([10, 64, 0, 1]);
+    let source = IpAddr::from([10, 127, 255, 254]);
+    let dir = host.run_dir().join("aardvark-dns");
+    std::fs::create_dir_all(&dir)?;
+    // aardvark-dns's format: the listening addresses, then one line per container:
+    // `ID IPV4S IPV6S NAMES` (an empty IPv6 list leaves two spaces).
+    let mut conf = format!("{gateway}\n");
+    for i in 0..names {
+        conf.push_str(&format!("{:064x} {}  c{i}\n", i + 1, addr_of(i)));
+    }
+    conf.push_str(&format!("{:064x} {source}  client\n", names + 1));
+    std::fs::write(dir.join("bench"), conf)?;
+    let ns = host.sandbox_ns("aardvark").await?;
+    let (program, config) = (program.to_owned(), dir.clone());
+    let child = ns
+        .run(move || -> Result<std::process::Child> {
+            for a in [gateway, source] {
+                let ok = std::process::Command::new("ip")
+                    .args(["addr", "add", &format!("{a}/32"), "dev", "lo"])
+                    .status()?
+                    .success();
+                if !ok {
+                    bail!("ip addr add {a} failed");
+                }
+            }
+            std::process::Command::new(&program)
+                .args(["--config", &config.display().to_string(), "-p", "53", "run"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("start {}", program.display()))
+        })
+        .await??;
+    let a = Aardvark {
+        child,
+        target: Target {
+            ns,
+            server: SocketAddr::new(gateway, 53),
+            source,
+        },
+    };
+    // Ready when it answers (bounded).
+    let t = a.target.clone();
+    t.ns.clone()
+        .run(move || -> Result<()> {
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                match client(
+                    0,
+                    1,
+                    Duration::from_millis(1),
+                    t.server,
+                    t.source,
+                    local_name,
+                ) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > end => {
+                        return Err(e.context("aardvark-dns never answered"));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .await??;
+    Ok(a)
+}
+
+/// An upstream on the host namespace's loopback authoritative for every forwarded name (the
+/// tests' counting upstream, shared rather than copied).
+async fn start_upstream(host: &TestHost, names: usize) -> Result<(SocketAddr, TestUpstream)> {
+    let addr = SocketAddr::from(([127, 0, 0, 53], 53));
+    let zone = Behaviour::Zone(
+        (0..names)
+            .map(|i| (forwarded_name(i), vec![IpAddr::from([192, 0, 2, 1])]))
+            .collect(),
+    );
+    Ok((addr, TestUpstream::start(host.netns(), addr, zone).await?))
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -245,6 +414,7 @@ fn parse_opts() -> Result<Opts> {
         clients: 1,
         attach: 100,
         dnsperf: false,
+        aardvark: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -260,27 +430,85 @@ fn parse_opts() -> Result<Opts> {
             "--clients" => o.clients = num("--clients")? as usize,
             "--attach" => o.attach = num("--attach")? as usize,
             "--dnsperf" => o.dnsperf = true,
-            // cargo bench passes --bench; ignore what is not ours.
-            _ => {}
+            "--aardvark" => {
+                o.aardvark = Some(args.next().context("--aardvark needs a path")?.into());
+            }
+            // cargo bench passes --bench; anything else is a mistake worth knowing about.
+            "--bench" => {}
+            other => bail!("unknown option {other:?}"),
         }
     }
     Ok(o)
+}
+
+fn show(who: &str, what: &str, r: &QueryReport) {
+    println!(
+        "{who:<12} {what:<28} {:>8} queries {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+        r.queries, r.qps, r.p50_us, r.p99_us
+    );
+}
+
+fn show_dnsperf(who: &str, r: &DnsperfReport) {
+    println!(
+        "{who:<12} {:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
+        "dnsperf -c 4 -q 64", r.lost, r.qps, r.p50_us, r.p99_us
+    );
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let o = parse_opts()?;
     let host = TestHost::new().await?;
+    let (upstream, upstream_server) = start_upstream(&host, o.names).await?;
+    std::fs::write(
+        host.run_dir().join("bench-resolv.conf"),
+        format!("nameserver {}\n", upstream.ip()),
+    )?;
     let (resolver, ns) = setup(&host, o.names).await?;
-    let r = local_names(&ns, o.names, o.seconds, o.clients).await?;
+    let cnm = Target {
+        ns: ns.clone(),
+        server: SocketAddr::from(([127, 0, 0, 11], 53)),
+        source: IpAddr::from([127, 0, 0, 1]),
+    };
+    let aardvark = match &o.aardvark {
+        Some(p) => Some(start_aardvark(&host, p, o.names).await?),
+        None => None,
+    };
+    let what = format!("{} names, {} client(s)", o.names, o.clients);
     println!(
-        "local names ({} names, {} client(s), closed loop, UDP): {} queries, {:.0} q/s, p50 {:.0} µs, p99 {:.0} µs",
-        o.names, o.clients, r.queries, r.qps, r.p50_us, r.p99_us
+        "local names, UDP, closed loop ({what}) and dnsperf; {} s each",
+        o.seconds
     );
-    if o.dnsperf {
-        let (qps, avg) = dnsperf(&ns, o.names, o.seconds, host.run_dir()).await?;
-        println!("dnsperf (-c 4 -q 64): {qps:.0} q/s, mean latency {avg:.0} µs");
+    let r = closed_loop(&cnm, o.names, o.seconds, o.clients, local_name).await?;
+    show("cnm", "closed loop", &r);
+    if let Some(a) = &aardvark {
+        let r = closed_loop(&a.target, o.names, o.seconds, o.clients, local_name).await?;
+        show("aardvark-dns", "closed loop", &r);
     }
+    if o.dnsperf {
+        let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir()).await?;
+        show_dnsperf("cnm", &c);
+        if let Some(a) = &aardvark {
+            let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir()).await?;
+            show_dnsperf("aardvark-dns", &d);
+            println!(
+                "cnm/aardvark-dns rate: {:.2}x (dnsperf), goal >= 2x",
+                c.qps / d.qps
+            );
+        }
+    }
+    // Forwarded: the same upstream asked through cnm's resolver and directly.
+    let direct = Target {
+        ns: host.netns().clone(),
+        server: upstream,
+        source: upstream.ip(),
+    };
+    let f = closed_loop(&cnm, o.names, o.seconds, 1, forwarded_name).await?;
+    show("cnm", "forwarded to local upstream", &f);
+    let d = closed_loop(&direct, o.names, o.seconds, 1, forwarded_name).await?;
+    show("(upstream)", "asked directly", &d);
+    drop(aardvark);
+    drop(upstream_server);
     let a = attach_cost(&host, &resolver, o.attach).await?;
     println!(
         "attach listener ({} sandboxes): p50 {:.0} µs, p99 {:.0} µs, {:.1} KiB RSS and {:.1} fds per sandbox",

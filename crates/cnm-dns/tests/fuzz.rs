@@ -256,7 +256,9 @@ async fn a_truncated_tcp_query_then_a_reset_harms_nobody() -> Result<()> {
     let (_f, a) = fixture(limits()).await?;
     let query = Ask::new("beta", RecordType::A).message().to_vec()?;
     a.run(move || -> Result<()> {
-        for cut in [1usize, 2, 5, 13, query.len() - 1] {
+        // Cut inside the length prefix, inside the message, one byte short; and the whole
+        // query, reset before the answer is read (the resolver then writes to a dead socket).
+        for cut in [1usize, 2, 5, 13, query.len() - 1, query.len() + 2] {
             for _ in 0..10 {
                 let mut s = TcpStream::connect(RESOLVER)?;
                 let mut out = (query.len() as u16).to_be_bytes().to_vec();

@@ -362,3 +362,352 @@ async fn a_network_without_embedded_dns_keeps_the_hosts_servers() -> Result<()> 
     ctl.shutdown().await?;
     Ok(())
 }
+
+/// A PTR question's name for an IPv4 address.
+fn reverse_name(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        unreachable!("the tests use IPv4")
+    };
+    let [a, b, c, d] = v4.octets();
+    format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn the_host_resolves_a_container_by_name_and_no_container_reaches_that_resolver() -> Result<()>
+{
+    let fix = Fix::new().await?;
+    // A host resolver anywhere but loopback is refused before anything is made.
+    let err = fix
+        .host
+        .controller_builder()?
+        .host_dns("192.0.2.1:53".parse()?)
+        .build()
+        .await
+        .expect_err("a non-loopback host resolver is refused");
+    ensure!(
+        err.kind() == cnm::ErrorKind::InvalidInput && err.to_string().contains("192.0.2.1:53"),
+        "{err}"
+    );
+    // The test host's namespace plays the host; port 0: any free port on 127.0.0.153.
+    let ctl = fix
+        .host
+        .controller_builder()?
+        .host_dns("127.0.0.153:0".parse()?)
+        .build()
+        .await?;
+    let at = ctl.host_dns().context("the host resolver runs")?;
+    ensure!(at.ip() == ip("127.0.0.153") && at.port() != 0, "{at}");
+    let front = network(&ctl, "front", "10.98.0.0/24").await?;
+    let web = ctl.new_sandbox("web", []).await?;
+    let web_addr = connect(&front, &web, &["www"]).await?;
+
+    // From the host: name.network and name.network.cnm, alias too, UDP and TCP, and PTR.
+    for tcp in [false, true] {
+        for name in ["web.front", "WWW.front", "web.front.cnm"] {
+            let mut q = Ask::new(name, RecordType::A).server(at);
+            if tcp {
+                q = q.tcp();
+            }
+            let (m, _) = q.from(fix.host.netns()).await?;
+            ensure!(
+                m.response_code == ResponseCode::NoError && addrs(&m) == [web_addr],
+                "{name} (tcp {tcp}) from the host: {} {:?}",
+                m.response_code,
+                addrs(&m)
+            );
+        }
+    }
+    let (m, _) = Ask::new(&reverse_name(web_addr), RecordType::PTR)
+        .server(at)
+        .from(fix.host.netns())
+        .await?;
+    let ptr = m.answers.first().map(|r| r.data.to_string());
+    ensure!(
+        m.response_code == ResponseCode::NoError
+            && ptr.as_deref().is_some_and(|p| p.starts_with("web.front")),
+        "PTR of {web_addr}: {} {ptr:?}",
+        m.response_code
+    );
+    // A bare name is no cnm name on the host; a name of a network without it is NXDOMAIN; any
+    // other name is refused, never forwarded (the host's upstream sees nothing).
+    for (name, want) in [
+        ("web", ResponseCode::Refused),
+        ("outside.test", ResponseCode::Refused),
+        ("nobody.front", ResponseCode::NXDomain),
+        ("nobody.front.cnm", ResponseCode::NXDomain),
+    ] {
+        let (m, _) = Ask::new(name, RecordType::A)
+            .server(at)
+            .from(fix.host.netns())
+            .await?;
+        ensure!(m.response_code == want, "{name}: {}", m.response_code);
+    }
+    ensure!(fix.upstream.seen() == 0, "the host resolver forwarded");
+    // The name follows the endpoint.
+    web.disconnect(&front).await?;
+    let (m, _) = Ask::new("web.front", RecordType::A)
+        .server(at)
+        .from(fix.host.netns())
+        .await?;
+    ensure!(
+        m.response_code == ResponseCode::NXDomain,
+        "{}",
+        m.response_code
+    );
+    connect(&front, &web, &[]).await?;
+
+    // From a container, nothing answers: not at the host resolver's address (the container's
+    // own loopback), not at the host's address on the network (nothing listens there).
+    let gateway = SocketAddr::new(ip("10.98.0.1"), at.port());
+    for server in [at, gateway] {
+        for tcp in [false, true] {
+            let mut q = Ask::new("web.front", RecordType::A)
+                .server(server)
+                .timeout(std::time::Duration::from_millis(500));
+            if tcp {
+                q = q.tcp();
+            }
+            ensure!(
+                q.from(web.netns()).await.is_err(),
+                "a container got an answer from {server} (tcp {tcp})"
+            );
+        }
+    }
+    ctl.shutdown().await?;
+    Ok(())
+}
+
+/// A long-running process inside a sandbox, started before the connects the test makes: it
+/// sees the sandbox's resolv.conf and hosts file at /etc (bind mounts, as a container runtime
+/// makes them, so only in-place updates reach it) and answers each name written to its stdin
+/// with one line from glibc's getaddrinfo: `name addr…` or `name ERR code`.
+struct Resolving {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+const GETADDRINFO_LOOP: &str = r#"
+import socket, sys
+for line in sys.stdin:
+    name = line.strip()
+    try:
+        got = sorted({a[4][0] for a in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)})
+        print(name, *got, flush=True)
+    except socket.gaierror as e:
+        print(name, "ERR", e.errno, flush=True)
+"#;
+
+impl Resolving {
+    fn start(sb: &Sandbox) -> Result<Resolving> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1\" /etc/resolv.conf && mount --bind \"$2\" /etc/hosts && \
+                 exec nsenter --net=\"$3\" python3 -u -c \"$4\"",
+            )
+            .arg("sh")
+            .arg(sb.resolv_conf_path())
+            .arg(sb.hosts_path())
+            .arg(sb.key())
+            .arg(GETADDRINFO_LOOP)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start the resolving process (unshare, nsenter, python3)")?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        // Its answers, line by line, through a channel the test waits on with a bound.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Resolving {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Asks the running process for `name`; its addresses, or None when it could not resolve.
+    async fn resolve(&mut self, name: &str) -> Result<Option<Vec<IpAddr>>> {
+        use std::io::Write;
+        writeln!(self.stdin, "{name}")?;
+        self.stdin.flush()?;
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), self.lines.recv())
+            .await
+            .with_context(|| format!("the process did not answer {name} within 20 s"))?
+            .context("the process exited")?;
+        let mut words = line.split_whitespace();
+        ensure!(words.next() == Some(name), "answer {line:?} for {name}");
+        let rest: Vec<&str> = words.collect();
+        if rest.first() == Some(&"ERR") {
+            return Ok(None);
+        }
+        Ok(Some(rest.iter().map(|s| ip(s)).collect()))
+    }
+}
+
+impl Drop for Resolving {
+    fn drop(&mut self) {
+        // The test's own child: killed and reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn inode(path: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_process_started_before_a_connect_resolves_the_new_peer_after_it() -> Result<()> {
+    let fix = Fix::new().await?;
+    let ctl = fix.controller().await?;
+    let front = network(&ctl, "front", "10.99.0.0/24").await?;
+    let back = network(&ctl, "back", "10.100.0.0/24").await?;
+    let other = container(&ctl, &back, "other", &[]).await?;
+    let other_addr = other.endpoints()[0].0.ipv4().context("v4")?.addr();
+    let web = ctl
+        .new_sandbox("web", [JoinOption::hostname("web")])
+        .await?;
+    let (hosts_ino, resolv_ino) = (inode(&web.hosts_path())?, inode(&web.resolv_conf_path())?);
+
+    // Started while web is on no network at all.
+    let mut p = Resolving::start(&web)?;
+    ensure!(
+        p.resolve("web").await?.is_none(),
+        "web resolved before it had an address"
+    );
+
+    // web's first connect: its hosts file gets its address and its resolv.conf the embedded
+    // resolver, both in place; the running process sees both.
+    let web_addr = connect(&front, &web, &[]).await?;
+    ensure!(
+        p.resolve("web").await? == Some(vec![web_addr]),
+        "own name from the hosts file"
+    );
+    ensure!(p.resolve("db").await?.is_none(), "db before it exists");
+
+    // A peer connects after: the same process resolves it at its next question.
+    let db = ctl.new_sandbox("db", []).await?;
+    let db_addr = connect(&front, &db, &["pg"]).await?;
+    ensure!(p.resolve("db").await? == Some(vec![db_addr]));
+    ensure!(p.resolve("pg.front").await? == Some(vec![db_addr]));
+
+    // web joins a second network: its peers there resolve too, through the same listener.
+    ensure!(p.resolve("other").await?.is_none(), "other across networks");
+    connect(&back, &web, &[]).await?;
+    ensure!(p.resolve("other").await? == Some(vec![IpAddr::V4(other_addr)]));
+
+    // And a leave takes the name away at once.
+    db.disconnect(&front).await?;
+    ensure!(p.resolve("db").await?.is_none(), "db after its leave");
+    ensure!(
+        inode(&web.hosts_path())? == hosts_ino && inode(&web.resolv_conf_path())? == resolv_ino,
+        "hosts or resolv.conf was replaced, not updated in place"
+    );
+    drop(p);
+    ctl.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_networks_own_dns_servers_are_the_upstream_of_its_sandboxes() -> Result<()> {
+    use cnm::options::KEY_DNS_SERVERS;
+    let fix = Fix::new().await?;
+    let outside = fix.host.outside().await?;
+    // The network's upstream, in a namespace of its own, reached from the host's.
+    let corp_dns = TestUpstream::start(
+        outside.netns(),
+        SocketAddr::new(outside.addr_v4(), 53),
+        zone(&[("intranet.corp", &["203.0.113.5"])]),
+    )
+    .await?;
+    let ctl = fix.controller().await?;
+    let corp = ctl
+        .new_network(
+            "bridge",
+            "corp",
+            NetworkOptions::default()
+                .subnet("10.101.0.0/24".parse()?)
+                .driver_option(KEY_DNS_SERVERS, outside.addr_v4().to_string()),
+        )
+        .await?;
+    let plain = network(&ctl, "plain", "10.102.0.0/24").await?;
+    let a = container(&ctl, &corp, "a", &[]).await?;
+    let b = container(&ctl, &plain, "b", &[]).await?;
+
+    // On corp: the network's server, not the host's.
+    for tcp in [false, true] {
+        let (rc, got) = ask(a.netns(), "intranet.corp", tcp).await?;
+        ensure!(
+            rc == ResponseCode::NoError && got == [ip("203.0.113.5")],
+            "intranet.corp (tcp {tcp}) on corp: {rc} {got:?}"
+        );
+    }
+    ensure!(ask(a.netns(), "outside.test", false).await?.0 == ResponseCode::NXDomain);
+    ensure!(
+        fix.upstream.seen() == 0,
+        "the host's upstream was asked for corp"
+    );
+    ensure!(corp_dns.seen() >= 3, "{}", corp_dns.seen());
+    // Local names still come first.
+    ensure!(ask(a.netns(), "a", false).await?.0 == ResponseCode::NoError);
+
+    // On a network without servers of its own: the host's.
+    let corp_seen = corp_dns.seen();
+    let (rc, got) = ask(b.netns(), "outside.test", false).await?;
+    ensure!(
+        rc == ResponseCode::NoError && got == [ip("198.51.100.7")],
+        "{rc} {got:?}"
+    );
+    ensure!(ask(b.netns(), "intranet.corp", false).await?.0 == ResponseCode::NXDomain);
+    ensure!(
+        corp_dns.seen() == corp_seen,
+        "plain's query reached corp's server"
+    );
+
+    // A sandbox's own --dns wins over the network's (a loopback one is its own loopback).
+    let own = ctl
+        .new_sandbox("own", [JoinOption::dns_server(ip("127.0.0.1"))])
+        .await?;
+    let _own_dns = TestUpstream::start(
+        own.netns(),
+        SocketAddr::new(ip("127.0.0.1"), 53),
+        zone(&[("intranet.corp", &["192.0.2.99"])]),
+    )
+    .await?;
+    connect(&corp, &own, &[]).await?;
+    let (rc, got) = ask(own.netns(), "intranet.corp", false).await?;
+    ensure!(
+        rc == ResponseCode::NoError && got == [ip("192.0.2.99")],
+        "{rc} {got:?}"
+    );
+    ensure!(
+        corp_dns.seen() == corp_seen,
+        "the network's server was asked over --dns"
+    );
+
+    // The servers survive a restart (they are the network's option).
+    let ctl = fix.host.restart(ctl).await?;
+    let a = ctl.sandbox_by_container_id("a")?;
+    let (rc, got) = ask(a.netns(), "intranet.corp", false).await?;
+    ensure!(
+        rc == ResponseCode::NoError && got == [ip("203.0.113.5")],
+        "after restart: {rc} {got:?}"
+    );
+    ctl.shutdown().await?;
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! Network options: IPAM pools per family, IPv4/IPv6 switches, internal, labels, driver options.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,19 @@ pub const KEY_ALLOW_HOST_OVERLAP: &str = "com.cnm.network.allow_host_overlap";
 /// [`NetworkOptions::embedded_dns`]); it stays among the options as given.
 pub const KEY_EMBEDDED_DNS: &str = "com.cnm.network.embedded_dns";
 
+/// cnm's generic label naming a network's own upstream DNS servers: `IP[,IP…]`, each optionally
+/// with a port (`192.0.2.53`, `192.0.2.53:5353`, `[2001:db8::53]:53`). The embedded DNS forwards
+/// names it does not own, for a sandbox on this network, to these servers instead of the host's
+/// resolv.conf; a sandbox's own `--dns` still wins. Asked from the host's namespace (a loopback
+/// one is the host's). Docker's API has no such field: it is set as a driver option
+/// (`cnm network create -o com.cnm.network.dns=192.0.2.53 …`). Core owns it (see
+/// [`NetworkOptions::dns_servers`]); it stays among the options as given.
+pub const KEY_DNS_SERVERS: &str = "com.cnm.network.dns";
+
+/// At most this many servers in [`KEY_DNS_SERVERS`] (resolv.conf's `MAXNS` is 3; a few more
+/// are allowed, since the embedded DNS hedges across them).
+pub const MAX_DNS_SERVERS: usize = 8;
+
 /// The smallest MTU of an IPv4 link (RFC 791).
 pub const MIN_MTU_V4: u32 = 68;
 /// The smallest MTU of an IPv6 link (RFC 8200); the kernel turns IPv6 off on smaller links.
@@ -41,7 +54,7 @@ pub const MAX_MTU: u32 = 65535;
 
 /// The generic labels core owns among a network's driver options (kept as given, never passed
 /// to the driver's parse step).
-const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS];
+const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, KEY_DNS_SERVERS];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -179,7 +192,8 @@ pub struct NetworkOptions {
     /// Driver options as given: the driver's own keys (the driver parses them, checks the values
     /// of the ones it knows, and refuses or keeps the others, see
     /// [`Driver::unknown_network_options`](crate::spi::Driver::unknown_network_options)), and
-    /// generic labels core owns ([`KEY_DRIVER_MTU`], [`KEY_EMBEDDED_DNS`]).
+    /// generic labels core owns ([`KEY_DRIVER_MTU`], [`KEY_EMBEDDED_DNS`],
+    /// [`KEY_DNS_SERVERS`]).
     pub driver_options: DriverOptions,
     /// The IPAM driver's name; `None` or `"default"` for the built-in one.
     pub ipam_driver: Option<String>,
@@ -339,7 +353,47 @@ impl NetworkOptions {
         }
         self.mtu()?;
         self.embedded_dns()?;
+        self.dns_servers()?;
         Ok(())
+    }
+
+    /// The network's own upstream DNS servers ([`KEY_DNS_SERVERS`]), port 53 unless given;
+    /// empty when absent.
+    pub fn dns_servers(&self) -> Result<Vec<SocketAddr>, CoreError> {
+        let Some(value) = self.driver_options.get(KEY_DNS_SERVERS) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for item in value.split(',').map(str::trim) {
+            let addr = item
+                .parse::<SocketAddr>()
+                .or_else(|_| item.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    CoreError::invalid(
+                        KEY_DNS_SERVERS,
+                        value,
+                        format!("{item:?} is not an IP address (or IP:port)"),
+                    )
+                })?;
+            if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+                return Err(CoreError::invalid(
+                    KEY_DNS_SERVERS,
+                    value,
+                    format!("{item:?} is not a server's address"),
+                ));
+            }
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        if out.len() > MAX_DNS_SERVERS {
+            return Err(CoreError::invalid(
+                KEY_DNS_SERVERS,
+                value,
+                format!("more than {MAX_DNS_SERVERS} servers"),
+            ));
+        }
+        Ok(out)
     }
 
     /// Whether the network may have the embedded DNS: [`KEY_EMBEDDED_DNS`] as given, true when
@@ -859,5 +913,40 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("10.1.1.1"));
         assert!(p.with_ip_range("10.0.0.0/8".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn network_dns_servers_parse_with_or_without_port_and_bad_ones_are_named() {
+        let with = |v: &str| {
+            let mut r = RawNetworkOptions::default();
+            r.options.insert(KEY_DNS_SERVERS.into(), v.into());
+            r
+        };
+        let o = NetworkOptions::try_from(with("192.0.2.53, 192.0.2.54:5353,[2001:db8::53]:53"))
+            .unwrap();
+        let got: Vec<String> = o
+            .dns_servers()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["192.0.2.53:53", "192.0.2.54:5353", "[2001:db8::53]:53"]
+        );
+        assert!(
+            o.driver_keys().is_empty(),
+            "core's key never reaches the driver"
+        );
+        assert!(NetworkOptions::default().dns_servers().unwrap().is_empty());
+        refused(with("192.0.2.53,banana"), &[KEY_DNS_SERVERS, "banana"]);
+        refused(with(""), &[KEY_DNS_SERVERS]);
+        refused(with("0.0.0.0"), &[KEY_DNS_SERVERS, "0.0.0.0"]);
+        refused(with("192.0.2.1:0"), &[KEY_DNS_SERVERS]);
+        let many = (1..=9)
+            .map(|i| format!("192.0.2.{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        refused(with(&many), &["more than 8"]);
     }
 }

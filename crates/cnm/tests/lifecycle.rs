@@ -44,7 +44,10 @@ fn subnet_opts(subnet: &str) -> Result<NetworkOptions> {
 
 #[test]
 fn builtin_drivers_are_bridge_and_null() {
-    assert_eq!(cnm::builtin_drivers(), ["bridge", "null"]);
+    assert_eq!(
+        cnm::builtin_drivers(),
+        ["bridge", "host", "ipvlan", "macvlan", "null"]
+    );
 }
 
 #[tokio::test]

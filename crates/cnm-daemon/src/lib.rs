@@ -5,7 +5,7 @@
 //! **Owns**: the HTTP API ([`Daemon`], [`serve`]): routing, request decoding and conversion into
 //! the controller's typed options at the boundary ([`request`]), building answers from the
 //! controller's objects ([`views`]), the state-dir lock ([`StateLock`]), the
-//! predefined networks (`none`, and `bridge` on interface `cnm0`), events, metrics, graceful
+//! predefined networks (`none`, `host`, and `bridge` on interface `cnm0`), events, metrics, graceful
 //! shutdown (which leaves networks and sandboxes in place), and the bounds that keep it answering
 //! under abuse (header and body timeouts, a connection cap that closes the longest-idle
 //! connection to serve a new one, a socket born with its final mode and group).

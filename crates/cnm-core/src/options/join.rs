@@ -176,6 +176,9 @@ impl IntoIterator for JoinOptions {
         if self.gateway_priority != 0 {
             v.push(JoinOption::GatewayPriority(self.gateway_priority));
         }
+        if self.host_namespace {
+            v.push(JoinOption::HostNamespace);
+        }
         v.into_iter()
     }
 }

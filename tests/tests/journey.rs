@@ -19,7 +19,7 @@ async fn two_tier_application_on_one_host() -> Result<()> {
     let links_before = host.netlink().links().await?.len();
     let ctl = host.controller().await?;
     ensure!(
-        ctl.drivers() == ["bridge", "null", "overlay"],
+        ctl.drivers() == ["bridge", "host", "ipvlan", "macvlan", "null", "overlay"],
         "{:?}",
         ctl.drivers()
     );

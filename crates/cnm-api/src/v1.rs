@@ -52,6 +52,10 @@ pub struct SandboxCreateRequest {
     /// resolv.conf options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_options: Option<Vec<String>>,
+    /// The sandbox is the host's own network namespace (for the `host` network, which only
+    /// such a sandbox joins: `cnm run --network host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_namespace: Option<bool>,
 }
 
 /// `POST /cnm/v1/sandboxes/{key}/connect`: create an endpoint on a network and join it.

@@ -39,6 +39,16 @@ pub async fn run(client: &Client, a: RunArgs) -> anyhow::Result<Outcome> {
     } else {
         a.networks.clone()
     };
+    // `--network host`: the command runs on the host's own stack (the sandbox is the host's
+    // namespace), which joins no other network.
+    let host = networks.iter().any(|n| n == "host");
+    if host && networks.len() > 1 {
+        return Err(UsageError(
+            "--network host cannot be combined with other networks: the command runs on the host's own network stack"
+                .to_owned(),
+        )
+        .into());
+    }
     let bodies = networks
         .iter()
         .enumerate()
@@ -57,11 +67,11 @@ pub async fn run(client: &Client, a: RunArgs) -> anyhow::Result<Outcome> {
     // The command's hostname (UTS namespace) and its /etc/hosts entry must agree, so the
     // default is chosen here and given to the daemon rather than guessed from its answer.
     let mut config = a.config.clone();
-    if config.hostname.is_none() && is_hostname(&name) {
+    if config.hostname.is_none() && is_hostname(&name) && !host {
         config.hostname = Some(name.clone());
     }
 
-    let created = sandbox::create(client, &name, &config).await?;
+    let created = sandbox::create_on(client, &name, &config, host).await?;
     let result = connect_and_exec(client, &name, &created, &bodies, &networks, &a).await;
     if a.keep {
         #[allow(clippy::print_stderr)]

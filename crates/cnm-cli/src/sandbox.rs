@@ -76,7 +76,19 @@ pub async fn create(
     name: &str,
     config: &SandboxConfigArgs,
 ) -> anyhow::Result<Sandbox> {
-    let body = create_body(name, config)?;
+    create_on(client, name, config, false).await
+}
+
+/// `POST /cnm/v1/sandboxes`, on the host's own network namespace when `host_namespace` (for
+/// the `host` network).
+pub async fn create_on(
+    client: &Client,
+    name: &str,
+    config: &SandboxConfigArgs,
+    host_namespace: bool,
+) -> anyhow::Result<Sandbox> {
+    let mut body = create_body(name, config)?;
+    body.host_namespace = host_namespace.then_some(true);
     client
         .post("/cnm/v1/sandboxes", &body, Target::Sandbox(name))
         .await
@@ -112,6 +124,7 @@ pub fn create_body(name: &str, c: &SandboxConfigArgs) -> Result<SandboxCreateReq
         dns: given(&c.dns),
         dns_search: given(&c.dns_search),
         dns_options: given(&c.dns_options),
+        host_namespace: None,
     })
 }
 

@@ -105,6 +105,21 @@ pub enum CoreError {
         /// Every match, as `name (id)`.
         matches: Vec<String>,
     },
+    /// The network is one a daemon made itself and keeps
+    /// ([`KEY_PREDEFINED`](crate::options::KEY_PREDEFINED)).
+    #[error("{0} is a pre-defined network and cannot be removed")]
+    PredefinedNetwork(String),
+    /// A sandbox in the host's namespace and a network that is not the host's stack, or the
+    /// other way round.
+    #[error("container {container} cannot be connected to network {network}: {reason}")]
+    HostNamespace {
+        /// The sandbox's container.
+        container: String,
+        /// The network.
+        network: String,
+        /// Why not.
+        reason: &'static str,
+    },
     /// The network still has endpoints.
     #[error("network {network} has active endpoints: {}", .endpoints.join(", "))]
     NetworkInUse {
@@ -348,6 +363,8 @@ impl CoreError {
                 ErrorKind::AlreadyExists
             }
             Self::SingletonNetwork { .. }
+            | Self::PredefinedNetwork(_)
+            | Self::HostNamespace { .. }
             | Self::NetworkInUse { .. }
             | Self::AlreadyJoined { .. }
             | Self::NotJoined { .. }

@@ -75,6 +75,15 @@ pub struct Capability {
     /// that routes elsewhere): IPAM then reserves no gateway address in their pools, and a
     /// gateway asked for is refused.
     pub no_gateway: bool,
+    /// Whether the driver's networks get a gateway only where the user names one (macvlan,
+    /// ipvlan: the gateway is a router on the parent's LAN, not an address cnm owns, so IPAM
+    /// reserves none by itself and an endpoint without one gets no default route).
+    pub gateway_on_request: bool,
+    /// Whether the driver's endpoints are the host's own stack (`host`): a sandbox that joins
+    /// one is the namespace the controller treats as the host, made so when the join creates
+    /// it (libnetwork's default sandbox), and it joins no other network; a sandbox with a
+    /// namespace of its own cannot join one.
+    pub host_namespace: bool,
 }
 
 impl Capability {
@@ -86,7 +95,21 @@ impl Capability {
             singleton: false,
             host_routes: true,
             no_gateway: false,
+            gateway_on_request: false,
+            host_namespace: false,
         }
+    }
+
+    /// Sets whether the driver's endpoints are the host's own stack.
+    pub fn with_host_namespace(mut self, host: bool) -> Self {
+        self.host_namespace = host;
+        self
+    }
+
+    /// Sets whether a gateway is reserved only where the user names one.
+    pub fn with_gateway_on_request(mut self, on_request: bool) -> Self {
+        self.gateway_on_request = on_request;
+        self
     }
 
     /// Sets whether the driver's networks have a gateway (true by default).

@@ -342,7 +342,7 @@ pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError
         ))
     };
     let net = match st.network(&key) {
-        // `host` is reserved as in dockerd, though cnmd has no host network.
+        // `host` is reserved as in dockerd, even where its record is gone.
         Err(e) if e.status == StatusCode::NOT_FOUND && key == "host" => {
             return Err(predefined("host"));
         }

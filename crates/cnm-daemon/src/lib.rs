@@ -5,7 +5,7 @@
 //! **Owns**: the HTTP API ([`Daemon`], [`serve`]): routing, request decoding and conversion into
 //! the controller's typed options at the boundary ([`request`]), building answers from the
 //! controller's objects ([`views`]), the state-dir lock ([`StateLock`]), the
-//! predefined networks (`none`, and `bridge` on interface `cnm0`), the Docker plugin socket
+//! predefined networks (`none`, `host`, and `bridge` on interface `cnm0`), the Docker plugin socket
 //! ([`plugin`]: cnm's drivers and IPAM served to a real dockerd), events, metrics, graceful
 //! shutdown (which leaves networks and sandboxes in place), and the bounds that keep it answering
 //! under abuse (header and body timeouts, a connection cap that closes the longest-idle

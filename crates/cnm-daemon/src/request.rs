@@ -251,7 +251,9 @@ impl Parse for SandboxCreateRequest {
             dns_options: self.dns_options.unwrap_or_default(),
             gw_priority: 0,
         };
-        Ok((self.name, JoinOptions::try_from(raw)?))
+        let mut options = JoinOptions::try_from(raw)?;
+        options.host_namespace = self.host_namespace.unwrap_or(false);
+        Ok((self.name, options))
     }
 }
 

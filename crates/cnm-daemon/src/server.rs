@@ -647,15 +647,19 @@ fn stamp(mut resp: Response) -> Response {
     resp
 }
 
-/// Creates `none` and the default `bridge` when missing.
+/// Creates `none`, `host` and the default `bridge` when missing, marked predefined (the
+/// controller refuses to delete them).
 async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
     let have: Vec<String> = ctl.networks().iter().map(|n| n.name().to_owned()).collect();
+    let predefined =
+        || NetworkOptions::default().driver_option(cnm::options::KEY_PREDEFINED, "true");
     let wanted = [
-        ("null", "none", NetworkOptions::default()),
+        ("null", "none", predefined()),
+        ("host", "host", predefined()),
         (
             "bridge",
             "bridge",
-            NetworkOptions::default()
+            predefined()
                 .driver_option("com.docker.network.bridge.name", DEFAULT_BRIDGE_IF)
                 // dockerd's default bridge states its settings (the defaults, here) among its
                 // options, and clients read them there.

@@ -21,7 +21,8 @@ async fn cnm_api_sandboxes_connect_with_ports() -> Result<()> {
 
     let info = api.expect("GET", "/cnm/v1/info", None, 200).await?;
     ensure!(
-        info["Store"] == "redb" && info["Drivers"] == json!(["bridge", "null", "overlay"]),
+        info["Store"] == "redb"
+            && info["Drivers"] == json!(["bridge", "host", "ipvlan", "macvlan", "null", "overlay"]),
         "{info}"
     );
     ensure!(
@@ -735,7 +736,7 @@ async fn bad_input_is_a_4xx_with_a_message_and_harmless() -> Result<()> {
         j(json!({"Container": "dup", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "nonsense"}}})), 400).await?;
     ensure!(m.contains("nonsense"), "{m}");
     // predefined networks
-    for p in ["bridge", "none"] {
+    for p in ["bridge", "host", "none"] {
         let m = message(&api, "DELETE", &format!("/networks/{p}"), Vec::new(), 403).await?;
         ensure!(m.contains("pre-defined"), "{m}");
     }
@@ -887,7 +888,7 @@ async fn restart_reloads_networks_and_keeps_predefined_ones_once() -> Result<()>
     };
     ensure!(summary(&before) == summary(&after), "{before} vs {after}");
     let names: Vec<String> = summary(&after).into_iter().map(|(n, _, _)| n).collect();
-    ensure!(names == ["bridge", "kept", "none"], "{names:?}");
+    ensure!(names == ["bridge", "host", "kept", "none"], "{names:?}");
     let kept = api
         .expect("GET", &format!("/networks/{kept_id}"), None, 200)
         .await?;

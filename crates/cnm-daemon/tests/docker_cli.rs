@@ -63,7 +63,7 @@ async fn docker_cli_manages_networks() -> Result<()> {
     // ls: the predefined networks.
     let names = ok(&sock, c, &["network", "ls", "--format", "{{.Name}}"]).await?;
     let names: Vec<&str> = names.lines().collect();
-    ensure!(names == ["bridge", "none"], "{names:?}");
+    ensure!(names == ["bridge", "host", "none"], "{names:?}");
 
     // create with subnet, gateway, ip-range, label, option.
     let id = ok(
@@ -108,7 +108,13 @@ async fn docker_cli_manages_networks() -> Result<()> {
     .await?;
     let names: Vec<&str> = names.lines().collect();
     ensure!(
-        names == ["bridge bridge local", "none null local", "web bridge local"],
+        names
+            == [
+                "bridge bridge local",
+                "host host local",
+                "none null local",
+                "web bridge local"
+            ],
         "{names:?}"
     );
     let filtered = ok(
@@ -222,7 +228,7 @@ async fn docker_cli_manages_networks() -> Result<()> {
     );
     let names = ok(&sock, c, &["network", "ls", "--format", "{{.Name}}"]).await?;
     ensure!(
-        names.lines().collect::<Vec<_>>() == ["bridge", "none"],
+        names.lines().collect::<Vec<_>>() == ["bridge", "host", "none"],
         "{names}"
     );
 
@@ -234,6 +240,175 @@ async fn docker_cli_manages_networks() -> Result<()> {
         "{err}"
     );
 
+    daemon.stop().await?;
+    Ok(())
+}
+
+/// Issue 14 through the docker CLI: `docker network create -d macvlan -o parent=…` on a veth
+/// parent inside the test's host namespace, two containers talking over it; a VLAN parent and
+/// ipvlan refused as unsupported on this kernel, leaving nothing; overlapping subnets on one
+/// parent refused; the predefined `host` network as dockerd shows it, and not removable.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn docker_cli_macvlan_ipvlan_and_host_networks() -> Result<()> {
+    let host = TestHost::new().await?;
+    let lan = host.lan(1).await?;
+    let daemon = common::start(&host, false).await?;
+    let sock = daemon.socket().to_owned();
+    let cfg = tempfile::tempdir()?;
+    let c = cfg.path();
+    let api = Client::new(&sock);
+
+    ok(
+        &sock,
+        c,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=cnm-lan1",
+            "-o",
+            "macvlan_mode=bridge",
+            "--subnet",
+            "203.0.113.64/26",
+            "--ip-range",
+            "203.0.113.96/27",
+            "mv",
+        ],
+    )
+    .await?;
+    let n = inspect(&sock, c, "mv").await?;
+    ensure!(n["Driver"] == "macvlan" && n["Scope"] == "local", "{n}");
+    ensure!(
+        n["Options"] == json!({"parent": "cnm-lan1", "macvlan_mode": "bridge"}),
+        "{n}"
+    );
+    // No gateway asked for, none shown or made.
+    ensure!(
+        n["IPAM"]["Config"] == json!([{"Subnet": "203.0.113.64/26", "IPRange": "203.0.113.96/27"}]),
+        "{n}"
+    );
+    for name in ["app1", "app2"] {
+        api.expect(
+            "POST",
+            "/cnm/v1/sandboxes",
+            Some(json!({"Name": name})),
+            201,
+        )
+        .await?;
+        ok(&sock, c, &["network", "connect", "mv", name]).await?;
+    }
+    let n = inspect(&sock, c, "mv").await?;
+    let addrs: Vec<String> = n["Containers"]
+        .as_object()
+        .context("containers")?
+        .values()
+        .filter_map(|v| v["IPv4Address"].as_str())
+        .map(|a| a.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(addrs.len() == 2, "{n}");
+    let app1 = daemon.controller().sandbox("app1")?;
+    let app2 = daemon.controller().sandbox("app2")?;
+    let app2_addr = app2
+        .netlink()
+        .addresses(None)
+        .await?
+        .into_iter()
+        .find(|a| a.addr.addr().is_ipv4() && !a.addr.addr().is_loopback())
+        .context("app2's address")?
+        .addr
+        .addr();
+    ensure!(addrs.contains(&app2_addr.to_string()), "{addrs:?}");
+    cnm_testkit::probe::icmp(app1.netns(), app2_addr).await?;
+    cnm_testkit::probe::icmp(app1.netns(), lan.addr_v4()).await?;
+
+    // Overlap on one parent: refused.
+    let err = fails(
+        &sock,
+        c,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=cnm-lan1",
+            "--subnet",
+            "203.0.113.96/27",
+            "ov",
+        ],
+    )
+    .await?;
+    ensure!(err.contains("overlaps"), "{err}");
+    // This kernel has no 8021q and no ipvlan: refused, naming the feature, nothing left.
+    let err = fails(
+        &sock,
+        c,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=cnm-lan1.10",
+            "--subnet",
+            "10.98.0.0/24",
+            "vl",
+        ],
+    )
+    .await?;
+    ensure!(err.contains("8021q"), "{err}");
+    ensure!(host.netlink().link("cnm-lan1.10").await?.is_none());
+    let err = fails(
+        &sock,
+        c,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "-o",
+            "parent=cnm-lan1",
+            "-o",
+            "ipvlan_mode=l3",
+            "--subnet",
+            "10.97.0.0/24",
+            "iv",
+        ],
+    )
+    .await?;
+    ensure!(err.contains("ipvlan"), "{err}");
+    let names = ok(&sock, c, &["network", "ls", "--format", "{{.Name}}"]).await?;
+    ensure!(
+        names.lines().collect::<Vec<_>>() == ["bridge", "host", "mv", "none"],
+        "{names}"
+    );
+
+    // The predefined host network, as dockerd shows it.
+    let h = inspect(&sock, c, "host").await?;
+    ensure!(h["Driver"] == "host" && h["Scope"] == "local", "{h}");
+    ensure!(
+        h["IPAM"]["Config"].as_array().is_none_or(Vec::is_empty),
+        "{h}"
+    );
+    ensure!(h["Options"] == json!({}), "{h}");
+    for p in ["host", "none"] {
+        let err = fails(&sock, c, &["network", "rm", p]).await?;
+        ensure!(err.contains("pre-defined"), "{err}");
+    }
+    let (status, _) = api.raw("DELETE", "/networks/host", Vec::new()).await?;
+    ensure!(status == 403, "{status}");
+
+    for name in ["app1", "app2"] {
+        ok(&sock, c, &["network", "disconnect", "mv", name]).await?;
+    }
+    ok(&sock, c, &["network", "rm", "mv"]).await?;
+    ensure!(
+        host.netlink().link("cnm-lan1").await?.is_some(),
+        "the user's parent stays"
+    );
     daemon.stop().await?;
     Ok(())
 }

@@ -178,6 +178,7 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
                 dns: strings(),
                 dns_search: strings(),
                 dns_options: strings(),
+                host_namespace: Some(true),
             }),
         ),
         (

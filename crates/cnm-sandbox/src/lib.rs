@@ -58,7 +58,7 @@ mod sysctl;
 pub use error::SandboxError;
 pub use files::{HostsEntry, HostsFile, ResolvConf};
 pub use interface::{InterfaceConfig, InterfaceSource};
-pub use link::{Link, LinkKind, LinkSpec, MacvlanMode};
+pub use link::{IpvlanMode, Link, LinkKind, LinkSpec, MacvlanMode};
 pub use netlink::{FdbEntry, Neighbour, Netlink};
 pub use ns::NetNs;
 pub use route::{Address, IpFamily, Route, RouteSpec};

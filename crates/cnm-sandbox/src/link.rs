@@ -21,6 +21,11 @@ pub struct LinkSpec {
     pub master: Option<u32>,
     /// Whether to bring the link up as it is created.
     pub up: bool,
+    /// The namespace the link is born in (`IFLA_NET_NS_FD`), when not the handle's own: a
+    /// macvlan or ipvlan made directly inside a sandbox, its parent still found (by index) in
+    /// the handle's namespace. No move, and it starts with the sandbox's sysctl defaults (IPv6
+    /// off in a cnm sandbox).
+    pub netns: Option<NetNs>,
 }
 
 /// The link type and its type-specific settings.
@@ -70,6 +75,31 @@ pub enum LinkKind {
         /// Macvlan mode.
         mode: MacvlanMode,
     },
+    /// An 802.1Q VLAN sub-interface of a parent link (needs the kernel's `8021q`).
+    Vlan {
+        /// Index of the parent device.
+        parent: u32,
+        /// The VLAN id, 1 to 4094.
+        id: u16,
+    },
+    /// An ipvlan device on a parent link (needs the kernel's `ipvlan`).
+    Ipvlan {
+        /// Index of the parent device.
+        parent: u32,
+        /// Ipvlan mode.
+        mode: IpvlanMode,
+    },
+}
+
+/// Ipvlan modes (`ip link add … type ipvlan mode …`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpvlanMode {
+    /// Switching at layer 2: the slaves share the parent's MAC and its broadcast domain.
+    L2,
+    /// Routing at layer 3 by the parent; no broadcast or multicast.
+    L3,
+    /// As `L3`, with the traffic passing the host's netfilter (conntrack).
+    L3s,
 }
 
 /// Macvlan modes (`ip link add … type macvlan mode …`).
@@ -94,6 +124,22 @@ impl LinkKind {
             Self::Vxlan { .. } => "vxlan",
             Self::Dummy => "dummy",
             Self::Macvlan { .. } => "macvlan",
+            Self::Vlan { .. } => "vlan",
+            Self::Ipvlan { .. } => "ipvlan",
+        }
+    }
+
+    /// The kernel feature (module) this link type needs, as an `Unsupported` error names it
+    /// when the kernel answers that it does not know the type.
+    pub fn kernel_feature(&self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Veth { .. } => "veth",
+            Self::Vxlan { .. } => "vxlan",
+            Self::Dummy => "dummy",
+            Self::Macvlan { .. } => "macvlan",
+            Self::Vlan { .. } => "8021q",
+            Self::Ipvlan { .. } => "ipvlan",
         }
     }
 }
@@ -108,6 +154,7 @@ impl LinkSpec {
             mac: None,
             master: None,
             up: false,
+            netns: None,
         }
     }
 
@@ -153,7 +200,20 @@ impl LinkSpec {
                     ));
                 }
             }
-            LinkKind::Bridge | LinkKind::Dummy | LinkKind::Macvlan { .. } => {}
+            LinkKind::Vlan { id, .. } => {
+                // 0 and 4095 are reserved by 802.1Q.
+                if !(1..=4094).contains(id) {
+                    return Err(SandboxError::invalid(
+                        "vlan id",
+                        id.to_string(),
+                        "must be between 1 and 4094",
+                    ));
+                }
+            }
+            LinkKind::Bridge
+            | LinkKind::Dummy
+            | LinkKind::Macvlan { .. }
+            | LinkKind::Ipvlan { .. } => {}
         }
         Ok(())
     }

@@ -25,8 +25,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage, LinkProtoInfoBridge, MacVlanMode,
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, IpVlanMode,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -36,7 +36,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::link::MacvlanMode;
+use crate::link::{IpvlanMode, MacvlanMode};
 use crate::ns::{create_persisted, delete_persisted, on_thread};
 use crate::{Address, IpFamily, Link, LinkKind, LinkSpec, NetNs, Route, RouteSpec, SandboxError};
 
@@ -333,11 +333,22 @@ impl Netlink {
             LinkKind::Vxlan { .. } => "create vxlan",
             LinkKind::Dummy => "create dummy",
             LinkKind::Macvlan { .. } => "create macvlan",
+            LinkKind::Vlan { .. } => "create vlan",
+            LinkKind::Ipvlan { .. } => "create ipvlan",
         };
         tracing::debug!(name = %spec.name, kind = spec.kind.kernel_name(), "create link");
         self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
             .await
-            .map_err(|e| SandboxError::kernel(op, object.clone(), e))?;
+            .map_err(|e| match e.raw_os_error() {
+                // "Unknown device type": the kernel has no driver for this link type (and could
+                // not load its module). Nothing was created.
+                Some(libc::EOPNOTSUPP) => SandboxError::Unsupported {
+                    op,
+                    object: object.clone(),
+                    reason: unsupported_reason(&spec.kind),
+                },
+                _ => SandboxError::kernel(op, object.clone(), e),
+            })?;
         if let LinkKind::Veth {
             peer_name,
             peer_ns,
@@ -892,6 +903,11 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
     }
+    if let Some(ns) = &spec.netns {
+        // The fd stays open: `spec` (and so the NetNs) outlives the request.
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+    }
     let (kind, data) = match &spec.kind {
         LinkKind::Bridge => (InfoKind::Bridge, None),
         LinkKind::Dummy => (InfoKind::Dummy, None),
@@ -958,11 +974,43 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
                 Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)])),
             )
         }
+        LinkKind::Vlan { parent, id } => {
+            msg.attributes.push(LinkAttribute::Link(*parent));
+            (
+                InfoKind::Vlan,
+                Some(InfoData::Vlan(vec![InfoVlan::Id(*id)])),
+            )
+        }
+        LinkKind::Ipvlan { parent, mode } => {
+            msg.attributes.push(LinkAttribute::Link(*parent));
+            let mode = match mode {
+                IpvlanMode::L2 => IpVlanMode::L2,
+                IpvlanMode::L3 => IpVlanMode::L3,
+                IpvlanMode::L3s => IpVlanMode::L3S,
+            };
+            (
+                InfoKind::IpVlan,
+                Some(InfoData::IpVlan(vec![InfoIpVlan::Mode(mode)])),
+            )
+        }
     };
     let mut info = vec![LinkInfo::Kind(kind)];
     info.extend(data.map(LinkInfo::Data));
     msg.attributes.push(LinkAttribute::LinkInfo(info));
     msg
+}
+
+/// Why the kernel refused a link type it does not know, naming the feature it lacks.
+fn unsupported_reason(kind: &LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Vlan { .. } => "the kernel has no 802.1Q VLAN support (8021q)",
+        LinkKind::Ipvlan { .. } => "the kernel has no ipvlan support (ipvlan)",
+        LinkKind::Macvlan { .. } => "the kernel has no macvlan support (macvlan)",
+        LinkKind::Dummy => "the kernel has no dummy link support (dummy)",
+        LinkKind::Vxlan { .. } => "the kernel has no VXLAN support (vxlan)",
+        LinkKind::Veth { .. } => "the kernel has no veth support (veth)",
+        LinkKind::Bridge => "the kernel has no bridge support (bridge)",
+    }
 }
 
 /// Sends `RTM_DELLINK` for `name` on a fresh socket of the calling thread's namespace and waits
@@ -1379,6 +1427,85 @@ mod tests {
             !peer.header.flags.contains(LinkFlags::Up),
             "the kernel refuses to open a peer in its create message"
         );
+    }
+
+    fn info_data(msg: &LinkMessage) -> (Option<InfoKind>, Option<InfoData>) {
+        let mut out = (None, None);
+        for a in &msg.attributes {
+            if let LinkAttribute::LinkInfo(infos) = a {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => out.0 = Some(k.clone()),
+                        LinkInfo::Data(d) => out.1 = Some(d.clone()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn vlan_message_names_parent_and_id() {
+        let spec = LinkSpec {
+            up: true,
+            ..LinkSpec::new(
+                "eth0.10".parse().unwrap(),
+                LinkKind::Vlan { parent: 4, id: 10 },
+            )
+        };
+        spec.validate().unwrap();
+        let msg = link_create_message(&spec);
+        assert!(msg.attributes.contains(&LinkAttribute::Link(4)));
+        assert!(
+            msg.attributes
+                .contains(&LinkAttribute::IfName("eth0.10".into()))
+        );
+        assert!(msg.header.flags.contains(LinkFlags::Up));
+        assert_eq!(
+            info_data(&msg),
+            (
+                Some(InfoKind::Vlan),
+                Some(InfoData::Vlan(vec![InfoVlan::Id(10)]))
+            )
+        );
+        for bad in [0, 4095] {
+            let e = LinkSpec::new(
+                "eth0.x".parse().unwrap(),
+                LinkKind::Vlan { parent: 4, id: bad },
+            )
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().contains("vlan id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ipvlan_message_carries_each_mode() {
+        for (mode, want) in [
+            (IpvlanMode::L2, IpVlanMode::L2),
+            (IpvlanMode::L3, IpVlanMode::L3),
+            (IpvlanMode::L3s, IpVlanMode::L3S),
+        ] {
+            let spec = LinkSpec::new("iv0".parse().unwrap(), LinkKind::Ipvlan { parent: 9, mode });
+            let msg = link_create_message(&spec);
+            assert!(msg.attributes.contains(&LinkAttribute::Link(9)));
+            assert_eq!(
+                info_data(&msg),
+                (
+                    Some(InfoKind::IpVlan),
+                    Some(InfoData::IpVlan(vec![InfoIpVlan::Mode(want)]))
+                )
+            );
+        }
+        assert_eq!(
+            unsupported_reason(&LinkKind::Ipvlan {
+                parent: 1,
+                mode: IpvlanMode::L2
+            }),
+            "the kernel has no ipvlan support (ipvlan)"
+        );
+        assert!(unsupported_reason(&LinkKind::Vlan { parent: 1, id: 2 }).contains("8021q"));
     }
 
     /// Callers spawn these futures on tokio: they must stay `Send`.

@@ -1,7 +1,8 @@
 //! cnm: the Container Network Model (Docker's libnetwork) in Rust. This facade re-exports the
 //! core's public API and links the built-in drivers selected by cargo features.
 //!
-//! **Owns**: which built-in drivers a program gets (`bridge`, `null`, `overlay`; all on by default), and
+//! **Owns**: which built-in drivers a program gets (`bridge`, `host`, `null`, `macvlan`,
+//! `ipvlan` and `overlay`; all on by default), and
 //! its default store: `cnm-store`'s embedded, crash-safe store in the state dir (linked here, so
 //! `Controller::builder().build()` persists and reloads its state, and takes the state dir's lock).
 //! **Does not**: implement anything itself; see `cnm-core` and the `cnm-driver-*` crates.
@@ -57,6 +58,10 @@ pub use cnm_core::*;
 // A driver crate that is never named is not linked, and its `inventory` registration with it.
 #[cfg(feature = "bridge")]
 use cnm_driver_bridge as _;
+#[cfg(feature = "host")]
+use cnm_driver_host as _;
+#[cfg(feature = "macvlan")]
+use cnm_driver_macvlan as _;
 #[cfg(feature = "null")]
 use cnm_driver_null as _;
 #[cfg(feature = "overlay")]

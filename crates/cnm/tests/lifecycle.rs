@@ -43,8 +43,11 @@ fn subnet_opts(subnet: &str) -> Result<NetworkOptions> {
 }
 
 #[test]
-fn builtin_drivers_are_bridge_null_and_overlay() {
-    assert_eq!(cnm::builtin_drivers(), ["bridge", "null", "overlay"]);
+fn builtin_drivers_are_listed() {
+    assert_eq!(
+        cnm::builtin_drivers(),
+        ["bridge", "host", "ipvlan", "macvlan", "null", "overlay"]
+    );
 }
 
 #[tokio::test]
@@ -52,7 +55,10 @@ fn builtin_drivers_are_bridge_null_and_overlay() {
 async fn seed_life_cycle_with_bridge() -> Result<()> {
     let host = TestHost::new().await?;
     let ctl = controller(&host).await?;
-    assert_eq!(ctl.drivers(), ["bridge", "null", "overlay"]);
+    assert_eq!(
+        ctl.drivers(),
+        ["bridge", "host", "ipvlan", "macvlan", "null", "overlay"]
+    );
     let host_links_before = link_names(host.netlink()).await?;
 
     let network = ctl

@@ -39,6 +39,12 @@ pub(crate) async fn join_container(
     opts: JoinOptions,
 ) -> Result<Arc<SandboxInner>, CoreError> {
     let priority = opts.gateway_priority;
+    let mut opts = opts;
+    // A container that joins the host's stack first is made on it (libnetwork's default
+    // sandbox); one made already keeps what it is, and `join` refuses a mismatch.
+    if ep.network.capability.host_namespace {
+        opts.host_namespace = true;
+    }
     let (sb, created) = find_or_create(&core, &cid, opts, true).await?;
     match join(&core, &sb, &ep, priority).await {
         Ok(()) => Ok(sb),

@@ -63,6 +63,17 @@ pub(crate) async fn join(
         },
     )?;
     let driver = core.driver_of(&net)?;
+    if net.capability.host_namespace != sb.options.host_namespace {
+        return Err(CoreError::HostNamespace {
+            container: sb.container_id.clone(),
+            network: net.name.clone(),
+            reason: if sb.options.host_namespace {
+                "it shares the host's network namespace, which joins no other network"
+            } else {
+                "only a sandbox on the host's network namespace joins the host's network"
+            },
+        });
+    }
     // The interface's sysctls, checked when the endpoint was created (a recorded endpoint from
     // an older cnm is checked here, before any effect).
     let sysctls = ep.options.interface_sysctls()?;

@@ -368,7 +368,10 @@ async fn allocate_pools(
         }
         for config in options.pool_configs(family) {
             let pool = allocate_pool(core, undo, family, config, &exclude, network).await?;
-            let pool = if capability.no_gateway {
+            let wanted = !capability.no_gateway
+                && (!capability.gateway_on_request
+                    || config.and_then(PoolConfig::gateway).is_some());
+            let pool = if !wanted {
                 pool
             } else {
                 allocate_gateway(core, undo, pool, network).await?

@@ -104,6 +104,10 @@ fn begin_delete(net: &NetworkInner) -> Result<(), CoreError> {
     if st.deleting {
         return Err(net.deleted_error());
     }
+    // Checked when the network was created: a bad value cannot be here.
+    if net.options.predefined().unwrap_or(false) {
+        return Err(CoreError::PredefinedNetwork(net.name.clone()));
+    }
     if !st.endpoints.is_empty() {
         return Err(CoreError::NetworkInUse {
             network: net.name.clone(),

@@ -138,7 +138,12 @@ async fn reopen_sandboxes(
 ) -> Result<BTreeMap<String, Opened>, CoreError> {
     let mut opened = BTreeMap::new();
     for (key, rec) in sbs {
-        match core.kernel.open_netns(&rec.value.key).await {
+        let ns = if rec.value.options.host_namespace {
+            Ok(super::sandbox_create::host_sandbox_ns(core.kernel.as_ref()))
+        } else {
+            core.kernel.open_netns(&rec.value.key).await
+        };
+        match ns {
             Ok(ns) => {
                 opened.insert(rec.value.id.clone(), Opened { rec, ns });
             }

@@ -3,12 +3,13 @@
 //! join turns it on for an IPv6 endpoint's), loopback up (it predates the default and keeps
 //! `::1`), a hosts file and a resolv.conf; the record last.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{delete_record, put_new_record};
 use crate::CoreError;
 use crate::id;
-use crate::kernel::IPV6_DEFAULT_OFF;
+use crate::kernel::{IPV6_DEFAULT_OFF, Kernel, SandboxNs};
 use crate::model::sandbox::{SandboxInner, SandboxState};
 use crate::options::JoinOptions;
 use crate::record;
@@ -89,7 +90,12 @@ async fn create(
     let dir = core.run_dir.join("sandboxes").join(&id);
     let kernel = core.kernel.clone();
     let mut undo = Undo::new();
+    let host_namespace = opts.host_namespace;
     let result = async {
+        if host_namespace {
+            return create_on_host(core, &kernel, id.clone(), cid, dir.clone(), opts, &mut undo)
+                .await;
+        }
         let ns = kernel
             .create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
             .await
@@ -120,10 +126,86 @@ async fn create(
         let host =
             host.map_err(|e| CoreError::sandbox("prepare the files of sandbox", &short, e))?;
         lo.map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
+        finish(
+            core,
+            &kernel,
+            id.clone(),
+            cid,
+            dir.clone(),
+            ns,
+            opts,
+            &host,
+            &mut undo,
+        )
+        .await
+    }
+    .await;
+    let sb = undo.finish(result).await?;
+    tracing::info!(sandbox = %short, container = %cid, key = %sb.key().display(), "sandbox created");
+    Ok(sb)
+}
+
+/// A sandbox that is the host's own namespace (libnetwork's default sandbox): no namespace
+/// made, nothing changed in the host's; its key is where the host's namespace is found (the
+/// controller's own when the host namespace has no path). Its directory, files and record as
+/// any sandbox's.
+async fn create_on_host(
+    core: &Arc<Core>,
+    kernel: &Arc<dyn Kernel>,
+    id: String,
+    cid: &str,
+    dir: PathBuf,
+    opts: JoinOptions,
+    undo: &mut Undo<CoreError>,
+) -> Result<Arc<SandboxInner>, CoreError> {
+    let ns = host_sandbox_ns(kernel.as_ref());
+    let host = kernel.prepare_dir(&dir, &core.resolv_conf).await;
+    {
+        let (kernel, dir) = (kernel.clone(), dir.clone());
+        undo.push("remove sandbox directory", move || async move {
+            kernel
+                .remove_dir(&dir)
+                .await
+                .map_err(|e| CoreError::sandbox("remove directory", dir.display().to_string(), e))
+        });
+    }
+    let host =
+        host.map_err(|e| CoreError::sandbox("prepare the files of sandbox", id::short(&id), e))?;
+    finish(core, kernel, id, cid, dir, ns, opts, &host, undo).await
+}
+
+/// The host's namespace as a sandbox's (see [`create_on_host`]; reload reopens it so too).
+pub(crate) fn host_sandbox_ns(kernel: &dyn Kernel) -> SandboxNs {
+    let key = kernel
+        .host_ns()
+        .path()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id())));
+    SandboxNs {
+        key,
+        ns: kernel.host_ns().clone(),
+        netlink: kernel.host_netlink().clone(),
+    }
+}
+
+/// The files and the record of a sandbox whose namespace is ready.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    core: &Arc<Core>,
+    kernel: &Arc<dyn Kernel>,
+    id: String,
+    cid: &str,
+    dir: PathBuf,
+    ns: SandboxNs,
+    opts: JoinOptions,
+    host: &cnm_sandbox::ResolvConf,
+    undo: &mut Undo<CoreError>,
+) -> Result<Arc<SandboxInner>, CoreError> {
+    {
         let sb = SandboxInner::new(
             id.clone(),
             cid.to_owned(),
-            dir.clone(),
+            dir,
             ns,
             opts,
             SandboxState {
@@ -135,7 +217,7 @@ async fn create(
         );
         let rc_path = sb.resolv_conf_path();
         kernel
-            .write_resolv_conf(&rc_path, &sb.resolv_conf(&host))
+            .write_resolv_conf(&rc_path, &sb.resolv_conf(host))
             .map_err(|e| {
                 CoreError::sandbox("write resolv.conf", rc_path.display().to_string(), e)
             })?;
@@ -152,8 +234,4 @@ async fn create(
         crate::crash::point("sandbox-create:after-record");
         Ok(Arc::new(sb))
     }
-    .await;
-    let sb = undo.finish(result).await?;
-    tracing::info!(sandbox = %short, container = %cid, key = %key.display(), "sandbox created");
-    Ok(sb)
 }

@@ -77,12 +77,15 @@ pub(crate) async fn delete_sandbox(
         leave_kernel(&core, &sb, j, gw, &mut errors).await;
     }
     crate::crash::point("sandbox-delete:after-leave");
-    errors.check(
-        core.kernel
-            .delete_netns(sb.key())
-            .await
-            .map_err(|e| CoreError::sandbox("delete netns", sb.key().display().to_string(), e)),
-    );
+    // A sandbox on the host's namespace leaves the namespace alone.
+    if !sb.options.host_namespace {
+        errors.check(
+            core.kernel
+                .delete_netns(sb.key())
+                .await
+                .map_err(|e| CoreError::sandbox("delete netns", sb.key().display().to_string(), e)),
+        );
+    }
     crate::crash::point("sandbox-delete:after-netns");
     errors.check(
         core.kernel

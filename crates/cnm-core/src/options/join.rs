@@ -34,6 +34,9 @@ pub enum JoinOption {
     DnsOption(String),
     /// The endpoint's gateway priority: the highest ranks first for the sandbox's default route.
     GatewayPriority(i32),
+    /// The sandbox is the host's own namespace (libnetwork's `OptionUseDefaultSandbox`): what
+    /// a join with the `host` network gives by itself, for a sandbox made beforehand.
+    HostNamespace,
 }
 
 impl JoinOption {
@@ -74,6 +77,11 @@ impl JoinOption {
     pub fn gateway_priority(priority: i32) -> Self {
         Self::GatewayPriority(priority)
     }
+
+    /// The sandbox is the host's own namespace.
+    pub fn host_namespace() -> Self {
+        Self::HostNamespace
+    }
 }
 
 /// Join options checked and gathered: the typed form the controller works with.
@@ -94,6 +102,9 @@ pub struct JoinOptions {
     pub dns_options: Vec<String>,
     /// Gateway priority of the joining endpoint.
     pub gateway_priority: i32,
+    /// The sandbox is the host's own namespace (see [`JoinOption::HostNamespace`]).
+    #[serde(default)]
+    pub host_namespace: bool,
 }
 
 impl JoinOptions {
@@ -130,6 +141,7 @@ impl JoinOptions {
                     out.dns_options.push(o);
                 }
                 JoinOption::GatewayPriority(p) => out.gateway_priority = p,
+                JoinOption::HostNamespace => out.host_namespace = true,
             }
         }
         Ok(out)
@@ -163,6 +175,9 @@ impl IntoIterator for JoinOptions {
         v.extend(self.dns_options.into_iter().map(JoinOption::DnsOption));
         if self.gateway_priority != 0 {
             v.push(JoinOption::GatewayPriority(self.gateway_priority));
+        }
+        if self.host_namespace {
+            v.push(JoinOption::HostNamespace);
         }
         v.into_iter()
     }

@@ -20,9 +20,9 @@ pub use endpoint::{
 };
 pub use join::{JoinOption, JoinOptions, RawJoinOptions};
 pub use network::{
-    KEY_ALLOW_HOST_OVERLAP, KEY_DNS_SERVERS, KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, MAX_DNS_SERVERS,
-    MAX_MTU, MIN_MTU_V4, MIN_MTU_V6, NetworkOptions, PoolConfig, RawIpam, RawIpamConfig,
-    RawNetworkOptions, check_mtu,
+    KEY_ALLOW_HOST_OVERLAP, KEY_DNS_SERVERS, KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, KEY_PREDEFINED,
+    MAX_DNS_SERVERS, MAX_MTU, MIN_MTU_V4, MIN_MTU_V6, NetworkOptions, PoolConfig, RawIpam,
+    RawIpamConfig, RawNetworkOptions, check_mtu,
 };
 
 use crate::CoreError;

@@ -45,6 +45,12 @@ pub const KEY_DNS_SERVERS: &str = "com.cnm.network.dns";
 /// are allowed, since the embedded DNS hedges across them).
 pub const MAX_DNS_SERVERS: usize = 8;
 
+/// cnm's generic label marking one of the networks a daemon makes itself and keeps (Docker's
+/// predefined `bridge`, `host` and `none`): `true` refuses its deletion
+/// ([`CoreError::PredefinedNetwork`]). Core owns it; it is not among the options Docker's view
+/// shows ([`NetworkOptions::as_docker_options`]).
+pub const KEY_PREDEFINED: &str = "com.cnm.network.predefined";
+
 /// The smallest MTU of an IPv4 link (RFC 791).
 pub const MIN_MTU_V4: u32 = 68;
 /// The smallest MTU of an IPv6 link (RFC 8200); the kernel turns IPv6 off on smaller links.
@@ -54,7 +60,7 @@ pub const MAX_MTU: u32 = 65535;
 
 /// The generic labels core owns among a network's driver options (kept as given, never passed
 /// to the driver's parse step).
-const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, KEY_DNS_SERVERS];
+const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, KEY_DNS_SERVERS, KEY_PREDEFINED];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.
@@ -354,6 +360,7 @@ impl NetworkOptions {
         self.mtu()?;
         self.embedded_dns()?;
         self.dns_servers()?;
+        self.predefined()?;
         Ok(())
     }
 
@@ -396,6 +403,15 @@ impl NetworkOptions {
         Ok(out)
     }
 
+    /// Whether the network is predefined ([`KEY_PREDEFINED`]; false when absent).
+    pub fn predefined(&self) -> Result<bool, CoreError> {
+        self.driver_options
+            .get(KEY_PREDEFINED)
+            .map(|v| parse_bool(KEY_PREDEFINED, v))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
     /// Whether the network may have the embedded DNS: [`KEY_EMBEDDED_DNS`] as given, true when
     /// absent.
     pub fn embedded_dns(&self) -> Result<bool, CoreError> {
@@ -428,6 +444,7 @@ impl NetworkOptions {
     /// options as given, with cnm's own keys core consumed.
     pub fn as_docker_options(&self) -> BTreeMap<String, String> {
         let mut o = self.driver_options.clone();
+        o.remove(KEY_PREDEFINED);
         if self.allow_host_overlap {
             o.insert(KEY_ALLOW_HOST_OVERLAP.to_owned(), "true".to_owned());
         }

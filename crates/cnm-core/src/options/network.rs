@@ -60,7 +60,12 @@ pub const MAX_MTU: u32 = 65535;
 
 /// The generic labels core owns among a network's driver options (kept as given, never passed
 /// to the driver's parse step).
-const GENERIC_KEYS: &[&str] = &[KEY_DRIVER_MTU, KEY_EMBEDDED_DNS, KEY_DNS_SERVERS, KEY_PREDEFINED];
+const GENERIC_KEYS: &[&str] = &[
+    KEY_DRIVER_MTU,
+    KEY_EMBEDDED_DNS,
+    KEY_DNS_SERVERS,
+    KEY_PREDEFINED,
+];
 
 /// One IPAM pool of a network: a subnet and what is reserved in it. Valid by construction: the
 /// range, gateway and auxiliary addresses lie inside the subnet and are of its family.

@@ -165,45 +165,32 @@ impl Cluster {
         }
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         if capability.needs_addresses {
-            for (family, on, out) in [
-                (Family::V4, options.enable_ipv4, &mut v4),
-                (Family::V6, options.enable_ipv6, &mut v6),
-            ] {
-                if !on {
-                    continue;
-                }
-                for config in options.pool_configs(family) {
-                    let mut req = PoolRequest::new(family);
-                    let mut aux = BTreeMap::new();
-                    if let Some(c) = config {
-                        req.subnet = Some(c.subnet());
-                        req.ip_range = c.ip_range();
-                        req.gateway = c.gateway();
-                        req.aux_addresses = c.aux_addresses().values().copied().collect();
-                        aux = c.aux_addresses().clone();
-                    }
-                    let pool = scratch.request_pool(&req).map_err(|e| {
-                        CoreError::ipam("allocate a cluster-wide pool for network", network, e)
-                    })?;
-                    let gateway = if capability.no_gateway {
-                        None
-                    } else {
-                        Some(
-                            scratch
-                                .request_address(&pool.id, AddressRequest::Gateway)
-                                .map_err(|e| {
-                                    CoreError::ipam("allocate gateway for network", network, e)
-                                })?,
-                        )
-                    };
-                    index.insert(pool.subnet, id.to_owned());
-                    out.push(NetworkPool {
-                        pool_id: pool.id,
-                        subnet: pool.subnet,
-                        gateway,
-                        aux_addresses: aux,
-                    });
-                }
+            for (req, aux) in options.pool_requests() {
+                let pool = scratch.request_pool(&req).map_err(|e| {
+                    CoreError::ipam("allocate a cluster-wide pool for network", network, e)
+                })?;
+                let gateway = if capability.no_gateway {
+                    None
+                } else {
+                    Some(
+                        scratch
+                            .request_address(&pool.id, AddressRequest::Gateway)
+                            .map_err(|e| {
+                                CoreError::ipam("allocate gateway for network", network, e)
+                            })?,
+                    )
+                };
+                index.insert(pool.subnet, id.to_owned());
+                let out = match req.family {
+                    Family::V4 => &mut v4,
+                    Family::V6 => &mut v6,
+                };
+                out.push(NetworkPool {
+                    pool_id: pool.id,
+                    subnet: pool.subnet,
+                    gateway,
+                    aux_addresses: aux,
+                });
             }
         }
         Ok((v4, v6, index, version))

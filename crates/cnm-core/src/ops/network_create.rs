@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cnm_ipam::{AddressRequest, Family, PoolRequest};
 use dashmap::mapref::entry::Entry;
-use ipnet::IpNet;
+use std::net::IpAddr;
 use tracing::Instrument as _;
 
 use super::{check_name, delete_record, put_new_record};
@@ -351,29 +351,25 @@ async fn allocate_pools(
     capability: &Capability,
     network: &str,
 ) -> Result<(Vec<NetworkPool>, Vec<NetworkPool>), CoreError> {
-    let needs_default = (options.enable_ipv4 && options.pools_v4().next().is_none())
-        || (options.enable_ipv6 && options.pools_v6().next().is_none());
-    let exclude = if needs_default {
-        core.pool_exclusions().await?
-    } else {
-        Vec::new()
-    };
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for (family, on, out) in [
-        (Family::V4, options.enable_ipv4, &mut v4),
-        (Family::V6, options.enable_ipv6, &mut v6),
-    ] {
-        if !on {
-            continue;
+    let mut requests = options.pool_requests();
+    if requests.iter().any(|(req, _)| req.subnet.is_none()) {
+        let exclude = core.pool_exclusions().await?;
+        for (req, _) in requests.iter_mut().filter(|(req, _)| req.subnet.is_none()) {
+            req.exclude = exclude.clone();
         }
-        for config in options.pool_configs(family) {
-            let pool = allocate_pool(core, undo, family, config, &exclude, network).await?;
-            let pool = if capability.no_gateway {
-                pool
-            } else {
-                allocate_gateway(core, undo, pool, network).await?
-            };
-            out.push(pool);
+    }
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (req, aux) in requests {
+        let family = req.family;
+        let pool = allocate_pool(core, undo, &req, aux, network).await?;
+        let pool = if capability.no_gateway {
+            pool
+        } else {
+            allocate_gateway(core, undo, pool, network).await?
+        };
+        match family {
+            Family::V4 => v4.push(pool),
+            Family::V6 => v6.push(pool),
         }
     }
     Ok((v4, v6))
@@ -382,26 +378,13 @@ async fn allocate_pools(
 async fn allocate_pool(
     core: &Arc<Core>,
     undo: &mut Undo<CoreError>,
-    family: Family,
-    config: Option<&PoolConfig>,
-    exclude: &[IpNet],
+    req: &PoolRequest,
+    aux: BTreeMap<String, IpAddr>,
     network: &str,
 ) -> Result<NetworkPool, CoreError> {
-    let mut req = PoolRequest::new(family);
-    let mut aux = BTreeMap::new();
-    match config {
-        Some(c) => {
-            req.subnet = Some(c.subnet());
-            req.ip_range = c.ip_range();
-            req.gateway = c.gateway();
-            req.aux_addresses = c.aux_addresses().values().copied().collect();
-            aux = c.aux_addresses().clone();
-        }
-        None => req.exclude = exclude.to_vec(),
-    }
     let pool = core
         .ipam
-        .request_pool(&req)
+        .request_pool(req)
         .await
         .map_err(|e| CoreError::ipam("allocate pool for network", network, e))?;
     {

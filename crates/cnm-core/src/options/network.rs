@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use cnm_ipam::{Family, PoolRequest};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -252,17 +253,33 @@ impl NetworkOptions {
         self.pools.iter().filter(|p| p.is_ipv6())
     }
 
-    /// What to allocate in one family: each pool given for it, or one default pool (`None`)
-    /// when none is.
-    pub(crate) fn pool_configs(&self, family: cnm_ipam::Family) -> Vec<Option<&PoolConfig>> {
-        let v6 = family == cnm_ipam::Family::V6;
-        let given: Vec<Option<&PoolConfig>> = self
-            .pools
-            .iter()
-            .filter(|p| p.is_ipv6() == v6)
-            .map(Some)
-            .collect();
-        if given.is_empty() { vec![None] } else { given }
+    /// What to allocate, family by family (IPv4 first), for the enabled families: a request for
+    /// each pool given, or one for a default pool (IPAM's choice) in a family given none; each
+    /// with the aux addresses it reserves, by name.
+    pub(crate) fn pool_requests(&self) -> Vec<(PoolRequest, BTreeMap<String, IpAddr>)> {
+        let mut requests = Vec::new();
+        for (family, on) in [
+            (Family::V4, self.enable_ipv4),
+            (Family::V6, self.enable_ipv6),
+        ] {
+            if !on {
+                continue;
+            }
+            let v6 = family == Family::V6;
+            let given = self.pools.iter().filter(|p| p.is_ipv6() == v6);
+            let before = requests.len();
+            for c in given {
+                let mut req = PoolRequest::with_subnet(c.subnet());
+                req.ip_range = c.ip_range();
+                req.gateway = c.gateway();
+                req.aux_addresses = c.aux_addresses().values().copied().collect();
+                requests.push((req, c.aux_addresses().clone()));
+            }
+            if requests.len() == before {
+                requests.push((PoolRequest::new(family), BTreeMap::new()));
+            }
+        }
+        requests
     }
 
     /// Checks what the public fields can get wrong together: a reserved or too wide subnet

@@ -164,21 +164,9 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     }
     bench_args.extend(others);
 
-    let mut created = Vec::new();
-    for dir in MOUNT_POINTS {
-        if !Path::new(dir).exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("failed to create mount point {dir}"))?;
-            created.push(*dir);
-        }
-    }
-    let ok = run::status(&out_dir.join("cnm-bench").to_string_lossy(), &bench_args);
-    for dir in created {
-        if let Err(err) = std::fs::remove_dir(dir) {
-            eprintln!("xtask: warning: could not remove the mount point {dir}: {err}");
-        }
-    }
-    let ok = ok?;
+    let ok = crate::privileged::with_mount_points(MOUNT_POINTS, || {
+        run::status(&out_dir.join("cnm-bench").to_string_lossy(), &bench_args)
+    })??;
     let dns_ok = if dns_wanted {
         dns_bench(&cargo, args.quick)?
     } else {
@@ -273,10 +261,7 @@ fn install_peers(cargo: &str, peers_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
+    use crate::tests::args;
 
     #[test]
     fn bench_options_parse_and_are_recorded() {

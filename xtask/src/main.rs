@@ -399,7 +399,8 @@ fn print_summary(phases: &[Phase]) {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
+    /// Owned arguments from literals (the tests of every xtask module use it).
+    pub(crate) fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
     }
 

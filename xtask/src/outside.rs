@@ -89,10 +89,7 @@ impl OutOfTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
+    use crate::tests::args as names;
 
     #[test]
     fn no_names_mean_everything_and_names_split_between_inside_and_outside() {

@@ -54,17 +54,6 @@ pub fn run_cargo(cargo: &str, cargo_args: &[String]) -> Result<(bool, String)> {
         packages::find_program("unshare").context("`unshare` (util-linux) is not installed")?;
     let xtask = std::env::current_exe().context("failed to find the xtask executable")?;
 
-    // The tmpfs needs a mount point; create the missing ones here and remove them afterwards, so
-    // the machine's /run is left exactly as it was found.
-    let mut created = Vec::new();
-    for dir in PRIVATE_RUN_DIRS {
-        if !Path::new(dir).exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("failed to create mount point {dir}"))?;
-            created.push(*dir);
-        }
-    }
-
     let mut args: Vec<String> = ["--mount", "--propagation", "private", "--"]
         .map(String::from)
         .to_vec();
@@ -75,21 +64,35 @@ pub fn run_cargo(cargo: &str, cargo_args: &[String]) -> Result<(bool, String)> {
 
     // The child checks it really is in a new mount namespace before mounting anything.
     let parent_ns = mount_ns_of_self()?;
-    let result = run::tee_with_env(
-        &unshare.to_string_lossy(),
-        &args,
-        &[(PARENT_MNT_NS_ENV, &parent_ns)],
-    );
+    // The tmpfs needs a mount point: the missing ones exist only while the tests run.
+    with_mount_points(PRIVATE_RUN_DIRS, || {
+        run::tee_with_env(
+            &unshare.to_string_lossy(),
+            &args,
+            &[(PARENT_MNT_NS_ENV, &parent_ns)],
+        )
+    })?
+}
 
-    for dir in created {
-        // Only an empty directory is removed: anything else was put there by someone else.
-        if let Err(err) = std::fs::remove_dir(dir) {
-            eprintln!(
-                "xtask: warning: could not remove the mount point {dir} created for the tests: {err}"
-            );
+/// Runs `f` with the directories `dirs` present: creates the missing ones first and removes
+/// them afterwards (only while still empty: anything else was put there by someone else), so
+/// the machine is left exactly as it was found.
+pub fn with_mount_points<T>(dirs: &[&'static str], f: impl FnOnce() -> T) -> Result<T> {
+    let mut created = Vec::new();
+    for dir in dirs {
+        if !Path::new(dir).exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create mount point {dir}"))?;
+            created.push(*dir);
         }
     }
-    result
+    let result = f();
+    for dir in created {
+        if let Err(err) = std::fs::remove_dir(dir) {
+            eprintln!("xtask: warning: could not remove the mount point {dir} it created: {err}");
+        }
+    }
+    Ok(result)
 }
 
 /// The child side: we are inside the new mount namespace; mount the private dirs and exec `rest`.

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::args::Format;
 use crate::hint::{self, Target};
 use crate::output::{Outcome, Printer};
 
@@ -186,7 +187,6 @@ impl Client {
         self.call(Method::POST, path, None, target).await
     }
 
-    /// DELETE a resource.
     /// Fetches each of `names` (`at` gives its path and what an error names), prints the ones
     /// found as one JSON array and reports each failure, as `docker … inspect` does.
     pub async fn inspect_each<T: DeserializeOwned + Serialize>(
@@ -208,6 +208,36 @@ impl Client {
         outcome
     }
 
+    /// Deletes each of `names` (`at` gives its path and what an error names), prints the ones
+    /// removed (one a line, or as one JSON array) and reports each failure, as `docker … rm`
+    /// does.
+    pub async fn delete_each(
+        &self,
+        names: &[String],
+        out: &Printer,
+        at: impl for<'n> Fn(&'n str) -> (String, Target<'n>),
+    ) -> Outcome {
+        let mut removed = Vec::new();
+        let mut outcome = Outcome::Ok;
+        for name in names {
+            let (path, target) = at(name);
+            match self.delete(&path, target).await {
+                Ok(()) => {
+                    if out.format == Format::Table {
+                        out.line(name);
+                    }
+                    removed.push(name.as_str());
+                }
+                Err(e) => outcome = out.failed(&e),
+            }
+        }
+        if out.format == Format::Json {
+            out.json(&removed);
+        }
+        outcome
+    }
+
+    /// DELETE a resource.
     pub async fn delete(&self, path: &str, target: Target<'_>) -> anyhow::Result<()> {
         self.call::<serde::de::IgnoredAny>(Method::DELETE, path, None, target)
             .await

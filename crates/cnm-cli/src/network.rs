@@ -31,28 +31,11 @@ pub async fn run(client: &Client, cmd: NetworkCommand, out: &Printer) -> anyhow:
                 (format!("/networks/{}", encode(n)), Target::Network(n))
             })
             .await),
-        NetworkCommand::Rm { networks } => {
-            let mut removed = Vec::new();
-            let mut outcome = Outcome::Ok;
-            for n in &networks {
-                match client
-                    .delete(&format!("/networks/{}", encode(n)), Target::NetworkRm(n))
-                    .await
-                {
-                    Ok(()) => {
-                        if out.format == Format::Table {
-                            out.line(n);
-                        }
-                        removed.push(n.as_str());
-                    }
-                    Err(e) => outcome = out.failed(&e),
-                }
-            }
-            if out.format == Format::Json {
-                out.json(&removed);
-            }
-            Ok(outcome)
-        }
+        NetworkCommand::Rm { networks } => Ok(client
+            .delete_each(&networks, out, |n| {
+                (format!("/networks/{}", encode(n)), Target::NetworkRm(n))
+            })
+            .await),
         NetworkCommand::Prune { force, filters } => prune(client, force, &filters, out).await,
     }
 }

@@ -40,33 +40,10 @@ pub async fn run(client: &Client, cmd: SandboxCommand, out: &Printer) -> anyhow:
             }
             Ok(Outcome::Ok)
         }
-        SandboxCommand::Inspect { sandboxes } => Ok(client
-            .inspect_each::<Sandbox>(&sandboxes, out, |s| {
-                (
-                    format!("/cnm/v1/sandboxes/{}", encode(s)),
-                    Target::Sandbox(s),
-                )
-            })
-            .await),
-        SandboxCommand::Rm { sandboxes } => {
-            let mut removed = Vec::new();
-            let mut outcome = Outcome::Ok;
-            for s in &sandboxes {
-                match remove(client, s).await {
-                    Ok(()) => {
-                        if out.format == Format::Table {
-                            out.line(s);
-                        }
-                        removed.push(s.as_str());
-                    }
-                    Err(e) => outcome = out.failed(&e),
-                }
-            }
-            if out.format == Format::Json {
-                out.json(&removed);
-            }
-            Ok(outcome)
+        SandboxCommand::Inspect { sandboxes } => {
+            Ok(client.inspect_each::<Sandbox>(&sandboxes, out, at).await)
         }
+        SandboxCommand::Rm { sandboxes } => Ok(client.delete_each(&sandboxes, out, at).await),
     }
 }
 
@@ -96,12 +73,16 @@ pub async fn create_on(
 
 /// `DELETE /cnm/v1/sandboxes/{name}`.
 pub async fn remove(client: &Client, name: &str) -> anyhow::Result<()> {
-    client
-        .delete(
-            &format!("/cnm/v1/sandboxes/{}", encode(name)),
-            Target::Sandbox(name),
-        )
-        .await
+    let (path, target) = at(name);
+    client.delete(&path, target).await
+}
+
+/// The path of sandbox `name`, and what an error about it names.
+fn at(name: &str) -> (String, Target<'_>) {
+    (
+        format!("/cnm/v1/sandboxes/{}", encode(name)),
+        Target::Sandbox(name),
+    )
 }
 
 /// The body of `POST /cnm/v1/sandboxes`; optional fields are left out when not given.

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
@@ -105,6 +105,17 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+/// The counters behind `m`: they are updated whole under the lock, so a poisoned one is sound.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Metrics {
     /// Counts one answered request. `route` must be a route template (or `unmatched`), never a
     /// request's path: the caller bounds it, the method and status are bounded here.
@@ -114,7 +125,7 @@ impl Metrics {
             method_label(method),
             StatusLabel::of(status),
         );
-        let mut m = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut m = locked(&self.requests);
         *m.entry(key).or_default() += 1;
     }
 
@@ -130,10 +141,7 @@ impl Metrics {
     /// Records how long one operation (network create, connect, …) took.
     pub fn operation(&self, op: &'static str, took: Duration) {
         let secs = took.as_secs_f64();
-        let mut m = self
-            .operations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut m = locked(&self.operations);
         let h = m.entry(op).or_default();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
@@ -153,16 +161,13 @@ impl Metrics {
     }
 
     fn write(&self, out: &mut String, g: Gauges) -> std::fmt::Result {
-        writeln!(
+        family(
             out,
-            "# HELP cnmd_http_requests_total HTTP requests answered, by route, method and status."
+            "cnmd_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route, method and status.",
         )?;
-        writeln!(out, "# TYPE cnmd_http_requests_total counter")?;
-        let requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let requests = locked(&self.requests).clone();
         for ((route, method, status), n) in requests {
             writeln!(
                 out,
@@ -170,11 +175,12 @@ impl Metrics {
                 escape(&route),
             )?;
         }
-        writeln!(
+        family(
             out,
-            "# HELP cnmd_http_connections_closed_total API connections closed by the daemon, by reason."
+            "cnmd_http_connections_closed_total",
+            "counter",
+            "API connections closed by the daemon, by reason.",
         )?;
-        writeln!(out, "# TYPE cnmd_http_connections_closed_total counter")?;
         for (reason, n) in [
             ("evicted", &self.evicted),
             ("header_timeout", &self.header_timeouts),
@@ -199,20 +205,16 @@ impl Metrics {
             ),
             ("cnmd_sandboxes", "Sandboxes.", g.sandboxes),
         ] {
-            writeln!(out, "# HELP {name} {help}")?;
-            writeln!(out, "# TYPE {name} gauge")?;
+            family(out, name, "gauge", help)?;
             writeln!(out, "{name} {v}")?;
         }
-        writeln!(
+        family(
             out,
-            "# HELP cnmd_operation_duration_seconds Time taken by mutating operations."
+            "cnmd_operation_duration_seconds",
+            "histogram",
+            "Time taken by mutating operations.",
         )?;
-        writeln!(out, "# TYPE cnmd_operation_duration_seconds histogram")?;
-        let ops = self
-            .operations
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let ops = locked(&self.operations).clone();
         for (op, h) in ops {
             for (le, n) in BUCKETS.iter().zip(h.counts) {
                 writeln!(

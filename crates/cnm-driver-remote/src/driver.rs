@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::RemoteError;
-use crate::plugin::{Answer, Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
+use crate::plugin::{Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
 use crate::wire::network as wire;
 
 /// Docker's names of its default IPAM's address spaces, sent in `IPv4Data`/`IPv6Data` (the
@@ -41,6 +41,18 @@ pub struct RemoteConfig {
     pub dirs: PluginDirs,
     /// The client's time limits.
     pub client: ClientConfig,
+}
+
+impl RemoteConfig {
+    /// Finds the plugin `name` in [`dirs`](Self::dirs) and activates it for `subsystem` (see
+    /// [`PluginClient::connect`]).
+    pub(crate) async fn activate(
+        &self,
+        name: &str,
+        subsystem: &'static str,
+    ) -> Result<PluginClient, PluginError> {
+        PluginClient::connect(name, subsystem, self.dirs.clone(), self.client.clone()).await
+    }
 }
 
 /// What a plugin filled in when an endpoint was created, beyond what cnm asked for.
@@ -89,13 +101,7 @@ impl RemoteDriver {
     ///
     /// A name that matches no socket or spec file fails at once ([`PluginError::NotFound`]).
     pub async fn connect(name: &str, config: &RemoteConfig) -> Result<Self, RemoteError> {
-        let client = PluginClient::connect(
-            name,
-            wire::SUBSYSTEM,
-            config.dirs.clone(),
-            config.client.clone(),
-        )
-        .await?;
+        let client = config.activate(name, wire::SUBSYSTEM).await?;
         let caps: wire::CapabilitiesResponse =
             client.call(wire::GET_CAPABILITIES, Body::empty()).await?;
         let scope = parse_scope(name, "Scope", &caps.scope)?;
@@ -127,12 +133,10 @@ impl RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<BTreeMap<String, Value>, DriverError> {
-        let request = wire::EndpointRequest {
-            network_id: network_id.to_owned(),
-            endpoint_id: endpoint_id.to_owned(),
-        };
+        let request = wire::EndpointRequest::new(network_id, endpoint_id);
         let answer: wire::EndpointOperInfoResponse = self
-            .call(wire::ENDPOINT_OPER_INFO, &request)
+            .client
+            .call_json(wire::ENDPOINT_OPER_INFO, &request)
             .await
             .map_err(|e| self.error(e.into()))?;
         Ok(answer.value)
@@ -156,11 +160,10 @@ impl RemoteDriver {
         let notification = wire::DiscoveryNotification {
             discovery_type: wire::NODE_DISCOVERY,
             discovery_data: serde_json::to_value(node)
-                .map_err(|e| self.error(self.encode_error(call, e).into()))?,
+                .map_err(|e| self.error(self.client.encode_error(call, e).into()))?,
         };
-        self.call_optional::<wire::Response>(call, &notification)
+        self.send(call, &notification)
             .await
-            .map(drop)
             .map_err(|e| self.error(e.into()))
     }
 
@@ -175,30 +178,20 @@ impl RemoteDriver {
         DriverError::new(self.client.name(), e.kind(), e)
     }
 
-    fn encode_error(&self, call: Call, source: serde_json::Error) -> PluginError {
-        PluginError::Encode {
-            plugin: self.client.name().to_owned(),
-            call: call.method.to_owned(),
-            source,
+    /// Sends `request` for its effect alone (the answer carries nothing but the plugin's
+    /// error); an optional call the plugin does not implement does nothing.
+    async fn send(&self, call: Call, request: &impl Serialize) -> Result<(), PluginError> {
+        if call.optional {
+            self.client
+                .call_json_optional::<wire::Response>(call, request)
+                .await
+                .map(drop)
+        } else {
+            self.client
+                .call_json::<wire::Response>(call, request)
+                .await
+                .map(drop)
         }
-    }
-
-    async fn call<A: Answer>(
-        &self,
-        call: Call,
-        request: &impl Serialize,
-    ) -> Result<A, PluginError> {
-        let body = Body::json(request).map_err(|e| self.encode_error(call, e))?;
-        self.client.call(call, body).await
-    }
-
-    async fn call_optional<A: Answer>(
-        &self,
-        call: Call,
-        request: &impl Serialize,
-    ) -> Result<Option<A>, PluginError> {
-        let body = Body::json(request).map_err(|e| self.encode_error(call, e))?;
-        self.client.call_optional(call, body).await
     }
 
     /// After `cause` failed a constructive call: sends its inverse when the plugin may have done
@@ -218,16 +211,7 @@ impl RemoteDriver {
         if !cause.may_have_acted() && !answered {
             return cause.into();
         }
-        let undone = if inverse.optional {
-            self.call_optional::<wire::Response>(inverse, request)
-                .await
-                .map(drop)
-        } else {
-            self.call::<wire::Response>(inverse, request)
-                .await
-                .map(drop)
-        };
-        match undone {
+        match self.send(inverse, request).await {
             Ok(()) => cause.into(),
             Err(e) if cause.may_have_acted() => RemoteError::with_cleanup(cause, vec![e]),
             Err(e) => {
@@ -624,7 +608,8 @@ impl Driver for RemoteDriver {
             ipv6_data: spec.ipv6.iter().map(|d| ipam_data(space, d)).collect(),
         };
         match self
-            .call::<wire::Response>(wire::CREATE_NETWORK, &request)
+            .client
+            .call_json::<wire::Response>(wire::CREATE_NETWORK, &request)
             .await
         {
             Ok(_) => Ok(()),
@@ -659,9 +644,8 @@ impl Driver for RemoteDriver {
         let request = wire::DeleteNetworkRequest {
             network_id: network_id.to_owned(),
         };
-        self.call::<wire::Response>(wire::DELETE_NETWORK, &request)
+        self.send(wire::DELETE_NETWORK, &request)
             .await
-            .map(drop)
             .map_err(|e| self.error(e.into()))
     }
 
@@ -676,16 +660,14 @@ impl Driver for RemoteDriver {
             },
             options: string_options(&spec.options),
         };
-        let inverse = wire::EndpointRequest {
-            network_id: spec.network_id.clone(),
-            endpoint_id: spec.endpoint_id.clone(),
-        };
+        let inverse = wire::EndpointRequest::new(&spec.network_id, &spec.endpoint_id);
         let check = AnswerCheck {
             plugin: self.client.name(),
             call: wire::CREATE_ENDPOINT,
         };
         let result = match self
-            .call::<wire::CreateEndpointResponse>(wire::CREATE_ENDPOINT, &request)
+            .client
+            .call_json::<wire::CreateEndpointResponse>(wire::CREATE_ENDPOINT, &request)
             .await
         {
             Ok(answer) => {
@@ -728,11 +710,8 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest {
-            network_id: network_id.to_owned(),
-            endpoint_id: endpoint_id.to_owned(),
-        };
-        self.call::<wire::Response>(wire::DELETE_ENDPOINT, &request)
+        let request = wire::EndpointRequest::new(network_id, endpoint_id);
+        self.send(wire::DELETE_ENDPOINT, &request)
             .await
             .map_err(|e| self.error(e.into()))?;
         self.lock().remove(endpoint_id);
@@ -750,30 +729,27 @@ impl Driver for RemoteDriver {
             plugin: self.client.name(),
             call: wire::JOIN,
         };
-        let result = match self.call::<wire::JoinResponse>(wire::JOIN, &body).await {
+        let result = match self
+            .client
+            .call_json::<wire::JoinResponse>(wire::JOIN, &body)
+            .await
+        {
             Ok(answer) => join_info(&check, &answer),
             Err(e) => Err(e),
         };
         match result {
             Ok(info) => Ok(info),
             Err(cause) => {
-                let inverse = wire::EndpointRequest {
-                    network_id: request.network_id.clone(),
-                    endpoint_id: request.endpoint_id.clone(),
-                };
+                let inverse = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
                 Err(self.error(self.undo(cause, wire::LEAVE, &inverse).await))
             }
         }
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
-        let body = wire::EndpointRequest {
-            network_id: request.network_id.clone(),
-            endpoint_id: request.endpoint_id.clone(),
-        };
-        self.call::<wire::Response>(wire::LEAVE, &body)
+        let body = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
+        self.send(wire::LEAVE, &body)
             .await
-            .map(drop)
             .map_err(|e| self.error(e.into()))
     }
 
@@ -801,15 +777,13 @@ impl Driver for RemoteDriver {
             options: port_options(ip, bindings),
         };
         match self
-            .call_optional::<wire::Response>(wire::PROGRAM_EXTERNAL_CONNECTIVITY, &request)
+            .client
+            .call_json_optional::<wire::Response>(wire::PROGRAM_EXTERNAL_CONNECTIVITY, &request)
             .await
         {
             Ok(_) => Ok(bindings.to_vec()),
             Err(cause) => {
-                let inverse = wire::EndpointRequest {
-                    network_id: network_id.to_owned(),
-                    endpoint_id: endpoint_id.to_owned(),
-                };
+                let inverse = wire::EndpointRequest::new(network_id, endpoint_id);
                 Err(self.error(
                     self.undo(cause, wire::REVOKE_EXTERNAL_CONNECTIVITY, &inverse)
                         .await,
@@ -823,13 +797,9 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest {
-            network_id: network_id.to_owned(),
-            endpoint_id: endpoint_id.to_owned(),
-        };
-        self.call_optional::<wire::Response>(wire::REVOKE_EXTERNAL_CONNECTIVITY, &request)
+        let request = wire::EndpointRequest::new(network_id, endpoint_id);
+        self.send(wire::REVOKE_EXTERNAL_CONNECTIVITY, &request)
             .await
-            .map(drop)
             .map_err(|e| self.error(e.into()))
     }
 }

@@ -22,11 +22,10 @@ use async_trait::async_trait;
 use cnm_core::Ipam;
 use cnm_core::cnm_ipam::{AddressRequest, Family, IpamError, Pool, PoolId, PoolRequest};
 use ipnet::IpNet;
-use serde::Serialize;
 
 use crate::driver::RemoteConfig;
 use crate::error::RemoteError;
-use crate::plugin::{Answer, Body, Call, PluginClient, PluginError};
+use crate::plugin::{Body, Call, PluginClient, PluginError};
 use crate::wire::ipam as wire;
 
 /// How many overlapping pools are held before giving up (libnetwork loops until the plugin
@@ -72,13 +71,7 @@ impl RemoteIpam {
     /// Finds the plugin `name`, activates it as an `IpamDriver`, and asks its capabilities
     /// (optional) and default address spaces.
     pub async fn connect(name: &str, config: &RemoteConfig) -> Result<Self, RemoteError> {
-        let client = PluginClient::connect(
-            name,
-            wire::SUBSYSTEM,
-            config.dirs.clone(),
-            config.client.clone(),
-        )
-        .await?;
+        let client = config.activate(name, wire::SUBSYSTEM).await?;
         let capabilities = client
             .call_optional::<wire::CapabilitiesResponse>(wire::GET_CAPABILITIES, Body::empty())
             .await?
@@ -164,24 +157,12 @@ impl RemoteIpam {
         }
     }
 
-    async fn call<A: Answer>(
-        &self,
-        call: Call,
-        request: &impl Serialize,
-    ) -> Result<A, PluginError> {
-        let body = Body::json(request).map_err(|source| PluginError::Encode {
-            plugin: self.client.name().to_owned(),
-            call: call.method.to_owned(),
-            source,
-        })?;
-        self.client.call(call, body).await
-    }
-
     async fn release_plugin_pool(&self, plugin_id: &str) -> Result<(), PluginError> {
         let request = wire::ReleasePoolRequest {
             pool_id: plugin_id.to_owned(),
         };
-        self.call::<wire::Response>(wire::RELEASE_POOL, &request)
+        self.client
+            .call_json::<wire::Response>(wire::RELEASE_POOL, &request)
             .await
             .map(drop)
     }
@@ -195,7 +176,8 @@ impl RemoteIpam {
             pool_id: plugin_id.to_owned(),
             address: addr.to_string(),
         };
-        self.call::<wire::Response>(wire::RELEASE_ADDRESS, &request)
+        self.client
+            .call_json::<wire::Response>(wire::RELEASE_ADDRESS, &request)
             .await
             .map(drop)
     }
@@ -217,7 +199,8 @@ impl RemoteIpam {
         held: &mut Vec<(String, IpNet)>,
     ) -> Result<(wire::RequestPoolResponse, IpNet), RemoteError> {
         loop {
-            let answer: wire::RequestPoolResponse = self.call(wire::REQUEST_POOL, request).await?;
+            let answer: wire::RequestPoolResponse =
+                self.client.call_json(wire::REQUEST_POOL, request).await?;
             let checked = self.check_pool(req, &answer);
             let subnet = match checked {
                 Ok(subnet) => subnet,
@@ -296,7 +279,8 @@ impl RemoteIpam {
                 options: BTreeMap::new(),
             };
             match self
-                .call::<wire::RequestAddressResponse>(wire::REQUEST_ADDRESS, &request)
+                .client
+                .call_json::<wire::RequestAddressResponse>(wire::REQUEST_ADDRESS, &request)
                 .await
             {
                 Ok(_) => {
@@ -502,7 +486,8 @@ impl Ipam for RemoteIpam {
             options,
         };
         let answer: wire::RequestAddressResponse = self
-            .call(wire::REQUEST_ADDRESS, &request)
+            .client
+            .call_json(wire::REQUEST_ADDRESS, &request)
             .await
             .map_err(|e| self.error(e.into()))?;
         let checked = match answer.address.parse::<IpNet>() {

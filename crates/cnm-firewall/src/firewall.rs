@@ -459,34 +459,24 @@ impl Firewall {
     /// Installs a bridge network's filtering and masquerading (one transaction; with the first
     /// network, the bridge fragment's tables come in it).
     pub async fn add_network(&self, net: &NetworkRules) -> Result<(), FirewallError> {
-        let net = net.clone();
-        self.run(move |fw, st| {
-            let add = fw.model().plan_add_network(&net)?;
-            fw.change(
-                st,
-                &format!("add network {}", net.id),
-                Elements::new(),
-                add,
-                |m| m.apply_add_network(&net),
-            )
-        })
+        self.planned(
+            format!("add network {}", net.id),
+            net.clone(),
+            |m, net| Ok(Some((Elements::new(), m.plan_add_network(net)?))),
+            |m, net| m.apply_add_network(net),
+        )
         .await
     }
 
     /// Removes a network and every port its endpoints published or guarded: only its own
     /// elements (one transaction; with the last network, the bridge fragment's tables go).
     pub async fn remove_network(&self, id: &str) -> Result<(), FirewallError> {
-        let id = id.to_string();
-        self.run(move |fw, st| {
-            let del = fw.model().plan_remove_network(&id)?;
-            fw.change(
-                st,
-                &format!("remove network {id}"),
-                del,
-                Elements::new(),
-                |m| m.apply_remove_network(&id),
-            )
-        })
+        self.planned(
+            format!("remove network {id}"),
+            id.to_string(),
+            |m, id| Ok(Some((m.plan_remove_network(id)?, Elements::new()))),
+            |m, id| m.apply_remove_network(id),
+        )
         .await
     }
 
@@ -500,45 +490,33 @@ impl Firewall {
         endpoint_id: &str,
         mappings: &[PortMapping],
     ) -> Result<(), FirewallError> {
-        let (network_id, endpoint_id, mappings) = (
-            network_id.to_string(),
-            endpoint_id.to_string(),
-            mappings.to_vec(),
-        );
-        self.run(move |fw, st| {
-            let add = fw
-                .model()
-                .plan_add_mappings(&network_id, &endpoint_id, &mappings)?;
-            if mappings.is_empty() {
-                return Ok(());
-            }
-            fw.change(
-                st,
-                &format!("publish ports of endpoint {endpoint_id}"),
-                Elements::new(),
-                add,
-                |m| m.apply_add_mappings(&network_id, &endpoint_id, &mappings),
-            )
-        })
+        self.planned(
+            format!("publish ports of endpoint {endpoint_id}"),
+            (
+                network_id.to_string(),
+                endpoint_id.to_string(),
+                mappings.to_vec(),
+            ),
+            |m, (network_id, endpoint_id, mappings)| {
+                let add = m.plan_add_mappings(network_id, endpoint_id, mappings)?;
+                Ok((!mappings.is_empty()).then(|| (Elements::new(), add)))
+            },
+            |m, (network_id, endpoint_id, mappings)| {
+                m.apply_add_mappings(network_id, endpoint_id, mappings)
+            },
+        )
         .await
     }
 
     /// Unpublishes every port of an endpoint: deletes exactly its elements (one transaction;
     /// none when the endpoint published nothing).
     pub async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), FirewallError> {
-        let endpoint_id = endpoint_id.to_string();
-        self.run(move |fw, st| {
-            let Some(del) = fw.model().plan_remove_endpoint(&endpoint_id) else {
-                return Ok(());
-            };
-            fw.change(
-                st,
-                &format!("unpublish ports of endpoint {endpoint_id}"),
-                del,
-                Elements::new(),
-                |m| m.apply_remove_endpoint(&endpoint_id),
-            )
-        })
+        self.planned(
+            format!("unpublish ports of endpoint {endpoint_id}"),
+            endpoint_id.to_string(),
+            |m, id| Ok(m.plan_remove_endpoint(id).map(|del| (del, Elements::new()))),
+            |m, id| m.apply_remove_endpoint(id),
+        )
         .await
     }
 
@@ -546,17 +524,12 @@ impl Firewall {
     /// frames entering the bridge through `port.port` must carry the endpoint's MAC and
     /// addresses. Call it before the port exists, so that no frame ever passes unchecked.
     pub async fn add_endpoint(&self, port: &EndpointPort) -> Result<(), FirewallError> {
-        let port = port.clone();
-        self.run(move |fw, st| {
-            let add = fw.model().plan_add_port(&port)?;
-            fw.change(
-                st,
-                &format!("guard port {} of endpoint {}", port.port, port.endpoint_id),
-                Elements::new(),
-                add,
-                |m| m.apply_add_port(&port),
-            )
-        })
+        self.planned(
+            format!("guard port {} of endpoint {}", port.port, port.endpoint_id),
+            port.clone(),
+            |m, port| Ok(Some((Elements::new(), m.plan_add_port(port)?))),
+            |m, port| m.apply_add_port(port),
+        )
         .await
     }
 
@@ -564,22 +537,18 @@ impl Firewall {
     /// (none when the firewall knows neither). Call it once the port is gone: a port left
     /// without its elements would pass unchecked.
     pub async fn remove_endpoint(&self, endpoint_id: &str) -> Result<(), FirewallError> {
-        let endpoint_id = endpoint_id.to_string();
-        self.run(move |fw, st| {
-            let Some(del) = fw.model().plan_remove_endpoint_all(&endpoint_id) else {
-                return Ok(());
-            };
-            fw.change(
-                st,
-                &format!("remove endpoint {endpoint_id}"),
-                del,
-                Elements::new(),
-                |m| {
-                    m.apply_remove_endpoint(&endpoint_id);
-                    m.apply_remove_port(&endpoint_id);
-                },
-            )
-        })
+        self.planned(
+            format!("remove endpoint {endpoint_id}"),
+            endpoint_id.to_string(),
+            |m, id| {
+                Ok(m.plan_remove_endpoint_all(id)
+                    .map(|del| (del, Elements::new())))
+            },
+            |m, id| {
+                m.apply_remove_endpoint(id);
+                m.apply_remove_port(id);
+            },
+        )
         .await
     }
 
@@ -590,20 +559,19 @@ impl Firewall {
     /// (as the forwarding does), networks or not. One transaction when it changes.
     pub async fn set_forward_drop(&self, family: IpFamily, on: bool) -> Result<(), FirewallError> {
         let v6 = family == IpFamily::V6;
-        self.run(move |fw, st| {
-            let (add, del) = fw.model().plan_forward_drop(v6, on);
-            fw.change(
-                st,
-                &format!(
-                    "{} forwarded {} traffic that is not cnm's",
-                    if on { "drop" } else { "stop dropping" },
-                    if v6 { "IPv6" } else { "IPv4" }
-                ),
-                del,
-                add,
-                |m| m.apply_forward_drop(v6, on),
-            )
-        })
+        self.planned(
+            format!(
+                "{} forwarded {} traffic that is not cnm's",
+                if on { "drop" } else { "stop dropping" },
+                if v6 { "IPv6" } else { "IPv4" }
+            ),
+            (),
+            move |m, ()| {
+                let (add, del) = m.plan_forward_drop(v6, on);
+                Ok(Some((del, add)))
+            },
+            move |m, ()| m.apply_forward_drop(v6, on),
+        )
         .await
     }
 
@@ -756,6 +724,27 @@ impl Firewall {
         })
         .await
         .map_err(|e| FirewallError::io("join the nftables transaction", io::Error::other(e)))?
+    }
+
+    /// Runs one change of the model as one transaction: `plan` reads from the model which
+    /// elements of `data` to delete and to add (`None`: nothing to do); `apply` records the
+    /// change in the model once the kernel has taken it (see [`Firewall::change`]).
+    async fn planned<T: Send + 'static>(
+        &self,
+        op: String,
+        data: T,
+        plan: impl FnOnce(&Model, &T) -> Result<Option<(Elements, Elements)>, FirewallError>
+        + Send
+        + 'static,
+        apply: impl FnOnce(&mut Model, &T) + Send + 'static,
+    ) -> Result<(), FirewallError> {
+        self.run(move |fw, st| {
+            let Some((del, add)) = plan(&fw.model(), &data)? else {
+                return Ok(());
+            };
+            fw.change(st, &op, del, add, |m| apply(m, &data))
+        })
+        .await
     }
 
     /// Takes the transaction lock from a thread outside the runtime (the watcher).

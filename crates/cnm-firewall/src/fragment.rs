@@ -116,31 +116,23 @@ impl From<&IfName> for Value {
         Self::IfName(v.clone())
     }
 }
-impl From<Ipv4Addr> for Value {
-    fn from(v: Ipv4Addr) -> Self {
-        Self::Ipv4(v)
-    }
+/// `From<T>` for each variant of [`Value`] that holds a `T` as it is.
+macro_rules! value_from {
+    ($($ty:ty => $variant:ident),+ $(,)?) => {
+        $(impl From<$ty> for Value {
+            fn from(v: $ty) -> Self {
+                Self::$variant(v)
+            }
+        })+
+    };
 }
-impl From<Ipv6Addr> for Value {
-    fn from(v: Ipv6Addr) -> Self {
-        Self::Ipv6(v)
-    }
-}
-impl From<crate::Protocol> for Value {
-    fn from(v: crate::Protocol) -> Self {
-        Self::Proto(v)
-    }
-}
-impl From<u16> for Value {
-    fn from(v: u16) -> Self {
-        Self::Port(v)
-    }
-}
-impl From<MacAddress> for Value {
-    fn from(v: MacAddress) -> Self {
-        Self::Mac(v)
-    }
-}
+value_from!(
+    Ipv4Addr => Ipv4,
+    Ipv6Addr => Ipv6,
+    crate::Protocol => Proto,
+    u16 => Port,
+    MacAddress => Mac,
+);
 
 impl Value {
     pub(crate) fn field(&self) -> Field {

@@ -8,6 +8,8 @@
 //! namespace, which needs root; with one it uses that etcd, under the root `/cnm-bench/`.
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,16 +23,9 @@ const N: usize = 300;
 const BLOCK: usize = 64;
 const CLIENTS: usize = 3;
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{name:<44} n={:<5} p50 {:>9.3?}  p99 {:>9.3?}  max {:>9.3?}",
-        samples.len(),
-        pick(0.5),
-        pick(0.99),
-        pick(1.0)
-    );
+/// One line of statistics per measurement.
+fn summary(name: &str, samples: Vec<Duration>) {
+    common::summary(name, 44, [("p50", 0.5), ("p99", 0.99)], samples);
 }
 
 fn main() -> Result<()> {

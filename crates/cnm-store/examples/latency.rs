@@ -4,22 +4,17 @@
 //! pass a directory on the disk you care about, since fsync cost is the whole story).
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cnm_core::store::{Expect, Store, Txn};
 use cnm_store::RedbStore;
 
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{name:<28} n={:<5} median {:>9.3?}  p95 {:>9.3?}  max {:>9.3?}",
-        samples.len(),
-        pick(0.5),
-        pick(0.95),
-        pick(1.0)
-    );
+/// One line of statistics per measurement.
+fn summary(name: &str, samples: Vec<Duration>) {
+    common::summary(name, 28, [("median", 0.5), ("p95", 0.95)], samples);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

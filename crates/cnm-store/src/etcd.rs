@@ -35,8 +35,8 @@ use cnm_core::store::{
     check_lease_ttl,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, ResponseHeader,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseClient, PutOptions,
+    ResponseHeader, TxnOpResponse,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -232,6 +232,26 @@ impl EtcdStore {
         self.bounded(op, request)
             .await?
             .map_err(|e| self.backend_error(op, Box::new(e)))
+    }
+
+    /// Runs one request about `lease` on a clone of the lease client, within the request
+    /// timeout; a lease etcd does not know is [`StoreError::LeaseNotFound`].
+    async fn on_lease<T, F, Fut>(
+        &self,
+        lease: LeaseId,
+        op: &str,
+        request: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(LeaseClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let leases = self.inner.client.lease_client();
+        match self.bounded(op, || request(leases.clone())).await? {
+            Ok(answer) => Ok(answer),
+            Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound { lease }),
+            Err(e) => Err(self.backend_error(op, Box::new(e))),
+        }
     }
 }
 
@@ -541,36 +561,27 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let leases = self.inner.client.lease_client();
         // One request and its answer on a short-lived stream: simple, and it survives
         // reconnects without any state here. (The client refuses an answer with TTL 0: the lease
         // is gone.)
-        let op = format!("keep lease {lease} alive");
-        let request = || {
-            let mut leases = leases.clone();
-            async move { leases.keep_alive(lease.get()).await }
-        };
-        match self.bounded(&op, request).await? {
-            Ok(_) => Ok(()),
-            Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound { lease }),
-            Err(e) => Err(self.backend_error(&op, Box::new(e))),
-        }
+        self.on_lease(
+            lease,
+            &format!("keep lease {lease} alive"),
+            |mut leases| async move { leases.keep_alive(lease.get()).await },
+        )
+        .await
+        .map(drop)
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let leases = self.inner.client.lease_client();
-        let op = format!("revoke lease {lease}");
-        let request = || {
-            let mut leases = leases.clone();
-            async move { leases.revoke(lease.get()).await }
-        };
-        match self.bounded(&op, request).await? {
-            Ok(response) => {
-                self.note(response.header());
-                Ok(())
-            }
-            Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound { lease }),
-            Err(e) => Err(self.backend_error(&op, Box::new(e))),
-        }
+        let response = self
+            .on_lease(
+                lease,
+                &format!("revoke lease {lease}"),
+                |mut leases| async move { leases.revoke(lease.get()).await },
+            )
+            .await?;
+        self.note(response.header());
+        Ok(())
     }
 }

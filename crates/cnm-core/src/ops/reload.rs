@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use cnm_ipam::{AddressRequest, Family, PoolRequest};
+use cnm_types::IfName;
 
 use crate::CoreError;
 use crate::id;
@@ -471,20 +472,7 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
                 let Some(ep) = live.iter().find(|e| e.id == j.endpoint_id) else {
                     continue;
                 };
-                let index = match &j.ifname {
-                    Some(name) => core
-                        .kernel
-                        .interface_index(&sb.ns, name)
-                        .await
-                        .map_err(|e| {
-                            CoreError::sandbox(
-                                "look up interface",
-                                format!("{name} in sandbox {}", sb.short()),
-                                e,
-                            )
-                        })?,
-                    None => None,
-                };
+                let index = joined_index(&core, &sb.ns, &sb.id, j.ifname.as_ref()).await?;
                 let mut joined = Joined::from_record(ep.clone(), &j, index);
                 if sb.state().gateway.as_deref() == Some(ep.id.as_str()) {
                     restore_gateway(&core, sb, &mut joined).await?;
@@ -704,20 +692,7 @@ async fn restore_sandboxes(
                 );
                 continue;
             };
-            let index = match &j.ifname {
-                Some(name) => core
-                    .kernel
-                    .interface_index(&o.ns, name)
-                    .await
-                    .map_err(|e| {
-                        CoreError::sandbox(
-                            "look up interface",
-                            format!("{name} in sandbox {}", id::short(&sid)),
-                            e,
-                        )
-                    })?,
-                None => None,
-            };
+            let index = joined_index(core, &o.ns, &sid, j.ifname.as_ref()).await?;
             if j.ifname.is_some() && index.is_none() {
                 tracing::warn!(sandbox = id::short(&sid), ifname = ?j.ifname, "joined interface missing in its sandbox");
             }
@@ -878,4 +853,24 @@ async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
         }
     }
     Ok(())
+}
+
+/// The index of a joined interface in its sandbox, looked up by its recorded name: `None`
+/// without a name or when the interface is gone.
+async fn joined_index(
+    core: &Core,
+    ns: &SandboxNs,
+    sandbox: &str,
+    ifname: Option<&IfName>,
+) -> Result<Option<u32>, CoreError> {
+    let Some(name) = ifname else {
+        return Ok(None);
+    };
+    core.kernel.interface_index(ns, name).await.map_err(|e| {
+        CoreError::sandbox(
+            "look up interface",
+            format!("{name} in sandbox {}", id::short(sandbox)),
+            e,
+        )
+    })
 }

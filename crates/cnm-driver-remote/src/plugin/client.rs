@@ -218,6 +218,36 @@ impl PluginClient {
         &self.config
     }
 
+    /// [`call`](Self::call) with `request` as its JSON body (one that does not encode is
+    /// [`PluginError::Encode`]).
+    pub async fn call_json<A: Answer>(
+        &self,
+        call: Call,
+        request: &impl Serialize,
+    ) -> Result<A, PluginError> {
+        let body = Body::json(request).map_err(|e| self.encode_error(call, e))?;
+        self.call(call, body).await
+    }
+
+    /// [`call_optional`](Self::call_optional) with `request` as its JSON body.
+    pub async fn call_json_optional<A: Answer>(
+        &self,
+        call: Call,
+        request: &impl Serialize,
+    ) -> Result<Option<A>, PluginError> {
+        let body = Body::json(request).map_err(|e| self.encode_error(call, e))?;
+        self.call_optional(call, body).await
+    }
+
+    /// `call`'s request did not encode.
+    pub(crate) fn encode_error(&self, call: Call, source: serde_json::Error) -> PluginError {
+        PluginError::Encode {
+            plugin: self.name.clone(),
+            call: call.method.to_owned(),
+            source,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Active> {
         // Replaced whole under the lock, never left half-written: a poisoned guard is sound.
         self.active.lock().unwrap_or_else(PoisonError::into_inner)

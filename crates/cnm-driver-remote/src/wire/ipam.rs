@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::null_default;
-use crate::plugin::{Answer, Call};
+use crate::plugin::Call;
 
 /// The subsystem name in `Implements`.
 pub const SUBSYSTEM: &str = "IpamDriver";
@@ -37,18 +37,15 @@ pub const GATEWAY: &str = "com.docker.network.gateway";
 /// The `RequestAddress` option carrying the endpoint's MAC when the plugin requires it.
 pub const MAC_ADDRESS: &str = "com.docker.network.endpoint.macaddress";
 
+// Every answer carries the plugin's error text.
+answers!(error: Response, CapabilitiesResponse, AddressSpacesResponse, RequestPoolResponse, RequestAddressResponse);
+
 /// The answer of every call whose success is `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// The plugin's error; empty on success.
     #[serde(rename = "Error", default, deserialize_with = "null_default")]
     pub error: String,
-}
-
-impl Answer for Response {
-    fn error(&self) -> &str {
-        &self.error
-    }
 }
 
 /// The answer to `GetCapabilities`.
@@ -73,12 +70,6 @@ pub struct CapabilitiesResponse {
     pub error: String,
 }
 
-impl Answer for CapabilitiesResponse {
-    fn error(&self) -> &str {
-        &self.error
-    }
-}
-
 /// The answer to `GetDefaultAddressSpaces`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressSpacesResponse {
@@ -99,12 +90,6 @@ pub struct AddressSpacesResponse {
     /// The plugin's error.
     #[serde(rename = "Error", default, deserialize_with = "null_default")]
     pub error: String,
-}
-
-impl Answer for AddressSpacesResponse {
-    fn error(&self) -> &str {
-        &self.error
-    }
 }
 
 /// `RequestPool`'s body.
@@ -144,12 +129,6 @@ pub struct RequestPoolResponse {
     pub error: String,
 }
 
-impl Answer for RequestPoolResponse {
-    fn error(&self) -> &str {
-        &self.error
-    }
-}
-
 /// `ReleasePool`'s body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleasePoolRequest {
@@ -186,12 +165,6 @@ pub struct RequestAddressResponse {
     pub error: String,
 }
 
-impl Answer for RequestAddressResponse {
-    fn error(&self) -> &str {
-        &self.error
-    }
-}
-
 /// `ReleaseAddress`'s body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseAddressRequest {
@@ -205,13 +178,11 @@ pub struct ReleaseAddressRequest {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-
-    fn keys(v: &Value) -> Vec<&str> {
-        v.as_object().unwrap().keys().map(String::as_str).collect()
-    }
+    use crate::plugin::Answer as _;
+    use crate::wire::keys;
 
     // Shapes from libnetwork's docs/ipam.md, placeholders replaced by values of their form.
 

@@ -4,6 +4,18 @@
 //! everything is read leniently, as Go's decoder reads it: a missing field, or `null` (what Go
 //! writes for a nil map, slice or pointer), is the empty value, and unknown fields are ignored.
 
+/// Implements [`Answer`](crate::plugin::Answer) for answer types whose error text is `field`
+/// (`err` for network drivers, `error` for IPAM drivers).
+macro_rules! answers {
+    ($field:ident: $($ty:ty),+ $(,)?) => {
+        $(impl crate::plugin::Answer for $ty {
+            fn error(&self) -> &str {
+                &self.$field
+            }
+        })+
+    };
+}
+
 pub mod ipam;
 pub mod network;
 
@@ -16,4 +28,10 @@ where
     T: Default + Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// The keys of a JSON object, in order (the wire tests compare them with the documented shapes).
+#[cfg(test)]
+pub(crate) fn keys(v: &serde_json::Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
 }

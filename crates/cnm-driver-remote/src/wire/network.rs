@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::null_default;
-use crate::plugin::{Answer, Call};
+use crate::plugin::Call;
 
 /// The subsystem name in `Implements`.
 pub const SUBSYSTEM: &str = "NetworkDriver";
@@ -62,18 +62,15 @@ pub const EXPOSED_PORTS: &str = "com.docker.network.endpoint.exposedports";
 /// A free-form `Options` object.
 pub type Options = BTreeMap<String, Value>;
 
+// Every answer carries the plugin's error text.
+answers!(err: Response, CapabilitiesResponse, CreateEndpointResponse, EndpointOperInfoResponse, JoinResponse);
+
 /// The answer of every call whose success is `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// The plugin's error; empty on success.
     #[serde(rename = "Err", default, deserialize_with = "null_default")]
     pub err: String,
-}
-
-impl Answer for Response {
-    fn error(&self) -> &str {
-        &self.err
-    }
 }
 
 /// The answer to `GetCapabilities`.
@@ -92,12 +89,6 @@ pub struct CapabilitiesResponse {
     /// The plugin's error.
     #[serde(rename = "Err", default, deserialize_with = "null_default")]
     pub err: String,
-}
-
-impl Answer for CapabilitiesResponse {
-    fn error(&self) -> &str {
-        &self.err
-    }
 }
 
 /// One pool of a network in `CreateNetwork` (`IPv4Data` / `IPv6Data` entries).
@@ -206,12 +197,6 @@ pub struct CreateEndpointResponse {
     pub err: String,
 }
 
-impl Answer for CreateEndpointResponse {
-    fn error(&self) -> &str {
-        &self.err
-    }
-}
-
 /// The body of `EndpointOperInfo`, `DeleteEndpoint`, `Leave` and `RevokeExternalConnectivity`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRequest {
@@ -223,6 +208,16 @@ pub struct EndpointRequest {
     pub endpoint_id: String,
 }
 
+impl EndpointRequest {
+    /// The body naming endpoint `endpoint_id` of network `network_id`.
+    pub fn new(network_id: &str, endpoint_id: &str) -> Self {
+        Self {
+            network_id: network_id.to_owned(),
+            endpoint_id: endpoint_id.to_owned(),
+        }
+    }
+}
+
 /// The answer to `EndpointOperInfo`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointOperInfoResponse {
@@ -232,12 +227,6 @@ pub struct EndpointOperInfoResponse {
     /// The plugin's error.
     #[serde(rename = "Err", default, deserialize_with = "null_default")]
     pub err: String,
-}
-
-impl Answer for EndpointOperInfoResponse {
-    fn error(&self) -> &str {
-        &self.err
-    }
 }
 
 /// `Join`'s body.
@@ -325,12 +314,6 @@ pub struct JoinResponse {
     /// The plugin's error.
     #[serde(rename = "Err", default, deserialize_with = "null_default")]
     pub err: String,
-}
-
-impl Answer for JoinResponse {
-    fn error(&self) -> &str {
-        &self.err
-    }
 }
 
 /// `ProgramExternalConnectivity`'s body.
@@ -425,10 +408,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn keys(v: &Value) -> Vec<&str> {
-        v.as_object().unwrap().keys().map(String::as_str).collect()
-    }
+    use crate::plugin::Answer as _;
+    use crate::wire::keys;
 
     // The samples below are the shapes of libnetwork's docs/remote.md, with the placeholders
     // (`string`, `ipv4-cidr-string`, …) replaced by values of that form.

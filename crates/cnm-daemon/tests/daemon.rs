@@ -324,7 +324,7 @@ async fn metrics_count_requests_objects_and_latency() -> Result<()> {
         "cnmd_http_requests_total{route=\"/networks/{id}\",method=\"GET\",status=\"404\"} 1",
         "cnmd_http_requests_total{route=\"/networks/create\",method=\"POST\",status=\"201\"} 1",
         "cnmd_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
-        "cnmd_networks 3",
+        "cnmd_networks 4", // bridge, host, none and m1
         "cnmd_endpoints 1",
         "cnmd_sandboxes 1",
         "cnmd_operation_duration_seconds_count{operation=\"network_create\"} 1",

@@ -192,9 +192,13 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     opts.host_binding_ip = if ip.is_unspecified() { None } else { Some(ip) };
                 }
                 GATEWAY_MODE_IPV4 | GATEWAY_MODE_IPV6 => {
-                    let mode: GatewayMode = value
-                        .parse()
-                        .map_err(|_| invalid(key, value, "expected nat or routed"))?;
+                    let mode: GatewayMode = value.parse().map_err(|_| {
+                        invalid(
+                            key,
+                            value,
+                            "expected nat, nat-unprotected, routed or isolated",
+                        )
+                    })?;
                     if key == GATEWAY_MODE_IPV4 {
                         opts.gateway_mode_v4 = mode;
                     } else {
@@ -291,6 +295,13 @@ mod tests {
         .unwrap();
         assert_eq!(o.bridge_name.unwrap().as_str(), "br1");
         assert_eq!(o.host_binding_ip, None);
+        let o = BridgeOptions::try_from(&raw(&[
+            (GATEWAY_MODE_IPV4, "nat-unprotected"),
+            (GATEWAY_MODE_IPV6, "isolated"),
+        ]))
+        .unwrap();
+        assert_eq!(o.gateway_mode_v4, GatewayMode::NatUnprotected);
+        assert_eq!(o.gateway_mode_v6, GatewayMode::Isolated);
     }
 
     #[test]
@@ -343,7 +354,8 @@ mod tests {
             (HOST_BINDING_IPV4, "1.2.3"),
             (HOST_BINDING_IPV4, "255.255.255.255"),
             (HOST_BINDING_IPV4, "224.0.0.1"),
-            (GATEWAY_MODE_IPV4, "isolated"),
+            (GATEWAY_MODE_IPV4, "isolate"),
+            (GATEWAY_MODE_IPV6, "nat_unprotected"),
             (CONTAINER_IFACE_PREFIX, "bad/prefix"),
             (INTERNAL_HOST_ACCESS, "sometimes"),
             (INHIBIT_IPV4, "perhaps"),

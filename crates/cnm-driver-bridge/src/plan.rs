@@ -69,7 +69,31 @@ impl BridgePlan {
             Some(name) => name.clone(),
             None => derived_bridge_name(&spec.id)?,
         };
-        if opts.internal_host_access && !spec.internal {
+        let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
+        let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
+        // The firewall applies one gateway mode to the whole network: a dual-stack network whose
+        // families differ in a way that changes what is open (nat-unprotected) or what exists
+        // (isolated) is refused rather than treated as the other family's mode.
+        let (m4, m6) = (opts.gateway_mode_v4, opts.gateway_mode_v6);
+        if ipv4 && ipv6 && m4 != m6 {
+            for (key, mode) in [
+                (crate::options::GATEWAY_MODE_IPV4, m4),
+                (crate::options::GATEWAY_MODE_IPV6, m6),
+            ] {
+                if matches!(mode, GatewayMode::NatUnprotected | GatewayMode::Isolated) {
+                    return Err(BridgeError::InvalidOption {
+                        key: key.to_owned(),
+                        value: mode.name().to_owned(),
+                        reason: "cnm applies one gateway mode to both address families of a                                  network: give gateway_mode_ipv4 and gateway_mode_ipv6 the same                                  value"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        // Docker's `isolated`: internal (for every family it has, see above), no gateway.
+        let isolated =
+            (ipv4 && m4 == GatewayMode::Isolated) || (ipv6 && m6 == GatewayMode::Isolated);
+        if opts.internal_host_access && !(spec.internal || isolated) {
             return Err(BridgeError::InvalidOption {
                 key: crate::options::INTERNAL_HOST_ACCESS.to_owned(),
                 value: "true".to_owned(),
@@ -78,8 +102,6 @@ impl BridgePlan {
                     .to_owned(),
             });
         }
-        let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
-        let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
         if spec.enable_ipv6 && spec.ipv6.is_empty() {
             return Err(BridgeError::invalid(
                 "network",
@@ -121,7 +143,7 @@ impl BridgePlan {
             subnets_v6: Vec::new(),
             ipv4,
             ipv6,
-            internal: spec.internal,
+            internal: spec.internal || isolated,
             host_access: opts.internal_host_access,
             icc: opts.enable_icc,
             masquerade: opts.enable_ip_masquerade,
@@ -145,13 +167,19 @@ impl BridgePlan {
         Ok(plan)
     }
 
-    /// The addresses put on the bridge: the gateways, but no IPv4 one with `inhibit_ipv4`.
+    /// The addresses put on the bridge: the gateways, but no IPv4 one with `inhibit_ipv4`, and
+    /// none of a family whose gateway mode is `isolated`.
     pub fn bridge_addresses(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
         self.gateways_v4
             .iter()
-            .filter(|_| !self.inhibit_ipv4)
+            .filter(|_| !self.inhibit_ipv4 && self.gateway_mode_v4 != GatewayMode::Isolated)
             .map(|g| ipnet::IpNet::V4(*g))
-            .chain(self.gateways_v6.iter().map(|g| ipnet::IpNet::V6(*g)))
+            .chain(
+                self.gateways_v6
+                    .iter()
+                    .filter(|_| self.gateway_mode_v6 != GatewayMode::Isolated)
+                    .map(|g| ipnet::IpNet::V6(*g)),
+            )
     }
 
     /// Sysctls of the bridge itself, set in the host namespace before it goes up.
@@ -376,6 +404,74 @@ mod tests {
             p.host_sysctls(),
             vec![("net.ipv6.conf.all.forwarding".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn isolated_means_internal_without_a_gateway_address() {
+        let opts = BridgeOptions {
+            gateway_mode_v4: GatewayMode::Isolated,
+            ..BridgeOptions::default()
+        };
+        let p = BridgePlan::new(&opts, &spec()).unwrap();
+        assert!(p.internal, "isolated is internal");
+        assert!(p.host_sysctls().is_empty());
+        assert_eq!(p.bridge_addresses().count(), 0, "no gateway on the bridge");
+        assert_eq!(
+            p.gateway_v4_for(Some("172.18.0.2/16".parse().unwrap())),
+            None,
+            "no default route in containers"
+        );
+        // IPv6's mode does not matter on an IPv4-only network
+        let p = BridgePlan::new(
+            &BridgeOptions {
+                gateway_mode_v6: GatewayMode::Isolated,
+                ..BridgeOptions::default()
+            },
+            &spec(),
+        )
+        .unwrap();
+        assert!(!p.internal && p.bridge_addresses().count() == 1);
+    }
+
+    #[test]
+    fn dual_stack_refuses_unprotected_or_isolated_for_one_family_only() {
+        let mut s = spec();
+        s.enable_ipv6 = true;
+        s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
+        for (m4, m6, key) in [
+            (
+                GatewayMode::NatUnprotected,
+                GatewayMode::Nat,
+                "gateway_mode_ipv4",
+            ),
+            (GatewayMode::Nat, GatewayMode::Isolated, "gateway_mode_ipv6"),
+            (
+                GatewayMode::Routed,
+                GatewayMode::NatUnprotected,
+                "gateway_mode_ipv6",
+            ),
+        ] {
+            let opts = BridgeOptions {
+                gateway_mode_v4: m4,
+                gateway_mode_v6: m6,
+                ..BridgeOptions::default()
+            };
+            let e = BridgePlan::new(&opts, &s).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        // the same mode for both is fine
+        for m in [GatewayMode::NatUnprotected, GatewayMode::Isolated] {
+            let opts = BridgeOptions {
+                gateway_mode_v4: m,
+                gateway_mode_v6: m,
+                ..BridgeOptions::default()
+            };
+            let p = BridgePlan::new(&opts, &s).unwrap();
+            assert_eq!(p.internal, m == GatewayMode::Isolated);
+            let n = if m == GatewayMode::Isolated { 0 } else { 2 };
+            assert_eq!(p.bridge_addresses().count(), n);
+        }
     }
 
     #[test]

@@ -26,7 +26,10 @@
 //!   connections the host opened (libnetwork#1151).
 //! - `postrouting` (nat, srcnat): hairpin masquerade, masquerade of host loopback sources
 //!   entering a bridge, masquerade of each network's subnets leaving through a non-bridge link.
-//! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound.
+//! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound
+//!   (the `inbound` chain: a bridge in `unprotected`, Docker's `nat-unprotected`, lets
+//!   everything routed to its containers through; one in `routed` their published ports and
+//!   ICMP; the rest is dropped).
 //!   ICC off between two ports of one bridge is the bridge driver's port isolation (frames never
 //!   reach IP hooks without br_netfilter); `intra`'s `icc_off` drop is what stops traffic
 //!   *routed* between two containers of one bridge through the gateway (and bridged frames
@@ -125,6 +128,7 @@ pub(crate) enum SetName {
     Internal,
     IccOff,
     Routed,
+    Unprotected,
     NoHost,
     SameBridge,
     Masq4,
@@ -167,6 +171,7 @@ impl Named for SetName {
             Self::Internal => "internal",
             Self::IccOff => "icc_off",
             Self::Routed => "routed",
+            Self::Unprotected => "unprotected",
             Self::NoHost => "no_host",
             Self::Ports => "ports",
             Self::OwnMac => "own_mac",
@@ -197,11 +202,12 @@ impl SetName {
     pub(crate) const LAST: SetName = SetName::NdTarget;
 
     /// Every set, in ruleset order (table by table).
-    pub(crate) const ALL: [SetName; 25] = [
+    pub(crate) const ALL: [SetName; 26] = [
         Self::Bridges,
         Self::Internal,
         Self::IccOff,
         Self::Routed,
+        Self::Unprotected,
         Self::NoHost,
         Self::SameBridge,
         Self::Masq4,
@@ -265,9 +271,12 @@ impl SetName {
     /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
     pub(crate) fn def(self) -> SetDef {
         let (key, data, interval): (&[Ty], &[Ty], bool) = match self {
-            Self::Bridges | Self::Internal | Self::IccOff | Self::Routed | Self::NoHost => {
-                (&[I], &[], false)
-            }
+            Self::Bridges
+            | Self::Internal
+            | Self::IccOff
+            | Self::Routed
+            | Self::Unprotected
+            | Self::NoHost => (&[I], &[], false),
             Self::Ports => (&[I], &[], false),
             Self::OwnMac => (&[I, E], &[], false),
             Self::OwnV4 => (&[I, V4], &[], false),
@@ -827,6 +836,12 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
         set_rule("forward", &[(OIF, S::Bridges, true)], jump_to("inbound")),
         r("forward", "jump allow", vec![jump("allow")]),
     ]);
+    // nat-unprotected: direct access to container addresses from outside is not filtered
+    rules.push(set_rule(
+        "inbound",
+        &[(OIF, S::Unprotected, true)],
+        jump_to("allow"),
+    ));
     for v6 in [false, true] {
         for range in [false, true] {
             rules.push(published_rule(v6, range));

@@ -134,6 +134,22 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
         true,
     );
     add(
+        "nat-unprotected-ports",
+        NetworkRules {
+            gateway_mode: GatewayMode::NatUnprotected,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "isolated",
+        NetworkRules {
+            gateway_mode: GatewayMode::Isolated,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
         "internal-host-access",
         NetworkRules {
             internal: true,

@@ -60,6 +60,8 @@ pub struct BridgePlan {
     pub host_binding_ip: Option<IpAddr>,
     /// Container interface name prefix, when the user asked for one.
     pub iface_prefix: Option<String>,
+    /// Host interfaces from which published ports are reachable at container addresses.
+    pub trusted_host_interfaces: Vec<IfName>,
 }
 
 impl BridgePlan {
@@ -151,6 +153,7 @@ impl BridgePlan {
             gateway_mode_v6: opts.gateway_mode_v6,
             host_binding_ip: opts.host_binding_ip,
             iface_prefix: opts.container_iface_prefix.clone(),
+            trusted_host_interfaces: opts.trusted_host_interfaces.clone(),
         };
         if ipv4 {
             (plan.subnets_v4, plan.gateways_v4) = subnets_and_gateways(&spec.ipv4, |n| match n {

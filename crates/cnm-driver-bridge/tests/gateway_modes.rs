@@ -119,3 +119,53 @@ async fn isolated_has_no_gateway_address_and_no_route_out() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_trusted_host_interface_reaches_published_ports_directly_others_do_not() -> Result<()> {
+    let w = World::new().await?;
+    // two peers routing to the container subnet through the host, on cnm-lan1 and cnm-lan2
+    let trusted = w.host.lan(1).await?;
+    let other = w.host.lan(2).await?;
+    let opts = NetworkOptions::default()
+        .subnet("10.39.0.0/24".parse()?)
+        .driver_option(
+            "com.docker.network.bridge.trusted_host_interfaces",
+            "cnm-lan1:eth9",
+        );
+    let n = w.net("trusted", opts).await?;
+    let web = w
+        .run(&n, "web", EndpointOptions::default().publish(p("18090:80")))
+        .await?;
+    let _s80 = TcpEchoServer::start(web.ns(), ANY4, 80).await?;
+    let _s81 = TcpEchoServer::start(web.ns(), ANY4, 81).await?;
+    let check = || async {
+        probe::tcp(trusted.netns(), web.v4(), 80)
+            .await
+            .context("the trusted interface must reach the published port directly")?;
+        ensure!(
+            probe::tcp(other.netns(), web.v4(), 80).await.is_err(),
+            "another interface must not reach the container's address directly"
+        );
+        ensure!(
+            probe::tcp(trusted.netns(), web.v4(), 81).await.is_err(),
+            "an unpublished port stays filtered, even from the trusted interface"
+        );
+        // both still reach the port as published on the host
+        probe::tcp(other.netns(), other.host_addr_v4(), 18090).await?;
+        anyhow::Ok(())
+    };
+    check().await?;
+    let fw = w.driver().firewall_for_tests().await?;
+    let mut healing = fw.healing();
+    let before = healing.borrow_and_update().restores;
+    w.host_cmd(&["nft", "flush", "ruleset"]).await?;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        healing.wait_for(|h| h.restores > before),
+    )
+    .await
+    .context("no restore after the flush")??;
+    check().await?;
+    Ok(())
+}

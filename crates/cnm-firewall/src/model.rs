@@ -97,6 +97,11 @@ pub struct NetworkRules {
     /// NAT, unprotected NAT, routed or isolated access from outside (an isolated network is
     /// internal, as if [`internal`](Self::internal) were set).
     pub gateway_mode: GatewayMode,
+    /// Docker's `trusted_host_interfaces`: interfaces from which packets may reach the
+    /// published ports of this network's containers directly, at the container's address (as
+    /// `routed` allows from everywhere). Ignored for an internal network.
+    #[serde(default)]
+    pub trusted_interfaces: Vec<IfName>,
 }
 
 /// An endpoint's bridge port and the only addresses frames from it may carry (anti-spoofing).
@@ -273,6 +278,7 @@ impl NetworkRules {
             internal: false,
             host_access: false,
             gateway_mode: GatewayMode::Nat,
+            trusted_interfaces: vec![],
         }
     }
 
@@ -443,6 +449,12 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     }
     if !net.icc {
         push(&mut out, SetName::IccOff, Element::point(vec![br]));
+    }
+    if !net.is_internal() {
+        for t in &net.trusted_interfaces {
+            let t = Field::ifname(t);
+            push(&mut out, SetName::Trusted, Element::point(vec![t, br]));
+        }
     }
     match net.gateway_mode {
         GatewayMode::Routed => push(&mut out, SetName::Routed, Element::point(vec![br])),

@@ -29,6 +29,7 @@ fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
         internal: false,
         host_access: false,
         gateway_mode: GatewayMode::Nat,
+        trusted_interfaces: vec![],
     }
 }
 
@@ -137,6 +138,14 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
         "nat-unprotected-ports",
         NetworkRules {
             gateway_mode: GatewayMode::NatUnprotected,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "trusted-interfaces",
+        NetworkRules {
+            trusted_interfaces: vec!["eth1".parse().unwrap(), "wg0".parse().unwrap()],
             ..net("a", true, true)
         },
         true,

@@ -74,23 +74,20 @@ impl BridgePlan {
         let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
         let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
         // The firewall applies one gateway mode to the whole network: a dual-stack network whose
-        // families differ in a way that changes what is open (nat-unprotected) or what exists
-        // (isolated) is refused rather than treated as the other family's mode.
+        // families ask for different modes is refused rather than given one family's mode for
+        // both (IPv6 asking for `nat` would silently get IPv4's `routed`, and be reachable
+        // directly). Docker allows a mode per family; cnm does not yet.
         let (m4, m6) = (opts.gateway_mode_v4, opts.gateway_mode_v6);
         if ipv4 && ipv6 && m4 != m6 {
-            for (key, mode) in [
-                (crate::options::GATEWAY_MODE_IPV4, m4),
-                (crate::options::GATEWAY_MODE_IPV6, m6),
-            ] {
-                if matches!(mode, GatewayMode::NatUnprotected | GatewayMode::Isolated) {
-                    return Err(BridgeError::InvalidOption {
-                        key: key.to_owned(),
-                        value: mode.name().to_owned(),
-                        reason: "cnm applies one gateway mode to both address families of a                                  network: give gateway_mode_ipv4 and gateway_mode_ipv6 the same                                  value"
-                            .to_owned(),
-                    });
-                }
-            }
+            return Err(BridgeError::InvalidOption {
+                key: crate::options::GATEWAY_MODE_IPV6.to_owned(),
+                value: m6.name().to_owned(),
+                reason: format!(
+                    "cnm applies one gateway mode to both address families of a network, and \
+                     gateway_mode_ipv4 is {}: give both the same value",
+                    m4.name()
+                ),
+            });
         }
         // Docker's `isolated`: internal (for every family it has, see above), no gateway.
         let isolated =
@@ -437,34 +434,31 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_refuses_unprotected_or_isolated_for_one_family_only() {
+    fn dual_stack_refuses_different_modes_per_family() {
         let mut s = spec();
         s.enable_ipv6 = true;
         s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
-        for (m4, m6, key) in [
-            (
-                GatewayMode::NatUnprotected,
-                GatewayMode::Nat,
-                "gateway_mode_ipv4",
-            ),
-            (GatewayMode::Nat, GatewayMode::Isolated, "gateway_mode_ipv6"),
-            (
-                GatewayMode::Routed,
-                GatewayMode::NatUnprotected,
-                "gateway_mode_ipv6",
-            ),
-        ] {
-            let opts = BridgeOptions {
-                gateway_mode_v4: m4,
-                gateway_mode_v6: m6,
-                ..BridgeOptions::default()
-            };
-            let e = BridgePlan::new(&opts, &s).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidInput);
-            assert!(e.to_string().contains(key), "{e}");
+        let all = [
+            GatewayMode::Nat,
+            GatewayMode::NatUnprotected,
+            GatewayMode::Routed,
+            GatewayMode::Isolated,
+        ];
+        for m4 in all {
+            for m6 in all.into_iter().filter(|m| *m != m4) {
+                let opts = BridgeOptions {
+                    gateway_mode_v4: m4,
+                    gateway_mode_v6: m6,
+                    ..BridgeOptions::default()
+                };
+                let e = BridgePlan::new(&opts, &s).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                assert!(e.to_string().contains("gateway_mode_ipv6"), "{e}");
+                assert!(!e.to_string().contains("  "), "{e}");
+            }
         }
         // the same mode for both is fine
-        for m in [GatewayMode::NatUnprotected, GatewayMode::Isolated] {
+        for m in all {
             let opts = BridgeOptions {
                 gateway_mode_v4: m,
                 gateway_mode_v6: m,

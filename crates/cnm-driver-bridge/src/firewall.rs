@@ -123,6 +123,7 @@ impl FirewallHandle {
             internal: plan.internal,
             host_access: plan.host_access,
             gateway_mode: mode,
+            trusted_interfaces: plan.trusted_host_interfaces.clone(),
         };
         let object = format!("network {}", plan.network_id);
         self.fw

@@ -20,10 +20,14 @@ pub const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
 pub const ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
 /// The default host address of published ports that name none (default: any).
 pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
-/// `nat` or `routed` for IPv4.
+/// `nat`, `nat-unprotected`, `routed` or `isolated` for IPv4.
 pub const GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
-/// `nat` or `routed` for IPv6.
+/// `nat`, `nat-unprotected`, `routed` or `isolated` for IPv6.
 pub const GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+/// Docker 28's `trusted_host_interfaces`: colon-separated names of host interfaces from which
+/// the published ports of the network's containers are reachable directly, at the container's
+/// address.
+pub const TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
 /// Docker's `inhibit_ipv4`: the bridge gets no IPv4 address (the network's IPv4 gateway is
 /// someone else on the bridge's segment, e.g. a router the operator attached); containers still
 /// get their addresses and the gateway as their default route.
@@ -42,7 +46,7 @@ pub const INTERNAL_HOST_ACCESS: &str = "com.cnm.network.bridge.internal_host_acc
 /// (the daemon's `--ip-forward-no-drop`, after Docker's flag of that name). Default false.
 pub const IP_FORWARD_NO_DROP: &str = "com.cnm.bridge.ip_forward_no_drop";
 
-/// `nat` or `routed`: one type with the firewall that renders it.
+/// How the network meets the outside: one type with the firewall that renders it.
 pub use cnm_types::GatewayMode;
 
 /// The options of one bridge network, validated.
@@ -67,6 +71,8 @@ pub struct BridgeOptions {
     pub internal_host_access: bool,
     /// No IPv4 address on the bridge.
     pub inhibit_ipv4: bool,
+    /// Host interfaces from which published ports are reachable at container addresses.
+    pub trusted_host_interfaces: Vec<IfName>,
 }
 
 impl Default for BridgeOptions {
@@ -81,6 +87,7 @@ impl Default for BridgeOptions {
             container_iface_prefix: None,
             internal_host_access: false,
             inhibit_ipv4: false,
+            trusted_host_interfaces: Vec::new(),
         }
     }
 }
@@ -136,6 +143,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     HOST_BINDING_IPV4,
     GATEWAY_MODE_IPV4,
     GATEWAY_MODE_IPV6,
+    TRUSTED_HOST_INTERFACES,
     CONTAINER_IFACE_PREFIX,
     INTERNAL_HOST_ACCESS,
     INHIBIT_IPV4,
@@ -192,14 +200,29 @@ impl TryFrom<&DriverOptions> for BridgeOptions {
                     opts.host_binding_ip = if ip.is_unspecified() { None } else { Some(ip) };
                 }
                 GATEWAY_MODE_IPV4 | GATEWAY_MODE_IPV6 => {
-                    let mode: GatewayMode = value
-                        .parse()
-                        .map_err(|_| invalid(key, value, "expected nat or routed"))?;
+                    let mode: GatewayMode = value.parse().map_err(|_| {
+                        invalid(
+                            key,
+                            value,
+                            "expected nat, nat-unprotected, routed or isolated",
+                        )
+                    })?;
                     if key == GATEWAY_MODE_IPV4 {
                         opts.gateway_mode_v4 = mode;
                     } else {
                         opts.gateway_mode_v6 = mode;
                     }
+                }
+                TRUSTED_HOST_INTERFACES => {
+                    // empty names (an empty value, `a::b`) are skipped, as Docker skips them
+                    opts.trusted_host_interfaces = value
+                        .split(':')
+                        .filter(|n| !n.is_empty())
+                        .map(|n| {
+                            IfName::new(n)
+                                .map_err(|e| invalid(key, value, format!("interface {n:?}: {e}")))
+                        })
+                        .collect::<Result<_, _>>()?;
                 }
                 CONTAINER_IFACE_PREFIX => {
                     // The controller appends an index; leave room for up to three digits.
@@ -291,6 +314,21 @@ mod tests {
         .unwrap();
         assert_eq!(o.bridge_name.unwrap().as_str(), "br1");
         assert_eq!(o.host_binding_ip, None);
+        let o = BridgeOptions::try_from(&raw(&[
+            (GATEWAY_MODE_IPV4, "nat-unprotected"),
+            (GATEWAY_MODE_IPV6, "isolated"),
+        ]))
+        .unwrap();
+        assert_eq!(o.gateway_mode_v4, GatewayMode::NatUnprotected);
+        assert_eq!(o.gateway_mode_v6, GatewayMode::Isolated);
+        let o = BridgeOptions::try_from(&raw(&[(TRUSTED_HOST_INTERFACES, "eth1::wg0")])).unwrap();
+        let names: Vec<&str> = o
+            .trusted_host_interfaces
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(names, ["eth1", "wg0"]);
+        assert!(unknown_keys(&raw(&[(TRUSTED_HOST_INTERFACES, "eth1")])).is_empty());
     }
 
     #[test]
@@ -343,7 +381,9 @@ mod tests {
             (HOST_BINDING_IPV4, "1.2.3"),
             (HOST_BINDING_IPV4, "255.255.255.255"),
             (HOST_BINDING_IPV4, "224.0.0.1"),
-            (GATEWAY_MODE_IPV4, "isolated"),
+            (GATEWAY_MODE_IPV4, "isolate"),
+            (GATEWAY_MODE_IPV6, "nat_unprotected"),
+            (TRUSTED_HOST_INTERFACES, "eth0:a-name-far-too-long"),
             (CONTAINER_IFACE_PREFIX, "bad/prefix"),
             (INTERNAL_HOST_ACCESS, "sometimes"),
             (INHIBIT_IPV4, "perhaps"),

@@ -60,6 +60,8 @@ pub struct BridgePlan {
     pub host_binding_ip: Option<IpAddr>,
     /// Container interface name prefix, when the user asked for one.
     pub iface_prefix: Option<String>,
+    /// Host interfaces from which published ports are reachable at container addresses.
+    pub trusted_host_interfaces: Vec<IfName>,
 }
 
 impl BridgePlan {
@@ -69,7 +71,28 @@ impl BridgePlan {
             Some(name) => name.clone(),
             None => derived_bridge_name(&spec.id)?,
         };
-        if opts.internal_host_access && !spec.internal {
+        let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
+        let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
+        // The firewall applies one gateway mode to the whole network: a dual-stack network whose
+        // families ask for different modes is refused rather than given one family's mode for
+        // both (IPv6 asking for `nat` would silently get IPv4's `routed`, and be reachable
+        // directly). Docker allows a mode per family; cnm does not yet.
+        let (m4, m6) = (opts.gateway_mode_v4, opts.gateway_mode_v6);
+        if ipv4 && ipv6 && m4 != m6 {
+            return Err(BridgeError::InvalidOption {
+                key: crate::options::GATEWAY_MODE_IPV6.to_owned(),
+                value: m6.name().to_owned(),
+                reason: format!(
+                    "cnm applies one gateway mode to both address families of a network, and \
+                     gateway_mode_ipv4 is {}: give both the same value",
+                    m4.name()
+                ),
+            });
+        }
+        // Docker's `isolated`: internal (for every family it has, see above), no gateway.
+        let isolated =
+            (ipv4 && m4 == GatewayMode::Isolated) || (ipv6 && m6 == GatewayMode::Isolated);
+        if opts.internal_host_access && !(spec.internal || isolated) {
             return Err(BridgeError::InvalidOption {
                 key: crate::options::INTERNAL_HOST_ACCESS.to_owned(),
                 value: "true".to_owned(),
@@ -78,8 +101,6 @@ impl BridgePlan {
                     .to_owned(),
             });
         }
-        let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
-        let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
         if spec.enable_ipv6 && spec.ipv6.is_empty() {
             return Err(BridgeError::invalid(
                 "network",
@@ -121,7 +142,7 @@ impl BridgePlan {
             subnets_v6: Vec::new(),
             ipv4,
             ipv6,
-            internal: spec.internal,
+            internal: spec.internal || isolated,
             host_access: opts.internal_host_access,
             icc: opts.enable_icc,
             masquerade: opts.enable_ip_masquerade,
@@ -129,6 +150,7 @@ impl BridgePlan {
             gateway_mode_v6: opts.gateway_mode_v6,
             host_binding_ip: opts.host_binding_ip,
             iface_prefix: opts.container_iface_prefix.clone(),
+            trusted_host_interfaces: opts.trusted_host_interfaces.clone(),
         };
         if ipv4 {
             (plan.subnets_v4, plan.gateways_v4) = subnets_and_gateways(&spec.ipv4, |n| match n {
@@ -145,13 +167,19 @@ impl BridgePlan {
         Ok(plan)
     }
 
-    /// The addresses put on the bridge: the gateways, but no IPv4 one with `inhibit_ipv4`.
+    /// The addresses put on the bridge: the gateways, but no IPv4 one with `inhibit_ipv4`, and
+    /// none of a family whose gateway mode is `isolated`.
     pub fn bridge_addresses(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
         self.gateways_v4
             .iter()
-            .filter(|_| !self.inhibit_ipv4)
+            .filter(|_| !self.inhibit_ipv4 && self.gateway_mode_v4 != GatewayMode::Isolated)
             .map(|g| ipnet::IpNet::V4(*g))
-            .chain(self.gateways_v6.iter().map(|g| ipnet::IpNet::V6(*g)))
+            .chain(
+                self.gateways_v6
+                    .iter()
+                    .filter(|_| self.gateway_mode_v6 != GatewayMode::Isolated)
+                    .map(|g| ipnet::IpNet::V6(*g)),
+            )
     }
 
     /// Sysctls of the bridge itself, set in the host namespace before it goes up.
@@ -376,6 +404,71 @@ mod tests {
             p.host_sysctls(),
             vec![("net.ipv6.conf.all.forwarding".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn isolated_means_internal_without_a_gateway_address() {
+        let opts = BridgeOptions {
+            gateway_mode_v4: GatewayMode::Isolated,
+            ..BridgeOptions::default()
+        };
+        let p = BridgePlan::new(&opts, &spec()).unwrap();
+        assert!(p.internal, "isolated is internal");
+        assert!(p.host_sysctls().is_empty());
+        assert_eq!(p.bridge_addresses().count(), 0, "no gateway on the bridge");
+        assert_eq!(
+            p.gateway_v4_for(Some("172.18.0.2/16".parse().unwrap())),
+            None,
+            "no default route in containers"
+        );
+        // IPv6's mode does not matter on an IPv4-only network
+        let p = BridgePlan::new(
+            &BridgeOptions {
+                gateway_mode_v6: GatewayMode::Isolated,
+                ..BridgeOptions::default()
+            },
+            &spec(),
+        )
+        .unwrap();
+        assert!(!p.internal && p.bridge_addresses().count() == 1);
+    }
+
+    #[test]
+    fn dual_stack_refuses_different_modes_per_family() {
+        let mut s = spec();
+        s.enable_ipv6 = true;
+        s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
+        let all = [
+            GatewayMode::Nat,
+            GatewayMode::NatUnprotected,
+            GatewayMode::Routed,
+            GatewayMode::Isolated,
+        ];
+        for m4 in all {
+            for m6 in all.into_iter().filter(|m| *m != m4) {
+                let opts = BridgeOptions {
+                    gateway_mode_v4: m4,
+                    gateway_mode_v6: m6,
+                    ..BridgeOptions::default()
+                };
+                let e = BridgePlan::new(&opts, &s).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                assert!(e.to_string().contains("gateway_mode_ipv6"), "{e}");
+                assert!(!e.to_string().contains("  "), "{e}");
+            }
+        }
+        // the same mode for both is fine
+        for m in all {
+            let opts = BridgeOptions {
+                gateway_mode_v4: m,
+                gateway_mode_v6: m,
+                ..BridgeOptions::default()
+            };
+            let p = BridgePlan::new(&opts, &s).unwrap();
+            assert_eq!(p.internal, m == GatewayMode::Isolated);
+            let n = if m == GatewayMode::Isolated { 0 } else { 2 };
+            assert_eq!(p.bridge_addresses().count(), n);
+        }
     }
 
     #[test]

@@ -68,6 +68,7 @@
 //!     internal: false,
 //!     host_access: false,
 //!     gateway_mode: GatewayMode::Nat,
+//!     trusted_interfaces: vec![],
 //! }).await?;
 //! fw.add_port_mappings("net1", "ep1", &[PortMapping {
 //!     proto: Protocol::Tcp,

@@ -94,8 +94,14 @@ pub struct NetworkRules {
     /// addresses, the gateway's included). `false` (the default) blocks them; ignored for
     /// networks that are not internal, whose containers reach the host as the outside does.
     pub host_access: bool,
-    /// NAT or routed access from outside.
+    /// NAT, unprotected NAT, routed or isolated access from outside (an isolated network is
+    /// internal, as if [`internal`](Self::internal) were set).
     pub gateway_mode: GatewayMode,
+    /// Docker's `trusted_host_interfaces`: interfaces from which packets may reach the
+    /// published ports of this network's containers directly, at the container's address (as
+    /// `routed` allows from everywhere). Ignored for an internal network.
+    #[serde(default)]
+    pub trusted_interfaces: Vec<IfName>,
 }
 
 /// An endpoint's bridge port and the only addresses frames from it may carry (anti-spoofing).
@@ -253,6 +259,12 @@ impl PortMapping {
 }
 
 impl NetworkRules {
+    /// Whether no traffic is forwarded off the bridge: [`internal`](Self::internal), or the
+    /// gateway mode is `isolated`.
+    pub fn is_internal(&self) -> bool {
+        self.internal || self.gateway_mode == GatewayMode::Isolated
+    }
+
     /// A NAT network on `bridge` with ICC and masquerade on, not internal, IPv4 only: what a
     /// bridge network is by default; other shapes change fields of it.
     pub fn nat(id: impl Into<String>, bridge: IfName, subnets_v4: Vec<Ipv4Net>) -> Self {
@@ -266,6 +278,7 @@ impl NetworkRules {
             internal: false,
             host_access: false,
             gateway_mode: GatewayMode::Nat,
+            trusted_interfaces: vec![],
         }
     }
 
@@ -428,7 +441,7 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     // the bridge's forwarded traffic is cnm's: the no-open-router drop lets it through
     push(&mut out, SharedSet::Interfaces, Element::point(vec![br]));
     push(&mut out, SetName::SameBridge, Element::point(vec![br, br]));
-    if net.internal {
+    if net.is_internal() {
         push(&mut out, SetName::Internal, Element::point(vec![br]));
         if !net.host_access {
             push(&mut out, SetName::NoHost, Element::point(vec![br]));
@@ -437,10 +450,20 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     if !net.icc {
         push(&mut out, SetName::IccOff, Element::point(vec![br]));
     }
-    if net.gateway_mode == GatewayMode::Routed {
-        push(&mut out, SetName::Routed, Element::point(vec![br]));
+    if !net.is_internal() {
+        for t in &net.trusted_interfaces {
+            let t = Field::ifname(t);
+            push(&mut out, SetName::Trusted, Element::point(vec![t, br]));
+        }
     }
-    if net.masquerade && !net.internal {
+    match net.gateway_mode {
+        GatewayMode::Routed => push(&mut out, SetName::Routed, Element::point(vec![br])),
+        GatewayMode::NatUnprotected => {
+            push(&mut out, SetName::Unprotected, Element::point(vec![br]))
+        }
+        _ => {}
+    }
+    if net.masquerade && !net.is_internal() {
         let v4 = net.subnets_v4.iter().map(|s| {
             let s = s.trunc();
             (
@@ -500,7 +523,7 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
             )
         },
     );
-    if net.gateway_mode == GatewayMode::Routed || net.internal {
+    if net.gateway_mode == GatewayMode::Routed || net.is_internal() {
         return out;
     }
     let host = m.host_key().map(addr);

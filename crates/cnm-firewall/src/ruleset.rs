@@ -26,7 +26,11 @@
 //!   connections the host opened (libnetwork#1151).
 //! - `postrouting` (nat, srcnat): hairpin masquerade, masquerade of host loopback sources
 //!   entering a bridge, masquerade of each network's subnets leaving through a non-bridge link.
-//! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound.
+//! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound
+//!   (the `inbound` chain: a bridge in `unprotected`, Docker's `nat-unprotected`, lets
+//!   everything routed to its containers through; one in `routed` their published ports and
+//!   ICMP; a (host interface, bridge) pair in `trusted`, Docker's `trusted_host_interfaces`,
+//!   the published ports from that interface; the rest is dropped).
 //!   ICC off between two ports of one bridge is the bridge driver's port isolation (frames never
 //!   reach IP hooks without br_netfilter); `intra`'s `icc_off` drop is what stops traffic
 //!   *routed* between two containers of one bridge through the gateway (and bridged frames
@@ -125,6 +129,8 @@ pub(crate) enum SetName {
     Internal,
     IccOff,
     Routed,
+    Unprotected,
+    Trusted,
     NoHost,
     SameBridge,
     Masq4,
@@ -167,6 +173,8 @@ impl Named for SetName {
             Self::Internal => "internal",
             Self::IccOff => "icc_off",
             Self::Routed => "routed",
+            Self::Unprotected => "unprotected",
+            Self::Trusted => "trusted",
             Self::NoHost => "no_host",
             Self::Ports => "ports",
             Self::OwnMac => "own_mac",
@@ -197,11 +205,13 @@ impl SetName {
     pub(crate) const LAST: SetName = SetName::NdTarget;
 
     /// Every set, in ruleset order (table by table).
-    pub(crate) const ALL: [SetName; 25] = [
+    pub(crate) const ALL: [SetName; 27] = [
         Self::Bridges,
         Self::Internal,
         Self::IccOff,
         Self::Routed,
+        Self::Unprotected,
+        Self::Trusted,
         Self::NoHost,
         Self::SameBridge,
         Self::Masq4,
@@ -265,15 +275,18 @@ impl SetName {
     /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
     pub(crate) fn def(self) -> SetDef {
         let (key, data, interval): (&[Ty], &[Ty], bool) = match self {
-            Self::Bridges | Self::Internal | Self::IccOff | Self::Routed | Self::NoHost => {
-                (&[I], &[], false)
-            }
+            Self::Bridges
+            | Self::Internal
+            | Self::IccOff
+            | Self::Routed
+            | Self::Unprotected
+            | Self::NoHost => (&[I], &[], false),
             Self::Ports => (&[I], &[], false),
             Self::OwnMac => (&[I, E], &[], false),
             Self::OwnV4 => (&[I, V4], &[], false),
             Self::OwnV6 => (&[I, V6], &[], false),
             Self::NdTarget => (&[I, Int128], &[], false),
-            Self::SameBridge => (&[I, I], &[], false),
+            Self::SameBridge | Self::Trusted => (&[I, I], &[], false),
             Self::Masq4 => (&[I, V4], &[], true),
             Self::Masq6 => (&[I, V6], &[], true),
             Self::Published4 => (&[V4, R, P], &[], false),
@@ -580,6 +593,27 @@ fn published_rule(v6: bool, range: bool) -> RuleDef {
     }
 }
 
+/// The `inbound` chain's accept of published ports from a network's trusted host interfaces.
+fn trusted_rule(v6: bool, range: bool) -> RuleDef {
+    let set = SetName::published(v6, range);
+    let ip = if v6 { "ip6" } else { "ip" };
+    let mut exprs = vec![
+        meta(MetaKey::IifName, 1),
+        meta(MetaKey::OifName, 2),
+        lookup(1, SetName::Trusted),
+    ];
+    exprs.extend(daddr_proto_dport(v6, set).0);
+    exprs.extend([lookup(1, set), jump("allow")]);
+    RuleDef {
+        chain: Cow::Borrowed("inbound"),
+        text: Cow::Owned(format!(
+            "iifname . oifname @trusted {ip} daddr . meta l4proto . th dport @{} jump allow",
+            set.name()
+        )),
+        exprs,
+    }
+}
+
 /// A rule made of interface (or family) set lookups and a verdict, such as `iifname != @bridges
 /// oifname != @bridges return`: its text and its expressions come from one list, so they cannot
 /// disagree. Each match is the meta key, the set, and whether the value must be in it.
@@ -827,9 +861,21 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
         set_rule("forward", &[(OIF, S::Bridges, true)], jump_to("inbound")),
         r("forward", "jump allow", vec![jump("allow")]),
     ]);
+    // nat-unprotected: direct access to container addresses from outside is not filtered
+    rules.push(set_rule(
+        "inbound",
+        &[(OIF, S::Unprotected, true)],
+        jump_to("allow"),
+    ));
     for v6 in [false, true] {
         for range in [false, true] {
             rules.push(published_rule(v6, range));
+        }
+    }
+    // trusted_host_interfaces: published ports, directly, from those interfaces
+    for v6 in [false, true] {
+        for range in [false, true] {
+            rules.push(trusted_rule(v6, range));
         }
     }
     rules.extend([

@@ -29,6 +29,7 @@ fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
         internal: false,
         host_access: false,
         gateway_mode: GatewayMode::Nat,
+        trusted_interfaces: vec![],
     }
 }
 
@@ -129,6 +130,30 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
         NetworkRules {
             gateway_mode: GatewayMode::Routed,
             masquerade: false,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "nat-unprotected-ports",
+        NetworkRules {
+            gateway_mode: GatewayMode::NatUnprotected,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "trusted-interfaces",
+        NetworkRules {
+            trusted_interfaces: vec!["eth1".parse().unwrap(), "wg0".parse().unwrap()],
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "isolated",
+        NetworkRules {
+            gateway_mode: GatewayMode::Isolated,
             ..net("a", true, true)
         },
         true,

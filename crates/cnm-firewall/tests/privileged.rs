@@ -708,6 +708,44 @@ async fn routed_mode_allows_direct_access_to_published_ports_only() -> Result<()
 
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
+async fn nat_unprotected_mode_lets_any_port_be_reached_directly_nat_does_not() -> Result<()> {
+    let t = topology().await?;
+    let fw = Firewall::new(&t.host).await?;
+    let nat = NetworkRules {
+        subnets_v6: vec![],
+        ..net("n1", "cnmbr0", "172.30.0.0/24")
+    };
+    fw.add_network(&nat).await?;
+    serve(&t.server, "172.30.0.2:81".parse()?).await?;
+    sh(&t.client, "ip route add 172.30.0.0/24 via 10.1.0.1")
+        .await
+        .ok();
+    let unpublished: SocketAddr = "172.30.0.2:81".parse()?;
+    probe(&t.client, unpublished)
+        .await
+        .expect_err("nat: an unpublished port reached directly from outside");
+    fw.remove_network("n1").await?;
+    fw.add_network(&NetworkRules {
+        gateway_mode: GatewayMode::NatUnprotected,
+        ..nat.clone()
+    })
+    .await?;
+    // nothing is published, yet the port is reachable by routing to the container's address
+    assert_eq!(probe(&t.client, unpublished).await?, "hello");
+    // after a flush of the whole ruleset the firewall heals itself: still unprotected
+    heal_after(&fw, &t.host, "nft flush ruleset").await?;
+    assert_eq!(probe(&t.client, unpublished).await?, "hello");
+    // and back to nat: filtered again
+    fw.remove_network("n1").await?;
+    fw.add_network(&nat).await?;
+    probe(&t.client, unpublished)
+        .await
+        .expect_err("nat again: the port must be filtered");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
 async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Result<()> {
     let t = topology().await?;
     let fw = Firewall::new(&t.host).await?;

@@ -30,12 +30,39 @@ register_driver!(NAME, NullDriver::create);
 
 /// The `null` driver. It remembers which networks exist so that it can refuse calls for unknown
 /// ones, as every driver must.
-#[derive(Debug, Default)]
+///
+/// The same driver, under another name and capability ([`NullDriver::new`]), serves any network
+/// whose joins make no interface and whose endpoints get no addresses: the `host` driver
+/// (`cnm-driver-host`) is this driver with [`Capability::host_namespace`].
+#[derive(Debug)]
 pub struct NullDriver {
+    name: &'static str,
+    capability: Capability,
     networks: Mutex<BTreeSet<String>>,
 }
 
+impl Default for NullDriver {
+    fn default() -> Self {
+        Self::new(
+            NAME,
+            Capability::local()
+                .with_addresses(false)
+                .with_singleton(true),
+        )
+    }
+}
+
 impl NullDriver {
+    /// A driver registered as `name` that makes no interface and no address, saying it can do
+    /// what `capability` says.
+    pub fn new(name: &'static str, capability: Capability) -> Self {
+        Self {
+            name,
+            capability,
+            networks: Mutex::default(),
+        }
+    }
+
     /// Builds the driver for one controller (the registration's constructor).
     pub fn create(_ctx: &DriverContext) -> Result<Arc<dyn Driver>, DriverError> {
         Ok(Arc::new(Self::default()))
@@ -51,7 +78,7 @@ impl NullDriver {
             Ok(())
         } else {
             Err(DriverError::new(
-                NAME,
+                self.name,
                 ErrorKind::NotFound,
                 format!("network {network_id} not found"),
             ))
@@ -62,20 +89,18 @@ impl NullDriver {
 #[async_trait]
 impl Driver for NullDriver {
     fn name(&self) -> &str {
-        NAME
+        self.name
     }
 
     fn capability(&self) -> Capability {
-        Capability::local()
-            .with_addresses(false)
-            .with_singleton(true)
+        self.capability
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<(), DriverError> {
         // Its options were parsed (none accepted) by the default `parse_network_options`.
         if !self.networks().insert(spec.id.clone()) {
             return Err(DriverError::new(
-                NAME,
+                self.name,
                 ErrorKind::AlreadyExists,
                 format!("network {} already exists", spec.id),
             ));

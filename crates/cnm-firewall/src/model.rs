@@ -86,7 +86,9 @@ pub struct NetworkRules {
     pub subnets_v6: Vec<Ipv6Net>,
     /// Inter-container traffic within the bridge is allowed (`true`) or dropped.
     pub icc: bool,
-    /// Masquerade the subnets' traffic that leaves through a non-bridge interface.
+    /// Masquerade the subnets' traffic that leaves through a non-bridge interface, for each
+    /// family whose gateway mode is a NAT one (`routed` translates nothing, as in Docker; see
+    /// [`masquerades`](Self::masquerades)).
     pub masquerade: bool,
     /// No forwarding off the bridge at all, either direction.
     pub internal: bool,

@@ -950,6 +950,28 @@ async fn unknown_options_are_kept_with_a_warning_and_known_ones_checked() -> Res
     ensure!(plain["Warning"] == "", "{plain}");
     let p = api.expect("GET", "/v1.41/networks/p", None, 200).await?;
     ensure!(p["IPAM"]["Options"].is_null(), "{p}");
+    // A gateway mode per family on a dual-stack network (IPv4 nat beside IPv6 routed) is
+    // accepted and shown as given.
+    const MODE_V4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+    const MODE_V6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+    let mixed = api
+        .expect(
+            "POST",
+            "/v1.41/networks/create",
+            Some(json!({"Name": "mixed", "EnableIPv6": true,
+                "Options": {MODE_V4: "nat", MODE_V6: "routed"},
+                "IPAM": {"Config": [{"Subnet": "10.45.0.0/24"}, {"Subnet": "fd00:45::/64"}]}})),
+            201,
+        )
+        .await?;
+    ensure!(mixed["Warning"] == "", "{mixed}");
+    let m = api
+        .expect("GET", "/v1.41/networks/mixed", None, 200)
+        .await?;
+    ensure!(
+        m["Options"][MODE_V4] == "nat" && m["Options"][MODE_V6] == "routed",
+        "{m}"
+    );
     // Known keys are still checked, naming the key and value, and nothing is made.
     for (key, value) in [
         ("com.docker.network.bridge.enable_icc", "maybe"),
@@ -957,6 +979,11 @@ async fn unknown_options_are_kept_with_a_warning_and_known_ones_checked() -> Res
         ("com.docker.network.bridge.inhibit_ipv4", "sometimes"),
         ("com.docker.network.driver.mtu", "abc"),
         ("com.cnm.network.typo", "1"),
+        ("com.docker.network.bridge.gateway_mode_ipv4", "NAT"),
+        (
+            "com.docker.network.bridge.gateway_mode_ipv6",
+            "nat_unprotected",
+        ),
     ] {
         let m = message(
             &api,

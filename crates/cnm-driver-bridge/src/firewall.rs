@@ -107,11 +107,12 @@ impl FirewallHandle {
     /// Installs the network's rules, then makes sure a FORWARD DROP policy of iptables (Docker's)
     /// lets cnm's forwarded traffic through.
     pub(crate) async fn add_network(&self, plan: &BridgePlan) -> Result<(), BridgeError> {
-        // The firewall has one mode per network; IPv4's decides unless the network has none.
-        let mode = if plan.ipv4 {
-            plan.gateway_mode_v4
-        } else {
-            plan.gateway_mode_v6
+        // A mode per family. A family the network does not carry takes the other's mode, so a
+        // single-family network's rules are what its one mode says, whatever the other option.
+        let (m4, m6) = match (plan.ipv4, plan.ipv6) {
+            (true, true) => (plan.gateway_mode_v4, plan.gateway_mode_v6),
+            (true, false) => (plan.gateway_mode_v4, plan.gateway_mode_v4),
+            (false, _) => (plan.gateway_mode_v6, plan.gateway_mode_v6),
         };
         let rules = NetworkRules {
             id: plan.network_id.clone(),
@@ -122,7 +123,8 @@ impl FirewallHandle {
             masquerade: plan.masquerade,
             internal: plan.internal,
             host_access: plan.host_access,
-            gateway_mode: mode,
+            gateway_mode_v4: m4,
+            gateway_mode_v6: m6,
             trusted_interfaces: plan.trusted_host_interfaces.clone(),
         };
         let object = format!("network {}", plan.network_id);

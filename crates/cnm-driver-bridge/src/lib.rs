@@ -610,19 +610,27 @@ impl BridgeDriver {
         bindings: &[PortBinding],
     ) -> Result<Vec<PortBinding>, BridgeError> {
         let (net, ep) = self.endpoint(network_id, endpoint_id)?;
-        let requests = ports::plan(
-            bindings,
-            net.plan.host_binding_ip,
-            ep.ipv4.map(|n| n.addr()),
-            ep.ipv6.map(|n| n.addr()),
-        )?;
-        if net.plan.internal && !requests.is_empty() {
+        if net.plan.internal
+            && let Some(b) = bindings.first()
+        {
             return Err(BridgeError::invalid(
                 "port binding",
-                requests[0].binding.to_string(),
+                b.to_string(),
                 "an internal network has no route to the outside to publish ports on",
             ));
         }
+        // An isolated family publishes nothing: its address is left out, as if the endpoint
+        // had none of that family (the other family of the network publishes as usual).
+        let requests = ports::plan(
+            bindings,
+            net.plan.host_binding_ip,
+            ep.ipv4
+                .map(|n| n.addr())
+                .filter(|_| !net.plan.internal_for(false)),
+            ep.ipv6
+                .map(|n| n.addr())
+                .filter(|_| !net.plan.internal_for(true)),
+        )?;
         // Programming again replaces what was there.
         self.revoke_inner(network_id, endpoint_id).await?;
         if requests.is_empty() {

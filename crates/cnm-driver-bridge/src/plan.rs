@@ -44,7 +44,8 @@ pub struct BridgePlan {
     pub ipv4: bool,
     /// Whether the network carries IPv6.
     pub ipv6: bool,
-    /// No route off the network's own subnets.
+    /// No route off the network's own subnets, for any family (`--internal`, or every family
+    /// the network carries `isolated`); see [`internal_for`](Self::internal_for) for one family.
     pub internal: bool,
     /// For an internal network: its containers may reach the host itself.
     pub host_access: bool,
@@ -73,26 +74,16 @@ impl BridgePlan {
         };
         let ipv4 = spec.enable_ipv4 && !spec.ipv4.is_empty();
         let ipv6 = spec.enable_ipv6 && !spec.ipv6.is_empty();
-        // The firewall applies one gateway mode to the whole network: a dual-stack network whose
-        // families ask for different modes is refused rather than given one family's mode for
-        // both (IPv6 asking for `nat` would silently get IPv4's `routed`, and be reachable
-        // directly). Docker allows a mode per family; cnm does not yet.
+        // Each family has its own gateway mode (Docker's `gateway_mode_ipv4` and
+        // `gateway_mode_ipv6`): the firewall keys every mode-dependent rule by family.
         let (m4, m6) = (opts.gateway_mode_v4, opts.gateway_mode_v6);
-        if ipv4 && ipv6 && m4 != m6 {
-            return Err(BridgeError::InvalidOption {
-                key: crate::options::GATEWAY_MODE_IPV6.to_owned(),
-                value: m6.name().to_owned(),
-                reason: format!(
-                    "cnm applies one gateway mode to both address families of a network, and \
-                     gateway_mode_ipv4 is {}: give both the same value",
-                    m4.name()
-                ),
-            });
-        }
-        // Docker's `isolated`: internal (for every family it has, see above), no gateway.
-        let isolated =
-            (ipv4 && m4 == GatewayMode::Isolated) || (ipv6 && m6 == GatewayMode::Isolated);
-        if opts.internal_host_access && !(spec.internal || isolated) {
+        // Docker's `isolated`: that family is internal and has no gateway; the other family of
+        // a dual-stack network works as its own mode says.
+        let isolated_v4 = ipv4 && m4 == GatewayMode::Isolated;
+        let isolated_v6 = ipv6 && m6 == GatewayMode::Isolated;
+        // Internal as a whole: `--internal`, or every family the network carries isolated.
+        let isolated_all = (!ipv4 || isolated_v4) && (!ipv6 || isolated_v6);
+        if opts.internal_host_access && !(spec.internal || isolated_v4 || isolated_v6) {
             return Err(BridgeError::InvalidOption {
                 key: crate::options::INTERNAL_HOST_ACCESS.to_owned(),
                 value: "true".to_owned(),
@@ -142,7 +133,7 @@ impl BridgePlan {
             subnets_v6: Vec::new(),
             ipv4,
             ipv6,
-            internal: spec.internal || isolated,
+            internal: spec.internal || isolated_all,
             host_access: opts.internal_host_access,
             icc: opts.enable_icc,
             masquerade: opts.enable_ip_masquerade,
@@ -195,8 +186,17 @@ impl BridgePlan {
                 format!("net.ipv6.conf.{br}.disable_ipv6"),
                 if self.ipv6 { "0" } else { "1" }.to_owned(),
             ));
+            if self.ipv6 {
+                // No duplicate address detection for the bridge's link-local address: while it
+                // is tentative (about a second after the bridge goes up) the host has no source
+                // for neighbour solicitations on the bridge, and IPv6 routed to a container
+                // (a `routed` family, or after DNAT) stalls. The address derives from the
+                // bridge's MAC, which is cnm's own (see `mac_for`); its gateway addresses are
+                // added without DAD too.
+                out.push((format!("net.ipv6.conf.{br}.accept_dad"), "0".to_owned()));
+            }
         }
-        if self.ipv4 && !self.internal {
+        if self.ipv4 && !self.internal_for(false) {
             // Lets packets DNATed from 127.0.0.1 be routed out of the bridge (published ports
             // reached through the loopback address without a userland proxy).
             out.push((format!("net.ipv4.conf.{br}.route_localnet"), "1".to_owned()));
@@ -213,16 +213,25 @@ impl BridgePlan {
             .collect()
     }
 
-    /// The families this network needs the host to forward.
+    /// Whether the family (IPv6's when `v6`) goes nowhere off the network: the network is
+    /// internal, or the family's gateway mode is `isolated`.
+    pub fn internal_for(&self, v6: bool) -> bool {
+        let mode = if v6 {
+            self.gateway_mode_v6
+        } else {
+            self.gateway_mode_v4
+        };
+        self.internal || mode == GatewayMode::Isolated
+    }
+
+    /// The families this network needs the host to forward: those it carries that are not
+    /// internal.
     pub fn forwarding(&self) -> Vec<cnm_sandbox::IpFamily> {
         let mut out = Vec::new();
-        if self.internal {
-            return out;
-        }
-        if self.ipv4 {
+        if self.ipv4 && !self.internal_for(false) {
             out.push(cnm_sandbox::IpFamily::V4);
         }
-        if self.ipv6 {
+        if self.ipv6 && !self.internal_for(true) {
             out.push(cnm_sandbox::IpFamily::V6);
         }
         out
@@ -230,7 +239,7 @@ impl BridgePlan {
 
     /// The IPv4 gateway a container with `addr` routes through, if the network gives one.
     pub fn gateway_v4_for(&self, addr: Option<Ipv4Net>) -> Option<std::net::Ipv4Addr> {
-        match self.gateway_for(&self.gateways_v4, addr)?.addr() {
+        match self.gateway_for(false, &self.gateways_v4, addr)?.addr() {
             IpAddr::V4(gw) => Some(gw),
             IpAddr::V6(_) => None,
         }
@@ -238,16 +247,22 @@ impl BridgePlan {
 
     /// The IPv6 gateway a container with `addr` routes through, if the network gives one.
     pub fn gateway_v6_for(&self, addr: Option<Ipv6Net>) -> Option<std::net::Ipv6Addr> {
-        match self.gateway_for(&self.gateways_v6, addr)?.addr() {
+        match self.gateway_for(true, &self.gateways_v6, addr)?.addr() {
             IpAddr::V6(gw) => Some(gw),
             IpAddr::V4(_) => None,
         }
     }
 
     /// The gateway among `gateways` whose subnet holds `addr` (else the first), unless the
-    /// network is internal or the container has no address of the family.
-    fn gateway_for<N: Copy + Into<IpNet>>(&self, gateways: &[N], addr: Option<N>) -> Option<IpNet> {
-        if self.internal {
+    /// family is internal (an `isolated` family has no default route) or the container has no
+    /// address of the family.
+    fn gateway_for<N: Copy + Into<IpNet>>(
+        &self,
+        v6: bool,
+        gateways: &[N],
+        addr: Option<N>,
+    ) -> Option<IpNet> {
+        if self.internal_for(v6) {
             return None;
         }
         let addr: IpNet = addr?.into();
@@ -396,8 +411,17 @@ mod tests {
         let p = BridgePlan::new(&BridgeOptions::default(), &s).unwrap();
         assert!(!p.ipv4 && p.ipv6);
         assert_eq!(
-            p.bridge_sysctls().len(),
-            1,
+            p.bridge_sysctls(),
+            vec![
+                (
+                    "net.ipv6.conf.cnm-3f2a9c0d1e2.disable_ipv6".into(),
+                    "0".into()
+                ),
+                (
+                    "net.ipv6.conf.cnm-3f2a9c0d1e2.accept_dad".into(),
+                    "0".into()
+                ),
+            ],
             "no route_localnet without IPv4"
         );
         assert_eq!(
@@ -434,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_refuses_different_modes_per_family() {
+    fn dual_stack_takes_a_gateway_mode_per_family() {
         let mut s = spec();
         s.enable_ipv6 = true;
         s.ipv6.push(v6("fd00:1::/64", Some("fd00:1::1/64")));
@@ -444,31 +468,45 @@ mod tests {
             GatewayMode::Routed,
             GatewayMode::Isolated,
         ];
+        let ctr4 = Some("172.18.0.2/16".parse().unwrap());
+        let ctr6 = Some("fd00:1::2/64".parse().unwrap());
         for m4 in all {
-            for m6 in all.into_iter().filter(|m| *m != m4) {
+            for m6 in all {
                 let opts = BridgeOptions {
                     gateway_mode_v4: m4,
                     gateway_mode_v6: m6,
                     ..BridgeOptions::default()
                 };
-                let e = BridgePlan::new(&opts, &s).unwrap_err();
-                assert_eq!(e.kind(), ErrorKind::InvalidInput);
-                assert!(e.to_string().contains("gateway_mode_ipv6"), "{e}");
-                assert!(!e.to_string().contains("  "), "{e}");
+                let p = BridgePlan::new(&opts, &s).unwrap();
+                assert_eq!((p.gateway_mode_v4, p.gateway_mode_v6), (m4, m6));
+                let (iso4, iso6) = (m4 == GatewayMode::Isolated, m6 == GatewayMode::Isolated);
+                assert_eq!(p.internal, iso4 && iso6, "{m4}/{m6}");
+                assert_eq!((p.internal_for(false), p.internal_for(true)), (iso4, iso6));
+                // an isolated family: no address on the bridge, no default route, no forwarding
+                let on_bridge: Vec<_> = p.bridge_addresses().collect();
+                assert_eq!(on_bridge.iter().any(|a| a.addr().is_ipv4()), !iso4);
+                assert_eq!(on_bridge.iter().any(|a| a.addr().is_ipv6()), !iso6);
+                assert_eq!(p.gateway_v4_for(ctr4).is_some(), !iso4, "{m4}/{m6}");
+                assert_eq!(p.gateway_v6_for(ctr6).is_some(), !iso6, "{m4}/{m6}");
+                let fwd = p.forwarding();
+                assert_eq!(fwd.contains(&cnm_sandbox::IpFamily::V4), !iso4);
+                assert_eq!(fwd.contains(&cnm_sandbox::IpFamily::V6), !iso6);
             }
         }
-        // the same mode for both is fine
-        for m in all {
-            let opts = BridgeOptions {
-                gateway_mode_v4: m,
-                gateway_mode_v6: m,
-                ..BridgeOptions::default()
-            };
-            let p = BridgePlan::new(&opts, &s).unwrap();
-            assert_eq!(p.internal, m == GatewayMode::Isolated);
-            let n = if m == GatewayMode::Isolated { 0 } else { 2 };
-            assert_eq!(p.bridge_addresses().count(), n);
-        }
+        // internal_host_access needs an internal family: one isolated family is enough
+        let opts = BridgeOptions {
+            gateway_mode_v6: GatewayMode::Isolated,
+            internal_host_access: true,
+            ..BridgeOptions::default()
+        };
+        assert!(BridgePlan::new(&opts, &s).unwrap().host_access);
+        let opts = BridgeOptions {
+            gateway_mode_v6: GatewayMode::Routed,
+            internal_host_access: true,
+            ..BridgeOptions::default()
+        };
+        let e = BridgePlan::new(&opts, &s).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -1236,7 +1236,10 @@ mod tests {
         );
         put(
             SetName::NoHost.into(),
-            point(vec![Field::ifname(&"br-b".parse().unwrap())], vec![]),
+            point(
+                vec![Field::NfProto(2), Field::ifname(&"br-b".parse().unwrap())],
+                vec![],
+            ),
         );
         put(
             SharedSet::ForwardDrop.into(),

@@ -67,7 +67,8 @@
 //!     masquerade: true,
 //!     internal: false,
 //!     host_access: false,
-//!     gateway_mode: GatewayMode::Nat,
+//!     gateway_mode_v4: GatewayMode::Nat,
+//!     gateway_mode_v6: GatewayMode::Routed,
 //!     trusted_interfaces: vec![],
 //! }).await?;
 //! fw.add_port_mappings("net1", "ep1", &[PortMapping {

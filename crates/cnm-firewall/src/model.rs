@@ -86,7 +86,9 @@ pub struct NetworkRules {
     pub subnets_v6: Vec<Ipv6Net>,
     /// Inter-container traffic within the bridge is allowed (`true`) or dropped.
     pub icc: bool,
-    /// Masquerade the subnets' traffic that leaves through a non-bridge interface.
+    /// Masquerade the subnets' traffic that leaves through a non-bridge interface, for each
+    /// family whose gateway mode is a NAT one (`routed` translates nothing, as in Docker; see
+    /// [`masquerades`](Self::masquerades)).
     pub masquerade: bool,
     /// No forwarding off the bridge at all, either direction.
     pub internal: bool,
@@ -94,9 +96,12 @@ pub struct NetworkRules {
     /// addresses, the gateway's included). `false` (the default) blocks them; ignored for
     /// networks that are not internal, whose containers reach the host as the outside does.
     pub host_access: bool,
-    /// NAT, unprotected NAT, routed or isolated access from outside (an isolated network is
-    /// internal, as if [`internal`](Self::internal) were set).
-    pub gateway_mode: GatewayMode,
+    /// IPv4's gateway mode: NAT, unprotected NAT, routed or isolated access from outside (an
+    /// isolated family is internal, as if [`internal`](Self::internal) were set for it alone).
+    pub gateway_mode_v4: GatewayMode,
+    /// IPv6's gateway mode, independent of IPv4's (Docker's `gateway_mode_ipv6`): every rule
+    /// that depends on the mode matches the packet's family, so IPv4 never follows IPv6's mode.
+    pub gateway_mode_v6: GatewayMode,
     /// Docker's `trusted_host_interfaces`: interfaces from which packets may reach the
     /// published ports of this network's containers directly, at the container's address (as
     /// `routed` allows from everywhere). Ignored for an internal network.
@@ -259,10 +264,30 @@ impl PortMapping {
 }
 
 impl NetworkRules {
-    /// Whether no traffic is forwarded off the bridge: [`internal`](Self::internal), or the
-    /// gateway mode is `isolated`.
+    /// The gateway mode of one family (IPv6's when `v6`).
+    pub fn gateway_mode(&self, v6: bool) -> GatewayMode {
+        if v6 {
+            self.gateway_mode_v6
+        } else {
+            self.gateway_mode_v4
+        }
+    }
+
+    /// Whether no traffic of the family is forwarded off the bridge: the network is
+    /// [`internal`](Self::internal), or the family's gateway mode is `isolated`.
+    pub fn is_internal_for(&self, v6: bool) -> bool {
+        self.internal || self.gateway_mode(v6) == GatewayMode::Isolated
+    }
+
+    /// Whether no traffic at all is forwarded off the bridge: internal for both families.
     pub fn is_internal(&self) -> bool {
-        self.internal || self.gateway_mode == GatewayMode::Isolated
+        self.is_internal_for(false) && self.is_internal_for(true)
+    }
+
+    /// Whether the family's traffic leaving the bridge is masqueraded: asked for, and the
+    /// family's mode is a NAT one (`routed` translates nothing, `isolated` forwards nothing).
+    pub fn masquerades(&self, v6: bool) -> bool {
+        self.masquerade && self.gateway_mode(v6).is_nat() && !self.is_internal_for(v6)
     }
 
     /// A NAT network on `bridge` with ICC and masquerade on, not internal, IPv4 only: what a
@@ -277,7 +302,8 @@ impl NetworkRules {
             masquerade: true,
             internal: false,
             host_access: false,
-            gateway_mode: GatewayMode::Nat,
+            gateway_mode_v4: GatewayMode::Nat,
+            gateway_mode_v6: GatewayMode::Nat,
             trusted_interfaces: vec![],
         }
     }
@@ -441,50 +467,62 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
     // the bridge's forwarded traffic is cnm's: the no-open-router drop lets it through
     push(&mut out, SharedSet::Interfaces, Element::point(vec![br]));
     push(&mut out, SetName::SameBridge, Element::point(vec![br, br]));
-    if net.is_internal() {
-        push(&mut out, SetName::Internal, Element::point(vec![br]));
-        if !net.host_access {
-            push(&mut out, SetName::NoHost, Element::point(vec![br]));
+    // The sets that depend on the gateway mode are keyed by family (`meta nfproto . ifname`):
+    // each family of a network follows its own mode.
+    for v6 in [false, true] {
+        let fam = Field::NfProto(crate::ruleset::family(v6));
+        let internal = net.is_internal_for(v6);
+        if internal {
+            push(&mut out, SetName::Internal, Element::point(vec![fam, br]));
+            if !net.host_access {
+                push(&mut out, SetName::NoHost, Element::point(vec![fam, br]));
+            }
+            continue;
+        }
+        match net.gateway_mode(v6) {
+            GatewayMode::Routed => push(&mut out, SetName::Routed, Element::point(vec![fam, br])),
+            GatewayMode::NatUnprotected => push(
+                &mut out,
+                SetName::Unprotected,
+                Element::point(vec![fam, br]),
+            ),
+            _ => {}
         }
     }
     if !net.icc {
         push(&mut out, SetName::IccOff, Element::point(vec![br]));
     }
+    // A family that is internal drops before `inbound` is reached: trusted interfaces only
+    // ever open the published ports of a family that forwards.
     if !net.is_internal() {
         for t in &net.trusted_interfaces {
             let t = Field::ifname(t);
             push(&mut out, SetName::Trusted, Element::point(vec![t, br]));
         }
     }
-    match net.gateway_mode {
-        GatewayMode::Routed => push(&mut out, SetName::Routed, Element::point(vec![br])),
-        GatewayMode::NatUnprotected => {
-            push(&mut out, SetName::Unprotected, Element::point(vec![br]))
-        }
-        _ => {}
-    }
-    if net.masquerade && !net.is_internal() {
-        let v4 = net.subnets_v4.iter().map(|s| {
+    if net.masquerades(false) {
+        for s in &net.subnets_v4 {
             let s = s.trunc();
-            (
-                SetName::Masq4,
-                Field::V4(s.network()),
-                Field::V4(s.broadcast()),
-            )
-        });
-        let v6 = net.subnets_v6.iter().map(|s| {
-            let s = s.trunc();
-            (
-                SetName::Masq6,
-                Field::V6(s.network()),
-                Field::V6(s.broadcast()),
-            )
-        });
-        for (set, first, last) in v4.chain(v6) {
             push(
                 &mut out,
-                set,
-                Element::interval(vec![br, first], vec![br, last]),
+                SetName::Masq4,
+                Element::interval(
+                    vec![br, Field::V4(s.network())],
+                    vec![br, Field::V4(s.broadcast())],
+                ),
+            );
+        }
+    }
+    if net.masquerades(true) {
+        for s in &net.subnets_v6 {
+            let s = s.trunc();
+            push(
+                &mut out,
+                SetName::Masq6,
+                Element::interval(
+                    vec![br, Field::V6(s.network())],
+                    vec![br, Field::V6(s.broadcast())],
+                ),
             );
         }
     }
@@ -523,7 +561,9 @@ pub(crate) fn mapping_elements(net: &NetworkRules, m: &PortMapping) -> Elements 
             )
         },
     );
-    if net.gateway_mode == GatewayMode::Routed || net.is_internal() {
+    // DNAT from host addresses only where the mapping's family is NAT'd: a routed family's
+    // published ports are reached at the container's address, an internal one's not at all.
+    if !net.gateway_mode(!v4).is_nat() || net.is_internal_for(!v4) {
         return out;
     }
     let host = m.host_key().map(addr);
@@ -1559,6 +1599,56 @@ mod tests {
         model
             .check_mappings("c", &[m((8081, 8081), (80, 80))])
             .unwrap();
+    }
+
+    #[test]
+    fn each_family_follows_its_own_gateway_mode() {
+        let br: IfName = "br-n".parse().unwrap();
+        let net = NetworkRules {
+            subnets_v6: vec!["fd00:1::/64".parse().unwrap()],
+            gateway_mode_v6: GatewayMode::Routed,
+            ..NetworkRules::nat("n", br.clone(), vec!["172.18.0.0/16".parse().unwrap()])
+        };
+        let el = network_elements(&net);
+        let only = |el: &Elements, set: SetName, v6: bool| {
+            let fam = Field::NfProto(crate::ruleset::family(v6));
+            assert_eq!(
+                el[&set.into()],
+                [Element::point(vec![fam, Field::ifname(&br)])].into(),
+                "{set:?}"
+            );
+        };
+        only(&el, SetName::Routed, true);
+        assert!(!el.contains_key(&SetName::Unprotected.into()));
+        assert!(!el.contains_key(&SetName::Internal.into()));
+        assert!(el.contains_key(&SetName::Masq4.into()), "IPv4 is NAT'd");
+        assert!(!el.contains_key(&SetName::Masq6.into()), "IPv6 is routed");
+        // a published port: DNAT for IPv4 only, IPv6 reached at the container's address
+        let mut v6 = m((8080, 8080), (80, 80));
+        v6.container_ip = "fd00:1::2".parse().unwrap();
+        let e6 = mapping_elements(&net, &v6);
+        assert!(e6.contains_key(&SetName::Published6.into()));
+        assert!(!e6.contains_key(&SetName::Dnat6Any.into()));
+        let e4 = mapping_elements(&net, &m((8080, 8080), (80, 80)));
+        assert!(e4.contains_key(&SetName::Dnat4Any.into()));
+        // IPv4 isolated beside IPv6 NAT: IPv4 alone is internal, kept off the host
+        let net = NetworkRules {
+            gateway_mode_v4: GatewayMode::Isolated,
+            gateway_mode_v6: GatewayMode::Nat,
+            ..net
+        };
+        assert!(net.is_internal_for(false) && !net.is_internal_for(true));
+        assert!(!net.is_internal());
+        let el = network_elements(&net);
+        only(&el, SetName::Internal, false);
+        only(&el, SetName::NoHost, false);
+        assert!(!el.contains_key(&SetName::Masq4.into()));
+        assert!(el.contains_key(&SetName::Masq6.into()));
+        assert!(
+            !mapping_elements(&net, &m((8080, 8080), (80, 80)))
+                .contains_key(&SetName::Dnat4Any.into())
+        );
+        assert!(mapping_elements(&net, &v6).contains_key(&SetName::Dnat6Any.into()));
     }
 
     #[test]

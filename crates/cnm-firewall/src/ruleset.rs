@@ -24,6 +24,13 @@
 //! - `input` (filter): containers of an internal network (set `no_host`, unless the network
 //!   allows host access) reach nothing on the host but neighbour discovery and replies to
 //!   connections the host opened (libnetwork#1151).
+//!
+//! The sets that follow a network's gateway mode (`internal`, `no_host`, `routed`,
+//! `unprotected`) are keyed by family and bridge (`meta nfproto . oifname`), and NAT (`masq4`,
+//! `masq6`, the `dnat4*`/`dnat6*` maps) is per family already: a dual-stack network whose
+//! families have different modes (Docker's `gateway_mode_ipv4` `nat` beside
+//! `gateway_mode_ipv6` `routed`, say) gets each family's behaviour from one lookup, and an
+//! IPv4 packet never follows IPv6's mode. The rules stay constant.
 //! - `postrouting` (nat, srcnat): hairpin masquerade, masquerade of host loopback sources
 //!   entering a bridge, masquerade of each network's subnets leaving through a non-bridge link.
 //! - `forward` (filter, priority filter - 1): isolation, ICC, internal, NAT/routed inbound
@@ -154,7 +161,7 @@ pub(crate) enum SetName {
     NdTarget,
 }
 
-use Ty::{Ether as E, IfName as I, Int128, Port as P, Proto as R, V4, V6};
+use Ty::{Ether as E, IfName as I, Int128, NfProto as F, Port as P, Proto as R, V4, V6};
 
 /// nft 1.0.6's user data of `set nd_target { typeof iifname . @th,64,128; }`: key byteorder,
 /// and the typeof expressions (meta iifname, raw transport payload at bit 64, 128 bits long).
@@ -275,12 +282,11 @@ impl SetName {
     /// them and searches linearly on removal (`nft_pipapo_remove`), so those must stay small.
     pub(crate) fn def(self) -> SetDef {
         let (key, data, interval): (&[Ty], &[Ty], bool) = match self {
-            Self::Bridges
-            | Self::Internal
-            | Self::IccOff
-            | Self::Routed
-            | Self::Unprotected
-            | Self::NoHost => (&[I], &[], false),
+            Self::Bridges | Self::IccOff => (&[I], &[], false),
+            // by family: each family of a network has its own gateway mode
+            Self::Internal | Self::Routed | Self::Unprotected | Self::NoHost => {
+                (&[F, I], &[], false)
+            }
             Self::Ports => (&[I], &[], false),
             Self::OwnMac => (&[I, E], &[], false),
             Self::OwnV4 => (&[I, V4], &[], false),
@@ -469,7 +475,8 @@ fn ifname(s: &str) -> Vec<u8> {
     b
 }
 
-fn family(v6: bool) -> u8 {
+/// The nfproto value of IPv4 or IPv6.
+pub(crate) fn family(v6: bool) -> u8 {
     if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }
 }
 
@@ -580,13 +587,13 @@ fn publish_rule(v6: bool, any: bool, range: bool) -> RuleDef {
 fn published_rule(v6: bool, range: bool) -> RuleDef {
     let set = SetName::published(v6, range);
     let ip = if v6 { "ip6" } else { "ip" };
-    let mut exprs = vec![meta(MetaKey::OifName, 1), lookup(1, SetName::Routed)];
+    let (routed, mut exprs) = by_family(MetaKey::OifName, SetName::Routed, true);
     exprs.extend(daddr_proto_dport(v6, set).0);
     exprs.extend([lookup(1, set), jump("allow")]);
     RuleDef {
         chain: Cow::Borrowed("inbound"),
         text: Cow::Owned(format!(
-            "oifname @routed {ip} daddr . meta l4proto . th dport @{} jump allow",
+            "{routed} {ip} daddr . meta l4proto . th dport @{} jump allow",
             set.name()
         )),
         exprs,
@@ -639,6 +646,43 @@ fn set_rule<S: Named>(
     RuleDef {
         chain: Cow::Borrowed(chain),
         text: Cow::Owned(text.join(" ")),
+        exprs,
+    }
+}
+
+/// `meta nfproto . iifname @set` (or `oifname`, or `!=`): a lookup in one of the sets keyed
+/// by family and interface, whose elements follow each family's gateway mode. Returns the text
+/// and the expressions, as nft 1.0.6 loads the concatenation (the one-byte family in register
+/// 1, the name in the next 32-bit register).
+fn by_family(key: MetaKey, set: SetName, member: bool) -> (String, Vec<Expr>) {
+    let not = if member { "" } else { "!= " };
+    let text = format!("meta nfproto . {} {not}@{}", key.text(), set.name());
+    let exprs = vec![
+        meta(MetaKey::NfProto, 1),
+        meta(key, 9),
+        if member {
+            lookup(1, set)
+        } else {
+            not_in(1, set)
+        },
+    ];
+    (text, exprs)
+}
+
+/// A rule of one [`by_family`] lookup and a verdict.
+fn by_family_rule(
+    chain: &'static str,
+    key: MetaKey,
+    set: SetName,
+    member: bool,
+    verdict: Verdict,
+) -> RuleDef {
+    let (text, mut exprs) = by_family(key, set, member);
+    let text = format!("{text} {}", verdict.text());
+    exprs.push(Expr::Immediate(verdict));
+    RuleDef {
+        chain: Cow::Borrowed(chain),
+        text: Cow::Owned(text),
         exprs,
     }
 }
@@ -801,7 +845,7 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             "oifname != @bridges iifname . ip6 saddr @masq6 masquerade",
             masq_subnets(true),
         ),
-        set_rule("input", &[(IIF, S::NoHost, false)], Verdict::Accept),
+        by_family_rule("input", IIF, S::NoHost, false, Verdict::Accept),
         r("input", "ct state established,related accept", {
             let mut v: Vec<Expr> = ct_bit(CtKey::State, 0x6).into();
             v.push(Expr::Immediate(Verdict::Accept));
@@ -846,8 +890,8 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
                 jump("intra"),
             ],
         ),
-        set_rule("forward", &[(IIF, S::Internal, true)], Verdict::Drop),
-        set_rule("forward", &[(OIF, S::Internal, true)], Verdict::Drop),
+        by_family_rule("forward", IIF, S::Internal, true, Verdict::Drop),
+        by_family_rule("forward", OIF, S::Internal, true, Verdict::Drop),
         r("forward", "ct status dnat jump allow", {
             let mut v: Vec<Expr> = ct_bit(CtKey::Status, 0x20).into();
             v.push(jump("allow"));
@@ -862,9 +906,11 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
         r("forward", "jump allow", vec![jump("allow")]),
     ]);
     // nat-unprotected: direct access to container addresses from outside is not filtered
-    rules.push(set_rule(
+    rules.push(by_family_rule(
         "inbound",
-        &[(OIF, S::Unprotected, true)],
+        OIF,
+        S::Unprotected,
+        true,
         jump_to("allow"),
     ));
     for v6 in [false, true] {
@@ -879,20 +925,24 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
         }
     }
     rules.extend([
-        r(
-            "inbound",
-            "oifname @routed meta l4proto { icmp, ipv6-icmp } jump allow",
-            vec![
-                meta(OIF, 1),
-                lookup(1, S::Routed),
+        {
+            let (routed, mut exprs) = by_family(OIF, S::Routed, true);
+            exprs.extend([
                 meta(MetaKey::L4Proto, 1),
                 Expr::LookupAnon {
                     sreg: 1,
                     set: &ICMP_ICMPV6,
                 },
                 jump("allow"),
-            ],
-        ),
+            ]);
+            RuleDef {
+                chain: Cow::Borrowed("inbound"),
+                text: Cow::Owned(format!(
+                    "{routed} meta l4proto {{ icmp, ipv6-icmp }} jump allow"
+                )),
+                exprs,
+            }
+        },
         r("inbound", "drop", vec![Expr::Immediate(Verdict::Drop)]),
         set_rule("intra", &[(IIF, S::IccOff, true)], Verdict::Drop),
         r("intra", "jump allow", vec![jump("allow")]),

@@ -28,7 +28,8 @@ fn net(id: &str, v4: bool, v6: bool) -> NetworkRules {
         masquerade: true,
         internal: false,
         host_access: false,
-        gateway_mode: GatewayMode::Nat,
+        gateway_mode_v4: GatewayMode::Nat,
+        gateway_mode_v6: GatewayMode::Nat,
         trusted_interfaces: vec![],
     }
 }
@@ -128,7 +129,8 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
     add(
         "routed-ports",
         NetworkRules {
-            gateway_mode: GatewayMode::Routed,
+            gateway_mode_v4: GatewayMode::Routed,
+            gateway_mode_v6: GatewayMode::Routed,
             masquerade: false,
             ..net("a", true, true)
         },
@@ -137,7 +139,8 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
     add(
         "nat-unprotected-ports",
         NetworkRules {
-            gateway_mode: GatewayMode::NatUnprotected,
+            gateway_mode_v4: GatewayMode::NatUnprotected,
+            gateway_mode_v6: GatewayMode::NatUnprotected,
             ..net("a", true, true)
         },
         true,
@@ -153,10 +156,38 @@ fn cases() -> Vec<(&'static str, Ruleset)> {
     add(
         "isolated",
         NetworkRules {
-            gateway_mode: GatewayMode::Isolated,
+            gateway_mode_v4: GatewayMode::Isolated,
+            gateway_mode_v6: GatewayMode::Isolated,
             ..net("a", true, true)
         },
         true,
+    );
+    // a mode per family: each family's rules follow its own mode (Docker's common case first)
+    add(
+        "mixed-nat4-routed6",
+        NetworkRules {
+            gateway_mode_v6: GatewayMode::Routed,
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "mixed-routed4-nat-unprotected6",
+        NetworkRules {
+            gateway_mode_v4: GatewayMode::Routed,
+            gateway_mode_v6: GatewayMode::NatUnprotected,
+            trusted_interfaces: vec!["eth1".parse().unwrap()],
+            ..net("a", true, true)
+        },
+        true,
+    );
+    add(
+        "mixed-nat4-isolated6",
+        NetworkRules {
+            gateway_mode_v6: GatewayMode::Isolated,
+            ..net("a", true, true)
+        },
+        false,
     );
     add(
         "internal-host-access",

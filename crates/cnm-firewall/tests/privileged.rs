@@ -89,7 +89,8 @@ async fn populate(fw: &Firewall) -> Result<()> {
     })
     .await?;
     fw.add_network(&NetworkRules {
-        gateway_mode: GatewayMode::Routed,
+        gateway_mode_v4: GatewayMode::Routed,
+        gateway_mode_v6: GatewayMode::Routed,
         masquerade: false,
         ..net("n3", "br-n3", "172.20.0.0/16")
     })
@@ -182,7 +183,8 @@ async fn removals_leave_exactly_the_remaining_model() -> Result<()> {
         .await?;
     reference
         .add_network(&NetworkRules {
-            gateway_mode: GatewayMode::Routed,
+            gateway_mode_v4: GatewayMode::Routed,
+            gateway_mode_v6: GatewayMode::Routed,
             masquerade: false,
             ..net("n3", "br-n3", "172.20.0.0/16")
         })
@@ -687,7 +689,8 @@ async fn routed_mode_allows_direct_access_to_published_ports_only() -> Result<()
     let fw = Firewall::new(&t.host).await?;
     fw.add_network(&NetworkRules {
         subnets_v6: vec![],
-        gateway_mode: GatewayMode::Routed,
+        gateway_mode_v4: GatewayMode::Routed,
+        gateway_mode_v6: GatewayMode::Routed,
         masquerade: false,
         ..net("n1", "cnmbr0", "172.30.0.0/24")
     })
@@ -726,7 +729,8 @@ async fn nat_unprotected_mode_lets_any_port_be_reached_directly_nat_does_not() -
         .expect_err("nat: an unpublished port reached directly from outside");
     fw.remove_network("n1").await?;
     fw.add_network(&NetworkRules {
-        gateway_mode: GatewayMode::NatUnprotected,
+        gateway_mode_v4: GatewayMode::NatUnprotected,
+        gateway_mode_v6: GatewayMode::NatUnprotected,
         ..nat.clone()
     })
     .await?;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use cnm::{Controller, CoreError, EndpointOptions, NetworkOptions, Scope};
+use cnm::{Controller, CoreError, EndpointOptions, NetworkOptions, PoolConfig, Scope};
 use cnm_testkit::server::UdpEchoServer;
 use cnm_testkit::{TestHost, probe, server::TcpEchoServer};
 
@@ -265,5 +265,104 @@ async fn ten_restarts_let_no_packet_through_to_an_unpublished_port() -> Result<(
         "{leaked} datagrams got through during the restarts"
     );
     drop(ctl);
+    Ok(())
+}
+
+/// Connects from `from` to a new echo server on `server`'s `addr`, and returns the source
+/// address the server saw.
+async fn seen_from(
+    from: &cnm::cnm_sandbox::NetNs,
+    server: &cnm::cnm_sandbox::NetNs,
+    addr: IpAddr,
+    port: u16,
+) -> Result<IpAddr> {
+    let echo = TcpEchoServer::start(server, addr, port).await?;
+    probe::tcp(from, addr, port)
+        .await
+        .with_context(|| format!("outbound to {addr}:{port}"))?;
+    let peers = echo.peers();
+    ensure!(peers.len() == 1, "one connection expected: {peers:?}");
+    Ok(peers[0].ip())
+}
+
+/// Docker's gateway modes per family (IPv4 `nat` beside IPv6 `routed`) come back from the
+/// stored record after a restart: the same ruleset, and each family still follows its own mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn per_family_gateway_modes_come_back_after_a_restart() -> Result<()> {
+    const MODE_V4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+    const MODE_V6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+    let host = TestHost::new().await?;
+    // a peer whose default routes (both families) go through the host
+    let lan = host.lan(1).await?;
+    let ctl = controller(&host).await?;
+    let opts = NetworkOptions::default()
+        .enable_ipv6(true)
+        .pool(PoolConfig::new("10.44.0.0/24".parse()?))
+        .pool(PoolConfig::new("fd00:44::/64".parse()?))
+        .driver_option(MODE_V4, "nat")
+        .driver_option(MODE_V6, "routed");
+    let net = ctl.new_network("bridge", "mixed", opts).await?;
+    let mut published = EndpointOptions::default();
+    published.port_bindings.push("18098:80".parse()?);
+    let ep = net.create_endpoint("web", published).await?;
+    ep.join("web", []).await?;
+    let ns = ctl.sandbox_by_container_id("web")?.netns().clone();
+    let a4 = IpAddr::V4(ep.ipv4().context("IPv4 address")?.addr());
+    let a6 = IpAddr::V6(ep.ipv6().context("IPv6 address")?.addr());
+    let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let any6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let _s4 = TcpEchoServer::start(&ns, any4, 80).await?;
+    let _s6 = TcpEchoServer::start(&ns, any6, 80).await?;
+    let _u6 = TcpEchoServer::start(&ns, any6, 81).await?;
+    let mut round = 0u16;
+    let mut check = async |when: &str| {
+        round += 1;
+        probe::tcp(lan.netns(), a6, 80)
+            .await
+            .with_context(|| format!("{when}: routed IPv6 reaches the published port directly"))?;
+        ensure!(
+            probe::tcp(lan.netns(), a6, 81).await.is_err(),
+            "{when}: routed IPv6 must not open an unpublished port"
+        );
+        ensure!(
+            probe::tcp(lan.netns(), a4, 80).await.is_err(),
+            "{when}: nat IPv4 must drop direct access to the container's address"
+        );
+        probe::tcp(lan.netns(), lan.host_addr_v4(), 18098)
+            .await
+            .with_context(|| format!("{when}: the published port through the host's IPv4"))?;
+        let seen4 = seen_from(&ns, lan.netns(), lan.addr_v4(), 7110 + round).await?;
+        ensure!(
+            seen4 == lan.host_addr_v4(),
+            "{when}: IPv4 seen from {seen4}"
+        );
+        let seen6 = seen_from(&ns, lan.netns(), lan.addr_v6(), 7120 + round).await?;
+        ensure!(
+            seen6 == a6,
+            "{when}: IPv6 seen from {seen6}, not the container's {a6}"
+        );
+        anyhow::Ok(())
+    };
+    check("before the restart").await?;
+    let before = run_in(host.netns(), &["nft", "list", "ruleset"]).await?;
+    drop((net, ep));
+    drop(ctl);
+
+    // Restart.
+    let ctl = controller(&host).await?;
+    let net = ctl.network("mixed")?;
+    let stored = &net.options().driver_options;
+    ensure!(
+        stored.get(MODE_V4).map(String::as_str) == Some("nat")
+            && stored.get(MODE_V6).map(String::as_str) == Some("routed"),
+        "the options as given: {stored:?}"
+    );
+    let after = run_in(host.netns(), &["nft", "list", "ruleset"]).await?;
+    ensure!(
+        after == before,
+        "the restored ruleset differs:\n{before}\n---\n{after}"
+    );
+    check("after the restart").await?;
     Ok(())
 }

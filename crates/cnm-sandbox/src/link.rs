@@ -130,16 +130,12 @@ impl LinkKind {
     }
 
     /// The kernel feature (module) this link type needs, as an `Unsupported` error names it
-    /// when the kernel answers that it does not know the type.
+    /// when the kernel answers that it does not know the type: the type's own name, but for
+    /// VLANs, whose module is `8021q`.
     pub fn kernel_feature(&self) -> &'static str {
         match self {
-            Self::Bridge => "bridge",
-            Self::Veth { .. } => "veth",
-            Self::Vxlan { .. } => "vxlan",
-            Self::Dummy => "dummy",
-            Self::Macvlan { .. } => "macvlan",
             Self::Vlan { .. } => "8021q",
-            Self::Ipvlan { .. } => "ipvlan",
+            other => other.kernel_name(),
         }
     }
 }
@@ -320,6 +316,11 @@ mod tests {
             }
             .kernel_name(),
             "macvlan"
+        );
+        assert_eq!(LinkKind::Bridge.kernel_feature(), "bridge");
+        assert_eq!(
+            LinkKind::Vlan { parent: 1, id: 10 }.kernel_feature(),
+            "8021q"
         );
     }
 }

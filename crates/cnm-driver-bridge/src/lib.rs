@@ -71,7 +71,7 @@ use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
     JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
 };
-use cnm_core::undo::Undo;
+use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};

@@ -116,17 +116,28 @@ pub enum MacvlanMode {
 }
 
 impl LinkKind {
+    /// The kernel's name for this link type and the operation that creates one, as errors
+    /// name it: one table, so the two never disagree.
+    fn names(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Bridge => ("bridge", "create bridge"),
+            Self::Veth { .. } => ("veth", "create veth"),
+            Self::Vxlan { .. } => ("vxlan", "create vxlan"),
+            Self::Dummy => ("dummy", "create dummy"),
+            Self::Macvlan { .. } => ("macvlan", "create macvlan"),
+            Self::Vlan { .. } => ("vlan", "create vlan"),
+            Self::Ipvlan { .. } => ("ipvlan", "create ipvlan"),
+        }
+    }
+
     /// The kernel's name for this link type (`IFLA_INFO_KIND`).
     pub fn kernel_name(&self) -> &'static str {
-        match self {
-            Self::Bridge => "bridge",
-            Self::Veth { .. } => "veth",
-            Self::Vxlan { .. } => "vxlan",
-            Self::Dummy => "dummy",
-            Self::Macvlan { .. } => "macvlan",
-            Self::Vlan { .. } => "vlan",
-            Self::Ipvlan { .. } => "ipvlan",
-        }
+        self.names().0
+    }
+
+    /// What creating a link of this type is called in errors ("create veth").
+    pub(crate) fn create_op(&self) -> &'static str {
+        self.names().1
     }
 
     /// The kernel feature (module) this link type needs, as an `Unsupported` error names it
@@ -318,6 +329,7 @@ mod tests {
             "macvlan"
         );
         assert_eq!(LinkKind::Bridge.kernel_feature(), "bridge");
+        assert_eq!(LinkKind::Bridge.create_op(), "create bridge");
         assert_eq!(
             LinkKind::Vlan { parent: 1, id: 10 }.kernel_feature(),
             "8021q"

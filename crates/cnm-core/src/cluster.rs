@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
 use crate::model::network::NetworkPool;
-use crate::options::NetworkOptions;
+use crate::options::{NetworkOptions, PoolConfig};
 use crate::record::{self, NetworkRecord};
 use crate::spi::Capability;
 use crate::state::Core;
@@ -165,23 +165,12 @@ impl Cluster {
         }
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         if capability.needs_addresses {
-            for (family, on, out) in [
-                (Family::V4, options.enable_ipv4, &mut v4),
-                (Family::V6, options.enable_ipv6, &mut v6),
-            ] {
-                if !on {
-                    continue;
-                }
+            for (family, out) in [(Family::V4, &mut v4), (Family::V6, &mut v6)] {
                 for config in options.pool_configs(family) {
-                    let mut req = PoolRequest::new(family);
-                    let mut aux = BTreeMap::new();
-                    if let Some(c) = config {
-                        req.subnet = Some(c.subnet());
-                        req.ip_range = c.ip_range();
-                        req.gateway = c.gateway();
-                        req.aux_addresses = c.aux_addresses().values().copied().collect();
-                        aux = c.aux_addresses().clone();
-                    }
+                    let req = PoolConfig::request(config, family);
+                    let aux = config
+                        .map(|c| c.aux_addresses().clone())
+                        .unwrap_or_default();
                     let pool = scratch.request_pool(&req).map_err(|e| {
                         CoreError::ipam("allocate a cluster-wide pool for network", network, e)
                     })?;

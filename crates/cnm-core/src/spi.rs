@@ -558,6 +558,34 @@ pub struct EndpointSpec {
     pub parsed: ParsedOptions,
 }
 
+impl EndpointSpec {
+    /// The MAC of an endpoint that `driver` plugs into an L2 segment it owns (bridge, overlay):
+    /// the one asked for, which must be unicast and non-zero, else a random locally
+    /// administered one. Refuses an endpoint without an IPv4 or IPv6 address, which nothing
+    /// on such a segment could reach. Checks only: nothing is changed.
+    pub fn segment_mac(&self, driver: &str) -> Result<MacAddress, DriverError> {
+        let invalid = |field: &str, value: &str, reason: String| {
+            DriverError::new(
+                driver,
+                ErrorKind::InvalidInput,
+                format!("invalid {field} {value:?}: {reason}"),
+            )
+        };
+        if let Some(mac) = self
+            .mac
+            .filter(|m| m.is_multicast() || m.octets() == [0; 6])
+        {
+            let reason = "must be a unicast, non-zero address".to_owned();
+            return Err(invalid("MAC address", &mac.to_string(), reason));
+        }
+        if self.ipv4.is_none() && self.ipv6.is_none() {
+            let reason = format!("a {driver} endpoint needs an IPv4 or IPv6 address");
+            return Err(invalid("endpoint", &self.name, reason));
+        }
+        Ok(self.mac.unwrap_or_else(MacAddress::random_local))
+    }
+}
+
 /// What a driver chose when creating an endpoint.
 ///
 /// A driver may give addresses (a remote plugin does): the controller then uses them instead of
@@ -974,5 +1002,56 @@ fn refuse_any(
             ErrorKind::InvalidInput,
             format!("unknown {what} option {key:?} (value {value:?})"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mac: Option<MacAddress>, ipv4: Option<&str>) -> EndpointSpec {
+        EndpointSpec {
+            network_id: "n1".into(),
+            endpoint_id: "e1".into(),
+            name: "web".into(),
+            ipv4: ipv4.map(|a| a.parse().unwrap()),
+            ipv6: None,
+            mac,
+            options: DriverOptions::new(),
+            parsed: ParsedOptions::none(),
+        }
+    }
+
+    #[test]
+    fn segment_mac_keeps_a_unicast_one_or_picks_a_local_one() {
+        let mac: MacAddress = "02:42:ac:11:00:02".parse().unwrap();
+        let asked = spec(Some(mac), Some("10.0.0.2/24"));
+        assert_eq!(asked.segment_mac("bridge").unwrap(), mac);
+        let picked = spec(None, Some("10.0.0.2/24"))
+            .segment_mac("bridge")
+            .unwrap();
+        assert!(!picked.is_multicast() && picked.octets() != [0; 6]);
+    }
+
+    #[test]
+    fn segment_mac_refuses_multicast_zero_and_unaddressed_endpoints() {
+        for bad in ["01:00:5e:00:00:01", "00:00:00:00:00:00"] {
+            let mac: MacAddress = bad.parse().unwrap();
+            let e = spec(Some(mac), Some("10.0.0.2/24"))
+                .segment_mac("overlay")
+                .unwrap_err();
+            assert_eq!((e.kind(), e.driver()), (ErrorKind::InvalidInput, "overlay"));
+            assert!(
+                e.to_string().contains(&format!("MAC address \"{bad}\"")),
+                "{e}"
+            );
+        }
+        let e = spec(None, None).segment_mac("bridge").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(
+            e.to_string()
+                .contains("\"web\": a bridge endpoint needs an IPv4 or IPv6 address"),
+            "{e}"
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! #[derive(Debug)]
 //! enum MyError { Step(&'static str), WithCleanup(Box<MyError>, Vec<MyError>) }
 //! impl Cleanup for MyError {
-//!     fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
-//!         if cleanup.is_empty() { self } else { MyError::WithCleanup(Box::new(self), cleanup) }
+//!     fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+//!         MyError::WithCleanup(Box::new(self), cleanup)
 //!     }
 //! }
 //! impl std::fmt::Display for MyError {
@@ -37,21 +37,16 @@ use futures::future::BoxFuture;
 
 use crate::CoreError;
 
-/// An error that can carry the errors met while undoing what failed.
-pub trait Cleanup: Sized {
-    /// `self` with `cleanup` attached; `self` unchanged when `cleanup` is empty.
-    fn with_cleanup(self, cleanup: Vec<Self>) -> Self;
-}
+/// An error that can carry the errors met while undoing what failed (defined in `cnm-types`,
+/// so that `cnm-sandbox`'s error has it too).
+pub use cnm_types::Cleanup;
 
 impl Cleanup for CoreError {
-    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
-        with_cleanup(self, cleanup)
-    }
-}
-
-impl Cleanup for cnm_sandbox::SandboxError {
-    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
-        cnm_sandbox::SandboxError::with_cleanup(self, cleanup)
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+        CoreError::Cleanup {
+            source: Box::new(self),
+            cleanup,
+        }
     }
 }
 
@@ -115,18 +110,6 @@ impl<E: Cleanup + fmt::Display + Send + 'static> Undo<E> {
             }
         }
         cause.with_cleanup(cleanup)
-    }
-}
-
-/// Attaches cleanup errors to a cause (the cause alone when there are none).
-pub(crate) fn with_cleanup(cause: CoreError, cleanup: Vec<CoreError>) -> CoreError {
-    if cleanup.is_empty() {
-        cause
-    } else {
-        CoreError::Cleanup {
-            source: Box::new(cause),
-            cleanup,
-        }
     }
 }
 

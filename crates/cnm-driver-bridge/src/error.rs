@@ -3,6 +3,7 @@
 use std::io;
 
 use cnm_core::spi::DriverError;
+use cnm_core::undo::Cleanup;
 use cnm_types::ErrorKind;
 
 #[cfg(feature = "test-hooks")]
@@ -235,23 +236,14 @@ impl BridgeError {
             reason: reason.into(),
         }
     }
-
-    /// Attaches cleanup failures to this error (unchanged when there are none).
-    pub(crate) fn with_cleanup(self, cleanup: Vec<BridgeError>) -> Self {
-        if cleanup.is_empty() {
-            self
-        } else {
-            Self::WithCleanup {
-                primary: Box::new(self),
-                cleanup,
-            }
-        }
-    }
 }
 
-impl cnm_core::undo::Cleanup for BridgeError {
-    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
-        BridgeError::with_cleanup(self, cleanup)
+impl Cleanup for BridgeError {
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+        Self::WithCleanup {
+            primary: Box::new(self),
+            cleanup,
+        }
     }
 }
 

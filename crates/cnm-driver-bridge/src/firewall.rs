@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use cnm_core::undo::Cleanup;
 use cnm_firewall::{EndpointPort, Firewall, FirewallError, NetworkRules, PortMapping};
 use cnm_sandbox::IpFamily;
 use cnm_types::{IfName, MacAddress};

@@ -71,7 +71,7 @@ use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
     JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
 };
-use cnm_core::undo::Undo;
+use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};
@@ -844,26 +844,7 @@ impl Driver for BridgeDriver {
     async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
         // Endpoint options: none of the bridge's own (see `parse_endpoint_options`).
         let net = self.network(&spec.network_id)?;
-        if let Some(mac) = spec
-            .mac
-            .filter(|m| m.is_multicast() || m.octets() == [0; 6])
-        {
-            return Err(BridgeError::invalid(
-                "MAC address",
-                mac.to_string(),
-                "must be a unicast, non-zero address",
-            )
-            .into());
-        }
-        if spec.ipv4.is_none() && spec.ipv6.is_none() {
-            return Err(BridgeError::invalid(
-                "endpoint",
-                &spec.name,
-                "a bridge endpoint needs an IPv4 or IPv6 address",
-            )
-            .into());
-        }
-        let mac = spec.mac.unwrap_or_else(MacAddress::random_local);
+        let mac = spec.segment_mac(DRIVER_NAME)?;
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
             return Err(BridgeError::EndpointExists {

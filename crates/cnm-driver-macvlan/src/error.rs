@@ -1,6 +1,7 @@
 //! The one error type of the macvlan and ipvlan drivers.
 
 use cnm_core::spi::DriverError;
+use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
 use cnm_types::ErrorKind;
 
@@ -128,20 +129,17 @@ impl MacvlanError {
         }
     }
 
-    /// `self` with cleanup failures attached (unchanged when there are none).
-    pub(crate) fn with_cleanup(self, cleanup: Vec<MacvlanError>) -> Self {
-        if cleanup.is_empty() {
-            self
-        } else {
-            Self::Cleanup {
-                source: Box::new(self),
-                cleanup,
-            }
-        }
-    }
-
     /// As the SPI carries it, for the driver `driver`.
     pub(crate) fn into_driver(self, driver: &'static str) -> DriverError {
         DriverError::new(driver, self.kind(), self)
+    }
+}
+
+impl Cleanup for MacvlanError {
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+        Self::Cleanup {
+            source: Box::new(self),
+            cleanup,
+        }
     }
 }

@@ -159,14 +159,10 @@ impl OverlayError {
 }
 
 impl Cleanup for OverlayError {
-    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
-        if cleanup.is_empty() {
-            self
-        } else {
-            Self::WithCleanup {
-                source: Box::new(self),
-                cleanup,
-            }
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+        Self::WithCleanup {
+            source: Box::new(self),
+            cleanup,
         }
     }
 }

@@ -728,26 +728,7 @@ impl Driver for OverlayDriver {
 
     async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
         let net = self.network(&spec.network_id)?;
-        if let Some(mac) = spec
-            .mac
-            .filter(|m| m.is_multicast() || m.octets() == [0; 6])
-        {
-            return Err(OverlayError::invalid(
-                "MAC address",
-                mac.to_string(),
-                "must be a unicast, non-zero address",
-            )
-            .into());
-        }
-        if spec.ipv4.is_none() && spec.ipv6.is_none() {
-            return Err(OverlayError::invalid(
-                "endpoint",
-                &spec.name,
-                "an overlay endpoint needs an IPv4 or IPv6 address",
-            )
-            .into());
-        }
-        let mac = spec.mac.unwrap_or_else(MacAddress::random_local);
+        let mac = spec.segment_mac(DRIVER_NAME)?;
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
             return Err(OverlayError::Conflict {

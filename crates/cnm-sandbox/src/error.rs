@@ -2,7 +2,7 @@
 
 use std::io;
 
-use cnm_types::ErrorKind;
+use cnm_types::{Cleanup, ErrorKind};
 
 /// Everything that can go wrong in the kernel layer.
 ///
@@ -69,19 +69,17 @@ pub enum SandboxError {
     },
 }
 
-impl SandboxError {
-    /// Attaches cleanup failures to this error (unchanged when there are none).
-    pub fn with_cleanup(self, cleanup: Vec<SandboxError>) -> SandboxError {
-        if cleanup.is_empty() {
-            self
-        } else {
-            Self::Cleanup {
-                source: Box::new(self),
-                cleanup,
-            }
+/// Cleanup failures are attached with [`Cleanup::with_cleanup`] (unchanged when there are none).
+impl Cleanup for SandboxError {
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+        Self::Cleanup {
+            source: Box::new(self),
+            cleanup,
         }
     }
+}
 
+impl SandboxError {
     /// The kind of failure, independent of the variant.
     pub fn kind(&self) -> ErrorKind {
         match self {

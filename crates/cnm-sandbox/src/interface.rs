@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use cnm_types::{IfName, MacAddress};
+use cnm_types::{Cleanup, IfName, MacAddress};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
 use ipnet::IpNet;
 

@@ -116,30 +116,37 @@ pub enum MacvlanMode {
 }
 
 impl LinkKind {
-    /// The kernel's name for this link type (`IFLA_INFO_KIND`).
-    pub fn kernel_name(&self) -> &'static str {
+    /// The kernel's name for this link type and the operation that creates one, as errors
+    /// name it: one table, so the two never disagree.
+    fn names(&self) -> (&'static str, &'static str) {
         match self {
-            Self::Bridge => "bridge",
-            Self::Veth { .. } => "veth",
-            Self::Vxlan { .. } => "vxlan",
-            Self::Dummy => "dummy",
-            Self::Macvlan { .. } => "macvlan",
-            Self::Vlan { .. } => "vlan",
-            Self::Ipvlan { .. } => "ipvlan",
+            Self::Bridge => ("bridge", "create bridge"),
+            Self::Veth { .. } => ("veth", "create veth"),
+            Self::Vxlan { .. } => ("vxlan", "create vxlan"),
+            Self::Dummy => ("dummy", "create dummy"),
+            Self::Macvlan { .. } => ("macvlan", "create macvlan"),
+            Self::Vlan { .. } => ("vlan", "create vlan"),
+            Self::Ipvlan { .. } => ("ipvlan", "create ipvlan"),
         }
     }
 
+    /// The kernel's name for this link type (`IFLA_INFO_KIND`).
+    pub fn kernel_name(&self) -> &'static str {
+        self.names().0
+    }
+
+    /// What creating a link of this type is called in errors ("create veth").
+    pub(crate) fn create_op(&self) -> &'static str {
+        self.names().1
+    }
+
     /// The kernel feature (module) this link type needs, as an `Unsupported` error names it
-    /// when the kernel answers that it does not know the type.
+    /// when the kernel answers that it does not know the type: the type's own name, but for
+    /// VLANs, whose module is `8021q`.
     pub fn kernel_feature(&self) -> &'static str {
         match self {
-            Self::Bridge => "bridge",
-            Self::Veth { .. } => "veth",
-            Self::Vxlan { .. } => "vxlan",
-            Self::Dummy => "dummy",
-            Self::Macvlan { .. } => "macvlan",
             Self::Vlan { .. } => "8021q",
-            Self::Ipvlan { .. } => "ipvlan",
+            other => other.kernel_name(),
         }
     }
 }
@@ -320,6 +327,12 @@ mod tests {
             }
             .kernel_name(),
             "macvlan"
+        );
+        assert_eq!(LinkKind::Bridge.kernel_feature(), "bridge");
+        assert_eq!(LinkKind::Bridge.create_op(), "create bridge");
+        assert_eq!(
+            LinkKind::Vlan { parent: 1, id: 10 }.kernel_feature(),
+            "8021q"
         );
     }
 }

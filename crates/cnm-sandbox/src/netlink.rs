@@ -327,15 +327,7 @@ impl Netlink {
             },
             _ => self.object(&spec.name),
         };
-        let op = match spec.kind {
-            LinkKind::Bridge => "create bridge",
-            LinkKind::Veth { .. } => "create veth",
-            LinkKind::Vxlan { .. } => "create vxlan",
-            LinkKind::Dummy => "create dummy",
-            LinkKind::Macvlan { .. } => "create macvlan",
-            LinkKind::Vlan { .. } => "create vlan",
-            LinkKind::Ipvlan { .. } => "create ipvlan",
-        };
+        let op = spec.kind.create_op();
         tracing::debug!(name = %spec.name, kind = spec.kind.kernel_name(), "create link");
         self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
             .await

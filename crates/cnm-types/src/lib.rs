@@ -140,6 +140,23 @@ impl<E: fmt::Display> fmt::Display for ErrorList<'_, E> {
     }
 }
 
+/// An error that can carry the errors met while undoing what failed (cnm-core's undo list and
+/// every crate's cleanup paths attach them through it).
+pub trait Cleanup: Sized {
+    /// `self` wrapped with `cleanup`, which is never empty: the error's own "with cleanup"
+    /// variant.
+    fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self;
+
+    /// `self` with `cleanup` attached; `self` unchanged when `cleanup` is empty.
+    fn with_cleanup(self, cleanup: Vec<Self>) -> Self {
+        if cleanup.is_empty() {
+            self
+        } else {
+            self.wrap_cleanup(cleanup)
+        }
+    }
+}
+
 /// A Linux interface name: 1 to 15 bytes, no `/`, `:` or whitespace, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -325,6 +342,27 @@ impl From<MacAddress> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum Failure {
+        Step(u8),
+        Undone(Box<Failure>, Vec<Failure>),
+    }
+
+    impl Cleanup for Failure {
+        fn wrap_cleanup(self, cleanup: Vec<Self>) -> Self {
+            Self::Undone(Box::new(self), cleanup)
+        }
+    }
+
+    #[test]
+    fn cleanup_is_attached_only_when_there_is_some() {
+        assert_eq!(Failure::Step(1).with_cleanup(Vec::new()), Failure::Step(1));
+        assert_eq!(
+            Failure::Step(1).with_cleanup(vec![Failure::Step(2)]),
+            Failure::Undone(Box::new(Failure::Step(1)), vec![Failure::Step(2)])
+        );
+    }
 
     #[test]
     fn if_name_bounds() {

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cnm::cnm_sandbox::{LinkKind, LinkSpec, RouteSpec, SandboxError, set_sysctl};
-use cnm::cnm_types::IfName;
+use cnm::cnm_types::{Cleanup, IfName};
 use cnm::ipnet::{IpNet, Ipv4Net};
 use cnm::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,

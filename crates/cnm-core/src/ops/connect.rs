@@ -17,7 +17,7 @@ use crate::model::network::NetworkInner;
 use crate::model::sandbox::SandboxInner;
 use crate::options::{EndpointOptions, JoinOptions};
 use crate::state::Core;
-use crate::undo::{Errors, with_cleanup};
+use crate::undo::{Cleanup, Errors};
 
 /// Whether `e` says an endpoint was deleted already.
 fn endpoint_gone(e: &CoreError) -> bool {
@@ -53,7 +53,7 @@ pub(crate) async fn join_container(
                 Ok(d) => d.kernel,
                 Err(c) => Err(c),
             };
-            Err(with_cleanup(e, cleanup.err().into_iter().collect()))
+            Err(e.with_cleanup(cleanup.err().into_iter().collect()))
         }
         Err(e) => Err(e),
     }
@@ -74,7 +74,7 @@ pub(crate) async fn connect(
         Ok(()) => Ok(ep),
         Err(e) => {
             let cleanup = delete_endpoint(core, ep).await;
-            Err(with_cleanup(e, cleanup.err().into_iter().collect()))
+            Err(e.with_cleanup(cleanup.err().into_iter().collect()))
         }
     }
 }

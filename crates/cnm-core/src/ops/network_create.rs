@@ -2,10 +2,9 @@
 //! options parsed once), then the name reserved, pools and gateways allocated, the driver asked
 //! to create it, and the record written last.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cnm_ipam::{AddressRequest, Family, PoolRequest};
+use cnm_ipam::{AddressRequest, Family};
 use dashmap::mapref::entry::Entry;
 use ipnet::IpNet;
 use tracing::Instrument as _;
@@ -359,13 +358,7 @@ async fn allocate_pools(
         Vec::new()
     };
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for (family, on, out) in [
-        (Family::V4, options.enable_ipv4, &mut v4),
-        (Family::V6, options.enable_ipv6, &mut v6),
-    ] {
-        if !on {
-            continue;
-        }
+    for (family, out) in [(Family::V4, &mut v4), (Family::V6, &mut v6)] {
         for config in options.pool_configs(family) {
             let pool = allocate_pool(core, undo, family, config, &exclude, network).await?;
             let wanted = !capability.no_gateway
@@ -390,18 +383,13 @@ async fn allocate_pool(
     exclude: &[IpNet],
     network: &str,
 ) -> Result<NetworkPool, CoreError> {
-    let mut req = PoolRequest::new(family);
-    let mut aux = BTreeMap::new();
-    match config {
-        Some(c) => {
-            req.subnet = Some(c.subnet());
-            req.ip_range = c.ip_range();
-            req.gateway = c.gateway();
-            req.aux_addresses = c.aux_addresses().values().copied().collect();
-            aux = c.aux_addresses().clone();
-        }
-        None => req.exclude = exclude.to_vec(),
+    let mut req = PoolConfig::request(config, family);
+    if config.is_none() {
+        req.exclude = exclude.to_vec();
     }
+    let aux = config
+        .map(|c| c.aux_addresses().clone())
+        .unwrap_or_default();
     let pool = core
         .ipam
         .request_pool(&req)

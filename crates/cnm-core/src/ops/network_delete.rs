@@ -47,7 +47,7 @@ pub(crate) async fn delete_network(
         if let (Some(m), Some(cluster)) = (marked, &core.cluster)
             && let Err(undo) = cluster.abort_delete(m).await
         {
-            return Err(crate::undo::with_cleanup(e, vec![undo]));
+            return Err(crate::undo::Cleanup::with_cleanup(e, vec![undo]));
         }
         return Err(e);
     }

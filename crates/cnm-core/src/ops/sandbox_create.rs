@@ -92,27 +92,35 @@ async fn create(
     let mut undo = Undo::new();
     let host_namespace = opts.host_namespace;
     let result = async {
-        if host_namespace {
-            return create_on_host(core, &kernel, id.clone(), cid, dir.clone(), opts, &mut undo)
-                .await;
-        }
-        let ns = kernel
-            .create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
-            .await
-            .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
-        {
-            let (kernel, key) = (kernel.clone(), key.clone());
-            undo.push("delete netns", move || async move {
-                kernel
-                    .delete_netns(&key)
-                    .await
-                    .map_err(|e| CoreError::sandbox("delete netns", key.display().to_string(), e))
-            });
-        }
-        crate::crash::point("sandbox-create:after-netns");
+        // A sandbox in the host's own namespace (libnetwork's default sandbox) makes no
+        // namespace and changes nothing in the host's: only its directory, files and record.
+        let (ns, fresh) = if host_namespace {
+            (host_sandbox_ns(kernel.as_ref()), false)
+        } else {
+            let ns = kernel
+                .create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
+                .await
+                .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
+            {
+                let (kernel, key) = (kernel.clone(), key.clone());
+                undo.push("delete netns", move || async move {
+                    kernel.delete_netns(&key).await.map_err(|e| {
+                        CoreError::sandbox("delete netns", key.display().to_string(), e)
+                    })
+                });
+            }
+            crate::crash::point("sandbox-create:after-netns");
+            (ns, true)
+        };
         // Loopback comes up while the directory is made and the host's resolv.conf read.
         let (lo, host) = futures::join!(
-            kernel.loopback_up(&ns),
+            async {
+                if fresh {
+                    kernel.loopback_up(&ns).await
+                } else {
+                    Ok(())
+                }
+            },
             kernel.prepare_dir(&dir, &core.resolv_conf)
         );
         {
@@ -145,36 +153,8 @@ async fn create(
     Ok(sb)
 }
 
-/// A sandbox that is the host's own namespace (libnetwork's default sandbox): no namespace
-/// made, nothing changed in the host's; its key is where the host's namespace is found (the
-/// controller's own when the host namespace has no path). Its directory, files and record as
-/// any sandbox's.
-async fn create_on_host(
-    core: &Arc<Core>,
-    kernel: &Arc<dyn Kernel>,
-    id: String,
-    cid: &str,
-    dir: PathBuf,
-    opts: JoinOptions,
-    undo: &mut Undo<CoreError>,
-) -> Result<Arc<SandboxInner>, CoreError> {
-    let ns = host_sandbox_ns(kernel.as_ref());
-    let host = kernel.prepare_dir(&dir, &core.resolv_conf).await;
-    {
-        let (kernel, dir) = (kernel.clone(), dir.clone());
-        undo.push("remove sandbox directory", move || async move {
-            kernel
-                .remove_dir(&dir)
-                .await
-                .map_err(|e| CoreError::sandbox("remove directory", dir.display().to_string(), e))
-        });
-    }
-    let host =
-        host.map_err(|e| CoreError::sandbox("prepare the files of sandbox", id::short(&id), e))?;
-    finish(core, kernel, id, cid, dir, ns, opts, &host, undo).await
-}
-
-/// The host's namespace as a sandbox's (see [`create_on_host`]; reload reopens it so too).
+/// The host's namespace as a sandbox's: its key is where the host's namespace is found (the
+/// controller's own when the host namespace has no path). Reload reopens it so too.
 pub(crate) fn host_sandbox_ns(kernel: &dyn Kernel) -> SandboxNs {
     let key = kernel
         .host_ns()

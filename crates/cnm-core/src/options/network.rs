@@ -81,6 +81,22 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
+    /// The IPAM request for one of a network's pools in `family`: this pool as given (subnet,
+    /// range, gateway, auxiliary addresses), or any pool of the family for `None`.
+    pub(crate) fn request(
+        config: Option<&Self>,
+        family: cnm_ipam::Family,
+    ) -> cnm_ipam::PoolRequest {
+        let mut req = cnm_ipam::PoolRequest::new(family);
+        if let Some(c) = config {
+            req.subnet = Some(c.subnet());
+            req.ip_range = c.ip_range();
+            req.gateway = c.gateway();
+            req.aux_addresses = c.aux_addresses().values().copied().collect();
+        }
+        req
+    }
+
     /// A pool for `subnet`; host bits are cleared (`10.1.0.7/24` means `10.1.0.0/24`), and
     /// the subnet as written is kept for display ([`PoolConfig::subnet_as_given`]).
     pub fn new(subnet: IpNet) -> Self {
@@ -302,10 +318,17 @@ impl NetworkOptions {
         self.pools.iter().filter(|p| p.is_ipv6())
     }
 
-    /// What to allocate in one family: each pool given for it, or one default pool (`None`)
-    /// when none is.
+    /// What to allocate in one family: nothing when the family is off, else each pool given
+    /// for it, or one default pool (`None`) when none is.
     pub(crate) fn pool_configs(&self, family: cnm_ipam::Family) -> Vec<Option<&PoolConfig>> {
         let v6 = family == cnm_ipam::Family::V6;
+        if !(if v6 {
+            self.enable_ipv6
+        } else {
+            self.enable_ipv4
+        }) {
+            return Vec::new();
+        }
         let given: Vec<Option<&PoolConfig>> = self
             .pools
             .iter()

@@ -23,25 +23,66 @@ pub struct Options {
     pub iterations: Option<usize>,
     /// Restricts the contenders (`--contenders a,b`); `None` means all.
     pub contenders: Option<Vec<String>>,
+    /// `--store`: which store the cnm library contender uses; `None`: both where a scenario
+    /// measures both (`cnm` durable, `cnm-memory` in memory), the durable one elsewhere.
+    pub store: Option<StoreChoice>,
     /// Data-path runs per side.
     pub runs_datapath: usize,
     /// Seconds per data-path run.
     pub secs_datapath: u32,
 }
 
+/// The store of the cnm library contender (`--store durable|memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The default embedded store (redb in the state directory, synced on every commit).
+    Durable,
+    /// cnm-core's in-memory store: nothing is synced, nothing survives the controller.
+    Memory,
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "durable" => Ok(StoreChoice::Durable),
+            "memory" => Ok(StoreChoice::Memory),
+            other => bail!("--store takes durable or memory, not {other:?}"),
+        }
+    }
+}
+
 impl Options {
     fn wants(&self, name: &str) -> bool {
-        self.contenders
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == name))
+        self.contenders.as_ref().is_none_or(|list| {
+            list.iter().any(|c| {
+                c == name
+                    // With `--store memory`, `cnm` names the library contender, in memory.
+                    || (name == "cnm-memory" && c == "cnm" && self.store == Some(StoreChoice::Memory))
+            })
+        })
     }
 
+    /// The candidates this run measures: those asked for, with the cnm library contender on
+    /// the store asked for (`--store memory` puts `cnm-memory` where a scenario lists `cnm`).
     fn kinds(&self, candidates: &[Kind]) -> Vec<Kind> {
-        candidates
-            .iter()
-            .copied()
-            .filter(|k| self.wants(k.name()))
-            .collect()
+        let mut out: Vec<Kind> = Vec::new();
+        for &k in candidates {
+            let k = match (self.store, k) {
+                (Some(StoreChoice::Memory), Kind::Cnm) => Kind::CnmMemory,
+                (Some(StoreChoice::Durable), Kind::CnmMemory) => continue,
+                _ => k,
+            };
+            if self.wants(k.name()) && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// Whether a cnm-only measurement (networks, IPAM, restart, memory) runs.
+    fn wants_cnm(&self) -> bool {
+        self.wants("cnm")
     }
 }
 
@@ -263,7 +304,13 @@ impl Bench {
         let candidates = if self.opts.quick {
             vec![Kind::Cnm, Kind::Floor]
         } else {
-            vec![Kind::Cnm, Kind::Floor, Kind::Netavark, Kind::Cni]
+            vec![
+                Kind::Cnm,
+                Kind::Floor,
+                Kind::FloorDurable,
+                Kind::Netavark,
+                Kind::Cni,
+            ]
         };
         let scenarios: Vec<String> = MARKS.iter().map(|m| format!("scale-attach-{m}")).collect();
         let names: Vec<&str> = scenarios.iter().map(String::as_str).collect();
@@ -325,7 +372,7 @@ impl Bench {
 
     /// Creating the 1st and the 200th network on one controller (median of five at each mark).
     pub async fn scale_network(&mut self) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let result = async {
@@ -442,7 +489,7 @@ impl Bench {
     /// Allocate/release rates of cnm-ipam on a /16 and a /64, and its memory after 1 M
     /// allocations in a /64 (in a child process).
     pub async fn ipam(&mut self, scenarios: &[String]) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let v6_count = if self.opts.quick { 100_000 } else { 1_000_000 };
@@ -471,7 +518,7 @@ impl Bench {
     /// Resident memory of a process holding a controller with 1000 endpoints and 1000
     /// published ports; and of cnmd, once it exists.
     pub async fn memory(&mut self) {
-        if self.opts.wants("cnm") {
+        if self.opts.wants_cnm() {
             let outcome = match crate::children::run_child("__memory-child", &["1000"]).await {
                 Ok(values) => Outcome::Values(values),
                 Err(e) => failed(&e),
@@ -493,7 +540,7 @@ impl Bench {
 
     /// Time until a restarted controller is ready with 1000 endpoints and 1000 published ports.
     pub async fn restart(&mut self) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let count = if self.opts.quick { 200 } else { 1000 };
@@ -560,4 +607,47 @@ fn ipam_rates(subnet: &str, count: u32) -> Result<Map<String, Value>> {
     m.insert("release_per_s".into(), json!(rate(release)));
     m.insert("n".into(), json!(count));
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(contenders: Option<&[&str]>, store: Option<StoreChoice>) -> Options {
+        Options {
+            quick: true,
+            iterations: None,
+            contenders: contenders.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
+            store,
+            runs_datapath: 1,
+            secs_datapath: 1,
+        }
+    }
+
+    #[test]
+    fn store_choice_picks_the_cnm_library_contender() {
+        let all = [Kind::Cnm, Kind::CnmMemory, Kind::Floor, Kind::FloorDurable];
+        assert_eq!(opts(None, None).kinds(&all), all.to_vec());
+        assert_eq!(
+            opts(None, Some(StoreChoice::Memory)).kinds(&all),
+            [Kind::CnmMemory, Kind::Floor, Kind::FloorDurable]
+        );
+        assert_eq!(
+            opts(None, Some(StoreChoice::Durable)).kinds(&all),
+            [Kind::Cnm, Kind::Floor, Kind::FloorDurable]
+        );
+        // A scenario that lists only `cnm` measures it in memory with `--store memory`, also
+        // when the contenders are restricted to `cnm`.
+        let memory = opts(Some(&["cnm", "floor"]), Some(StoreChoice::Memory));
+        assert_eq!(
+            memory.kinds(&[Kind::Cnm, Kind::Floor, Kind::Netavark]),
+            [Kind::CnmMemory, Kind::Floor]
+        );
+        assert_eq!(
+            opts(Some(&["cnm-memory", "floor-durable"]), None).kinds(&all),
+            [Kind::CnmMemory, Kind::FloorDurable]
+        );
+        assert!("memory".parse::<StoreChoice>().is_ok());
+        assert!("disk".parse::<StoreChoice>().is_err());
+    }
 }

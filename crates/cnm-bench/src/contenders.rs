@@ -80,6 +80,11 @@ impl Kind {
         }
     }
 
+    /// cnm through the library (its spans tell where its time goes).
+    pub fn is_cnm_library(self) -> bool {
+        matches!(self, Kind::Cnm | Kind::CnmMemory)
+    }
+
     /// Every attach contender, in report order.
     pub const ALL: [Kind; 10] = [
         Kind::Cnm,

@@ -2,9 +2,12 @@
 //! run, as ratios.
 //!
 //! **Owns**: the scenarios (attach/detach, ports, scale, parallel, IPAM, data path, restart,
-//! memory), the contenders (cnm as a library, the `floor` of the same kernel messages with no
-//! bookkeeping, `ip -batch` + `nft -f`, netavark 1.4 and 1.17, the CNI plugins, Docker), the
-//! statistics (median, p95, ratio), the table, the targets and `target/bench/latest.json`.
+//! memory), the contenders (cnm as a library with its durable store and in memory, the `floor`
+//! of the same kernel messages with no bookkeeping and `floor-durable` with one synced record
+//! per public call, `ip -batch` + `nft -f`, netavark 1.4 and 1.17, the CNI plugins, Docker), the
+//! statistics (median, p95, ratio), where cnm's time goes (its tracing spans, `spans.rs`), the
+//! table, the targets, `target/bench/latest.json`, the comparison with an older one
+//! (`compare.rs`) and the README's table (`readme.rs`).
 //! **Does not**: install or build the peers (`cargo xtask bench --install-peers` does), or
 //! touch the machine's own network namespace: every contender run gets a throwaway "host"
 //! namespace, peers are spawned from a thread inside it, and `/run/netns` and `/run/cnm` are
@@ -30,6 +33,7 @@ mod readme;
 mod report;
 mod restart;
 mod scenarios;
+mod spans;
 mod stats;
 
 use std::path::PathBuf;
@@ -146,13 +150,20 @@ fn expand(name: &str) -> Result<Vec<String>> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            );
+        // Its own filter: cnm's spans are timed whatever RUST_LOG says.
+        let timing = spans::TIMES.layer().with_filter(spans::filter());
+        tracing_subscriber::registry().with(log).with(timing).init();
+    }
     let result = match args.first().map(String::as_str) {
         Some("__memory-child") => child(|rt| {
             let count = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1000);

@@ -231,8 +231,10 @@ fn ordered<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
 
 fn fields(m: &Map<String, Value>) -> String {
     m.iter()
-        .map(|(k, v)| match v.as_f64() {
-            Some(f) if f.fract() != 0.0 => format!("{k}={f:.3}"),
+        .map(|(k, v)| match (v.as_f64(), v.as_object()) {
+            (Some(f), _) if f.fract() != 0.0 => format!("{k}={f:.3}"),
+            // `breakdown_ms`: its phases in a row, `kernel=1.2 firewall=0.4 …`.
+            (_, Some(inner)) => format!("{k}: {}", fields(inner)),
             _ => format!("{k}={v}"),
         })
         .collect::<Vec<_>>()

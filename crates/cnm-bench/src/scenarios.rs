@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::contenders::{Contender, Kind, Unavailable, one_port};
 use crate::peers::{Peers, PortSpec};
 use crate::report::{Outcome, Report, round3};
+use crate::spans::{self, Phases, TIMES};
 use crate::stats::Summary;
 
 /// How the run was asked for.
@@ -132,6 +133,18 @@ async fn finish_all(live: Vec<Contender>) {
     }
 }
 
+/// cnm's per-phase means as the outcome's extra field `breakdown_ms` (nothing for the others).
+fn breakdown(samples: &[Phases]) -> Map<String, Value> {
+    let mut m = Map::new();
+    if !samples.is_empty() {
+        m.insert(
+            "breakdown_ms".into(),
+            Value::Object(spans::mean_ms(samples)),
+        );
+    }
+    m
+}
+
 fn failed(e: &anyhow::Error) -> Outcome {
     Outcome::Status(format!("failed: {e:#}"))
 }
@@ -148,6 +161,8 @@ impl Bench {
         let scenarios = ["attach", "detach"];
         let mut live = setup_all(&kinds, &self.peers, &mut self.report, &scenarios).await;
         let mut samples: BTreeMap<&'static str, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
+        // cnm's phases per attach and per detach (from its spans: see spans.rs).
+        let mut phases: BTreeMap<&'static str, (Vec<Phases>, Vec<Phases>)> = BTreeMap::new();
         // Two untimed rounds first: page cache, lazily created kernel state, the peers' first exec.
         let warmup = 2;
         for round in 0..(n + warmup) {
@@ -158,9 +173,11 @@ impl Bench {
                 let idx = (round + j) % count;
                 let c = &live[idx];
                 let ports = one_port(i);
+                let before = TIMES.snapshot();
                 let t = Instant::now();
                 let attached = c.attach(i, &ports).await;
                 let a = t.elapsed();
+                let mid = TIMES.snapshot();
                 let detached = match &attached {
                     Ok(()) => {
                         let t = Instant::now();
@@ -168,11 +185,17 @@ impl Bench {
                     }
                     Err(_) => Ok(Duration::ZERO),
                 };
+                let after = TIMES.snapshot();
                 match (attached, detached) {
                     (Ok(()), Ok(d)) if round >= warmup => {
                         let e = samples.entry(c.kind.name()).or_default();
                         e.0.push(a);
                         e.1.push(d);
+                        if c.kind.is_cnm_library() {
+                            let p = phases.entry(c.kind.name()).or_default();
+                            p.0.push(mid.since(&before).phases(a));
+                            p.1.push(after.since(&mid).phases(d));
+                        }
                     }
                     (Ok(()), Ok(_)) => {}
                     (Err(e), _) | (_, Err(e)) => {
@@ -192,8 +215,11 @@ impl Bench {
         }
         for (name, (a, d)) in samples {
             if let (Some(a), Some(d)) = (Summary::of(&a), Summary::of(&d)) {
-                self.report.set("attach", name, Outcome::timed(a));
-                self.report.set("detach", name, Outcome::timed(d));
+                let (pa, pd) = phases.remove(name).unwrap_or_default();
+                self.report
+                    .set("attach", name, Outcome::Timed(a, breakdown(&pa)));
+                self.report
+                    .set("detach", name, Outcome::Timed(d, breakdown(&pd)));
             }
         }
         finish_all(live).await;
@@ -318,6 +344,7 @@ impl Bench {
         let live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
         let total = 1000u32;
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); live.len()];
+        let mut phases: Vec<Vec<Phases>> = vec![Vec::new(); live.len()];
         let mut dead: Vec<bool> = vec![false; live.len()];
         // A peer whose attach grows with every endpoint stops once it has used its budget.
         let budget = Duration::from_secs(if self.opts.quick { 30 } else { 90 });
@@ -336,9 +363,16 @@ impl Bench {
                     ));
                     continue;
                 }
+                let before = TIMES.snapshot();
                 let t = Instant::now();
                 match c.attach(i, &one_port(i)).await {
-                    Ok(()) => times[k].push(t.elapsed()),
+                    Ok(()) => {
+                        let a = t.elapsed();
+                        times[k].push(a);
+                        if c.kind.is_cnm_library() {
+                            phases[k].push(TIMES.snapshot().since(&before).phases(a));
+                        }
+                    }
                     Err(e) => {
                         for sc in &names {
                             self.report.set(sc, c.kind.name(), failed(&e));
@@ -359,9 +393,10 @@ impl Bench {
                     continue;
                 }
                 let start = (m - 1).min(times[k].len().saturating_sub(5));
-                let window = &times[k][start..(start + 5).min(times[k].len())];
-                if let Some(s) = Summary::of(window) {
-                    self.report.set(sc, c.kind.name(), Outcome::timed(s));
+                let end = (start + 5).min(times[k].len());
+                if let Some(s) = Summary::of(&times[k][start..end]) {
+                    let b = phases[k].get(start..end).map(breakdown).unwrap_or_default();
+                    self.report.set(sc, c.kind.name(), Outcome::Timed(s, b));
                 }
             }
         }

@@ -50,6 +50,16 @@ pub struct BenchArgs {
     pub quick: bool,
     /// Install the peers (Debian packages, netavark from crates.io) first.
     pub install_peers: bool,
+    /// `--compare OLD.json`: each figure against an older `latest.json`; more than 20% slower
+    /// is a FLAG line and a failed run.
+    pub compare: Option<PathBuf>,
+    /// `--readme`: rewrite the README's bench table from `target/bench/latest.json`.
+    pub readme: bool,
+    /// `--no-run`: measure nothing, only compare and/or rewrite the README.
+    pub no_run: bool,
+    /// Options handed to cnm-bench as they are: `-n N`, `--contenders A,B`,
+    /// `--store durable|memory`.
+    pub passthrough: Vec<String>,
     /// Scenarios (or groups) to run; empty means all.
     pub scenarios: Vec<String>,
 }
@@ -57,13 +67,32 @@ pub struct BenchArgs {
 /// Parses the options after `bench`.
 pub fn parse(args: &[String]) -> Result<BenchArgs> {
     let mut parsed = BenchArgs::default();
-    for arg in args {
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("`{flag}` needs a value"))
+        };
         match arg.as_str() {
             "--quick" => parsed.quick = true,
             "--install-peers" => parsed.install_peers = true,
+            "--compare" => parsed.compare = Some(value("--compare")?.into()),
+            "--readme" => parsed.readme = true,
+            "--no-run" => parsed.no_run = true,
+            flag @ ("-n" | "--contenders" | "--store") => {
+                let v = value(flag)?;
+                parsed.passthrough.extend([flag.to_owned(), v]);
+            }
             flag if flag.starts_with('-') => bail!("unknown option `{flag}` for `bench`"),
             scenario => parsed.scenarios.push(scenario.to_owned()),
         }
+    }
+    if parsed.no_run && parsed.compare.is_none() && !parsed.readme {
+        bail!("`--no-run` needs `--compare OLD.json` or `--readme`");
+    }
+    if parsed.no_run && (parsed.install_peers || !parsed.scenarios.is_empty()) {
+        bail!("`--no-run` measures nothing: it takes no scenarios and no `--install-peers`");
     }
     Ok(parsed)
 }
@@ -93,12 +122,16 @@ pub fn command_line(args: &BenchArgs) -> String {
     if args.install_peers {
         parts.push("--install-peers".into());
     }
+    parts.extend(args.passthrough.iter().cloned());
     parts.extend(args.scenarios.iter().cloned());
     parts.join(" ")
 }
 
 /// Runs the benchmark; returns whether it completed.
 pub fn bench(args: &BenchArgs) -> Result<bool> {
+    if args.no_run {
+        return report_only(args);
+    }
     if !packages::is_root()? {
         bail!(
             "the benchmark needs root (it creates network namespaces and a private mount namespace); \
@@ -148,6 +181,8 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         "--command".into(),
         command_line(args),
     ]);
+    bench_args.extend(args.passthrough.iter().cloned());
+    bench_args.extend(report_args(args, &root));
     let (cnm, cnmd) = (out_dir.join("cnm"), out_dir.join("cnmd"));
     if cli_ok && cnm.is_file() && cnmd.is_file() {
         bench_args.extend([
@@ -173,6 +208,49 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
         true
     };
     Ok(ok && dns_ok)
+}
+
+/// cnm-bench's `--compare` and `--readme` options for these arguments.
+fn report_args(args: &BenchArgs, root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(old) = &args.compare {
+        out.extend(["--compare".to_owned(), old.to_string_lossy().into_owned()]);
+    }
+    if args.readme {
+        let readme = root.join("README.md");
+        out.extend(["--readme".to_owned(), readme.to_string_lossy().into_owned()]);
+    }
+    out
+}
+
+/// `--no-run`: cnm-bench compares and/or renders the last run's `latest.json`, measuring
+/// nothing (no root needed).
+fn report_only(args: &BenchArgs) -> Result<bool> {
+    let root = workspace_root();
+    let cargo = run::cargo_program();
+    let build = [
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "cnm-bench",
+        "--bin",
+        "cnm-bench",
+    ]
+    .map(String::from)
+    .to_vec();
+    if !run::status(&cargo, &build)? {
+        bail!("cnm-bench did not build");
+    }
+    let latest = root.join("target").join("bench").join("latest.json");
+    let mut bench_args = vec![
+        "--no-run".to_owned(),
+        "--out".to_owned(),
+        latest.to_string_lossy().into_owned(),
+    ];
+    bench_args.extend(report_args(args, &root));
+    let program = target_dir(&root).join("release").join("cnm-bench");
+    run::status(&program.to_string_lossy(), &bench_args)
 }
 
 /// The embedded DNS benchmark: cnm-dns's `local_names` bench (release), in a private mount
@@ -270,8 +348,8 @@ mod tests {
             parsed,
             BenchArgs {
                 quick: true,
-                install_peers: false,
                 scenarios: args(&["attach", "ports"]),
+                ..BenchArgs::default()
             }
         );
         assert_eq!(
@@ -280,5 +358,41 @@ mod tests {
         );
         assert!(parse(&args(&["--fast"])).is_err());
         assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
+    }
+
+    #[test]
+    fn compare_readme_and_passthrough_options_parse() {
+        let parsed = parse(&args(&[
+            "--compare",
+            "old.json",
+            "--readme",
+            "-n",
+            "5",
+            "--store",
+            "memory",
+            "--contenders",
+            "cnm,floor",
+            "attach",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.compare, Some(PathBuf::from("old.json")));
+        assert!(parsed.readme && !parsed.no_run);
+        assert_eq!(
+            parsed.passthrough,
+            args(&["-n", "5", "--store", "memory", "--contenders", "cnm,floor"])
+        );
+        assert_eq!(
+            command_line(&parsed),
+            "cargo xtask bench -n 5 --store memory --contenders cnm,floor attach"
+        );
+        let root = Path::new("/ws");
+        assert_eq!(
+            report_args(&parsed, root),
+            args(&["--compare", "old.json", "--readme", "/ws/README.md"])
+        );
+        assert!(parse(&args(&["--compare"])).is_err());
+        assert!(parse(&args(&["--no-run"])).is_err(), "nothing to do");
+        assert!(parse(&args(&["--no-run", "--readme", "attach"])).is_err());
+        assert!(parse(&args(&["--no-run", "--readme"])).is_ok());
     }
 }

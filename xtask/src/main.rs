@@ -42,9 +42,12 @@ commands:
         install missing test tools, fmt --check, clippy -D warnings, unit + doc tests,
         then every privileged test inside a private mount namespace
   ci    exactly what CI runs (the same as `test`, no options)
-  bench [--quick] [--install-peers] [SCENARIO]...
+  bench [--quick] [--install-peers] [-n N] [--contenders A,B] [--store durable|memory]
+        [--compare OLD.json] [--readme] [--no-run] [SCENARIO]...
         build cnm-bench in release mode and run it: cnm against the peers (netavark, CNI,
         ip, docker) as medians, p95s and ratios; writes target/bench/latest.json;
+        --compare: each figure against OLD.json, FLAG (and failure) when >20% slower;
+        --readme: rewrite README.md's bench table from latest.json; --no-run: only those two;
         scenario `dns`: the embedded DNS against aardvark-dns with dnsperf
   soak [--kills N]
         crash soak (default 200 kills): random operations in a child controller killed with

@@ -40,12 +40,17 @@ pub fn one_port(i: u32) -> Vec<PortSpec> {
 /// Which contender, before it is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// cnm through the library.
+    /// cnm through the library, with its default (durable, embedded redb) store.
     Cnm,
+    /// cnm through the library with the store in memory: cnm's own overhead without the sync.
+    CnmMemory,
     /// cnm through the `cnm` CLI and `cnmd`.
     Cli,
     /// The same netlink and nftables messages with no bookkeeping.
     Floor,
+    /// The floor plus one synced record write per public call (what a durable store pays at
+    /// least: cnm's embedded store fdatasyncs once per commit).
+    FloorDurable,
     /// One `ip -batch` per side plus one `nft -f`.
     IpBatch,
     /// Debian's netavark 1.4 (iptables).
@@ -63,8 +68,10 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Cnm => "cnm",
+            Kind::CnmMemory => "cnm-memory",
             Kind::Cli => "cnm-cli",
             Kind::Floor => "floor",
+            Kind::FloorDurable => "floor-durable",
             Kind::IpBatch => "ip-batch",
             Kind::NetavarkDeb => "netavark-1.4",
             Kind::Netavark => "netavark",
@@ -73,11 +80,18 @@ impl Kind {
         }
     }
 
+    /// cnm through the library (its spans tell where its time goes).
+    pub fn is_cnm_library(self) -> bool {
+        matches!(self, Kind::Cnm | Kind::CnmMemory)
+    }
+
     /// Every attach contender, in report order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Cnm,
+        Kind::CnmMemory,
         Kind::Cli,
         Kind::Floor,
+        Kind::FloorDurable,
         Kind::IpBatch,
         Kind::NetavarkDeb,
         Kind::Netavark,
@@ -132,6 +146,54 @@ struct FloorImp {
     netlink: Netlink,
     bridge: u32,
     fw: Firewall,
+    /// `floor-durable` only: where each public call's record is written and synced.
+    journal: Option<Journal>,
+}
+
+/// The durable floor's store: one preallocated file in the contender's state directory (the
+/// directory, and so the file system, cnm's embedded store uses). Each public call overwrites
+/// one small record in place and `fdatasync`s it on a blocking thread, which is what cnm's redb
+/// store does per commit (one-phase commit with checksums: the pages are written, then one
+/// `File::sync_data`, from `spawn_blocking`). It keeps no index and reads nothing back, so it
+/// is the least a durable system can pay, not a model of redb.
+struct Journal {
+    file: std::sync::Arc<std::fs::File>,
+}
+
+/// Bytes reserved for the journal, so a record write never grows the file (a growing file
+/// needs its metadata synced too, which redb pays only when its file grows).
+const JOURNAL_BYTES: u64 = 64 * 1024;
+
+impl Journal {
+    fn create(dir: &std::path::Path) -> Result<Journal> {
+        let path = dir.join("floor-durable.journal");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        file.set_len(JOURNAL_BYTES)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("failed to preallocate {}", path.display()))?;
+        Ok(Journal {
+            file: std::sync::Arc::new(file),
+        })
+    }
+
+    /// Writes `record` (what the public call changed) at the start of the file and syncs it.
+    async fn record(&self, record: String) -> Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            file.write_all_at(record.as_bytes(), 0)?;
+            file.sync_data()
+        })
+        .await
+        .context("the journal's writer thread died")?
+        .context("failed to write and sync the floor-durable record")
+    }
 }
 
 struct NetavarkImp {
@@ -173,11 +235,13 @@ impl Contender {
         let host = TestHost::new().await?;
         let net = bench_net();
         let imp = match kind {
-            Kind::Cnm => {
-                let ctl = host
-                    .controller()
-                    .await
-                    .context("failed to build a cnm controller")?;
+            Kind::Cnm | Kind::CnmMemory => {
+                let ctl = if kind == Kind::Cnm {
+                    host.controller().await
+                } else {
+                    host.memory_controller().await
+                }
+                .context("failed to build a cnm controller")?;
                 let cnm_net = fixture::bridge_network(&ctl, &net.name, IpNet::V4(net.subnet))
                     .await
                     .context("failed to create the cnm network")?;
@@ -194,7 +258,8 @@ impl Contender {
                     .map_err(|why| Unavailable::Status(format!("not available: {why}")))?;
                 Imp::Cli(cli_setup(&host, &net, cnm, cnmd).await?)
             }
-            Kind::Floor => Imp::Floor(floor_setup(&host, &net).await?),
+            Kind::Floor => Imp::Floor(floor_setup(&host, &net, false).await?),
+            Kind::FloorDurable => Imp::Floor(floor_setup(&host, &net, true).await?),
             Kind::IpBatch => {
                 let script = format!(
                     "link add {br} type bridge\naddr add {gw}/{len} dev {br}\nlink set {br} up\n",
@@ -560,7 +625,7 @@ async fn cli_setup(
     Ok(imp)
 }
 
-async fn floor_setup(host: &TestHost, net: &BridgeNet) -> Result<FloorImp> {
+async fn floor_setup(host: &TestHost, net: &BridgeNet, durable: bool) -> Result<FloorImp> {
     let netlink = host.netlink().clone();
     let mut spec = LinkSpec::new(ifname(&net.bridge)?, LinkKind::Bridge);
     spec.up = true;
@@ -583,10 +648,16 @@ async fn floor_setup(host: &TestHost, net: &BridgeNet) -> Result<FloorImp> {
         vec![net.subnet],
     ))
     .await?;
+    let journal = if durable {
+        Some(Journal::create(host.state_dir())?)
+    } else {
+        None
+    };
     Ok(FloorImp {
         netlink,
         bridge,
         fw,
+        journal,
     })
 }
 
@@ -598,7 +669,12 @@ async fn floor_attach(
     ports: &[PortSpec],
 ) -> Result<()> {
     let net = bench_net();
+    // Public call 1, the sandbox: its namespace, then its record.
     let ns = NetNs::create(host.run_dir().join("floor").join(format!("sb{i}"))).await?;
+    f.record(|| format!("sandbox sb{i}")).await?;
+    // Public call 2, the endpoint: an address (chosen by the caller here) and its record.
+    f.record(|| format!("endpoint ep{i} {ip}")).await?;
+    // Public call 3, the join: the kernel work, then the records.
     let mut spec = LinkSpec::new(
         ifname(&format!("vf{i}"))?,
         LinkKind::Veth {
@@ -635,10 +711,14 @@ async fn floor_attach(
         f.fw.add_port_mappings(&net.name, &format!("ep{i}"), &mappings)
             .await?;
     }
+    f.record(|| format!("join ep{i} sb{i}")).await?;
     Ok(())
 }
 
+/// Destructive calls write their records first (as cnm does), then undo the kernel work.
 async fn floor_detach(f: &FloorImp, host: &TestHost, i: u32) -> Result<()> {
+    // Public call 1, the leave.
+    f.record(|| format!("leave ep{i} sb{i}")).await?;
     f.fw.remove_port_mappings(&format!("ep{i}")).await?;
     let veth = format!("vf{i}");
     let index = f
@@ -648,8 +728,22 @@ async fn floor_detach(f: &FloorImp, host: &TestHost, i: u32) -> Result<()> {
         .with_context(|| format!("{veth} vanished"))?
         .index;
     f.netlink.delete_link(index).await?;
+    // Public call 2, the endpoint's delete (its address back to the caller).
+    f.record(|| format!("delete ep{i}")).await?;
+    // Public call 3, the sandbox's delete.
+    f.record(|| format!("delete sb{i}")).await?;
     NetNs::delete(host.run_dir().join("floor").join(format!("sb{i}"))).await?;
     Ok(())
+}
+
+impl FloorImp {
+    /// `floor-durable`: one synced record write; `floor`: nothing.
+    async fn record(&self, what: impl FnOnce() -> String) -> Result<()> {
+        match &self.journal {
+            Some(j) => j.record(what()).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// The Docker contender needs a reachable dockerd and a running container to connect.

@@ -2,9 +2,12 @@
 //! run, as ratios.
 //!
 //! **Owns**: the scenarios (attach/detach, ports, scale, parallel, IPAM, data path, restart,
-//! memory), the contenders (cnm as a library, the `floor` of the same kernel messages with no
-//! bookkeeping, `ip -batch` + `nft -f`, netavark 1.4 and 1.17, the CNI plugins, Docker), the
-//! statistics (median, p95, ratio), the table, the targets and `target/bench/latest.json`.
+//! memory), the contenders (cnm as a library with its durable store and in memory, the `floor`
+//! of the same kernel messages with no bookkeeping and `floor-durable` with one synced record
+//! per public call, `ip -batch` + `nft -f`, netavark 1.4 and 1.17, the CNI plugins, Docker), the
+//! statistics (median, p95, ratio), where cnm's time goes (its tracing spans, `spans.rs`), the
+//! table, the targets, `target/bench/latest.json`, the comparison with an older one
+//! (`compare.rs`) and the README's table (`readme.rs`).
 //! **Does not**: install or build the peers (`cargo xtask bench --install-peers` does), or
 //! touch the machine's own network namespace: every contender run gets a throwaway "host"
 //! namespace, peers are spawned from a thread inside it, and `/run/netns` and `/run/cnm` are
@@ -20,14 +23,17 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user
 
 mod children;
+mod compare;
 mod contenders;
 mod datapath;
 mod env;
 mod fixture;
 mod peers;
+mod readme;
 mod report;
 mod restart;
 mod scenarios;
+mod spans;
 mod stats;
 
 use std::path::PathBuf;
@@ -37,11 +43,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::peers::Peers;
 use crate::report::{Outcome, Report, SCENARIOS};
-use crate::scenarios::{Bench, Options};
+use crate::scenarios::{Bench, Options, StoreChoice};
 
 const USAGE: &str = "\
-usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--out FILE] [--peers-dir DIR]
-                 [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT] [SCENARIO…]
+usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [--out FILE] [--peers-dir DIR]
+                 [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT]
+                 [--compare OLD.json] [--readme README.md] [--no-run] [SCENARIO…]
+  --compare OLD.json  after the run, each figure against OLD.json's; a FLAG line and exit
+                      status 1 for any figure more than 20% slower
+  --readme FILE       rewrite the block between the bench-table markers of FILE from the run
+  --no-run            measure nothing: compare and/or render the existing --out file
 scenarios (default: all): attach detach ports100-setup ports100-teardown ports1000range-setup
   ports1000range-teardown scale-attach-{1,100,500,1000} scale-network-{1,200} parallel32
   ipam-v4-16 ipam-v6-64 ipam-memory-1m-v6 datapath-bridge datapath-published restart memory
@@ -54,12 +65,16 @@ struct Args {
     quick: bool,
     iterations: Option<usize>,
     contenders: Option<Vec<String>>,
+    store: Option<StoreChoice>,
     out: Option<PathBuf>,
     peers_dir: Option<PathBuf>,
     cli: Option<PathBuf>,
     cnmd: Option<PathBuf>,
     cli_unavailable: Option<String>,
     command: Option<String>,
+    compare: Option<PathBuf>,
+    readme: Option<PathBuf>,
+    no_run: bool,
     scenarios: Vec<String>,
 }
 
@@ -83,12 +98,16 @@ fn parse_args(args: &[String]) -> Result<Args> {
                         .collect(),
                 )
             }
+            "--store" => a.store = Some(value("--store")?.parse()?),
             "--out" => a.out = Some(value("--out")?.into()),
             "--peers-dir" => a.peers_dir = Some(value("--peers-dir")?.into()),
             "--cli" => a.cli = Some(value("--cli")?.into()),
             "--cnmd" => a.cnmd = Some(value("--cnmd")?.into()),
             "--cli-unavailable" => a.cli_unavailable = Some(value("--cli-unavailable")?),
             "--command" => a.command = Some(value("--command")?),
+            "--compare" => a.compare = Some(value("--compare")?.into()),
+            "--readme" => a.readme = Some(value("--readme")?.into()),
+            "--no-run" => a.no_run = true,
             "-h" | "--help" => bail!("{USAGE}"),
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             name => a.scenarios.extend(expand(name)?),
@@ -131,13 +150,20 @@ fn expand(name: &str) -> Result<Vec<String>> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            );
+        // Its own filter: cnm's spans are timed whatever RUST_LOG says.
+        let timing = spans::TIMES.layer().with_filter(spans::filter());
+        tracing_subscriber::registry().with(log).with(timing).init();
+    }
     let result = match args.first().map(String::as_str) {
         Some("__memory-child") => child(|rt| {
             let count = args.get(1).and_then(|c| c.parse().ok()).unwrap_or(1000);
@@ -171,6 +197,54 @@ fn child(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<serde_json::Value>) 
 }
 
 fn run(args: Args) -> Result<()> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
+    if args.no_run {
+        if args.compare.is_none() && args.readme.is_none() {
+            bail!("--no-run needs --compare or --readme (there is nothing else to do)");
+        }
+    } else {
+        measure(&args, &out)?;
+    }
+    let doc = read_json(&out)?;
+    if let Some(path) = &args.readme {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        let text = readme::splice(&text, &readme::render(&doc))
+            .with_context(|| format!("in {}", path.display()))?;
+        std::fs::write(path, text)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("cnm-bench: rewrote the bench table in {}", path.display());
+    }
+    if let Some(old_path) = &args.compare {
+        let old = read_json(old_path)?;
+        let changes = compare::compare(&old, &doc, compare::DEFAULT_THRESHOLD);
+        let label = old_path.display().to_string();
+        print!(
+            "\n{}",
+            compare::text(&changes, &label, compare::DEFAULT_THRESHOLD)
+        );
+        let flagged = changes.iter().filter(|c| c.flagged).count();
+        if flagged > 0 {
+            bail!(
+                "{flagged} figure(s) more than {:.0}% slower than in {label} (the FLAG lines above)",
+                (compare::DEFAULT_THRESHOLD - 1.0) * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// Runs the scenarios and writes the report to `out`.
+fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
     // Before any thread exists (unshare of the mount namespace needs that).
     env::enter_private_mounts()?;
     let rt = runtime()?;
@@ -194,6 +268,7 @@ fn run(args: Args) -> Result<()> {
             quick: args.quick,
             iterations: args.iterations,
             contenders: args.contenders.clone(),
+            store: args.store,
             runs_datapath: if args.quick { 1 } else { 3 },
             secs_datapath: if args.quick { 1 } else { 3 },
         },
@@ -210,14 +285,11 @@ fn run(args: Args) -> Result<()> {
         "cnm-bench: finished in {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")
+    std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("failed to write {}", out.display()))?;
     println!("cnm-bench: wrote {}", out.display());
     Ok(())

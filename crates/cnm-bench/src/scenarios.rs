@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::contenders::{Contender, Kind, Unavailable, one_port};
 use crate::peers::{Peers, PortSpec};
 use crate::report::{Outcome, Report, round3};
+use crate::spans::{self, Phases, TIMES};
 use crate::stats::Summary;
 
 /// How the run was asked for.
@@ -23,25 +24,66 @@ pub struct Options {
     pub iterations: Option<usize>,
     /// Restricts the contenders (`--contenders a,b`); `None` means all.
     pub contenders: Option<Vec<String>>,
+    /// `--store`: which store the cnm library contender uses; `None`: both where a scenario
+    /// measures both (`cnm` durable, `cnm-memory` in memory), the durable one elsewhere.
+    pub store: Option<StoreChoice>,
     /// Data-path runs per side.
     pub runs_datapath: usize,
     /// Seconds per data-path run.
     pub secs_datapath: u32,
 }
 
+/// The store of the cnm library contender (`--store durable|memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The default embedded store (redb in the state directory, synced on every commit).
+    Durable,
+    /// cnm-core's in-memory store: nothing is synced, nothing survives the controller.
+    Memory,
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "durable" => Ok(StoreChoice::Durable),
+            "memory" => Ok(StoreChoice::Memory),
+            other => bail!("--store takes durable or memory, not {other:?}"),
+        }
+    }
+}
+
 impl Options {
     fn wants(&self, name: &str) -> bool {
-        self.contenders
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|c| c == name))
+        self.contenders.as_ref().is_none_or(|list| {
+            list.iter().any(|c| {
+                c == name
+                    // With `--store memory`, `cnm` names the library contender, in memory.
+                    || (name == "cnm-memory" && c == "cnm" && self.store == Some(StoreChoice::Memory))
+            })
+        })
     }
 
+    /// The candidates this run measures: those asked for, with the cnm library contender on
+    /// the store asked for (`--store memory` puts `cnm-memory` where a scenario lists `cnm`).
     fn kinds(&self, candidates: &[Kind]) -> Vec<Kind> {
-        candidates
-            .iter()
-            .copied()
-            .filter(|k| self.wants(k.name()))
-            .collect()
+        let mut out: Vec<Kind> = Vec::new();
+        for &k in candidates {
+            let k = match (self.store, k) {
+                (Some(StoreChoice::Memory), Kind::Cnm) => Kind::CnmMemory,
+                (Some(StoreChoice::Durable), Kind::CnmMemory) => continue,
+                _ => k,
+            };
+            if self.wants(k.name()) && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// Whether a cnm-only measurement (networks, IPAM, restart, memory) runs.
+    fn wants_cnm(&self) -> bool {
+        self.wants("cnm")
     }
 }
 
@@ -91,6 +133,18 @@ async fn finish_all(live: Vec<Contender>) {
     }
 }
 
+/// cnm's per-phase means as the outcome's extra field `breakdown_ms` (nothing for the others).
+fn breakdown(samples: &[Phases]) -> Map<String, Value> {
+    let mut m = Map::new();
+    if !samples.is_empty() {
+        m.insert(
+            "breakdown_ms".into(),
+            Value::Object(spans::mean_ms(samples)),
+        );
+    }
+    m
+}
+
 fn failed(e: &anyhow::Error) -> Outcome {
     Outcome::Status(format!("failed: {e:#}"))
 }
@@ -107,6 +161,8 @@ impl Bench {
         let scenarios = ["attach", "detach"];
         let mut live = setup_all(&kinds, &self.peers, &mut self.report, &scenarios).await;
         let mut samples: BTreeMap<&'static str, (Vec<Duration>, Vec<Duration>)> = BTreeMap::new();
+        // cnm's phases per attach and per detach (from its spans: see spans.rs).
+        let mut phases: BTreeMap<&'static str, (Vec<Phases>, Vec<Phases>)> = BTreeMap::new();
         // Two untimed rounds first: page cache, lazily created kernel state, the peers' first exec.
         let warmup = 2;
         for round in 0..(n + warmup) {
@@ -117,9 +173,11 @@ impl Bench {
                 let idx = (round + j) % count;
                 let c = &live[idx];
                 let ports = one_port(i);
+                let before = TIMES.snapshot();
                 let t = Instant::now();
                 let attached = c.attach(i, &ports).await;
                 let a = t.elapsed();
+                let mid = TIMES.snapshot();
                 let detached = match &attached {
                     Ok(()) => {
                         let t = Instant::now();
@@ -127,11 +185,17 @@ impl Bench {
                     }
                     Err(_) => Ok(Duration::ZERO),
                 };
+                let after = TIMES.snapshot();
                 match (attached, detached) {
                     (Ok(()), Ok(d)) if round >= warmup => {
                         let e = samples.entry(c.kind.name()).or_default();
                         e.0.push(a);
                         e.1.push(d);
+                        if c.kind.is_cnm_library() {
+                            let p = phases.entry(c.kind.name()).or_default();
+                            p.0.push(mid.since(&before).phases(a));
+                            p.1.push(after.since(&mid).phases(d));
+                        }
                     }
                     (Ok(()), Ok(_)) => {}
                     (Err(e), _) | (_, Err(e)) => {
@@ -151,8 +215,11 @@ impl Bench {
         }
         for (name, (a, d)) in samples {
             if let (Some(a), Some(d)) = (Summary::of(&a), Summary::of(&d)) {
-                self.report.set("attach", name, Outcome::timed(a));
-                self.report.set("detach", name, Outcome::timed(d));
+                let (pa, pd) = phases.remove(name).unwrap_or_default();
+                self.report
+                    .set("attach", name, Outcome::Timed(a, breakdown(&pa)));
+                self.report
+                    .set("detach", name, Outcome::Timed(d, breakdown(&pd)));
             }
         }
         finish_all(live).await;
@@ -263,7 +330,13 @@ impl Bench {
         let candidates = if self.opts.quick {
             vec![Kind::Cnm, Kind::Floor]
         } else {
-            vec![Kind::Cnm, Kind::Floor, Kind::Netavark, Kind::Cni]
+            vec![
+                Kind::Cnm,
+                Kind::Floor,
+                Kind::FloorDurable,
+                Kind::Netavark,
+                Kind::Cni,
+            ]
         };
         let scenarios: Vec<String> = MARKS.iter().map(|m| format!("scale-attach-{m}")).collect();
         let names: Vec<&str> = scenarios.iter().map(String::as_str).collect();
@@ -271,6 +344,7 @@ impl Bench {
         let live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
         let total = 1000u32;
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); live.len()];
+        let mut phases: Vec<Vec<Phases>> = vec![Vec::new(); live.len()];
         let mut dead: Vec<bool> = vec![false; live.len()];
         // A peer whose attach grows with every endpoint stops once it has used its budget.
         let budget = Duration::from_secs(if self.opts.quick { 30 } else { 90 });
@@ -289,9 +363,16 @@ impl Bench {
                     ));
                     continue;
                 }
+                let before = TIMES.snapshot();
                 let t = Instant::now();
                 match c.attach(i, &one_port(i)).await {
-                    Ok(()) => times[k].push(t.elapsed()),
+                    Ok(()) => {
+                        let a = t.elapsed();
+                        times[k].push(a);
+                        if c.kind.is_cnm_library() {
+                            phases[k].push(TIMES.snapshot().since(&before).phases(a));
+                        }
+                    }
                     Err(e) => {
                         for sc in &names {
                             self.report.set(sc, c.kind.name(), failed(&e));
@@ -312,9 +393,10 @@ impl Bench {
                     continue;
                 }
                 let start = (m - 1).min(times[k].len().saturating_sub(5));
-                let window = &times[k][start..(start + 5).min(times[k].len())];
-                if let Some(s) = Summary::of(window) {
-                    self.report.set(sc, c.kind.name(), Outcome::timed(s));
+                let end = (start + 5).min(times[k].len());
+                if let Some(s) = Summary::of(&times[k][start..end]) {
+                    let b = phases[k].get(start..end).map(breakdown).unwrap_or_default();
+                    self.report.set(sc, c.kind.name(), Outcome::Timed(s, b));
                 }
             }
         }
@@ -325,7 +407,7 @@ impl Bench {
 
     /// Creating the 1st and the 200th network on one controller (median of five at each mark).
     pub async fn scale_network(&mut self) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let result = async {
@@ -442,7 +524,7 @@ impl Bench {
     /// Allocate/release rates of cnm-ipam on a /16 and a /64, and its memory after 1 M
     /// allocations in a /64 (in a child process).
     pub async fn ipam(&mut self, scenarios: &[String]) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let v6_count = if self.opts.quick { 100_000 } else { 1_000_000 };
@@ -471,7 +553,7 @@ impl Bench {
     /// Resident memory of a process holding a controller with 1000 endpoints and 1000
     /// published ports; and of cnmd, once it exists.
     pub async fn memory(&mut self) {
-        if self.opts.wants("cnm") {
+        if self.opts.wants_cnm() {
             let outcome = match crate::children::run_child("__memory-child", &["1000"]).await {
                 Ok(values) => Outcome::Values(values),
                 Err(e) => failed(&e),
@@ -493,7 +575,7 @@ impl Bench {
 
     /// Time until a restarted controller is ready with 1000 endpoints and 1000 published ports.
     pub async fn restart(&mut self) {
-        if !self.opts.wants("cnm") {
+        if !self.opts.wants_cnm() {
             return;
         }
         let count = if self.opts.quick { 200 } else { 1000 };
@@ -560,4 +642,47 @@ fn ipam_rates(subnet: &str, count: u32) -> Result<Map<String, Value>> {
     m.insert("release_per_s".into(), json!(rate(release)));
     m.insert("n".into(), json!(count));
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(contenders: Option<&[&str]>, store: Option<StoreChoice>) -> Options {
+        Options {
+            quick: true,
+            iterations: None,
+            contenders: contenders.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
+            store,
+            runs_datapath: 1,
+            secs_datapath: 1,
+        }
+    }
+
+    #[test]
+    fn store_choice_picks_the_cnm_library_contender() {
+        let all = [Kind::Cnm, Kind::CnmMemory, Kind::Floor, Kind::FloorDurable];
+        assert_eq!(opts(None, None).kinds(&all), all.to_vec());
+        assert_eq!(
+            opts(None, Some(StoreChoice::Memory)).kinds(&all),
+            [Kind::CnmMemory, Kind::Floor, Kind::FloorDurable]
+        );
+        assert_eq!(
+            opts(None, Some(StoreChoice::Durable)).kinds(&all),
+            [Kind::Cnm, Kind::Floor, Kind::FloorDurable]
+        );
+        // A scenario that lists only `cnm` measures it in memory with `--store memory`, also
+        // when the contenders are restricted to `cnm`.
+        let memory = opts(Some(&["cnm", "floor"]), Some(StoreChoice::Memory));
+        assert_eq!(
+            memory.kinds(&[Kind::Cnm, Kind::Floor, Kind::Netavark]),
+            [Kind::CnmMemory, Kind::Floor]
+        );
+        assert_eq!(
+            opts(Some(&["cnm-memory", "floor-durable"]), None).kinds(&all),
+            [Kind::CnmMemory, Kind::FloorDurable]
+        );
+        assert!("memory".parse::<StoreChoice>().is_ok());
+        assert!("disk".parse::<StoreChoice>().is_err());
+    }
 }

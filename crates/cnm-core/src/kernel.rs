@@ -197,6 +197,7 @@ impl Kernel for NetlinkKernel {
         &self.host_netlink
     }
 
+    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "host_view"))]
     async fn host_view(&self) -> Result<HostView, SandboxError> {
         let nl = &self.host_netlink;
         // One after the other: the kernel runs one dump at a time per netlink socket (a second
@@ -212,6 +213,12 @@ impl Kernel for NetlinkKernel {
         })
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "create_netns")
+    )]
     async fn create_netns(
         &self,
         key: &Path,
@@ -226,10 +233,22 @@ impl Kernel for NetlinkKernel {
         })
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "loopback_up")
+    )]
     async fn loopback_up(&self, sandbox: &SandboxNs) -> Result<(), SandboxError> {
         sandbox.netlink.loopback_up().await
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "open_netns")
+    )]
     async fn open_netns(&self, key: &Path) -> Result<SandboxNs, SandboxError> {
         let ns = NetNs::open(key)?;
         let netlink = Netlink::connect(&ns).await?;
@@ -240,10 +259,22 @@ impl Kernel for NetlinkKernel {
         })
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "delete_netns")
+    )]
     async fn delete_netns(&self, key: &Path) -> Result<(), SandboxError> {
         NetNs::delete(key).await
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "configure_interface")
+    )]
     async fn configure_interface(
         &self,
         sandbox: &SandboxNs,
@@ -252,6 +283,12 @@ impl Kernel for NetlinkKernel {
         sandbox.netlink.configure_interface(config).await
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "move_to_host")
+    )]
     async fn move_to_host(
         &self,
         sandbox: &SandboxNs,
@@ -264,6 +301,12 @@ impl Kernel for NetlinkKernel {
             .await
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "interface_index")
+    )]
     async fn interface_index(
         &self,
         sandbox: &SandboxNs,
@@ -272,14 +315,22 @@ impl Kernel for NetlinkKernel {
         Ok(sandbox.netlink.link(name.as_str()).await?.map(|l| l.index))
     }
 
+    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "add_route"))]
     async fn add_route(&self, sandbox: &SandboxNs, route: &RouteSpec) -> Result<(), SandboxError> {
         sandbox.netlink.add_route(route).await
     }
 
+    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "del_route"))]
     async fn del_route(&self, sandbox: &SandboxNs, route: &RouteSpec) -> Result<(), SandboxError> {
         sandbox.netlink.del_route(route).await
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "read_resolv_conf")
+    )]
     async fn read_resolv_conf(&self, path: &Path) -> Result<ResolvConf, SandboxError> {
         let owned = path.to_owned();
         tokio::task::spawn_blocking(move || read_resolv_blocking(&owned))
@@ -287,6 +338,12 @@ impl Kernel for NetlinkKernel {
             .map_err(joined("read", path))?
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "prepare_dir")
+    )]
     async fn prepare_dir(
         &self,
         dir: &Path,
@@ -301,10 +358,22 @@ impl Kernel for NetlinkKernel {
         .map_err(joined("create directory", dir))?
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "write_hosts")
+    )]
     fn write_hosts(&self, path: &Path, hosts: &HostsFile) -> Result<(), SandboxError> {
         hosts.write(path)
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "write_resolv_conf")
+    )]
     fn write_resolv_conf(&self, path: &Path, resolv: &ResolvConf) -> Result<(), SandboxError> {
         resolv.write(path)
     }
@@ -313,6 +382,12 @@ impl Kernel for NetlinkKernel {
         path.exists()
     }
 
+    #[tracing::instrument(
+        name = "kernel",
+        level = "debug",
+        skip_all,
+        fields(call = "remove_dir")
+    )]
     async fn remove_dir(&self, dir: &Path) -> Result<(), SandboxError> {
         match tokio::fs::remove_dir_all(dir).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -322,6 +397,7 @@ impl Kernel for NetlinkKernel {
         }
     }
 
+    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "list_dir"))]
     async fn list_dir(&self, dir: &Path) -> Result<Vec<String>, SandboxError> {
         let mut out = Vec::new();
         let mut rd = match tokio::fs::read_dir(dir).await {

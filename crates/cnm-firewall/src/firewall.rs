@@ -716,14 +716,19 @@ impl Firewall {
         &self,
         f: impl FnOnce(&Firewall, &mut TxState) -> Result<T, FirewallError> + Send + 'static,
     ) -> Result<T, FirewallError> {
-        let guard = self.inner.tx.clone().lock_owned().await;
+        // One span from the wait for the lock to the end of the transaction, carried onto the
+        // blocking thread so the transaction's own span nests in the caller's.
+        let span = tracing::debug_span!("firewall");
+        let guard =
+            tracing::Instrument::instrument(self.inner.tx.clone().lock_owned(), span.clone()).await;
         let fw = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let mut guard = guard;
             f(&fw, &mut guard)
-        })
-        .await
-        .map_err(|e| FirewallError::io("join the nftables transaction", io::Error::other(e)))?
+        });
+        task.await
+            .map_err(|e| FirewallError::io("join the nftables transaction", io::Error::other(e)))?
     }
 
     /// Runs one change of the model as one transaction: `plan` reads from the model which

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use cnm_ipam::{AddressRequest, IpamError, PoolId};
 use cnm_types::MacAddress;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -174,6 +176,7 @@ pub(crate) async fn create_endpoint(
         };
         let info = driver
             .create_endpoint(&spec)
+            .instrument(tracing::debug_span!("driver", call = "create_endpoint"))
             .await
             .map_err(|e| CoreError::driver("create endpoint", &name, e))?;
         {

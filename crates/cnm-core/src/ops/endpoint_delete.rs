@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use crate::CoreError;
 use crate::id;
 use crate::model::endpoint::EndpointInner;
@@ -31,6 +33,7 @@ pub(crate) async fn delete_endpoint(
     let net = &ep.network;
     core.driver_of(net)?
         .delete_endpoint(&net.id, &ep.id)
+        .instrument(tracing::debug_span!("driver", call = "delete_endpoint"))
         .await
         .map_err(|e| CoreError::driver("delete endpoint", &ep.name, e))?;
     // Past this point the endpoint is gone from the data plane: finish every step, report all.

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use cnm_sandbox::RouteSpec;
 
 use crate::CoreError;
@@ -58,6 +60,10 @@ pub(crate) async fn program(
     let net = &j.ep.network;
     core.driver_of(net)?
         .program_external_connectivity(&net.id, &j.ep.id, bindings)
+        .instrument(tracing::debug_span!(
+            "driver",
+            call = "program_external_connectivity"
+        ))
         .await
         .map_err(|e| CoreError::driver(op, &j.ep.name, e))
 }
@@ -66,6 +72,10 @@ pub(crate) async fn revoke(core: &Core, j: &Joined) -> Result<(), CoreError> {
     let net = &j.ep.network;
     core.driver_of(net)?
         .revoke_external_connectivity(&net.id, &j.ep.id)
+        .instrument(tracing::debug_span!(
+            "driver",
+            call = "revoke_external_connectivity"
+        ))
         .await
         .map_err(|e| CoreError::driver("withdraw published ports of endpoint", &j.ep.name, e))
 }

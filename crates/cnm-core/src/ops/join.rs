@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use cnm_sandbox::{InterfaceConfig, InterfaceSource, RouteSpec};
 use cnm_types::IfName;
 
@@ -125,6 +127,7 @@ pub(crate) async fn join(
     let result = async {
         let info = driver
             .join(&request)
+            .instrument(tracing::debug_span!("driver", call = "join"))
             .await
             .map_err(|e| CoreError::driver("join endpoint", &ep.name, e))?;
         crate::crash::point("join:after-driver");

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use super::gateway::{revoke, switch_gateway};
 use super::join::write_hosts;
 use super::{commit_join_state, commit_sandbox};
@@ -143,6 +145,7 @@ pub(crate) async fn leave_kernel(
     let left = match core.driver_of(net) {
         Ok(driver) => driver
             .leave(&request)
+            .instrument(tracing::debug_span!("driver", call = "leave"))
             .await
             .map_err(|e| CoreError::driver("leave endpoint", &j.ep.name, e)),
         Err(e) => Err(e),

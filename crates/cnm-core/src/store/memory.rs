@@ -215,6 +215,7 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        let _span = tracing::debug_span!("store_commit").entered();
         self.lock().commit(txn)
     }
 

@@ -9,6 +9,9 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+// The DNS client that asks from inside a namespace: cnm-dns's own test fixture, shared.
+#[path = "../../cnm-dns/tests/common/mod.rs"]
+mod dns_common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -21,6 +24,9 @@ use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink};
 use cnm_testkit::etcd::EtcdServer;
 use cnm_testkit::{TestHost, probe};
 use common::Client;
+use dns_common::{Ask, addrs};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
 const UNDERLAY: &str = "192.168.77";
@@ -526,6 +532,138 @@ async fn an_etcd_outage_keeps_the_data_plane_and_the_cluster_resyncs_after() -> 
     ensure!(
         fdb.matches(&format!("dst {}", c.hosts[1].addr)).count() == 2,
         "host 1's FDB after the outage:\n{fdb}"
+    );
+    Ok(())
+}
+
+/// What `name` resolves to (A) at the resolver of the sandbox `ns`.
+async fn resolve(ns: &NetNs, name: &str) -> Result<Vec<IpAddr>> {
+    let (m, _) = Ask::new(name, RecordType::A)
+        .timeout(Duration::from_secs(8))
+        .from(ns)
+        .await?;
+    Ok(addrs(&m))
+}
+
+/// The answer code of a reverse lookup of `ip` at the resolver of the sandbox `ns`.
+async fn reverse(ns: &NetNs, ip: IpAddr) -> Result<(ResponseCode, String)> {
+    let IpAddr::V4(v4) = ip else {
+        bail!("IPv4 only")
+    };
+    let [a, b, c, d] = v4.octets();
+    let (m, _) = Ask::new(&format!("{d}.{c}.{b}.{a}.in-addr.arpa"), RecordType::PTR)
+        .from(ns)
+        .await?;
+    let name = m
+        .answers
+        .first()
+        .map(|r| r.data.to_string())
+        .unwrap_or_default();
+    Ok((m.response_code, name))
+}
+
+/// Sandboxes find the endpoints of other hosts on their overlay network by name (and alias,
+/// and `name.network`), reach them by it, and the names go when the endpoint leaves or its host
+/// dies (its lease expires).
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn names_resolve_across_hosts_and_go_with_the_remote_endpoint() -> Result<()> {
+    let mut c = cluster(2).await?;
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    h1.expect(
+        "POST",
+        "/networks/create",
+        Some(json!({"Name": "ov", "Driver": "overlay",
+                    "IPAM": {"Config": [{"Subnet": SUBNET}]}})),
+        201,
+    )
+    .await?;
+    until(Duration::from_secs(5), "the network on host 2", || async {
+        Ok(h2.json("GET", "/networks/ov", None).await?.0 == 200)
+    })
+    .await?;
+    let web = sandbox(&h1, "web").await?;
+    let v = h1
+        .expect(
+            "POST",
+            "/cnm/v1/sandboxes/web/connect",
+            Some(json!({"Network": "ov", "Aliases": ["www"]})),
+            200,
+        )
+        .await?;
+    let cidr = v["Endpoints"][0]["IPv4Address"]
+        .as_str()
+        .context("IPv4Address")?;
+    let web_ip: IpAddr = cidr.split('/').next().context("address")?.parse()?;
+    let client = sandbox(&h2, "client").await?;
+    connect(&h2, "client", "ov").await?;
+
+    // Host 2's resolver answers host 1's endpoint, by name, alias and name.network.
+    let took = until(Duration::from_secs(5), "web resolves on host 2", || async {
+        Ok(resolve(&client, "web").await? == [web_ip])
+    })
+    .await?;
+    eprintln!("web resolvable on host 2 {took:?} after client's connect");
+    for name in ["www", "web.ov"] {
+        let got = resolve(&client, name).await?;
+        ensure!(got == [web_ip], "{name} on host 2: {got:?}");
+    }
+    let (code, ptr) = reverse(&client, web_ip).await?;
+    ensure!(
+        code == ResponseCode::NoError && ptr == "web.ov.",
+        "PTR of {web_ip}: {code} {ptr}"
+    );
+    // Reached by the address its name gave, over ICMP and TCP.
+    let _server = cnm_testkit::server::TcpEchoServer::start(&web, web_ip, 7000).await?;
+    until(Duration::from_secs(5), "client reaches web", || async {
+        Ok(probe::icmp(&client, web_ip).await.is_ok())
+    })
+    .await?;
+    probe::tcp(&client, web_ip, 7000).await?;
+
+    // web leaves: the name and its address are gone from host 2.
+    h1.expect(
+        "POST",
+        "/cnm/v1/sandboxes/web/disconnect",
+        Some(json!({"Network": "ov"})),
+        200,
+    )
+    .await?;
+    let took = until(
+        Duration::from_secs(5),
+        "web's names gone on host 2",
+        || async { Ok(reverse(&client, web_ip).await?.0 == ResponseCode::NXDomain) },
+    )
+    .await?;
+    eprintln!("web's names gone from host 2 {took:?} after its disconnect");
+    for name in ["web", "www", "web.ov"] {
+        let got = resolve(&client, name).await?;
+        ensure!(got.is_empty(), "{name} after web left: {got:?}");
+    }
+
+    // Host 1 dies (SIGKILL): its endpoint's names go with its lease.
+    sandbox(&h1, "api").await?;
+    let (api_ip, _) = connect(&h1, "api", "ov").await?;
+    until(Duration::from_secs(5), "api resolves on host 2", || async {
+        Ok(resolve(&client, "api").await? == [api_ip])
+    })
+    .await?;
+    c.hosts[0].kill()?;
+    let killed = Instant::now();
+    until(
+        TTL + Duration::from_secs(4),
+        "api's names gone after host 1 died",
+        || async { Ok(reverse(&client, api_ip).await?.0 == ResponseCode::NXDomain) },
+    )
+    .await
+    .with_context(|| c.hosts[1].log_text())?;
+    eprintln!(
+        "host 1's names gone from host 2 {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    ensure!(
+        resolve(&client, "api").await?.is_empty(),
+        "api still resolves"
     );
     Ok(())
 }

@@ -67,6 +67,8 @@ pub(crate) struct Core {
     pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
     /// The embedded DNS resolver, when on (see [`crate::dns`]).
     pub(crate) dns: crate::dns::Dns,
+    /// The network that gives overlay-like endpoints a way out, if configured.
+    pub(crate) gateway_network: Option<crate::ops::gateway_network::GatewayNetwork>,
     /// The names of global networks' endpoints, shared with the other hosts.
     pub(crate) remote_names: crate::remote_names::RemoteNames,
 }
@@ -133,6 +135,7 @@ impl Core {
             cluster,
             pending: Mutex::new(BTreeMap::new()),
             dns: crate::dns::Dns::default(),
+            gateway_network: None,
             remote_names: crate::remote_names::RemoteNames::default(),
         }
     }

@@ -668,6 +668,126 @@ async fn names_resolve_across_hosts_and_go_with_the_remote_endpoint() -> Result<
     Ok(())
 }
 
+/// The IPv4 address of `ifname` inside `ns`, if it has one.
+async fn addr_of(ns: &NetNs, ifname: &str) -> Result<Option<IpAddr>> {
+    let nl = Netlink::connect(ns).await?;
+    let Some(link) = nl.link(ifname).await? else {
+        return Ok(None);
+    };
+    Ok(nl
+        .addresses(Some(link.index))
+        .await?
+        .into_iter()
+        .map(|a| a.addr.addr())
+        .find(IpAddr::is_ipv4))
+}
+
+/// An overlay sandbox's way out: the gateway bridge (Docker's docker_gwbridge) gives it a
+/// second interface with the default route, masqueraded behind its host's address towards a
+/// "WAN" peer behind host 2; two overlays never meet through it; it goes with the leave.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn overlay_sandboxes_get_out_through_the_gateway_bridge_masqueraded_and_isolated()
+-> Result<()> {
+    let c = cluster(2).await?;
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    // The WAN: a peer namespace behind host 2's own link wan0 (not the machine's eth0).
+    let wan = NetNs::create_anonymous().await?;
+    let wan_nl = Netlink::connect(&wan).await?;
+    wan_nl.loopback_up().await?;
+    let host2 = c.hosts[1].test.netlink();
+    let mut veth = LinkSpec::new(
+        "wan0".parse()?,
+        LinkKind::Veth {
+            peer_name: "eth0".parse()?,
+            peer_ns: Some(wan.clone()),
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: true,
+        },
+    );
+    veth.up = true;
+    host2.create_link(&veth).await?;
+    let wan0 = host2.link("wan0").await?.context("wan0")?;
+    host2
+        .add_address(wan0.index, "203.0.113.1/24".parse()?)
+        .await?;
+    let peer_if = wan_nl.link("eth0").await?.context("eth0 in wan")?;
+    wan_nl
+        .add_address(peer_if.index, "203.0.113.2/24".parse()?)
+        .await?;
+    let peer: IpAddr = "203.0.113.2".parse()?;
+    let server = cnm_testkit::server::TcpEchoServer::start(&wan, peer, 8080).await?;
+
+    for (name, subnet) in [("ov", SUBNET), ("ov2", "10.79.0.0/24")] {
+        h1.expect(
+            "POST",
+            "/networks/create",
+            Some(json!({"Name": name, "Driver": "overlay",
+                        "IPAM": {"Config": [{"Subnet": subnet}]}})),
+            201,
+        )
+        .await?;
+        until(Duration::from_secs(5), "the network on host 2", || async {
+            Ok(h2.json("GET", &format!("/networks/{name}"), None).await?.0 == 200)
+        })
+        .await?;
+    }
+    let a = sandbox(&h2, "a").await?;
+    connect(&h2, "a", "ov").await?;
+    let b = sandbox(&h2, "b").await?;
+    connect(&h2, "b", "ov2").await?;
+    // Each has its overlay interface and one on the gateway bridge, made on first need.
+    let gw = inspect(&h2, "cnm_gwbridge").await?;
+    ensure!(
+        gw["Scope"] == "local" && gw["Driver"] == "bridge",
+        "the gateway network: {gw}"
+    );
+    let a_gw = addr_of(&a, "eth1").await?.context("a has no eth1")?;
+    let b_gw = addr_of(&b, "eth1").await?.context("b has no eth1")?;
+
+    // Out to the WAN peer, which sees host 2's address (masquerade), not the sandbox's.
+    probe::tcp(&a, peer, 8080)
+        .await
+        .context("a → the WAN peer through the gateway bridge")?;
+    let seen = server.peers();
+    ensure!(
+        seen.last().map(std::net::SocketAddr::ip) == Some("203.0.113.1".parse()?),
+        "the WAN peer saw {seen:?}, not host 2's address (a is {a_gw})"
+    );
+
+    // The host reaches b on the gateway bridge; a, on another overlay, does not (no traffic
+    // between containers on the gateway bridge).
+    probe::icmp(c.hosts[1].test.netns(), b_gw)
+        .await
+        .context("host 2 → b's gateway bridge address")?;
+    let quick = probe::Probe::new().timeout(Duration::from_millis(500));
+    ensure!(
+        quick.icmp(&a, b_gw).await.is_err(),
+        "a reached b through the gateway bridge (ICMP)"
+    );
+    let _b_server = cnm_testkit::server::TcpEchoServer::start(&b, b_gw, 7000).await?;
+    ensure!(
+        quick.tcp(&a, b_gw, 7000).await.is_err(),
+        "a reached b through the gateway bridge (TCP)"
+    );
+
+    // The leave takes the gateway interface too; the gateway network stays.
+    h2.expect(
+        "POST",
+        "/cnm/v1/sandboxes/a/disconnect",
+        Some(json!({"Network": "ov"})),
+        200,
+    )
+    .await?;
+    ensure!(
+        Netlink::connect(&a).await?.link("eth1").await?.is_none(),
+        "a kept its gateway interface after leaving the overlay"
+    );
+    inspect(&h2, "cnm_gwbridge").await?;
+    Ok(())
+}
+
 /// Retries `f` (at most `within`) until it succeeds.
 async fn until_ok<F, Fut, T>(within: Duration, what: &str, mut f: F) -> Result<T>
 where

@@ -689,7 +689,7 @@ async fn addr_of(ns: &NetNs, ifname: &str) -> Result<Option<IpAddr>> {
 #[ignore = "privileged: run cargo xtask test"]
 async fn overlay_sandboxes_get_out_through_the_gateway_bridge_masqueraded_and_isolated()
 -> Result<()> {
-    let c = cluster(2).await?;
+    let mut c = cluster(2).await?;
     let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
     // The WAN: a peer namespace behind host 2's own link wan0 (not the machine's eth0).
     let wan = NetNs::create_anonymous().await?;
@@ -771,6 +771,19 @@ async fn overlay_sandboxes_get_out_through_the_gateway_bridge_masqueraded_and_is
         quick.tcp(&a, b_gw, 7000).await.is_err(),
         "a reached b through the gateway bridge (TCP)"
     );
+
+    // Host 2's cnmd restarts: it adopts the gateway network and b's way out works as before.
+    let gw_id = gw["Id"].clone();
+    c.hosts[1].kill()?;
+    c.hosts[1].start()?;
+    let again = inspect(&h2, "cnm_gwbridge").await?;
+    ensure!(
+        again["Id"] == gw_id,
+        "the gateway network after a restart: {again}"
+    );
+    probe::tcp(&b, peer, 8080)
+        .await
+        .context("b → the WAN peer after host 2's restart")?;
 
     // The leave takes the gateway interface too; the gateway network stays.
     h2.expect(

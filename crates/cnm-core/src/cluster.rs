@@ -11,6 +11,7 @@
 //! | `network-subnets` | every global network's subnets | same transaction, compare-and-swap on its version: no two global networks overlap |
 //! | `address/<network id>/<ip>` | the host holding it | per address, `Expect::Absent`, guarded by a check of the network record's version |
 //! | `driver/<name>/…` | the driver's own ([`ScopedStore`](crate::store::ScopedStore)), its facts under `facts/` | by the driver |
+//! | `names/facts/<network id>/<endpoint id>` | the DNS names and addresses of a joined endpoint, under its host's lease (`remote_names.rs`) | by the endpoint's host, at join; withdrawn at leave |
 //!
 //! Endpoint and sandbox records stay in each host's own store: they are that host's.
 //!

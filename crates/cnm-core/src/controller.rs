@@ -62,6 +62,7 @@ pub struct ControllerBuilder {
     resolver: Option<Arc<dyn DriverResolver>>,
     embedded_dns: Option<bool>,
     host_dns: Option<SocketAddr>,
+    gateway_network: Option<crate::ops::gateway_network::GatewayNetwork>,
 }
 
 impl fmt::Debug for ControllerBuilder {
@@ -154,6 +155,29 @@ impl ControllerBuilder {
     /// host dies, the other hosts drop its endpoints within it.
     pub fn cluster_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.lease_ttl = ttl;
+        self
+    }
+
+    /// The local network that gives sandboxes a way out when their endpoints' drivers give
+    /// none (an overlay's: [`JoinInfo::needs_gateway_network`](crate::spi::JoinInfo)), as
+    /// Docker's `docker_gwbridge`: created with `driver` and `options` by the first join that
+    /// needs it, then kept (and adopted on restart like any network). Such a sandbox gets an
+    /// endpoint `gateway_<sandbox>` on it, joined right after the endpoint that needs it (both
+    /// undone together) and removed when nothing needs it any more. Core names no driver:
+    /// cnmd asks for a bridge with inter-container traffic off and masquerading on. None by
+    /// default: such endpoints then have no way out.
+    pub fn gateway_network(
+        mut self,
+        name: impl Into<String>,
+        driver: impl Into<String>,
+        options: NetworkOptions,
+    ) -> Self {
+        self.gateway_network = Some(crate::ops::gateway_network::GatewayNetwork {
+            name: name.into(),
+            driver: driver.into(),
+            options,
+            creating: Arc::default(),
+        });
         self
     }
 
@@ -303,6 +327,7 @@ impl ControllerBuilder {
         let host_ns = kernel.host_ns().clone();
         let mut core = Core::new(kernel, ctx, self.resolv_conf, store, ipam, drivers, cluster);
         core.resolver = self.resolver;
+        core.gateway_network = self.gateway_network;
         let core = Arc::new(core);
         let mut host_dns = None;
         if embedded_dns {
@@ -483,6 +508,7 @@ impl Controller {
             resolver: None,
             embedded_dns: None,
             host_dns: None,
+            gateway_network: None,
         }
     }
 

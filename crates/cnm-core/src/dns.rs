@@ -99,7 +99,7 @@ pub(crate) fn published_names(core: &Core, ep: &EndpointInner) -> Vec<String> {
     }
 }
 
-fn network_dns(net: &NetworkInner) -> NetworkDns {
+pub(crate) fn network_dns(net: &NetworkInner) -> NetworkDns {
     let mut n = NetworkDns::new(net.name.clone()).internal(net.internal());
     for p in net.pools_v4.iter().chain(&net.pools_v6) {
         n = n.subnet(p.subnet);
@@ -217,6 +217,14 @@ pub(crate) async fn join(
             r.remove_endpoint(&net, &id);
             Ok(())
         });
+        if crate::remote_names::shared(core, &ep.network) {
+            crate::remote_names::publish(core, ep, names(ep)).await?;
+            let (core, ep) = (core.clone(), ep.clone());
+            undo.push(
+                "withdraw the endpoint's DNS names from the other hosts",
+                move || async move { crate::remote_names::withdraw(&core, &ep).await },
+            );
+        }
     }
     Ok(())
 }
@@ -236,26 +244,41 @@ pub(crate) async fn leave(
         return Ok(());
     }
     resolver.remove_endpoint(&ep.network.id, &ep.id);
+    let withdrawn = if crate::remote_names::shared(core, &ep.network) {
+        crate::remote_names::withdraw(core, ep).await
+    } else {
+        Ok(())
+    };
     if !any_served(rest) {
         detach(core, &resolver, sb).await?;
     }
-    Ok(())
+    withdrawn
 }
 
-/// A sandbox delete's DNS step, once its record is gone: its endpoints' names go and its
-/// listener stops (its files go with its directory).
-pub(crate) fn sandbox_deleted(core: &Core, sb: &SandboxInner, joined: &[Joined]) {
+/// A sandbox delete's DNS step, once its record is gone: its endpoints' names go (from the
+/// other hosts too) and its listener stops (its files go with its directory).
+pub(crate) async fn sandbox_deleted(
+    core: &Core,
+    sb: &SandboxInner,
+    joined: &[Joined],
+) -> Result<(), CoreError> {
     let Some(resolver) = core.dns.resolver() else {
-        return;
+        return Ok(());
     };
+    let mut errors = crate::undo::Errors::default();
     for j in joined {
         resolver.remove_endpoint(&j.ep.network.id, &j.ep.id);
+        if serves(&j.ep.network) && crate::remote_names::shared(core, &j.ep.network) {
+            errors.check(crate::remote_names::withdraw(core, &j.ep).await);
+        }
     }
     resolver.detach_sandbox(&sb.id);
+    errors.into_result()
 }
 
-/// A network delete's DNS step.
+/// A network delete's DNS step: its names go, the other hosts' too.
 pub(crate) fn network_deleted(core: &Core, net: &NetworkInner) {
+    core.remote_names.forget(&net.id);
     if let Some(resolver) = core.dns.resolver() {
         resolver.remove_network(&net.id);
     }
@@ -276,7 +299,12 @@ pub(crate) async fn replay(core: &Arc<Core>) -> Result<(), CoreError> {
             Some(resolver) if any_served(&joined) => {
                 attach(core, resolver, &sb).await?;
                 for j in joined.iter().filter(|j| serves(&j.ep.network)) {
-                    published += usize::from(publish(resolver, &sb, &j.ep)?);
+                    let named = publish(resolver, &sb, &j.ep)?;
+                    published += usize::from(named);
+                    // A new lease of this host's: its names are written again under it.
+                    if named && crate::remote_names::shared(core, &j.ep.network) {
+                        crate::remote_names::publish(core, &j.ep, names(&j.ep)).await?;
+                    }
                 }
             }
             _ => {

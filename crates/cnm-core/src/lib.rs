@@ -30,7 +30,8 @@
 //! create/delete, join, leave, the gateway's effects, the composed ones, reload); `model/` the
 //! objects as data; `state.rs` what a controller owns; `cluster.rs` what global networks keep
 //! in the cluster store; `facts.rs` drivers' per-endpoint facts; `dns.rs` the embedded DNS's records and
-//! listeners as the operations change them; `kernel.rs` the seam; `testing.rs` a fake
+//! listeners as the operations change them, `remote_names.rs` the names of global networks'
+//! endpoints shared with the other hosts; `kernel.rs` the seam; `testing.rs` a fake
 //! kernel and a fake driver (tests, `test-hooks`); `spi.rs`, `ipam.rs`, `store/`, `options/`,
 //! `record.rs` the contracts and formats; `undo.rs` the undo list drivers use too.
 //!
@@ -90,6 +91,7 @@ mod ops;
 pub mod options;
 pub mod port;
 pub mod record;
+mod remote_names;
 mod resolve;
 mod sandbox;
 pub mod spi;

@@ -224,6 +224,9 @@ pub struct JoinedRecord {
     /// The driver said this endpoint never gives the default route.
     #[serde(default)]
     pub disable_gateway_service: bool,
+    /// The driver said this endpoint has no way out but the controller's gateway network.
+    #[serde(default)]
+    pub needs_gateway_network: bool,
     /// The ports as the driver published them while this is the gateway endpoint (host ports
     /// resolved), re-published as they were on restart.
     #[serde(default)]

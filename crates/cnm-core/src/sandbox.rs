@@ -157,15 +157,21 @@ impl Sandbox {
             .collect()
     }
 
-    /// Leaves every endpoint (they stay, free to join elsewhere), then removes the namespace,
-    /// the files and the record.
+    /// Leaves every endpoint (they stay, free to join elsewhere, but for its endpoint on the
+    /// gateway network, which is deleted), then removes the namespace, the files and the record.
     pub async fn delete(&self) -> Result<(), CoreError> {
         let sb = self.inner.clone();
         run_op(
             upgrade(&self.core)?,
             "delete sandbox",
             self.inner.short().to_owned(),
-            |core| async move { ops::sandbox_delete::delete_sandbox(core, sb).await?.kernel },
+            |core| async move {
+                let deleted = ops::sandbox_delete::delete_sandbox(core.clone(), sb).await?;
+                let mut errors = crate::undo::Errors::default();
+                errors.check(deleted.kernel);
+                errors.check(ops::gateway_network::delete_freed(&core, &deleted.endpoints).await);
+                errors.into_result()
+            },
         )
         .await
     }

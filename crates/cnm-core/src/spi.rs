@@ -709,6 +709,11 @@ pub struct JoinInfo {
     pub static_routes: Vec<StaticRoute>,
     /// When true this endpoint never provides the sandbox's default gateway (internal networks).
     pub disable_gateway_service: bool,
+    /// The driver gives this endpoint no way out of its network (an overlay): unless another
+    /// endpoint of the sandbox gives the default route, or the network is internal, the
+    /// controller joins the sandbox to its gateway network as well (Docker's `docker_gwbridge`,
+    /// see [`ControllerBuilder::gateway_network`](crate::ControllerBuilder::gateway_network)).
+    pub needs_gateway_network: bool,
 }
 
 impl JoinInfo {
@@ -720,6 +725,7 @@ impl JoinInfo {
             gateway_v6: None,
             static_routes: Vec::new(),
             disable_gateway_service: false,
+            needs_gateway_network: false,
         }
     }
 }

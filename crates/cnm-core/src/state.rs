@@ -67,6 +67,10 @@ pub(crate) struct Core {
     pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
     /// The embedded DNS resolver, when on (see [`crate::dns`]).
     pub(crate) dns: crate::dns::Dns,
+    /// The network that gives overlay-like endpoints a way out, if configured.
+    pub(crate) gateway_network: Option<crate::ops::gateway_network::GatewayNetwork>,
+    /// The names of global networks' endpoints, shared with the other hosts.
+    pub(crate) remote_names: crate::remote_names::RemoteNames,
 }
 
 /// A recorded network whose driver was not there at reload (a plugin that registers later).
@@ -131,6 +135,8 @@ impl Core {
             cluster,
             pending: Mutex::new(BTreeMap::new()),
             dns: crate::dns::Dns::default(),
+            gateway_network: None,
+            remote_names: crate::remote_names::RemoteNames::default(),
         }
     }
 
@@ -271,6 +277,7 @@ impl Core {
         self.networks.clear();
         self.network_names.clear();
         self.singletons.clear();
+        self.remote_names.release();
         self.dns.release();
         // [firewall] Nobody heals the rules once their controller is gone; the tables stay for
         // the next controller to adopt.

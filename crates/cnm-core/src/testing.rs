@@ -767,6 +767,8 @@ pub struct FakeDriver {
     kernel: Option<Arc<FakeKernel>>,
     /// Addresses `create_endpoint` gives, for families the controller assigned none in.
     gives: (Option<Ipv4Net>, Option<Ipv6Net>),
+    /// Whether its joins ask for the controller's gateway network (as an overlay's).
+    needs_gateway_network: bool,
     inner: Mutex<DriverInner>,
     faults: Faults<DriverStep>,
 }
@@ -794,6 +796,7 @@ impl FakeDriver {
             },
             kernel,
             gives: (None, None),
+            needs_gateway_network: false,
             inner: Mutex::new(DriverInner::default()),
             faults: Faults::default(),
         }
@@ -808,6 +811,13 @@ impl FakeDriver {
     /// Sets how it makes interfaces.
     pub fn with_mode(mut self, mode: FakeInterfaceMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Makes its joins give no gateway and ask for the controller's gateway network instead
+    /// (as an overlay's).
+    pub fn needing_gateway_network(mut self) -> Self {
+        self.needs_gateway_network = true;
         self
     }
 
@@ -1030,7 +1040,10 @@ impl Driver for FakeDriver {
             .joined
             .insert(req.endpoint_id.clone(), (req.sandbox.key.clone(), name));
         let mut info = JoinInfo::new(interface);
-        if !self.capability.no_gateway {
+        if self.needs_gateway_network {
+            info.disable_gateway_service = true;
+            info.needs_gateway_network = true;
+        } else if !self.capability.no_gateway {
             info.gateway_v4 = req
                 .ipv4
                 .map(|a| std::net::Ipv4Addr::from(u32::from(a.network()) + 1));

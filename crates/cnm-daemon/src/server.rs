@@ -647,6 +647,20 @@ fn stamp(mut resp: Response) -> Response {
     resp
 }
 
+/// The local network that gives overlay endpoints their way out (Docker's `docker_gwbridge`).
+pub const GATEWAY_NETWORK: &str = "cnm_gwbridge";
+
+/// Its options, as dockerd gives docker_gwbridge: a bridge of the same name, masquerading on,
+/// and no inter-container traffic (so two overlay networks never meet through it); no embedded
+/// DNS (its endpoints are not names anyone asks for).
+fn gateway_network_options() -> NetworkOptions {
+    NetworkOptions::default()
+        .driver_option("com.docker.network.bridge.name", GATEWAY_NETWORK)
+        .driver_option("com.docker.network.bridge.enable_icc", "false")
+        .driver_option("com.docker.network.bridge.enable_ip_masquerade", "true")
+        .driver_option(cnm::options::KEY_EMBEDDED_DNS, "false")
+}
+
 /// Creates `none`, `host` and the default `bridge` when missing, marked predefined (the
 /// controller refuses to delete them).
 async fn ensure_predefined(ctl: &Controller) -> Result<(), DaemonError> {
@@ -835,6 +849,8 @@ impl Daemon {
             builder = builder.advertise_addr(addr);
         }
         builder = builder.cluster_lease_ttl(config.cluster_lease_ttl);
+        // Docker's docker_gwbridge: the way out of overlay endpoints, made on first need.
+        builder = builder.gateway_network(GATEWAY_NETWORK, "bridge", gateway_network_options());
         // Plugins are found before the reload too: a recorded network of a plugin's driver
         // comes back once its plugin answers.
         if let Some(plugins) = &config.plugins {

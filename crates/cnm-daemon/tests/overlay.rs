@@ -9,6 +9,9 @@
 #![allow(clippy::print_stderr)]
 
 mod common;
+// The DNS client that asks from inside a namespace: cnm-dns's own test fixture, shared.
+#[path = "../../cnm-dns/tests/common/mod.rs"]
+mod dns_common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -21,6 +24,9 @@ use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink};
 use cnm_testkit::etcd::EtcdServer;
 use cnm_testkit::{TestHost, probe};
 use common::Client;
+use dns_common::{Ask, addrs};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
 const UNDERLAY: &str = "192.168.77";
@@ -527,6 +533,271 @@ async fn an_etcd_outage_keeps_the_data_plane_and_the_cluster_resyncs_after() -> 
         fdb.matches(&format!("dst {}", c.hosts[1].addr)).count() == 2,
         "host 1's FDB after the outage:\n{fdb}"
     );
+    Ok(())
+}
+
+/// What `name` resolves to (A) at the resolver of the sandbox `ns`.
+async fn resolve(ns: &NetNs, name: &str) -> Result<Vec<IpAddr>> {
+    let (m, _) = Ask::new(name, RecordType::A)
+        .timeout(Duration::from_secs(8))
+        .from(ns)
+        .await?;
+    Ok(addrs(&m))
+}
+
+/// The answer code of a reverse lookup of `ip` at the resolver of the sandbox `ns`.
+async fn reverse(ns: &NetNs, ip: IpAddr) -> Result<(ResponseCode, String)> {
+    let IpAddr::V4(v4) = ip else {
+        bail!("IPv4 only")
+    };
+    let [a, b, c, d] = v4.octets();
+    let (m, _) = Ask::new(&format!("{d}.{c}.{b}.{a}.in-addr.arpa"), RecordType::PTR)
+        .from(ns)
+        .await?;
+    let name = m
+        .answers
+        .first()
+        .map(|r| r.data.to_string())
+        .unwrap_or_default();
+    Ok((m.response_code, name))
+}
+
+/// Sandboxes find the endpoints of other hosts on their overlay network by name (and alias,
+/// and `name.network`), reach them by it, and the names go when the endpoint leaves or its host
+/// dies (its lease expires).
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn names_resolve_across_hosts_and_go_with_the_remote_endpoint() -> Result<()> {
+    let mut c = cluster(2).await?;
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    h1.expect(
+        "POST",
+        "/networks/create",
+        Some(json!({"Name": "ov", "Driver": "overlay",
+                    "IPAM": {"Config": [{"Subnet": SUBNET}]}})),
+        201,
+    )
+    .await?;
+    until(Duration::from_secs(5), "the network on host 2", || async {
+        Ok(h2.json("GET", "/networks/ov", None).await?.0 == 200)
+    })
+    .await?;
+    let web = sandbox(&h1, "web").await?;
+    let v = h1
+        .expect(
+            "POST",
+            "/cnm/v1/sandboxes/web/connect",
+            Some(json!({"Network": "ov", "Aliases": ["www"]})),
+            200,
+        )
+        .await?;
+    let cidr = v["Endpoints"][0]["IPv4Address"]
+        .as_str()
+        .context("IPv4Address")?;
+    let web_ip: IpAddr = cidr.split('/').next().context("address")?.parse()?;
+    let client = sandbox(&h2, "client").await?;
+    connect(&h2, "client", "ov").await?;
+
+    // Host 2's resolver answers host 1's endpoint, by name, alias and name.network.
+    let took = until(Duration::from_secs(5), "web resolves on host 2", || async {
+        Ok(resolve(&client, "web").await? == [web_ip])
+    })
+    .await?;
+    eprintln!("web resolvable on host 2 {took:?} after client's connect");
+    for name in ["www", "web.ov"] {
+        let got = resolve(&client, name).await?;
+        ensure!(got == [web_ip], "{name} on host 2: {got:?}");
+    }
+    let (code, ptr) = reverse(&client, web_ip).await?;
+    ensure!(
+        code == ResponseCode::NoError && ptr == "web.ov.",
+        "PTR of {web_ip}: {code} {ptr}"
+    );
+    // Reached by the address its name gave, over ICMP and TCP.
+    let _server = cnm_testkit::server::TcpEchoServer::start(&web, web_ip, 7000).await?;
+    until(Duration::from_secs(5), "client reaches web", || async {
+        Ok(probe::icmp(&client, web_ip).await.is_ok())
+    })
+    .await?;
+    probe::tcp(&client, web_ip, 7000).await?;
+
+    // web leaves: the name and its address are gone from host 2.
+    h1.expect(
+        "POST",
+        "/cnm/v1/sandboxes/web/disconnect",
+        Some(json!({"Network": "ov"})),
+        200,
+    )
+    .await?;
+    let took = until(
+        Duration::from_secs(5),
+        "web's names gone on host 2",
+        || async { Ok(reverse(&client, web_ip).await?.0 == ResponseCode::NXDomain) },
+    )
+    .await?;
+    eprintln!("web's names gone from host 2 {took:?} after its disconnect");
+    for name in ["web", "www", "web.ov"] {
+        let got = resolve(&client, name).await?;
+        ensure!(got.is_empty(), "{name} after web left: {got:?}");
+    }
+
+    // Host 1 dies (SIGKILL): its endpoint's names go with its lease.
+    sandbox(&h1, "api").await?;
+    let (api_ip, _) = connect(&h1, "api", "ov").await?;
+    until(Duration::from_secs(5), "api resolves on host 2", || async {
+        Ok(resolve(&client, "api").await? == [api_ip])
+    })
+    .await?;
+    c.hosts[0].kill()?;
+    let killed = Instant::now();
+    until(
+        TTL + Duration::from_secs(4),
+        "api's names gone after host 1 died",
+        || async { Ok(reverse(&client, api_ip).await?.0 == ResponseCode::NXDomain) },
+    )
+    .await
+    .with_context(|| c.hosts[1].log_text())?;
+    eprintln!(
+        "host 1's names gone from host 2 {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    ensure!(
+        resolve(&client, "api").await?.is_empty(),
+        "api still resolves"
+    );
+    Ok(())
+}
+
+/// The IPv4 address of `ifname` inside `ns`, if it has one.
+async fn addr_of(ns: &NetNs, ifname: &str) -> Result<Option<IpAddr>> {
+    let nl = Netlink::connect(ns).await?;
+    let Some(link) = nl.link(ifname).await? else {
+        return Ok(None);
+    };
+    Ok(nl
+        .addresses(Some(link.index))
+        .await?
+        .into_iter()
+        .map(|a| a.addr.addr())
+        .find(IpAddr::is_ipv4))
+}
+
+/// An overlay sandbox's way out: the gateway bridge (Docker's docker_gwbridge) gives it a
+/// second interface with the default route, masqueraded behind its host's address towards a
+/// "WAN" peer behind host 2; two overlays never meet through it; it goes with the leave.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn overlay_sandboxes_get_out_through_the_gateway_bridge_masqueraded_and_isolated()
+-> Result<()> {
+    let mut c = cluster(2).await?;
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    // The WAN: a peer namespace behind host 2's own link wan0 (not the machine's eth0).
+    let wan = NetNs::create_anonymous().await?;
+    let wan_nl = Netlink::connect(&wan).await?;
+    wan_nl.loopback_up().await?;
+    let host2 = c.hosts[1].test.netlink();
+    let mut veth = LinkSpec::new(
+        "wan0".parse()?,
+        LinkKind::Veth {
+            peer_name: "eth0".parse()?,
+            peer_ns: Some(wan.clone()),
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: true,
+        },
+    );
+    veth.up = true;
+    host2.create_link(&veth).await?;
+    let wan0 = host2.link("wan0").await?.context("wan0")?;
+    host2
+        .add_address(wan0.index, "203.0.113.1/24".parse()?)
+        .await?;
+    let peer_if = wan_nl.link("eth0").await?.context("eth0 in wan")?;
+    wan_nl
+        .add_address(peer_if.index, "203.0.113.2/24".parse()?)
+        .await?;
+    let peer: IpAddr = "203.0.113.2".parse()?;
+    let server = cnm_testkit::server::TcpEchoServer::start(&wan, peer, 8080).await?;
+
+    for (name, subnet) in [("ov", SUBNET), ("ov2", "10.79.0.0/24")] {
+        h1.expect(
+            "POST",
+            "/networks/create",
+            Some(json!({"Name": name, "Driver": "overlay",
+                        "IPAM": {"Config": [{"Subnet": subnet}]}})),
+            201,
+        )
+        .await?;
+        until(Duration::from_secs(5), "the network on host 2", || async {
+            Ok(h2.json("GET", &format!("/networks/{name}"), None).await?.0 == 200)
+        })
+        .await?;
+    }
+    let a = sandbox(&h2, "a").await?;
+    connect(&h2, "a", "ov").await?;
+    let b = sandbox(&h2, "b").await?;
+    connect(&h2, "b", "ov2").await?;
+    // Each has its overlay interface and one on the gateway bridge, made on first need.
+    let gw = inspect(&h2, "cnm_gwbridge").await?;
+    ensure!(
+        gw["Scope"] == "local" && gw["Driver"] == "bridge",
+        "the gateway network: {gw}"
+    );
+    let a_gw = addr_of(&a, "eth1").await?.context("a has no eth1")?;
+    let b_gw = addr_of(&b, "eth1").await?.context("b has no eth1")?;
+
+    // Out to the WAN peer, which sees host 2's address (masquerade), not the sandbox's.
+    probe::tcp(&a, peer, 8080)
+        .await
+        .context("a → the WAN peer through the gateway bridge")?;
+    let seen = server.peers();
+    ensure!(
+        seen.last().map(std::net::SocketAddr::ip) == Some("203.0.113.1".parse()?),
+        "the WAN peer saw {seen:?}, not host 2's address (a is {a_gw})"
+    );
+
+    // The host reaches b on the gateway bridge; a, on another overlay, does not (no traffic
+    // between containers on the gateway bridge).
+    probe::icmp(c.hosts[1].test.netns(), b_gw)
+        .await
+        .context("host 2 → b's gateway bridge address")?;
+    let quick = probe::Probe::new().timeout(Duration::from_millis(500));
+    ensure!(
+        quick.icmp(&a, b_gw).await.is_err(),
+        "a reached b through the gateway bridge (ICMP)"
+    );
+    let _b_server = cnm_testkit::server::TcpEchoServer::start(&b, b_gw, 7000).await?;
+    ensure!(
+        quick.tcp(&a, b_gw, 7000).await.is_err(),
+        "a reached b through the gateway bridge (TCP)"
+    );
+
+    // Host 2's cnmd restarts: it adopts the gateway network and b's way out works as before.
+    let gw_id = gw["Id"].clone();
+    c.hosts[1].kill()?;
+    c.hosts[1].start()?;
+    let again = inspect(&h2, "cnm_gwbridge").await?;
+    ensure!(
+        again["Id"] == gw_id,
+        "the gateway network after a restart: {again}"
+    );
+    probe::tcp(&b, peer, 8080)
+        .await
+        .context("b → the WAN peer after host 2's restart")?;
+
+    // The leave takes the gateway interface too; the gateway network stays.
+    h2.expect(
+        "POST",
+        "/cnm/v1/sandboxes/a/disconnect",
+        Some(json!({"Network": "ov"})),
+        200,
+    )
+    .await?;
+    ensure!(
+        Netlink::connect(&a).await?.link("eth1").await?.is_none(),
+        "a kept its gateway interface after leaving the overlay"
+    );
+    inspect(&h2, "cnm_gwbridge").await?;
     Ok(())
 }
 

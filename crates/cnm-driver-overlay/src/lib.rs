@@ -20,8 +20,10 @@
 //!   nothing is flooded over the underlay.
 //!
 //! **Does not**
-//! - give the network a gateway or a way out (no gateway bridge yet): sandboxes on an overlay
-//!   reach each other, not the outside;
+//! - give the network a gateway or a way out: its joins ask for the controller's gateway
+//!   network ([`JoinInfo::needs_gateway_network`]; cnmd's `cnm_gwbridge`, a local bridge with
+//!   masquerading and no inter-container traffic, as Docker's docker_gwbridge), whose
+//!   endpoint the controller joins to the sandbox with the default route;
 //! - put addresses or routes inside the sandbox (the controller does);
 //! - run any program: everything goes over netlink through `cnm-sandbox`.
 
@@ -543,8 +545,10 @@ impl OverlayDriver {
         undo.finish(result).await?;
         *lock(&ep.joined) = Some(host_if);
         let mut info = JoinInfo::new(JoinedInterface::InSandbox { index: None });
-        // No way out of an overlay yet: never the sandbox's default gateway.
+        // Never the sandbox's default gateway: the way out is the controller's gateway
+        // network (Docker's docker_gwbridge), which the controller joins the sandbox to.
         info.disable_gateway_service = true;
+        info.needs_gateway_network = true;
         Ok(info)
     }
 

@@ -60,6 +60,7 @@ impl Joined {
                 .map(|r| (r.destination, r.next_hop))
                 .collect(),
             disable_gateway_service: self.info.disable_gateway_service,
+            needs_gateway_network: self.info.needs_gateway_network,
             published: self.published.clone(),
         }
     }
@@ -90,6 +91,7 @@ impl Joined {
         info.gateway_v4 = rec.gateway_v4;
         info.gateway_v6 = rec.gateway_v6;
         info.disable_gateway_service = rec.disable_gateway_service;
+        info.needs_gateway_network = rec.needs_gateway_network;
         info.static_routes = rec
             .static_routes
             .iter()

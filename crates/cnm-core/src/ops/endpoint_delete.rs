@@ -56,14 +56,18 @@ pub(crate) async fn delete_endpoint(
     if net.is_global()
         && let Some(cluster) = &core.cluster
     {
-        let key = crate::facts::cluster_key(&net.driver_name, &net.id, &ep.id);
-        errors.check(
-            cluster
-                .store
-                .delete(&key, Expect::Any)
-                .await
-                .map_err(|e| CoreError::store("delete", &key, e)),
-        );
+        for key in [
+            crate::facts::cluster_key(&net.driver_name, &net.id, &ep.id),
+            crate::remote_names::cluster_key(&net.id, &ep.id),
+        ] {
+            errors.check(
+                cluster
+                    .store
+                    .delete(&key, Expect::Any)
+                    .await
+                    .map_err(|e| CoreError::store("delete", &key, e)),
+            );
+        }
     }
     {
         let mut st = net.state();

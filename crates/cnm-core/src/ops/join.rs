@@ -20,8 +20,28 @@ use crate::spi::{JoinInfo, JoinRequest, JoinedInterface, LeaveRequest};
 use crate::state::Core;
 use crate::undo::Undo;
 
-/// Joins `ep` to `sb` with gateway `priority`.
+/// Joins `ep` to `sb` with gateway `priority`, then attaches the sandbox to the gateway network
+/// or detaches it, as it now needs ([`super::gateway_network`]); if that fails, `ep` leaves
+/// again.
 pub(crate) async fn join(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    priority: i32,
+) -> Result<(), CoreError> {
+    join_one(core, sb, ep, priority).await?;
+    if let Err(e) = super::gateway_network::reconcile(core, sb).await {
+        let cleanup = super::leave::leave_one(core, sb, ep).await;
+        return Err(crate::undo::with_cleanup(
+            e,
+            cleanup.err().into_iter().collect(),
+        ));
+    }
+    Ok(())
+}
+
+/// Joins `ep` to `sb` with gateway `priority`, and nothing else.
+pub(crate) async fn join_one(
     core: &Arc<Core>,
     sb: &Arc<SandboxInner>,
     ep: &Arc<EndpointInner>,

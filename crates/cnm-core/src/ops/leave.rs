@@ -19,8 +19,28 @@ use crate::spi::LeaveRequest;
 use crate::state::Core;
 use crate::undo::{Errors, Undo};
 
-/// Leaves `ep` from `sb`.
+/// Leaves `ep` from `sb`; then the sandbox leaves the gateway network if nothing needs it any
+/// more ([`super::gateway_network`]).
 pub(crate) async fn leave(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+) -> Result<(), CoreError> {
+    let left = leave_one(core, sb, ep).await;
+    if matches!(
+        left.as_ref().map_err(CoreError::primary),
+        Err(CoreError::NotJoined { .. })
+    ) {
+        return left;
+    }
+    let mut errors = Errors::default();
+    errors.check(left);
+    errors.check(super::gateway_network::reconcile(core, sb).await);
+    errors.into_result()
+}
+
+/// Leaves `ep` from `sb`, and nothing else.
+pub(crate) async fn leave_one(
     core: &Arc<Core>,
     sb: &Arc<SandboxInner>,
     ep: &Arc<EndpointInner>,

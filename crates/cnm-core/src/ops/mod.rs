@@ -12,6 +12,7 @@
 //! | delete a sandbox | [`sandbox_delete`] | records first (one transaction), then every leave in the kernel, the namespace, the files |
 //! | join | [`join`] | driver join → one interface call → gateway choice → hosts → records (one transaction) |
 //! | leave | [`leave`] | records first, then the kernel |
+//! | attach to / detach from the gateway network after a join or leave | [`gateway_network`] | a join and its gateway endpoint's are undone together |
 //! | connect, disconnect, remove a sandbox with its endpoints | [`connect`] | composed of the above, undone together |
 //! | reload on start | [`reload`] | records (the cluster's global networks too) → objects, IPAM, drivers, kernel reconciled, sweep, then the cluster watch |
 //! | sync with the cluster, register a late driver | [`reload`] | adopt other hosts' global networks, drop those they deleted; restore the networks that waited for a driver |
@@ -27,6 +28,7 @@ pub(crate) mod connect;
 pub(crate) mod endpoint_create;
 pub(crate) mod endpoint_delete;
 pub(crate) mod gateway;
+pub(crate) mod gateway_network;
 pub(crate) mod join;
 pub(crate) mod leave;
 pub(crate) mod network_create;

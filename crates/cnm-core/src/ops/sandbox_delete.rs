@@ -69,9 +69,9 @@ pub(crate) async fn delete_sandbox(
         s.joined.clear();
     }
     core.sandboxes.remove(&sb.id);
-    crate::dns::sandbox_deleted(&core, &sb, &joined);
-    crate::crash::point("sandbox-delete:after-record");
     let mut errors = Errors::default();
+    errors.check(crate::dns::sandbox_deleted(&core, &sb, &joined).await);
+    crate::crash::point("sandbox-delete:after-record");
     for j in joined.iter().rev() {
         let gw = st.gateway.as_deref() == Some(j.ep.id.as_str());
         leave_kernel(&core, &sb, j, gw, &mut errors).await;

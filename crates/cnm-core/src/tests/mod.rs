@@ -6,6 +6,7 @@
 
 mod concurrency;
 mod conflicts;
+mod gateway_network;
 mod global;
 mod life_cycle;
 mod orchestration;

@@ -22,7 +22,7 @@ use crate::model::network::NetworkInner;
 use crate::model::sandbox::{Joined, SandboxInner};
 use crate::options::{EndpointOptions, NetworkOptions};
 use crate::state::Core;
-use crate::undo::with_cleanup;
+use crate::undo::Cleanup;
 
 /// The gateway network as the builder configured it.
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ async fn attach(
         }
         Err(e) => {
             let cleanup = delete_endpoint(core.clone(), ep).await;
-            Err(with_cleanup(e, cleanup.err().into_iter().collect()))
+            Err(e.with_cleanup(cleanup.err().into_iter().collect()))
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::undo::Cleanup;
+
 use tracing::Instrument as _;
 
 use cnm_sandbox::{InterfaceConfig, InterfaceSource, RouteSpec};
@@ -32,10 +34,7 @@ pub(crate) async fn join(
     join_one(core, sb, ep, priority).await?;
     if let Err(e) = super::gateway_network::reconcile(core, sb).await {
         let cleanup = super::leave::leave_one(core, sb, ep).await;
-        return Err(crate::undo::with_cleanup(
-            e,
-            cleanup.err().into_iter().collect(),
-        ));
+        return Err(e.with_cleanup(cleanup.err().into_iter().collect()));
     }
     Ok(())
 }

@@ -274,6 +274,8 @@ fn dns_bench(cargo: &str, quick: bool) -> Result<bool> {
         "1000",
         "--seconds",
         seconds,
+        "--rounds",
+        "3",
         "--dnsperf",
     ]
     .map(String::from)

@@ -5,14 +5,16 @@
 //! cargo bench -p cnm-dns --bench local_names                     # built-in load generator
 //! cargo bench -p cnm-dns --bench local_names -- --dnsperf         # dnsperf too, if installed
 //! cargo bench -p cnm-dns --bench local_names -- --names 1000 --seconds 5 --clients 2 --attach 200
-//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns
+//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3
 //! cargo xtask bench dns                                           # the last one, in a private mount namespace
 //! ```
 //!
 //! With `--aardvark PATH`, aardvark-dns (what netavark starts for podman) serves the same
 //! records from a config directory in its own format, in a throwaway namespace, bound to the
 //! network's gateway address as netavark binds it; the same load (the closed-loop client and
-//! dnsperf) runs against both. aardvark-dns answers only clients whose source address is a
+//! dnsperf) runs against both, in turn, `--rounds` times; the summary is the median of the
+//! per-round ratios, and beside each dnsperf rate the server's CPU time per answered query
+//! (from /proc), which a loaded machine skews far less than the rate. aardvark-dns answers only clients whose source address is a
 //! container of the network, so the client asks from such an address. The forwarded-query
 //! figure asks cnm's resolver for names it forwards to an upstream the bench runs on the
 //! host namespace's loopback, next to the same questions asked of that upstream directly.
@@ -42,6 +44,7 @@ struct Opts {
     attach: usize,
     dnsperf: bool,
     aardvark: Option<std::path::PathBuf>,
+    rounds: usize,
 }
 
 /// Closed-loop figures.
@@ -62,13 +65,16 @@ struct AttachReport {
     fds_per_sandbox: f64,
 }
 
-/// dnsperf's figures: its rate, and the latency of every answered query (from `-v`).
+/// dnsperf's figures: its rate, and the latency of every answered query (from `-v`); and the
+/// CPU time the server spent per answered query, which the load of a shared machine does not
+/// skew as it skews the rate (a starved server answers fewer queries, not dearer ones).
 #[derive(Debug)]
 struct DnsperfReport {
     qps: f64,
     lost: usize,
     p50_us: f64,
     p99_us: f64,
+    server_cpu_us: f64,
 }
 
 /// A DNS server to measure and where to ask it from.
@@ -78,6 +84,20 @@ struct Target {
     server: SocketAddr,
     /// The client's source address (aardvark-dns answers known containers only).
     source: IpAddr,
+    /// The process serving it, whose CPU time is measured.
+    pid: u32,
+}
+
+/// The CPU time (user + system, every thread) process `pid` has used, in µs.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) end with `)`; utime and stime
+    // are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    Ok(ticks as f64 * 10_000.0)
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -278,13 +298,24 @@ async fn dnsperf(
     ]
     .map(str::to_owned)
     .to_vec();
+    // Its output (a line per query) goes to a file, not a pipe: a pipe would have this
+    // process read some 100,000 lines a second while it is also the resolver being measured.
+    let report = dir.join("dnsperf-output");
+    let stdout = std::fs::File::create(&report)?;
+    let cpu_before = cpu_us(t.pid)?;
     let out =
-        t.ns.run(move || std::process::Command::new("dnsperf").args(&args).output())
-            .await??;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        t.ns.run(move || {
+            std::process::Command::new("dnsperf")
+                .args(&args)
+                .stdout(stdout)
+                .output()
+        })
+        .await??;
+    let server_cpu = cpu_us(t.pid)? - cpu_before;
     if !out.status.success() {
         bail!("dnsperf failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let text = std::fs::read_to_string(&report)?;
     let field = |label: &str, nth: usize| -> Result<f64> {
         text.lines()
             .find(|l| l.trim_start().starts_with(label))
@@ -305,14 +336,20 @@ async fn dnsperf(
         lost: field("Queries lost:", 2)? as usize,
         p50_us: percentile(&latencies, 50.0),
         p99_us: percentile(&latencies, 99.0),
+        server_cpu_us: server_cpu / field("Queries completed:", 2)?,
     })
 }
 
 /// aardvark-dns serving the same records, started as netavark starts it (`--config DIR -p 53
 /// run`, bound to the gateway listed first in the network's file), in a namespace of its own
 /// whose loopback holds the gateway and the client's container address.
+///
+/// `run` forks: the server is the child it leaves behind, which writes its pid to
+/// `DIR/aardvark.pid` (where netavark reads it to send SIGHUP), so that is the process measured
+/// and stopped.
 struct Aardvark {
     child: std::process::Child,
+    server_pid: u32,
     target: Target,
 }
 
@@ -320,6 +357,12 @@ impl Drop for Aardvark {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // 0 until the pid file was read (`kill 0` would signal our own process group).
+        if self.server_pid != 0 {
+            let _ = std::process::Command::new("kill")
+                .arg(self.server_pid.to_string())
+                .status();
+        }
     }
 }
 
@@ -361,12 +404,14 @@ async fn start_aardvark(
                 .with_context(|| format!("start {}", program.display()))
         })
         .await??;
-    let a = Aardvark {
+    let mut a = Aardvark {
         child,
+        server_pid: 0,
         target: Target {
             ns,
             server: SocketAddr::new(gateway, 53),
             source,
+            pid: 0,
         },
     };
     // Ready when it answers (bounded).
@@ -392,6 +437,13 @@ async fn start_aardvark(
             }
         })
         .await??;
+    let pid_file = dir.join("aardvark.pid");
+    a.server_pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("read {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("a pid in {}", pid_file.display()))?;
+    a.target.pid = a.server_pid;
     Ok(a)
 }
 
@@ -415,6 +467,7 @@ fn parse_opts() -> Result<Opts> {
         attach: 100,
         dnsperf: false,
         aardvark: None,
+        rounds: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -429,6 +482,7 @@ fn parse_opts() -> Result<Opts> {
             "--seconds" => o.seconds = num("--seconds")?,
             "--clients" => o.clients = num("--clients")? as usize,
             "--attach" => o.attach = num("--attach")? as usize,
+            "--rounds" => o.rounds = (num("--rounds")? as usize).max(1),
             "--dnsperf" => o.dnsperf = true,
             "--aardvark" => {
                 o.aardvark = Some(args.next().context("--aardvark needs a path")?.into());
@@ -450,8 +504,8 @@ fn show(who: &str, what: &str, r: &QueryReport) {
 
 fn show_dnsperf(who: &str, r: &DnsperfReport) {
     println!(
-        "{who:<12} {:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs",
-        "dnsperf -c 4 -q 64", r.lost, r.qps, r.p50_us, r.p99_us
+        "{who:<12} {:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server CPU {:.2} µs/query",
+        "dnsperf -c 4 -q 64", r.lost, r.qps, r.p50_us, r.p99_us, r.server_cpu_us
     );
 }
 
@@ -469,6 +523,7 @@ async fn main() -> Result<()> {
         ns: ns.clone(),
         server: SocketAddr::from(([127, 0, 0, 11], 53)),
         source: IpAddr::from([127, 0, 0, 1]),
+        pid: std::process::id(),
     };
     let aardvark = match &o.aardvark {
         Some(p) => Some(start_aardvark(&host, p, o.names).await?),
@@ -476,32 +531,52 @@ async fn main() -> Result<()> {
     };
     let what = format!("{} names, {} client(s)", o.names, o.clients);
     println!(
-        "local names, UDP, closed loop ({what}) and dnsperf; {} s each",
-        o.seconds
+        "local names, UDP, closed loop ({what}) and dnsperf; {} s each, {} round(s), cnm and aardvark-dns in turn",
+        o.seconds, o.rounds
     );
-    let r = closed_loop(&cnm, o.names, o.seconds, o.clients, local_name).await?;
-    show("cnm", "closed loop", &r);
-    if let Some(a) = &aardvark {
-        let r = closed_loop(&a.target, o.names, o.seconds, o.clients, local_name).await?;
-        show("aardvark-dns", "closed loop", &r);
-    }
-    if o.dnsperf {
-        let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir()).await?;
-        show_dnsperf("cnm", &c);
+    // Rounds alternate the servers so that both see the same share of a loaded machine; the
+    // ratios are taken per round and their median is the figure.
+    let mut closed_ratios = Vec::new();
+    let mut perf_ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
+    for _ in 0..o.rounds {
+        let c = closed_loop(&cnm, o.names, o.seconds, o.clients, local_name).await?;
+        show("cnm", "closed loop", &c);
         if let Some(a) = &aardvark {
-            let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir()).await?;
-            show_dnsperf("aardvark-dns", &d);
-            println!(
-                "cnm/aardvark-dns rate: {:.2}x (dnsperf), goal >= 2x",
-                c.qps / d.qps
-            );
+            let d = closed_loop(&a.target, o.names, o.seconds, o.clients, local_name).await?;
+            show("aardvark-dns", "closed loop", &d);
+            closed_ratios.push(c.qps / d.qps);
         }
+        if o.dnsperf {
+            let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir()).await?;
+            show_dnsperf("cnm", &c);
+            if let Some(a) = &aardvark {
+                let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir()).await?;
+                show_dnsperf("aardvark-dns", &d);
+                perf_ratios.push(c.qps / d.qps);
+                cpu_ratios.push(d.server_cpu_us / c.server_cpu_us);
+            }
+        }
+    }
+    if aardvark.is_some() {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 50.0)
+        };
+        println!(
+            "cnm/aardvark-dns, median of {} round(s): rate {:.2}x closed loop, {:.2}x dnsperf (goal >= 2x); server CPU per query {:.2}x less",
+            o.rounds,
+            median(closed_ratios),
+            median(perf_ratios),
+            median(cpu_ratios)
+        );
     }
     // Forwarded: the same upstream asked through cnm's resolver and directly.
     let direct = Target {
         ns: host.netns().clone(),
         server: upstream,
         source: upstream.ip(),
+        pid: std::process::id(),
     };
     let f = closed_loop(&cnm, o.names, o.seconds, 1, forwarded_name).await?;
     show("cnm", "forwarded to local upstream", &f);

@@ -7,9 +7,9 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 
-use crate::name::query_key;
+use crate::name::{KeyBuf, query_key};
 use crate::records::{Found, HostFound, Ptr, Records, Want};
-use crate::wire::response_to;
+use crate::wire::Reply;
 
 /// Who is asking.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +24,7 @@ pub(crate) enum View<'a> {
 #[derive(Debug)]
 pub(crate) enum Decision {
     /// Answer this.
-    Answer(Message),
+    Answer(Reply),
     /// Not ours: forward (the caller checks whether the sandbox may).
     Forward,
 }
@@ -32,7 +32,7 @@ pub(crate) enum Decision {
 /// Decides how to answer `query` (already checked by [`crate::wire::parse_query`]).
 pub(crate) fn decide(records: &Records, view: View<'_>, query: &Message, ttl: u32) -> Decision {
     let q = &query.queries[0];
-    let answer = |code| Decision::Answer(response_to(query, code));
+    let answer = |code| Decision::Answer(Reply::code(code));
     if q.query_class() != DNSClass::IN {
         return answer(ResponseCode::Refused);
     }
@@ -49,16 +49,15 @@ pub(crate) fn decide(records: &Records, view: View<'_>, query: &Message, ttl: u3
             View::Host(_) => records.host_ptr(ip),
         };
         return match ptr {
-            Ptr::Name(target) => {
-                let mut resp = response_to(query, ResponseCode::NoError);
-                resp.metadata.authoritative = true;
-                resp.add_answer(Record::from_rdata(
+            Ptr::Name(target) => Decision::Answer(Reply {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                answers: vec![Record::from_rdata(
                     q.name().clone(),
                     ttl,
                     RData::PTR(PTR(target)),
-                ));
-                Decision::Answer(resp)
-            }
+                )],
+            }),
             Ptr::NxDomain => answer(ResponseCode::NXDomain),
             Ptr::NotOurs => match view {
                 View::Sandbox(_) => Decision::Forward,
@@ -71,8 +70,9 @@ pub(crate) fn decide(records: &Records, view: View<'_>, query: &Message, ttl: u3
         v4: matches!(qtype, RecordType::A | RecordType::ANY),
         v6: matches!(qtype, RecordType::AAAA | RecordType::ANY),
     };
-    let key = query_key(q.name());
-    let found = match (view, key.as_deref()) {
+    let mut buf = KeyBuf::new();
+    let key = query_key(q.name(), &mut buf);
+    let found = match (view, key) {
         (View::Sandbox(s), Some(key)) => records.sandbox_lookup(s, key, want),
         (View::Sandbox(_), None) => Found::Unknown,
         (View::Host(domain), Some(key)) => match records.host_lookup(key, domain, want) {
@@ -84,27 +84,32 @@ pub(crate) fn decide(records: &Records, view: View<'_>, query: &Message, ttl: u3
     };
     match found {
         Found::Addrs(addrs) => {
-            let mut resp = response_to(query, ResponseCode::NoError);
-            resp.metadata.authoritative = true;
-            for addr in addrs {
-                let rdata = match addr {
-                    IpAddr::V4(a) => RData::A(A(a)),
-                    IpAddr::V6(a) => RData::AAAA(AAAA(a)),
-                };
-                resp.add_answer(Record::from_rdata(q.name().clone(), ttl, rdata));
-            }
-            Decision::Answer(resp)
+            let answers = addrs
+                .into_iter()
+                .map(|addr| {
+                    let rdata = match addr {
+                        IpAddr::V4(a) => RData::A(A(a)),
+                        IpAddr::V6(a) => RData::AAAA(AAAA(a)),
+                    };
+                    Record::from_rdata(q.name().clone(), ttl, rdata)
+                })
+                .collect();
+            Decision::Answer(Reply {
+                code: ResponseCode::NoError,
+                authoritative: true,
+                answers,
+            })
         }
         // A name we know with nothing of this type: NOERROR, no answer, never forwarded.
-        Found::NoData => {
-            let mut resp = response_to(query, ResponseCode::NoError);
-            resp.metadata.authoritative = true;
-            Decision::Answer(resp)
-        }
+        Found::NoData => Decision::Answer(Reply {
+            code: ResponseCode::NoError,
+            authoritative: true,
+            answers: Vec::new(),
+        }),
         Found::Unknown => {
             // Docker's rule: when the sandbox's resolv.conf sets ndots itself, a single-label
             // name is the client's first try before its search list; keep it home.
-            if let (View::Sandbox(s), Some(key)) = (view, key.as_deref())
+            if let (View::Sandbox(s), Some(key)) = (view, key)
                 && matches!(qtype, RecordType::A | RecordType::AAAA)
                 && !key.contains('.')
                 && records.sandbox(s).is_some_and(|sbx| sbx.dns.ndots_set)
@@ -161,17 +166,23 @@ mod tests {
         decide(r, View::Sandbox("s1"), &ask(name, qtype), 0)
     }
 
-    fn answered(d: Decision) -> Message {
-        match d {
-            Decision::Answer(m) => m,
+    /// The response `view` gets to `query`, which must be answered locally.
+    fn answered_to(r: &Records, view: View<'_>, query: &Message) -> Message {
+        match decide(r, view, query, 0) {
+            Decision::Answer(reply) => reply.into_message(query),
             Decision::Forward => panic!("expected a local answer"),
         }
+    }
+
+    /// The response sandbox `s1` gets when it asks for `name`.
+    fn answered(r: &Records, name: &str, qtype: RecordType) -> Message {
+        answered_to(r, View::Sandbox("s1"), &ask(name, qtype))
     }
 
     #[test]
     fn local_names_answer_case_insensitively() {
         let r = records();
-        let m = answered(from_s1(&r, "WEB.", RecordType::A));
+        let m = answered(&r, "WEB.", RecordType::A);
         assert_eq!(m.response_code, ResponseCode::NoError);
         assert!(m.authoritative && m.recursion_available && m.recursion_desired);
         assert_eq!(m.answers.len(), 1);
@@ -180,7 +191,7 @@ mod tests {
             "WEB.",
             "the owner name echoes the question"
         );
-        let m = answered(from_s1(&r, "web.", RecordType::MX));
+        let m = answered(&r, "web.", RecordType::MX);
         assert_eq!(
             (m.response_code, m.answers.len()),
             (ResponseCode::NoError, 0)
@@ -194,12 +205,12 @@ mod tests {
     #[test]
     fn reverse_names_inside_our_subnets_stay_home() {
         let r = records();
-        let m = answered(from_s1(&r, "2.0.1.10.in-addr.arpa.", RecordType::PTR));
+        let m = answered(&r, "2.0.1.10.in-addr.arpa.", RecordType::PTR);
         let RData::PTR(PTR(target)) = &m.answers[0].data else {
             panic!()
         };
         assert_eq!(target.to_ascii(), "web.front.");
-        let m = answered(from_s1(&r, "9.0.1.10.in-addr.arpa.", RecordType::PTR));
+        let m = answered(&r, "9.0.1.10.in-addr.arpa.", RecordType::PTR);
         assert_eq!(m.response_code, ResponseCode::NXDomain);
         assert!(matches!(
             from_s1(&r, "1.2.0.192.in-addr.arpa.", RecordType::PTR),
@@ -225,7 +236,7 @@ mod tests {
                 ndots_set: true,
             },
         );
-        let m = answered(from_s1(&r, "printer.", RecordType::A));
+        let m = answered(&r, "printer.", RecordType::A);
         assert_eq!(
             (m.response_code, m.answers.len()),
             (ResponseCode::NoError, 0)
@@ -235,30 +246,23 @@ mod tests {
     #[test]
     fn host_view_refuses_what_it_does_not_serve() {
         let r = records();
-        let m = answered(decide(
+        let m = answered_to(
             &r,
             View::Host(Some("cnm")),
             &ask("web.front.cnm.", RecordType::A),
-            0,
-        ));
+        );
         assert_eq!(m.answers.len(), 1);
-        let m = answered(decide(
+        let m = answered_to(
             &r,
             View::Host(Some("cnm")),
             &ask("example.com.", RecordType::A),
-            0,
-        ));
+        );
         assert_eq!(m.response_code, ResponseCode::Refused);
-        let m = answered(decide(
-            &r,
-            View::Host(None),
-            &ask("x.front.", RecordType::A),
-            0,
-        ));
+        let m = answered_to(&r, View::Host(None), &ask("x.front.", RecordType::A));
         assert_eq!(m.response_code, ResponseCode::NXDomain);
         let mut chaos = ask("version.bind.", RecordType::TXT);
         chaos.queries[0].set_query_class(DNSClass::CH);
-        let m = answered(decide(&r, View::Sandbox("s1"), &chaos, 0));
+        let m = answered_to(&r, View::Sandbox("s1"), &chaos);
         assert_eq!(m.response_code, ResponseCode::Refused);
     }
 
@@ -274,8 +278,9 @@ mod tests {
                 Err(crate::wire::Reject::Drop) => {}
                 Err(crate::wire::Reject::Respond(b)) => proptest::prop_assert!(b.len() <= 512),
                 Ok(q) => {
-                    if let Decision::Answer(m) = decide(&r, View::Sandbox("s1"), &q.msg, 0) {
-                        let b = crate::wire::encode(&m, q.udp_limit);
+                    if let Decision::Answer(reply) = decide(&r, View::Sandbox("s1"), &q.msg, 0) {
+                        let mut b = Vec::new();
+                        crate::wire::write_reply(&q.msg, reply, q.udp_limit, &mut b);
                         proptest::prop_assert!(b.len() <= q.udp_limit);
                     }
                 }

@@ -29,19 +29,42 @@ pub(crate) fn key_of(field: &'static str, value: &str) -> Result<String, DnsErro
     Ok(trimmed.to_ascii_lowercase())
 }
 
-/// The key of a query name, or `None` when a label holds a byte none of our names can hold.
-pub(crate) fn query_key(name: &Name) -> Option<String> {
-    let mut key = String::with_capacity(name.len());
+/// Room for a query key on the stack: our keys are at most 253 bytes ([`key_of`]).
+pub(crate) struct KeyBuf([u8; 253]);
+
+impl KeyBuf {
+    pub(crate) fn new() -> Self {
+        Self([0; 253])
+    }
+}
+
+/// The key of a query name, written into `buf` (one per query, no allocation), or `None` when
+/// a label holds a byte none of our names can hold or the name is longer than any of ours.
+pub(crate) fn query_key<'b>(name: &Name, buf: &'b mut KeyBuf) -> Option<&'b str> {
+    let buf = &mut buf.0;
+    let mut len = 0usize;
     for label in name.iter() {
         if label.is_empty() || !label.iter().copied().all(is_name_byte) {
             return None;
         }
-        if !key.is_empty() {
-            key.push('.');
+        let dot = usize::from(len != 0);
+        let end = len + dot + label.len();
+        if end > buf.len() {
+            return None;
         }
-        key.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        if dot == 1 {
+            buf[len] = b'.';
+        }
+        for (to, from) in buf[len + dot..end].iter_mut().zip(label) {
+            *to = from.to_ascii_lowercase();
+        }
+        len = end;
     }
-    (!key.is_empty()).then_some(key)
+    if len == 0 {
+        return None;
+    }
+    // Only ASCII letters, digits, '-', '_' and '.' were written.
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 fn is_name_byte(b: u8) -> bool {
@@ -71,15 +94,24 @@ mod tests {
 
     #[test]
     fn query_keys_fold_case_and_refuse_foreign_bytes() {
+        let key = |n: &Name| query_key(n, &mut KeyBuf::new()).map(str::to_owned);
         let n = Name::from_ascii("WeB.NeT1.").unwrap();
-        assert_eq!(query_key(&n).as_deref(), Some("web.net1"));
+        assert_eq!(key(&n).as_deref(), Some("web.net1"));
         let n = Name::from_labels(vec![b"a.b".to_vec(), b"c".to_vec()]).unwrap();
+        assert_eq!(key(&n), None, "a label holding a dot is not two labels");
+        assert_eq!(key(&Name::root()), None);
+        let longest = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 253);
         assert_eq!(
-            query_key(&n),
-            None,
-            "a label holding a dot is not two labels"
+            key(&Name::from_ascii(&longest).unwrap()),
+            Some(longest.clone())
         );
-        assert_eq!(query_key(&Name::root()), None);
         assert_eq!(fqdn("web.net1").to_ascii(), "web.net1.");
     }
 }

@@ -16,6 +16,7 @@ use crate::name::key_of;
 use crate::records::{EndpointDns, NetworkDns, Records, SandboxDns};
 use crate::resolvconf::{HostResolvConf, SANDBOX_RESOLVER};
 use crate::server::{self, Kind, ListenCtx, Listener, is_sandbox_resolver};
+use crate::workers::{Workers, default_threads};
 
 /// Docker's fallback upstreams when the host lists none.
 pub const DEFAULT_FALLBACK_SERVERS: [SocketAddr; 2] = [
@@ -110,6 +111,8 @@ pub struct ResolverConfig {
     ttl: u32,
     fallback_servers: Vec<SocketAddr>,
     limits: Limits,
+    threads: usize,
+    thread_name: String,
 }
 
 impl ResolverConfig {
@@ -124,7 +127,24 @@ impl ResolverConfig {
             ttl: 0,
             fallback_servers: DEFAULT_FALLBACK_SERVERS.to_vec(),
             limits: Limits::default(),
+            threads: default_threads(),
+            thread_name: "cnm-dns".to_owned(),
         }
+    }
+
+    /// How many threads serve the listeners (1 to 64; default one per core, at most four).
+    /// Each listener is served by one of them, with its forwarded queries; sandboxes are
+    /// spread over them in turn.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// The name of those threads, followed by `-N` (default `cnm-dns`; the kernel keeps 15
+    /// bytes of a thread's name).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread_name = name.into();
+        self
     }
 
     /// The resolv.conf the upstream servers come from; followed as it changes.
@@ -225,6 +245,8 @@ struct Inner {
     host_netns: NetNs,
     sandboxes: Mutex<HashMap<Arc<str>, Listener>>,
     host_listeners: Mutex<Vec<Listener>>,
+    /// Declared last: dropped after the listeners, it stops the threads they ran on.
+    workers: Workers,
 }
 
 /// The embedded resolver: one per controller. Cheap to clone (every clone is the same
@@ -265,6 +287,21 @@ impl Resolver {
                 ));
             }
         }
+        if !(1..=64).contains(&config.threads) {
+            return Err(DnsError::invalid(
+                "resolver threads",
+                config.threads.to_string(),
+                "must be 1 to 64",
+            ));
+        }
+        if config.thread_name.contains('\0') {
+            return Err(DnsError::invalid(
+                "resolver thread name",
+                config.thread_name.escape_default().to_string(),
+                "must not contain NUL",
+            ));
+        }
+        let workers = Workers::start(config.threads, &config.thread_name)?;
         let shared = Shared {
             records: RwLock::new(Records::default()),
             forwarder: Forwarder::new(
@@ -290,6 +327,7 @@ impl Resolver {
                 host_netns: config.host_netns,
                 sandboxes: Mutex::new(HashMap::new()),
                 host_listeners: Mutex::new(Vec::new()),
+                workers,
             }),
         })
     }
@@ -355,7 +393,7 @@ impl Resolver {
             let addr = SocketAddr::new(IpAddr::V4(SANDBOX_RESOLVER), 53);
             let (udp, tcp) = server::bind(netns, addr).await?;
             let ctx = Arc::new(self.listen_ctx(Kind::Sandbox(Arc::from(id)), netns.clone()));
-            let listener = server::spawn(ctx, udp, tcp)?;
+            let listener = server::spawn(ctx, udp, tcp, self.inner.workers.pick())?;
             let old = self
                 .inner
                 .sandboxes
@@ -404,7 +442,7 @@ impl Resolver {
         let ns = self.inner.host_netns.clone();
         let (udp, tcp) = server::bind(&ns, addr).await?;
         let ctx = Arc::new(self.listen_ctx(Kind::Host, ns));
-        let listener = server::spawn(ctx, udp, tcp)?;
+        let listener = server::spawn(ctx, udp, tcp, self.inner.workers.pick())?;
         let bound = listener.addr;
         self.inner
             .shared

@@ -27,7 +27,10 @@ use crate::forward::{Origin, Upstream};
 use crate::records::Plan;
 use crate::resolvconf::SANDBOX_RESOLVER;
 use crate::resolver::Shared;
-use crate::wire::{HEADER_LEN, MAX_TCP, MAX_UDP, Reject, encode, parse_query, response_to};
+use crate::wire::{
+    CLASSIC_UDP, HEADER_LEN, MAX_TCP, MAX_UDP, Reject, Reply, encode, parse_query, response_to,
+    write_reply,
+};
 
 /// Whose listener this is.
 #[derive(Debug, Clone)]
@@ -102,12 +105,15 @@ fn bind_here(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, std::net::Tcp
     Ok((udp.into(), tcp.into()))
 }
 
-/// Starts serving the bound sockets.
+/// Starts serving the bound sockets on `rt` (one of the resolver's threads).
 pub(crate) fn spawn(
     ctx: Arc<ListenCtx>,
     udp: std::net::UdpSocket,
     tcp: std::net::TcpListener,
+    rt: &tokio::runtime::Handle,
 ) -> Result<Listener, DnsError> {
+    // The sockets register with the reactor of the runtime that serves them.
+    let _in_rt = rt.enter();
     let addr = udp
         .local_addr()
         .map_err(|e| DnsError::io("read the address of", "a DNS listener", e))?;
@@ -121,8 +127,8 @@ pub(crate) fn spawn(
         netns_id,
         addr,
         tasks: [
-            tokio::spawn(serve_udp(ctx.clone(), udp)),
-            tokio::spawn(serve_tcp(ctx, tcp)),
+            rt.spawn(serve_udp(ctx.clone(), udp)),
+            rt.spawn(serve_tcp(ctx, tcp)),
         ],
     })
 }
@@ -131,42 +137,72 @@ pub(crate) fn spawn(
 /// memory, no file descriptors) cannot spin a core.
 const ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
+/// At most this many datagrams are answered in a row before the task yields, so that one busy
+/// listener cannot keep the other tasks of its worker thread waiting.
+const UDP_BATCH: usize = 64;
+
+/// The UDP receive loop. A local answer is decided and encoded inline into a reused buffer and
+/// sent with a non-blocking send: per datagram, no task, no allocation for the wire bytes, and
+/// no future beyond the one readiness wait per batch. Forwarded queries get a task each.
 async fn serve_udp(ctx: Arc<ListenCtx>, socket: tokio::net::UdpSocket) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_UDP + 1];
+    let mut out = Vec::with_capacity(CLASSIC_UDP);
     let mut jobs = JoinSet::new();
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "DNS UDP receive failed");
-                tokio::time::sleep(ERROR_BACKOFF).await;
-                continue;
-            }
-        };
-        while jobs.try_join_next().is_some() {}
-        if n > MAX_UDP {
-            ctx.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = socket.readable().await {
+            tracing::debug!(error = %e, "DNS UDP socket failed");
+            tokio::time::sleep(ERROR_BACKOFF).await;
             continue;
         }
-        match handle(&ctx, &buf[..n], false) {
-            Handled::Reply(bytes) => {
-                if let Err(e) = socket.send_to(&bytes, peer).await {
-                    tracing::debug!(error = %e, %peer, "DNS UDP send failed");
+        let mut drained = false;
+        for _ in 0..UDP_BATCH {
+            let (n, peer) = match socket.try_recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
                 }
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS UDP receive failed");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    break;
+                }
+            };
+            if !jobs.is_empty() {
+                while jobs.try_join_next().is_some() {}
             }
-            Handled::Forward(job) => {
-                let socket = socket.clone();
-                let shared = ctx.shared.clone();
-                jobs.spawn(async move {
-                    let bytes = run_job(&shared, job, false).await;
-                    if let Err(e) = socket.send_to(&bytes, peer).await {
-                        tracing::debug!(error = %e, %peer, "DNS UDP send failed");
-                    }
-                });
+            if n > MAX_UDP {
+                ctx.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            Handled::Nothing => {}
+            match handle(&ctx, &buf[..n], false, &mut out) {
+                Handled::Reply => send_udp(&socket, &out, peer).await,
+                Handled::Forward(job) => {
+                    let socket = socket.clone();
+                    let shared = ctx.shared.clone();
+                    jobs.spawn(async move {
+                        let bytes = run_job(&shared, job, false).await;
+                        send_udp(&socket, &bytes, peer).await;
+                    });
+                }
+                Handled::Nothing => {}
+            }
         }
+        if !drained {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Sends one datagram: at once when the socket has room (nearly always), else when it has.
+async fn send_udp(socket: &tokio::net::UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    let sent = match socket.try_send_to(bytes, peer) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, peer).await,
+        other => other,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, %peer, "DNS UDP send failed");
     }
 }
 
@@ -204,6 +240,7 @@ async fn serve_tcp(ctx: Arc<ListenCtx>, listener: tokio::net::TcpListener) {
 
 async fn serve_conn(ctx: &ListenCtx, mut stream: tokio::net::TcpStream) {
     let idle = ctx.shared.limits.tcp_idle_timeout;
+    let mut out = Vec::new();
     loop {
         let len = match tokio::time::timeout(idle, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
@@ -219,8 +256,8 @@ async fn serve_conn(ctx: &ListenCtx, mut stream: tokio::net::TcpStream) {
             // Cut short, reset or too slow: this connection ends, nothing else notices.
             _ => return,
         }
-        let reply = match handle(ctx, &buf, true) {
-            Handled::Reply(bytes) => bytes,
+        let reply = match handle(ctx, &buf, true, &mut out) {
+            Handled::Reply => std::mem::take(&mut out),
             Handled::Forward(job) => run_job(&ctx.shared, job, true).await,
             Handled::Nothing => return,
         };
@@ -239,8 +276,10 @@ async fn serve_conn(ctx: &ListenCtx, mut stream: tokio::net::TcpStream) {
 
 /// What to do with one message.
 enum Handled {
-    Reply(Vec<u8>),
-    Forward(Job),
+    /// Send the answer [`handle`] wrote into its `out` buffer.
+    Reply,
+    /// Forward (boxed: the rare path carries the query and its slots).
+    Forward(Box<Job>),
     Nothing,
 }
 
@@ -252,7 +291,8 @@ struct Job {
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
-fn handle(ctx: &ListenCtx, bytes: &[u8], tcp: bool) -> Handled {
+/// Decides what to do with one message; a reply is written into `out`.
+fn handle(ctx: &ListenCtx, bytes: &[u8], tcp: bool, out: &mut Vec<u8>) -> Handled {
     let shared = &ctx.shared;
     shared.stats.queries.fetch_add(1, Ordering::Relaxed);
     let query = match parse_query(bytes) {
@@ -261,7 +301,10 @@ fn handle(ctx: &ListenCtx, bytes: &[u8], tcp: bool) -> Handled {
             shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Handled::Nothing;
         }
-        Err(Reject::Respond(bytes)) => return Handled::Reply(bytes),
+        Err(Reject::Respond(bytes)) => {
+            *out = bytes;
+            return Handled::Reply;
+        }
     };
     let limit = if tcp { MAX_TCP } else { query.udp_limit };
     let view = match &ctx.kind {
@@ -271,14 +314,20 @@ fn handle(ctx: &ListenCtx, bytes: &[u8], tcp: bool) -> Handled {
     let plan = {
         let records = shared.records.read().expect("records lock poisoned");
         match decide(&records, view, &query.msg, shared.ttl) {
-            Decision::Answer(msg) => return Handled::Reply(encode(&msg, limit)),
+            Decision::Answer(reply) => {
+                write_reply(&query.msg, reply, limit, out);
+                return Handled::Reply;
+            }
             Decision::Forward => match &ctx.kind {
                 Kind::Sandbox(id) => records.plan(id),
                 Kind::Host => Plan::Refuse,
             },
         }
     };
-    let refuse = |code| Handled::Reply(encode(&response_to(&query.msg, code), limit));
+    let mut refuse = |code| {
+        write_reply(&query.msg, Reply::code(code), limit, out);
+        Handled::Reply
+    };
     let host = |addrs: Vec<SocketAddr>| -> Vec<Upstream> {
         addrs
             .into_iter()
@@ -326,15 +375,15 @@ fn handle(ctx: &ListenCtx, bytes: &[u8], tcp: bool) -> Handled {
         return refuse(ResponseCode::Refused);
     };
     shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-    Handled::Forward(Job {
+    Handled::Forward(Box::new(Job {
         query: query.msg,
         upstreams,
         limit,
         _slots: (global, local),
-    })
+    }))
 }
 
-async fn run_job(shared: &Shared, job: Job, tcp: bool) -> Vec<u8> {
+async fn run_job(shared: &Shared, job: Box<Job>, tcp: bool) -> Vec<u8> {
     let client_id = job.query.id;
     match shared
         .forwarder

@@ -1,8 +1,11 @@
 //! From bytes to a checked query, and from a response to bytes that fit what the client allows.
 //! The codec is hickory-proto's; this module only decides what to accept and how big to answer.
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::op::{
+    Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
+};
+use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 
 /// A DNS header is 12 bytes; anything shorter cannot even be answered.
 pub(crate) const HEADER_LEN: usize = 12;
@@ -86,18 +89,82 @@ pub(crate) fn parse_query(bytes: &[u8]) -> Result<Query, Reject> {
 /// record if the query had one (RFC 6891 §7: only then).
 pub(crate) fn response_to(query: &Message, code: ResponseCode) -> Message {
     let mut resp = Message::response(query.id, query.op_code);
-    resp.metadata.recursion_desired = query.recursion_desired;
-    resp.metadata.checking_disabled = query.checking_disabled;
-    resp.metadata.recursion_available = true;
-    resp.metadata.response_code = code;
+    resp.metadata = response_metadata(query, code, false);
     resp.queries = query.queries.clone();
-    if let Some(q) = &query.edns {
+    resp.edns = response_edns(query);
+    resp
+}
+
+/// The header of a response to `query`.
+fn response_metadata(query: &Message, code: ResponseCode, authoritative: bool) -> Metadata {
+    let mut meta = Metadata::new(query.id, MessageType::Response, query.op_code);
+    meta.recursion_desired = query.recursion_desired;
+    meta.checking_disabled = query.checking_disabled;
+    meta.recursion_available = true;
+    meta.authoritative = authoritative;
+    meta.response_code = code;
+    meta
+}
+
+/// Our OPT record, when the query had one.
+fn response_edns(query: &Message) -> Option<Edns> {
+    query.edns.as_ref().map(|q| {
         let mut edns = Edns::new();
         edns.set_max_payload(OUR_PAYLOAD);
         edns.set_dnssec_ok(q.flags().dnssec_ok);
-        resp.edns = Some(edns);
+        edns
+    })
+}
+
+/// A local answer as decided from the records; the rest of the response (id, question, flags,
+/// OPT record) comes from the query, so nothing of the query is copied to build it.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) code: ResponseCode,
+    pub(crate) authoritative: bool,
+    pub(crate) answers: Vec<Record>,
+}
+
+impl Reply {
+    /// An answer with this code and nothing else.
+    pub(crate) fn code(code: ResponseCode) -> Self {
+        Self {
+            code,
+            authoritative: false,
+            answers: Vec::new(),
+        }
     }
-    resp
+
+    /// The whole response message (for the rare paths and for tests).
+    pub(crate) fn into_message(self, query: &Message) -> Message {
+        let mut msg = response_to(query, self.code);
+        msg.metadata.authoritative = self.authoritative;
+        msg.answers = self.answers;
+        msg
+    }
+}
+
+/// Encodes the response to `query` carrying `reply` into `out` (replacing what it held), in at
+/// most `limit` bytes. The common case is one pass of hickory's encoder over borrowed parts into
+/// the caller's reused buffer; an answer too big for `limit` goes through [`encode`]'s cut.
+pub(crate) fn write_reply(query: &Message, reply: Reply, limit: usize, out: &mut Vec<u8>) {
+    out.clear();
+    let meta = response_metadata(query, reply.code, reply.authoritative);
+    let edns = response_edns(query);
+    let written = emit_message_parts(
+        &meta,
+        &mut query.queries.iter(),
+        &mut reply.answers.iter(),
+        &mut std::iter::empty::<&Record>(),
+        &mut std::iter::empty::<&Record>(),
+        edns.as_ref(),
+        None,
+        &mut BinEncoder::new(out),
+    );
+    if written.is_ok() && out.len() <= limit {
+        return;
+    }
+    *out = encode(&reply.into_message(query), limit);
 }
 
 fn error_response(query: &Message, code: ResponseCode) -> Message {

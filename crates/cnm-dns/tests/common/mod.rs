@@ -46,15 +46,20 @@ impl Fix {
     }
 
     pub async fn with(limits: Limits) -> Result<Fix> {
+        Fix::configured(|c| c.limits(limits)).await
+    }
+
+    /// A fixture whose resolver's configuration `adjust` completes.
+    pub async fn configured(adjust: impl FnOnce(ResolverConfig) -> ResolverConfig) -> Result<Fix> {
         let host = TestHost::new().await?;
         let resolv_conf = host.run_dir().join("host-resolv.conf");
         std::fs::write(&resolv_conf, "").context("write the test's resolv.conf")?;
-        let resolver = Resolver::new(
+        let resolver = Resolver::new(adjust(
             ResolverConfig::new(host.netns().clone())
                 .resolv_conf(&resolv_conf)
                 .fallback_servers(Vec::new())
-                .limits(limits),
-        )?;
+                .limits(test_limits()),
+        ))?;
         Ok(Fix {
             host,
             resolver,

@@ -819,7 +819,7 @@ async fn restore_gateway(
         }
     }
     let bindings = if j.published.is_empty() {
-        j.ep.options.port_bindings.clone()
+        j.ep.port_bindings()
     } else {
         j.published.clone()
     };

@@ -263,3 +263,145 @@ async fn a_hung_ipam_plugin_fails_the_network_within_the_bound_and_leaves_nothin
     w.host_is_clean().await?;
     Ok(())
 }
+
+/// A network with a subnet and one endpoint through the plugin's IPAM: its pool id at the
+/// plugin and the endpoint's address.
+async fn network_with_an_endpoint(w: &World, name: &str) -> Result<(cnm_core::Network, String)> {
+    let net = w
+        .ctl
+        .new_network(
+            &w.plugin.name,
+            name,
+            NetworkOptions::default().subnet("10.93.0.0/24".parse()?),
+        )
+        .await?;
+    let ep = net
+        .create_endpoint("e1", EndpointOptions::default())
+        .await?;
+    assert_eq!(
+        ep.ipv4().map(|a| a.to_string()).as_deref(),
+        Some("10.93.0.2/24")
+    );
+    Ok((net, "cnmtest-local:10.93.0.0/24".to_owned()))
+}
+
+/// Deletes the endpoint and the network; the plugin is asked to release each address, then
+/// the pool, and holds nothing.
+async fn delete_and_check_released(w: &World, net: &cnm_core::Network, pool: &str) -> Result<()> {
+    w.plugin.clear_requests()?;
+    net.endpoint("e1")?.delete().await?;
+    net.delete().await?;
+    assert_eq!(
+        ipam_bodies(w)?,
+        [
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": pool, "Address": "10.93.0.2"})
+            ),
+            (
+                "IpamDriver.ReleaseAddress".to_owned(),
+                json!({"PoolID": pool, "Address": "10.93.0.1"})
+            ),
+            ("IpamDriver.ReleasePool".to_owned(), json!({"PoolID": pool})),
+        ]
+    );
+    assert_eq!(plugin_pools(w)?, json!({}), "the plugin holds nothing");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_replaying_ipam_plugin_that_restarts_empty_gets_every_request_again() -> Result<()> {
+    let mut w = World::new(
+        "rpl",
+        PluginArgs {
+            implements: "NetworkDriver,IpamDriver",
+            replay: true,
+            ..PluginArgs::default()
+        },
+        Duration::from_secs(2),
+    )
+    .await?;
+    let ipam = w.ipam.clone().context("the IPAM adapter")?;
+    assert!(ipam.capabilities().requires_request_replay);
+    let (_, pool) = network_with_an_endpoint(&w, "r").await?;
+
+    // cnm and the plugin restart; the plugin has forgotten every pool.
+    w.ctl.shutdown().await?;
+    w.plugin.kill()?;
+    w.plugin.forget_pools()?;
+    w.plugin.restart(|_| {}).await?;
+    w.plugin.clear_requests()?;
+    w.restart_controller().await?;
+    assert_eq!(
+        ipam_bodies(&w)?,
+        [
+            ("IpamDriver.GetCapabilities".to_owned(), Value::Null),
+            ("IpamDriver.GetDefaultAddressSpaces".to_owned(), Value::Null),
+            (
+                "IpamDriver.RequestPool".to_owned(),
+                json!({"AddressSpace": "cnmtest-local", "Pool": "10.93.0.0/24", "SubPool": "",
+                       "Options": {}, "V6": false})
+            ),
+            (
+                "IpamDriver.RequestAddress".to_owned(),
+                json!({"PoolID": pool, "Address": "10.93.0.1",
+                       "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+            ),
+            (
+                "IpamDriver.RequestAddress".to_owned(),
+                json!({"PoolID": pool, "Address": "10.93.0.2", "Options": {}})
+            ),
+        ],
+        "the pool, its gateway and the endpoint's address, requested again"
+    );
+    assert_eq!(
+        plugin_pools(&w)?,
+        json!({pool.clone(): {"pool": "10.93.0.0/24", "refs": 1,
+                              "taken": ["10.93.0.1", "10.93.0.2"]}})
+    );
+    let net = w.ctl.network("r")?;
+    delete_and_check_released(&w, &net, &pool).await?;
+    w.host_is_clean().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn an_ipam_plugin_that_keeps_its_state_is_not_asked_again_after_a_restart() -> Result<()> {
+    let mut w = World::new(
+        "kst",
+        PluginArgs {
+            implements: "NetworkDriver,IpamDriver",
+            ..PluginArgs::default()
+        },
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert!(
+        !w.ipam
+            .clone()
+            .context("the IPAM adapter")?
+            .capabilities()
+            .requires_request_replay
+    );
+    let (_, pool) = network_with_an_endpoint(&w, "k").await?;
+    let held = plugin_pools(&w)?;
+
+    w.plugin.clear_requests()?;
+    w.restart_controller().await?;
+    assert_eq!(
+        ipam_bodies(&w)?,
+        [
+            ("IpamDriver.GetCapabilities".to_owned(), Value::Null),
+            ("IpamDriver.GetDefaultAddressSpaces".to_owned(), Value::Null),
+        ],
+        "nothing requested again"
+    );
+    assert_eq!(plugin_pools(&w)?, held);
+    // The pool is taken back by the plugin's own PoolID, kept in the network's record.
+    let net = w.ctl.network("k")?;
+    delete_and_check_released(&w, &net, &pool).await?;
+    w.host_is_clean().await?;
+    Ok(())
+}

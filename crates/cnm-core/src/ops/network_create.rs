@@ -416,6 +416,7 @@ async fn allocate_pool(
         });
     }
     Ok(NetworkPool {
+        ipam_id: core.ipam.external_pool_id(&pool.id),
         pool_id: pool.id,
         subnet: pool.subnet,
         gateway: None,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use cnm_core::store::{MemoryStore, Store};
 use cnm_core::{Controller, Driver, Ipam};
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
 use cnm_driver_remote::{RemoteConfig, RemoteDriver, RemoteIpam};
@@ -54,6 +55,8 @@ pub struct PluginArgs {
     pub scope: &'static str,
     /// Listen on `NAME/NAME.sock` instead of `NAME.sock`.
     pub in_subdir: bool,
+    /// IPAM capability `RequiresRequestReplay`.
+    pub replay: bool,
 }
 
 impl Default for PluginArgs {
@@ -66,6 +69,7 @@ impl Default for PluginArgs {
             tcp: false,
             scope: "local",
             in_subdir: false,
+            replay: false,
         }
     }
 }
@@ -167,6 +171,9 @@ impl FakePlugin {
         if args.require_activation {
             cmd.arg("--require-activation");
         }
+        if args.replay {
+            cmd.arg("--replay");
+        }
         // The child is born in the namespace of the thread that forks it.
         let mut child = match &self.ns {
             Some(ns) => ns
@@ -231,6 +238,16 @@ impl FakePlugin {
         self.kill()?;
         change(&mut self.args.lock().unwrap());
         self.spawn().await
+    }
+
+    /// Forgets every pool and address it holds (its network driver state stays), as an IPAM
+    /// plugin that keeps its state in memory forgets it when it restarts.
+    pub fn forget_pools(&self) -> Result<()> {
+        let path = self.data().join("state.json");
+        let mut state: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        state["pools"] = serde_json::json!({});
+        std::fs::write(&path, serde_json::to_vec(&state)?)?;
+        Ok(())
     }
 
     /// Makes `method` misbehave (`hang`, `garbage`, `500`, `die`, …); `None` clears it.
@@ -302,6 +319,8 @@ pub struct World {
     pub driver: Arc<RemoteDriver>,
     pub ipam: Option<Arc<RemoteIpam>>,
     pub ctl: Controller,
+    call_timeout: Duration,
+    store: Arc<MemoryStore>,
     _resolv: tempfile::NamedTempFile,
 }
 
@@ -318,15 +337,49 @@ impl World {
             },
         )
         .await?;
-        let config = plugin.config(call_timeout);
-        let driver = Arc::new(RemoteDriver::connect(name, &config).await?);
         let resolv = tempfile::NamedTempFile::new()?;
         std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
+        // One store across restarts (no durable store is linked here).
+        let store = Arc::new(MemoryStore::new());
+        let (driver, ipam, ctl) = Self::controller(
+            &host,
+            &plugin,
+            with_ipam,
+            call_timeout,
+            resolv.path(),
+            &store,
+        )
+        .await?;
+        Ok(World {
+            host,
+            plugin,
+            driver,
+            ipam,
+            ctl,
+            call_timeout,
+            store,
+            _resolv: resolv,
+        })
+    }
+
+    /// A controller on `host` with the plugin as its driver (and IPAM), freshly connected.
+    async fn controller(
+        host: &TestHost,
+        plugin: &FakePlugin,
+        with_ipam: bool,
+        call_timeout: Duration,
+        resolv: &Path,
+        store: &Arc<MemoryStore>,
+    ) -> Result<(Arc<RemoteDriver>, Option<Arc<RemoteIpam>>, Controller)> {
+        let name = plugin.name.as_str();
+        let config = plugin.config(call_timeout);
+        let driver = Arc::new(RemoteDriver::connect(name, &config).await?);
         let mut builder = Controller::builder()
             .host_netns(host.netns().clone())
             .run_dir(host.run_dir())
             .state_dir(host.state_dir())
-            .resolv_conf(resolv.path())
+            .resolv_conf(resolv)
+            .store(store.clone() as Arc<dyn Store>)
             .driver(name, {
                 let driver = driver.clone();
                 move |_| Ok(driver as Arc<dyn Driver>)
@@ -341,14 +394,24 @@ impl World {
             .build()
             .await
             .context("failed to build a controller on the test host")?;
-        Ok(World {
-            host,
-            plugin,
-            driver,
-            ipam,
-            ctl,
-            _resolv: resolv,
-        })
+        Ok((driver, ipam, ctl))
+    }
+
+    /// Shuts the controller down and builds another on the same host, directories and store,
+    /// connecting to the plugin afresh: a restart of cnm.
+    pub async fn restart_controller(&mut self) -> Result<()> {
+        self.ctl.shutdown().await?;
+        let (driver, ipam, ctl) = Self::controller(
+            &self.host,
+            &self.plugin,
+            self.ipam.is_some(),
+            self.call_timeout,
+            self._resolv.path(),
+            &self.store,
+        )
+        .await?;
+        (self.driver, self.ipam, self.ctl) = (driver, ipam, ctl);
+        Ok(())
     }
 
     /// The names of the host namespace's links, sorted.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cnm_ipam::{AddressRequest, IpamError, IpamState, Pool, PoolId, PoolRequest};
@@ -66,6 +67,16 @@ pub trait Ipam: Send + Sync + fmt::Debug {
     async fn snapshot(&self) -> Option<IpamState> {
         None
     }
+}
+
+/// Finds an IPAM driver the controller does not have, by name, the moment a network asks for
+/// it (a remote IPAM plugin: `cnm_driver_remote::PluginIpamResolver`). What it finds serves
+/// every network that names it, for the controller's life.
+#[async_trait]
+pub trait IpamResolver: Send + Sync + fmt::Debug {
+    /// The IPAM driver called `name`; an error when there is none (fast: no waiting for one
+    /// that may yet appear).
+    async fn resolve(&self, name: &str) -> Result<Arc<dyn Ipam>, IpamError>;
 }
 
 #[async_trait]

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use cnm_core::store::{MemoryStore, Store};
 use cnm_core::{Controller, Driver, Ipam};
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
-use cnm_driver_remote::{RemoteConfig, RemoteDriver, RemoteIpam};
+use cnm_driver_remote::{PluginIpamResolver, RemoteConfig, RemoteDriver, RemoteIpam};
 use cnm_sandbox::NetNs;
 use cnm_testkit::TestHost;
 use serde::Deserialize;
@@ -320,14 +320,39 @@ pub struct World {
     pub ipam: Option<Arc<RemoteIpam>>,
     pub ctl: Controller,
     call_timeout: Duration,
+    ipam_mode: IpamMode,
     store: Arc<MemoryStore>,
     _resolv: tempfile::NamedTempFile,
 }
 
+/// How the controller uses the plugin's IPAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpamMode {
+    /// Not at all: the default IPAM.
+    None,
+    /// As the controller's IPAM.
+    Controller,
+    /// Found by name for the networks that name it (an IPAM resolver); the default otherwise.
+    ByName,
+}
+
 impl World {
     pub async fn new(name: &str, args: PluginArgs, call_timeout: Duration) -> Result<World> {
+        let mode = if args.implements.contains("IpamDriver") {
+            IpamMode::Controller
+        } else {
+            IpamMode::None
+        };
+        Self::with_ipam_mode(name, args, call_timeout, mode).await
+    }
+
+    pub async fn with_ipam_mode(
+        name: &str,
+        args: PluginArgs,
+        call_timeout: Duration,
+        with_ipam: IpamMode,
+    ) -> Result<World> {
         let host = TestHost::new().await?;
-        let with_ipam = args.implements.contains("IpamDriver");
         let plugin = FakePlugin::start(
             name,
             Some(host.netns()),
@@ -357,6 +382,7 @@ impl World {
             ipam,
             ctl,
             call_timeout,
+            ipam_mode: with_ipam,
             store,
             _resolv: resolv,
         })
@@ -366,7 +392,7 @@ impl World {
     async fn controller(
         host: &TestHost,
         plugin: &FakePlugin,
-        with_ipam: bool,
+        with_ipam: IpamMode,
         call_timeout: Duration,
         resolv: &Path,
         store: &Arc<MemoryStore>,
@@ -385,10 +411,16 @@ impl World {
                 move |_| Ok(driver as Arc<dyn Driver>)
             });
         let mut ipam = None;
-        if with_ipam {
-            let remote = Arc::new(RemoteIpam::connect(name, &config).await?);
-            builder = builder.ipam(remote.clone() as Arc<dyn Ipam>);
-            ipam = Some(remote);
+        match with_ipam {
+            IpamMode::None => {}
+            IpamMode::Controller => {
+                let remote = Arc::new(RemoteIpam::connect(name, &config).await?);
+                builder = builder.ipam(remote.clone() as Arc<dyn Ipam>);
+                ipam = Some(remote);
+            }
+            IpamMode::ByName => {
+                builder = builder.ipam_resolver(Arc::new(PluginIpamResolver::new(config)));
+            }
         }
         let ctl = builder
             .build()
@@ -404,7 +436,7 @@ impl World {
         let (driver, ipam, ctl) = Self::controller(
             &self.host,
             &self.plugin,
-            self.ipam.is_some(),
+            self.ipam_mode,
             self.call_timeout,
             self._resolv.path(),
             &self.store,

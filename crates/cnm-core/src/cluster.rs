@@ -195,6 +195,7 @@ impl Cluster {
                         as_given: config
                             .map(crate::options::PoolConfig::subnet_as_given)
                             .filter(|g| *g != pool.subnet),
+                        ipam_id: None,
                     });
                 }
             }

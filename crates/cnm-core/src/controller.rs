@@ -60,6 +60,7 @@ pub struct ControllerBuilder {
     builtin_drivers: bool,
     drivers: Vec<(String, Factory)>,
     resolver: Option<Arc<dyn DriverResolver>>,
+    ipam_resolver: Option<Arc<dyn crate::ipam::IpamResolver>>,
     embedded_dns: Option<bool>,
     host_dns: Option<SocketAddr>,
     gateway_network: Option<crate::ops::gateway_network::GatewayNetwork>,
@@ -245,6 +246,14 @@ impl ControllerBuilder {
         self
     }
 
+    /// Finds IPAM drivers by name the moment a network names one the controller does not have
+    /// (`--ipam-driver NAME`, Docker's `IPAM.Driver`): the network's pools and addresses then
+    /// come from it. Without a resolver such a network is refused (`IpamDriverNotFound`).
+    pub fn ipam_resolver(mut self, resolver: Arc<dyn crate::ipam::IpamResolver>) -> Self {
+        self.ipam_resolver = Some(resolver);
+        self
+    }
+
     /// Creates the directories, connects to the host namespace, opens the store, instantiates
     /// every driver, and reloads the recorded state: IPAM is rebuilt from the network and
     /// endpoint records, each network handed back to its driver with its endpoints
@@ -328,6 +337,7 @@ impl ControllerBuilder {
         let mut core = Core::new(kernel, ctx, self.resolv_conf, store, ipam, drivers, cluster);
         core.resolver = self.resolver;
         core.gateway_network = self.gateway_network;
+        core.ipam_resolver = self.ipam_resolver;
         let core = Arc::new(core);
         let mut host_dns = None;
         if embedded_dns {
@@ -506,6 +516,7 @@ impl Controller {
             builtin_drivers: true,
             drivers: Vec::new(),
             resolver: None,
+            ipam_resolver: None,
             embedded_dns: None,
             host_dns: None,
             gateway_network: None,

@@ -10,6 +10,7 @@ use crate::model::endpoint::EndpointInner;
 use crate::network::Network;
 use crate::ops::{self, run_op};
 use crate::options::{EndpointOptions, JoinOption, JoinOptions};
+use crate::port::PortBinding;
 use crate::sandbox::Sandbox;
 use crate::state::{CoreRef, upgrade};
 use crate::{CoreError, id};
@@ -136,6 +137,40 @@ impl Endpoint {
         let object = format!("{} from sandbox {}", self.inner.name, sb.short());
         run_op(upgrade(&self.core)?, "leave", object, |core| async move {
             ops::leave::leave(&core, &sb, &ep).await
+        })
+        .await
+    }
+
+    /// The ports it publishes while it is its sandbox's gateway endpoint: its options' at
+    /// creation, or what [`Endpoint::publish_ports`] set since.
+    pub fn port_bindings(&self) -> Vec<PortBinding> {
+        self.inner.port_bindings()
+    }
+
+    /// Replaces the ports a joined endpoint publishes (libnetwork's
+    /// `ProgramExternalConnectivity` for a container already running; an empty list withdraws
+    /// them). Only the sandbox's gateway endpoint takes ports: published ports follow the
+    /// default route. Returns them as made (ephemeral host ports resolved); a failure leaves the
+    /// old ports published and the records unchanged.
+    pub async fn publish_ports(
+        &self,
+        bindings: Vec<PortBinding>,
+    ) -> Result<Vec<PortBinding>, CoreError> {
+        let core = upgrade(&self.core)?;
+        let not_joined = || CoreError::NotJoined {
+            endpoint: self.inner.name.clone(),
+            sandbox: "none".to_owned(),
+        };
+        let sid = self.inner.state().sandbox.clone().ok_or_else(not_joined)?;
+        let sb = core
+            .sandboxes
+            .get(&sid)
+            .map(|s| s.value().clone())
+            .ok_or_else(not_joined)?;
+        let ep = self.inner.clone();
+        let object = format!("{} in sandbox {}", self.inner.name, sb.short());
+        run_op(core, "publish ports", object, |core| async move {
+            ops::gateway::publish_ports(&core, &sb, &ep, bindings).await
         })
         .await
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cnm_ipam::{AddressRequest, IpamError, IpamState, Pool, PoolId, PoolRequest};
@@ -30,11 +31,52 @@ pub trait Ipam: Send + Sync + fmt::Debug {
     /// Releases an address.
     async fn release_address(&self, pool: &PoolId, addr: IpAddr) -> Result<(), IpamError>;
 
+    /// Whether a restarted controller requests every recorded pool, gateway and address again
+    /// (libnetwork's `RequiresRequestReplay`). True for an IPAM whose state lives in memory, as
+    /// the default's does; an IPAM that keeps its own answers false and is given its pools back
+    /// with [`Ipam::adopt_pool`] instead.
+    fn requires_request_replay(&self) -> bool {
+        true
+    }
+
+    /// The IPAM's own id of a pool it handed out (a plugin's `PoolID`), kept in the network's
+    /// record so that a restarted controller can [adopt](Ipam::adopt_pool) the pool. `None`
+    /// when it has none.
+    fn external_pool_id(&self, pool: &PoolId) -> Option<String> {
+        let _ = pool;
+        None
+    }
+
+    /// After a restart without replay: takes back a pool as it was recorded (`req` as it was
+    /// requested, `id` as it was given, `external_id` the IPAM's own id), with the addresses
+    /// that were allocated in it (gateway included), without requesting anything again. The
+    /// default, for an IPAM that needs replay, refuses.
+    async fn adopt_pool(
+        &self,
+        req: &PoolRequest,
+        id: &PoolId,
+        external_id: Option<&str>,
+        addresses: &[IpAddr],
+    ) -> Result<(), IpamError> {
+        let _ = (req, external_id, addresses);
+        Err(IpamError::PoolNotFound { id: id.clone() })
+    }
+
     /// The state to persist, if this IPAM keeps its state in the controller's store (the default
     /// IPAM does; a remote plugin keeps its own and answers `None`).
     async fn snapshot(&self) -> Option<IpamState> {
         None
     }
+}
+
+/// Finds an IPAM driver the controller does not have, by name, the moment a network asks for
+/// it (a remote IPAM plugin: `cnm_driver_remote::PluginIpamResolver`). What it finds serves
+/// every network that names it, for the controller's life.
+#[async_trait]
+pub trait IpamResolver: Send + Sync + fmt::Debug {
+    /// The IPAM driver called `name`; an error when there is none (fast: no waiting for one
+    /// that may yet appear).
+    async fn resolve(&self, name: &str) -> Result<Arc<dyn Ipam>, IpamError>;
 }
 
 #[async_trait]

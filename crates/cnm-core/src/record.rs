@@ -58,6 +58,10 @@ pub struct PoolAllocation {
     /// The subnet as the user wrote it, when that had host bits set (written only then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_as_given: Option<IpNet>,
+    /// The IPAM's own id of the pool (a plugin's `PoolID`), when it has one: what a restart
+    /// without replay adopts the pool by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam_pool_id: Option<String>,
 }
 
 /// A network as persisted under `network/<id>`.

@@ -46,6 +46,10 @@ pub(crate) struct Core {
     drivers: RwLock<BTreeMap<String, Arc<dyn Driver>>>,
     /// Finds drivers the controller does not have, by name (plugins).
     pub(crate) resolver: Option<Arc<dyn DriverResolver>>,
+    /// IPAM drivers besides `ipam`, by name, found by `ipam_resolver` (plugins).
+    named_ipams: RwLock<BTreeMap<String, Arc<dyn Ipam>>>,
+    /// Finds IPAM drivers the controller does not have, by name.
+    pub(crate) ipam_resolver: Option<Arc<dyn crate::ipam::IpamResolver>>,
     /// Networks by id.
     pub(crate) networks: DashMap<String, Arc<NetworkInner>>,
     /// Network name → id; `None` while the network is being created (the name is reserved).
@@ -125,6 +129,8 @@ impl Core {
             driver_context,
             drivers: RwLock::new(drivers),
             resolver: None,
+            named_ipams: RwLock::new(BTreeMap::new()),
+            ipam_resolver: None,
             networks: DashMap::new(),
             network_names: DashMap::new(),
             singletons: DashMap::new(),
@@ -166,7 +172,7 @@ impl Core {
                 .request_address(&net.id, &net.name, pool, req, object)
                 .await;
         }
-        self.ipam
+        self.ipam_of(net)?
             .request_address(pool, req)
             .await
             .map_err(|e| CoreError::ipam(op, object, e))
@@ -183,10 +189,55 @@ impl Core {
             let cluster = self.cluster_for(&net.name, &net.driver_name)?;
             return cluster.release_address(&net.id, pool, addr).await;
         }
-        self.ipam
+        self.ipam_of(net)?
             .release_address(pool, addr)
             .await
             .map_err(|e| CoreError::ipam("release address", addr.to_string(), e))
+    }
+
+    /// The IPAM driver called `name` that the controller has: its own (`None`, `default` or its
+    /// name) or one found by name before.
+    pub(crate) fn ipam_named(&self, name: Option<&str>) -> Result<Arc<dyn Ipam>, CoreError> {
+        match name {
+            None | Some("default") => Ok(self.ipam.clone()),
+            Some(n) if n == self.ipam.name() => Ok(self.ipam.clone()),
+            Some(n) => self
+                .named_ipams
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(n)
+                .cloned()
+                .ok_or_else(|| CoreError::IpamDriverNotFound(n.to_owned())),
+        }
+    }
+
+    /// The IPAM driver of a network.
+    pub(crate) fn ipam_of(&self, net: &NetworkInner) -> Result<Arc<dyn Ipam>, CoreError> {
+        self.ipam_named(net.options.ipam_driver.as_deref())
+    }
+
+    /// The IPAM driver called `name`; when the controller has none, the one the IPAM resolver
+    /// finds by that name, kept for good.
+    pub(crate) async fn find_ipam(&self, name: Option<&str>) -> Result<Arc<dyn Ipam>, CoreError> {
+        let not_found = match self.ipam_named(name) {
+            Ok(ipam) => return Ok(ipam),
+            Err(e) => e,
+        };
+        let (Some(resolver), Some(name)) = (&self.ipam_resolver, name) else {
+            return Err(not_found);
+        };
+        let found = resolver
+            .resolve(name)
+            .await
+            .map_err(|e| CoreError::ipam("find ipam driver", name, e))?;
+        let mut named = self
+            .named_ipams
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Found by a concurrent lookup first: that one is kept.
+        let ipam = named.entry(name.to_owned()).or_insert(found).clone();
+        tracing::info!(ipam = name, "ipam driver found by name");
+        Ok(ipam)
     }
 
     /// The driver called `name`.

@@ -857,6 +857,9 @@ impl Daemon {
             builder = builder.driver_resolver(Arc::new(cnm_driver_remote::PluginResolver::new(
                 plugins.clone(),
             )));
+            builder = builder.ipam_resolver(Arc::new(cnm_driver_remote::PluginIpamResolver::new(
+                plugins.clone(),
+            )));
         }
         let ctl = builder
             .build()

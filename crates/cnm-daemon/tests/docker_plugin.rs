@@ -324,7 +324,9 @@ async fn every_plugin_call_answers_in_dockers_shape_and_a_failed_join_leaves_not
     .await?;
     assert_eq!(j["Err"], "", "{j}");
 
-    // Published ports are refused, clearly; none is fine.
+    // Published ports go through cnm's own publishing and are recorded with the endpoint
+    // (traffic through them: docker_plugin_dockerd.rs); a bad entry is refused by name and
+    // changes nothing; Revoke withdraws them; none is fine.
     let pe = call(
         &plugin,
         "/NetworkDriver.ProgramExternalConnectivity",
@@ -334,18 +336,35 @@ async fn every_plugin_call_answers_in_dockers_shape_and_a_failed_join_leaves_not
             "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}})),
     )
     .await?;
-    assert!(
-        pe["Err"].as_str().unwrap().contains("published ports"),
-        "{pe}"
-    );
+    assert_eq!(pe, json!({}));
+    let published: Vec<String> = ctl
+        .sandbox_by_container_id(&format!("docker-{EP1}"))?
+        .published_ports()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(published, ["8080:80/tcp"]);
     let pe = call(
         &plugin,
         "/NetworkDriver.ProgramExternalConnectivity",
-        Some(json!({"NetworkID": NET, "EndpointID": EP1,
-                    "Options": {"com.docker.network.portmap": null}})),
+        Some(json!({"NetworkID": NET, "EndpointID": EP1, "Options": {
+            "com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "",
+                                            "HostPort": 8000, "HostPortEnd": 8009}]}})),
     )
     .await?;
-    assert_eq!(pe, json!({}));
+    let err = pe["Err"].as_str().unwrap();
+    assert!(
+        err.contains("Options.com.docker.network.portmap[0].HostPortEnd 8009"),
+        "{pe}"
+    );
+    assert_eq!(
+        net.endpoint(EP1)?
+            .port_bindings()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["8080:80/tcp"]
+    );
     let body = json!({"NetworkID": NET, "EndpointID": EP1});
     assert_eq!(
         call(
@@ -356,6 +375,20 @@ async fn every_plugin_call_answers_in_dockers_shape_and_a_failed_join_leaves_not
         .await?,
         json!({})
     );
+    assert!(net.endpoint(EP1)?.port_bindings().is_empty());
+    assert!(
+        ctl.sandbox_by_container_id(&format!("docker-{EP1}"))?
+            .published_ports()
+            .is_empty()
+    );
+    let pe = call(
+        &plugin,
+        "/NetworkDriver.ProgramExternalConnectivity",
+        Some(json!({"NetworkID": NET, "EndpointID": EP1,
+                    "Options": {"com.docker.network.portmap": null}})),
+    )
+    .await?;
+    assert_eq!(pe, json!({}));
     assert_eq!(
         call(
             &plugin,

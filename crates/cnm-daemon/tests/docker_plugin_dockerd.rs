@@ -10,6 +10,11 @@
 //! death kills cnmd, containerd and the containers with it. dockerd runs with its own data root,
 //! exec root and socket in a tempdir, `--iptables=false`, `--bridge none` and the vfs storage
 //! driver; the image is imported from a tarball of busybox-static (no registry is reachable).
+//!
+//! Published ports (`docker run -p`) go through cnm's own port publishing: a peer namespace the
+//! test makes, cabled to dockerd's namespace by a veth, reads a line from a container's
+//! server through the host's address; `docker rm -f` closes the port and leaves the ruleset as
+//! it was, also across a `nft flush ruleset` that cnmd's firewall repairs.
 
 mod common;
 
@@ -232,7 +237,7 @@ exec "$@""#;
         let root = self.dir.path().join("rootfs");
         std::fs::create_dir_all(root.join("bin"))?;
         std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
-        for applet in ["sh", "sleep", "ip", "ping", "cat"] {
+        for applet in ["sh", "sleep", "ip", "ping", "cat", "chmod", "nc"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
         }
         let tar = self.dir.path().join("rootfs.tar");
@@ -439,6 +444,275 @@ async fn dockerd_containers_on_a_cnm_network_reach_each_other_and_leave_nothing(
             rules_start,
             "docker network rm left a rule"
         );
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        bail!("{e:#}\n{}", stack.logs());
+    }
+    Ok(())
+}
+
+/// A namespace outside dockerd's, cabled to it: `192.0.2.2/24` here, `192.0.2.1/24` (the
+/// "host's address") on `cnmout` in dockerd's namespace. Its holder process is killed on drop.
+struct Peer {
+    holder: Child,
+}
+
+const PEER_HOST_ADDR: &str = "192.0.2.1";
+
+impl Peer {
+    fn new(stack: &Stack) -> Result<Peer> {
+        let holder = Command::new("unshare")
+            .args(["--net", "--", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start unshare --net sleep")?;
+        let mut peer = Peer { holder };
+        // unshare makes the namespace before exec'ing sleep: wait until the holder is sleep.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{}/comm", peer.holder.id()))?.trim() != "sleep"
+        {
+            ensure!(Instant::now() < deadline, "unshare did not exec sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = peer.holder.id().to_string();
+        stack.in_ns(&[
+            "ip", "link", "add", "cnmout", "type", "veth", "peer", "name", "eth0", "netns", &pid,
+        ])?;
+        stack.in_ns(&["ip", "addr", "add", "192.0.2.1/24", "dev", "cnmout"])?;
+        stack.in_ns(&["ip", "link", "set", "cnmout", "up"])?;
+        peer.run(&["ip", "link", "set", "lo", "up"])?;
+        peer.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+        peer.run(&["ip", "link", "set", "eth0", "up"])?;
+        Ok(peer)
+    }
+
+    fn run(&mut self, cmd: &[&str]) -> Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.holder.id()))
+            .args(cmd)
+            .output()
+            .context("run nsenter")?;
+        ensure!(
+            out.status.success(),
+            "{}: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// What a TCP connection to `192.0.2.1:PORT` from here reads, bounded to 2 s.
+    fn get(&mut self, port: u16) -> Result<String> {
+        self.run(&[BUSYBOX, "nc", "-w", "2", PEER_HOST_ADDR, &port.to_string()])
+    }
+
+    /// Retries [`Peer::get`] until it answers, within `bound` (the container's server, or the
+    /// firewall after a flush, may not be ready yet: a readiness probe, not a sleep).
+    fn get_within(&mut self, port: u16, bound: Duration) -> Result<String> {
+        let deadline = Instant::now() + bound;
+        loop {
+            match self.get(port) {
+                Ok(page) => return Ok(page),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("port {port} did not answer within {bound:?}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A ruleset as a sorted list of its words: equal for the same rules and elements in any order
+/// (a firewall repaired after a flush may list a set's elements in another order).
+fn words(rules: &str) -> Vec<String> {
+    let mut v: Vec<String> = rules
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until `nft list ruleset` in dockerd's namespace satisfies `ok` (cnmd's firewall
+/// repairs a flush on its own schedule), within 5 s; the last ruleset seen.
+fn ruleset_when(stack: &Stack, ok: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rules = stack.in_ns(&["nft", "list", "ruleset"])?;
+        if ok(&rules) {
+            return Ok(rules);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the ruleset did not settle within 5 s:\n{rules}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What explains a port that does not answer: dockerd's namespace's forwarding, addresses,
+/// routes and ruleset.
+fn diagnostics(stack: &Stack) -> String {
+    let mut out = String::new();
+    for cmd in [
+        &["sysctl", "net.ipv4.ip_forward"][..],
+        &["ip", "-o", "addr"],
+        &["ip", "route"],
+        &["ss", "-ltnp"],
+        &["nft", "list", "ruleset"],
+    ] {
+        let got = stack.in_ns(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        out.push_str(&format!("--- {}\n{got}\n", cmd.join(" ")));
+    }
+    for cmd in [
+        &["ps", "-a"][..],
+        &["logs", "web"],
+        &["exec", "web", "ip", "route"],
+        &["exec", "web", "ip", "addr"],
+        &["exec", "web", "busybox", "netstat", "-ltn"],
+    ] {
+        let got = stack.docker(cmd).unwrap_or_else(|e| format!("{e:#}"));
+        out.push_str(&format!("--- docker {}\n{got}\n", cmd.join(" ")));
+    }
+    out
+}
+
+/// A server on port 80 that answers every connection with one line.
+const WEB: &str = "printf '#!/bin/sh\\necho cnm-published\\n' >/page && chmod +x /page && exec nc -ll -p 80 -e /page";
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn dockerd_published_ports_reach_the_container_and_go_with_it() -> Result<()> {
+    let stack = Stack::start()?;
+    let result = async {
+        stack.import_image()?;
+        let mut peer = Peer::new(&stack)?;
+        stack.docker(&[
+            "network",
+            "create",
+            "-d",
+            "cnm",
+            "--subnet",
+            "10.78.0.0/24",
+            "cnm-pub",
+        ])?;
+        let links_before = stack.links()?;
+        let rules_before = stack.in_ns(&["nft", "list", "ruleset"])?;
+        ensure!(
+            !rules_before.contains("8080"),
+            "port 8080 in the ruleset before any container:\n{rules_before}"
+        );
+        ensure!(
+            peer.get(8080).is_err(),
+            "port 8080 answers before any container"
+        );
+
+        stack.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "--network",
+            "cnm-pub",
+            IMAGE,
+            "sh",
+            "-c",
+            WEB,
+        ])?;
+        // Real traffic: the peer reaches the container's server through the host's address.
+        let page = peer
+            .get_within(8080, Duration::from_secs(10))
+            .with_context(|| diagnostics(&stack))?;
+        ensure!(page.trim() == "cnm-published", "page {page:?}");
+        // cnm's endpoint records the port as published.
+        let web_ip = stack.docker(&[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"cnm-pub\").IPAddress}}",
+            "web",
+        ])?;
+        let rules_web = stack.in_ns(&["nft", "list", "ruleset"])?;
+        ensure!(
+            rules_web.contains("8080") && rules_web.contains(&web_ip),
+            "no rule names port 8080 and {web_ip}:\n{rules_web}"
+        );
+
+        // Atomic: a second container asking for the same host port fails, and leaves no rule,
+        // link or endpoint; the first still answers.
+        let err = stack
+            .docker(&[
+                "run",
+                "-d",
+                "--name",
+                "web2",
+                "-p",
+                "8080:80",
+                "--network",
+                "cnm-pub",
+                IMAGE,
+                "sh",
+                "-c",
+                WEB,
+            ])
+            .expect_err("a host port in use must be refused");
+        ensure!(format!("{err:#}").contains("8080"), "{err:#}");
+        let _ = stack.docker(&["rm", "-f", "web2"]);
+        let rules_after_refusal = stack.in_ns(&["nft", "list", "ruleset"])?;
+        assert_eq!(
+            rules_after_refusal, rules_web,
+            "a refused publish changed the ruleset"
+        );
+        ensure!(peer.get(8080)?.trim() == "cnm-published");
+
+        // cnmd's firewall repairs a flush of the whole ruleset, published port included.
+        stack.in_ns(&["nft", "flush", "ruleset"])?;
+        let page = peer.get_within(8080, Duration::from_secs(5))?;
+        ensure!(
+            page.trim() == "cnm-published",
+            "after the flush: page {page:?}"
+        );
+
+        // docker rm -f: the port closes and nothing of it stays.
+        stack.docker(&["rm", "-f", "web"])?;
+        ensure!(
+            peer.get(8080).is_err(),
+            "port 8080 still answers after docker rm -f"
+        );
+        let rules = stack.in_ns(&["nft", "list", "ruleset"])?;
+        assert_eq!(
+            words(&rules),
+            words(&rules_before),
+            "docker rm -f left a rule:\n{rules}\nwas:\n{rules_before}"
+        );
+        assert_eq!(stack.links()?, links_before, "docker rm -f left a link");
+        // ... nor after another flush and its repair.
+        stack.in_ns(&["nft", "flush", "ruleset"])?;
+        ruleset_when(&stack, |r| words(r) == words(&rules_before))?;
+        ensure!(
+            peer.get(8080).is_err(),
+            "port 8080 answers after the repair"
+        );
+
+        let docker_id = stack.docker(&["network", "inspect", "-f", "{{.Id}}", "cnm-pub"])?;
+        let cnm = cnm_network(&stack, &docker_id).await?;
+        assert_eq!(
+            cnm["Containers"].as_object().map(|o| o.len()).unwrap_or(0),
+            0,
+            "cnm endpoints left: {cnm}"
+        );
+        stack.docker(&["network", "rm", "cnm-pub"])?;
         anyhow::Ok(())
     }
     .await;

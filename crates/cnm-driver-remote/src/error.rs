@@ -65,6 +65,18 @@ pub enum RemoteError {
         /// The id asked for.
         pool: PoolId,
     },
+    /// A pool to adopt after a restart without replay, recorded without the plugin's id.
+    #[error(
+        "IPAM plugin {plugin:?}: pool {pool} was recorded without the plugin's PoolID, so it \
+         cannot be taken back without asking for it again (the plugin does not want requests \
+         replayed)"
+    )]
+    NoPluginPoolId {
+        /// The plugin.
+        plugin: String,
+        /// The pool.
+        pool: PoolId,
+    },
 }
 
 impl RemoteError {
@@ -76,6 +88,7 @@ impl RemoteError {
             Self::PoolOverlap { .. } => ErrorKind::Conflict,
             Self::NoFreePool { .. } => ErrorKind::Unavailable,
             Self::UnknownPool { .. } => ErrorKind::NotFound,
+            Self::NoPluginPoolId { .. } => ErrorKind::Conflict,
         }
     }
 

@@ -320,6 +320,44 @@ impl Ipam for RemoteIpam {
         self.client.name()
     }
 
+    /// As the plugin said in `GetCapabilities` (`RequiresRequestReplay`).
+    fn requires_request_replay(&self) -> bool {
+        self.capabilities.requires_request_replay
+    }
+
+    fn external_pool_id(&self, pool: &PoolId) -> Option<String> {
+        self.lock().get(pool).map(|h| h.plugin_id.clone())
+    }
+
+    /// Takes back a pool the plugin kept across the controller's restart, by the `PoolID` the
+    /// controller recorded, with its addresses; the plugin is not called.
+    async fn adopt_pool(
+        &self,
+        req: &PoolRequest,
+        id: &PoolId,
+        external_id: Option<&str>,
+        addresses: &[IpAddr],
+    ) -> Result<(), IpamError> {
+        let Some(plugin_id) = external_id else {
+            return Err(self.error(RemoteError::NoPluginPoolId {
+                plugin: self.client.name().to_owned(),
+                pool: id.clone(),
+            }));
+        };
+        self.lock().insert(
+            id.clone(),
+            HeldPool {
+                plugin_id: plugin_id.to_owned(),
+                subnet: id.subnet(),
+                gateway: req.gateway,
+                data_gateway: None,
+                addresses: addresses.iter().copied().collect(),
+            },
+        );
+        tracing::info!(plugin = %self.client.name(), pool = %id, "pool adopted");
+        Ok(())
+    }
+
     async fn request_pool(&self, req: &PoolRequest) -> Result<Pool, IpamError> {
         if let Some(subnet) = req.subnet
             && Family::of_net(&subnet) != req.family

@@ -44,4 +44,4 @@ pub mod wire;
 pub use driver::{RemoteConfig, RemoteDriver};
 pub use error::RemoteError;
 pub use ipam::{IpamCapabilities, RemoteIpam};
-pub use resolver::PluginResolver;
+pub use resolver::{PluginIpamResolver, PluginResolver};

@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::network::NetworkInner;
 use crate::CoreError;
 use crate::options::EndpointOptions;
+use crate::port::PortBinding;
 use crate::record::{self, EndpointRecord};
 use crate::spi::ParsedOptions;
 
@@ -50,6 +51,9 @@ pub(crate) struct EndpointState {
     pub(crate) deleted: bool,
     /// The store version of its record.
     pub(crate) version: u64,
+    /// The ports it publishes while it is its sandbox's gateway endpoint: the options' at
+    /// creation, replaced by [`crate::Endpoint::publish_ports`]; kept in its record.
+    pub(crate) port_bindings: Vec<PortBinding>,
 }
 
 /// One endpoint.
@@ -96,6 +100,7 @@ impl EndpointInner {
                 sandbox: record.sandbox_id.clone(),
                 deleted: false,
                 version,
+                port_bindings: record.port_bindings.clone(),
             }),
             op: tokio::sync::Mutex::new(()),
             record,
@@ -111,11 +116,17 @@ impl EndpointInner {
         record::endpoint_key(&self.network.id, &self.id)
     }
 
-    /// The record with `sandbox_id` set.
+    /// The record with `sandbox_id` set (and the ports it publishes now).
     pub(crate) fn record(&self, sandbox_id: Option<&str>) -> EndpointRecord {
         let mut r = self.record.clone();
         r.sandbox_id = sandbox_id.map(str::to_owned);
+        r.port_bindings = self.port_bindings();
         r
+    }
+
+    /// The ports it publishes while it is its sandbox's gateway endpoint.
+    pub(crate) fn port_bindings(&self) -> Vec<PortBinding> {
+        self.state().port_bindings.clone()
     }
 
     /// Its addresses, without prefix.

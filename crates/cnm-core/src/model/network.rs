@@ -25,6 +25,8 @@ pub(crate) struct NetworkPool {
     pub(crate) aux_addresses: BTreeMap<String, IpAddr>,
     /// The subnet as the user wrote it, when that had host bits set.
     pub(crate) as_given: Option<IpNet>,
+    /// The IPAM's own id of the pool, when it has one.
+    pub(crate) ipam_id: Option<String>,
 }
 
 impl NetworkPool {
@@ -35,6 +37,7 @@ impl NetworkPool {
             gateway: self.gateway,
             aux_addresses: self.aux_addresses.clone(),
             subnet_as_given: self.as_given,
+            ipam_pool_id: self.ipam_id.clone(),
         }
     }
 
@@ -45,6 +48,7 @@ impl NetworkPool {
             gateway: p.gateway,
             aux_addresses: p.aux_addresses.clone(),
             as_given: p.subnet_as_given,
+            ipam_id: p.ipam_pool_id.clone(),
         }
     }
 

@@ -106,7 +106,7 @@ pub(crate) async fn switch_gateway(
         {
             let (core, old) = (core.clone(), old.clone());
             undo.push("republish ports", move || async move {
-                let bindings = old.ep.options.port_bindings.clone();
+                let bindings = old.ep.port_bindings();
                 program(&core, &old, &bindings, "publish ports of endpoint")
                     .await
                     .map(drop)
@@ -131,7 +131,7 @@ pub(crate) async fn switch_gateway(
         let routes = j.default_routes();
         // The default route (in the sandbox) and the published ports (the driver, on the host)
         // are independent: do them at once, then record the inverse of each that was done.
-        let bindings = j.ep.options.port_bindings.clone();
+        let bindings = j.ep.port_bindings();
         let (routed, published) = futures::join!(
             add_routes(core, sb, &routes, "add default route"),
             program(core, j, &bindings, "publish ports of endpoint")
@@ -171,7 +171,8 @@ pub(crate) fn check_ports_follow_gateway(
     ep: &EndpointInner,
     me: &GatewayCandidate,
 ) -> Result<(), CoreError> {
-    if ep.options.port_bindings.is_empty() {
+    let ports = ep.port_bindings();
+    if ports.is_empty() {
         return Ok(());
     }
     let others: Vec<GatewayCandidate> = joined.iter().map(Joined::candidate).collect();
@@ -215,13 +216,143 @@ pub(crate) fn check_ports_follow_gateway(
     Err(CoreError::PortsNotPublishable {
         endpoint: ep.name.clone(),
         network: net.name.clone(),
-        ports: ep
-            .options
-            .port_bindings
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        ports: ports.iter().map(ToString::to_string).collect(),
         gateway,
         reason,
     })
+}
+
+/// Replaces the ports `ep` publishes; it must be joined to `sb`. On its sandbox's gateway
+/// endpoint the driver withdraws what it published and publishes the new ports, then the
+/// endpoint's and the sandbox's records say so, in one transaction; an
+/// endpoint that is not the gateway takes no ports (see [`check_ports_follow_gateway`]), only
+/// an empty list. A failure programs the old ports again and leaves the records as they were.
+/// Returns the bindings as made (host ports resolved).
+pub(crate) async fn publish_ports(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    bindings: Vec<PortBinding>,
+) -> Result<Vec<PortBinding>, CoreError> {
+    for b in &bindings {
+        b.validate()
+            .map_err(|e| CoreError::invalid("port binding", b, e.to_string()))?;
+    }
+    let locked = super::lock_pair(sb, ep).await?;
+    let st = &locked.state;
+    let not_joined = || CoreError::NotJoined {
+        endpoint: ep.name.clone(),
+        sandbox: sb.short().to_owned(),
+    };
+    let ep_version = {
+        let e = ep.state();
+        if e.sandbox.as_deref() != Some(sb.id.as_str()) {
+            return Err(not_joined());
+        }
+        e.version
+    };
+    let Some(pos) = st.joined.iter().position(|j| j.ep.id == ep.id) else {
+        return Err(not_joined());
+    };
+    let mut joined = st.joined.clone();
+    let is_gateway = st.gateway.as_deref() == Some(ep.id.as_str());
+    if !is_gateway && !bindings.is_empty() {
+        let gateway = st.gateway_join().map(|g| g.ep.name.clone());
+        let reason = match &gateway {
+            Some(g) => format!(
+                "endpoint {g} provides the default route of sandbox {} (container {}); \
+                 published ports follow the default route (replies to outside clients leave \
+                 by it)",
+                sb.short(),
+                sb.container_id
+            ),
+            None => format!(
+                "the endpoint does not provide the default route of sandbox {} (container {}), \
+                 and published ports follow the default route",
+                sb.short(),
+                sb.container_id
+            ),
+        };
+        return Err(CoreError::PortsNotPublishable {
+            endpoint: ep.name.clone(),
+            network: ep.network.name.clone(),
+            ports: bindings.iter().map(ToString::to_string).collect(),
+            gateway,
+            reason,
+        });
+    }
+    let old_requested = ep.port_bindings();
+    let old_published = joined[pos].published.clone();
+    let made = if is_gateway {
+        // Withdraw, then publish: the SPI's two calls, as a gateway switch makes them.
+        if !old_published.is_empty() {
+            revoke(core, &joined[pos]).await?;
+        }
+        let result = if bindings.is_empty() {
+            Ok(Vec::new())
+        } else {
+            program(core, &joined[pos], &bindings, "publish ports of endpoint").await
+        };
+        match result {
+            Ok(made) => made,
+            Err(e) => {
+                let undo = republish(core, &joined[pos], &old_published).await;
+                return Err(crate::undo::with_cleanup(
+                    e,
+                    undo.err().into_iter().collect(),
+                ));
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    joined[pos].published = made.clone();
+    ep.state().port_bindings = bindings;
+    let committed = super::commit_join_state(
+        core,
+        sb,
+        &joined,
+        st.gateway.as_deref(),
+        st.version,
+        ep,
+        ep_version,
+        Some(&sb.id),
+    )
+    .await;
+    let version = match committed {
+        Ok(v) => v,
+        Err(e) => {
+            ep.state().port_bindings = old_requested;
+            let mut cleanup = Vec::new();
+            if is_gateway && let Err(u) = republish(core, &joined[pos], &old_published).await {
+                cleanup.push(u);
+            }
+            return Err(crate::undo::with_cleanup(e, cleanup));
+        }
+    };
+    ep.state().version = version;
+    {
+        let mut s = sb.state();
+        s.joined = joined;
+        s.version = version;
+    }
+    tracing::info!(
+        endpoint = crate::id::short(&ep.id),
+        sandbox = sb.short(),
+        ports = made.len(),
+        "published ports replaced"
+    );
+    Ok(made)
+}
+
+/// Puts back the ports `j` published before (none: withdraws what may be there).
+async fn republish(core: &Core, j: &Joined, old: &[PortBinding]) -> Result<(), CoreError> {
+    if old.is_empty() {
+        revoke(core, j).await
+    } else {
+        revoke(core, j).await?;
+        program(core, j, old, "publish again ports of endpoint")
+            .await
+            .map(drop)
+    }
 }

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 use super::{check_name, delete_record, put_new_record};
 use crate::CoreError;
 use crate::id;
+use crate::ipam::Ipam;
 use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
 use crate::options::{NetworkOptions, PoolConfig};
 use crate::record;
@@ -100,10 +101,9 @@ pub(crate) async fn create_network(
     options.validate()?;
     let mtu = options.mtu()?;
     let driver = core.find_driver(&driver_name).await?;
-    let ipam_name = options.ipam_driver.as_deref().unwrap_or("default");
-    if ipam_name != "default" && ipam_name != core.ipam.name() {
-        return Err(CoreError::IpamDriverNotFound(ipam_name.to_owned()));
-    }
+    // An IPAM driver the controller does not have is found by name now (a plugin), or the
+    // network is refused before anything is made.
+    let ipam = core.find_ipam(options.ipam_driver.as_deref()).await?;
     let parsed = driver
         .parse_network_options(&options.driver_keys())
         .map_err(|e| CoreError::driver("validate options of network", &name, e))?;
@@ -177,8 +177,7 @@ pub(crate) async fn create_network(
                 Some(v) => v,
                 None => {
                     let key = record::network_key(&id);
-                    let version =
-                        put_new_record(&core, &key, &parts.record(core.ipam.name())).await?;
+                    let version = put_new_record(&core, &key, &parts.record(ipam.name())).await?;
                     undo.push("delete network record", delete_record(&core, key, version));
                     version
                 }
@@ -256,7 +255,10 @@ async fn claim_global(
                 return Err(CoreError::driver("allocate network", &parts.name, e));
             }
         };
-        let rec = parts.record(core.ipam.name());
+        let rec = parts.record(
+            core.ipam_named(parts.options.ipam_driver.as_deref())?
+                .name(),
+        );
         let claimed = cluster.claim_network(&rec, &index, index_version).await;
         let e = match claimed {
             Ok(version) => {
@@ -357,17 +359,18 @@ async fn allocate_pools(
     } else {
         Vec::new()
     };
+    let ipam = core.ipam_named(options.ipam_driver.as_deref())?;
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for (family, out) in [(Family::V4, &mut v4), (Family::V6, &mut v6)] {
         for config in options.pool_configs(family) {
-            let pool = allocate_pool(core, undo, family, config, &exclude, network).await?;
+            let pool = allocate_pool(&ipam, undo, family, config, &exclude, network).await?;
             let wanted = !capability.no_gateway
                 && (!capability.gateway_on_request
                     || config.and_then(PoolConfig::gateway).is_some());
             let pool = if !wanted {
                 pool
             } else {
-                allocate_gateway(core, undo, pool, network).await?
+                allocate_gateway(&ipam, undo, pool, network).await?
             };
             out.push(pool);
         }
@@ -376,7 +379,7 @@ async fn allocate_pools(
 }
 
 async fn allocate_pool(
-    core: &Arc<Core>,
+    ipam: &Arc<dyn Ipam>,
     undo: &mut Undo<CoreError>,
     family: Family,
     config: Option<&PoolConfig>,
@@ -390,13 +393,12 @@ async fn allocate_pool(
     let aux = config
         .map(|c| c.aux_addresses().clone())
         .unwrap_or_default();
-    let pool = core
-        .ipam
+    let pool = ipam
         .request_pool(&req)
         .await
         .map_err(|e| CoreError::ipam("allocate pool for network", network, e))?;
     {
-        let (ipam, id) = (core.ipam.clone(), pool.id.clone());
+        let (ipam, id) = (ipam.clone(), pool.id.clone());
         undo.push("release pool", move || async move {
             ipam.release_pool(&id)
                 .await
@@ -404,6 +406,7 @@ async fn allocate_pool(
         });
     }
     Ok(NetworkPool {
+        ipam_id: ipam.external_pool_id(&pool.id),
         pool_id: pool.id,
         subnet: pool.subnet,
         gateway: None,
@@ -415,18 +418,17 @@ async fn allocate_pool(
 }
 
 async fn allocate_gateway(
-    core: &Arc<Core>,
+    ipam: &Arc<dyn Ipam>,
     undo: &mut Undo<CoreError>,
     mut pool: NetworkPool,
     network: &str,
 ) -> Result<NetworkPool, CoreError> {
-    let gateway = core
-        .ipam
+    let gateway = ipam
         .request_address(&pool.pool_id, AddressRequest::Gateway)
         .await
         .map_err(|e| CoreError::ipam("allocate gateway for network", network, e))?;
     {
-        let (ipam, id) = (core.ipam.clone(), pool.pool_id.clone());
+        let (ipam, id) = (ipam.clone(), pool.pool_id.clone());
         undo.push("release gateway", move || async move {
             ipam.release_address(&id, gateway.addr())
                 .await

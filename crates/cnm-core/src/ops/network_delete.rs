@@ -68,11 +68,12 @@ pub(crate) async fn delete_network(
                     .await
                     .map_err(|e| CoreError::store("delete", &key, e)),
             );
-            if net.capability.needs_addresses {
+            if net.capability.needs_addresses
+                && let Some(ipam) = errors.check(core.ipam_of(&net))
+            {
                 for pool in net.pools_v4.iter().chain(&net.pools_v6) {
                     errors.check(
-                        core.ipam
-                            .release_pool(&pool.pool_id)
+                        ipam.release_pool(&pool.pool_id)
                             .await
                             .map_err(|e| CoreError::ipam("release pool of network", &net.name, e)),
                     );

@@ -23,11 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use cnm_ipam::{AddressRequest, Family, PoolRequest};
+use cnm_ipam::{AddressRequest, Family, PoolId, PoolRequest};
 use cnm_types::IfName;
 
 use crate::CoreError;
 use crate::id;
+use crate::ipam::Ipam;
 use crate::kernel::SandboxNs;
 use crate::model::endpoint::EndpointInner;
 use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
@@ -280,11 +281,21 @@ async fn reserve(
         }
         return Ok((v4, v6));
     }
-    let v4 = restore_pools(core, &rec.ipv4, Family::V4, &rec.name).await?;
-    let v6 = restore_pools(core, &rec.ipv6, Family::V6, &rec.name).await?;
+    // The network's IPAM: the controller's, or one found by name (a plugin).
+    let ipam = core
+        .find_ipam(Some(rec.ipam_driver.as_str()).filter(|n| !n.is_empty()))
+        .await?;
+    if !ipam.requires_request_replay() {
+        // The IPAM kept its own state: it is given its pools back, nothing is asked again.
+        let addresses: Vec<(IpAddr, PoolId)> = addresses.map(|(a, p, _)| (a, p)).collect();
+        let v4 = adopt_pools(&ipam, &rec.ipv4, Family::V4, &addresses, &rec.name).await?;
+        let v6 = adopt_pools(&ipam, &rec.ipv6, Family::V6, &addresses, &rec.name).await?;
+        return Ok((v4, v6));
+    }
+    let v4 = restore_pools(&ipam, &rec.ipv4, Family::V4, &rec.name).await?;
+    let v6 = restore_pools(&ipam, &rec.ipv6, Family::V6, &rec.name).await?;
     for (addr, pool, name) in addresses {
-        core.ipam
-            .request_address(&pool, AddressRequest::Specific(addr))
+        ipam.request_address(&pool, AddressRequest::Specific(addr))
             .await
             .map_err(|e| CoreError::ipam("restore address of endpoint", name, e))?;
     }
@@ -746,20 +757,15 @@ async fn restore_sandboxes(
 
 /// Re-reserves a network's pools and gateways in IPAM, as recorded.
 async fn restore_pools(
-    core: &Core,
+    ipam: &Arc<dyn Ipam>,
     pools: &[PoolAllocation],
     family: Family,
     network: &str,
 ) -> Result<Vec<NetworkPool>, CoreError> {
     let mut out = Vec::new();
     for p in pools {
-        let mut req = PoolRequest::new(family);
-        req.subnet = Some(p.pool_id.subnet());
-        req.ip_range = p.pool_id.range();
-        req.gateway = p.gateway.map(|g| g.addr());
-        req.aux_addresses = p.aux_addresses.values().copied().collect();
-        let pool = core
-            .ipam
+        let req = recorded_request(p, family);
+        let pool = ipam
             .request_pool(&req)
             .await
             .map_err(|e| CoreError::ipam("restore pool of network", network, e))?;
@@ -771,11 +777,60 @@ async fn restore_pools(
             ));
         }
         if let Some(gw) = p.gateway {
-            core.ipam
-                .request_address(&pool.id, AddressRequest::Specific(gw.addr()))
+            // As a gateway (the pool was asked with it), as libnetwork replays it.
+            let got = ipam
+                .request_address(&pool.id, AddressRequest::Gateway)
                 .await
                 .map_err(|e| CoreError::ipam("restore gateway of network", network, e))?;
+            if got.addr() != gw.addr() {
+                return Err(CoreError::invalid(
+                    "gateway",
+                    gw,
+                    format!("IPAM restored it as {got} for network {network}"),
+                ));
+            }
         }
+        out.push(NetworkPool::from_record(p));
+    }
+    Ok(out)
+}
+
+/// The request a recorded pool was made by.
+fn recorded_request(p: &PoolAllocation, family: Family) -> PoolRequest {
+    let mut req = PoolRequest::new(family);
+    req.subnet = Some(p.pool_id.subnet());
+    req.ip_range = p.pool_id.range();
+    req.gateway = p.gateway.map(|g| g.addr());
+    req.aux_addresses = p.aux_addresses.values().copied().collect();
+    req
+}
+
+/// Gives an IPAM that needs no replay its recorded pools back, each with the addresses held
+/// in it (gateway and endpoints').
+async fn adopt_pools(
+    ipam: &Arc<dyn Ipam>,
+    pools: &[PoolAllocation],
+    family: Family,
+    addresses: &[(IpAddr, PoolId)],
+    network: &str,
+) -> Result<Vec<NetworkPool>, CoreError> {
+    let mut out = Vec::new();
+    for p in pools {
+        let mut held: Vec<IpAddr> = p.gateway.map(|g| g.addr()).into_iter().collect();
+        held.extend(
+            addresses
+                .iter()
+                .filter(|(_, pool)| *pool == p.pool_id)
+                .map(|(a, _)| *a),
+        );
+        ipam.adopt_pool(
+            &recorded_request(p, family),
+            &p.pool_id,
+            p.ipam_pool_id.as_deref(),
+            &held,
+        )
+        .await
+        .map_err(|e| CoreError::ipam("adopt pool of network", network, e))?;
         out.push(NetworkPool::from_record(p));
     }
     Ok(out)
@@ -819,7 +874,7 @@ async fn restore_gateway(
         }
     }
     let bindings = if j.published.is_empty() {
-        j.ep.options.port_bindings.clone()
+        j.ep.port_bindings()
     } else {
         j.published.clone()
     };

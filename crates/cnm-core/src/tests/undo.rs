@@ -192,3 +192,63 @@ async fn a_failed_cleanup_is_reported_with_the_cause() {
     assert!(cleanup[0].to_string().contains("Leave"), "{}", cleanup[0]);
     assert_eq!(e.kind(), source.kind(), "the cause decides the kind");
 }
+
+#[tokio::test]
+async fn replacing_published_ports_is_all_or_nothing_and_recorded() {
+    let tcp9090: PortBinding = "9090:90/tcp".parse().unwrap();
+    let udp8082: PortBinding = "8082:82/udp".parse().unwrap();
+    // A failure at either driver call leaves everything as it was, old port published.
+    for step in [DriverStep::Revoke, DriverStep::Program] {
+        let w = prepared(FakeInterfaceMode::InSandbox).await;
+        let ep = w.ctl.network("a").unwrap().endpoint("held").unwrap();
+        let before = w.snapshot().await;
+        w.driver.faults().fail_next(step);
+        let e = ep.publish_ports(vec![udp8082]).await.unwrap_err();
+        assert!(e.to_string().contains("on purpose"), "{step:?}: {e}");
+        assert_eq!(w.snapshot().await, before, "{step:?} changed state");
+        assert_eq!(ep.port_bindings(), vec![tcp9090]);
+    }
+    let mut w = prepared(FakeInterfaceMode::InSandbox).await;
+    let ep = w.ctl.network("a").unwrap().endpoint("held").unwrap();
+    let made = ep.publish_ports(vec![udp8082]).await.unwrap();
+    assert_eq!(made, vec![udp8082]);
+    assert_eq!(w.driver.state().published[ep.id()], vec![udp8082]);
+    let sb = w.ctl.sandbox_by_container_id("old").unwrap();
+    assert_eq!(sb.published_ports(), vec![udp8082]);
+    // Recorded: a restart publishes the new port, not the one the endpoint was created with.
+    w.restart().await.unwrap();
+    let ep = w.ctl.network("a").unwrap().endpoint("held").unwrap();
+    assert_eq!(ep.port_bindings(), vec![udp8082]);
+    assert_eq!(w.driver.state().published[ep.id()], vec![udp8082]);
+    // An empty list withdraws them.
+    assert!(ep.publish_ports(Vec::new()).await.unwrap().is_empty());
+    assert!(!w.driver.state().published.contains_key(ep.id()));
+    assert!(ep.port_bindings().is_empty());
+
+    // Only the gateway endpoint takes ports; an endpoint not joined takes none; a bad binding
+    // is refused by name. None of it changes anything.
+    let b = w.ctl.network("b").unwrap();
+    let sb = w.ctl.sandbox_by_container_id("old").unwrap();
+    let second = b.create_endpoint("second", ep_opts()).await.unwrap();
+    second
+        .join_sandbox(&sb, [JoinOption::gateway_priority(-10)])
+        .await
+        .unwrap();
+    let before = w.snapshot().await;
+    let e = second.publish_ports(vec![udp8082]).await.unwrap_err();
+    assert!(
+        matches!(&e, CoreError::PortsNotPublishable { gateway: Some(g), .. } if g == "held"),
+        "{e}"
+    );
+    let free = w.ctl.network("a").unwrap().endpoint("free").unwrap();
+    let e = free.publish_ports(vec![udp8082]).await.unwrap_err();
+    assert!(matches!(e, CoreError::NotJoined { .. }), "{e}");
+    let bad = PortBinding {
+        host_port: Some(crate::PortRange::new(8000, 8001).unwrap()),
+        ..udp8082
+    };
+    let e = ep.publish_ports(vec![bad]).await.unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("port binding"), "{e}");
+    assert_eq!(w.snapshot().await, before, "refusals changed state");
+}

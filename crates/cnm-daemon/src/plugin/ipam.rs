@@ -92,6 +92,10 @@ macro_rules! body {
     };
 }
 
+/// `RequiresRequestReplay` is false: cnm's IPAM keeps its pools and addresses in cnm's durable
+/// store and has them back after a cnmd restart (`the_ipam_plugins_pools_survive_a_restart`),
+/// so dockerd need not request them again; `RequiresMACAddress` is false: addresses are not
+/// chosen by MAC.
 pub(crate) async fn capabilities() -> Response {
     reply(
         StatusCode::OK,

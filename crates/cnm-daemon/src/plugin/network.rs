@@ -21,6 +21,17 @@
 //! back to the host namespace; the veth is deleted at `DeleteEndpoint`, when cnm's endpoint
 //! leaves and deletes its sandbox (deleting the host end deletes the pair wherever the other
 //! end is). `Leave` only checks that the endpoint is joined.
+//!
+//! **Published ports.** dockerd 20.10 sends `docker run -p` to the container's gateway
+//! endpoint in `ProgramExternalConnectivity`'s `Options` (`com.docker.network.portmap`, one
+//! container port per entry, and `com.docker.network.endpoint.exposedports`), after `Join`.
+//! They are parsed into cnm's bindings (every entry checked first, errors name the entry and
+//! field) and published with [`Endpoint::publish_ports`]: the cnm driver's own port mapping
+//! (for bridge: host-port reservation, DNAT in cnm's nftables table, repaired after a flush),
+//! recorded with the endpoint so a cnmd restart publishes them again.
+//! `RevokeExternalConnectivity` withdraws them. cnm's sandbox of the endpoint has that one
+//! endpoint, so it is always its gateway endpoint; dockerd decides which endpoint of the
+//! container gets the ports.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -505,30 +516,140 @@ pub(crate) async fn discover(body: Bytes) -> Response {
     ok()
 }
 
-/// Published ports (`docker run -p`) are not served: refused with a clear error rather than
-/// accepted and silently not programmed. Exposed ports alone need nothing.
+/// Docker's published ports (`Options.com.docker.network.portmap`, one container port per
+/// entry) as cnm's bindings, every entry checked before anything is programmed.
+///
+/// `HostPort` 0 is an ephemeral host port (cnm picks one); `HostPortEnd` equal to `HostPort`
+/// (or 0) is that one port. A real range (`-p 8000-8009:80`) asks for any one free port of the
+/// range, which cnm's bindings do not express: refused, naming the entry. `IP` (the container's
+/// address) is not needed: cnm publishes to the endpoint's own address.
+pub fn port_bindings(options: &wire::Options) -> Result<Vec<cnm::PortBinding>, String> {
+    let field = |i: usize, f: &str| format!("Options.{}[{i}].{f}", wire::PORT_MAP);
+    if let Some(v) = options.get(wire::EXPOSED_PORTS)
+        && !v.is_null()
+    {
+        serde_json::from_value::<Vec<wire::TransportPort>>(v.clone())
+            .map_err(|e| format!("Options.{}: {e}: {v}", wire::EXPOSED_PORTS))?;
+    }
+    let entries: Vec<wire::PortBinding> = match options.get(wire::PORT_MAP) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| format!("Options.{}: {e}: {v}", wire::PORT_MAP))?,
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, b) in entries.iter().enumerate() {
+        let proto = match b.proto {
+            wire::proto::TCP => cnm::Protocol::Tcp,
+            wire::proto::UDP => cnm::Protocol::Udp,
+            wire::proto::SCTP => cnm::Protocol::Sctp,
+            p => {
+                return Err(format!(
+                    "{} {p}: not tcp (6), udp (17) or sctp (132)",
+                    field(i, "Proto")
+                ));
+            }
+        };
+        let container_port = cnm::PortRange::single(b.port)
+            .map_err(|e| format!("{} {}: {e}", field(i, "Port"), b.port))?;
+        let host_ip = if b.host_ip.is_empty() {
+            None
+        } else {
+            Some(
+                b.host_ip
+                    .parse::<IpAddr>()
+                    .map_err(|e| format!("{} {:?}: {e}", field(i, "HostIP"), b.host_ip))?,
+            )
+        };
+        let host_port = match (b.host_port, b.host_port_end) {
+            (0, 0) => None,
+            (0, end) => {
+                return Err(format!(
+                    "{} {end} without HostPort: want both 0 for an ephemeral port",
+                    field(i, "HostPortEnd")
+                ));
+            }
+            (p, end) if end == 0 || end == p => Some(
+                cnm::PortRange::single(p)
+                    .map_err(|e| format!("{} {p}: {e}", field(i, "HostPort")))?,
+            ),
+            (p, end) if end < p => {
+                return Err(format!(
+                    "{} {end}: below HostPort {p}",
+                    field(i, "HostPortEnd")
+                ));
+            }
+            (p, end) => {
+                return Err(format!(
+                    "{} {end} (HostPort {p}): cnm publishes one container port on one host \
+                     port, not on any free port of a range",
+                    field(i, "HostPortEnd")
+                ));
+            }
+        };
+        let binding = cnm::PortBinding {
+            proto,
+            container_port,
+            host_ip,
+            host_port,
+        };
+        binding
+            .validate()
+            .map_err(|e| format!("Options.{}[{i}] {binding}: {e}", wire::PORT_MAP))?;
+        out.push(binding);
+    }
+    Ok(out)
+}
+
+/// Publishes the ports dockerd asks for on the endpoint it names (the gateway endpoint of its
+/// container), through cnm's own publishing ([`Endpoint::publish_ports`]: the cnm driver's
+/// port mapping, one firewall transaction, recorded with the endpoint). Calling it again
+/// replaces what was published.
 pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) -> Response {
     let req: wire::ProgramExternalConnectivityRequest =
         body!("NetworkDriver.ProgramExternalConnectivity", body);
-    if let Err(e) = network(&st, &req.network_id) {
-        return fail(e);
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let bindings = match port_bindings(&req.options) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let ep = match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) => ep,
+        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+        Err(e) => return fail(e),
+    };
+    if bindings.is_empty() && ep.port_bindings().is_empty() {
+        return ok();
     }
-    match req.options.get(wire::PORT_MAP) {
-        None | Some(Value::Null) => ok(),
-        Some(Value::Array(a)) if a.is_empty() => ok(),
-        Some(other) => fail(format!(
-            "cnm: published ports are not supported on networks served to dockerd \
-             (Options.{}: {other})",
-            wire::PORT_MAP
-        )),
+    match ep.publish_ports(bindings).await {
+        Ok(made) => {
+            tracing::info!(network = %req.network_id, endpoint = %req.endpoint_id, ports = ?made.iter().map(ToString::to_string).collect::<Vec<_>>(), "docker plugin: ports published");
+            ok()
+        }
+        Err(e) => core_err("publish ports of endpoint", &req.endpoint_id, e),
     }
 }
 
+/// Withdraws the endpoint's published ports (done already when it is gone or never had any).
 pub(crate) async fn revoke_external_connectivity(State(st): St, body: Bytes) -> Response {
     let req: wire::EndpointRequest = body!("NetworkDriver.RevokeExternalConnectivity", body);
-    match network(&st, &req.network_id) {
+    let net = match network(&st, &req.network_id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let ep = match endpoint(&net, &req.endpoint_id) {
+        Ok(Some(ep)) => ep,
+        Ok(None) => return ok(),
+        Err(e) => return fail(e),
+    };
+    if ep.port_bindings().is_empty() || ep.sandbox_id().is_none() {
+        return ok();
+    }
+    match ep.publish_ports(Vec::new()).await {
         Ok(_) => ok(),
-        Err(e) => fail(e),
+        Err(e) => core_err("withdraw published ports of endpoint", &req.endpoint_id, e),
     }
 }
 
@@ -589,6 +710,62 @@ mod tests {
         })))
         .unwrap_err();
         assert!(err.contains("IPv4Data[0].Gateway"), "{err}");
+    }
+
+    #[test]
+    fn dockers_port_map_becomes_cnm_bindings() {
+        let opts: wire::Options = serde_json::from_value(serde_json::json!({
+            "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}, {"Proto": 17, "Port": 53}],
+            "com.docker.network.portmap": [
+                {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+                {"Proto": 17, "IP": "", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 5353, "HostPortEnd": 0},
+                {"Proto": 6, "IP": "", "Port": 81, "HostIP": "", "HostPort": 0, "HostPortEnd": 0}
+            ]
+        }))
+        .unwrap();
+        let got: Vec<String> = port_bindings(&opts)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let want: Vec<String> = ["8080:80/tcp", "127.0.0.1:5353:53/udp", "81/tcp"]
+            .iter()
+            .map(|s| s.parse::<cnm::PortBinding>().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want);
+        assert!(port_bindings(&wire::Options::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_port_maps_name_the_entry_and_field() {
+        let entry = |proto: u8, port: u16, host_ip: &str, host_port: u16, end: u16| {
+            serde_json::json!({"Proto": proto, "IP": "", "Port": port, "HostIP": host_ip,
+                               "HostPort": host_port, "HostPortEnd": end})
+        };
+        let cases = [
+            (entry(1, 80, "", 80, 80), "[0].Proto 1"),
+            (entry(6, 0, "", 80, 80), "[0].Port 0"),
+            (entry(6, 80, "x", 80, 80), "[0].HostIP \"x\""),
+            (entry(6, 80, "", 8000, 8009), "[0].HostPortEnd 8009"),
+            (entry(6, 80, "", 0, 9), "[0].HostPortEnd 9"),
+            (entry(6, 80, "", 90, 80), "[0].HostPortEnd 80"),
+        ];
+        for (entry, want) in cases {
+            let mut opts = wire::Options::new();
+            opts.insert(wire::PORT_MAP.into(), Value::Array(vec![entry]));
+            let err = port_bindings(&opts).unwrap_err();
+            assert!(
+                err.contains(&format!("com.docker.network.portmap{want}")),
+                "{err}"
+            );
+        }
+        let mut opts = wire::Options::new();
+        opts.insert(wire::PORT_MAP.into(), Value::String("80".into()));
+        assert!(
+            port_bindings(&opts)
+                .unwrap_err()
+                .contains("com.docker.network.portmap")
+        );
     }
 
     #[test]

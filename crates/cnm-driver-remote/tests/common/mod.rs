@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use cnm_core::store::{MemoryStore, Store};
 use cnm_core::{Controller, Driver, Ipam};
 use cnm_driver_remote::plugin::{ClientConfig, PluginDirs};
-use cnm_driver_remote::{RemoteConfig, RemoteDriver, RemoteIpam};
+use cnm_driver_remote::{PluginIpamResolver, RemoteConfig, RemoteDriver, RemoteIpam};
 use cnm_sandbox::NetNs;
 use cnm_testkit::TestHost;
 use serde::Deserialize;
@@ -54,6 +55,8 @@ pub struct PluginArgs {
     pub scope: &'static str,
     /// Listen on `NAME/NAME.sock` instead of `NAME.sock`.
     pub in_subdir: bool,
+    /// IPAM capability `RequiresRequestReplay`.
+    pub replay: bool,
 }
 
 impl Default for PluginArgs {
@@ -66,6 +69,7 @@ impl Default for PluginArgs {
             tcp: false,
             scope: "local",
             in_subdir: false,
+            replay: false,
         }
     }
 }
@@ -167,6 +171,9 @@ impl FakePlugin {
         if args.require_activation {
             cmd.arg("--require-activation");
         }
+        if args.replay {
+            cmd.arg("--replay");
+        }
         // The child is born in the namespace of the thread that forks it.
         let mut child = match &self.ns {
             Some(ns) => ns
@@ -231,6 +238,16 @@ impl FakePlugin {
         self.kill()?;
         change(&mut self.args.lock().unwrap());
         self.spawn().await
+    }
+
+    /// Forgets every pool and address it holds (its network driver state stays), as an IPAM
+    /// plugin that keeps its state in memory forgets it when it restarts.
+    pub fn forget_pools(&self) -> Result<()> {
+        let path = self.data().join("state.json");
+        let mut state: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        state["pools"] = serde_json::json!({});
+        std::fs::write(&path, serde_json::to_vec(&state)?)?;
+        Ok(())
     }
 
     /// Makes `method` misbehave (`hang`, `garbage`, `500`, `die`, …); `None` clears it.
@@ -302,13 +319,40 @@ pub struct World {
     pub driver: Arc<RemoteDriver>,
     pub ipam: Option<Arc<RemoteIpam>>,
     pub ctl: Controller,
+    call_timeout: Duration,
+    ipam_mode: IpamMode,
+    store: Arc<MemoryStore>,
     _resolv: tempfile::NamedTempFile,
+}
+
+/// How the controller uses the plugin's IPAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpamMode {
+    /// Not at all: the default IPAM.
+    None,
+    /// As the controller's IPAM.
+    Controller,
+    /// Found by name for the networks that name it (an IPAM resolver); the default otherwise.
+    ByName,
 }
 
 impl World {
     pub async fn new(name: &str, args: PluginArgs, call_timeout: Duration) -> Result<World> {
+        let mode = if args.implements.contains("IpamDriver") {
+            IpamMode::Controller
+        } else {
+            IpamMode::None
+        };
+        Self::with_ipam_mode(name, args, call_timeout, mode).await
+    }
+
+    pub async fn with_ipam_mode(
+        name: &str,
+        args: PluginArgs,
+        call_timeout: Duration,
+        with_ipam: IpamMode,
+    ) -> Result<World> {
         let host = TestHost::new().await?;
-        let with_ipam = args.implements.contains("IpamDriver");
         let plugin = FakePlugin::start(
             name,
             Some(host.netns()),
@@ -318,37 +362,88 @@ impl World {
             },
         )
         .await?;
-        let config = plugin.config(call_timeout);
-        let driver = Arc::new(RemoteDriver::connect(name, &config).await?);
         let resolv = tempfile::NamedTempFile::new()?;
         std::fs::write(resolv.path(), "nameserver 192.0.2.53\n")?;
-        let mut builder = Controller::builder()
-            .host_netns(host.netns().clone())
-            .run_dir(host.run_dir())
-            .state_dir(host.state_dir())
-            .resolv_conf(resolv.path())
-            .driver(name, {
-                let driver = driver.clone();
-                move |_| Ok(driver as Arc<dyn Driver>)
-            });
-        let mut ipam = None;
-        if with_ipam {
-            let remote = Arc::new(RemoteIpam::connect(name, &config).await?);
-            builder = builder.ipam(remote.clone() as Arc<dyn Ipam>);
-            ipam = Some(remote);
-        }
-        let ctl = builder
-            .build()
-            .await
-            .context("failed to build a controller on the test host")?;
+        // One store across restarts (no durable store is linked here).
+        let store = Arc::new(MemoryStore::new());
+        let (driver, ipam, ctl) = Self::controller(
+            &host,
+            &plugin,
+            with_ipam,
+            call_timeout,
+            resolv.path(),
+            &store,
+        )
+        .await?;
         Ok(World {
             host,
             plugin,
             driver,
             ipam,
             ctl,
+            call_timeout,
+            ipam_mode: with_ipam,
+            store,
             _resolv: resolv,
         })
+    }
+
+    /// A controller on `host` with the plugin as its driver (and IPAM), freshly connected.
+    async fn controller(
+        host: &TestHost,
+        plugin: &FakePlugin,
+        with_ipam: IpamMode,
+        call_timeout: Duration,
+        resolv: &Path,
+        store: &Arc<MemoryStore>,
+    ) -> Result<(Arc<RemoteDriver>, Option<Arc<RemoteIpam>>, Controller)> {
+        let name = plugin.name.as_str();
+        let config = plugin.config(call_timeout);
+        let driver = Arc::new(RemoteDriver::connect(name, &config).await?);
+        let mut builder = Controller::builder()
+            .host_netns(host.netns().clone())
+            .run_dir(host.run_dir())
+            .state_dir(host.state_dir())
+            .resolv_conf(resolv)
+            .store(store.clone() as Arc<dyn Store>)
+            .driver(name, {
+                let driver = driver.clone();
+                move |_| Ok(driver as Arc<dyn Driver>)
+            });
+        let mut ipam = None;
+        match with_ipam {
+            IpamMode::None => {}
+            IpamMode::Controller => {
+                let remote = Arc::new(RemoteIpam::connect(name, &config).await?);
+                builder = builder.ipam(remote.clone() as Arc<dyn Ipam>);
+                ipam = Some(remote);
+            }
+            IpamMode::ByName => {
+                builder = builder.ipam_resolver(Arc::new(PluginIpamResolver::new(config)));
+            }
+        }
+        let ctl = builder
+            .build()
+            .await
+            .context("failed to build a controller on the test host")?;
+        Ok((driver, ipam, ctl))
+    }
+
+    /// Shuts the controller down and builds another on the same host, directories and store,
+    /// connecting to the plugin afresh: a restart of cnm.
+    pub async fn restart_controller(&mut self) -> Result<()> {
+        self.ctl.shutdown().await?;
+        let (driver, ipam, ctl) = Self::controller(
+            &self.host,
+            &self.plugin,
+            self.ipam_mode,
+            self.call_timeout,
+            self._resolv.path(),
+            &self.store,
+        )
+        .await?;
+        (self.driver, self.ipam, self.ctl) = (driver, ipam, ctl);
+        Ok(())
     }
 
     /// The names of the host namespace's links, sorted.

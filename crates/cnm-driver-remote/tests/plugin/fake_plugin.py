@@ -204,7 +204,7 @@ def empty(_):
 # --- IpamDriver ----------------------------------------------------------------------------
 
 def ipam_capabilities(_):
-    return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+    return {"RequiresMACAddress": False, "RequiresRequestReplay": ARGS.replay}
 
 
 def address_spaces(_):
@@ -389,6 +389,7 @@ def main():
     p.add_argument("--pools", default="")
     p.add_argument("--kernel", action="store_true")
     p.add_argument("--require-activation", action="store_true")
+    p.add_argument("--replay", action="store_true", help="IPAM: RequiresRequestReplay")
     ARGS = p.parse_args()
     ARGS.implements = [i for i in ARGS.implements.split(",") if i]
     ARGS.pools = [x for x in ARGS.pools.split(",") if x]

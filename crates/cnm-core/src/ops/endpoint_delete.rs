@@ -51,7 +51,7 @@ pub(crate) async fn delete_endpoint(
     }
     // The endpoint's facts, if its driver published any, go with it.
     if net.is_global()
-        && let Some(cluster) = &core.cluster
+        && let Some(cluster) = core.cluster()
     {
         let key = crate::facts::cluster_key(&net.driver_name, &net.id, &ep.id);
         errors.check(

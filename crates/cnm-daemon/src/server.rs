@@ -137,7 +137,7 @@ pub struct Config {
     /// The cluster store every host shares (`--cluster-store etcd://HOST:PORT[,HOST:PORT…]`),
     /// where global (overlay) networks live. None (the default): local networks only. Not
     /// reachable at start: cnmd starts with local networks and keeps trying in the background
-    /// (see [`CLUSTER_RETRY_FIRST`]), joining the cluster the moment it answers.
+    /// (every 1 s, doubling up to 10 s), joining the cluster the moment it answers.
     pub cluster_store: Option<cnm_store::EtcdEndpoints>,
     /// This host's address on the cluster's underlay (`--advertise-addr`): its overlay VTEP.
     pub advertise_addr: Option<std::net::IpAddr>,

@@ -575,7 +575,7 @@ pub(crate) fn watch(core: &Arc<Core>, cluster: &Cluster, revision: u64) -> Resul
             let Ok(_pass) = core.gate.enter() else { return };
             match crate::ops::reload::sync_cluster(&core).await {
                 Ok(rev) if resync => {
-                    let Some(cluster) = core.cluster.as_ref() else {
+                    let Some(cluster) = core.cluster() else {
                         return;
                     };
                     match cluster.store.watch_from("network/", rev) {

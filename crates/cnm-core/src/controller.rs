@@ -54,6 +54,7 @@ pub struct ControllerBuilder {
     resolv_conf: PathBuf,
     store: Option<Arc<dyn Store>>,
     cluster_store: Option<Arc<dyn Store>>,
+    cluster_awaited: Option<String>,
     advertise_addr: Option<std::net::IpAddr>,
     lease_ttl: std::time::Duration,
     ipam: Option<Arc<dyn Ipam>>,
@@ -76,6 +77,7 @@ impl fmt::Debug for ControllerBuilder {
             .field("resolv_conf", &self.resolv_conf)
             .field("store", &self.store)
             .field("cluster_store", &self.cluster_store)
+            .field("cluster_awaited", &self.cluster_awaited)
             .field("advertise_addr", &self.advertise_addr)
             .field("lease_ttl", &self.lease_ttl)
             .field("ipam", &self.ipam)
@@ -141,6 +143,17 @@ impl ControllerBuilder {
     /// it.
     pub fn cluster_store(mut self, store: Arc<dyn Store>) -> Self {
         self.cluster_store = Some(store);
+        self
+    }
+
+    /// A cluster store is configured but could not be reached yet (`store` is its address,
+    /// e.g. `etcd://10.0.0.1:2379`): the controller starts with local networks, refuses a
+    /// global network with [`CoreError::ClusterStoreUnreachable`] naming `store` (kind
+    /// `Unavailable`) until [`Controller::attach_cluster_store`] gives it the store, and keeps
+    /// this host's cluster id in its own store from the start, as with
+    /// [`ControllerBuilder::cluster_store`]. Ignored when a cluster store is given.
+    pub fn cluster_store_awaited(mut self, store: impl Into<String>) -> Self {
+        self.cluster_awaited = Some(store.into());
         self
     }
 
@@ -299,10 +312,14 @@ impl ControllerBuilder {
             Some(store) => store,
             None => open_default_store(&self.state_dir).await?,
         };
-        let host_id = match &self.cluster_store {
-            Some(_) => host_id(store.as_ref()).await?,
+        let cluster_awaited = self
+            .cluster_awaited
+            .filter(|_| self.cluster_store.is_none());
+        let host_id = if self.cluster_store.is_some() || cluster_awaited.is_some() {
+            host_id(store.as_ref()).await?
+        } else {
             // Nobody else to tell this host from: an id for this run, nothing written.
-            None => id::generate()[..16].to_owned(),
+            id::generate()[..16].to_owned()
         };
         // [firewall] The host namespace's one firewall, handed to every driver. Opened on first
         // use (a controller of drivers without rules installs nothing); loading until the
@@ -338,6 +355,7 @@ impl ControllerBuilder {
         core.resolver = self.resolver;
         core.gateway_network = self.gateway_network;
         core.ipam_resolver = self.ipam_resolver;
+        core.cluster_awaited = cluster_awaited;
         let core = Arc::new(core);
         let mut host_dns = None;
         if embedded_dns {
@@ -510,6 +528,7 @@ impl Controller {
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             store: None,
             cluster_store: None,
+            cluster_awaited: None,
             advertise_addr: None,
             lease_ttl: crate::spi::DEFAULT_LEASE_TTL,
             ipam: None,
@@ -608,7 +627,7 @@ impl Controller {
     /// see a network another host just created. Nothing without a cluster store.
     pub async fn sync_cluster(&self) -> Result<(), CoreError> {
         let core = self.core()?;
-        if core.cluster.is_none() {
+        if core.cluster().is_none() {
             return Ok(());
         }
         run_op(
@@ -616,6 +635,71 @@ impl Controller {
             "sync",
             "the cluster's networks".to_owned(),
             |core| async move { ops::reload::sync_cluster(&core).await.map(drop) },
+        )
+        .await
+    }
+
+    /// Gives a running controller the cluster store it could not reach at build
+    /// ([`ControllerBuilder::cluster_store_awaited`]), exactly as if
+    /// [`ControllerBuilder::cluster_store`] had: from now on global networks are created,
+    /// joined and deleted through it, drivers get their handle on it
+    /// ([`DriverContext::store`], [`DriverContext::facts`] with this host's lease), and the
+    /// cluster's global networks are adopted now and followed by a watch, like after a reload.
+    ///
+    /// Refused ([`CoreError::InvalidOption`], changing nothing) when the controller has a
+    /// cluster store already. If the first listing of the cluster's networks fails, the store
+    /// stays attached and the watch, started from the beginning of the store's history,
+    /// catches up (its first change triggers a full sync).
+    pub async fn attach_cluster_store(&self, store: Arc<dyn Store>) -> Result<(), CoreError> {
+        let core = self.core()?;
+        if core.cluster().is_some() {
+            return Err(CoreError::invalid(
+                "cluster store",
+                "attach",
+                "the controller has a cluster store already",
+            ));
+        }
+        run_op(
+            core,
+            "attach",
+            "the cluster store".to_owned(),
+            |core| async move {
+                let host_id = host_id(core.store.as_ref()).await?;
+                // Drivers first: a global network that gets past the controller's check finds
+                // its driver's handle there.
+                if !core
+                    .driver_context
+                    .attach_cluster(store.clone(), host_id.clone())
+                {
+                    return Err(CoreError::invalid(
+                        "cluster store",
+                        "attach",
+                        "the controller has a cluster store already",
+                    ));
+                }
+                let cluster = crate::cluster::Cluster::new(store, host_id);
+                if core.cluster.set(cluster).is_err() {
+                    return Err(CoreError::invalid(
+                        "cluster store",
+                        "attach",
+                        "the controller has a cluster store already",
+                    ));
+                }
+                let cluster = core.cluster().expect("set just above");
+                let revision = match ops::reload::sync_cluster(&core).await {
+                    Ok(revision) => revision,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "first sync with the cluster store failed; the watch catches up");
+                        0
+                    }
+                };
+                crate::cluster::watch(&core, cluster, revision)?;
+                tracing::info!(
+                    networks = core.networks.iter().filter(|n| n.is_global()).count(),
+                    "cluster store attached"
+                );
+                Ok(())
+            },
         )
         .await
     }

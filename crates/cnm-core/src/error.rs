@@ -228,6 +228,23 @@ pub enum CoreError {
         /// The driver's name.
         driver: String,
     },
+    /// A global-scope network needs the cluster store, which is configured but has not been
+    /// reached yet ([`ControllerBuilder::cluster_store_awaited`](crate::ControllerBuilder::cluster_store_awaited)):
+    /// the request may succeed once it is
+    /// ([`Controller::attach_cluster_store`](crate::Controller::attach_cluster_store)).
+    #[error(
+        "network {network}: driver {driver} has global scope and needs the cluster store \
+         {store}, which is not reachable yet (this host keeps trying and joins it as soon as \
+         it answers)"
+    )]
+    ClusterStoreUnreachable {
+        /// The network's name.
+        network: String,
+        /// The driver's name.
+        driver: String,
+        /// The store's address, as configured.
+        store: String,
+    },
     /// The object was deleted while this handle was held.
     #[error("{what} {name} was deleted")]
     Deleted {
@@ -356,6 +373,7 @@ impl CoreError {
             }
             Self::Deleted { .. } => ErrorKind::NotFound,
             Self::NoClusterStore { .. } => ErrorKind::Unsupported,
+            Self::ClusterStoreUnreachable { .. } => ErrorKind::Unavailable,
             Self::DuplicateDriver(_) | Self::DriverAddress { .. } => ErrorKind::Internal,
             Self::DriverExists(_) => ErrorKind::AlreadyExists,
             Self::Shutdown => ErrorKind::Unavailable,

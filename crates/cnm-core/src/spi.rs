@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -261,18 +261,28 @@ pub struct DriverContext {
     firewall: cnm_firewall::Firewall,
     /// The driver's name ("" until [`DriverContext::for_driver`]).
     driver: String,
-    /// This host's id in the cluster.
+    /// This host's id, until the controller has a cluster store (then the cluster's says).
     host_id: String,
     /// The controller's own store.
     local_store: Arc<dyn Store>,
-    /// The store shared by every host, if the controller has one.
-    cluster_store: Option<Arc<dyn Store>>,
+    /// The store shared by every host, once the controller has one: shared by every copy of
+    /// the controller's context, so a store attached after the drivers were made
+    /// ([`crate::Controller::attach_cluster_store`]) reaches them all.
+    cluster: Arc<OnceLock<ClusterHandle>>,
     /// This host's address on the underlay, as other hosts reach it.
     advertise_addr: Option<IpAddr>,
     /// The TTL of the lease a driver's facts live under.
     lease_ttl: Duration,
-    /// That lease, shared by every [`Facts`] of the driver this context is bound to.
-    facts_lease: Arc<crate::facts::HostLease>,
+    /// That lease, shared by every [`Facts`] of the driver this context is bound to; made on
+    /// first use, once there is a cluster store.
+    facts_lease: Arc<OnceLock<Arc<crate::facts::HostLease>>>,
+}
+
+/// The cluster store and this host's id in it.
+#[derive(Debug)]
+struct ClusterHandle {
+    store: Arc<dyn Store>,
+    host_id: String,
 }
 
 /// The default TTL of a host's facts lease: a dead host's facts go within it.
@@ -299,10 +309,10 @@ impl DriverContext {
             driver: String::new(),
             host_id: String::new(),
             local_store: Arc::new(MemoryStore::new()),
-            cluster_store: None,
+            cluster: Arc::new(OnceLock::new()),
             advertise_addr: None,
             lease_ttl: DEFAULT_LEASE_TTL,
-            facts_lease: crate::facts::HostLease::new(None, None, DEFAULT_LEASE_TTL),
+            facts_lease: Arc::new(OnceLock::new()),
         }
     }
 
@@ -341,9 +351,18 @@ impl DriverContext {
         host_id: impl Into<String>,
     ) -> Self {
         self.local_store = local;
-        self.cluster_store = cluster;
         self.host_id = host_id.into();
+        self.cluster = Arc::new(OnceLock::new());
+        if let Some(store) = cluster {
+            self.attach_cluster(store, self.host_id.clone());
+        }
         self
+    }
+
+    /// Gives this context, and every copy of it (every driver's), the cluster store and this
+    /// host's id in it. False, changing nothing, when it has one already.
+    pub(crate) fn attach_cluster(&self, store: Arc<dyn Store>, host_id: String) -> bool {
+        self.cluster.set(ClusterHandle { store, host_id }).is_ok()
     }
 
     /// The same context bound to the driver called `name`: its store handles are confined to
@@ -351,13 +370,7 @@ impl DriverContext {
     pub fn for_driver(&self, name: &str) -> Self {
         Self {
             driver: name.to_owned(),
-            facts_lease: crate::facts::HostLease::new(
-                self.cluster_store.clone(),
-                self.cluster_store
-                    .clone()
-                    .and_then(|s| ScopedStore::new(s, driver_prefix(name)).ok()),
-                self.lease_ttl,
-            ),
+            facts_lease: Arc::new(OnceLock::new()),
             ..self.clone()
         }
     }
@@ -370,12 +383,12 @@ impl DriverContext {
     /// This host's id in the cluster (stable across restarts: kept in the local store), as
     /// facts carry it ([`Fact::host`]). Without a cluster store, an id for this run.
     pub fn host_id(&self) -> &str {
-        &self.host_id
+        self.cluster.get().map_or(&self.host_id, |c| &c.host_id)
     }
 
     /// Whether the controller has a cluster store (global-scope networks need one).
     pub fn has_cluster_store(&self) -> bool {
-        self.cluster_store.is_some()
+        self.cluster.get().is_some()
     }
 
     /// The driver's store handle for networks of `scope`: the controller's own store for
@@ -396,7 +409,7 @@ impl DriverContext {
         }
         let store = match scope {
             Scope::Local => self.local_store.clone(),
-            Scope::Global => self.cluster_store.clone().ok_or_else(|| {
+            Scope::Global => self.cluster.get().map(|c| c.store.clone()).ok_or_else(|| {
                 DriverError::new(
                     &self.driver,
                     ErrorKind::Unsupported,
@@ -412,11 +425,12 @@ impl DriverContext {
     /// (see [`Facts`]), under one lease of this host per driver context. Refused
     /// (`Unsupported`) without a cluster store.
     pub fn facts(&self) -> Result<Facts, DriverError> {
-        Ok(Facts::new(
-            self.store(Scope::Global)?,
-            self.host_id.clone(),
-            self.facts_lease.clone(),
-        ))
+        let store = self.store(Scope::Global)?;
+        let lease = self.facts_lease.get_or_init(|| {
+            let raw = self.cluster.get().map(|c| c.store.clone());
+            crate::facts::HostLease::new(raw, Some(store.clone()), self.lease_ttl)
+        });
+        Ok(Facts::new(store, self.host_id().to_owned(), lease.clone()))
     }
 
     /// The host namespace's one firewall, shared by every driver of the controller. A driver

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use cnm_sandbox::ResolvConf;
 use dashmap::DashMap;
@@ -64,8 +64,13 @@ pub(crate) struct Core {
     pub(crate) containers: DashMap<String, ContainerSlot>,
     /// Operations in flight, and whether new ones may start.
     pub(crate) gate: Arc<Gate>,
-    /// The cluster store's side, when the controller has one (global-scope networks).
-    pub(crate) cluster: Option<Cluster>,
+    /// The cluster store's side, once the controller has one (global-scope networks): set at
+    /// build, or later by [`crate::Controller::attach_cluster_store`] when the store was not
+    /// reachable at start. Read through [`Core::cluster`].
+    pub(crate) cluster: OnceLock<Cluster>,
+    /// The cluster store this controller waits for (its address, as the error names it), when
+    /// it was configured but not reachable at build.
+    pub(crate) cluster_awaited: Option<String>,
     /// Networks whose driver was missing at reload, by driver name: their names, pools and
     /// addresses stay reserved until the driver registers and they are restored.
     pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
@@ -90,7 +95,7 @@ impl Drop for Core {
         // [firewall] A driver handle kept elsewhere would otherwise keep the watcher restoring a
         // stale model after its controller is gone.
         self.driver_context.firewall().stop_watching();
-        if let Some(c) = &self.cluster {
+        if let Some(c) = self.cluster.get() {
             c.stop();
         }
     }
@@ -119,6 +124,11 @@ impl Core {
         drivers: BTreeMap<String, Arc<dyn Driver>>,
         cluster: Option<Cluster>,
     ) -> Self {
+        let cluster_slot = OnceLock::new();
+        if let Some(c) = cluster {
+            // A fresh lock: cannot be taken.
+            let _ = cluster_slot.set(c);
+        }
         Self {
             kernel,
             run_dir: driver_context.run_dir.clone(),
@@ -138,7 +148,8 @@ impl Core {
             sandboxes: DashMap::new(),
             containers: DashMap::new(),
             gate: Arc::new(Gate::default()),
-            cluster,
+            cluster: cluster_slot,
+            cluster_awaited: None,
             pending: Mutex::new(BTreeMap::new()),
             dns: crate::dns::Dns::default(),
             gateway_network: None,
@@ -146,14 +157,26 @@ impl Core {
         }
     }
 
-    /// The cluster side, or the typed error a global network without a cluster store gets.
+    /// The cluster side, if the controller has one yet.
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// The cluster side, or the typed error a global network without a cluster store gets:
+    /// [`CoreError::ClusterStoreUnreachable`] while a configured store is not reached yet,
+    /// [`CoreError::NoClusterStore`] when none is configured.
     pub(crate) fn cluster_for(&self, network: &str, driver: &str) -> Result<&Cluster, CoreError> {
-        self.cluster
-            .as_ref()
-            .ok_or_else(|| CoreError::NoClusterStore {
+        self.cluster().ok_or_else(|| match &self.cluster_awaited {
+            Some(store) => CoreError::ClusterStoreUnreachable {
                 network: network.to_owned(),
                 driver: driver.to_owned(),
-            })
+                store: store.clone(),
+            },
+            None => CoreError::NoClusterStore {
+                network: network.to_owned(),
+                driver: driver.to_owned(),
+            },
+        })
     }
 
     /// Allocates an address of a network: from IPAM for a local network, claimed in the
@@ -333,7 +356,7 @@ impl Core {
         // [firewall] Nobody heals the rules once their controller is gone; the tables stay for
         // the next controller to adopt.
         self.driver_context.firewall().stop_watching();
-        if let Some(c) = &self.cluster {
+        if let Some(c) = self.cluster.get() {
             c.stop();
         }
         self.pending

@@ -71,7 +71,9 @@ struct Args {
     docker_plugin_dir: PathBuf,
     /// Join a cluster: the etcd store every host shares (etcd://HOST:PORT[,HOST:PORT…]),
     /// where global (overlay) networks live. Unreachable at start: cnmd starts with local
-    /// networks only, and says so.
+    /// networks, refuses global ones (503, naming the store) and keeps trying in the background
+    /// (every 1 s, doubling up to 10 s); it joins the cluster the moment the store answers,
+    /// without a restart.
     #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT…]")]
     cluster_store: Option<cnm_store::EtcdEndpoints>,
     /// This host's address on the cluster's underlay, as the other hosts reach it (the VTEP

@@ -135,7 +135,9 @@ pub struct Config {
     /// `--docker-plugin NAME`, `--docker-plugin-dir DIR`). None (the default): not served.
     pub docker_plugin: Option<crate::plugin::DockerPluginConfig>,
     /// The cluster store every host shares (`--cluster-store etcd://HOST:PORT[,HOST:PORT…]`),
-    /// where global (overlay) networks live. None (the default): local networks only.
+    /// where global (overlay) networks live. None (the default): local networks only. Not
+    /// reachable at start: cnmd starts with local networks and keeps trying in the background
+    /// (every 1 s, doubling up to 10 s), joining the cluster the moment it answers.
     pub cluster_store: Option<cnm_store::EtcdEndpoints>,
     /// This host's address on the cluster's underlay (`--advertise-addr`): its overlay VTEP.
     pub advertise_addr: Option<std::net::IpAddr>,
@@ -842,9 +844,17 @@ impl Daemon {
         if let Some(rc) = &config.resolv_conf {
             builder = builder.resolv_conf(rc);
         }
-        if let Some(cluster) = connect_cluster(&config).await? {
-            builder = builder.cluster_store(cluster);
-        }
+        let awaited = match connect_cluster(&config).await? {
+            ClusterAtStart::None => None,
+            ClusterAtStart::Joined(cluster) => {
+                builder = builder.cluster_store(cluster);
+                None
+            }
+            ClusterAtStart::Awaited(endpoints) => {
+                builder = builder.cluster_store_awaited(endpoints.to_string());
+                Some(endpoints)
+            }
+        };
         if let Some(addr) = config.advertise_addr {
             builder = builder.advertise_addr(addr);
         }
@@ -991,6 +1001,8 @@ impl Daemon {
             max_connections = limits.max_connections,
             "cnmd listening"
         );
+        let rejoin =
+            awaited.map(|endpoints| join_cluster_later(ctl.clone(), endpoints, rx.clone()));
         let sock = socket.clone();
         let task = tokio::spawn(async move {
             let metrics = async move {
@@ -1004,7 +1016,12 @@ impl Daemon {
                     p.await;
                 }
             };
-            tokio::join!(api, metrics, plugin);
+            let rejoin = async move {
+                if let Some(r) = rejoin {
+                    r.await;
+                }
+            };
+            tokio::join!(api, metrics, plugin, rejoin);
             if let Some(p) = plugin_path
                 && let Err(e) = std::fs::remove_file(&p)
             {
@@ -1143,15 +1160,31 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     daemon.stop().await
 }
 
+/// The first wait before connecting again to a cluster store unreachable at start; each
+/// failure doubles it, up to [`CLUSTER_RETRY_MAX`].
+pub const CLUSTER_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to reach the cluster store.
+pub const CLUSTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What became of the cluster store at start.
+enum ClusterAtStart {
+    /// None configured.
+    None,
+    /// Reached.
+    Joined(Arc<dyn Store>),
+    /// Configured, not reachable yet: [`join_cluster_later`] keeps trying.
+    Awaited(cnm_store::EtcdEndpoints),
+}
+
 /// Connects to the cluster store, if one is configured. An unreachable store is logged as an
 /// error and cnmd starts without it: local networks work, and a global network is refused
-/// (naming `--cluster-store`) until cnmd is restarted with the store reachable.
-async fn connect_cluster(config: &Config) -> Result<Option<Arc<dyn Store>>, DaemonError> {
+/// (503, naming the store) until [`join_cluster_later`] reaches it.
+async fn connect_cluster(config: &Config) -> Result<ClusterAtStart, DaemonError> {
     let Some(endpoints) = &config.cluster_store else {
         if config.advertise_addr.is_some() {
             tracing::warn!("--advertise-addr without --cluster-store: no cluster to advertise to");
         }
-        return Ok(None);
+        return Ok(ClusterAtStart::None);
     };
     if config.advertise_addr.is_none() {
         return Err(DaemonError::Config {
@@ -1164,15 +1197,69 @@ async fn connect_cluster(config: &Config) -> Result<Option<Arc<dyn Store>>, Daem
     match cnm_store::EtcdStore::connect(cnm_store::EtcdConfig::new(endpoints.clone())).await {
         Ok(store) => {
             tracing::info!(store = %endpoints.urls().join(","), "joined the cluster store");
-            Ok(Some(Arc::new(store)))
+            Ok(ClusterAtStart::Joined(Arc::new(store)))
         }
         Err(e) => {
             tracing::error!(
+                store = %endpoints,
                 error = %e,
                 "the cluster store is unreachable: starting without it; local networks work, \
-                 global (overlay) networks are refused until cnmd restarts with it reachable"
+                 global (overlay) networks are refused until it answers (retrying in the \
+                 background)"
             );
-            Ok(None)
+            Ok(ClusterAtStart::Awaited(endpoints.clone()))
+        }
+    }
+}
+
+/// Tries to reach the cluster store again, waiting [`CLUSTER_RETRY_FIRST`] then twice as long
+/// after each failure (at most [`CLUSTER_RETRY_MAX`]), until it answers, then attaches it to
+/// the controller: from then on global networks work as if the store had been reachable at
+/// start. Ends at once when `shutdown` turns true, a connection attempt in flight included.
+async fn join_cluster_later(
+    ctl: Controller,
+    endpoints: cnm_store::EtcdEndpoints,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut wait = CLUSTER_RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        attempts += 1;
+        let config = cnm_store::EtcdConfig::new(endpoints.clone());
+        let connected = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            connected = cnm_store::EtcdStore::connect(config) => connected,
+        };
+        match connected {
+            Ok(store) => match ctl.attach_cluster_store(Arc::new(store)).await {
+                Ok(()) => {
+                    tracing::info!(
+                        store = %endpoints,
+                        attempts,
+                        "the cluster store is reachable: joined it; global (overlay) networks \
+                         are available"
+                    );
+                    return;
+                }
+                Err(CoreError::Shutdown) => return,
+                Err(e) if e.kind() == cnm::ErrorKind::InvalidInput => {
+                    // It has one already: nothing left to do.
+                    tracing::warn!(store = %endpoints, error = %e, "not attaching the cluster store");
+                    return;
+                }
+                Err(e) => {
+                    wait = (wait * 2).min(CLUSTER_RETRY_MAX);
+                    tracing::warn!(store = %endpoints, error = %e, next_in = ?wait, "attaching the cluster store failed; trying again");
+                }
+            },
+            Err(e) => {
+                wait = (wait * 2).min(CLUSTER_RETRY_MAX);
+                tracing::debug!(store = %endpoints, error = %e, next_in = ?wait, "the cluster store is still unreachable");
+            }
         }
     }
 }

@@ -819,55 +819,105 @@ where
     }
 }
 
-/// The daemon refuses an overlay network without a cluster store, naming the flag, and keeps
-/// local networks working when the store is unreachable at start.
+/// A cnmd started while etcd is down starts with local networks and refuses an overlay with a
+/// clear error (503, naming the store and that it is not reachable yet); once etcd answers it
+/// joins the cluster without a restart (issue 12): an overlay created on it is seen by host 2
+/// (started while etcd was up), and sandboxes on the two hosts exchange packets.
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
-async fn without_a_reachable_cluster_store_overlays_are_refused_and_local_networks_work()
+async fn a_host_started_while_etcd_is_down_works_locally_and_joins_the_cluster_once_it_answers()
 -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    // etcd at an address nobody answers on (a namespace of the test's, loopback only).
-    let mut host = Host {
-        test: TestHost::new().await?,
-        addr: "127.0.0.1".parse()?,
-        socket: dir.path().join("h.sock"),
-        log: dir.path().join("h.log"),
-        cnmd: None,
-    };
+    let mut c = cluster(2).await?;
+    // Host 1 starts (again, with nothing on it) while nobody answers at etcd's address.
+    c.etcd.kill().await?;
+    c.hosts[0].kill()?;
     let started = Instant::now();
-    host.start()?;
+    c.hosts[0].start()?;
     let took = started.elapsed();
     ensure!(
-        host.log_text().contains("cluster store is unreachable"),
+        c.hosts[0]
+            .log_text()
+            .contains("cluster store is unreachable"),
         "{}",
-        host.log_text()
+        c.hosts[0].log_text()
     );
     eprintln!("cnmd answered {took:?} after start with etcd unreachable");
-    let api = host.api();
-    let (status, v) = api
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    let store = format!("etcd://{ETCD_ADDR}:2379");
+    let create = || {
+        h1.expect(
+            "POST",
+            "/networks/create",
+            Some(json!({"Name": "ov", "Driver": "overlay",
+                        "IPAM": {"Config": [{"Subnet": SUBNET}]}})),
+            201,
+        )
+    };
+    let (status, v) = h1
         .json(
             "POST",
             "/networks/create",
-            Some(json!({"Name": "ov", "Driver": "overlay"})),
+            Some(json!({"Name": "ov", "Driver": "overlay",
+                        "IPAM": {"Config": [{"Subnet": SUBNET}]}})),
         )
         .await?;
     let msg = v["message"].as_str().unwrap_or_default();
     ensure!(
-        status >= 400 && msg.contains("--cluster-store"),
+        status == 503 && msg.contains(&store) && msg.contains("not reachable yet"),
         "{status} {v}"
     );
-    api.expect(
+    ensure!(h1.json("GET", "/networks/ov", None).await?.0 == 404);
+    // Local networks work meanwhile.
+    h1.expect(
         "POST",
         "/networks/create",
         Some(json!({"Name": "local", "IPAM": {"Config": [{"Subnet": "10.78.0.0/24"}]}})),
         201,
     )
     .await?;
-    let a = sandbox(&api, "a").await?;
-    let b = sandbox(&api, "b").await?;
-    let (_, _) = connect(&api, "a", "local").await?;
-    let (ip_b, _) = connect(&api, "b", "local").await?;
-    probe::icmp(&a, ip_b).await?;
-    drop(b);
+    let la = sandbox(&h1, "la").await?;
+    let _lb = sandbox(&h1, "lb").await?;
+    connect(&h1, "la", "local").await?;
+    let (ip_lb, _) = connect(&h1, "lb", "local").await?;
+    probe::icmp(&la, ip_lb).await?;
+
+    // etcd answers: host 1 joins (its retries back off to 10 s at most), no restart.
+    c.etcd.start_again().await?;
+    let back = Instant::now();
+    until_ok(
+        Duration::from_secs(30),
+        "the overlay on host 1 once etcd answers",
+        create,
+    )
+    .await?;
+    eprintln!(
+        "an overlay created on host 1 {:?} after etcd answered",
+        back.elapsed()
+    );
+    ensure!(
+        c.hosts[0]
+            .log_text()
+            .contains("the cluster store is reachable"),
+        "{}",
+        c.hosts[0].log_text()
+    );
+    until(Duration::from_secs(10), "the network on host 2", || async {
+        Ok(h2.json("GET", "/networks/ov", None).await?.0 == 200)
+    })
+    .await?;
+    ensure!(inspect(&h1, "ov").await?["Id"] == inspect(&h2, "ov").await?["Id"]);
+    let a = sandbox(&h1, "a").await?;
+    let (ip_a, _) = connect(&h1, "a", "ov").await?;
+    let b = sandbox(&h2, "b").await?;
+    let (ip_b, _) = connect(&h2, "b", "ov").await?;
+    until(Duration::from_secs(10), "a reaches b", || async {
+        Ok(probe::icmp(&a, ip_b).await.is_ok())
+    })
+    .await?;
+    probe::icmp(&b, ip_a).await.context("b → a")?;
+    // The local network is still there, and still carries traffic.
+    probe::icmp(&la, ip_lb)
+        .await
+        .context("la → lb after joining")?;
     Ok(())
 }

@@ -54,7 +54,7 @@ pub(crate) async fn delete_endpoint(
     }
     // The endpoint's facts, if its driver published any, go with it.
     if net.is_global()
-        && let Some(cluster) = &core.cluster
+        && let Some(cluster) = core.cluster()
     {
         for key in [
             crate::facts::cluster_key(&net.driver_name, &net.id, &ep.id),

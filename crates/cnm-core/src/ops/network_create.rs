@@ -276,7 +276,7 @@ async fn claim_global(
                 undo.push(
                     "delete the network's claims in the cluster store",
                     move || async move {
-                        match &c.cluster {
+                        match c.cluster() {
                             Some(cluster) => cluster.finish_delete(&record).await,
                             None => Ok(()),
                         }
@@ -285,7 +285,7 @@ async fn claim_global(
                 cluster.adopt(&parts.id, version, &pools)?;
                 let (c, id) = (core.clone(), parts.id.clone());
                 undo.push("forget the cluster pools", move || async move {
-                    if let Some(cluster) = &c.cluster {
+                    if let Some(cluster) = c.cluster() {
                         cluster.forget(&id);
                     }
                     Ok(())

@@ -44,7 +44,7 @@ pub(crate) async fn delete_network(
     if let Err(e) = driver.delete_network(&net.id).await {
         net.state().deleting = false;
         let e = CoreError::driver("delete network", &net.name, e);
-        if let (Some(m), Some(cluster)) = (marked, &core.cluster)
+        if let (Some(m), Some(cluster)) = (marked, core.cluster())
             && let Err(undo) = cluster.abort_delete(m).await
         {
             return Err(crate::undo::Cleanup::with_cleanup(e, vec![undo]));
@@ -55,7 +55,7 @@ pub(crate) async fn delete_network(
     // network from it (the delete did not happen).
     crate::crash::point("network-delete:after-driver");
     let mut errors = Errors::default();
-    match (&marked, &core.cluster) {
+    match (&marked, core.cluster()) {
         (Some(m), Some(cluster)) => {
             errors.check(cluster.finish_delete(m).await);
             cluster.forget(&net.id);

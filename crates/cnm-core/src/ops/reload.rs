@@ -57,7 +57,7 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
     // Global networks: every one of the cluster, each handed to its driver here too; then a
     // watch from the listing's revision keeps the view current.
     let mut cluster_revision = None;
-    if let Some(cluster) = &core.cluster {
+    if let Some(cluster) = core.cluster() {
         let listing = cluster
             .store
             .list_with_revision("network/")
@@ -119,7 +119,7 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
             source,
         })?;
     crate::crash::point("reload:after-sweep");
-    if let (Some(cluster), Some(revision)) = (&core.cluster, cluster_revision) {
+    if let (Some(cluster), Some(revision)) = (core.cluster(), cluster_revision) {
         crate::cluster::watch(core, cluster, revision)?;
     }
     tracing::info!(
@@ -420,7 +420,7 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
     for p in pending {
         // A global network deleted by another host meanwhile is let go of, not restored.
         if p.record.value.scope == Scope::Global
-            && let Some(cluster) = &core.cluster
+            && let Some(cluster) = core.cluster()
         {
             let key = crate::record::network_key(&p.record.value.id);
             let exists = cluster
@@ -509,7 +509,7 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
 /// the record versions address claims check, and lets go of those deleted elsewhere. Returns
 /// the store revision it read at.
 pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
-    let Some(cluster) = core.cluster.as_ref() else {
+    let Some(cluster) = core.cluster() else {
         return Ok(0);
     };
     let _one = cluster.sync.lock().await;

@@ -131,6 +131,15 @@ async fn host(cluster: &Arc<MemoryStore>) -> Host {
 }
 
 async fn host_with_ttl(cluster: &Arc<MemoryStore>, ttl: Duration) -> Host {
+    host_built(Some(cluster), ttl).await
+}
+
+/// The store address a host awaiting its cluster store names.
+const AWAITED: &str = "etcd://192.0.2.1:2379";
+
+/// A host whose cluster store (`cluster`) is given at build, or, without one, configured but
+/// not reachable yet ([`AWAITED`]).
+async fn host_built(cluster: Option<&Arc<MemoryStore>>, ttl: Duration) -> Host {
     let kernel = FakeKernel::new().expect("a fake kernel");
     kernel.put_file(std::path::Path::new(RESOLV), "nameserver 192.0.2.53\n");
     let local = Arc::new(MemoryStore::new());
@@ -138,8 +147,12 @@ async fn host_with_ttl(cluster: &Arc<MemoryStore>, ttl: Duration) -> Host {
     let slot: Arc<OnceLock<Arc<Overlay>>> = Arc::default();
     let (s, k) = (slot.clone(), kernel.clone());
     let fake = Arc::new(FakeDriver::new("fake", Some(kernel.clone())));
-    let ctl = builder(&kernel, &fake, &local, run.path())
-        .cluster_store(cluster.clone())
+    let builder = builder(&kernel, &fake, &local, run.path());
+    let builder = match cluster {
+        Some(cluster) => builder.cluster_store(cluster.clone()),
+        None => builder.cluster_store_awaited(AWAITED),
+    };
+    let ctl = builder
         .cluster_lease_ttl(ttl)
         .driver("overlay", move |ctx| {
             let d = Arc::new(Overlay {
@@ -175,7 +188,7 @@ fn overlay() -> NetworkOptions {
 /// Waits (at most 5 s) until `ctl`'s background watch has synced `check` true.
 async fn until(ctl: &Controller, what: &str, check: impl Fn() -> bool) {
     let core = ctl.core().unwrap();
-    let mut synced = core.cluster.as_ref().unwrap().synced.subscribe();
+    let mut synced = core.cluster().unwrap().synced.subscribe();
     tokio::time::timeout(Duration::from_secs(5), async {
         while !check() {
             synced.changed().await.unwrap();
@@ -533,6 +546,69 @@ async fn a_global_network_without_a_cluster_store_is_a_typed_error() {
     local.put("k", b"v".to_vec(), Expect::Absent).await.unwrap();
     assert!(w.store.get("driver/overlay/k").await.unwrap().is_some());
     assert!(local.get("../../network/x").await.unwrap().is_none());
+}
+
+/// A host whose cluster store was unreachable at start refuses global networks, saying so,
+/// and once the store is attached works as if it had been there from the start.
+#[tokio::test]
+async fn a_cluster_store_attached_later_works_as_if_it_was_there_at_start() {
+    let cluster = Arc::new(MemoryStore::cluster());
+    let a = host(&cluster).await;
+    let g = a.ctl.new_network("overlay", "g", overlay()).await.unwrap();
+    let late = host_built(None, DEFAULT_LEASE_TTL).await;
+    let id_at_start = late.ctl.host_id().unwrap();
+    let e = late
+        .ctl
+        .new_network("overlay", "h", overlay())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CoreError::ClusterStoreUnreachable { ref network, ref store, .. } if network == "h" && store == AWAITED),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Unavailable);
+    assert!(e.to_string().contains("not reachable yet"), "{e}");
+    assert!(late.ctl.network("g").is_err());
+    assert!(!late.overlay.ctx.has_cluster_store());
+    // Local networks work meanwhile.
+    late.ctl
+        .new_network("fake", "l", NetworkOptions::default())
+        .await
+        .unwrap();
+
+    late.ctl
+        .attach_cluster_store(cluster.clone())
+        .await
+        .unwrap();
+    // The id kept from the start (already in the local store) is the cluster's.
+    assert_eq!(late.ctl.host_id().unwrap(), id_at_start);
+    assert_eq!(late.overlay.ctx.host_id(), id_at_start);
+    // The cluster's networks are adopted at once, and followed from now on.
+    let g_late = late.ctl.network("g").unwrap();
+    assert_eq!(g_late.id(), g.id());
+    let h = late
+        .ctl
+        .new_network("overlay", "h", overlay())
+        .await
+        .unwrap();
+    until(&a.ctl, "h on host a", || a.ctl.network("h").is_ok()).await;
+    assert_eq!(a.ctl.network("h").unwrap().id(), h.id());
+    // Endpoints: addresses claimed cluster-wide, facts under the late host's own lease.
+    let facts_a = a.overlay.ctx.facts().unwrap();
+    let mut w = facts_a.watch(g.id()).await.unwrap();
+    let on_late = g_late.create_endpoint("e1", ep_opts()).await.unwrap();
+    let on_a = g.create_endpoint("e2", ep_opts()).await.unwrap();
+    assert_ne!(on_late.ipv4(), on_a.ipv4());
+    match next(&mut w).await {
+        FactEvent::Added(f) => {
+            assert_eq!(f.endpoint_id, on_late.id());
+            assert_eq!(f.host, id_at_start);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Once only.
+    let again = late.ctl.attach_cluster_store(cluster.clone()).await;
+    assert_eq!(again.unwrap_err().kind(), ErrorKind::InvalidInput);
 }
 
 #[tokio::test]

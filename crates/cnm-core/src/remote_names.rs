@@ -72,7 +72,7 @@ fn store_error(op: &'static str, ep: &str) -> impl FnOnce(crate::spi::DriverErro
 impl RemoteNames {
     /// This host's name facts, when the controller has a cluster store.
     fn facts(&self, core: &Core) -> Option<Facts> {
-        let cluster = core.cluster.as_ref()?;
+        let cluster = core.cluster()?;
         let mut slot = lock(&self.facts);
         if slot.is_none() {
             let scoped =
@@ -105,7 +105,7 @@ impl RemoteNames {
 
 /// Whether `net`'s names are shared across hosts.
 pub(crate) fn shared(core: &Core, net: &NetworkInner) -> bool {
-    net.is_global() && core.cluster.is_some()
+    net.is_global() && core.cluster().is_some()
 }
 
 /// Publishes the names of `ep` (joined here) to the other hosts, and makes sure this host

@@ -13,6 +13,7 @@ use crate::model::endpoint::EndpointInner;
 use crate::model::sandbox::{Joined, SandboxInner};
 use crate::port::PortBinding;
 use crate::state::Core;
+use crate::undo::Cleanup as _;
 use crate::undo::Undo;
 
 pub(crate) async fn add_routes(
@@ -297,10 +298,7 @@ pub(crate) async fn publish_ports(
             Ok(made) => made,
             Err(e) => {
                 let undo = republish(core, &joined[pos], &old_published).await;
-                return Err(crate::undo::with_cleanup(
-                    e,
-                    undo.err().into_iter().collect(),
-                ));
+                return Err(e.with_cleanup(undo.err().into_iter().collect()));
             }
         }
     } else {
@@ -327,7 +325,7 @@ pub(crate) async fn publish_ports(
             if is_gateway && let Err(u) = republish(core, &joined[pos], &old_published).await {
                 cleanup.push(u);
             }
-            return Err(crate::undo::with_cleanup(e, cleanup));
+            return Err(e.with_cleanup(cleanup));
         }
     };
     ep.state().version = version;

@@ -19,7 +19,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-/// The span names the layer times; every other span is left alone.
+/// The span names the layer times; every other span is left alone. Every span of cnm-core's
+/// kernel module (one per kernel call, named after it) counts as `kernel`.
 pub const TIMED: &[&str] = &[
     "cnm",
     "driver",
@@ -152,8 +153,22 @@ struct Timing {
     children: Duration,
 }
 
+/// The module whose spans (one per kernel call) all count as `kernel`.
+const KERNEL_TARGET: &str = "cnm_core::kernel";
+
+/// The name a span's time is added up under, if the layer times it at all.
+fn timed_as(meta: &Metadata<'_>) -> Option<&'static str> {
+    if !meta.is_span() {
+        None
+    } else if meta.target() == KERNEL_TARGET {
+        Some("kernel")
+    } else {
+        TIMED.iter().copied().find(|n| *n == meta.name())
+    }
+}
+
 fn timed(meta: &Metadata<'_>) -> bool {
-    meta.is_span() && TIMED.contains(&meta.name())
+    timed_as(meta).is_some()
 }
 
 impl<S> Layer<S> for SpanLayer
@@ -180,8 +195,9 @@ where
             return;
         };
         let wall = (self.clock)().saturating_duration_since(timing.start);
-        self.times
-            .add(span.name(), wall.saturating_sub(timing.children));
+        if let Some(name) = timed_as(span.metadata()) {
+            self.times.add(name, wall.saturating_sub(timing.children));
+        }
         // The nearest timed ancestor does not count this span's time as its own.
         let mut parent = span.parent();
         while let Some(p) = parent {
@@ -234,6 +250,11 @@ mod tests {
                 let fw = tracing::debug_span!("nft_transaction");
                 let _fw = fw.enter();
                 advance(3);
+                // A span of cnm-core's kernel module is named after its call and counts as
+                // `kernel`.
+                let call = tracing::debug_span!(target: "cnm_core::kernel", "loopback_up");
+                let _call = call.enter();
+                advance(5);
             }
             advance(2);
             drop(entered);
@@ -244,7 +265,9 @@ mod tests {
         assert_eq!(t.0.get("cnm"), Some(&ms(4 + 1 + 2)), "{t:?}");
         assert_eq!(t.0.get("driver"), Some(&ms(6)), "{t:?}");
         assert_eq!(t.0.get("nft_transaction"), Some(&ms(3)), "{t:?}");
+        assert_eq!(t.0.get("kernel"), Some(&ms(5)), "{t:?}");
         assert!(!t.0.contains_key("something_else"));
+        assert!(!t.0.contains_key("loopback_up"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! writes its facts again.
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -320,6 +321,18 @@ impl Facts {
         Ok(listing
             .into_iter()
             .filter_map(|(k, v)| decode(network_id, &k, &v.value))
+            .collect())
+    }
+
+    /// The endpoints the other hosts have facts for on a network now: what a watcher
+    /// compares its kernel or resolver state with before it (re)starts watching.
+    pub async fn others(&self, network_id: &str) -> Result<HashSet<String>, DriverError> {
+        Ok(self
+            .list(network_id)
+            .await?
+            .into_iter()
+            .filter(|f| f.host != self.host())
+            .map(|f| f.endpoint_id)
             .collect())
     }
 

@@ -197,7 +197,7 @@ impl Kernel for NetlinkKernel {
         &self.host_netlink
     }
 
-    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "host_view"))]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn host_view(&self) -> Result<HostView, SandboxError> {
         let nl = &self.host_netlink;
         // One after the other: the kernel runs one dump at a time per netlink socket (a second
@@ -213,12 +213,7 @@ impl Kernel for NetlinkKernel {
         })
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "create_netns")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_netns(
         &self,
         key: &Path,
@@ -233,22 +228,12 @@ impl Kernel for NetlinkKernel {
         })
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "loopback_up")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn loopback_up(&self, sandbox: &SandboxNs) -> Result<(), SandboxError> {
         sandbox.netlink.loopback_up().await
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "open_netns")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn open_netns(&self, key: &Path) -> Result<SandboxNs, SandboxError> {
         let ns = NetNs::open(key)?;
         let netlink = Netlink::connect(&ns).await?;
@@ -259,22 +244,12 @@ impl Kernel for NetlinkKernel {
         })
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "delete_netns")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn delete_netns(&self, key: &Path) -> Result<(), SandboxError> {
         NetNs::delete(key).await
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "configure_interface")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn configure_interface(
         &self,
         sandbox: &SandboxNs,
@@ -283,12 +258,7 @@ impl Kernel for NetlinkKernel {
         sandbox.netlink.configure_interface(config).await
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "move_to_host")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn move_to_host(
         &self,
         sandbox: &SandboxNs,
@@ -301,12 +271,7 @@ impl Kernel for NetlinkKernel {
             .await
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "interface_index")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn interface_index(
         &self,
         sandbox: &SandboxNs,
@@ -315,22 +280,17 @@ impl Kernel for NetlinkKernel {
         Ok(sandbox.netlink.link(name.as_str()).await?.map(|l| l.index))
     }
 
-    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "add_route"))]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn add_route(&self, sandbox: &SandboxNs, route: &RouteSpec) -> Result<(), SandboxError> {
         sandbox.netlink.add_route(route).await
     }
 
-    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "del_route"))]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn del_route(&self, sandbox: &SandboxNs, route: &RouteSpec) -> Result<(), SandboxError> {
         sandbox.netlink.del_route(route).await
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "read_resolv_conf")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn read_resolv_conf(&self, path: &Path) -> Result<ResolvConf, SandboxError> {
         let owned = path.to_owned();
         tokio::task::spawn_blocking(move || read_resolv_blocking(&owned))
@@ -338,12 +298,7 @@ impl Kernel for NetlinkKernel {
             .map_err(joined("read", path))?
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "prepare_dir")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn prepare_dir(
         &self,
         dir: &Path,
@@ -358,22 +313,12 @@ impl Kernel for NetlinkKernel {
         .map_err(joined("create directory", dir))?
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "write_hosts")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     fn write_hosts(&self, path: &Path, hosts: &HostsFile) -> Result<(), SandboxError> {
         hosts.write(path)
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "write_resolv_conf")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     fn write_resolv_conf(&self, path: &Path, resolv: &ResolvConf) -> Result<(), SandboxError> {
         resolv.write(path)
     }
@@ -382,12 +327,7 @@ impl Kernel for NetlinkKernel {
         path.exists()
     }
 
-    #[tracing::instrument(
-        name = "kernel",
-        level = "debug",
-        skip_all,
-        fields(call = "remove_dir")
-    )]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn remove_dir(&self, dir: &Path) -> Result<(), SandboxError> {
         match tokio::fs::remove_dir_all(dir).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -397,7 +337,7 @@ impl Kernel for NetlinkKernel {
         }
     }
 
-    #[tracing::instrument(name = "kernel", level = "debug", skip_all, fields(call = "list_dir"))]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_dir(&self, dir: &Path) -> Result<Vec<String>, SandboxError> {
         let mut out = Vec::new();
         let mut rd = match tokio::fs::read_dir(dir).await {

@@ -171,13 +171,8 @@ async fn run(core: Weak<Core>, network_id: String, facts: Facts) {
     loop {
         // What exists now: a name added earlier whose fact went while the watch was down
         // goes here; the watch then reports every fact that exists.
-        match facts.list(&network_id).await {
-            Ok(list) => {
-                let present: HashSet<String> = list
-                    .into_iter()
-                    .filter(|f| f.host != facts.host())
-                    .map(|f| f.endpoint_id)
-                    .collect();
+        match facts.others(&network_id).await {
+            Ok(present) => {
                 let Some((resolver, _)) = current(&core, &network_id) else {
                     return;
                 };

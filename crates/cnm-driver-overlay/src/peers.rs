@@ -4,7 +4,6 @@
 //! proxy answers from), so nothing is learnt or flooded. A removed fact (leave, delete, or
 //! the host's lease expiring) takes both away.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Weak;
 use std::time::Duration;
@@ -26,13 +25,8 @@ pub(crate) async fn watch(net: Weak<Network>, facts: Facts, netlink: Netlink) {
         };
         // What exists now: a peer programmed earlier whose fact went while the watch was
         // down is removed here; the watch then reports every fact that exists.
-        match facts.list(&id).await {
-            Ok(list) => {
-                let present: HashSet<String> = list
-                    .into_iter()
-                    .filter(|f| f.host != facts.host())
-                    .map(|f| f.endpoint_id)
-                    .collect();
+        match facts.others(&id).await {
+            Ok(present) => {
                 let Some(n) = net.upgrade() else { return };
                 let gone: Vec<String> = lock(&n.peers)
                     .keys()

@@ -241,20 +241,7 @@ pub(crate) async fn publish_ports(
     }
     let locked = super::lock_pair(sb, ep).await?;
     let st = &locked.state;
-    let not_joined = || CoreError::NotJoined {
-        endpoint: ep.name.clone(),
-        sandbox: sb.short().to_owned(),
-    };
-    let ep_version = {
-        let e = ep.state();
-        if e.sandbox.as_deref() != Some(sb.id.as_str()) {
-            return Err(not_joined());
-        }
-        e.version
-    };
-    let Some(pos) = st.joined.iter().position(|j| j.ep.id == ep.id) else {
-        return Err(not_joined());
-    };
+    let (pos, ep_version) = locked.joined_at(sb, ep)?;
     let mut joined = st.joined.clone();
     let is_gateway = st.gateway.as_deref() == Some(ep.id.as_str());
     if !is_gateway && !bindings.is_empty() {

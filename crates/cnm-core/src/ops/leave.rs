@@ -47,20 +47,7 @@ pub(crate) async fn leave_one(
 ) -> Result<(), CoreError> {
     let locked = super::lock_pair(sb, ep).await?;
     let st = &locked.state;
-    let not_joined = || CoreError::NotJoined {
-        endpoint: ep.name.clone(),
-        sandbox: sb.short().to_owned(),
-    };
-    let ep_version = {
-        let epst = ep.state();
-        if epst.sandbox.as_deref() != Some(sb.id.as_str()) {
-            return Err(not_joined());
-        }
-        epst.version
-    };
-    let Some(pos) = st.joined.iter().position(|j| j.ep.id == ep.id) else {
-        return Err(not_joined());
-    };
+    let (pos, ep_version) = locked.joined_at(sb, ep)?;
     let mut rest = st.joined.clone();
     let j = rest.remove(pos);
     let was_gateway = st.gateway.as_deref() == Some(ep.id.as_str());

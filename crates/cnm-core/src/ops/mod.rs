@@ -87,6 +87,35 @@ pub(crate) struct Pair<'a> {
     pub(crate) state: crate::model::sandbox::SandboxState,
 }
 
+impl Pair<'_> {
+    /// Where `ep` stands in the sandbox's joined list, and the endpoint's record version;
+    /// `NotJoined` when it is not joined to `sb`.
+    pub(crate) fn joined_at(
+        &self,
+        sb: &SandboxInner,
+        ep: &EndpointInner,
+    ) -> Result<(usize, u64), CoreError> {
+        let not_joined = || CoreError::NotJoined {
+            endpoint: ep.name.clone(),
+            sandbox: sb.short().to_owned(),
+        };
+        let version = {
+            let e = ep.state();
+            if e.sandbox.as_deref() != Some(sb.id.as_str()) {
+                return Err(not_joined());
+            }
+            e.version
+        };
+        let pos = self
+            .state
+            .joined
+            .iter()
+            .position(|j| j.ep.id == ep.id)
+            .ok_or_else(not_joined)?;
+        Ok((pos, version))
+    }
+}
+
 pub(crate) async fn lock_pair<'a>(
     sb: &'a SandboxInner,
     ep: &'a EndpointInner,

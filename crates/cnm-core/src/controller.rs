@@ -621,6 +621,39 @@ impl Controller {
         .await
     }
 
+    /// Restores the networks that could not be restored when the controller was built because
+    /// their IPAM driver (found by name through the
+    /// [IPAM resolver](ControllerBuilder::ipam_resolver): a plugin) was missing, for each IPAM
+    /// the resolver finds now: their pools and addresses are taken back in it and they come
+    /// back with their endpoints and joins (a network whose driver is missing too then waits
+    /// for [`Controller::register_driver`]). Those whose IPAM is still missing keep waiting,
+    /// their names reserved. Nothing when none waits.
+    pub async fn restore_waiting(&self) -> Result<(), CoreError> {
+        let core = self.core()?;
+        run_op(
+            core,
+            "restore the networks waiting for",
+            "their ipam driver".to_owned(),
+            ops::reload::restore_waiting_ipams,
+        )
+        .await
+    }
+
+    /// The names of the IPAM drivers that networks recorded before the controller was built
+    /// wait for (see [`Controller::restore_waiting`]), sorted; empty when none waits.
+    pub fn waiting_ipams(&self) -> Vec<String> {
+        self.core()
+            .map(|c| {
+                c.pending_ipam
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Brings this controller's view of the cluster's global networks up to date now: adopts
     /// those other hosts created (each handed to its driver) and lets go of those they deleted.
     /// A background watch does the same after every change; this is for a caller that must

@@ -74,6 +74,10 @@ pub(crate) struct Core {
     /// Networks whose driver was missing at reload, by driver name: their names, pools and
     /// addresses stay reserved until the driver registers and they are restored.
     pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
+    /// Local networks whose IPAM driver (found by name: a plugin) was missing at reload, by IPAM
+    /// name: their names stay reserved, and their links are kept by their driver's sweep, until
+    /// the IPAM is found and they are restored ([`crate::Controller::restore_waiting`]).
+    pub(crate) pending_ipam: Mutex<BTreeMap<String, Vec<WaitingForIpam>>>,
     /// The embedded DNS resolver, when on (see [`crate::dns`]).
     pub(crate) dns: crate::dns::Dns,
     /// The network that gives overlay-like endpoints a way out, if configured.
@@ -87,6 +91,13 @@ pub(crate) struct PendingNetwork {
     pub(crate) record: crate::store::Versioned<crate::record::NetworkRecord>,
     pub(crate) pools_v4: Vec<crate::model::network::NetworkPool>,
     pub(crate) pools_v6: Vec<crate::model::network::NetworkPool>,
+    pub(crate) endpoints: Vec<crate::store::Versioned<crate::record::EndpointRecord>>,
+}
+
+/// A recorded network whose IPAM driver was not there at reload: nothing of it reserved yet
+/// (its pools and addresses are the missing IPAM's).
+pub(crate) struct WaitingForIpam {
+    pub(crate) record: crate::store::Versioned<crate::record::NetworkRecord>,
     pub(crate) endpoints: Vec<crate::store::Versioned<crate::record::EndpointRecord>>,
 }
 
@@ -151,6 +162,7 @@ impl Core {
             cluster: cluster_slot,
             cluster_awaited: None,
             pending: Mutex::new(BTreeMap::new()),
+            pending_ipam: Mutex::new(BTreeMap::new()),
             dns: crate::dns::Dns::default(),
             gateway_network: None,
             remote_names: crate::remote_names::RemoteNames::default(),
@@ -360,6 +372,10 @@ impl Core {
             c.stop();
         }
         self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.pending_ipam
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();

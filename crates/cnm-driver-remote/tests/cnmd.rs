@@ -3,6 +3,7 @@
 //! throwaway host namespace; traffic between two sandboxes through the plugin's veths, every
 //! request the plugin received checked field by field, and a restart of cnmd that finds the
 //! plugin again before it reloads the plugin's network.
+//! And an IPAM plugin named by `--ipam-driver` and by the Docker API's `IPAM.Driver`.
 
 #![allow(clippy::print_stderr)]
 
@@ -462,5 +463,237 @@ async fn cnm_network_create_with_a_plugin_driver_finds_it_carries_traffic_and_su
         .collect();
     ensure!(left.is_empty(), "plugin links left: {left:?}");
     d.stop().await?;
+    Ok(())
+}
+
+/// One Docker Engine API call to cnmd over its socket: (status, body as JSON, or `null`).
+fn docker_api(d: &Cnmd, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let body = serde_json::to_vec(body)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: cnmd\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(&body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw)?;
+    let (head, mut payload) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no head end: {text:?}"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .context("no status")?
+        .parse()
+        .context("status")?;
+    let mut decoded = String::new();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        loop {
+            let (size, rest) = payload.split_once("\r\n").context("chunk size")?;
+            let size = usize::from_str_radix(size.trim(), 16).context("chunk size")?;
+            if size == 0 {
+                break;
+            }
+            decoded.push_str(rest.get(..size).context("short chunk")?);
+            payload = rest.get(size + 2..).unwrap_or_default();
+        }
+    } else {
+        decoded.push_str(payload);
+    }
+    let value = if decoded.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&decoded).with_context(|| format!("not JSON: {decoded:?}"))?
+    };
+    Ok((status, value))
+}
+
+/// The pools the test plugin holds, from its state file.
+fn plugin_pools(plugin: &FakePlugin) -> Result<Value> {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(plugin.root().join("data/state.json"))?)?;
+    Ok(state["pools"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn an_ipam_plugin_named_through_the_cli_and_the_docker_api_gives_pools_and_addresses()
+-> Result<()> {
+    let host = TestHost::new().await?;
+    let plugin = FakePlugin::start(
+        "cnmipam",
+        Some(host.netns()),
+        PluginArgs {
+            implements: "IpamDriver",
+            pools: "10.88.0.0/24,10.89.0.0/24",
+            ..PluginArgs::default()
+        },
+    )
+    .await?;
+    let d = Cnmd::start(&host, &plugin).await?;
+
+    // An IPAM name nobody serves fails at once, through either API, and leaves nothing.
+    let started = Instant::now();
+    let out = d.cnm(&["network", "create", "--ipam-driver", "nosuchipam", "n0"])?;
+    let took = started.elapsed();
+    ensure!(
+        out.code != 0,
+        "an unknown IPAM was accepted: {}",
+        out.stdout
+    );
+    ensure!(
+        out.stderr.contains("nosuchipam"),
+        "the error does not name the IPAM: {}",
+        out.stderr
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "an unknown IPAM took {took:?}"
+    );
+    let started = Instant::now();
+    let (status, body) = docker_api(
+        &d,
+        "POST",
+        "/networks/create",
+        &json!({"Name": "n0", "IPAM": {"Driver": "nosuchipam"}}),
+    )?;
+    let took = started.elapsed();
+    ensure!(
+        (400..500).contains(&status),
+        "an unknown IPAM through the Docker API: {status} {body}"
+    );
+    ensure!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nosuchipam")),
+        "{body}"
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "an unknown IPAM took {took:?}"
+    );
+    ensure!(
+        d.cnm(&["network", "ls", "-q", "-f", "name=n0"])?
+            .ok()?
+            .stdout
+            .is_empty()
+    );
+    ensure!(
+        plugin.requests()?.is_empty(),
+        "the plugin was asked something"
+    );
+
+    // Through the CLI: the subnet (the plugin's choice) and the gateway come from the plugin.
+    d.cnm(&["network", "create", "--ipam-driver", "cnmipam", "inet"])?
+        .ok()?;
+    let net = d.cnm(&["network", "inspect", "inet"])?.ok()?.json()?;
+    assert_eq!(net["Driver"], "bridge");
+    assert_eq!(net["IPAM"]["Driver"], "cnmipam");
+    assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "10.88.0.0/24");
+    assert_eq!(net["IPAM"]["Config"][0]["Gateway"], "10.88.0.1");
+    let pool1 = "cnmtest-local:10.88.0.0/24";
+    let pool2 = "cnmtest-local:10.89.0.0/24";
+    let gateway = |pool: &str| {
+        json!({"PoolID": pool, "Address": "",
+               "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    };
+    let any_pool = json!({"AddressSpace": "cnmtest-local", "Pool": "", "SubPool": "",
+                          "Options": {}, "V6": false});
+    assert_eq!(
+        requests_since(&plugin, 0)?,
+        expect(vec![
+            ("Plugin.Activate", Value::Null),
+            ("IpamDriver.GetCapabilities", Value::Null),
+            ("IpamDriver.GetDefaultAddressSpaces", Value::Null),
+            ("IpamDriver.RequestPool", any_pool.clone()),
+            ("IpamDriver.RequestAddress", gateway(pool1)),
+        ])
+    );
+
+    // Through the Docker API: the plugin, found already, gives its next pool.
+    let seen = plugin.requests()?.len();
+    let (status, body) = docker_api(
+        &d,
+        "POST",
+        "/networks/create",
+        &json!({"Name": "dnet", "IPAM": {"Driver": "cnmipam"}}),
+    )?;
+    ensure!(status == 201, "{status} {body}");
+    let did = body["Id"].as_str().context("Id")?.to_owned();
+    let (status, dnet) = docker_api(&d, "GET", &format!("/networks/{did}"), &Value::Null)?;
+    ensure!(status == 200, "{status} {dnet}");
+    assert_eq!(dnet["IPAM"]["Driver"], "cnmipam");
+    assert_eq!(dnet["IPAM"]["Config"][0]["Subnet"], "10.89.0.0/24");
+    assert_eq!(dnet["IPAM"]["Config"][0]["Gateway"], "10.89.0.1");
+    assert_eq!(
+        requests_since(&plugin, seen)?,
+        expect(vec![
+            ("IpamDriver.RequestPool", any_pool),
+            ("IpamDriver.RequestAddress", gateway(pool2)),
+        ])
+    );
+
+    // Two sandboxes on the CLI's network get the plugin's addresses and reach each other.
+    let seen = plugin.requests()?.len();
+    for c in ["c1", "c2"] {
+        d.cnm(&["sandbox", "create", c])?.ok()?;
+        d.cnm(&["connect", "inet", c])?.ok()?;
+    }
+    let (s1, s2) = (joined(&d, "c1", "inet")?, joined(&d, "c2", "inet")?);
+    assert_eq!(s1.addr.to_string(), "10.88.0.2/24");
+    assert_eq!(s2.addr.to_string(), "10.88.0.3/24");
+    traffic(&s1, &s2).await?;
+    let any_address = json!({"PoolID": pool1, "Address": "", "Options": {}});
+    assert_eq!(
+        requests_since(&plugin, seen)?,
+        expect(vec![
+            ("IpamDriver.RequestAddress", any_address.clone()),
+            ("IpamDriver.RequestAddress", any_address),
+        ])
+    );
+
+    // Taken apart: every address and pool released at the plugin.
+    let seen = plugin.requests()?.len();
+    d.cnm(&["disconnect", "inet", "c1"])?.ok()?;
+    d.cnm(&["sandbox", "rm", "c1", "c2"])?.ok()?;
+    d.cnm(&["network", "rm", "inet"])?.ok()?;
+    let (status, body) = docker_api(&d, "DELETE", &format!("/networks/{did}"), &Value::Null)?;
+    ensure!(status == 204, "{status} {body}");
+    let release = |pool: &str, a: &str| {
+        (
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool, "Address": a}),
+        )
+    };
+    assert_eq!(
+        requests_since(&plugin, seen)?,
+        expect(vec![
+            release(pool1, "10.88.0.2"),
+            release(pool1, "10.88.0.3"),
+            release(pool1, "10.88.0.1"),
+            ("IpamDriver.ReleasePool", json!({"PoolID": pool1})),
+            release(pool2, "10.89.0.1"),
+            ("IpamDriver.ReleasePool", json!({"PoolID": pool2})),
+        ])
+    );
+    assert_eq!(
+        plugin_pools(&plugin)?,
+        json!({}),
+        "the plugin holds nothing"
+    );
+    for n in ["inet", "dnet"] {
+        let ls = d
+            .cnm(&["network", "ls", "-q", "-f", &format!("name={n}")])?
+            .ok()?;
+        ensure!(ls.stdout.trim().is_empty(), "{n} left: {}", ls.stdout);
+    }
     Ok(())
 }

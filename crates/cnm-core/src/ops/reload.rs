@@ -36,7 +36,7 @@ use crate::model::sandbox::{Joined, SandboxInner, SandboxState};
 use crate::options::{NetworkOptions, PoolConfig};
 use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord, endpoint_key};
 use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope};
-use crate::state::{Core, PendingNetwork};
+use crate::state::{Core, PendingNetwork, WaitingForIpam};
 use crate::store::{Expect, Txn, Versioned, list_json};
 
 use super::gateway::program;
@@ -208,12 +208,31 @@ async fn restore_networks(
     let mut kept_by_driver: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, net) in nets {
         let eps = by_network.remove(&net.value.id).unwrap_or_default();
-        let (pools_v4, pools_v6) = reserve(core, &net, &eps).await?;
         let (id, name, driver) = (
             net.value.id.clone(),
             net.value.name.clone(),
             net.value.driver.clone(),
         );
+        // An IPAM the program does not link (a plugin) is looked for by name first; a local
+        // network whose IPAM is missing waits for it, its links kept from its driver's sweep.
+        if let Some(ipam) = waiting_ipam(&net.value)
+            && let Err(e) = core.find_ipam(Some(ipam)).await
+        {
+            tracing::warn!(network = %name, ipam = %ipam, error = %e, "ipam driver of a recorded network not found: network kept, restored when the ipam driver is found");
+            core.network_names.insert(name, Some(id.clone()));
+            kept_by_driver.entry(driver).or_default().push(id);
+            core.pending_ipam
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(ipam.to_owned())
+                .or_default()
+                .push(WaitingForIpam {
+                    record: net,
+                    endpoints: eps,
+                });
+            continue;
+        }
+        let (pools_v4, pools_v6) = reserve(core, &net, &eps).await?;
         core.network_names.insert(name.clone(), Some(id.clone()));
         // A driver the program does not link (a plugin) is looked for by name first.
         if let Err(e) = core.find_driver(&driver).await {
@@ -245,6 +264,73 @@ async fn restore_networks(
         );
     }
     Ok((endpoints, kept_by_driver))
+}
+
+/// The name of a recorded local network's IPAM driver when it is not the controller's own.
+fn waiting_ipam(rec: &NetworkRecord) -> Option<&str> {
+    let name = rec.ipam_driver.as_str();
+    (rec.scope != Scope::Global && !name.is_empty() && name != "default").then_some(name)
+}
+
+/// Restores the networks that waited for their IPAM driver (see [`restore_networks`]) whose
+/// IPAM is found now: their pools and addresses reserved in it, then handed to their driver
+/// (or, when that is missing, left waiting for it as at reload).
+pub(crate) async fn restore_waiting_ipams(core: Arc<Core>) -> Result<(), CoreError> {
+    let names: Vec<String> = core
+        .pending_ipam
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    for name in names {
+        if let Err(e) = core.find_ipam(Some(&name)).await {
+            tracing::debug!(ipam = %name, error = %e, "ipam driver still missing");
+            continue;
+        }
+        let waiting = core
+            .pending_ipam
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&name)
+            .unwrap_or_default();
+        let mut waiting = waiting.into_iter();
+        while let Some(w) = waiting.next() {
+            let (pools_v4, pools_v6) = match reserve(&core, &w.record, &w.endpoints).await {
+                Ok(pools) => pools,
+                Err(e) => {
+                    // Still waiting, this one and the rest: tried again on the next call.
+                    core.pending_ipam
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry(name.clone())
+                        .or_default()
+                        .extend(std::iter::once(w).chain(waiting));
+                    return Err(e);
+                }
+            };
+            tracing::info!(network = %w.record.value.name, ipam = %name, "ipam driver found: network restored");
+            let p = PendingNetwork {
+                record: w.record,
+                pools_v4,
+                pools_v6,
+                endpoints: w.endpoints,
+            };
+            let driver = p.record.value.driver.clone();
+            if let Err(e) = core.find_driver(&driver).await {
+                tracing::warn!(network = %p.record.value.name, driver = %driver, error = %e, "driver of a recorded network not found: network kept, restored when the driver registers");
+                core.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(driver)
+                    .or_default()
+                    .push(p);
+                continue;
+            }
+            restore_waiting(&core, p).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Reserves a recorded network's pools and its endpoints' addresses: in IPAM for a local
@@ -418,89 +504,88 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
         .remove(&driver)
         .unwrap_or_default();
     for p in pending {
-        // A global network deleted by another host meanwhile is let go of, not restored.
-        if p.record.value.scope == Scope::Global
-            && let Some(cluster) = core.cluster()
-        {
-            let key = crate::record::network_key(&p.record.value.id);
-            let exists = cluster
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| CoreError::store("read", &key, e))?
-                .is_some();
-            if !exists {
-                cluster.forget(&p.record.value.id);
-                core.network_names.remove(&p.record.value.name);
-                continue;
-            }
-        }
-        let sandboxes: Vec<Arc<SandboxInner>> = p
-            .endpoints
-            .iter()
-            .filter_map(|e| e.value.sandbox_id.as_ref())
-            .filter_map(|sid| core.sandboxes.get(sid).map(|s| s.value().clone()))
-            .collect();
-        // The sandboxes' operation locks, in id order, so no join or leave runs meanwhile.
-        let mut sandboxes = sandboxes;
-        sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
-        sandboxes.dedup_by(|a, b| a.id == b.id);
-        let mut guards = Vec::new();
-        for sb in &sandboxes {
-            guards.push(sb.op.lock().await);
-        }
-        let opened: BTreeMap<String, Opened> = sandboxes
-            .iter()
-            .map(|sb| {
-                let st = sb.state();
-                let rec = sb.record(&st.joined, st.gateway.as_deref());
-                let version = st.version;
-                drop(st);
-                (
-                    sb.id.clone(),
-                    Opened {
-                        rec: Versioned {
-                            version,
-                            value: rec,
-                        },
-                        ns: sb.ns.clone(),
-                    },
-                )
-            })
-            .collect();
-        let live = restore_one(
-            &core,
-            p.record,
-            p.pools_v4,
-            p.pools_v6,
-            p.endpoints,
-            &opened,
-        )
-        .await?;
-        for sb in &sandboxes {
-            let detached = sb.take_detached(|j| live.iter().any(|e| e.id == j.endpoint_id));
-            for j in detached {
-                let Some(ep) = live.iter().find(|e| e.id == j.endpoint_id) else {
-                    continue;
-                };
-                let index = joined_index(&core, &sb.ns, &sb.id, j.ifname.as_ref()).await?;
-                let mut joined = Joined::from_record(ep.clone(), &j, index);
-                if sb.state().gateway.as_deref() == Some(ep.id.as_str()) {
-                    restore_gateway(&core, sb, &mut joined).await?;
-                }
-                // Back where it was: before the first join with a later interface.
-                let mut st = sb.state();
-                let at = joined
-                    .eth
-                    .and_then(|n| st.joined.iter().position(|o| o.eth.is_some_and(|m| m > n)))
-                    .unwrap_or(st.joined.len());
-                st.joined.insert(at, joined);
-            }
-            let joined = sb.state().joined.clone();
-            write_hosts(&core, sb, &joined)?;
-        }
-        drop(guards);
+        restore_waiting(&core, p).await?;
     }
+    Ok(())
+}
+
+/// Restores one network that waited (for its driver or its IPAM), its pools reserved, with its
+/// endpoints; an endpoint recorded as joined comes back joined when its sandbox is there.
+async fn restore_waiting(core: &Arc<Core>, p: PendingNetwork) -> Result<(), CoreError> {
+    // A global network deleted by another host meanwhile is let go of, not restored.
+    if p.record.value.scope == Scope::Global
+        && let Some(cluster) = core.cluster()
+    {
+        let key = crate::record::network_key(&p.record.value.id);
+        let exists = cluster
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| CoreError::store("read", &key, e))?
+            .is_some();
+        if !exists {
+            cluster.forget(&p.record.value.id);
+            core.network_names.remove(&p.record.value.name);
+            return Ok(());
+        }
+    }
+    let sandboxes: Vec<Arc<SandboxInner>> = p
+        .endpoints
+        .iter()
+        .filter_map(|e| e.value.sandbox_id.as_ref())
+        .filter_map(|sid| core.sandboxes.get(sid).map(|s| s.value().clone()))
+        .collect();
+    // The sandboxes' operation locks, in id order, so no join or leave runs meanwhile.
+    let mut sandboxes = sandboxes;
+    sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
+    sandboxes.dedup_by(|a, b| a.id == b.id);
+    let mut guards = Vec::new();
+    for sb in &sandboxes {
+        guards.push(sb.op.lock().await);
+    }
+    let opened: BTreeMap<String, Opened> = sandboxes
+        .iter()
+        .map(|sb| {
+            let st = sb.state();
+            let rec = sb.record(&st.joined, st.gateway.as_deref());
+            let version = st.version;
+            drop(st);
+            (
+                sb.id.clone(),
+                Opened {
+                    rec: Versioned {
+                        version,
+                        value: rec,
+                    },
+                    ns: sb.ns.clone(),
+                },
+            )
+        })
+        .collect();
+    let live = restore_one(core, p.record, p.pools_v4, p.pools_v6, p.endpoints, &opened).await?;
+    for sb in &sandboxes {
+        let detached = sb.take_detached(|j| live.iter().any(|e| e.id == j.endpoint_id));
+        for j in detached {
+            let Some(ep) = live.iter().find(|e| e.id == j.endpoint_id) else {
+                return Ok(());
+            };
+            let index = joined_index(core, &sb.ns, &sb.id, j.ifname.as_ref()).await?;
+            let mut joined = Joined::from_record(ep.clone(), &j, index);
+            if sb.state().gateway.as_deref() == Some(ep.id.as_str()) {
+                restore_gateway(core, sb, &mut joined).await?;
+            }
+            // Back where it was: before the first join with a later interface.
+            let mut st = sb.state();
+            let at = joined
+                .eth
+                .and_then(|n| st.joined.iter().position(|o| o.eth.is_some_and(|m| m > n)))
+                .unwrap_or(st.joined.len());
+            st.joined.insert(at, joined);
+        }
+        let joined = sb.state().joined.clone();
+        write_hosts(core, sb, &joined)?;
+    }
+    drop(guards);
     Ok(())
 }
 
@@ -677,7 +762,7 @@ async fn restore_sandboxes(
     opened: BTreeMap<String, Opened>,
     endpoints: &HashMap<String, Arc<EndpointInner>>,
 ) -> Result<(), CoreError> {
-    let pending: BTreeSet<String> = core
+    let mut pending: BTreeSet<String> = core
         .pending
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -685,6 +770,14 @@ async fn restore_sandboxes(
         .flatten()
         .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone()))
         .collect();
+    pending.extend(
+        core.pending_ipam
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .flatten()
+            .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone())),
+    );
     for (sid, o) in opened {
         let rec = o.rec.value;
         let mut joined = Vec::new();
@@ -692,7 +785,7 @@ async fn restore_sandboxes(
         for j in &rec.endpoints {
             let Some(ep) = endpoints.get(&j.endpoint_id) else {
                 if pending.contains(&j.endpoint_id) {
-                    // Its network waits for its driver: kept in the record meanwhile.
+                    // Its network waits for its driver or its IPAM: kept in the record meanwhile.
                     detached.push(j.clone());
                     continue;
                 }

@@ -5,10 +5,11 @@
 use std::net::Ipv4Addr;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cnm_types::ErrorKind;
 
-use super::{World, ep_opts};
+use super::{World, builder, ep_opts};
 use crate::testing::{DriverStep, FakeDriver};
 use crate::{CoreError, EndpointOptions, JoinOption, NetworkOptions};
 
@@ -206,4 +207,159 @@ async fn a_network_whose_driver_registers_late_waits_for_it_across_a_restart() {
     ep.delete().await.unwrap();
     w.ctl.network("n").unwrap().delete().await.unwrap();
     assert!(late.state().networks.is_empty());
+}
+
+/// An IPAM driver found by name ("plug"): the default IPAM's logic under another name, a fresh
+/// one each time it is found (its state lives in memory, so a reload replays its requests).
+#[derive(Debug)]
+struct PlugIpam(cnm_ipam::Ipam);
+
+#[async_trait::async_trait]
+impl crate::Ipam for PlugIpam {
+    fn name(&self) -> &str {
+        "plug"
+    }
+
+    async fn request_pool(
+        &self,
+        req: &cnm_ipam::PoolRequest,
+    ) -> Result<cnm_ipam::Pool, cnm_ipam::IpamError> {
+        self.0.request_pool(req)
+    }
+
+    async fn release_pool(&self, pool: &cnm_ipam::PoolId) -> Result<(), cnm_ipam::IpamError> {
+        self.0.release_pool(pool)
+    }
+
+    async fn request_address(
+        &self,
+        pool: &cnm_ipam::PoolId,
+        req: cnm_ipam::AddressRequest,
+    ) -> Result<ipnet::IpNet, cnm_ipam::IpamError> {
+        self.0.request_address(pool, req)
+    }
+
+    async fn release_address(
+        &self,
+        pool: &cnm_ipam::PoolId,
+        addr: std::net::IpAddr,
+    ) -> Result<(), cnm_ipam::IpamError> {
+        self.0.release_address(pool, addr)
+    }
+}
+
+/// Finds "plug" while `present`, as a plugin directory holding its socket or not.
+#[derive(Debug, Default)]
+struct PlugResolver {
+    present: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::IpamResolver for PlugResolver {
+    async fn resolve(&self, name: &str) -> Result<Arc<dyn crate::Ipam>, cnm_ipam::IpamError> {
+        if name == "plug" && self.present.load(Ordering::SeqCst) {
+            return Ok(Arc::new(PlugIpam(cnm_ipam::Ipam::new(
+                cnm_ipam::IpamConfig::default(),
+            ))));
+        }
+        Err(cnm_ipam::IpamError::Driver {
+            driver: name.to_owned(),
+            kind: ErrorKind::NotFound,
+            source: "no plugin of that name".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_network_whose_ipam_plugin_is_missing_at_reload_waits_for_it() {
+    let mut w = World::new().await;
+    let resolver = Arc::new(PlugResolver::default());
+    resolver.present.store(true, Ordering::SeqCst);
+    let rebuild = async |w: &mut World| {
+        w.ctl.shutdown().await.unwrap();
+        w.ctl = builder(&w.kernel, &w.driver, &w.store, w.run.path())
+            .ipam_resolver(resolver.clone())
+            .build()
+            .await
+            .expect("a controller, the IPAM plugin there or not");
+    };
+    rebuild(&mut w).await;
+    let mut opts = NetworkOptions::default().subnet("10.96.0.0/24".parse().unwrap());
+    opts.ipam_driver = Some("plug".to_owned());
+    let net = w.ctl.new_network("fake", "p", opts).await.unwrap();
+    let ep = net.create_endpoint("e", ep_opts()).await.unwrap();
+    let sb = ep.join("c", []).await.unwrap();
+    let addr = ep.ipv4();
+    assert_eq!(addr.map(|a| a.to_string()).as_deref(), Some("10.96.0.2/24"));
+    let other = w.net("other", "10.97.0.0/24").await;
+    other
+        .create_endpoint("e2", ep_opts())
+        .await
+        .unwrap()
+        .join("c", [])
+        .await
+        .unwrap();
+    let before = w.snapshot().await;
+
+    // Rebuilt while the plugin is missing: the controller starts, the network waits, its name
+    // stays taken and its driver keeps its links.
+    resolver.present.store(false, Ordering::SeqCst);
+    rebuild(&mut w).await;
+    assert!(w.ctl.network("p").is_err());
+    assert_eq!(w.ctl.waiting_ipams(), ["plug"]);
+    let e = w
+        .ctl
+        .new_network(
+            "fake",
+            "p",
+            NetworkOptions::default().subnet("10.98.0.0/24".parse().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CoreError::NetworkExists(_)), "{e}");
+    assert_eq!(
+        w.kernel.state().namespaces,
+        before.kernel.namespaces,
+        "its interfaces kept while it waits"
+    );
+    // The other networks work.
+    let other = w.ctl.network("other").unwrap();
+    let e3 = other.create_endpoint("e3", ep_opts()).await.unwrap();
+    e3.join("c", []).await.unwrap();
+    e3.leave("c").await.unwrap();
+    e3.delete().await.unwrap();
+    // Still missing: it keeps waiting.
+    w.ctl.restore_waiting().await.unwrap();
+    assert!(w.ctl.network("p").is_err());
+    assert_eq!(w.ctl.waiting_ipams(), ["plug"]);
+
+    // The plugin appears: the network comes back, with its address, joined as it was.
+    resolver.present.store(true, Ordering::SeqCst);
+    w.ctl.restore_waiting().await.unwrap();
+    assert!(w.ctl.waiting_ipams().is_empty());
+    let net = w.ctl.network("p").unwrap();
+    let ep = net.endpoint("e").unwrap();
+    assert_eq!(ep.ipv4(), addr);
+    assert_eq!(ep.sandbox_id(), Some(sb.id().to_owned()));
+    let after = w.snapshot().await;
+    assert_eq!(after.kernel, before.kernel);
+    assert_eq!(after.driver, before.driver);
+    let sb = w.ctl.sandbox_by_container_id("c").unwrap();
+    let mut names: Vec<String> = sb
+        .endpoints()
+        .iter()
+        .map(|(e, _)| e.name().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["e", "e2"]);
+    // And it works on: its address space is the plugin's.
+    let e4 = net.create_endpoint("e4", ep_opts()).await.unwrap();
+    assert_eq!(
+        e4.ipv4().map(|a| a.to_string()).as_deref(),
+        Some("10.96.0.3/24")
+    );
+    e4.delete().await.unwrap();
+    ep.leave("c").await.unwrap();
+    ep.delete().await.unwrap();
+    net.delete().await.unwrap();
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -510,6 +510,7 @@ impl Resolver {
             netns,
             forward_slots: Arc::new(Semaphore::new(l.forward_concurrency_per_listener)),
             tcp_slots: Arc::new(Semaphore::new(l.tcp_connections_per_listener)),
+            stopped: AtomicBool::new(false),
         }
     }
 }

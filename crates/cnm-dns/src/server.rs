@@ -11,7 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cnm_sandbox::NetNs;
@@ -47,6 +47,10 @@ pub(crate) struct ListenCtx {
     pub(crate) netns: NetNs,
     pub(crate) forward_slots: Arc<Semaphore>,
     pub(crate) tcp_slots: Arc<Semaphore>,
+    /// Set when the listener is stopped. An abort lands only at the task's next await, and a
+    /// batch of datagrams is answered within one poll, so every message checks this first:
+    /// once a stop returns, nothing more is answered.
+    pub(crate) stopped: AtomicBool,
 }
 
 /// A running listener; dropping it stops its tasks (and, through their join sets, every
@@ -55,11 +59,13 @@ pub(crate) struct ListenCtx {
 pub(crate) struct Listener {
     pub(crate) netns_id: (u64, u64),
     pub(crate) addr: SocketAddr,
+    ctx: Arc<ListenCtx>,
     tasks: [JoinHandle<()>; 2],
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        self.ctx.stopped.store(true, Ordering::SeqCst);
         for t in &self.tasks {
             t.abort();
         }
@@ -128,8 +134,9 @@ pub(crate) fn spawn(
         addr,
         tasks: [
             rt.spawn(serve_udp(ctx.clone(), udp)),
-            rt.spawn(serve_tcp(ctx, tcp)),
+            rt.spawn(serve_tcp(ctx.clone(), tcp)),
         ],
+        ctx,
     })
 }
 
@@ -169,6 +176,9 @@ async fn serve_udp(ctx: Arc<ListenCtx>, socket: tokio::net::UdpSocket) {
                     break;
                 }
             };
+            if ctx.stopped.load(Ordering::SeqCst) {
+                return;
+            }
             if !jobs.is_empty() {
                 while jobs.try_join_next().is_some() {}
             }
@@ -217,6 +227,9 @@ async fn serve_tcp(ctx: Arc<ListenCtx>, listener: tokio::net::TcpListener) {
                 continue;
             }
         };
+        if ctx.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         while conns.try_join_next().is_some() {}
         match ctx.tcp_slots.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -255,6 +268,9 @@ async fn serve_conn(ctx: &ListenCtx, mut stream: tokio::net::TcpStream) {
             Ok(Ok(_)) => {}
             // Cut short, reset or too slow: this connection ends, nothing else notices.
             _ => return,
+        }
+        if ctx.stopped.load(Ordering::SeqCst) {
+            return;
         }
         let reply = match handle(ctx, &buf, true, &mut out) {
             Handled::Reply => std::mem::take(&mut out),

@@ -66,7 +66,9 @@ async fn an_unknown_name_fails_fast_and_says_where_it_looked() -> Result<()> {
         .await
         .unwrap_err();
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(200), "took {took:?}");
+    // Well under the 2 s activation wait, which an unknown name must not spend (a loaded
+    // machine gets room; waiting would take the whole 2 s).
+    assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(
         matches!(e, RemoteError::Plugin(PluginError::NotFound { .. })),
         "{e}"
@@ -180,8 +182,9 @@ async fn a_hung_plugin_gives_a_bounded_wait_and_a_clear_error() -> Result<()> {
         .await
         .unwrap_err();
     let took = started.elapsed();
-    // One attempt: a timeout is not retried, even for an idempotent call.
-    assert!(took >= SHORT && took < SHORT * 3, "took {took:?}");
+    // Bounded by the call timeout; one attempt (a timeout is not retried, even for an
+    // idempotent call) is checked below by the requests the plugin received, not by the clock.
+    assert!(took >= SHORT && took < SHORT * 10, "took {took:?}");
     assert_eq!(
         e.to_string(),
         "plugin \"hang\": NetworkDriver.DeleteNetwork: no answer within 300ms"

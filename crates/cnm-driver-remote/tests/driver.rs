@@ -231,7 +231,8 @@ async fn a_hung_plugin_gives_a_bounded_wait_a_clear_error_and_a_full_rollback() 
     let timeout = Duration::from_millis(500);
     let w = World::new("hung", PluginArgs::default(), timeout).await?;
     let subnet: IpNet = "10.81.0.0/24".parse()?;
-    let bound = timeout * 3;
+    // Bounded by the call timeout, with room for a loaded machine (no retry would be 2×).
+    let bound = timeout * 6;
 
     // CreateNetwork never answers: no network, no record, the pool is free again.
     w.plugin

@@ -366,6 +366,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # A loaded machine may queue more than the default 5 connections before the next accept.
+    request_queue_size = 128
 
     def get_request(self):
         conn, _ = self.socket.accept()
@@ -375,6 +377,7 @@ class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 class TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
+    request_queue_size = 128
     allow_reuse_address = True
 
 

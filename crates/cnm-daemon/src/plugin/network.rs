@@ -15,6 +15,12 @@
 //! and `CreateEndpoint` answers the address cnm chose. `DeleteNetwork` forgets the mapping and
 //! leaves the cnm network to cnm. Why not a global-scope plugin: see [`super::mapping`].
 //!
+//! **Costs.** A Docker endpoint costs a cnm sandbox (a namespace bind-mounted in the run dir,
+//! its hosts and resolv.conf, a netlink socket, a record), because cnm's drivers build the
+//! container end inside a sandbox and cnm configures it there. A network this plugin makes has
+//! cnm's embedded DNS off (dockerd's containers use dockerd's resolver), so the sandbox has no
+//! listener; a shared network keeps its own setting, for cnm's containers on it.
+//!
 //! **Join.** libnetwork's remote driver expects the plugin to leave an interface in the host
 //! namespace and name it (`InterfaceName {SrcName, DstPrefix}`); dockerd then moves it into the
 //! container, renames it `ethN` in its own numbering, gives it the addresses it allocated and
@@ -277,6 +283,12 @@ fn plan_network(req: &wire::CreateNetworkRequest) -> Result<NetworkPlan, String>
         .enable_ipv6(flag(&req.options, wire::ENABLE_IPV6) || !req.ipv6_data.is_empty())
         .enable_ipv4(!req.ipv4_data.is_empty())
         .internal(flag(&req.options, wire::INTERNAL));
+    // dockerd's containers ask dockerd's own resolver (127.0.0.11 in their namespace); cnm's
+    // listener would sit in the cnm sandbox the interface leaves at once: two sockets and a
+    // resolv.conf per endpoint for nothing. `-o com.cnm.network.embedded_dns=true` keeps it.
+    if !generic.contains_key(cnm::options::KEY_EMBEDDED_DNS) {
+        opts = opts.driver_option(cnm::options::KEY_EMBEDDED_DNS, "false");
+    }
     for (k, v) in generic {
         opts = opts.driver_option(k, v);
     }
@@ -834,6 +846,13 @@ mod tests {
             Some("1400")
         );
         assert!(!opts.driver_options.contains_key(DRIVER_OPTION));
+        // dockerd's containers have dockerd's resolver: no cnm listener per endpoint.
+        assert_eq!(
+            opts.driver_options
+                .get(cnm::options::KEY_EMBEDDED_DNS)
+                .map(String::as_str),
+            Some("false")
+        );
     }
 
     #[test]

@@ -634,6 +634,16 @@ async fn dockerd_containers_on_two_hosts_reach_each_other_over_a_cnm_overlay() -
         // ... and to cnm's own container on host 2.
         h1.ping_within("c1", &s2_ip)?;
 
+        // dockerd gives its containers their way out (docker_gwbridge): cnm's gateway network
+        // is never made on host 1, which has only dockerd's container.
+        let (status, v) = h1.cnm().json("GET", "/networks/cnm_gwbridge", None).await?;
+        ensure!(status == 404, "cnm's gateway network on host 1: {status} {v}");
+        let route = h1.docker(&["exec", "c1", "ip", "route"])?;
+        ensure!(
+            route.contains("default via") && !route.contains("default via 10.79."),
+            "c1's routes: {route}"
+        );
+
         // Each cnmd lists its host's dockerd endpoint on the overlay, with dockerd's address.
         let on1 = h1.cnm().expect("GET", "/networks/ov", None, 200).await?;
         ensure!(cnm_addresses(&on1).contains(&ip1), "host 1's cnm: {on1}");

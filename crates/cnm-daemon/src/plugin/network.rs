@@ -19,7 +19,9 @@
 //! its hosts and resolv.conf, a netlink socket, a record), because cnm's drivers build the
 //! container end inside a sandbox and cnm configures it there. A network this plugin makes has
 //! cnm's embedded DNS off (dockerd's containers use dockerd's resolver), so the sandbox has no
-//! listener; a shared network keeps its own setting, for cnm's containers on it.
+//! listener; a shared network keeps its own setting, for cnm's containers on it. The sandbox is
+//! made with [`cnm::JoinOption::NoGatewayNetwork`]: on an overlay it gets no endpoint on cnm's
+//! gateway network, since dockerd gives the container its own way out (docker_gwbridge).
 //!
 //! **Join.** libnetwork's remote driver expects the plugin to leave an interface in the host
 //! namespace and name it (`InterfaceName {SrcName, DstPrefix}`); dockerd then moves it into the
@@ -579,7 +581,16 @@ pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
-    let sb = match ep.join(&sandbox_id(&req.endpoint_id), []).await {
+    // dockerd gives the container its way out (docker_gwbridge for a network without a
+    // gateway, as for Docker's overlay): cnm's gateway endpoint would stay behind in the cnm
+    // sandbox, a veth and an address per endpoint for nothing.
+    let sb = match ep
+        .join(
+            &sandbox_id(&req.endpoint_id),
+            [cnm::JoinOption::no_gateway_network()],
+        )
+        .await
+    {
         Ok(sb) => sb,
         Err(e) => return core_err("join endpoint", &req.endpoint_id, e),
     };

@@ -916,9 +916,15 @@ impl Daemon {
                 remove_stale_socket(&path)?;
                 // dockerd runs as root: the plugin socket is root's only.
                 let listener = bind_socket(&path, None)?;
+                let networks = crate::plugin::mapping::NetworkMap::open(&config.state_dir)
+                    .map_err(|reason| DaemonError::Config {
+                        field: "docker-plugin",
+                        reason,
+                    })?;
                 let state = Arc::new(crate::plugin::PluginState {
                     ctl: ctl.clone(),
                     ipam,
+                    networks,
                 });
                 Some((listener, path, state))
             }

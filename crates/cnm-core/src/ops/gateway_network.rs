@@ -10,7 +10,8 @@
 //! so the bridge driver's firewall does the NAT and two overlays never meet through it); the
 //! join and this one are undone together. After a leave (or a join that brings a default
 //! route of its own) that leaves no need, the gateway endpoint leaves and is deleted. The
-//! gateway network itself stays, and is adopted on restart as any network.
+//! gateway network itself stays, and is adopted on restart as any network. A sandbox made with
+//! [`JoinOption::NoGatewayNetwork`](crate::JoinOption) never gets one.
 
 use std::sync::Arc;
 
@@ -64,6 +65,9 @@ pub(crate) async fn reconcile(core: &Arc<Core>, sb: &Arc<SandboxInner>) -> Resul
     let Some(spec) = &core.gateway_network else {
         return Ok(());
     };
+    if sb.options.no_gateway_network {
+        return Ok(());
+    }
     let (joined, deleted) = {
         let st = sb.state();
         (st.joined.clone(), st.deleted)

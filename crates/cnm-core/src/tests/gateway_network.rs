@@ -127,3 +127,33 @@ async fn the_gateway_endpoint_comes_and_goes_with_the_need_and_fails_with_its_jo
     sb.delete().await.unwrap();
     assert!(gw.endpoints().is_empty());
 }
+
+#[tokio::test]
+async fn a_sandbox_made_without_the_gateway_network_never_joins_it() {
+    let (w, ovl) = world().await;
+    let o = w
+        .ctl
+        .new_network(
+            "ovl",
+            "o",
+            NetworkOptions::default().subnet("10.240.0.0/24".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let sb = w
+        .ctl
+        .new_sandbox("c", [crate::JoinOption::no_gateway_network()])
+        .await
+        .unwrap();
+    assert!(sb.options().no_gateway_network);
+    o.connect("e", &sb, ep_opts(), []).await.unwrap();
+    assert_eq!(endpoints(&sb), (vec!["e".to_owned()], None));
+    assert_eq!(ovl.state().joined.len(), 1);
+    assert!(
+        w.ctl.network("gw").is_err(),
+        "the gateway network is not even made"
+    );
+    assert!(w.driver.state().joined.is_empty());
+    sb.disconnect(&o).await.unwrap();
+    assert_eq!(endpoints(&sb), (vec![], None));
+}

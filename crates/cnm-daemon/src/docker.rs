@@ -378,16 +378,6 @@ pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError
         Err(e) if e.status == StatusCode::NOT_FOUND && key == "host" => {
             return Err(predefined("host"));
         }
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            return Err(match st.waiting_network(&key) {
-                Some(w) => ApiError::conflict(format!(
-                    "network {} id {} is waiting for its {} (a plugin not found yet): it \
-                     cannot be removed until the plugin appears",
-                    w.record.name, w.record.id, w.waits_for
-                )),
-                None => e,
-            });
-        }
         r => r?,
     };
     if is_predefined(&net) {

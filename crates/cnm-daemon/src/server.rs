@@ -284,10 +284,18 @@ impl AppState {
             .map_err(|e| self.network_error(key, e))
     }
 
-    /// A failed network lookup in dockerd's words.
+    /// A failed network lookup in dockerd's words; for a network that waits for its plugin
+    /// (see [`Controller::waiting_networks`]), a conflict saying so.
     pub(crate) fn network_error(&self, key: &str, e: CoreError) -> ApiError {
         match e {
-            CoreError::NotFound { .. } => ApiError::not_found(format!("network {key} not found")),
+            CoreError::NotFound { .. } => match self.waiting_network(key) {
+                Some(w) => ApiError::conflict(format!(
+                    "network {} id {} is waiting for its {} (a plugin not found yet): it cannot \
+                     be used or removed until the plugin appears",
+                    w.record.name, w.record.id, w.waits_for
+                )),
+                None => ApiError::not_found(format!("network {key} not found")),
+            },
             CoreError::Ambiguous { matches, .. } => ApiError::bad_request(format!(
                 "network {key} is ambiguous ({} matches found based on ID prefix)",
                 matches.len()

@@ -4,7 +4,7 @@ use std::io;
 
 use cnm_core::spi::DriverError;
 use cnm_core::undo::Cleanup;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed};
 
 #[cfg(feature = "test-hooks")]
 use crate::fault::FaultPoint;
@@ -138,16 +138,8 @@ pub enum BridgeError {
     #[error("failed to read the host's ip_local_port_range: {0}")]
     PortRange(#[source] io::Error),
     /// A kernel operation through cnm-sandbox failed.
-    #[error("failed to {op} {object}: {source}")]
-    Kernel {
-        /// What was done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: cnm_sandbox::SandboxError,
-    },
+    #[error(transparent)]
+    Kernel(#[from] Failed<cnm_sandbox::SandboxError>),
     /// A firewall transaction failed.
     #[error("failed to {op} for {object}: {source}")]
     Firewall {
@@ -193,21 +185,9 @@ impl BridgeError {
             Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
             #[cfg(feature = "test-hooks")]
             Self::Injected(_) => ErrorKind::Internal,
-            Self::Kernel { source, .. } => source.kind(),
+            Self::Kernel(e) => e.source.kind(),
             Self::Firewall { kind, .. } => *kind,
             Self::WithCleanup { primary, .. } => primary.kind(),
-        }
-    }
-
-    pub(crate) fn kernel(
-        op: &'static str,
-        object: impl Into<String>,
-        source: cnm_sandbox::SandboxError,
-    ) -> Self {
-        Self::Kernel {
-            op,
-            object: object.into(),
-            source,
         }
     }
 

@@ -1,7 +1,7 @@
 //! [`DnsError`]: what the resolver's API reports.
 
 use cnm_sandbox::SandboxError;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed};
 
 /// A failure of the resolver's API. Queries never fail this way: a query that cannot be
 /// answered gets a DNS error code (FORMERR, SERVFAIL, REFUSED, …), never a Rust error.
@@ -38,27 +38,11 @@ pub enum DnsError {
         endpoint: String,
     },
     /// Work inside a namespace (binding a listener, creating upstream sockets) failed.
-    #[error("failed to {op} {object}: {source}")]
-    Sandbox {
-        /// What was being done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: SandboxError,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] Failed<SandboxError>),
     /// A socket operation failed.
-    #[error("failed to {op} {object}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] Failed<std::io::Error>),
 }
 
 impl DnsError {
@@ -68,13 +52,13 @@ impl DnsError {
             Self::InvalidInput { .. } => ErrorKind::InvalidInput,
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
-            Self::Sandbox { source, .. } => source.kind(),
+            Self::Sandbox(e) => e.source.kind(),
             // the listener's address not (yet) in the sandbox is the sandbox's state, not bad
             // input from the caller (the shared table says InvalidInput for EADDRNOTAVAIL)
-            Self::Io { source, .. } if source.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Self::Io(e) if e.source.kind() == std::io::ErrorKind::AddrNotAvailable => {
                 ErrorKind::Unavailable
             }
-            Self::Io { source, .. } => ErrorKind::from_io(source),
+            Self::Io(e) => ErrorKind::from_io(&e.source),
         }
     }
 
@@ -89,38 +73,19 @@ impl DnsError {
             reason: reason.into(),
         }
     }
-
-    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn sandbox(
-        op: &'static str,
-        object: impl Into<String>,
-        source: SandboxError,
-    ) -> Self {
-        Self::Sandbox {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cnm_types::FailedTo;
 
     #[test]
     fn kinds_and_texts_name_the_object() {
         let e = DnsError::invalid("alias", "a b", "only letters");
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert_eq!(e.to_string(), "invalid alias \"a b\": only letters");
-        let e = DnsError::io(
+        let e = DnsError::failed(
             "bind DNS listener at",
             "127.0.0.11:53 in netns x",
             std::io::Error::from(std::io::ErrorKind::AddrInUse),

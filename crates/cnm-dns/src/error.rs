@@ -1,7 +1,7 @@
 //! [`DnsError`]: what the resolver's API reports.
 
 use cnm_sandbox::SandboxError;
-use cnm_types::{ErrorKind, Failed};
+use cnm_types::{ErrorKind, Failed, Invalid};
 
 /// A failure of the resolver's API. Queries never fail this way: a query that cannot be
 /// answered gets a DNS error code (FORMERR, SERVFAIL, REFUSED, …), never a Rust error.
@@ -9,15 +9,8 @@ use cnm_types::{ErrorKind, Failed};
 #[non_exhaustive]
 pub enum DnsError {
     /// Bad input, rejected before anything changed.
-    #[error("invalid {field} {value:?}: {reason}")]
-    InvalidInput {
-        /// Which field.
-        field: &'static str,
-        /// The value given.
-        value: String,
-        /// Why it is refused.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidInput(#[from] Invalid),
     /// The network is not registered with the resolver.
     #[error("network {0} is not registered with the resolver")]
     NetworkNotFound(String),
@@ -49,7 +42,7 @@ impl DnsError {
     /// The kind of failure, for callers that branch on it (the daemon maps it to a status).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
             Self::Sandbox(e) => e.source.kind(),
@@ -61,24 +54,12 @@ impl DnsError {
             Self::Io(e) => ErrorKind::from_io(&e.source),
         }
     }
-
-    pub(crate) fn invalid(
-        field: &'static str,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self::InvalidInput {
-            field,
-            value: value.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cnm_types::FailedTo;
+    use cnm_types::{FailedTo, InvalidTo};
 
     #[test]
     fn kinds_and_texts_name_the_object() {

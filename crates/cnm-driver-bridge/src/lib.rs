@@ -75,7 +75,7 @@ use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};
-use cnm_types::{ErrorKind, FailedTo, IfName, MacAddress};
+use cnm_types::{ErrorKind, FailedTo, IfName, InvalidTo, MacAddress};
 use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
 

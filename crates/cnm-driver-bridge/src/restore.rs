@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
 use cnm_core::undo::Undo;
-use cnm_types::{FailedTo, IfName, MacAddress};
+use cnm_types::{FailedTo, IfName, InvalidTo, MacAddress};
 
 use crate::{BridgeDriver, BridgeError, BridgePlan, Endpoint, EndpointState};
 use crate::{lock, short};

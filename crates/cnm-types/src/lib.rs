@@ -163,6 +163,35 @@ pub trait FailedTo<E>: From<Failed<E>> {
 
 impl<T: From<Failed<E>>, E> FailedTo<E> for T {}
 
+/// Input that cannot be used, naming the field and the value as given: `invalid {field}
+/// {value:?}: {reason}`. A variant holds it with `#[error(transparent)] InvalidInput(#[from]
+/// Invalid)`, and the error is built with [`InvalidTo::invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value:?}: {reason}")]
+pub struct Invalid {
+    /// What was refused (`alias`, `IPv4 address`).
+    pub field: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Builds an error that has a variant holding [`Invalid`].
+pub trait InvalidTo: From<Invalid> {
+    /// `value` of `field` is refused because of `reason`.
+    fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+        .into()
+    }
+}
+
+impl<T: From<Invalid>> InvalidTo for T {}
+
 /// Errors shown one after the other, separated by `; `: how every crate's error lists the
 /// cleanup failures it carries ("…; cleanup also failed: a; b").
 pub struct ErrorList<'a, E>(pub &'a [E]);

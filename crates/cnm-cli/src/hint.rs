@@ -110,27 +110,26 @@ mod tests {
 
     #[test]
     fn conflicts_depend_on_what_was_done() {
-        let h = for_api(
-            409,
-            "network n has active endpoints",
-            Target::NetworkRm("n"),
-        )
-        .unwrap();
-        assert!(h.contains("cnm disconnect n SANDBOX"), "{h}");
-        let h = for_api(
-            409,
-            "network with name n already exists",
-            Target::Network("n"),
-        )
-        .unwrap();
-        assert!(h.contains("cnm network rm n"), "{h}");
-        let h = for_api(
-            409,
-            "subnet 10.89.0.0/25 overlaps existing pool 10.89.0.0/24",
-            Target::Network("n"),
-        )
-        .unwrap();
-        assert!(h.contains("overlapping subnet"), "{h}");
+        for (message, target, want) in [
+            (
+                "network n has active endpoints",
+                Target::NetworkRm("n"),
+                "cnm disconnect n SANDBOX",
+            ),
+            (
+                "network with name n already exists",
+                Target::Network("n"),
+                "cnm network rm n",
+            ),
+            (
+                "subnet 10.89.0.0/25 overlaps existing pool 10.89.0.0/24",
+                Target::Network("n"),
+                "overlapping subnet",
+            ),
+        ] {
+            let h = for_api(409, message, target).unwrap();
+            assert!(h.contains(want), "{message}: {h}");
+        }
     }
 
     #[test]

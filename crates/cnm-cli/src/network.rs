@@ -113,31 +113,40 @@ fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<IpamConfig>, UsageError> {
         };
         subnets.push((net, config));
     }
-    for r in &a.ip_ranges {
-        let range: IpNet = r
-            .parse()
-            .map_err(|_| usage(format!("invalid --ip-range {r:?}: expected CIDR")))?;
-        let (subnet, c) = containing(&mut subnets, |s| s.contains(&range), "--ip-range", r)?;
-        if !c.ip_range.is_empty() {
-            return Err(usage(format!(
-                "cannot configure multiple ranges ({}, {r}) on the same subnet ({subnet})",
-                c.ip_range
-            )));
+    // At most one range and one gateway a subnet, each inside it (docker's words otherwise).
+    let singles = [
+        OnePerSubnet {
+            flag: "--ip-range",
+            values: &a.ip_ranges,
+            parse: |v| v.parse().ok(),
+            expected: "CIDR",
+            what: "ranges ({old}, {new}) on",
+            field: |c| &mut c.ip_range,
+        },
+        OnePerSubnet {
+            flag: "--gateway",
+            values: &a.gateways,
+            parse: |v| v.parse::<IpAddr>().ok().map(IpNet::from),
+            expected: "an IP address",
+            what: "gateways ({old}, {new}) for",
+            field: |c| &mut c.gateway,
+        },
+    ];
+    for one in singles {
+        let flag = one.flag;
+        for v in one.values {
+            let inner = (one.parse)(v)
+                .ok_or_else(|| usage(format!("invalid {flag} {v:?}: expected {}", one.expected)))?;
+            let (subnet, c) = containing(&mut subnets, |s| s.contains(&inner), flag, v)?;
+            let slot = (one.field)(c);
+            if !slot.is_empty() {
+                let what = one.what.replace("{old}", slot).replace("{new}", v);
+                return Err(usage(format!(
+                    "cannot configure multiple {what} the same subnet ({subnet})"
+                )));
+            }
+            v.clone_into(slot);
         }
-        c.ip_range = r.clone();
-    }
-    for g in &a.gateways {
-        let ip: IpAddr = g
-            .parse()
-            .map_err(|_| usage(format!("invalid --gateway {g:?}: expected an IP address")))?;
-        let (subnet, c) = containing(&mut subnets, |s| s.contains(&ip), "--gateway", g)?;
-        if !c.gateway.is_empty() {
-            return Err(usage(format!(
-                "cannot configure multiple gateways ({}, {g}) for the same subnet ({subnet})",
-                c.gateway
-            )));
-        }
-        c.gateway = g.clone();
     }
     for aux in &a.aux_addresses {
         let (name, ip) = aux
@@ -152,6 +161,19 @@ fn ipam_config(a: &NetworkCreateArgs) -> Result<Vec<IpamConfig>, UsageError> {
         c.auxiliary_addresses.insert(name.to_owned(), ip.to_owned());
     }
     Ok(subnets.into_iter().map(|(_, c)| c).collect())
+}
+
+/// A flag of which each subnet takes one value, found by what the value lies in.
+struct OnePerSubnet<'a> {
+    flag: &'static str,
+    values: &'a [String],
+    /// The value as a network the subnet must contain (a gateway: its host route).
+    parse: fn(&str) -> Option<IpNet>,
+    /// What a value must be, for the error.
+    expected: &'static str,
+    /// The middle of the error for a second value (`{old}`, `{new}` replaced).
+    what: &'static str,
+    field: fn(&mut IpamConfig) -> &mut String,
 }
 
 /// The `--subnet` (with its IPAM entry) that contains what `flag value` names.
@@ -474,6 +496,24 @@ mod tests {
                     "10.0.0.2",
                 ][..],
                 "multiple gateways",
+            ),
+            (
+                &[
+                    "--subnet",
+                    "10.0.0.0/24",
+                    "--subnet",
+                    "10.1.0.0/24",
+                    "--ip-range",
+                    "10.0.0.0/28",
+                    "--ip-range",
+                    "10.0.0.16/28",
+                ][..],
+                "cannot configure multiple ranges (10.0.0.0/28, 10.0.0.16/28) on the same subnet \
+                 (10.0.0.0/24)",
+            ),
+            (
+                &["--subnet", "10.0.0.0/24", "--gateway", "10.0.0.0/24"][..],
+                "invalid --gateway \"10.0.0.0/24\": expected an IP address",
             ),
             (&["-o", "=v"][..], "KEY=VALUE"),
         ] {

@@ -22,6 +22,7 @@
 //! record as `deleting` (so every later claim's check fails), then refuses if any claim
 //! remains: a claim and a delete racing cannot both win.
 
+use cnm_types::FailedTo;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -118,8 +119,11 @@ impl Cluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn store_err(op: &'static str, key: impl Into<String>) -> impl FnOnce(StoreError) -> CoreError {
-        move |e| CoreError::store(op, key, e)
+    fn store_err(
+        op: &'static str,
+        key: impl std::fmt::Display,
+    ) -> impl FnOnce(StoreError) -> CoreError {
+        move |e| CoreError::failed(op, key, e)
     }
 
     /// Stops the watcher.
@@ -173,7 +177,7 @@ impl Cluster {
                         .map(|c| c.aux_addresses().clone())
                         .unwrap_or_default();
                     let pool = scratch.request_pool(&req).map_err(|e| {
-                        CoreError::ipam("allocate a cluster-wide pool for network", network, e)
+                        CoreError::failed("allocate a cluster-wide pool for network", network, e)
                     })?;
                     let gateway = if capability.no_gateway {
                         None
@@ -182,7 +186,7 @@ impl Cluster {
                             scratch
                                 .request_address(&pool.id, AddressRequest::Gateway)
                                 .map_err(|e| {
-                                    CoreError::ipam("allocate gateway for network", network, e)
+                                    CoreError::failed("allocate gateway for network", network, e)
                                 })?,
                         )
                     };
@@ -325,7 +329,7 @@ impl Cluster {
                 Ok(_) => return Ok(()),
                 // Another network came or went meanwhile: read the index again.
                 Err(StoreError::Conflict { key: k, .. }) if k == SUBNETS_KEY => continue,
-                Err(e) => return Err(CoreError::store("delete", key, e)),
+                Err(e) => return Err(CoreError::failed("delete", key, e)),
             }
         }
     }
@@ -344,7 +348,7 @@ impl Cluster {
             return Ok(());
         }
         self.mirror_pools(pools)
-            .map_err(|e| CoreError::ipam("take the cluster pools of network", id, e))?;
+            .map_err(|e| CoreError::failed("take the cluster pools of network", id, e))?;
         known.insert(
             id.to_owned(),
             Known {
@@ -427,7 +431,11 @@ impl Cluster {
                     continue;
                 }
                 Err(e) => {
-                    return Err(CoreError::ipam("allocate address for endpoint", object, e));
+                    return Err(CoreError::failed(
+                        "allocate address for endpoint",
+                        object,
+                        e,
+                    ));
                 }
             };
             let Some(version) = self.known().get(network_id).map(|k| k.version) else {
@@ -448,7 +456,7 @@ impl Cluster {
                 Err(StoreError::Conflict { key: k, .. }) if k == key => {
                     // Another host holds it: it stays marked here; try the next.
                     if let AddressRequest::Specific(addr) = req {
-                        return Err(CoreError::ipam(
+                        return Err(CoreError::failed(
                             "allocate address for endpoint",
                             object,
                             IpamError::AddressInUse {
@@ -464,7 +472,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     let _ = self.mirror.release_address(pool, candidate.addr());
-                    return Err(CoreError::store("claim", key, e));
+                    return Err(CoreError::failed("claim", key, e));
                 }
             }
         }
@@ -506,8 +514,9 @@ impl Cluster {
         for p in &k.pools {
             let _ = self.mirror.release_pool(&p.pool_id);
         }
-        self.mirror_pools(&k.pools)
-            .map_err(|e| CoreError::ipam("rebuild the cluster pools of network", network_id, e))?;
+        self.mirror_pools(&k.pools).map_err(|e| {
+            CoreError::failed("rebuild the cluster pools of network", network_id, e)
+        })?;
         for (key, _) in claims {
             let Some(ip) = key
                 .strip_prefix(&prefix)
@@ -556,7 +565,7 @@ pub(crate) fn watch(core: &Arc<Core>, cluster: &Cluster, revision: u64) -> Resul
     let mut watch = cluster
         .store
         .watch_from("network/", revision)
-        .map_err(|e| CoreError::store("watch", "network/", e))?;
+        .map_err(|e| CoreError::failed("watch", "network/", e))?;
     let mut stop = cluster.stop.subscribe();
     let weak: Weak<Core> = Arc::downgrade(core);
     tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //!
 //! The lock order is written down once, on [`Controller`].
 
+use cnm_types::FailedTo;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -298,17 +299,17 @@ impl ControllerBuilder {
             match (self.kernel, self.host_ns) {
                 (Some(kernel), _) => kernel,
                 (None, Some(ns)) => Arc::new(NetlinkKernel::new(ns).await.map_err(|e| {
-                    CoreError::sandbox("connect netlink in", "the host namespace", e)
+                    CoreError::failed("connect netlink in", "the host namespace", e)
                 })?),
                 (None, None) => Arc::new(
                     NetlinkKernel::current()
-                        .map_err(|e| CoreError::sandbox("open", "the host namespace", e))?,
+                        .map_err(|e| CoreError::failed("open", "the host namespace", e))?,
                 ),
             };
         for dir in [&self.run_dir, &self.state_dir] {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| CoreError::io("create directory", dir.display(), e))?;
+                .map_err(|e| CoreError::failed("create directory", dir.display(), e))?;
         }
         let store = match self.store {
             Some(store) => store,
@@ -412,7 +413,7 @@ fn instantiate(
     let mut out = BTreeMap::new();
     for (name, create) in factories {
         let driver = create(&ctx.for_driver(&name))
-            .map_err(|e| CoreError::driver("instantiate driver", &name, e))?;
+            .map_err(|e| CoreError::failed("instantiate driver", &name, e))?;
         out.insert(name, driver);
     }
     Ok(out)
@@ -424,7 +425,7 @@ const HOST_ID_KEY: &str = "host/id";
 /// This host's id in the cluster: made once, kept in the controller's own store (written only
 /// for a controller with a cluster store).
 async fn host_id(store: &dyn Store) -> Result<String, CoreError> {
-    let read = |e| CoreError::store("read", HOST_ID_KEY, e);
+    let read = |e| CoreError::failed("read", HOST_ID_KEY, e);
     if let Some(v) = store.get(HOST_ID_KEY).await.map_err(read)? {
         return Ok(String::from_utf8_lossy(&v.value).into_owned());
     }
@@ -438,7 +439,7 @@ async fn host_id(store: &dyn Store) -> Result<String, CoreError> {
         .await
     {
         Ok(_) => Ok(id),
-        Err(e) => Err(CoreError::store("write", HOST_ID_KEY, e)),
+        Err(e) => Err(CoreError::failed("write", HOST_ID_KEY, e)),
     }
 }
 
@@ -459,7 +460,7 @@ async fn open_default_store(state_dir: &Path) -> Result<Arc<dyn Store>, CoreErro
             object: state_dir.display().to_string(),
             reason: e.to_string(),
         })?
-        .map_err(|e| CoreError::store("open", state_dir.display().to_string(), e))
+        .map_err(|e| CoreError::failed("open", state_dir.display().to_string(), e))
 }
 
 /// What every clone of a controller shares: the core until shutdown, and the configuration.
@@ -580,7 +581,7 @@ impl Controller {
                 driver
                     .shutdown()
                     .await
-                    .map_err(|e| CoreError::driver("shut down driver", name, e)),
+                    .map_err(|e| CoreError::failed("shut down driver", name, e)),
             );
         }
         core.release();
@@ -610,7 +611,7 @@ impl Controller {
             return Err(CoreError::DriverExists(name.to_owned()));
         }
         let driver = create(&core.driver_context.for_driver(name))
-            .map_err(|e| CoreError::driver("instantiate driver", name, e))?;
+            .map_err(|e| CoreError::failed("instantiate driver", name, e))?;
         core.add_driver(name.to_owned(), driver)?;
         tracing::info!(driver = name, "driver registered");
         let driver = name.to_owned();
@@ -817,7 +818,7 @@ impl Controller {
         let d = self.core()?.driver(driver)?;
         d.configure(&options)
             .await
-            .map_err(|e| CoreError::driver("configure driver", driver, e))
+            .map_err(|e| CoreError::failed("configure driver", driver, e))
     }
 
     /// The host namespace.

@@ -14,6 +14,7 @@
 //! soon as the records say so, before the kernel work. The resolver keeps no state of its own:
 //! a reload replays every served network, sandbox and joined endpoint ([`replay`]).
 
+use cnm_types::FailedTo;
 use std::sync::{Arc, Mutex};
 
 use cnm_dns::{DnsOverrides, EndpointDns, NetworkDns, Resolver, sandbox_resolv_conf};
@@ -169,7 +170,7 @@ async fn attach(core: &Core, resolver: &Resolver, sb: &SandboxInner) -> Result<(
     let path = sb.resolv_conf_path();
     if let Err(e) = core.kernel.write_resolv_conf(&path, &rc.file) {
         resolver.detach_sandbox(&sb.id);
-        return Err(CoreError::sandbox(
+        return Err(CoreError::failed(
             "write resolv.conf",
             path.display().to_string(),
             e,
@@ -185,7 +186,7 @@ async fn detach(core: &Core, resolver: &Resolver, sb: &SandboxInner) -> Result<(
     let path = sb.resolv_conf_path();
     core.kernel
         .write_resolv_conf(&path, &sb.resolv_conf(&host))
-        .map_err(|e| CoreError::sandbox("write resolv.conf", path.display().to_string(), e))
+        .map_err(|e| CoreError::failed("write resolv.conf", path.display().to_string(), e))
 }
 
 /// A join's DNS step, inside its transaction: the sandbox's first served endpoint starts its
@@ -313,7 +314,7 @@ pub(crate) async fn replay(core: &Arc<Core>) -> Result<(), CoreError> {
                     .kernel
                     .read_resolv_conf(&path)
                     .await
-                    .map_err(|e| CoreError::sandbox("read", path.display().to_string(), e))?;
+                    .map_err(|e| CoreError::failed("read", path.display().to_string(), e))?;
                 if current
                     .nameservers
                     .contains(&std::net::IpAddr::V4(cnm_dns::SANDBOX_RESOLVER))
@@ -322,7 +323,7 @@ pub(crate) async fn replay(core: &Arc<Core>) -> Result<(), CoreError> {
                     core.kernel
                         .write_resolv_conf(&path, &sb.resolv_conf(&host))
                         .map_err(|e| {
-                            CoreError::sandbox("write resolv.conf", path.display().to_string(), e)
+                            CoreError::failed("write resolv.conf", path.display().to_string(), e)
                         })?;
                 }
             }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use cnm_ipam::IpamError;
 use cnm_sandbox::SandboxError;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed};
 
 use crate::spi::DriverError;
 use crate::store::StoreError;
@@ -254,38 +254,14 @@ pub enum CoreError {
         name: String,
     },
     /// A driver failed.
-    #[error("failed to {op} {object}: {source}")]
-    Driver {
-        /// What was being done.
-        op: &'static str,
-        /// To which object.
-        object: String,
-        /// The driver's error.
-        #[source]
-        source: DriverError,
-    },
+    #[error(transparent)]
+    Driver(#[from] Failed<DriverError>),
     /// IPAM failed (pool overlap, address taken, address outside the pool, pool exhausted, …).
-    #[error("failed to {op} {object}: {source}")]
-    Ipam {
-        /// What was being done.
-        op: &'static str,
-        /// To which object.
-        object: String,
-        /// IPAM's error.
-        #[source]
-        source: IpamError,
-    },
+    #[error(transparent)]
+    Ipam(#[from] Failed<IpamError>),
     /// The kernel layer failed.
-    #[error("failed to {op} {object}: {source}")]
-    Sandbox {
-        /// What was being done.
-        op: &'static str,
-        /// To which object.
-        object: String,
-        /// The kernel layer's error.
-        #[source]
-        source: SandboxError,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] Failed<SandboxError>),
     /// The host namespace's firewall failed (see [`crate::spi::DriverContext::firewall`]).
     #[error("failed to {op}: {source}")]
     Firewall {
@@ -306,17 +282,9 @@ pub enum CoreError {
         #[source]
         source: Box<cnm_dns::DnsError>,
     },
-    /// The store failed.
-    #[error("failed to {op} {key}: {source}")]
-    Store {
-        /// What was being done.
-        op: &'static str,
-        /// The key.
-        key: String,
-        /// The store's error.
-        #[source]
-        source: StoreError,
-    },
+    /// The store failed (the object is the key).
+    #[error(transparent)]
+    Store(#[from] Failed<StoreError>),
     /// A record could not be encoded or decoded.
     #[error("failed to {op} record {key}: {source}")]
     Record {
@@ -328,17 +296,9 @@ pub enum CoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// A file operation failed.
-    #[error("failed to {op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// The path.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file operation failed (the object is the path).
+    #[error(transparent)]
+    Io(#[from] Failed<std::io::Error>),
     /// The task running an operation died (a panic in a driver, or the runtime shut down).
     #[error("operation {op} on {object} did not complete: {reason}")]
     Aborted {
@@ -395,14 +355,14 @@ impl CoreError {
                 Some(_) => ErrorKind::Conflict,
                 None => ErrorKind::InvalidInput,
             },
-            Self::Driver { source, .. } => source.kind(),
-            Self::Ipam { source, .. } => source.kind(),
-            Self::Sandbox { source, .. } => source.kind(),
-            Self::Store { source, .. } => source.kind(),
+            Self::Driver(e) => e.source.kind(),
+            Self::Ipam(e) => e.source.kind(),
+            Self::Sandbox(e) => e.source.kind(),
+            Self::Store(e) => e.source.kind(),
             Self::Firewall { source, .. } => source.kind(),
             Self::Dns { source, .. } => source.kind(),
             Self::Record { .. } | Self::Aborted { .. } => ErrorKind::Internal,
-            Self::Io { source, .. } => ErrorKind::from_io(source),
+            Self::Io(e) => ErrorKind::from_io(&e.source),
             Self::Cleanup { source, .. } => source.kind(),
         }
     }
@@ -424,50 +384,6 @@ impl CoreError {
             field: field.into(),
             value: value.to_string(),
             reason: reason.into(),
-        }
-    }
-
-    pub(crate) fn driver(op: &'static str, object: impl Into<String>, source: DriverError) -> Self {
-        Self::Driver {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn ipam(op: &'static str, object: impl Into<String>, source: IpamError) -> Self {
-        Self::Ipam {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn sandbox(
-        op: &'static str,
-        object: impl Into<String>,
-        source: SandboxError,
-    ) -> Self {
-        Self::Sandbox {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn store(op: &'static str, key: impl Into<String>, source: StoreError) -> Self {
-        Self::Store {
-            op,
-            key: key.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn io(op: &'static str, path: impl fmt::Display, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.to_string(),
-            source,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! removes it as soon as its fact goes: withdrawn, or its host's lease expired. So an answer is
 //! never older than the store's watch.
 
+use cnm_types::FailedTo;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -66,7 +67,7 @@ fn remote_sandbox(endpoint_id: &str) -> String {
 
 fn store_error(op: &'static str, ep: &str) -> impl FnOnce(crate::spi::DriverError) -> CoreError {
     let object = ep.to_owned();
-    move |e| CoreError::driver(op, object, e)
+    move |e| CoreError::failed(op, object, e)
 }
 
 impl RemoteNames {

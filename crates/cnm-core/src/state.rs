@@ -5,6 +5,7 @@
 //! The public handles ([`crate::Network`], …) hold the core weakly: a handle never keeps a
 //! controller (its store, its state-dir lock, its drivers' tasks) alive.
 
+use cnm_types::FailedTo;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -211,7 +212,7 @@ impl Core {
         self.ipam_of(net)?
             .request_address(pool, req)
             .await
-            .map_err(|e| CoreError::ipam(op, object, e))
+            .map_err(|e| CoreError::failed(op, object, e))
     }
 
     /// Releases an address of a network (see [`Core::request_address`]).
@@ -228,7 +229,7 @@ impl Core {
         self.ipam_of(net)?
             .release_address(pool, addr)
             .await
-            .map_err(|e| CoreError::ipam("release address", addr.to_string(), e))
+            .map_err(|e| CoreError::failed("release address", addr.to_string(), e))
     }
 
     /// The IPAM driver called `name` that the controller has: its own (`None`, `default` or its
@@ -265,7 +266,7 @@ impl Core {
         let found = resolver
             .resolve(name)
             .await
-            .map_err(|e| CoreError::ipam("find ipam driver", name, e))?;
+            .map_err(|e| CoreError::failed("find ipam driver", name, e))?;
         let mut named = self
             .named_ipams
             .write()
@@ -299,7 +300,7 @@ impl Core {
         let driver = resolver
             .resolve(name, &self.driver_context)
             .await
-            .map_err(|e| CoreError::driver("find driver", name, e))?;
+            .map_err(|e| CoreError::failed("find driver", name, e))?;
         match self.add_driver(name.to_owned(), driver.clone()) {
             Ok(()) => {
                 tracing::info!(driver = name, "driver found by name and registered");
@@ -386,7 +387,7 @@ impl Core {
     /// bridges of this controller's networks and catch-all routes (see [`crate::host`]).
     pub(crate) async fn host_networks(&self) -> Result<Vec<HostNetwork>, CoreError> {
         let view = self.kernel.host_view().await.map_err(|e| {
-            CoreError::sandbox(
+            CoreError::failed(
                 "list links, addresses and routes of",
                 "the host namespace",
                 e,
@@ -446,7 +447,7 @@ impl Core {
         self.kernel
             .read_resolv_conf(&self.resolv_conf)
             .await
-            .map_err(|e| CoreError::sandbox("read", self.resolv_conf.display().to_string(), e))
+            .map_err(|e| CoreError::failed("read", self.resolv_conf.display().to_string(), e))
     }
 
     /// The sandbox of a container: O(1) through its slot, unless the slot is busy (a create or

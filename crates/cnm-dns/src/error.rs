@@ -1,7 +1,7 @@
 //! [`DnsError`]: what the resolver's API reports.
 
 use cnm_sandbox::SandboxError;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed, Invalid};
 
 /// A failure of the resolver's API. Queries never fail this way: a query that cannot be
 /// answered gets a DNS error code (FORMERR, SERVFAIL, REFUSED, …), never a Rust error.
@@ -9,15 +9,8 @@ use cnm_types::ErrorKind;
 #[non_exhaustive]
 pub enum DnsError {
     /// Bad input, rejected before anything changed.
-    #[error("invalid {field} {value:?}: {reason}")]
-    InvalidInput {
-        /// Which field.
-        field: &'static str,
-        /// The value given.
-        value: String,
-        /// Why it is refused.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidInput(#[from] Invalid),
     /// The network is not registered with the resolver.
     #[error("network {0} is not registered with the resolver")]
     NetworkNotFound(String),
@@ -38,75 +31,27 @@ pub enum DnsError {
         endpoint: String,
     },
     /// Work inside a namespace (binding a listener, creating upstream sockets) failed.
-    #[error("failed to {op} {object}: {source}")]
-    Sandbox {
-        /// What was being done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: SandboxError,
-    },
+    #[error(transparent)]
+    Sandbox(#[from] Failed<SandboxError>),
     /// A socket operation failed.
-    #[error("failed to {op} {object}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] Failed<std::io::Error>),
 }
 
 impl DnsError {
     /// The kind of failure, for callers that branch on it (the daemon maps it to a status).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
-            Self::Sandbox { source, .. } => source.kind(),
+            Self::Sandbox(e) => e.source.kind(),
             // the listener's address not (yet) in the sandbox is the sandbox's state, not bad
             // input from the caller (the shared table says InvalidInput for EADDRNOTAVAIL)
-            Self::Io { source, .. } if source.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Self::Io(e) if e.source.kind() == std::io::ErrorKind::AddrNotAvailable => {
                 ErrorKind::Unavailable
             }
-            Self::Io { source, .. } => ErrorKind::from_io(source),
-        }
-    }
-
-    pub(crate) fn invalid(
-        field: &'static str,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self::InvalidInput {
-            field,
-            value: value.into(),
-            reason: reason.into(),
-        }
-    }
-
-    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
-    pub(crate) fn sandbox(
-        op: &'static str,
-        object: impl Into<String>,
-        source: SandboxError,
-    ) -> Self {
-        Self::Sandbox {
-            op,
-            object: object.into(),
-            source,
+            Self::Io(e) => ErrorKind::from_io(&e.source),
         }
     }
 }
@@ -114,13 +59,14 @@ impl DnsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cnm_types::{FailedTo, InvalidTo};
 
     #[test]
     fn kinds_and_texts_name_the_object() {
         let e = DnsError::invalid("alias", "a b", "only letters");
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert_eq!(e.to_string(), "invalid alias \"a b\": only letters");
-        let e = DnsError::io(
+        let e = DnsError::failed(
             "bind DNS listener at",
             "127.0.0.11:53 in netns x",
             std::io::Error::from(std::io::ErrorKind::AddrInUse),

@@ -4,6 +4,7 @@
 //! Keys are plain strings so that `name.network` is a suffix test and a lookup is one hash of
 //! the query name; a query name with any other byte in a label can never be one of ours.
 
+use cnm_types::InvalidTo;
 use hickory_proto::rr::Name;
 
 use crate::DnsError;

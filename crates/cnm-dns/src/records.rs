@@ -6,6 +6,7 @@
 //! share a name (an alias) sit in an ordered map under it, so adding or removing one is
 //! O(log m) in the m endpoints sharing that name.
 
+use cnm_types::InvalidTo;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! [`Resolver`]: the handle the controller drives.
 
+use cnm_types::InvalidTo;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

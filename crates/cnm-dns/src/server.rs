@@ -8,6 +8,7 @@
 //! message within the idle timeout or is closed; a truncated message or a reset ends only its
 //! own connection.
 
+use cnm_types::FailedTo;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,8 +80,8 @@ pub(crate) async fn bind(
 ) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
     ns.run(move || bind_here(addr))
         .await
-        .map_err(|e| DnsError::sandbox("bind a DNS listener in", ns.to_string(), e))?
-        .map_err(|e| DnsError::io("bind a DNS listener at", format!("{addr} in {ns}"), e))
+        .map_err(|e| DnsError::failed("bind a DNS listener in", ns.to_string(), e))?
+        .map_err(|e| DnsError::failed("bind a DNS listener at", format!("{addr} in {ns}"), e))
 }
 
 fn bind_here(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
@@ -122,12 +123,12 @@ pub(crate) fn spawn(
     let _in_rt = rt.enter();
     let addr = udp
         .local_addr()
-        .map_err(|e| DnsError::io("read the address of", "a DNS listener", e))?;
+        .map_err(|e| DnsError::failed("read the address of", "a DNS listener", e))?;
     let shown = format!("{addr} in {}", ctx.netns);
     let udp = tokio::net::UdpSocket::from_std(udp)
-        .map_err(|e| DnsError::io("register the UDP listener", &shown, e))?;
+        .map_err(|e| DnsError::failed("register the UDP listener", &shown, e))?;
     let tcp = tokio::net::TcpListener::from_std(tcp)
-        .map_err(|e| DnsError::io("register the TCP listener", &shown, e))?;
+        .map_err(|e| DnsError::failed("register the TCP listener", &shown, e))?;
     let netns_id = ctx.netns.id();
     Ok(Listener {
         netns_id,

@@ -11,6 +11,7 @@
 //! queries are answered by one thread (a local answer never waits on I/O, so one thread keeps
 //! up with its socket).
 
+use cnm_types::FailedTo;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
@@ -41,7 +42,7 @@ impl Workers {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| DnsError::io("start the runtime of", "a DNS thread", e))?;
+                .map_err(|e| DnsError::failed("start the runtime of", "a DNS thread", e))?;
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
@@ -53,7 +54,7 @@ impl Workers {
                         let _ = stopped.await;
                     });
                 })
-                .map_err(|e| DnsError::io("start", "a DNS thread", e))?;
+                .map_err(|e| DnsError::failed("start", "a DNS thread", e))?;
             workers.push(Worker {
                 handle,
                 stop: Some(stop),

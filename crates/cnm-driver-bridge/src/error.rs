@@ -4,7 +4,7 @@ use std::io;
 
 use cnm_core::spi::DriverError;
 use cnm_core::undo::Cleanup;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed, Invalid};
 
 #[cfg(feature = "test-hooks")]
 use crate::fault::FaultPoint;
@@ -32,15 +32,8 @@ pub enum BridgeError {
         reason: String,
     },
     /// Network or endpoint input that cannot be used (addresses, names, ports).
-    #[error("invalid {field} {value:?}: {reason}")]
-    InvalidInput {
-        /// What was refused.
-        field: &'static str,
-        /// The value as given.
-        value: String,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidInput(#[from] Invalid),
     /// The bridge name is already taken by a link that is not ours (or by another network).
     #[error("bridge name {name:?} is already in use by {owner}")]
     BridgeNameInUse {
@@ -138,16 +131,8 @@ pub enum BridgeError {
     #[error("failed to read the host's ip_local_port_range: {0}")]
     PortRange(#[source] io::Error),
     /// A kernel operation through cnm-sandbox failed.
-    #[error("failed to {op} {object}: {source}")]
-    Kernel {
-        /// What was done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: cnm_sandbox::SandboxError,
-    },
+    #[error(transparent)]
+    Kernel(#[from] Failed<cnm_sandbox::SandboxError>),
     /// A firewall transaction failed.
     #[error("failed to {op} for {object}: {source}")]
     Firewall {
@@ -180,7 +165,7 @@ impl BridgeError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::UnknownOption { .. } | Self::InvalidOption { .. } | Self::InvalidInput { .. } => {
+            Self::UnknownOption { .. } | Self::InvalidOption { .. } | Self::InvalidInput(_) => {
                 ErrorKind::InvalidInput
             }
             Self::BridgeNameInUse { .. } | Self::Conflict { .. } | Self::PortInUse { .. } => {
@@ -193,21 +178,9 @@ impl BridgeError {
             Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
             #[cfg(feature = "test-hooks")]
             Self::Injected(_) => ErrorKind::Internal,
-            Self::Kernel { source, .. } => source.kind(),
+            Self::Kernel(e) => e.source.kind(),
             Self::Firewall { kind, .. } => *kind,
             Self::WithCleanup { primary, .. } => primary.kind(),
-        }
-    }
-
-    pub(crate) fn kernel(
-        op: &'static str,
-        object: impl Into<String>,
-        source: cnm_sandbox::SandboxError,
-    ) -> Self {
-        Self::Kernel {
-            op,
-            object: object.into(),
-            source,
         }
     }
 
@@ -222,18 +195,6 @@ impl BridgeError {
             object: object.into(),
             kind,
             source: source.into(),
-        }
-    }
-
-    pub(crate) fn invalid(
-        field: &'static str,
-        value: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self::InvalidInput {
-            field,
-            value: value.into(),
-            reason: reason.into(),
         }
     }
 }

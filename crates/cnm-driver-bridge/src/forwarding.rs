@@ -19,6 +19,7 @@
 //! The driver-wide option [`crate::options::IP_FORWARD_NO_DROP`] (the daemon's
 //! `--ip-forward-no-drop`) opts out: no drop is ever added, and one in place is removed.
 
+use cnm_types::FailedTo;
 use std::path::{Path, PathBuf};
 
 use cnm_sandbox::{IpFamily, NetNs, get_sysctl, set_sysctls};
@@ -48,7 +49,7 @@ async fn turn_on(ns: &NetNs, marker: &Path, family: IpFamily) -> Result<(), Brid
     })?;
     set_sysctls(ns, &[(key(family), "1")])
         .await
-        .map_err(|e| BridgeError::kernel("enable forwarding in", ns.to_string(), e))
+        .map_err(|e| BridgeError::failed("enable forwarding in", ns.to_string(), e))
 }
 
 /// The sysctl that turns forwarding of `family` on.
@@ -103,7 +104,7 @@ impl BridgeDriver {
         for &family in families {
             let key = key(family);
             let value = get_sysctl(&self.ctx.host_ns, key).await.map_err(|e| {
-                BridgeError::kernel("read", format!("{key} in {}", self.ctx.host_ns), e)
+                BridgeError::failed("read", format!("{key} in {}", self.ctx.host_ns), e)
             })?;
             if value.trim() == "1" {
                 continue;

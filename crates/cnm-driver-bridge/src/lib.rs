@@ -75,7 +75,7 @@ use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
 use cnm_firewall::PortMapping;
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};
-use cnm_types::{ErrorKind, IfName, MacAddress};
+use cnm_types::{ErrorKind, FailedTo, IfName, InvalidTo, MacAddress};
 use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::OnceCell;
 
@@ -277,7 +277,7 @@ impl BridgeDriver {
             .host_netlink
             .link(bridge)
             .await
-            .map_err(|e| BridgeError::kernel("look up link", bridge, e))?
+            .map_err(|e| BridgeError::failed("look up link", bridge, e))?
             .is_some()
         {
             return Err(BridgeError::BridgeNameInUse {
@@ -319,7 +319,7 @@ impl BridgeDriver {
                         owner: "an existing link".to_owned(),
                     }
                 } else {
-                    BridgeError::kernel("create bridge", bridge, e)
+                    BridgeError::failed("create bridge", bridge, e)
                 }
             })?;
             let (netlink, name) = (host.clone(), bridge.to_owned());
@@ -336,7 +336,7 @@ impl BridgeDriver {
             .collect();
         set_sysctls(&self.ctx.host_ns, &pairs)
             .await
-            .map_err(|e| BridgeError::kernel("set sysctls of bridge", bridge, e))?;
+            .map_err(|e| BridgeError::failed("set sysctls of bridge", bridge, e))?;
         fault_point!(self, NetworkSysctlsSet);
 
         let index = match existing {
@@ -344,7 +344,7 @@ impl BridgeDriver {
             None => {
                 host.link(bridge)
                     .await
-                    .map_err(|e| BridgeError::kernel("look up bridge", bridge, e))?
+                    .map_err(|e| BridgeError::failed("look up bridge", bridge, e))?
                     .ok_or_else(|| BridgeError::Conflict {
                         op: "configure bridge",
                         object: bridge.to_owned(),
@@ -356,14 +356,14 @@ impl BridgeDriver {
         // Marked as ours, so the sweep after a crash can tell it from anyone else's.
         host.set_alias(index, &restore::alias(&plan.network_id))
             .await
-            .map_err(|e| BridgeError::kernel("mark bridge", bridge, e))?;
+            .map_err(|e| BridgeError::failed("mark bridge", bridge, e))?;
         for addr in plan.bridge_addresses() {
             match host.add_address(index, addr).await {
                 Ok(()) => {}
                 // Adopted: the kernel kept it across the restart.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && existing.is_some() => {}
                 Err(e) => {
-                    return Err(BridgeError::kernel(
+                    return Err(BridgeError::failed(
                         "add gateway address to bridge",
                         format!("{bridge} ({addr})"),
                         e,
@@ -375,7 +375,7 @@ impl BridgeDriver {
 
         host.set_up(index)
             .await
-            .map_err(|e| BridgeError::kernel("bring up bridge", bridge, e))?;
+            .map_err(|e| BridgeError::failed("bring up bridge", bridge, e))?;
         fault_point!(self, NetworkBridgeUp);
 
         self.enable_forwarding(&plan.forwarding(), firewall).await?;
@@ -511,7 +511,7 @@ impl BridgeDriver {
                         reason: "its bridge is missing",
                     });
                 }
-                return Err(BridgeError::kernel(
+                return Err(BridgeError::failed(
                     "create veth",
                     format!(
                         "{host_if} (peer {peer_name} in {}) on bridge {}",
@@ -530,7 +530,7 @@ impl BridgeDriver {
             // Marked with the endpoint's id: the restore finds a joined endpoint's veth by it.
             host.set_alias_by_name(&host_if, &restore::alias(&req.endpoint_id))
                 .await
-                .map_err(|e| BridgeError::kernel("mark veth", host_if.to_string(), e))?;
+                .map_err(|e| BridgeError::failed("mark veth", host_if.to_string(), e))?;
             if !plan.icc {
                 isolate_port(host, &host_if).await?;
             }
@@ -644,7 +644,7 @@ impl BridgeDriver {
             .run(move || ports::reserve(&for_thread))
             .await
             .map_err(|e| {
-                BridgeError::kernel("reserve host ports in", self.ctx.host_ns.to_string(), e)
+                BridgeError::failed("reserve host ports in", self.ctx.host_ns.to_string(), e)
             })??;
 
         let mut undo = Undo::new();
@@ -735,7 +735,7 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
     let index = host
         .link(host_if.as_str())
         .await
-        .map_err(|e| BridgeError::kernel("look up", object(), e))?
+        .map_err(|e| BridgeError::failed("look up", object(), e))?
         .map(|l| l.index)
         .ok_or(BridgeError::Conflict {
             op: "isolate bridge port",
@@ -744,7 +744,7 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
         })?;
     host.set_bridge_port_isolated(index, true)
         .await
-        .map_err(|e| BridgeError::kernel("isolate bridge port", object(), e))
+        .map_err(|e| BridgeError::failed("isolate bridge port", object(), e))
 }
 
 /// The bridge options a network's spec carries, as [`Driver::parse_network_options`] made them.
@@ -767,7 +767,7 @@ pub(crate) async fn delete_link_by_name(netlink: &Netlink, name: &str) -> Result
         .delete_link_named(name)
         .await
         .map(drop)
-        .map_err(|e| BridgeError::kernel("delete link", name, e))
+        .map_err(|e| BridgeError::failed("delete link", name, e))
 }
 
 /// The link called `name` in a sandbox, if there is one.
@@ -779,7 +779,7 @@ pub(crate) async fn sandbox_link(
         .netlink
         .link(name.as_str())
         .await
-        .map_err(|e| BridgeError::kernel("look up", format!("{name} in {}", sandbox.ns), e))
+        .map_err(|e| BridgeError::failed("look up", format!("{name} in {}", sandbox.ns), e))
 }
 
 /// `veth` and 7 random hex digits, as Docker names host-side veths.

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use cnm_core::spi::{IpamData, NetworkSpec};
-use cnm_types::{IfName, MacAddress};
+use cnm_types::{IfName, InvalidTo, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::BridgeError;

@@ -6,6 +6,7 @@
 //! the bind fail, so the user hears about it before any rule exists, and nobody can take the port
 //! from under a mapping later.
 
+use cnm_types::InvalidTo;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

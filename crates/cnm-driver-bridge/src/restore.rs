@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
 use cnm_core::undo::Undo;
-use cnm_types::{IfName, MacAddress};
+use cnm_types::{FailedTo, IfName, InvalidTo, MacAddress};
 
 use crate::{BridgeDriver, BridgeError, BridgePlan, Endpoint, EndpointState};
 use crate::{lock, short};
@@ -44,7 +44,7 @@ impl BridgeDriver {
         let existing = host
             .link(bridge)
             .await
-            .map_err(|e| BridgeError::kernel("look up link", bridge, e))?
+            .map_err(|e| BridgeError::failed("look up link", bridge, e))?
             .map(|l| l.index);
         let mut undo = Undo::new();
         let result = self
@@ -56,7 +56,7 @@ impl BridgeDriver {
         let links = host
             .links()
             .await
-            .map_err(|e| BridgeError::kernel("list links of", self.ctx.host_ns.to_string(), e))?;
+            .map_err(|e| BridgeError::failed("list links of", self.ctx.host_ns.to_string(), e))?;
         let mut owned = HashSet::new();
         for ep in endpoints {
             let s = &ep.spec;
@@ -128,7 +128,7 @@ impl BridgeDriver {
                 tracing::info!(veth = %l.name, bridge = %net.plan.bridge, "deleting a veth no endpoint owns");
                 host.delete_link(l.index)
                     .await
-                    .map_err(|e| BridgeError::kernel("delete veth", l.name.clone(), e))?;
+                    .map_err(|e| BridgeError::failed("delete veth", l.name.clone(), e))?;
             }
         }
         tracing::debug!(network = %short(&spec.id), bridge = %net.plan.bridge, endpoints = endpoints.len(), "bridge network restored");
@@ -150,7 +150,7 @@ impl BridgeDriver {
         let links = host
             .links()
             .await
-            .map_err(|e| BridgeError::kernel("list links of", self.ctx.host_ns.to_string(), e))?;
+            .map_err(|e| BridgeError::failed("list links of", self.ctx.host_ns.to_string(), e))?;
         for l in links {
             if l.kind.as_deref() != Some("bridge") || ours.contains(&l.name) {
                 continue;
@@ -168,7 +168,7 @@ impl BridgeDriver {
                 tracing::info!(bridge = %l.name, "deleting a bridge no network owns");
                 host.delete_link(l.index)
                     .await
-                    .map_err(|e| BridgeError::kernel("delete bridge", l.name.clone(), e))?;
+                    .map_err(|e| BridgeError::failed("delete bridge", l.name.clone(), e))?;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 use cnm_core::spi::DriverError;
 use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed, FailedTo};
 
 /// Everything the macvlan and ipvlan drivers can fail with.
 ///
@@ -57,16 +57,8 @@ pub enum MacvlanError {
         endpoint: String,
     },
     /// A kernel operation failed.
-    #[error("failed to {op} {object}: {source}")]
-    Kernel {
-        /// What was being done.
-        op: &'static str,
-        /// To what.
-        object: String,
-        /// The kernel layer's error.
-        #[source]
-        source: SandboxError,
-    },
+    #[error(transparent)]
+    Kernel(#[from] Failed<SandboxError>),
     /// An operation failed and undoing its effects failed too.
     #[error("{source}; cleanup also failed: {}", cnm_types::ErrorList(.cleanup))]
     Cleanup {
@@ -89,20 +81,8 @@ impl MacvlanError {
             Self::NetworkExists(_) => ErrorKind::AlreadyExists,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
-            Self::Kernel { source, .. } => source.kind(),
+            Self::Kernel(e) => e.source.kind(),
             Self::Cleanup { source, .. } => source.kind(),
-        }
-    }
-
-    pub(crate) fn kernel(
-        op: &'static str,
-        object: impl Into<String>,
-        source: SandboxError,
-    ) -> Self {
-        Self::Kernel {
-            op,
-            object: object.into(),
-            source,
         }
     }
 
@@ -121,11 +101,7 @@ impl MacvlanError {
                 source,
             }
         } else {
-            Self::Kernel {
-                op: "create",
-                object: what,
-                source,
-            }
+            Self::failed("create", what, source)
         }
     }
 

@@ -47,7 +47,7 @@ use cnm_core::{
     JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
     RestoredEndpoint, async_trait, register_driver,
 };
-use cnm_types::IfName;
+use cnm_types::{FailedTo, IfName};
 use ipnet::IpNet;
 
 pub use error::MacvlanError;
@@ -142,7 +142,7 @@ impl MacvlanDriver {
             .host_netlink
             .link(name)
             .await
-            .map_err(|e| MacvlanError::kernel("look up link", name, e))
+            .map_err(|e| MacvlanError::failed("look up link", name, e))
     }
 
     /// Refuses what Docker refuses between networks on one parent, and overlapping subnets.
@@ -239,7 +239,7 @@ impl MacvlanDriver {
                 .ok_or_else(|| MacvlanError::ParentNotFound(spec.name.to_string()))?;
             host.set_alias(link.index, &plan::alias(self.flavor, id))
                 .await
-                .map_err(|e| MacvlanError::kernel("mark", spec.name.to_string(), e))?;
+                .map_err(|e| MacvlanError::failed("mark", spec.name.to_string(), e))?;
             Ok(link)
         }
         .await;
@@ -253,7 +253,7 @@ impl MacvlanDriver {
     async fn undo_parent(&self, cause: MacvlanError, name: &IfName) -> MacvlanError {
         match self.ctx.host_netlink.delete_link_named(name.as_str()).await {
             Ok(_) => cause,
-            Err(e) => cause.with_cleanup(vec![MacvlanError::kernel(
+            Err(e) => cause.with_cleanup(vec![MacvlanError::failed(
                 "delete parent link",
                 name.to_string(),
                 e,
@@ -299,7 +299,7 @@ impl MacvlanDriver {
         })?;
         host.delete_link_named(name.as_str())
             .await
-            .map_err(|e| MacvlanError::kernel("delete probe link", name.to_string(), e))?;
+            .map_err(|e| MacvlanError::failed("delete probe link", name.to_string(), e))?;
         Ok(())
     }
 
@@ -401,7 +401,7 @@ impl MacvlanDriver {
                 .host_netlink
                 .delete_link_named(name.as_str())
                 .await
-                .map_err(|e| MacvlanError::kernel("delete parent link", name.to_string(), e))?;
+                .map_err(|e| MacvlanError::failed("delete parent link", name.to_string(), e))?;
         }
         Ok(())
     }
@@ -497,7 +497,7 @@ impl MacvlanDriver {
             .delete_link_named(req.ifname.as_str())
             .await
             .map_err(|e| {
-                MacvlanError::kernel(
+                MacvlanError::failed(
                     "delete endpoint link",
                     format!("{} in sandbox {}", req.ifname, req.sandbox.id),
                     e,
@@ -515,7 +515,7 @@ impl MacvlanDriver {
         let links = host
             .links()
             .await
-            .map_err(|e| MacvlanError::kernel("list links of", self.ctx.host_ns.to_string(), e))?;
+            .map_err(|e| MacvlanError::failed("list links of", self.ctx.host_ns.to_string(), e))?;
         for l in links {
             let Some(owner) = l
                 .alias
@@ -530,7 +530,7 @@ impl MacvlanDriver {
                     Ok(()) => {}
                     // A veth pair's other end went with the first.
                     Err(e) if e.kind() == cnm_types::ErrorKind::NotFound => {}
-                    Err(e) => return Err(MacvlanError::kernel("delete link", l.name, e)),
+                    Err(e) => return Err(MacvlanError::failed("delete link", l.name, e)),
                 }
             }
         }

@@ -4,7 +4,7 @@ use cnm_core::spi::DriverError;
 use cnm_core::store::StoreError;
 use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, Failed};
 
 /// Everything the overlay driver can fail with; each variant names what was done to which
 /// object and keeps the cause as its source.
@@ -66,16 +66,8 @@ pub enum OverlayError {
         reason: String,
     },
     /// A kernel operation failed.
-    #[error("failed to {op} {object}: {source}")]
-    Kernel {
-        /// What was attempted.
-        op: &'static str,
-        /// On what.
-        object: String,
-        /// The cause.
-        #[source]
-        source: SandboxError,
-    },
+    #[error(transparent)]
+    Kernel(#[from] Failed<SandboxError>),
     /// The cluster store failed.
     #[error("failed to {op} {key} in the cluster store: {source}")]
     Store {
@@ -110,18 +102,6 @@ fn list(errors: &[OverlayError]) -> String {
 }
 
 impl OverlayError {
-    pub(crate) fn kernel(
-        op: &'static str,
-        object: impl Into<String>,
-        source: SandboxError,
-    ) -> Self {
-        Self::Kernel {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-
     pub(crate) fn store(op: &'static str, key: impl Into<String>, source: StoreError) -> Self {
         Self::Store {
             op,
@@ -150,7 +130,7 @@ impl OverlayError {
             Self::VniTaken { .. } => ErrorKind::AlreadyExists,
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::Conflict { .. } => ErrorKind::Conflict,
-            Self::Kernel { source, .. } => source.kind(),
+            Self::Kernel(e) => e.source.kind(),
             Self::Store { source, .. } => source.kind(),
             Self::Driver(e) => e.kind(),
             Self::WithCleanup { source, .. } => source.kind(),

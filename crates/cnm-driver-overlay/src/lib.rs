@@ -44,7 +44,7 @@ use cnm_core::store::{Expect, StoreError};
 use cnm_core::undo::Undo;
 use cnm_core::{async_trait, register_driver};
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink};
-use cnm_types::{IfName, MacAddress};
+use cnm_types::{FailedTo, IfName, MacAddress};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
@@ -148,7 +148,7 @@ async fn delete_link_named(netlink: &Netlink, name: &str) -> Result<(), OverlayE
         .delete_link_named(name)
         .await
         .map(drop)
-        .map_err(|e| OverlayError::kernel("delete link", name, e))
+        .map_err(|e| OverlayError::failed("delete link", name, e))
 }
 
 impl OverlayDriver {
@@ -270,7 +270,7 @@ impl OverlayDriver {
         let addrs = host
             .addresses(None)
             .await
-            .map_err(|e| OverlayError::kernel("list addresses of", host.netns().to_string(), e))?;
+            .map_err(|e| OverlayError::failed("list addresses of", host.netns().to_string(), e))?;
         let index = addrs
             .iter()
             .find(|a| a.addr.addr() == vtep)
@@ -279,7 +279,7 @@ impl OverlayDriver {
         let link = host
             .link_by_index(index)
             .await
-            .map_err(|e| OverlayError::kernel("look up underlay link", index.to_string(), e))?
+            .map_err(|e| OverlayError::failed("look up underlay link", index.to_string(), e))?
             .ok_or(OverlayError::AdvertiseAddrNotFound(vtep))?;
         Ok((index, link.mtu))
     }
@@ -309,7 +309,7 @@ impl OverlayDriver {
             async move {
                 host.link(name.as_str())
                     .await
-                    .map_err(|e| OverlayError::kernel("look up link", name.to_string(), e))
+                    .map_err(|e| OverlayError::failed("look up link", name.to_string(), e))
             }
         };
         let mut undo: Undo<OverlayError> = Undo::new();
@@ -330,7 +330,7 @@ impl OverlayDriver {
                     link.up = true;
                     host.create_link(&link)
                         .await
-                        .map_err(|e| OverlayError::kernel("create bridge", bridge.as_str(), e))?;
+                        .map_err(|e| OverlayError::failed("create bridge", bridge.as_str(), e))?;
                     let (h, n) = (host.clone(), bridge.to_string());
                     undo.push("delete bridge", move || async move {
                         delete_link_named(&h, &n).await
@@ -347,7 +347,7 @@ impl OverlayDriver {
             };
             host.set_alias(bridge_index, &alias(&spec.id))
                 .await
-                .map_err(|e| OverlayError::kernel("mark bridge", bridge.as_str(), e))?;
+                .map_err(|e| OverlayError::failed("mark bridge", bridge.as_str(), e))?;
             // The VXLAN device holds only the FDB and neighbour entries of the other hosts'
             // endpoints: made anew on a restore, so that none of a previous run stays stale.
             if restoring {
@@ -369,7 +369,7 @@ impl OverlayDriver {
             link.master = Some(bridge_index);
             link.up = true;
             host.create_link(&link).await.map_err(|e| {
-                OverlayError::kernel(
+                OverlayError::failed(
                     "create vxlan",
                     format!("{vxlan} (VNI {}, port {})", alloc.vni, alloc.port),
                     e,
@@ -389,10 +389,10 @@ impl OverlayDriver {
                 .index;
             host.set_alias(vxlan_index, &alias(&spec.id))
                 .await
-                .map_err(|e| OverlayError::kernel("mark vxlan", vxlan.as_str(), e))?;
+                .map_err(|e| OverlayError::failed("mark vxlan", vxlan.as_str(), e))?;
             host.set_up(bridge_index)
                 .await
-                .map_err(|e| OverlayError::kernel("bring up bridge", bridge.as_str(), e))?;
+                .map_err(|e| OverlayError::failed("bring up bridge", bridge.as_str(), e))?;
             Ok((bridge_index, vxlan_index))
         }
         .await;
@@ -517,7 +517,7 @@ impl OverlayDriver {
         let mut undo: Undo<OverlayError> = Undo::new();
         let result = async {
             host.create_link(&spec).await.map_err(|e| {
-                OverlayError::kernel(
+                OverlayError::failed(
                     "create veth",
                     format!(
                         "{host_if} (peer {} in {}) on bridge {}",
@@ -534,7 +534,7 @@ impl OverlayDriver {
             }
             host.set_alias_by_name(&host_if, &alias(&req.endpoint_id))
                 .await
-                .map_err(|e| OverlayError::kernel("mark veth", host_if.as_str(), e))?;
+                .map_err(|e| OverlayError::failed("mark veth", host_if.as_str(), e))?;
             // Kernel first, then the record every other host acts on.
             facts
                 .publish(&req.network_id, &req.endpoint_id, &fact)
@@ -583,7 +583,7 @@ impl OverlayDriver {
         let links = host
             .links()
             .await
-            .map_err(|e| OverlayError::kernel("list links of", host.netns().to_string(), e))?;
+            .map_err(|e| OverlayError::failed("list links of", host.netns().to_string(), e))?;
         let facts = self.facts()?;
         for restored in endpoints {
             let s = &restored.spec;
@@ -604,7 +604,7 @@ impl OverlayDriver {
                             host.set_master(l.index, Some(net.bridge_index))
                                 .await
                                 .map_err(|e| {
-                                    OverlayError::kernel("enslave veth", l.name.clone(), e)
+                                    OverlayError::failed("enslave veth", l.name.clone(), e)
                                 })?;
                         }
                         let name = IfName::new(l.name.clone()).map_err(|e| {
@@ -631,7 +631,7 @@ impl OverlayDriver {
         let links = host
             .links()
             .await
-            .map_err(|e| OverlayError::kernel("list links of", host.netns().to_string(), e))?;
+            .map_err(|e| OverlayError::failed("list links of", host.netns().to_string(), e))?;
         let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
         let mut orphans = std::collections::HashSet::new();
         for l in &links {

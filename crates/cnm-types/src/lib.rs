@@ -124,6 +124,74 @@ impl ErrorKind {
     }
 }
 
+/// An operation on an object that failed, with its cause: `failed to {op} {object}: {source}`.
+///
+/// The one shape of the "failed to …" variants of cnm's error types: a variant holds it with
+/// `#[error(transparent)] Kernel(#[from] Failed<SandboxError>)`, and the error is built with
+/// [`FailedTo::failed`], the source's type choosing the variant.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {op} {object}: {source}")]
+pub struct Failed<E> {
+    /// What was being done (`create`, `move link`).
+    pub op: &'static str,
+    /// To what (a link, a key, a path).
+    pub object: String,
+    /// The cause.
+    #[source]
+    pub source: E,
+}
+
+impl<E> Failed<E> {
+    /// `op` failed on `object` because of `source`.
+    pub fn new(op: &'static str, object: impl fmt::Display, source: E) -> Self {
+        Self {
+            op,
+            object: object.to_string(),
+            source,
+        }
+    }
+}
+
+/// Builds an error that has a variant holding [`Failed<E>`]: `BridgeError::failed("create",
+/// name, e)`, where `e`'s type picks the variant.
+pub trait FailedTo<E>: From<Failed<E>> {
+    /// `op` failed on `object` because of `source`.
+    fn failed(op: &'static str, object: impl fmt::Display, source: E) -> Self {
+        Failed::new(op, object, source).into()
+    }
+}
+
+impl<T: From<Failed<E>>, E> FailedTo<E> for T {}
+
+/// Input that cannot be used, naming the field and the value as given: `invalid {field}
+/// {value:?}: {reason}`. A variant holds it with `#[error(transparent)] InvalidInput(#[from]
+/// Invalid)`, and the error is built with [`InvalidTo::invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value:?}: {reason}")]
+pub struct Invalid {
+    /// What was refused (`alias`, `IPv4 address`).
+    pub field: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Builds an error that has a variant holding [`Invalid`].
+pub trait InvalidTo: From<Invalid> {
+    /// `value` of `field` is refused because of `reason`.
+    fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+        .into()
+    }
+}
+
+impl<T: From<Invalid>> InvalidTo for T {}
+
 /// Errors shown one after the other, separated by `; `: how every crate's error lists the
 /// cleanup failures it carries ("…; cleanup also failed: a; b").
 pub struct ErrorList<'a, E>(pub &'a [E]);
@@ -342,6 +410,22 @@ impl From<MacAddress> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error(transparent)]
+        Io(#[from] Failed<std::io::Error>),
+    }
+
+    #[test]
+    fn failed_names_op_object_and_cause_and_keeps_the_cause_as_source() {
+        let cause = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = Outer::failed("open", "/run/x", cause);
+        assert_eq!(e.to_string(), "failed to open /run/x: gone");
+        let source = std::error::Error::source(&e).expect("the cause is the source");
+        assert_eq!(source.to_string(), "gone");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
+    }
 
     #[derive(Debug, PartialEq)]
     enum Failure {

@@ -2,6 +2,7 @@
 //! reserved, addresses assigned (static ones as asked, else the lowest free; or the driver's,
 //! reserved in IPAM when they lie in a pool), the driver asked, the record written last.
 
+use cnm_types::{Failed, FailedTo};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -134,7 +135,7 @@ pub(crate) async fn create_endpoint(
     let driver = core.driver_of(&net)?;
     let parsed = driver
         .parse_endpoint_options(&options.options_for_driver())
-        .map_err(|e| CoreError::driver("validate options of endpoint", &name, e))?;
+        .map_err(|e| CoreError::failed("validate options of endpoint", &name, e))?;
 
     // 2. Reserve the name (and the MAC asked for).
     let mut reservation = EndpointReservation::take(&net, &name, options.mac)?;
@@ -178,13 +179,13 @@ pub(crate) async fn create_endpoint(
             .create_endpoint(&spec)
             .instrument(tracing::debug_span!("driver", call = "create_endpoint"))
             .await
-            .map_err(|e| CoreError::driver("create endpoint", &name, e))?;
+            .map_err(|e| CoreError::failed("create endpoint", &name, e))?;
         {
             let (d, nid, eid, name) = (driver.clone(), net.id.clone(), id.clone(), name.clone());
             undo.push("delete endpoint in driver", move || async move {
                 d.delete_endpoint(&nid, &eid)
                     .await
-                    .map_err(|e| CoreError::driver("delete endpoint", name, e))
+                    .map_err(|e| CoreError::failed("delete endpoint", name, e))
             });
         }
         // Addresses the driver gave: used, and held by IPAM when they lie in a pool.
@@ -372,10 +373,10 @@ async fn allocate(
                 return Ok(Some((addr, pool)));
             }
             Err(
-                e @ CoreError::Ipam {
+                e @ CoreError::Ipam(Failed {
                     source: IpamError::PoolExhausted { .. },
                     ..
-                },
+                }),
             ) => last = Some(e),
             Err(e) => return Err(e),
         }

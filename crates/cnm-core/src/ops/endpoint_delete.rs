@@ -1,6 +1,7 @@
 //! Deleting an endpoint: refused while it is joined; the driver first, then the record and the
 //! addresses (a crash in between leaves the record, and the restart brings the endpoint back).
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -35,7 +36,7 @@ pub(crate) async fn delete_endpoint(
         .delete_endpoint(&net.id, &ep.id)
         .instrument(tracing::debug_span!("driver", call = "delete_endpoint"))
         .await
-        .map_err(|e| CoreError::driver("delete endpoint", &ep.name, e))?;
+        .map_err(|e| CoreError::failed("delete endpoint", &ep.name, e))?;
     // Past this point the endpoint is gone from the data plane: finish every step, report all.
     // A crash before the record goes leaves the record: the restart brings the endpoint back.
     crate::crash::point("endpoint-delete:after-driver");
@@ -46,7 +47,7 @@ pub(crate) async fn delete_endpoint(
         core.store
             .delete(&key, Expect::Version(version))
             .await
-            .map_err(|e| CoreError::store("delete", &key, e)),
+            .map_err(|e| CoreError::failed("delete", &key, e)),
     );
     crate::crash::point("endpoint-delete:after-record");
     for (addr, pool) in ep.reserved() {
@@ -65,7 +66,7 @@ pub(crate) async fn delete_endpoint(
                     .store
                     .delete(&key, Expect::Any)
                     .await
-                    .map_err(|e| CoreError::store("delete", &key, e)),
+                    .map_err(|e| CoreError::failed("delete", &key, e)),
             );
         }
     }

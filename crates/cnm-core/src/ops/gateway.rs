@@ -1,6 +1,7 @@
 //! The effects of a sandbox's gateway choice ([`crate::gateway`] makes the choice, purely): the
 //! default route through the gateway endpoint, and the published ports that follow it.
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -24,7 +25,7 @@ pub(crate) async fn add_routes(
 ) -> Result<(), CoreError> {
     for r in routes {
         core.kernel.add_route(&sb.ns, r).await.map_err(|e| {
-            CoreError::sandbox(
+            CoreError::failed(
                 what,
                 format!("{} in sandbox {}", r.destination, sb.short()),
                 e,
@@ -41,7 +42,7 @@ pub(crate) async fn del_routes(
 ) -> Result<(), CoreError> {
     for r in routes {
         core.kernel.del_route(&sb.ns, r).await.map_err(|e| {
-            CoreError::sandbox(
+            CoreError::failed(
                 "delete route",
                 format!("{} in sandbox {}", r.destination, sb.short()),
                 e,
@@ -66,7 +67,7 @@ pub(crate) async fn program(
             call = "program_external_connectivity"
         ))
         .await
-        .map_err(|e| CoreError::driver(op, &j.ep.name, e))
+        .map_err(|e| CoreError::failed(op, &j.ep.name, e))
 }
 
 pub(crate) async fn revoke(core: &Core, j: &Joined) -> Result<(), CoreError> {
@@ -78,7 +79,7 @@ pub(crate) async fn revoke(core: &Core, j: &Joined) -> Result<(), CoreError> {
             call = "revoke_external_connectivity"
         ))
         .await
-        .map_err(|e| CoreError::driver("withdraw published ports of endpoint", &j.ep.name, e))
+        .map_err(|e| CoreError::failed("withdraw published ports of endpoint", &j.ep.name, e))
 }
 
 /// Moves the default route and the published ports from `old` (if it is still in `list`) to the

@@ -2,6 +2,7 @@
 //! gateway choice (default route, published ports) → hosts file → records, in one transaction.
 //! On failure every step is undone.
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use crate::undo::Cleanup;
@@ -148,7 +149,7 @@ pub(crate) async fn join_one(
             .join(&request)
             .instrument(tracing::debug_span!("driver", call = "join"))
             .await
-            .map_err(|e| CoreError::driver("join endpoint", &ep.name, e))?;
+            .map_err(|e| CoreError::failed("join endpoint", &ep.name, e))?;
         crate::crash::point("join:after-driver");
         {
             let leave = LeaveRequest {
@@ -162,7 +163,7 @@ pub(crate) async fn join_one(
                 driver
                     .leave(&leave)
                     .await
-                    .map_err(|e| CoreError::driver("leave endpoint", name, e))
+                    .map_err(|e| CoreError::failed("leave endpoint", name, e))
             });
         }
         let joined = set_up_interface(
@@ -317,7 +318,7 @@ async fn set_up_interface(
             .configure_interface(&sb.ns, &config)
             .await
             .map_err(|e| {
-                CoreError::sandbox(
+                CoreError::failed(
                     "set up interface",
                     format!("{name} in sandbox {}", sb.short()),
                     e,
@@ -330,7 +331,7 @@ async fn set_up_interface(
                     .move_to_host(&sb.ns, i, &host_name)
                     .await
                     .map_err(|e| {
-                        CoreError::sandbox(
+                        CoreError::failed(
                             "move interface back to the host as",
                             host_name.to_string(),
                             e,
@@ -362,5 +363,5 @@ pub(crate) fn write_hosts(
     let path = sb.hosts_path();
     core.kernel
         .write_hosts(&path, &sb.hosts_file(joined))
-        .map_err(|e| CoreError::sandbox("write hosts file", path.display().to_string(), e))
+        .map_err(|e| CoreError::failed("write hosts file", path.display().to_string(), e))
 }

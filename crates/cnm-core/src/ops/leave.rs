@@ -3,6 +3,7 @@
 //! The kernel steps are best effort: every one runs even if an earlier one failed, and every
 //! failure is reported.
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -134,7 +135,7 @@ pub(crate) async fn leave_kernel(
                 .move_to_host(&sb.ns, index, host_name)
                 .await
                 .map_err(|e| {
-                    CoreError::sandbox(
+                    CoreError::failed(
                         "move interface back to the host as",
                         host_name.to_string(),
                         e,
@@ -154,7 +155,7 @@ pub(crate) async fn leave_kernel(
             .leave(&request)
             .instrument(tracing::debug_span!("driver", call = "leave"))
             .await
-            .map_err(|e| CoreError::driver("leave endpoint", &j.ep.name, e)),
+            .map_err(|e| CoreError::failed("leave endpoint", &j.ep.name, e)),
         Err(e) => Err(e),
     };
     errors.check(left);

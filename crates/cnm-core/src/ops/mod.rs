@@ -37,6 +37,7 @@ pub(crate) mod reload;
 pub(crate) mod sandbox_create;
 pub(crate) mod sandbox_delete;
 
+use cnm_types::FailedTo;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -171,11 +172,11 @@ pub(crate) async fn commit_join_state(
                 Expect::Version(sb_version),
             )
         })
-        .map_err(|e| CoreError::store("encode", &skey, e))?;
+        .map_err(|e| CoreError::failed("encode", &skey, e))?;
     core.store
         .commit(txn)
         .await
-        .map_err(|e| CoreError::store("write", format!("{ekey} and {skey}"), e))
+        .map_err(|e| CoreError::failed("write", format!("{ekey} and {skey}"), e))
 }
 
 /// Rewrites the sandbox's record alone; returns the revision.
@@ -189,11 +190,11 @@ pub(crate) async fn commit_sandbox(
     let skey = record::sandbox_key(&sb.id);
     let txn = Txn::new()
         .put_json(&skey, &sb.record(joined, gateway), Expect::Version(version))
-        .map_err(|e| CoreError::store("encode", &skey, e))?;
+        .map_err(|e| CoreError::failed("encode", &skey, e))?;
     core.store
         .commit(txn)
         .await
-        .map_err(|e| CoreError::store("write", skey, e))
+        .map_err(|e| CoreError::failed("write", skey, e))
 }
 
 /// Writes a new record (`Expect::Absent`); returns its version.
@@ -210,7 +211,7 @@ pub(crate) async fn put_new_record<T: serde::Serialize>(
     core.store
         .put(key, bytes, Expect::Absent)
         .await
-        .map_err(|e| CoreError::store("write", key, e))
+        .map_err(|e| CoreError::failed("write", key, e))
 }
 
 /// The undo step of [`put_new_record`]: deletes the record at exactly `version`.
@@ -225,7 +226,7 @@ pub(crate) fn delete_record(
             store
                 .delete(&key, Expect::Version(version))
                 .await
-                .map_err(|e| CoreError::store("delete", key, e))
+                .map_err(|e| CoreError::failed("delete", key, e))
         })
     }
 }

@@ -2,6 +2,7 @@
 //! options parsed once), then the name reserved, pools and gateways allocated, the driver asked
 //! to create it, and the record written last.
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use cnm_ipam::{AddressRequest, Family};
@@ -106,7 +107,7 @@ pub(crate) async fn create_network(
     let ipam = core.find_ipam(options.ipam_driver.as_deref()).await?;
     let parsed = driver
         .parse_network_options(&options.driver_keys())
-        .map_err(|e| CoreError::driver("validate options of network", &name, e))?;
+        .map_err(|e| CoreError::failed("validate options of network", &name, e))?;
     let capability = driver.capability();
     let global = capability.scope == Scope::Global;
     if global {
@@ -161,13 +162,13 @@ pub(crate) async fn create_network(
             driver
                 .create_network(&parts.spec())
                 .await
-                .map_err(|e| CoreError::driver("create network", &name, e))?;
+                .map_err(|e| CoreError::failed("create network", &name, e))?;
             {
                 let (d, id) = (driver.clone(), id.clone());
                 undo.push("delete network in driver", move || async move {
                     d.delete_network(&id)
                         .await
-                        .map_err(|e| CoreError::driver("delete network", id, e))
+                        .map_err(|e| CoreError::failed("delete network", id, e))
                 });
             }
             crate::crash::point("network-create:after-driver");
@@ -205,12 +206,12 @@ async fn allocate_in_driver(
     let allocation = driver
         .allocate_network(&parts.spec())
         .await
-        .map_err(|e| CoreError::driver("allocate network", &parts.name, e))?;
+        .map_err(|e| CoreError::failed("allocate network", &parts.name, e))?;
     let (d, id, a) = (driver.clone(), parts.id.clone(), allocation.clone());
     undo.push("free network in driver", move || async move {
         d.free_network(&id, &a)
             .await
-            .map_err(|e| CoreError::driver("free network", id, e))
+            .map_err(|e| CoreError::failed("free network", id, e))
     });
     Ok(allocation)
 }
@@ -252,7 +253,7 @@ async fn claim_global(
             Ok(a) => a,
             Err(e) => {
                 cluster.forget(&parts.id);
-                return Err(CoreError::driver("allocate network", &parts.name, e));
+                return Err(CoreError::failed("allocate network", &parts.name, e));
             }
         };
         let rec = parts.record(
@@ -266,7 +267,7 @@ async fn claim_global(
                 undo.push("free network in driver", move || async move {
                     d.free_network(&id, &a)
                         .await
-                        .map_err(|e| CoreError::driver("free network", id, e))
+                        .map_err(|e| CoreError::failed("free network", id, e))
                 });
                 let record = Versioned {
                     version,
@@ -299,13 +300,19 @@ async fn claim_global(
         driver
             .free_network(&parts.id, &parts.allocation)
             .await
-            .map_err(|e| CoreError::driver("free network", &parts.name, e))?;
+            .map_err(|e| CoreError::failed("free network", &parts.name, e))?;
         match &e {
             StoreError::Conflict { key, .. } if key == crate::cluster::SUBNETS_KEY => continue,
             StoreError::Conflict { key, .. } if *key == crate::cluster::name_key(&parts.name) => {
                 return Err(CoreError::NetworkExists(parts.name.clone()));
             }
-            _ => return Err(CoreError::store("write", record::network_key(&parts.id), e)),
+            _ => {
+                return Err(CoreError::failed(
+                    "write",
+                    record::network_key(&parts.id),
+                    e,
+                ));
+            }
         }
     }
     Err(CoreError::Aborted {
@@ -396,13 +403,13 @@ async fn allocate_pool(
     let pool = ipam
         .request_pool(&req)
         .await
-        .map_err(|e| CoreError::ipam("allocate pool for network", network, e))?;
+        .map_err(|e| CoreError::failed("allocate pool for network", network, e))?;
     {
         let (ipam, id) = (ipam.clone(), pool.id.clone());
         undo.push("release pool", move || async move {
             ipam.release_pool(&id)
                 .await
-                .map_err(|e| CoreError::ipam("release pool", id.to_string(), e))
+                .map_err(|e| CoreError::failed("release pool", id.to_string(), e))
         });
     }
     Ok(NetworkPool {
@@ -426,13 +433,13 @@ async fn allocate_gateway(
     let gateway = ipam
         .request_address(&pool.pool_id, AddressRequest::Gateway)
         .await
-        .map_err(|e| CoreError::ipam("allocate gateway for network", network, e))?;
+        .map_err(|e| CoreError::failed("allocate gateway for network", network, e))?;
     {
         let (ipam, id) = (ipam.clone(), pool.pool_id.clone());
         undo.push("release gateway", move || async move {
             ipam.release_address(&id, gateway.addr())
                 .await
-                .map_err(|e| CoreError::ipam("release gateway of pool", id.to_string(), e))
+                .map_err(|e| CoreError::failed("release gateway of pool", id.to_string(), e))
         });
     }
     pool.gateway = Some(gateway);

@@ -2,6 +2,7 @@
 //! the pools (a crash in between leaves the record, and the restart recreates the network: the
 //! delete did not happen).
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use crate::CoreError;
@@ -43,7 +44,7 @@ pub(crate) async fn delete_network(
     };
     if let Err(e) = driver.delete_network(&net.id).await {
         net.state().deleting = false;
-        let e = CoreError::driver("delete network", &net.name, e);
+        let e = CoreError::failed("delete network", &net.name, e);
         if let (Some(m), Some(cluster)) = (marked, core.cluster())
             && let Err(undo) = cluster.abort_delete(m).await
         {
@@ -66,16 +67,16 @@ pub(crate) async fn delete_network(
                 core.store
                     .delete(&key, Expect::Version(net.version))
                     .await
-                    .map_err(|e| CoreError::store("delete", &key, e)),
+                    .map_err(|e| CoreError::failed("delete", &key, e)),
             );
             if net.capability.needs_addresses
                 && let Some(ipam) = errors.check(core.ipam_of(&net))
             {
                 for pool in net.pools_v4.iter().chain(&net.pools_v6) {
                     errors.check(
-                        ipam.release_pool(&pool.pool_id)
-                            .await
-                            .map_err(|e| CoreError::ipam("release pool of network", &net.name, e)),
+                        ipam.release_pool(&pool.pool_id).await.map_err(|e| {
+                            CoreError::failed("release pool of network", &net.name, e)
+                        }),
                     );
                 }
             }
@@ -86,7 +87,7 @@ pub(crate) async fn delete_network(
         driver
             .free_network(&net.id, &net.allocation)
             .await
-            .map_err(|e| CoreError::driver("free network", &net.name, e)),
+            .map_err(|e| CoreError::failed("free network", &net.name, e)),
     );
     crate::crash::point("network-delete:after-record");
     core.networks.remove(&net.id);

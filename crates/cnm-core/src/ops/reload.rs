@@ -19,6 +19,7 @@
 //! endpoint's delete, which the restore simply redoes from the surviving record), this makes
 //! every operation interrupted by a crash look done completely or not at all.
 
+use cnm_types::FailedTo;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ struct Opened {
 
 pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
     let store = core.store.as_ref();
-    let read = |prefix: &'static str| move |e| CoreError::store("read", prefix, e);
+    let read = |prefix: &'static str| move |e| CoreError::failed("read", prefix, e);
     let mut nets = list_json::<NetworkRecord>(store, "network/")
         .await
         .map_err(read("network/"))?;
@@ -105,7 +106,7 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
         driver
             .sweep(&keep)
             .await
-            .map_err(|e| CoreError::driver("sweep after restart", &name, e))?;
+            .map_err(|e| CoreError::failed("sweep after restart", &name, e))?;
     }
     // [firewall] Fail closed: every driver's restored rules (and nothing of networks without a
     // record) replace the previous run's tables in one transaction; then what waited for them
@@ -160,7 +161,7 @@ async fn reopen_sandboxes(
                         let ekey = endpoint_key(&r.network_id, &r.id);
                         txn = txn
                             .put_json(&ekey, &r, Expect::Version(ep.version))
-                            .map_err(|e| CoreError::store("encode", &ekey, e))?;
+                            .map_err(|e| CoreError::failed("encode", &ekey, e))?;
                         freed.push(j.endpoint_id.clone());
                     }
                 }
@@ -168,7 +169,7 @@ async fn reopen_sandboxes(
                     .store
                     .commit(txn)
                     .await
-                    .map_err(|e| CoreError::store("delete", &key, e))?;
+                    .map_err(|e| CoreError::failed("delete", &key, e))?;
                 for id in freed {
                     if let Some(ep) = eps.get_mut(&id) {
                         ep.value.sandbox_id = None;
@@ -399,7 +400,7 @@ async fn reserve(
     for (addr, pool, name) in addresses {
         ipam.request_address(&pool, AddressRequest::Specific(addr))
             .await
-            .map_err(|e| CoreError::ipam("restore address of endpoint", name, e))?;
+            .map_err(|e| CoreError::failed("restore address of endpoint", name, e))?;
     }
     Ok((v4, v6))
 }
@@ -420,7 +421,7 @@ async fn restore_one(
     let options = network_options(&rec)?;
     let parsed = driver
         .parse_network_options(&options.driver_keys())
-        .map_err(|e| CoreError::driver("parse the recorded options of network", &rec.name, e))?;
+        .map_err(|e| CoreError::failed("parse the recorded options of network", &rec.name, e))?;
     let parts = NetworkParts {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -483,7 +484,7 @@ async fn restore_one(
     driver
         .restore_network(&spec, &restored)
         .await
-        .map_err(|e| CoreError::driver("restore network", &rec.name, e))?;
+        .map_err(|e| CoreError::failed("restore network", &rec.name, e))?;
     {
         let mut st = net.state();
         for ep in &live {
@@ -573,7 +574,7 @@ async fn restore_waiting(core: &Arc<Core>, p: PendingNetwork) -> Result<(), Core
             .store
             .get(&key)
             .await
-            .map_err(|e| CoreError::store("read", &key, e))?
+            .map_err(|e| CoreError::failed("read", &key, e))?
             .is_some();
         if !exists {
             cluster.forget(&p.record.value.id);
@@ -654,7 +655,7 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
         .store
         .list_with_revision("network/")
         .await
-        .map_err(|e| CoreError::store("read", "network/", e))?;
+        .map_err(|e| CoreError::failed("read", "network/", e))?;
     let mut seen = BTreeSet::new();
     for (key, v) in listing.entries {
         let rec: NetworkRecord = match serde_json::from_slice(&v.value) {
@@ -797,7 +798,7 @@ fn restore_endpoint(
     let options = r.options();
     let parsed = driver
         .parse_endpoint_options(&options.options_for_driver())
-        .map_err(|e| CoreError::driver("parse the recorded options of endpoint", &r.name, e))?;
+        .map_err(|e| CoreError::failed("parse the recorded options of endpoint", &r.name, e))?;
     let ep = Arc::new(EndpointInner::from_record(
         r,
         net.clone(),
@@ -879,14 +880,14 @@ async fn restore_sandboxes(
             .kernel
             .prepare_dir(&dir, &core.resolv_conf)
             .await
-            .map_err(|e| CoreError::sandbox("prepare the files of sandbox", id::short(&sid), e))?;
+            .map_err(|e| CoreError::failed("prepare the files of sandbox", id::short(&sid), e))?;
         write_hosts(core, &sb, &joined)?;
         let path = sb.resolv_conf_path();
         if !core.kernel.file_exists(&path) {
             core.kernel
                 .write_resolv_conf(&path, &sb.resolv_conf(&host))
                 .map_err(|e| {
-                    CoreError::sandbox("write resolv.conf", path.display().to_string(), e)
+                    CoreError::failed("write resolv.conf", path.display().to_string(), e)
                 })?;
         }
         sb.state().joined = joined;
@@ -913,7 +914,7 @@ async fn restore_pools(
         let pool = ipam
             .request_pool(&req)
             .await
-            .map_err(|e| CoreError::ipam("restore pool of network", network, e))?;
+            .map_err(|e| CoreError::failed("restore pool of network", network, e))?;
         if pool.id != p.pool_id {
             return Err(CoreError::invalid(
                 "pool",
@@ -926,7 +927,7 @@ async fn restore_pools(
             let got = ipam
                 .request_address(&pool.id, AddressRequest::Gateway)
                 .await
-                .map_err(|e| CoreError::ipam("restore gateway of network", network, e))?;
+                .map_err(|e| CoreError::failed("restore gateway of network", network, e))?;
             if got.addr() != gw.addr() {
                 return Err(CoreError::invalid(
                     "gateway",
@@ -975,7 +976,7 @@ async fn adopt_pools(
             &held,
         )
         .await
-        .map_err(|e| CoreError::ipam("adopt pool of network", network, e))?;
+        .map_err(|e| CoreError::failed("adopt pool of network", network, e))?;
         out.push(NetworkPool::from_record(p));
     }
     Ok(out)
@@ -1010,7 +1011,7 @@ async fn restore_gateway(
             Ok(()) => {}
             Err(e) if e.kind() == cnm_types::ErrorKind::AlreadyExists => {}
             Err(e) => {
-                return Err(CoreError::sandbox(
+                return Err(CoreError::failed(
                     "restore default route",
                     format!("{} in sandbox {}", route.destination, sb.short()),
                     e,
@@ -1040,7 +1041,7 @@ async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
             .kernel
             .list_dir(&dir)
             .await
-            .map_err(|e| CoreError::sandbox("read directory", dir.display().to_string(), e))?;
+            .map_err(|e| CoreError::failed("read directory", dir.display().to_string(), e))?;
         for name in names.into_iter().filter(|n| !owned.contains(n)) {
             let path = dir.join(&name);
             tracing::info!(path = %path.display(), "removing what no sandbox owns");
@@ -1049,7 +1050,7 @@ async fn sweep_run_dir(core: &Core) -> Result<(), CoreError> {
             } else {
                 ("remove directory", core.kernel.remove_dir(&path).await)
             };
-            removed.map_err(|e| CoreError::sandbox(op, path.display().to_string(), e))?;
+            removed.map_err(|e| CoreError::failed(op, path.display().to_string(), e))?;
         }
     }
     Ok(())
@@ -1067,7 +1068,7 @@ async fn joined_index(
         return Ok(None);
     };
     core.kernel.interface_index(ns, name).await.map_err(|e| {
-        CoreError::sandbox(
+        CoreError::failed(
             "look up interface",
             format!("{name} in sandbox {}", id::short(sandbox)),
             e,

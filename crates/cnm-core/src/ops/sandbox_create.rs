@@ -3,6 +3,7 @@
 //! join turns it on for an IPv6 endpoint's), loopback up (it predates the default and keeps
 //! `::1`), a hosts file and a resolv.conf; the record last.
 
+use cnm_types::FailedTo;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -100,12 +101,12 @@ async fn create(
             let ns = kernel
                 .create_netns(&key, &[(IPV6_DEFAULT_OFF, "1")])
                 .await
-                .map_err(|e| CoreError::sandbox("create netns of sandbox", &short, e))?;
+                .map_err(|e| CoreError::failed("create netns of sandbox", &short, e))?;
             {
                 let (kernel, key) = (kernel.clone(), key.clone());
                 undo.push("delete netns", move || async move {
                     kernel.delete_netns(&key).await.map_err(|e| {
-                        CoreError::sandbox("delete netns", key.display().to_string(), e)
+                        CoreError::failed("delete netns", key.display().to_string(), e)
                     })
                 });
             }
@@ -127,13 +128,13 @@ async fn create(
             let (kernel, dir) = (kernel.clone(), dir.clone());
             undo.push("remove sandbox directory", move || async move {
                 kernel.remove_dir(&dir).await.map_err(|e| {
-                    CoreError::sandbox("remove directory", dir.display().to_string(), e)
+                    CoreError::failed("remove directory", dir.display().to_string(), e)
                 })
             });
         }
         let host =
-            host.map_err(|e| CoreError::sandbox("prepare the files of sandbox", &short, e))?;
-        lo.map_err(|e| CoreError::sandbox("bring up loopback in sandbox", &short, e))?;
+            host.map_err(|e| CoreError::failed("prepare the files of sandbox", &short, e))?;
+        lo.map_err(|e| CoreError::failed("bring up loopback in sandbox", &short, e))?;
         finish(
             core,
             &kernel,
@@ -199,13 +200,13 @@ async fn finish(
         kernel
             .write_resolv_conf(&rc_path, &sb.resolv_conf(host))
             .map_err(|e| {
-                CoreError::sandbox("write resolv.conf", rc_path.display().to_string(), e)
+                CoreError::failed("write resolv.conf", rc_path.display().to_string(), e)
             })?;
         let hosts_path = sb.hosts_path();
         kernel
             .write_hosts(&hosts_path, &sb.hosts_file(&[]))
             .map_err(|e| {
-                CoreError::sandbox("write hosts file", hosts_path.display().to_string(), e)
+                CoreError::failed("write hosts file", hosts_path.display().to_string(), e)
             })?;
         let rkey = record::sandbox_key(&id);
         let version = put_new_record(core, &rkey, &sb.record(&[], None)).await?;

@@ -3,6 +3,7 @@
 //! first), the namespace and the files go. A crash after the transaction leaves only what the
 //! restart's sweep removes (the namespace's bind mount, its files, veths no record owns).
 
+use cnm_types::FailedTo;
 use std::sync::Arc;
 
 use super::leave::leave_kernel;
@@ -49,13 +50,13 @@ pub(crate) async fn delete_sandbox(
         let version = j.ep.state().version;
         txn = txn
             .put_json(j.ep.key(), &j.ep.record(None), Expect::Version(version))
-            .map_err(|e| CoreError::store("encode", j.ep.key(), e))?;
+            .map_err(|e| CoreError::failed("encode", j.ep.key(), e))?;
     }
     let revision = core
         .store
         .commit(txn)
         .await
-        .map_err(|e| CoreError::store("delete", &key, e))?;
+        .map_err(|e| CoreError::failed("delete", &key, e))?;
     for j in &joined {
         let mut e = j.ep.state();
         e.sandbox = None;
@@ -83,7 +84,7 @@ pub(crate) async fn delete_sandbox(
             core.kernel
                 .delete_netns(sb.key())
                 .await
-                .map_err(|e| CoreError::sandbox("delete netns", sb.key().display().to_string(), e)),
+                .map_err(|e| CoreError::failed("delete netns", sb.key().display().to_string(), e)),
         );
     }
     crate::crash::point("sandbox-delete:after-netns");
@@ -91,7 +92,7 @@ pub(crate) async fn delete_sandbox(
         core.kernel
             .remove_dir(&sb.dir)
             .await
-            .map_err(|e| CoreError::sandbox("remove directory", sb.dir.display().to_string(), e)),
+            .map_err(|e| CoreError::failed("remove directory", sb.dir.display().to_string(), e)),
     );
     if let (Some(slot), Some(guard)) = (&slot, slot_guard.as_mut())
         && guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, &sb))

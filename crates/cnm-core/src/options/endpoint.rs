@@ -342,69 +342,32 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_field_and_value() {
-        let cases: Vec<(RawEndpointOptions, [&str; 2])> = vec![
+        crate::options::assert_each_refused::<RawEndpointOptions, EndpointOptions>(&[
             (
-                RawEndpointOptions {
-                    ipam_config: RawEndpointIpam {
-                        ipv4_address: "10.1.0".into(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
+                |r| r.ipam_config.ipv4_address = "10.1.0".into(),
                 ["IPv4Address", "10.1.0"],
             ),
             (
-                RawEndpointOptions {
-                    ipam_config: RawEndpointIpam {
-                        ipv6_address: "10.1.0.1".into(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
+                |r| r.ipam_config.ipv6_address = "10.1.0.1".into(),
                 ["IPv6Address", "10.1.0.1"],
             ),
+            (|r| r.mac_address = "zz".into(), ["MacAddress", "zz"]),
             (
-                RawEndpointOptions {
-                    mac_address: "zz".into(),
-                    ..Default::default()
-                },
-                ["MacAddress", "zz"],
-            ),
-            (
-                RawEndpointOptions {
-                    mac_address: "01:00:5e:00:00:01".into(),
-                    ..Default::default()
-                },
+                |r| r.mac_address = "01:00:5e:00:00:01".into(),
                 ["mac address", "01:00:5e:00:00:01"],
             ),
             (
-                RawEndpointOptions {
-                    port_bindings: vec!["99999".into()],
-                    ..Default::default()
-                },
+                |r| r.port_bindings = vec!["99999".into()],
                 ["PortBindings", "99999"],
             ),
             (
-                RawEndpointOptions {
-                    exposed_ports: vec!["80/icmp".into()],
-                    ..Default::default()
-                },
+                |r| r.exposed_ports = vec!["80/icmp".into()],
                 ["ExposedPorts", "80/icmp"],
             ),
             (
-                RawEndpointOptions {
-                    aliases: vec!["bad name".into()],
-                    ..Default::default()
-                },
+                |r| r.aliases = vec!["bad name".into()],
                 ["alias", "bad name"],
             ),
-        ];
-        for (raw, needles) in cases {
-            let e = EndpointOptions::try_from(raw).unwrap_err();
-            assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput);
-            for n in needles {
-                assert!(e.to_string().contains(n), "{e} lacks {n}");
-            }
-        }
+        ]);
     }
 }

@@ -89,6 +89,29 @@ pub(crate) fn check_dns_name(field: &str, value: &str) -> Result<(), CoreError> 
     Ok(())
 }
 
+/// Test support: a change to default raw options, and the two texts its error must name.
+#[cfg(test)]
+pub(crate) type RefusedCase<R> = (fn(&mut R), [&'static str; 2]);
+
+/// Test support: each case is the raw options' default with one change; the conversion must
+/// refuse every case as invalid input with an error naming both needles (field and value).
+#[cfg(test)]
+pub(crate) fn assert_each_refused<R, T>(cases: &[RefusedCase<R>])
+where
+    R: Default,
+    T: TryFrom<R, Error = CoreError> + std::fmt::Debug,
+{
+    for (change, needles) in cases {
+        let mut raw = R::default();
+        change(&mut raw);
+        let e = T::try_from(raw).unwrap_err();
+        assert_eq!(e.kind(), cnm_types::ErrorKind::InvalidInput, "{e}");
+        for n in needles {
+            assert!(e.to_string().contains(n), "{e} lacks {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1081,11 +1081,12 @@ fn v4(ip: IpAddr) -> Result<Ipv4Addr> {
 /// sandbox on host 1, a datagram to the subnet's broadcast address and one to 239.1.2.3 reach
 /// the sandboxes on hosts 2 and 3 of such a network, and not those of a network without it
 /// (where unicast works); each host's all-zeros FDB entry lists the other hosts with
-/// endpoints, and loses host 3 when its endpoint leaves (and broadcast still reaches host 2).
+/// endpoints, loses host 3 when its endpoint leaves (and broadcast still reaches host 2), loses
+/// host 2 when it dies (its lease expires) and has it again when it returns (resync).
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
 async fn broadcast_and_multicast_cross_hosts_on_an_overlay_that_asks_for_it() -> Result<()> {
-    let c = cluster(3).await?;
+    let mut c = cluster(3).await?;
     let apis: Vec<Client> = c.hosts.iter().map(Host::api).collect();
     // VNIs given, so the devices' names are known: vx-001092 (bum), vx-001093 (plain).
     for (name, subnet, vni, bum) in [
@@ -1164,7 +1165,8 @@ async fn broadcast_and_multicast_cross_hosts_on_an_overlay_that_asks_for_it() ->
         }
     }
     // The flood list: each host lists the other two, and only on that network.
-    let vtep = |i: usize| format!("00:00:00:00:00:00 dst {}", c.hosts[i].addr);
+    let addrs: Vec<IpAddr> = c.hosts.iter().map(|h| h.addr).collect();
+    let vtep = |i: usize| format!("00:00:00:00:00:00 dst {}", addrs[i]);
     for (i, host) in c.hosts.iter().enumerate() {
         let fdb = host.fdb("vx-001092")?;
         for j in (0..3).filter(|j| *j != i) {
@@ -1240,6 +1242,41 @@ async fn broadcast_and_multicast_cross_hosts_on_an_overlay_that_asks_for_it() ->
         if drain(&rx2, Duration::from_millis(300), Some("again"))
             .iter()
             .any(|m| m == "again")
+        {
+            break;
+        }
+    }
+
+    // Host 2 dies (SIGKILL): its lease expires and host 1 takes it off the flood list. It
+    // returns: both resync, each lists the other again, and broadcast reaches host 2 again.
+    c.hosts[1].kill()?;
+    let took = until(
+        TTL + Duration::from_secs(10),
+        "the dead host 2 off host 1's flood list",
+        || async { Ok(!c.hosts[0].fdb("vx-001092")?.contains(&vtep(1))) },
+    )
+    .await?;
+    eprintln!("dead host 2 off host 1's flood list {took:?} after its SIGKILL");
+    c.hosts[1].start()?;
+    for (i, other) in [(0, 1), (1, 0)] {
+        until(
+            Duration::from_secs(10),
+            "the returned host back on the flood lists",
+            || async { Ok(c.hosts[i].fdb("vx-001092")?.contains(&vtep(other))) },
+        )
+        .await?;
+    }
+    drain(&rx2, Duration::from_millis(300), None);
+    let start = Instant::now();
+    loop {
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "broadcast does not reach host 2 after its return"
+        );
+        tx.send_to(b"back", SocketAddrV4::new(broadcast, BUM_PORT))?;
+        if drain(&rx2, Duration::from_millis(300), Some("back"))
+            .iter()
+            .any(|m| m == "back")
         {
             break;
         }

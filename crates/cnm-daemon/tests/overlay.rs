@@ -925,12 +925,13 @@ async fn a_host_started_while_etcd_is_down_works_locally_and_joins_the_cluster_o
 
 /// Published ports of an overlay endpoint: `connect -p` on host 2 makes the port answer on host
 /// 2's underlay address (from a namespace outside every host, and from host 1) and on host 2's
-/// loopback, DNAT'd to the sandbox's address on the gateway bridge; the disconnect takes it
-/// away (the server, still listening, answers over the overlay, but the port no longer does).
+/// loopback, DNAT'd to the sandbox's address on the gateway bridge, and again after host 2's
+/// cnmd restarts; the disconnect takes it away (the server, still listening, answers over the
+/// overlay, but the port no longer does).
 #[tokio::test]
 #[ignore = "privileged: run cargo xtask test"]
 async fn an_overlay_endpoints_published_port_answers_on_its_host_until_it_leaves() -> Result<()> {
-    let c = cluster(2).await?;
+    let mut c = cluster(2).await?;
     let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
     h1.expect(
         "POST",
@@ -984,6 +985,15 @@ async fn an_overlay_endpoints_published_port_answers_on_its_host_until_it_leaves
         quick.tcp(&c.underlay, c.hosts[0].addr, 8080).await.is_err(),
         "host 1 answered on the port published on host 2"
     );
+    // Host 2's cnmd restarts (SIGKILL): the port is restored from the records.
+    c.hosts[1].kill()?;
+    c.hosts[1].start()?;
+    until(
+        Duration::from_secs(10),
+        "the published port after host 2's restart",
+        || async { Ok(probe::tcp(&c.underlay, host2, 8080).await.is_ok()) },
+    )
+    .await?;
 
     // Disconnected: the port is gone. Connected again without ports, the server answers on
     // its gateway-bridge address, and the published port still does not.

@@ -165,6 +165,11 @@ pub struct Network {
     /// User labels.
     #[serde(deserialize_with = "nullable")]
     pub labels: StringMap,
+    /// cnm's own: what a network recorded before cnmd started waits for (`driver NAME` or
+    /// `ipam driver NAME`, a plugin not found yet); absent for a network that works. It comes
+    /// back the moment the plugin appears.
+    #[serde(rename = "Waiting", skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// One container (sandbox) attached to a network (Docker's `EndpointResource`).

@@ -228,6 +228,13 @@ async fn ls(client: &Client, a: NetworkLsArgs, out: &Printer) -> anyhow::Result<
         return Ok(Outcome::Ok);
     }
     out.text(&network_table(&nets, id));
+    for n in nets.iter().filter(|n| n.waiting.is_some()) {
+        out.warn(&format!(
+            "network {} is waiting for its {} (a plugin not found yet): it comes back when the plugin appears",
+            n.name,
+            n.waiting.as_deref().unwrap_or_default()
+        ));
+    }
     Ok(Outcome::Ok)
 }
 

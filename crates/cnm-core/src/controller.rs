@@ -18,10 +18,12 @@ use crate::kernel::{Kernel, NetlinkKernel};
 use crate::network::Network;
 use crate::ops::{self, run_op};
 use crate::options::{JoinOption, JoinOptions, NetworkOptions};
+use crate::record::{EndpointRecord, NetworkRecord};
 use crate::resolve::DriverResolver;
 use crate::sandbox::Sandbox;
 use crate::spi::{Driver, DriverContext, DriverError, DriverOptions, DriverRegistration};
 use crate::state::Core;
+use crate::store::Versioned;
 use crate::store::{DefaultStore, MemoryStore, Store};
 
 /// The default run dir (netns bind mounts, sandbox files).
@@ -623,18 +625,24 @@ impl Controller {
 
     /// Restores the networks that could not be restored when the controller was built because
     /// their IPAM driver (found by name through the
-    /// [IPAM resolver](ControllerBuilder::ipam_resolver): a plugin) was missing, for each IPAM
-    /// the resolver finds now: their pools and addresses are taken back in it and they come
-    /// back with their endpoints and joins (a network whose driver is missing too then waits
-    /// for [`Controller::register_driver`]). Those whose IPAM is still missing keep waiting,
-    /// their names reserved. Nothing when none waits.
+    /// [IPAM resolver](ControllerBuilder::ipam_resolver): a plugin) or their driver (found by
+    /// name through the [driver resolver](ControllerBuilder::driver_resolver), or registered
+    /// meanwhile) was missing, for each the resolvers find now: their pools and addresses are
+    /// taken back and they come back with their endpoints and joins. Those whose IPAM or driver
+    /// is still missing keep waiting, their names reserved; one whose restore fails keeps
+    /// waiting too, and is tried again by the next call (the first such error is returned).
+    /// Nothing when none waits.
     pub async fn restore_waiting(&self) -> Result<(), CoreError> {
         let core = self.core()?;
         run_op(
             core,
             "restore the networks waiting for",
-            "their ipam driver".to_owned(),
-            ops::reload::restore_waiting_ipams,
+            "their driver or ipam driver".to_owned(),
+            |core| async move {
+                let ipams = ops::reload::restore_waiting_ipams(core.clone()).await;
+                let drivers = ops::reload::restore_waiting_drivers(core).await;
+                ipams.and(drivers)
+            },
         )
         .await
     }
@@ -652,6 +660,62 @@ impl Controller {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The names of the drivers that networks recorded before the controller was built wait
+    /// for (see [`Controller::restore_waiting`] and [`Controller::register_driver`]), sorted;
+    /// empty when none waits.
+    pub fn waiting_drivers(&self) -> Vec<String> {
+        self.core()
+            .map(|c| {
+                c.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The networks recorded before the controller was built that wait for their IPAM driver
+    /// or their driver, as recorded, by name. They are not among [`Controller::networks`]
+    /// until restored; their names stay taken meanwhile.
+    pub fn waiting_networks(&self) -> Vec<WaitingNetwork> {
+        let Ok(core) = self.core() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (ipam, waiting) in core
+            .pending_ipam
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            out.extend(waiting.iter().map(|w| {
+                WaitingNetwork::new(
+                    &w.record.value,
+                    &w.endpoints,
+                    WaitingFor::IpamDriver(ipam.clone()),
+                )
+            }));
+        }
+        for (driver, waiting) in core
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            out.extend(waiting.iter().map(|p| {
+                WaitingNetwork::new(
+                    &p.record.value,
+                    &p.endpoints,
+                    WaitingFor::Driver(driver.clone()),
+                )
+            }));
+        }
+        out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        out
     }
 
     /// Brings this controller's view of the cluster's global networks up to date now: adopts
@@ -865,10 +929,29 @@ impl Controller {
         let core = self.core()?;
         let weak = Arc::downgrade(&core);
         let (driver, name) = (driver.to_owned(), name.to_owned());
+        let ipam = options.ipam_driver.clone();
+        let waited = {
+            let pending = core
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pending_ipam = core
+                .pending_ipam
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.contains_key(&driver)
+                || ipam.as_ref().is_some_and(|i| pending_ipam.contains_key(i))
+        };
         let inner = run_op(core, "create network", name.clone(), |core| {
             ops::network_create::create_network(core, driver, name, options)
         })
         .await?;
+        // Its driver or IPAM, found now (a plugin found by name), is one that networks recorded
+        // before the controller was built wait for: they come back now. The network exists
+        // whatever becomes of them.
+        if waited && let Err(e) = self.restore_waiting().await {
+            tracing::warn!(network = %inner.name, error = %e, "restoring the networks waiting for its driver or ipam driver failed");
+        }
         Ok(Network::new(weak, inner))
     }
 
@@ -969,6 +1052,54 @@ mod tests {
         for bad in ["", "-a", "a b", "a/b", "é"] {
             let e = crate::ops::check_name("network name", bad).unwrap_err();
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+}
+
+/// What a [`WaitingNetwork`] waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingFor {
+    /// Its driver, by name (a plugin not found yet).
+    Driver(String),
+    /// Its IPAM driver, by name (a plugin not found yet).
+    IpamDriver(String),
+}
+
+impl fmt::Display for WaitingFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitingFor::Driver(n) => write!(f, "driver {n}"),
+            WaitingFor::IpamDriver(n) => write!(f, "ipam driver {n}"),
+        }
+    }
+}
+
+/// A network recorded before the controller was built, waiting for its driver or its IPAM
+/// driver ([`Controller::waiting_networks`]): its record and its endpoints' records.
+#[derive(Debug, Clone)]
+pub struct WaitingNetwork {
+    /// The network as recorded.
+    pub record: NetworkRecord,
+    /// The options it was created with, from its record (`None` if the record's pools do not
+    /// make valid options).
+    pub options: Option<NetworkOptions>,
+    /// Its endpoints as recorded.
+    pub endpoints: Vec<EndpointRecord>,
+    /// What it waits for.
+    pub waits_for: WaitingFor,
+}
+
+impl WaitingNetwork {
+    fn new(
+        record: &NetworkRecord,
+        endpoints: &[Versioned<EndpointRecord>],
+        waits_for: WaitingFor,
+    ) -> Self {
+        Self {
+            options: ops::reload::network_options(record).ok(),
+            record: record.clone(),
+            endpoints: endpoints.iter().map(|e| e.value.clone()).collect(),
+            waits_for,
         }
     }
 }

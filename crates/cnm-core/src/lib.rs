@@ -106,7 +106,7 @@ pub mod undo;
 pub use api::{ControllerApi, EndpointApi, NetworkApi, SandboxApi};
 pub use controller::{
     Controller, ControllerBuilder, DEFAULT_RESOLV_CONF, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR,
-    registered_drivers,
+    WaitingFor, WaitingNetwork, registered_drivers,
 };
 pub use endpoint::Endpoint;
 pub use error::CoreError;

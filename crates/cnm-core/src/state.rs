@@ -87,6 +87,7 @@ pub(crate) struct Core {
 }
 
 /// A recorded network whose driver was not there at reload (a plugin that registers later).
+#[derive(Clone)]
 pub(crate) struct PendingNetwork {
     pub(crate) record: crate::store::Versioned<crate::record::NetworkRecord>,
     pub(crate) pools_v4: Vec<crate::model::network::NetworkPool>,

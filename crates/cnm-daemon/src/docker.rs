@@ -247,6 +247,27 @@ pub(crate) async fn list(
             out.push(views::network(&st.ctl, &net, st.created(&net), shape).await);
         }
     }
+    // Networks recorded before cnmd started that wait for a plugin: listed as recorded, with
+    // `Waiting` saying for what.
+    for w in st.ctl.waiting_networks() {
+        let rec = &w.record;
+        let keep = f.any("name", |v| rec.name.contains(v))
+            && f.any("id", |v| rec.id.starts_with(v))
+            && f.any("driver", |v| rec.driver == v)
+            && f.labels_match("label", &rec.labels)
+            && f.any("type", |v| v == "custom")
+            && f.any("scope", |v| v == rec.scope.to_string())
+            && dangling.is_none_or(|d| d == w.endpoints.is_empty());
+        if keep {
+            let shape = shape(v, !v.at_least(1, 28));
+            out.push(views::waiting_network(
+                &st.ctl,
+                &w,
+                st.created_waiting(&w),
+                shape,
+            ));
+        }
+    }
     Ok(DockerJson(out))
 }
 
@@ -266,7 +287,18 @@ pub(crate) async fn inspect(
              invalid syntax"
         )));
     }
-    let net = st.ctl.network(&key).map_err(|e| match e {
+    let net = st.ctl.network(&key);
+    if let Err(CoreError::NotFound { .. }) = &net
+        && let Some(w) = st.waiting_network(&key)
+    {
+        return Ok(DockerJson(views::waiting_network(
+            &st.ctl,
+            &w,
+            st.created_waiting(&w),
+            shape(v, true),
+        )));
+    }
+    let net = net.map_err(|e| match e {
         // dockerd's inspect words it the other way round from rm and connect.
         CoreError::Ambiguous { matches, .. } => ApiError::bad_request(format!(
             "{} matches found based on ID prefix: network {key} is ambiguous",

@@ -40,6 +40,7 @@ pub mod plugin;
 pub mod request;
 mod server;
 pub mod views;
+mod waiting;
 
 pub use error::{ApiError, DaemonError};
 pub use lock::{LOCK_FILE, StateLock};

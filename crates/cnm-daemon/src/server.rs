@@ -284,10 +284,18 @@ impl AppState {
             .map_err(|e| self.network_error(key, e))
     }
 
-    /// A failed network lookup in dockerd's words.
+    /// A failed network lookup in dockerd's words; for a network that waits for its plugin
+    /// (see [`Controller::waiting_networks`]), a conflict saying so.
     pub(crate) fn network_error(&self, key: &str, e: CoreError) -> ApiError {
         match e {
-            CoreError::NotFound { .. } => ApiError::not_found(format!("network {key} not found")),
+            CoreError::NotFound { .. } => match self.waiting_network(key) {
+                Some(w) => ApiError::conflict(format!(
+                    "network {} id {} is waiting for its {} (a plugin not found yet): it cannot \
+                     be used or removed until the plugin appears",
+                    w.record.name, w.record.id, w.waits_for
+                )),
+                None => ApiError::not_found(format!("network {key} not found")),
+            },
             CoreError::Ambiguous { matches, .. } => ApiError::bad_request(format!(
                 "network {key} is ambiguous ({} matches found based on ID prefix)",
                 matches.len()
@@ -317,6 +325,34 @@ impl AppState {
         }
         let map = self.created.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(net.id()).copied().unwrap_or(self.started)
+    }
+
+    /// The network waiting for its driver or IPAM driver (see
+    /// [`Controller::waiting_networks`]) with this name, id or unique id prefix.
+    pub(crate) fn waiting_network(&self, key: &str) -> Option<cnm::WaitingNetwork> {
+        let waiting = self.ctl.waiting_networks();
+        if let Some(w) = waiting
+            .iter()
+            .find(|w| w.record.id == key || w.record.name == key)
+        {
+            return Some(w.clone());
+        }
+        let mut prefixed = waiting.into_iter().filter(|w| w.record.id.starts_with(key));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(w), None) if !key.is_empty() => Some(w),
+            _ => None,
+        }
+    }
+
+    /// When a waiting network was created, in RFC 3339: its record's time, else the daemon's
+    /// start.
+    pub(crate) fn created_waiting(&self, w: &cnm::WaitingNetwork) -> String {
+        let recorded = w.record.created;
+        clock::rfc3339(if recorded == SystemTime::UNIX_EPOCH {
+            self.started
+        } else {
+            recorded
+        })
     }
 
     /// [`AppState::created_at`] in RFC 3339.
@@ -916,9 +952,15 @@ impl Daemon {
                 remove_stale_socket(&path)?;
                 // dockerd runs as root: the plugin socket is root's only.
                 let listener = bind_socket(&path, None)?;
+                let networks = crate::plugin::mapping::NetworkMap::open(&config.state_dir)
+                    .map_err(|reason| DaemonError::Config {
+                        field: "docker-plugin",
+                        reason,
+                    })?;
                 let state = Arc::new(crate::plugin::PluginState {
                     ctl: ctl.clone(),
                     ipam,
+                    networks,
                 });
                 Some((listener, path, state))
             }
@@ -1003,6 +1045,20 @@ impl Daemon {
         );
         let rejoin =
             awaited.map(|endpoints| join_cluster_later(ctl.clone(), endpoints, rx.clone()));
+        // Networks reloaded without their plugin (driver or IPAM) come back when it appears.
+        let waiter = config
+            .plugins
+            .as_ref()
+            .filter(|_| !ctl.waiting_drivers().is_empty() || !ctl.waiting_ipams().is_empty())
+            .map(|plugins| {
+                let dirs = crate::waiting::plugin_dirs(plugins);
+                tracing::warn!(
+                    networks = ?ctl.waiting_networks().iter().map(|w| format!("{} ({})", w.record.name, w.waits_for)).collect::<Vec<_>>(),
+                    dirs = ?dirs,
+                    "networks wait for plugins not found: restored when they appear"
+                );
+                crate::waiting::restore_when_plugins_appear(ctl.clone(), dirs, rx.clone())
+            });
         let sock = socket.clone();
         let task = tokio::spawn(async move {
             let metrics = async move {
@@ -1021,7 +1077,12 @@ impl Daemon {
                     r.await;
                 }
             };
-            tokio::join!(api, metrics, plugin, rejoin);
+            let waiter = async move {
+                if let Some(w) = waiter {
+                    w.await;
+                }
+            };
+            tokio::join!(api, metrics, plugin, rejoin, waiter);
             if let Some(p) = plugin_path
                 && let Err(e) = std::fs::remove_file(&p)
             {

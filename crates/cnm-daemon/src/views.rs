@@ -128,6 +128,79 @@ pub async fn network(
         containers,
         options,
         labels: opts.labels.clone(),
+        waiting: None,
+    }
+}
+
+/// A network recorded before cnmd started that waits for its driver or IPAM driver (a plugin
+/// not found yet), as its record says, with `Waiting` naming what it waits for. Its endpoints
+/// are shown where they are joined: they stay in their sandboxes meanwhile.
+pub fn waiting_network(
+    ctl: &Controller,
+    w: &cnm::WaitingNetwork,
+    created: String,
+    shape: Shape,
+) -> docker::Network {
+    let rec = &w.record;
+    let config = rec
+        .ipv4
+        .iter()
+        .chain(&rec.ipv6)
+        .map(|p| IpamConfig {
+            subnet: p.subnet_as_given.unwrap_or(p.subnet).to_string(),
+            ip_range: opt_string(p.pool_id.range()),
+            gateway: opt_string(p.gateway.map(|g| g.addr())),
+            auxiliary_addresses: aux(&p.aux_addresses),
+        })
+        .collect();
+    let mut containers = BTreeMap::new();
+    for ep in w.endpoints.iter().filter(|_| shape.containers) {
+        let Some(sandbox_id) = ep.sandbox_id.clone() else {
+            continue;
+        };
+        let name = ctl
+            .sandbox(&sandbox_id)
+            .map(|s| s.container_id().to_owned())
+            .unwrap_or_default();
+        containers.insert(
+            sandbox_id,
+            EndpointResource {
+                name,
+                endpoint_id: ep.id.clone(),
+                mac_address: opt_string(ep.mac),
+                ipv4_address: opt_string(ep.ipv4.as_ref().map(|(a, _)| a)),
+                ipv6_address: opt_string(ep.ipv6.as_ref().map(|(a, _)| a)),
+            },
+        );
+    }
+    docker::Network {
+        name: rec.name.clone(),
+        id: rec.id.clone(),
+        created,
+        scope: rec.scope.to_string(),
+        driver: rec.driver.clone(),
+        enable_ipv4: shape.enable_ipv4.then_some(rec.enable_ipv4),
+        enable_ipv6: rec.enable_ipv6,
+        ipam: Ipam {
+            driver: Some(rec.ipam_driver.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+            options: rec.ipam_options.clone(),
+            config,
+        },
+        internal: rec.internal,
+        attachable: rec.attachable,
+        ingress: false,
+        config_from: ConfigReference::default(),
+        config_only: false,
+        containers,
+        options: w
+            .options
+            .as_ref()
+            .map(|o| o.as_docker_options())
+            .unwrap_or_default(),
+        labels: rec.labels.clone(),
+        waiting: Some(w.waits_for.to_string()),
     }
 }
 

@@ -144,6 +144,8 @@ fn schemas_list_exactly_what_the_wire_types_carry() {
                 enable_ipv4: some(),
                 config_from: ConfigReference::default(),
                 containers: [("sb".to_owned(), EndpointResource::default())].into(),
+                // Shown for a network waiting for its plugin only.
+                waiting: some(),
                 ..Default::default()
             }),
         ),

@@ -110,21 +110,28 @@ struct Cnmd {
 
 impl Cnmd {
     async fn start(host: &TestHost, plugin: &FakePlugin) -> Result<Cnmd> {
+        Self::start_with(host, &[plugin]).await
+    }
+
+    /// With the directories of each of `plugins`.
+    async fn start_with(host: &TestHost, plugins: &[&FakePlugin]) -> Result<Cnmd> {
         let dir = tempfile::tempdir()?;
-        let args = vec![
+        let mut args = vec![
             "--socket".to_owned(),
             dir.path().join("cnm.sock").display().to_string(),
             "--run-dir".to_owned(),
             host.run_dir().display().to_string(),
             "--state-dir".to_owned(),
             host.state_dir().display().to_string(),
-            "--plugin-dir".to_owned(),
-            plugin.root().join("run").display().to_string(),
-            "--plugin-dir".to_owned(),
-            plugin.root().join("etc").display().to_string(),
             "--plugin-timeout".to_owned(),
             "5".to_owned(),
         ];
+        for plugin in plugins {
+            for sub in ["run", "etc"] {
+                args.push("--plugin-dir".to_owned());
+                args.push(plugin.root().join(sub).display().to_string());
+            }
+        }
         let mut d = Cnmd {
             child: None,
             dir,
@@ -474,12 +481,17 @@ async fn cnm_network_create_with_a_plugin_driver_finds_it_carries_traffic_and_su
     Ok(())
 }
 
-/// One Docker Engine API call to cnmd over its socket: (status, body as JSON, or `null`).
+/// One Docker Engine API call to cnmd over its socket: (status, body as JSON, or `null`). A
+/// `null` body is sent as none (cnmd may answer a GET, and close, before reading a body).
 fn docker_api(d: &Cnmd, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(d.socket())?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let body = serde_json::to_vec(body)?;
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body)?
+    };
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: cnmd\r\nContent-Type: application/json\r\n\
@@ -697,5 +709,223 @@ async fn an_ipam_plugin_named_through_the_cli_and_the_docker_api_gives_pools_and
             .ok()?;
         ensure!(ls.stdout.trim().is_empty(), "{n} left: {}", ls.stdout);
     }
+    Ok(())
+}
+
+/// How long a test waits for cnmd to bring a network back after its plugin appeared: the
+/// plugin directories are watched, so it is at once on an idle machine; the bound is for a
+/// loaded one.
+const BACK_WITHIN: Duration = Duration::from_secs(60);
+
+/// `cnm network inspect NAME` until its `Waiting` is gone (bounded); the network then.
+async fn wait_until_back(d: &Cnmd, name: &str) -> Result<Value> {
+    let deadline = Instant::now() + BACK_WITHIN;
+    loop {
+        let net = d.cnm(&["network", "inspect", name])?.ok()?.json()?;
+        if net.get("Waiting").is_none() {
+            return Ok(net);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} still waits {BACK_WITHIN:?} after its plugin came back: {net}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn networks_waiting_for_their_plugins_come_back_when_the_plugins_appear_without_restarting_cnmd()
+-> Result<()> {
+    let host = TestHost::new().await?;
+    let drv = FakePlugin::start(
+        "cnmplug",
+        Some(host.netns()),
+        PluginArgs {
+            kernel: true,
+            ..PluginArgs::default()
+        },
+    )
+    .await?;
+    let ipam = FakePlugin::start(
+        "cnmipam",
+        Some(host.netns()),
+        PluginArgs {
+            implements: "IpamDriver",
+            pools: "10.88.0.0/24",
+            ..PluginArgs::default()
+        },
+    )
+    .await?;
+    // A plugin that goes and never comes back.
+    let ghost = FakePlugin::start("cnmghost", Some(host.netns()), PluginArgs::default()).await?;
+    let mut d = Cnmd::start_with(&host, &[&drv, &ipam, &ghost]).await?;
+
+    // A network on the driver plugin, one on the IPAM plugin (bridge driver), two sandboxes
+    // joined to each; one on the plugin that will not come back.
+    d.cnm(&[
+        "network",
+        "create",
+        "-d",
+        "cnmplug",
+        "--subnet",
+        "10.87.0.0/24",
+        "pnet",
+    ])?
+    .ok()?;
+    d.cnm(&["network", "create", "--ipam-driver", "cnmipam", "inet"])?
+        .ok()?;
+    d.cnm(&[
+        "network",
+        "create",
+        "-d",
+        "cnmghost",
+        "--subnet",
+        "10.86.0.0/24",
+        "gnet",
+    ])?
+    .ok()?;
+    for c in ["c1", "c2"] {
+        d.cnm(&["sandbox", "create", c])?.ok()?;
+        d.cnm(&["connect", "pnet", c])?.ok()?;
+        d.cnm(&["connect", "inet", c])?.ok()?;
+    }
+    let before: Vec<Joined> = [
+        ("c1", "pnet"),
+        ("c2", "pnet"),
+        ("c1", "inet"),
+        ("c2", "inet"),
+    ]
+    .into_iter()
+    .map(|(c, n)| joined(&d, c, n))
+    .collect::<Result<_>>()?;
+    let pid = d.cnm(&["network", "inspect", "pnet"])?.ok()?.json()?["Id"].clone();
+
+    // cnmd and the plugins stop; cnmd starts without them: the networks wait.
+    d.stop().await?;
+    drv.kill()?;
+    ipam.kill()?;
+    ghost.kill()?;
+    d.spawn().await?;
+    let (status, list) = docker_api(&d, "GET", "/networks", &Value::Null)?;
+    ensure!(status == 200, "{status} {list}");
+    let waiting = |name: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|n| n["Name"] == name))
+            .map(|n| n["Waiting"].clone())
+    };
+    assert_eq!(waiting("pnet"), Some(json!("driver cnmplug")), "{list}");
+    assert_eq!(
+        waiting("inet"),
+        Some(json!("ipam driver cnmipam")),
+        "{list}"
+    );
+    assert_eq!(waiting("gnet"), Some(json!("driver cnmghost")), "{list}");
+    assert_eq!(
+        waiting("bridge"),
+        Some(Value::Null),
+        "a working network: {list}"
+    );
+    let net = d.cnm(&["network", "inspect", "pnet"])?.ok()?.json()?;
+    assert_eq!(net["Id"], pid);
+    assert_eq!(net["Driver"], "cnmplug");
+    assert_eq!(net["Waiting"], "driver cnmplug");
+    assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "10.87.0.0/24");
+    let mut attached: Vec<String> = net["Containers"]
+        .as_object()
+        .context("Containers")?
+        .values()
+        .map(|e| e["IPv4Address"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    attached.sort();
+    assert_eq!(attached, ["10.87.0.2/24", "10.87.0.3/24"], "{net}");
+    let net = d.cnm(&["network", "inspect", "inet"])?.ok()?.json()?;
+    assert_eq!(net["IPAM"]["Driver"], "cnmipam");
+    assert_eq!(net["Waiting"], "ipam driver cnmipam");
+    let ls = d.cnm(&["network", "ls"])?.ok()?;
+    ensure!(
+        ls.stdout.contains("pnet")
+            && ls
+                .stderr
+                .contains("network pnet is waiting for its driver cnmplug"),
+        "cnm network ls: {}\n{}",
+        ls.stdout,
+        ls.stderr
+    );
+    // Their names stay taken; they cannot be removed meanwhile.
+    let out = d.cnm(&["network", "create", "pnet"])?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("already exists"),
+        "a second pnet: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let (status, body) = docker_api(&d, "DELETE", "/networks/inet", &Value::Null)?;
+    ensure!(
+        status == 409
+            && body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cnmipam")),
+        "{status} {body}"
+    );
+
+    // cnmd works for everything else meanwhile, the same sandboxes included.
+    d.cnm(&["network", "create", "--subnet", "10.91.0.0/24", "onet"])?
+        .ok()?;
+    for c in ["c1", "c2"] {
+        d.cnm(&["connect", "onet", c])?.ok()?;
+    }
+    traffic(&joined(&d, "c1", "onet")?, &joined(&d, "c2", "onet")?).await?;
+
+    // The plugins come back (cnmghost does not): their networks come back without a restart
+    // of cnmd, as they were, and pass traffic.
+    let seen = drv.requests()?.len();
+    drv.restart(|_| {}).await?;
+    ipam.restart(|_| {}).await?;
+    let pnet = wait_until_back(&d, "pnet").await?;
+    assert_eq!(pnet["Id"], pid);
+    wait_until_back(&d, "inet").await?;
+    let after: Vec<Joined> = [
+        ("c1", "pnet"),
+        ("c2", "pnet"),
+        ("c1", "inet"),
+        ("c2", "inet"),
+    ]
+    .into_iter()
+    .map(|(c, n)| joined(&d, c, n))
+    .collect::<Result<_>>()?;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((&b.endpoint, b.addr), (&a.endpoint, a.addr), "as it was");
+    }
+    traffic(&after[0], &after[1]).await?;
+    traffic(&after[3], &after[2]).await?;
+    // The driver plugin was only found again: nothing of its network asked again.
+    let methods: Vec<String> = requests_since(&drv, seen)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    ensure!(
+        methods.contains(&"Plugin.Activate".to_owned())
+            && methods
+                .iter()
+                .all(|m| m == "Plugin.Activate" || m == "NetworkDriver.GetCapabilities"),
+        "{methods:?}"
+    );
+
+    // The plugin that never came back: its network still waits, and cnmd works on.
+    let gnet = d.cnm(&["network", "inspect", "gnet"])?.ok()?.json()?;
+    assert_eq!(gnet["Waiting"], "driver cnmghost");
+    d.cnm(&["disconnect", "onet", "c1"])?.ok()?;
+    d.cnm(&["network", "create", "--subnet", "10.92.0.0/24", "later"])?
+        .ok()?;
+    d.cnm(&["network", "rm", "later"])?.ok()?;
+    let ls = d.cnm(&["network", "ls", "-q", "-f", "name=pnet"])?.ok()?;
+    ensure!(
+        !ls.stdout.trim().is_empty() && !ls.stderr.contains("pnet"),
+        "{}",
+        ls.stderr
+    );
+    d.stop().await?;
     Ok(())
 }

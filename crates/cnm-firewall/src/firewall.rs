@@ -36,6 +36,8 @@ use crate::transport::{NOTIFY_BUFFER, NfSocket, NotifySocket};
 const ERESTART: i32 = 85;
 /// `ENOENT`: a table, set or element the batch refers to is gone.
 const ENOENT: i32 = 2;
+/// How many times an operation that finds the tables gone restores them and tries again.
+const ENOENT_RETRIES: u32 = 5;
 /// How often a transaction is retried when other processes keep committing in between.
 const MAX_RESTARTS: usize = 16;
 /// Bytes of elements per `NFTA_SET_ELEM_LIST_ELEMENTS` nest: well under the u16 attribute
@@ -761,7 +763,7 @@ impl Firewall {
     /// owners' tables as their first element comes or their last goes (nothing when it changes
     /// nothing; nothing at all while loading). When an element change fails because a table,
     /// set or element is gone (someone flushed or deleted it before the watcher restored it),
-    /// restores the whole ruleset and retries once, inside the same lock. The caller applies
+    /// restores the whole ruleset and retries (a few times: flushes may keep coming), inside the same lock. The caller applies
     /// the change to the model only on success, so a refused batch leaves the model unchanged.
     fn commit(
         &self,
@@ -777,19 +779,29 @@ impl Firewall {
         let plan = self.model().plan(del, add);
         let compat = compat_for(st, &plan, request);
         let touches_elements = !plan.del.is_empty() || !plan.add.is_empty();
-        match self.send(st, op, &plan, compat) {
-            Err(e) if errno(&e) == Some(ENOENT) && touches_elements && !self.healing_paused() => {
-                warn!(op, error = %e, "nftables tables missing: restoring them before retrying");
-                self.restore(st, &format!("restore the ruleset for {op}"))?;
-                let generation = st.generation;
-                self.record_healing(|h| {
-                    h.restores += 1;
-                    h.last_restore = None;
-                    h.last_generation = generation;
-                });
-                self.send(st, op, &plan, compat).map(|(ops, _)| ops)
+        let mut tries = 0;
+        loop {
+            match self.send(st, op, &plan, compat) {
+                Err(e)
+                    if errno(&e) == Some(ENOENT)
+                        && touches_elements
+                        && tries < ENOENT_RETRIES
+                        && !self.healing_paused() =>
+                {
+                    // Another flush may land between the restore and the retry (it does not
+                    // take our lock): restore again, a bounded number of times.
+                    tries += 1;
+                    warn!(op, error = %e, tries, "nftables tables missing: restoring them before retrying");
+                    self.restore(st, &format!("restore the ruleset for {op}"))?;
+                    let generation = st.generation;
+                    self.record_healing(|h| {
+                        h.restores += 1;
+                        h.last_restore = None;
+                        h.last_generation = generation;
+                    });
+                }
+                r => return r.map(|(ops, _)| ops),
             }
-            r => r.map(|(ops, _)| ops),
         }
     }
 

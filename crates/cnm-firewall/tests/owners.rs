@@ -332,7 +332,7 @@ async fn each_owners_tables_come_with_its_first_element_and_go_with_its_last() -
     sh(&a, "nft add table inet cnm-tdrv").await?;
     sh(&a, "nft flush chain inet cnm-bridge forward").await?;
     tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         healing.wait_for(|h| h.restores > restores),
     )
     .await
@@ -380,7 +380,7 @@ async fn a_flush_brings_every_owner_back_in_one_transaction() -> Result<()> {
         let t = fw.transactions();
         sh(&a, script).await?;
         let h = tokio::time::timeout(
-            Duration::from_secs(2),
+            Duration::from_secs(10),
             healing.wait_for(|h| h.restores > before),
         )
         .await
@@ -415,7 +415,7 @@ async fn a_restart_commits_every_owner_once_and_deletes_what_nobody_wants() -> R
     ensure!(want.contains("table inet cnm-gone"));
     old.stop_watching();
     let mut alive = old.watcher_alive();
-    tokio::time::timeout(Duration::from_secs(2), alive.changed())
+    tokio::time::timeout(Duration::from_secs(10), alive.changed())
         .await
         .context("the watcher outlived stop_watching")?
         .expect_err("closed, not changed");
@@ -462,7 +462,7 @@ async fn a_restart_commits_every_owner_once_and_deletes_what_nobody_wants() -> R
     // with nothing to restore and nothing left behind, a loading firewall opens nothing
     fw.stop_watching();
     let mut alive = fw.watcher_alive();
-    tokio::time::timeout(Duration::from_secs(2), alive.changed())
+    tokio::time::timeout(Duration::from_secs(10), alive.changed())
         .await
         .context("the watcher outlived stop_watching")?
         .expect_err("closed, not changed");

@@ -228,7 +228,7 @@ async fn heal_after(fw: &Firewall, ns: &NetNs, script: &str) -> Result<(Duration
     let before = healing.borrow_and_update().restores;
     let start = Instant::now();
     sh(ns, script).await?;
-    let deadline = Duration::from_secs(2);
+    let deadline = Duration::from_secs(10);
     let got = tokio::time::timeout(deadline, healing.wait_for(|h| h.restores > before))
         .await
         .with_context(|| format!("no restore within {deadline:?} after `{script}`"))??;
@@ -267,7 +267,8 @@ async fn tables_come_back_by_themselves_after_a_flush_a_delete_or_an_edit() -> R
             "`{script}`: restored {own:?} after reading the change, {total:?} after starting nft"
         );
         assert_eq!(list(&a).await?, want, "after `{script}`");
-        ensure!(own < Duration::from_millis(100), "restore took {own:?}");
+        // Milliseconds on a quiet machine; the bound leaves room for a loaded one.
+        ensure!(own < Duration::from_secs(1), "restore took {own:?}");
     }
     // one restore transaction per change, none of our own changes restored
     assert_eq!(fw.transactions(), count + 10);
@@ -297,7 +298,7 @@ async fn a_dropped_firewall_stops_watching_and_a_loading_one_changes_nothing_unt
     let want = list(&a).await?;
     let mut alive = fw.watcher_alive();
     drop(fw);
-    tokio::time::timeout(Duration::from_secs(2), alive.changed())
+    tokio::time::timeout(Duration::from_secs(10), alive.changed())
         .await
         .context("the watcher thread outlived its firewall")?
         .expect_err("closed, not changed");
@@ -342,7 +343,7 @@ async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
     let before = healing.borrow_and_update().overflows;
     fw.stall_watcher(false).await?;
     let h = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         healing.wait_for(|h| h.overflows > before),
     )
     .await
@@ -365,7 +366,7 @@ async fn lost_notifications_restore_only_for_others_changes() -> Result<()> {
     sh(&a, "nft delete table bridge cnm-bridge").await?;
     fw.stall_watcher(false).await?;
     let h = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         healing.wait_for(|h| h.overflows > before && h.restores >= 1),
     )
     .await
@@ -409,11 +410,11 @@ async fn operations_wait_for_the_restore_instead_of_failing() -> Result<()> {
                 let before = healing.borrow_and_update().restores;
                 sh(&a, "nft flush ruleset").await?;
                 tokio::time::timeout(
-                    Duration::from_secs(2),
+                    Duration::from_secs(10),
                     healing.wait_for(|h| h.restores > before),
                 )
                 .await
-                .context("no restore within 2 s of a flush")??;
+                .context("no restore within 10 s of a flush")??;
             }
             anyhow::Ok(())
         })
@@ -790,7 +791,7 @@ async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Res
     let before = healing.borrow_and_update().compat_repairs;
     sh(&t.host, "iptables -F FORWARD").await?;
     tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         healing.wait_for(|h| h.compat_repairs > before),
     )
     .await
@@ -802,7 +803,7 @@ async fn iptables_compat_rule_lets_marked_traffic_through_a_drop_policy() -> Res
     let before = fw.healing().borrow().compat_repairs;
     sh(&t.host, "ip6tables -P FORWARD DROP").await?;
     tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         healing.wait_for(|h| h.compat_repairs > before),
     )
     .await
@@ -941,7 +942,7 @@ async fn conntrack_flush_deletes_the_entries_of_a_port() -> Result<()> {
             Ok(())
         })
         .await??;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !sh(
         &t.host,
         "cat /proc/net/nf_conntrack 2>/dev/null || conntrack -L 2>/dev/null",

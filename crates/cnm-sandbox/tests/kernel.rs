@@ -817,7 +817,7 @@ async fn attach_timing() -> Result<()> {
         total[25], attach_only[25], attach_only[0], attach_only[49]
     );
     ensure!(
-        total[25] < Duration::from_millis(200),
+        total[25] < Duration::from_secs(1),
         "attach is far slower than expected: {:?}",
         total[25]
     );

@@ -172,7 +172,7 @@ async fn probes_to_an_address_nobody_has_fail_fast() -> Result<()> {
             .expect_err("nobody answers ICMP");
         let took = started.elapsed();
         ensure!(
-            took < QUICK * 3 + Duration::from_millis(500),
+            took < QUICK * 3 + Duration::from_secs(3),
             "three failing probes took {took:?}"
         );
     }
@@ -200,7 +200,7 @@ async fn probes_to_a_closed_port_fail_and_a_stopped_server_stops_answering() -> 
         .expect_err("the UDP server was stopped");
     // Refused (RST, ICMP port unreachable) is immediate; no timeout was needed.
     ensure!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(3),
         "closed ports must be refused at once"
     );
     Ok(())
@@ -270,7 +270,7 @@ async fn an_extra_namespace_is_isolated_until_connected() -> Result<()> {
         .await
         .expect_err("an unconnected namespace reaches nothing");
     ensure!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(3),
         "no route must fail at once"
     );
     probe::icmp(&client, "127.0.0.1".parse()?).await?;

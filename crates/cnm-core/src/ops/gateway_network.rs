@@ -10,14 +10,16 @@
 //! so the bridge driver's firewall does the NAT and two overlays never meet through it); the
 //! join and this one are undone together. After a leave (or a join that brings a default
 //! route of its own) that leaves no need, the gateway endpoint leaves and is deleted. The
-//! gateway network itself stays, and is adopted on restart as any network.
+//! gateway network itself stays, and is adopted on restart as any network. A sandbox made with
+//! [`JoinOption::NoGatewayNetwork`](crate::JoinOption) never gets one.
 //!
 //! Published ports of such an endpoint (an overlay's) are carried by the gateway endpoint, as
 //! Docker publishes an overlay container's ports through its docker_gwbridge endpoint: the
 //! gateway endpoint publishes the union of the ports of the sandbox's endpoints that need it
 //! ([`carried_ports`]), so the DNAT goes to the sandbox's address on the gateway network, on
 //! the host where the sandbox lives. Every join, leave and [`publish_carried`] reconciles that
-//! union; a failure to publish it undoes the operation that asked for it.
+//! union; a failure to publish it undoes the operation that asked for it. (In a sandbox made
+//! without the gateway network the ordinary rule applies: ports follow the default route.)
 
 use std::sync::Arc;
 
@@ -97,7 +99,7 @@ pub(crate) fn ports_carried(
     let Some(spec) = &core.gateway_network else {
         return Ok(false);
     };
-    if !carries(spec, j) {
+    if sb.options.no_gateway_network || !carries(spec, j) {
         return Ok(false);
     }
     if needed(spec, joined) {
@@ -151,6 +153,9 @@ pub(crate) async fn reconcile(core: &Arc<Core>, sb: &Arc<SandboxInner>) -> Resul
     let Some(spec) = &core.gateway_network else {
         return Ok(());
     };
+    if sb.options.no_gateway_network {
+        return Ok(());
+    }
     let (joined, deleted) = {
         let st = sb.state();
         (st.joined.clone(), st.deleted)
@@ -192,6 +197,9 @@ pub(crate) async fn publish_carried(
     let Some(spec) = &core.gateway_network else {
         return Ok(None);
     };
+    if sb.options.no_gateway_network {
+        return Ok(None);
+    }
     let old = {
         let locked = super::lock_pair(sb, ep).await?;
         let st = &locked.state;

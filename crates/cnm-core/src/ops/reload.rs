@@ -327,7 +327,23 @@ pub(crate) async fn restore_waiting_ipams(core: Arc<Core>) -> Result<(), CoreErr
                     .push(p);
                 continue;
             }
-            restore_waiting(&core, p).await?;
+            if let Err(e) = restore_waiting(&core, p.clone()).await {
+                // Its pools are reserved now: it waits as one whose driver failed, tried again
+                // by the next call with the rest.
+                core.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(driver)
+                    .or_default()
+                    .push(p);
+                core.pending_ipam
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(waiting);
+                return Err(e);
+            }
         }
     }
     Ok(())
@@ -496,6 +512,7 @@ async fn restore_one(
 
 /// Restores the networks that waited for `driver` (see [`restore_networks`]), with their
 /// endpoints; an endpoint recorded as joined comes back joined when its sandbox is there.
+/// One that fails is left waiting with those after it, tried again on the next call.
 pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(), CoreError> {
     let pending = core
         .pending
@@ -503,10 +520,45 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(&driver)
         .unwrap_or_default();
-    for p in pending {
-        restore_waiting(&core, p).await?;
+    let mut pending = pending.into_iter();
+    while let Some(p) = pending.next() {
+        if let Err(e) = restore_waiting(&core, p.clone()).await {
+            core.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(driver)
+                .or_default()
+                .extend(std::iter::once(p).chain(pending));
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// Restores the networks that waited for their driver (see [`restore_networks`]) whose driver
+/// is found now, by the resolver (a plugin that appeared) or registered meanwhile. Those whose
+/// driver is still missing keep waiting; the first error is returned after every driver was
+/// tried.
+pub(crate) async fn restore_waiting_drivers(core: Arc<Core>) -> Result<(), CoreError> {
+    let names: Vec<String> = core
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    let mut first = None;
+    for name in names {
+        if let Err(e) = core.find_driver(&name).await {
+            tracing::debug!(driver = %name, error = %e, "driver still missing");
+            continue;
+        }
+        tracing::info!(driver = %name, "driver found: restoring the networks that waited for it");
+        if let Err(e) = restore_pending(core.clone(), name).await {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// Restores one network that waited (for its driver or its IPAM), its pools reserved, with its
@@ -713,7 +765,7 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
 }
 
 /// The options a network was created with, from its record.
-fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
+pub(crate) fn network_options(rec: &NetworkRecord) -> Result<NetworkOptions, CoreError> {
     Ok(NetworkOptions {
         pools: rec
             .ipv4

@@ -37,6 +37,10 @@ pub enum JoinOption {
     /// The sandbox is the host's own namespace (libnetwork's `OptionUseDefaultSandbox`): what
     /// a join with the `host` network gives by itself, for a sandbox made beforehand.
     HostNamespace,
+    /// The sandbox never joins the controller's gateway network: whoever ends up holding its
+    /// interfaces gives the way out (cnmd's Docker plugin hands them to dockerd, whose
+    /// docker_gwbridge does).
+    NoGatewayNetwork,
 }
 
 impl JoinOption {
@@ -82,6 +86,11 @@ impl JoinOption {
     pub fn host_namespace() -> Self {
         Self::HostNamespace
     }
+
+    /// The sandbox never joins the controller's gateway network.
+    pub fn no_gateway_network() -> Self {
+        Self::NoGatewayNetwork
+    }
 }
 
 /// Join options checked and gathered: the typed form the controller works with.
@@ -105,6 +114,9 @@ pub struct JoinOptions {
     /// The sandbox is the host's own namespace (see [`JoinOption::HostNamespace`]).
     #[serde(default)]
     pub host_namespace: bool,
+    /// The sandbox never joins the gateway network (see [`JoinOption::NoGatewayNetwork`]).
+    #[serde(default)]
+    pub no_gateway_network: bool,
 }
 
 impl JoinOptions {
@@ -142,6 +154,7 @@ impl JoinOptions {
                 }
                 JoinOption::GatewayPriority(p) => out.gateway_priority = p,
                 JoinOption::HostNamespace => out.host_namespace = true,
+                JoinOption::NoGatewayNetwork => out.no_gateway_network = true,
             }
         }
         Ok(out)
@@ -178,6 +191,9 @@ impl IntoIterator for JoinOptions {
         }
         if self.host_namespace {
             v.push(JoinOption::HostNamespace);
+        }
+        if self.no_gateway_network {
+            v.push(JoinOption::NoGatewayNetwork);
         }
         v.into_iter()
     }

@@ -258,3 +258,43 @@ async fn the_ports_of_an_endpoint_needing_the_gateway_network_are_published_by_i
     );
     assert_eq!(endpoints(&sb), (vec!["f".to_owned()], Some("f".to_owned())));
 }
+
+#[tokio::test]
+async fn a_sandbox_made_without_the_gateway_network_never_joins_it() {
+    let (w, ovl) = world().await;
+    let o = w
+        .ctl
+        .new_network(
+            "ovl",
+            "o",
+            NetworkOptions::default().subnet("10.240.0.0/24".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let sb = w
+        .ctl
+        .new_sandbox("c", [crate::JoinOption::no_gateway_network()])
+        .await
+        .unwrap();
+    assert!(sb.options().no_gateway_network);
+    o.connect("e", &sb, ep_opts(), []).await.unwrap();
+    assert_eq!(endpoints(&sb), (vec!["e".to_owned()], None));
+    assert_eq!(ovl.state().joined.len(), 1);
+    assert!(
+        w.ctl.network("gw").is_err(),
+        "the gateway network is not even made"
+    );
+    assert!(w.driver.state().joined.is_empty());
+    sb.disconnect(&o).await.unwrap();
+    assert_eq!(endpoints(&sb), (vec![], None));
+    // Nothing carries its ports there: they are refused as on any endpoint without a gateway.
+    let err = o
+        .connect("p", &sb, ep_opts().publish(port("8080:80/tcp")), [])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, crate::CoreError::PortsNotPublishable { .. }),
+        "{err}"
+    );
+    assert_eq!(endpoints(&sb), (vec![], None));
+}

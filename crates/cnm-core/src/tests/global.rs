@@ -416,7 +416,7 @@ async fn facts_live_under_the_hosts_lease_taken_again_when_lost_and_gone_when_it
     let gone = tokio::time::Instant::now();
     assert!(matches!(next(&mut w).await, FactEvent::Removed { .. }));
     assert!(
-        gone.elapsed() < Duration::from_secs(2),
+        gone.elapsed() < Duration::from_secs(4),
         "{:?}",
         gone.elapsed()
     );

@@ -147,3 +147,106 @@ async fn an_unknown_driver_is_resolved_by_name_registered_and_used() {
         "{e}"
     );
 }
+
+/// A plugin that may be there or not: found by name only while `present`.
+#[derive(Debug)]
+struct Toggle {
+    plug: Arc<FakeDriver>,
+    present: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl DriverResolver for Toggle {
+    async fn resolve(
+        &self,
+        name: &str,
+        _ctx: &DriverContext,
+    ) -> Result<Arc<dyn Driver>, DriverError> {
+        if name == "plug" && self.present.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(self.plug.clone() as Arc<dyn Driver>);
+        }
+        Err(DriverError::new(
+            name,
+            ErrorKind::NotFound,
+            Unknown(name.to_owned()),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn networks_waiting_for_a_driver_plugin_come_back_by_restore_waiting_or_a_network_create() {
+    use std::sync::atomic::Ordering;
+
+    let mut w = World::new().await;
+    let r = Arc::new(Toggle {
+        plug: Arc::new(FakeDriver::new("plug", Some(w.kernel.clone()))),
+        present: true.into(),
+    });
+    let rebuild = async |w: &mut World| {
+        w.ctl.shutdown().await.unwrap();
+        w.ctl = super::builder(&w.kernel, &w.driver, &w.store, w.run.path())
+            .driver_resolver(r.clone())
+            .build()
+            .await
+            .expect("a controller, the plugin there or not");
+    };
+    rebuild(&mut w).await;
+    let opts = |s: &str| NetworkOptions::default().subnet(s.parse().unwrap());
+    let p = w
+        .ctl
+        .new_network("plug", "p", opts("10.122.0.0/24"))
+        .await
+        .unwrap();
+    let ep = p.create_endpoint("e", super::ep_opts()).await.unwrap();
+    ep.join("c", []).await.unwrap();
+
+    // Rebuilt while the plugin is missing: the network waits, listed as waiting for "plug".
+    r.present.store(false, Ordering::SeqCst);
+    rebuild(&mut w).await;
+    assert!(w.ctl.network("p").is_err());
+    assert_eq!(w.ctl.waiting_drivers(), ["plug"]);
+    let waiting = w.ctl.waiting_networks();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].record.name, "p");
+    assert_eq!(waiting[0].record.id, p.id());
+    assert_eq!(
+        waiting[0].waits_for,
+        crate::WaitingFor::Driver("plug".into())
+    );
+    assert_eq!(waiting[0].endpoints.len(), 1);
+    assert_eq!(
+        waiting[0].endpoints[0].sandbox_id.as_deref(),
+        w.ctl
+            .sandbox_by_container_id("c")
+            .ok()
+            .map(|s| s.id().to_owned())
+            .as_deref()
+    );
+    // Still missing: nothing changes.
+    w.ctl.restore_waiting().await.unwrap();
+    assert_eq!(w.ctl.waiting_drivers(), ["plug"]);
+
+    // The plugin appears: restore_waiting finds it by name and the network comes back joined.
+    r.present.store(true, Ordering::SeqCst);
+    w.ctl.restore_waiting().await.unwrap();
+    assert!(w.ctl.waiting_drivers().is_empty());
+    assert!(w.ctl.waiting_networks().is_empty());
+    let back = w.ctl.network("p").unwrap();
+    assert_eq!(back.id(), p.id());
+    assert!(back.endpoint("e").unwrap().sandbox_id().is_some());
+
+    // Again missing at reload; this time a network create naming the plugin finds it, and the
+    // network waiting for it comes back with it.
+    r.present.store(false, Ordering::SeqCst);
+    rebuild(&mut w).await;
+    assert_eq!(w.ctl.waiting_drivers(), ["plug"]);
+    r.present.store(true, Ordering::SeqCst);
+    w.ctl
+        .new_network("plug", "q", opts("10.123.0.0/24"))
+        .await
+        .unwrap();
+    assert!(w.ctl.waiting_drivers().is_empty());
+    let back = w.ctl.network("p").unwrap();
+    assert!(back.endpoint("e").unwrap().sandbox_id().is_some());
+    assert!(r.plug.state().networks.contains_key(back.id()));
+}

@@ -9,7 +9,9 @@
 //! **Does not**: define the bodies (`cnm_driver_remote::wire` has Docker's exact shapes, shared
 //! with the client half) or implement networking (the controller does: a Docker network is a cnm
 //! network named by Docker's `NetworkID`, a Docker endpoint a cnm endpoint named by its
-//! `EndpointID`, both durable in cnm's store).
+//! `EndpointID`, both durable in cnm's store; or, with `-o com.cnm.network=NAME`, the existing
+//! cnm network `NAME`, shared with cnm's own containers and, for an overlay, with every host
+//! of the cluster: see [`mapping`] for why and how).
 //!
 //! Errors travel with HTTP 200 and the error field set: both dockerd's plugin client and
 //! libnetwork's remote driver and IPAM read them that way (a non-200 answer is read for `Err`
@@ -17,6 +19,7 @@
 //! same field.
 
 pub mod ipam;
+pub mod mapping;
 pub mod network;
 
 use std::path::PathBuf;
@@ -94,6 +97,7 @@ impl DockerPluginConfig {
 pub(crate) struct PluginState {
     pub(crate) ctl: Controller,
     pub(crate) ipam: ipam::IpamServer,
+    pub(crate) networks: mapping::NetworkMap,
 }
 
 /// The plugin's routes: every call is a POST of JSON to `/Subsystem.Call`.

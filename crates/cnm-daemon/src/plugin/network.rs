@@ -6,6 +6,23 @@
 //! the addresses dockerd gives (cnm's IPAM of the network reserves them, and picks them only
 //! when dockerd gives none). Both live in cnm's durable store: a cnmd restart keeps serving them.
 //!
+//! **Shared networks.** With the driver option `com.cnm.network=NAME` (and `--ipam-driver
+//! null`), the Docker network is no new cnm network but the existing cnm network `NAME`, of any
+//! driver: an overlay over etcd shared by every host's dockerd and cnm's own containers, or a
+//! local bridge shared with cnm's containers. Its addresses are cnm's to give (for an overlay,
+//! one allocator in etcd for all hosts; dockerd's IPAM of each host would hand out the same
+//! addresses twice), so dockerd must bring none: its pools must be the null IPAM's `0.0.0.0/0`,
+//! and `CreateEndpoint` answers the address cnm chose. `DeleteNetwork` forgets the mapping and
+//! leaves the cnm network to cnm. Why not a global-scope plugin: see [`super::mapping`].
+//!
+//! **Costs.** A Docker endpoint costs a cnm sandbox (a namespace bind-mounted in the run dir,
+//! its hosts and resolv.conf, a netlink socket, a record), because cnm's drivers build the
+//! container end inside a sandbox and cnm configures it there. A network this plugin makes has
+//! cnm's embedded DNS off (dockerd's containers use dockerd's resolver), so the sandbox has no
+//! listener; a shared network keeps its own setting, for cnm's containers on it. The sandbox is
+//! made with [`cnm::JoinOption::NoGatewayNetwork`]: on an overlay it gets no endpoint on cnm's
+//! gateway network, since dockerd gives the container its own way out (docker_gwbridge).
+//!
 //! **Join.** libnetwork's remote driver expects the plugin to leave an interface in the host
 //! namespace and name it (`InterfaceName {SrcName, DstPrefix}`); dockerd then moves it into the
 //! container, renames it `ethN` in its own numbering, gives it the addresses it allocated and
@@ -54,6 +71,9 @@ type St = State<Arc<PluginState>>;
 
 /// The driver option choosing the cnm driver of a network (`-o com.cnm.driver=bridge`).
 pub const DRIVER_OPTION: &str = "com.cnm.driver";
+/// The driver option mapping a Docker network onto the existing cnm network it names
+/// (`-o com.cnm.network=NAME`, with `--ipam-driver null`).
+pub const NETWORK_OPTION: &str = "com.cnm.network";
 /// The cnm driver of a network made without [`DRIVER_OPTION`].
 pub const DEFAULT_DRIVER: &str = "bridge";
 /// The container id of the cnm sandbox an endpoint is joined to: this prefix and its id.
@@ -94,15 +114,32 @@ pub(crate) async fn capabilities() -> Response {
     )
 }
 
-/// The network dockerd calls `id`: the cnm network of that name (never an id prefix of another).
+/// The network dockerd calls `id`: the cnm network it is mapped onto, or else the cnm network
+/// of that name (never an id prefix of another).
 fn network(st: &PluginState, id: &str) -> Result<Network, String> {
     if id.is_empty() {
         return Err("NetworkID is empty".into());
     }
-    match st.ctl.network(id) {
-        Ok(n) if n.name() == id => Ok(n),
-        Ok(_) => Err(format!("network {id} not found")),
-        Err(e) => Err(format!("network {id}: {e}")),
+    let mapped = st.networks.get(id);
+    let name = mapped.as_deref().unwrap_or(id);
+    let what = match &mapped {
+        Some(m) => format!("network {id} (cnm network {m:?})"),
+        None => format!("network {id}"),
+    };
+    match cnm_network(st, name) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(format!("{what} not found")),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// The cnm network named `name` exactly, if there is one.
+fn cnm_network(st: &PluginState, name: &str) -> Result<Option<Network>, CoreError> {
+    match st.ctl.network(name) {
+        Ok(n) if n.name() == name => Ok(Some(n)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == cnm::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -163,8 +200,64 @@ fn parse_addr(s: &str) -> Result<IpAddr, String> {
         .map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// What `CreateNetwork` makes of a Docker network.
+#[derive(Debug)]
+enum NetworkPlan {
+    /// A new cnm network named by the `NetworkID`: driver and options.
+    New(String, NetworkOptions),
+    /// The existing cnm network of this name ([`NETWORK_OPTION`]).
+    Mapped(String),
+}
+
+/// The null IPAM's pools (`--ipam-driver null`): dockerd brings no addresses.
+const NULL_POOLS: [&str; 2] = ["0.0.0.0/0", "::/0"];
+
+/// A mapped network (`com.cnm.network=NAME`): nothing else may be asked of it, since its driver,
+/// options and addresses are cnm's.
+fn plan_mapped(
+    req: &wire::CreateNetworkRequest,
+    name: String,
+    generic: &BTreeMap<String, String>,
+) -> Result<NetworkPlan, String> {
+    if name.is_empty() {
+        return Err(format!(
+            "driver option {NETWORK_OPTION}=\"\": want the name of a cnm network"
+        ));
+    }
+    if let Some((k, v)) = generic.iter().next() {
+        return Err(format!(
+            "driver option {k}={v:?}: the Docker network is cnm network {name:?} \
+             ({NETWORK_OPTION}), whose driver and options are set in cnm"
+        ));
+    }
+    let data = req.ipv4_data.iter().map(|d| ("IPv4Data", d));
+    let data = data.chain(req.ipv6_data.iter().map(|d| ("IPv6Data", d)));
+    for (i, (field, d)) in data.enumerate() {
+        if !NULL_POOLS.contains(&d.pool.as_str()) {
+            let i = if field == "IPv4Data" {
+                i
+            } else {
+                i - req.ipv4_data.len()
+            };
+            return Err(format!(
+                "{field}[{i}].Pool {:?}: the addresses of cnm network {name:?} \
+                 ({NETWORK_OPTION}) are cnm's to give, shared by every host; create the Docker \
+                 network with --ipam-driver null",
+                d.pool
+            ));
+        }
+    }
+    if flag(&req.options, wire::INTERNAL) {
+        return Err(format!(
+            "Options.{}: whether cnm network {name:?} ({NETWORK_OPTION}) is internal is set in cnm",
+            wire::INTERNAL
+        ));
+    }
+    Ok(NetworkPlan::Mapped(name))
+}
+
 /// The network `req` asks for: driver, options and pools, all checked before anything is made.
-fn plan_network(req: &wire::CreateNetworkRequest) -> Result<(String, NetworkOptions), String> {
+fn plan_network(req: &wire::CreateNetworkRequest) -> Result<NetworkPlan, String> {
     let mut generic: BTreeMap<String, String> = match req.options.get(wire::GENERIC_OPTIONS) {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), string_of(v))).collect(),
@@ -175,6 +268,9 @@ fn plan_network(req: &wire::CreateNetworkRequest) -> Result<(String, NetworkOpti
             ));
         }
     };
+    if let Some(name) = generic.remove(NETWORK_OPTION) {
+        return plan_mapped(req, name, &generic);
+    }
     let driver = generic
         .remove(DRIVER_OPTION)
         .unwrap_or_else(|| DEFAULT_DRIVER.to_owned());
@@ -189,6 +285,12 @@ fn plan_network(req: &wire::CreateNetworkRequest) -> Result<(String, NetworkOpti
         .enable_ipv6(flag(&req.options, wire::ENABLE_IPV6) || !req.ipv6_data.is_empty())
         .enable_ipv4(!req.ipv4_data.is_empty())
         .internal(flag(&req.options, wire::INTERNAL));
+    // dockerd's containers ask dockerd's own resolver (127.0.0.11 in their namespace); cnm's
+    // listener would sit in the cnm sandbox the interface leaves at once: two sockets and a
+    // resolv.conf per endpoint for nothing. `-o com.cnm.network.embedded_dns=true` keeps it.
+    if !generic.contains_key(cnm::options::KEY_EMBEDDED_DNS) {
+        opts = opts.driver_option(cnm::options::KEY_EMBEDDED_DNS, "false");
+    }
     for (k, v) in generic {
         opts = opts.driver_option(k, v);
     }
@@ -198,7 +300,7 @@ fn plan_network(req: &wire::CreateNetworkRequest) -> Result<(String, NetworkOpti
     for (i, d) in req.ipv6_data.iter().enumerate() {
         opts = opts.pool(pool_of(&format!("IPv6Data[{i}]"), d)?);
     }
-    Ok((driver, opts))
+    Ok(NetworkPlan::New(driver, opts))
 }
 
 pub(crate) async fn create_network(State(st): St, body: Bytes) -> Response {
@@ -207,9 +309,16 @@ pub(crate) async fn create_network(State(st): St, body: Bytes) -> Response {
         return fail("NetworkID is empty");
     }
     let (driver, opts) = match plan_network(&req) {
-        Ok(p) => p,
+        Ok(NetworkPlan::New(driver, opts)) => (driver, opts),
+        Ok(NetworkPlan::Mapped(name)) => return map_network(&st, &req.network_id, &name).await,
         Err(e) => return fail(e),
     };
+    if let Some(name) = st.networks.get(&req.network_id) {
+        return fail(format!(
+            "network {} exists as cnm network {name:?} ({NETWORK_OPTION})",
+            req.network_id
+        ));
+    }
     // dockerd may repeat a call whose answer it lost: the same network again is success.
     if let Ok(existing) = network(&st, &req.network_id) {
         let same = existing.driver() == driver
@@ -237,8 +346,56 @@ pub(crate) async fn create_network(State(st): St, body: Bytes) -> Response {
     }
 }
 
+/// Maps Docker's network `id` onto the existing cnm network `name` (see [`NETWORK_OPTION`]).
+async fn map_network(st: &PluginState, id: &str, name: &str) -> Response {
+    // dockerd may repeat a call whose answer it lost: the same mapping again is success.
+    match st.networks.get(id) {
+        Some(m) if m == name => return ok(),
+        Some(m) => return fail(format!("network {id} exists as cnm network {m:?}")),
+        None => {}
+    }
+    let net = match cnm_network(st, name) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return fail(format!(
+                "driver option {NETWORK_OPTION}={name:?}: no cnm network of that name (create it \
+                 with cnm first; an overlay made on one host of the cluster is on every host)"
+            ));
+        }
+        Err(e) => return core_err("find network", name, e),
+    };
+    if matches!(net.driver(), "null" | "host") {
+        return fail(format!(
+            "driver option {NETWORK_OPTION}={name:?}: its driver {} gives no interface to hand \
+             to dockerd",
+            net.driver()
+        ));
+    }
+    if cnm_network(st, id).ok().flatten().is_some() {
+        return fail(format!("network {id} exists as a cnm network of its own"));
+    }
+    match st.networks.insert(id, name).await {
+        Ok(()) => {
+            tracing::info!(network = %id, cnm_network = %name, cnm_id = net.id(), "docker plugin: network mapped");
+            ok()
+        }
+        Err(e) => fail(format!("map network {id} onto cnm network {name:?}: {e}")),
+    }
+}
+
 pub(crate) async fn delete_network(State(st): St, body: Bytes) -> Response {
     let req: wire::DeleteNetworkRequest = body!("NetworkDriver.DeleteNetwork", body);
+    if let Some(name) = st.networks.get(&req.network_id) {
+        // The cnm network is cnm's (other hosts and containers may use it): only the mapping
+        // goes, once dockerd's endpoints on it have.
+        return match st.networks.remove(&req.network_id).await {
+            Ok(()) => {
+                tracing::info!(network = %req.network_id, cnm_network = %name, "docker plugin: network unmapped");
+                ok()
+            }
+            Err(e) => fail(format!("unmap network {}: {e}", req.network_id)),
+        };
+    }
     let net = match st.ctl.network(&req.network_id) {
         Ok(n) if n.name() == req.network_id => n,
         // Deleting what is gone is done (dockerd may repeat the call).
@@ -424,7 +581,16 @@ pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
-    let sb = match ep.join(&sandbox_id(&req.endpoint_id), []).await {
+    // dockerd gives the container its way out (docker_gwbridge for a network without a
+    // gateway, as for Docker's overlay): cnm's gateway endpoint would stay behind in the cnm
+    // sandbox, a veth and an address per endpoint for nothing.
+    let sb = match ep
+        .join(
+            &sandbox_id(&req.endpoint_id),
+            [cnm::JoinOption::no_gateway_network()],
+        )
+        .await
+    {
         Ok(sb) => sb,
         Err(e) => return core_err("join endpoint", &req.endpoint_id, e),
     };
@@ -663,7 +829,7 @@ mod tests {
 
     #[test]
     fn a_network_plan_takes_dockers_pools_and_options() {
-        let (driver, opts) = plan_network(&req(serde_json::json!({
+        let plan = plan_network(&req(serde_json::json!({
             "NetworkID": "n1",
             "Options": {"com.docker.network.enable_ipv6": false,
                         "com.docker.network.generic": {"com.cnm.driver": "bridge",
@@ -673,6 +839,9 @@ mod tests {
             "IPv6Data": null
         })))
         .unwrap();
+        let NetworkPlan::New(driver, opts) = plan else {
+            panic!("{plan:?}")
+        };
         assert_eq!(driver, "bridge");
         assert_eq!(opts.pools.len(), 1);
         assert_eq!(opts.pools[0].gateway(), Some("10.9.0.1".parse().unwrap()));
@@ -688,6 +857,13 @@ mod tests {
             Some("1400")
         );
         assert!(!opts.driver_options.contains_key(DRIVER_OPTION));
+        // dockerd's containers have dockerd's resolver: no cnm listener per endpoint.
+        assert_eq!(
+            opts.driver_options
+                .get(cnm::options::KEY_EMBEDDED_DNS)
+                .map(String::as_str),
+            Some("false")
+        );
     }
 
     #[test]
@@ -710,6 +886,60 @@ mod tests {
         })))
         .unwrap_err();
         assert!(err.contains("IPv4Data[0].Gateway"), "{err}");
+    }
+
+    #[test]
+    fn a_mapped_network_takes_the_null_ipams_pools_and_nothing_else() {
+        let mapped = |generic: Value, v4: Value, v6: Value| {
+            plan_network(&req(serde_json::json!({
+                "NetworkID": "n1",
+                "Options": {"com.docker.network.enable_ipv6": false,
+                            "com.docker.network.generic": generic},
+                "IPv4Data": v4,
+                "IPv6Data": v6
+            })))
+        };
+        let null4 = serde_json::json!([{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]);
+        let plan = mapped(
+            serde_json::json!({"com.cnm.network": "ov"}),
+            null4.clone(),
+            serde_json::json!([]),
+        )
+        .unwrap();
+        assert!(
+            matches!(&plan, NetworkPlan::Mapped(n) if n == "ov"),
+            "{plan:?}"
+        );
+
+        let err = mapped(
+            serde_json::json!({"com.cnm.network": "ov"}),
+            serde_json::json!([{"AddressSpace": "LocalDefault", "Pool": "10.0.0.0/24"}]),
+            serde_json::json!([]),
+        )
+        .unwrap_err();
+        assert!(err.contains("IPv4Data[0].Pool \"10.0.0.0/24\""), "{err}");
+        assert!(err.contains("--ipam-driver null"), "{err}");
+        let err = mapped(
+            serde_json::json!({"com.cnm.network": "ov"}),
+            null4.clone(),
+            serde_json::json!([{"AddressSpace": "LocalDefault", "Pool": "fd00::/64"}]),
+        )
+        .unwrap_err();
+        assert!(err.contains("IPv6Data[0].Pool \"fd00::/64\""), "{err}");
+        let err = mapped(
+            serde_json::json!({"com.cnm.network": "ov", "com.cnm.driver": "overlay"}),
+            null4.clone(),
+            serde_json::json!([]),
+        )
+        .unwrap_err();
+        assert!(err.contains("com.cnm.driver=\"overlay\""), "{err}");
+        let err = mapped(
+            serde_json::json!({"com.cnm.network": ""}),
+            null4,
+            serde_json::json!([]),
+        )
+        .unwrap_err();
+        assert!(err.contains("com.cnm.network=\"\""), "{err}");
     }
 
     #[test]

@@ -150,7 +150,8 @@ impl Endpoint {
     /// Replaces the ports a joined endpoint publishes (libnetwork's
     /// `ProgramExternalConnectivity` for a container already running; an empty list withdraws
     /// them). Only the sandbox's gateway endpoint takes ports: published ports follow the
-    /// default route. Returns them as made (ephemeral host ports resolved); a failure leaves the
+    /// default route. The ports of an endpoint that needs the gateway network (an overlay's)
+    /// are published by its sandbox's endpoint on that network, to the sandbox's address there. Returns them as made (ephemeral host ports resolved); a failure leaves the
     /// old ports published and the records unchanged.
     pub async fn publish_ports(
         &self,

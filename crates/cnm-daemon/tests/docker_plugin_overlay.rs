@@ -637,7 +637,10 @@ async fn dockerd_containers_on_two_hosts_reach_each_other_over_a_cnm_overlay() -
         // dockerd gives its containers their way out (docker_gwbridge): cnm's gateway network
         // is never made on host 1, which has only dockerd's container.
         let (status, v) = h1.cnm().json("GET", "/networks/cnm_gwbridge", None).await?;
-        ensure!(status == 404, "cnm's gateway network on host 1: {status} {v}");
+        ensure!(
+            status == 404,
+            "cnm's gateway network on host 1: {status} {v}"
+        );
         let route = h1.docker(&["exec", "c1", "ip", "route"])?;
         ensure!(
             route.contains("default via") && !route.contains("default via 10.79."),

@@ -13,7 +13,7 @@ mod common;
 #[path = "../../cnm-dns/tests/common/mod.rs"]
 mod dns_common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -147,7 +147,8 @@ impl Drop for Host {
 /// The underlay: a bridge in a namespace of the test's, etcd on it, and `n` hosts each with a
 /// veth onto it.
 struct Cluster {
-    _underlay: NetNs,
+    /// The underlay's own namespace: a machine outside every host (etcd runs here).
+    underlay: NetNs,
     etcd: EtcdServer,
     hosts: Vec<Host>,
     _dir: tempfile::TempDir,
@@ -197,7 +198,7 @@ async fn cluster(n: u8) -> Result<Cluster> {
         hosts.push(host);
     }
     Ok(Cluster {
-        _underlay: underlay,
+        underlay,
         etcd,
         hosts,
         _dir: dir,
@@ -919,5 +920,376 @@ async fn a_host_started_while_etcd_is_down_works_locally_and_joins_the_cluster_o
     probe::icmp(&la, ip_lb)
         .await
         .context("la → lb after joining")?;
+    Ok(())
+}
+
+/// Published ports of an overlay endpoint: `connect -p` on host 2 makes the port answer on host
+/// 2's underlay address (from a namespace outside every host, and from host 1) and on host 2's
+/// loopback, DNAT'd to the sandbox's address on the gateway bridge, and again after host 2's
+/// cnmd restarts; the disconnect takes it away (the server, still listening, answers over the
+/// overlay, but the port no longer does).
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn an_overlay_endpoints_published_port_answers_on_its_host_until_it_leaves() -> Result<()> {
+    let mut c = cluster(2).await?;
+    let (h1, h2) = (c.hosts[0].api(), c.hosts[1].api());
+    h1.expect(
+        "POST",
+        "/networks/create",
+        Some(json!({"Name": "ov", "Driver": "overlay",
+                    "IPAM": {"Config": [{"Subnet": SUBNET}]}})),
+        201,
+    )
+    .await?;
+    until(Duration::from_secs(10), "the network on host 2", || async {
+        Ok(h2.json("GET", "/networks/ov", None).await?.0 == 200)
+    })
+    .await?;
+    let web = sandbox(&h2, "web").await?;
+    let _server =
+        cnm_testkit::server::TcpEchoServer::start(&web, Ipv4Addr::UNSPECIFIED.into(), 7000).await?;
+    let v = h2
+        .expect(
+            "POST",
+            "/cnm/v1/sandboxes/web/connect",
+            Some(json!({"Network": "ov", "Ports": ["8080:7000/tcp"]})),
+            200,
+        )
+        .await?;
+    // The gateway bridge's endpoint publishes it (the sandbox's default route).
+    let eps = v["Endpoints"].as_array().context("Endpoints")?;
+    let gw = eps
+        .iter()
+        .find(|e| e["Network"] == "cnm_gwbridge")
+        .with_context(|| format!("no gateway endpoint: {v}"))?;
+    ensure!(
+        gw["Gateway"] == true && gw["Ports"].as_array().is_some_and(|p| p.len() == 1),
+        "the gateway endpoint: {gw}"
+    );
+    let host2 = c.hosts[1].addr;
+
+    // From outside every host, to host 2's underlay address.
+    probe::tcp(&c.underlay, host2, 8080)
+        .await
+        .context("outside → host 2's published port")?;
+    // From host 1 (another cnmd host), and from host 2's own loopback.
+    probe::tcp(c.hosts[0].test.netns(), host2, 8080)
+        .await
+        .context("host 1 → host 2's published port")?;
+    probe::tcp(c.hosts[1].test.netns(), Ipv4Addr::LOCALHOST.into(), 8080)
+        .await
+        .context("host 2's loopback → its published port")?;
+    // Host 1 publishes nothing: the port lives where the endpoint lives.
+    let quick = probe::Probe::new().timeout(Duration::from_secs(1));
+    ensure!(
+        quick.tcp(&c.underlay, c.hosts[0].addr, 8080).await.is_err(),
+        "host 1 answered on the port published on host 2"
+    );
+    // Host 2's cnmd restarts (SIGKILL): the port is restored from the records.
+    c.hosts[1].kill()?;
+    c.hosts[1].start()?;
+    until(
+        Duration::from_secs(10),
+        "the published port after host 2's restart",
+        || async { Ok(probe::tcp(&c.underlay, host2, 8080).await.is_ok()) },
+    )
+    .await?;
+
+    // Disconnected: the port is gone. Connected again without ports, the server answers on
+    // its gateway-bridge address, and the published port still does not.
+    h2.expect(
+        "POST",
+        "/cnm/v1/sandboxes/web/disconnect",
+        Some(json!({"Network": "ov"})),
+        200,
+    )
+    .await?;
+    ensure!(
+        quick.tcp(&c.underlay, host2, 8080).await.is_err(),
+        "the published port answered after the disconnect"
+    );
+    let (web_ip, _) = connect(&h2, "web", "ov").await?;
+    let client = sandbox(&h1, "client").await?;
+    connect(&h1, "client", "ov").await?;
+    until(
+        Duration::from_secs(10),
+        "the server answers on the overlay",
+        || async { Ok(probe::tcp(&client, web_ip, 7000).await.is_ok()) },
+    )
+    .await?;
+    for (what, addr) in [("outside", host2), ("loopback", Ipv4Addr::LOCALHOST.into())] {
+        let from = if what == "outside" {
+            &c.underlay
+        } else {
+            c.hosts[1].test.netns()
+        };
+        ensure!(
+            quick.tcp(from, addr, 8080).await.is_err(),
+            "the published port answered from {what} after a connect without ports"
+        );
+    }
+    Ok(())
+}
+
+/// A UDP socket in `ns` bound to `bind`, allowed to send broadcasts, reading with a timeout.
+async fn udp_in(ns: &NetNs, bind: SocketAddrV4) -> Result<UdpSocket> {
+    let s = ns
+        .run(move || -> std::io::Result<UdpSocket> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            s.set_reuse_address(true)?;
+            s.set_broadcast(true)?;
+            // Multicast leaves by the overlay interface (the default route is the gateway
+            // bridge's).
+            if !bind.ip().is_unspecified() {
+                s.set_multicast_if_v4(bind.ip())?;
+            }
+            s.bind(&SocketAddr::V4(bind).into())?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(s.into())
+        })
+        .await??;
+    Ok(s)
+}
+
+/// Datagrams `sock` receives within `within` (until one starting with `stop`, if given).
+fn drain(sock: &UdpSocket, within: Duration, stop: Option<&str>) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = stop.is_some_and(|s| text.starts_with(s));
+            got.push(text);
+            if done {
+                break;
+            }
+        }
+    }
+    got
+}
+
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
+const BUM_PORT: u16 = 9999;
+
+/// A receiver on sandbox `ns` (address `ip`): port [`BUM_PORT`] on every address, member of
+/// [`GROUP`] on its overlay interface.
+async fn receiver(ns: &NetNs, ip: Ipv4Addr) -> Result<UdpSocket> {
+    let s = udp_in(ns, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, BUM_PORT)).await?;
+    s.join_multicast_v4(&GROUP, &ip)?;
+    Ok(s)
+}
+
+fn v4(ip: IpAddr) -> Result<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(a) => bail!("{a} is not IPv4"),
+    }
+}
+
+/// Broadcast and multicast across hosts, as an option (`com.cnm.overlay.bum=true`): from a
+/// sandbox on host 1, a datagram to the subnet's broadcast address and one to 239.1.2.3 reach
+/// the sandboxes on hosts 2 and 3 of such a network, and not those of a network without it
+/// (where unicast works); each host's all-zeros FDB entry lists the other hosts with
+/// endpoints, loses host 3 when its endpoint leaves (and broadcast still reaches host 2), loses
+/// host 2 when it dies (its lease expires) and has it again when it returns (resync).
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn broadcast_and_multicast_cross_hosts_on_an_overlay_that_asks_for_it() -> Result<()> {
+    let mut c = cluster(3).await?;
+    let apis: Vec<Client> = c.hosts.iter().map(Host::api).collect();
+    // VNIs given, so the devices' names are known: vx-001092 (bum), vx-001093 (plain).
+    for (name, subnet, vni, bum) in [
+        ("bum", "10.78.0.0/24", "4242", true),
+        ("plain", "10.79.0.0/24", "4243", false),
+    ] {
+        let mut opts = json!({"com.docker.network.driver.overlay.vxlanid_list": vni});
+        if bum {
+            opts["com.cnm.overlay.bum"] = json!("true");
+        }
+        apis[0]
+            .expect(
+                "POST",
+                "/networks/create",
+                Some(json!({"Name": name, "Driver": "overlay", "Options": opts,
+                            "IPAM": {"Config": [{"Subnet": subnet}]}})),
+                201,
+            )
+            .await?;
+        for api in &apis[1..] {
+            until(
+                Duration::from_secs(10),
+                "the network on every host",
+                || async {
+                    Ok(api.json("GET", &format!("/networks/{name}"), None).await?.0 == 200)
+                },
+            )
+            .await?;
+        }
+    }
+    // On each network a sandbox per host.
+    let mut sbs: Vec<Vec<(NetNs, Ipv4Addr)>> = Vec::new();
+    for net in ["bum", "plain"] {
+        let mut row = Vec::new();
+        for (i, api) in apis.iter().enumerate() {
+            let name = format!("{net}{}", i + 1);
+            let ns = sandbox(api, &name).await?;
+            let (ip, _) = connect(api, &name, net).await?;
+            row.push((ns, v4(ip)?));
+        }
+        sbs.push(row);
+    }
+    let (bum, plain) = (&sbs[0], &sbs[1]);
+    // Unicast first, on both: every host has programmed the others' endpoints.
+    for row in [bum, plain] {
+        for (_, to) in &row[1..] {
+            until(Duration::from_secs(10), "unicast from host 1", || async {
+                Ok(probe::icmp(&row[0].0, (*to).into()).await.is_ok())
+            })
+            .await?;
+        }
+    }
+    let broadcast = Ipv4Addr::new(10, 78, 0, 255);
+    let rx2 = receiver(&bum[1].0, bum[1].1).await?;
+    let rx3 = receiver(&bum[2].0, bum[2].1).await?;
+    let tx = udp_in(&bum[0].0, SocketAddrV4::new(bum[0].1, 0)).await?;
+
+    // With the option: both arrive on hosts 2 and 3. (Sent until seen, in case a host's flood
+    // entry lands a moment after its unicast entry: a bound, not a sleep.)
+    for (what, to) in [("broadcast", broadcast), ("multicast", GROUP)] {
+        for rx in [&rx2, &rx3] {
+            let start = Instant::now();
+            loop {
+                ensure!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{what} from host 1 never arrived"
+                );
+                tx.send_to(what.as_bytes(), SocketAddrV4::new(to, BUM_PORT))?;
+                if drain(rx, Duration::from_millis(300), Some(what))
+                    .iter()
+                    .any(|m| m == what)
+                {
+                    break;
+                }
+            }
+        }
+    }
+    // The flood list: each host lists the other two, and only on that network.
+    let addrs: Vec<IpAddr> = c.hosts.iter().map(|h| h.addr).collect();
+    let vtep = |i: usize| format!("00:00:00:00:00:00 dst {}", addrs[i]);
+    for (i, host) in c.hosts.iter().enumerate() {
+        let fdb = host.fdb("vx-001092")?;
+        for j in (0..3).filter(|j| *j != i) {
+            ensure!(fdb.contains(&vtep(j)), "host {}: {fdb}", i + 1);
+        }
+        ensure!(
+            !fdb.contains(&vtep(i)),
+            "host {} floods to itself: {fdb}",
+            i + 1
+        );
+        let fdb = host.fdb("vx-001093")?;
+        ensure!(!fdb.contains("00:00:00:00:00:00"), "plain: {fdb}");
+    }
+
+    // Without it: neither arrives, and unicast sent after them does.
+    let prx2 = receiver(&plain[1].0, plain[1].1).await?;
+    let prx3 = receiver(&plain[2].0, plain[2].1).await?;
+    let ptx = udp_in(&plain[0].0, SocketAddrV4::new(plain[0].1, 0)).await?;
+    for _ in 0..3 {
+        ptx.send_to(
+            b"broadcast",
+            SocketAddrV4::new(Ipv4Addr::new(10, 79, 0, 255), BUM_PORT),
+        )?;
+        ptx.send_to(b"multicast", SocketAddrV4::new(GROUP, BUM_PORT))?;
+    }
+    for (rx, (_, ip)) in [(&prx2, &plain[1]), (&prx3, &plain[2])] {
+        ptx.send_to(b"unicast", SocketAddrV4::new(*ip, BUM_PORT))?;
+        let got = drain(rx, Duration::from_secs(5), Some("unicast"));
+        ensure!(
+            got.last().map(String::as_str) == Some("unicast"),
+            "unicast to {ip} on the plain network: {got:?}"
+        );
+        ensure!(got.len() == 1, "the plain network carried {got:?} to {ip}");
+        let late = drain(rx, Duration::from_millis(500), None);
+        ensure!(
+            late.is_empty(),
+            "the plain network carried {late:?} to {ip}"
+        );
+    }
+
+    // Host 3's endpoint leaves: the other hosts take host 3 off their flood list; broadcast
+    // still reaches host 2.
+    apis[2]
+        .expect(
+            "POST",
+            "/cnm/v1/sandboxes/bum3/disconnect",
+            Some(json!({"Network": "bum"})),
+            200,
+        )
+        .await?;
+    for i in 0..2 {
+        let took = until(
+            Duration::from_secs(10),
+            "host 3 off the flood list",
+            || async { Ok(!c.hosts[i].fdb("vx-001092")?.contains(&vtep(2))) },
+        )
+        .await?;
+        eprintln!(
+            "host 3 off host {}'s flood list {took:?} after its leave",
+            i + 1
+        );
+        let fdb = c.hosts[i].fdb("vx-001092")?;
+        ensure!(fdb.contains(&vtep(1 - i)), "host {}: {fdb}", i + 1);
+    }
+    drain(&rx2, Duration::from_millis(300), None);
+    let start = Instant::now();
+    loop {
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "broadcast no longer reaches host 2"
+        );
+        tx.send_to(b"again", SocketAddrV4::new(broadcast, BUM_PORT))?;
+        if drain(&rx2, Duration::from_millis(300), Some("again"))
+            .iter()
+            .any(|m| m == "again")
+        {
+            break;
+        }
+    }
+
+    // Host 2 dies (SIGKILL): its lease expires and host 1 takes it off the flood list. It
+    // returns: both resync, each lists the other again, and broadcast reaches host 2 again.
+    c.hosts[1].kill()?;
+    let took = until(
+        TTL + Duration::from_secs(10),
+        "the dead host 2 off host 1's flood list",
+        || async { Ok(!c.hosts[0].fdb("vx-001092")?.contains(&vtep(1))) },
+    )
+    .await?;
+    eprintln!("dead host 2 off host 1's flood list {took:?} after its SIGKILL");
+    c.hosts[1].start()?;
+    for (i, other) in [(0, 1), (1, 0)] {
+        until(
+            Duration::from_secs(10),
+            "the returned host back on the flood lists",
+            || async { Ok(c.hosts[i].fdb("vx-001092")?.contains(&vtep(other))) },
+        )
+        .await?;
+    }
+    drain(&rx2, Duration::from_millis(300), None);
+    let start = Instant::now();
+    loop {
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "broadcast does not reach host 2 after its return"
+        );
+        tx.send_to(b"back", SocketAddrV4::new(broadcast, BUM_PORT))?;
+        if drain(&rx2, Duration::from_millis(300), Some("back"))
+            .iter()
+            .any(|m| m == "back")
+        {
+            break;
+        }
+    }
     Ok(())
 }

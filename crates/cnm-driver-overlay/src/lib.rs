@@ -17,13 +17,20 @@
 //!   ([`cnm_core::spi::Facts`]), and, per network, a task that watches the other hosts' facts
 //!   and programs a static FDB entry (`dst <vtep>`) and a neighbour entry for each of their
 //!   endpoints, removed when the fact goes (leave, delete, or the host's lease expiring). So
-//!   nothing is flooded over the underlay.
+//!   nothing is flooded over the underlay (unless the network asks for it, below);
+//! - with `com.cnm.overlay.bum=true` ([`options::BUM`]; beyond libnetwork, moby/libnetwork#552),
+//!   multicast and broadcast across hosts by head-end replication: the VXLAN device's all-zeros
+//!   FDB entry lists the VTEP of every other host with an endpoint on the network (`bridge fdb
+//!   append 00:00:00:00:00:00 … dst <vtep>`), added with the host's first peer and removed with
+//!   its last, by the same watch.
 //!
 //! **Does not**
-//! - give the network a gateway or a way out: its joins ask for the controller's gateway
-//!   network ([`JoinInfo::needs_gateway_network`]; cnmd's `cnm_gwbridge`, a local bridge with
-//!   masquerading and no inter-container traffic, as Docker's docker_gwbridge), whose
-//!   endpoint the controller joins to the sandbox with the default route;
+//! - give the network a gateway, a way out or published ports: its joins ask for the
+//!   controller's gateway network ([`JoinInfo::needs_gateway_network`]; cnmd's `cnm_gwbridge`,
+//!   a local bridge with masquerading and no inter-container traffic, as Docker's
+//!   docker_gwbridge), whose endpoint the controller joins to the sandbox with the default
+//!   route, and which publishes the overlay endpoint's ports (DNAT to the sandbox's address on
+//!   the gateway network, on the host where the sandbox lives);
 //! - put addresses or routes inside the sandbox (the controller does);
 //! - run any program: everything goes over netlink through `cnm-sandbox`.
 
@@ -99,6 +106,14 @@ pub(crate) struct Network {
     /// The other hosts' endpoints programmed here, by endpoint id (only the watch task
     /// changes it).
     pub(crate) peers: Mutex<HashMap<String, PeerFact>>,
+    /// Broadcast and multicast replicated to the other hosts' VTEPs
+    /// ([`options::BUM`]).
+    pub(crate) bum: bool,
+    /// This host's VTEP (never a flood destination).
+    pub(crate) local_vtep: IpAddr,
+    /// With `bum`: the other hosts' VTEPs on the all-zeros FDB entry, each with the number of
+    /// programmed peers behind it (only the watch task changes it).
+    pub(crate) flood: Mutex<HashMap<IpAddr, usize>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -218,6 +233,7 @@ impl OverlayDriver {
                 Ok(_) => Ok(Allocation {
                     vni,
                     port: opts.port,
+                    bum: opts.bum,
                 }),
                 Err(StoreError::Conflict { .. }) => {
                     let owner = store
@@ -248,6 +264,7 @@ impl OverlayDriver {
                         return Ok(Allocation {
                             vni,
                             port: opts.port,
+                            bum: opts.bum,
                         });
                     }
                     // Another host took it since the listing: the next one.
@@ -408,6 +425,9 @@ impl OverlayDriver {
             mtu,
             endpoints: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            bum: alloc.bum,
+            local_vtep: vtep,
+            flood: Mutex::new(HashMap::new()),
             watcher: Mutex::new(None),
         }))
     }
@@ -468,6 +488,7 @@ impl OverlayDriver {
         }
         // The FDB and neighbour entries go with the VXLAN device.
         lock(&net.peers).clear();
+        lock(&net.flood).clear();
         let host = &self.ctx.host_netlink;
         let vx = delete_link_named(host, net.vxlan.as_str()).await;
         let br = delete_link_named(host, net.bridge.as_str()).await;

@@ -10,6 +10,12 @@ pub const VXLANID_LIST: &str = "com.docker.network.driver.overlay.vxlanid_list";
 /// The UDP port of the network's VXLAN tunnels (cnm's own key; Docker sets it swarm-wide
 /// with `--data-path-port`). The same on every host: it is part of the allocation.
 pub const VXLAN_PORT: &str = "com.cnm.overlay.vxlan_port";
+/// Multicast and broadcast between the network's endpoints across hosts (cnm's own key;
+/// libnetwork has none, moby/libnetwork#552): `true` replicates broadcast, multicast and
+/// unknown-unicast frames head-end to the VTEP of every other host with endpoints on the
+/// network. Off by default: without it such frames stay on their host. The same on every
+/// host: it is part of the allocation.
+pub const BUM: &str = "com.cnm.overlay.bum";
 /// The first VNI handed out when none is asked for (Docker's swarm starts at 4096 too).
 pub const FIRST_VNI: u32 = 4096;
 /// The largest VNI (24 bits).
@@ -20,6 +26,7 @@ pub const DEFAULT_PORT: u16 = 4789;
 /// The keys of [`cnm_core::spi::NetworkSpec::allocation`].
 pub(crate) const ALLOC_VNI: &str = "vni";
 pub(crate) const ALLOC_PORT: &str = "port";
+pub(crate) const ALLOC_BUM: &str = "bum";
 
 /// A network's options as the user gave them, typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +35,8 @@ pub struct OverlayOptions {
     pub vni: Option<u32>,
     /// The tunnels' UDP port.
     pub port: u16,
+    /// Broadcast and multicast replicated to the other hosts ([`BUM`]).
+    pub bum: bool,
 }
 
 impl Default for OverlayOptions {
@@ -35,6 +44,7 @@ impl Default for OverlayOptions {
         Self {
             vni: None,
             port: DEFAULT_PORT,
+            bum: false,
         }
     }
 }
@@ -48,6 +58,7 @@ impl TryFrom<&DriverOptions> for OverlayOptions {
             match key.as_str() {
                 VXLANID_LIST => opts.vni = Some(parse_vni(key, value)?),
                 VXLAN_PORT => opts.port = parse_port(key, value)?,
+                BUM => opts.bum = parse_bool(key, value)?,
                 _ => return Err(OverlayError::UnknownOption { key: key.clone() }),
             }
         }
@@ -86,19 +97,33 @@ pub(crate) fn parse_port(key: &str, value: &str) -> Result<u16, OverlayError> {
     }
 }
 
+pub(crate) fn parse_bool(key: &str, value: &str) -> Result<bool, OverlayError> {
+    match value.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(OverlayError::invalid(key, value, "must be true or false")),
+    }
+}
+
 /// What one network got cluster-wide, as every host reads it from the allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Allocation {
     pub vni: u32,
     pub port: u16,
+    pub bum: bool,
 }
 
 impl Allocation {
     pub(crate) fn to_options(self) -> DriverOptions {
-        DriverOptions::from([
+        let mut raw = DriverOptions::from([
             (ALLOC_VNI.to_owned(), self.vni.to_string()),
             (ALLOC_PORT.to_owned(), self.port.to_string()),
-        ])
+        ]);
+        // Written only when on: an allocation from before the option reads as off.
+        if self.bum {
+            raw.insert(ALLOC_BUM.to_owned(), "true".to_owned());
+        }
+        raw
     }
 
     pub(crate) fn from_options(raw: &DriverOptions) -> Result<Self, OverlayError> {
@@ -110,6 +135,10 @@ impl Allocation {
             port: match raw.get(ALLOC_PORT) {
                 Some(p) => parse_port(ALLOC_PORT, p)?,
                 None => DEFAULT_PORT,
+            },
+            bum: match raw.get(ALLOC_BUM) {
+                Some(b) => parse_bool(ALLOC_BUM, b)?,
+                None => false,
             },
         })
     }
@@ -132,9 +161,18 @@ mod tests {
             OverlayOptions::try_from(&opts(&[])).unwrap(),
             OverlayOptions::default()
         );
-        let o = OverlayOptions::try_from(&opts(&[(VXLANID_LIST, "4242"), (VXLAN_PORT, "8472")]))
-            .unwrap();
-        assert_eq!((o.vni, o.port), (Some(4242), 8472));
+        let o = OverlayOptions::try_from(&opts(&[
+            (VXLANID_LIST, "4242"),
+            (VXLAN_PORT, "8472"),
+            (BUM, "true"),
+        ]))
+        .unwrap();
+        assert_eq!((o.vni, o.port, o.bum), (Some(4242), 8472, true));
+        assert!(
+            !OverlayOptions::try_from(&opts(&[(BUM, "false")]))
+                .unwrap()
+                .bum
+        );
         for (k, v) in [
             (VXLANID_LIST, "0"),
             (VXLANID_LIST, "16777216"),
@@ -142,6 +180,7 @@ mod tests {
             (VXLANID_LIST, "x"),
             (VXLAN_PORT, "0"),
             (VXLAN_PORT, "70000"),
+            (BUM, "yes please"),
         ] {
             let e = OverlayOptions::try_from(&opts(&[(k, v)])).unwrap_err();
             let text = e.to_string();
@@ -155,11 +194,23 @@ mod tests {
 
     #[test]
     fn the_allocation_round_trips() {
-        let a = Allocation {
+        for bum in [false, true] {
+            let a = Allocation {
+                vni: 4097,
+                port: 4789,
+                bum,
+            };
+            assert_eq!(Allocation::from_options(&a.to_options()).unwrap(), a);
+        }
+        let off = Allocation {
             vni: 4097,
             port: 4789,
+            bum: false,
         };
-        assert_eq!(Allocation::from_options(&a.to_options()).unwrap(), a);
+        assert!(
+            !off.to_options().contains_key(ALLOC_BUM),
+            "older hosts read it"
+        );
         assert!(Allocation::from_options(&DriverOptions::new()).is_err());
     }
 }

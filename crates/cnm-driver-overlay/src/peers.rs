@@ -3,6 +3,12 @@
 //! `dst <its host's VTEP>`) and a neighbour entry (its IP → its MAC, which the device's ARP
 //! proxy answers from), so nothing is learnt or flooded. A removed fact (leave, delete, or
 //! the host's lease expiring) takes both away.
+//!
+//! On a network with [`crate::options::BUM`], the same task keeps the VXLAN device's
+//! all-zeros FDB entry in step: one destination per other host with at least one programmed
+//! peer, counted per VTEP, so the kernel replicates each broadcast, multicast or unknown-unicast
+//! frame to exactly those hosts (head-end replication). The resync's removals and the watch's
+//! additions go through the same two functions, so it holds after a resync too.
 
 use std::net::IpAddr;
 use std::sync::Weak;
@@ -10,9 +16,12 @@ use std::time::Duration;
 
 use cnm_core::spi::{FactEvent, Facts};
 use cnm_sandbox::{Netlink, SandboxError};
-use cnm_types::ErrorKind;
+use cnm_types::{ErrorKind, MacAddress};
 
 use crate::{Network, PeerFact, lock, short};
+
+/// The FDB entry a VXLAN device sends frames with no entry of their own to.
+const ALL_ZEROS: MacAddress = MacAddress([0; 6]);
 
 /// How long to wait before listing and watching again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
@@ -79,11 +88,14 @@ async fn add(net: &Network, netlink: &Netlink, endpoint_id: &str, peer: PeerFact
     }
     if let Some(old) = old {
         unprogram(net, netlink, &old).await;
+        flood_remove(net, netlink, old.vtep).await;
     }
     match program(net, netlink, &peer).await {
         Ok(()) => {
             tracing::debug!(network = %short(&net.id), vni = net.vni, endpoint = %short(endpoint_id), vtep = %peer.vtep, mac = %peer.mac, "overlay peer programmed");
+            let vtep = peer.vtep;
             lock(&net.peers).insert(endpoint_id.to_owned(), peer);
+            flood_add(net, netlink, vtep).await;
         }
         Err(e) => {
             tracing::warn!(network = %short(&net.id), endpoint = %short(endpoint_id), error = %e, "cannot program overlay peer");
@@ -97,7 +109,70 @@ async fn remove(net: &Network, netlink: &Netlink, endpoint_id: &str) {
     let old = lock(&net.peers).remove(endpoint_id);
     if let Some(old) = old {
         unprogram(net, netlink, &old).await;
+        flood_remove(net, netlink, old.vtep).await;
         tracing::debug!(network = %short(&net.id), endpoint = %short(endpoint_id), "overlay peer removed");
+    }
+}
+
+/// Counts one more peer behind `vtep`; the first puts the VTEP on the all-zeros entry.
+async fn flood_add(net: &Network, netlink: &Netlink, vtep: IpAddr) {
+    if !net.bum || vtep == net.local_vtep {
+        return;
+    }
+    let first = {
+        let mut flood = lock(&net.flood);
+        let n = flood.entry(vtep).or_insert(0);
+        *n += 1;
+        *n == 1
+    };
+    if !first {
+        return;
+    }
+    match netlink.append_fdb(net.vxlan_index, ALL_ZEROS, vtep).await {
+        Ok(()) => {
+            tracing::debug!(network = %short(&net.id), vni = net.vni, %vtep, "VTEP added to the flood list");
+        }
+        Err(e) => {
+            // Not counted, so the next peer behind it tries again.
+            tracing::warn!(network = %short(&net.id), %vtep, error = %e, "cannot add a VTEP to the flood list");
+            lock(&net.flood).remove(&vtep);
+        }
+    }
+}
+
+/// Counts one peer less behind `vtep`; the last takes the VTEP off the all-zeros entry.
+async fn flood_remove(net: &Network, netlink: &Netlink, vtep: IpAddr) {
+    if !net.bum || vtep == net.local_vtep {
+        return;
+    }
+    let last = {
+        let mut flood = lock(&net.flood);
+        match flood.get_mut(&vtep) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                flood.remove(&vtep);
+                true
+            }
+            None => false,
+        }
+    };
+    if !last {
+        return;
+    }
+    match gone_ok(
+        netlink
+            .del_fdb(net.vxlan_index, ALL_ZEROS, Some(vtep))
+            .await,
+    ) {
+        Ok(()) => {
+            tracing::debug!(network = %short(&net.id), vni = net.vni, %vtep, "VTEP removed from the flood list");
+        }
+        Err(e) => {
+            tracing::warn!(network = %short(&net.id), %vtep, error = %e, "cannot remove a VTEP from the flood list");
+        }
     }
 }
 

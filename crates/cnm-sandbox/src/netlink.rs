@@ -18,8 +18,8 @@ use cnm_types::{IfName, MacAddress};
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -856,7 +856,27 @@ impl Netlink {
         .await
     }
 
-    /// Deletes an FDB entry.
+    /// Appends a destination to an FDB entry of a VXLAN device, creating the entry when
+    /// missing (`bridge fdb append MAC dev DEV dst DST`): the kernel sends a frame matching an
+    /// entry with several destinations to each of them, which is how the all-zeros entry
+    /// replicates broadcast, unknown and multicast frames to a list of remote VTEPs. A
+    /// destination already on the entry is fine.
+    pub async fn append_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: IpAddr,
+    ) -> Result<(), SandboxError> {
+        self.apply(
+            "append fdb entry",
+            || describe_fdb(index, mac, Some(dst)),
+            RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, Some(dst))),
+            NLM_F_CREATE | NLM_F_APPEND,
+        )
+        .await
+    }
+
+    /// Deletes an FDB entry (with `dst`, only that destination of a VXLAN device's entry).
     pub async fn del_fdb(
         &self,
         index: u32,

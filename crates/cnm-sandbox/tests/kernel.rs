@@ -601,6 +601,28 @@ async fn neighbour_and_fdb_entries() -> Result<()> {
     );
     nl.del_fdb(vx.index, rmac, Some(remote)).await?;
     ensure!(!nl.fdb(Some(vx.index)).await?.iter().any(|e| e.mac == rmac));
+
+    // The all-zeros entry with several destinations (head-end replication): appended one by
+    // one (again is fine), removed one by one.
+    let zeros = MacAddress([0; 6]);
+    let other: IpAddr = "203.0.113.8".parse()?;
+    let flood = |fdb: Vec<cnm_sandbox::FdbEntry>| -> Vec<IpAddr> {
+        let mut d: Vec<IpAddr> = fdb
+            .into_iter()
+            .filter(|e| e.mac == zeros)
+            .filter_map(|e| e.dst)
+            .collect();
+        d.sort();
+        d
+    };
+    for dst in [remote, other, remote] {
+        nl.append_fdb(vx.index, zeros, dst).await?;
+    }
+    ensure!(flood(nl.fdb(Some(vx.index)).await?) == [remote, other]);
+    nl.del_fdb(vx.index, zeros, Some(remote)).await?;
+    ensure!(flood(nl.fdb(Some(vx.index)).await?) == [other]);
+    nl.del_fdb(vx.index, zeros, Some(other)).await?;
+    ensure!(flood(nl.fdb(Some(vx.index)).await?).is_empty());
     nss.finish().await
 }
 

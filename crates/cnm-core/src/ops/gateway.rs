@@ -224,7 +224,9 @@ pub(crate) fn check_ports_follow_gateway(
     })
 }
 
-/// Replaces the ports `ep` publishes; it must be joined to `sb`. On its sandbox's gateway
+/// Replaces the ports `ep` publishes; it must be joined to `sb`. An endpoint whose ports the
+/// gateway network's endpoint carries (an overlay's) has them published there
+/// ([`super::gateway_network::publish_carried`]). On its sandbox's gateway
 /// endpoint the driver withdraws what it published and publishes the new ports, then the
 /// endpoint's and the sandbox's records say so, in one transaction; an
 /// endpoint that is not the gateway takes no ports (see [`check_ports_follow_gateway`]), only
@@ -240,6 +242,20 @@ pub(crate) async fn publish_ports(
         b.validate()
             .map_err(|e| CoreError::invalid("port binding", b, e.to_string()))?;
     }
+    // An endpoint that needs the gateway network: its ports are the gateway endpoint's.
+    if let Some(made) = super::gateway_network::publish_carried(core, sb, ep, &bindings).await? {
+        return Ok(made);
+    }
+    replace_ports(core, sb, ep, bindings).await
+}
+
+/// [`publish_ports`] for an endpoint whose ports are its own (validated).
+pub(crate) async fn replace_ports(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    bindings: Vec<PortBinding>,
+) -> Result<Vec<PortBinding>, CoreError> {
     let locked = super::lock_pair(sb, ep).await?;
     let st = &locked.state;
     let (pos, ep_version) = locked.joined_at(sb, ep)?;

@@ -72,9 +72,11 @@ pub(crate) async fn join_one(
     // Published ports follow the default route: refuse them before any effect unless this join
     // makes the endpoint the gateway endpoint (as far as can be told before the driver says
     // whether it gives a gateway; checked again, exactly, once it has).
+    // (The gateway network's endpoint does not count: it goes when another endpoint gives the
+    // default route, and carries the ports of one that needs it.)
     check_ports_follow_gateway(
         sb,
-        &st.joined,
+        &super::gateway_network::without_gateway_network(core, &st.joined),
         ep,
         &GatewayCandidate {
             endpoint_id: ep.id.clone(),
@@ -182,9 +184,18 @@ pub(crate) async fn join_one(
         )
         .await?;
         crate::crash::point("join:after-interface");
-        check_ports_follow_gateway(sb, &st.joined, ep, &joined.candidate())?;
+        let candidate = joined.candidate();
         let mut list = st.joined.clone();
         list.push(joined);
+        // An endpoint that needs the gateway network has its ports published by the gateway
+        // endpoint (reconciled after this join); any other follows the default route.
+        let last = list.last().expect("just pushed");
+        let ports = ep.port_bindings();
+        if ports.is_empty()
+            || !super::gateway_network::ports_carried(core, sb, &list, last, &ports)?
+        {
+            check_ports_follow_gateway(sb, &st.joined, ep, &candidate)?;
+        }
         let old_gw = st.gateway_join().cloned();
         let gw = switch_gateway(core, sb, old_gw, &mut list, &mut undo).await?;
         crate::crash::point("join:after-gateway");

@@ -78,7 +78,8 @@ pub struct EndpointOptions {
     pub aliases: Vec<String>,
     /// Exposed ports.
     pub exposed_ports: Vec<ExposedPort>,
-    /// Published ports (programmed while this endpoint is its sandbox's gateway endpoint).
+    /// Published ports (programmed while this endpoint is its sandbox's gateway endpoint, or, on
+    /// a network needing the gateway network, by the sandbox's endpoint there).
     pub port_bindings: Vec<PortBinding>,
     /// Driver options for this endpoint.
     pub driver_options: DriverOptions,

@@ -261,8 +261,38 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
+/// Descriptors the long runs need: cnm holds about four per sandbox (its namespace, a netlink
+/// socket in it, the embedded DNS's UDP and TCP listeners), so 10,000 sandboxes in this process
+/// (or in cnmd, which inherits the limit) need more than the usual 1024 or 20,000.
+const LONG_RUN_FDS: u64 = 1 << 20;
+
+/// Raises this process's descriptor limit to [`LONG_RUN_FDS`] (capped by the kernel's
+/// `fs.nr_open`) with util-linux's `prlimit` (the library crates' nix build has no
+/// `setrlimit`); says so and carries on when that fails.
+fn raise_fd_limit() {
+    let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(LONG_RUN_FDS, |max| max.min(LONG_RUN_FDS));
+    let limit = format!("--nofile={want}:{want}");
+    let pid = format!("--pid={}", std::process::id());
+    match std::process::Command::new("prlimit")
+        .args([pid.as_str(), limit.as_str()])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => eprintln!(
+            "cnm-bench: could not raise the descriptor limit to {want} ({other:?}): \
+             10,000 sandboxes may run out of descriptors"
+        ),
+    }
+}
+
 /// Runs the scenarios and writes the report to `out`.
 fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
+    if args.scale.is_some() || args.churn.is_some() {
+        raise_fd_limit();
+    }
     // Before any thread exists (unshare of the mount namespace needs that).
     env::enter_private_mounts()?;
     let rt = runtime()?;

@@ -414,20 +414,18 @@ impl Bench {
         let mut live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
         let networks = total.div_ceil(PER_NETWORK) as usize;
         let mut dead: Vec<bool> = vec![false; live.len()];
+        // Why a contender stopped: its budget used, or a failure (the marks before it stand).
+        let mut stopped: Vec<Option<String>> = vec![None; live.len()];
         if networks > 1 {
             for (k, c) in live.iter_mut().enumerate() {
                 if let Err(e) = c.add_networks(networks).await {
-                    for sc in &names {
-                        self.report.set(sc, c.kind.name(), failed(&e));
-                    }
+                    stopped[k] = Some(format!("failed to make {networks} networks: {e:#}"));
                     dead[k] = true;
                 }
             }
         }
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); live.len()];
         let mut phases: Vec<Vec<Phases>> = vec![Vec::new(); live.len()];
-        // A peer whose attach grows with every endpoint stops once it has used its budget.
-        let mut stopped: Vec<Option<String>> = vec![None; live.len()];
         for i in 0..total {
             if total >= 2000 && i > 0 && i % 1000 == 0 {
                 eprintln!("cnm-bench: {prefix}: {i} of {total} attaches");
@@ -456,18 +454,14 @@ impl Bench {
                         }
                     }
                     Err(e) => {
-                        for sc in &names {
-                            self.report.set(sc, c.kind.name(), failed(&e));
-                        }
+                        // The marks reached keep their figures; the others say where it failed.
+                        stopped[k] = Some(format!("failed at attach {}: {e:#}", i + 1));
                         dead[k] = true;
                     }
                 }
             }
         }
         for (k, c) in live.iter().enumerate() {
-            if dead[k] {
-                continue;
-            }
             for (m, sc) in marks.iter().zip(&names) {
                 if times[k].len() < *m {
                     let why = stopped[k].clone().unwrap_or_else(|| "not reached".into());

@@ -18,6 +18,8 @@
 //! cargo xtask bench --install-peers          # install the peers, then the full run
 //! cargo xtask bench attach detach            # only these scenarios
 //! cnm-bench --contenders cnm,floor -n 3 --out /tmp/x.json attach   # what the smoke test runs
+//! cargo xtask bench --scale 10000            # only the 10,000-endpoint run (10 networks)
+//! cargo xtask bench --churn 100000           # only the churn: 100,000 attach/detach cycles
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user

@@ -383,7 +383,7 @@ impl Contender {
     /// state directory, as a restart of cnmd does; returns how long the new one took to be
     /// ready (records reloaded, kernel state reconciled). The live attaches' handles are
     /// dropped (they belong to the old controller) and looked up again by name.
-    pub async fn restart_cnm(&mut self) -> Result<std::time::Duration> {
+    pub async fn restart_cnm(&mut self) -> Result<(std::time::Duration, crate::spans::Phases)> {
         let Imp::Cnm(c) = &mut self.imp else {
             anyhow::bail!("{} is not cnm through the library", self.kind.name());
         };
@@ -397,9 +397,11 @@ impl Contender {
             .shutdown()
             .await
             .context("failed to shut the controller down")?;
+        let before = crate::spans::TIMES.snapshot();
         let t = std::time::Instant::now();
         let ctl = self.host.controller().await?;
         let ready = t.elapsed();
+        let phases = crate::spans::TIMES.snapshot().since(&before).phases(ready);
         for name in &names {
             c.nets.push(ctl.network(name)?);
         }
@@ -411,7 +413,7 @@ impl Contender {
             lock(&c.live).insert(i, (sb, ep));
         }
         c.ctl = ctl;
-        Ok(ready)
+        Ok((ready, phases))
     }
 
     /// Attach `i`: sandbox, endpoint, join, publish `ports`.

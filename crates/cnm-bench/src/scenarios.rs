@@ -369,8 +369,9 @@ impl Bench {
         let restart = format!("scale{n}-restart");
         if let Some(c) = live.iter_mut().find(|c| c.kind == Kind::Cnm) {
             let outcome = match c.restart_cnm().await {
-                Ok(ready) => {
-                    let mut extra = Map::new();
+                Ok((ready, phases)) => {
+                    // Where the restart's time went (kernel calls, store, firewall, the rest).
+                    let mut extra = breakdown(&[phases]);
                     extra.insert("endpoints".into(), json!(n));
                     extra.insert("published_ports".into(), json!(n));
                     extra.insert("networks".into(), json!(n.div_ceil(PER_NETWORK)));

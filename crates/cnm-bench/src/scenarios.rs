@@ -413,6 +413,9 @@ impl Bench {
         let names: Vec<&str> = scenarios.iter().map(String::as_str).collect();
         let kinds = self.opts.kinds(candidates);
         let mut live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
+        if live.is_empty() {
+            return live;
+        }
         let networks = total.div_ceil(PER_NETWORK) as usize;
         let mut dead: Vec<bool> = vec![false; live.len()];
         // Why a contender stopped: its budget used, or a failure (the marks before it stand).

@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// `--no-run`: measure nothing, only compare and/or rewrite the README.
     pub no_run: bool,
     /// Options handed to cnm-bench as they are: `-n N`, `--contenders A,B`,
-    /// `--store durable|memory`.
+    /// `--store durable|memory`, `--scale N`, `--churn N`.
     pub passthrough: Vec<String>,
     /// Scenarios (or groups) to run; empty means all.
     pub scenarios: Vec<String>,
@@ -80,7 +80,7 @@ pub fn parse(args: &[String]) -> Result<BenchArgs> {
             "--compare" => parsed.compare = Some(value("--compare")?.into()),
             "--readme" => parsed.readme = true,
             "--no-run" => parsed.no_run = true,
-            flag @ ("-n" | "--contenders" | "--store") => {
+            flag @ ("-n" | "--contenders" | "--store" | "--scale" | "--churn") => {
                 let v = value(flag)?;
                 parsed.passthrough.extend([flag.to_owned(), v]);
             }
@@ -146,7 +146,13 @@ pub fn bench(args: &BenchArgs) -> Result<bool> {
     if args.install_peers {
         install_peers(&cargo, &peers_dir)?;
     }
-    let dns_wanted = args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == DNS_SCENARIO);
+    // `--scale`/`--churn` alone run only what they ask for (see cnm-bench's usage).
+    let long_runs = args
+        .passthrough
+        .iter()
+        .any(|a| a == "--scale" || a == "--churn");
+    let dns_wanted = (args.scenarios.is_empty() && !long_runs)
+        || args.scenarios.iter().any(|s| s == DNS_SCENARIO);
     let others: Vec<String> = args
         .scenarios
         .iter()
@@ -360,6 +366,12 @@ mod tests {
         );
         assert!(parse(&args(&["--fast"])).is_err());
         assert_eq!(parse(&[]).unwrap(), BenchArgs::default());
+        assert_eq!(
+            parse(&args(&["--scale", "10000", "--churn", "100000"]))
+                .unwrap()
+                .passthrough,
+            args(&["--scale", "10000", "--churn", "100000"])
+        );
     }
 
     #[test]

@@ -32,6 +32,34 @@ pub fn bench_net() -> BridgeNet {
     }
 }
 
+/// Attaches per network: attach `i` joins network `i / PER_NETWORK` (a Linux bridge takes at
+/// most 1024 ports), so the 1000 of the scale scenario all join [`bench_net`] and the 10,000 of
+/// `--scale` spread over ten networks (see [`Contender::add_networks`]).
+pub const PER_NETWORK: u32 = 1000;
+
+/// The network attach `i` joins and its address there.
+pub fn placement(i: u32) -> (usize, BridgeNet, Ipv4Addr) {
+    if !(PER_NETWORK..KEEPER).contains(&i) {
+        let net = bench_net();
+        let ip = net.address(i);
+        return (0, net, ip);
+    }
+    let k = i / PER_NETWORK;
+    let net = extra_net(k as usize);
+    let ip = net.address(i % PER_NETWORK);
+    (k as usize, net, ip)
+}
+
+/// Network `k` (from 1) beyond [`bench_net`].
+fn extra_net(k: usize) -> BridgeNet {
+    BridgeNet {
+        name: format!("benchnet{k}"),
+        bridge: format!("benchbr{k}"),
+        subnet: Ipv4Net::new(Ipv4Addr::new(10, 100 + k as u8, 0, 0), 16).expect("constant prefix"),
+        gateway: Ipv4Addr::new(10, 100 + k as u8, 0, 1),
+    }
+}
+
 /// The ports attach `i` publishes in the attach and scale scenarios: one TCP port.
 pub fn one_port(i: u32) -> Vec<PortSpec> {
     vec![PortSpec::single(20000 + (i % 20000) as u16, 80)]
@@ -120,7 +148,8 @@ enum Imp {
 
 struct CnmImp {
     ctl: Controller,
-    net: Network,
+    /// [`bench_net`], then the networks [`Contender::add_networks`] added.
+    nets: Vec<Network>,
     live: Mutex<HashMap<u32, (Sandbox, Endpoint)>>,
 }
 
@@ -144,7 +173,8 @@ impl Drop for CliImp {
 
 struct FloorImp {
     netlink: Netlink,
-    bridge: u32,
+    /// The bridge of [`bench_net`], then those [`Contender::add_networks`] added.
+    bridges: Vec<u32>,
     fw: Firewall,
     /// `floor-durable` only: where each public call's record is written and synced.
     journal: Option<Journal>,
@@ -247,7 +277,7 @@ impl Contender {
                     .context("failed to create the cnm network")?;
                 Imp::Cnm(CnmImp {
                     ctl,
-                    net: cnm_net,
+                    nets: vec![cnm_net],
                     live: Mutex::new(HashMap::new()),
                 })
             }
@@ -314,10 +344,84 @@ impl Contender {
         Ok(c)
     }
 
+    /// Makes networks 1 to `count - 1` beside [`bench_net`] (cnm, its CLI and the floors only),
+    /// so that attaches up to `count * PER_NETWORK` have a network (see [`placement`]).
+    pub async fn add_networks(&mut self, count: usize) -> Result<()> {
+        for k in 1..count {
+            let net = extra_net(k);
+            match &mut self.imp {
+                Imp::Cnm(c) => {
+                    if c.nets.len() <= k {
+                        let n = fixture::bridge_network(&c.ctl, &net.name, IpNet::V4(net.subnet))
+                            .await?;
+                        c.nets.push(n);
+                    }
+                }
+                Imp::Floor(f) => {
+                    if f.bridges.len() <= k {
+                        let index = floor_bridge(&f.netlink, &f.fw, &net).await?;
+                        f.bridges.push(index);
+                    }
+                }
+                Imp::Cli(c) => {
+                    let subnet = net.subnet.to_string();
+                    cli_run(
+                        &c.cnm,
+                        &c.host_arg,
+                        &["network", "create", "--subnet", &subnet, &net.name],
+                        self.host.netns(),
+                    )
+                    .await?;
+                }
+                _ => anyhow::bail!("{} has only one network here", self.kind.name()),
+            }
+        }
+        Ok(())
+    }
+
+    /// cnm (durable store) only: shuts its controller down and builds a new one on the same
+    /// state directory, as a restart of cnmd does; returns how long the new one took to be
+    /// ready (records reloaded, kernel state reconciled). The live attaches' handles are
+    /// dropped (they belong to the old controller) and looked up again by name.
+    pub async fn restart_cnm(&mut self) -> Result<(std::time::Duration, crate::spans::Phases)> {
+        let Imp::Cnm(c) = &mut self.imp else {
+            anyhow::bail!("{} is not cnm through the library", self.kind.name());
+        };
+        if self.kind != Kind::Cnm {
+            anyhow::bail!("restart needs the durable store (cnm, not cnm-memory)");
+        }
+        let live: Vec<u32> = lock(&c.live).drain().map(|(i, _)| i).collect();
+        let names: Vec<String> = c.nets.iter().map(|n| n.name().to_owned()).collect();
+        c.nets.clear();
+        c.ctl
+            .shutdown()
+            .await
+            .context("failed to shut the controller down")?;
+        let before = crate::spans::TIMES.snapshot();
+        let t = std::time::Instant::now();
+        let ctl = self.host.controller().await?;
+        let ready = t.elapsed();
+        let phases = crate::spans::TIMES.snapshot().since(&before).phases(ready);
+        for name in &names {
+            c.nets.push(ctl.network(name)?);
+        }
+        for i in live {
+            let name = format!("c{i}");
+            let (k, _, _) = placement(i);
+            let ep = c.nets[k].endpoint(&name)?;
+            let sb = ctl.sandbox(&name)?;
+            lock(&c.live).insert(i, (sb, ep));
+        }
+        c.ctl = ctl;
+        Ok((ready, phases))
+    }
+
     /// Attach `i`: sandbox, endpoint, join, publish `ports`.
     pub async fn attach(&self, i: u32, ports: &[PortSpec]) -> Result<()> {
-        let net = bench_net();
-        let ip = net.address(i);
+        let (k, net, ip) = placement(i);
+        if k > 0 && !matches!(self.imp, Imp::Cnm(_) | Imp::Cli(_) | Imp::Floor(_)) {
+            anyhow::bail!("{} attaches on one network only", self.kind.name());
+        }
         match &self.imp {
             Imp::Cnm(c) => {
                 let mut opts = EndpointOptions::default();
@@ -329,7 +433,11 @@ impl Contender {
                     opts = opts.publish(binding);
                 }
                 let name = format!("c{i}");
-                let joined = fixture::joined(&c.ctl, &c.net, &name, opts).await?;
+                let net = c
+                    .nets
+                    .get(k)
+                    .with_context(|| format!("no network {k} (see add_networks)"))?;
+                let joined = fixture::joined(&c.ctl, net, &name, opts).await?;
                 lock(&c.live).insert(i, joined);
             }
             Imp::Cli(c) => {
@@ -343,7 +451,7 @@ impl Contender {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 self.cli(c, &args).await?;
             }
-            Imp::Floor(f) => floor_attach(f, &self.host, i, ip, ports).await?,
+            Imp::Floor(f) => floor_attach(f, &self.host, i, ports).await?,
             Imp::IpBatch => {
                 let (sb, veth) = (format!("sb{i}"), format!("vb{i}"));
                 let ns = self.host.netns();
@@ -394,7 +502,7 @@ impl Contender {
 
     /// Detach `i`: the reverse of [`Contender::attach`].
     pub async fn detach(&self, i: u32, ports: &[PortSpec]) -> Result<()> {
-        let net = bench_net();
+        let (_, net, _) = placement(i);
         match &self.imp {
             Imp::Cnm(c) => {
                 let (sb, ep) = lock(&c.live)
@@ -480,6 +588,11 @@ impl Contender {
 
     async fn cli(&self, c: &CliImp, args: &[&str]) -> Result<()> {
         cli_run(&c.cnm, &c.host_arg, args, self.host.netns()).await
+    }
+
+    /// The contender's throwaway host.
+    pub fn host(&self) -> &TestHost {
+        &self.host
     }
 
     /// The process id of `cnmd`, for the CLI contender.
@@ -627,6 +740,23 @@ async fn cli_setup(
 
 async fn floor_setup(host: &TestHost, net: &BridgeNet, durable: bool) -> Result<FloorImp> {
     let netlink = host.netlink().clone();
+    let fw = Firewall::new(host.netns()).await?;
+    let bridge = floor_bridge(&netlink, &fw, net).await?;
+    let journal = if durable {
+        Some(Journal::create(host.state_dir())?)
+    } else {
+        None
+    };
+    Ok(FloorImp {
+        netlink,
+        bridges: vec![bridge],
+        fw,
+        journal,
+    })
+}
+
+/// The floor's network `net`: its bridge with the gateway address, and its NAT rules.
+async fn floor_bridge(netlink: &Netlink, fw: &Firewall, net: &BridgeNet) -> Result<u32> {
     let mut spec = LinkSpec::new(ifname(&net.bridge)?, LinkKind::Bridge);
     spec.up = true;
     netlink.create_link(&spec).await?;
@@ -641,34 +771,21 @@ async fn floor_setup(host: &TestHost, net: &BridgeNet, durable: bool) -> Result<
             IpNet::V4(Ipv4Net::new(net.gateway, net.subnet.prefix_len())?),
         )
         .await?;
-    let fw = Firewall::new(host.netns()).await?;
     fw.add_network(&NetworkRules::nat(
         net.name.clone(),
         ifname(&net.bridge)?,
         vec![net.subnet],
     ))
     .await?;
-    let journal = if durable {
-        Some(Journal::create(host.state_dir())?)
-    } else {
-        None
-    };
-    Ok(FloorImp {
-        netlink,
-        bridge,
-        fw,
-        journal,
-    })
+    Ok(bridge)
 }
 
-async fn floor_attach(
-    f: &FloorImp,
-    host: &TestHost,
-    i: u32,
-    ip: Ipv4Addr,
-    ports: &[PortSpec],
-) -> Result<()> {
-    let net = bench_net();
+async fn floor_attach(f: &FloorImp, host: &TestHost, i: u32, ports: &[PortSpec]) -> Result<()> {
+    let (k, net, ip) = placement(i);
+    let bridge = *f
+        .bridges
+        .get(k)
+        .with_context(|| format!("no network {k} (see add_networks)"))?;
     // Public call 1, the sandbox: its namespace, then its record.
     let ns = NetNs::create(host.run_dir().join("floor").join(format!("sb{i}"))).await?;
     f.record(|| format!("sandbox sb{i}")).await?;
@@ -685,7 +802,7 @@ async fn floor_attach(
             peer_up: true,
         },
     );
-    spec.master = Some(f.bridge);
+    spec.master = Some(bridge);
     spec.up = true;
     f.netlink.create_link(&spec).await?;
     let inside = Netlink::connect(&ns).await?;

@@ -18,6 +18,8 @@
 //! cargo xtask bench --install-peers          # install the peers, then the full run
 //! cargo xtask bench attach detach            # only these scenarios
 //! cnm-bench --contenders cnm,floor -n 3 --out /tmp/x.json attach   # what the smoke test runs
+//! cargo xtask bench --scale 10000            # only the 10,000-endpoint run (10 networks)
+//! cargo xtask bench --churn 100000           # only the churn: 100,000 attach/detach cycles
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a binary that reports to its user
@@ -48,7 +50,13 @@ use crate::scenarios::{Bench, Options, StoreChoice};
 const USAGE: &str = "\
 usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [--out FILE] [--peers-dir DIR]
                  [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT]
-                 [--compare OLD.json] [--readme README.md] [--no-run] [SCENARIO…]
+                 [--compare OLD.json] [--readme README.md] [--no-run] [--scale N] [--churn N]
+                 [SCENARIO…]
+  --scale N           also N attaches over N/1000 networks (cnm and the floor; 1st, 1000th, N/2th,
+                      Nth), cnm restarted with them, cnmd's memory with N endpoints and N ports
+  --churn N           also N attach/detach cycles of cnm: p50/p99 and what is left (memory,
+                      descriptors, links, nftables rules and elements, mounts) per 10,000
+                      (with either flag and no scenario named, only what the flags ask for runs)
   --compare OLD.json  after the run, each figure against OLD.json's; a FLAG line and exit
                       status 1 for any figure more than 20% slower
   --readme FILE       rewrite the block between the bench-table markers of FILE from the run
@@ -75,6 +83,8 @@ struct Args {
     compare: Option<PathBuf>,
     readme: Option<PathBuf>,
     no_run: bool,
+    scale: Option<u32>,
+    churn: Option<u32>,
     scenarios: Vec<String>,
 }
 
@@ -108,15 +118,25 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--compare" => a.compare = Some(value("--compare")?.into()),
             "--readme" => a.readme = Some(value("--readme")?.into()),
             "--no-run" => a.no_run = true,
+            "--scale" => a.scale = Some(count("--scale", &value("--scale")?)?),
+            "--churn" => a.churn = Some(count("--churn", &value("--churn")?)?),
             "-h" | "--help" => bail!("{USAGE}"),
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             name => a.scenarios.extend(expand(name)?),
         }
     }
-    if a.scenarios.is_empty() {
+    if a.scenarios.is_empty() && a.scale.is_none() && a.churn.is_none() {
         a.scenarios = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
     }
     Ok(a)
+}
+
+/// A positive count for `flag`.
+fn count(flag: &str, v: &str) -> Result<u32> {
+    match v.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{flag} takes a positive number, not {v:?}"),
+    }
 }
 
 /// A scenario name or a group of them.
@@ -243,8 +263,40 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
+/// Descriptors the long runs need: cnm holds five to six per sandbox (measured: 18,878 open at
+/// about 3,300 sandboxes; a netlink socket in the sandbox, the embedded DNS's UDP and TCP
+/// listeners, the published port's reservation), so 10,000 sandboxes in this process (or in
+/// cnmd, which inherits the limit) need more than the usual 1024 or 20,000.
+const LONG_RUN_FDS: u64 = 1 << 20;
+
+/// Raises this process's descriptor limit to [`LONG_RUN_FDS`] (capped by the kernel's
+/// `fs.nr_open`) with util-linux's `prlimit` (the library crates' nix build has no
+/// `setrlimit`); says so and carries on when that fails.
+fn raise_fd_limit() {
+    let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(LONG_RUN_FDS, |max| max.min(LONG_RUN_FDS));
+    let limit = format!("--nofile={want}:{want}");
+    let pid = format!("--pid={}", std::process::id());
+    match std::process::Command::new("prlimit")
+        .args([pid.as_str(), limit.as_str()])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        _ => eprintln!(
+            "cnm-bench: the descriptor limit stays as it is (raising the hard limit needs \
+             CAP_SYS_RESOURCE): at about five descriptors per cnm sandbox, runs that hold \
+             more sandboxes than a fifth of it fail with EMFILE"
+        ),
+    }
+}
+
 /// Runs the scenarios and writes the report to `out`.
 fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
+    if args.scale.is_some() || args.churn.is_some() {
+        raise_fd_limit();
+    }
     // Before any thread exists (unshare of the mount namespace needs that).
     env::enter_private_mounts()?;
     let rt = runtime()?;
@@ -276,7 +328,40 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
         report: Report::default(),
     };
     let started = std::time::Instant::now();
-    rt.block_on(run_scenarios(&mut bench, &args.scenarios));
+    let mut scenarios = args.scenarios.clone();
+    if let Some(n) = args.scale {
+        scenarios.extend(
+            [format!("scale{n}-restart"), format!("scale{n}-memory")]
+                .into_iter()
+                .chain(
+                    [1, 1000, n / 2, n]
+                        .into_iter()
+                        .map(|m| format!("scale{n}-attach-{m}")),
+                ),
+        );
+    }
+    if let Some(n) = args.churn {
+        scenarios.push(format!("churn{n}"));
+    }
+    rt.block_on(async {
+        run_scenarios(&mut bench, &scenarios).await;
+        if let Some(n) = args.scale {
+            eprintln!(
+                "cnm-bench: scale ({n} attaches over {} networks) …",
+                n.div_ceil(1000)
+            );
+            bench.scale_big(n).await;
+        }
+        if let Some(n) = args.churn {
+            eprintln!("cnm-bench: churn ({n} attach/detach cycles) …");
+            bench.churn(n).await;
+        }
+        // Only the scenarios asked for stay in the report (a group may have filled its siblings).
+        bench
+            .report
+            .scenarios
+            .retain(|name, _| scenarios.contains(name));
+    });
     let date = report::rfc3339_now();
     let doc = bench.report.to_json(env::machine(), &date, &command);
     println!("\n{}", bench.report.table());
@@ -334,11 +419,6 @@ async fn run_scenarios(bench: &mut Bench, scenarios: &[String]) {
         phase("memory");
         bench.memory().await;
     }
-    // Only the scenarios asked for stay in the report (a group may have filled its siblings).
-    bench
-        .report
-        .scenarios
-        .retain(|name, _| scenarios.contains(name));
 }
 
 async fn datapath(bench: &mut Bench, scenarios: &[String]) {
@@ -411,6 +491,14 @@ mod tests {
             ])
         );
         assert_eq!(parse_args(&[]).unwrap().scenarios.len(), SCENARIOS.len());
+        // The long runs only behind their flags, and then alone unless scenarios are named.
+        let big = parse_args(&args(&["--scale", "10000", "--churn", "100000"])).unwrap();
+        assert_eq!((big.scale, big.churn), (Some(10_000), Some(100_000)));
+        assert!(big.scenarios.is_empty());
+        let with = parse_args(&args(&["--churn", "10", "attach"])).unwrap();
+        assert_eq!(with.scenarios, args(&["attach"]));
+        assert!(parse_args(&args(&["--scale", "0"])).is_err());
+        assert!(parse_args(&args(&["--churn", "many"])).is_err());
         assert!(parse_args(&args(&["atach"])).is_err());
         assert!(parse_args(&args(&["--fast"])).is_err());
         assert!(parse_args(&args(&["-n"])).is_err());

@@ -68,11 +68,18 @@ pub async fn measure(count: u32) -> Result<Outcome> {
         let net = fixture::bridge_network(&ctl, "restartnet", "10.92.0.0/16".parse()?).await?;
         fixture::publishing(&ctl, &net, "r", count).await?;
     }
+    let before = crate::spans::TIMES.snapshot();
     let t = Instant::now();
     let ctl = h.controller().await?;
     let ready = t.elapsed();
+    let phases = crate::spans::TIMES.snapshot().since(&before).phases(ready);
     let endpoints = ctl.network("restartnet")?.endpoints().len();
+    // Where the restart's time went (kernel calls, store, firewall, the rest).
     let mut extra = Map::new();
+    extra.insert(
+        "breakdown_ms".into(),
+        serde_json::Value::Object(crate::spans::mean_ms(&[phases])),
+    );
     extra.insert("endpoints".into(), json!(endpoints));
     extra.insert("published_ports".into(), json!(count));
     extra.insert("store".into(), json!("memory (shared by both controllers)"));

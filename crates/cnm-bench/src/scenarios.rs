@@ -9,7 +9,7 @@ use cnm::NetworkOptions;
 use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
 use serde_json::{Map, Value, json};
 
-use crate::contenders::{Contender, Kind, Unavailable, one_port};
+use crate::contenders::{Contender, Kind, PER_NETWORK, Unavailable, one_port};
 use crate::peers::{Peers, PortSpec};
 use crate::report::{Outcome, Report, round3};
 use crate::spans::{self, Phases, TIMES};
@@ -326,7 +326,6 @@ impl Bench {
     /// The cost of the 1st, 100th, 500th and 1000th attach on one network (each keeps its
     /// sandbox and published port), as the median of a window of five attaches at each mark.
     pub async fn scale_attach(&mut self) {
-        const MARKS: [usize; 4] = [1, 100, 500, 1000];
         let candidates = if self.opts.quick {
             vec![Kind::Cnm, Kind::Floor]
         } else {
@@ -338,18 +337,103 @@ impl Bench {
                 Kind::Cni,
             ]
         };
-        let scenarios: Vec<String> = MARKS.iter().map(|m| format!("scale-attach-{m}")).collect();
+        let budget = Duration::from_secs(if self.opts.quick { 30 } else { 90 });
+        let live = self
+            .attach_series(
+                "scale-attach-",
+                1000,
+                &[1, 100, 500, 1000],
+                &candidates,
+                budget,
+            )
+            .await;
+        // No detaches: dropping each throwaway host namespace (and its sandboxes' mounts) takes
+        // it all down; detaching 1000 CNI attaches one by one alone takes many minutes.
+        finish_all(live).await;
+    }
+
+    /// `--scale N`: N attaches (each keeps its sandbox and published port) spread over
+    /// N / 1000 networks, for cnm and the floor: the 1st, 1000th, (N/2)th and Nth attach
+    /// (`scaleN-attach-M`); then cnm's controller restarted on its durable store with the N
+    /// endpoints and N published ports (`scaleN-restart`); and the resident memory of cnmd
+    /// holding N endpoints and N published ports made through the CLI (`scaleN-memory`).
+    pub async fn scale_big(&mut self, n: u32) {
+        let prefix = format!("scale{n}-attach-");
+        let mut marks = vec![1usize, 1000, n as usize / 2, n as usize];
+        marks.dedup();
+        marks.retain(|m| *m >= 1 && *m <= n as usize);
+        let budget = Duration::from_secs(3600);
+        let mut live = self
+            .attach_series(&prefix, n, &marks, &[Kind::Cnm, Kind::Floor], budget)
+            .await;
+        let restart = format!("scale{n}-restart");
+        if let Some(c) = live.iter_mut().find(|c| c.kind == Kind::Cnm) {
+            let outcome = match c.restart_cnm().await {
+                Ok((ready, phases)) => {
+                    // Where the restart's time went (kernel calls, store, firewall, the rest).
+                    let mut extra = breakdown(&[phases]);
+                    extra.insert("endpoints".into(), json!(n));
+                    extra.insert("published_ports".into(), json!(n));
+                    extra.insert("networks".into(), json!(n.div_ceil(PER_NETWORK)));
+                    extra.insert(
+                        "store".into(),
+                        json!("durable (redb in the state directory)"),
+                    );
+                    Summary::of(&[ready])
+                        .map(|s| Outcome::Timed(s, extra))
+                        .unwrap_or_else(|| Outcome::Status("no sample".into()))
+                }
+                Err(e) => failed(&e),
+            };
+            self.report.set(&restart, "cnm", outcome);
+        }
+        finish_all(live).await;
+        if self.opts.wants("cnm-cli") {
+            let outcome = match cnmd_memory(&self.peers, n, false).await {
+                Ok(o) => o,
+                Err(e) => failed(&e),
+            };
+            self.report
+                .set(&format!("scale{n}-memory"), "cnm-cli", outcome);
+        }
+    }
+
+    /// Attaches `0..total` for each candidate, alternating contenders on every attach, and
+    /// reports the window of five attaches at each of `marks` as `{prefix}{mark}`. A contender
+    /// stops once its attaches took `budget` in all. Returns the live contenders, attaches kept.
+    async fn attach_series(
+        &mut self,
+        prefix: &str,
+        total: u32,
+        marks: &[usize],
+        candidates: &[Kind],
+        budget: Duration,
+    ) -> Vec<Contender> {
+        let scenarios: Vec<String> = marks.iter().map(|m| format!("{prefix}{m}")).collect();
         let names: Vec<&str> = scenarios.iter().map(String::as_str).collect();
-        let kinds = self.opts.kinds(&candidates);
-        let live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
-        let total = 1000u32;
+        let kinds = self.opts.kinds(candidates);
+        let mut live = setup_all(&kinds, &self.peers, &mut self.report, &names).await;
+        if live.is_empty() {
+            return live;
+        }
+        let networks = total.div_ceil(PER_NETWORK) as usize;
+        let mut dead: Vec<bool> = vec![false; live.len()];
+        // Why a contender stopped: its budget used, or a failure (the marks before it stand).
+        let mut stopped: Vec<Option<String>> = vec![None; live.len()];
+        if networks > 1 {
+            for (k, c) in live.iter_mut().enumerate() {
+                if let Err(e) = c.add_networks(networks).await {
+                    stopped[k] = Some(format!("failed to make {networks} networks: {e:#}"));
+                    dead[k] = true;
+                }
+            }
+        }
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); live.len()];
         let mut phases: Vec<Vec<Phases>> = vec![Vec::new(); live.len()];
-        let mut dead: Vec<bool> = vec![false; live.len()];
-        // A peer whose attach grows with every endpoint stops once it has used its budget.
-        let budget = Duration::from_secs(if self.opts.quick { 30 } else { 90 });
-        let mut stopped: Vec<Option<String>> = vec![None; live.len()];
         for i in 0..total {
+            if total >= 2000 && i > 0 && i % 1000 == 0 {
+                eprintln!("cnm-bench: {prefix}: {i} of {total} attaches");
+            }
             for (k, c) in live.iter().enumerate() {
                 if dead[k] || stopped[k].is_some() {
                     continue;
@@ -374,19 +458,15 @@ impl Bench {
                         }
                     }
                     Err(e) => {
-                        for sc in &names {
-                            self.report.set(sc, c.kind.name(), failed(&e));
-                        }
+                        // The marks reached keep their figures; the others say where it failed.
+                        stopped[k] = Some(format!("failed at attach {}: {e:#}", i + 1));
                         dead[k] = true;
                     }
                 }
             }
         }
         for (k, c) in live.iter().enumerate() {
-            if dead[k] {
-                continue;
-            }
-            for (m, sc) in MARKS.iter().zip(&names) {
+            for (m, sc) in marks.iter().zip(&names) {
                 if times[k].len() < *m {
                     let why = stopped[k].clone().unwrap_or_else(|| "not reached".into());
                     self.report.set(sc, c.kind.name(), Outcome::Status(why));
@@ -400,9 +480,12 @@ impl Bench {
                 }
             }
         }
-        // No detaches: dropping each throwaway host namespace (and its sandboxes' mounts) takes
-        // it all down; detaching 1000 CNI attaches one by one alone takes many minutes.
-        finish_all(live).await;
+        let mut k = 0;
+        live.retain(|_| {
+            k += 1;
+            !dead[k - 1]
+        });
+        live
     }
 
     /// Creating the 1st and the 200th network on one controller (median of five at each mark).
@@ -564,7 +647,7 @@ impl Bench {
             let outcome = if self.opts.quick {
                 Outcome::Status("not measured with --quick (2000 CLI calls)".into())
             } else {
-                match cnmd_memory(&self.peers, 1000).await {
+                match cnmd_memory(&self.peers, 1000, true).await {
                     Ok(o) => o,
                     Err(e) => failed(&e),
                 }
@@ -587,14 +670,165 @@ impl Bench {
     }
 }
 
-/// Resident memory of `cnmd` after `count` attaches through the CLI.
-async fn cnmd_memory(peers: &Peers, count: u32) -> Result<Outcome> {
-    let c = match Contender::setup(Kind::Cli, peers).await {
+/// What churn samples after each window of cycles: the process and the host namespace.
+#[derive(Debug, Clone, Copy)]
+struct Residue {
+    rss_kib: u64,
+    fds: usize,
+    links: usize,
+    nft_rules: usize,
+    nft_elements: usize,
+    mounts: usize,
+}
+
+impl Residue {
+    async fn sample(c: &Contender) -> Result<Residue> {
+        let (rss_kib, _) = crate::env::rss_kib()?;
+        let fds = std::fs::read_dir("/proc/self/fd")
+            .context("failed to list /proc/self/fd")?
+            .count();
+        let links = c.host().netlink().links().await?.len();
+        let out = crate::peers::Cmd::new("nft", &["-j", "list", "ruleset"])
+            .run_in(c.host().netns())
+            .await?;
+        let doc: Value = serde_json::from_slice(&out.stdout).context("nft -j printed no JSON")?;
+        let (mut nft_rules, mut nft_elements) = (0, 0);
+        for obj in doc["nftables"].as_array().into_iter().flatten() {
+            if obj.get("rule").is_some() {
+                nft_rules += 1;
+            }
+            for kind in ["set", "map"] {
+                if let Some(elems) = obj.get(kind).and_then(|s| s.get("elem")) {
+                    nft_elements += elems.as_array().map_or(0, Vec::len);
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("failed to read /proc/self/mountinfo")?
+            .lines()
+            .count();
+        Ok(Residue {
+            rss_kib,
+            fds,
+            links,
+            nft_rules,
+            nft_elements,
+            mounts,
+        })
+    }
+
+    fn to_json(self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("rss_mb".into(), json!(round3(self.rss_kib as f64 / 1024.0)));
+        m.insert("fds".into(), json!(self.fds));
+        m.insert("links".into(), json!(self.links));
+        m.insert("nft_rules".into(), json!(self.nft_rules));
+        m.insert("nft_elements".into(), json!(self.nft_elements));
+        m.insert("mounts".into(), json!(self.mounts));
+        m
+    }
+}
+
+impl Bench {
+    /// `--churn N`: N attach/detach cycles of cnm through the library (the store as `--store`
+    /// says, durable by default), one sandbox at a time (cycle `i` is attach `i % 1000`, with
+    /// its published port). Per window of 10,000 cycles (N/10 when fewer): p50/p99 of attach
+    /// and detach, and what is left after it: this process's resident memory and descriptors,
+    /// the links, nftables rules and set elements of the host namespace, and mounts. Flat
+    /// windows mean nothing leaks.
+    pub async fn churn(&mut self, n: u32) {
+        let name = format!("churn{n}");
+        let kinds = self.opts.kinds(&[Kind::Cnm]);
+        let live = setup_all(&kinds, &self.peers, &mut self.report, &[name.as_str()]).await;
+        for c in &live {
+            let outcome = match churn_one(c, n).await {
+                Ok(values) => Outcome::Values(values),
+                Err(e) => failed(&e),
+            };
+            self.report.set(&name, c.kind.name(), outcome);
+        }
+        finish_all(live).await;
+    }
+}
+
+async fn churn_one(c: &Contender, n: u32) -> Result<Map<String, Value>> {
+    let window = (n / 10).clamp(1, 10_000);
+    let before = Residue::sample(c).await?;
+    let mut windows = Vec::new();
+    let (mut attach, mut detach) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for cycle in 0..n {
+        let i = cycle % PER_NETWORK;
+        let ports = one_port(i);
+        let t = Instant::now();
+        c.attach(i, &ports)
+            .await
+            .with_context(|| format!("attach of cycle {cycle}"))?;
+        attach.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        c.detach(i, &ports)
+            .await
+            .with_context(|| format!("detach of cycle {cycle}"))?;
+        detach.push(t.elapsed().as_secs_f64() * 1e3);
+        if (cycle + 1) % window == 0 || cycle + 1 == n {
+            let after = Residue::sample(c).await?;
+            let pct = |v: &[f64], p: f64| crate::stats::percentile(v, p).map(round3);
+            let mut m = after.to_json();
+            m.insert("cycles".into(), json!(cycle + 1));
+            m.insert("attach_p50_ms".into(), json!(pct(&attach, 50.0)));
+            m.insert("attach_p99_ms".into(), json!(pct(&attach, 99.0)));
+            m.insert("detach_p50_ms".into(), json!(pct(&detach, 50.0)));
+            m.insert("detach_p99_ms".into(), json!(pct(&detach, 99.0)));
+            eprintln!(
+                "cnm-bench: churn: {} cycles, {}",
+                cycle + 1,
+                Value::Object(m.clone())
+            );
+            windows.push(Value::Object(m));
+            attach.clear();
+            detach.clear();
+        }
+    }
+    let last = Residue::sample(c).await?;
+    let mut out = Map::new();
+    out.insert("cycles".into(), json!(n));
+    out.insert("window".into(), json!(window));
+    out.insert(
+        "minutes".into(),
+        json!(round3(started.elapsed().as_secs_f64() / 60.0)),
+    );
+    out.insert("before".into(), Value::Object(before.to_json()));
+    out.insert("after".into(), Value::Object(last.to_json()));
+    // Nothing of a detached sandbox may stay: the same links, rules, elements and mounts as
+    // before the first cycle.
+    let leaked: Vec<&str> = [
+        ("links", before.links != last.links),
+        ("nft_rules", before.nft_rules != last.nft_rules),
+        ("nft_elements", before.nft_elements != last.nft_elements),
+        ("mounts", before.mounts != last.mounts),
+    ]
+    .into_iter()
+    .filter_map(|(what, differs)| differs.then_some(what))
+    .collect();
+    out.insert("leaked".into(), json!(leaked));
+    out.insert("windows".into(), Value::Array(windows));
+    Ok(out)
+}
+
+/// Resident memory of `cnmd` after `count` attaches through the CLI (over `count / 1000`
+/// networks), each publishing one port; then detached one by one if `detach`, else left for
+/// the throwaway host namespace to take down.
+async fn cnmd_memory(peers: &Peers, count: u32, detach: bool) -> Result<Outcome> {
+    let mut c = match Contender::setup(Kind::Cli, peers).await {
         Ok(c) => c,
         Err(Unavailable::Status(s)) => return Ok(Outcome::Status(s)),
         Err(Unavailable::Failed(e)) => return Err(e),
     };
+    c.add_networks(count.div_ceil(PER_NETWORK) as usize).await?;
     for i in 0..count {
+        if count >= 2000 && i > 0 && i % 1000 == 0 {
+            eprintln!("cnm-bench: cnmd memory: {i} of {count} attaches through the CLI");
+        }
         c.attach(i, &one_port(i)).await?;
     }
     let pid = c.daemon_pid().context("the CLI contender has a daemon")?;
@@ -610,9 +844,12 @@ async fn cnmd_memory(peers: &Peers, count: u32) -> Result<Outcome> {
     m.insert("rss_mb".into(), json!(round3(kib("VmRSS:") / 1024.0)));
     m.insert("peak_rss_mb".into(), json!(round3(kib("VmHWM:") / 1024.0)));
     m.insert("endpoints".into(), json!(count));
+    m.insert("published_ports".into(), json!(count));
     m.insert("process".into(), json!("cnmd"));
-    for i in 0..count {
-        c.detach(i, &one_port(i)).await?;
+    if detach {
+        for i in 0..count {
+            c.detach(i, &one_port(i)).await?;
+        }
     }
     c.finish().await?;
     Ok(Outcome::Values(m))

@@ -55,3 +55,40 @@ fn attach_scenario_for_cnm_and_floor_writes_the_documented_json() -> Result<()> 
     ensure!(doc["targets"].as_array().is_some_and(|t| !t.is_empty()));
     Ok(())
 }
+
+/// `--churn 3` alone: three attach/detach cycles of cnm, one window each, and nothing of them
+/// left behind in the host namespace (links, nftables rules and elements) or the mounts. Only
+/// counts are asserted, never timings.
+#[test]
+#[ignore = "privileged: run cargo xtask test"]
+fn churn_cycles_leave_nothing_behind_and_report_each_window() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("churn.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cnm-bench"))
+        .args(["--contenders", "cnm", "--churn", "3", "--out"])
+        .arg(&out)
+        .status()
+        .context("failed to run cnm-bench")?;
+    ensure!(status.success(), "cnm-bench exited with {status}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let scenarios = doc["scenarios"].as_object().context("no scenarios")?;
+    let names: Vec<&str> = scenarios.keys().map(String::as_str).collect();
+    assert_eq!(names, ["churn3"], "only what the flag asked for runs");
+    let churn = &doc["scenarios"]["churn3"]["cnm"];
+    assert_eq!(churn["cycles"], 3, "{churn}");
+    assert_eq!(churn["leaked"], serde_json::json!([]), "{churn}");
+    let windows = churn["windows"].as_array().context("windows")?;
+    assert_eq!(windows.len(), 3, "one window per cycle: {churn}");
+    for (k, w) in windows.iter().enumerate() {
+        assert_eq!(w["cycles"], k + 1, "{w}");
+        for field in ["attach_p50_ms", "attach_p99_ms", "detach_p50_ms", "rss_mb"] {
+            ensure!(w[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {w}");
+        }
+        // What a window leaves is what there was before the first cycle.
+        for field in ["links", "nft_rules", "nft_elements", "mounts"] {
+            assert_eq!(w[field], churn["before"][field], "{field}: {w}");
+        }
+    }
+    Ok(())
+}

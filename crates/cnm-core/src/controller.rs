@@ -1016,7 +1016,23 @@ impl Controller {
     }
 
     /// The sandbox with this full id, container id, or unique id prefix (in that order).
+    ///
+    /// A full id or a container id (what cnmd's callers pass on every connect and disconnect)
+    /// is found in O(1); only a prefix scans every sandbox.
     pub fn sandbox(&self, key: &str) -> Result<Sandbox, CoreError> {
+        let core = self.core()?;
+        let exact = core
+            .sandboxes
+            .get(key)
+            .map(|e| e.value().clone())
+            // Only a committed sandbox, as the scan below sees them.
+            .or_else(|| {
+                core.sandbox_of(key)
+                    .filter(|sb| core.sandboxes.contains_key(&sb.id))
+            });
+        if let Some(inner) = exact {
+            return Ok(Sandbox::new(Arc::downgrade(&core), inner));
+        }
         self.one(
             "sandbox",
             key,

@@ -8,7 +8,7 @@ use cnm_types::IfName;
 
 use super::{World, ep_opts};
 use crate::testing::{DriverStep, KernelStep};
-use crate::{JoinOption, NetworkOptions};
+use crate::{CoreError, JoinOption, NetworkOptions};
 
 #[tokio::test]
 async fn create_join_leave_delete_and_nothing_is_left() {
@@ -162,4 +162,34 @@ async fn a_moved_in_interface_gets_its_mac_and_mtu_and_goes_back_on_leave() {
         "given back and deleted by the driver: {k:?}"
     );
     assert_eq!(w.driver.faults().calls()[&DriverStep::Leave], 1);
+}
+
+#[tokio::test]
+async fn a_sandbox_is_found_by_full_id_then_container_id_then_unique_prefix() {
+    let w = World::new().await;
+    let a = w.ctl.new_sandbox("c-a", []).await.unwrap();
+    let b = w.ctl.new_sandbox("c-b", []).await.unwrap();
+    // Named like another sandbox's full id: the full id wins (Docker's rule).
+    let named_like_a = w.ctl.new_sandbox(a.id(), []).await.unwrap();
+    assert_eq!(w.ctl.sandbox(a.id()).unwrap().id(), a.id());
+    assert_eq!(w.ctl.sandbox("c-b").unwrap().id(), b.id());
+    assert_eq!(
+        w.ctl.sandbox(named_like_a.id()).unwrap().id(),
+        named_like_a.id()
+    );
+    // A unique prefix of the id, still by the scan.
+    let prefix = &b.id()[..12];
+    let others = [a.id(), named_like_a.id()];
+    if others.iter().all(|id| !id.starts_with(prefix)) {
+        assert_eq!(w.ctl.sandbox(prefix).unwrap().id(), b.id());
+    }
+    assert!(matches!(
+        w.ctl.sandbox("no-such-container"),
+        Err(CoreError::NotFound { .. })
+    ));
+    // Deleted: found by nothing.
+    let b_id = b.id().to_owned();
+    b.delete().await.unwrap();
+    assert!(w.ctl.sandbox("c-b").is_err());
+    assert!(w.ctl.sandbox(&b_id).is_err());
 }

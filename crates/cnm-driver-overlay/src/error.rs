@@ -68,6 +68,9 @@ pub enum OverlayError {
     /// A kernel operation failed.
     #[error(transparent)]
     Kernel(#[from] Failed<SandboxError>),
+    /// A firewall change failed.
+    #[error(transparent)]
+    Firewall(Box<Failed<cnm_core::cnm_firewall::FirewallError>>),
     /// The cluster store failed.
     #[error("failed to {op} {key} in the cluster store: {source}")]
     Store {
@@ -131,10 +134,17 @@ impl OverlayError {
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::Conflict { .. } => ErrorKind::Conflict,
             Self::Kernel(e) => e.source.kind(),
+            Self::Firewall(e) => e.source.kind(),
             Self::Store { source, .. } => source.kind(),
             Self::Driver(e) => e.kind(),
             Self::WithCleanup { source, .. } => source.kind(),
         }
+    }
+}
+
+impl From<Failed<cnm_core::cnm_firewall::FirewallError>> for OverlayError {
+    fn from(e: Failed<cnm_core::cnm_firewall::FirewallError>) -> Self {
+        Self::Firewall(Box::new(e))
     }
 }
 

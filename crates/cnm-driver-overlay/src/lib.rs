@@ -42,6 +42,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use cnm_core::cnm_firewall::{ElementChange, Fragment, FragmentSpec};
 use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
     Facts, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
@@ -91,6 +92,9 @@ pub struct PeerFact {
 pub struct OverlayDriver {
     ctx: DriverContext,
     networks: Mutex<HashMap<String, Arc<Network>>>,
+    /// The driver's part of the host's firewall: it holds no sets, only the claims of the
+    /// overlay bridges (see [`OverlayDriver::claim_bridge`]).
+    fragment: std::sync::OnceLock<Fragment>,
 }
 
 #[derive(Debug)]
@@ -177,11 +181,45 @@ impl OverlayDriver {
         Self {
             ctx,
             networks: Mutex::new(HashMap::new()),
+            fragment: std::sync::OnceLock::new(),
         }
     }
 
     fn facts(&self) -> Result<Facts, OverlayError> {
         Ok(self.ctx.facts()?)
+    }
+
+    /// Claims (`true`) or releases an overlay bridge as an interface cnm forwards for. Frames
+    /// bridged through it meet the host's forward hook when br_netfilter is active (Docker
+    /// loads it; `bridge-nf-call-iptables=1` in every namespace then), and a host whose
+    /// forwarding cnm turned on drops forwarded traffic of interfaces nobody claimed: without
+    /// the claim, the overlay would carry nothing there.
+    async fn claim_bridge(&self, bridge: &IfName, claim: bool) -> Result<(), OverlayError> {
+        let fragment = match self.fragment.get() {
+            Some(f) => f,
+            None => {
+                let f = self
+                    .ctx
+                    .firewall()
+                    .fragment(FragmentSpec::new(DRIVER_NAME))
+                    .map_err(|e| {
+                        OverlayError::failed("declare the firewall fragment of", DRIVER_NAME, e)
+                    })?;
+                self.fragment.get_or_init(|| f)
+            }
+        };
+        let (op, change) = if claim {
+            ("claim bridge", ElementChange::new().claim_interface(bridge))
+        } else {
+            (
+                "release bridge",
+                ElementChange::new().release_interface(bridge),
+            )
+        };
+        fragment
+            .apply(&change)
+            .await
+            .map_err(|e| OverlayError::failed(op, bridge.as_str(), e))
     }
 
     fn vtep(&self) -> Result<IpAddr, OverlayError> {
@@ -410,6 +448,7 @@ impl OverlayDriver {
             host.set_up(bridge_index)
                 .await
                 .map_err(|e| OverlayError::failed("bring up bridge", bridge.as_str(), e))?;
+            self.claim_bridge(&bridge, true).await?;
             Ok((bridge_index, vxlan_index))
         }
         .await;
@@ -461,6 +500,9 @@ impl OverlayDriver {
                     cleanup.push(c);
                 }
             }
+            if let Err(c) = self.claim_bridge(&net.bridge, false).await {
+                cleanup.push(c);
+            }
             return Err(cnm_core::undo::Cleanup::with_cleanup(e, cleanup));
         }
         Ok(())
@@ -492,11 +534,20 @@ impl OverlayDriver {
         let host = &self.ctx.host_netlink;
         let vx = delete_link_named(host, net.vxlan.as_str()).await;
         let br = delete_link_named(host, net.bridge.as_str()).await;
-        match (vx, br) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-            (Err(e), Err(c)) => Err(cnm_core::undo::Cleanup::with_cleanup(e, vec![c])),
+        let claim = self.claim_bridge(&net.bridge, false).await;
+        let mut errors: Vec<OverlayError> = [vx, br, claim]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if errors.is_empty() {
+            return Ok(());
         }
+        let first = errors.remove(0);
+        Err(if errors.is_empty() {
+            first
+        } else {
+            cnm_core::undo::Cleanup::with_cleanup(first, errors)
+        })
     }
 
     fn fact_of(&self, ep: &Endpoint, mac: MacAddress) -> Result<PeerFact, OverlayError> {
@@ -600,6 +651,24 @@ impl OverlayDriver {
         endpoints: &[RestoredEndpoint],
     ) -> Result<(), OverlayError> {
         let net = self.build_network(spec, true).await?;
+        let result = self.adopt_endpoints(spec, endpoints, net.clone()).await;
+        if let Err(e) = result {
+            // The links stay for the next try; the claim goes, so that try can claim again.
+            return Err(match self.claim_bridge(&net.bridge, false).await {
+                Ok(()) => e,
+                Err(c) => cnm_core::undo::Cleanup::with_cleanup(e, vec![c]),
+            });
+        }
+        Ok(())
+    }
+
+    /// The rest of a restore: the endpoints of `net` taken back, then the network taken on.
+    async fn adopt_endpoints(
+        &self,
+        spec: &NetworkSpec,
+        endpoints: &[RestoredEndpoint],
+        net: Arc<Network>,
+    ) -> Result<(), OverlayError> {
         let host = &self.ctx.host_netlink;
         let links = host
             .links()

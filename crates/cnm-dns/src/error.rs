@@ -59,6 +59,17 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
+    /// systemd-resolved (or the bus) refused a registration call ([`crate::resolved`]).
+    #[error("systemd-resolved refused {method} on link {link}: {source}")]
+    Resolved {
+        /// The `org.freedesktop.resolve1.Manager` method.
+        method: &'static str,
+        /// The interface index.
+        link: u32,
+        /// The D-Bus error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl DnsError {
@@ -75,6 +86,7 @@ impl DnsError {
                 ErrorKind::Unavailable
             }
             Self::Io { source, .. } => ErrorKind::from_io(source),
+            Self::Resolved { .. } => ErrorKind::Unavailable,
         }
     }
 

@@ -19,7 +19,8 @@
 //!   where 127.0.0.0/8 is local on `lo`, so no NAT rule is needed;
 //! - persist anything: the controller is the source of truth and replays its records after a
 //!   restart (`upsert_network`, `attach_sandbox`, `add_endpoint` for what it adopted);
-//! - write files (cnm-sandbox's `ResolvConf::write` does) or register with systemd-resolved.
+//! - write files (cnm-sandbox's `ResolvConf::write` does), or register with systemd-resolved
+//!   on its own: [`resolved::register`] does it when asked (cnmd asks, for its host listener).
 //!
 //! # How the controller drives it
 //!
@@ -138,6 +139,7 @@ mod forward;
 mod name;
 mod records;
 mod resolvconf;
+pub mod resolved;
 mod resolver;
 mod server;
 mod wire;

@@ -88,6 +88,12 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "bind9-dnsutils",
         provides: "dig",
     },
+    // The systemd-resolved registration tests run a private bus (own config and socket in a
+    // temporary directory) with a fake org.freedesktop.resolve1 written in Rust (zbus).
+    SystemPackage {
+        deb: "dbus-daemon",
+        provides: "dbus-daemon",
+    },
     // Building: the etcd client's build script compiles etcd's .proto files with protoc, which
     // needs protobuf's well-known types (google/protobuf/*.proto) from libprotobuf-dev.
     SystemPackage {

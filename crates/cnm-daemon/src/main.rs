@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use cnm::cnm_dns::resolved::ResolvedBus;
 use cnm_daemon::plugin::DockerPluginConfig;
 use cnm_daemon::{Config, HostDns, StoreKind};
 use cnm_driver_remote::RemoteConfig;
@@ -90,6 +91,16 @@ struct Args {
     /// warning if not); an address given here must be bound or cnmd does not start.
     #[arg(long, value_name = "ADDR|off")]
     host_dns: Option<String>,
+    /// Register the host resolver with systemd-resolved over D-Bus (the link's DNS server and
+    /// `~cnm` routing domain, reverted at exit): `system` (the system bus, honouring
+    /// $DBUS_SYSTEM_BUS_ADDRESS), a D-Bus address (`unix:path=…`), or `off`. Where no bus or
+    /// no resolved answers, a note is logged with how to do it by hand.
+    #[arg(long, value_name = "system|ADDRESS|off", default_value = "system")]
+    resolved_bus: String,
+    /// The link (in the host namespace) the registration goes on; resolved uses it while it has
+    /// carrier. Default: the default bridge.
+    #[arg(long, value_name = "IFNAME", default_value = cnm_daemon::DEFAULT_BRIDGE_IF)]
+    resolved_link: String,
 }
 
 /// Docker's plugin directories: sockets in the first, spec files in the others (each is
@@ -166,6 +177,20 @@ async fn main() -> anyhow::Result<()> {
         None => HostDns::Try(cnm_daemon::DEFAULT_HOST_DNS),
         Some("off" | "none" | "false") => HostDns::Off,
         Some(v) => HostDns::Require(parse_host_dns(v)?),
+    };
+    args.resolved_link
+        .parse::<cnm::cnm_types::IfName>()
+        .map_err(|e| anyhow::anyhow!("invalid --resolved-link {:?}: {e}", args.resolved_link))?;
+    config.resolved = match args.resolved_bus.as_str() {
+        "off" | "none" | "false" => None,
+        "system" => Some(cnm_daemon::Resolved {
+            bus: ResolvedBus::System,
+            link: args.resolved_link,
+        }),
+        addr => Some(cnm_daemon::Resolved {
+            bus: ResolvedBus::Address(addr.to_owned()),
+            link: args.resolved_link,
+        }),
     };
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;

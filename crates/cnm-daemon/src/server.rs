@@ -147,6 +147,39 @@ pub struct Config {
     /// The resolver on the host answering `name.network[.cnm]` (cnmd's `--host-dns`; see
     /// [`HostDns`]). Default here (for embedding and tests): off.
     pub host_dns: HostDns,
+    /// Register the host resolver with systemd-resolved for the `cnm` domain (cnmd's
+    /// `--resolved-bus`, `--resolved-link`; see [`Resolved`]). None (the default here, for
+    /// embedding and tests): not asked. Only used when the host resolver runs.
+    pub resolved: Option<Resolved>,
+}
+
+/// Where and on which link cnmd registers its host resolver with systemd-resolved
+/// (`org.freedesktop.resolve1` on D-Bus): the listener's address as the link's DNS server,
+/// `~cnm` as its routing-only domain, no default route; reverted when cnmd stops.
+///
+/// The link is cnm's default bridge ([`DEFAULT_BRIDGE_IF`]) by default: resolved refuses
+/// loopback, the link must be cnm's own (resolved's settings live as long as the link, and a
+/// host interface's belong to its network manager), and the default bridge is the one link
+/// cnmd always has. resolved uses a link's servers only while it has carrier, i.e. while at
+/// least one container is on that bridge; `--resolved-link` names another (an always-up dummy
+/// of the administrator's), or a resolved.conf drop-in (`DNS=` + `Domains=~cnm`) covers every
+/// case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The bus resolved is on.
+    pub bus: cnm::cnm_dns::resolved::ResolvedBus,
+    /// The interface (in the host namespace) the settings go on.
+    pub link: String,
+}
+
+impl Default for Resolved {
+    /// The system bus, the default bridge.
+    fn default() -> Self {
+        Self {
+            bus: cnm::cnm_dns::resolved::ResolvedBus::System,
+            link: DEFAULT_BRIDGE_IF.to_owned(),
+        }
+    }
 }
 
 /// cnmd's default host resolver address: loopback (never reachable from another machine, nor
@@ -194,6 +227,7 @@ impl Default for Config {
             advertise_addr: None,
             cluster_lease_ttl: cnm::spi::DEFAULT_LEASE_TTL,
             host_dns: HostDns::Off,
+            resolved: None,
         }
     }
 }
@@ -831,6 +865,7 @@ pub struct Daemon {
     socket: PathBuf,
     metrics_addr: Option<SocketAddr>,
     host_dns: Option<SocketAddr>,
+    resolved: Option<cnm::cnm_dns::resolved::Registration>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
 }
@@ -927,6 +962,10 @@ impl Daemon {
         }
         ensure_predefined(&ctl).await?;
         let host_dns = start_host_dns(&ctl, config.host_dns).await?;
+        let resolved = match host_dns {
+            Some(bound) => register_with_resolved(&ctl, config.resolved.as_ref(), bound).await,
+            None => None,
+        };
 
         // Only the lock holder may touch the socket: a second cnmd must not unlink a live one.
         if let Some(dir) = config.socket.parent() {
@@ -1101,6 +1140,7 @@ impl Daemon {
             socket,
             metrics_addr,
             host_dns,
+            resolved,
             shutdown: tx,
             task,
         })
@@ -1130,6 +1170,16 @@ impl Daemon {
     /// and releases the state-dir lock. Networks and sandboxes stay as they are.
     pub async fn stop(self) -> Result<(), DaemonError> {
         tracing::info!("cnmd shutting down");
+        // resolved stops sending the cnm domain to a listener that goes away with the process.
+        if let Some(reg) = self.resolved {
+            let link = reg.ifindex();
+            match reg.revert().await {
+                Ok(()) => tracing::info!(link, "systemd-resolved registration reverted"),
+                Err(e) => {
+                    tracing::warn!(link, error = %e, "failed to revert the systemd-resolved registration")
+                }
+            }
+        }
         self.shutdown.send_replace(true);
         match self.task.await {
             Ok(r) => r,
@@ -1169,7 +1219,6 @@ async fn start_host_dns(
     match bound {
         Ok(bound) => {
             tracing::info!(addr = %bound, "host DNS listener answering name.network and name.network.cnm");
-            tracing::info!("{}", host_resolver_hint(bound));
             Ok(Some(bound))
         }
         Err(reason) if required => Err(DaemonError::Config {
@@ -1183,33 +1232,114 @@ async fn start_host_dns(
     }
 }
 
-/// How to point this host's resolver at the host DNS listener, by the resolver the host runs.
-/// cnm does not (yet) register itself with systemd-resolved over D-Bus: `SetLinkDNS` and
-/// `SetLinkDomains` need a non-loopback link of cnm's own that stays up (resolved ignores `lo`),
-/// and resolved before v252.3 sent a per-link loopback server's queries out of that link
-/// (systemd#25397, #23010). A resolved.conf drop-in with global `DNS=` and `Domains=~cnm` works
-/// on every version; editing /etc is left to the administrator.
-fn host_resolver_hint(bound: SocketAddr) -> String {
-    let resolved = std::path::Path::new("/run/systemd/resolve/io.systemd.Resolve").exists();
-    let stub = std::fs::read_to_string("/etc/resolv.conf")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().eq(["nameserver", "127.0.0.53"]))
-        })
-        .unwrap_or(false);
-    let server = if bound.port() == 53 {
-        bound.ip().to_string()
-    } else {
-        bound.to_string()
+/// Registers the host resolver at `bound` with systemd-resolved as `want` says. Never fails
+/// the daemon: no bus, no resolved, no such link or a refusal is a log line with the hint for
+/// doing it by hand.
+async fn register_with_resolved(
+    ctl: &Controller,
+    want: Option<&Resolved>,
+    bound: SocketAddr,
+) -> Option<cnm::cnm_dns::resolved::Registration> {
+    use cnm::cnm_dns::resolved::{Registered, ResolvedLink, register};
+    let Some(want) = want else {
+        tracing::info!("{}", host_resolver_hint(bound, None));
+        return None;
     };
-    if resolved || stub {
+    // The system bus's resolved lives in the machine's network namespace: registering a link
+    // index of another namespace (a cnmd run in a throwaway namespace, as tests do) would name
+    // an unrelated host interface. An explicit bus address is the caller's word for it.
+    if want.bus == cnm::cnm_dns::resolved::ResolvedBus::System {
+        let machine = cnm::cnm_sandbox::NetNs::open("/proc/1/ns/net").map(|ns| ns.id());
+        if machine.ok() != Some(ctl.host_netns().id()) {
+            tracing::info!(
+                "not registered with systemd-resolved: cnmd's host namespace is not the machine's (pid 1's)"
+            );
+            tracing::info!("{}", host_resolver_hint(bound, None));
+            return None;
+        }
+    }
+    let link = async {
+        cnm::cnm_sandbox::Netlink::connect(ctl.host_netns())
+            .await?
+            .link(&want.link)
+            .await
+    };
+    let ifindex = match link.await {
+        Ok(Some(l)) => l.index,
+        Ok(None) => {
+            tracing::warn!(link = %want.link, "no such link to register the host resolver with systemd-resolved on");
+            tracing::info!("{}", host_resolver_hint(bound, None));
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(link = %want.link, error = %e, "cannot look up the link for systemd-resolved");
+            tracing::info!("{}", host_resolver_hint(bound, None));
+            return None;
+        }
+    };
+    let spec = ResolvedLink {
+        ifindex,
+        server: bound,
+        domain: cnm::cnm_dns::DEFAULT_DOMAIN.to_owned(),
+    };
+    match register(&want.bus, &spec).await {
+        Ok(Registered::Done(reg)) => {
+            tracing::info!(
+                link = %want.link,
+                ifindex,
+                server = %bound,
+                domain = %format_args!("~{}", spec.domain),
+                "registered with systemd-resolved: the host resolves NAME.NETWORK.cnm (reverted when cnmd stops)"
+            );
+            Some(reg)
+        }
+        Ok(Registered::Unavailable(why)) => {
+            tracing::info!(%why, "not registered with systemd-resolved");
+            tracing::info!("{}", host_resolver_hint(bound, Some(&why)));
+            None
+        }
+        Err(e) => {
+            tracing::warn!(link = %want.link, error = %e, "systemd-resolved refused the host resolver");
+            tracing::info!("{}", host_resolver_hint(bound, None));
+            None
+        }
+    }
+}
+
+/// How to point this host's resolver at the host DNS listener by hand, when cnmd did not
+/// register it with systemd-resolved (`why` is set when resolved was not found on the bus).
+/// A resolved.conf drop-in with global `DNS=` and `Domains=~cnm` works on every version and
+/// needs no link with carrier; resolved before v252.3 sent a per-link loopback server's
+/// queries out of that link (systemd#25397, #23010).
+fn host_resolver_hint(bound: SocketAddr, why: Option<&str>) -> String {
+    let resolved = why.is_none()
+        && (std::path::Path::new("/run/systemd/resolve/io.systemd.Resolve").exists()
+            || std::fs::read_to_string("/etc/resolv.conf")
+                .map(|s| {
+                    s.lines()
+                        .any(|l| l.split_whitespace().eq(["nameserver", "127.0.0.53"]))
+                })
+                .unwrap_or(false));
+    let (server, dnsmasq, unbound) = if bound.port() == 53 {
+        let ip = bound.ip().to_string();
+        (ip.clone(), ip.clone(), ip)
+    } else {
+        let (ip, port) = (bound.ip(), bound.port());
+        (
+            bound.to_string(),
+            format!("{ip}#{port}"),
+            format!("{ip}@{port}"),
+        )
+    };
+    if resolved {
         format!(
-            "systemd-resolved runs: to resolve containers from the host, add /etc/systemd/resolved.conf.d/cnm.conf with \"[Resolve]\\nDNS={server}\\nDomains=~cnm\" and reload it (systemctl reload systemd-resolved); then `getent hosts NAME.NETWORK.cnm`"
+            "systemd-resolved runs: to resolve containers from the host, add /etc/systemd/resolved.conf.d/cnm.conf with \"[Resolve]\\nDNS={server}\\nDomains=~cnm\" and reload it (systemctl reload systemd-resolved), or per link: resolvectl dns LINK {server}; resolvectl domain LINK '~cnm'; then `getent hosts NAME.NETWORK.cnm`"
         )
     } else {
         format!(
-            "no systemd-resolved: to resolve containers from the host, route the cnm domain to {server} (dnsmasq: server=/cnm/{server}; unbound: a stub-zone \"cnm\" with stub-addr {server}), or ask it directly (dig @{} NAME.NETWORK)",
-            bound.ip()
+            "to resolve containers from the host, route the cnm domain to {server}: dnsmasq: server=/cnm/{dnsmasq}; unbound: a stub-zone \"cnm\" with stub-addr {unbound}; or ask it directly (dig @{} -p {} NAME.NETWORK)",
+            bound.ip(),
+            bound.port()
         )
     }
 }

@@ -5,7 +5,7 @@
 //! cargo bench -p cnm-dns --bench local_names                     # built-in load generator
 //! cargo bench -p cnm-dns --bench local_names -- --dnsperf         # dnsperf too, if installed
 //! cargo bench -p cnm-dns --bench local_names -- --names 1000 --seconds 5 --clients 2 --attach 200
-//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3
+//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3 --rate 20000
 //! cargo xtask bench dns                                           # the last one, in a private mount namespace
 //! ```
 //!
@@ -45,6 +45,9 @@ struct Opts {
     dnsperf: bool,
     aardvark: Option<std::path::PathBuf>,
     rounds: usize,
+    /// dnsperf also at this fixed rate (`-Q`), below saturation: the latency a client sees
+    /// when the server keeps up, which is how a latency target is stated.
+    rate: Option<u64>,
 }
 
 /// Closed-loop figures.
@@ -268,13 +271,14 @@ async fn attach_cost(host: &TestHost, resolver: &Resolver, n: usize) -> Result<A
     })
 }
 
-/// dnsperf against `t` (4 clients, 64 queries in flight, every local name), verbose so that
-/// each answered query's latency is known.
+/// dnsperf against `t` (4 clients, 64 queries in flight, every local name; at most `rate`
+/// queries a second if given), verbose so that each answered query's latency is known.
 async fn dnsperf(
     t: &Target,
     names: usize,
     seconds: u64,
     dir: &std::path::Path,
+    rate: Option<u64>,
 ) -> Result<DnsperfReport> {
     let file = dir.join("dnsperf-queries");
     let text: String = (0..names).map(|i| format!("c{i} A\n")).collect();
@@ -298,6 +302,10 @@ async fn dnsperf(
     ]
     .map(str::to_owned)
     .to_vec();
+    let mut args = args;
+    if let Some(q) = rate {
+        args.extend(["-Q".to_owned(), q.to_string()]);
+    }
     // Its output (a line per query) goes to a file, not a pipe: a pipe would have this
     // process read some 100,000 lines a second while it is also the resolver being measured.
     let report = dir.join("dnsperf-output");
@@ -468,6 +476,7 @@ fn parse_opts() -> Result<Opts> {
         dnsperf: false,
         aardvark: None,
         rounds: 1,
+        rate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -484,6 +493,7 @@ fn parse_opts() -> Result<Opts> {
             "--attach" => o.attach = num("--attach")? as usize,
             "--rounds" => o.rounds = (num("--rounds")? as usize).max(1),
             "--dnsperf" => o.dnsperf = true,
+            "--rate" => o.rate = Some(num("--rate")?),
             "--aardvark" => {
                 o.aardvark = Some(args.next().context("--aardvark needs a path")?.into());
             }
@@ -502,10 +512,14 @@ fn show(who: &str, what: &str, r: &QueryReport) {
     );
 }
 
-fn show_dnsperf(who: &str, r: &DnsperfReport) {
+fn show_dnsperf(who: &str, rate: Option<u64>, r: &DnsperfReport) {
+    let how = match rate {
+        Some(q) => format!("dnsperf -c 4 -q 64 -Q {q}"),
+        None => "dnsperf -c 4 -q 64".to_owned(),
+    };
     println!(
-        "{who:<12} {:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server CPU {:.2} µs/query",
-        "dnsperf -c 4 -q 64", r.lost, r.qps, r.p50_us, r.p99_us, r.server_cpu_us
+        "{who:<12} {how:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server CPU {:.2} µs/query",
+        r.lost, r.qps, r.p50_us, r.p99_us, r.server_cpu_us
     );
 }
 
@@ -539,6 +553,7 @@ async fn main() -> Result<()> {
     let mut closed_ratios = Vec::new();
     let mut perf_ratios = Vec::new();
     let mut cpu_ratios = Vec::new();
+    let (mut full_p99, mut fixed_p99) = (Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         let c = closed_loop(&cnm, o.names, o.seconds, o.clients, local_name).await?;
         show("cnm", "closed loop", &c);
@@ -548,13 +563,23 @@ async fn main() -> Result<()> {
             closed_ratios.push(c.qps / d.qps);
         }
         if o.dnsperf {
-            let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir()).await?;
-            show_dnsperf("cnm", &c);
+            let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), None).await?;
+            show_dnsperf("cnm", None, &c);
+            full_p99.push(c.p99_us);
             if let Some(a) = &aardvark {
-                let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir()).await?;
-                show_dnsperf("aardvark-dns", &d);
+                let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), None).await?;
+                show_dnsperf("aardvark-dns", None, &d);
                 perf_ratios.push(c.qps / d.qps);
                 cpu_ratios.push(d.server_cpu_us / c.server_cpu_us);
+            }
+            if let Some(q) = o.rate {
+                let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), Some(q)).await?;
+                show_dnsperf("cnm", Some(q), &c);
+                fixed_p99.push(c.p99_us);
+                if let Some(a) = &aardvark {
+                    let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), Some(q)).await?;
+                    show_dnsperf("aardvark-dns", Some(q), &d);
+                }
             }
         }
     }
@@ -569,6 +594,21 @@ async fn main() -> Result<()> {
             median(closed_ratios),
             median(perf_ratios),
             median(cpu_ratios)
+        );
+    }
+    if o.dnsperf {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 50.0)
+        };
+        let fixed = match o.rate {
+            Some(q) => format!(", {:.0} µs at {q} q/s", median(fixed_p99)),
+            None => String::new(),
+        };
+        println!(
+            "cnm p99 for local names under dnsperf, median of {} round(s): {:.0} µs at full load{fixed} (goal < 1000 µs)",
+            o.rounds,
+            median(full_p99),
         );
     }
     // Forwarded: the same upstream asked through cnm's resolver and directly.

@@ -36,6 +36,17 @@ pub enum DnsError {
     /// A socket operation failed.
     #[error(transparent)]
     Io(#[from] Failed<std::io::Error>),
+    /// systemd-resolved (or the bus) refused a registration call ([`crate::resolved`]).
+    #[error("systemd-resolved refused {method} on link {link}: {source}")]
+    Resolved {
+        /// The `org.freedesktop.resolve1.Manager` method.
+        method: &'static str,
+        /// The interface index.
+        link: u32,
+        /// The D-Bus error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl DnsError {
@@ -52,6 +63,7 @@ impl DnsError {
                 ErrorKind::Unavailable
             }
             Self::Io(e) => ErrorKind::from_io(&e.source),
+            Self::Resolved { .. } => ErrorKind::Unavailable,
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   where 127.0.0.0/8 is local on `lo`, so no NAT rule is needed;
 //! - persist anything: the controller is the source of truth and replays its records after a
 //!   restart (`upsert_network`, `attach_sandbox`, `add_endpoint` for what it adopted);
-//! - write files (cnm-sandbox's `ResolvConf::write` does) or register with systemd-resolved.
+//! - write files (cnm-sandbox's `ResolvConf::write` does), or register with systemd-resolved
+//!   on its own: [`resolved::register`] does it when asked (cnmd asks, for its host listener).
 //!
 //! # How the controller drives it
 //!
@@ -90,11 +91,12 @@
 //!
 //! # The host resolver
 //!
-//! `listen_on_host("127.0.0.153:53")` answers `web.front` and `web.front.cnm`. Point the host's
-//! resolver at it for the cnm domain:
+//! `listen_on_host("127.0.0.153:53")` answers `web.front` and `web.front.cnm`. Where
+//! systemd-resolved runs, [`resolved::register`] gives it the listener for `~cnm` on a link over
+//! D-Bus (cnmd does, on its default bridge; reverted at stop). By hand, or with another resolver:
 //!
 //! ```text
-//! # systemd-resolved (per link; a dummy or the cnm bridge will do):
+//! # systemd-resolved (per link, not lo; or a resolved.conf drop-in with DNS= and Domains=~cnm):
 //! resolvectl dns cnm0 127.0.0.153 && resolvectl domain cnm0 '~cnm'
 //! # dnsmasq:
 //! server=/cnm/127.0.0.153
@@ -138,6 +140,7 @@ mod forward;
 mod name;
 mod records;
 mod resolvconf;
+pub mod resolved;
 mod resolver;
 mod server;
 mod wire;
@@ -146,4 +149,6 @@ mod workers;
 pub use error::DnsError;
 pub use records::{EndpointDns, NetworkDns, SandboxDns};
 pub use resolvconf::{DnsOverrides, SANDBOX_RESOLVER, SandboxResolvConf, sandbox_resolv_conf};
-pub use resolver::{DEFAULT_FALLBACK_SERVERS, Limits, Resolver, ResolverConfig, ResolverStats};
+pub use resolver::{
+    DEFAULT_DOMAIN, DEFAULT_FALLBACK_SERVERS, Limits, Resolver, ResolverConfig, ResolverStats,
+};

@@ -19,6 +19,9 @@ use crate::resolvconf::{HostResolvConf, SANDBOX_RESOLVER};
 use crate::server::{self, Kind, ListenCtx, Listener, is_sandbox_resolver};
 use crate::workers::{Workers, default_threads};
 
+/// The domain the host listener also answers under by default (`name.network.cnm`).
+pub const DEFAULT_DOMAIN: &str = "cnm";
+
 /// Docker's fallback upstreams when the host lists none.
 pub const DEFAULT_FALLBACK_SERVERS: [SocketAddr; 2] = [
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), 53),
@@ -124,7 +127,7 @@ impl ResolverConfig {
         Self {
             host_netns,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            domain: Some("cnm".to_owned()),
+            domain: Some(DEFAULT_DOMAIN.to_owned()),
             ttl: 0,
             fallback_servers: DEFAULT_FALLBACK_SERVERS.to_vec(),
             limits: Limits::default(),

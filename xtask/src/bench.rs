@@ -15,7 +15,11 @@ use crate::run;
 
 /// Debian packages of the peers and of the tools the benchmark drives.
 pub const PEER_PACKAGES: &[&str] = &[
+    // Docker is measured on a dockerd of the bench's own (throwaway namespaces, its own data
+    // root and socket), never on a dockerd of the machine's; its containers run an image made
+    // from busybox-static's one binary.
     "docker.io",
+    "busybox-static",
     "netavark",
     "containernetworking-plugins",
     "iperf3",
@@ -308,7 +312,11 @@ fn install_peers(cargo: &str, peers_dir: &Path) -> Result<()> {
     packages::apt_get(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(PEER_PACKAGES);
-    packages::apt_get(&install)?;
+    {
+        // docker.io's maintainer scripts would start a dockerd in the machine's own namespace.
+        let _no_services = packages::NoServiceStarts::install()?;
+        packages::apt_get(&install)?;
+    }
 
     let root = peers_dir.join(format!("netavark-{NETAVARK_VERSION}"));
     if root.join("bin").join("netavark").is_file() {

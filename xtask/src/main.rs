@@ -45,7 +45,9 @@ commands:
   bench [--quick] [--install-peers] [-n N] [--contenders A,B] [--store durable|memory]
         [--compare OLD.json] [--readme] [--no-run] [SCENARIO]...
         build cnm-bench in release mode and run it: cnm against the peers (netavark, CNI,
-        ip, docker) as medians, p95s and ratios; writes target/bench/latest.json;
+        ip, docker on a private dockerd) as medians, p95s and ratios; writes
+        target/bench/latest.json; scenarios `docker-*` (group `docker`): connect, network
+        create/rm and run -p against dockerd and cnmd through the same docker CLI;
         --compare: each figure against OLD.json, FLAG (and failure) when >20% slower;
         --readme: rewrite README.md's bench table from latest.json; --no-run: only those two;
         scenario `dns`: the embedded DNS against aardvark-dns with dnsperf

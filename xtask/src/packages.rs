@@ -204,14 +204,14 @@ pub fn ensure_installed() -> Result<()> {
 
 /// Debian's `policy-rc.d` hook answering 101 ("action forbidden") to every service start while
 /// it exists; removed again on drop unless someone else had put one there.
-struct NoServiceStarts {
+pub(crate) struct NoServiceStarts {
     created: bool,
 }
 
 impl NoServiceStarts {
     const PATH: &'static str = "/usr/sbin/policy-rc.d";
 
-    fn install() -> Result<Self> {
+    pub(crate) fn install() -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         if Path::new(Self::PATH).exists() {
             return Ok(Self { created: false });

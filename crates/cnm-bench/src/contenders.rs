@@ -20,7 +20,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde_json::Value;
 
 use crate::fixture;
-use crate::peers::{self, BridgeNet, Cmd, Peers, PortSpec};
+use crate::peers::{self, BridgeNet, Cmd, DockerPeer, Peers, PortSpec};
 
 /// The network every contender attaches to (each in its own host namespace).
 pub fn bench_net() -> BridgeNet {
@@ -87,7 +87,8 @@ pub enum Kind {
     Netavark,
     /// The CNI reference plugins: bridge + host-local + portmap.
     Cni,
-    /// `docker network connect/disconnect`.
+    /// `docker network connect/disconnect` of a running container (already on the default
+    /// bridge) to a user-defined network, on the bench's own dockerd.
     Docker,
 }
 
@@ -240,6 +241,7 @@ struct CniImp {
 }
 
 struct DockerImp {
+    peer: DockerPeer,
     network: String,
     container: String,
 }
@@ -333,7 +335,7 @@ impl Contender {
                     live: Mutex::new(HashMap::new()),
                 })
             }
-            Kind::Docker => Imp::Docker(docker_setup().await?),
+            Kind::Docker => Imp::Docker(docker_setup(peers, &host).await?),
         };
         let c = Contender { kind, host, imp };
         // netavark deletes the bridge with its last container: a keeper container holds it, so
@@ -492,7 +494,8 @@ impl Contender {
                 lock(&c.live).insert(i, (result, ports.to_vec()));
             }
             Imp::Docker(d) => {
-                Cmd::new("docker", &["network", "connect", &d.network, &d.container])
+                d.peer
+                    .cmd(&["network", "connect", &d.network, &d.container])
                     .run_in(self.host.netns())
                     .await?;
             }
@@ -557,12 +560,10 @@ impl Contender {
                 NetNs::delete(&path).await?;
             }
             Imp::Docker(d) => {
-                Cmd::new(
-                    "docker",
-                    &["network", "disconnect", &d.network, &d.container],
-                )
-                .run_in(self.host.netns())
-                .await?;
+                d.peer
+                    .cmd(&["network", "disconnect", &d.network, &d.container])
+                    .run_in(self.host.netns())
+                    .await?;
             }
         }
         Ok(())
@@ -575,7 +576,8 @@ impl Contender {
             self.detach(KEEPER, &[]).await?;
         }
         if let Imp::Docker(d) = &self.imp {
-            Cmd::new("docker", &["network", "rm", &d.network])
+            d.peer
+                .cmd(&["network", "rm", &d.network])
                 .run_in(self.host.netns())
                 .await?;
         }
@@ -593,6 +595,19 @@ impl Contender {
     /// The contender's throwaway host.
     pub fn host(&self) -> &TestHost {
         &self.host
+    }
+
+    /// The throwaway host namespace the contender runs its commands in.
+    pub fn netns(&self) -> &NetNs {
+        self.host.netns()
+    }
+
+    /// `unix://SOCKET` of `cnmd`, for the CLI contender (the docker CLI speaks to it too).
+    pub fn cnmd_host(&self) -> Option<&str> {
+        match &self.imp {
+            Imp::Cli(c) => Some(&c.host_arg),
+            _ => None,
+        }
     }
 
     /// The process id of `cnmd`, for the CLI contender.
@@ -863,32 +878,26 @@ impl FloorImp {
     }
 }
 
-/// The Docker contender needs a reachable dockerd and a running container to connect.
-async fn docker_setup() -> Result<DockerImp, Unavailable> {
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
-        .unwrap_or_else(|| "/var/run/docker.sock".into());
-    if std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        return Err(Unavailable::Status("not reachable".into()));
-    }
-    let me = NetNs::current().context("current netns")?;
-    let ps = Cmd::new("docker", &["ps", "-q"])
-        .run_in(&me)
-        .await
-        .map_err(|e| Unavailable::Status(format!("not available: docker ps failed: {e:#}")))?;
-    let Some(container) = String::from_utf8_lossy(&ps.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_owned)
-    else {
-        return Err(Unavailable::Status(
-            "not available: dockerd has no running container to connect".into(),
-        ));
-    };
-    let network = format!("cnm-bench-{}", std::process::id());
-    Cmd::new("docker", &["network", "create", &network])
-        .run_in(&me)
-        .await?;
-    Ok(DockerImp { network, container })
+/// The Docker contender: a network `benchnet-N` on the bench's own dockerd, which its keeper
+/// container (already on the default bridge) is connected to and disconnected from.
+async fn docker_setup(peers: &Peers, host: &TestHost) -> Result<DockerImp, Unavailable> {
+    let peer = peers.docker.clone().map_err(Unavailable::Status)?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let net = bench_net();
+    let network = format!("{}-{n}", net.name);
+    peer.cmd(&[
+        "network",
+        "create",
+        "--subnet",
+        &net.subnet.to_string(),
+        &network,
+    ])
+    .run_in(host.netns())
+    .await?;
+    Ok(DockerImp {
+        container: peer.keeper.clone(),
+        peer,
+        network,
+    })
 }

@@ -28,6 +28,7 @@ mod children;
 mod compare;
 mod contenders;
 mod datapath;
+mod docker;
 mod env;
 mod fixture;
 mod peers;
@@ -64,7 +65,10 @@ usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [-
 scenarios (default: all): attach detach ports100-setup ports100-teardown ports1000range-setup
   ports1000range-teardown scale-attach-{1,100,500,1000} scale-network-{1,200} parallel32
   ipam-v4-16 ipam-v6-64 ipam-memory-1m-v6 datapath-bridge datapath-published restart memory
-  (also the groups: ports scale ipam datapath)
+  docker-connect docker-disconnect docker-network-create docker-network-rm docker-run-p docker-rm
+  (also the groups: ports scale ipam datapath docker)
+Docker is measured on a dockerd of the bench's own (Debian's docker.io, in throwaway
+namespaces), started when a scenario needs it and stopped at the end.
 ";
 
 /// The command line, parsed.
@@ -162,6 +166,7 @@ fn expand(name: &str) -> Result<Vec<String>> {
             .copied()
             .filter(|s| s.starts_with("datapath"))
             .collect(),
+        "docker" => docker::SCENARIOS.to_vec(),
         one if SCENARIOS.contains(&one) => vec![one],
         other => bail!("unknown scenario {other}\n{USAGE}"),
     };
@@ -343,6 +348,23 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
     if let Some(n) = args.churn {
         scenarios.push(format!("churn{n}"));
     }
+    // The bench's own dockerd, when Docker is measured (its absence is a status, not an error).
+    let dockerd = if bench.opts.wants("docker") && docker::wanted(&scenarios) {
+        eprintln!("cnm-bench: starting a private dockerd …");
+        match docker::DockerEnv::start() {
+            Ok(env) => {
+                bench.peers.docker = Ok(env.peer.clone());
+                Some(env)
+            }
+            Err(why) => {
+                eprintln!("cnm-bench: docker {why}");
+                bench.peers.docker = Err(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
     rt.block_on(async {
         run_scenarios(&mut bench, &scenarios).await;
         if let Some(n) = args.scale {
@@ -362,6 +384,12 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
             .scenarios
             .retain(|name, _| scenarios.contains(name));
     });
+    if let Some(env) = dockerd {
+        eprintln!("cnm-bench: stopping the private dockerd …");
+        if let Err(e) = env.stop() {
+            eprintln!("cnm-bench: warning: {e:#}");
+        }
+    }
     let date = report::rfc3339_now();
     let doc = bench.report.to_json(env::machine(), &date, &command);
     println!("\n{}", bench.report.table());
@@ -410,6 +438,10 @@ async fn run_scenarios(bench: &mut Bench, scenarios: &[String]) {
     if wants("datapath") {
         phase("data path");
         datapath(bench, scenarios).await;
+    }
+    if wants("docker-") {
+        phase("docker (against the bench's own dockerd)");
+        bench.docker(scenarios).await;
     }
     if wants("restart") {
         phase("restart");
@@ -502,5 +534,15 @@ mod tests {
         assert!(parse_args(&args(&["atach"])).is_err());
         assert!(parse_args(&args(&["--fast"])).is_err());
         assert!(parse_args(&args(&["-n"])).is_err());
+    }
+
+    #[test]
+    fn the_docker_group_names_its_scenarios_and_starts_dockerd() {
+        let a = parse_args(&args(&["docker"])).unwrap();
+        assert_eq!(a.scenarios, args(&docker::SCENARIOS));
+        assert!(docker::SCENARIOS.iter().all(|s| SCENARIOS.contains(s)));
+        assert!(docker::wanted(&a.scenarios));
+        assert!(docker::wanted(&args(&["attach"])));
+        assert!(!docker::wanted(&args(&["ports100-setup", "restart"])));
     }
 }

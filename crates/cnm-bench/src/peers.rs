@@ -266,6 +266,36 @@ pub struct Peers {
     pub iperf3: Option<PathBuf>,
     /// The `cnm` CLI and `cnmd`, or why they are not available.
     pub cli: Result<(PathBuf, PathBuf), String>,
+    /// The bench's own dockerd (started by `docker::DockerEnv` when a scenario needs it), or
+    /// the report's status line saying why Docker is not measured.
+    pub docker: Result<DockerPeer, String>,
+}
+
+/// How to reach the bench's own dockerd with the docker CLI.
+#[derive(Debug, Clone)]
+pub struct DockerPeer {
+    /// `unix://SOCKET`.
+    pub host_arg: String,
+    /// The CLI's configuration directory (`DOCKER_CONFIG`; never the user's `~/.docker`).
+    pub config: PathBuf,
+    /// A running container on the default bridge network, to connect to other networks.
+    pub keeper: String,
+    /// The busybox-static image.
+    pub image: String,
+}
+
+impl DockerPeer {
+    /// `docker -H SOCKET ARGS…` with its own configuration directory.
+    pub fn cmd(&self, args: &[&str]) -> Cmd {
+        docker_cli(&self.host_arg, &self.config, args)
+    }
+}
+
+/// The docker CLI (Debian's, by path) against the daemon at `host_arg` (dockerd or cnmd).
+pub fn docker_cli(host_arg: &str, config: &Path, args: &[&str]) -> Cmd {
+    let mut all = vec!["-H", host_arg];
+    all.extend_from_slice(args);
+    Cmd::new(cnm_testkit::dockerd::DOCKER, &all).env("DOCKER_CONFIG", config.display().to_string())
 }
 
 impl Peers {
@@ -285,6 +315,7 @@ impl Peers {
                 .map(PathBuf::from)
                 .find(|p| p.is_file()),
             cli,
+            docker: Err("not measured: no scenario of this run needed dockerd".into()),
         }
     }
 }

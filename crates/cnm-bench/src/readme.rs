@@ -31,6 +31,12 @@ fn label(scenario: &str) -> &str {
         "scale-network-200" => "200th network",
         "parallel32" => "32 attaches at once",
         "restart" => "restart, ready",
+        "docker-connect" => "docker network connect (running container)",
+        "docker-disconnect" => "docker network disconnect",
+        "docker-network-create" => "docker network create",
+        "docker-network-rm" => "docker network rm",
+        "docker-run-p" => "docker run -d -p (cnm: attach with 1 port)",
+        "docker-rm" => "docker rm -f (cnm: detach)",
         other => other,
     }
 }

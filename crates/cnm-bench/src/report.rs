@@ -29,6 +29,12 @@ pub const SCENARIOS: &[&str] = &[
     "datapath-published",
     "restart",
     "memory",
+    "docker-connect",
+    "docker-disconnect",
+    "docker-network-create",
+    "docker-network-rm",
+    "docker-run-p",
+    "docker-rm",
 ];
 
 /// Every contender, in the order they print.
@@ -36,6 +42,7 @@ pub const CONTENDERS: &[&str] = &[
     "cnm",
     "cnm-memory",
     "cnm-cli",
+    "cnmd",
     "floor",
     "floor-durable",
     "ip-batch",

@@ -54,7 +54,8 @@ impl std::str::FromStr for StoreChoice {
 }
 
 impl Options {
-    fn wants(&self, name: &str) -> bool {
+    /// Whether the contender `name` is measured this run.
+    pub fn wants(&self, name: &str) -> bool {
         self.contenders.as_ref().is_none_or(|list| {
             list.iter().any(|c| {
                 c == name

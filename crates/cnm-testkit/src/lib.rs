@@ -15,6 +15,8 @@
 //!   masquerading).
 //! - [`etcd`]: a real etcd in a namespace of the test's, with its own data directory, killed
 //!   and restarted on demand, and [`etcd::run_in`] to run client code inside a namespace.
+//! - [`dockerd`]: a private dockerd (Debian's docker.io) in throwaway network, mount and PID
+//!   namespaces with its own data root, exec root and socket, and a busybox-static image.
 //!
 //! - [`TestHost::controller`]: a cnm controller on a throwaway host (and
 //!   [`TestHost::controller_builder`], [`TestHost::restart`]), the one fixture for it.
@@ -42,6 +44,7 @@
 //! ```
 
 mod controller;
+pub mod dockerd;
 pub mod etcd;
 mod host;
 mod mounts;

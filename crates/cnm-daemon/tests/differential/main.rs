@@ -36,7 +36,6 @@ use cnm_testkit::TestHost;
 use regex::{Captures, Regex};
 
 use crate::compare::{Diff, Outcome};
-use crate::dockerd::Dockerd;
 use crate::normalise::Registry;
 use crate::script::{Action, Step};
 
@@ -403,11 +402,10 @@ async fn run_client(
     let cnmd_socket = daemon.socket().to_owned();
     let (client, setup, steps) = (client.clone(), setup_client.path.clone(), steps.to_vec());
     let results = tokio::task::spawn_blocking(move || -> Result<Vec<StepResult>> {
-        let dockerd = Dockerd::start()?;
+        let dockerd = dockerd::start()?;
         let run = || -> Result<Vec<StepResult>> {
             let mut d = Target::new(Kind::Dockerd, dockerd.socket())?;
             let mut c = Target::new(Kind::Cnmd, cnmd_socket)?;
-            dockerd.import_image(&setup, d.config.path())?;
             d.refresh()?;
             c.refresh()?;
             let mut results = Vec::new();

@@ -412,11 +412,8 @@ impl Cluster {
             veth.up = true;
             nl.create_link(&veth).await?;
             // A container host that forwards already (as TestHost's; dockerd's own bridge
-            // driver turns it on too). On one that does not, cnm turns forwarding on and drops
-            // forwarded traffic that is not its bridges'; with br_netfilter active (Docker loads
-            // it; bridge-nf-call-iptables=1 in every namespace) that drop also takes the frames
-            // bridged through the overlay's bridge ov-<vni>, which is not in that set: a
-            // separate issue of the overlay driver's firewall, reported, not this test's.
+            // driver turns it on too). The case of a host cnm makes forward, with br_netfilter
+            // active, is crates/cnm/tests/overlay_br_netfilter.rs's.
             cnm_sandbox::set_sysctls(&ns, &[("net.ipv4.ip_forward", "1")]).await?;
             let hnl = Netlink::connect(&ns).await?;
             let eth0 = hnl.link("eth0").await?.context("eth0")?;

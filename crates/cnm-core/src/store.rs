@@ -421,7 +421,7 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// The backend failed (I/O, connection, …).
-    #[error("store backend {backend} failed to {op}")]
+    #[error("store backend {backend} failed to {op}: {source}")]
     Backend {
         /// Which backend.
         backend: &'static str,

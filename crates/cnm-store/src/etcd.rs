@@ -125,14 +125,18 @@ impl EtcdStore {
             Err(_) => return Err(unreachable(None)),
         };
         // The client connects lazily: one read proves that etcd answers.
-        let probe = retry_unsent(deadline, || {
-            let mut kv = client.kv_client();
-            let root = config.root.clone();
-            async move {
-                kv.get(root, Some(GetOptions::new().with_count_only()))
-                    .await
-            }
-        });
+        let probe = retry_unsent(
+            deadline,
+            || {
+                let mut kv = client.kv_client();
+                let root = config.root.clone();
+                async move {
+                    kv.get(root, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            },
+            transient,
+        );
         let response = match probe.await {
             Some(Ok(response)) => response,
             Some(Err(e)) => return Err(unreachable(Some(e))),
@@ -209,8 +213,23 @@ impl EtcdStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.bounded_retrying(op, request, never_sent).await
+    }
+
+    /// Like [`EtcdStore::bounded`], also sending the request again after a failure that
+    /// `retry` says is safe to retry.
+    async fn bounded_retrying<T, F, Fut>(
+        &self,
+        op: &str,
+        request: F,
+        retry: fn(&etcd_client::Error) -> bool,
+    ) -> Result<Result<T, etcd_client::Error>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let timeout = self.inner.config.request_timeout;
-        retry_unsent(Instant::now() + timeout, request)
+        retry_unsent(Instant::now() + timeout, request, retry)
             .await
             .ok_or_else(|| {
                 self.backend_error(
@@ -230,6 +249,19 @@ impl EtcdStore {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         self.bounded(op, request)
+            .await?
+            .map_err(|e| self.backend_error(op, Box::new(e)))
+    }
+
+    /// Runs one read within the request timeout. A read changes nothing, so besides a request
+    /// that was never sent, one that failed on the way (the connection broke, etcd was busy
+    /// electing its leader or did not answer in time) is sent again while time is left.
+    async fn read<T, F, Fut>(&self, op: &str, request: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.bounded_retrying(op, request, transient)
             .await?
             .map_err(|e| self.backend_error(op, Box::new(e)))
     }
@@ -264,6 +296,7 @@ impl EtcdStore {
 async fn retry_unsent<T, F, Fut>(
     deadline: Instant,
     mut request: F,
+    retry: fn(&etcd_client::Error) -> bool,
 ) -> Option<Result<T, etcd_client::Error>>
 where
     F: FnMut() -> Fut,
@@ -273,7 +306,7 @@ where
     loop {
         match tokio::time::timeout_at(deadline, request()).await {
             Err(_) => return None,
-            Ok(Err(e)) if never_sent(&e) && Instant::now() + pause < deadline => {
+            Ok(Err(e)) if retry(&e) && Instant::now() + pause < deadline => {
                 tracing::debug!(error = %e, "etcd request not sent; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(200));
@@ -293,6 +326,18 @@ fn never_sent(e: &etcd_client::Error) -> bool {
             let message = status.message();
             message.contains("connect error") || format!("{status:?}").contains("ConnectError")
         }
+        _ => false,
+    }
+}
+
+/// Whether a failure may pass if the same (idempotent) request is sent again: never sent, a
+/// broken connection, or etcd's own "unavailable" and "deadline exceeded" (no leader yet, a
+/// leader change, an overloaded member).
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        // gRPC's codes: DEADLINE_EXCEEDED 4, ABORTED 10, UNAVAILABLE 14.
+        etcd_client::Error::GRpcStatus(status) => matches!(i32::from(status.code()), 4 | 10 | 14),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
 }
@@ -340,7 +385,7 @@ impl Store for EtcdStore {
         let kv = self.inner.client.kv_client();
         let full = self.full_key(key);
         let response = self
-            .call(&format!("read key {key:?}"), || {
+            .read(&format!("read key {key:?}"), || {
                 let mut kv = kv.clone();
                 let full = full.clone();
                 async move { kv.get(full, None).await }
@@ -492,7 +537,7 @@ impl Store for EtcdStore {
                 options = options.with_revision(revision);
             }
             let response = self
-                .call(&format!("list keys under {prefix:?}"), || {
+                .read(&format!("list keys under {prefix:?}"), || {
                     let mut kv = kv.clone();
                     let (start, options) = (start.clone(), options.clone());
                     async move { kv.get(start, Some(options)).await }

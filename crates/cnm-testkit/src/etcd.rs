@@ -58,10 +58,17 @@ impl EtcdServer {
     /// Starts etcd in `ns`, listening on `addr` (which must be configured there) for clients on
     /// [`CLIENT_PORT`] and for peers on the next port.
     pub async fn start(ns: &NetNs, addr: IpAddr) -> Result<EtcdServer> {
-        let data = tempfile::Builder::new()
-            .prefix("cnm-test-etcd-")
-            .tempdir()
-            .context("failed to create etcd's data directory")?;
+        // In memory where the machine has a tmpfs for it: etcd syncs its log on every write,
+        // and on a loaded CI machine a sync on disk can stall a request for seconds.
+        let mut dir = tempfile::Builder::new();
+        dir.prefix("cnm-test-etcd-");
+        let shm = std::path::Path::new("/dev/shm");
+        let data = if shm.is_dir() {
+            dir.tempdir_in(shm).or_else(|_| dir.tempdir())
+        } else {
+            dir.tempdir()
+        }
+        .context("failed to create etcd's data directory")?;
         let server = EtcdServer {
             ns: ns.clone(),
             client: SocketAddr::new(addr, CLIENT_PORT),

@@ -5,7 +5,7 @@
 //! cargo bench -p cnm-dns --bench local_names                     # built-in load generator
 //! cargo bench -p cnm-dns --bench local_names -- --dnsperf         # dnsperf too, if installed
 //! cargo bench -p cnm-dns --bench local_names -- --names 1000 --seconds 5 --clients 2 --attach 200
-//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3 --rate 20000
+//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3 --rate 20000 --server-cpu 0.5
 //! cargo xtask bench dns                                           # the last one, in a private mount namespace
 //! ```
 //!
@@ -14,7 +14,16 @@
 //! network's gateway address as netavark binds it; the same load (the closed-loop client and
 //! dnsperf) runs against both, in turn, `--rounds` times; the summary is the median of the
 //! per-round ratios, and beside each dnsperf rate the server's CPU time per answered query
-//! (from /proc), which a loaded machine skews far less than the rate. aardvark-dns answers only clients whose source address is a
+//! (from /proc), which a loaded machine skews far less than the rate.
+//!
+//! On two cores an uncapped full-load run measures dnsperf as much as the server (each needs
+//! most of a core). So dnsperf runs at full load a second time with each server capped at
+//! `--server-cpu` cores (default 0.5; 0 skips it) by a throwaway cgroup's CPU quota (the
+//! resolver's threads for cnm, the whole process for aardvark-dns): then the server saturates
+//! first (the output says in what share of the quota's periods it was throttled) and the rate
+//! ratio is the servers' ratio. The cgroups are removed after each run.
+//!
+//! aardvark-dns answers only clients whose source address is a
 //! container of the network, so the client asks from such an address. The forwarded-query
 //! figure asks cnm's resolver for names it forwards to an upstream the bench runs on the
 //! host namespace's loopback, next to the same questions asked of that upstream directly.
@@ -48,6 +57,9 @@ struct Opts {
     /// dnsperf also at this fixed rate (`-Q`), below saturation: the latency a client sees
     /// when the server keeps up, which is how a latency target is stated.
     rate: Option<u64>,
+    /// dnsperf at full load again with each server capped at this many cores (a cgroup's CPU
+    /// quota), so that the server saturates before dnsperf does; 0: not run.
+    server_cpu: f64,
 }
 
 /// Closed-loop figures.
@@ -78,6 +90,9 @@ struct DnsperfReport {
     p50_us: f64,
     p99_us: f64,
     server_cpu_us: f64,
+    /// With a CPU cap: the quota's periods and how many of them throttled the server (most,
+    /// when the server is the bottleneck).
+    throttled: Option<(u64, u64)>,
 }
 
 /// A DNS server to measure and where to ask it from.
@@ -89,6 +104,8 @@ struct Target {
     source: IpAddr,
     /// The process serving it, whose CPU time is measured.
     pid: u32,
+    /// What a CPU cap holds to cap this server.
+    held: Held,
 }
 
 /// The CPU time (user + system, every thread) process `pid` has used, in µs.
@@ -101,6 +118,240 @@ fn cpu_us(pid: u32) -> Result<f64> {
     let ticks: u64 =
         f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
     Ok(ticks as f64 * 10_000.0)
+}
+
+/// What a CPU cap holds: a process with all its threads (aardvark-dns), or some threads of
+/// this process (cnm's resolver threads, which live in the bench's own process).
+#[derive(Clone, Debug)]
+enum Held {
+    Process(u32),
+    Threads(Vec<u32>),
+}
+
+/// Where the cpu controller is mounted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hierarchy {
+    /// cgroup v1's `cpu` hierarchy (`tasks` moves one thread; `cpu.cfs_quota_us`).
+    V1,
+    /// cgroup v2 with the cpu controller (`cpu.max`; threads move only inside a threaded
+    /// subtree, so this process is moved into a domain-threaded parent for the run).
+    V2,
+}
+
+const CGROUP_V1_CPU: &str = "/sys/fs/cgroup/cpu";
+const CGROUP_V2: &str = "/sys/fs/cgroup";
+/// The quota's period: short, so that a capped server is throttled in slices of a few
+/// milliseconds rather than 50 ms pauses that dnsperf would count as lost queries.
+const CAP_PERIOD_US: u64 = 10_000;
+
+/// A throwaway cgroup capping a server's CPU time at `cores` for as long as it lives; dropping
+/// it moves everything back where it was and removes the cgroup.
+struct CpuCap {
+    hierarchy: Hierarchy,
+    /// The cgroup of the bench's own process (v2, threads) or of the server (everything else).
+    root: std::path::PathBuf,
+    /// The capped cgroup (`root` itself for v1 and for a v2 process).
+    capped: std::path::PathBuf,
+    held: Held,
+    /// Where each moved thread or process was: (id, cgroup directory).
+    origin: Vec<(u32, std::path::PathBuf)>,
+}
+
+impl CpuCap {
+    /// Which hierarchy has the cpu controller here, if any.
+    fn hierarchy() -> Option<Hierarchy> {
+        let v2 = std::fs::read_to_string(format!("{CGROUP_V2}/cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"));
+        if v2 {
+            Some(Hierarchy::V2)
+        } else if std::path::Path::new(CGROUP_V1_CPU)
+            .join("cpu.cfs_quota_us")
+            .is_file()
+        {
+            Some(Hierarchy::V1)
+        } else {
+            None
+        }
+    }
+
+    /// How the cap is made, for the report.
+    fn method(cores: f64) -> String {
+        let quota = (cores * CAP_PERIOD_US as f64).round() as u64;
+        match Self::hierarchy() {
+            Some(Hierarchy::V1) => format!(
+                "each server's threads in a throwaway cgroup v1 cpu group, cpu.cfs_quota_us {quota} per {CAP_PERIOD_US} µs ({cores} core)"
+            ),
+            Some(Hierarchy::V2) => format!(
+                "each server's threads in a throwaway cgroup v2 group, cpu.max {quota} {CAP_PERIOD_US} ({cores} core)"
+            ),
+            None => "no cpu cgroup controller on this host".to_owned(),
+        }
+    }
+
+    /// The cgroup directory (relative to the hierarchy's mount) `id` is in: a line
+    /// `N:cpu,...:/path` (v1) or `0::/path` (v2) of `/proc/.../cgroup`.
+    fn cgroup_of(hierarchy: Hierarchy, proc_dir: &str) -> Result<std::path::PathBuf> {
+        let text = std::fs::read_to_string(format!("{proc_dir}/cgroup"))?;
+        let rel = text
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (id, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                let ours = match hierarchy {
+                    Hierarchy::V1 => ctrl.split(',').any(|c| c == "cpu"),
+                    Hierarchy::V2 => id == "0" && ctrl.is_empty(),
+                };
+                ours.then(|| path.trim_start_matches('/').to_owned())
+            })
+            .with_context(|| format!("no cpu cgroup in {proc_dir}/cgroup"))?;
+        let mount = match hierarchy {
+            Hierarchy::V1 => CGROUP_V1_CPU,
+            Hierarchy::V2 => CGROUP_V2,
+        };
+        Ok(std::path::Path::new(mount).join(rel))
+    }
+
+    fn write(path: &std::path::Path, value: &str) -> Result<()> {
+        std::fs::write(path, value)
+            .with_context(|| format!("write {value:?} to {}", path.display()))
+    }
+
+    /// Caps `held` at `cores` (0.5: half a core) until the returned value is dropped.
+    fn new(held: Held, cores: f64) -> Result<Self> {
+        let hierarchy = Self::hierarchy().context(
+            "--server-cpu needs the cpu cgroup controller (cgroup v2, or v1's cpu hierarchy)",
+        )?;
+        let quota = ((cores * CAP_PERIOD_US as f64).round() as u64).max(1000);
+        let name = format!(
+            "cnm-dns-bench-{}-{}",
+            std::process::id(),
+            match &held {
+                Held::Process(p) => *p,
+                Held::Threads(t) => t.first().copied().unwrap_or(0),
+            }
+        );
+        let root = match hierarchy {
+            Hierarchy::V1 => std::path::Path::new(CGROUP_V1_CPU).join(&name),
+            Hierarchy::V2 => std::path::Path::new(CGROUP_V2).join(&name),
+        };
+        std::fs::create_dir(&root).with_context(|| format!("create {}", root.display()))?;
+        let mut cap = CpuCap {
+            hierarchy,
+            capped: root.clone(),
+            root,
+            held: held.clone(),
+            origin: Vec::new(),
+        };
+        match (hierarchy, &held) {
+            (Hierarchy::V1, _) => {
+                Self::write(
+                    &cap.root.join("cpu.cfs_period_us"),
+                    &CAP_PERIOD_US.to_string(),
+                )?;
+                Self::write(&cap.root.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                let (file, ids, proc_dir): (_, Vec<u32>, fn(u32) -> String) = match &held {
+                    Held::Process(p) => ("cgroup.procs", vec![*p], |p| format!("/proc/{p}")),
+                    Held::Threads(t) => ("tasks", t.clone(), |t| format!("/proc/self/task/{t}")),
+                };
+                for id in ids {
+                    let was = Self::cgroup_of(hierarchy, &proc_dir(id))?;
+                    Self::write(&cap.root.join(file), &id.to_string())?;
+                    cap.origin.push((id, was));
+                }
+            }
+            (Hierarchy::V2, Held::Process(p)) => {
+                Self::write(
+                    &cap.root.join("cpu.max"),
+                    &format!("{quota} {CAP_PERIOD_US}"),
+                )?;
+                let was = Self::cgroup_of(hierarchy, &format!("/proc/{p}"))?;
+                Self::write(&cap.root.join("cgroup.procs"), &p.to_string())?;
+                cap.origin.push((*p, was));
+            }
+            (Hierarchy::V2, Held::Threads(tids)) => {
+                // Threads move only between the cgroups of one threaded subtree: the root
+                // (domain threaded) takes this whole process, its threaded child the threads.
+                cap.capped = cap.root.join("server");
+                std::fs::create_dir(&cap.capped)?;
+                Self::write(&cap.capped.join("cgroup.type"), "threaded")?;
+                let me = std::process::id();
+                let was = Self::cgroup_of(hierarchy, "/proc/self")?;
+                Self::write(&cap.root.join("cgroup.procs"), &me.to_string())?;
+                cap.origin.push((me, was));
+                Self::write(&cap.root.join("cgroup.subtree_control"), "+cpu")?;
+                Self::write(
+                    &cap.capped.join("cpu.max"),
+                    &format!("{quota} {CAP_PERIOD_US}"),
+                )?;
+                for t in tids {
+                    Self::write(&cap.capped.join("cgroup.threads"), &t.to_string())?;
+                }
+            }
+        }
+        Ok(cap)
+    }
+
+    /// Periods so far, and how many of them the cap throttled (the server wanted more).
+    fn throttled(&self) -> Result<(u64, u64)> {
+        let stat = std::fs::read_to_string(self.capped.join("cpu.stat"))?;
+        let get = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+                .with_context(|| format!("no {k} in cpu.stat"))
+        };
+        Ok((get("nr_periods ")?, get("nr_throttled ")?))
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        // Everything back where it was (best effort: a process that died is gone anyway),
+        // then the cgroups, children first.
+        match (self.hierarchy, &self.held) {
+            (Hierarchy::V1, Held::Threads(_)) => {
+                for (t, was) in &self.origin {
+                    let _ = std::fs::write(was.join("tasks"), t.to_string());
+                }
+            }
+            (Hierarchy::V2, Held::Threads(tids)) => {
+                for t in tids {
+                    let _ = std::fs::write(self.root.join("cgroup.threads"), t.to_string());
+                }
+                for (p, was) in &self.origin {
+                    let _ = std::fs::write(was.join("cgroup.procs"), p.to_string());
+                }
+            }
+            (_, Held::Process(_)) => {
+                for (p, was) in &self.origin {
+                    let _ = std::fs::write(was.join("cgroup.procs"), p.to_string());
+                }
+            }
+        }
+        if self.capped != self.root {
+            let _ = std::fs::remove_dir(&self.capped);
+        }
+        if let Err(e) = std::fs::remove_dir(&self.root) {
+            println!("warning: could not remove {}: {e}", self.root.display());
+        }
+    }
+}
+
+/// The threads of this process whose name starts with `prefix` (the resolver's threads).
+fn threads_named(prefix: &str) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task")? {
+        let e = e?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix)
+            && let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok())
+        {
+            out.push(tid);
+        }
+    }
+    if out.is_empty() {
+        bail!("no thread named {prefix}* in this process");
+    }
+    Ok(out)
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -279,6 +530,7 @@ async fn dnsperf(
     seconds: u64,
     dir: &std::path::Path,
     rate: Option<u64>,
+    cap: Option<f64>,
 ) -> Result<DnsperfReport> {
     let file = dir.join("dnsperf-queries");
     let text: String = (0..names).map(|i| format!("c{i} A\n")).collect();
@@ -310,6 +562,10 @@ async fn dnsperf(
     // process read some 100,000 lines a second while it is also the resolver being measured.
     let report = dir.join("dnsperf-output");
     let stdout = std::fs::File::create(&report)?;
+    let cap = match cap {
+        Some(cores) => Some(CpuCap::new(t.held.clone(), cores)?),
+        None => None,
+    };
     let cpu_before = cpu_us(t.pid)?;
     let out =
         t.ns.run(move || {
@@ -320,6 +576,11 @@ async fn dnsperf(
         })
         .await??;
     let server_cpu = cpu_us(t.pid)? - cpu_before;
+    let throttled = match &cap {
+        Some(c) => Some(c.throttled()?),
+        None => None,
+    };
+    drop(cap);
     if !out.status.success() {
         bail!("dnsperf failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -345,6 +606,7 @@ async fn dnsperf(
         p50_us: percentile(&latencies, 50.0),
         p99_us: percentile(&latencies, 99.0),
         server_cpu_us: server_cpu / field("Queries completed:", 2)?,
+        throttled,
     })
 }
 
@@ -420,6 +682,7 @@ async fn start_aardvark(
             server: SocketAddr::new(gateway, 53),
             source,
             pid: 0,
+            held: Held::Process(0),
         },
     };
     // Ready when it answers (bounded).
@@ -452,6 +715,7 @@ async fn start_aardvark(
         .parse()
         .with_context(|| format!("a pid in {}", pid_file.display()))?;
     a.target.pid = a.server_pid;
+    a.target.held = Held::Process(a.server_pid);
     Ok(a)
 }
 
@@ -477,6 +741,7 @@ fn parse_opts() -> Result<Opts> {
         aardvark: None,
         rounds: 1,
         rate: None,
+        server_cpu: 0.5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -494,6 +759,14 @@ fn parse_opts() -> Result<Opts> {
             "--rounds" => o.rounds = (num("--rounds")? as usize).max(1),
             "--dnsperf" => o.dnsperf = true,
             "--rate" => o.rate = Some(num("--rate")?),
+            "--server-cpu" => {
+                let v = args.next().context("--server-cpu needs a value")?;
+                o.server_cpu = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|c| (0.0..=64.0).contains(c))
+                    .with_context(|| format!("--server-cpu takes cores (0 to 64), not {v:?}"))?;
+            }
             "--aardvark" => {
                 o.aardvark = Some(args.next().context("--aardvark needs a path")?.into());
             }
@@ -512,13 +785,21 @@ fn show(who: &str, what: &str, r: &QueryReport) {
     );
 }
 
-fn show_dnsperf(who: &str, rate: Option<u64>, r: &DnsperfReport) {
-    let how = match rate {
-        Some(q) => format!("dnsperf -c 4 -q 64 -Q {q}"),
-        None => "dnsperf -c 4 -q 64".to_owned(),
+fn show_dnsperf(who: &str, rate: Option<u64>, cap: Option<f64>, r: &DnsperfReport) {
+    let how = match (rate, cap) {
+        (Some(q), _) => format!("dnsperf -c 4 -q 64 -Q {q}"),
+        (None, Some(c)) => format!("dnsperf -c 4 -q 64, {c} core"),
+        (None, None) => "dnsperf -c 4 -q 64".to_owned(),
+    };
+    let throttled = match r.throttled {
+        Some((periods, throttled)) => format!(
+            ", throttled {:.0}% of periods",
+            100.0 * throttled as f64 / periods.max(1) as f64
+        ),
+        None => String::new(),
     };
     println!(
-        "{who:<12} {how:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server CPU {:.2} µs/query",
+        "{who:<12} {how:<28} {:>8} lost    {:>9.0} q/s  p50 {:>6.0} µs  p99 {:>6.0} µs  server CPU {:.2} µs/query{throttled}",
         r.lost, r.qps, r.p50_us, r.p99_us, r.server_cpu_us
     );
 }
@@ -538,6 +819,8 @@ async fn main() -> Result<()> {
         server: SocketAddr::from(([127, 0, 0, 11], 53)),
         source: IpAddr::from([127, 0, 0, 1]),
         pid: std::process::id(),
+        // Every resolver thread (the default name; one of them serves the client's listener).
+        held: Held::Threads(threads_named("cnm-dns-")?),
     };
     let aardvark = match &o.aardvark {
         Some(p) => Some(start_aardvark(&host, p, o.names).await?),
@@ -548,11 +831,19 @@ async fn main() -> Result<()> {
         "local names, UDP, closed loop ({what}) and dnsperf; {} s each, {} round(s), cnm and aardvark-dns in turn",
         o.seconds, o.rounds
     );
+    let cap = (o.dnsperf && o.server_cpu > 0.0).then_some(o.server_cpu);
+    if let Some(c) = cap {
+        println!(
+            "capped runs (the server, not dnsperf, is the bottleneck): {}",
+            CpuCap::method(c)
+        );
+    }
     // Rounds alternate the servers so that both see the same share of a loaded machine; the
     // ratios are taken per round and their median is the figure.
     let mut closed_ratios = Vec::new();
     let mut perf_ratios = Vec::new();
     let mut cpu_ratios = Vec::new();
+    let (mut capped_ratios, mut capped_cpu_ratios) = (Vec::new(), Vec::new());
     let (mut full_p99, mut fixed_p99) = (Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         let c = closed_loop(&cnm, o.names, o.seconds, o.clients, local_name).await?;
@@ -563,22 +854,34 @@ async fn main() -> Result<()> {
             closed_ratios.push(c.qps / d.qps);
         }
         if o.dnsperf {
-            let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), None).await?;
-            show_dnsperf("cnm", None, &c);
+            let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), None, None).await?;
+            show_dnsperf("cnm", None, None, &c);
             full_p99.push(c.p99_us);
             if let Some(a) = &aardvark {
-                let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), None).await?;
-                show_dnsperf("aardvark-dns", None, &d);
+                let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), None, None).await?;
+                show_dnsperf("aardvark-dns", None, None, &d);
                 perf_ratios.push(c.qps / d.qps);
                 cpu_ratios.push(d.server_cpu_us / c.server_cpu_us);
             }
+            if let Some(core) = cap {
+                let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), None, cap).await?;
+                show_dnsperf("cnm", None, Some(core), &c);
+                if let Some(a) = &aardvark {
+                    let d =
+                        dnsperf(&a.target, o.names, o.seconds, host.run_dir(), None, cap).await?;
+                    show_dnsperf("aardvark-dns", None, Some(core), &d);
+                    capped_ratios.push(c.qps / d.qps);
+                    capped_cpu_ratios.push(d.server_cpu_us / c.server_cpu_us);
+                }
+            }
             if let Some(q) = o.rate {
-                let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), Some(q)).await?;
-                show_dnsperf("cnm", Some(q), &c);
+                let c = dnsperf(&cnm, o.names, o.seconds, host.run_dir(), Some(q), None).await?;
+                show_dnsperf("cnm", Some(q), None, &c);
                 fixed_p99.push(c.p99_us);
                 if let Some(a) = &aardvark {
-                    let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), Some(q)).await?;
-                    show_dnsperf("aardvark-dns", Some(q), &d);
+                    let d = dnsperf(&a.target, o.names, o.seconds, host.run_dir(), Some(q), None)
+                        .await?;
+                    show_dnsperf("aardvark-dns", Some(q), None, &d);
                 }
             }
         }
@@ -595,6 +898,14 @@ async fn main() -> Result<()> {
             median(perf_ratios),
             median(cpu_ratios)
         );
+        if let Some(c) = cap {
+            println!(
+                "cnm/aardvark-dns with each server capped at {c} core, median of {} round(s): rate {:.2}x (goal >= 2x); server CPU per query {:.2}x less",
+                o.rounds,
+                median(capped_ratios),
+                median(capped_cpu_ratios)
+            );
+        }
     }
     if o.dnsperf {
         let median = |mut v: Vec<f64>| {
@@ -617,6 +928,7 @@ async fn main() -> Result<()> {
         server: upstream,
         source: upstream.ip(),
         pid: std::process::id(),
+        held: Held::Process(0),
     };
     let f = closed_loop(&cnm, o.names, o.seconds, 1, forwarded_name).await?;
     show("cnm", "forwarded to local upstream", &f);

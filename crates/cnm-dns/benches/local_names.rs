@@ -19,9 +19,11 @@
 //! On two cores an uncapped full-load run measures dnsperf as much as the server (each needs
 //! most of a core). So dnsperf runs at full load a second time with each server capped at
 //! `--server-cpu` cores (default 0.5; 0 skips it) by a throwaway cgroup's CPU quota (the
-//! resolver's threads for cnm, the whole process for aardvark-dns): then the server saturates
-//! first (the output says in what share of the quota's periods it was throttled) and the rate
-//! ratio is the servers' ratio. The cgroups are removed after each run.
+//! resolver's threads for cnm, the whole process for aardvark-dns), the server and dnsperf
+//! both at the largest CPU weight so that other jobs on a shared machine do not starve them
+//! below the cap: then the server saturates first (the output says in what share of the
+//! quota's periods it was throttled) and the rate ratio is the servers' ratio. The cgroups are
+//! removed after each run.
 //!
 //! aardvark-dns answers only clients whose source address is a
 //! container of the network, so the client asks from such an address. The forwarded-query
@@ -143,6 +145,11 @@ const CGROUP_V2: &str = "/sys/fs/cgroup";
 /// The quota's period: short, so that a capped server is throttled in slices of a few
 /// milliseconds rather than 50 ms pauses that dnsperf would count as lost queries.
 const CAP_PERIOD_US: u64 = 10_000;
+/// The largest CPU weight (v1 `cpu.shares`, v2 `cpu.weight`): a capped server and dnsperf
+/// get their share of a machine loaded by other jobs, so that the cap, not the load, bounds
+/// the server (for the few seconds of a run).
+const WEIGHT_V1: &str = "262144";
+const WEIGHT_V2: &str = "10000";
 
 /// A throwaway cgroup capping a server's CPU time at `cores` for as long as it lives; dropping
 /// it moves everything back where it was and removes the cgroup.
@@ -179,10 +186,10 @@ impl CpuCap {
         let quota = (cores * CAP_PERIOD_US as f64).round() as u64;
         match Self::hierarchy() {
             Some(Hierarchy::V1) => format!(
-                "each server's threads in a throwaway cgroup v1 cpu group, cpu.cfs_quota_us {quota} per {CAP_PERIOD_US} µs ({cores} core)"
+                "each server's threads in a throwaway cgroup v1 cpu group, cpu.cfs_quota_us {quota} per {CAP_PERIOD_US} µs ({cores} core); server and dnsperf each at cpu.shares {WEIGHT_V1} against the machine's other load"
             ),
             Some(Hierarchy::V2) => format!(
-                "each server's threads in a throwaway cgroup v2 group, cpu.max {quota} {CAP_PERIOD_US} ({cores} core)"
+                "each server's threads in a throwaway cgroup v2 group, cpu.max {quota} {CAP_PERIOD_US} ({cores} core); server and dnsperf each at cpu.weight {WEIGHT_V2} against the machine's other load"
             ),
             None => "no cpu cgroup controller on this host".to_owned(),
         }
@@ -216,12 +223,17 @@ impl CpuCap {
             .with_context(|| format!("write {value:?} to {}", path.display()))
     }
 
-    /// Caps `held` at `cores` (0.5: half a core) until the returned value is dropped.
-    fn new(held: Held, cores: f64) -> Result<Self> {
+    /// Gives `held` the largest CPU weight and, with `cores`, caps it at that many cores (0.5:
+    /// half a core), until the returned value is dropped.
+    fn new(held: Held, cores: Option<f64>) -> Result<Self> {
         let hierarchy = Self::hierarchy().context(
             "--server-cpu needs the cpu cgroup controller (cgroup v2, or v1's cpu hierarchy)",
         )?;
-        let quota = ((cores * CAP_PERIOD_US as f64).round() as u64).max(1000);
+        let quota = cores.map(|c| ((c * CAP_PERIOD_US as f64).round() as u64).max(1000));
+        let (quota_v1, max_v2) = match quota {
+            Some(q) => (q.to_string(), format!("{q} {CAP_PERIOD_US}")),
+            None => ("-1".to_owned(), format!("max {CAP_PERIOD_US}")),
+        };
         let name = format!(
             "cnm-dns-bench-{}-{}",
             std::process::id(),
@@ -248,7 +260,8 @@ impl CpuCap {
                     &cap.root.join("cpu.cfs_period_us"),
                     &CAP_PERIOD_US.to_string(),
                 )?;
-                Self::write(&cap.root.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                Self::write(&cap.root.join("cpu.cfs_quota_us"), &quota_v1)?;
+                Self::write(&cap.root.join("cpu.shares"), WEIGHT_V1)?;
                 let (file, ids, proc_dir): (_, Vec<u32>, fn(u32) -> String) = match &held {
                     Held::Process(p) => ("cgroup.procs", vec![*p], |p| format!("/proc/{p}")),
                     Held::Threads(t) => ("tasks", t.clone(), |t| format!("/proc/self/task/{t}")),
@@ -260,10 +273,8 @@ impl CpuCap {
                 }
             }
             (Hierarchy::V2, Held::Process(p)) => {
-                Self::write(
-                    &cap.root.join("cpu.max"),
-                    &format!("{quota} {CAP_PERIOD_US}"),
-                )?;
+                Self::write(&cap.root.join("cpu.max"), &max_v2)?;
+                Self::write(&cap.root.join("cpu.weight"), WEIGHT_V2)?;
                 let was = Self::cgroup_of(hierarchy, &format!("/proc/{p}"))?;
                 Self::write(&cap.root.join("cgroup.procs"), &p.to_string())?;
                 cap.origin.push((*p, was));
@@ -279,10 +290,9 @@ impl CpuCap {
                 Self::write(&cap.root.join("cgroup.procs"), &me.to_string())?;
                 cap.origin.push((me, was));
                 Self::write(&cap.root.join("cgroup.subtree_control"), "+cpu")?;
-                Self::write(
-                    &cap.capped.join("cpu.max"),
-                    &format!("{quota} {CAP_PERIOD_US}"),
-                )?;
+                Self::write(&cap.root.join("cpu.weight"), WEIGHT_V2)?;
+                Self::write(&cap.capped.join("cpu.max"), &max_v2)?;
+                Self::write(&cap.capped.join("cpu.weight"), WEIGHT_V2)?;
                 for t in tids {
                     Self::write(&cap.capped.join("cgroup.threads"), &t.to_string())?;
                 }
@@ -563,18 +573,27 @@ async fn dnsperf(
     let report = dir.join("dnsperf-output");
     let stdout = std::fs::File::create(&report)?;
     let cap = match cap {
-        Some(cores) => Some(CpuCap::new(t.held.clone(), cores)?),
+        Some(cores) => Some(CpuCap::new(t.held.clone(), Some(cores))?),
         None => None,
     };
     let cpu_before = cpu_us(t.pid)?;
-    let out =
+    let child =
         t.ns.run(move || {
             std::process::Command::new("dnsperf")
                 .args(&args)
                 .stdout(stdout)
-                .output()
+                .stderr(std::process::Stdio::piped())
+                .spawn()
         })
         .await??;
+    // With a capped server, dnsperf gets the same weight (and no cap), so that it can always
+    // send more than the server can answer.
+    let weighted = match &cap {
+        Some(_) => Some(CpuCap::new(Held::Process(child.id()), None)?),
+        None => None,
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    drop(weighted);
     let server_cpu = cpu_us(t.pid)? - cpu_before;
     let throttled = match &cap {
         Some(c) => Some(c.throttled()?),

@@ -5,7 +5,7 @@
 //! cargo bench -p cnm-dns --bench local_names                     # built-in load generator
 //! cargo bench -p cnm-dns --bench local_names -- --dnsperf         # dnsperf too, if installed
 //! cargo bench -p cnm-dns --bench local_names -- --names 1000 --seconds 5 --clients 2 --attach 200
-//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3 --rate 20000 --server-cpu 0.5
+//! cargo bench -p cnm-dns --bench local_names -- --dnsperf --aardvark /usr/lib/podman/aardvark-dns --rounds 3 --rate 20000 --server-cpu 0.25
 //! cargo xtask bench dns                                           # the last one, in a private mount namespace
 //! ```
 //!
@@ -18,7 +18,7 @@
 //!
 //! On two cores an uncapped full-load run measures dnsperf as much as the server (each needs
 //! most of a core). So dnsperf runs at full load a second time with each server capped at
-//! `--server-cpu` cores (default 0.5; 0 skips it) by a throwaway cgroup's CPU quota (the
+//! `--server-cpu` cores (default 0.25; 0 skips it) by a throwaway cgroup's CPU quota (the
 //! resolver's threads for cnm, the whole process for aardvark-dns), the server and dnsperf
 //! both at the largest CPU weight so that other jobs on a shared machine do not starve them
 //! below the cap: then the server saturates first (the output says in what share of the
@@ -223,7 +223,7 @@ impl CpuCap {
             .with_context(|| format!("write {value:?} to {}", path.display()))
     }
 
-    /// Gives `held` the largest CPU weight and, with `cores`, caps it at that many cores (0.5:
+    /// Gives `held` the largest CPU weight and, with `cores`, caps it at that many cores (0.25:
     /// half a core), until the returned value is dropped.
     fn new(held: Held, cores: Option<f64>) -> Result<Self> {
         let hierarchy = Self::hierarchy().context(
@@ -760,7 +760,7 @@ fn parse_opts() -> Result<Opts> {
         aardvark: None,
         rounds: 1,
         rate: None,
-        server_cpu: 0.5,
+        server_cpu: 0.25,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -223,7 +223,7 @@ impl CpuCap {
             .with_context(|| format!("write {value:?} to {}", path.display()))
     }
 
-    /// Gives `held` the largest CPU weight and, with `cores`, caps it at that many cores (0.25:
+    /// Gives `held` the largest CPU weight and, with `cores`, caps it at that many cores (0.5:
     /// half a core), until the returned value is dropped.
     fn new(held: Held, cores: Option<f64>) -> Result<Self> {
         let hierarchy = Self::hierarchy().context(

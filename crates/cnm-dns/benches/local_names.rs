@@ -850,7 +850,13 @@ async fn main() -> Result<()> {
         "local names, UDP, closed loop ({what}) and dnsperf; {} s each, {} round(s), cnm and aardvark-dns in turn",
         o.seconds, o.rounds
     );
-    let cap = (o.dnsperf && o.server_cpu > 0.0).then_some(o.server_cpu);
+    let mut cap = (o.dnsperf && o.server_cpu > 0.0).then_some(o.server_cpu);
+    if cap.is_some() && CpuCap::hierarchy().is_none() {
+        println!(
+            "capped runs skipped: no cpu cgroup controller on this host (cgroup v2 or v1 cpu)"
+        );
+        cap = None;
+    }
     if let Some(c) = cap {
         println!(
             "capped runs (the server, not dnsperf, is the bottleneck): {}",

@@ -85,6 +85,7 @@ pub use error::BridgeError;
 pub use fault::FaultPoint;
 pub use options::{BridgeOptions, DriverConfig, GatewayMode};
 pub use plan::BridgePlan;
+pub use restore::endpoint_veth_name;
 
 #[cfg(feature = "test-hooks")]
 use crate::fault::Faults;
@@ -452,7 +453,11 @@ impl BridgeDriver {
         }
         let plan = &net.plan;
         let mac = req.mac.unwrap_or(ep.mac);
-        let host_if = random_veth_name()?;
+        // Named after the endpoint: the name is the mark the restore finds it by. An alias
+        // would cost the kernel a walk of the host's IPv6 routes per join (see restore.rs).
+        let mut host_if = IfName::new(endpoint_veth_name(&req.endpoint_id)).map_err(|e| {
+            BridgeError::invalid("endpoint id", req.endpoint_id.clone(), e.to_string())
+        })?;
         let host = &self.ctx.host_netlink;
         // The index noted when the bridge was made: no lookup per join. Should the bridge be
         // gone, the veth create fails and the lookup below says so.
@@ -503,7 +508,31 @@ impl BridgeDriver {
                 });
             }
             fault_point!(self, JoinPortGuarded);
-            if let Err(e) = host.create_link(&spec).await {
+            let mut created = host.create_link(&spec).await;
+            let mut marked = false;
+            if let Err(e) = &created
+                && e.errno() == Some(libc::EEXIST)
+            {
+                // The endpoint's name is taken (another endpoint's id shares its first 11
+                // characters, or a link not ours has it): a random name, marked by alias.
+                tracing::debug!(veth = %host_if, endpoint = %short(&req.endpoint_id), "veth name taken: a random one, marked by alias");
+                host_if = random_veth_name()?;
+                spec.name = host_if.clone();
+                firewall.remove_endpoint(&req.endpoint_id).await?;
+                firewall
+                    .guard_port(
+                        &req.network_id,
+                        &req.endpoint_id,
+                        &host_if,
+                        mac,
+                        ep.ipv4.map(|a| a.addr()),
+                        ep.ipv6.map(|a| a.addr()),
+                    )
+                    .await?;
+                created = host.create_link(&spec).await;
+                marked = true;
+            }
+            if let Err(e) = created {
                 if let Ok(None) = host.link(plan.bridge.as_str()).await {
                     return Err(BridgeError::Conflict {
                         op: "join",
@@ -527,10 +556,13 @@ impl BridgeDriver {
                 });
             }
             fault_point!(self, JoinVethCreated);
-            // Marked with the endpoint's id: the restore finds a joined endpoint's veth by it.
-            host.set_alias_by_name(&host_if, &restore::alias(&req.endpoint_id))
-                .await
-                .map_err(|e| BridgeError::failed("mark veth", host_if.to_string(), e))?;
+            if marked {
+                // Marked with the endpoint's id: the restore finds a joined endpoint's veth by
+                // it when the name does not say.
+                host.set_alias_by_name(&host_if, &restore::alias(&req.endpoint_id))
+                    .await
+                    .map_err(|e| BridgeError::failed("mark veth", host_if.to_string(), e))?;
+            }
             if !plan.icc {
                 isolate_port(host, &host_if).await?;
             }
@@ -538,10 +570,13 @@ impl BridgeDriver {
             if let Some(prefix) = move_in {
                 fault_point!(self, JoinSysctlsSet);
                 fault_point!(self, JoinInterfaceFound);
-                return Ok(JoinedInterface::MoveIn {
-                    host_name: peer_name,
-                    name_prefix: Some(prefix),
-                });
+                return Ok((
+                    host_if.clone(),
+                    JoinedInterface::MoveIn {
+                        host_name: peer_name,
+                        name_prefix: Some(prefix),
+                    },
+                ));
             }
             // No sysctl here: the controller's sandboxes give every interface born in them
             // IPv6 off (CVE-2024-32473: no link-local IPv6 on "IPv4-only" interfaces), and it
@@ -552,10 +587,10 @@ impl BridgeDriver {
                 .await?
                 .map(|l| l.index);
             fault_point!(self, JoinInterfaceFound);
-            Ok(JoinedInterface::InSandbox { index })
+            Ok((host_if.clone(), JoinedInterface::InSandbox { index }))
         }
         .await;
-        let interface = undo.finish(result).await?;
+        let (host_if, interface) = undo.finish(result).await?;
         lock(&ep.state).joined = Some(host_if);
         let mut info = JoinInfo::new(interface);
         if plan.internal {

@@ -1,11 +1,16 @@
 //! Restart: adopting a network's bridge and its endpoints' veths from a previous run of the
 //! controller, and sweeping what no record owns.
 //!
-//! Ownership is marked in the kernel: the bridge and each host-side veth carry the alias
-//! `cnm:<network or endpoint id>` (`IFLA_IFALIAS`), set right after they are created. The
-//! sweep deletes only links so marked (or enslaved to one of our bridges), plus bridges named
-//! with our `cnm-` prefix that lost the race between creation and marking; never anyone
-//! else's links.
+//! Ownership is marked in the kernel: the bridge carries the alias `cnm:<network id>`
+//! (`IFLA_IFALIAS`), set right after it is created. The host-side veth of an endpoint is named
+//! after the endpoint ([`endpoint_veth_name`]) and enslaved to the network's bridge; only when
+//! that name is taken does it get a random name and the alias `cnm:<endpoint id>`, as every veth
+//! did before (older versions' veths are adopted by that alias). Setting an alias costs the
+//! kernel a walk of the host's whole IPv6 routing table while the container end is down
+//! (`NETDEV_CHANGE` on a link that is not ready), and that table grows with every endpoint, so
+//! the join names instead of marking. The sweep deletes only links so marked (or enslaved to one
+//! of our bridges), plus bridges named with our `cnm-` prefix that lost the race between
+//! creation and marking; never anyone else's links.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,45 @@ const ALIAS_PREFIX: &str = "cnm:";
 /// The alias marking a link created for the network or endpoint `id`.
 pub(crate) fn alias(id: &str) -> String {
     format!("{ALIAS_PREFIX}{id}")
+}
+
+/// The name of the host-side veth of endpoint `endpoint_id` (15 bytes, `IFNAMSIZ - 1`):
+/// `veth` and the id's first 11 characters when they are lowercase hex (every id cnm makes),
+/// else 11 hex digits of a stable hash of the id. Random veth names are shorter (`veth` and 7
+/// hex digits), so they never take one of these by chance.
+pub fn endpoint_veth_name(endpoint_id: &str) -> String {
+    let is_hex = |p: &&str| p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match endpoint_id.get(..11).filter(is_hex) {
+        Some(prefix) => format!("veth{prefix}"),
+        None => format!(
+            "veth{:011x}",
+            fnv1a(endpoint_id.as_bytes()) & 0xfff_ffff_ffff
+        ),
+    }
+}
+
+/// 64-bit FNV-1a: stable across builds and versions (the names outlive the process).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Whether `link` is the host-side veth of the endpoint whose alias is `mark` and whose veth
+/// name is `name`, on the bridge `bridge_index`: on that bridge, and either marked with `mark`
+/// (a veth whose name was taken, or one made by an older version) or named `name` and carrying
+/// no other endpoint's mark.
+pub(crate) fn is_endpoint_veth(
+    link: &cnm_sandbox::Link,
+    bridge_index: u32,
+    mark: &str,
+    name: &str,
+) -> bool {
+    link.master == Some(bridge_index)
+        && match link.alias.as_deref() {
+            Some(a) if a.starts_with(ALIAS_PREFIX) => a == mark,
+            _ => link.name == name,
+        }
 }
 
 impl BridgeDriver {
@@ -61,10 +105,10 @@ impl BridgeDriver {
         for ep in endpoints {
             let s = &ep.spec;
             let veth = ep.joined.as_ref().and_then(|_| {
-                let mark = alias(&s.endpoint_id);
-                links.iter().find(|l| {
-                    l.alias.as_deref() == Some(mark.as_str()) && l.master == Some(net.bridge_index)
-                })
+                let (mark, name) = (alias(&s.endpoint_id), endpoint_veth_name(&s.endpoint_id));
+                links
+                    .iter()
+                    .find(|l| is_endpoint_veth(l, net.bridge_index, &mark, &name))
             });
             if ep.joined.is_some() && veth.is_none() {
                 tracing::warn!(endpoint = %short(&s.endpoint_id), network = %short(&spec.id), "the veth of a joined endpoint is gone");

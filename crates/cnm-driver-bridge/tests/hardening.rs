@@ -539,12 +539,13 @@ async fn mac_of(ctr: &Ctr) -> Result<String> {
 /// The bridge port (host end of the veth) of a container's endpoint.
 async fn port_of(w: &World, ctr: &Ctr) -> Result<String> {
     let mark = format!("cnm:{}", ctr.ep.id());
+    let name = cnm_driver_bridge::endpoint_veth_name(ctr.ep.id());
     w.host
         .netlink()
         .links()
         .await?
         .into_iter()
-        .find(|l| l.alias.as_deref() == Some(mark.as_str()))
+        .find(|l| l.alias.as_deref() == Some(mark.as_str()) || l.name == name)
         .map(|l| l.name)
         .context("the endpoint's veth")
 }

@@ -434,9 +434,17 @@ async fn check_invariants(ctl: &Controller, w: &World) -> Result<Vec<String>> {
         if let Some(m) = l.master
             && let Some((net, br)) = bridges.get(&m)
         {
-            let owner = l.alias.as_deref().and_then(|a| a.strip_prefix("cnm:"));
+            // Named after its endpoint, or (name taken, older versions) marked by alias.
+            let owner = match l.alias.as_deref().and_then(|a| a.strip_prefix("cnm:")) {
+                Some(id) => Some(id.to_owned()),
+                None => net
+                    .endpoints()
+                    .iter()
+                    .find(|e| cnm_driver_bridge::endpoint_veth_name(e.id()) == l.name)
+                    .map(|e| e.id().to_owned()),
+            };
             let ok = owner.is_some_and(|id| {
-                joined_ids.contains(id) && net.endpoints().iter().any(|e| e.id() == id)
+                joined_ids.contains(&id) && net.endpoints().iter().any(|e| e.id() == id)
             });
             if !ok {
                 bad.push(format!(

@@ -366,3 +366,181 @@ async fn per_family_gateway_modes_come_back_after_a_restart() -> Result<()> {
     check("after the restart").await?;
     Ok(())
 }
+
+/// The host-side veth of an endpoint (named after it, or marked with its alias).
+async fn veth_of(host: &TestHost, endpoint_id: &str) -> Result<cnm::cnm_sandbox::Link> {
+    let (name, mark) = (
+        cnm_driver_bridge::endpoint_veth_name(endpoint_id),
+        format!("cnm:{endpoint_id}"),
+    );
+    host.netlink()
+        .links()
+        .await?
+        .into_iter()
+        .find(|l| l.name == name || l.alias.as_deref() == Some(mark.as_str()))
+        .with_context(|| format!("the veth of endpoint {endpoint_id}"))
+}
+
+/// The bridge driver names an endpoint's veth after it (no alias: setting one costs the kernel a
+/// walk of the host's IPv6 routes per join). State left by an older version, whose veths carry
+/// the alias `cnm:<endpoint id>` and a random name, is adopted all the same; a veth on our bridge
+/// that no endpoint owns is swept, even when it has an endpoint-like name.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn veths_named_by_endpoint_or_marked_by_an_older_version_are_adopted() -> Result<()> {
+    use cnm::cnm_sandbox::{LinkKind, LinkSpec};
+    use cnm::cnm_types::IfName;
+    let host = TestHost::new().await?;
+    let links_before = host.netlink().links().await?.len();
+    let ctl = controller(&host).await?;
+    let net = ctl
+        .new_network("bridge", "n1", NetworkOptions::default())
+        .await?;
+    let e1 = net
+        .create_endpoint("e1", EndpointOptions::default())
+        .await?;
+    let e2 = net
+        .create_endpoint("e2", EndpointOptions::default())
+        .await?;
+    e1.join("c1", []).await?;
+    e2.join("c2", []).await?;
+    let new_style = veth_of(&host, e2.id()).await?;
+    ensure!(
+        new_style.name == cnm_driver_bridge::endpoint_veth_name(e2.id())
+            && new_style.alias.is_none(),
+        "a new veth is named after its endpoint and carries no alias: {new_style:?}"
+    );
+    // What an older version left: e1's veth with a random name, marked by alias.
+    let old = veth_of(&host, e1.id()).await?;
+    let nl = host.netlink();
+    nl.set_down(old.index).await?;
+    nl.rename(old.index, &IfName::new("veth0a1b2c3")?).await?;
+    nl.set_alias(old.index, &format!("cnm:{}", e1.id())).await?;
+    nl.set_up(old.index).await?;
+    let bridge = old.master.context("e1's veth is on the bridge")?;
+    // A veth on our bridge no endpoint owns, named as an endpoint would be.
+    let mut stray = LinkSpec::new(
+        IfName::new("veth0123456789a")?,
+        LinkKind::Veth {
+            peer_name: IfName::new("stray1")?,
+            peer_ns: None,
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: false,
+        },
+    );
+    stray.master = Some(bridge);
+    nl.create_link(&stray).await?;
+    let (a2, e1_id, e2_id) = (
+        IpAddr::V4(e2.ipv4().context("e2 address")?.addr()),
+        e1.id().to_owned(),
+        e2.id().to_owned(),
+    );
+    drop((net, e1, e2));
+    drop(ctl);
+
+    let ctl = controller(&host).await?;
+    let adopted = veth_of(&host, &e1_id).await?;
+    ensure!(
+        adopted.index == old.index && adopted.name == "veth0a1b2c3",
+        "the older version's veth was adopted, not made again: {adopted:?}"
+    );
+    ensure!(veth_of(&host, &e2_id).await?.index == new_style.index);
+    ensure!(
+        nl.link("veth0123456789a").await?.is_none() && nl.link("stray1").await?.is_none(),
+        "the veth no endpoint owns was swept"
+    );
+    let c2 = ctl.sandbox_by_container_id("c2")?;
+    let server = TcpEchoServer::start(c2.netns(), a2, 7000).await?;
+    probe::tcp(ctl.sandbox_by_container_id("c1")?.netns(), a2, 7000).await?;
+    drop(server);
+    // Both leave cleanly: each one's veth goes.
+    let net = ctl.network("n1")?;
+    for sb in ctl.sandboxes() {
+        sb.delete().await?;
+    }
+    for ep in net.endpoints() {
+        ep.delete().await?;
+    }
+    net.delete().await?;
+    ensure!(host.netlink().links().await?.len() == links_before);
+    Ok(())
+}
+
+/// When the name an endpoint's veth would get is taken by a link not ours, the join takes a
+/// random name and marks the veth by alias; the restart adopts it by that alias, the other link
+/// is never touched, and the leave deletes only ours.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_taken_veth_name_falls_back_to_a_random_name_marked_by_alias() -> Result<()> {
+    use cnm::cnm_sandbox::{LinkKind, LinkSpec};
+    use cnm::cnm_types::IfName;
+    let host = TestHost::new().await?;
+    let ctl = controller(&host).await?;
+    let net = ctl
+        .new_network("bridge", "n1", NetworkOptions::default())
+        .await?;
+    let e1 = net
+        .create_endpoint("e1", EndpointOptions::default())
+        .await?;
+    let e2 = net
+        .create_endpoint("e2", EndpointOptions::default())
+        .await?;
+    let taken = cnm_driver_bridge::endpoint_veth_name(e1.id());
+    let nl = host.netlink();
+    nl.create_link(&LinkSpec::new(
+        IfName::new(taken.clone())?,
+        LinkKind::Veth {
+            peer_name: IfName::new("foreign1")?,
+            peer_ns: None,
+            peer_mac: None,
+            peer_mtu: None,
+            peer_up: false,
+        },
+    ))
+    .await?;
+    let foreign = nl.link(&taken).await?.context("the foreign link")?;
+    e1.join("c1", []).await?;
+    e2.join("c2", []).await?;
+    let ours = veth_of_by_alias(&host, e1.id()).await?;
+    ensure!(
+        ours.name != taken && ours.master.is_some(),
+        "e1's veth has another name and is on the bridge: {ours:?}"
+    );
+    let a2 = IpAddr::V4(e2.ipv4().context("e2 address")?.addr());
+    let server = TcpEchoServer::start(ctl.sandbox_by_container_id("c2")?.netns(), a2, 7000).await?;
+    probe::tcp(ctl.sandbox_by_container_id("c1")?.netns(), a2, 7000).await?;
+    drop(server);
+    let e1_id = e1.id().to_owned();
+    drop((net, e1, e2));
+    drop(ctl);
+
+    let ctl = controller(&host).await?;
+    ensure!(
+        veth_of_by_alias(&host, &e1_id).await?.index == ours.index,
+        "adopted by its alias"
+    );
+    ensure!(nl.link(&taken).await?.map(|l| l.index) == Some(foreign.index));
+    ctl.sandbox_by_container_id("c1")?.delete().await?;
+    ensure!(
+        nl.link(&ours.name).await?.is_none(),
+        "the leave deleted our veth"
+    );
+    ensure!(
+        nl.link(&taken).await?.map(|l| l.index) == Some(foreign.index),
+        "the foreign link is untouched"
+    );
+    nl.delete_link(foreign.index).await?;
+    Ok(())
+}
+
+/// The link marked with endpoint `endpoint_id`'s alias.
+async fn veth_of_by_alias(host: &TestHost, endpoint_id: &str) -> Result<cnm::cnm_sandbox::Link> {
+    let mark = format!("cnm:{endpoint_id}");
+    host.netlink()
+        .links()
+        .await?
+        .into_iter()
+        .find(|l| l.alias.as_deref() == Some(mark.as_str()))
+        .with_context(|| format!("a link marked {mark}"))
+}

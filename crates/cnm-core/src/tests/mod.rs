@@ -4,6 +4,7 @@
 //! Every test compares [`Snapshot`]s: what the kernel, the driver, the store, IPAM and the
 //! controller hold. An operation refused or undone must leave the snapshot as it was.
 
+mod commits;
 mod concurrency;
 mod conflicts;
 mod gateway_network;

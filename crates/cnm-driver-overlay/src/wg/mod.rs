@@ -378,7 +378,10 @@ async fn send(socket: &UdpSocket, data: &[u8], peer: &Peer) {
 async fn read_tun(tun: &AsyncFd<File>, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         let mut guard = tun.readable().await?;
-        if let Ok(r) = guard.try_io(|f| (&mut &*f.get_ref()).read(buf)) {
+        if let Ok(r) = guard.try_io(|f| {
+            let mut file: &File = f.get_ref();
+            file.read(buf)
+        }) {
             return r;
         }
     }
@@ -387,7 +390,10 @@ async fn read_tun(tun: &AsyncFd<File>, buf: &mut [u8]) -> std::io::Result<usize>
 async fn write_tun(tun: &AsyncFd<File>, data: &[u8]) -> std::io::Result<()> {
     loop {
         let mut guard = tun.writable().await?;
-        if let Ok(r) = guard.try_io(|f| (&mut &*f.get_ref()).write(data)) {
+        if let Ok(r) = guard.try_io(|f| {
+            let mut file: &File = f.get_ref();
+            file.write(data)
+        }) {
             return r.map(drop);
         }
     }
@@ -448,7 +454,7 @@ async fn from_underlay(
                 continue;
             }
         };
-        let Some(peer) = read(&table).from_endpoint(from.ip()) else {
+        let Some(peer) = read(&table).by_endpoint_ip(from.ip()) else {
             tracing::trace!(%from, "WireGuard datagram from no known peer; dropped");
             continue;
         };

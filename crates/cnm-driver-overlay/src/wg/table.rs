@@ -164,7 +164,7 @@ impl PeerTable {
     }
 
     /// The peer a datagram from `from` on the underlay belongs to.
-    pub(crate) fn from_endpoint(&self, from: IpAddr) -> Option<Arc<Peer>> {
+    pub(crate) fn by_endpoint_ip(&self, from: IpAddr) -> Option<Arc<Peer>> {
         self.by_endpoint.get(&from).cloned()
     }
 }
@@ -257,7 +257,7 @@ mod tests {
         assert!(t.remove("h2").is_some());
         assert!(t.remove("h2").is_none());
         let f2 = fact(&k2, 2, 1);
-        assert!(t.from_endpoint(f2.endpoint.ip()).is_none());
+        assert!(t.by_endpoint_ip(f2.endpoint.ip()).is_none());
         assert!(matches!(
             t.route(&v6_packet(Ipv6Addr::LOCALHOST, f2.tunnel)),
             Route::NoPeer(a) if a == f2.tunnel
@@ -299,7 +299,7 @@ mod tests {
         }
         assert!(matches!(t.route(&[0x45; 60]), Route::NotIpv6));
         assert!(matches!(t.route(&[0x60; 10]), Route::NotIpv6));
-        assert_eq!(t.from_endpoint(f2.endpoint.ip()).unwrap().host, "h2");
+        assert_eq!(t.by_endpoint_ip(f2.endpoint.ip()).unwrap().host, "h2");
         // h2 may only speak as h2.
         assert!(admits(&f2, &v6_packet(f2.tunnel, me)));
         assert!(!admits(&f2, &v6_packet(f3.tunnel, me)));

@@ -10,16 +10,17 @@
 //! them, picks the peer by destination, encrypts them with that peer's tunnel and sends them
 //! as UDP (port [`DEFAULT_PORT`] unless configured) to the peer's advertise address; what it
 //! receives there it decrypts and writes to the TUN device, only from a known peer's address
-//! and only with that peer's own tunnel address as source ([`table`]). On the underlay only
+//! and only with that peer's own tunnel address as source (the peer table). On the underlay only
 //! WireGuard datagrams are seen.
 //!
 //! **Keys.** Each host has an X25519 static key pair, kept in `state_dir/overlay/wireguard.key`
 //! (mode 0600), and publishes its public key, its WireGuard endpoint and its tunnel address
 //! ([`HostFact`]) as a fact under its lease (network [`FACTS_NETWORK`], endpoint = its host
 //! id); every host watches the others' and keeps a tunnel per peer. Session keys are
-//! renegotiated by WireGuard's own handshake every 2 minutes; the static key is replaced by
-//! [`Engine::rotate`] (on an interval, [`SETTING_ROTATION`], or on demand): the new key is
-//! saved, used at once, and published; each peer replaces its tunnel on seeing the new key and
+//! renegotiated by WireGuard's own handshake every 2 minutes; the static key is replaced on an
+//! interval ([`SETTING_ROTATION`]) or on demand
+//! ([`OverlayDriver::rotate_wireguard_key`](crate::OverlayDriver::rotate_wireguard_key)): the
+//! new key is saved, used at once, and published; each peer replaces its tunnel on seeing the new key and
 //! starts a handshake, so traffic pauses for about one handshake.
 //!
 //! **Plain VXLAN from the underlay** for an encrypted network is never accepted: the driver's

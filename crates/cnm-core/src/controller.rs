@@ -68,6 +68,7 @@ pub struct ControllerBuilder {
     embedded_dns: Option<bool>,
     host_dns: Option<SocketAddr>,
     gateway_network: Option<crate::ops::gateway_network::GatewayNetwork>,
+    driver_settings: std::collections::BTreeMap<String, String>,
 }
 
 impl fmt::Debug for ControllerBuilder {
@@ -172,6 +173,16 @@ impl ControllerBuilder {
     /// host dies, the other hosts drop its endpoints within it.
     pub fn cluster_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.lease_ttl = ttl;
+        self
+    }
+
+    /// A host-wide setting of the driver `driver` (what is the host's, not a network's: the
+    /// overlay's `wireguard_port`), which the driver reads with
+    /// [`DriverContext::setting`](crate::spi::DriverContext::setting); the driver refuses a
+    /// bad value when it uses it.
+    pub fn driver_setting(mut self, driver: &str, key: &str, value: impl Into<String>) -> Self {
+        self.driver_settings
+            .insert(format!("{driver}.{key}"), value.into());
         self
     }
 
@@ -336,7 +347,8 @@ impl ControllerBuilder {
         )
         .with_firewall(firewall.clone())
         .with_stores(store.clone(), self.cluster_store.clone(), host_id.clone())
-        .with_cluster(self.advertise_addr, self.lease_ttl);
+        .with_cluster(self.advertise_addr, self.lease_ttl)
+        .with_settings(self.driver_settings.clone());
         let mut factories: Vec<(String, Factory)> = Vec::new();
         if self.builtin_drivers {
             for reg in inventory::iter::<DriverRegistration> {
@@ -542,6 +554,7 @@ impl Controller {
             embedded_dns: None,
             host_dns: None,
             gateway_network: None,
+            driver_settings: std::collections::BTreeMap::new(),
         }
     }
 

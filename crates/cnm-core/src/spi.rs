@@ -276,6 +276,8 @@ pub struct DriverContext {
     /// That lease, shared by every [`Facts`] of the driver this context is bound to; made on
     /// first use, once there is a cluster store.
     facts_lease: Arc<OnceLock<Arc<crate::facts::HostLease>>>,
+    /// Host-wide settings of drivers, by `<driver>.<key>` (see [`DriverContext::setting`]).
+    settings: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// The cluster store and this host's id in it.
@@ -313,7 +315,23 @@ impl DriverContext {
             advertise_addr: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             facts_lease: Arc::new(OnceLock::new()),
+            settings: Arc::default(),
         }
+    }
+
+    /// Host-wide settings of drivers (`ControllerBuilder::driver_setting`), each keyed
+    /// `<driver>.<key>`: what is not a network's option but the host's (the overlay's
+    /// WireGuard port).
+    pub fn with_settings(mut self, settings: std::collections::BTreeMap<String, String>) -> Self {
+        self.settings = Arc::new(settings);
+        self
+    }
+
+    /// The host-wide setting `key` of the driver this context is bound to, if one was given.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings
+            .get(&format!("{}.{key}", self.driver))
+            .map(String::as_str)
     }
 
     /// This host's place in the cluster: the address other hosts reach it at on the underlay

@@ -85,6 +85,14 @@ struct Args {
     /// host dies, the other hosts drop its endpoints within it.
     #[arg(long, default_value_t = 15.0)]
     cluster_lease_ttl: f64,
+    /// The UDP port of this host's WireGuard (on the advertise address), which carries the
+    /// traffic of encrypted overlay networks (`-o encrypted`). The same on every host.
+    #[arg(long, default_value_t = 51820)]
+    wireguard_port: u16,
+    /// Seconds between replacements of this host's WireGuard static key (0: never; session
+    /// keys are renewed every 2 minutes by WireGuard itself).
+    #[arg(long, default_value_t = 0.0)]
+    wireguard_key_rotation: f64,
     /// Where the host itself resolves containers: a DNS server on this loopback address
     /// answering NAME.NETWORK and NAME.NETWORK.cnm (and PTR) for every network, REFUSED for
     /// anything else. `off` for none. Default: 127.0.0.153:53 when that can be bound (a
@@ -173,6 +181,16 @@ async fn main() -> anyhow::Result<()> {
                 args.cluster_lease_ttl
             )
         })?;
+    config.driver_settings.push((
+        "overlay".to_owned(),
+        "wireguard_port".to_owned(),
+        args.wireguard_port.to_string(),
+    ));
+    config.driver_settings.push((
+        "overlay".to_owned(),
+        "wireguard_key_rotation".to_owned(),
+        args.wireguard_key_rotation.to_string(),
+    ));
     config.host_dns = match args.host_dns.as_deref() {
         None => HostDns::Try(cnm_daemon::DEFAULT_HOST_DNS),
         Some("off" | "none" | "false") => HostDns::Off,

@@ -144,6 +144,9 @@ pub struct Config {
     /// The TTL of the lease this host's per-endpoint facts live under (`--cluster-lease-ttl`):
     /// when this host dies the others drop its endpoints within it.
     pub cluster_lease_ttl: Duration,
+    /// Host-wide driver settings, `(driver, key, value)` (cnmd's `--wireguard-port` and
+    /// `--wireguard-key-rotation` for the overlay's): see `ControllerBuilder::driver_setting`.
+    pub driver_settings: Vec<(String, String, String)>,
     /// The resolver on the host answering `name.network[.cnm]` (cnmd's `--host-dns`; see
     /// [`HostDns`]). Default here (for embedding and tests): off.
     pub host_dns: HostDns,
@@ -226,6 +229,7 @@ impl Default for Config {
             cluster_store: None,
             advertise_addr: None,
             cluster_lease_ttl: cnm::spi::DEFAULT_LEASE_TTL,
+            driver_settings: Vec::new(),
             host_dns: HostDns::Off,
             resolved: None,
         }
@@ -930,6 +934,9 @@ impl Daemon {
             builder = builder.advertise_addr(addr);
         }
         builder = builder.cluster_lease_ttl(config.cluster_lease_ttl);
+        for (driver, key, value) in &config.driver_settings {
+            builder = builder.driver_setting(driver, key, value.clone());
+        }
         // Docker's docker_gwbridge: the way out of overlay endpoints, made on first need.
         builder = builder.gateway_network(GATEWAY_NETWORK, "bridge", gateway_network_options());
         // Plugins are found before the reload too: a recorded network of a plugin's driver

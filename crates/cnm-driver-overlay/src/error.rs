@@ -82,6 +82,21 @@ pub enum OverlayError {
         #[source]
         source: StoreError,
     },
+    /// A file or device operation failed (the WireGuard key file, the TUN device, the
+    /// WireGuard socket).
+    #[error("failed to {op} {object}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        object: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// What an encrypted network needs is missing on this host.
+    #[error("an encrypted overlay network cannot be set up here: {0}")]
+    Unsupported(String),
     /// Core refused a request of the driver (no cluster store, facts).
     #[error(transparent)]
     Driver(#[from] DriverError),
@@ -113,6 +128,14 @@ impl OverlayError {
         }
     }
 
+    pub(crate) fn io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+
     pub(crate) fn invalid(
         key: impl Into<String>,
         value: impl Into<String>,
@@ -133,6 +156,8 @@ impl OverlayError {
             Self::VniTaken { .. } => ErrorKind::AlreadyExists,
             Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
             Self::Conflict { .. } => ErrorKind::Conflict,
+            Self::Io { .. } => ErrorKind::Internal,
+            Self::Unsupported(_) => ErrorKind::Unsupported,
             Self::Kernel(e) => e.source.kind(),
             Self::Firewall(e) => e.source.kind(),
             Self::Store { source, .. } => source.kind(),

@@ -22,7 +22,16 @@
 //!   multicast and broadcast across hosts by head-end replication: the VXLAN device's all-zeros
 //!   FDB entry lists the VTEP of every other host with an endpoint on the network (`bridge fdb
 //!   append 00:00:00:00:00:00 … dst <vtep>`), added with the host's first peer and removed with
-//!   its last, by the same watch.
+//!   its last, by the same watch;
+//! - with `encrypted` ([`options::ENCRYPTED`], Docker's `-o encrypted`, empty or `true`), the
+//!   network's traffic between hosts inside WireGuard ([`wg`]): a userspace WireGuard over a TUN
+//!   device `cnm-wg0` (one per host, started by the first encrypted network), the VXLAN device
+//!   local to this host's tunnel address (derived from its IPv4 advertise address), the other
+//!   hosts' endpoints behind theirs, MTU = the underlay's − 70 (VXLAN over IPv6) − 60
+//!   (WireGuard); host keys in the state dir, published through the cluster store, rotated
+//!   (`wireguard_key_rotation`, [`OverlayDriver::rotate_wireguard_key`]); and in its firewall
+//!   fragment a guard dropping plain VXLAN to an encrypted network's port that did not come out
+//!   of the tunnel. No `/dev/net/tun`: the network is refused (`Unsupported`).
 //!
 //! **Does not**
 //! - give the network a gateway, a way out or published ports: its joins ask for the
@@ -37,12 +46,16 @@
 mod error;
 pub mod options;
 mod peers;
+pub mod wg;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cnm_core::cnm_firewall::{ElementChange, Fragment, FragmentSpec};
+use cnm_core::cnm_firewall::{
+    Action, ChainHook, ChainType, ElementChange, FieldType, Fragment, FragmentChain, FragmentSet,
+    FragmentSpec, Key, Match, Protocol, Rule, SetElement, Value,
+};
 use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
     Facts, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
@@ -74,6 +87,33 @@ const OVERHEAD_V4: u32 = 50;
 /// The same over IPv6 (a 40-byte outer header).
 const OVERHEAD_V6: u32 = 70;
 
+/// The overlay fragment's set of the VXLAN ports of this host's encrypted networks.
+const ENCRYPTED_PORTS: &str = "encrypted_ports";
+
+/// The overlay's firewall fragment: the bridges it claims, and a guard on the input hook
+/// dropping IPv6 UDP to an encrypted network's VXLAN port unless it came through the
+/// WireGuard TUN device, so that no plain VXLAN from the underlay reaches an encrypted network
+/// (its VXLAN device is IPv6, between tunnel addresses; the kernel does not check a datagram's
+/// destination against a VXLAN device's local address).
+fn fragment_spec() -> FragmentSpec {
+    let tun = IfName::new(wg::TUN_NAME.to_owned()).expect("a valid interface name");
+    FragmentSpec::new(DRIVER_NAME)
+        .set(FragmentSet::new(ENCRYPTED_PORTS, [FieldType::Port]))
+        .chain(
+            FragmentChain::base("wg_guard", ChainHook::Input, ChainType::Filter, -200).rule(
+                Rule::new(
+                    [
+                        Match::is(Key::Family, Value::Family(cnm_sandbox::IpFamily::V6)),
+                        Match::is(Key::L4Proto, Protocol::Udp),
+                        Match::in_set([Key::ThDport], ENCRYPTED_PORTS),
+                        Match::is_not(Key::IifName, &tun),
+                    ],
+                    Action::Drop,
+                ),
+            ),
+        )
+}
+
 /// What a host publishes for each joined endpoint, and what the others program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerFact {
@@ -83,7 +123,8 @@ pub struct PeerFact {
     pub ipv6: Option<Ipv6Addr>,
     /// The MAC of its interface.
     pub mac: MacAddress,
-    /// The tunnel endpoint of its host (the host's advertise address).
+    /// The tunnel endpoint of its host (the host's advertise address; on an encrypted network,
+    /// the host's WireGuard tunnel address).
     pub vtep: IpAddr,
 }
 
@@ -95,6 +136,13 @@ pub struct OverlayDriver {
     /// The driver's part of the host's firewall: it holds no sets, only the claims of the
     /// overlay bridges (see [`OverlayDriver::claim_bridge`]).
     fragment: std::sync::OnceLock<Fragment>,
+    /// The userspace WireGuard, started by the first encrypted network.
+    wg: tokio::sync::Mutex<Option<Arc<wg::Engine>>>,
+    /// Its configuration (the driver's host-wide settings).
+    wg_config: Result<wg::WgConfig, String>,
+    /// The VXLAN ports of encrypted networks in [`ENCRYPTED_PORTS`], each with its number of
+    /// networks (serialised by the `wg` lock).
+    guarded_ports: Mutex<HashMap<u16, usize>>,
 }
 
 #[derive(Debug)]
@@ -119,6 +167,9 @@ pub(crate) struct Network {
     /// programmed peers behind it (only the watch task changes it).
     pub(crate) flood: Mutex<HashMap<IpAddr, usize>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Its traffic goes through WireGuard ([`options::ENCRYPTED`]); its VXLAN port is guarded.
+    encrypted: bool,
+    port: u16,
 }
 
 #[derive(Debug)]
@@ -178,10 +229,116 @@ impl OverlayDriver {
 
     /// Builds the driver.
     pub fn new(ctx: DriverContext) -> Self {
+        let wg_config = wg::WgConfig::from_context(&ctx).map_err(|e| e.to_string());
         Self {
             ctx,
             networks: Mutex::new(HashMap::new()),
             fragment: std::sync::OnceLock::new(),
+            wg: tokio::sync::Mutex::new(None),
+            wg_config,
+            guarded_ports: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Uses `config` for the WireGuard of encrypted networks instead of the driver's settings
+    /// (before the first encrypted network; tests point `tun_path` elsewhere).
+    pub fn with_wireguard(mut self, config: wg::WgConfig) -> Self {
+        self.wg_config = Ok(config);
+        self
+    }
+
+    /// Replaces this host's WireGuard static key now (as the periodic rotation does): the new
+    /// public key is published and the peers follow. Returns it; `None` when no encrypted
+    /// network has started the engine on this host.
+    pub async fn rotate_wireguard_key(&self) -> Result<Option<String>, DriverError> {
+        let engine = self.wg.lock().await.clone();
+        match engine {
+            Some(e) => Ok(Some(e.rotate().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// This host's WireGuard public key, once the engine runs.
+    pub async fn wireguard_public_key(&self) -> Option<String> {
+        self.wg.lock().await.as_ref().map(|e| e.public_key())
+    }
+
+    /// The engine, started on first use; and the port `port` guarded (counted per network).
+    async fn wireguard(
+        &self,
+        underlay_mtu: u32,
+        port: u16,
+    ) -> Result<Arc<wg::Engine>, OverlayError> {
+        let mut slot = self.wg.lock().await;
+        let engine = match slot.as_ref() {
+            Some(e) => e.clone(),
+            None => {
+                let config = self.wg_config.clone().map_err(|reason| {
+                    OverlayError::invalid("overlay WireGuard settings", "", reason)
+                })?;
+                let e = wg::Engine::start(&self.ctx, &config, underlay_mtu).await?;
+                *slot = Some(e.clone());
+                e
+            }
+        };
+        let first = {
+            let mut ports = lock(&self.guarded_ports);
+            let n = ports.entry(port).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            let change =
+                ElementChange::new().add(ENCRYPTED_PORTS, SetElement::new([Value::Port(port)]));
+            if let Err(e) = self.fragment()?.apply(&change).await {
+                lock(&self.guarded_ports).remove(&port);
+                return Err(OverlayError::failed(
+                    "guard the VXLAN port",
+                    port.to_string(),
+                    e,
+                ));
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Counts one encrypted network less on `port`; the last takes the guard away.
+    async fn unguard(&self, port: u16) -> Result<(), OverlayError> {
+        let _serial = self.wg.lock().await;
+        let last = {
+            let mut ports = lock(&self.guarded_ports);
+            match ports.get_mut(&port) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    ports.remove(&port);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let change =
+                ElementChange::new().delete(ENCRYPTED_PORTS, SetElement::new([Value::Port(port)]));
+            self.fragment()?
+                .apply(&change)
+                .await
+                .map_err(|e| OverlayError::failed("unguard the VXLAN port", port.to_string(), e))?;
+        }
+        Ok(())
+    }
+
+    fn fragment(&self) -> Result<&Fragment, OverlayError> {
+        match self.fragment.get() {
+            Some(f) => Ok(f),
+            None => {
+                let f = self.ctx.firewall().fragment(fragment_spec()).map_err(|e| {
+                    OverlayError::failed("declare the firewall fragment of", DRIVER_NAME, e)
+                })?;
+                Ok(self.fragment.get_or_init(|| f))
+            }
         }
     }
 
@@ -195,19 +352,7 @@ impl OverlayDriver {
     /// forwarding cnm turned on drops forwarded traffic of interfaces nobody claimed: without
     /// the claim, the overlay would carry nothing there.
     async fn claim_bridge(&self, bridge: &IfName, claim: bool) -> Result<(), OverlayError> {
-        let fragment = match self.fragment.get() {
-            Some(f) => f,
-            None => {
-                let f = self
-                    .ctx
-                    .firewall()
-                    .fragment(FragmentSpec::new(DRIVER_NAME))
-                    .map_err(|e| {
-                        OverlayError::failed("declare the firewall fragment of", DRIVER_NAME, e)
-                    })?;
-                self.fragment.get_or_init(|| f)
-            }
-        };
+        let fragment = self.fragment()?;
         let (op, change) = if claim {
             ("claim bridge", ElementChange::new().claim_interface(bridge))
         } else {
@@ -272,6 +417,7 @@ impl OverlayDriver {
                     vni,
                     port: opts.port,
                     bum: opts.bum,
+                    encrypted: opts.encrypted,
                 }),
                 Err(StoreError::Conflict { .. }) => {
                     let owner = store
@@ -303,6 +449,7 @@ impl OverlayDriver {
                             vni,
                             port: opts.port,
                             bum: opts.bum,
+                            encrypted: opts.encrypted,
                         });
                     }
                     // Another host took it since the listing: the next one.
@@ -351,10 +498,19 @@ impl OverlayDriver {
         // Refused before anything exists when there is no cluster store.
         self.facts()?;
         let (underlay, underlay_mtu) = self.underlay(vtep).await?;
-        let overhead = if vtep.is_ipv4() {
-            OVERHEAD_V4
+        // An encrypted network's VXLAN runs between WireGuard tunnel addresses (IPv6) inside
+        // the WireGuard tunnel: both overheads.
+        let (local_vtep, parent, overhead) = if alloc.encrypted {
+            let engine = self.wireguard(underlay_mtu, alloc.port).await?;
+            (
+                IpAddr::V6(engine.tunnel),
+                None,
+                OVERHEAD_V6 + wg::OVERHEAD_V4,
+            )
+        } else if vtep.is_ipv4() {
+            (vtep, Some(underlay), OVERHEAD_V4)
         } else {
-            OVERHEAD_V6
+            (vtep, Some(underlay), OVERHEAD_V6)
         };
         let mtu = spec.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead));
         let (bridge, vxlan) = link_names(alloc.vni)?;
@@ -412,12 +568,12 @@ impl OverlayDriver {
                 vxlan.clone(),
                 LinkKind::Vxlan {
                     vni: alloc.vni,
-                    local: Some(vtep),
+                    local: Some(local_vtep),
                     group: None,
                     port: alloc.port,
                     learning: false,
                     proxy: true,
-                    parent: Some(underlay),
+                    parent,
                 },
             );
             link.mtu = Some(mtu);
@@ -452,7 +608,14 @@ impl OverlayDriver {
             Ok((bridge_index, vxlan_index))
         }
         .await;
-        let (bridge_index, vxlan_index) = undo.finish(result).await?;
+        let result = undo.finish(result).await;
+        if result.is_err() && alloc.encrypted {
+            // The guard taken for this network goes with it (the engine stays for others).
+            if let Err(e) = self.unguard(alloc.port).await {
+                tracing::warn!(error = %e, "cannot release the VXLAN port guard");
+            }
+        }
+        let (bridge_index, vxlan_index) = result?;
         tracing::debug!(network = %short(&spec.id), vni = alloc.vni, %bridge, %vxlan, mtu, "overlay network set up");
         Ok(Arc::new(Network {
             id: spec.id.clone(),
@@ -465,9 +628,11 @@ impl OverlayDriver {
             endpoints: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             bum: alloc.bum,
-            local_vtep: vtep,
+            local_vtep,
             flood: Mutex::new(HashMap::new()),
             watcher: Mutex::new(None),
+            encrypted: alloc.encrypted,
+            port: alloc.port,
         }))
     }
 
@@ -535,7 +700,12 @@ impl OverlayDriver {
         let vx = delete_link_named(host, net.vxlan.as_str()).await;
         let br = delete_link_named(host, net.bridge.as_str()).await;
         let claim = self.claim_bridge(&net.bridge, false).await;
-        let mut errors: Vec<OverlayError> = [vx, br, claim]
+        let guard = if net.encrypted {
+            self.unguard(net.port).await
+        } else {
+            Ok(())
+        };
+        let mut errors: Vec<OverlayError> = [vx, br, claim, guard]
             .into_iter()
             .filter_map(Result::err)
             .collect();
@@ -550,13 +720,13 @@ impl OverlayDriver {
         })
     }
 
-    fn fact_of(&self, ep: &Endpoint, mac: MacAddress) -> Result<PeerFact, OverlayError> {
-        Ok(PeerFact {
+    fn fact_of(net: &Network, ep: &Endpoint, mac: MacAddress) -> PeerFact {
+        PeerFact {
             ipv4: ep.ipv4.map(|a| a.addr()),
             ipv6: ep.ipv6.map(|a| a.addr()),
             mac,
-            vtep: self.vtep()?,
-        })
+            vtep: net.local_vtep,
+        }
     }
 
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, OverlayError> {
@@ -569,7 +739,7 @@ impl OverlayDriver {
             });
         }
         let mac = req.mac.unwrap_or(ep.mac);
-        let fact = self.fact_of(&ep, mac)?;
+        let fact = Self::fact_of(&net, &ep, mac);
         let facts = self.facts()?;
         let host_if = random_veth_name()?;
         let host = &self.ctx.host_netlink;
@@ -702,7 +872,7 @@ impl OverlayDriver {
                         })?;
                         *lock(&ep.joined) = Some(name);
                         // The container end's MAC, as recorded (not the host end's).
-                        let fact = self.fact_of(&ep, ep.mac)?;
+                        let fact = Self::fact_of(&net, &ep, ep.mac);
                         facts.publish(&spec.id, &s.endpoint_id, &fact).await?;
                     }
                     None => tracing::warn!(
@@ -881,6 +1051,8 @@ impl Driver for OverlayDriver {
                 task.abort();
             }
         }
+        // Its tasks stop and its TUN device goes (the kernel state of the networks stays).
+        self.wg.lock().await.take();
         Ok(())
     }
 }

@@ -16,6 +16,11 @@ pub const VXLAN_PORT: &str = "com.cnm.overlay.vxlan_port";
 /// network. Off by default: without it such frames stay on their host. The same on every
 /// host: it is part of the allocation.
 pub const BUM: &str = "com.cnm.overlay.bum";
+/// Encryption of the network's traffic between hosts (Docker's option name, `-o encrypted`):
+/// present with an empty value, or `true`, turns it on (`false` leaves it off). Its VXLAN
+/// traffic then goes through this host's WireGuard (see [`crate::wg`]). The same on every host:
+/// it is part of the allocation.
+pub const ENCRYPTED: &str = "encrypted";
 /// The first VNI handed out when none is asked for (Docker's swarm starts at 4096 too).
 pub const FIRST_VNI: u32 = 4096;
 /// The largest VNI (24 bits).
@@ -27,6 +32,7 @@ pub const DEFAULT_PORT: u16 = 4789;
 pub(crate) const ALLOC_VNI: &str = "vni";
 pub(crate) const ALLOC_PORT: &str = "port";
 pub(crate) const ALLOC_BUM: &str = "bum";
+pub(crate) const ALLOC_ENCRYPTED: &str = "encrypted";
 
 /// A network's options as the user gave them, typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,8 @@ pub struct OverlayOptions {
     pub port: u16,
     /// Broadcast and multicast replicated to the other hosts ([`BUM`]).
     pub bum: bool,
+    /// Traffic between hosts encrypted ([`ENCRYPTED`]).
+    pub encrypted: bool,
 }
 
 impl Default for OverlayOptions {
@@ -45,6 +53,7 @@ impl Default for OverlayOptions {
             vni: None,
             port: DEFAULT_PORT,
             bum: false,
+            encrypted: false,
         }
     }
 }
@@ -59,6 +68,9 @@ impl TryFrom<&DriverOptions> for OverlayOptions {
                 VXLANID_LIST => opts.vni = Some(parse_vni(key, value)?),
                 VXLAN_PORT => opts.port = parse_port(key, value)?,
                 BUM => opts.bum = parse_bool(key, value)?,
+                // Docker's `-o encrypted` comes with an empty value: on.
+                ENCRYPTED if value.trim().is_empty() => opts.encrypted = true,
+                ENCRYPTED => opts.encrypted = parse_bool(key, value)?,
                 _ => return Err(OverlayError::UnknownOption { key: key.clone() }),
             }
         }
@@ -111,6 +123,7 @@ pub(crate) struct Allocation {
     pub vni: u32,
     pub port: u16,
     pub bum: bool,
+    pub encrypted: bool,
 }
 
 impl Allocation {
@@ -122,6 +135,9 @@ impl Allocation {
         // Written only when on: an allocation from before the option reads as off.
         if self.bum {
             raw.insert(ALLOC_BUM.to_owned(), "true".to_owned());
+        }
+        if self.encrypted {
+            raw.insert(ALLOC_ENCRYPTED.to_owned(), "true".to_owned());
         }
         raw
     }
@@ -138,6 +154,10 @@ impl Allocation {
             },
             bum: match raw.get(ALLOC_BUM) {
                 Some(b) => parse_bool(ALLOC_BUM, b)?,
+                None => false,
+            },
+            encrypted: match raw.get(ALLOC_ENCRYPTED) {
+                Some(b) => parse_bool(ALLOC_ENCRYPTED, b)?,
                 None => false,
             },
         })
@@ -173,6 +193,10 @@ mod tests {
                 .unwrap()
                 .bum
         );
+        for (v, on) in [("", true), ("true", true), ("false", false)] {
+            let o = OverlayOptions::try_from(&opts(&[(ENCRYPTED, v)])).unwrap();
+            assert_eq!(o.encrypted, on, "encrypted={v:?}");
+        }
         for (k, v) in [
             (VXLANID_LIST, "0"),
             (VXLANID_LIST, "16777216"),
@@ -181,6 +205,7 @@ mod tests {
             (VXLAN_PORT, "0"),
             (VXLAN_PORT, "70000"),
             (BUM, "yes please"),
+            (ENCRYPTED, "maybe"),
         ] {
             let e = OverlayOptions::try_from(&opts(&[(k, v)])).unwrap_err();
             let text = e.to_string();
@@ -194,11 +219,12 @@ mod tests {
 
     #[test]
     fn the_allocation_round_trips() {
-        for bum in [false, true] {
+        for (bum, encrypted) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = Allocation {
                 vni: 4097,
                 port: 4789,
                 bum,
+                encrypted,
             };
             assert_eq!(Allocation::from_options(&a.to_options()).unwrap(), a);
         }
@@ -206,9 +232,11 @@ mod tests {
             vni: 4097,
             port: 4789,
             bum: false,
+            encrypted: false,
         };
         assert!(
-            !off.to_options().contains_key(ALLOC_BUM),
+            !off.to_options().contains_key(ALLOC_BUM)
+                && !off.to_options().contains_key(ALLOC_ENCRYPTED),
             "older hosts read it"
         );
         assert!(Allocation::from_options(&DriverOptions::new()).is_err());

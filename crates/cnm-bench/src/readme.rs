@@ -37,6 +37,8 @@ fn label(scenario: &str) -> &str {
         "docker-network-rm" => "docker network rm",
         "docker-run-p" => "docker run -d -p (cnm: attach with 1 port)",
         "docker-rm" => "docker rm -f (cnm: detach)",
+        "overlay-attach" => "overlay: attach on host 2/3 to a network of host 1",
+        "overlay-reach" => "overlay: join → first reply from host 1",
         other => other,
     }
 }

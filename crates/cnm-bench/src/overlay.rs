@@ -287,6 +287,7 @@ async fn three_hosts(
     for i in 1..=3 {
         hosts.push(Host::start(&ul, i).await?);
     }
+    progress("etcd and 3 hosts up");
     let result = measure_three(&ul, &hosts, iperf3, sizes, wants).await;
     // Torn down whatever happened: controllers, their runtimes, the hosts, then etcd.
     for host in hosts {
@@ -295,6 +296,7 @@ async fn three_hosts(
         }
     }
     drop(ul);
+    progress("3 hosts and etcd stopped");
     result
 }
 
@@ -315,12 +317,13 @@ async fn measure_three(
     // The prober on host 1: its neighbour retries every 10 ms (see the module's notes).
     let (prober, prober_ip, _) = hosts[0].attach(&net, "prober".into()).await?;
     fast_arp(prober.netns()).await?;
+    // Sandboxes kept until the end: a detach would free its address for a later attach (the
+    // iperf3 client's), whose new MAC the prober's neighbour cache would not know for tens of
+    // seconds (a new endpoint's MAC is random; see the report's notes).
+    let mut live = Vec::new();
 
     if wants("overlay-attach") || wants("overlay-reach") {
         let (mut attach, mut reach) = (Vec::new(), Vec::new());
-        // Kept until the end: a detach would free its address for the next attach, whose new
-        // MAC the prober's neighbour cache would not know (see the report's notes).
-        let mut live = Vec::new();
         let mut result = Ok(());
         for k in 0..sizes.attaches {
             let h = 1 + k % 2;
@@ -340,10 +343,8 @@ async fn measure_three(
             reach.push(joined.elapsed());
             attach.push(took);
         }
-        for (h, sb) in live {
-            hosts[h].detach(sb).await?;
-        }
         result?;
+        progress("attach and reach measured");
         let note = "3 hosts (namespaces on an underlay bridge), each a cnm library controller \
                     with its durable store, etcd cluster store and cnmd's gateway network";
         rows.push(("overlay-attach", timed(&attach, note)?));
@@ -376,6 +377,7 @@ async fn measure_three(
                 )
                 .await?;
                 rows.push(("overlay-iperf", Outcome::Values(plain)));
+                progress("iperf3 measured");
                 if wants("overlay-iperf-encrypted") {
                     let name = "ovbench-enc";
                     let outcome = match create_network(&hosts[0], name, &[("encrypted", "")]).await
@@ -410,9 +412,21 @@ async fn measure_three(
 
     if wants("overlay-alloc") {
         rows.push(("overlay-alloc", alloc(ul, hosts, &nets, sizes).await?));
+        progress("allocation measured");
+    }
+    for (h, sb) in live {
+        hosts[h].detach(sb).await?;
     }
     hosts[0].detach(prober).await?;
     Ok(rows)
+}
+
+/// A line on stderr with the time of day, so a slow phase shows.
+fn progress(what: &str) {
+    eprintln!(
+        "cnm-bench: overlay: {what} ({})",
+        crate::report::rfc3339_now()
+    );
 }
 
 /// Creates the global overlay network `name` on `host` with these driver options.
@@ -892,6 +906,7 @@ async fn simulation(hosts: usize, endpoints: usize) -> Result<Map<String, Value>
             }
             table.wait(&warm, hosts - 1, SIM_WITHIN).await?;
             let initial_sync = started.elapsed();
+            progress(&format!("simulation: {hosts} agents synced"));
 
             // The measured phase: one endpoint at a time.
             let r0 = revision(raw.as_ref()).await?;
@@ -926,6 +941,7 @@ async fn simulation(hosts: usize, endpoints: usize) -> Result<Map<String, Value>
         })
         .await?;
     let (times, c0, c1, writes, initial_sync, programmed) = stats;
+    progress("simulation measured");
     let after = etcd_status(&etcd).await?;
     drop(etcd);
     let per = |a: u64, b: u64| json!(round3(b.saturating_sub(a) as f64 / endpoints.max(1) as f64));

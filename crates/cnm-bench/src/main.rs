@@ -567,6 +567,15 @@ mod tests {
     }
 
     #[test]
+    fn the_overlay_group_and_the_simulation_size_parse() {
+        let a = parse_args(&args(&["--sim-hosts", "1000", "overlay"])).unwrap();
+        assert_eq!(a.sim_hosts, Some(1000));
+        assert_eq!(a.scenarios, args(&overlay::SCENARIOS));
+        assert!(overlay::SCENARIOS.iter().all(|s| SCENARIOS.contains(s)));
+        assert!(parse_args(&args(&["--sim-hosts", "0"])).is_err());
+    }
+
+    #[test]
     fn the_docker_group_names_its_scenarios_and_starts_dockerd() {
         let a = parse_args(&args(&["docker"])).unwrap();
         assert_eq!(a.scenarios, args(&docker::SCENARIOS));

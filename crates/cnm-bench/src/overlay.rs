@@ -202,7 +202,7 @@ impl Host {
         let endpoint = ul.etcd.endpoint();
         let ctl = rt
             .on(async move {
-                let store = EtcdStore::connect(EtcdConfig::new(endpoint.parse()?)).await?;
+                let store = EtcdStore::connect(etcd_config(&endpoint)?).await?;
                 // cnmd's gateway network, as `cnmd --cluster-store` configures it.
                 let gw = NetworkOptions::default()
                     .driver_option("com.docker.network.bridge.name", "cnm_gwbridge")
@@ -419,6 +419,14 @@ async fn measure_three(
     }
     hosts[0].detach(prober).await?;
     Ok(rows)
+}
+
+/// The etcd client's configuration: a request may wait 30 s (cnmd's default is 5 s) so that a
+/// bench on a loaded machine fails only when etcd is really gone.
+fn etcd_config(endpoint: &str) -> Result<EtcdConfig> {
+    Ok(EtcdConfig::new(endpoint.parse()?)
+        .request_timeout(Duration::from_secs(30))?
+        .connect_timeout(Duration::from_secs(30))?)
 }
 
 /// A line on stderr with the time of day, so a slow phase shows.
@@ -857,10 +865,9 @@ async fn simulation(hosts: usize, endpoints: usize) -> Result<Map<String, Value>
             let table = Arc::new(Table::default());
             let mut agents = Vec::new();
             let mut facts = Vec::new();
-            let raw: Arc<dyn Store> =
-                Arc::new(EtcdStore::connect(EtcdConfig::new(endpoint.parse()?)).await?);
+            let raw: Arc<dyn Store> = Arc::new(EtcdStore::connect(etcd_config(&endpoint)?).await?);
             for i in 0..hosts {
-                let etcd = EtcdStore::connect(EtcdConfig::new(endpoint.parse()?)).await?;
+                let etcd = EtcdStore::connect(etcd_config(&endpoint)?).await?;
                 let store: Arc<dyn Store> = Arc::new(Counting {
                     inner: Arc::new(etcd),
                     counters: counters.clone(),

@@ -324,6 +324,7 @@ async fn measure_three(
 
     if wants("overlay-attach") || wants("overlay-reach") {
         let (mut attach, mut reach) = (Vec::new(), Vec::new());
+        let before = etcd_status(&ul.etcd).await?;
         let mut result = Ok(());
         for k in 0..sizes.attaches {
             let h = 1 + k % 2;
@@ -344,10 +345,18 @@ async fn measure_three(
             attach.push(took);
         }
         result?;
+        let writes = etcd_status(&ul.etcd).await?.revision - before.revision;
         progress("attach and reach measured");
         let note = "3 hosts (namespaces on an underlay bridge), each a cnm library controller \
                     with its durable store, etcd cluster store and cnmd's gateway network";
-        rows.push(("overlay-attach", timed(&attach, note)?));
+        let mut row = timed(&attach, note)?;
+        if let Outcome::Timed(_, extra) = &mut row {
+            extra.insert(
+                "etcd_writes_per_attach".into(),
+                json!(round3(writes as f64 / attach.len().max(1) as f64)),
+            );
+        }
+        rows.push(("overlay-attach", row));
         rows.push((
             "overlay-reach",
             timed(

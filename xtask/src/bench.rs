@@ -62,7 +62,7 @@ pub struct BenchArgs {
     /// `--no-run`: measure nothing, only compare and/or rewrite the README.
     pub no_run: bool,
     /// Options handed to cnm-bench as they are: `-n N`, `--contenders A,B`,
-    /// `--store durable|memory`, `--scale N`, `--churn N`.
+    /// `--store durable|memory`, `--scale N`, `--churn N`, `--sim-hosts N`.
     pub passthrough: Vec<String>,
     /// Scenarios (or groups) to run; empty means all.
     pub scenarios: Vec<String>,
@@ -84,7 +84,7 @@ pub fn parse(args: &[String]) -> Result<BenchArgs> {
             "--compare" => parsed.compare = Some(value("--compare")?.into()),
             "--readme" => parsed.readme = true,
             "--no-run" => parsed.no_run = true,
-            flag @ ("-n" | "--contenders" | "--store" | "--scale" | "--churn") => {
+            flag @ ("-n" | "--contenders" | "--store" | "--scale" | "--churn" | "--sim-hosts") => {
                 let v = value(flag)?;
                 parsed.passthrough.extend([flag.to_owned(), v]);
             }

@@ -114,6 +114,11 @@ const SYSTEM_PACKAGES: &[SystemPackage] = &[
         deb: "etcd-client",
         provides: "etcdctl",
     },
+    // cnm-bench's smoke test of the overlay group measures throughput across hosts with iperf3.
+    SystemPackage {
+        deb: "iperf3",
+        provides: "iperf3",
+    },
 ];
 
 /// Root runs tools from sbin even when `PATH` lacks it (e.g. `sudo` with a user's PATH).

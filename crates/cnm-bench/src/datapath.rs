@@ -21,13 +21,13 @@ use crate::fixture;
 use crate::peers::{self, Cmd};
 use crate::stats::median;
 
-const PORT: u16 = 5201;
+pub(crate) const PORT: u16 = 5201;
 
 /// An iperf3 server running inside a namespace; killed on drop.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Server {
-    async fn start(iperf3: &Path, ns: &NetNs) -> Result<Server> {
+    pub(crate) async fn start(iperf3: &Path, ns: &NetNs) -> Result<Server> {
         let program = iperf3.to_path_buf();
         let child = ns
             .run(move || {
@@ -52,7 +52,13 @@ impl Drop for Server {
 
 /// One bounded client run from `ns` to `addr:port`; Gbit/s received. Retries (bounded) while
 /// the server is not listening yet.
-async fn client(iperf3: &Path, ns: &NetNs, addr: IpAddr, port: u16, secs: u32) -> Result<f64> {
+pub(crate) async fn client(
+    iperf3: &Path,
+    ns: &NetNs,
+    addr: IpAddr,
+    port: u16,
+    secs: u32,
+) -> Result<f64> {
     let mut last = None;
     for _ in 0..50 {
         let out = Cmd::new(

@@ -31,6 +31,7 @@ mod datapath;
 mod docker;
 mod env;
 mod fixture;
+mod overlay;
 mod peers;
 mod readme;
 mod report;
@@ -52,12 +53,13 @@ const USAGE: &str = "\
 usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [--out FILE] [--peers-dir DIR]
                  [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT]
                  [--compare OLD.json] [--readme README.md] [--no-run] [--scale N] [--churn N]
-                 [SCENARIO…]
+                 [--sim-hosts N] [SCENARIO…]
   --scale N           also N attaches over N/1000 networks (cnm and the floor; 1st, 1000th, N/2th,
                       Nth), cnm restarted with them, cnmd's memory with N endpoints and N ports
   --churn N           also N attach/detach cycles of cnm: p50/p99 and what is left (memory,
                       descriptors, links, nftables rules and elements, mounts) per 10,000
                       (with either flag and no scenario named, only what the flags ask for runs)
+  --sim-hosts N       hosts of the overlay's control-plane simulation (overlay-sim; default 100)
   --compare OLD.json  after the run, each figure against OLD.json's; a FLAG line and exit
                       status 1 for any figure more than 20% slower
   --readme FILE       rewrite the block between the bench-table markers of FILE from the run
@@ -66,7 +68,10 @@ scenarios (default: all): attach detach ports100-setup ports100-teardown ports10
   ports1000range-teardown scale-attach-{1,100,500,1000} scale-network-{1,200} parallel32
   ipam-v4-16 ipam-v6-64 ipam-memory-1m-v6 datapath-bridge datapath-published restart memory
   docker-connect docker-disconnect docker-network-create docker-network-rm docker-run-p docker-rm
-  (also the groups: ports scale ipam datapath docker)
+  overlay-attach overlay-reach overlay-iperf overlay-iperf-encrypted overlay-alloc overlay-sim
+  (also the groups: ports scale ipam datapath docker overlay)
+The overlay group starts its own etcd (Debian's etcd-server) and three hosts (namespaces on an
+underlay bridge, each with its own cnm controller); overlay-sim its own etcd and N agents.
 Docker is measured on a dockerd of the bench's own (Debian's docker.io, in throwaway
 namespaces), started when a scenario needs it and stopped at the end.
 ";
@@ -89,6 +94,7 @@ struct Args {
     no_run: bool,
     scale: Option<u32>,
     churn: Option<u32>,
+    sim_hosts: Option<u32>,
     scenarios: Vec<String>,
 }
 
@@ -124,6 +130,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--no-run" => a.no_run = true,
             "--scale" => a.scale = Some(count("--scale", &value("--scale")?)?),
             "--churn" => a.churn = Some(count("--churn", &value("--churn")?)?),
+            "--sim-hosts" => a.sim_hosts = Some(count("--sim-hosts", &value("--sim-hosts")?)?),
             "-h" | "--help" => bail!("{USAGE}"),
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             name => a.scenarios.extend(expand(name)?),
@@ -167,6 +174,7 @@ fn expand(name: &str) -> Result<Vec<String>> {
             .filter(|s| s.starts_with("datapath"))
             .collect(),
         "docker" => docker::SCENARIOS.to_vec(),
+        "overlay" => overlay::SCENARIOS.to_vec(),
         one if SCENARIOS.contains(&one) => vec![one],
         other => bail!("unknown scenario {other}\n{USAGE}"),
     };
@@ -367,6 +375,14 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
     };
     rt.block_on(async {
         run_scenarios(&mut bench, &scenarios).await;
+        if scenarios.iter().any(|s| s.starts_with("overlay")) {
+            eprintln!("cnm-bench: overlay (3 hosts on etcd, then the control-plane simulation) …");
+            let sizes = overlay_sizes(&bench.opts, args.sim_hosts);
+            let iperf3 = bench.peers.iperf3.clone();
+            for (scenario, outcome) in overlay::run(iperf3.as_deref(), sizes, &scenarios).await {
+                bench.report.set(scenario, "cnm", outcome);
+            }
+        }
         if let Some(n) = args.scale {
             eprintln!(
                 "cnm-bench: scale ({n} attaches over {} networks) …",
@@ -406,6 +422,20 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
         .with_context(|| format!("failed to write {}", out.display()))?;
     println!("cnm-bench: wrote {}", out.display());
     Ok(())
+}
+
+/// How much the overlay group does: `--quick` is the smoke test's size.
+fn overlay_sizes(opts: &Options, sim_hosts: Option<u32>) -> overlay::Sizes {
+    let quick = opts.quick;
+    overlay::Sizes {
+        attaches: opts.iterations.unwrap_or(if quick { 5 } else { 60 }),
+        iperf_runs: opts.runs_datapath,
+        iperf_secs: opts.secs_datapath,
+        allocs_per_host: if quick { 10 } else { 150 },
+        alloc_concurrency: 4,
+        sim_hosts: sim_hosts.map_or(100, |n| n as usize),
+        sim_endpoints: if quick { 10 } else { 50 },
+    }
 }
 
 async fn run_scenarios(bench: &mut Bench, scenarios: &[String]) {
@@ -534,6 +564,15 @@ mod tests {
         assert!(parse_args(&args(&["atach"])).is_err());
         assert!(parse_args(&args(&["--fast"])).is_err());
         assert!(parse_args(&args(&["-n"])).is_err());
+    }
+
+    #[test]
+    fn the_overlay_group_and_the_simulation_size_parse() {
+        let a = parse_args(&args(&["--sim-hosts", "1000", "overlay"])).unwrap();
+        assert_eq!(a.sim_hosts, Some(1000));
+        assert_eq!(a.scenarios, args(&overlay::SCENARIOS));
+        assert!(overlay::SCENARIOS.iter().all(|s| SCENARIOS.contains(s)));
+        assert!(parse_args(&args(&["--sim-hosts", "0"])).is_err());
     }
 
     #[test]

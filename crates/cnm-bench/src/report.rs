@@ -35,6 +35,12 @@ pub const SCENARIOS: &[&str] = &[
     "docker-network-rm",
     "docker-run-p",
     "docker-rm",
+    "overlay-attach",
+    "overlay-reach",
+    "overlay-iperf",
+    "overlay-iperf-encrypted",
+    "overlay-alloc",
+    "overlay-sim",
 ];
 
 /// Every contender, in the order they print.

@@ -92,3 +92,89 @@ fn churn_cycles_leave_nothing_behind_and_report_each_window() -> Result<()> {
     }
     Ok(())
 }
+
+/// The `overlay` group in its quick form: etcd and three hosts on an underlay, then the
+/// control-plane simulation with 20 agents. Asserts what each scenario measured (counts, no
+/// timings): every attach reached, no duplicate address, every endpoint programmed on every
+/// other agent, the encrypted row either measured or refused with the driver's words.
+#[test]
+#[ignore = "privileged: run cargo xtask test"]
+fn overlay_group_measures_three_hosts_and_the_simulation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("overlay.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cnm-bench"))
+        .args(["--quick", "--sim-hosts", "20", "--out"])
+        .arg(&out)
+        .arg("overlay")
+        .status()
+        .context("failed to run cnm-bench")?;
+    ensure!(status.success(), "cnm-bench exited with {status}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let s = &doc["scenarios"];
+    let names: Vec<&str> = s
+        .as_object()
+        .context("no scenarios")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "overlay-alloc",
+            "overlay-attach",
+            "overlay-iperf",
+            "overlay-iperf-encrypted",
+            "overlay-reach",
+            "overlay-sim"
+        ]
+    );
+    for sc in ["overlay-attach", "overlay-reach"] {
+        let c = &s[sc]["cnm"];
+        assert_eq!(c["n"], 5, "{sc}: {c}");
+        let p99 = c["p99_ms"].as_f64().context("p99_ms")?;
+        let p50 = c["median_ms"].as_f64().context("median_ms")?;
+        ensure!(p50 > 0.0 && p99 >= p50, "{sc}: {c}");
+    }
+    let iperf = &s["overlay-iperf"]["cnm"];
+    for field in ["gbps", "underlay_gbps"] {
+        ensure!(
+            iperf[field].as_f64().is_some_and(|g| g > 0.0),
+            "{field}: {iperf}"
+        );
+    }
+    let enc = &s["overlay-iperf-encrypted"]["cnm"];
+    ensure!(
+        enc["gbps"].as_f64().is_some_and(|g| g > 0.0)
+            || enc["status"]
+                .as_str()
+                .is_some_and(|st| st.starts_with("not measured: ") && st.contains("encrypted")),
+        "encrypted: {enc}"
+    );
+    let alloc = &s["overlay-alloc"]["cnm"];
+    assert_eq!(alloc["addresses"], 30, "{alloc}");
+    assert_eq!(alloc["duplicates"], 0, "{alloc}");
+    ensure!(
+        alloc["per_sec"].as_f64().is_some_and(|r| r > 0.0),
+        "{alloc}"
+    );
+    let sim = &s["overlay-sim"]["cnm"];
+    assert_eq!(sim["hosts"], 20, "{sim}");
+    assert_eq!(sim["endpoints"], 10, "{sim}");
+    // Each agent programmed every other agent's first endpoint and the 10 timed ones it did
+    // not publish itself.
+    assert_eq!(sim["programmed_entries"], 20 * 19 + 10 * 19, "{sim}");
+    ensure!(
+        sim["watch_events_per_endpoint"]
+            .as_f64()
+            .is_some_and(|e| e >= 19.0),
+        "{sim}"
+    );
+    ensure!(
+        sim["etcd_writes_per_endpoint"]
+            .as_f64()
+            .is_some_and(|w| w >= 1.0),
+        "{sim}"
+    );
+    Ok(())
+}

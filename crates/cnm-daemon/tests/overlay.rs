@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink};
 use cnm_testkit::etcd::EtcdServer;
+use cnm_testkit::underlay::Underlay;
 use cnm_testkit::{TestHost, probe};
 use common::Client;
 use dns_common::{Ask, addrs};
@@ -29,7 +30,6 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
-const UNDERLAY: &str = "192.168.77";
 const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
 /// The hosts' facts lease (`--cluster-lease-ttl`).
 const TTL: Duration = Duration::from_secs(3);
@@ -155,38 +155,12 @@ struct Cluster {
 }
 
 async fn cluster(n: u8) -> Result<Cluster> {
-    let underlay = NetNs::create_anonymous().await?;
-    let nl = Netlink::connect(&underlay).await?;
-    nl.loopback_up().await?;
-    let mut br = LinkSpec::new("under0".parse()?, LinkKind::Bridge);
-    br.up = true;
-    nl.create_link(&br).await?;
-    let br = nl.link("under0").await?.context("under0")?;
-    nl.add_address(br.index, format!("{ETCD_ADDR}/24").parse()?)
-        .await?;
-    let etcd = EtcdServer::start(&underlay, ETCD_ADDR.into()).await?;
+    let [a, b, c, _] = ETCD_ADDR.octets();
+    let ul = Underlay::start([a, b, c]).await?;
     let dir = tempfile::tempdir()?;
     let mut hosts = Vec::new();
     for i in 1..=n {
-        let test = TestHost::new().await?;
-        let mut veth = LinkSpec::new(
-            format!("ul{i}").parse()?,
-            LinkKind::Veth {
-                peer_name: "eth0".parse()?,
-                peer_ns: Some(test.netns().clone()),
-                peer_mac: None,
-                peer_mtu: None,
-                peer_up: true,
-            },
-        );
-        veth.master = Some(br.index);
-        veth.up = true;
-        nl.create_link(&veth).await?;
-        let eth0 = test.netlink().link("eth0").await?.context("eth0")?;
-        let addr: IpAddr = format!("{UNDERLAY}.{i}").parse()?;
-        test.netlink()
-            .add_address(eth0.index, format!("{addr}/24").parse()?)
-            .await?;
+        let (test, addr) = ul.add_host(i).await?;
         let mut host = Host {
             addr,
             socket: dir.path().join(format!("h{i}.sock")),
@@ -198,8 +172,8 @@ async fn cluster(n: u8) -> Result<Cluster> {
         hosts.push(host);
     }
     Ok(Cluster {
-        underlay,
-        etcd,
+        underlay: ul.netns,
+        etcd: ul.etcd,
         hosts,
         _dir: dir,
     })

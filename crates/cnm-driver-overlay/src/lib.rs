@@ -72,6 +72,7 @@ use serde::{Deserialize, Serialize};
 pub use error::OverlayError;
 pub use options::OverlayOptions;
 use options::{Allocation, FIRST_VNI, MAX_VNI, VXLANID_LIST};
+pub use peers::PeerSink;
 
 /// The registered name of this driver.
 pub const DRIVER_NAME: &str = "overlay";
@@ -1064,6 +1065,59 @@ impl Drop for OverlayDriver {
                 task.abort();
             }
         }
+    }
+}
+
+/// The per-network peer watch of one host (the task the driver runs for each overlay network
+/// it takes on), programming into a [`PeerSink`] that need not be the kernel: what the
+/// control-plane simulation runs, one per simulated host, each with its own [`Facts`] (its own
+/// lease). The same code path as the driver's, with no bridge or VXLAN device behind it (the
+/// sink is called with device index 0). The task stops when the agent is dropped.
+#[derive(Debug)]
+pub struct PeerAgent {
+    net: Arc<Network>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerAgent {
+    /// Starts watching `network_id`'s facts of the other hosts (every host but `facts`'s) and
+    /// programming them into `sink`; `local_vtep` is this host's VTEP. Needs a tokio runtime.
+    pub fn spawn<S: PeerSink>(
+        facts: Facts,
+        network_id: &str,
+        local_vtep: IpAddr,
+        bum: bool,
+        sink: S,
+    ) -> Result<PeerAgent, OverlayError> {
+        let (bridge, vxlan) = link_names(0)?;
+        let net = Arc::new(Network {
+            id: network_id.to_owned(),
+            vni: 0,
+            bridge,
+            vxlan,
+            bridge_index: 0,
+            vxlan_index: 0,
+            mtu: 0,
+            endpoints: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            bum,
+            local_vtep,
+            flood: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(None),
+        });
+        let task = tokio::spawn(peers::watch(Arc::downgrade(&net), facts, sink));
+        Ok(PeerAgent { net, task })
+    }
+
+    /// How many other hosts' endpoints are programmed now.
+    pub fn peers(&self) -> usize {
+        lock(&self.net.peers).len()
+    }
+}
+
+impl Drop for PeerAgent {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -10,6 +10,7 @@
 //! frame to exactly those hosts (head-end replication). The resync's removals and the watch's
 //! additions go through the same two functions, so it holds after a resync too.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Weak;
 use std::time::Duration;
@@ -26,8 +27,86 @@ const ALL_ZEROS: MacAddress = MacAddress([0; 6]);
 /// How long to wait before listing and watching again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Where the watch programs the other hosts' endpoints: the kernel ([`Netlink`], what the
+/// driver uses), or a sink that is not one (the control-plane simulation's recording table,
+/// through [`crate::PeerAgent`]). The five calls the watch makes, with [`Netlink`]'s meaning.
+pub trait PeerSink: Send + Sync + 'static {
+    /// A static FDB entry on the VXLAN device `index`: `mac` behind `dst`.
+    fn add_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> impl Future<Output = Result<(), SandboxError>> + Send;
+    /// One more destination of the entry `mac` (the all-zeros flood entry).
+    fn append_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: IpAddr,
+    ) -> impl Future<Output = Result<(), SandboxError>> + Send;
+    /// Removes the FDB entry `mac` (behind `dst`, if given).
+    fn del_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> impl Future<Output = Result<(), SandboxError>> + Send;
+    /// A neighbour entry on the device `index`: `ip` is at `mac`.
+    fn add_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddress,
+    ) -> impl Future<Output = Result<(), SandboxError>> + Send;
+    /// Removes the neighbour entry of `ip`.
+    fn del_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+    ) -> impl Future<Output = Result<(), SandboxError>> + Send;
+}
+
+impl PeerSink for Netlink {
+    async fn add_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> Result<(), SandboxError> {
+        Netlink::add_fdb(self, index, mac, dst).await
+    }
+    async fn append_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: IpAddr,
+    ) -> Result<(), SandboxError> {
+        Netlink::append_fdb(self, index, mac, dst).await
+    }
+    async fn del_fdb(
+        &self,
+        index: u32,
+        mac: MacAddress,
+        dst: Option<IpAddr>,
+    ) -> Result<(), SandboxError> {
+        Netlink::del_fdb(self, index, mac, dst).await
+    }
+    async fn add_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddress,
+    ) -> Result<(), SandboxError> {
+        Netlink::add_neighbour(self, index, ip, mac).await
+    }
+    async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), SandboxError> {
+        Netlink::del_neighbour(self, index, ip).await
+    }
+}
+
 /// Runs until the network goes (the task is aborted, or the network dropped).
-pub(crate) async fn watch(net: Weak<Network>, facts: Facts, netlink: Netlink) {
+pub(crate) async fn watch<S: PeerSink>(net: Weak<Network>, facts: Facts, netlink: S) {
     loop {
         let Some(id) = net.upgrade().map(|n| n.id.clone()) else {
             return;
@@ -81,7 +160,7 @@ pub(crate) async fn watch(net: Weak<Network>, facts: Facts, netlink: Netlink) {
 }
 
 /// Programs a remote endpoint (replacing what an earlier fact of it programmed).
-async fn add(net: &Network, netlink: &Netlink, endpoint_id: &str, peer: PeerFact) {
+async fn add<S: PeerSink>(net: &Network, netlink: &S, endpoint_id: &str, peer: PeerFact) {
     let old = lock(&net.peers).get(endpoint_id).cloned();
     if old.as_ref() == Some(&peer) {
         return;
@@ -105,7 +184,7 @@ async fn add(net: &Network, netlink: &Netlink, endpoint_id: &str, peer: PeerFact
     }
 }
 
-async fn remove(net: &Network, netlink: &Netlink, endpoint_id: &str) {
+async fn remove<S: PeerSink>(net: &Network, netlink: &S, endpoint_id: &str) {
     let old = lock(&net.peers).remove(endpoint_id);
     if let Some(old) = old {
         unprogram(net, netlink, &old).await;
@@ -115,7 +194,7 @@ async fn remove(net: &Network, netlink: &Netlink, endpoint_id: &str) {
 }
 
 /// Counts one more peer behind `vtep`; the first puts the VTEP on the all-zeros entry.
-async fn flood_add(net: &Network, netlink: &Netlink, vtep: IpAddr) {
+async fn flood_add<S: PeerSink>(net: &Network, netlink: &S, vtep: IpAddr) {
     if !net.bum || vtep == net.local_vtep {
         return;
     }
@@ -141,7 +220,7 @@ async fn flood_add(net: &Network, netlink: &Netlink, vtep: IpAddr) {
 }
 
 /// Counts one peer less behind `vtep`; the last takes the VTEP off the all-zeros entry.
-async fn flood_remove(net: &Network, netlink: &Netlink, vtep: IpAddr) {
+async fn flood_remove<S: PeerSink>(net: &Network, netlink: &S, vtep: IpAddr) {
     if !net.bum || vtep == net.local_vtep {
         return;
     }
@@ -185,7 +264,11 @@ fn ips(peer: &PeerFact) -> impl Iterator<Item = IpAddr> {
 
 /// The FDB entry, then the neighbour entries; an entry left by an earlier program of the
 /// same MAC or IP (another host's, before it moved) is replaced.
-async fn program(net: &Network, netlink: &Netlink, peer: &PeerFact) -> Result<(), SandboxError> {
+async fn program<S: PeerSink>(
+    net: &Network,
+    netlink: &S,
+    peer: &PeerFact,
+) -> Result<(), SandboxError> {
     let index = net.vxlan_index;
     match netlink.add_fdb(index, peer.mac, Some(peer.vtep)).await {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -207,7 +290,7 @@ async fn program(net: &Network, netlink: &Netlink, peer: &PeerFact) -> Result<()
 }
 
 /// Removes what [`program`] made; an entry already gone is fine.
-async fn unprogram(net: &Network, netlink: &Netlink, peer: &PeerFact) {
+async fn unprogram<S: PeerSink>(net: &Network, netlink: &S, peer: &PeerFact) {
     let index = net.vxlan_index;
     for ip in ips(peer) {
         if let Err(e) = gone_ok(netlink.del_neighbour(index, ip).await) {

@@ -15,6 +15,8 @@
 //!   masquerading).
 //! - [`etcd`]: a real etcd in a namespace of the test's, with its own data directory, killed
 //!   and restarted on demand, and [`etcd::run_in`] to run client code inside a namespace.
+//! - [`underlay`]: several hosts of one cluster: an underlay bridge, etcd on it, and
+//!   [`TestHost`]s joined to it.
 //! - [`dockerd`]: a private dockerd (Debian's docker.io) in throwaway network, mount and PID
 //!   namespaces with its own data root, exec root and socket, and a busybox-static image.
 //!
@@ -50,6 +52,7 @@ mod host;
 mod mounts;
 pub mod probe;
 pub mod server;
+pub mod underlay;
 
 pub use controller::HOST_NAMESERVER;
 pub use host::{Lan, Outside, TestHost};

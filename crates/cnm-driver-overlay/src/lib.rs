@@ -1101,6 +1101,8 @@ impl PeerAgent {
             endpoints: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             bum,
+            encrypted: false,
+            port: options::DEFAULT_PORT,
             local_vtep,
             flood: Mutex::new(HashMap::new()),
             watcher: Mutex::new(None),

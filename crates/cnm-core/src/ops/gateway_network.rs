@@ -261,7 +261,7 @@ async fn replace_ports(
 ) -> Result<Vec<PortBinding>, CoreError> {
     let st = &locked.state;
     let old = std::mem::replace(&mut ep.state().port_bindings, bindings);
-    let committed = super::commit_join_state(
+    match super::commit_join_state(
         core,
         sb,
         &st.joined,
@@ -271,8 +271,8 @@ async fn replace_ports(
         ep_version,
         Some(&sb.id),
     )
-    .await;
-    match committed {
+    .await
+    {
         Ok(v) => {
             ep.state().version = v;
             sb.state().version = v;

@@ -7,6 +7,14 @@ use cnm::{Controller, Endpoint, Network, Sandbox};
 use cnm_api::docker::{self, ConfigReference, EndpointResource, Ipam, IpamConfig};
 use cnm_api::v1::{self, PublishedPort, SandboxEndpoint};
 
+/// The container of sandbox `sandbox_id`, as a `Containers` entry names it (empty when the
+/// sandbox is gone).
+fn container_name(ctl: &Controller, sandbox_id: &str) -> String {
+    ctl.sandbox(sandbox_id)
+        .map(|s| s.container_id().to_owned())
+        .unwrap_or_default()
+}
+
 fn opt_string<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
@@ -75,14 +83,10 @@ pub async fn network(
         let Some(sandbox_id) = ep.sandbox_id() else {
             continue;
         };
-        let name = ctl
-            .sandbox(&sandbox_id)
-            .map(|s| s.container_id().to_owned())
-            .unwrap_or_default();
         containers.insert(
-            sandbox_id,
+            sandbox_id.clone(),
             EndpointResource {
-                name,
+                name: container_name(ctl, &sandbox_id),
                 endpoint_id: ep.id().to_owned(),
                 mac_address: opt_string(ep.mac()),
                 ipv4_address: opt_string(ep.ipv4()),
@@ -158,14 +162,10 @@ pub fn waiting_network(
         let Some(sandbox_id) = ep.sandbox_id.clone() else {
             continue;
         };
-        let name = ctl
-            .sandbox(&sandbox_id)
-            .map(|s| s.container_id().to_owned())
-            .unwrap_or_default();
         containers.insert(
-            sandbox_id,
+            sandbox_id.clone(),
             EndpointResource {
-                name,
+                name: container_name(ctl, &sandbox_id),
                 endpoint_id: ep.id.clone(),
                 mac_address: opt_string(ep.mac),
                 ipv4_address: opt_string(ep.ipv4.as_ref().map(|(a, _)| a)),

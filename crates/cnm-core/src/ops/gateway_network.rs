@@ -210,29 +210,7 @@ pub(crate) async fn publish_carried(
         if !bindings.is_empty() {
             ports_carried(core, sb, &st.joined, &st.joined[pos], bindings)?;
         }
-        let old = std::mem::replace(&mut ep.state().port_bindings, bindings.to_vec());
-        match super::commit_join_state(
-            core,
-            sb,
-            &st.joined,
-            st.gateway.as_deref(),
-            st.version,
-            ep,
-            ep_version,
-            Some(&sb.id),
-        )
-        .await
-        {
-            Ok(v) => {
-                ep.state().version = v;
-                sb.state().version = v;
-            }
-            Err(e) => {
-                ep.state().port_bindings = old;
-                return Err(e);
-            }
-        }
-        old
+        replace_ports(core, sb, ep, &locked, ep_version, bindings.to_vec()).await?
     };
     if let Err(e) = reconcile(core, sb).await {
         let cleanup = restore_ports(core, sb, ep, old).await;
@@ -265,9 +243,24 @@ async fn restore_ports(
     old: Vec<PortBinding>,
 ) -> Result<(), CoreError> {
     let locked = super::lock_pair(sb, ep).await?;
-    let st = &locked.state;
     let (_, ep_version) = locked.joined_at(sb, ep)?;
-    let new = std::mem::replace(&mut ep.state().port_bindings, old);
+    replace_ports(core, sb, ep, &locked, ep_version, old).await?;
+    Ok(())
+}
+
+/// Records `bindings` as `ep`'s requested ports and commits the join state (`locked`, with
+/// `ep` at `ep_version`); returns the ports it replaced. On a failed commit `ep` keeps its
+/// ports and nothing changed.
+async fn replace_ports(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    ep: &Arc<EndpointInner>,
+    locked: &super::Pair<'_>,
+    ep_version: u64,
+    bindings: Vec<PortBinding>,
+) -> Result<Vec<PortBinding>, CoreError> {
+    let st = &locked.state;
+    let old = std::mem::replace(&mut ep.state().port_bindings, bindings);
     match super::commit_join_state(
         core,
         sb,
@@ -283,10 +276,10 @@ async fn restore_ports(
         Ok(v) => {
             ep.state().version = v;
             sb.state().version = v;
-            Ok(())
+            Ok(old)
         }
         Err(e) => {
-            ep.state().port_bindings = new;
+            ep.state().port_bindings = old;
             Err(e)
         }
     }

@@ -86,14 +86,7 @@ impl NetworkMap {
     async fn save(&self) -> Result<(), String> {
         let _guard = self.save.lock().await;
         let bytes = serde_json::to_vec(&*self.lock()).map_err(|e| e.to_string())?;
-        let (file, tmp) = (self.file.clone(), self.file.with_extension("json.tmp"));
-        tokio::task::spawn_blocking(move || {
-            std::fs::write(&tmp, bytes)
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .map_err(|e| format!("save {}: {e}", file.display()))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        super::save_file(self.file.clone(), bytes).await
     }
 }
 

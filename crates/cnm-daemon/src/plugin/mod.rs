@@ -196,6 +196,19 @@ pub(crate) fn error_reply(field: Field, status: StatusCode, msg: impl Into<Strin
     reply(status, &body)
 }
 
+/// Writes the plugin's state file `file` whole, then renames it into place: never half a
+/// file, even on a crash.
+async fn save_file(file: PathBuf, bytes: Vec<u8>) -> Result<(), String> {
+    let tmp = file.with_extension("json.tmp");
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| format!("save {}: {e}", file.display()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// Decodes a call's body (Go sends no body at all for calls without arguments); the error is
 /// the text of a 400 answer.
 pub(crate) fn decode<T: DeserializeOwned + Default>(call: &str, body: &Bytes) -> Result<T, String> {

@@ -143,6 +143,28 @@ fn cnm_network(st: &PluginState, name: &str) -> Result<Option<Network>, CoreErro
     }
 }
 
+/// The endpoint `endpoint_id` of the network dockerd calls `network_id`, if it is (still) there.
+fn endpoint_of(
+    st: &PluginState,
+    network_id: &str,
+    endpoint_id: &str,
+) -> Result<Option<Endpoint>, String> {
+    endpoint(&network(st, network_id)?, endpoint_id)
+}
+
+/// The network dockerd calls `network_id` and its endpoint `endpoint_id`, which must exist.
+fn existing_endpoint(
+    st: &PluginState,
+    network_id: &str,
+    endpoint_id: &str,
+) -> Result<(Network, Endpoint), String> {
+    let net = network(st, network_id)?;
+    match endpoint(&net, endpoint_id)? {
+        Some(ep) => Ok((net, ep)),
+        None => Err(format!("endpoint {endpoint_id} not found")),
+    }
+}
+
 fn endpoint(net: &Network, id: &str) -> Result<Option<Endpoint>, String> {
     if id.is_empty() {
         return Err("EndpointID is empty".into());
@@ -492,13 +514,8 @@ pub(crate) async fn create_endpoint(State(st): St, body: Bytes) -> Response {
 
 pub(crate) async fn endpoint_oper_info(State(st): St, body: Bytes) -> Response {
     let req: wire::EndpointRequest = body!("NetworkDriver.EndpointOperInfo", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
-    let ep = match endpoint(&net, &req.endpoint_id) {
-        Ok(Some(ep)) => ep,
-        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+    let (net, ep) = match existing_endpoint(&st, &req.network_id, &req.endpoint_id) {
+        Ok(found) => found,
         Err(e) => return fail(e),
     };
     let mut value = BTreeMap::new();
@@ -547,11 +564,7 @@ async fn unjoin(st: &PluginState, endpoint_id: &str) -> Result<(), CoreError> {
 
 pub(crate) async fn delete_endpoint(State(st): St, body: Bytes) -> Response {
     let req: wire::EndpointRequest = body!("NetworkDriver.DeleteEndpoint", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
-    let ep = match endpoint(&net, &req.endpoint_id) {
+    let ep = match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) => ep,
         // Gone already: done (dockerd may repeat the call).
         Ok(None) => return ok(),
@@ -568,13 +581,8 @@ pub(crate) async fn delete_endpoint(State(st): St, body: Bytes) -> Response {
 
 pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
     let req: wire::JoinRequest = body!("NetworkDriver.Join", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
-    let ep = match endpoint(&net, &req.endpoint_id) {
-        Ok(Some(ep)) => ep,
-        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+    let (net, ep) = match existing_endpoint(&st, &req.network_id, &req.endpoint_id) {
+        Ok(found) => found,
         Err(e) => return fail(e),
     };
     let host_name = match host_if_name(&req.endpoint_id) {
@@ -664,11 +672,7 @@ pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
 
 pub(crate) async fn leave(State(st): St, body: Bytes) -> Response {
     let req: wire::EndpointRequest = body!("NetworkDriver.Leave", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
-    match endpoint(&net, &req.endpoint_id) {
+    match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) if ep.sandbox_id().is_some() => ok(),
         Ok(Some(_)) => fail(format!("endpoint {} is not joined", req.endpoint_id)),
         Ok(None) => fail(format!("endpoint {} not found", req.endpoint_id)),
@@ -773,17 +777,12 @@ pub fn port_bindings(options: &wire::Options) -> Result<Vec<cnm::PortBinding>, S
 pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) -> Response {
     let req: wire::ProgramExternalConnectivityRequest =
         body!("NetworkDriver.ProgramExternalConnectivity", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
     let bindings = match port_bindings(&req.options) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let ep = match endpoint(&net, &req.endpoint_id) {
-        Ok(Some(ep)) => ep,
-        Ok(None) => return fail(format!("endpoint {} not found", req.endpoint_id)),
+    let (_, ep) = match existing_endpoint(&st, &req.network_id, &req.endpoint_id) {
+        Ok(found) => found,
         Err(e) => return fail(e),
     };
     if bindings.is_empty() && ep.port_bindings().is_empty() {
@@ -801,11 +800,7 @@ pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) ->
 /// Withdraws the endpoint's published ports (done already when it is gone or never had any).
 pub(crate) async fn revoke_external_connectivity(State(st): St, body: Bytes) -> Response {
     let req: wire::EndpointRequest = body!("NetworkDriver.RevokeExternalConnectivity", body);
-    let net = match network(&st, &req.network_id) {
-        Ok(n) => n,
-        Err(e) => return fail(e),
-    };
-    let ep = match endpoint(&net, &req.endpoint_id) {
+    let ep = match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) => ep,
         Ok(None) => return ok(),
         Err(e) => return fail(e),

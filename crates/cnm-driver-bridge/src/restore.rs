@@ -7,7 +7,7 @@
 //! with our `cnm-` prefix that lost the race between creation and marking; never anyone
 //! else's links.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
@@ -57,15 +57,19 @@ impl BridgeDriver {
             .links()
             .await
             .map_err(|e| BridgeError::failed("list links of", self.ctx.host_ns.to_string(), e))?;
+        // The veths on this bridge by their mark: one lookup per endpoint, not a scan.
+        let ports: HashMap<&str, &cnm_sandbox::Link> = links
+            .iter()
+            .filter(|l| l.master == Some(net.bridge_index))
+            .filter_map(|l| Some((l.alias.as_deref()?, l)))
+            .collect();
         let mut owned = HashSet::new();
         for ep in endpoints {
             let s = &ep.spec;
-            let veth = ep.joined.as_ref().and_then(|_| {
-                let mark = alias(&s.endpoint_id);
-                links.iter().find(|l| {
-                    l.alias.as_deref() == Some(mark.as_str()) && l.master == Some(net.bridge_index)
-                })
-            });
+            let veth = ep
+                .joined
+                .as_ref()
+                .and_then(|_| ports.get(alias(&s.endpoint_id).as_str()).copied());
             if ep.joined.is_some() && veth.is_none() {
                 tracing::warn!(endpoint = %short(&s.endpoint_id), network = %short(&spec.id), "the veth of a joined endpoint is gone");
             }

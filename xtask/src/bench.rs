@@ -62,7 +62,7 @@ pub struct BenchArgs {
     /// `--no-run`: measure nothing, only compare and/or rewrite the README.
     pub no_run: bool,
     /// Options handed to cnm-bench as they are: `-n N`, `--contenders A,B`,
-    /// `--store durable|memory`, `--scale N`, `--churn N`, `--sim-hosts N`.
+    /// `--store durable|memory`, `--scale N`, `--churn N`, `--sim-hosts N`, `--no-dns`.
     pub passthrough: Vec<String>,
     /// Scenarios (or groups) to run; empty means all.
     pub scenarios: Vec<String>,
@@ -88,6 +88,7 @@ pub fn parse(args: &[String]) -> Result<BenchArgs> {
                 let v = value(flag)?;
                 parsed.passthrough.extend([flag.to_owned(), v]);
             }
+            "--no-dns" => parsed.passthrough.push("--no-dns".to_owned()),
             flag if flag.starts_with('-') => bail!("unknown option `{flag}` for `bench`"),
             scenario => parsed.scenarios.push(scenario.to_owned()),
         }

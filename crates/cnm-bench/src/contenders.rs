@@ -370,7 +370,10 @@ impl Contender {
                     cli_run(
                         &c.cnm,
                         &c.host_arg,
-                        &["network", "create", "--subnet", &subnet, &net.name],
+                        &network_create_args(&subnet, &net.name)
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>(),
                         self.host.netns(),
                     )
                     .await?;
@@ -746,11 +749,27 @@ async fn cli_setup(
     cli_run(
         &imp.cnm,
         &imp.host_arg,
-        &["network", "create", "--subnet", &subnet, &net.name],
+        &network_create_args(&subnet, &net.name)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         host.netns(),
     )
     .await?;
     Ok(imp)
+}
+
+/// `cnm network create` of a bridge network `name` on `subnet`, with the embedded DNS off under
+/// `--no-dns`.
+fn network_create_args(subnet: &str, name: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["network", "create", "--subnet", subnet]
+        .map(str::to_owned)
+        .to_vec();
+    if let Some(option) = fixture::no_dns_option() {
+        args.extend(["-o".to_owned(), option]);
+    }
+    args.push(name.to_owned());
+    args
 }
 
 async fn floor_setup(host: &TestHost, net: &BridgeNet, durable: bool) -> Result<FloorImp> {

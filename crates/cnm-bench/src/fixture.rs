@@ -1,13 +1,37 @@
 //! The set-up several measurements share: a bridge network, and sandboxes joined to it through
 //! endpoints that publish ports.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Result;
 use cnm::ipnet::IpNet;
+use cnm::options::KEY_EMBEDDED_DNS;
 use cnm::{Controller, Endpoint, EndpointOptions, Network, NetworkOptions, PortBinding, Sandbox};
 
-/// A bridge network `name` on `subnet`.
+/// Whether cnm's networks are made without the embedded DNS (`--no-dns`).
+static NO_DNS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every network of cnm (library and cnmd) from now on without the embedded DNS.
+pub fn set_no_dns(off: bool) {
+    NO_DNS.store(off, Ordering::Relaxed);
+}
+
+/// Whether cnm's networks have the embedded DNS (not `--no-dns`).
+pub fn embedded_dns() -> bool {
+    !NO_DNS.load(Ordering::Relaxed)
+}
+
+/// The network option that turns the embedded DNS off, as `KEY=VALUE`, under `--no-dns`.
+pub fn no_dns_option() -> Option<String> {
+    (!embedded_dns()).then(|| format!("{KEY_EMBEDDED_DNS}=false"))
+}
+
+/// A bridge network `name` on `subnet` (without the embedded DNS under `--no-dns`).
 pub async fn bridge_network(ctl: &Controller, name: &str, subnet: IpNet) -> Result<Network> {
-    let options = NetworkOptions::default().subnet(subnet);
+    let mut options = NetworkOptions::default().subnet(subnet);
+    if !embedded_dns() {
+        options = options.driver_option(KEY_EMBEDDED_DNS, "false");
+    }
     Ok(ctl.new_network("bridge", name, options).await?)
 }
 

@@ -10,6 +10,7 @@ use cnm_ipam::{AddressRequest, Ipam, IpamConfig, PoolRequest, parse_subnet};
 use serde_json::{Map, Value, json};
 
 use crate::contenders::{Contender, Kind, PER_NETWORK, Unavailable, one_port};
+use crate::fixture;
 use crate::peers::{Peers, PortSpec};
 use crate::report::{Outcome, Report, round3};
 use crate::spans::{self, Phases, TIMES};
@@ -376,6 +377,7 @@ impl Bench {
                     extra.insert("endpoints".into(), json!(n));
                     extra.insert("published_ports".into(), json!(n));
                     extra.insert("networks".into(), json!(n.div_ceil(PER_NETWORK)));
+                    extra.insert("embedded_dns".into(), json!(fixture::embedded_dns()));
                     extra.insert(
                         "store".into(),
                         json!("durable (redb in the state directory)"),
@@ -847,6 +849,7 @@ async fn cnmd_memory(peers: &Peers, count: u32, detach: bool) -> Result<Outcome>
     m.insert("endpoints".into(), json!(count));
     m.insert("published_ports".into(), json!(count));
     m.insert("process".into(), json!("cnmd"));
+    m.insert("embedded_dns".into(), json!(fixture::embedded_dns()));
     if detach {
         for i in 0..count {
             c.detach(i, &one_port(i)).await?;

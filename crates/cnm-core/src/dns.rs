@@ -15,6 +15,7 @@
 //! a reload replays every served network, sandbox and joined endpoint ([`replay`]).
 
 use cnm_types::FailedTo;
+use futures::{StreamExt, TryStreamExt};
 use std::sync::{Arc, Mutex};
 
 use cnm_dns::{DnsOverrides, EndpointDns, NetworkDns, Resolver, sandbox_resolv_conf};
@@ -293,42 +294,53 @@ pub(crate) async fn replay(core: &Arc<Core>) -> Result<(), CoreError> {
     let resolver = core.dns.resolver();
     let sandboxes: Vec<Arc<SandboxInner>> =
         core.sandboxes.iter().map(|s| s.value().clone()).collect();
-    let mut published = 0usize;
-    for sb in sandboxes {
-        let joined = sb.state().joined.clone();
-        match &resolver {
-            Some(resolver) if any_served(&joined) => {
-                attach(core, resolver, &sb).await?;
-                for j in joined.iter().filter(|j| serves(&j.ep.network)) {
-                    let named = publish(resolver, &sb, &j.ep)?;
-                    published += usize::from(named);
-                    // A new lease of this host's: its names are written again under it.
-                    if named && crate::remote_names::shared(core, &j.ep.network) {
-                        crate::remote_names::publish(core, &j.ep, names(&j.ep)).await?;
+    // Each sandbox's listener starts on a thread in its own namespace: a bounded number of
+    // sandboxes at a time (as the rest of the reload does).
+    let resolver = &resolver;
+    let published: usize = futures::stream::iter(sandboxes)
+        .map(|sb| async move {
+            let mut published = 0usize;
+            let joined = sb.state().joined.clone();
+            match &resolver {
+                Some(resolver) if any_served(&joined) => {
+                    attach(core, resolver, &sb).await?;
+                    for j in joined.iter().filter(|j| serves(&j.ep.network)) {
+                        let named = publish(resolver, &sb, &j.ep)?;
+                        published += usize::from(named);
+                        // A new lease of this host's: its names are written again under it.
+                        if named && crate::remote_names::shared(core, &j.ep.network) {
+                            crate::remote_names::publish(core, &j.ep, names(&j.ep)).await?;
+                        }
+                    }
+                }
+                _ => {
+                    let path = sb.resolv_conf_path();
+                    let current =
+                        core.kernel.read_resolv_conf(&path).await.map_err(|e| {
+                            CoreError::failed("read", path.display().to_string(), e)
+                        })?;
+                    if current
+                        .nameservers
+                        .contains(&std::net::IpAddr::V4(cnm_dns::SANDBOX_RESOLVER))
+                    {
+                        let host = core.host_resolv_conf().await?;
+                        core.kernel
+                            .write_resolv_conf(&path, &sb.resolv_conf(&host))
+                            .map_err(|e| {
+                                CoreError::failed(
+                                    "write resolv.conf",
+                                    path.display().to_string(),
+                                    e,
+                                )
+                            })?;
                     }
                 }
             }
-            _ => {
-                let path = sb.resolv_conf_path();
-                let current = core
-                    .kernel
-                    .read_resolv_conf(&path)
-                    .await
-                    .map_err(|e| CoreError::failed("read", path.display().to_string(), e))?;
-                if current
-                    .nameservers
-                    .contains(&std::net::IpAddr::V4(cnm_dns::SANDBOX_RESOLVER))
-                {
-                    let host = core.host_resolv_conf().await?;
-                    core.kernel
-                        .write_resolv_conf(&path, &sb.resolv_conf(&host))
-                        .map_err(|e| {
-                            CoreError::failed("write resolv.conf", path.display().to_string(), e)
-                        })?;
-                }
-            }
-        }
-    }
+            Ok::<_, CoreError>(published)
+        })
+        .buffer_unordered(crate::ops::reload::RESTORE_PARALLEL)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await?;
     tracing::debug!(endpoints = published, "DNS records replayed");
     Ok(())
 }

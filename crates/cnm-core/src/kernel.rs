@@ -236,7 +236,9 @@ impl Kernel for NetlinkKernel {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn open_netns(&self, key: &Path) -> Result<SandboxNs, SandboxError> {
         let ns = NetNs::open(key)?;
-        let netlink = Netlink::connect(&ns).await?;
+        // Opened on first use, and closed again by the pool when idle: a sandbox holds no
+        // netlink socket of its own.
+        let netlink = Netlink::on_demand(&ns);
         Ok(SandboxNs {
             key: key.to_owned(),
             ns,

@@ -34,6 +34,7 @@ mod conn;
 mod docker;
 mod error;
 pub mod events;
+pub mod limits;
 mod lock;
 pub mod metrics;
 pub mod plugin;

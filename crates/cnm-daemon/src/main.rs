@@ -130,7 +130,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    raise_nofile_limit();
+    if let Some(nofile) = raise_nofile_limit()
+        && let Some(warning) =
+            cnm_daemon::limits::low_limit_warning(nofile, args.max_connections as u64)
+    {
+        tracing::warn!("{warning}");
+    }
     let store: StoreKind = args.store.parse()?;
     let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
         .ok()
@@ -240,14 +245,15 @@ fn parse_host_dns(v: &str) -> anyhow::Result<SocketAddr> {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Each published host port holds a reserved
 /// socket per address family, so the common soft limit of 1,024 fails a 600-port range (issue 8);
-/// the hard limit is what the administrator allows. Failing to raise it is not fatal.
-fn raise_nofile_limit() {
+/// the hard limit is what the administrator allows. Failing to raise it is not fatal. Returns
+/// the soft limit in force afterwards, if it could be read.
+fn raise_nofile_limit() -> Option<u64> {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
-            return;
+            return None;
         }
     };
     // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at nr_open.
@@ -261,10 +267,16 @@ fn raise_nofile_limit() {
     };
     if soft >= target {
         tracing::debug!(soft, hard, "RLIMIT_NOFILE already at its hard limit");
-        return;
+        return Some(soft);
     }
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
-        Ok(()) => tracing::info!(from = soft, to = target, "raised the soft RLIMIT_NOFILE"),
-        Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the soft RLIMIT_NOFILE"),
+        Ok(()) => {
+            tracing::info!(from = soft, to = target, "raised the soft RLIMIT_NOFILE");
+            Some(target)
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the soft RLIMIT_NOFILE");
+            Some(soft)
+        }
     }
 }

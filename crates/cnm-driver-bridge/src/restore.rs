@@ -12,7 +12,7 @@
 //! of our bridges), plus bridges named with our `cnm-` prefix that lost the race between
 //! creation and marking; never anyone else's links.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
@@ -52,23 +52,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Whether `link` is the host-side veth of the endpoint whose alias is `mark` and whose veth
-/// name is `name`, on the bridge `bridge_index`: on that bridge, and either marked with `mark`
-/// (a veth whose name was taken, or one made by an older version) or named `name` and carrying
-/// no other endpoint's mark.
-pub(crate) fn is_endpoint_veth(
-    link: &cnm_sandbox::Link,
-    bridge_index: u32,
-    mark: &str,
-    name: &str,
-) -> bool {
-    link.master == Some(bridge_index)
-        && match link.alias.as_deref() {
-            Some(a) if a.starts_with(ALIAS_PREFIX) => a == mark,
-            _ => link.name == name,
-        }
-}
-
 impl BridgeDriver {
     pub(crate) async fn restore_network_inner(
         &self,
@@ -101,14 +84,36 @@ impl BridgeDriver {
             .links()
             .await
             .map_err(|e| BridgeError::failed("list links of", self.ctx.host_ns.to_string(), e))?;
+        // An endpoint's veth is on the network's bridge and either carries the endpoint's mark
+        // (a veth whose name was taken, or one an older version made) or, carrying no mark of
+        // ours, has the endpoint's name. Both by map: one lookup per endpoint, not a scan.
+        let on_bridge = links.iter().filter(|l| l.master == Some(net.bridge_index));
+        let ports: HashMap<&str, &cnm_sandbox::Link> = on_bridge
+            .clone()
+            .filter_map(|l| {
+                Some((
+                    l.alias.as_deref().filter(|a| a.starts_with(ALIAS_PREFIX))?,
+                    l,
+                ))
+            })
+            .collect();
+        let unmarked: HashMap<&str, &cnm_sandbox::Link> = on_bridge
+            .filter(|l| {
+                !l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+            })
+            .map(|l| (l.name.as_str(), l))
+            .collect();
         let mut owned = HashSet::new();
         for ep in endpoints {
             let s = &ep.spec;
             let veth = ep.joined.as_ref().and_then(|_| {
                 let (mark, name) = (alias(&s.endpoint_id), endpoint_veth_name(&s.endpoint_id));
-                links
-                    .iter()
-                    .find(|l| is_endpoint_veth(l, net.bridge_index, &mark, &name))
+                ports
+                    .get(mark.as_str())
+                    .or_else(|| unmarked.get(name.as_str()))
+                    .copied()
             });
             if ep.joined.is_some() && veth.is_none() {
                 tracing::warn!(endpoint = %short(&s.endpoint_id), network = %short(&spec.id), "the veth of a joined endpoint is gone");

@@ -59,7 +59,7 @@ pub use error::SandboxError;
 pub use files::{HostsEntry, HostsFile, ResolvConf};
 pub use interface::{InterfaceConfig, InterfaceSource};
 pub use link::{IpvlanMode, Link, LinkKind, LinkSpec, MacvlanMode};
-pub use netlink::{FdbEntry, Neighbour, Netlink};
+pub use netlink::{FdbEntry, Neighbour, Netlink, POOL_LIMIT, pool_open, set_pool_limit};
 pub use ns::NetNs;
 pub use route::{Address, IpFamily, Route, RouteSpec};
 pub use sysctl::{InterfaceSysctl, get_sysctl, set_sysctl, set_sysctls, sysctl_path};

@@ -40,13 +40,28 @@ use crate::link::{IpvlanMode, MacvlanMode};
 use crate::ns::{create_persisted, delete_persisted, on_thread};
 use crate::{Address, IpFamily, Link, LinkKind, LinkSpec, NetNs, Route, RouteSpec, SandboxError};
 
+/// A failure to open a connection as the `io::Error` the requests report.
+fn sandbox_to_io(e: SandboxError) -> io::Error {
+    match e {
+        SandboxError::Kernel { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 /// The loopback device's index in every namespace (`LOOPBACK_IFINDEX` in the kernel).
 const LOOPBACK_IFINDEX: u32 = 1;
 
 /// An rtnetlink connection bound to one network namespace. Clone is cheap.
+///
+/// A handle of a sandbox's namespace ([`Netlink::on_demand`], [`Netlink::create_netns`]) holds
+/// its socket only while it is among the [`POOL_LIMIT`] most recently opened ones: the pool
+/// closes the oldest (a socket, a connection task and its 72 KiB of buffers) and the next
+/// request opens it again on a thread in the namespace. So a process holding thousands of idle
+/// sandboxes keeps a bounded number of netlink sockets. A handle opened by
+/// [`Netlink::connect`] or [`Netlink::connect_current`] (the host's) stays open.
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    conn: Arc<Conn>,
     ns: NetNs,
     /// Link notifications of the namespace, subscribed on first use (see `delete_link_named`).
     watch: Arc<tokio::sync::OnceCell<Arc<LinkWatch>>>,
@@ -54,6 +69,107 @@ pub struct Netlink {
     /// second one started meanwhile with EBUSY (`netlink_dump_start`), and every clone of this
     /// handle shares the socket.
     dumps: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The socket of a [`Netlink`] and its clones.
+#[derive(Debug)]
+struct Conn {
+    /// The open connection's handle: `None` before first use and once the pool closed it. A
+    /// request clones it, so a close lets the requests in flight finish on the old socket.
+    handle: Mutex<Option<rtnetlink::Handle>>,
+    /// One opening at a time.
+    opening: tokio::sync::Mutex<()>,
+    /// Whether the pool may close it.
+    pooled: bool,
+}
+
+impl Conn {
+    fn new(handle: Option<rtnetlink::Handle>, pooled: bool) -> Arc<Conn> {
+        Arc::new(Conn {
+            handle: Mutex::new(handle),
+            opening: tokio::sync::Mutex::new(()),
+            pooled,
+        })
+    }
+
+    fn current(&self) -> Option<rtnetlink::Handle> {
+        self.handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// How many pooled netlink sockets (those of sandboxes' namespaces) a process keeps open at
+/// most, unless [`set_pool_limit`] says otherwise: enough for the sandboxes being worked on at
+/// once, few enough that descriptors and memory do not grow with the idle ones.
+pub const POOL_LIMIT: usize = 64;
+
+/// The pooled connections in the order they were opened (oldest first), and the limit.
+struct Pool {
+    open: std::collections::VecDeque<Weak<Conn>>,
+    limit: usize,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    open: std::collections::VecDeque::new(),
+    limit: POOL_LIMIT,
+});
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    // Every critical section is a queue update: a poisoned lock still holds a valid queue.
+    POOL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sets how many pooled netlink sockets the process keeps open at most (at least one); the
+/// oldest beyond it are closed now.
+pub fn set_pool_limit(limit: usize) {
+    let evicted = {
+        let mut p = pool();
+        p.limit = limit.max(1);
+        p.evict()
+    };
+    close(evicted);
+}
+
+/// How many pooled netlink sockets are open now.
+pub fn pool_open() -> usize {
+    pool()
+        .open
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|c| c.current().is_some())
+        .count()
+}
+
+impl Pool {
+    /// Takes the oldest entries beyond the limit (dropped handles' entries count until then).
+    fn evict(&mut self) -> Vec<Weak<Conn>> {
+        let extra = self.open.len().saturating_sub(self.limit);
+        self.open.drain(..extra).collect()
+    }
+}
+
+/// Closes the connections `evicted` (outside the pool's lock: dropping a handle wakes its task).
+fn close(evicted: Vec<Weak<Conn>>) {
+    for conn in evicted.iter().filter_map(Weak::upgrade) {
+        drop(
+            conn.handle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+}
+
+/// Puts a pooled connection just opened at the young end, closing the oldest beyond the limit.
+fn admit(conn: &Arc<Conn>) {
+    let evicted = {
+        let mut p = pool();
+        p.open.push_back(Arc::downgrade(conn));
+        p.evict()
+    };
+    close(evicted);
 }
 
 /// Waiters for the RTM_DELLINK notification of a link, by name, fed by a multicast netlink
@@ -152,7 +268,60 @@ impl Netlink {
             .wait()
             .await??;
         tokio::spawn(connection);
-        Ok(Netlink::from_parts(handle, ns.clone()))
+        Ok(Netlink::from_parts(handle, ns.clone(), false))
+    }
+
+    /// A handle of `ns` that opens its socket on first use, pooled (see [`Netlink`]): nothing
+    /// is opened here.
+    pub fn on_demand(ns: &NetNs) -> Netlink {
+        Netlink {
+            conn: Conn::new(None, true),
+            ns: ns.clone(),
+            watch: Arc::new(tokio::sync::OnceCell::new()),
+            dumps: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Whether this handle's socket is open now (a pooled one may have been closed).
+    pub fn is_open(&self) -> bool {
+        self.conn.current().is_some()
+    }
+
+    /// The open connection's handle, opening it (on a thread in the namespace) if the pool
+    /// closed it or it was never opened.
+    async fn handle(&self) -> io::Result<rtnetlink::Handle> {
+        if let Some(h) = self.conn.current() {
+            return Ok(h);
+        }
+        let _one = self.conn.opening.lock().await;
+        if let Some(h) = self.conn.current() {
+            return Ok(h);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            io::Error::other(format!("no tokio runtime to open netlink in {}", self.ns))
+        })?;
+        let inside = self.ns.clone();
+        let opened = on_thread("connect netlink in", self.ns.to_string(), move || {
+            inside.enter()?;
+            let _guard = runtime.enter();
+            rtnetlink::new_connection()
+                .map_err(|e| SandboxError::kernel("open netlink socket in", inside.to_string(), e))
+        })
+        .map_err(sandbox_to_io)?
+        .wait()
+        .await
+        .map_err(sandbox_to_io)?;
+        let (connection, handle, _events) = opened.map_err(sandbox_to_io)?;
+        tokio::spawn(connection);
+        *self
+            .conn
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(handle.clone());
+        if self.conn.pooled {
+            admit(&self.conn);
+        }
+        Ok(handle)
     }
 
     /// Opens a NETLINK_ROUTE socket in the calling thread's own namespace and drives it on the
@@ -169,12 +338,16 @@ impl Netlink {
         let (connection, handle, _events) = rtnetlink::new_connection()
             .map_err(|e| SandboxError::kernel("open netlink socket in", ns.to_string(), e))?;
         tokio::spawn(connection);
-        Ok(Netlink::from_parts(handle, ns))
+        Ok(Netlink::from_parts(handle, ns, false))
     }
 
-    fn from_parts(handle: rtnetlink::Handle, ns: NetNs) -> Netlink {
+    fn from_parts(handle: rtnetlink::Handle, ns: NetNs, pooled: bool) -> Netlink {
+        let conn = Conn::new(Some(handle), pooled);
+        if pooled {
+            admit(&conn);
+        }
         Netlink {
-            handle,
+            conn,
             ns,
             watch: Arc::new(tokio::sync::OnceCell::new()),
             dumps: Arc::new(tokio::sync::Mutex::new(())),
@@ -238,7 +411,8 @@ impl Netlink {
         })
         ?.wait().await??;
         tokio::spawn(connection);
-        let netlink = Netlink::from_parts(handle, ns.clone());
+        // A sandbox's: pooled, like those of reopened namespaces.
+        let netlink = Netlink::from_parts(handle, ns.clone(), true);
         Ok((ns, netlink))
     }
 
@@ -260,7 +434,7 @@ impl Netlink {
         };
         let mut nl = NetlinkMessage::from(msg);
         nl.header.flags = NLM_F_REQUEST | flags;
-        let mut handle = self.handle.clone();
+        let mut handle = self.handle().await?;
         let mut replies = handle
             .request(nl)
             .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;

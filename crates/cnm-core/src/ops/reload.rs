@@ -20,6 +20,7 @@
 //! every operation interrupted by a crash look done completely or not at all.
 
 use cnm_types::FailedTo;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -42,6 +43,11 @@ use crate::store::{Expect, Txn, Versioned, list_json};
 
 use super::gateway::program;
 use super::join::write_hosts;
+
+/// How many sandboxes a reload restores at once: their kernel work (namespace, netlink, files,
+/// DNS listener) is independent, and runs on threads and sockets of its own, so it overlaps;
+/// the bound keeps the threads and descriptors in flight few.
+pub(crate) const RESTORE_PARALLEL: usize = 32;
 
 /// A sandbox whose namespace could be reopened.
 struct Opened {
@@ -140,12 +146,21 @@ async fn reopen_sandboxes(
     eps: &mut BTreeMap<String, Versioned<EndpointRecord>>,
 ) -> Result<BTreeMap<String, Opened>, CoreError> {
     let mut opened = BTreeMap::new();
-    for (key, rec) in sbs {
-        let ns = if rec.value.options.host_namespace {
-            Ok(super::sandbox_create::host_sandbox_ns(core.kernel.as_ref()))
-        } else {
-            core.kernel.open_netns(&rec.value.key).await
-        };
+    // The namespaces are reopened concurrently (each is its own kernel work); the records of
+    // those gone are then dropped one after the other, in the listing's order.
+    let reopened: Vec<_> = stream::iter(sbs)
+        .map(|(key, rec)| async move {
+            let ns = if rec.value.options.host_namespace {
+                Ok(super::sandbox_create::host_sandbox_ns(core.kernel.as_ref()))
+            } else {
+                core.kernel.open_netns(&rec.value.key).await
+            };
+            (key, rec, ns)
+        })
+        .buffered(RESTORE_PARALLEL)
+        .collect()
+        .await;
+    for (key, rec, ns) in reopened {
         match ns {
             Ok(ns) => {
                 opened.insert(rec.value.id.clone(), Opened { rec, ns });
@@ -831,73 +846,89 @@ async fn restore_sandboxes(
             .flatten()
             .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone())),
     );
-    for (sid, o) in opened {
-        let rec = o.rec.value;
-        let mut joined = Vec::new();
-        let mut detached = Vec::new();
-        for j in &rec.endpoints {
-            let Some(ep) = endpoints.get(&j.endpoint_id) else {
-                if pending.contains(&j.endpoint_id) {
-                    // Its network waits for its driver or its IPAM: kept in the record meanwhile.
-                    detached.push(j.clone());
-                    continue;
-                }
-                tracing::warn!(
-                    sandbox = id::short(&sid),
-                    endpoint = id::short(&j.endpoint_id),
-                    "joined endpoint not restored"
-                );
+    // Each sandbox's kernel work (interface lookups, default route, published ports, files) is
+    // its own: they are restored concurrently, a bounded number at a time. The firewall is
+    // loading meanwhile, so their rules still go to the kernel in the one final transaction.
+    let pending = &pending;
+    stream::iter(opened)
+        .map(|(sid, o)| restore_sandbox(core, sid, o, endpoints, pending))
+        .buffer_unordered(RESTORE_PARALLEL)
+        .try_collect::<()>()
+        .await
+}
+
+/// One sandbox of [`restore_sandboxes`]: its joins, its gateway endpoint's default route and
+/// published ports, its files; then it is put in the controller's maps.
+async fn restore_sandbox(
+    core: &Arc<Core>,
+    sid: String,
+    o: Opened,
+    endpoints: &HashMap<String, Arc<EndpointInner>>,
+    pending: &BTreeSet<String>,
+) -> Result<(), CoreError> {
+    let rec = o.rec.value;
+    let mut joined = Vec::new();
+    let mut detached = Vec::new();
+    for j in &rec.endpoints {
+        let Some(ep) = endpoints.get(&j.endpoint_id) else {
+            if pending.contains(&j.endpoint_id) {
+                // Its network waits for its driver or its IPAM: kept in the record meanwhile.
+                detached.push(j.clone());
                 continue;
-            };
-            let index = joined_index(core, &o.ns, &sid, j.ifname.as_ref()).await?;
-            if j.ifname.is_some() && index.is_none() {
-                tracing::warn!(sandbox = id::short(&sid), ifname = ?j.ifname, "joined interface missing in its sandbox");
             }
-            joined.push(Joined::from_record(ep.clone(), j, index));
+            tracing::warn!(
+                sandbox = id::short(&sid),
+                endpoint = id::short(&j.endpoint_id),
+                "joined endpoint not restored"
+            );
+            continue;
+        };
+        let index = joined_index(core, &o.ns, &sid, j.ifname.as_ref()).await?;
+        if j.ifname.is_some() && index.is_none() {
+            tracing::warn!(sandbox = id::short(&sid), ifname = ?j.ifname, "joined interface missing in its sandbox");
         }
-        let dir = core.run_dir.join("sandboxes").join(&sid);
-        let sb = Arc::new(SandboxInner::new(
-            sid.clone(),
-            rec.container_id.clone(),
-            dir.clone(),
-            o.ns,
-            rec.options.clone(),
-            SandboxState {
-                joined: Vec::new(),
-                gateway: rec.gateway_endpoint.clone(),
-                deleted: false,
-                version: o.rec.version,
-            },
-        ));
-        if let Some(gw) = &rec.gateway_endpoint
-            && let Some(j) = joined.iter_mut().find(|j| &j.ep.id == gw)
-        {
-            restore_gateway(core, &sb, j).await?;
-        }
-        // The directory may be gone (a reboot keeps no run dir, a crash may have left it
-        // half-made): made again, the hosts file rewritten, resolv.conf written if missing.
-        let host = core
-            .kernel
-            .prepare_dir(&dir, &core.resolv_conf)
-            .await
-            .map_err(|e| CoreError::failed("prepare the files of sandbox", id::short(&sid), e))?;
-        write_hosts(core, &sb, &joined)?;
-        let path = sb.resolv_conf_path();
-        if !core.kernel.file_exists(&path) {
-            core.kernel
-                .write_resolv_conf(&path, &sb.resolv_conf(&host))
-                .map_err(|e| {
-                    CoreError::failed("write resolv.conf", path.display().to_string(), e)
-                })?;
-        }
-        sb.state().joined = joined;
-        sb.set_detached(detached, rec.gateway_endpoint.as_deref());
-        core.containers.insert(
-            rec.container_id.clone(),
-            Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),
-        );
-        core.sandboxes.insert(sid, sb);
+        joined.push(Joined::from_record(ep.clone(), j, index));
     }
+    let dir = core.run_dir.join("sandboxes").join(&sid);
+    let sb = Arc::new(SandboxInner::new(
+        sid.clone(),
+        rec.container_id.clone(),
+        dir.clone(),
+        o.ns,
+        rec.options.clone(),
+        SandboxState {
+            joined: Vec::new(),
+            gateway: rec.gateway_endpoint.clone(),
+            deleted: false,
+            version: o.rec.version,
+        },
+    ));
+    if let Some(gw) = &rec.gateway_endpoint
+        && let Some(j) = joined.iter_mut().find(|j| &j.ep.id == gw)
+    {
+        restore_gateway(core, &sb, j).await?;
+    }
+    // The directory may be gone (a reboot keeps no run dir, a crash may have left it
+    // half-made): made again, the hosts file rewritten, resolv.conf written if missing.
+    let host = core
+        .kernel
+        .prepare_dir(&dir, &core.resolv_conf)
+        .await
+        .map_err(|e| CoreError::failed("prepare the files of sandbox", id::short(&sid), e))?;
+    write_hosts(core, &sb, &joined)?;
+    let path = sb.resolv_conf_path();
+    if !core.kernel.file_exists(&path) {
+        core.kernel
+            .write_resolv_conf(&path, &sb.resolv_conf(&host))
+            .map_err(|e| CoreError::failed("write resolv.conf", path.display().to_string(), e))?;
+    }
+    sb.state().joined = joined;
+    sb.set_detached(detached, rec.gateway_endpoint.as_deref());
+    core.containers.insert(
+        rec.container_id.clone(),
+        Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),
+    );
+    core.sandboxes.insert(sid, sb);
     Ok(())
 }
 

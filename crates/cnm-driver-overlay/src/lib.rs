@@ -994,6 +994,13 @@ impl Driver for OverlayDriver {
     async fn create_endpoint(&self, spec: &EndpointSpec) -> Result<EndpointInfo, DriverError> {
         let net = self.network(&spec.network_id)?;
         let mac = spec.segment_mac(DRIVER_NAME)?;
+        // Unless asked for, the MAC follows the IPv4 address (as Docker's overlay does): learning
+        // is off, so a peer sandbox still caching a freed address's old MAC would send into the
+        // void until its neighbour entry expired.
+        let mac = match (spec.mac, spec.ipv4) {
+            (None, Some(v4)) => MacAddress::from_ipv4(v4.addr()),
+            _ => mac,
+        };
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
             return Err(OverlayError::Conflict {

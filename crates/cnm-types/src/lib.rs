@@ -341,6 +341,14 @@ impl MacAddress {
         Self(b)
     }
 
+    /// The locally administered unicast address `02:42:a:b:c:d` of the IPv4 address
+    /// `a.b.c.d`, as Docker gives its containers: an address reused by a new endpoint brings
+    /// back the same MAC, so a peer's cached neighbour entry stays right.
+    pub fn from_ipv4(ip: std::net::Ipv4Addr) -> Self {
+        let [a, b, c, d] = ip.octets();
+        Self([0x02, 0x42, a, b, c, d])
+    }
+
     /// The octets.
     pub fn octets(&self) -> [u8; 6] {
         self.0
@@ -415,6 +423,14 @@ mod tests {
     enum Outer {
         #[error(transparent)]
         Io(#[from] Failed<std::io::Error>),
+    }
+
+    #[test]
+    fn a_mac_from_an_ipv4_address_is_unicast_local_and_follows_the_address() {
+        let mac = MacAddress::from_ipv4("10.78.0.2".parse().unwrap());
+        assert_eq!(mac.to_string(), "02:42:0a:4e:00:02");
+        assert!(mac.is_locally_administered() && !mac.is_multicast());
+        assert_eq!(mac, MacAddress::from_ipv4("10.78.0.2".parse().unwrap()));
     }
 
     #[test]

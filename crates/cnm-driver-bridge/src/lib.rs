@@ -489,18 +489,15 @@ impl BridgeDriver {
 
         let firewall = self.firewall().await?.clone();
         let mut undo = Undo::new();
+        let (v4, v6) = (ep.ipv4.map(|a| a.addr()), ep.ipv6.map(|a| a.addr()));
+        let guard = async |port: &IfName| {
+            firewall
+                .guard_port(&req.network_id, &req.endpoint_id, port, mac, v4, v6)
+                .await
+        };
         let result = async {
             // Guarded before it exists: no frame from the port ever passes unchecked.
-            firewall
-                .guard_port(
-                    &req.network_id,
-                    &req.endpoint_id,
-                    &host_if,
-                    mac,
-                    ep.ipv4.map(|a| a.addr()),
-                    ep.ipv6.map(|a| a.addr()),
-                )
-                .await?;
+            guard(&host_if).await?;
             {
                 let (firewall, endpoint_id) = (firewall.clone(), req.endpoint_id.clone());
                 undo.push("remove endpoint rules", move || async move {
@@ -519,16 +516,7 @@ impl BridgeDriver {
                 host_if = random_veth_name()?;
                 spec.name = host_if.clone();
                 firewall.remove_endpoint(&req.endpoint_id).await?;
-                firewall
-                    .guard_port(
-                        &req.network_id,
-                        &req.endpoint_id,
-                        &host_if,
-                        mac,
-                        ep.ipv4.map(|a| a.addr()),
-                        ep.ipv6.map(|a| a.addr()),
-                    )
-                    .await?;
+                guard(&host_if).await?;
                 created = host.create_link(&spec).await;
                 marked = true;
             }

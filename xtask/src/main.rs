@@ -148,6 +148,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a cold `cargo xtask test` writes under `target/` (debug builds of every test binary, the
+/// daemon and the crates outside the workspace, without incremental state): about 11 GiB.
+const COLD_RUN_GIB: u64 = 14;
+
+/// Says so up front when the target directory's file system has less room than a cold run
+/// needs, instead of letting the run fail an hour in with `No space left on device` halfway
+/// through a test's build.
+fn warn_if_disk_is_short() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| outside::root().join("target"), std::path::PathBuf::from);
+    let dir = target
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(std::path::Path::new("/"));
+    let Ok(out) = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(dir)
+        .output()
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = free_kib {
+        let gib = kib / (1024 * 1024);
+        if gib < COLD_RUN_GIB {
+            eprintln!(
+                "xtask: warning: {gib} GiB free under {}; a cold run writes about {COLD_RUN_GIB} GiB \
+                 (set CARGO_INCREMENTAL=0, as CI does, or free space)",
+                dir.display()
+            );
+        }
+    }
+}
+
 /// One phase's outcome, for the summary table.
 #[derive(Debug)]
 struct Phase {
@@ -179,6 +218,7 @@ fn test(args: &TestArgs) -> Result<bool> {
 
     banner("0/4 system packages");
     packages::ensure_installed()?;
+    warn_if_disk_is_short();
 
     let lint = !(args.no_lint || args.privileged_only);
     if lint {

@@ -24,14 +24,17 @@
 //!   append 00:00:00:00:00:00 … dst <vtep>`), added with the host's first peer and removed with
 //!   its last, by the same watch;
 //! - with `encrypted` ([`options::ENCRYPTED`], Docker's `-o encrypted`, empty or `true`), the
-//!   network's traffic between hosts inside WireGuard ([`wg`]): a userspace WireGuard over a TUN
-//!   device `cnm-wg0` (one per host, started by the first encrypted network), the VXLAN device
+//!   network's traffic between hosts inside WireGuard ([`wg`]): the kernel's (a `wireguard` link
+//!   configured over generic netlink) where the kernel has it, else a userspace WireGuard over a
+//!   TUN device, either named `cnm-wg0` (one per host, started by the first encrypted network;
+//!   which one: [`OverlayDriver::wireguard_path`]), the VXLAN device
 //!   local to this host's tunnel address (derived from its IPv4 advertise address), the other
 //!   hosts' endpoints behind theirs, MTU = the underlay's − 70 (VXLAN over IPv6) − 60
 //!   (WireGuard); host keys in the state dir, published through the cluster store, rotated
 //!   (`wireguard_key_rotation`, [`OverlayDriver::rotate_wireguard_key`]); and in its firewall
 //!   fragment a guard dropping plain VXLAN to an encrypted network's port that did not come out
-//!   of the tunnel. No `/dev/net/tun`: the network is refused (`Unsupported`).
+//!   of the tunnel. No kernel WireGuard and no `/dev/net/tun`: the network is refused
+//!   (`Unsupported`).
 //!
 //! **Does not**
 //! - give the network a gateway, a way out or published ports: its joins ask for the
@@ -257,6 +260,13 @@ impl OverlayDriver {
             Some(e) => Ok(Some(e.rotate().await?)),
             None => Ok(None),
         }
+    }
+
+    /// Which WireGuard carries this host's encrypted networks ([`wg::WgPath::Kernel`] where
+    /// the kernel has it, else the userspace engine and why), once the first encrypted
+    /// network started it.
+    pub async fn wireguard_path(&self) -> Option<wg::WgPath> {
+        self.wg.lock().await.as_ref().map(|e| e.path().clone())
     }
 
     /// This host's WireGuard public key, once the engine runs.
@@ -1059,8 +1069,10 @@ impl Driver for OverlayDriver {
                 task.abort();
             }
         }
-        // Its tasks stop and its TUN device goes (the kernel state of the networks stays).
-        self.wg.lock().await.take();
+        // Its tasks stop and its device goes (the kernel state of the networks stays).
+        if let Some(engine) = self.wg.lock().await.take() {
+            engine.stop(&self.ctx).await?;
+        }
         Ok(())
     }
 }

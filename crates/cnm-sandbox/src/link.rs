@@ -89,6 +89,9 @@ pub enum LinkKind {
         /// Ipvlan mode.
         mode: IpvlanMode,
     },
+    /// A WireGuard device (needs the kernel's `wireguard`); keys and peers are configured
+    /// over generic netlink afterwards, not in the create message.
+    Wireguard,
 }
 
 /// Ipvlan modes (`ip link add … type ipvlan mode …`).
@@ -127,6 +130,7 @@ impl LinkKind {
             Self::Macvlan { .. } => ("macvlan", "create macvlan"),
             Self::Vlan { .. } => ("vlan", "create vlan"),
             Self::Ipvlan { .. } => ("ipvlan", "create ipvlan"),
+            Self::Wireguard => ("wireguard", "create wireguard"),
         }
     }
 
@@ -219,6 +223,7 @@ impl LinkSpec {
             }
             LinkKind::Bridge
             | LinkKind::Dummy
+            | LinkKind::Wireguard
             | LinkKind::Macvlan { .. }
             | LinkKind::Ipvlan { .. } => {}
         }
@@ -329,6 +334,7 @@ mod tests {
             "macvlan"
         );
         assert_eq!(LinkKind::Bridge.kernel_feature(), "bridge");
+        assert_eq!(LinkKind::Wireguard.kernel_feature(), "wireguard");
         assert_eq!(LinkKind::Bridge.create_op(), "create bridge");
         assert_eq!(
             LinkKind::Vlan { parent: 1, id: 10 }.kernel_feature(),

@@ -1097,6 +1097,7 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
     let (kind, data) = match &spec.kind {
         LinkKind::Bridge => (InfoKind::Bridge, None),
         LinkKind::Dummy => (InfoKind::Dummy, None),
+        LinkKind::Wireguard => (InfoKind::Wireguard, None),
         LinkKind::Veth {
             peer_name,
             peer_ns,
@@ -1193,6 +1194,7 @@ fn unsupported_reason(kind: &LinkKind) -> &'static str {
         LinkKind::Ipvlan { .. } => "the kernel has no ipvlan support (ipvlan)",
         LinkKind::Macvlan { .. } => "the kernel has no macvlan support (macvlan)",
         LinkKind::Dummy => "the kernel has no dummy link support (dummy)",
+        LinkKind::Wireguard => "the kernel has no WireGuard support (wireguard)",
         LinkKind::Vxlan { .. } => "the kernel has no VXLAN support (vxlan)",
         LinkKind::Veth { .. } => "the kernel has no veth support (veth)",
         LinkKind::Bridge => "the kernel has no bridge support (bridge)",

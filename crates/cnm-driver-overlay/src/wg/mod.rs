@@ -32,9 +32,18 @@
 //! or by WireGuard's timer tick ([`TIMER_TICK`], as boringtun's own device drives
 //! `update_timers`); no process and no sleep per packet.
 //!
-//! **Kernel WireGuard** is not used yet, even where the kernel has it: this one does not, and
-//! the userspace path is what runs and is tested here.
+//! **Kernel WireGuard** where the kernel has it (module `kernel`): the engine's start first tries to
+//! create a link of kind `wireguard` named [`TUN_NAME`]; if the kernel makes one, it is
+//! configured over generic netlink (module `genl`) with the same key, port, tunnel address and MTU,
+//! and the peers follow the same facts (allowed IPs: the peer's tunnel address /128); a
+//! rotation sets the new private key. If the kernel answers that it does not know the link
+//! type (EOPNOTSUPP, no `wireguard` module), the userspace engine runs instead. Which one runs
+//! is logged once and answered by [`OverlayDriver::wireguard_path`](crate::OverlayDriver::wireguard_path).
+//! The kernel path could not be exercised on the machine this was written on (no WireGuard
+//! module); its messages are checked against the UAPI layout in unit tests.
 
+pub(crate) mod genl;
+pub(crate) mod kernel;
 pub(crate) mod keys;
 pub(crate) mod table;
 pub(crate) mod tun;
@@ -166,7 +175,40 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// This host's WireGuard: the TUN device, the socket, the peers, the tasks.
+/// Which WireGuard carries this host's encrypted networks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WgPath {
+    /// The kernel's (a link of kind `wireguard`, configured over generic netlink).
+    Kernel,
+    /// cnm's userspace engine over a TUN device, because the kernel has no WireGuard.
+    Userspace {
+        /// Why not the kernel's, as the kernel answered the link's creation.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for WgPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kernel => f.write_str("kernel"),
+            Self::Userspace { reason } => write!(f, "userspace ({reason})"),
+        }
+    }
+}
+
+/// What carries the packets.
+#[derive(Debug)]
+enum DataPath {
+    /// boringtun's tunnels, one per peer, and the engine's socket.
+    Userspace {
+        table: Arc<RwLock<PeerTable>>,
+        socket: Arc<UdpSocket>,
+    },
+    /// The kernel's device, configured over generic netlink.
+    Kernel(kernel::KernelDevice),
+}
+
+/// This host's WireGuard: the device, the keys, the peers, the tasks.
 #[derive(Debug)]
 pub(crate) struct Engine {
     pub(crate) tunnel: Ipv6Addr,
@@ -176,14 +218,15 @@ pub(crate) struct Engine {
     epoch: u64,
     host_id: String,
     facts: Facts,
-    table: Arc<RwLock<PeerTable>>,
-    socket: Arc<UdpSocket>,
+    path: WgPath,
+    data: DataPath,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // The tasks hold the TUN device's fd: aborted, they close it and the device goes.
+        // The tasks hold the TUN device's fd: aborted, they close it and the device goes (the
+        // kernel's device is deleted by `stop`, or at the next start).
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
@@ -191,9 +234,11 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    /// Opens the TUN device and the socket in the host namespace, configures the device,
-    /// publishes this host's fact and starts the tasks. On failure nothing stays (the device
-    /// goes with its fd).
+    /// Starts WireGuard in the host namespace: the kernel's where the kernel has it, else the
+    /// userspace engine (the first attempt tells, and the choice is logged once: one engine
+    /// per driver). Configures the device (MTU, tunnel address, up), publishes this host's fact
+    /// and starts the tasks. On failure nothing stays (a TUN device goes with its fd; the
+    /// kernel's device is deleted).
     pub(crate) async fn start(
         ctx: &DriverContext,
         config: &WgConfig,
@@ -204,61 +249,43 @@ impl Engine {
         let facts = ctx.facts()?;
         let key_path = ctx.state_dir.join(crate::DRIVER_NAME).join(keys::KEY_FILE);
         let keys = KeyPair::load_or_create(&key_path)?;
-        let (tun_path, port) = (config.tun_path.clone(), config.port);
-        let endpoint = SocketAddr::new(vtep, port);
-        let (tun_file, udp) = ctx
-            .host_ns
-            .run(
-                move || -> Result<(File, std::net::UdpSocket), OverlayError> {
-                    let tun = tun::open(&tun_path, TUN_NAME)?;
-                    let sock = std::net::UdpSocket::bind(endpoint)
-                        .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                        .map_err(|e| {
-                            OverlayError::io("bind WireGuard socket", endpoint.to_string(), e)
-                        })?;
-                    Ok((tun, sock))
-                },
-            )
-            .await
-            .map_err(|e| {
-                OverlayError::failed("open the WireGuard device in", ctx.host_ns.to_string(), e)
-            })??;
-        let host = &ctx.host_netlink;
-        let index = host
-            .link(TUN_NAME)
-            .await
-            .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
-            .ok_or_else(|| OverlayError::Conflict {
-                op: "configure",
-                object: TUN_NAME.to_owned(),
-                reason: "it vanished right after it was created".to_owned(),
-            })?
-            .index;
-        let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);
-        host.set_mtu(index, mtu)
-            .await
-            .map_err(|e| OverlayError::failed("set MTU of", TUN_NAME, e))?;
-        let net = Ipv6Net::new(tunnel, TUNNEL_PREFIX_LEN).map_err(|e| {
-            OverlayError::invalid("tunnel address", tunnel.to_string(), e.to_string())
-        })?;
-        host.add_address(index, IpNet::V6(net)).await.map_err(|e| {
-            OverlayError::failed("add address to", format!("{TUN_NAME} ({net})"), e)
-        })?;
-        host.set_up(index)
-            .await
-            .map_err(|e| OverlayError::failed("bring up", TUN_NAME, e))?;
-        // SAFETY: the AsyncFd owns the File, so the fd stays open for as long as it is
-        // registered, and nothing else closes it.
-        #[allow(unsafe_code)]
-        let registered = unsafe { AsyncFd::register(tun_file) };
-        let tun = Arc::new(
-            registered
-                .map_err(|e| OverlayError::io("register", TUN_NAME, std::io::Error::from(e)))?,
-        );
-        let socket =
-            Arc::new(UdpSocket::from_std(udp).map_err(|e| {
-                OverlayError::io("register WireGuard socket", endpoint.to_string(), e)
-            })?);
+        let endpoint = SocketAddr::new(vtep, config.port);
+        let (path, data, tun) = match kernel::create(ctx).await? {
+            kernel::Created::Yes => {
+                let configured = async {
+                    let dev = kernel::KernelDevice::configure(ctx, &keys, config.port).await?;
+                    configure_link(ctx, tunnel, underlay_mtu).await?;
+                    Ok::<_, OverlayError>(dev)
+                }
+                .await;
+                match configured {
+                    Ok(dev) => (WgPath::Kernel, DataPath::Kernel(dev), None),
+                    Err(e) => return Err(with_link_deleted(ctx, e).await),
+                }
+            }
+            kernel::Created::Unsupported(reason) => {
+                let (tun, socket) = open_userspace(ctx, config, endpoint).await?;
+                configure_link(ctx, tunnel, underlay_mtu).await?;
+                // SAFETY: the AsyncFd owns the File, so the fd stays open for as long as it is
+                // registered, and nothing else closes it.
+                #[allow(unsafe_code)]
+                let registered = unsafe { AsyncFd::register(tun) };
+                let tun = Arc::new(registered.map_err(|e| {
+                    OverlayError::io("register", TUN_NAME, std::io::Error::from(e))
+                })?);
+                let socket = Arc::new(UdpSocket::from_std(socket).map_err(|e| {
+                    OverlayError::io("register WireGuard socket", endpoint.to_string(), e)
+                })?);
+                (
+                    WgPath::Userspace { reason },
+                    DataPath::Userspace {
+                        table: Arc::default(),
+                        socket,
+                    },
+                    Some(tun),
+                )
+            }
+        };
         let engine = Arc::new(Self {
             tunnel,
             endpoint,
@@ -267,32 +294,64 @@ impl Engine {
             epoch: rand::random::<u64>() >> 11,
             host_id: ctx.host_id().to_owned(),
             facts,
-            table: Arc::default(),
-            socket: socket.clone(),
+            path,
+            data,
             tasks: Mutex::new(Vec::new()),
         });
         {
-            let table = engine.table.clone();
             let mut tasks = lock(&engine.tasks);
-            tasks.push(tokio::spawn(from_tun(
-                tun.clone(),
-                socket.clone(),
-                table.clone(),
-            )));
-            tasks.push(tokio::spawn(from_underlay(
-                tun,
-                socket.clone(),
-                table.clone(),
-            )));
-            tasks.push(tokio::spawn(timers(socket, table)));
+            if let (DataPath::Userspace { table, socket }, Some(tun)) = (&engine.data, tun) {
+                tasks.push(tokio::spawn(from_tun(
+                    tun.clone(),
+                    socket.clone(),
+                    table.clone(),
+                )));
+                tasks.push(tokio::spawn(from_underlay(
+                    tun,
+                    socket.clone(),
+                    table.clone(),
+                )));
+                tasks.push(tokio::spawn(timers(socket.clone(), table.clone())));
+            }
             tasks.push(tokio::spawn(watch(Arc::downgrade(&engine))));
             if let Some(every) = config.rotation {
                 tasks.push(tokio::spawn(rotate_every(Arc::downgrade(&engine), every)));
             }
         }
-        engine.publish().await?;
-        tracing::info!(tunnel = %tunnel, %endpoint, mtu, public_key = %lock(&engine.keys).public_hex(), "WireGuard engine (userspace) started");
+        if let Err(e) = engine.publish().await {
+            return Err(engine.stop_after(ctx, e).await);
+        }
+        let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);
+        tracing::info!(path = %engine.path, tunnel = %tunnel, %endpoint, mtu, public_key = %lock(&engine.keys).public_hex(), "WireGuard started");
         Ok(engine)
+    }
+
+    /// Which WireGuard this is.
+    pub(crate) fn path(&self) -> &WgPath {
+        &self.path
+    }
+
+    /// Stops the tasks and deletes the kernel's device (a TUN device goes with its fd when
+    /// the engine is dropped).
+    pub(crate) async fn stop(&self, ctx: &DriverContext) -> Result<(), OverlayError> {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        if matches!(self.data, DataPath::Kernel(_)) {
+            crate::delete_link_named(&ctx.host_netlink, TUN_NAME).await?;
+        }
+        Ok(())
+    }
+
+    /// `primary`, after stopping (with what failed while stopping).
+    async fn stop_after(&self, ctx: &DriverContext, primary: OverlayError) -> OverlayError {
+        match self.stop(ctx).await {
+            Ok(()) => primary,
+            Err(e) => OverlayError::WithCleanup {
+                source: Box::new(primary),
+                cleanup: vec![e],
+            },
+        }
     }
 
     /// This host's fact, as published now.
@@ -318,17 +377,34 @@ impl Engine {
         lock(&self.keys).public_hex()
     }
 
-    /// Replaces the static key: saved, used by every tunnel at once, published. Returns the
-    /// new public key.
+    /// Replaces the static key: saved, used by every tunnel (or the kernel's device) at once,
+    /// published. Returns the new public key.
     pub(crate) async fn rotate(&self) -> Result<String, OverlayError> {
         let pair = KeyPair::generate();
-        pair.save(&self.key_path)?;
-        {
-            // Lock order: the table, then the keys (as `learn`).
-            let table = write(&self.table);
-            *lock(&self.keys) = pair.clone();
-            for p in table.peers() {
-                lock(&p.tunn).set_static_private(pair.secret.clone(), pair.public, None);
+        match &self.data {
+            DataPath::Userspace { table, .. } => {
+                pair.save(&self.key_path)?;
+                // Lock order: the table, then the keys (as `learn`).
+                let table = write(table);
+                *lock(&self.keys) = pair.clone();
+                for p in table.peers() {
+                    lock(&p.tunn).set_static_private(pair.secret.clone(), pair.public, None);
+                }
+            }
+            DataPath::Kernel(dev) => {
+                // The device first: if the kernel refuses, the old key stays everywhere.
+                dev.set_key(&pair).await?;
+                if let Err(e) = pair.save(&self.key_path) {
+                    let old = lock(&self.keys).clone();
+                    return Err(match dev.set_key(&old).await {
+                        Ok(()) => e,
+                        Err(undo) => OverlayError::WithCleanup {
+                            source: Box::new(e),
+                            cleanup: vec![undo],
+                        },
+                    });
+                }
+                *lock(&self.keys) = pair.clone();
             }
         }
         self.publish().await?;
@@ -336,10 +412,30 @@ impl Engine {
         Ok(pair.public_hex())
     }
 
-    /// Takes another host's fact: a new or changed peer gets a tunnel and a handshake at once.
+    /// The hosts with a peer here.
+    fn hosts(&self) -> Vec<String> {
+        match &self.data {
+            DataPath::Userspace { table, .. } => read(table).hosts().map(str::to_owned).collect(),
+            DataPath::Kernel(dev) => dev.hosts(),
+        }
+    }
+
+    /// Takes another host's fact: a new or changed peer gets a tunnel and a handshake at once
+    /// (the kernel's device starts its handshake with the first packet).
     async fn learn(&self, host: &str, fact: HostFact) {
+        let (table, socket) = match &self.data {
+            DataPath::Userspace { table, socket } => (table, socket),
+            DataPath::Kernel(dev) => {
+                match dev.learn(host, fact).await {
+                    Ok(true) => tracing::debug!(host, "WireGuard peer set in the kernel"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(host, error = %e, "WireGuard peer not set"),
+                }
+                return;
+            }
+        };
         let peer = {
-            let mut table = write(&self.table);
+            let mut table = write(table);
             let secret = lock(&self.keys).secret.clone();
             match table.upsert(host, fact, &secret) {
                 Ok(Change::Unchanged) => return,
@@ -359,14 +455,92 @@ impl Engine {
                 TunnResult::WriteToNetwork(d) => d.len(),
                 _ => return,
             };
-            send(&self.socket, &out[..len], &peer).await;
+            send(socket, &out[..len], &peer).await;
         }
     }
 
-    fn forget(&self, host: &str) {
-        if write(&self.table).remove(host).is_some() {
+    async fn forget(&self, host: &str) {
+        let removed = match &self.data {
+            DataPath::Userspace { table, .. } => write(table).remove(host).is_some(),
+            DataPath::Kernel(dev) => match dev.forget(host).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(host, error = %e, "WireGuard peer not removed from the kernel");
+                    false
+                }
+            },
+        };
+        if removed {
             tracing::debug!(host, "WireGuard peer removed");
         }
+    }
+}
+
+/// Opens the TUN device and the engine's socket in the host namespace.
+async fn open_userspace(
+    ctx: &DriverContext,
+    config: &WgConfig,
+    endpoint: SocketAddr,
+) -> Result<(File, std::net::UdpSocket), OverlayError> {
+    let tun_path = config.tun_path.clone();
+    ctx.host_ns
+        .run(
+            move || -> Result<(File, std::net::UdpSocket), OverlayError> {
+                let tun = tun::open(&tun_path, TUN_NAME)?;
+                let sock = std::net::UdpSocket::bind(endpoint)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .map_err(|e| {
+                        OverlayError::io("bind WireGuard socket", endpoint.to_string(), e)
+                    })?;
+                Ok((tun, sock))
+            },
+        )
+        .await
+        .map_err(|e| {
+            OverlayError::failed("open the WireGuard device in", ctx.host_ns.to_string(), e)
+        })?
+}
+
+/// The device's MTU (the underlay's less WireGuard's overhead), its tunnel address, up: the
+/// same for both paths.
+async fn configure_link(
+    ctx: &DriverContext,
+    tunnel: Ipv6Addr,
+    underlay_mtu: u32,
+) -> Result<(), OverlayError> {
+    let host = &ctx.host_netlink;
+    let index = host
+        .link(TUN_NAME)
+        .await
+        .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
+        .ok_or_else(|| OverlayError::Conflict {
+            op: "configure",
+            object: TUN_NAME.to_owned(),
+            reason: "it vanished right after it was created".to_owned(),
+        })?
+        .index;
+    let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);
+    host.set_mtu(index, mtu)
+        .await
+        .map_err(|e| OverlayError::failed("set MTU of", TUN_NAME, e))?;
+    let net = Ipv6Net::new(tunnel, TUNNEL_PREFIX_LEN)
+        .map_err(|e| OverlayError::invalid("tunnel address", tunnel.to_string(), e.to_string()))?;
+    host.add_address(index, IpNet::V6(net))
+        .await
+        .map_err(|e| OverlayError::failed("add address to", format!("{TUN_NAME} ({net})"), e))?;
+    host.set_up(index)
+        .await
+        .map_err(|e| OverlayError::failed("bring up", TUN_NAME, e))
+}
+
+/// `primary`, after deleting the kernel's device (with what failed while deleting it).
+async fn with_link_deleted(ctx: &DriverContext, primary: OverlayError) -> OverlayError {
+    match crate::delete_link_named(&ctx.host_netlink, TUN_NAME).await {
+        Ok(()) => primary,
+        Err(e) => OverlayError::WithCleanup {
+            source: Box::new(primary),
+            cleanup: vec![e],
+        },
     }
 }
 
@@ -520,17 +694,13 @@ async fn watch(engine: Weak<Engine>) {
         let facts = e.facts.clone();
         match facts.others(FACTS_NETWORK).await {
             Ok(present) => {
-                let gone: Vec<String> = {
-                    let t = read(&e.table);
-                    t.hosts()
-                        .filter(|h| !present.contains(*h))
-                        .map(str::to_owned)
-                        .collect::<HashSet<_>>()
-                        .into_iter()
-                        .collect()
-                };
+                let gone: HashSet<String> = e
+                    .hosts()
+                    .into_iter()
+                    .filter(|h| !present.contains(h))
+                    .collect();
                 for h in gone {
-                    e.forget(&h);
+                    e.forget(&h).await;
                 }
             }
             Err(err) => {
@@ -559,7 +729,7 @@ async fn watch(engine: Weak<Engine>) {
                         tracing::warn!(host = %fact.endpoint_id, error = %err, "undecodable WireGuard peer ignored")
                     }
                 },
-                FactEvent::Removed { endpoint_id, .. } => e.forget(&endpoint_id),
+                FactEvent::Removed { endpoint_id, .. } => e.forget(&endpoint_id).await,
                 _ => {}
             }
         }

@@ -42,6 +42,7 @@
 //! The kernel path could not be exercised on the machine this was written on (no WireGuard
 //! module); its messages are checked against the UAPI layout in unit tests.
 
+pub(crate) mod batch;
 pub(crate) mod genl;
 pub(crate) mod kernel;
 pub(crate) mod keys;
@@ -550,18 +551,6 @@ async fn send(socket: &UdpSocket, data: &[u8], peer: &Peer) {
     }
 }
 
-async fn read_tun(tun: &AsyncFd<File>, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        let mut guard = tun.readable().await?;
-        if let Ok(r) = guard.try_io(|f| {
-            let mut file: &File = f.get_ref();
-            file.read(buf)
-        }) {
-            return r;
-        }
-    }
-}
-
 async fn write_tun(tun: &AsyncFd<File>, data: &[u8]) -> std::io::Result<()> {
     loop {
         let mut guard = tun.writable().await?;
@@ -574,35 +563,56 @@ async fn write_tun(tun: &AsyncFd<File>, data: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// Packets from the TUN device: encrypted to their peer.
+/// Packets from the TUN device: encrypted to their peer. Each wake-up reads until the device
+/// has nothing more, and the datagrams leave in batches ([`batch::SendBatch`]), in order.
 async fn from_tun(tun: Arc<AsyncFd<File>>, socket: Arc<UdpSocket>, table: Arc<RwLock<PeerTable>>) {
     let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF + 148];
+    let mut out = batch::SendBatch::new(BUF + 148);
     loop {
-        let n = match read_tun(&tun, &mut buf).await {
-            Ok(n) => n,
+        let mut guard = match tun.readable().await {
+            Ok(g) => g,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read {TUN_NAME}; encrypted networks stop");
+                tracing::error!(error = %e, "cannot wait on {TUN_NAME}; encrypted networks stop");
                 return;
             }
         };
-        let peer = match read(&table).route(&buf[..n]) {
-            Route::Peer(p) => p,
-            Route::NoPeer(dst) => {
-                tracing::trace!(%dst, "no WireGuard peer for a packet; dropped");
-                continue;
+        loop {
+            let n = match guard.try_io(|f| {
+                let mut file: &File = f.get_ref();
+                file.read(&mut buf)
+            }) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read {TUN_NAME}; encrypted networks stop");
+                    out.flush(&socket).await;
+                    return;
+                }
+                // Nothing more for now (the readiness is cleared).
+                Err(_would_block) => break,
+            };
+            let peer = match read(&table).route(&buf[..n]) {
+                Route::Peer(p) => p,
+                Route::NoPeer(dst) => {
+                    tracing::trace!(%dst, "no WireGuard peer for a packet; dropped");
+                    continue;
+                }
+                Route::NotIpv6 => continue,
+            };
+            let slot = out.free().expect("the batch is flushed when full");
+            let len = match lock(&peer.tunn).encapsulate(&buf[..n], slot) {
+                TunnResult::WriteToNetwork(d) => d.len(),
+                TunnResult::Err(e) => {
+                    tracing::debug!(host = %peer.host, error = ?e, "cannot encrypt a packet");
+                    continue;
+                }
+                _ => continue,
+            };
+            out.push(len, peer.fact.endpoint);
+            if out.is_full() {
+                out.flush(&socket).await;
             }
-            Route::NotIpv6 => continue,
-        };
-        let len = match lock(&peer.tunn).encapsulate(&buf[..n], &mut out) {
-            TunnResult::WriteToNetwork(d) => d.len(),
-            TunnResult::Err(e) => {
-                tracing::debug!(host = %peer.host, error = ?e, "cannot encrypt a packet");
-                continue;
-            }
-            _ => continue,
-        };
-        send(&socket, &out[..len], &peer).await;
+        }
+        out.flush(&socket).await;
     }
 }
 
@@ -613,57 +623,63 @@ enum Next {
     Done,
 }
 
-/// Datagrams from the underlay: from a known peer only, decrypted into the TUN device.
+/// Datagrams from the underlay, up to [`batch::BATCH`] per system call: from a known peer
+/// only, decrypted into the TUN device.
 async fn from_underlay(
     tun: Arc<AsyncFd<File>>,
     socket: Arc<UdpSocket>,
     table: Arc<RwLock<PeerTable>>,
 ) {
-    let mut buf = vec![0u8; BUF];
+    let mut inb = batch::RecvBatch::new(BUF);
     let mut out = vec![0u8; BUF];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+        let count = match inb.recv(&socket).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "WireGuard socket read failed");
                 continue;
             }
         };
-        let Some(peer) = read(&table).by_endpoint_ip(from.ip()) else {
-            tracing::trace!(%from, "WireGuard datagram from no known peer; dropped");
-            continue;
-        };
-        let mut datagram = &buf[..n];
-        loop {
-            let next = {
-                let mut t = lock(&peer.tunn);
-                match t.decapsulate(Some(from.ip()), datagram, &mut out) {
-                    TunnResult::WriteToNetwork(d) => Next::Send(d.len()),
-                    TunnResult::WriteToTunnelV6(d, _) => Next::Tun(d.len()),
-                    TunnResult::Err(e) => {
-                        tracing::debug!(host = %peer.host, error = ?e, "WireGuard datagram refused");
-                        Next::Done
-                    }
-                    _ => Next::Done,
-                }
+        for i in 0..count {
+            let Some((mut datagram, from)) = inb.get(i) else {
+                tracing::debug!("an oversized or unaddressed WireGuard datagram; dropped");
+                continue;
             };
-            match next {
-                Next::Send(len) => {
-                    send(&socket, &out[..len], &peer).await;
-                    // Then what the tunnel queued, until it has nothing more.
-                    datagram = &[];
-                }
-                Next::Tun(len) => {
-                    if table::admits(&peer.fact, &out[..len]) {
-                        if let Err(e) = write_tun(&tun, &out[..len]).await {
-                            tracing::debug!(error = %e, "cannot write to {TUN_NAME}");
+            let Some(peer) = read(&table).by_endpoint_ip(from.ip()) else {
+                tracing::trace!(%from, "WireGuard datagram from no known peer; dropped");
+                continue;
+            };
+            loop {
+                let next = {
+                    let mut t = lock(&peer.tunn);
+                    match t.decapsulate(Some(from.ip()), datagram, &mut out) {
+                        TunnResult::WriteToNetwork(d) => Next::Send(d.len()),
+                        TunnResult::WriteToTunnelV6(d, _) => Next::Tun(d.len()),
+                        TunnResult::Err(e) => {
+                            tracing::debug!(host = %peer.host, error = ?e, "WireGuard datagram refused");
+                            Next::Done
                         }
-                    } else {
-                        tracing::debug!(host = %peer.host, "a peer's packet with another source; dropped");
+                        _ => Next::Done,
                     }
-                    break;
+                };
+                match next {
+                    Next::Send(len) => {
+                        send(&socket, &out[..len], &peer).await;
+                        // Then what the tunnel queued, until it has nothing more.
+                        datagram = &[];
+                    }
+                    Next::Tun(len) => {
+                        if table::admits(&peer.fact, &out[..len]) {
+                            if let Err(e) = write_tun(&tun, &out[..len]).await {
+                                tracing::debug!(error = %e, "cannot write to {TUN_NAME}");
+                            }
+                        } else {
+                            tracing::debug!(host = %peer.host, "a peer's packet with another source; dropped");
+                        }
+                        break;
+                    }
+                    Next::Done => break,
                 }
-                Next::Done => break,
             }
         }
     }

@@ -30,7 +30,10 @@
 //!
 //! **Data path.** Three tokio tasks, each woken by readiness (TUN readable, socket readable)
 //! or by WireGuard's timer tick ([`TIMER_TICK`], as boringtun's own device drives
-//! `update_timers`); no process and no sleep per packet.
+//! `update_timers`); no process and no sleep per packet. A wake-up takes what is there: the
+//! TUN device is read until it has nothing more and the encrypted datagrams leave in batches
+//! of up to 16 per `sendmmsg`, and the socket gives up to 16 datagrams per `recvmmsg`
+//! (module `batch`); buffers are allocated once per task.
 //!
 //! **Kernel WireGuard** where the kernel has it (module `kernel`): the engine's start first tries to
 //! create a link of kind `wireguard` named [`TUN_NAME`]; if the kernel makes one, it is

@@ -25,13 +25,18 @@ pub const POINTS: &[&str] = &[
     "endpoint-create:after-record",
     "endpoint-delete:after-driver",
     "endpoint-delete:after-record",
-    // Sandbox creation: namespace made, files written, record.
+    // Sandbox creation: the record is committed while the namespace and files are made (the
+    // point before the namespace is reached with the commit done and no kernel work started).
+    "sandbox-create:record-before-netns",
     "sandbox-create:after-netns",
     "sandbox-create:after-record",
     // Join: the driver's veth, the interface configured, the gateway and ports, the records.
     "join:after-driver",
     "join:after-interface",
     "join:after-gateway",
+    // The records are committed while the hosts file and the DNS are done (reached with the
+    // commit done and neither started).
+    "join:record-before-dns",
     "join:after-record",
     // Leave: records first, then the kernel.
     "leave:after-record",
@@ -50,6 +55,13 @@ fn armed() -> Option<&'static str> {
     ARMED
         .get_or_init(|| std::env::var(CRASH_AT).ok().filter(|v| !v.is_empty()))
         .as_deref()
+}
+
+/// Whether `name` is the armed crash point (an operation that runs its commit and its kernel
+/// work at once runs them one after the other when the point between them is armed, so that
+/// the crash lands there every time).
+pub fn is_armed(name: &'static str) -> bool {
+    armed() == Some(name)
 }
 
 /// Kills the process with `SIGKILL` if `name` is the armed crash point; otherwise nothing.

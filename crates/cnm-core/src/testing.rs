@@ -276,6 +276,11 @@ impl FakeKernel {
         inner.state.files.insert(path.to_owned(), text.to_owned());
     }
 
+    /// Removes a file (what a crash before it was written leaves); says whether it was there.
+    pub fn remove_file(&self, path: &Path) -> bool {
+        lock(&self.inner).state.files.remove(path).is_some()
+    }
+
     /// What the kernel holds now.
     pub fn state(&self) -> KernelState {
         lock(&self.inner).state.clone()

@@ -1,6 +1,7 @@
 //! Joining an endpoint to a sandbox: driver join → one interface call into the kernel layer →
-//! gateway choice (default route, published ports) → hosts file → records, in one transaction.
-//! On failure every step is undone.
+//! gateway choice (default route, published ports) → the records, in one transaction, committed
+//! while the hosts file is written and the DNS listener started. On failure every step is
+//! undone (a committed record by a second commit that writes back the previous ones).
 
 use cnm_types::FailedTo;
 use std::sync::Arc;
@@ -199,25 +200,58 @@ pub(crate) async fn join_one(
         let old_gw = st.gateway_join().cloned();
         let gw = switch_gateway(core, sb, old_gw, &mut list, &mut undo).await?;
         crate::crash::point("join:after-gateway");
-        write_hosts(core, sb, &list)?;
-        {
-            let (core, sb, old) = (core.clone(), sb.clone(), st.joined.clone());
-            undo.push("restore hosts file", move || async move {
-                write_hosts(&core, &sb, &old)
+        // The records are complete now; the hosts file and the DNS (both redone from the
+        // records by a restart) go on while they are committed.
+        let files_and_dns = async {
+            write_hosts(core, sb, &list)?;
+            {
+                let (core, sb, old) = (core.clone(), sb.clone(), st.joined.clone());
+                undo.push("restore hosts file", move || async move {
+                    write_hosts(&core, &sb, &old)
+                });
+            }
+            crate::dns::join(core, sb, ep, &st.joined, &mut undo).await
+        };
+        let (committed, done) = super::overlapped(
+            "join:record-before-dns",
+            commit_join_state(
+                core,
+                sb,
+                &list,
+                gw.as_deref(),
+                st.version,
+                ep,
+                ep_version,
+                Some(&sb.id),
+            ),
+            files_and_dns,
+        )
+        .await;
+        if let Ok(revision) = committed {
+            // Newest first on unwind: the records are written back as they were (a second
+            // commit) before the kernel is undone.
+            let (core, sb, ep) = (core.clone(), sb.clone(), ep.clone());
+            let (old, old_gw) = (st.joined.clone(), st.gateway.clone());
+            undo.push("write back the records", move || async move {
+                let back = commit_join_state(
+                    &core,
+                    &sb,
+                    &old,
+                    old_gw.as_deref(),
+                    revision,
+                    &ep,
+                    revision,
+                    None,
+                )
+                .await?;
+                // The operation locks are still held: the versions follow the records.
+                sb.state().version = back;
+                ep.state().version = back;
+                Ok(())
             });
         }
-        crate::dns::join(core, sb, ep, &st.joined, &mut undo).await?;
-        let revision = commit_join_state(
-            core,
-            sb,
-            &list,
-            gw.as_deref(),
-            st.version,
-            ep,
-            ep_version,
-            Some(&sb.id),
-        )
-        .await?;
+        let revision = committed?;
+        done?;
         Ok((list, gw, revision))
     }
     .await;

@@ -8,9 +8,9 @@
 //! | delete a network | [`network_delete`] | driver, then record and pools (the restore redoes the delete's kernel part from a surviving record) |
 //! | create an endpoint | [`endpoint_create`] | addresses, driver, record last |
 //! | delete an endpoint | [`endpoint_delete`] | driver, then record and addresses |
-//! | create a sandbox | [`sandbox_create`] | namespace, files, record last |
+//! | create a sandbox | [`sandbox_create`] | record committed while the namespace and files (hosts last) are made; a record without its hosts file is dropped on restore |
 //! | delete a sandbox | [`sandbox_delete`] | records first (one transaction), then every leave in the kernel, the namespace, the files |
-//! | join | [`join`] | driver join → one interface call → gateway choice → hosts → records (one transaction) |
+//! | join | [`join`] | driver join → one interface call → gateway choice → records (one transaction) committed while hosts and DNS are done (a restart redoes both from the records) |
 //! | leave | [`leave`] | records first, then the kernel |
 //! | attach to / detach from the gateway network after a join or leave | [`gateway_network`] | a join and its gateway endpoint's are undone together |
 //! | connect, disconnect, remove a sandbox with its endpoints | [`connect`] | composed of the above, undone together |
@@ -77,6 +77,30 @@ where
             object,
             reason: e.to_string(),
         }),
+    }
+}
+
+/// Runs a record's commit and the kernel work that does not depend on it at once, so that the
+/// store's sync overlaps the kernel's round trips, and returns both results (neither is cut
+/// short by the other's failure: the caller undoes whichever succeeded).
+///
+/// With the crash point `between` armed, the commit runs first, then the point, then the kernel
+/// work: the crash tests' record-without-kernel-state lands there every time.
+pub(crate) async fn overlapped<C, K>(
+    between: &'static str,
+    commit: C,
+    kernel: K,
+) -> (C::Output, K::Output)
+where
+    C: Future,
+    K: Future,
+{
+    if crate::crash::is_armed(between) {
+        let committed = commit.await;
+        crate::crash::point(between);
+        (committed, kernel.await)
+    } else {
+        futures::join!(commit, kernel)
     }
 }
 

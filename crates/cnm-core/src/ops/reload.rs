@@ -15,9 +15,12 @@
 //! transaction (rules of networks without a record are simply not in it).
 //!
 //! With the write order of the operations (constructive ones: kernel first, records last in
-//! one transaction; destructive ones: records first, kernel after, except a network's or an
-//! endpoint's delete, which the restore simply redoes from the surviving record), this makes
-//! every operation interrupted by a crash look done completely or not at all.
+//! one transaction, except a sandbox's record, committed while its namespace is made and dropped
+//! here when its hosts file, written last, is missing, and a join's, committed while the hosts
+//! file and the DNS, redone here, are done; destructive ones: records first, kernel after,
+//! except a network's or an endpoint's delete, which the restore simply redoes from the
+//! surviving record), this makes every operation interrupted by a crash look done completely or
+//! not at all.
 
 use cnm_types::FailedTo;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -139,7 +142,8 @@ pub(crate) async fn reload(core: &Arc<Core>) -> Result<(), CoreError> {
 }
 
 /// Reopens each sandbox's namespace by its key. A record whose namespace is gone (a reboot, or
-/// removed behind our back) is dropped with its endpoints freed, in one transaction.
+/// removed behind our back), or whose creation a crash cut short (no endpoint, no hosts file),
+/// is dropped with its endpoints freed, in one transaction.
 async fn reopen_sandboxes(
     core: &Core,
     sbs: Vec<(String, Versioned<SandboxRecord>)>,
@@ -150,10 +154,25 @@ async fn reopen_sandboxes(
     // those gone are then dropped one after the other, in the listing's order.
     let reopened: Vec<_> = stream::iter(sbs)
         .map(|(key, rec)| async move {
-            let ns = if rec.value.options.host_namespace {
-                Ok(super::sandbox_create::host_sandbox_ns(core.kernel.as_ref()))
+            // A sandbox's record is committed while its namespace and files are made, the
+            // hosts file last: one recorded with no endpoint and no hosts file was cut short
+            // by a crash (its namespace, if any, goes with the sweep).
+            let cut_short = rec.value.endpoints.is_empty()
+                && !core.kernel.file_exists(
+                    &core
+                        .run_dir
+                        .join("sandboxes")
+                        .join(&rec.value.id)
+                        .join("hosts"),
+                );
+            let ns = if cut_short {
+                None
+            } else if rec.value.options.host_namespace {
+                Some(Ok(super::sandbox_create::host_sandbox_ns(
+                    core.kernel.as_ref(),
+                )))
             } else {
-                core.kernel.open_netns(&rec.value.key).await
+                Some(core.kernel.open_netns(&rec.value.key).await)
             };
             (key, rec, ns)
         })
@@ -162,11 +181,21 @@ async fn reopen_sandboxes(
         .await;
     for (key, rec, ns) in reopened {
         match ns {
-            Ok(ns) => {
+            Some(Ok(ns)) => {
                 opened.insert(rec.value.id.clone(), Opened { rec, ns });
             }
-            Err(e) => {
-                tracing::warn!(sandbox = id::short(&rec.value.id), key = %rec.value.key.display(), error = %e, "sandbox namespace gone: dropping its record");
+            gone => {
+                match gone {
+                    Some(Err(e)) => {
+                        tracing::warn!(sandbox = id::short(&rec.value.id), key = %rec.value.key.display(), error = %e, "sandbox namespace gone: dropping its record");
+                    }
+                    _ => {
+                        tracing::warn!(
+                            sandbox = id::short(&rec.value.id),
+                            "sandbox creation cut short (no hosts file): dropping its record"
+                        );
+                    }
+                }
                 let mut txn = Txn::new().delete(&key, Expect::Version(rec.version));
                 let mut freed = Vec::new();
                 for j in &rec.value.endpoints {

@@ -1,7 +1,7 @@
 //! Creating a container's sandbox: a persisted namespace whose interfaces are born with IPv6 off
 //! (CVE-2024-32473: no IPv6, not even link-local, on the interfaces of IPv4-only endpoints; a
 //! join turns it on for an IPv6 endpoint's), loopback up (it predates the default and keeps
-//! `::1`), a hosts file and a resolv.conf; the record last.
+//! `::1`), a resolv.conf and a hosts file; the record committed meanwhile.
 
 use cnm_types::FailedTo;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use crate::id;
 use crate::kernel::{IPV6_DEFAULT_OFF, Kernel, SandboxNs};
 use crate::model::sandbox::{SandboxInner, SandboxState};
 use crate::options::JoinOptions;
-use crate::record;
+use crate::record::{self, SandboxRecord};
 use crate::state::Core;
 use crate::undo::Undo;
 
@@ -92,7 +92,18 @@ async fn create(
     let kernel = core.kernel.clone();
     let mut undo = Undo::new();
     let host_namespace = opts.host_namespace;
-    let result = async {
+    // The record depends on nothing the kernel says: it is committed while the namespace and
+    // the files are made (its sync overlaps their round trips). A crash in between leaves a
+    // record whose namespace is missing or whose hosts file is (written last): the restore
+    // drops it (`reload::reopen_sandboxes`) and sweeps what was made.
+    let ns_key = if host_namespace {
+        host_sandbox_ns(kernel.as_ref()).key
+    } else {
+        key.clone()
+    };
+    let rkey = record::sandbox_key(&id);
+    let rec = new_record(&id, cid, ns_key, &opts);
+    let made = async {
         // A sandbox in the host's own namespace (libnetwork's default sandbox) makes no
         // namespace and changes nothing in the host's: only its directory, files and record.
         let (ns, fresh) = if host_namespace {
@@ -135,23 +146,43 @@ async fn create(
         let host =
             host.map_err(|e| CoreError::failed("prepare the files of sandbox", &short, e))?;
         lo.map_err(|e| CoreError::failed("bring up loopback in sandbox", &short, e))?;
-        finish(
-            core,
-            &kernel,
-            id.clone(),
-            cid,
-            dir.clone(),
-            ns,
-            opts,
-            &host,
-            &mut undo,
-        )
-        .await
-    }
+        finish(&kernel, id.clone(), cid, dir.clone(), ns, opts, &host)
+    };
+    let (committed, made) = super::overlapped(
+        "sandbox-create:record-before-netns",
+        put_new_record(core, &rkey, &rec),
+        made,
+    )
     .await;
+    if let Ok(version) = committed {
+        // Newest first on unwind: the record goes before the namespace and the files.
+        undo.push("delete sandbox record", delete_record(core, rkey, version));
+    }
+    let result = match (committed, made) {
+        (Ok(version), Ok(sb)) => {
+            debug_assert_eq!(sb.record(&[], None), rec, "the record committed ahead");
+            sb.state().version = version;
+            crate::crash::point("sandbox-create:after-record");
+            Ok(Arc::new(sb))
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    };
     let sb = undo.finish(result).await?;
     tracing::info!(sandbox = %short, container = %cid, key = %sb.key().display(), "sandbox created");
     Ok(sb)
+}
+
+/// A new sandbox's record (no endpoint joined yet), as [`SandboxInner::record`] writes it.
+fn new_record(id: &str, cid: &str, key: PathBuf, opts: &JoinOptions) -> SandboxRecord {
+    SandboxRecord {
+        schema: record::SCHEMA,
+        id: id.to_owned(),
+        container_id: cid.to_owned(),
+        key,
+        options: opts.clone(),
+        endpoints: Vec::new(),
+        gateway_endpoint: None,
+    }
 }
 
 /// The host's namespace as a sandbox's: its key is where the host's namespace is found (the
@@ -169,10 +200,9 @@ pub(crate) fn host_sandbox_ns(kernel: &dyn Kernel) -> SandboxNs {
     }
 }
 
-/// The files and the record of a sandbox whose namespace is ready.
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    core: &Arc<Core>,
+/// The files of a sandbox whose namespace is ready, the hosts file last (a recorded sandbox
+/// without endpoints and without its hosts file is one whose creation was cut short).
+fn finish(
     kernel: &Arc<dyn Kernel>,
     id: String,
     cid: &str,
@@ -180,39 +210,27 @@ async fn finish(
     ns: SandboxNs,
     opts: JoinOptions,
     host: &cnm_sandbox::ResolvConf,
-    undo: &mut Undo<CoreError>,
-) -> Result<Arc<SandboxInner>, CoreError> {
-    {
-        let sb = SandboxInner::new(
-            id.clone(),
-            cid.to_owned(),
-            dir,
-            ns,
-            opts,
-            SandboxState {
-                joined: Vec::new(),
-                gateway: None,
-                deleted: false,
-                version: 0,
-            },
-        );
-        let rc_path = sb.resolv_conf_path();
-        kernel
-            .write_resolv_conf(&rc_path, &sb.resolv_conf(host))
-            .map_err(|e| {
-                CoreError::failed("write resolv.conf", rc_path.display().to_string(), e)
-            })?;
-        let hosts_path = sb.hosts_path();
-        kernel
-            .write_hosts(&hosts_path, &sb.hosts_file(&[]))
-            .map_err(|e| {
-                CoreError::failed("write hosts file", hosts_path.display().to_string(), e)
-            })?;
-        let rkey = record::sandbox_key(&id);
-        let version = put_new_record(core, &rkey, &sb.record(&[], None)).await?;
-        undo.push("delete sandbox record", delete_record(core, rkey, version));
-        sb.state().version = version;
-        crate::crash::point("sandbox-create:after-record");
-        Ok(Arc::new(sb))
-    }
+) -> Result<SandboxInner, CoreError> {
+    let sb = SandboxInner::new(
+        id,
+        cid.to_owned(),
+        dir,
+        ns,
+        opts,
+        SandboxState {
+            joined: Vec::new(),
+            gateway: None,
+            deleted: false,
+            version: 0,
+        },
+    );
+    let rc_path = sb.resolv_conf_path();
+    kernel
+        .write_resolv_conf(&rc_path, &sb.resolv_conf(host))
+        .map_err(|e| CoreError::failed("write resolv.conf", rc_path.display().to_string(), e))?;
+    let hosts_path = sb.hosts_path();
+    kernel
+        .write_hosts(&hosts_path, &sb.hosts_file(&[]))
+        .map_err(|e| CoreError::failed("write hosts file", hosts_path.display().to_string(), e))?;
+    Ok(sb)
 }

@@ -2,7 +2,9 @@
 //! write with a durable store), as the `floor-durable` contender models it: three per attach
 //! (sandbox, endpoint, join), three per detach (leave, endpoint delete, sandbox delete).
 //! Counted on a store that counts its commits, so a call that starts writing twice cannot slip
-//! in unnoticed.
+//! in unnoticed. (A sandbox's and a join's records are committed while their kernel work runs;
+//! only when that work then fails is there a second commit, writing the records back: see
+//! `tests::overlap`.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -11,6 +11,7 @@ mod gateway_network;
 mod global;
 mod life_cycle;
 mod orchestration;
+mod overlap;
 mod resolve;
 mod restart;
 mod shutdown;

@@ -23,7 +23,9 @@
 //! both at the largest CPU weight so that other jobs on a shared machine do not starve them
 //! below the cap: then the server saturates first (the output says in what share of the
 //! quota's periods it was throttled) and the rate ratio is the servers' ratio. The cgroups are
-//! removed after each run.
+//! removed after each run. At a fixed rate (`--rate`), the server and dnsperf run under
+//! SCHED_FIFO (`chrt`, undone after the run), so that the latency is the server's and not the
+//! wait for a core that other jobs of a shared machine hold.
 //!
 //! aardvark-dns answers only clients whose source address is a
 //! container of the network, so the client asks from such an address. The forwarded-query

@@ -23,7 +23,9 @@
 //! both at the largest CPU weight so that other jobs on a shared machine do not starve them
 //! below the cap: then the server saturates first (the output says in what share of the
 //! quota's periods it was throttled) and the rate ratio is the servers' ratio. The cgroups are
-//! removed after each run.
+//! removed after each run. At a fixed rate (`--rate`), the server and dnsperf run under
+//! SCHED_FIFO (`chrt`, undone after the run), so that the latency is the server's and not the
+//! wait for a core that other jobs of a shared machine hold.
 //!
 //! aardvark-dns answers only clients whose source address is a
 //! container of the network, so the client asks from such an address. The forwarded-query
@@ -346,6 +348,58 @@ impl Drop for CpuCap {
     }
 }
 
+/// The real-time priority of a server and dnsperf in fixed-rate runs (SCHED_FIFO; the
+/// kernel's RT throttling, 95% of each second by default, still leaves the machine the rest).
+const REALTIME_PRIORITY: &str = "10";
+
+/// A server under SCHED_FIFO (through `chrt`) for as long as this lives; dropping it puts it
+/// back under SCHED_OTHER.
+struct Realtime(Vec<Vec<String>>);
+
+impl Realtime {
+    fn new(held: &Held) -> Result<Self> {
+        let targets: Vec<Vec<String>> = match held {
+            Held::Process(p) => vec![vec!["-a".to_owned(), p.to_string()]],
+            Held::Threads(tids) => tids.iter().map(|t| vec![t.to_string()]).collect(),
+        };
+        let rt = Realtime(targets);
+        for t in &rt.0 {
+            rt.chrt(&["-f", "-p", REALTIME_PRIORITY], t)?;
+        }
+        Ok(rt)
+    }
+
+    fn chrt(&self, how: &[&str], target: &[String]) -> Result<()> {
+        // `-a` (every thread of a process) goes before the policy.
+        let (all, id) = match target {
+            [a, id] => (vec![a.as_str()], id),
+            [id] => (vec![], id),
+            _ => bail!("a chrt target is [-a] ID"),
+        };
+        let ok = std::process::Command::new("chrt")
+            .args(all)
+            .args(how)
+            .arg(id)
+            .status()
+            .context("run chrt (util-linux)")?
+            .success();
+        if !ok {
+            bail!("chrt {how:?} {id} failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Realtime {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            if let Err(e) = self.chrt(&["-o", "-p", "0"], t) {
+                println!("warning: {e:#}");
+            }
+        }
+    }
+}
+
 /// The threads of this process whose name starts with `prefix` (the resolver's threads).
 fn threads_named(prefix: &str) -> Result<Vec<u32>> {
     let mut out = Vec::new();
@@ -570,24 +624,61 @@ async fn dnsperf(
     }
     // Its output (a line per query) goes to a file, not a pipe: a pipe would have this
     // process read some 100,000 lines a second while it is also the resolver being measured.
-    let report = dir.join("dnsperf-output");
+    // On tmpfs where there is one: on a disk that other jobs fill with build output, a write
+    // of dnsperf's could wait for writeback (dirty-page throttling), and every answer that
+    // arrived meanwhile would count the wait as latency.
+    let shm = std::path::Path::new("/dev/shm");
+    let out_dir = match shm.is_dir() {
+        true => tempfile::Builder::new()
+            .prefix("cnm-dns-bench-")
+            .tempdir_in(shm)
+            .ok(),
+        false => None,
+    };
+    let report = out_dir
+        .as_ref()
+        .map_or(dir, |d| d.path())
+        .join("dnsperf-output");
     let stdout = std::fs::File::create(&report)?;
     let cap = match cap {
         Some(cores) => Some(CpuCap::new(t.held.clone(), Some(cores))?),
         None => None,
     };
+    // At a fixed rate, the server and dnsperf run under SCHED_FIFO: the latency measured is
+    // then the server's, not the wait for a core that other jobs of a shared machine hold (on
+    // two cores at load 10-16, the longest CFS waits put both servers' p99 at 3-12 ms, and
+    // moved it from run to run, even at the largest CPU weight).
+    let realtime = match rate {
+        Some(_) => match Realtime::new(&t.held) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("warning: {e:#}: this fixed-rate run is under the default scheduler");
+                None
+            }
+        },
+        None => None,
+    };
     let cpu_before = cpu_us(t.pid)?;
+    let rt = realtime.is_some();
     let child =
         t.ns.run(move || {
-            std::process::Command::new("dnsperf")
-                .args(&args)
+            let mut cmd = match rt {
+                // Started under SCHED_FIFO, so that every thread it starts inherits it.
+                true => {
+                    let mut c = std::process::Command::new("chrt");
+                    c.args(["-f", REALTIME_PRIORITY, "dnsperf"]);
+                    c
+                }
+                false => std::process::Command::new("dnsperf"),
+            };
+            cmd.args(&args)
                 .stdout(stdout)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
         })
         .await??;
-    // With a capped server, dnsperf gets the same weight (and no cap), so that it can always
-    // send more than the server can answer.
+    // dnsperf gets the server's weight (and no cap), so that it can always send more than a
+    // capped server can answer, and so that its own waits do not count as the server's.
     let weighted = match &cap {
         Some(_) => Some(CpuCap::new(Held::Process(child.id()), None)?),
         None => None,
@@ -600,6 +691,7 @@ async fn dnsperf(
         None => None,
     };
     drop(cap);
+    drop(realtime);
     if !out.status.success() {
         bail!("dnsperf failed: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -135,6 +135,7 @@
 //! ```
 
 mod answer;
+mod batch;
 mod error;
 mod forward;
 mod name;

@@ -11,6 +11,7 @@
 use cnm_types::FailedTo;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,19 +19,19 @@ use std::time::Duration;
 use cnm_sandbox::NetNs;
 use hickory_proto::op::{Message, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::DnsError;
 use crate::answer::{Decision, View, decide};
+use crate::batch::{BATCH, Batch, with_batch};
 use crate::forward::{Origin, Upstream};
 use crate::records::Plan;
 use crate::resolvconf::SANDBOX_RESOLVER;
 use crate::resolver::Shared;
 use crate::wire::{
-    CLASSIC_UDP, HEADER_LEN, MAX_TCP, MAX_UDP, Reject, Reply, encode, parse_query, response_to,
-    write_reply,
+    HEADER_LEN, MAX_TCP, Reject, Reply, encode, parse_query, response_to, write_reply,
 };
 
 /// Whose listener this is.
@@ -125,6 +126,7 @@ pub(crate) fn spawn(
         .local_addr()
         .map_err(|e| DnsError::failed("read the address of", "a DNS listener", e))?;
     let shown = format!("{addr} in {}", ctx.netns);
+    let v6 = addr.is_ipv6();
     let udp = tokio::net::UdpSocket::from_std(udp)
         .map_err(|e| DnsError::failed("register the UDP listener", &shown, e))?;
     let tcp = tokio::net::TcpListener::from_std(tcp)
@@ -134,7 +136,7 @@ pub(crate) fn spawn(
         netns_id,
         addr,
         tasks: [
-            rt.spawn(serve_udp(ctx.clone(), udp)),
+            rt.spawn(serve_udp(ctx.clone(), udp, v6)),
             rt.spawn(serve_tcp(ctx.clone(), tcp)),
         ],
         ctx,
@@ -145,17 +147,38 @@ pub(crate) fn spawn(
 /// memory, no file descriptors) cannot spin a core.
 const ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
-/// At most this many datagrams are answered in a row before the task yields, so that one busy
-/// listener cannot keep the other tasks of its worker thread waiting.
-const UDP_BATCH: usize = 64;
+/// At most this many full batches are answered in a row before the task yields, so that one
+/// busy listener cannot keep the other tasks of its worker thread waiting.
+const BATCHES_IN_A_ROW: usize = 2;
 
-/// The UDP receive loop. A local answer is decided and encoded inline into a reused buffer and
-/// sent with a non-blocking send: per datagram, no task, no allocation for the wire bytes, and
-/// no future beyond the one readiness wait per batch. Forwarded queries get a task each.
-async fn serve_udp(ctx: Arc<ListenCtx>, socket: tokio::net::UdpSocket) {
+/// What one pass over a batch leaves for the task to do after it (rare: both are empty when
+/// every query was answered locally and the socket took every answer).
+#[derive(Default)]
+struct Later {
+    /// Answers the socket had no room for, sent when it has.
+    pending: Vec<(Vec<u8>, SocketAddr)>,
+    /// Queries to forward, each on a task of its own.
+    jobs: Vec<(Box<Job>, SocketAddr)>,
+}
+
+/// How a pass ended.
+enum Pass {
+    /// The kernel gave a whole batch: more may wait.
+    Full,
+    /// Fewer than a batch: the socket is drained.
+    Drained,
+    /// The listener was stopped.
+    Stopped,
+}
+
+/// The UDP receive loop. Per readiness wake-up: one `recvmmsg` takes up to a batch of queries,
+/// each local answer is decided and encoded inline into the thread's reused buffers, and one
+/// `sendmmsg` sends them ([`crate::batch`]). A batch shorter than [`BATCH`] means the socket is
+/// drained, so its readiness is cleared without another receive that would fail. Forwarded
+/// queries get a task each.
+async fn serve_udp(ctx: Arc<ListenCtx>, socket: tokio::net::UdpSocket, v6: bool) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; MAX_UDP + 1];
-    let mut out = Vec::with_capacity(CLASSIC_UDP);
+    let fd = socket.as_raw_fd();
     let mut jobs = JoinSet::new();
     loop {
         if let Err(e) = socket.readable().await {
@@ -163,47 +186,111 @@ async fn serve_udp(ctx: Arc<ListenCtx>, socket: tokio::net::UdpSocket) {
             tokio::time::sleep(ERROR_BACKOFF).await;
             continue;
         }
+        let mut later = Later::default();
         let mut drained = false;
-        for _ in 0..UDP_BATCH {
-            let (n, peer) = match socket.try_recv_from(&mut buf) {
-                Ok(x) => x,
+        let mut failed = false;
+        for _ in 0..BATCHES_IN_A_ROW {
+            // A short batch reports `WouldBlock` so that tokio clears the readiness: the next
+            // wait goes to epoll without a receive that would find nothing.
+            let pass = socket.try_io(Interest::READABLE, || {
+                match with_batch(|b| serve_batch(&ctx, b, fd, v6, &mut later)) {
+                    Ok(Pass::Drained) => Err(io::ErrorKind::WouldBlock.into()),
+                    other => other,
+                }
+            });
+            match pass {
+                Ok(Pass::Full) => {}
+                Ok(Pass::Stopped) => return,
+                Ok(Pass::Drained) => {
+                    drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     drained = true;
                     break;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "DNS UDP receive failed");
-                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    failed = true;
                     break;
                 }
-            };
-            if ctx.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            if !jobs.is_empty() {
-                while jobs.try_join_next().is_some() {}
-            }
-            if n > MAX_UDP {
-                ctx.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match handle(&ctx, &buf[..n], false, &mut out) {
-                Handled::Reply => send_udp(&socket, &out, peer).await,
-                Handled::Forward(job) => {
-                    let socket = socket.clone();
-                    let shared = ctx.shared.clone();
-                    jobs.spawn(async move {
-                        let bytes = run_job(&shared, job, false).await;
-                        send_udp(&socket, &bytes, peer).await;
-                    });
-                }
-                Handled::Nothing => {}
             }
         }
-        if !drained {
+        if !jobs.is_empty() {
+            while jobs.try_join_next().is_some() {}
+        }
+        for (bytes, peer) in later.pending {
+            send_udp(&socket, &bytes, peer).await;
+        }
+        for (job, peer) in later.jobs {
+            let socket = socket.clone();
+            let shared = ctx.shared.clone();
+            jobs.spawn(async move {
+                let bytes = run_job(&shared, job, false).await;
+                send_udp(&socket, &bytes, peer).await;
+            });
+        }
+        if failed {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        } else if !drained {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// One batch: receive, decide every query, send every answer. Never awaits (the buffers are
+/// the thread's); what must wait goes into `later`.
+fn serve_batch(
+    ctx: &ListenCtx,
+    b: &mut Batch,
+    fd: RawFd,
+    v6: bool,
+    later: &mut Later,
+) -> io::Result<Pass> {
+    let n = b.recv(fd, v6)?;
+    for i in 0..b.received.len() {
+        let r = b.received[i];
+        // Checked per message: a stop lands between two messages of a batch.
+        if ctx.stopped.load(Ordering::SeqCst) {
+            return Ok(Pass::Stopped);
+        }
+        if r.too_big {
+            ctx.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut out = std::mem::take(&mut b.outs[r.slot]);
+        let handled = handle(ctx, b.datagram(&r), false, &mut out);
+        b.outs[r.slot] = out;
+        match handled {
+            Handled::Reply => b.sends.push((r.slot, r.peer)),
+            Handled::Forward(job) => later.jobs.push((job, r.peer)),
+            Handled::Nothing => {}
+        }
+    }
+    let mut from = 0;
+    while from < b.sends.len() {
+        match b.send(fd, from) {
+            Ok(sent) => from += sent.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The socket's buffer is full: the rest waits for room (not on this thread's
+                // buffers, which the next batch needs).
+                for &(slot, peer) in &b.sends[from..] {
+                    later.pending.push((b.outs[slot].clone(), peer));
+                }
+                break;
+            }
+            Err(e) => {
+                // This answer cannot go (the kernel said why); the others still can.
+                tracing::debug!(error = %e, peer = %b.sends[from].1, "DNS UDP send failed");
+                from += 1;
+            }
+        }
+    }
+    Ok(if n == BATCH {
+        Pass::Full
+    } else {
+        Pass::Drained
+    })
 }
 
 /// Sends one datagram: at once when the socket has room (nearly always), else when it has.

@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cnm_dns::{EndpointDns, NetworkDns, SandboxDns};
 use common::{Ask, Behaviour, Fix, TestUpstream, addrs, ip, zone};
 use hickory_proto::op::ResponseCode;
@@ -363,6 +363,117 @@ async fn tcp_queries_are_answered() -> Result<()> {
         .from(&a)
         .await?;
     assert_eq!(m.answers.len(), 1);
+    Ok(())
+}
+
+/// Queries that arrive together are taken in batches (up to 32 per receive): a burst of several
+/// batches from several sockets, mixing local names, a forwarded name, a cut query and
+/// datagrams that get no answer, gets exactly one right answer per query, and nothing else.
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_burst_of_queries_gets_one_right_answer_each() -> Result<()> {
+    let f = Fix::new().await?;
+    two_networks(&f)?;
+    let a = f.sandbox("a").await?;
+    let outside = f.outside_with(&[]).await?;
+    let up = TestUpstream::start(
+        &outside,
+        at(OUTSIDE),
+        zone(&[("ext.example", &["192.0.2.7"])]),
+    )
+    .await?;
+    f.set_upstreams(&[IpAddr::V4(OUTSIDE)])?;
+
+    const SOCKETS: u16 = 3;
+    const EACH: u16 = 40;
+    let asked: [(&str, RecordType, Vec<IpAddr>); 4] = [
+        ("beta", RecordType::A, vec![ip("10.1.0.3")]),
+        ("ALPHA", RecordType::A, vec![ip("10.1.0.2")]),
+        ("www.front", RecordType::A, vec![ip("10.1.0.3")]),
+        ("beta", RecordType::AAAA, vec![ip("fd00:1::3")]),
+    ];
+    let forwarded = |i: u16| i % 17 == 5;
+    let query = |id: u16, name: &str, qtype| {
+        let mut m = Ask::new(name, qtype).message();
+        m.metadata.id = id;
+        m.to_vec()
+    };
+    // Every datagram of every socket, in the order it is sent.
+    let mut plan: Vec<Vec<Vec<u8>>> = Vec::new();
+    for s in 0..SOCKETS {
+        let mut out = Vec::new();
+        for i in 0..EACH {
+            let id = s * 1000 + i;
+            match i {
+                10 => out.push(vec![0u8; 5]),    // shorter than a header: no answer
+                20 => out.push(vec![0u8; 5000]), // bigger than we take: no answer
+                30 => {
+                    let mut cut = query(s * 1000 + 999, "beta", RecordType::A)?;
+                    cut.truncate(cut.len() - 3); // FORMERR
+                    out.push(cut);
+                }
+                _ => {}
+            }
+            out.push(if forwarded(i) {
+                query(id, "ext.example", RecordType::A)?
+            } else {
+                let (name, qtype, _) = &asked[usize::from(i) % asked.len()];
+                query(id, name, *qtype)?
+            });
+        }
+        plan.push(out);
+    }
+    let answers = a
+        .run(move || -> Result<Vec<Vec<Vec<u8>>>> {
+            let sockets = (0..SOCKETS)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    s.connect(common::RESOLVER)?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    Ok(s)
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
+            // Everything is sent before anything is read, so the queries wait together.
+            for (s, out) in sockets.iter().zip(&plan) {
+                for d in out {
+                    s.send(d)?;
+                }
+            }
+            let mut answers = Vec::new();
+            for s in &sockets {
+                let mut got = Vec::new();
+                // Per socket: one answer per query, and the FORMERR.
+                for _ in 0..=EACH {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.recv(&mut buf).context("an answer of the burst")?;
+                    buf.truncate(n);
+                    got.push(buf);
+                }
+                answers.push(got);
+            }
+            Ok(answers)
+        })
+        .await??;
+    for (s, got) in (0..SOCKETS).zip(answers) {
+        let mut seen = std::collections::BTreeSet::new();
+        for raw in got {
+            let m = hickory_proto::op::Message::from_vec(&raw)?;
+            assert!(seen.insert(m.id), "one answer per query (id {})", m.id);
+            let i = m.id.checked_sub(s * 1000).expect("an id of this socket's");
+            if i == 999 {
+                assert_eq!(m.response_code, ResponseCode::FormErr, "the cut query");
+            } else if forwarded(i) {
+                assert_eq!(addrs(&m), vec![ip("192.0.2.7")], "forwarded, id {}", m.id);
+            } else {
+                let (name, _, want) = &asked[usize::from(i) % asked.len()];
+                assert_eq!(&addrs(&m), want, "{name}, id {}", m.id);
+                assert_eq!(m.queries[0].name().to_ascii(), format!("{name}."));
+            }
+        }
+        assert_eq!(seen.len(), usize::from(EACH) + 1);
+    }
+    let forwarded_count = (0..EACH).filter(|i| forwarded(*i)).count() * usize::from(SOCKETS);
+    assert_eq!(up.seen(), forwarded_count, "only the forwarded names left");
     Ok(())
 }
 

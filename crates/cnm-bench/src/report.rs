@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value, json};
 
 use crate::stats::{Summary, ratio};
+use crate::{docker, overlay};
 
-/// Every scenario, in the order they run and print.
-pub const SCENARIOS: &[&str] = &[
+/// cnm's own scenarios, in the order they run and print.
+const CORE: &[&str] = &[
     "attach",
     "detach",
     "ports100-setup",
@@ -29,19 +31,12 @@ pub const SCENARIOS: &[&str] = &[
     "datapath-published",
     "restart",
     "memory",
-    "docker-connect",
-    "docker-disconnect",
-    "docker-network-create",
-    "docker-network-rm",
-    "docker-run-p",
-    "docker-rm",
-    "overlay-attach",
-    "overlay-reach",
-    "overlay-iperf",
-    "overlay-iperf-encrypted",
-    "overlay-alloc",
-    "overlay-sim",
 ];
+
+/// Every scenario, in the order they run and print: cnm's own, then the `docker-*` and the
+/// `overlay-*` groups.
+pub static SCENARIOS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| [CORE, &docker::SCENARIOS, &overlay::SCENARIOS].concat());
 
 /// Every contender, in the order they print.
 pub const CONTENDERS: &[&str] = &[

@@ -49,8 +49,10 @@ pub struct HostView {
 /// [`ControllerBuilder::kernel`](crate::ControllerBuilder::kernel).
 #[async_trait]
 pub trait Kernel: Send + Sync + fmt::Debug {
-    /// The namespace the controller treats as the host.
-    fn host_ns(&self) -> &NetNs;
+    /// The namespace the controller treats as the host: the one of [`Kernel::host_netlink`].
+    fn host_ns(&self) -> &NetNs {
+        self.host_netlink().netns()
+    }
 
     /// A netlink handle in the host namespace (drivers get it in their context).
     fn host_netlink(&self) -> &Netlink;
@@ -134,7 +136,6 @@ pub trait Kernel: Send + Sync + fmt::Debug {
 /// The real kernel: `cnm-sandbox` over netlink, in the namespace that plays the host.
 #[derive(Clone, Debug)]
 pub struct NetlinkKernel {
-    host_ns: NetNs,
     host_netlink: Netlink,
 }
 
@@ -170,29 +171,19 @@ impl NetlinkKernel {
     /// The kernel with `host_ns` as the host (a netlink handle is opened in it).
     pub async fn new(host_ns: NetNs) -> Result<Self, SandboxError> {
         let host_netlink = Netlink::connect(&host_ns).await?;
-        Ok(Self {
-            host_ns,
-            host_netlink,
-        })
+        Ok(Self { host_netlink })
     }
 
     /// The kernel with the caller's own namespace as the host (no thread: see
     /// [`Netlink::connect_current`]).
     pub fn current() -> Result<Self, SandboxError> {
         let host_netlink = Netlink::connect_current()?;
-        Ok(Self {
-            host_ns: host_netlink.netns().clone(),
-            host_netlink,
-        })
+        Ok(Self { host_netlink })
     }
 }
 
 #[async_trait]
 impl Kernel for NetlinkKernel {
-    fn host_ns(&self) -> &NetNs {
-        &self.host_ns
-    }
-
     fn host_netlink(&self) -> &Netlink {
         &self.host_netlink
     }
@@ -269,7 +260,7 @@ impl Kernel for NetlinkKernel {
     ) -> Result<(), SandboxError> {
         sandbox
             .netlink
-            .move_to_netns(index, &self.host_ns, Some(name))
+            .move_to_netns(index, self.host_netlink.netns(), Some(name))
             .await
     }
 

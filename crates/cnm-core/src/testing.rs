@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use cnm_sandbox::{
-    HostsFile, InterfaceConfig, InterfaceSource, NetNs, Netlink, ResolvConf, RouteSpec,
-    SandboxError,
+    HostsFile, InterfaceConfig, InterfaceSource, Netlink, ResolvConf, RouteSpec, SandboxError,
 };
 use cnm_types::{ErrorKind, IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -237,7 +236,6 @@ struct KernelInner {
 
 /// A kernel in memory. See the [module](self) documentation.
 pub struct FakeKernel {
-    host_ns: NetNs,
     host_netlink: Netlink,
     inner: Mutex<KernelInner>,
     faults: Faults<KernelStep>,
@@ -257,7 +255,6 @@ impl FakeKernel {
     pub fn new() -> Result<Arc<Self>, SandboxError> {
         let host_netlink = Netlink::connect_current()?;
         Ok(Arc::new(Self {
-            host_ns: host_netlink.netns().clone(),
             host_netlink,
             inner: Mutex::new(KernelInner {
                 next_index: 2,
@@ -370,7 +367,7 @@ impl FakeKernel {
     fn sandbox_ns(&self, key: &Path) -> SandboxNs {
         SandboxNs {
             key: key.to_owned(),
-            ns: self.host_ns.clone(),
+            ns: self.host_netlink.netns().clone(),
             netlink: self.host_netlink.clone(),
         }
     }
@@ -438,10 +435,6 @@ fn add_route(ns: &mut FakeNamespace, route: &RouteSpec) -> Result<(), SandboxErr
 
 #[async_trait]
 impl Kernel for FakeKernel {
-    fn host_ns(&self) -> &NetNs {
-        &self.host_ns
-    }
-
     fn host_netlink(&self) -> &Netlink {
         &self.host_netlink
     }

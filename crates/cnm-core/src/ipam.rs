@@ -47,19 +47,13 @@ pub trait Ipam: Send + Sync + fmt::Debug {
         None
     }
 
-    /// After a restart without replay: takes back a pool as it was recorded (`req` as it was
-    /// requested, `id` as it was given, `external_id` the IPAM's own id), with the addresses
-    /// that were allocated in it (gateway included), without requesting anything again. The
-    /// default, for an IPAM that needs replay, refuses.
-    async fn adopt_pool(
-        &self,
-        req: &PoolRequest,
-        id: &PoolId,
-        external_id: Option<&str>,
-        addresses: &[IpAddr],
-    ) -> Result<(), IpamError> {
-        let _ = (req, external_id, addresses);
-        Err(IpamError::PoolNotFound { id: id.clone() })
+    /// After a restart without replay: takes back a pool as it was recorded, with the addresses
+    /// that were allocated in it, without requesting anything again. The default, for an IPAM
+    /// that needs replay, refuses.
+    async fn adopt_pool(&self, pool: &AdoptPool<'_>) -> Result<(), IpamError> {
+        Err(IpamError::PoolNotFound {
+            id: pool.id.clone(),
+        })
     }
 
     /// The state to persist, if this IPAM keeps its state in the controller's store (the default
@@ -67,6 +61,20 @@ pub trait Ipam: Send + Sync + fmt::Debug {
     async fn snapshot(&self) -> Option<IpamState> {
         None
     }
+}
+
+/// A pool as a network's record keeps it, for [`Ipam::adopt_pool`] after a restart.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct AdoptPool<'a> {
+    /// The pool as it was requested.
+    pub request: &'a PoolRequest,
+    /// The pool's id as it was given.
+    pub id: &'a PoolId,
+    /// The IPAM's own id of the pool ([`Ipam::external_pool_id`]), if it has one.
+    pub external_id: Option<&'a str>,
+    /// The addresses allocated in the pool (gateway included).
+    pub addresses: &'a [IpAddr],
 }
 
 /// Finds an IPAM driver the controller does not have, by name, the moment a network asks for

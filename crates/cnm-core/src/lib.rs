@@ -114,7 +114,7 @@ pub use controller::{
 };
 pub use endpoint::Endpoint;
 pub use error::CoreError;
-pub use ipam::{Ipam, IpamResolver};
+pub use ipam::{AdoptPool, Ipam, IpamResolver};
 pub use model::sandbox::FALLBACK_NAMESERVERS;
 pub use network::Network;
 pub use options::{

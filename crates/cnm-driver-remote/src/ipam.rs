@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
-use cnm_core::Ipam;
 use cnm_core::cnm_ipam::{AddressRequest, Family, IpamError, Pool, PoolId, PoolRequest};
+use cnm_core::{AdoptPool, Ipam};
 use ipnet::IpNet;
 
 use crate::driver::RemoteConfig;
@@ -331,13 +331,14 @@ impl Ipam for RemoteIpam {
 
     /// Takes back a pool the plugin kept across the controller's restart, by the `PoolID` the
     /// controller recorded, with its addresses; the plugin is not called.
-    async fn adopt_pool(
-        &self,
-        req: &PoolRequest,
-        id: &PoolId,
-        external_id: Option<&str>,
-        addresses: &[IpAddr],
-    ) -> Result<(), IpamError> {
+    async fn adopt_pool(&self, pool: &AdoptPool<'_>) -> Result<(), IpamError> {
+        let AdoptPool {
+            request: req,
+            id,
+            external_id,
+            addresses,
+            ..
+        } = *pool;
         let Some(plugin_id) = external_id else {
             return Err(self.error(RemoteError::NoPluginPoolId {
                 plugin: self.client.name().to_owned(),

@@ -33,7 +33,7 @@ use cnm_types::IfName;
 
 use crate::CoreError;
 use crate::id;
-use crate::ipam::Ipam;
+use crate::ipam::{AdoptPool, Ipam};
 use crate::kernel::SandboxNs;
 use crate::model::endpoint::EndpointInner;
 use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
@@ -1029,12 +1029,13 @@ async fn adopt_pools(
                 .filter(|(_, pool)| *pool == p.pool_id)
                 .map(|(a, _)| *a),
         );
-        ipam.adopt_pool(
-            &recorded_request(p, family),
-            &p.pool_id,
-            p.ipam_pool_id.as_deref(),
-            &held,
-        )
+        let request = recorded_request(p, family);
+        ipam.adopt_pool(&AdoptPool {
+            request: &request,
+            id: &p.pool_id,
+            external_id: p.ipam_pool_id.as_deref(),
+            addresses: &held,
+        })
         .await
         .map_err(|e| CoreError::failed("adopt pool of network", network, e))?;
         out.push(NetworkPool::from_record(p));

@@ -98,82 +98,46 @@ impl fmt::Debug for ControllerBuilder {
 }
 
 impl ControllerBuilder {
-    /// The namespace the controller treats as the host (default: the caller's own).
-    pub fn host_netns(mut self, ns: NetNs) -> Self {
-        self.host_ns = Some(ns);
-        self
-    }
-
-    /// The kernel the controller works on (default: [`NetlinkKernel`] in the host namespace).
-    /// A test can plug a fake in; it then decides what the host namespace is, and
-    /// [`ControllerBuilder::host_netns`] is not used.
-    pub fn kernel(mut self, kernel: Arc<dyn Kernel>) -> Self {
-        self.kernel = Some(kernel);
-        self
-    }
-
-    /// The run dir (default `/run/cnm`): netns bind mounts under `netns/`, sandbox files under
-    /// `sandboxes/`.
-    pub fn run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.run_dir = dir.into();
-        self
-    }
-
-    /// The state dir (default `/var/lib/cnm`).
-    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.state_dir = dir.into();
-        self
-    }
-
-    /// The resolv.conf containers' resolv.conf is derived from (default `/etc/resolv.conf`).
-    pub fn resolv_conf(mut self, path: impl Into<PathBuf>) -> Self {
-        self.resolv_conf = path.into();
-        self
-    }
-
-    /// The state store. The default is the durable store a linked crate registered as
-    /// [`DefaultStore`](crate::store::DefaultStore) (the `cnm` facade links `cnm-store`'s
-    /// embedded one, which takes the state dir's lock), opened in the state dir; an in-memory
-    /// store when none is linked.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// The store every host of a cluster shares (etcd: `cnm_store::EtcdStore`), where
-    /// global-scope networks live: their records, names, subnets and addresses, and what their
-    /// drivers keep there ([`DriverContext::store`], [`DriverContext::facts`]). Without one a
-    /// global network is refused ([`CoreError::NoClusterStore`]). Local networks never touch
-    /// it.
-    pub fn cluster_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.cluster_store = Some(store);
-        self
-    }
-
-    /// A cluster store is configured but could not be reached yet (`store` is its address,
-    /// e.g. `etcd://10.0.0.1:2379`): the controller starts with local networks, refuses a
-    /// global network with [`CoreError::ClusterStoreUnreachable`] naming `store` (kind
-    /// `Unavailable`) until [`Controller::attach_cluster_store`] gives it the store, and keeps
-    /// this host's cluster id in its own store from the start, as with
-    /// [`ControllerBuilder::cluster_store`]. Ignored when a cluster store is given.
-    pub fn cluster_store_awaited(mut self, store: impl Into<String>) -> Self {
-        self.cluster_awaited = Some(store.into());
-        self
-    }
-
-    /// This host's address on the cluster's underlay, as the other hosts reach it (cnmd's
-    /// `--advertise-addr`): an overlay network's tunnel endpoint (VTEP) here.
-    pub fn advertise_addr(mut self, addr: std::net::IpAddr) -> Self {
-        self.advertise_addr = Some(addr);
-        self
-    }
-
-    /// The TTL of the lease under which this host's per-endpoint facts live in the cluster
-    /// store (default [`DEFAULT_LEASE_TTL`](crate::spi::DEFAULT_LEASE_TTL), 15 s): when this
-    /// host dies, the other hosts drop its endpoints within it.
-    pub fn cluster_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
+    cnm_types::setters! {
+        /// The namespace the controller treats as the host (default: the caller's own).
+        pub fn host_netns(ns: NetNs) => host_ns = Some(ns);
+        /// The kernel the controller works on (default: [`NetlinkKernel`] in the host namespace).
+        /// A test can plug a fake in; it then decides what the host namespace is, and
+        /// [`ControllerBuilder::host_netns`] is not used.
+        pub fn kernel(kernel: Arc<dyn Kernel>) => kernel = Some(kernel);
+        /// The run dir (default `/run/cnm`): netns bind mounts under `netns/`, sandbox files under
+        /// `sandboxes/`.
+        pub fn run_dir(dir: impl Into<PathBuf>) => run_dir = dir.into();
+        /// The state dir (default `/var/lib/cnm`).
+        pub fn state_dir(dir: impl Into<PathBuf>) => state_dir = dir.into();
+        /// The resolv.conf containers' resolv.conf is derived from (default `/etc/resolv.conf`).
+        pub fn resolv_conf(path: impl Into<PathBuf>) => resolv_conf = path.into();
+        /// The state store. The default is the durable store a linked crate registered as
+        /// [`DefaultStore`](crate::store::DefaultStore) (the `cnm` facade links `cnm-store`'s
+        /// embedded one, which takes the state dir's lock), opened in the state dir; an in-memory
+        /// store when none is linked.
+        pub fn store(store: Arc<dyn Store>) => store = Some(store);
+        /// The store every host of a cluster shares (etcd: `cnm_store::EtcdStore`), where
+        /// global-scope networks live: their records, names, subnets and addresses, and what their
+        /// drivers keep there ([`DriverContext::store`], [`DriverContext::facts`]). Without one a
+        /// global network is refused ([`CoreError::NoClusterStore`]). Local networks never touch
+        /// it.
+        pub fn cluster_store(store: Arc<dyn Store>) => cluster_store = Some(store);
+        /// A cluster store is configured but could not be reached yet (`store` is its address,
+        /// e.g. `etcd://10.0.0.1:2379`): the controller starts with local networks, refuses a
+        /// global network with [`CoreError::ClusterStoreUnreachable`] naming `store` (kind
+        /// `Unavailable`) until [`Controller::attach_cluster_store`] gives it the store, and keeps
+        /// this host's cluster id in its own store from the start, as with
+        /// [`ControllerBuilder::cluster_store`]. Ignored when a cluster store is given.
+        pub fn cluster_store_awaited(store: impl Into<String>)
+            => cluster_awaited = Some(store.into());
+        /// This host's address on the cluster's underlay, as the other hosts reach it (cnmd's
+        /// `--advertise-addr`): an overlay network's tunnel endpoint (VTEP) here.
+        pub fn advertise_addr(addr: std::net::IpAddr) => advertise_addr = Some(addr);
+        /// The TTL of the lease under which this host's per-endpoint facts live in the cluster
+        /// store (default [`DEFAULT_LEASE_TTL`](crate::spi::DEFAULT_LEASE_TTL), 15 s): when this
+        /// host dies, the other hosts drop its endpoints within it.
+        pub fn cluster_lease_ttl(ttl: std::time::Duration) => lease_ttl = ttl;
     }
 
     /// A host-wide setting of the driver `driver` (what is the host's, not a network's: the
@@ -209,47 +173,34 @@ impl ControllerBuilder {
         self
     }
 
-    /// The IPAM (default: the built-in one with Docker's default pools).
-    pub fn ipam(mut self, ipam: Arc<dyn Ipam>) -> Self {
-        self.ipam = Some(ipam);
-        self
-    }
-
-    /// Whether the drivers linked into the program (registered through `inventory`) are
-    /// instantiated (default true).
-    pub fn builtin_drivers(mut self, on: bool) -> Self {
-        self.builtin_drivers = on;
-        self
-    }
-
-    /// Whether the controller runs the embedded DNS ([`cnm_dns`]): each sandbox on a network it
-    /// serves gets a resolver at `127.0.0.11:53` inside its own namespace (UDP and TCP) and a
-    /// resolv.conf naming it; containers find each other by name, alias and `name.network`,
-    /// and other names are forwarded to the sandbox's `--dns` servers or the host's. Networks
-    /// whose driver gives no addresses (`null`), and networks with
-    /// [`KEY_EMBEDDED_DNS`](crate::options::KEY_EMBEDDED_DNS)`=false` (Docker's
-    /// default `bridge`), are not served. Default: on with the real kernel, off with a kernel
-    /// given to [`ControllerBuilder::kernel`] (a fake has no namespaces to listen in).
-    pub fn embedded_dns(mut self, on: bool) -> Self {
-        self.embedded_dns = Some(on);
-        self
-    }
-
-    /// Offers the embedded DNS on the host too (moby#27790): a resolver at `addr` in the host
-    /// namespace answering `name.network` and `name.network.cnm` (A, AAAA) for the endpoints
-    /// of every served network, and PTR for their addresses. It is authoritative for those
-    /// names only and forwards nothing: any other name is REFUSED, so a host resolver that
-    /// routes the `cnm` domain (or a network's name) to it never loops through it, and it is
-    /// no open resolver. Port 0 picks a free port ([`Controller::host_dns`] tells which).
-    ///
-    /// `addr` must be a loopback address (`127.0.0.153:53` is what cnmd uses): the listener
-    /// must never be reachable from another host, and containers cannot reach the host's
-    /// loopback (the kernel never routes 127.0.0.0/8 between namespaces). Anything else is
-    /// refused, and so is a host resolver with the embedded DNS off (both
-    /// [`CoreError::InvalidOption`], before anything is done). Default: none.
-    pub fn host_dns(mut self, addr: SocketAddr) -> Self {
-        self.host_dns = Some(addr);
-        self
+    cnm_types::setters! {
+        /// The IPAM (default: the built-in one with Docker's default pools).
+        pub fn ipam(ipam: Arc<dyn Ipam>) => ipam = Some(ipam);
+        /// Whether the drivers linked into the program (registered through `inventory`) are
+        /// instantiated (default true).
+        pub fn builtin_drivers(on: bool) => builtin_drivers = on;
+        /// Whether the controller runs the embedded DNS ([`cnm_dns`]): each sandbox on a network it
+        /// serves gets a resolver at `127.0.0.11:53` inside its own namespace (UDP and TCP) and a
+        /// resolv.conf naming it; containers find each other by name, alias and `name.network`,
+        /// and other names are forwarded to the sandbox's `--dns` servers or the host's. Networks
+        /// whose driver gives no addresses (`null`), and networks with
+        /// [`KEY_EMBEDDED_DNS`](crate::options::KEY_EMBEDDED_DNS)`=false` (Docker's
+        /// default `bridge`), are not served. Default: on with the real kernel, off with a kernel
+        /// given to [`ControllerBuilder::kernel`] (a fake has no namespaces to listen in).
+        pub fn embedded_dns(on: bool) => embedded_dns = Some(on);
+        /// Offers the embedded DNS on the host too (moby#27790): a resolver at `addr` in the host
+        /// namespace answering `name.network` and `name.network.cnm` (A, AAAA) for the endpoints
+        /// of every served network, and PTR for their addresses. It is authoritative for those
+        /// names only and forwards nothing: any other name is REFUSED, so a host resolver that
+        /// routes the `cnm` domain (or a network's name) to it never loops through it, and it is
+        /// no open resolver. Port 0 picks a free port ([`Controller::host_dns`] tells which).
+        ///
+        /// `addr` must be a loopback address (`127.0.0.153:53` is what cnmd uses): the listener
+        /// must never be reachable from another host, and containers cannot reach the host's
+        /// loopback (the kernel never routes 127.0.0.0/8 between namespaces). Anything else is
+        /// refused, and so is a host resolver with the embedded DNS off (both
+        /// [`CoreError::InvalidOption`], before anything is done). Default: none.
+        pub fn host_dns(addr: SocketAddr) => host_dns = Some(addr);
     }
 
     /// Adds a driver discovered while running (a plugin found by name, a driver of the embedding
@@ -264,21 +215,17 @@ impl ControllerBuilder {
         self
     }
 
-    /// What finds a driver the controller does not have, by name (default: none, and an unknown
-    /// name is [`CoreError::DriverNotFound`]). It is asked when a network is created with a
-    /// driver of that name, and at reload for a recorded network's driver, before the network
-    /// is restored; what it finds is registered as if by [`Controller::register_driver`].
-    pub fn driver_resolver(mut self, resolver: Arc<dyn DriverResolver>) -> Self {
-        self.resolver = Some(resolver);
-        self
-    }
-
-    /// Finds IPAM drivers by name the moment a network names one the controller does not have
-    /// (`--ipam-driver NAME`, Docker's `IPAM.Driver`): the network's pools and addresses then
-    /// come from it. Without a resolver such a network is refused (`IpamDriverNotFound`).
-    pub fn ipam_resolver(mut self, resolver: Arc<dyn crate::ipam::IpamResolver>) -> Self {
-        self.ipam_resolver = Some(resolver);
-        self
+    cnm_types::setters! {
+        /// What finds a driver the controller does not have, by name (default: none, and an unknown
+        /// name is [`CoreError::DriverNotFound`]). It is asked when a network is created with a
+        /// driver of that name, and at reload for a recorded network's driver, before the network
+        /// is restored; what it finds is registered as if by [`Controller::register_driver`].
+        pub fn driver_resolver(resolver: Arc<dyn DriverResolver>) => resolver = Some(resolver);
+        /// Finds IPAM drivers by name the moment a network names one the controller does not have
+        /// (`--ipam-driver NAME`, Docker's `IPAM.Driver`): the network's pools and addresses then
+        /// come from it. Without a resolver such a network is refused (`IpamDriverNotFound`).
+        pub fn ipam_resolver(resolver: Arc<dyn crate::ipam::IpamResolver>)
+            => ipam_resolver = Some(resolver);
     }
 
     /// Creates the directories, connects to the host namespace, opens the store, instantiates

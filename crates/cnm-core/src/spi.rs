@@ -100,46 +100,21 @@ impl Capability {
         }
     }
 
-    /// Sets whether the driver's endpoints are the host's own stack.
-    pub fn with_host_namespace(mut self, host: bool) -> Self {
-        self.host_namespace = host;
-        self
-    }
-
-    /// Sets whether a gateway is reserved only where the user names one.
-    pub fn with_gateway_on_request(mut self, on_request: bool) -> Self {
-        self.gateway_on_request = on_request;
-        self
-    }
-
-    /// Sets whether the driver's networks have a gateway (true by default).
-    pub fn with_gateway(mut self, gateway: bool) -> Self {
-        self.no_gateway = !gateway;
-        self
-    }
-
-    /// Sets whether the network's subnets are routed in the host namespace.
-    pub fn with_host_routes(mut self, host_routes: bool) -> Self {
-        self.host_routes = host_routes;
-        self
-    }
-
-    /// Sets whether endpoints need IPAM addresses.
-    pub fn with_addresses(mut self, needs_addresses: bool) -> Self {
-        self.needs_addresses = needs_addresses;
-        self
-    }
-
-    /// Sets whether at most one network of this driver may exist.
-    pub fn with_singleton(mut self, singleton: bool) -> Self {
-        self.singleton = singleton;
-        self
-    }
-
-    /// Sets the scope.
-    pub fn with_scope(mut self, scope: Scope) -> Self {
-        self.scope = scope;
-        self
+    cnm_types::setters! {
+        /// Sets whether the driver's endpoints are the host's own stack.
+        pub fn with_host_namespace(host: bool) => host_namespace = host;
+        /// Sets whether a gateway is reserved only where the user names one.
+        pub fn with_gateway_on_request(on_request: bool) => gateway_on_request = on_request;
+        /// Sets whether the driver's networks have a gateway (true by default).
+        pub fn with_gateway(gateway: bool) => no_gateway = !gateway;
+        /// Sets whether the network's subnets are routed in the host namespace.
+        pub fn with_host_routes(host_routes: bool) => host_routes = host_routes;
+        /// Sets whether endpoints need IPAM addresses.
+        pub fn with_addresses(needs_addresses: bool) => needs_addresses = needs_addresses;
+        /// Sets whether at most one network of this driver may exist.
+        pub fn with_singleton(singleton: bool) => singleton = singleton;
+        /// Sets the scope.
+        pub fn with_scope(scope: Scope) => scope = scope;
     }
 }
 
@@ -644,16 +619,11 @@ impl EndpointInfo {
         }
     }
 
-    /// Gives the endpoint an IPv4 address.
-    pub fn ipv4(mut self, addr: Ipv4Net) -> Self {
-        self.ipv4 = Some(addr);
-        self
-    }
-
-    /// Gives the endpoint an IPv6 address.
-    pub fn ipv6(mut self, addr: Ipv6Net) -> Self {
-        self.ipv6 = Some(addr);
-        self
+    cnm_types::setters! {
+        /// Gives the endpoint an IPv4 address.
+        pub fn ipv4(addr: Ipv4Net) => ipv4 = Some(addr);
+        /// Gives the endpoint an IPv6 address.
+        pub fn ipv6(addr: Ipv6Net) => ipv6 = Some(addr);
     }
 }
 

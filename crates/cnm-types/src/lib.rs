@@ -22,6 +22,7 @@
 mod gateway;
 pub mod port;
 pub mod reserved;
+mod setters;
 
 pub use gateway::{GatewayMode, GatewayModeError};
 pub use port::{ExposedPort, PortBinding, PortError, PortRange, Protocol};

@@ -86,22 +86,13 @@ pub struct EndpointOptions {
 }
 
 impl EndpointOptions {
-    /// Asks for a static IPv4 address.
-    pub fn ipv4(mut self, ip: Ipv4Addr) -> Self {
-        self.ipv4 = Some(ip);
-        self
-    }
-
-    /// Asks for a static IPv6 address.
-    pub fn ipv6(mut self, ip: Ipv6Addr) -> Self {
-        self.ipv6 = Some(ip);
-        self
-    }
-
-    /// Asks for a MAC address.
-    pub fn mac(mut self, mac: MacAddress) -> Self {
-        self.mac = Some(mac);
-        self
+    cnm_types::setters! {
+        /// Asks for a static IPv4 address.
+        pub fn ipv4(ip: Ipv4Addr) => ipv4 = Some(ip);
+        /// Asks for a static IPv6 address.
+        pub fn ipv6(ip: Ipv6Addr) => ipv6 = Some(ip);
+        /// Asks for a MAC address.
+        pub fn mac(mac: MacAddress) => mac = Some(mac);
     }
 
     /// Adds a DNS alias.

@@ -266,22 +266,13 @@ impl NetworkOptions {
         self.pool(PoolConfig::new(subnet))
     }
 
-    /// Turns IPv6 on or off.
-    pub fn enable_ipv6(mut self, on: bool) -> Self {
-        self.enable_ipv6 = on;
-        self
-    }
-
-    /// Turns IPv4 on or off.
-    pub fn enable_ipv4(mut self, on: bool) -> Self {
-        self.enable_ipv4 = on;
-        self
-    }
-
-    /// Makes the network internal.
-    pub fn internal(mut self, on: bool) -> Self {
-        self.internal = on;
-        self
+    cnm_types::setters! {
+        /// Turns IPv6 on or off.
+        pub fn enable_ipv6(on: bool) => enable_ipv6 = on;
+        /// Turns IPv4 on or off.
+        pub fn enable_ipv4(on: bool) => enable_ipv4 = on;
+        /// Makes the network internal.
+        pub fn internal(on: bool) => internal = on;
     }
 
     /// Adds a label.
@@ -290,16 +281,11 @@ impl NetworkOptions {
         self
     }
 
-    /// Lets the subnets overlap networks the host is on (see the field of the same name).
-    pub fn allow_host_overlap(mut self, on: bool) -> Self {
-        self.allow_host_overlap = on;
-        self
-    }
-
-    /// Marks the network attachable (Docker's `Attachable`; kept and shown only).
-    pub fn attachable(mut self, on: bool) -> Self {
-        self.attachable = on;
-        self
+    cnm_types::setters! {
+        /// Lets the subnets overlap networks the host is on (see the field of the same name).
+        pub fn allow_host_overlap(on: bool) => allow_host_overlap = on;
+        /// Marks the network attachable (Docker's `Attachable`; kept and shown only).
+        pub fn attachable(on: bool) => attachable = on;
     }
 
     /// Adds a driver option.

@@ -89,6 +89,7 @@ mod host;
 pub mod id;
 mod ipam;
 pub mod kernel;
+pub(crate) mod lookup;
 mod model;
 mod network;
 mod ops;
@@ -128,7 +129,7 @@ pub use spi::{
     Capability, Driver, DriverContext, DriverError, DriverFactory, DriverOptions,
     DriverRegistration, EndpointInfo, EndpointSpec, Fact, FactEvent, FactWatch, Facts, IpamData,
     JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
-    RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
+    PublishRequest, RestoredEndpoint, RestoredJoin, SandboxRef, Scope, StaticRoute,
 };
 pub use store::ScopedStore;
 

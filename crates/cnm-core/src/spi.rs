@@ -33,6 +33,7 @@ use crate::port::PortBinding;
 use crate::store::{MemoryStore, ScopedStore, Store};
 
 pub use crate::facts::{Fact, FactEvent, FactWatch, Facts};
+pub use crate::lookup::{HasEndpoints, Lookup, Networks, find_endpoint, find_network};
 
 /// Whether a driver's networks are known to this host only or to a whole cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -780,6 +781,30 @@ pub struct LeaveRequest {
     pub ifname: IfName,
 }
 
+/// What the controller asks of a driver in `program_external_connectivity`: the ports to
+/// publish for the sandbox's gateway endpoint.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct PublishRequest<'a> {
+    /// The network's id.
+    pub network_id: &'a str,
+    /// The endpoint's id.
+    pub endpoint_id: &'a str,
+    /// The ports to publish, as the user asked for them.
+    pub bindings: &'a [PortBinding],
+}
+
+impl<'a> PublishRequest<'a> {
+    /// A request to publish `bindings` for the endpoint `endpoint_id` of `network_id`.
+    pub fn new(network_id: &'a str, endpoint_id: &'a str, bindings: &'a [PortBinding]) -> Self {
+        Self {
+            network_id,
+            endpoint_id,
+            bindings,
+        }
+    }
+}
+
 /// A network driver.
 ///
 /// Object-safe and async. Required methods are the life cycle every driver has; optional hooks have
@@ -963,12 +988,9 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// host ports chosen for ephemeral requests). The default supports none.
     async fn program_external_connectivity(
         &self,
-        network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
-        let _ = (network_id, endpoint_id);
-        if bindings.is_empty() {
+        if request.bindings.is_empty() {
             Ok(Vec::new())
         } else {
             Err(DriverError::new(

@@ -25,7 +25,8 @@ use crate::kernel::{HostView, Kernel, SandboxNs};
 use crate::port::PortBinding;
 use crate::spi::{
     Capability, Driver, DriverError, DriverOptions, EndpointInfo, EndpointSpec, JoinInfo,
-    JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, RestoredEndpoint,
+    JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, PublishRequest,
+    RestoredEndpoint,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1066,12 +1067,11 @@ impl Driver for FakeDriver {
 
     async fn program_external_connectivity(
         &self,
-        _network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
         self.enter(DriverStep::Program)?;
-        let made: Vec<PortBinding> = bindings
+        let made: Vec<PortBinding> = request
+            .bindings
             .iter()
             .map(|b| PortBinding {
                 host_port: b
@@ -1084,7 +1084,7 @@ impl Driver for FakeDriver {
             lock(&self.inner)
                 .state
                 .published
-                .insert(endpoint_id.to_owned(), made.clone());
+                .insert(request.endpoint_id.to_owned(), made.clone());
         }
         Ok(made)
     }

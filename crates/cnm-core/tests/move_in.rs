@@ -15,7 +15,7 @@ use cnm_core::port::PortBinding;
 use cnm_core::{
     Capability, Driver, DriverContext, DriverError, DriverRegistration, EndpointInfo,
     EndpointOptions, EndpointSpec, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
-    NetworkOptions, NetworkSpec,
+    NetworkOptions, NetworkSpec, PublishRequest,
 };
 use cnm_testkit::TestHost;
 
@@ -102,10 +102,9 @@ impl Driver for MoveInDriver {
     }
     async fn program_external_connectivity(
         &self,
-        _: &str,
-        _: &str,
-        bindings: &[PortBinding],
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
+        let bindings = request.bindings;
         if FAIL_PUBLISH.load(Ordering::SeqCst) {
             return Err(DriverError::new(
                 "movein",

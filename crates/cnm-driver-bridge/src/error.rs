@@ -2,7 +2,7 @@
 
 use std::io;
 
-use cnm_core::spi::DriverError;
+use cnm_core::spi::{DriverError, Lookup};
 use cnm_core::undo::Cleanup;
 use cnm_types::{ErrorKind, Failed, Invalid};
 
@@ -42,28 +42,9 @@ pub enum BridgeError {
         /// Who holds it ("an existing link", "network 3f2a…").
         owner: String,
     },
-    /// A network id that this driver does not know.
-    #[error("network {0} not found")]
-    NetworkNotFound(String),
-    /// A network id that this driver already has.
-    #[error("network {0} already exists")]
-    NetworkExists(String),
-    /// An endpoint id that this driver does not know.
-    #[error("endpoint {endpoint} not found on network {network}")]
-    EndpointNotFound {
-        /// The network id.
-        network: String,
-        /// The endpoint id.
-        endpoint: String,
-    },
-    /// An endpoint id that this driver already has.
-    #[error("endpoint {endpoint} already exists on network {network}")]
-    EndpointExists {
-        /// The network id.
-        network: String,
-        /// The endpoint id.
-        endpoint: String,
-    },
+    /// A network or endpoint this driver does not have, or already has.
+    #[error(transparent)]
+    Lookup(#[from] Lookup),
     /// The operation conflicts with the current state (still has endpoints, already joined, …).
     #[error("cannot {op} {object}: {reason}")]
     Conflict {
@@ -171,8 +152,7 @@ impl BridgeError {
             Self::BridgeNameInUse { .. } | Self::Conflict { .. } | Self::PortInUse { .. } => {
                 ErrorKind::Conflict
             }
-            Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
-            Self::NetworkExists(_) | Self::EndpointExists { .. } => ErrorKind::AlreadyExists,
+            Self::Lookup(e) => e.kind(),
             Self::NoFreePort { .. } => ErrorKind::Unavailable,
             Self::PortSocket { source, .. } => ErrorKind::from_io(source),
             Self::PortRange(_) | Self::RunDir { .. } => ErrorKind::Internal,
@@ -237,15 +217,18 @@ mod tests {
     #[test]
     fn cleanup_errors_are_listed_and_primary_decides_kind() {
         let e = BridgeError::UnknownOption { key: "x".into() }
-            .with_cleanup(vec![BridgeError::NetworkNotFound("n1".into())]);
+            .with_cleanup(vec![Lookup::NetworkNotFound("n1".into()).into()]);
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         let text = e.to_string();
         assert!(
             text.contains("\"x\"") && text.contains("cleanup also failed: network n1"),
             "{text}"
         );
-        let plain = BridgeError::NetworkNotFound("n".into()).with_cleanup(Vec::new());
-        assert!(matches!(plain, BridgeError::NetworkNotFound(_)));
+        let plain = BridgeError::from(Lookup::NetworkNotFound("n".into())).with_cleanup(Vec::new());
+        assert!(matches!(
+            plain,
+            BridgeError::Lookup(Lookup::NetworkNotFound(_))
+        ));
     }
 
     #[test]

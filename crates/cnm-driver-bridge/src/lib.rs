@@ -69,7 +69,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cnm_core::port::{PortBinding, Protocol};
 use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
-    JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
+    HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
+    Networks, ParsedOptions, PublishRequest, find_endpoint, find_network,
 };
 use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
@@ -115,7 +116,7 @@ register_driver!(DRIVER_NAME, BridgeDriver::create);
 #[derive(Debug)]
 pub struct BridgeDriver {
     ctx: DriverContext,
-    networks: Mutex<HashMap<String, Arc<Network>>>,
+    networks: Networks<Network>,
     /// The shared firewall, once the forward drop of an earlier run is back in it.
     firewall: OnceCell<FirewallHandle>,
     /// Forwarding (IPv4, IPv6) a restore needs, waiting for the firewall's commit.
@@ -132,6 +133,14 @@ struct Network {
     /// The bridge's interface index in the host namespace.
     bridge_index: u32,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+}
+
+impl HasEndpoints for Network {
+    type Endpoint = Endpoint;
+
+    fn endpoints(&self) -> &Mutex<HashMap<String, Arc<Endpoint>>> {
+        &self.endpoints
+    }
 }
 
 #[derive(Debug)]
@@ -236,10 +245,7 @@ impl BridgeDriver {
     }
 
     fn network(&self, id: &str) -> Result<Arc<Network>, BridgeError> {
-        lock(&self.networks)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| BridgeError::NetworkNotFound(id.to_owned()))
+        Ok(find_network(&self.networks, id)?)
     }
 
     fn endpoint(
@@ -247,15 +253,7 @@ impl BridgeDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(Arc<Network>, Arc<Endpoint>), BridgeError> {
-        let net = self.network(network_id)?;
-        let ep = lock(&net.endpoints)
-            .get(endpoint_id)
-            .cloned()
-            .ok_or_else(|| BridgeError::EndpointNotFound {
-                network: network_id.to_owned(),
-                endpoint: endpoint_id.to_owned(),
-            })?;
-        Ok((net, ep))
+        Ok(find_endpoint(&self.networks, network_id, endpoint_id)?)
     }
 
     async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), BridgeError> {
@@ -263,7 +261,7 @@ impl BridgeDriver {
         {
             let nets = lock(&self.networks);
             if nets.contains_key(&spec.id) {
-                return Err(BridgeError::NetworkExists(spec.id.clone()));
+                return Err(Lookup::NetworkExists(spec.id.clone()).into());
             }
             if let Some(other) = nets.values().find(|n| n.plan.bridge == plan.bridge) {
                 return Err(BridgeError::BridgeNameInUse {
@@ -411,7 +409,7 @@ impl BridgeDriver {
             let net = nets
                 .get(network_id)
                 .cloned()
-                .ok_or_else(|| BridgeError::NetworkNotFound(network_id.to_owned()))?;
+                .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
                 return Err(BridgeError::Conflict {
                     op: "delete network",
@@ -628,9 +626,12 @@ impl BridgeDriver {
 
     async fn program_inner(
         &self,
-        network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        &PublishRequest {
+            network_id,
+            endpoint_id,
+            bindings,
+            ..
+        }: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, BridgeError> {
         let (net, ep) = self.endpoint(network_id, endpoint_id)?;
         if net.plan.internal
@@ -870,11 +871,8 @@ impl Driver for BridgeDriver {
         let mac = spec.segment_mac(DRIVER_NAME)?;
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
-            return Err(BridgeError::EndpointExists {
-                network: spec.network_id.clone(),
-                endpoint: spec.endpoint_id.clone(),
-            }
-            .into());
+            let e = Lookup::endpoint_exists(&spec.network_id, &spec.endpoint_id);
+            return Err(BridgeError::from(e).into());
         }
         eps.insert(
             spec.endpoint_id.clone(),
@@ -922,13 +920,9 @@ impl Driver for BridgeDriver {
 
     async fn program_external_connectivity(
         &self,
-        network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
-        Ok(self
-            .program_inner(network_id, endpoint_id, bindings)
-            .await?)
+        Ok(self.program_inner(request).await?)
     }
 
     async fn revoke_external_connectivity(

@@ -1,6 +1,6 @@
 //! The one error type of the macvlan and ipvlan drivers.
 
-use cnm_core::spi::DriverError;
+use cnm_core::spi::{DriverError, Lookup};
 use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
 use cnm_types::{ErrorKind, Failed, FailedTo};
@@ -42,20 +42,9 @@ pub enum MacvlanError {
         #[source]
         source: SandboxError,
     },
-    /// A network id that this driver does not know.
-    #[error("network {0} not found")]
-    NetworkNotFound(String),
-    /// A network id that this driver already has.
-    #[error("network {0} already exists")]
-    NetworkExists(String),
-    /// An endpoint id that this driver does not know.
-    #[error("endpoint {endpoint} not found on network {network}")]
-    EndpointNotFound {
-        /// The network id.
-        network: String,
-        /// The endpoint id.
-        endpoint: String,
-    },
+    /// A network or endpoint this driver does not have, or already has.
+    #[error(transparent)]
+    Lookup(#[from] Lookup),
     /// A kernel operation failed.
     #[error(transparent)]
     Kernel(#[from] Failed<SandboxError>),
@@ -75,10 +64,8 @@ impl MacvlanError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidOption { .. } => ErrorKind::InvalidInput,
-            Self::ParentNotFound(_) | Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => {
-                ErrorKind::NotFound
-            }
-            Self::NetworkExists(_) => ErrorKind::AlreadyExists,
+            Self::ParentNotFound(_) => ErrorKind::NotFound,
+            Self::Lookup(e) => e.kind(),
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::Kernel(e) => e.source.kind(),

@@ -41,6 +41,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cnm_core::cnm_sandbox::{Link, LinkSpec};
+use cnm_core::spi::Lookup;
 use cnm_core::undo::Cleanup;
 use cnm_core::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
@@ -155,7 +156,7 @@ impl MacvlanDriver {
     ) -> Result<(), MacvlanError> {
         let nets = self.nets();
         if nets.contains_key(id) {
-            return Err(MacvlanError::NetworkExists(id.to_owned()));
+            return Err(Lookup::NetworkExists(id.to_owned()).into());
         }
         for (other_id, other) in nets.iter() {
             if other.plan.link_name() != parent {
@@ -390,7 +391,7 @@ impl MacvlanDriver {
         let net = self
             .nets()
             .remove(id)
-            .ok_or_else(|| MacvlanError::NetworkNotFound(id.to_owned()))?;
+            .ok_or_else(|| Lookup::NetworkNotFound(id.to_owned()))?;
         let shared = self
             .nets()
             .values()
@@ -411,12 +412,9 @@ impl MacvlanDriver {
             let nets = self.nets();
             let net = nets
                 .get(&req.network_id)
-                .ok_or_else(|| MacvlanError::NetworkNotFound(req.network_id.clone()))?;
+                .ok_or_else(|| Lookup::NetworkNotFound(req.network_id.clone()))?;
             if !net.endpoints.contains_key(&req.endpoint_id) {
-                return Err(MacvlanError::EndpointNotFound {
-                    network: req.network_id.clone(),
-                    endpoint: req.endpoint_id.clone(),
-                });
+                return Err(Lookup::endpoint_not_found(&req.network_id, &req.endpoint_id).into());
             }
             if net.options.mode.is_passthru() && net.endpoints.values().any(|j| *j) {
                 return Err(MacvlanError::Conflict(format!(
@@ -489,7 +487,7 @@ impl MacvlanDriver {
 
     async fn leave_inner(&self, req: &LeaveRequest) -> Result<(), MacvlanError> {
         if !self.nets().contains_key(&req.network_id) {
-            return Err(MacvlanError::NetworkNotFound(req.network_id.clone()));
+            return Err(Lookup::NetworkNotFound(req.network_id.clone()).into());
         }
         // The link lives in the sandbox; one already gone (the namespace deleted) is done.
         req.sandbox
@@ -600,7 +598,7 @@ impl Driver for MacvlanDriver {
         let mut nets = self.nets();
         let net = nets
             .get_mut(&spec.network_id)
-            .ok_or_else(|| self.err(MacvlanError::NetworkNotFound(spec.network_id.clone())))?;
+            .ok_or_else(|| self.err(Lookup::NetworkNotFound(spec.network_id.clone()).into()))?;
         net.endpoints.insert(spec.endpoint_id.clone(), false);
         Ok(EndpointInfo::with_mac(spec.mac))
     }
@@ -613,7 +611,7 @@ impl Driver for MacvlanDriver {
         let mut nets = self.nets();
         let net = nets
             .get_mut(network_id)
-            .ok_or_else(|| self.err(MacvlanError::NetworkNotFound(network_id.to_owned())))?;
+            .ok_or_else(|| self.err(Lookup::NetworkNotFound(network_id.to_owned()).into()))?;
         net.endpoints.remove(endpoint_id);
         Ok(())
     }

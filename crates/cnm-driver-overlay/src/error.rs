@@ -1,6 +1,6 @@
 //! The one error type of the overlay driver.
 
-use cnm_core::spi::DriverError;
+use cnm_core::spi::{DriverError, Lookup};
 use cnm_core::store::StoreError;
 use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
@@ -44,17 +44,9 @@ pub enum OverlayError {
         /// The network holding it.
         owner: String,
     },
-    /// A network id that this driver does not know.
-    #[error("overlay network {0} not found")]
-    NetworkNotFound(String),
-    /// An endpoint id that this driver does not know.
-    #[error("endpoint {endpoint} not found on overlay network {network}")]
-    EndpointNotFound {
-        /// The network id.
-        network: String,
-        /// The endpoint id.
-        endpoint: String,
-    },
+    /// A network or endpoint this driver does not have.
+    #[error(transparent)]
+    Lookup(#[from] Lookup),
     /// The operation conflicts with the current state.
     #[error("cannot {op} {object}: {reason}")]
     Conflict {
@@ -154,7 +146,7 @@ impl OverlayError {
             Self::UnknownOption { .. } | Self::InvalidOption { .. } => ErrorKind::InvalidInput,
             Self::NoAdvertiseAddr | Self::AdvertiseAddrNotFound(_) => ErrorKind::InvalidInput,
             Self::VniTaken { .. } => ErrorKind::AlreadyExists,
-            Self::NetworkNotFound(_) | Self::EndpointNotFound { .. } => ErrorKind::NotFound,
+            Self::Lookup(e) => e.kind(),
             Self::Conflict { .. } => ErrorKind::Conflict,
             Self::Io { .. } => ErrorKind::Internal,
             Self::Unsupported(_) => ErrorKind::Unsupported,

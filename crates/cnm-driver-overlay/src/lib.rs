@@ -61,8 +61,8 @@ use cnm_core::cnm_firewall::{
 };
 use cnm_core::spi::{
     Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
-    Facts, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions,
-    RestoredEndpoint, Scope,
+    Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
+    Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint, find_network,
 };
 use cnm_core::store::{Expect, StoreError};
 use cnm_core::undo::Undo;
@@ -136,7 +136,7 @@ pub struct PeerFact {
 #[derive(Debug)]
 pub struct OverlayDriver {
     ctx: DriverContext,
-    networks: Mutex<HashMap<String, Arc<Network>>>,
+    networks: Networks<Network>,
     /// The driver's part of the host's firewall: it holds no sets, only the claims of the
     /// overlay bridges (see [`OverlayDriver::claim_bridge`]).
     fragment: std::sync::OnceLock<Fragment>,
@@ -174,6 +174,14 @@ pub(crate) struct Network {
     /// Its traffic goes through WireGuard ([`options::ENCRYPTED`]); its VXLAN port is guarded.
     encrypted: bool,
     port: u16,
+}
+
+impl HasEndpoints for Network {
+    type Endpoint = Endpoint;
+
+    fn endpoints(&self) -> &Mutex<HashMap<String, Arc<Endpoint>>> {
+        &self.endpoints
+    }
 }
 
 #[derive(Debug)]
@@ -385,10 +393,7 @@ impl OverlayDriver {
     }
 
     fn network(&self, id: &str) -> Result<Arc<Network>, OverlayError> {
-        lock(&self.networks)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| OverlayError::NetworkNotFound(id.to_owned()))
+        Ok(find_network(&self.networks, id)?)
     }
 
     fn endpoint(
@@ -396,15 +401,7 @@ impl OverlayDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(Arc<Network>, Arc<Endpoint>), OverlayError> {
-        let net = self.network(network_id)?;
-        let ep = lock(&net.endpoints)
-            .get(endpoint_id)
-            .cloned()
-            .ok_or_else(|| OverlayError::EndpointNotFound {
-                network: network_id.to_owned(),
-                endpoint: endpoint_id.to_owned(),
-            })?;
-        Ok((net, ep))
+        Ok(find_endpoint(&self.networks, network_id, endpoint_id)?)
     }
 
     /// Takes a VNI for a new network in the cluster store: the one asked for, or the lowest
@@ -690,7 +687,7 @@ impl OverlayDriver {
             let net = nets
                 .get(network_id)
                 .cloned()
-                .ok_or_else(|| OverlayError::NetworkNotFound(network_id.to_owned()))?;
+                .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
                 return Err(OverlayError::Conflict {
                     op: "delete network",

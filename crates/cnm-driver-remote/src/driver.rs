@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use cnm_core::{
     Capability, Driver, DriverError, DriverOptions, EndpointInfo, EndpointSpec, IpamData, JoinInfo,
     JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, PortBinding, Protocol,
-    RestoredEndpoint, Scope, StaticRoute,
+    PublishRequest, RestoredEndpoint, Scope, StaticRoute,
 };
 use cnm_types::{IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -759,10 +759,14 @@ impl Driver for RemoteDriver {
     /// as given: the protocol does not tell which host ports a plugin chose.
     async fn program_external_connectivity(
         &self,
-        network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
+        let PublishRequest {
+            network_id,
+            endpoint_id,
+            bindings,
+            ..
+        } = *request;
         let ip = {
             let endpoints = self.lock();
             endpoints.get(endpoint_id).and_then(|e| {

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cnm_core::{Driver, NetworkSpec};
+use cnm_core::{Driver, NetworkSpec, PublishRequest};
 use cnm_driver_remote::plugin::{
     Body, Call, ClientConfig, MEDIA_TYPE, PluginClient, PluginDirs, PluginError,
 };
@@ -283,7 +283,8 @@ async fn optional_calls_tolerate_404_and_required_ones_do_not() -> Result<()> {
     ] {
         p.fault(m, Some("404"))?;
     }
-    d.program_external_connectivity("n", "e", &[]).await?;
+    d.program_external_connectivity(&PublishRequest::new("n", "e", &[]))
+        .await?;
     d.revoke_external_connectivity("n", "e").await?;
     let node = NodeDiscoveryData {
         address: "10.0.0.5".into(),

@@ -24,7 +24,7 @@ use cnm::{
     Capability, Controller, CoreError, Driver, DriverContext, DriverError, DriverOptions,
     DriverRegistration, EndpointInfo, EndpointOptions, EndpointSpec, JoinInfo, JoinRequest,
     JoinedInterface, LeaveRequest, NetworkOptions, NetworkSpec, PortBinding, Protocol,
-    RestoredEndpoint,
+    PublishRequest, RestoredEndpoint,
 };
 use cnm_testkit::server::TcpEchoServer;
 use cnm_testkit::{TestHost, probe};
@@ -371,9 +371,12 @@ impl Driver for TestDriver {
 
     async fn program_external_connectivity(
         &self,
-        network_id: &str,
-        endpoint_id: &str,
-        bindings: &[PortBinding],
+        &PublishRequest {
+            network_id,
+            endpoint_id,
+            bindings,
+            ..
+        }: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
         self.revoke_external_connectivity(network_id, endpoint_id)
             .await?;

@@ -13,6 +13,7 @@ use crate::gateway::{self, GatewayCandidate, JoinOutcome};
 use crate::model::endpoint::EndpointInner;
 use crate::model::sandbox::{Joined, SandboxInner};
 use crate::port::PortBinding;
+use crate::spi::PublishRequest;
 use crate::state::Core;
 use crate::undo::Cleanup as _;
 use crate::undo::Undo;
@@ -61,7 +62,7 @@ pub(crate) async fn program(
 ) -> Result<Vec<PortBinding>, CoreError> {
     let net = &j.ep.network;
     core.driver_of(net)?
-        .program_external_connectivity(&net.id, &j.ep.id, bindings)
+        .program_external_connectivity(&PublishRequest::new(&net.id, &j.ep.id, bindings))
         .instrument(tracing::debug_span!(
             "driver",
             call = "program_external_connectivity"

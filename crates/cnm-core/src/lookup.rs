@@ -1,4 +1,5 @@
-//! The lookups every driver that keeps its own networks and endpoints makes, and their error.
+//! The lookups every driver that keeps its own networks and endpoints makes, and the errors
+//! such a driver shares: a network or endpoint missing or already there, a conflict.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -98,4 +99,17 @@ pub fn find_endpoint<N: HasEndpoints>(
         .cloned()
         .ok_or_else(|| Lookup::endpoint_not_found(network_id, endpoint_id))?;
     Ok((net, ep))
+}
+
+/// An operation that conflicts with what a driver has now (a network that still has endpoints,
+/// an endpoint already joined, a link that vanished under it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {op} {object}: {reason}")]
+pub struct Conflict {
+    /// What was attempted.
+    pub op: &'static str,
+    /// On what.
+    pub object: String,
+    /// Why not.
+    pub reason: String,
 }

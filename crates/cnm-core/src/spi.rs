@@ -33,7 +33,7 @@ use crate::port::PortBinding;
 use crate::store::{MemoryStore, ScopedStore, Store};
 
 pub use crate::facts::{Fact, FactEvent, FactWatch, Facts};
-pub use crate::lookup::{HasEndpoints, Lookup, Networks, find_endpoint, find_network};
+pub use crate::lookup::{Conflict, HasEndpoints, Lookup, Networks, find_endpoint, find_network};
 
 /// Whether a driver's networks are known to this host only or to a whole cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use cnm_core::spi::{DriverError, Lookup};
+use cnm_core::spi::{Conflict, DriverError, Lookup};
 use cnm_core::undo::Cleanup;
 use cnm_types::{ErrorKind, Failed, Invalid};
 
@@ -46,15 +46,8 @@ pub enum BridgeError {
     #[error(transparent)]
     Lookup(#[from] Lookup),
     /// The operation conflicts with the current state (still has endpoints, already joined, …).
-    #[error("cannot {op} {object}: {reason}")]
-    Conflict {
-        /// What was attempted.
-        op: &'static str,
-        /// On what.
-        object: String,
-        /// Why not.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// A host port is taken by someone else.
     #[error("host port {port}/{proto} on {host_ip} is already in use")]
     PortInUse {
@@ -149,7 +142,7 @@ impl BridgeError {
             Self::UnknownOption { .. } | Self::InvalidOption { .. } | Self::InvalidInput(_) => {
                 ErrorKind::InvalidInput
             }
-            Self::BridgeNameInUse { .. } | Self::Conflict { .. } | Self::PortInUse { .. } => {
+            Self::BridgeNameInUse { .. } | Self::Conflict(_) | Self::PortInUse { .. } => {
                 ErrorKind::Conflict
             }
             Self::Lookup(e) => e.kind(),

@@ -68,9 +68,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cnm_core::port::{PortBinding, Protocol};
 use cnm_core::spi::{
-    Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
-    HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
-    Networks, ParsedOptions, PublishRequest, find_endpoint, find_network,
+    Capability, Conflict, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo,
+    EndpointSpec, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup,
+    NetworkSpec, Networks, ParsedOptions, PublishRequest, find_endpoint, find_network,
 };
 use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
@@ -344,10 +344,12 @@ impl BridgeDriver {
                 host.link(bridge)
                     .await
                     .map_err(|e| BridgeError::failed("look up bridge", bridge, e))?
-                    .ok_or_else(|| BridgeError::Conflict {
-                        op: "configure bridge",
-                        object: bridge.to_owned(),
-                        reason: "it vanished right after it was created",
+                    .ok_or_else(|| {
+                        BridgeError::from(Conflict {
+                            op: "configure bridge",
+                            object: bridge.to_owned(),
+                            reason: "it vanished right after it was created".into(),
+                        })
                     })?
                     .index
             }
@@ -411,11 +413,11 @@ impl BridgeDriver {
                 .cloned()
                 .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
-                return Err(BridgeError::Conflict {
+                return Err(BridgeError::from(Conflict {
                     op: "delete network",
                     object: network_id.to_owned(),
-                    reason: "it still has endpoints",
-                });
+                    reason: "it still has endpoints".into(),
+                }));
             }
             nets.remove(network_id);
             net
@@ -443,11 +445,11 @@ impl BridgeDriver {
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, BridgeError> {
         let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
         if lock(&ep.state).joined.is_some() {
-            return Err(BridgeError::Conflict {
+            return Err(BridgeError::from(Conflict {
                 op: "join",
                 object: format!("endpoint {}", short(&ep.id)),
-                reason: "it is already joined",
-            });
+                reason: "it is already joined".into(),
+            }));
         }
         let plan = &net.plan;
         let mac = req.mac.unwrap_or(ep.mac);
@@ -520,11 +522,11 @@ impl BridgeDriver {
             }
             if let Err(e) = created {
                 if let Ok(None) = host.link(plan.bridge.as_str()).await {
-                    return Err(BridgeError::Conflict {
+                    return Err(BridgeError::from(Conflict {
                         op: "join",
                         object: format!("network {}", short(&plan.network_id)),
-                        reason: "its bridge is missing",
-                    });
+                        reason: "its bridge is missing".into(),
+                    }));
                 }
                 return Err(BridgeError::failed(
                     "create veth",
@@ -592,11 +594,11 @@ impl BridgeDriver {
         let (_, ep) = self.endpoint(network_id, endpoint_id)?;
         let joined = lock(&ep.state).joined.take();
         let Some(host_if) = joined else {
-            return Err(BridgeError::Conflict {
+            return Err(BridgeError::from(Conflict {
                 op: "leave",
                 object: format!("endpoint {}", short(endpoint_id)),
-                reason: "it is not joined",
-            });
+                reason: "it is not joined".into(),
+            }));
         };
         if let Err(e) = self.unplug(&ep, &host_if).await {
             lock(&ep.state).joined = Some(host_if);
@@ -761,11 +763,11 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
         .await
         .map_err(|e| BridgeError::failed("look up", object(), e))?
         .map(|l| l.index)
-        .ok_or(BridgeError::Conflict {
+        .ok_or(BridgeError::from(Conflict {
             op: "isolate bridge port",
             object: format!("veth {host_if}"),
-            reason: "it vanished after it was created",
-        })?;
+            reason: "it vanished after it was created".into(),
+        }))?;
     host.set_bridge_port_isolated(index, true)
         .await
         .map_err(|e| BridgeError::failed("isolate bridge port", object(), e))
@@ -773,13 +775,13 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
 
 /// The bridge options a network's spec carries, as [`Driver::parse_network_options`] made them.
 fn options_of(spec: &NetworkSpec) -> Result<&BridgeOptions, BridgeError> {
-    spec.parsed
-        .get::<BridgeOptions>()
-        .ok_or_else(|| BridgeError::Conflict {
+    spec.parsed.get::<BridgeOptions>().ok_or_else(|| {
+        BridgeError::from(Conflict {
             op: "set up network",
             object: short(&spec.id).to_owned(),
-            reason: "its options were not parsed by the bridge driver",
+            reason: "its options were not parsed by the bridge driver".into(),
         })
+    })
 }
 
 /// Deletes a link by name; a link already gone is fine (a sandbox deleted first takes its veth).

@@ -1,6 +1,6 @@
 //! The one error type of the overlay driver.
 
-use cnm_core::spi::{DriverError, Lookup};
+use cnm_core::spi::{Conflict, DriverError, Lookup};
 use cnm_core::store::StoreError;
 use cnm_core::undo::Cleanup;
 use cnm_sandbox::SandboxError;
@@ -48,15 +48,8 @@ pub enum OverlayError {
     #[error(transparent)]
     Lookup(#[from] Lookup),
     /// The operation conflicts with the current state.
-    #[error("cannot {op} {object}: {reason}")]
-    Conflict {
-        /// What was attempted.
-        op: &'static str,
-        /// On what.
-        object: String,
-        /// Why not.
-        reason: String,
-    },
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// A kernel operation failed.
     #[error(transparent)]
     Kernel(#[from] Failed<SandboxError>),
@@ -147,7 +140,7 @@ impl OverlayError {
             Self::NoAdvertiseAddr | Self::AdvertiseAddrNotFound(_) => ErrorKind::InvalidInput,
             Self::VniTaken { .. } => ErrorKind::AlreadyExists,
             Self::Lookup(e) => e.kind(),
-            Self::Conflict { .. } => ErrorKind::Conflict,
+            Self::Conflict(_) => ErrorKind::Conflict,
             Self::Io { .. } => ErrorKind::Internal,
             Self::Unsupported(_) => ErrorKind::Unsupported,
             Self::Kernel(e) => e.source.kind(),

@@ -60,9 +60,10 @@ use cnm_core::cnm_firewall::{
     FragmentSpec, Key, Match, Protocol, Rule, SetElement, Value,
 };
 use cnm_core::spi::{
-    Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
-    Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
-    Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint, find_network,
+    Capability, Conflict, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo,
+    EndpointSpec, Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
+    Lookup, NetworkSpec, Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint,
+    find_network,
 };
 use cnm_core::store::{Expect, StoreError};
 use cnm_core::undo::Undo;
@@ -537,11 +538,11 @@ impl OverlayDriver {
             let bridge_index = match existing {
                 Some(l) if restoring => l.index,
                 Some(_) => {
-                    return Err(OverlayError::Conflict {
+                    return Err(OverlayError::from(Conflict {
                         op: "create bridge",
                         object: bridge.to_string(),
                         reason: "a link of that name exists".to_owned(),
-                    });
+                    }));
                 }
                 None => {
                     let mut link = LinkSpec::new(bridge.clone(), LinkKind::Bridge);
@@ -556,10 +557,12 @@ impl OverlayDriver {
                     });
                     lookup(bridge.clone())
                         .await?
-                        .ok_or_else(|| OverlayError::Conflict {
-                            op: "configure bridge",
-                            object: bridge.to_string(),
-                            reason: "it vanished right after it was created".to_owned(),
+                        .ok_or_else(|| {
+                            OverlayError::from(Conflict {
+                                op: "configure bridge",
+                                object: bridge.to_string(),
+                                reason: "it vanished right after it was created".to_owned(),
+                            })
                         })?
                         .index
                 }
@@ -600,10 +603,12 @@ impl OverlayDriver {
             });
             let vxlan_index = lookup(vxlan.clone())
                 .await?
-                .ok_or_else(|| OverlayError::Conflict {
-                    op: "configure vxlan",
-                    object: vxlan.to_string(),
-                    reason: "it vanished right after it was created".to_owned(),
+                .ok_or_else(|| {
+                    OverlayError::from(Conflict {
+                        op: "configure vxlan",
+                        object: vxlan.to_string(),
+                        reason: "it vanished right after it was created".to_owned(),
+                    })
                 })?
                 .index;
             host.set_alias(vxlan_index, &alias(&spec.id))
@@ -659,11 +664,11 @@ impl OverlayDriver {
 
     async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), OverlayError> {
         if lock(&self.networks).contains_key(&spec.id) {
-            return Err(OverlayError::Conflict {
+            return Err(OverlayError::from(Conflict {
                 op: "create network",
                 object: short(&spec.id).to_owned(),
                 reason: "it exists".to_owned(),
-            });
+            }));
         }
         let net = self.build_network(spec, false).await?;
         if let Err(e) = self.add_network(net.clone()) {
@@ -689,11 +694,11 @@ impl OverlayDriver {
                 .cloned()
                 .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
-                return Err(OverlayError::Conflict {
+                return Err(OverlayError::from(Conflict {
                     op: "delete network",
                     object: short(network_id).to_owned(),
                     reason: "it still has endpoints".to_owned(),
-                });
+                }));
             }
             nets.remove(network_id);
             net
@@ -740,11 +745,11 @@ impl OverlayDriver {
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, OverlayError> {
         let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
         if lock(&ep.joined).is_some() {
-            return Err(OverlayError::Conflict {
+            return Err(OverlayError::from(Conflict {
                 op: "join",
                 object: format!("endpoint {}", short(&req.endpoint_id)),
                 reason: "it is already joined".to_owned(),
-            });
+            }));
         }
         let mac = req.mac.unwrap_or(ep.mac);
         let fact = Self::fact_of(&net, &ep, mac);
@@ -1010,11 +1015,11 @@ impl Driver for OverlayDriver {
         };
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
-            return Err(OverlayError::Conflict {
+            return Err(OverlayError::from(Conflict {
                 op: "create endpoint",
                 object: short(&spec.endpoint_id).to_owned(),
                 reason: "it exists".to_owned(),
-            }
+            })
             .into());
         }
         eps.insert(
@@ -1048,11 +1053,11 @@ impl Driver for OverlayDriver {
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
         let (_, ep) = self.endpoint(&request.network_id, &request.endpoint_id)?;
         if lock(&ep.joined).is_none() {
-            return Err(OverlayError::Conflict {
+            return Err(OverlayError::from(Conflict {
                 op: "leave",
                 object: format!("endpoint {}", short(&request.endpoint_id)),
                 reason: "it is not joined".to_owned(),
-            }
+            })
             .into());
         }
         Ok(self

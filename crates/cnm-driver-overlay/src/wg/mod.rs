@@ -517,10 +517,12 @@ async fn configure_link(
         .link(TUN_NAME)
         .await
         .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
-        .ok_or_else(|| OverlayError::Conflict {
-            op: "configure",
-            object: TUN_NAME.to_owned(),
-            reason: "it vanished right after it was created".to_owned(),
+        .ok_or_else(|| {
+            OverlayError::from(cnm_core::spi::Conflict {
+                op: "configure",
+                object: TUN_NAME.to_owned(),
+                reason: "it vanished right after it was created".to_owned(),
+            })
         })?
         .index;
     let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);

@@ -52,7 +52,11 @@ impl Host {
         format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.test.netns().as_fd().as_raw_fd()
+            self.test
+                .netns()
+                .held_fd()
+                .expect("a test host's namespace is held")
+                .as_raw_fd()
         )
     }
 
@@ -545,7 +549,10 @@ async fn an_encrypted_overlay_carries_traffic_shows_no_plaintext_and_refuses_inj
         .arg(format!(
             "--net=/proc/{}/fd/{}",
             std::process::id(),
-            c.underlay.as_fd().as_raw_fd()
+            c.underlay
+                .held_fd()
+                .expect("the underlay namespace is held")
+                .as_raw_fd()
         ))
         .args([
             "--",
@@ -569,7 +576,10 @@ async fn an_encrypted_overlay_carries_traffic_shows_no_plaintext_and_refuses_inj
         .arg(format!(
             "--net=/proc/{}/fd/{}",
             std::process::id(),
-            c.underlay.as_fd().as_raw_fd()
+            c.underlay
+                .held_fd()
+                .expect("the underlay namespace is held")
+                .as_raw_fd()
         ))
         .args([
             "--",

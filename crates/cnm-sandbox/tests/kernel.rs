@@ -115,6 +115,16 @@ async fn netns_create_open_delete() -> Result<()> {
     assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
     let e = NetNs::open(&path).expect_err("open after delete");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // A handle names its namespace by path and holds no descriptor (issue 15): once deleted,
+    // using it fails rather than working in a namespace nobody can reach.
+    let e = ns.run(|| ()).await.expect_err("run in a deleted namespace");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // The path made again is another namespace: the old handle refuses it, does nothing there.
+    let other = NetNs::create(&path).await?;
+    let e = ns.fd().expect_err("the old handle on a reused path");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(NetNs::open(&path)?, other);
+    NetNs::delete(&path).await?;
 
     // A plain file is not a namespace.
     let plain = dir.path().join("plain");

@@ -108,6 +108,19 @@ async fn netns_create_open_delete() -> Result<()> {
         "a failed create must not disturb the existing namespace"
     );
 
+    // The handle enters its namespace by path: it answers with the value set in it above, which
+    // differs from the caller's (a new namespace inherits IPv4 forwarding from the machine, so
+    // "0" would only describe the host, not this namespace).
+    let inside = ns
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+        .await??;
+    assert_eq!(inside.trim(), marker);
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(),
+        marker,
+        "the caller's namespace keeps its own value"
+    );
+
     NetNs::delete(&path).await?;
     ensure!(!path.exists(), "path must be gone");
     ensure!(!is_mounted(&path)?, "mount must be gone");
@@ -132,18 +145,6 @@ async fn netns_create_open_delete() -> Result<()> {
     assert_eq!(
         NetNs::open(&plain).expect_err("plain file").kind(),
         ErrorKind::InvalidInput
-    );
-    // The held fd keeps the namespace usable after its mount is gone: it still answers with the
-    // value set in it above, which differs from the caller's (a new namespace inherits IPv4
-    // forwarding from the machine, so "0" would only describe the host, not this namespace).
-    let in_deleted = ns
-        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .await??;
-    assert_eq!(in_deleted.trim(), marker);
-    assert_ne!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(),
-        marker,
-        "the caller's namespace keeps its own value"
     );
     Ok(())
 }

@@ -281,10 +281,11 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }
 
-/// Descriptors the long runs need: cnm holds five to six per sandbox (measured: 18,878 open at
-/// about 3,300 sandboxes; a netlink socket in the sandbox, the embedded DNS's UDP and TCP
-/// listeners, the published port's reservation), so 10,000 sandboxes in this process (or in
-/// cnmd, which inherits the limit) need more than the usual 1024 or 20,000.
+/// Descriptors the long runs need: cnm holds three per sandbox with one published port (the
+/// embedded DNS's UDP and TCP listeners, the port's one dual-stack reservation; the namespace
+/// is opened per use, netlink sockets are pooled), one without the DNS (`--no-dns`), so 10,000
+/// sandboxes in this process (or in cnmd, which inherits the limit) need more than the usual
+/// 1024, and with the DNS more than 20,000.
 const LONG_RUN_FDS: u64 = 1 << 20;
 
 /// Raises this process's descriptor limit to [`LONG_RUN_FDS`] (capped by the kernel's
@@ -304,8 +305,9 @@ fn raise_fd_limit() {
         Ok(s) if s.success() => {}
         _ => eprintln!(
             "cnm-bench: the descriptor limit stays as it is (raising the hard limit needs \
-             CAP_SYS_RESOURCE): at about five descriptors per cnm sandbox, runs that hold \
-             more sandboxes than a fifth of it fail with EMFILE"
+             CAP_SYS_RESOURCE): at three descriptors per cnm sandbox with the embedded DNS \
+             (one with --no-dns), runs that hold more sandboxes than a third of it fail with \
+             EMFILE"
         ),
     }
 }

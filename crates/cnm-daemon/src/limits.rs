@@ -1,10 +1,11 @@
 //! How many sandboxes a descriptor limit allows: cnmd logs it at start when it is low.
 
 /// Descriptors cnmd holds for one sandbox with the embedded DNS on and one published port: its
-/// namespace (1), its DNS listener's UDP and TCP sockets (2), the port's reservation (1 per
-/// address family). Its netlink socket is not among them: the pool of `cnm-sandbox` keeps at
-/// most [`cnm::cnm_sandbox::POOL_LIMIT`] open for all sandboxes together.
-pub const DESCRIPTORS_PER_SANDBOX: u64 = 4;
+/// DNS listener's UDP and TCP sockets (2), the port's reservation (1: one dual-stack socket).
+/// Its namespace is not among them (opened by path for each use), nor its netlink socket (the
+/// pool of `cnm-sandbox` keeps at most [`cnm::cnm_sandbox::POOL_LIMIT`] open for all sandboxes
+/// together).
+pub const DESCRIPTORS_PER_SANDBOX: u64 = 3;
 
 /// Descriptors cnmd needs whatever the sandboxes: the store, the host's netlink and firewall
 /// sockets, the pooled netlink sockets, the API listener, logs, plugin connections.
@@ -45,15 +46,15 @@ mod tests {
     #[test]
     fn sandboxes_allowed_by_a_limit() {
         // This CI container: 20,000 descriptors, 1,024 connections at most.
-        assert_eq!(sandboxes_allowed(20_000, 1_024), (20_000 - 1_024 - 256) / 4);
+        assert_eq!(sandboxes_allowed(20_000, 1_024), (20_000 - 1_024 - 256) / 3);
         // Connections never take more than half the limit.
-        assert_eq!(sandboxes_allowed(1_024, 1_024), (1_024 - 512 - 256) / 4);
+        assert_eq!(sandboxes_allowed(1_024, 1_024), (1_024 - 512 - 256) / 3);
         // Nothing left: none, not an underflow.
         assert_eq!(sandboxes_allowed(100, 10), 0);
         assert_eq!(sandboxes_allowed(0, 0), 0);
         assert_eq!(
             sandboxes_allowed(1 << 20, 1_024),
-            ((1 << 20) - 1_024 - 256) / 4
+            ((1 << 20) - 1_024 - 256) / 3
         );
     }
 
@@ -61,7 +62,7 @@ mod tests {
     fn warns_only_when_few_sandboxes_fit() {
         let low = low_limit_warning(20_000, 1_024).expect("20,000 is low");
         assert!(
-            low.contains("20000") && low.contains("4680 sandboxes"),
+            low.contains("20000") && low.contains("6240 sandboxes"),
             "{low}"
         );
         assert!(low_limit_warning(1 << 20, 1_024).is_none());

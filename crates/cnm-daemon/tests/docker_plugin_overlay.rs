@@ -60,7 +60,10 @@ impl Host {
         format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.netns.as_fd().as_raw_fd()
+            self.netns
+                .held_fd()
+                .expect("a test host's namespace is held")
+                .as_raw_fd()
         )
     }
 
@@ -100,7 +103,10 @@ exec "$@""#;
             .arg(format!(
                 "--net=/proc/{}/fd/{}",
                 std::process::id(),
-                netns.as_fd().as_raw_fd()
+                netns
+                    .held_fd()
+                    .expect("a test host's namespace is held")
+                    .as_raw_fd()
             ))
             .args([
                 "--",

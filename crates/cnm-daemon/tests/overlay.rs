@@ -54,7 +54,11 @@ impl Host {
         format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.test.netns().as_fd().as_raw_fd()
+            self.test
+                .netns()
+                .held_fd()
+                .expect("a test host's namespace is held")
+                .as_raw_fd()
         )
     }
 

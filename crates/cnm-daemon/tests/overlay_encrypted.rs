@@ -58,7 +58,11 @@ impl Host {
         format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.test.netns().as_fd().as_raw_fd()
+            self.test
+                .netns()
+                .held_fd()
+                .expect("a test host's namespace is held")
+                .as_raw_fd()
         )
     }
 
@@ -484,7 +488,10 @@ async fn route_to_tunnel_addr(c: &Cluster, i: usize, control_port: u16) -> Resul
     let underlay = format!(
         "--net=/proc/{}/fd/{}",
         std::process::id(),
-        c.underlay.as_fd().as_raw_fd()
+        c.underlay
+            .held_fd()
+            .expect("the underlay namespace is held")
+            .as_raw_fd()
     );
     let ip = |args: &[&str]| -> Result<()> {
         let ok = Command::new("nsenter")

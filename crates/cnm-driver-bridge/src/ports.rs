@@ -18,7 +18,8 @@ use crate::BridgeError;
 /// The host side of one binding: where to bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HostIp {
-    /// Every address of both families: bind `0.0.0.0` and `::` on the same port.
+    /// Every address of both families: `::` dual-stack, or `0.0.0.0` and `::` on the same port
+    /// (see `reserve_port`).
     Any,
     /// One address (or one family's unspecified address).
     One(IpAddr),
@@ -122,19 +123,14 @@ pub(crate) fn reserve(requests: &[PortRequest]) -> Result<Vec<Reservation>, Brid
     let mut range: Option<(u16, u16)> = None;
     let mut out = Vec::with_capacity(requests.len());
     for req in requests {
-        let addrs = req.host_ip.bind_addrs();
         let proto = req.binding.proto;
         let reservation = match req.binding.host_port {
             Some(ports) => {
-                let mut sockets = Vec::with_capacity(ports.len() as usize * addrs.len());
+                let mut sockets = Vec::with_capacity(ports.len() as usize);
                 for port in ports.start..=ports.end {
-                    for addr in &addrs {
-                        match bind(proto, *addr, port) {
-                            Ok(s) => sockets.push(s),
-                            Err(e) if skippable_v6(req.host_ip, *addr, &e) => {}
-                            Err(e) => return Err(port_error(e, proto, *addr, port)),
-                        }
-                    }
+                    let held = reserve_port(req.host_ip, proto, port)
+                        .map_err(|(e, addr)| port_error(e, proto, addr, port))?;
+                    sockets.extend(held);
                 }
                 Reservation {
                     host_ports: ports,
@@ -146,7 +142,7 @@ pub(crate) fn reserve(requests: &[PortRequest]) -> Result<Vec<Reservation>, Brid
                     Some(r) => r,
                     None => *range.insert(local_port_range()?),
                 };
-                ephemeral(req, &addrs, low, high)?
+                ephemeral(req, low, high)?
             }
         };
         out.push(reservation);
@@ -156,12 +152,7 @@ pub(crate) fn reserve(requests: &[PortRequest]) -> Result<Vec<Reservation>, Brid
 
 /// Finds a block of `container_port.len()` consecutive free ports in `low..=high`, starting at a
 /// random place so that concurrent publishers rarely collide, each port free on every address.
-fn ephemeral(
-    req: &PortRequest,
-    addrs: &[IpAddr],
-    low: u16,
-    high: u16,
-) -> Result<Reservation, BridgeError> {
+fn ephemeral(req: &PortRequest, low: u16, high: u16) -> Result<Reservation, BridgeError> {
     let proto = req.binding.proto;
     let count = req.binding.container_port.len();
     let span = u32::from(high) + 1 - u32::from(low);
@@ -180,15 +171,12 @@ fn ephemeral(
     'candidates: for i in 0..starts {
         let start = low + ((first + i) % starts) as u16;
         let end = start + (count - 1) as u16;
-        let mut sockets = Vec::with_capacity(count as usize * addrs.len());
+        let mut sockets = Vec::with_capacity(count as usize);
         for port in start..=end {
-            for addr in addrs {
-                match bind(proto, *addr, port) {
-                    Ok(s) => sockets.push(s),
-                    Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue 'candidates,
-                    Err(e) if skippable_v6(req.host_ip, *addr, &e) => {}
-                    Err(e) => return Err(port_error(e, proto, *addr, port)),
-                }
+            match reserve_port(req.host_ip, proto, port) {
+                Ok(held) => sockets.extend(held),
+                Err((e, _)) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue 'candidates,
+                Err((e, addr)) => return Err(port_error(e, proto, addr, port)),
             }
         }
         let host_ports = PortRange::new(start, end).map_err(|e| {
@@ -200,6 +188,37 @@ fn ephemeral(
         });
     }
     Err(no_free())
+}
+
+/// The sockets reserving `port` on `host_ip`, or the error and the address that failed.
+///
+/// For any address, a TCP or UDP port is held by one dual-stack socket: `::` with
+/// `IPV6_V6ONLY` off owns the port in both families (the kernel refuses a later bind of
+/// `0.0.0.0`, or of any IPv4 address, on it, and refuses this one if any of those has it), so
+/// a published port costs one descriptor instead of two (issue 15: 10,000 ports under a limit
+/// of 20,000 descriptors). When that bind fails (a host without IPv6, or the port taken), one
+/// socket per family says which address cannot be had, as before. SCTP keeps one socket per
+/// family (its dual-stack binding rules are its own).
+fn reserve_port(
+    host_ip: HostIp,
+    proto: Protocol,
+    port: u16,
+) -> Result<Vec<Socket>, (io::Error, IpAddr)> {
+    if host_ip == HostIp::Any
+        && proto != Protocol::Sctp
+        && let Ok(socket) = bind_dual_stack(proto, port)
+    {
+        return Ok(vec![socket]);
+    }
+    let mut sockets = Vec::with_capacity(2);
+    for addr in host_ip.bind_addrs() {
+        match bind(proto, addr, port) {
+            Ok(s) => sockets.push(s),
+            Err(e) if skippable_v6(host_ip, addr, &e) => {}
+            Err(e) => return Err((e, addr)),
+        }
+    }
+    Ok(sockets)
 }
 
 /// A host without IPv6 (no `::` to bind) still serves IPv4 for an "any" binding.
@@ -246,7 +265,29 @@ fn bind(proto: Protocol, addr: IpAddr, port: u16) -> io::Result<Socket> {
     } else {
         Domain::IPV6
     };
-    let socket = match proto {
+    let socket = new_socket(proto, domain)?;
+    if addr.is_ipv6() {
+        // `::` must not also claim the IPv4 port: that one is bound separately.
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&SockAddr::from(SocketAddr::new(addr, port)))?;
+    Ok(socket)
+}
+
+/// One bound, non-listening socket on `[::]:port` that also holds `0.0.0.0:port` (see
+/// [`reserve_port`]).
+fn bind_dual_stack(proto: Protocol, port: u16) -> io::Result<Socket> {
+    let socket = new_socket(proto, Domain::IPV6)?;
+    socket.set_only_v6(false)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(
+        Ipv6Addr::UNSPECIFIED.into(),
+        port,
+    )))?;
+    Ok(socket)
+}
+
+fn new_socket(proto: Protocol, domain: Domain) -> io::Result<Socket> {
+    Ok(match proto {
         Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(socket2::Protocol::TCP))?,
         Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(socket2::Protocol::UDP))?,
         Protocol::Sctp => Socket::new(
@@ -254,13 +295,7 @@ fn bind(proto: Protocol, addr: IpAddr, port: u16) -> io::Result<Socket> {
             Type::STREAM,
             Some(socket2::Protocol::from(libc::IPPROTO_SCTP)),
         )?,
-    };
-    if addr.is_ipv6() {
-        // `::` must not also claim the IPv4 port: that one is bound separately.
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&SockAddr::from(SocketAddr::new(addr, port)))?;
-    Ok(socket)
+    })
 }
 
 /// The calling thread's namespace's `net.ipv4.ip_local_port_range` (shared by both families).

@@ -59,6 +59,19 @@ pub enum SandboxError {
         /// Every error met while undoing.
         cleanup: Vec<SandboxError>,
     },
+    /// The path of a namespace handle names another namespace now (it was deleted and the
+    /// path reused): the handle's namespace is gone, and nothing was done in the other one.
+    #[error(
+        "namespace at {path} is net:[{now}] now, not this handle's net:[{was}] (it was deleted)"
+    )]
+    Replaced {
+        /// The bind-mount path.
+        path: String,
+        /// Inode of the namespace the handle named.
+        was: u64,
+        /// Inode of the namespace mounted there now.
+        now: u64,
+    },
     /// No tokio runtime was available to drive a netlink connection.
     #[error("failed to {op} {object}: no tokio runtime is running")]
     NoRuntime {
@@ -88,6 +101,7 @@ impl SandboxError {
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::ThreadPanicked { .. } => ErrorKind::Internal,
             Self::NoRuntime { .. } => ErrorKind::Unavailable,
+            Self::Replaced { .. } => ErrorKind::Conflict,
             Self::Cleanup { source, .. } => source.kind(),
         }
     }

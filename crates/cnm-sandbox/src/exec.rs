@@ -14,7 +14,7 @@
 //! context, so both work there. But that child is a copy of a multi-threaded program: another
 //! thread may have held the allocator's lock at the fork, so the child may only make
 //! async-signal-safe calls — no allocation, no locks. Everything is therefore prepared before:
-//! the namespace stays open as a file descriptor ([`NetNs`]), paths and the hostname become
+//! the namespace is opened as a file descriptor ([`NetNs::fd`]), paths and the hostname become
 //! C strings, and the child makes six kinds of system call on them, nothing else.
 //!
 //! A failure in the child reaches the parent as the `io::Error` of `spawn()`, with the errno
@@ -24,7 +24,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd as _, RawFd};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -186,8 +186,11 @@ impl SandboxEntry {
             }
             None => None,
         };
+        // Opened now (a namespace with a path holds no descriptor): the child of `fork` may
+        // not allocate, and the command keeps this one until it has run.
+        let netns = self.netns.fd()?.into_owned()?;
         Ok(Prepared {
-            netns: self.netns.clone(),
+            netns,
             root: c"/",
             binds,
             hostname,
@@ -197,8 +200,8 @@ impl SandboxEntry {
 
 /// A [`SandboxEntry`] made ready for the child of a `fork`: nothing left to allocate.
 struct Prepared {
-    /// Kept open (and so the fd valid) for as long as the command exists.
-    netns: NetNs,
+    /// The namespace's descriptor, open for as long as the command exists.
+    netns: OwnedFd,
     root: &'static std::ffi::CStr,
     binds: Vec<(CString, CString)>,
     hostname: Option<Vec<u8>>,
@@ -222,10 +225,7 @@ impl Prepared {
         }
         // Last: the mounts above name paths of the host's view, which stays as it is, but
         // nothing else may run inside the sandbox's network namespace before exec.
-        check(sys_setns(
-            self.netns.as_fd().as_raw_fd(),
-            libc::CLONE_NEWNET,
-        ))
+        check(sys_setns(self.netns.as_raw_fd(), libc::CLONE_NEWNET))
     }
 }
 
@@ -259,7 +259,7 @@ fn sys_unshare(flags: libc::c_int) -> libc::c_int {
 }
 
 fn sys_setns(fd: RawFd, nstype: libc::c_int) -> libc::c_int {
-    // SAFETY: `fd` is an open namespace file descriptor borrowed from a live `NetNs`; setns
+    // SAFETY: `fd` is an open namespace file descriptor owned by a live `Prepared`; setns
     // takes no pointers.
     #[allow(unsafe_code)]
     unsafe {

@@ -1,7 +1,7 @@
 //! Network namespaces, links, addresses, routes and sysctls over netlink: the kernel layer of cnm.
 //!
-//! **Owns**: network namespaces as file descriptors ([`NetNs`]: create, persist by bind mount,
-//! open, delete, run code inside); rtnetlink handles bound to a namespace ([`Netlink`]: links,
+//! **Owns**: network namespaces ([`NetNs`]: create, persist by bind mount, open, delete, run
+//! code inside; one with a path is opened per use, so a sandbox holds no descriptor); rtnetlink handles bound to a namespace ([`Netlink`]: links,
 //! addresses, routes, neighbours, FDB); a container interface's whole set-up in one call
 //! ([`Netlink::configure_interface`]: moved in and renamed when needed, MAC, MTU, addresses,
 //! IPv6, up, routes); per-namespace sysctls; writing a sandbox's hosts and
@@ -60,6 +60,6 @@ pub use files::{HostsEntry, HostsFile, ResolvConf};
 pub use interface::{InterfaceConfig, InterfaceSource};
 pub use link::{IpvlanMode, Link, LinkKind, LinkSpec, MacvlanMode};
 pub use netlink::{FdbEntry, Neighbour, Netlink, POOL_LIMIT, pool_open, set_pool_limit};
-pub use ns::NetNs;
+pub use ns::{NetNs, NsFd};
 pub use route::{Address, IpFamily, Route, RouteSpec};
 pub use sysctl::{InterfaceSysctl, get_sysctl, set_sysctl, set_sysctls, sysctl_path};

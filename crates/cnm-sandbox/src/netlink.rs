@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -491,7 +491,19 @@ impl Netlink {
     /// Creates a link as specified, with MTU, MAC, master and up state in the same message.
     pub async fn create_link(&self, spec: &LinkSpec) -> Result<(), SandboxError> {
         spec.validate()?;
-        let msg = link_create_message(spec);
+        // Open until the request is answered (the kernel takes the namespaces from them then).
+        let netns_fd = spec.netns.as_ref().map(NetNs::fd).transpose()?;
+        let peer_fd = match &spec.kind {
+            LinkKind::Veth {
+                peer_ns: Some(ns), ..
+            } => Some(ns.fd()?),
+            _ => None,
+        };
+        let msg = link_create_message(
+            spec,
+            netns_fd.as_ref().map(|f| f.as_fd().as_raw_fd()),
+            peer_fd.as_ref().map(|f| f.as_fd().as_raw_fd()),
+        );
         let object = match &spec.kind {
             LinkKind::Veth {
                 peer_name, peer_ns, ..
@@ -868,10 +880,12 @@ impl Netlink {
         ns: &NetNs,
         new_name: Option<&IfName>,
     ) -> Result<(), SandboxError> {
+        // Open until the request is answered (the kernel takes the namespace from it then).
+        let fd = ns.fd()?;
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes
-            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+            .push(LinkAttribute::NetNsFd(fd.as_fd().as_raw_fd()));
         if let Some(n) = new_name {
             // With IFLA_NET_NS_FD the kernel takes IFLA_IFNAME as the name in the target namespace.
             msg.attributes
@@ -1083,16 +1097,20 @@ impl Netlink {
 
 // ---- message building (pure) ----
 
-fn link_create_message(spec: &LinkSpec) -> LinkMessage {
+/// The request creating `spec`; `netns_fd` and `peer_fd` are the descriptors of its `netns` and
+/// (veth) `peer_ns`, open until the request is answered.
+fn link_create_message(
+    spec: &LinkSpec,
+    netns_fd: Option<RawFd>,
+    peer_fd: Option<RawFd>,
+) -> LinkMessage {
     let mut msg = LinkMessage::default();
     set_common(&mut msg, &spec.name, spec.mtu, spec.mac, spec.up);
     if let Some(master) = spec.master {
         msg.attributes.push(LinkAttribute::Controller(master));
     }
-    if let Some(ns) = &spec.netns {
-        // The fd stays open: `spec` (and so the NetNs) outlives the request.
-        msg.attributes
-            .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+    if let Some(fd) = netns_fd {
+        msg.attributes.push(LinkAttribute::NetNsFd(fd));
     }
     let (kind, data) = match &spec.kind {
         LinkKind::Bridge => (InfoKind::Bridge, None),
@@ -1113,10 +1131,8 @@ fn link_create_message(spec: &LinkSpec) -> LinkMessage {
                 *peer_mac,
                 false, // peer_up is applied after creation (see create_link)
             );
-            if let Some(ns) = peer_ns {
-                // The fd stays open: `spec` (and so the NetNs) outlives the request.
-                peer.attributes
-                    .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
+            if let (Some(_), Some(fd)) = (peer_ns, peer_fd) {
+                peer.attributes.push(LinkAttribute::NetNsFd(fd));
             }
             (InfoKind::Veth, Some(InfoData::Veth(InfoVeth::Peer(peer))))
         }
@@ -1585,7 +1601,7 @@ mod tests {
                 },
             )
         };
-        let msg = link_create_message(&spec);
+        let msg = link_create_message(&spec, None, None);
         assert!(msg.header.flags.contains(LinkFlags::Up));
         assert!(msg.attributes.contains(&LinkAttribute::Controller(7)));
         let peer = msg
@@ -1643,7 +1659,7 @@ mod tests {
             )
         };
         spec.validate().unwrap();
-        let msg = link_create_message(&spec);
+        let msg = link_create_message(&spec, None, None);
         assert!(msg.attributes.contains(&LinkAttribute::Link(4)));
         assert!(
             msg.attributes
@@ -1676,7 +1692,7 @@ mod tests {
             (IpvlanMode::L3s, IpVlanMode::L3S),
         ] {
             let spec = LinkSpec::new("iv0".parse().unwrap(), LinkKind::Ipvlan { parent: 9, mode });
-            let msg = link_create_message(&spec);
+            let msg = link_create_message(&spec, None, None);
             assert!(msg.attributes.contains(&LinkAttribute::Link(9)));
             assert_eq!(
                 info_data(&msg),

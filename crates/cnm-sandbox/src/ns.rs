@@ -25,17 +25,59 @@ const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 /// The magic number of nsfs, the filesystem namespace files live on (`NSFS_MAGIC` in linux/magic.h).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
-/// A network namespace held open as a file descriptor. Cloning is cheap (the fd is shared).
+/// A network namespace: held open as a file descriptor, or named by its bind mount. Cloning is
+/// cheap.
 ///
-/// Holding a `NetNs` keeps the namespace alive even after [`NetNs::delete`] removed its mount.
+/// A namespace with a path ([`NetNs::open`], [`NetNs::create`]) holds no descriptor: each use
+/// opens the path for as long as it needs the namespace and checks that it still names the same
+/// namespace (device and inode). So a host with 10,000 sandboxes does not hold 10,000 namespace
+/// descriptors (the descriptor limit would end it first; issue 15), and using a handle of a
+/// namespace that [`NetNs::delete`] removed fails with `NotFound` rather than working on a
+/// namespace nobody can reach any more. One without a path ([`NetNs::current`],
+/// [`NetNs::create_anonymous`]) lives as long as its descriptor, so that one is held.
 #[derive(Clone, Debug)]
 pub struct NetNs(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    fd: OwnedFd,
+    /// Held only when there is no path to open again.
+    fd: Option<OwnedFd>,
     path: Option<PathBuf>,
     id: (u64, u64),
+}
+
+/// A namespace's descriptor for one use: borrowed from a held [`NetNs`], or opened from its path
+/// for this use and closed when dropped. Keep it alive until the kernel has taken the descriptor
+/// (a netlink request sent and answered, a `setns` done).
+#[derive(Debug)]
+pub struct NsFd<'a>(NsFdInner<'a>);
+
+#[derive(Debug)]
+enum NsFdInner<'a> {
+    Held(BorrowedFd<'a>),
+    Opened(OwnedFd),
+}
+
+impl AsFd for NsFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.0 {
+            NsFdInner::Held(fd) => *fd,
+            NsFdInner::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl NsFd<'_> {
+    /// A descriptor of its own (duplicated when borrowed), for one that must outlive the
+    /// `NetNs` borrow (a prepared `exec`).
+    pub fn into_owned(self) -> Result<OwnedFd, SandboxError> {
+        match self.0 {
+            NsFdInner::Held(fd) => fd
+                .try_clone_to_owned()
+                .map_err(|e| SandboxError::kernel("duplicate netns descriptor", "(held)", e)),
+            NsFdInner::Opened(fd) => Ok(fd),
+        }
+    }
 }
 
 impl NetNs {
@@ -50,19 +92,7 @@ impl NetNs {
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs, SandboxError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|e| SandboxError::kernel("open netns", &shown, e))?;
-        let fs = nix::sys::statfs::fstatfs(&file)
-            .map_err(|e| SandboxError::errno_err("open netns", &shown, e))?;
-        // An empty file at the path (a crashed create, or a deleted namespace) is not a namespace.
-        #[allow(clippy::useless_conversion)] // f_type's width differs between targets
-        let fs_type = i64::from(fs.filesystem_type().0);
-        if fs_type != NSFS_MAGIC {
-            return Err(SandboxError::invalid(
-                "netns path",
-                shown,
-                "not a namespace file (no namespace is mounted there)",
-            ));
-        }
+        let file = open_namespace_file(path, &shown)?;
         Self::from_file(file, Some(path.to_path_buf()), &shown)
     }
 
@@ -124,9 +154,44 @@ impl NetNs {
         self.0.id
     }
 
-    /// The namespace file descriptor.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.fd.as_fd()
+    /// The namespace's descriptor for one use: the held one, or the path opened now (and
+    /// checked to be this namespace still). `NotFound` once the namespace was deleted; a path
+    /// that names another namespace now is a `Conflict`.
+    pub fn fd(&self) -> Result<NsFd<'_>, SandboxError> {
+        if let Some(fd) = &self.0.fd {
+            return Ok(NsFd(NsFdInner::Held(fd.as_fd())));
+        }
+        let path = self
+            .0
+            .path
+            .as_deref()
+            .expect("a NetNs without a held descriptor has a path");
+        let shown = path.display().to_string();
+        let file = open_namespace_file(path, &shown).map_err(|e| match e {
+            // The mount is gone but the file is left: deleted, as far as this handle goes.
+            SandboxError::InvalidInput { .. } => SandboxError::kernel(
+                "open netns",
+                &shown,
+                io::Error::from_raw_os_error(libc::ENOENT),
+            ),
+            other => other,
+        })?;
+        let id = file_id(&file, &shown)?;
+        if id != self.0.id {
+            return Err(SandboxError::Replaced {
+                path: shown,
+                was: self.0.id.1,
+                now: id.1,
+            });
+        }
+        Ok(NsFd(NsFdInner::Opened(OwnedFd::from(file))))
+    }
+
+    /// The held descriptor of a namespace without a path ([`NetNs::current`],
+    /// [`NetNs::create_anonymous`]), for handing to another process as `/proc/PID/fd/N`;
+    /// `None` for one named by its path (use [`NetNs::path`] then).
+    pub fn held_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.0.fd.as_ref().map(AsFd::as_fd)
     }
 
     /// Runs `f` on a fresh OS thread that has entered this namespace; the thread exits afterwards.
@@ -165,20 +230,46 @@ impl NetNs {
 
     /// Moves the calling thread into this namespace. Only for threads this crate spawned.
     pub(crate) fn enter(&self) -> Result<(), SandboxError> {
-        setns(self.as_fd(), CloneFlags::CLONE_NEWNET)
+        let fd = self.fd()?;
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(|e| SandboxError::errno_err("enter", self.to_string(), e))
     }
 
+    /// A handle of the namespace open as `file`: by `path` when there is one (the file is
+    /// closed here), else holding the descriptor.
     fn from_file(file: File, path: Option<PathBuf>, shown: &str) -> Result<NetNs, SandboxError> {
-        let st = fstat(&file).map_err(|e| SandboxError::errno_err("stat netns", shown, e))?;
-        #[allow(clippy::useless_conversion)] // st_dev/st_ino widths differ between targets
-        let id = (u64::from(st.st_dev), u64::from(st.st_ino));
-        Ok(NetNs(Arc::new(Inner {
-            fd: OwnedFd::from(file),
-            path,
-            id,
-        })))
+        let id = file_id(&file, shown)?;
+        let fd = match path {
+            Some(_) => None,
+            None => Some(OwnedFd::from(file)),
+        };
+        Ok(NetNs(Arc::new(Inner { fd, path, id })))
     }
+}
+
+/// Opens `path` and checks that a namespace is mounted there.
+fn open_namespace_file(path: &Path, shown: &str) -> Result<File, SandboxError> {
+    let file = File::open(path).map_err(|e| SandboxError::kernel("open netns", shown, e))?;
+    let fs = nix::sys::statfs::fstatfs(&file)
+        .map_err(|e| SandboxError::errno_err("open netns", shown, e))?;
+    // An empty file at the path (a crashed create, or a deleted namespace) is not a namespace.
+    #[allow(clippy::useless_conversion)] // f_type's width differs between targets
+    let fs_type = i64::from(fs.filesystem_type().0);
+    if fs_type != NSFS_MAGIC {
+        return Err(SandboxError::invalid(
+            "netns path",
+            shown,
+            "not a namespace file (no namespace is mounted there)",
+        ));
+    }
+    Ok(file)
+}
+
+/// Device and inode of an open namespace file: the namespace's identity.
+fn file_id(file: &File, shown: &str) -> Result<(u64, u64), SandboxError> {
+    let st = fstat(file).map_err(|e| SandboxError::errno_err("stat netns", shown, e))?;
+    #[allow(clippy::useless_conversion)] // st_dev/st_ino widths differ between targets
+    Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
 }
 
 impl PartialEq for NetNs {

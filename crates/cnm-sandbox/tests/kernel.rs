@@ -108,6 +108,19 @@ async fn netns_create_open_delete() -> Result<()> {
         "a failed create must not disturb the existing namespace"
     );
 
+    // The handle enters its namespace by path: it answers with the value set in it above, which
+    // differs from the caller's (a new namespace inherits IPv4 forwarding from the machine, so
+    // "0" would only describe the host, not this namespace).
+    let inside = ns
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+        .await??;
+    assert_eq!(inside.trim(), marker);
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(),
+        marker,
+        "the caller's namespace keeps its own value"
+    );
+
     NetNs::delete(&path).await?;
     ensure!(!path.exists(), "path must be gone");
     ensure!(!is_mounted(&path)?, "mount must be gone");
@@ -115,6 +128,16 @@ async fn netns_create_open_delete() -> Result<()> {
     assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
     let e = NetNs::open(&path).expect_err("open after delete");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // A handle names its namespace by path and holds no descriptor (issue 15): once deleted,
+    // using it fails rather than working in a namespace nobody can reach.
+    let e = ns.run(|| ()).await.expect_err("run in a deleted namespace");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // The path made again is another namespace: the old handle refuses it, does nothing there.
+    let other = NetNs::create(&path).await?;
+    let e = ns.fd().expect_err("the old handle on a reused path");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(NetNs::open(&path)?, other);
+    NetNs::delete(&path).await?;
 
     // A plain file is not a namespace.
     let plain = dir.path().join("plain");
@@ -122,18 +145,6 @@ async fn netns_create_open_delete() -> Result<()> {
     assert_eq!(
         NetNs::open(&plain).expect_err("plain file").kind(),
         ErrorKind::InvalidInput
-    );
-    // The held fd keeps the namespace usable after its mount is gone: it still answers with the
-    // value set in it above, which differs from the caller's (a new namespace inherits IPv4
-    // forwarding from the machine, so "0" would only describe the host, not this namespace).
-    let in_deleted = ns
-        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .await??;
-    assert_eq!(in_deleted.trim(), marker);
-    assert_ne!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim(),
-        marker,
-        "the caller's namespace keeps its own value"
     );
     Ok(())
 }

@@ -246,7 +246,8 @@ fn parse_host_dns(v: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Each published host port holds a reserved
-/// socket per address family, so the common soft limit of 1,024 fails a 600-port range (issue 8);
+/// socket (one dual-stack socket when no host IP is given), so the common soft limit of 1,024
+/// fails a range of a thousand ports (issue 8);
 /// the hard limit is what the administrator allows. Failing to raise it is not fatal. Returns
 /// the soft limit in force afterwards, if it could be read.
 fn raise_nofile_limit() -> Option<u64> {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use cnm::cnm_sandbox::{IpFamily, LinkKind, LinkSpec, Netlink, RouteSpec};
@@ -437,7 +438,11 @@ async fn an_mtu_out_of_range_is_refused_before_anything() -> Result<()> {
             IpAddr::V4(ep.ipv4().context("IPv4 address")?.addr())
         };
         let _srv = TcpEchoServer::start(sb.netns(), target, 7000).await?;
-        probe::tcp(psb.netns(), target, 7000)
+        // Generous: the first IPv6 packet waits for neighbour discovery, and one lost
+        // solicitation on a loaded machine costs a second's retransmission.
+        probe::Probe::new()
+            .timeout(Duration::from_secs(5))
+            .tcp(psb.netns(), target, 7000)
             .await
             .with_context(|| format!("TCP to {target} at MTU {value}"))?;
     }

@@ -74,6 +74,15 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     /// Reopens the namespace persisted at `key` (after a restart).
     async fn open_netns(&self, key: &Path) -> Result<SandboxNs, SandboxError>;
 
+    /// Opens the netlink sockets of many sandboxes at once, ahead of their use (a restart): one
+    /// thread for them all instead of one per sandbox. Best effort: a socket that cannot be
+    /// opened here is opened (or its failure reported) by its first use. The default does
+    /// nothing.
+    async fn open_sockets(&self, sandboxes: &[SandboxNs]) -> Result<(), SandboxError> {
+        let _ = sandboxes;
+        Ok(())
+    }
+
     /// Removes the namespace persisted at `key`.
     async fn delete_netns(&self, key: &Path) -> Result<(), SandboxError>;
 
@@ -235,6 +244,12 @@ impl Kernel for NetlinkKernel {
             ns,
             netlink,
         })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn open_sockets(&self, sandboxes: &[SandboxNs]) -> Result<(), SandboxError> {
+        let handles: Vec<Netlink> = sandboxes.iter().map(|s| s.netlink.clone()).collect();
+        Netlink::open_all(&handles).await
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

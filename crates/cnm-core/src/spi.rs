@@ -1001,6 +1001,43 @@ pub trait Driver: Send + Sync + fmt::Debug {
         }
     }
 
+    /// Publishes the ports of many gateway endpoints at once (a restart re-publishing every
+    /// sandbox's ports); returns each request's bindings as made, in order. All or nothing: on
+    /// error, none of them stays published. The default publishes them one call each; a
+    /// driver overrides it to make them in one trip (the bridge: one firewall transaction).
+    async fn program_external_connectivity_batch(
+        &self,
+        requests: &[PublishRequest<'_>],
+    ) -> Result<Vec<Vec<PortBinding>>, DriverError> {
+        let mut made = Vec::with_capacity(requests.len());
+        for r in requests {
+            match self.program_external_connectivity(r).await {
+                Ok(bindings) => made.push(bindings),
+                Err(e) => {
+                    // Undone, the cleanup failures attached to the first error.
+                    let mut cleanup = Vec::new();
+                    for done in &requests[..made.len()] {
+                        if let Err(c) = self
+                            .revoke_external_connectivity(done.network_id, done.endpoint_id)
+                            .await
+                        {
+                            cleanup.push(format!("withdraw ports of {}: {c}", done.endpoint_id));
+                        }
+                    }
+                    if cleanup.is_empty() {
+                        return Err(e);
+                    }
+                    return Err(DriverError::new(
+                        self.name(),
+                        e.kind(),
+                        format!("{e} (cleanup failed: {})", cleanup.join("; ")),
+                    ));
+                }
+            }
+        }
+        Ok(made)
+    }
+
     /// Withdraws what `program_external_connectivity` made for an endpoint.
     async fn revoke_external_connectivity(
         &self,

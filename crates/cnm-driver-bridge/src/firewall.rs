@@ -5,7 +5,9 @@
 use std::future::Future;
 
 use cnm_core::undo::Cleanup;
-use cnm_firewall::{EndpointPort, Firewall, FirewallError, NetworkRules, PortMapping};
+use cnm_firewall::{
+    EndpointMappings, EndpointPort, Firewall, FirewallError, NetworkRules, PortMapping,
+};
 use cnm_sandbox::IpFamily;
 use cnm_types::{IfName, MacAddress};
 
@@ -88,6 +90,15 @@ impl FirewallHandle {
             ))
     }
 
+    /// Guards many endpoints' bridge ports in one transaction (a restore).
+    pub(crate) async fn guard_ports(&self, ports: Vec<EndpointPort>) -> Result<(), BridgeError> {
+        let count = ports.len();
+        self.fw.add_endpoints(ports).await.map_err(fw_err(
+            "guard the bridge ports of",
+            format!("{count} endpoints"),
+        ))
+    }
+
     /// Forgets an endpoint: its guarded port and its published ports (one transaction).
     pub(crate) async fn remove_endpoint(&self, endpoint_id: &str) -> Result<(), BridgeError> {
         self.fw.remove_endpoint(endpoint_id).await.map_err(fw_err(
@@ -163,6 +174,19 @@ impl FirewallHandle {
                 "add port mappings",
                 format!("endpoint {endpoint_id}"),
             ))
+    }
+
+    /// Publishes the ports of many endpoints in one transaction (see
+    /// [`Firewall::add_port_mappings_batch`]).
+    pub(crate) async fn add_port_mappings_batch(
+        &self,
+        batch: Vec<EndpointMappings>,
+    ) -> Result<(), BridgeError> {
+        let count = batch.len();
+        self.fw
+            .add_port_mappings_batch(batch)
+            .await
+            .map_err(fw_err("add port mappings", format!("{count} endpoints")))
     }
 
     pub(crate) async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), BridgeError> {

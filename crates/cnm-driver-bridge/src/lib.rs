@@ -74,7 +74,7 @@ use cnm_core::spi::{
 };
 use cnm_core::undo::{Cleanup, Undo};
 use cnm_core::{async_trait, register_driver};
-use cnm_firewall::PortMapping;
+use cnm_firewall::{EndpointMappings, PortMapping};
 use cnm_sandbox::{LinkKind, LinkSpec, Netlink, set_sysctls};
 use cnm_types::{ErrorKind, FailedTo, IfName, InvalidTo, MacAddress};
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -636,27 +636,7 @@ impl BridgeDriver {
         }: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, BridgeError> {
         let (net, ep) = self.endpoint(network_id, endpoint_id)?;
-        if net.plan.internal
-            && let Some(b) = bindings.first()
-        {
-            return Err(BridgeError::invalid(
-                "port binding",
-                b.to_string(),
-                "an internal network has no route to the outside to publish ports on",
-            ));
-        }
-        // An isolated family publishes nothing: its address is left out, as if the endpoint
-        // had none of that family (the other family of the network publishes as usual).
-        let requests = ports::plan(
-            bindings,
-            net.plan.host_binding_ip,
-            ep.ipv4
-                .map(|n| n.addr())
-                .filter(|_| !net.plan.internal_for(false)),
-            ep.ipv6
-                .map(|n| n.addr())
-                .filter(|_| !net.plan.internal_for(true)),
-        )?;
+        let requests = port_requests(&net, &ep, bindings)?;
         // Programming again replaces what was there.
         self.revoke_inner(network_id, endpoint_id).await?;
         if requests.is_empty() {
@@ -676,27 +656,7 @@ impl BridgeDriver {
         let mut undo = Undo::new();
         let result = async {
             fault_point!(self, PublishPortsReserved);
-            let mut mappings = Vec::new();
-            let mut made = Vec::with_capacity(requests.len());
-            for (req, res) in requests.iter().zip(&reservations) {
-                for (host_ip, container_ip) in &req.targets {
-                    mappings.push(PortMapping {
-                        proto: req.binding.proto,
-                        // Unspecified: every address of the container address's family.
-                        host_ip: (!host_ip.is_unspecified()).then_some(*host_ip),
-                        host_ports: (res.host_ports.start, res.host_ports.end),
-                        container_ip: *container_ip,
-                        container_ports: (
-                            req.binding.container_port.start,
-                            req.binding.container_port.end,
-                        ),
-                    });
-                }
-                made.push(PortBinding {
-                    host_port: Some(res.host_ports),
-                    ..req.binding
-                });
-            }
+            let (mappings, made) = mappings_of(&requests, &reservations);
             firewall
                 .add_port_mappings(network_id, endpoint_id, &mappings)
                 .await?;
@@ -727,6 +687,98 @@ impl BridgeDriver {
         Ok(made)
     }
 
+    /// Publishes the ports of many endpoints (a restart re-publishing every sandbox's): every
+    /// request planned first, every host port reserved in one trip to the host namespace, and
+    /// every mapping installed in one firewall transaction (issue 15: one trip each per
+    /// endpoint made a restart with 10,000 endpoints wait on the firewall). All or nothing.
+    async fn program_batch_inner(
+        &self,
+        requests: &[PublishRequest<'_>],
+    ) -> Result<Vec<Vec<PortBinding>>, BridgeError> {
+        // Bad input is refused before any effect.
+        let mut planned = Vec::with_capacity(requests.len());
+        for r in requests {
+            let (net, ep) = self.endpoint(r.network_id, r.endpoint_id)?;
+            let ports = port_requests(&net, &ep, r.bindings)?;
+            planned.push((r, ep, ports));
+        }
+        // Programming again replaces what was there (no firewall trip for an endpoint that
+        // publishes nothing, as on a restart).
+        for r in requests {
+            self.revoke_inner(r.network_id, r.endpoint_id).await?;
+        }
+        if planned.iter().all(|(_, _, ports)| ports.is_empty()) {
+            return Ok(vec![Vec::new(); requests.len()]);
+        }
+        let firewall = self.firewall().await?.clone();
+        let for_thread: Vec<Vec<ports::PortRequest>> =
+            planned.iter().map(|(_, _, ports)| ports.clone()).collect();
+        // One thread in the host namespace for every endpoint's sockets; on failure the ones
+        // bound so far are closed as the partial list is dropped.
+        let reservations = self
+            .ctx
+            .host_ns
+            .run(move || {
+                for_thread
+                    .iter()
+                    .map(|ports| ports::reserve(ports))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| {
+                BridgeError::failed("reserve host ports in", self.ctx.host_ns.to_string(), e)
+            })??;
+        let mut batch = Vec::with_capacity(planned.len());
+        let mut made = Vec::with_capacity(planned.len());
+        let mut udp = Vec::new();
+        for ((r, _, ports), res) in planned.iter().zip(&reservations) {
+            let (mappings, bindings) = mappings_of(ports, res);
+            udp.extend(
+                mappings
+                    .iter()
+                    .filter(|m| m.proto == Protocol::Udp)
+                    .copied(),
+            );
+            batch.push(EndpointMappings {
+                network_id: r.network_id.to_owned(),
+                endpoint_id: r.endpoint_id.to_owned(),
+                mappings,
+            });
+            made.push(bindings);
+        }
+        let mut undo: Undo<BridgeError> = Undo::new();
+        let result = async {
+            let published: Vec<String> = batch
+                .iter()
+                .filter(|e| !e.mappings.is_empty())
+                .map(|e| e.endpoint_id.clone())
+                .collect();
+            firewall.add_port_mappings_batch(batch).await?;
+            {
+                let firewall = firewall.clone();
+                undo.push("remove port mappings", move || async move {
+                    for endpoint_id in &published {
+                        firewall.remove_port_mappings(endpoint_id).await?;
+                    }
+                    Ok(())
+                });
+            }
+            // As for one endpoint (see `program_inner`): UDP flows that predate the mappings.
+            if !udp.is_empty() {
+                firewall.flush_conntrack(&udp).await?;
+            }
+            Ok(())
+        }
+        .await;
+        undo.finish(result).await?;
+        for ((_, ep, _), reservations) in planned.iter().zip(reservations) {
+            if !reservations.is_empty() {
+                lock(&ep.state).published = Some(Published { reservations });
+            }
+        }
+        Ok(made)
+    }
+
     async fn revoke_inner(&self, network_id: &str, endpoint_id: &str) -> Result<(), BridgeError> {
         let (_, ep) = self.endpoint(network_id, endpoint_id)?;
         let published = lock(&ep.state).published.take();
@@ -749,6 +801,66 @@ impl BridgeDriver {
             }
         }
     }
+}
+
+/// Checks an endpoint's bindings against its network and decides host addresses and DNAT
+/// targets (see [`ports::plan`]). Pure.
+fn port_requests(
+    net: &Network,
+    ep: &Endpoint,
+    bindings: &[PortBinding],
+) -> Result<Vec<ports::PortRequest>, BridgeError> {
+    if net.plan.internal
+        && let Some(b) = bindings.first()
+    {
+        return Err(BridgeError::invalid(
+            "port binding",
+            b.to_string(),
+            "an internal network has no route to the outside to publish ports on",
+        ));
+    }
+    // An isolated family publishes nothing: its address is left out, as if the endpoint
+    // had none of that family (the other family of the network publishes as usual).
+    ports::plan(
+        bindings,
+        net.plan.host_binding_ip,
+        ep.ipv4
+            .map(|n| n.addr())
+            .filter(|_| !net.plan.internal_for(false)),
+        ep.ipv6
+            .map(|n| n.addr())
+            .filter(|_| !net.plan.internal_for(true)),
+    )
+}
+
+/// The firewall's mappings for reserved requests, and the bindings as made (host ports
+/// resolved).
+fn mappings_of(
+    requests: &[ports::PortRequest],
+    reservations: &[ports::Reservation],
+) -> (Vec<PortMapping>, Vec<PortBinding>) {
+    let mut mappings = Vec::new();
+    let mut made = Vec::with_capacity(requests.len());
+    for (req, res) in requests.iter().zip(reservations) {
+        for (host_ip, container_ip) in &req.targets {
+            mappings.push(PortMapping {
+                proto: req.binding.proto,
+                // Unspecified: every address of the container address's family.
+                host_ip: (!host_ip.is_unspecified()).then_some(*host_ip),
+                host_ports: (res.host_ports.start, res.host_ports.end),
+                container_ip: *container_ip,
+                container_ports: (
+                    req.binding.container_port.start,
+                    req.binding.container_port.end,
+                ),
+            });
+        }
+        made.push(PortBinding {
+            host_port: Some(res.host_ports),
+            ..req.binding
+        });
+    }
+    (mappings, made)
 }
 
 /// ICC off: the host end of the veth becomes an isolated bridge port, so the bridge forwards
@@ -925,6 +1037,13 @@ impl Driver for BridgeDriver {
         request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, DriverError> {
         Ok(self.program_inner(request).await?)
+    }
+
+    async fn program_external_connectivity_batch(
+        &self,
+        requests: &[PublishRequest<'_>],
+    ) -> Result<Vec<Vec<PortBinding>>, DriverError> {
+        Ok(self.program_batch_inner(requests).await?)
     }
 
     async fn revoke_external_connectivity(

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use cnm_core::spi::{NetworkSpec, RestoredEndpoint};
 use cnm_core::undo::Undo;
+use cnm_firewall::EndpointPort;
 use cnm_types::{FailedTo, IfName, InvalidTo, MacAddress};
 
 use crate::{BridgeDriver, BridgeError, BridgePlan, Endpoint, EndpointState};
@@ -106,6 +107,9 @@ impl BridgeDriver {
             .map(|l| (l.name.as_str(), l))
             .collect();
         let mut owned = HashSet::new();
+        // Every joined endpoint's port is guarded again in one trip to the firewall (one per
+        // endpoint was most of a restart's wait on it, issue 15).
+        let mut guards = Vec::new();
         for ep in endpoints {
             let s = &ep.spec;
             let veth = ep.joined.as_ref().and_then(|_| {
@@ -136,18 +140,14 @@ impl BridgeDriver {
                         .and_then(|l| l.mac),
                 };
                 match mac {
-                    Some(mac) => {
-                        firewall
-                            .guard_port(
-                                &spec.id,
-                                &s.endpoint_id,
-                                port,
-                                mac,
-                                s.ipv4.map(|a| a.addr()),
-                                s.ipv6.map(|a| a.addr()),
-                            )
-                            .await?
-                    }
+                    Some(mac) => guards.push(EndpointPort {
+                        endpoint_id: s.endpoint_id.clone(),
+                        network_id: spec.id.clone(),
+                        port: port.clone(),
+                        mac,
+                        ipv4: s.ipv4.map(|a| a.addr()),
+                        ipv6: s.ipv6.map(|a| a.addr()),
+                    }),
                     None => {
                         tracing::warn!(endpoint = %short(&s.endpoint_id), "no MAC known for a joined endpoint: its port is not guarded")
                     }
@@ -167,6 +167,7 @@ impl BridgeDriver {
                 }),
             );
         }
+        firewall.guard_ports(guards).await?;
         // A veth on our bridge that no joined endpoint owns: a join cut short by a crash, or a
         // leave whose records were written before it could delete the veth.
         for l in &links {

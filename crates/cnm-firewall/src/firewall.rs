@@ -26,7 +26,9 @@ use tracing::{debug, info_span, warn};
 use crate::FirewallError;
 use crate::compat::{self, CompatOps};
 use crate::fragment::{ElementChange, FragmentSpec};
-use crate::model::{self, Elements, EndpointPort, Model, NetworkRules, Plan, PortMapping};
+use crate::model::{
+    self, Elements, EndpointMappings, EndpointPort, Model, NetworkRules, Plan, PortMapping, merge,
+};
 use crate::nftnl::{Batch, Table, elem_size};
 use crate::ruleset::may_be_ours;
 use crate::table::SetDef;
@@ -115,6 +117,8 @@ pub(crate) struct Inner {
     /// copy per operation. Only the holder of `tx` changes its elements.
     model: std::sync::Mutex<Model>,
     transactions: AtomicU64,
+    /// Operations run (each takes the transaction lock once), see [`Firewall::operations`].
+    operations: AtomicU64,
     healing: watch::Sender<Healing>,
     /// Tests only: no restore at all (see [`Firewall::pause_healing`]).
     paused: AtomicBool,
@@ -290,6 +294,7 @@ impl Firewall {
                 })),
                 model: std::sync::Mutex::new(Model::default()),
                 transactions: AtomicU64::new(0),
+                operations: AtomicU64::new(0),
                 healing: watch::Sender::new(Healing::default()),
                 paused: AtomicBool::new(false),
                 loading: AtomicBool::new(loading),
@@ -510,6 +515,52 @@ impl Firewall {
         .await
     }
 
+    /// Publishes the ports of many endpoints in one transaction (a restore re-publishing every
+    /// endpoint's ports: one trip to the firewall instead of one per endpoint, issue 15). Each
+    /// endpoint must publish nothing yet; the batch is checked as a whole (a conflict between
+    /// two of its endpoints is refused as between two calls) and is made entirely or not at
+    /// all.
+    pub async fn add_port_mappings_batch(
+        &self,
+        batch: Vec<EndpointMappings>,
+    ) -> Result<(), FirewallError> {
+        let batch: Vec<EndpointMappings> = batch
+            .into_iter()
+            .filter(|e| !e.mappings.is_empty())
+            .collect();
+        self.planned_batch(
+            format!("publish ports of {} endpoints", batch.len()),
+            batch,
+            |m, e| {
+                if m.publishes(&e.endpoint_id) {
+                    return Err(FirewallError::Conflict {
+                        op: "publish ports".into(),
+                        object: format!("endpoint {}", e.endpoint_id),
+                        reason: "a batch publishes only endpoints that publish nothing yet".into(),
+                    });
+                }
+                m.plan_add_mappings(&e.network_id, &e.endpoint_id, &e.mappings)
+            },
+            |m, e| m.apply_add_mappings(&e.network_id, &e.endpoint_id, &e.mappings),
+            |m, e| m.apply_remove_endpoint(&e.endpoint_id),
+        )
+        .await
+    }
+
+    /// Guards the bridge ports of many endpoints (see [`Firewall::add_endpoint`]) in one
+    /// transaction: a restore guarding every endpoint's port again. Checked as a whole, made
+    /// entirely or not at all.
+    pub async fn add_endpoints(&self, ports: Vec<EndpointPort>) -> Result<(), FirewallError> {
+        self.planned_batch(
+            format!("guard {} ports", ports.len()),
+            ports,
+            Model::plan_add_port,
+            Model::apply_add_port,
+            |m, p| m.apply_remove_port(&p.endpoint_id),
+        )
+        .await
+    }
+
     /// Unpublishes every port of an endpoint: deletes exactly its elements (one transaction;
     /// none when the endpoint published nothing).
     pub async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), FirewallError> {
@@ -597,6 +648,13 @@ impl Firewall {
     /// The number of transactions committed so far (restores included).
     pub fn transactions(&self) -> u64 {
         self.inner.transactions.load(Ordering::Relaxed)
+    }
+
+    /// The number of operations run so far, loading or not, whether or not they sent anything:
+    /// each is one wait for the transaction lock and one trip to a blocking thread (a restore
+    /// makes a few, not one per endpoint, issue 15).
+    pub fn operations(&self) -> u64 {
+        self.inner.operations.load(Ordering::Relaxed)
     }
 
     /// How the firewall healed itself so far; the receiver sees each restore as it happens.
@@ -721,6 +779,7 @@ impl Firewall {
         // One span from the wait for the lock to the end of the transaction, carried onto the
         // blocking thread so the transaction's own span nests in the caller's.
         let span = tracing::debug_span!("firewall");
+        self.inner.operations.fetch_add(1, Ordering::Relaxed);
         let guard =
             tracing::Instrument::instrument(self.inner.tx.clone().lock_owned(), span.clone()).await;
         let fw = self.clone();
@@ -750,6 +809,56 @@ impl Firewall {
                 return Ok(());
             };
             fw.change(st, &op, del, add, |m| apply(m, &data))
+        })
+        .await
+    }
+
+    /// Runs many changes of the model as one transaction: each item is planned against the
+    /// model holding the items before it (so conflicts inside the batch are found as between
+    /// separate calls), then the model is put back as it was (`revert` undoes `apply` exactly:
+    /// each item's plan refuses what the model already holds) until the kernel took the whole
+    /// batch, and then every item is applied.
+    async fn planned_batch<T: Send + Sync + 'static>(
+        &self,
+        op: String,
+        items: Vec<T>,
+        plan: fn(&Model, &T) -> Result<Elements, FirewallError>,
+        apply: fn(&mut Model, &T),
+        revert: fn(&mut Model, &T),
+    ) -> Result<(), FirewallError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.run(move |fw, st| {
+            let mut add = Elements::new();
+            let checked = {
+                let mut m = fw.model();
+                let mut planned = 0;
+                let mut checked = Ok(());
+                for item in &items {
+                    match plan(&m, item) {
+                        Ok(elements) => {
+                            merge(&mut add, elements);
+                            apply(&mut m, item);
+                            planned += 1;
+                        }
+                        Err(e) => {
+                            checked = Err(e);
+                            break;
+                        }
+                    }
+                }
+                for item in items[..planned].iter().rev() {
+                    revert(&mut m, item);
+                }
+                checked
+            };
+            checked?;
+            fw.change(st, &op, Elements::new(), add, |m| {
+                for item in &items {
+                    apply(m, item);
+                }
+            })
         })
         .await
     }

@@ -125,7 +125,7 @@ pub use fragment::{
     Action, ChainHook, ChainType, ElementChange, Family, FieldType, FragmentChain, FragmentSet,
     FragmentSpec, Key, Match, Rule, SetElement, Value,
 };
-pub use model::{EndpointPort, NetworkRules, PortMapping, Ruleset};
+pub use model::{EndpointMappings, EndpointPort, NetworkRules, PortMapping, Ruleset};
 pub use ruleset::{FORWARD_MARK, TABLE};
 
 #[cfg(test)]

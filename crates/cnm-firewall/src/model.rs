@@ -190,6 +190,18 @@ pub struct PortMapping {
     pub container_ports: (u16, u16),
 }
 
+/// The ports one endpoint publishes, as one item of
+/// [`Firewall::add_port_mappings_batch`](crate::Firewall::add_port_mappings_batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointMappings {
+    /// The endpoint's network.
+    pub network_id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// What it publishes.
+    pub mappings: Vec<PortMapping>,
+}
+
 impl PortMapping {
     /// Checks ranges and families; `index` names the mapping in the error.
     pub fn validate(&self, index: usize) -> Result<(), FirewallError> {
@@ -1169,6 +1181,11 @@ impl Model {
             .or_insert_with(|| (network_id.to_string(), Vec::new()))
             .1
             .extend_from_slice(mappings);
+    }
+
+    /// Whether an endpoint publishes ports.
+    pub fn publishes(&self, endpoint_id: &str) -> bool {
+        self.endpoints.contains_key(endpoint_id)
     }
 
     /// The elements to delete with every mapping of an endpoint; `None` if it publishes none.

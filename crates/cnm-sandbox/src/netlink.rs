@@ -282,6 +282,56 @@ impl Netlink {
         }
     }
 
+    /// Opens the sockets of many handles (those of [`Netlink::on_demand`]) on one thread that
+    /// enters each namespace in turn: a restart reaching thousands of sandboxes starts one
+    /// thread per batch, not one per namespace (issue 15). A handle already open is skipped;
+    /// one whose namespace cannot be entered or whose socket cannot be opened is left unopened
+    /// (its first request tries again, and says why it cannot). Pooled handles join the pool:
+    /// open no more at once than it holds (see [`set_pool_limit`]).
+    pub async fn open_all(handles: &[Netlink]) -> Result<(), SandboxError> {
+        let todo: Vec<&Netlink> = handles.iter().filter(|h| !h.is_open()).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SandboxError::NoRuntime {
+                op: "connect netlink in",
+                object: format!("{} namespaces", todo.len()),
+            })?;
+        let namespaces: Vec<NetNs> = todo.iter().map(|h| h.ns.clone()).collect();
+        let shown = format!("{} namespaces", namespaces.len());
+        let opened = on_thread("connect netlink in", shown, move || {
+            // The sockets register with the reactor of the runtime we were called from; each
+            // belongs to the namespace the thread was in when it was made.
+            let _guard = runtime.enter();
+            namespaces
+                .iter()
+                .map(|ns| {
+                    ns.enter().ok()?;
+                    rtnetlink::new_connection().ok()
+                })
+                .collect::<Vec<_>>()
+        })?
+        .wait()
+        .await?;
+        for (h, opened) in todo.into_iter().zip(opened) {
+            let Some((connection, handle, _events)) = opened else {
+                continue;
+            };
+            let _one = h.conn.opening.lock().await;
+            if h.conn.current().is_some() {
+                // Opened meanwhile by a request: this socket closes as it is dropped.
+                continue;
+            }
+            tokio::spawn(connection);
+            *h.conn.handle.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            if h.conn.pooled {
+                admit(&h.conn);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this handle's socket is open now (a pooled one may have been closed).
     pub fn is_open(&self) -> bool {
         self.conn.current().is_some()

@@ -544,3 +544,88 @@ async fn veth_of_by_alias(host: &TestHost, endpoint_id: &str) -> Result<cnm::cnm
         .find(|l| l.alias.as_deref() == Some(mark.as_str()))
         .with_context(|| format!("a link marked {mark}"))
 }
+
+/// Issue 15: a restart with many endpoints publishing ports goes to the firewall a bounded
+/// number of times, not once per endpoint (guards and published ports each in one batch; the
+/// restored ruleset in one transaction), leaves the same ruleset as before, and every
+/// sandbox's published port carries traffic after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: run cargo xtask test"]
+async fn a_restart_with_200_published_endpoints_makes_a_few_firewall_trips() -> Result<()> {
+    const COUNT: u16 = 200;
+    const FIRST_PORT: u16 = 21_000;
+    let host = TestHost::new().await?;
+    let out = host.outside().await?;
+    let (out_ns, out_host) = (out.netns().clone(), out.host_addr_v4());
+    let ctl = controller(&host).await?;
+    let net = ctl
+        .new_network(
+            "bridge",
+            "many",
+            NetworkOptions::default().subnet("10.78.0.0/22".parse()?),
+        )
+        .await?;
+    for i in 0..COUNT {
+        let mut published = EndpointOptions::default();
+        published
+            .port_bindings
+            .push(format!("{}:80", FIRST_PORT + i).parse()?);
+        let ep = net.create_endpoint(&format!("e{i}"), published).await?;
+        ep.join(&format!("c{i}"), []).await?;
+    }
+    let rules_before = run_in(host.netns(), &["nft", "-s", "list", "ruleset"]).await?;
+    drop(net);
+    drop(ctl);
+
+    let ctl = controller(&host).await?;
+    let fw = cnm_driver_bridge::BridgeDriver::instance_for(host.netns())
+        .context("the controller made a bridge driver")?
+        .firewall_for_tests()
+        .await?;
+    let (operations, transactions) = (fw.operations(), fw.transactions());
+    eprintln!(
+        "restart with {COUNT} published endpoints: {operations} firewall operations, \
+         {transactions} transactions"
+    );
+    ensure!(
+        transactions <= 2,
+        "{transactions} firewall transactions for a restart (one expected)"
+    );
+    ensure!(
+        operations <= 10,
+        "{operations} firewall operations for a restart with {COUNT} endpoints: one per endpoint?"
+    );
+    let rules_after = run_in(host.netns(), &["nft", "-s", "list", "ruleset"]).await?;
+    ensure!(
+        rules_after == rules_before,
+        "the ruleset changed across the restart:\n--- before\n{rules_before}\n--- after\n{rules_after}"
+    );
+    // Every sandbox's published port was published again with its host port; the first,
+    // the last and one between carry traffic from outside.
+    let net = ctl.network("many")?;
+    ensure!(net.endpoints().len() == usize::from(COUNT));
+    for i in 0..COUNT {
+        let sb = ctl.sandbox_by_container_id(&format!("c{i}"))?;
+        let ports = sb.published_ports();
+        ensure!(
+            ports.len() == 1 && ports[0].host_port.map(|p| p.start) == Some(FIRST_PORT + i),
+            "c{i}: {ports:?}"
+        );
+    }
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    for i in [0, COUNT / 2, COUNT - 1] {
+        let sb = ctl.sandbox_by_container_id(&format!("c{i}"))?;
+        let _web = TcpEchoServer::start(sb.netns(), any, 80).await?;
+        probe::tcp(&out_ns, out_host, FIRST_PORT + i)
+            .await
+            .with_context(|| format!("published port {} of c{i}", FIRST_PORT + i))?;
+    }
+    for sb in ctl.sandboxes() {
+        sb.delete().await?;
+    }
+    for ep in net.endpoints() {
+        ep.delete().await?;
+    }
+    net.delete().await?;
+    Ok(())
+}

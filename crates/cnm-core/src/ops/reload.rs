@@ -27,6 +27,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use cnm_ipam::{AddressRequest, Family, PoolId, PoolRequest};
 use cnm_types::IfName;
@@ -39,8 +40,9 @@ use crate::model::endpoint::EndpointInner;
 use crate::model::network::{NetworkInner, NetworkParts, NetworkPool};
 use crate::model::sandbox::{Joined, SandboxInner, SandboxState};
 use crate::options::{NetworkOptions, PoolConfig};
+use crate::port::PortBinding;
 use crate::record::{EndpointRecord, NetworkRecord, PoolAllocation, SandboxRecord, endpoint_key};
-use crate::spi::{EndpointSpec, RestoredEndpoint, RestoredJoin, SandboxRef, Scope};
+use crate::spi::{EndpointSpec, PublishRequest, RestoredEndpoint, RestoredJoin, SandboxRef, Scope};
 use crate::state::{Core, PendingNetwork, WaitingForIpam};
 use crate::store::{Expect, Txn, Versioned, list_json};
 
@@ -51,6 +53,10 @@ use super::join::write_hosts;
 /// DNS listener) is independent, and runs on threads and sockets of its own, so it overlaps;
 /// the bound keeps the threads and descriptors in flight few.
 pub(crate) const RESTORE_PARALLEL: usize = 32;
+
+/// How many sandboxes' netlink sockets a reload opens on one thread (see
+/// [`restore_sandboxes`]).
+const OPEN_BATCH: usize = RESTORE_PARALLEL / 2;
 
 /// A sandbox whose namespace could be reopened.
 struct Opened {
@@ -878,12 +884,98 @@ async fn restore_sandboxes(
     // Each sandbox's kernel work (interface lookups, default route, published ports, files) is
     // its own: they are restored concurrently, a bounded number at a time. The firewall is
     // loading meanwhile, so their rules still go to the kernel in the one final transaction.
+    // The sandboxes go in batches: the netlink sockets of a batch are opened on one thread
+    // that visits their namespaces in turn (one thread per sandbox was most of a restart's
+    // kernel time, issue 15), then its sandboxes are restored concurrently; two batches at a
+    // time keep RESTORE_PARALLEL sandboxes in flight, their sockets within the pool's bound.
     let pending = &pending;
-    stream::iter(opened)
-        .map(|(sid, o)| restore_sandbox(core, sid, o, endpoints, pending))
-        .buffer_unordered(RESTORE_PARALLEL)
-        .try_collect::<()>()
-        .await
+    let opened: Vec<(String, Opened)> = opened.into_iter().collect();
+    let mut batches: Vec<Vec<(String, Opened)>> = Vec::new();
+    let mut rest = opened.into_iter().peekable();
+    while rest.peek().is_some() {
+        batches.push(rest.by_ref().take(OPEN_BATCH).collect());
+    }
+    let gateways: Vec<Vec<Option<Arc<SandboxInner>>>> = stream::iter(batches)
+        .map(|batch| async move {
+            let sockets: Vec<SandboxNs> = batch
+                .iter()
+                .filter(|(_, o)| o.rec.value.endpoints.iter().any(|j| j.ifname.is_some()))
+                .map(|(_, o)| o.ns.clone())
+                .collect();
+            if let Err(e) = core.kernel.open_sockets(&sockets).await {
+                // Each sandbox's first request opens its socket (or says why not).
+                tracing::debug!(error = %e, "opening a batch of sandbox sockets failed");
+            }
+            futures::future::try_join_all(
+                batch
+                    .into_iter()
+                    .map(|(sid, o)| restore_sandbox(core, sid, o, endpoints, pending)),
+            )
+            .await
+        })
+        .buffer_unordered(RESTORE_PARALLEL / OPEN_BATCH)
+        .try_collect()
+        .await?;
+    publish_again(core, gateways.into_iter().flatten().flatten().collect()).await
+}
+
+/// A sandbox, its gateway endpoint's join, and the bindings to publish again.
+type Republish = (Arc<SandboxInner>, Joined, Vec<PortBinding>);
+
+/// Publishes again the ports of every restored sandbox's gateway endpoint (as they were, host
+/// ports included; as requested when none were recorded): one batch per driver, so a restart
+/// makes one trip to the firewall, not one per endpoint (issue 15).
+async fn publish_again(core: &Core, sandboxes: Vec<Arc<SandboxInner>>) -> Result<(), CoreError> {
+    // The gateway joins, by driver.
+    let mut by_driver: BTreeMap<String, Vec<Republish>> = BTreeMap::new();
+    for sb in sandboxes {
+        let gateway = {
+            let st = sb.state();
+            st.gateway
+                .as_ref()
+                .and_then(|gw| st.joined.iter().find(|j| &j.ep.id == gw).cloned())
+        };
+        let Some(j) = gateway else { continue };
+        let bindings = if j.published.is_empty() {
+            j.ep.port_bindings()
+        } else {
+            j.published.clone()
+        };
+        if bindings.is_empty() {
+            continue;
+        }
+        by_driver
+            .entry(j.ep.network.driver_name.clone())
+            .or_default()
+            .push((sb, j, bindings));
+    }
+    for (name, items) in by_driver {
+        let driver = core.driver(&name)?;
+        let requests: Vec<PublishRequest<'_>> = items
+            .iter()
+            .map(|(_, j, bindings)| PublishRequest::new(&j.ep.network.id, &j.ep.id, bindings))
+            .collect();
+        let made = driver
+            .program_external_connectivity_batch(&requests)
+            .instrument(tracing::debug_span!(
+                "driver",
+                call = "program_external_connectivity_batch"
+            ))
+            .await
+            .map_err(|e| {
+                CoreError::failed(
+                    "publish ports again of endpoints",
+                    format!("{} endpoints of driver {name}", items.len()),
+                    e,
+                )
+            })?;
+        for ((sb, j, _), published) in items.iter().zip(made) {
+            if let Some(joined) = sb.state().joined.iter_mut().find(|x| x.ep.id == j.ep.id) {
+                joined.published = published;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One sandbox of [`restore_sandboxes`]: its joins, its gateway endpoint's default route and
@@ -894,7 +986,7 @@ async fn restore_sandbox(
     o: Opened,
     endpoints: &HashMap<String, Arc<EndpointInner>>,
     pending: &BTreeSet<String>,
-) -> Result<(), CoreError> {
+) -> Result<Option<Arc<SandboxInner>>, CoreError> {
     let rec = o.rec.value;
     let mut joined = Vec::new();
     let mut detached = Vec::new();
@@ -935,7 +1027,7 @@ async fn restore_sandbox(
     if let Some(gw) = &rec.gateway_endpoint
         && let Some(j) = joined.iter_mut().find(|j| &j.ep.id == gw)
     {
-        restore_gateway(core, &sb, j).await?;
+        restore_default_routes(core, &sb, j).await?;
     }
     // The directory may be gone (a reboot keeps no run dir, a crash may have left it
     // half-made): made again, the hosts file rewritten, resolv.conf written if missing.
@@ -957,8 +1049,9 @@ async fn restore_sandbox(
         rec.container_id.clone(),
         Arc::new(tokio::sync::Mutex::new(Some(sb.clone()))),
     );
-    core.sandboxes.insert(sid, sb);
-    Ok(())
+    core.sandboxes.insert(sid, sb.clone());
+    // Its gateway endpoint's ports are published again with every other sandbox's.
+    Ok(rec.gateway_endpoint.is_some().then_some(sb))
 }
 
 /// Re-reserves a network's pools and gateways in IPAM, as recorded.
@@ -1061,11 +1154,31 @@ fn pool_config(p: &PoolAllocation) -> Result<PoolConfig, CoreError> {
 }
 
 /// The gateway endpoint's default route (added unless there) and published ports (as they
-/// were, host ports included; as requested when none were recorded).
+/// were, host ports included; as requested when none were recorded), for one sandbox whose
+/// network comes back late (its driver registered after the reload).
 async fn restore_gateway(
     core: &Arc<Core>,
     sb: &Arc<SandboxInner>,
     j: &mut Joined,
+) -> Result<(), CoreError> {
+    restore_default_routes(core, sb, j).await?;
+    let bindings = if j.published.is_empty() {
+        j.ep.port_bindings()
+    } else {
+        j.published.clone()
+    };
+    if !bindings.is_empty() {
+        j.published = program(core, j, &bindings, "publish ports again of endpoint").await?;
+    }
+    Ok(())
+}
+
+/// The gateway endpoint's default route (added unless there); its published ports come
+/// after, with every sandbox's ([`publish_again`]).
+async fn restore_default_routes(
+    core: &Arc<Core>,
+    sb: &Arc<SandboxInner>,
+    j: &Joined,
 ) -> Result<(), CoreError> {
     for route in j.default_routes() {
         match core.kernel.add_route(&sb.ns, &route).await {
@@ -1079,14 +1192,6 @@ async fn restore_gateway(
                 ));
             }
         }
-    }
-    let bindings = if j.published.is_empty() {
-        j.ep.port_bindings()
-    } else {
-        j.published.clone()
-    };
-    if !bindings.is_empty() {
-        j.published = program(core, j, &bindings, "publish ports again of endpoint").await?;
     }
     Ok(())
 }

@@ -12,8 +12,14 @@ use serde_json::{Value, json};
 /// benchmark never show in the machine's `/run`.
 const PRIVATE_RUN_DIRS: &[&str] = &["/run/netns", "/run/cnm"];
 
-/// Moves this process into a new mount namespace (nothing propagates back) and mounts a tmpfs on
-/// each of `/run/netns` and `/run/cnm`.
+/// Where every contender's throwaway host keeps its run dir (netns files, sandbox directories,
+/// sockets): on the private tmpfs, as cnm's `/run/cnm` is on a real machine. (On a disk-backed
+/// `/tmp` each attach paid the file system's inode allocation for its files, which grew with
+/// the files deleted before it.) The stores stay on disk, in the temp dir.
+const HOST_RUN_DIRS: &str = "/run/cnm/hosts";
+
+/// Moves this process into a new mount namespace (nothing propagates back), mounts a tmpfs on
+/// each of `/run/netns` and `/run/cnm`, and makes the throwaway hosts' run dirs on the latter.
 ///
 /// Must run before any other thread exists: `unshare(CLONE_NEWNS)` refuses a process whose
 /// threads share their filesystem context.
@@ -30,10 +36,14 @@ pub fn enter_private_mounts() -> Result<()> {
             *dir,
             Some("tmpfs"),
             MsFlags::empty(),
-            Some("mode=0755,size=64m"),
+            // A limit, not an allocation: 10,000 sandboxes' files take about 80 MB.
+            Some("mode=0755,size=1g"),
         )
         .with_context(|| format!("failed to mount a private tmpfs on {dir}"))?;
     }
+    std::fs::create_dir_all(HOST_RUN_DIRS)
+        .with_context(|| format!("failed to create {HOST_RUN_DIRS}"))?;
+    cnm_testkit::set_run_dir_parent(HOST_RUN_DIRS.into());
     Ok(())
 }
 

@@ -154,7 +154,50 @@ fn publish(resolver: &Resolver, sb: &SandboxInner, ep: &EndpointInner) -> Result
 /// Starts the sandbox's listener and writes its resolv.conf (`nameserver 127.0.0.11`, the
 /// host's search domains and options, the sandbox's overrides); on failure nothing stays.
 async fn attach(core: &Core, resolver: &Resolver, sb: &SandboxInner) -> Result<(), CoreError> {
-    let host = core.host_resolv_conf().await?;
+    attach_prepared(core, resolver, sb, Prepared::default()).await
+}
+
+/// What a join's DNS step takes from outside the controller, made ahead by [`prepare`] while
+/// the join does its kernel work: the sandbox listener's sockets (bound on a thread in the
+/// sandbox's namespace) and the host's resolv.conf. Whatever is missing is made by the step.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    listener: Option<cnm_dns::BoundListener>,
+    host: Option<cnm_sandbox::ResolvConf>,
+}
+
+/// Binds the listener's sockets and reads the host's resolv.conf for a join of `ep` to `sb`
+/// that will start the sandbox's listener ([`join`] with the same `before`); nothing for any
+/// other join. It changes nothing anyone sees: the sockets answer nothing until the step serves
+/// them, and close if the join fails first. A failure here is left for the step to meet again
+/// and report (it does the work itself then).
+pub(crate) async fn prepare(
+    core: &Core,
+    sb: &SandboxInner,
+    ep: &EndpointInner,
+    before: &[Joined],
+) -> Prepared {
+    if core.dns.resolver().is_none() || !serves(&ep.network) || any_served(before) {
+        return Prepared::default();
+    }
+    let (listener, host) =
+        futures::join!(Resolver::bind_sandbox(&sb.ns.ns), core.host_resolv_conf());
+    Prepared {
+        listener: listener.ok(),
+        host: host.ok(),
+    }
+}
+
+async fn attach_prepared(
+    core: &Core,
+    resolver: &Resolver,
+    sb: &SandboxInner,
+    prepared: Prepared,
+) -> Result<(), CoreError> {
+    let host = match prepared.host {
+        Some(host) => host,
+        None => core.host_resolv_conf().await?,
+    };
     let o = &sb.options;
     let rc = sandbox_resolv_conf(
         &host,
@@ -165,7 +208,7 @@ async fn attach(core: &Core, resolver: &Resolver, sb: &SandboxInner) -> Result<(
         ),
     );
     resolver
-        .attach_sandbox(&sb.id, &sb.ns.ns, rc.dns)
+        .attach_sandbox_bound(&sb.id, &sb.ns.ns, prepared.listener, rc.dns)
         .await
         .map_err(dns_error("start the DNS listener of sandbox", sb.short()))?;
     let path = sb.resolv_conf_path();
@@ -191,13 +234,14 @@ async fn detach(core: &Core, resolver: &Resolver, sb: &SandboxInner) -> Result<(
 }
 
 /// A join's DNS step, inside its transaction: the sandbox's first served endpoint starts its
-/// listener and rewrites its resolv.conf; the endpoint's names are published. Both are undone
-/// if the join unwinds.
+/// listener (on the sockets `prepared` holds, see [`prepare`]) and rewrites its resolv.conf; the
+/// endpoint's names are published. Both are undone if the join unwinds.
 pub(crate) async fn join(
     core: &Arc<Core>,
     sb: &Arc<SandboxInner>,
     ep: &Arc<EndpointInner>,
     before: &[Joined],
+    prepared: Prepared,
     undo: &mut Undo<CoreError>,
 ) -> Result<(), CoreError> {
     let Some(resolver) = core.dns.resolver() else {
@@ -207,7 +251,7 @@ pub(crate) async fn join(
         return Ok(());
     }
     if !any_served(before) {
-        attach(core, &resolver, sb).await?;
+        attach_prepared(core, &resolver, sb, prepared).await?;
         let (core, r, sb) = (core.clone(), resolver.clone(), sb.clone());
         undo.push("stop the sandbox's DNS listener", move || async move {
             detach(&core, &r, &sb).await

@@ -151,5 +151,6 @@ pub use error::DnsError;
 pub use records::{EndpointDns, NetworkDns, SandboxDns};
 pub use resolvconf::{DnsOverrides, SANDBOX_RESOLVER, SandboxResolvConf, sandbox_resolv_conf};
 pub use resolver::{
-    DEFAULT_DOMAIN, DEFAULT_FALLBACK_SERVERS, Limits, Resolver, ResolverConfig, ResolverStats,
+    BoundListener, DEFAULT_DOMAIN, DEFAULT_FALLBACK_SERVERS, Limits, Resolver, ResolverConfig,
+    ResolverStats,
 };

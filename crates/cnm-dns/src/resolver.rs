@@ -263,6 +263,15 @@ pub struct Resolver {
     inner: Arc<Inner>,
 }
 
+/// The sockets of a sandbox's listener, bound by [`Resolver::bind_sandbox`] and not yet
+/// served; they close when dropped.
+#[derive(Debug)]
+pub struct BoundListener {
+    netns_id: (u64, u64),
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
 impl Resolver {
     /// A resolver with no networks and no listeners.
     pub fn new(config: ResolverConfig) -> Result<Resolver, DnsError> {
@@ -379,6 +388,31 @@ impl Resolver {
         netns: &NetNs,
         dns: SandboxDns,
     ) -> Result<(), DnsError> {
+        self.attach_sandbox_bound(id, netns, None, dns).await
+    }
+
+    /// Binds the sockets of a sandbox's listener in `netns` (a thread that enters it), for a
+    /// later [`Resolver::attach_sandbox_bound`]: a caller binds them while it does other work.
+    /// Nothing answers on them until then; dropped unused, they close.
+    pub async fn bind_sandbox(netns: &NetNs) -> Result<BoundListener, DnsError> {
+        let addr = SocketAddr::new(IpAddr::V4(SANDBOX_RESOLVER), 53);
+        let (udp, tcp) = server::bind(netns, addr).await?;
+        Ok(BoundListener {
+            netns_id: netns.id(),
+            udp,
+            tcp,
+        })
+    }
+
+    /// [`Resolver::attach_sandbox`] with the listener's sockets bound beforehand by
+    /// [`Resolver::bind_sandbox`] (used if they are of `netns`, else bound here).
+    pub async fn attach_sandbox_bound(
+        &self,
+        id: &str,
+        netns: &NetNs,
+        bound: Option<BoundListener>,
+        dns: SandboxDns,
+    ) -> Result<(), DnsError> {
         if id.is_empty() || id.chars().any(char::is_control) {
             return Err(DnsError::invalid(
                 "sandbox id",
@@ -394,8 +428,13 @@ impl Resolver {
             .get(id)
             .is_some_and(|l| l.netns_id == netns.id());
         if !same_ns {
-            let addr = SocketAddr::new(IpAddr::V4(SANDBOX_RESOLVER), 53);
-            let (udp, tcp) = server::bind(netns, addr).await?;
+            let (udp, tcp) = match bound.filter(|b| b.netns_id == netns.id()) {
+                Some(b) => (b.udp, b.tcp),
+                None => {
+                    let addr = SocketAddr::new(IpAddr::V4(SANDBOX_RESOLVER), 53);
+                    server::bind(netns, addr).await?
+                }
+            };
             let ctx = Arc::new(self.listen_ctx(Kind::Sandbox(Arc::from(id)), netns.clone()));
             let listener = server::spawn(ctx, udp, tcp, self.inner.workers.pick())?;
             let old = self

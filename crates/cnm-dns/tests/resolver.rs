@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cnm_dns::{EndpointDns, NetworkDns, SandboxDns};
+use cnm_dns::{EndpointDns, NetworkDns, Resolver, SandboxDns};
 use common::{Ask, Behaviour, Fix, TestUpstream, addrs, ip, zone};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::PTR;
@@ -810,6 +810,47 @@ async fn attaching_again_is_idempotent_and_a_new_namespace_replaces_the_listener
         .await
         .expect_err("the old namespace's listener stopped");
     assert_eq!(f.resolver.stats().sandbox_listeners, 1);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "privileged: run cargo xtask test"]
+async fn sockets_bound_ahead_serve_their_namespace_and_others_are_not_used() -> Result<()> {
+    let f = Fix::new().await?;
+    two_networks(&f)?;
+    // Bare namespaces (loopback up, no listener).
+    let a = f.host.sandbox_ns("a").await?;
+    let b = f.host.sandbox_ns("b").await?;
+    // Bound ahead (as a join does while its driver works): nothing answers yet.
+    let bound = Resolver::bind_sandbox(&a).await?;
+    let short = Duration::from_millis(300);
+    Ask::new("beta", RecordType::A)
+        .timeout(short)
+        .from(&a)
+        .await
+        .expect_err("bound, not served yet");
+    f.resolver
+        .attach_sandbox_bound("a", &a, Some(bound), SandboxDns::default())
+        .await?;
+    let (m, _) = Ask::new("beta", RecordType::A).from(&a).await?;
+    assert_eq!(addrs(&m), vec![ip("10.1.0.3")]);
+    let (m, _) = Ask::new("beta", RecordType::A).tcp().from(&a).await?;
+    assert_eq!(addrs(&m), vec![ip("10.1.0.3")]);
+    // Sockets bound in another namespace are not used: b's listener is bound in b, and c,
+    // whose sockets were handed over by mistake, answers nothing.
+    let c = f.host.sandbox_ns("c").await?;
+    let of_c = Resolver::bind_sandbox(&c).await?;
+    f.resolver
+        .attach_sandbox_bound("b", &b, Some(of_c), SandboxDns::default())
+        .await?;
+    let (m, _) = Ask::new("beta", RecordType::A).from(&b).await?;
+    assert_eq!(addrs(&m), vec![ip("10.1.0.3")]);
+    Ask::new("beta", RecordType::A)
+        .timeout(short)
+        .from(&c)
+        .await
+        .expect_err("c's sockets were dropped unused");
+    assert_eq!(f.resolver.stats().sandbox_listeners, 2);
     Ok(())
 }
 

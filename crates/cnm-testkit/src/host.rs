@@ -1,7 +1,8 @@
 //! [`TestHost`]: a throwaway network namespace that plays "the host".
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use cnm_sandbox::{LinkKind, LinkSpec, NetNs, Netlink, set_sysctls};
@@ -27,6 +28,18 @@ const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
 const PREFIX_V4: u8 = 24;
 const PREFIX_V6: u8 = 64;
+
+/// Where [`TestHost`]s make their run dirs, when [`set_run_dir_parent`] was called.
+static RUN_DIR_PARENT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every later [`TestHost`]'s run dir under `parent` instead of the temp dir: a tmpfs
+/// there is what `/run/cnm` is on a real machine (a benchmark on a disk-backed `/tmp` would
+/// count the file system's inode allocation for the netns files, sandbox directories and
+/// their files). The state dir (the store) stays in the temp dir. Returns false, changing
+/// nothing, if a parent was set already.
+pub fn set_run_dir_parent(parent: PathBuf) -> bool {
+    RUN_DIR_PARENT.set(parent).is_ok()
+}
 
 /// A throwaway network namespace standing in for the machine, with its own run and state dirs.
 ///
@@ -76,10 +89,13 @@ impl TestHost {
         )
         .await
         .context("failed to set forwarding in the test host namespace")?;
-        let run_dir = tempfile::Builder::new()
-            .prefix("cnm-test-run-")
-            .tempdir()
-            .context("failed to create a run dir")?;
+        let mut run_dir = tempfile::Builder::new();
+        run_dir.prefix("cnm-test-run-");
+        let run_dir = match RUN_DIR_PARENT.get() {
+            Some(parent) => run_dir.tempdir_in(parent),
+            None => run_dir.tempdir(),
+        }
+        .context("failed to create a run dir")?;
         let state_dir = tempfile::Builder::new()
             .prefix("cnm-test-state-")
             .tempdir()

@@ -55,4 +55,4 @@ pub mod server;
 pub mod underlay;
 
 pub use controller::HOST_NAMESERVER;
-pub use host::{Lan, Outside, TestHost};
+pub use host::{Lan, Outside, TestHost, set_run_dir_parent};

@@ -148,11 +148,15 @@ pub(crate) async fn join_one(
     };
     let mut undo = Undo::new();
     let result = async {
-        let info = driver
-            .join(&request)
-            .instrument(tracing::debug_span!("driver", call = "join"))
-            .await
-            .map_err(|e| CoreError::failed("join endpoint", &ep.name, e))?;
+        // The DNS listener's sockets are bound (a thread in the sandbox) while the driver
+        // does its kernel work: they depend on nothing it does.
+        let (info, dns_ready) = futures::join!(
+            driver
+                .join(&request)
+                .instrument(tracing::debug_span!("driver", call = "join")),
+            crate::dns::prepare(core, sb, ep, &st.joined)
+        );
+        let info = info.map_err(|e| CoreError::failed("join endpoint", &ep.name, e))?;
         crate::crash::point("join:after-driver");
         {
             let leave = LeaveRequest {
@@ -210,7 +214,7 @@ pub(crate) async fn join_one(
                     write_hosts(&core, &sb, &old)
                 });
             }
-            crate::dns::join(core, sb, ep, &st.joined, &mut undo).await
+            crate::dns::join(core, sb, ep, &st.joined, dns_ready, &mut undo).await
         };
         let (committed, done) = super::overlapped(
             "join:record-before-dns",

@@ -56,7 +56,7 @@ pub use etcd::{
     EtcdStore, EtcdStoreError, LIST_PAGE, MAX_TXN_OPS,
 };
 pub use lock::{LOCK_FILE, StateDirLock};
-pub use redb_store::{DB_FILE, RESTART_PATIENCE, RedbStore};
+pub use redb_store::{DB_FILE, REDB_CACHE_BYTES, REDB_HISTORY, RESTART_PATIENCE, RedbStore};
 
 /// The name under which the embedded store registers itself as the controller's default.
 pub const DEFAULT_STORE_NAME: &str = "redb";

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cnm_core::store::local::{ChangeLog, DEFAULT_HISTORY, LeaseTable};
+use cnm_core::store::local::{ChangeLog, LeaseTable};
 use cnm_core::store::{
     Lease, LeaseId, Listing, Store, StoreError, Txn, TxnOp, Versioned, Watch, WatchEvent,
     check_lease_ttl,
@@ -54,6 +54,19 @@ const LEASED: TableDefinition<'static, &str, i64> = TableDefinition::new("leased
 const REVISION: &str = "revision";
 /// The next lease id to issue (absent: 1).
 const NEXT_LEASE: &str = "next_lease";
+/// redb's page cache (read cache and write buffer together). redb's default is 1 GiB, and the
+/// cache keeps every page it reads or writes until it reaches that size, so it grew with the
+/// data: at 10,000 endpoints it held the whole file in cnmd's heap (issue 15: resident memory
+/// under 30 MB). The kernel's page cache already keeps the file's hot pages; reads past this
+/// cache are `pread`s that hit it. 1 MiB (256 pages) holds the tables' branch pages and a
+/// commit's dirty ones (a commit that dirties more writes the excess early).
+pub const REDB_CACHE_BYTES: usize = 1024 * 1024;
+/// Events kept for [`Store::watch_from`]. Each keeps its record's bytes (about 1 KiB for an
+/// endpoint or a sandbox), so cnm-core's default of 4,096 held 3-4 MB of cnmd's heap once 1,400
+/// containers had attached (issue 15). Local watchers resume from the revision of a listing
+/// they have just read (cnm-core's facts), a few commits back at most; one further behind gets
+/// [`WatchEvent::Resync`] and lists again.
+pub const REDB_HISTORY: usize = 512;
 
 /// The embedded, crash-safe store: `<state_dir>/state.redb`.
 ///
@@ -111,7 +124,11 @@ impl RedbStore {
         let opened = crate::private::open_rw(&path)
             .map_err(DatabaseError::from)
             .and_then(FileBackend::new)
-            .and_then(|backend| Database::builder().create_with_backend(backend));
+            .and_then(|backend| {
+                Database::builder()
+                    .set_cache_size(REDB_CACHE_BYTES)
+                    .create_with_backend(backend)
+            });
         let db = opened.map_err(|source| match source {
             DatabaseError::DatabaseAlreadyOpen => RedbStoreError::AlreadyOpen {
                 path: path.clone(),
@@ -153,7 +170,7 @@ impl RedbStore {
                 db,
                 writer: Mutex::new(()),
                 lock,
-                log: Mutex::new(ChangeLog::new(revision, DEFAULT_HISTORY)),
+                log: Mutex::new(ChangeLog::new(revision, REDB_HISTORY)),
                 leases: Mutex::new(LeaseTable::new(next_lease)),
             }),
         };

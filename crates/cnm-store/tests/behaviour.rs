@@ -791,6 +791,28 @@ async fn local_history_is_bounded_and_older_revisions_resync() -> Result<()> {
     Ok(())
 }
 
+/// The embedded store keeps [`cnm_store::REDB_HISTORY`] events for `watch_from`, not
+/// cnm-core's larger default: each event holds its record's bytes in the daemon's heap (issue 15).
+#[tokio::test]
+async fn redb_history_is_bounded_by_its_own_capacity() -> Result<()> {
+    let (_dir, store) = redb()?;
+    let mut big = Txn::new();
+    for i in 0..=cnm_store::REDB_HISTORY {
+        big = big.put(format!("k/{i}"), b"v".to_vec(), Expect::Absent);
+    }
+    let first = store.commit(big).await?;
+    let second = store.put("k/last", b"v".to_vec(), Expect::Absent).await?;
+    // The first commit's events are more than the history holds: it is gone as a whole.
+    let mut old = store.watch_from("k/", first - 1)?;
+    assert_eq!(
+        old.next().await,
+        Some(WatchEvent::Resync { compacted: first })
+    );
+    let mut w = store.watch_from("k/", first)?;
+    assert_eq!(w.next().await.map(|e| e.revision()), Some(second));
+    Ok(())
+}
+
 #[tokio::test]
 async fn second_open_is_refused_clearly() -> Result<()> {
     let (dir, store) = redb()?;

@@ -936,11 +936,7 @@ async fn publish_again(core: &Core, sandboxes: Vec<Arc<SandboxInner>>) -> Result
                 .and_then(|gw| st.joined.iter().find(|j| &j.ep.id == gw).cloned())
         };
         let Some(j) = gateway else { continue };
-        let bindings = if j.published.is_empty() {
-            j.ep.port_bindings()
-        } else {
-            j.published.clone()
-        };
+        let bindings = to_publish_again(&j);
         if bindings.is_empty() {
             continue;
         }
@@ -1162,15 +1158,21 @@ async fn restore_gateway(
     j: &mut Joined,
 ) -> Result<(), CoreError> {
     restore_default_routes(core, sb, j).await?;
-    let bindings = if j.published.is_empty() {
-        j.ep.port_bindings()
-    } else {
-        j.published.clone()
-    };
+    let bindings = to_publish_again(j);
     if !bindings.is_empty() {
         j.published = program(core, j, &bindings, "publish ports again of endpoint").await?;
     }
     Ok(())
+}
+
+/// What a restored gateway join publishes again: its ports as they were (host ports
+/// included), or as requested when none were recorded.
+fn to_publish_again(j: &Joined) -> Vec<PortBinding> {
+    if j.published.is_empty() {
+        j.ep.port_bindings()
+    } else {
+        j.published.clone()
+    }
 }
 
 /// The gateway endpoint's default route (added unless there); its published ports come

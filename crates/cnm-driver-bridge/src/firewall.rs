@@ -161,32 +161,20 @@ impl FirewallHandle {
         ))
     }
 
-    pub(crate) async fn add_port_mappings(
-        &self,
-        network_id: &str,
-        endpoint_id: &str,
-        mappings: &[PortMapping],
-    ) -> Result<(), BridgeError> {
-        self.fw
-            .add_port_mappings(network_id, endpoint_id, mappings)
-            .await
-            .map_err(fw_err(
-                "add port mappings",
-                format!("endpoint {endpoint_id}"),
-            ))
-    }
-
-    /// Publishes the ports of many endpoints in one transaction (see
-    /// [`Firewall::add_port_mappings_batch`]).
+    /// Publishes the ports of one or many endpoints in one transaction (see
+    /// [`Firewall::add_port_mappings_batch`]); an error names the endpoint when there is one.
     pub(crate) async fn add_port_mappings_batch(
         &self,
         batch: Vec<EndpointMappings>,
     ) -> Result<(), BridgeError> {
-        let count = batch.len();
+        let object = match batch.as_slice() {
+            [one] => format!("endpoint {}", one.endpoint_id),
+            all => format!("{} endpoints", all.len()),
+        };
         self.fw
             .add_port_mappings_batch(batch)
             .await
-            .map_err(fw_err("add port mappings", format!("{count} endpoints")))
+            .map_err(fw_err("add port mappings", object))
     }
 
     pub(crate) async fn remove_port_mappings(&self, endpoint_id: &str) -> Result<(), BridgeError> {

@@ -626,71 +626,22 @@ impl BridgeDriver {
         }
     }
 
+    /// Publishes one endpoint's ports: the batch of one (see [`Self::program_batch_inner`]).
     async fn program_inner(
         &self,
-        &PublishRequest {
-            network_id,
-            endpoint_id,
-            bindings,
-            ..
-        }: &PublishRequest<'_>,
+        request: &PublishRequest<'_>,
     ) -> Result<Vec<PortBinding>, BridgeError> {
-        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
-        let requests = port_requests(&net, &ep, bindings)?;
-        // Programming again replaces what was there.
-        self.revoke_inner(network_id, endpoint_id).await?;
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let firewall = self.firewall().await?.clone();
-        let for_thread = requests.clone();
-        let reservations = self
-            .ctx
-            .host_ns
-            .run(move || ports::reserve(&for_thread))
-            .await
-            .map_err(|e| {
-                BridgeError::failed("reserve host ports in", self.ctx.host_ns.to_string(), e)
-            })??;
-
-        let mut undo = Undo::new();
-        let result = async {
-            fault_point!(self, PublishPortsReserved);
-            let (mappings, made) = mappings_of(&requests, &reservations);
-            firewall
-                .add_port_mappings(network_id, endpoint_id, &mappings)
-                .await?;
-            {
-                let (firewall, endpoint_id) = (firewall.clone(), endpoint_id.to_owned());
-                undo.push("remove port mappings", move || async move {
-                    firewall.remove_port_mappings(&endpoint_id).await
-                });
-            }
-            fault_point!(self, PublishFirewallProgrammed);
-
-            // A UDP flow conntracked before the mapping existed (or towards a previous
-            // container) would keep bypassing the new DNAT rule until it times out.
-            let udp_mappings: Vec<PortMapping> = mappings
-                .iter()
-                .filter(|m| m.proto == Protocol::Udp)
-                .cloned()
-                .collect();
-            if !udp_mappings.is_empty() {
-                firewall.flush_conntrack(&udp_mappings).await?;
-            }
-            fault_point!(self, PublishConntrackFlushed);
-            Ok(made)
-        }
-        .await;
-        let made = undo.finish(result).await?;
-        lock(&ep.state).published = Some(Published { reservations });
-        Ok(made)
+        let mut made = self
+            .program_batch_inner(std::slice::from_ref(request))
+            .await?;
+        Ok(made.pop().unwrap_or_default())
     }
 
-    /// Publishes the ports of many endpoints (a restart re-publishing every sandbox's): every
-    /// request planned first, every host port reserved in one trip to the host namespace, and
-    /// every mapping installed in one firewall transaction (issue 15: one trip each per
-    /// endpoint made a restart with 10,000 endpoints wait on the firewall). All or nothing.
+    /// Publishes the ports of one or many endpoints (a restart re-publishes every sandbox's in
+    /// one call): every request planned first, every host port reserved in one trip to the
+    /// host namespace, and every mapping installed in one firewall transaction (issue 15: one
+    /// trip each per endpoint made a restart with 10,000 endpoints wait on the firewall). All
+    /// or nothing.
     async fn program_batch_inner(
         &self,
         requests: &[PublishRequest<'_>],
@@ -748,6 +699,7 @@ impl BridgeDriver {
         }
         let mut undo: Undo<BridgeError> = Undo::new();
         let result = async {
+            fault_point!(self, PublishPortsReserved);
             let published: Vec<String> = batch
                 .iter()
                 .filter(|e| !e.mappings.is_empty())
@@ -763,10 +715,13 @@ impl BridgeDriver {
                     Ok(())
                 });
             }
-            // As for one endpoint (see `program_inner`): UDP flows that predate the mappings.
+            fault_point!(self, PublishFirewallProgrammed);
+            // A UDP flow conntracked before the mapping existed (or towards a previous
+            // container) would keep bypassing the new DNAT rule until it times out.
             if !udp.is_empty() {
                 firewall.flush_conntrack(&udp).await?;
             }
+            fault_point!(self, PublishConntrackFlushed);
             Ok(())
         }
         .await;

@@ -516,7 +516,8 @@ impl Firewall {
     }
 
     /// Publishes the ports of many endpoints in one transaction (a restore re-publishing every
-    /// endpoint's ports: one trip to the firewall instead of one per endpoint, issue 15). Each
+    /// endpoint's ports: one trip to the firewall instead of one per endpoint, issue 15; the
+    /// bridge publishes a single endpoint's as a batch of one, and an error then names it). Each
     /// endpoint must publish nothing yet; the batch is checked as a whole (a conflict between
     /// two of its endpoints is refused as between two calls) and is made entirely or not at
     /// all.
@@ -528,8 +529,12 @@ impl Firewall {
             .into_iter()
             .filter(|e| !e.mappings.is_empty())
             .collect();
+        let op = match batch.as_slice() {
+            [one] => format!("publish ports of endpoint {}", one.endpoint_id),
+            all => format!("publish ports of {} endpoints", all.len()),
+        };
         self.planned_batch(
-            format!("publish ports of {} endpoints", batch.len()),
+            op,
             batch,
             |m, e| {
                 if m.publishes(&e.endpoint_id) {

@@ -1135,7 +1135,9 @@ impl Daemon {
                 tracing::warn!(path = %p.display(), error = %e, "failed to remove plugin socket");
             }
             // Still holding the lock: the socket is ours to remove.
-            if let Err(e) = std::fs::remove_file(&sock) {
+            if let Err(e) = std::fs::remove_file(&sock)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
                 tracing::warn!(path = %sock.display(), error = %e, "failed to remove socket");
             }
             drop(lock);

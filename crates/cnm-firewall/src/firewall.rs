@@ -134,8 +134,13 @@ impl Inner {
     fn poke_watcher(&self) {
         if let Some(o) = self.open.get() {
             o.stall.set(false);
-            if let Err(e) = o.socket.poke(o.watcher) {
-                warn!(error = %e, "failed to stop the nftables watcher; it stops at the next notification");
+            match o.socket.poke(o.watcher) {
+                // No socket has the watcher's port id: it has already stopped.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => {
+                    warn!(error = %e, "failed to stop the nftables watcher; it stops at the next notification")
+                }
+                Ok(()) => {}
             }
         }
     }

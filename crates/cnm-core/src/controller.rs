@@ -612,14 +612,7 @@ impl Controller {
     /// wait for (see [`Controller::restore_waiting`]), sorted; empty when none waits.
     pub fn waiting_ipams(&self) -> Vec<String> {
         self.core()
-            .map(|c| {
-                c.pending_ipam
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .keys()
-                    .cloned()
-                    .collect()
-            })
+            .map(|c| c.pending_ipam.names())
             .unwrap_or_default()
     }
 
@@ -627,16 +620,7 @@ impl Controller {
     /// for (see [`Controller::restore_waiting`] and [`Controller::register_driver`]), sorted;
     /// empty when none waits.
     pub fn waiting_drivers(&self) -> Vec<String> {
-        self.core()
-            .map(|c| {
-                c.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .keys()
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.core().map(|c| c.pending.names()).unwrap_or_default()
     }
 
     /// The networks recorded before the controller was built that wait for their IPAM driver
@@ -647,34 +631,20 @@ impl Controller {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (ipam, waiting) in core
-            .pending_ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            out.extend(waiting.iter().map(|w| {
-                WaitingNetwork::new(
-                    &w.record.value,
-                    &w.endpoints,
-                    WaitingFor::IpamDriver(ipam.clone()),
-                )
-            }));
-        }
-        for (driver, waiting) in core
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            out.extend(waiting.iter().map(|p| {
-                WaitingNetwork::new(
-                    &p.record.value,
-                    &p.endpoints,
-                    WaitingFor::Driver(driver.clone()),
-                )
-            }));
-        }
+        core.pending_ipam.each(|ipam, w| {
+            out.push(WaitingNetwork::new(
+                &w.record.value,
+                &w.endpoints,
+                WaitingFor::IpamDriver(ipam.to_owned()),
+            ));
+        });
+        core.pending.each(|driver, p| {
+            out.push(WaitingNetwork::new(
+                &p.record.value,
+                &p.endpoints,
+                WaitingFor::Driver(driver.to_owned()),
+            ));
+        });
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         out
     }
@@ -891,18 +861,10 @@ impl Controller {
         let weak = Arc::downgrade(&core);
         let (driver, name) = (driver.to_owned(), name.to_owned());
         let ipam = options.ipam_driver.clone();
-        let waited = {
-            let pending = core
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let pending_ipam = core
-                .pending_ipam
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending.contains_key(&driver)
-                || ipam.as_ref().is_some_and(|i| pending_ipam.contains_key(i))
-        };
+        let waited = core.pending.waits_for(&driver)
+            || ipam
+                .as_ref()
+                .is_some_and(|i| core.pending_ipam.waits_for(i));
         let inner = run_op(core, "create network", name.clone(), |core| {
             ops::network_create::create_network(core, driver, name, options)
         })

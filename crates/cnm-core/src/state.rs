@@ -24,6 +24,7 @@ use crate::host::{self, HostNetwork};
 use crate::ipam::Ipam;
 use crate::kernel::Kernel;
 use crate::model::endpoint::EndpointInner;
+use crate::model::lock;
 use crate::model::network::NetworkInner;
 use crate::model::sandbox::SandboxInner;
 use crate::options::PoolConfig;
@@ -74,11 +75,11 @@ pub(crate) struct Core {
     pub(crate) cluster_awaited: Option<String>,
     /// Networks whose driver was missing at reload, by driver name: their names, pools and
     /// addresses stay reserved until the driver registers and they are restored.
-    pub(crate) pending: Mutex<BTreeMap<String, Vec<PendingNetwork>>>,
+    pub(crate) pending: Waiting<PendingNetwork>,
     /// Local networks whose IPAM driver (found by name: a plugin) was missing at reload, by IPAM
     /// name: their names stay reserved, and their links are kept by their driver's sweep, until
     /// the IPAM is found and they are restored ([`crate::Controller::restore_waiting`]).
-    pub(crate) pending_ipam: Mutex<BTreeMap<String, Vec<WaitingForIpam>>>,
+    pub(crate) pending_ipam: Waiting<WaitingForIpam>,
     /// The embedded DNS resolver, when on (see [`crate::dns`]).
     pub(crate) dns: crate::dns::Dns,
     /// The network that gives overlay-like endpoints a way out, if configured.
@@ -101,6 +102,56 @@ pub(crate) struct PendingNetwork {
 pub(crate) struct WaitingForIpam {
     pub(crate) record: crate::store::Versioned<crate::record::NetworkRecord>,
     pub(crate) endpoints: Vec<crate::store::Versioned<crate::record::EndpointRecord>>,
+}
+
+/// Recorded networks that wait for what they are named after (their driver, or their IPAM
+/// driver), by that name, in the order they came to wait. A restore takes a name's networks
+/// and adds back those it could not restore.
+pub(crate) struct Waiting<T>(Mutex<BTreeMap<String, Vec<T>>>);
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<T> Waiting<T> {
+    /// The names waited for, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        lock(&self.0).keys().cloned().collect()
+    }
+
+    /// Whether networks wait for `name`.
+    pub(crate) fn waits_for(&self, name: &str) -> bool {
+        lock(&self.0).contains_key(name)
+    }
+
+    /// Adds networks to those waiting for `name`, after them.
+    pub(crate) fn add(&self, name: &str, networks: impl IntoIterator<Item = T>) {
+        lock(&self.0)
+            .entry(name.to_owned())
+            .or_default()
+            .extend(networks);
+    }
+
+    /// Takes every network waiting for `name` (none wait for it afterwards).
+    pub(crate) fn take(&self, name: &str) -> Vec<T> {
+        lock(&self.0).remove(name).unwrap_or_default()
+    }
+
+    /// Visits every waiting network with the name it waits for.
+    pub(crate) fn each(&self, mut f: impl FnMut(&str, &T)) {
+        for (name, networks) in lock(&self.0).iter() {
+            for n in networks {
+                f(name, n);
+            }
+        }
+    }
+
+    /// Forgets every waiting network.
+    pub(crate) fn clear(&self) {
+        lock(&self.0).clear();
+    }
 }
 
 impl Drop for Core {
@@ -163,8 +214,8 @@ impl Core {
             gate: Arc::new(Gate::default()),
             cluster: cluster_slot,
             cluster_awaited: None,
-            pending: Mutex::new(BTreeMap::new()),
-            pending_ipam: Mutex::new(BTreeMap::new()),
+            pending: Waiting::default(),
+            pending_ipam: Waiting::default(),
             dns: crate::dns::Dns::default(),
             gateway_network: None,
             remote_names: crate::remote_names::RemoteNames::default(),
@@ -373,14 +424,8 @@ impl Core {
         if let Some(c) = self.cluster.get() {
             c.stop();
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        self.pending_ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.pending.clear();
+        self.pending_ipam.clear();
     }
 
     /// The networks the host is on (addresses and routes of its namespace), leaving out the

@@ -272,15 +272,14 @@ async fn restore_networks(
             tracing::warn!(network = %name, ipam = %ipam, error = %e, "ipam driver of a recorded network not found: network kept, restored when the ipam driver is found");
             core.network_names.insert(name, Some(id.clone()));
             kept_by_driver.entry(driver).or_default().push(id);
-            core.pending_ipam
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(ipam.to_owned())
-                .or_default()
-                .push(WaitingForIpam {
+            let ipam = ipam.to_owned();
+            core.pending_ipam.add(
+                &ipam,
+                [WaitingForIpam {
                     record: net,
                     endpoints: eps,
-                });
+                }],
+            );
             continue;
         }
         let (pools_v4, pools_v6) = reserve(core, &net, &eps).await?;
@@ -288,17 +287,15 @@ async fn restore_networks(
         // A driver the program does not link (a plugin) is looked for by name first.
         if let Err(e) = core.find_driver(&driver).await {
             tracing::warn!(network = %name, driver = %driver, error = %e, "driver of a recorded network not found: network kept, restored when the driver registers");
-            core.pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(driver)
-                .or_default()
-                .push(PendingNetwork {
+            core.pending.add(
+                &driver,
+                [PendingNetwork {
                     record: net,
                     pools_v4,
                     pools_v6,
                     endpoints: eps,
-                });
+                }],
+            );
             continue;
         }
         let live = restore_one(core, net, pools_v4, pools_v6, eps, opened).await?;
@@ -327,36 +324,19 @@ fn waiting_ipam(rec: &NetworkRecord) -> Option<&str> {
 /// IPAM is found now: their pools and addresses reserved in it, then handed to their driver
 /// (or, when that is missing, left waiting for it as at reload).
 pub(crate) async fn restore_waiting_ipams(core: Arc<Core>) -> Result<(), CoreError> {
-    let names: Vec<String> = core
-        .pending_ipam
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .keys()
-        .cloned()
-        .collect();
-    for name in names {
+    for name in core.pending_ipam.names() {
         if let Err(e) = core.find_ipam(Some(&name)).await {
             tracing::debug!(ipam = %name, error = %e, "ipam driver still missing");
             continue;
         }
-        let waiting = core
-            .pending_ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&name)
-            .unwrap_or_default();
-        let mut waiting = waiting.into_iter();
+        let mut waiting = core.pending_ipam.take(&name).into_iter();
         while let Some(w) = waiting.next() {
             let (pools_v4, pools_v6) = match reserve(&core, &w.record, &w.endpoints).await {
                 Ok(pools) => pools,
                 Err(e) => {
                     // Still waiting, this one and the rest: tried again on the next call.
                     core.pending_ipam
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .entry(name.clone())
-                        .or_default()
-                        .extend(std::iter::once(w).chain(waiting));
+                        .add(&name, std::iter::once(w).chain(waiting));
                     return Err(e);
                 }
             };
@@ -370,29 +350,14 @@ pub(crate) async fn restore_waiting_ipams(core: Arc<Core>) -> Result<(), CoreErr
             let driver = p.record.value.driver.clone();
             if let Err(e) = core.find_driver(&driver).await {
                 tracing::warn!(network = %p.record.value.name, driver = %driver, error = %e, "driver of a recorded network not found: network kept, restored when the driver registers");
-                core.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(driver)
-                    .or_default()
-                    .push(p);
+                core.pending.add(&driver, [p]);
                 continue;
             }
             if let Err(e) = restore_waiting(&core, p.clone()).await {
                 // Its pools are reserved now: it waits as one whose driver failed, tried again
                 // by the next call with the rest.
-                core.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(driver)
-                    .or_default()
-                    .push(p);
-                core.pending_ipam
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(name.clone())
-                    .or_default()
-                    .extend(waiting);
+                core.pending.add(&driver, [p]);
+                core.pending_ipam.add(&name, waiting);
                 return Err(e);
             }
         }
@@ -565,21 +530,10 @@ async fn restore_one(
 /// endpoints; an endpoint recorded as joined comes back joined when its sandbox is there.
 /// One that fails is left waiting with those after it, tried again on the next call.
 pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(), CoreError> {
-    let pending = core
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&driver)
-        .unwrap_or_default();
-    let mut pending = pending.into_iter();
+    let mut pending = core.pending.take(&driver).into_iter();
     while let Some(p) = pending.next() {
         if let Err(e) = restore_waiting(&core, p.clone()).await {
-            core.pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(driver)
-                .or_default()
-                .extend(std::iter::once(p).chain(pending));
+            core.pending.add(&driver, std::iter::once(p).chain(pending));
             return Err(e);
         }
     }
@@ -591,15 +545,8 @@ pub(crate) async fn restore_pending(core: Arc<Core>, driver: String) -> Result<(
 /// driver is still missing keep waiting; the first error is returned after every driver was
 /// tried.
 pub(crate) async fn restore_waiting_drivers(core: Arc<Core>) -> Result<(), CoreError> {
-    let names: Vec<String> = core
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .keys()
-        .cloned()
-        .collect();
     let mut first = None;
-    for name in names {
+    for name in core.pending.names() {
         if let Err(e) = core.find_driver(&name).await {
             tracing::debug!(driver = %name, error = %e, "driver still missing");
             continue;
@@ -756,17 +703,16 @@ pub(crate) async fn sync_cluster(core: &Arc<Core>) -> Result<u64, CoreError> {
             let (v4, v6) = reserve(core, &net, &[]).await?;
             if core.driver(&net.value.driver).is_err() {
                 core.network_names.insert(name.clone(), Some(id.clone()));
-                core.pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(net.value.driver.clone())
-                    .or_default()
-                    .push(PendingNetwork {
+                let driver = net.value.driver.clone();
+                core.pending.add(
+                    &driver,
+                    [PendingNetwork {
                         record: net,
                         pools_v4: v4,
                         pools_v6: v6,
                         endpoints: Vec::new(),
-                    });
+                    }],
+                );
                 return Ok(());
             }
             restore_one(core, net, v4, v6, Vec::new(), &BTreeMap::new())
@@ -865,22 +811,12 @@ async fn restore_sandboxes(
     opened: BTreeMap<String, Opened>,
     endpoints: &HashMap<String, Arc<EndpointInner>>,
 ) -> Result<(), CoreError> {
-    let mut pending: BTreeSet<String> = core
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-        .flatten()
-        .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone()))
-        .collect();
-    pending.extend(
-        core.pending_ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .flatten()
-            .flat_map(|p| p.endpoints.iter().map(|e| e.value.id.clone())),
-    );
+    // The endpoints of networks that wait (for their driver or IPAM driver).
+    let mut pending = BTreeSet::new();
+    core.pending
+        .each(|_, p| pending.extend(p.endpoints.iter().map(|e| e.value.id.clone())));
+    core.pending_ipam
+        .each(|_, w| pending.extend(w.endpoints.iter().map(|e| e.value.id.clone())));
     // Each sandbox's kernel work (interface lookups, default route, published ports, files) is
     // its own: they are restored concurrently, a bounded number at a time. The firewall is
     // loading meanwhile, so their rules still go to the kernel in the one final transaction.

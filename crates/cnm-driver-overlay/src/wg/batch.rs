@@ -86,6 +86,31 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// An iovec pointing nowhere, filled in before a call.
+const NO_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// The headers of one `sendmmsg`/`recvmmsg` of `n` messages: message `i` carries the one buffer
+/// `iovs[i]` and the socket address `name(i)` gives (where it is and its length). The caller
+/// keeps what they point at alive and unmoved until the call returns.
+fn headers(
+    n: usize,
+    iovs: &mut [libc::iovec; BATCH],
+    mut name: impl FnMut(usize) -> (*mut libc::c_void, libc::socklen_t),
+) -> [libc::mmsghdr; BATCH] {
+    // SAFETY: mmsghdr is plain data (pointers and integers); all zeros is a valid value.
+    #[allow(unsafe_code)]
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (m, iov)) in msgs.iter_mut().zip(iovs.iter_mut()).take(n).enumerate() {
+        (m.msg_hdr.msg_name, m.msg_hdr.msg_namelen) = name(i);
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    msgs
+}
+
 /// Datagrams waiting to be sent, each in its own buffer, in order.
 pub(crate) struct SendBatch {
     bufs: Vec<Vec<u8>>,
@@ -135,13 +160,7 @@ impl SendBatch {
         #[allow(unsafe_code)]
         let mut addrs: [(libc::sockaddr_storage, libc::socklen_t); BATCH] =
             unsafe { std::mem::zeroed() };
-        let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is plain data (pointers and integers); all zeros is a valid value.
-        #[allow(unsafe_code)]
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs = [NO_IOVEC; BATCH];
         for i in 0..n {
             let k = from + i;
             addrs[i] = to_sockaddr(self.dests[k].expect("every pushed datagram has a destination"));
@@ -150,12 +169,7 @@ impl SendBatch {
                 iov_len: self.lens[k],
             };
         }
-        for i in 0..n {
-            msgs[i].msg_hdr.msg_name = (&raw mut addrs[i].0).cast();
-            msgs[i].msg_hdr.msg_namelen = addrs[i].1;
-            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
+        let mut msgs = headers(n, &mut iovs, |i| ((&raw mut addrs[i].0).cast(), addrs[i].1));
         // SAFETY: `msgs[..n]` point into `addrs`, `iovs` and `self.bufs`, all alive and
         // unmoved for the call; the kernel only reads the buffers (iov_base is *mut by type
         // only) and writes `msg_len`.
@@ -212,26 +226,15 @@ impl RecvBatch {
     fn recvmmsg(&mut self, fd: i32) -> io::Result<usize> {
         let mut addrs: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
             [const { MaybeUninit::zeroed() }; BATCH];
-        let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; BATCH];
-        // SAFETY: mmsghdr is plain data; all zeros is a valid value.
-        #[allow(unsafe_code)]
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs = [NO_IOVEC; BATCH];
         for (i, buf) in self.bufs.iter_mut().enumerate() {
             iovs[i] = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
                 iov_len: buf.len(),
             };
         }
-        for i in 0..BATCH {
-            msgs[i].msg_hdr.msg_name = addrs[i].as_mut_ptr().cast();
-            msgs[i].msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &raw mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
+        let room = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut msgs = headers(BATCH, &mut iovs, |i| (addrs[i].as_mut_ptr().cast(), room));
         // SAFETY: every msghdr points into `addrs`, `iovs` and `self.bufs`, alive, unmoved and
         // exclusively borrowed for the call; the kernel writes at most the lengths given.
         #[allow(unsafe_code)]

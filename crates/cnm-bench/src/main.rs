@@ -53,7 +53,8 @@ const USAGE: &str = "\
 usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [--out FILE] [--peers-dir DIR]
                  [--cli CNM --cnmd CNMD | --cli-unavailable REASON] [--command TEXT]
                  [--compare OLD.json] [--readme README.md] [--no-run] [--scale N] [--churn N]
-                 [--sim-hosts N] [--no-dns] [SCENARIO…]
+                 [--sim-hosts N] [--no-dns] [--restart-endpoints N] [--restart-networks M]
+                 [SCENARIO…]
   --scale N           also N attaches over N/1000 networks (cnm and the floor; 1st, 1000th, N/2th,
                       Nth), cnm restarted with them, cnmd's memory with N endpoints and N ports
   --no-dns            cnm's networks without the embedded DNS (as plugin networks are): no DNS
@@ -62,6 +63,12 @@ usage: cnm-bench [--quick] [-n N] [--contenders A,B] [--store durable|memory] [-
   --churn N           also N attach/detach cycles of cnm: p50/p99 and what is left (memory,
                       descriptors, links, nftables rules and elements, mounts) per 10,000
                       (with either flag and no scenario named, only what the flags ask for runs)
+  --restart-endpoints N, --restart-networks M
+                      the restart scenario with N endpoints (each joined, each publishing a
+                      port) over M bridge networks (default 1000 over 1; 200 with --quick), on
+                      the store of --store (default memory; durable: redb in the state dir);
+                      -n R restarts the same state R times (default 1); runs only restart
+                      when no scenario is named
   --sim-hosts N       hosts of the overlay's control-plane simulation (overlay-sim; default 100)
   --compare OLD.json  after the run, each figure against OLD.json's; a FLAG line and exit
                       status 1 for any figure more than 20% slower
@@ -99,6 +106,8 @@ struct Args {
     churn: Option<u32>,
     sim_hosts: Option<u32>,
     no_dns: bool,
+    restart_endpoints: Option<u32>,
+    restart_networks: Option<u32>,
     scenarios: Vec<String>,
 }
 
@@ -136,10 +145,23 @@ fn parse_args(args: &[String]) -> Result<Args> {
             "--scale" => a.scale = Some(count("--scale", &value("--scale")?)?),
             "--churn" => a.churn = Some(count("--churn", &value("--churn")?)?),
             "--sim-hosts" => a.sim_hosts = Some(count("--sim-hosts", &value("--sim-hosts")?)?),
+            "--restart-endpoints" => {
+                a.restart_endpoints = Some(count(
+                    "--restart-endpoints",
+                    &value("--restart-endpoints")?,
+                )?)
+            }
+            "--restart-networks" => {
+                a.restart_networks =
+                    Some(count("--restart-networks", &value("--restart-networks")?)?)
+            }
             "-h" | "--help" => bail!("{USAGE}"),
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             name => a.scenarios.extend(expand(name)?),
         }
+    }
+    if a.scenarios.is_empty() && (a.restart_endpoints.is_some() || a.restart_networks.is_some()) {
+        a.scenarios.push("restart".to_owned());
     }
     if a.scenarios.is_empty() && a.scale.is_none() && a.churn.is_none() {
         a.scenarios = SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
@@ -314,7 +336,7 @@ fn raise_fd_limit() {
 
 /// Runs the scenarios and writes the report to `out`.
 fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
-    if args.scale.is_some() || args.churn.is_some() {
+    if args.scale.is_some() || args.churn.is_some() || args.restart_endpoints.is_some() {
         raise_fd_limit();
     }
     if args.no_dns {
@@ -348,6 +370,8 @@ fn measure(args: &Args, out: &std::path::Path) -> Result<()> {
             iterations: args.iterations,
             contenders: args.contenders.clone(),
             store: args.store,
+            restart_endpoints: args.restart_endpoints,
+            restart_networks: args.restart_networks,
             runs_datapath: if args.quick { 1 } else { 3 },
             secs_datapath: if args.quick { 1 } else { 3 },
         },

@@ -28,6 +28,10 @@ pub struct Options {
     /// `--store`: which store the cnm library contender uses; `None`: both where a scenario
     /// measures both (`cnm` durable, `cnm-memory` in memory), the durable one elsewhere.
     pub store: Option<StoreChoice>,
+    /// `--restart-endpoints`: the endpoints of the restart scenario (default 1000).
+    pub restart_endpoints: Option<u32>,
+    /// `--restart-networks`: the networks they are spread over (default 1).
+    pub restart_networks: Option<u32>,
     /// Data-path runs per side.
     pub runs_datapath: usize,
     /// Seconds per data-path run.
@@ -659,13 +663,23 @@ impl Bench {
         }
     }
 
-    /// Time until a restarted controller is ready with 1000 endpoints and 1000 published ports.
+    /// Time until a restarted controller is ready with 1000 endpoints and 1000 published ports
+    /// (or as `--restart-endpoints`, `--restart-networks`, `--store` and `-n` ask).
     pub async fn restart(&mut self) {
         if !self.opts.wants_cnm() {
             return;
         }
-        let count = if self.opts.quick { 200 } else { 1000 };
-        let outcome = match crate::restart::measure(count).await {
+        let shape = crate::restart::Shape {
+            endpoints: self.opts.restart_endpoints.unwrap_or(if self.opts.quick {
+                200
+            } else {
+                1000
+            }),
+            networks: self.opts.restart_networks.unwrap_or(1),
+            durable: self.opts.store == Some(StoreChoice::Durable),
+            restarts: self.opts.iterations.unwrap_or(1).max(1),
+        };
+        let outcome = match crate::restart::measure(shape).await {
             Ok(o) => o,
             Err(e) => failed(&e),
         };
@@ -895,6 +909,8 @@ mod tests {
             iterations: None,
             contenders: contenders.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
             store,
+            restart_endpoints: None,
+            restart_networks: None,
             runs_datapath: 1,
             secs_datapath: 1,
         }

@@ -34,9 +34,10 @@ pub const POINTS: &[&str] = &[
     "join:after-driver",
     "join:after-interface",
     "join:after-gateway",
-    // The records are committed while the hosts file and the DNS are done (reached with the
-    // commit done and neither started).
-    "join:record-before-dns",
+    // The records are committed while the rest is done: the default route and the ports when
+    // the gateway's switch can be told in advance, the hosts file and the DNS (reached with the
+    // commit done and none of them started).
+    "join:record-before-rest",
     "join:after-record",
     // Leave: records first, then the kernel.
     "leave:after-record",

@@ -92,18 +92,10 @@ pub(crate) async fn switch_gateway(
     list: &mut [Joined],
     undo: &mut Undo<CoreError>,
 ) -> Result<Option<String>, CoreError> {
-    if old.is_none()
-        && let Some(kept) = sb.detached_gateway()
-    {
-        // The gateway endpoint's network waits for its driver: the route through it stays.
-        return Ok(Some(kept));
-    }
-    let candidates: Vec<GatewayCandidate> = list.iter().map(Joined::candidate).collect();
-    let new_id = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
-    let old_id = old.as_ref().map(|j| j.ep.id.clone());
-    if new_id == old_id {
-        return Ok(new_id);
-    }
+    let new_id = match next_gateway(sb, old.as_ref(), list) {
+        Next::Unchanged(id) => return Ok(id),
+        Next::To(id) => id,
+    };
     if let Some(old) = old {
         revoke(core, &old).await?;
         {
@@ -156,6 +148,59 @@ pub(crate) async fn switch_gateway(
         published?;
     }
     Ok(new_id)
+}
+
+/// The gateway endpoint a switch leaves a sandbox with.
+enum Next {
+    /// The gateway stays (the one kept while its network waits for its driver, or the same
+    /// endpoint as before): nothing to do.
+    Unchanged(Option<String>),
+    /// From the old gateway endpoint (if any) to this one (if any).
+    To(Option<String>),
+}
+
+fn next_gateway(sb: &SandboxInner, old: Option<&Joined>, list: &[Joined]) -> Next {
+    if old.is_none()
+        && let Some(kept) = sb.detached_gateway()
+    {
+        // The gateway endpoint's network waits for its driver: the route through it stays.
+        return Next::Unchanged(Some(kept));
+    }
+    let candidates: Vec<GatewayCandidate> = list.iter().map(Joined::candidate).collect();
+    let new_id = gateway::select(&candidates).map(|c| c.endpoint_id.clone());
+    if new_id.as_deref() == old.map(|j| j.ep.id.as_str()) {
+        Next::Unchanged(new_id)
+    } else {
+        Next::To(new_id)
+    }
+}
+
+/// What [`switch_gateway`] will leave in `list` and return, told before it runs, so that a
+/// join's records can be committed while the route and the ports are made: when the gateway
+/// stays, or when a sandbox gets its first gateway endpoint whose every port names its host
+/// port (published as asked). `None` when the switch moves the gateway from one endpoint to
+/// another, or when the driver picks a host port: those records are written after the switch.
+/// A prediction the switch then contradicts costs a second commit, never a wrong record.
+pub(crate) fn predict_switch(
+    sb: &SandboxInner,
+    old: Option<&Joined>,
+    list: &[Joined],
+) -> Option<(Vec<Joined>, Option<String>)> {
+    let new_id = match next_gateway(sb, old, list) {
+        Next::Unchanged(id) => return Some((list.to_vec(), id)),
+        Next::To(_) if old.is_some() => return None,
+        Next::To(id) => id,
+    };
+    let mut predicted = list.to_vec();
+    if let Some(id) = &new_id {
+        let j = predicted.iter_mut().find(|j| &j.ep.id == id)?;
+        let bindings = j.ep.port_bindings();
+        if bindings.iter().any(|b| b.host_port.is_none()) {
+            return None;
+        }
+        j.published = bindings;
+    }
+    Some((predicted, new_id))
 }
 
 /// Refuses the join of an endpoint with published ports that will not be its sandbox's gateway

@@ -202,11 +202,26 @@ pub(crate) async fn join_one(
             check_ports_follow_gateway(sb, &st.joined, ep, &candidate)?;
         }
         let old_gw = st.gateway_join().cloned();
-        let gw = switch_gateway(core, sb, old_gw, &mut list, &mut undo).await?;
-        crate::crash::point("join:after-gateway");
-        // The records are complete now; the hosts file and the DNS (both redone from the
-        // records by a restart) go on while they are committed.
-        let files_and_dns = async {
+        // The records are complete once the gateway is chosen. They are committed while the
+        // rest of the kernel work goes on — the default route and the ports when the switch's
+        // outcome can be told in advance (a first gateway endpoint, or none changing), the
+        // hosts file and the DNS always: a restart redoes all of these from the records.
+        let predicted = super::gateway::predict_switch(sb, old_gw.as_ref(), &list);
+        let early = predicted.is_some();
+        let (records, mut gw) = match predicted {
+            Some(p) => p,
+            None => {
+                let gw = switch_gateway(core, sb, old_gw.clone(), &mut list, &mut undo).await?;
+                crate::crash::point("join:after-gateway");
+                (list.clone(), gw)
+            }
+        };
+        let rest = async {
+            let mut switched = gw.clone();
+            if early {
+                switched = switch_gateway(core, sb, old_gw, &mut list, &mut undo).await?;
+                crate::crash::point("join:after-gateway");
+            }
             write_hosts(core, sb, &list)?;
             {
                 let (core, sb, old) = (core.clone(), sb.clone(), st.joined.clone());
@@ -214,21 +229,22 @@ pub(crate) async fn join_one(
                     write_hosts(&core, &sb, &old)
                 });
             }
-            crate::dns::join(core, sb, ep, &st.joined, dns_ready, &mut undo).await
+            crate::dns::join(core, sb, ep, &st.joined, dns_ready, &mut undo).await?;
+            Ok::<_, CoreError>(switched)
         };
         let (committed, done) = super::overlapped(
-            "join:record-before-dns",
+            "join:record-before-rest",
             commit_join_state(
                 core,
                 sb,
-                &list,
+                &records,
                 gw.as_deref(),
                 st.version,
                 ep,
                 ep_version,
                 Some(&sb.id),
             ),
-            files_and_dns,
+            rest,
         )
         .await;
         if let Ok(revision) = committed {
@@ -255,11 +271,24 @@ pub(crate) async fn join_one(
             });
         }
         let revision = committed?;
-        done?;
-        Ok((list, gw, revision))
+        let mut sb_revision = revision;
+        let switched = done?;
+        let as_recorded = |l: &[Joined]| l.iter().map(Joined::to_record).collect::<Vec<_>>();
+        if switched != gw || as_recorded(&list) != as_recorded(&records) {
+            // The switch did not do as predicted (a driver that reports its ports otherwise):
+            // the sandbox's record is written again as it is.
+            tracing::debug!(
+                sandbox = sb.short(),
+                "join: sandbox record written again after the gateway switch"
+            );
+            sb_revision =
+                super::commit_sandbox(core, sb, &list, switched.as_deref(), revision).await?;
+            gw = switched;
+        }
+        Ok((list, gw, sb_revision, revision))
     }
     .await;
-    let (list, gw, revision) = undo.finish(result).await?;
+    let (list, gw, sb_revision, revision) = undo.finish(result).await?;
     crate::crash::point("join:after-record");
     tracing::info!(
         endpoint = id::short(&ep.id),
@@ -276,7 +305,7 @@ pub(crate) async fn join_one(
         let mut s = sb.state();
         s.joined = list;
         s.gateway = gw;
-        s.version = revision;
+        s.version = sb_revision;
     }
     let mut e = ep.state();
     e.sandbox = Some(sb.id.clone());

@@ -16,8 +16,9 @@
 //!
 //! With the write order of the operations (constructive ones: kernel first, records last in
 //! one transaction, except a sandbox's record, committed while its namespace is made and dropped
-//! here when its hosts file, written last, is missing, and a join's, committed while the hosts
-//! file and the DNS, redone here, are done; destructive ones: records first, kernel after,
+//! here when its hosts file, written last, is missing, and a join's, committed once its interface
+//! is made while the default route, the ports, the hosts file and the DNS, all redone here,
+//! are done; destructive ones: records first, kernel after,
 //! except a network's or an endpoint's delete, which the restore simply redoes from the
 //! surviving record), this makes every operation interrupted by a crash look done completely or
 //! not at all.

@@ -146,3 +146,51 @@ async fn attach_and_detach_commit_once_per_public_call() {
         assert_eq!(store.commits() - before, 1, "sandbox delete, round {round}");
     }
 }
+
+/// A join whose host port the driver picks (`-p 80`) cannot commit its records before the
+/// ports are published (the record holds the port picked): it still commits once, after the
+/// switch, with the port the driver chose, and a restart publishes that same port again.
+#[tokio::test]
+async fn a_join_whose_driver_picks_the_host_port_commits_once_with_that_port() {
+    let (ctl, store, _run) = counted_world().await;
+    let net = ctl
+        .new_network(
+            "fake",
+            "net1",
+            NetworkOptions::default().subnet("10.61.0.0/24".parse().expect("a subnet")),
+        )
+        .await
+        .expect("network created");
+    let sb = ctl.new_sandbox("c", []).await.expect("sandbox created");
+    let binding = "80/tcp".parse().expect("a binding");
+    let ep = net
+        .create_endpoint("c", EndpointOptions::default().publish(binding))
+        .await
+        .expect("endpoint created");
+    let before = store.commits();
+    ep.join_sandbox(&sb, []).await.expect("joined");
+    assert_eq!(store.commits() - before, 1, "one commit for the join");
+    let published: Vec<String> = sb.published_ports().iter().map(|b| b.to_string()).collect();
+    assert_eq!(
+        published,
+        ["40000:80/tcp"],
+        "the port the fake driver picks"
+    );
+    let record = store
+        .get(&crate::record::sandbox_key(sb.id()))
+        .await
+        .expect("read")
+        .expect("the sandbox's record");
+    let record: crate::record::SandboxRecord =
+        serde_json::from_slice(&record.value).expect("a sandbox record");
+    let recorded: Vec<String> = record
+        .endpoints
+        .iter()
+        .flat_map(|j| j.published.iter().map(|b| b.to_string()))
+        .collect();
+    assert_eq!(
+        recorded,
+        ["40000:80/tcp"],
+        "the record holds the port picked"
+    );
+}

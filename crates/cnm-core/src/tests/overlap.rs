@@ -1,11 +1,11 @@
 //! The records committed while the kernel works (a sandbox's while its namespace is made, a
-//! join's while its hosts file and DNS are done): a failure of the kernel work after the commit
+//! join's while its default route, ports, hosts file and DNS are done): a failure of the kernel work after the commit
 //! leaves no record of the operation, and a record whose kernel work a crash cut short is
 //! dropped (sandbox) or finished (join) by the restart.
 
 use super::{World, ep_opts};
 use crate::store::Store as _;
-use crate::testing::KernelStep;
+use crate::testing::{DriverStep, KernelStep};
 
 /// The join's records are committed while its hosts file is written: when the write fails,
 /// a second commit writes back the records as they were, the endpoint is free again, and the
@@ -54,6 +54,62 @@ async fn a_join_whose_hosts_file_fails_after_its_commit_leaves_no_record() {
     let ep = w.ctl.network("a").unwrap().endpoint("e").unwrap();
     let sb = w.ctl.sandbox_by_container_id("c").unwrap();
     assert_eq!(ep.sandbox_id().as_deref(), Some(sb.id()));
+}
+
+/// A sandbox's first gateway endpoint whose ports name their host ports has its join's records
+/// committed while the default route and the ports are made: when publishing fails after the
+/// commit, a second commit writes the records back, and nothing of the join is left.
+#[tokio::test]
+async fn a_join_whose_ports_fail_after_its_commit_leaves_no_record() {
+    let mut w = World::new().await;
+    let net = w.net("a", "10.64.0.0/24").await;
+    let binding = "18080:80/tcp".parse().unwrap();
+    let ep = net
+        .create_endpoint("e", ep_opts().publish(binding))
+        .await
+        .unwrap();
+    let sb = w.ctl.new_sandbox("c", []).await.unwrap();
+    let before = w.snapshot().await;
+    let values = |s: &super::Snapshot| -> Vec<(String, Vec<u8>)> {
+        s.records
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    };
+
+    w.driver.faults().fail_next(DriverStep::Program);
+    let e = ep.join_sandbox(&sb, []).await.unwrap_err();
+    assert!(e.to_string().contains("on purpose"), "{e}");
+    assert!(
+        !w.driver.faults().pending(),
+        "the ports were published during the join"
+    );
+    let after = w.snapshot().await;
+    assert_eq!(values(&after), values(&before), "records written back");
+    assert!(
+        after.records.iter().map(|(_, v)| v.version).max()
+            > before.records.iter().map(|(_, v)| v.version).max(),
+        "the records were committed before the ports failed, then written back"
+    );
+    assert_eq!(after.kernel, before.kernel, "the kernel is as it was");
+    assert_eq!(after.driver, before.driver, "the driver is as it was");
+    assert_eq!(
+        after.objects, before.objects,
+        "the objects are as they were"
+    );
+    assert_eq!(ep.sandbox_id(), None);
+
+    // The join goes through now, with its port, and a restart publishes it again.
+    ep.join_sandbox(&sb, []).await.unwrap();
+    w.restart().await.unwrap();
+    let sb = w.ctl.sandbox_by_container_id("c").unwrap();
+    let ports: Vec<String> = sb.published_ports().iter().map(|b| b.to_string()).collect();
+    assert_eq!(ports, ["18080:80/tcp"]);
+    assert_eq!(
+        w.driver.state().published.values().flatten().count(),
+        1,
+        "the driver publishes the port again"
+    );
 }
 
 /// A crash after a sandbox's record was committed and before its hosts file (written last)

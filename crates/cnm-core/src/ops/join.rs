@@ -274,7 +274,7 @@ pub(crate) async fn join_one(
         let mut sb_revision = revision;
         let switched = done?;
         let as_recorded = |l: &[Joined]| l.iter().map(Joined::to_record).collect::<Vec<_>>();
-        if switched != gw || as_recorded(&list) != as_recorded(&records) {
+        if early && (switched != gw || as_recorded(&list) != as_recorded(&records)) {
             // The switch did not do as predicted (a driver that reports its ports otherwise):
             // the sandbox's record is written again as it is.
             tracing::debug!(

@@ -92,17 +92,21 @@ async fn counted_world() -> (Controller, Arc<CountingStore>, tempfile::TempDir) 
     (ctl, store, run)
 }
 
+/// Network `net1` of the fake driver on `subnet`.
+async fn net1(ctl: &Controller, subnet: &str) -> crate::Network {
+    ctl.new_network(
+        "fake",
+        "net1",
+        NetworkOptions::default().subnet(subnet.parse().expect("a subnet")),
+    )
+    .await
+    .expect("network created")
+}
+
 #[tokio::test]
 async fn attach_and_detach_commit_once_per_public_call() {
     let (ctl, store, _run) = counted_world().await;
-    let net = ctl
-        .new_network(
-            "fake",
-            "net1",
-            NetworkOptions::default().subnet("10.60.0.0/24".parse().expect("a subnet")),
-        )
-        .await
-        .expect("network created");
+    let net = net1(&ctl, "10.60.0.0/24").await;
     // Two rounds: the first attach of a network may differ from the next ones.
     for round in 0..2 {
         let name = format!("c{round}");
@@ -153,14 +157,7 @@ async fn attach_and_detach_commit_once_per_public_call() {
 #[tokio::test]
 async fn a_join_whose_driver_picks_the_host_port_commits_once_with_that_port() {
     let (ctl, store, _run) = counted_world().await;
-    let net = ctl
-        .new_network(
-            "fake",
-            "net1",
-            NetworkOptions::default().subnet("10.61.0.0/24".parse().expect("a subnet")),
-        )
-        .await
-        .expect("network created");
+    let net = net1(&ctl, "10.61.0.0/24").await;
     let sb = ctl.new_sandbox("c", []).await.expect("sandbox created");
     let binding = "80/tcp".parse().expect("a binding");
     let ep = net

@@ -7,6 +7,18 @@ use super::{World, ep_opts};
 use crate::store::Store as _;
 use crate::testing::{DriverStep, KernelStep};
 
+/// A join that failed after its commit: the records say what they said before, at a newer
+/// version (the write-back is a commit of its own), and the kernel, the driver, IPAM and the
+/// objects are as they were.
+fn assert_written_back(before: super::Snapshot, after: super::Snapshot) {
+    let newest = |s: &super::Snapshot| s.records.iter().map(|(_, v)| v.version).max();
+    assert!(
+        newest(&after) > newest(&before),
+        "the records were committed, then written back"
+    );
+    assert_eq!(after.unversioned(), before.unversioned(), "nothing changed");
+}
+
 /// The join's records are committed while its hosts file is written: when the write fails,
 /// a second commit writes back the records as they were, the endpoint is free again, and the
 /// versions held in memory follow (the next join commits without a conflict).
@@ -17,12 +29,6 @@ async fn a_join_whose_hosts_file_fails_after_its_commit_leaves_no_record() {
     let ep = net.create_endpoint("e", ep_opts()).await.unwrap();
     let sb = w.ctl.new_sandbox("c", []).await.unwrap();
     let before = w.snapshot().await;
-    let values = |s: &super::Snapshot| -> Vec<(String, Vec<u8>)> {
-        s.records
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect()
-    };
 
     w.kernel.faults().fail_next(KernelStep::WriteHosts);
     let e = ep.join_sandbox(&sb, []).await.unwrap_err();
@@ -31,20 +37,7 @@ async fn a_join_whose_hosts_file_fails_after_its_commit_leaves_no_record() {
         !w.kernel.faults().pending(),
         "the hosts file was written during the join"
     );
-    let after = w.snapshot().await;
-    // The records say what they said before (at a newer version: written back by a commit).
-    assert_eq!(values(&after), values(&before), "records written back");
-    assert!(
-        after.records.iter().map(|(_, v)| v.version).max()
-            > before.records.iter().map(|(_, v)| v.version).max(),
-        "the write-back is a commit of its own"
-    );
-    assert_eq!(after.kernel, before.kernel, "the kernel is as it was");
-    assert_eq!(after.driver, before.driver, "the driver is as it was");
-    assert_eq!(
-        after.objects, before.objects,
-        "the objects are as they were"
-    );
+    assert_written_back(before, w.snapshot().await);
     assert_eq!(ep.sandbox_id(), None);
 
     // The versions in memory follow the written-back records: the join goes through now, and
@@ -70,12 +63,6 @@ async fn a_join_whose_ports_fail_after_its_commit_leaves_no_record() {
         .unwrap();
     let sb = w.ctl.new_sandbox("c", []).await.unwrap();
     let before = w.snapshot().await;
-    let values = |s: &super::Snapshot| -> Vec<(String, Vec<u8>)> {
-        s.records
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect()
-    };
 
     w.driver.faults().fail_next(DriverStep::Program);
     let e = ep.join_sandbox(&sb, []).await.unwrap_err();
@@ -84,19 +71,7 @@ async fn a_join_whose_ports_fail_after_its_commit_leaves_no_record() {
         !w.driver.faults().pending(),
         "the ports were published during the join"
     );
-    let after = w.snapshot().await;
-    assert_eq!(values(&after), values(&before), "records written back");
-    assert!(
-        after.records.iter().map(|(_, v)| v.version).max()
-            > before.records.iter().map(|(_, v)| v.version).max(),
-        "the records were committed before the ports failed, then written back"
-    );
-    assert_eq!(after.kernel, before.kernel, "the kernel is as it was");
-    assert_eq!(after.driver, before.driver, "the driver is as it was");
-    assert_eq!(
-        after.objects, before.objects,
-        "the objects are as they were"
-    );
+    assert_written_back(before, w.snapshot().await);
     assert_eq!(ep.sandbox_id(), None);
 
     // The join goes through now, with its port, and a restart publishes it again.

@@ -536,6 +536,33 @@ impl Netlink {
             .map_err(|e| SandboxError::kernel(op, self.object(what()), e))
     }
 
+    /// [`apply`](Self::apply) for an object the kernel must not hold yet
+    /// (`NLM_F_CREATE | NLM_F_EXCL`).
+    async fn create(
+        &self,
+        op: &'static str,
+        what: impl FnOnce() -> String,
+        msg: RouteNetlinkMessage,
+    ) -> Result<(), SandboxError> {
+        self.apply(op, what, msg, NLM_F_CREATE | NLM_F_EXCL).await
+    }
+
+    /// A [`dump`](Self::dump) of objects that belong to a link (addresses, neighbours, FDB
+    /// entries), kept to those of link `index` with `Some`; `link_of` reads an object's link.
+    async fn dump_of_link<T>(
+        &self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+        index: Option<u32>,
+        parse: impl Fn(RouteNetlinkMessage) -> Option<T>,
+        link_of: fn(&T) -> u32,
+    ) -> Result<Vec<T>, SandboxError> {
+        self.dump(op, msg, |m| {
+            parse(m).filter(|t| index.is_none_or(|i| link_of(t) == i))
+        })
+        .await
+    }
+
     // ---- links ----
 
     /// Creates a link as specified, with MTU, MAC, master and up state in the same message.
@@ -1007,11 +1034,10 @@ impl Netlink {
 
     /// Adds an address (IPv6 with IFA_F_NODAD so it is usable at once).
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), SandboxError> {
-        self.apply(
+        self.create(
             "add address",
             || format!("{addr} on link {index}"),
             RouteNetlinkMessage::NewAddress(address_message(index, addr)),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
     }
@@ -1030,13 +1056,12 @@ impl Netlink {
     /// Addresses of one link, or of all links with `None`.
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<Address>, SandboxError> {
         let msg = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-        self.dump("list addresses", msg, |m| match m {
-            RouteNetlinkMessage::NewAddress(a) => {
-                parse_address(&a).filter(|a| index.is_none_or(|i| a.index == i))
-            }
+        let parse = |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => parse_address(&a),
             _ => None,
-        })
-        .await
+        };
+        self.dump_of_link("list addresses", msg, index, parse, |a| a.index)
+            .await
     }
 
     // ---- routes ----
@@ -1045,11 +1070,10 @@ impl Netlink {
     pub async fn add_route(&self, route: &RouteSpec) -> Result<(), SandboxError> {
         validate_route(route)?;
         let msg = route_message(route, false);
-        self.apply(
+        self.create(
             "add route",
             || describe_route(route),
             RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
     }
@@ -1093,11 +1117,10 @@ impl Netlink {
         let mut msg = neighbour_message(index, ip);
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
-        self.apply(
+        self.create(
             "add neighbour",
             || format!("{ip} lladdr {mac} on link {index}"),
             RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
     }
@@ -1116,13 +1139,12 @@ impl Netlink {
     /// Neighbour (ARP/NDP) entries of one link, or of all links with `None`.
     pub async fn neighbours(&self, index: Option<u32>) -> Result<Vec<Neighbour>, SandboxError> {
         let msg = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
-        self.dump("list neighbours", msg, |m| match m {
-            RouteNetlinkMessage::NewNeighbour(n) => {
-                parse_neighbour(&n).filter(|n| index.is_none_or(|i| n.index == i))
-            }
+        let parse = |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(&n),
             _ => None,
-        })
-        .await
+        };
+        self.dump_of_link("list neighbours", msg, index, parse, |n| n.index)
+            .await
     }
 
     /// Adds a permanent FDB entry on the device itself (`bridge fdb add … self permanent`); for
@@ -1133,11 +1155,10 @@ impl Netlink {
         mac: MacAddress,
         dst: Option<IpAddr>,
     ) -> Result<(), SandboxError> {
-        self.apply(
+        self.create(
             "add fdb entry",
             || describe_fdb(index, mac, dst),
             RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, dst)),
-            NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
     }
@@ -1183,13 +1204,12 @@ impl Netlink {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         let msg = RouteNetlinkMessage::GetNeighbour(msg);
-        self.dump("list fdb entries", msg, |m| match m {
-            RouteNetlinkMessage::NewNeighbour(n) => {
-                parse_fdb(&n).filter(|n| index.is_none_or(|i| n.index == i))
-            }
+        let parse = |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n),
             _ => None,
-        })
-        .await
+        };
+        self.dump_of_link("list fdb entries", msg, index, parse, |e| e.index)
+            .await
     }
 }
 

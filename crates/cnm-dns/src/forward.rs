@@ -213,28 +213,22 @@ impl Forwarder {
         question: &Query,
         tcp_client: bool,
     ) -> Result<Forwarded, AttemptError> {
-        let (id, bytes) = upstream_query(query).map_err(AttemptError::Io)?;
-        let answer = tokio::time::timeout(self.timing.timeout, self.udp(up, id, &bytes, question))
+        let sent = Outgoing::new(query, question).map_err(AttemptError::Io)?;
+        let answer = tokio::time::timeout(self.timing.timeout, self.udp(up, &sent))
             .await
             .map_err(|_| AttemptError::Timeout)?
             .map_err(AttemptError::Io)?;
         if !(answer.msg.truncation && tcp_client) {
             return Ok(answer);
         }
-        let (id, bytes) = upstream_query(query).map_err(AttemptError::Io)?;
-        tokio::time::timeout(self.timing.timeout, self.tcp(up, id, &bytes, question))
+        let sent = Outgoing::new(query, question).map_err(AttemptError::Io)?;
+        tokio::time::timeout(self.timing.timeout, self.tcp(up, &sent))
             .await
             .map_err(|_| AttemptError::Timeout)?
             .map_err(AttemptError::Io)
     }
 
-    async fn udp(
-        &self,
-        up: &Upstream,
-        id: u16,
-        query: &[u8],
-        question: &Query,
-    ) -> io::Result<Forwarded> {
+    async fn udp(&self, up: &Upstream, query: &Outgoing<'_>) -> io::Result<Forwarded> {
         let std_socket = match &up.origin {
             Origin::Host => self.host_pool.take(up.addr.is_ipv4()).await?,
             Origin::Sandbox(ns) => {
@@ -247,12 +241,12 @@ impl Forwarder {
         // Connected: the kernel drops datagrams from anyone else and reports ICMP errors.
         std_socket.connect(up.addr)?;
         let socket = tokio::net::UdpSocket::from_std(std_socket)?;
-        socket.send(query).await?;
+        socket.send(&query.bytes).await?;
         let mut buf = vec![0u8; MAX_UDP + 1];
         loop {
             let n = socket.recv(&mut buf).await?;
             if n <= MAX_UDP
-                && let Some(msg) = accept(&buf[..n], id, question)
+                && let Some(msg) = query.accept(&buf[..n])
             {
                 buf.truncate(n);
                 return Ok(Forwarded { bytes: buf, msg });
@@ -261,13 +255,7 @@ impl Forwarder {
         }
     }
 
-    async fn tcp(
-        &self,
-        up: &Upstream,
-        id: u16,
-        query: &[u8],
-        question: &Query,
-    ) -> io::Result<Forwarded> {
+    async fn tcp(&self, up: &Upstream, query: &Outgoing<'_>) -> io::Result<Forwarded> {
         let v4 = up.addr.is_ipv4();
         let ns = match &up.origin {
             Origin::Host => self.host_pool.ns.clone(),
@@ -280,19 +268,46 @@ impl Forwarder {
         let mut stream = tokio::net::TcpSocket::from_std_stream(std_stream)
             .connect(up.addr)
             .await?;
-        let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long"))?;
-        let mut out = Vec::with_capacity(query.len() + 2);
+        let bytes = &query.bytes;
+        let len = u16::try_from(bytes.len()).map_err(|_| io::Error::other("query too long"))?;
+        let mut out = Vec::with_capacity(bytes.len() + 2);
         out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(query);
+        out.extend_from_slice(bytes);
         stream.write_all(&out).await?;
         loop {
             let len = usize::from(stream.read_u16().await?);
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await?;
-            if let Some(msg) = accept(&buf, id, question) {
+            if let Some(msg) = query.accept(&buf) {
                 return Ok(Forwarded { bytes: buf, msg });
             }
         }
+    }
+}
+
+/// One query as sent to one upstream over one transport, and what its answer must match.
+struct Outgoing<'a> {
+    /// Its fresh random id.
+    id: u16,
+    /// The encoded message (see [`upstream_query`]).
+    bytes: Vec<u8>,
+    /// The client's question.
+    question: &'a Query,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(query: &Message, question: &'a Query) -> io::Result<Self> {
+        let (id, bytes) = upstream_query(query)?;
+        Ok(Self {
+            id,
+            bytes,
+            question,
+        })
+    }
+
+    /// The answer in `bytes`, if it is one to this query (see [`accept`]).
+    fn accept(&self, bytes: &[u8]) -> Option<Message> {
+        accept(bytes, self.id, self.question)
     }
 }
 

@@ -62,49 +62,30 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    /// Sets [`Limits::forward_concurrency`].
-    pub fn forward_concurrency(mut self, n: usize) -> Self {
-        self.forward_concurrency = n;
-        self
-    }
-
-    /// Sets [`Limits::forward_concurrency_per_listener`].
-    pub fn forward_concurrency_per_listener(mut self, n: usize) -> Self {
-        self.forward_concurrency_per_listener = n;
-        self
-    }
-
-    /// Sets [`Limits::tcp_connections_per_listener`].
-    pub fn tcp_connections_per_listener(mut self, n: usize) -> Self {
-        self.tcp_connections_per_listener = n;
-        self
-    }
-
-    /// Sets [`Limits::tcp_idle_timeout`].
-    pub fn tcp_idle_timeout(mut self, d: Duration) -> Self {
-        self.tcp_idle_timeout = d;
-        self
-    }
-
-    /// Sets [`Limits::upstream_timeout`].
-    pub fn upstream_timeout(mut self, d: Duration) -> Self {
-        self.upstream_timeout = d;
-        self
-    }
-
-    /// Sets [`Limits::hedge_delay`].
-    pub fn hedge_delay(mut self, d: Duration) -> Self {
-        self.hedge_delay = d;
-        self
-    }
-
-    /// Sets [`Limits::upstream_down_for`].
-    pub fn upstream_down_for(mut self, d: Duration) -> Self {
-        self.upstream_down_for = d;
-        self
-    }
+/// Builder setters, one per field, each taking the field's value and documented as setting it.
+macro_rules! setters {
+    ($ty:ident { $($field:ident: $t:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`", stringify!($ty), "::", stringify!($field), "`].")]
+                pub fn $field(mut self, value: $t) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
 }
+
+setters!(Limits {
+    forward_concurrency: usize,
+    forward_concurrency_per_listener: usize,
+    tcp_connections_per_listener: usize,
+    tcp_idle_timeout: Duration,
+    upstream_timeout: Duration,
+    hedge_delay: Duration,
+    upstream_down_for: Duration,
+});
 
 /// How to build a [`Resolver`].
 #[derive(Clone, Debug)]

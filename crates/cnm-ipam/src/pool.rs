@@ -258,21 +258,36 @@ impl PoolSlot {
 
     /// The number of an address the request may name as gateway or aux address.
     fn check_in_subnet(&self, field: &'static str, addr: IpAddr) -> Result<u128, IpamError> {
+        let subnet = self.subnet;
+        self.number_of(addr, Self::structural_reservation)
+            .map_err(|reserved| match reserved {
+                None => IpamError::OutsideSubnet {
+                    field,
+                    addr,
+                    subnet,
+                },
+                Some(reservation) => IpamError::ReservedInSubnet {
+                    field,
+                    addr,
+                    subnet,
+                    reservation,
+                },
+            })
+    }
+
+    /// The number of `addr` if it is in the subnet and `reserved` keeps it for nobody; else
+    /// `Err(None)` (outside the subnet) or `Err(Some(why))` (reserved).
+    fn number_of(
+        &self,
+        addr: IpAddr,
+        reserved: fn(&Self, u128) -> Option<Reservation>,
+    ) -> Result<u128, Option<Reservation>> {
         if !self.subnet.contains(&addr) {
-            return Err(IpamError::OutsideSubnet {
-                field,
-                addr,
-                subnet: self.subnet,
-            });
+            return Err(None);
         }
         let value = addr_to_u128(addr);
-        match self.structural_reservation(value) {
-            Some(reservation) => Err(IpamError::ReservedInSubnet {
-                field,
-                addr,
-                subnet: self.subnet,
-                reservation,
-            }),
+        match reserved(self, value) {
+            Some(reservation) => Err(Some(reservation)),
             None => Ok(value),
         }
     }
@@ -310,21 +325,16 @@ impl PoolSlot {
 
     /// Checks that `addr` may be held by a caller and returns its number.
     fn check_assignable(&self, addr: IpAddr) -> Result<u128, IpamError> {
-        if !self.subnet.contains(&addr) {
-            return Err(IpamError::AddressOutsidePool {
-                addr,
-                pool: self.subnet,
-            });
-        }
-        let value = addr_to_u128(addr);
-        match self.reservation(value) {
-            Some(reservation) => Err(IpamError::AddressReserved {
-                addr,
-                pool: self.subnet,
-                reservation,
-            }),
-            None => Ok(value),
-        }
+        let pool = self.subnet;
+        self.number_of(addr, Self::reservation)
+            .map_err(|reserved| match reserved {
+                None => IpamError::AddressOutsidePool { addr, pool },
+                Some(reservation) => IpamError::AddressReserved {
+                    addr,
+                    pool,
+                    reservation,
+                },
+            })
     }
 
     pub(crate) fn request(&self, req: AddressRequest) -> Result<IpNet, IpamError> {

@@ -24,7 +24,7 @@ use crate::nftnl::{
     Batch, Expr, MetaKey, NFPROTO_IPV4, NFPROTO_IPV6, Table, Verdict, attr_be64, attr_str,
     attribute, attributes,
 };
-use crate::ruleset::FORWARD_MARK;
+use crate::ruleset::{FORWARD_MARK, masked_cmp};
 use crate::transport::NfSocket;
 
 /// The tables iptables-nft and ip6tables-nft keep their `filter` rules in.
@@ -47,22 +47,15 @@ fn userdata() -> Vec<u8> {
 
 /// The rule's expressions, as iptables-nft 1.8.9 writes `-m mark --mark M/M -j ACCEPT`.
 pub(crate) fn exprs() -> Vec<Expr> {
+    let mark = FORWARD_MARK.to_ne_bytes();
+    let [and, test] = masked_cmp(&mark, true, false, &mark);
     vec![
         Expr::Meta {
             key: MetaKey::Mark,
             dreg: 1,
         },
-        Expr::Bitwise {
-            reg: 1,
-            mask: FORWARD_MARK.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-            with_op: true,
-        },
-        Expr::Cmp {
-            sreg: 1,
-            neq: false,
-            data: FORWARD_MARK.to_ne_bytes().to_vec(),
-        },
+        and,
+        test,
         Expr::Counter,
         Expr::Immediate(Verdict::Accept),
     ]

@@ -415,20 +415,36 @@ fn cmp(sreg: u32, data: &[u8]) -> Expr {
         data: data.to_vec(),
     }
 }
+/// Register 1 masked with `mask` and compared with `data` (`& MASK == DATA`, `!=` with `neq`);
+/// `with_op` as the rule's reference (nft or iptables-nft) sends it.
+pub(crate) fn masked_cmp(mask: &[u8], with_op: bool, neq: bool, data: &[u8]) -> [Expr; 2] {
+    [
+        Expr::Bitwise {
+            reg: 1,
+            mask: mask.to_vec(),
+            xor: vec![0; mask.len()],
+            with_op,
+        },
+        Expr::Cmp {
+            sreg: 1,
+            neq,
+            data: data.to_vec(),
+        },
+    ]
+}
 fn lookup(sreg: u32, set: impl Named) -> Expr {
-    Expr::Lookup {
-        sreg,
-        dreg: None,
-        set: Cow::Borrowed(set.name()),
-        inv: false,
-    }
+    set_lookup(sreg, set, false)
 }
 fn not_in(sreg: u32, set: impl Named) -> Expr {
+    set_lookup(sreg, set, true)
+}
+/// Register `sreg` looked up in `set`: a match when found (not found with `inv`).
+fn set_lookup(sreg: u32, set: impl Named, inv: bool) -> Expr {
     Expr::Lookup {
         sreg,
         dreg: None,
         set: Cow::Borrowed(set.name()),
-        inv: true,
+        inv,
     }
 }
 fn nfproto(family: u8) -> [Expr; 2] {
@@ -454,20 +470,8 @@ fn jump(chain: &'static str) -> Expr {
     Expr::Immediate(Verdict::Jump(Cow::Borrowed(chain)))
 }
 fn ct_bit(key: CtKey, mask: u32) -> [Expr; 3] {
-    [
-        Expr::Ct { key, dreg: 1 },
-        Expr::Bitwise {
-            reg: 1,
-            mask: mask.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-            with_op: false,
-        },
-        Expr::Cmp {
-            sreg: 1,
-            neq: true,
-            data: vec![0; 4],
-        },
-    ]
+    let [and, test] = masked_cmp(&mask.to_ne_bytes(), false, true, &[0; 4]);
+    [Expr::Ct { key, dreg: 1 }, and, test]
 }
 fn ifname(s: &str) -> Vec<u8> {
     let mut b = s.as_bytes().to_vec();
@@ -585,36 +589,31 @@ fn publish_rule(v6: bool, any: bool, range: bool) -> RuleDef {
 
 /// The `inbound` chain's accept of published ports for one family, single ports or ranges.
 fn published_rule(v6: bool, range: bool) -> RuleDef {
-    let set = SetName::published(v6, range);
-    let ip = if v6 { "ip6" } else { "ip" };
-    let (routed, mut exprs) = by_family(MetaKey::OifName, SetName::Routed, true);
-    exprs.extend(daddr_proto_dport(v6, set).0);
-    exprs.extend([lookup(1, set), jump("allow")]);
-    RuleDef {
-        chain: Cow::Borrowed("inbound"),
-        text: Cow::Owned(format!(
-            "{routed} {ip} daddr . meta l4proto . th dport @{} jump allow",
-            set.name()
-        )),
-        exprs,
-    }
+    let (routed, exprs) = by_family(MetaKey::OifName, SetName::Routed, true);
+    inbound_allow(v6, range, &routed, exprs)
 }
 
 /// The `inbound` chain's accept of published ports from a network's trusted host interfaces.
 fn trusted_rule(v6: bool, range: bool) -> RuleDef {
-    let set = SetName::published(v6, range);
-    let ip = if v6 { "ip6" } else { "ip" };
-    let mut exprs = vec![
+    let exprs = vec![
         meta(MetaKey::IifName, 1),
         meta(MetaKey::OifName, 2),
         lookup(1, SetName::Trusted),
     ];
+    inbound_allow(v6, range, "iifname . oifname @trusted", exprs)
+}
+
+/// An `inbound` rule jumping to `allow` for the published ports (of one family, single ports
+/// or ranges) after a condition: `text` and its expressions `exprs`.
+fn inbound_allow(v6: bool, range: bool, text: &str, mut exprs: Vec<Expr>) -> RuleDef {
+    let set = SetName::published(v6, range);
+    let ip = if v6 { "ip6" } else { "ip" };
     exprs.extend(daddr_proto_dport(v6, set).0);
     exprs.extend([lookup(1, set), jump("allow")]);
     RuleDef {
         chain: Cow::Borrowed("inbound"),
         text: Cow::Owned(format!(
-            "iifname . oifname @trusted {ip} daddr . meta l4proto . th dport @{} jump allow",
+            "{text} {ip} daddr . meta l4proto . th dport @{} jump allow",
             set.name()
         )),
         exprs,
@@ -856,10 +855,8 @@ fn bridge_inet_rules() -> Vec<RuleDef> {
             "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
             {
                 let mut v: Vec<Expr> = nfproto(NFPROTO_IPV6).into();
+                v.extend(icmpv6_type());
                 v.extend([
-                    meta(MetaKey::L4Proto, 1),
-                    cmp(1, &[58]),
-                    th(1, 0, 1),
                     Expr::LookupAnon {
                         sreg: 1,
                         set: &ND_NS_NA,
@@ -974,6 +971,10 @@ fn port_check(payload: Expr, set: SetName) -> [Expr; 4] {
     ]
 }
 
+/// `icmpv6 type`'s load: the packet is ICMPv6 (`meta l4proto 58`), its type in register 1.
+fn icmpv6_type() -> [Expr; 3] {
+    [meta(MetaKey::L4Proto, 1), cmp(1, &[58]), th(1, 0, 1)]
+}
 fn th(dreg: u32, offset: u32, len: u32) -> Expr {
     Expr::Payload {
         dreg,
@@ -1054,18 +1055,8 @@ fn bridge_l2_rules() -> Vec<RuleDef> {
                         data: vec![0; 16],
                     },
                     nh(1, 8, 16),
-                    Expr::Bitwise {
-                        reg: 1,
-                        mask: link_local_mask.to_vec(),
-                        xor: vec![0; 16],
-                        with_op: false,
-                    },
-                    Expr::Cmp {
-                        sreg: 1,
-                        neq: true,
-                        data: link_local.to_vec(),
-                    },
                 ]);
+                v.extend(masked_cmp(&link_local_mask, false, true, &link_local));
                 v.extend(port_check(nh(2, 8, 16), S::OwnV6));
                 v
             },
@@ -1074,24 +1065,9 @@ fn bridge_l2_rules() -> Vec<RuleDef> {
             "icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @nd_target drop",
             {
                 let mut v: Vec<Expr> = ether_type(ETH_IP6).into();
-                v.extend([
-                    meta(MetaKey::L4Proto, 1),
-                    cmp(1, &[58]),
-                    th(1, 0, 1),
-                    cmp(1, &[136]),
-                    th(1, 8, 2),
-                    Expr::Bitwise {
-                        reg: 1,
-                        mask: vec![0xff, 0xc0],
-                        xor: vec![0, 0],
-                        with_op: true,
-                    },
-                    Expr::Cmp {
-                        sreg: 1,
-                        neq: true,
-                        data: vec![0xfe, 0x80],
-                    },
-                ]);
+                v.extend(icmpv6_type());
+                v.extend([cmp(1, &[136]), th(1, 8, 2)]);
+                v.extend(masked_cmp(&[0xff, 0xc0], true, true, &[0xfe, 0x80]));
                 v.extend(port_check(th(2, 8, 16), S::NdTarget));
                 v
             },

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use cnm_types::{GatewayMode, IfName, MacAddress, Protocol};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::FirewallError;
@@ -513,32 +513,23 @@ pub(crate) fn network_elements(net: &NetworkRules) -> Elements {
         }
     }
     if net.masquerades(false) {
-        for s in &net.subnets_v4 {
-            let s = s.trunc();
-            push(
-                &mut out,
-                SetName::Masq4,
-                Element::interval(
-                    vec![br, Field::V4(s.network())],
-                    vec![br, Field::V4(s.broadcast())],
-                ),
-            );
+        for &s in &net.subnets_v4 {
+            push(&mut out, SetName::Masq4, masquerade(br, s.into()));
         }
     }
     if net.masquerades(true) {
-        for s in &net.subnets_v6 {
-            let s = s.trunc();
-            push(
-                &mut out,
-                SetName::Masq6,
-                Element::interval(
-                    vec![br, Field::V6(s.network())],
-                    vec![br, Field::V6(s.broadcast())],
-                ),
-            );
+        for &s in &net.subnets_v6 {
+            push(&mut out, SetName::Masq6, masquerade(br, s.into()));
         }
     }
     out
+}
+
+/// The `masq4`/`masq6` element of `subnet` on the bridge `br`: its addresses, network to
+/// broadcast.
+fn masquerade(br: Field, subnet: IpNet) -> Element {
+    let s = subnet.trunc();
+    Element::interval(vec![br, addr(s.network())], vec![br, addr(s.broadcast())])
 }
 
 fn addr(ip: IpAddr) -> Field {

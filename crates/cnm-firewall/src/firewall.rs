@@ -471,11 +471,11 @@ impl Firewall {
     /// Installs a bridge network's filtering and masquerading (one transaction; with the first
     /// network, the bridge fragment's tables come in it).
     pub async fn add_network(&self, net: &NetworkRules) -> Result<(), FirewallError> {
-        self.planned(
+        self.planned_add(
             format!("add network {}", net.id),
             net.clone(),
-            |m, net| Ok(Some((Elements::new(), m.plan_add_network(net)?))),
-            |m, net| m.apply_add_network(net),
+            Model::plan_add_network,
+            Model::apply_add_network,
         )
         .await
     }
@@ -587,11 +587,11 @@ impl Firewall {
     /// frames entering the bridge through `port.port` must carry the endpoint's MAC and
     /// addresses. Call it before the port exists, so that no frame ever passes unchecked.
     pub async fn add_endpoint(&self, port: &EndpointPort) -> Result<(), FirewallError> {
-        self.planned(
+        self.planned_add(
             format!("guard port {} of endpoint {}", port.port, port.endpoint_id),
             port.clone(),
-            |m, port| Ok(Some((Elements::new(), m.plan_add_port(port)?))),
-            |m, port| m.apply_add_port(port),
+            Model::plan_add_port,
+            Model::apply_add_port,
         )
         .await
     }
@@ -820,6 +820,23 @@ impl Firewall {
             };
             fw.change(st, &op, del, add, |m| apply(m, &data))
         })
+        .await
+    }
+
+    /// [`planned`](Self::planned) for a change that only adds elements: those `plan` returns.
+    async fn planned_add<T: Send + 'static>(
+        &self,
+        op: String,
+        data: T,
+        plan: fn(&Model, &T) -> Result<Elements, FirewallError>,
+        apply: fn(&mut Model, &T),
+    ) -> Result<(), FirewallError> {
+        self.planned(
+            op,
+            data,
+            move |m, data| Ok(Some((Elements::new(), plan(m, data)?))),
+            apply,
+        )
         .await
     }
 

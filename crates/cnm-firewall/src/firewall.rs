@@ -726,39 +726,37 @@ impl Firewall {
     /// Returns whether the rule is in place somewhere (false: no such chain, or no owner's
     /// tables yet).
     pub async fn ensure_iptables_compat(&self) -> Result<bool, FirewallError> {
-        self.run(|fw, st| {
-            st.compat_wanted = true;
-            if st.loading {
-                return Ok(true);
-            }
-            let ops = fw.commit(
-                st,
-                "install the iptables compatibility rule",
-                Elements::new(),
-                Elements::new(),
-                Compat::Ensure,
-            )?;
-            Ok(!ops.insert.is_empty() || ops.present > 0)
-        })
-        .await
+        self.iptables_compat(true, |ops| !ops.insert.is_empty() || ops.present > 0)
+            .await
     }
 
     /// Removes the rules added by [`Firewall::ensure_iptables_compat`] and stops restoring
     /// them; returns whether there was one.
     pub async fn remove_iptables_compat(&self) -> Result<bool, FirewallError> {
-        self.run(|fw, st| {
-            st.compat_wanted = false;
+        self.iptables_compat(false, |ops| !ops.delete.is_empty())
+            .await
+    }
+
+    /// Records whether the iptables compatibility rule is `wanted` and puts it in place or
+    /// removes it, alone in a transaction; `answer` reads the result from what was done. While
+    /// the tables are loading, the load does it and the answer is `wanted`.
+    async fn iptables_compat(
+        &self,
+        wanted: bool,
+        answer: fn(&CompatOps) -> bool,
+    ) -> Result<bool, FirewallError> {
+        let (op, request) = if wanted {
+            ("install the iptables compatibility rule", Compat::Ensure)
+        } else {
+            ("remove the iptables compatibility rule", Compat::Remove)
+        };
+        self.run(move |fw, st| {
+            st.compat_wanted = wanted;
             if st.loading {
-                return Ok(false);
+                return Ok(wanted);
             }
-            let ops = fw.commit(
-                st,
-                "remove the iptables compatibility rule",
-                Elements::new(),
-                Elements::new(),
-                Compat::Remove,
-            )?;
-            Ok(!ops.delete.is_empty())
+            let ops = fw.commit(st, op, Elements::new(), Elements::new(), request)?;
+            Ok(answer(&ops))
         })
         .await
     }

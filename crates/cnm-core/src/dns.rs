@@ -34,9 +34,7 @@ pub(crate) struct Dns(Mutex<Option<Resolver>>);
 
 impl Dns {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Resolver>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 
     pub(crate) fn set(&self, resolver: Resolver) {

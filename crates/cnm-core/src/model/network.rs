@@ -232,7 +232,7 @@ impl NetworkParts {
 impl NetworkInner {
     /// The state; held only for map operations, never across `.await`.
     pub(crate) fn state(&self) -> MutexGuard<'_, NetworkState> {
-        super::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// Whether the network is known to every host of the cluster.

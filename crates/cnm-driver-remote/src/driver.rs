@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::RemoteError;
-use crate::plugin::{Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
+use crate::plugin::{Answer, Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
 use crate::wire::network as wire;
 
 /// Docker's names of its default IPAM's address spaces, sent in `IPv4Data`/`IPv6Data` (the
@@ -218,6 +218,28 @@ impl RemoteDriver {
                 tracing::debug!(error = %e, "nothing to undo after a refusal");
                 cause.into()
             }
+        }
+    }
+
+    /// Makes the constructive `call` and reads its answer with `read`, which checks what the
+    /// plugin filled in; when either fails, [`RemoteDriver::undo`] sends the call's `inverse`.
+    async fn call_checked<A: Answer, T>(
+        &self,
+        (call, request): (Call, &impl Serialize),
+        (inverse, inverse_request): (Call, &impl Serialize),
+        read: impl FnOnce(&AnswerCheck<'_>, &A) -> Result<T, PluginError>,
+    ) -> Result<T, DriverError> {
+        let check = AnswerCheck {
+            plugin: self.client.name(),
+            call,
+        };
+        let result = match self.client.call_json::<A>(call, request).await {
+            Ok(answer) => read(&check, &answer),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(cause) => Err(self.error(self.undo(cause, inverse, inverse_request).await)),
         }
     }
 
@@ -661,31 +683,18 @@ impl Driver for RemoteDriver {
             options: string_options(&spec.options),
         };
         let inverse = wire::EndpointRequest::new(&spec.network_id, &spec.endpoint_id);
-        let check = AnswerCheck {
-            plugin: self.client.name(),
-            call: wire::CREATE_ENDPOINT,
+        let asked = Asked {
+            ipv4: spec.ipv4,
+            ipv6: spec.ipv6,
+            mac: spec.mac,
         };
-        let result = match self
-            .client
-            .call_json::<wire::CreateEndpointResponse>(wire::CREATE_ENDPOINT, &request)
-            .await
-        {
-            Ok(answer) => {
-                let asked = Asked {
-                    ipv4: spec.ipv4,
-                    ipv6: spec.ipv6,
-                    mac: spec.mac,
-                };
-                assigned(&check, asked, &answer)
-            }
-            Err(e) => Err(e),
-        };
-        let assigned = match result {
-            Ok(a) => a,
-            Err(cause) => {
-                return Err(self.error(self.undo(cause, wire::DELETE_ENDPOINT, &inverse).await));
-            }
-        };
+        let assigned = self
+            .call_checked(
+                (wire::CREATE_ENDPOINT, &request),
+                (wire::DELETE_ENDPOINT, &inverse),
+                |check, answer: &wire::CreateEndpointResponse| assigned(check, asked, answer),
+            )
+            .await?;
         self.lock().insert(
             spec.endpoint_id.clone(),
             EndpointState {
@@ -725,25 +734,9 @@ impl Driver for RemoteDriver {
             sandbox_key: request.sandbox.key.display().to_string(),
             options: string_options(&request.options),
         };
-        let check = AnswerCheck {
-            plugin: self.client.name(),
-            call: wire::JOIN,
-        };
-        let result = match self
-            .client
-            .call_json::<wire::JoinResponse>(wire::JOIN, &body)
+        let inverse = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
+        self.call_checked((wire::JOIN, &body), (wire::LEAVE, &inverse), join_info)
             .await
-        {
-            Ok(answer) => join_info(&check, &answer),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(info) => Ok(info),
-            Err(cause) => {
-                let inverse = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
-                Err(self.error(self.undo(cause, wire::LEAVE, &inverse).await))
-            }
-        }
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {

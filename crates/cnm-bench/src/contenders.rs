@@ -269,6 +269,17 @@ struct DockerImp {
     container: String,
 }
 
+impl DockerImp {
+    /// `docker network connect|disconnect NETWORK CONTAINER` for the bench's container.
+    async fn container_network(&self, verb: &str, ns: &NetNs) -> Result<()> {
+        self.peer
+            .cmd(&["network", verb, &self.network, &self.container])
+            .run_in(ns)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Why a contender cannot run here ("not installed", "not reachable", …), or a real error.
 pub enum Unavailable {
     /// Reported as the contender's status.
@@ -507,12 +518,7 @@ impl Contender {
                 };
                 lock(&c.live).insert(i, (result, ports.to_vec()));
             }
-            Imp::Docker(d) => {
-                d.peer
-                    .cmd(&["network", "connect", &d.network, &d.container])
-                    .run_in(self.host.netns())
-                    .await?;
-            }
+            Imp::Docker(d) => d.container_network("connect", self.host.netns()).await?,
         }
         Ok(())
     }
@@ -573,12 +579,7 @@ impl Contender {
                 self.cni(c, "DEL", "bridge", i, &path, &bridge).await?;
                 NetNs::delete(&path).await?;
             }
-            Imp::Docker(d) => {
-                d.peer
-                    .cmd(&["network", "disconnect", &d.network, &d.container])
-                    .run_in(self.host.netns())
-                    .await?;
-            }
+            Imp::Docker(d) => d.container_network("disconnect", self.host.netns()).await?,
         }
         Ok(())
     }

@@ -411,6 +411,28 @@ impl OverlayDriver {
         Ok(find_endpoint(&self.networks, network_id, endpoint_id)?)
     }
 
+    /// The endpoint to `op` (join or leave): a conflict unless it is joined exactly when
+    /// `joined` says.
+    fn endpoint_to(
+        &self,
+        op: &'static str,
+        network_id: &str,
+        endpoint_id: &str,
+        joined: bool,
+    ) -> Result<(Arc<Network>, Arc<Endpoint>), OverlayError> {
+        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
+        if lock(&ep.joined).is_some() != joined {
+            let reason = if joined {
+                "it is not joined"
+            } else {
+                "it is already joined"
+            };
+            let object = format!("endpoint {}", short(endpoint_id));
+            return Err(OverlayError::conflict(op, object, reason));
+        }
+        Ok((net, ep))
+    }
+
     /// Takes a VNI for a new network in the cluster store: the one asked for, or the lowest
     /// free one from [`FIRST_VNI`]. Each is a create-if-absent key, so two hosts racing for
     /// one never both get it.
@@ -749,14 +771,7 @@ impl OverlayDriver {
     }
 
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, OverlayError> {
-        let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
-        if lock(&ep.joined).is_some() {
-            return Err(OverlayError::conflict(
-                "join",
-                format!("endpoint {}", short(&req.endpoint_id)),
-                "it is already joined",
-            ));
-        }
+        let (net, ep) = self.endpoint_to("join", &req.network_id, &req.endpoint_id, false)?;
         let mac = req.mac.unwrap_or(ep.mac);
         let fact = Self::fact_of(&net, &ep, mac);
         let facts = self.facts()?;
@@ -1057,15 +1072,7 @@ impl Driver for OverlayDriver {
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
-        let (_, ep) = self.endpoint(&request.network_id, &request.endpoint_id)?;
-        if lock(&ep.joined).is_none() {
-            return Err(OverlayError::conflict(
-                "leave",
-                format!("endpoint {}", short(&request.endpoint_id)),
-                "it is not joined",
-            )
-            .into());
-        }
+        let (_, ep) = self.endpoint_to("leave", &request.network_id, &request.endpoint_id, true)?;
         Ok(self
             .unplug(&request.network_id, &request.endpoint_id, &ep)
             .await?)

@@ -194,6 +194,19 @@ impl RemoteDriver {
         }
     }
 
+    /// Sends a call on one endpoint for its effect alone (see [`RemoteDriver::send`]).
+    async fn send_endpoint(
+        &self,
+        call: Call,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let request = wire::EndpointRequest::new(network_id, endpoint_id);
+        self.send(call, &request)
+            .await
+            .map_err(|e| self.error(e.into()))
+    }
+
     /// After `cause` failed a constructive call: sends its inverse when the plugin may have done
     /// something (or answered at all, in case it did some of the work before failing), and
     /// returns the error to report. A failed inverse is reported when the plugin may have done
@@ -719,10 +732,8 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest::new(network_id, endpoint_id);
-        self.send(wire::DELETE_ENDPOINT, &request)
-            .await
-            .map_err(|e| self.error(e.into()))?;
+        self.send_endpoint(wire::DELETE_ENDPOINT, network_id, endpoint_id)
+            .await?;
         self.lock().remove(endpoint_id);
         Ok(())
     }
@@ -740,10 +751,8 @@ impl Driver for RemoteDriver {
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
-        let body = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
-        self.send(wire::LEAVE, &body)
+        self.send_endpoint(wire::LEAVE, &request.network_id, &request.endpoint_id)
             .await
-            .map_err(|e| self.error(e.into()))
     }
 
     /// Sends the bindings as Docker does (`com.docker.network.portmap`, one entry per container
@@ -794,10 +803,8 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest::new(network_id, endpoint_id);
-        self.send(wire::REVOKE_EXTERNAL_CONNECTIVITY, &request)
+        self.send_endpoint(wire::REVOKE_EXTERNAL_CONNECTIVITY, network_id, endpoint_id)
             .await
-            .map_err(|e| self.error(e.into()))
     }
 }
 

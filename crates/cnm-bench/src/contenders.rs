@@ -161,6 +161,29 @@ struct CliImp {
     daemon: std::process::Child,
 }
 
+impl CliImp {
+    /// Runs `cnm --host … ARGS` inside `ns`.
+    async fn run(&self, args: &[&str], ns: &NetNs) -> Result<()> {
+        let mut all = vec!["--host", self.host_arg.as_str()];
+        all.extend_from_slice(args);
+        Cmd::new(&self.cnm, &all).run_in(ns).await?;
+        Ok(())
+    }
+
+    /// `cnm network create` of the bridge network `net`, with the embedded DNS off under
+    /// `--no-dns`.
+    async fn create_network(&self, net: &BridgeNet, ns: &NetNs) -> Result<()> {
+        let subnet = net.subnet.to_string();
+        let mut args = vec!["network", "create", "--subnet", subnet.as_str()];
+        let option = fixture::no_dns_option();
+        if let Some(option) = &option {
+            args.extend(["-o", option.as_str()]);
+        }
+        args.push(&net.name);
+        self.run(&args, ns).await
+    }
+}
+
 impl Drop for CliImp {
     fn drop(&mut self) {
         // SIGTERM: cnmd shuts down cleanly; then reap it.
@@ -244,6 +267,17 @@ struct DockerImp {
     peer: DockerPeer,
     network: String,
     container: String,
+}
+
+impl DockerImp {
+    /// `docker network connect|disconnect NETWORK CONTAINER` for the bench's container.
+    async fn container_network(&self, verb: &str, ns: &NetNs) -> Result<()> {
+        self.peer
+            .cmd(&["network", verb, &self.network, &self.container])
+            .run_in(ns)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Why a contender cannot run here ("not installed", "not reachable", …), or a real error.
@@ -365,19 +399,7 @@ impl Contender {
                         f.bridges.push(index);
                     }
                 }
-                Imp::Cli(c) => {
-                    let subnet = net.subnet.to_string();
-                    cli_run(
-                        &c.cnm,
-                        &c.host_arg,
-                        &network_create_args(&subnet, &net.name)
-                            .iter()
-                            .map(String::as_str)
-                            .collect::<Vec<_>>(),
-                        self.host.netns(),
-                    )
-                    .await?;
-                }
+                Imp::Cli(c) => c.create_network(&net, self.host.netns()).await?,
                 _ => anyhow::bail!("{} has only one network here", self.kind.name()),
             }
         }
@@ -496,12 +518,7 @@ impl Contender {
                 };
                 lock(&c.live).insert(i, (result, ports.to_vec()));
             }
-            Imp::Docker(d) => {
-                d.peer
-                    .cmd(&["network", "connect", &d.network, &d.container])
-                    .run_in(self.host.netns())
-                    .await?;
-            }
+            Imp::Docker(d) => d.container_network("connect", self.host.netns()).await?,
         }
         Ok(())
     }
@@ -562,12 +579,7 @@ impl Contender {
                 self.cni(c, "DEL", "bridge", i, &path, &bridge).await?;
                 NetNs::delete(&path).await?;
             }
-            Imp::Docker(d) => {
-                d.peer
-                    .cmd(&["network", "disconnect", &d.network, &d.container])
-                    .run_in(self.host.netns())
-                    .await?;
-            }
+            Imp::Docker(d) => d.container_network("disconnect", self.host.netns()).await?,
         }
         Ok(())
     }
@@ -592,7 +604,7 @@ impl Contender {
     }
 
     async fn cli(&self, c: &CliImp, args: &[&str]) -> Result<()> {
-        cli_run(&c.cnm, &c.host_arg, args, self.host.netns()).await
+        c.run(args, self.host.netns()).await
     }
 
     /// The contender's throwaway host.
@@ -685,13 +697,6 @@ fn ifname(s: &str) -> Result<IfName> {
     IfName::new(s).with_context(|| format!("interface name {s}"))
 }
 
-async fn cli_run(cnm: &std::path::Path, host_arg: &str, args: &[&str], ns: &NetNs) -> Result<()> {
-    let mut all = vec!["--host", host_arg];
-    all.extend_from_slice(args);
-    Cmd::new(cnm, &all).run_in(ns).await?;
-    Ok(())
-}
-
 /// Starts `cnmd` inside the host namespace with its socket and directories under the host's
 /// temporary ones, waits (bounded) until it answers, and creates the network through the CLI.
 async fn cli_setup(
@@ -731,7 +736,7 @@ async fn cli_setup(
     };
     let mut last = None;
     for _ in 0..100 {
-        match cli_run(&imp.cnm, &imp.host_arg, &["info"], host.netns()).await {
+        match imp.run(&["info"], host.netns()).await {
             Ok(()) => {
                 last = None;
                 break;
@@ -745,31 +750,8 @@ async fn cli_setup(
     if let Some(e) = last {
         return Err(e.context("cnmd did not answer within 5 s"));
     }
-    let subnet = net.subnet.to_string();
-    cli_run(
-        &imp.cnm,
-        &imp.host_arg,
-        &network_create_args(&subnet, &net.name)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        host.netns(),
-    )
-    .await?;
+    imp.create_network(net, host.netns()).await?;
     Ok(imp)
-}
-
-/// `cnm network create` of a bridge network `name` on `subnet`, with the embedded DNS off under
-/// `--no-dns`.
-fn network_create_args(subnet: &str, name: &str) -> Vec<String> {
-    let mut args: Vec<String> = ["network", "create", "--subnet", subnet]
-        .map(str::to_owned)
-        .to_vec();
-    if let Some(option) = fixture::no_dns_option() {
-        args.extend(["-o".to_owned(), option]);
-    }
-    args.push(name.to_owned());
-    args
 }
 
 async fn floor_setup(host: &TestHost, net: &BridgeNet, durable: bool) -> Result<FloorImp> {

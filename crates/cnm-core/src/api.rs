@@ -133,6 +133,17 @@ pub trait SandboxApi: Send + Sync {
     async fn delete(&self) -> Result<(), CoreError>;
 }
 
+/// Trait methods that return what the handle's inherent method of the same name returns.
+macro_rules! forward_to_inherent {
+    ($handle:ident: $(fn $name:ident(&self) -> $ret:ty;)*) => {
+        $(
+            fn $name(&self) -> $ret {
+                $handle::$name(self)
+            }
+        )*
+    };
+}
+
 #[async_trait]
 impl ControllerApi for Controller {
     async fn new_network(
@@ -180,20 +191,11 @@ impl ControllerApi for Controller {
 
 #[async_trait]
 impl NetworkApi for Network {
-    fn id(&self) -> &str {
-        Network::id(self)
-    }
-
-    fn name(&self) -> &str {
-        Network::name(self)
-    }
-
-    fn driver(&self) -> &str {
-        Network::driver(self)
-    }
-
-    fn scope(&self) -> Scope {
-        Network::scope(self)
+    forward_to_inherent! { Network:
+        fn id(&self) -> &str;
+        fn name(&self) -> &str;
+        fn driver(&self) -> &str;
+        fn scope(&self) -> Scope;
     }
 
     fn endpoints(&self) -> Vec<Arc<dyn EndpointApi>> {
@@ -224,32 +226,17 @@ impl NetworkApi for Network {
 
 #[async_trait]
 impl EndpointApi for Endpoint {
-    fn id(&self) -> &str {
-        Endpoint::id(self)
-    }
-
-    fn name(&self) -> &str {
-        Endpoint::name(self)
+    forward_to_inherent! { Endpoint:
+        fn id(&self) -> &str;
+        fn name(&self) -> &str;
+        fn ipv4(&self) -> Option<Ipv4Net>;
+        fn ipv6(&self) -> Option<Ipv6Net>;
+        fn mac(&self) -> Option<MacAddress>;
+        fn sandbox_id(&self) -> Option<String>;
     }
 
     fn network(&self) -> Arc<dyn NetworkApi> {
         Arc::new(Endpoint::network(self))
-    }
-
-    fn ipv4(&self) -> Option<Ipv4Net> {
-        Endpoint::ipv4(self)
-    }
-
-    fn ipv6(&self) -> Option<Ipv6Net> {
-        Endpoint::ipv6(self)
-    }
-
-    fn mac(&self) -> Option<MacAddress> {
-        Endpoint::mac(self)
-    }
-
-    fn sandbox_id(&self) -> Option<String> {
-        Endpoint::sandbox_id(self)
     }
 
     async fn join(
@@ -271,16 +258,10 @@ impl EndpointApi for Endpoint {
 
 #[async_trait]
 impl SandboxApi for Sandbox {
-    fn id(&self) -> &str {
-        Sandbox::id(self)
-    }
-
-    fn container_id(&self) -> &str {
-        Sandbox::container_id(self)
-    }
-
-    fn key(&self) -> &Path {
-        Sandbox::key(self)
+    forward_to_inherent! { Sandbox:
+        fn id(&self) -> &str;
+        fn container_id(&self) -> &str;
+        fn key(&self) -> &Path;
     }
 
     fn endpoints(&self) -> Vec<Arc<dyn EndpointApi>> {

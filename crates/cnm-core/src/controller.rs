@@ -507,10 +507,7 @@ impl Controller {
 
     /// The core, until shutdown.
     pub(crate) fn core(&self) -> Result<Arc<Core>, CoreError> {
-        self.shared
-            .core
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::read(&self.shared.core)
             .clone()
             .ok_or(CoreError::Shutdown)
     }
@@ -525,12 +522,7 @@ impl Controller {
     /// The store is released when its last reference goes: one a caller took with
     /// [`Controller::store`] keeps it (and the lock) until dropped.
     pub async fn shutdown(&self) -> Result<(), CoreError> {
-        let core = self
-            .shared
-            .core
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let core = crate::sync::write(&self.shared.core).take();
         let Some(core) = core else {
             return Ok(());
         };

@@ -34,9 +34,7 @@ pub(crate) struct Dns(Mutex<Option<Resolver>>);
 
 impl Dns {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Resolver>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 
     pub(crate) fn set(&self, resolver: Resolver) {
@@ -289,16 +287,22 @@ pub(crate) async fn leave(
     if !serves(&ep.network) {
         return Ok(());
     }
-    resolver.remove_endpoint(&ep.network.id, &ep.id);
-    let withdrawn = if crate::remote_names::shared(core, &ep.network) {
-        crate::remote_names::withdraw(core, ep).await
-    } else {
-        Ok(())
-    };
+    let withdrawn = withdraw(core, &resolver, ep).await;
     if !any_served(rest) {
         detach(core, &resolver, sb).await?;
     }
     withdrawn
+}
+
+/// Withdraws `ep`'s names: from this host's resolver at once, and from the other hosts too when
+/// its network is served and shares its names.
+async fn withdraw(core: &Core, resolver: &Resolver, ep: &EndpointInner) -> Result<(), CoreError> {
+    resolver.remove_endpoint(&ep.network.id, &ep.id);
+    if serves(&ep.network) && crate::remote_names::shared(core, &ep.network) {
+        crate::remote_names::withdraw(core, ep).await
+    } else {
+        Ok(())
+    }
 }
 
 /// A sandbox delete's DNS step, once its record is gone: its endpoints' names go (from the
@@ -313,10 +317,7 @@ pub(crate) async fn sandbox_deleted(
     };
     let mut errors = crate::undo::Errors::default();
     for j in joined {
-        resolver.remove_endpoint(&j.ep.network.id, &j.ep.id);
-        if serves(&j.ep.network) && crate::remote_names::shared(core, &j.ep.network) {
-            errors.check(crate::remote_names::withdraw(core, &j.ep).await);
-        }
+        errors.check(withdraw(core, &resolver, &j.ep).await);
     }
     resolver.detach_sandbox(&sb.id);
     errors.into_result()

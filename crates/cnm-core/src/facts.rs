@@ -147,12 +147,7 @@ impl HostLease {
         let keeper = self.grant(store, &mut state).await?;
         let lease = keeper.lease().id;
         let task = tokio::spawn(renew(Arc::downgrade(self), store.clone(), keeper));
-        if let Some(old) = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(task)
-        {
+        if let Some(old) = crate::sync::lock(&self.task).replace(task) {
             old.abort();
         }
         Ok(lease)

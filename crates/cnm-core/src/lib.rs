@@ -102,6 +102,7 @@ mod sandbox;
 pub mod spi;
 mod state;
 pub mod store;
+mod sync;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod testing;
 #[cfg(test)]

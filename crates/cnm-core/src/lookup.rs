@@ -2,9 +2,11 @@
 //! such a driver shares: a network or endpoint missing or already there, a conflict.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use cnm_types::ErrorKind;
+
+use crate::sync::lock;
 
 /// A network or endpoint that a driver does not have, or already has.
 ///
@@ -73,10 +75,6 @@ pub trait HasEndpoints {
 
     /// The network's endpoints by id.
     fn endpoints(&self) -> &Mutex<HashMap<String, Arc<Self::Endpoint>>>;
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The network `id` of `networks`.

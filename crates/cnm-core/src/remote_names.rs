@@ -28,6 +28,7 @@ use crate::model::network::NetworkInner;
 use crate::spi::{FactEvent, Facts};
 use crate::state::Core;
 use crate::store::ScopedStore;
+use crate::sync::lock;
 
 /// The prefix of the name facts in the cluster store.
 const PREFIX: &str = "names/";
@@ -49,10 +50,6 @@ pub(crate) struct NameFact {
 pub(crate) struct RemoteNames {
     facts: Mutex<Option<Facts>>,
     watches: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The key of an endpoint's name fact in the cluster store.

@@ -24,13 +24,13 @@ use crate::host::{self, HostNetwork};
 use crate::ipam::Ipam;
 use crate::kernel::Kernel;
 use crate::model::endpoint::EndpointInner;
-use crate::model::lock;
 use crate::model::network::NetworkInner;
 use crate::model::sandbox::SandboxInner;
 use crate::options::PoolConfig;
 use crate::resolve::DriverResolver;
 use crate::spi::{Driver, DriverContext};
 use crate::store::Store;
+use crate::sync::{lock, read, write};
 
 /// One container's sandbox slot: `None` until its sandbox exists.
 pub(crate) type ContainerSlot = Arc<tokio::sync::Mutex<Option<Arc<SandboxInner>>>>;
@@ -289,10 +289,7 @@ impl Core {
         match name {
             None | Some("default") => Ok(self.ipam.clone()),
             Some(n) if n == self.ipam.name() => Ok(self.ipam.clone()),
-            Some(n) => self
-                .named_ipams
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            Some(n) => read(&self.named_ipams)
                 .get(n)
                 .cloned()
                 .ok_or_else(|| CoreError::IpamDriverNotFound(n.to_owned())),
@@ -318,10 +315,7 @@ impl Core {
             .resolve(name)
             .await
             .map_err(|e| CoreError::failed("find ipam driver", name, e))?;
-        let mut named = self
-            .named_ipams
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut named = write(&self.named_ipams);
         // Found by a concurrent lookup first: that one is kept.
         let ipam = named.entry(name.to_owned()).or_insert(found).clone();
         tracing::info!(ipam = name, "ipam driver found by name");
@@ -330,9 +324,7 @@ impl Core {
 
     /// The driver called `name`.
     pub(crate) fn driver(&self, name: &str) -> Result<Arc<dyn Driver>, CoreError> {
-        self.drivers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read(&self.drivers)
             .get(name)
             .cloned()
             .ok_or_else(|| CoreError::DriverNotFound(name.to_owned()))
@@ -370,21 +362,14 @@ impl Core {
 
     /// Every driver, by name.
     pub(crate) fn drivers(&self) -> Vec<(String, Arc<dyn Driver>)> {
-        self.drivers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        read(&self.drivers)
             .iter()
             .map(|(n, d)| (n.clone(), d.clone()))
             .collect()
     }
 
     pub(crate) fn driver_names(&self) -> Vec<String> {
-        self.drivers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
+        read(&self.drivers).keys().cloned().collect()
     }
 
     /// Adds a driver; refused when one of that name exists.
@@ -393,10 +378,7 @@ impl Core {
         name: String,
         driver: Arc<dyn Driver>,
     ) -> Result<(), CoreError> {
-        let mut drivers = self
-            .drivers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut drivers = write(&self.drivers);
         if drivers.contains_key(&name) {
             return Err(CoreError::DriverExists(name));
         }
@@ -406,10 +388,7 @@ impl Core {
 
     /// Forgets every driver and object (at shutdown: the drivers go with the last reference).
     pub(crate) fn release(&self) {
-        self.drivers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        write(&self.drivers).clear();
         self.containers.clear();
         self.sandboxes.clear();
         self.endpoints.clear();
@@ -536,9 +515,7 @@ pub(crate) struct Pass(Arc<Gate>);
 
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Lets an operation in, unless the gate is closed.

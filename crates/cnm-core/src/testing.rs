@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cnm_sandbox::{
@@ -28,10 +28,7 @@ use crate::spi::{
     JoinRequest, JoinedInterface, LeaveRequest, NetworkSpec, ParsedOptions, PublishRequest,
     RestoredEndpoint,
 };
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 fn errno(op: &'static str, object: impl fmt::Display, errno: i32) -> SandboxError {
     SandboxError::Kernel {

@@ -8,7 +8,6 @@ use axum::Json;
 use axum::http::StatusCode;
 
 use crate::ApiError;
-use crate::events::Event;
 use crate::request::Parse as _;
 use crate::server::{Body, Key, St};
 use crate::views;
@@ -72,13 +71,7 @@ pub(crate) async fn remove(st: St, Key(key): Key) -> Result<StatusCode, ApiError
         .await?;
     for ep in gone {
         let net = ep.network();
-        st.events.publish(Event::network(
-            "disconnect",
-            net.id(),
-            net.name(),
-            net.driver(),
-            Some(sb.id()),
-        ));
+        st.publish_network("disconnect", &net, Some(sb.id()));
     }
     Ok(StatusCode::NO_CONTENT)
 }

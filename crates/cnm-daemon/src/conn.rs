@@ -224,34 +224,26 @@ impl Registry {
     }
 }
 
-/// Removes a connection from the registry when its task ends, however it ends.
-struct Registered {
+/// Tells the registry about its connection when dropped, however the holder ends: a
+/// connection's task holds one that removes the connection ([`Registry::remove`]); a response
+/// body, one that marks the connection idle again ([`Registry::idle`]), as hyper drops a body
+/// once it is sent.
+struct RegistryGuard {
     registry: Arc<Registry>,
     id: u64,
+    on_drop: fn(&Registry, u64),
 }
 
-impl Drop for Registered {
+impl Drop for RegistryGuard {
     fn drop(&mut self) {
-        self.registry.remove(self.id);
-    }
-}
-
-/// Marks its connection idle again when dropped: hyper drops a response body once it is sent.
-struct BusyGuard {
-    registry: Arc<Registry>,
-    id: u64,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.registry.idle(self.id);
+        (self.on_drop)(&self.registry, self.id);
     }
 }
 
 /// A response body that keeps its connection marked busy until it is dropped.
 struct Guarded {
     inner: Body,
-    _guard: BusyGuard,
+    _guard: RegistryGuard,
 }
 
 impl http_body::Body for Guarded {
@@ -289,9 +281,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         self.registry.busy(self.id);
-        let guard = BusyGuard {
+        let guard = RegistryGuard {
             registry: self.registry.clone(),
             id: self.id,
+            on_drop: Registry::idle,
         };
         let app = self.app.clone();
         Box::pin(async move {
@@ -362,9 +355,10 @@ pub(crate) async fn serve<L: Listener>(
             );
             count(&metrics, CloseReason::Evicted);
         }
-        let registered = Registered {
+        let registered = RegistryGuard {
             registry: registry.clone(),
             id,
+            on_drop: Registry::remove,
         };
         let svc = ConnService {
             app: app.clone(),

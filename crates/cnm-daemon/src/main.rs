@@ -139,24 +139,8 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let store: StoreKind = args.store.parse()?;
-    let header_timeout = Duration::try_from_secs_f64(args.header_timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| {
-            format!(
-                "invalid --header-timeout {}: want a positive number of seconds",
-                args.header_timeout
-            )
-        })?;
-    let plugin_timeout = Duration::try_from_secs_f64(args.plugin_timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| {
-            format!(
-                "invalid --plugin-timeout {}: want a positive number of seconds",
-                args.plugin_timeout
-            )
-        })?;
+    let header_timeout = positive_secs("--header-timeout", args.header_timeout)?;
+    let plugin_timeout = positive_secs("--plugin-timeout", args.plugin_timeout)?;
     let plugins = RemoteConfig {
         dirs: PluginDirs::new(args.plugin_dirs.clone(), args.plugin_dirs),
         client: ClientConfig {
@@ -227,6 +211,14 @@ async fn main() -> anyhow::Result<()> {
     };
     cnm_daemon::serve(config, shutdown).await?;
     Ok(())
+}
+
+/// A timeout flag's seconds as a duration: positive and finite, or an error naming the flag.
+fn positive_secs(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("invalid {flag} {secs}: want a positive number of seconds"))
 }
 
 /// `--host-dns`: `IP:PORT`, or an IP (port 53); a loopback one.

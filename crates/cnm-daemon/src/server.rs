@@ -398,18 +398,24 @@ impl AppState {
         clock::rfc3339(self.created_at(net))
     }
 
+    /// Publishes Docker's network event `action` on `net` (with the sandbox `sandbox` for a
+    /// connect or disconnect).
+    pub(crate) fn publish_network(&self, action: &str, net: &Network, sandbox: Option<&str>) {
+        self.events.publish(Event::network(
+            action,
+            net.id(),
+            net.name(),
+            net.driver(),
+            sandbox,
+        ));
+    }
+
     pub(crate) fn network_created(&self, net: &Network) {
         self.created
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(net.id().to_owned(), SystemTime::now());
-        self.events.publish(Event::network(
-            "create",
-            net.id(),
-            net.name(),
-            net.driver(),
-            None,
-        ));
+        self.publish_network("create", net, None);
     }
 
     pub(crate) fn network_destroyed(&self, net: &Network) {
@@ -417,13 +423,7 @@ impl AppState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(net.id());
-        self.events.publish(Event::network(
-            "destroy",
-            net.id(),
-            net.name(),
-            net.driver(),
-            None,
-        ));
+        self.publish_network("destroy", net, None);
     }
 
     /// Runs and times one mutating operation.
@@ -450,13 +450,7 @@ impl AppState {
     ) -> Result<Endpoint, ApiError> {
         self.timed("connect", async {
             let ep = net.connect(sb.container_id(), sb, options, join).await?;
-            self.events.publish(Event::network(
-                "connect",
-                net.id(),
-                net.name(),
-                net.driver(),
-                Some(sb.id()),
-            ));
+            self.publish_network("connect", net, Some(sb.id()));
             Ok(ep)
         })
         .await
@@ -474,13 +468,7 @@ impl AppState {
                 )),
                 e => e.into(),
             })?;
-            self.events.publish(Event::network(
-                "disconnect",
-                net.id(),
-                net.name(),
-                net.driver(),
-                Some(sb.id()),
-            ));
+            self.publish_network("disconnect", net, Some(sb.id()));
             Ok(())
         })
         .await

@@ -114,16 +114,11 @@ pub async fn network(
         driver: net.driver().to_owned(),
         enable_ipv4: shape.enable_ipv4.then_some(opts.enable_ipv4),
         enable_ipv6: opts.enable_ipv6,
-        ipam: Ipam {
-            driver: opts
-                .ipam_driver
-                .clone()
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "default".to_owned()),
-            // As given (null when the request had none); the predefined networks have none.
-            options: opts.ipam_options.clone(),
+        ipam: ipam(
+            opts.ipam_driver.as_deref().unwrap_or_default(),
+            opts.ipam_options.clone(),
             config,
-        },
+        ),
         internal: opts.internal,
         attachable: opts.attachable,
         ingress: false,
@@ -181,13 +176,7 @@ pub fn waiting_network(
         driver: rec.driver.clone(),
         enable_ipv4: shape.enable_ipv4.then_some(rec.enable_ipv4),
         enable_ipv6: rec.enable_ipv6,
-        ipam: Ipam {
-            driver: Some(rec.ipam_driver.clone())
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "default".to_owned()),
-            options: rec.ipam_options.clone(),
-            config,
-        },
+        ipam: ipam(&rec.ipam_driver, rec.ipam_options.clone(), config),
         internal: rec.internal,
         attachable: rec.attachable,
         ingress: false,
@@ -201,6 +190,17 @@ pub fn waiting_network(
             .unwrap_or_default(),
         labels: rec.labels.clone(),
         waiting: Some(w.waits_for.to_string()),
+    }
+}
+
+/// A network's IPAM section: its driver (`default` where none was named) and its options as
+/// given (null when the request had none; the predefined networks have none).
+fn ipam(driver: &str, options: Option<BTreeMap<String, String>>, config: Vec<IpamConfig>) -> Ipam {
+    let driver = if driver.is_empty() { "default" } else { driver };
+    Ipam {
+        driver: driver.to_owned(),
+        options,
+        config,
     }
 }
 

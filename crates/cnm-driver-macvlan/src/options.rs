@@ -46,6 +46,14 @@ impl Flavor {
             Self::Ipvlan => IPVLAN_MODE,
         }
     }
+
+    /// The mode an empty `-o MODE_KEY=` stands for (as Docker words it in its refusal).
+    fn default_mode(self) -> &'static str {
+        match self {
+            Self::Macvlan => "bridge",
+            Self::Ipvlan => "l2",
+        }
+    }
 }
 
 /// The link mode of a network's endpoints.
@@ -193,23 +201,14 @@ fn parse_mode(flavor: Flavor, value: &str) -> Result<Mode, MacvlanError> {
         (Flavor::Ipvlan, "" | "l2") => Mode::Ipvlan(IpvlanMode::L2),
         (Flavor::Ipvlan, "l3") => Mode::Ipvlan(IpvlanMode::L3),
         (Flavor::Ipvlan, "l3s") => Mode::Ipvlan(IpvlanMode::L3s),
-        (Flavor::Macvlan, _) => {
+        _ => {
+            let (name, default) = (flavor.name(), flavor.default_mode());
             return Err(MacvlanError::InvalidOption {
-                driver: flavor.name(),
-                key: MACVLAN_MODE,
+                driver: name,
+                key: flavor.mode_key(),
                 value: value.to_owned(),
                 reason: format!(
-                    "requested macvlan mode '{value}' is not valid, 'bridge' mode is the macvlan driver default"
-                ),
-            });
-        }
-        (Flavor::Ipvlan, _) => {
-            return Err(MacvlanError::InvalidOption {
-                driver: flavor.name(),
-                key: IPVLAN_MODE,
-                value: value.to_owned(),
-                reason: format!(
-                    "requested ipvlan mode '{value}' is not valid, 'l2' mode is the ipvlan driver default"
+                    "requested {name} mode '{value}' is not valid, '{default}' mode is the {name} driver default"
                 ),
             });
         }

@@ -52,6 +52,7 @@ mod peers;
 pub mod wg;
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,10 +61,9 @@ use cnm_core::cnm_firewall::{
     FragmentSpec, Key, Match, Protocol, Rule, SetElement, Value,
 };
 use cnm_core::spi::{
-    Capability, Conflict, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo,
-    EndpointSpec, Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
-    Lookup, NetworkSpec, Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint,
-    find_network,
+    Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
+    Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
+    Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint, find_network,
 };
 use cnm_core::store::{Expect, StoreError};
 use cnm_core::undo::Undo;
@@ -199,6 +199,32 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Counts one holder more of `key` (an encrypted network on a guarded port, a peer behind a
+/// VTEP); true for the first, which sets up what they share.
+pub(crate) fn count_up<K: Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: K) -> bool {
+    let mut counts = lock(counts);
+    let n = counts.entry(key).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+/// Counts one holder less of `key`; true for the last, which takes down what they shared (the
+/// key is gone then). A key not counted is left alone.
+pub(crate) fn count_down<K: Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) -> bool {
+    let mut counts = lock(counts);
+    match counts.get_mut(key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(key);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The names of a network's links on every host: they follow from the VNI.
 fn link_names(vni: u32) -> Result<(IfName, IfName), OverlayError> {
     let name = |n: String| {
@@ -301,13 +327,7 @@ impl OverlayDriver {
                 e
             }
         };
-        let first = {
-            let mut ports = lock(&self.guarded_ports);
-            let n = ports.entry(port).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first {
+        if count_up(&self.guarded_ports, port) {
             let change =
                 ElementChange::new().add(ENCRYPTED_PORTS, SetElement::new([Value::Port(port)]));
             if let Err(e) = self.fragment()?.apply(&change).await {
@@ -325,21 +345,7 @@ impl OverlayDriver {
     /// Counts one encrypted network less on `port`; the last takes the guard away.
     async fn unguard(&self, port: u16) -> Result<(), OverlayError> {
         let _serial = self.wg.lock().await;
-        let last = {
-            let mut ports = lock(&self.guarded_ports);
-            match ports.get_mut(&port) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    ports.remove(&port);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+        if count_down(&self.guarded_ports, &port) {
             let change =
                 ElementChange::new().delete(ENCRYPTED_PORTS, SetElement::new([Value::Port(port)]));
             self.fragment()?
@@ -403,6 +409,28 @@ impl OverlayDriver {
         endpoint_id: &str,
     ) -> Result<(Arc<Network>, Arc<Endpoint>), OverlayError> {
         Ok(find_endpoint(&self.networks, network_id, endpoint_id)?)
+    }
+
+    /// The endpoint to `op` (join or leave): a conflict unless it is joined exactly when
+    /// `joined` says.
+    fn endpoint_to(
+        &self,
+        op: &'static str,
+        network_id: &str,
+        endpoint_id: &str,
+        joined: bool,
+    ) -> Result<(Arc<Network>, Arc<Endpoint>), OverlayError> {
+        let (net, ep) = self.endpoint(network_id, endpoint_id)?;
+        if lock(&ep.joined).is_some() != joined {
+            let reason = if joined {
+                "it is not joined"
+            } else {
+                "it is already joined"
+            };
+            let object = format!("endpoint {}", short(endpoint_id));
+            return Err(OverlayError::conflict(op, object, reason));
+        }
+        Ok((net, ep))
     }
 
     /// Takes a VNI for a new network in the cluster store: the one asked for, or the lowest
@@ -538,11 +566,11 @@ impl OverlayDriver {
             let bridge_index = match existing {
                 Some(l) if restoring => l.index,
                 Some(_) => {
-                    return Err(OverlayError::from(Conflict {
-                        op: "create bridge",
-                        object: bridge.to_string(),
-                        reason: "a link of that name exists".to_owned(),
-                    }));
+                    return Err(OverlayError::conflict(
+                        "create bridge",
+                        bridge.to_string(),
+                        "a link of that name exists",
+                    ));
                 }
                 None => {
                     let mut link = LinkSpec::new(bridge.clone(), LinkKind::Bridge);
@@ -558,11 +586,11 @@ impl OverlayDriver {
                     lookup(bridge.clone())
                         .await?
                         .ok_or_else(|| {
-                            OverlayError::from(Conflict {
-                                op: "configure bridge",
-                                object: bridge.to_string(),
-                                reason: "it vanished right after it was created".to_owned(),
-                            })
+                            OverlayError::conflict(
+                                "configure bridge",
+                                bridge.to_string(),
+                                "it vanished right after it was created",
+                            )
                         })?
                         .index
                 }
@@ -604,11 +632,11 @@ impl OverlayDriver {
             let vxlan_index = lookup(vxlan.clone())
                 .await?
                 .ok_or_else(|| {
-                    OverlayError::from(Conflict {
-                        op: "configure vxlan",
-                        object: vxlan.to_string(),
-                        reason: "it vanished right after it was created".to_owned(),
-                    })
+                    OverlayError::conflict(
+                        "configure vxlan",
+                        vxlan.to_string(),
+                        "it vanished right after it was created",
+                    )
                 })?
                 .index;
             host.set_alias(vxlan_index, &alias(&spec.id))
@@ -664,11 +692,11 @@ impl OverlayDriver {
 
     async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), OverlayError> {
         if lock(&self.networks).contains_key(&spec.id) {
-            return Err(OverlayError::from(Conflict {
-                op: "create network",
-                object: short(&spec.id).to_owned(),
-                reason: "it exists".to_owned(),
-            }));
+            return Err(OverlayError::conflict(
+                "create network",
+                short(&spec.id),
+                "it exists",
+            ));
         }
         let net = self.build_network(spec, false).await?;
         if let Err(e) = self.add_network(net.clone()) {
@@ -694,11 +722,11 @@ impl OverlayDriver {
                 .cloned()
                 .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
-                return Err(OverlayError::from(Conflict {
-                    op: "delete network",
-                    object: short(network_id).to_owned(),
-                    reason: "it still has endpoints".to_owned(),
-                }));
+                return Err(OverlayError::conflict(
+                    "delete network",
+                    short(network_id),
+                    "it still has endpoints",
+                ));
             }
             nets.remove(network_id);
             net
@@ -743,14 +771,7 @@ impl OverlayDriver {
     }
 
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, OverlayError> {
-        let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
-        if lock(&ep.joined).is_some() {
-            return Err(OverlayError::from(Conflict {
-                op: "join",
-                object: format!("endpoint {}", short(&req.endpoint_id)),
-                reason: "it is already joined".to_owned(),
-            }));
-        }
+        let (net, ep) = self.endpoint_to("join", &req.network_id, &req.endpoint_id, false)?;
         let mac = req.mac.unwrap_or(ep.mac);
         let fact = Self::fact_of(&net, &ep, mac);
         let facts = self.facts()?;
@@ -1015,11 +1036,11 @@ impl Driver for OverlayDriver {
         };
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
-            return Err(OverlayError::from(Conflict {
-                op: "create endpoint",
-                object: short(&spec.endpoint_id).to_owned(),
-                reason: "it exists".to_owned(),
-            })
+            return Err(OverlayError::conflict(
+                "create endpoint",
+                short(&spec.endpoint_id),
+                "it exists",
+            )
             .into());
         }
         eps.insert(
@@ -1051,15 +1072,7 @@ impl Driver for OverlayDriver {
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
-        let (_, ep) = self.endpoint(&request.network_id, &request.endpoint_id)?;
-        if lock(&ep.joined).is_none() {
-            return Err(OverlayError::from(Conflict {
-                op: "leave",
-                object: format!("endpoint {}", short(&request.endpoint_id)),
-                reason: "it is not joined".to_owned(),
-            })
-            .into());
-        }
+        let (_, ep) = self.endpoint_to("leave", &request.network_id, &request.endpoint_id, true)?;
         Ok(self
             .unplug(&request.network_id, &request.endpoint_id, &ep)
             .await?)

@@ -19,7 +19,7 @@ use cnm_core::spi::{FactEvent, Facts};
 use cnm_sandbox::{Netlink, SandboxError};
 use cnm_types::{ErrorKind, MacAddress};
 
-use crate::{Network, PeerFact, lock, short};
+use crate::{Network, PeerFact, count_down, count_up, lock, short};
 
 /// The FDB entry a VXLAN device sends frames with no entry of their own to.
 const ALL_ZEROS: MacAddress = MacAddress([0; 6]);
@@ -198,13 +198,7 @@ async fn flood_add<S: PeerSink>(net: &Network, netlink: &S, vtep: IpAddr) {
     if !net.bum || vtep == net.local_vtep {
         return;
     }
-    let first = {
-        let mut flood = lock(&net.flood);
-        let n = flood.entry(vtep).or_insert(0);
-        *n += 1;
-        *n == 1
-    };
-    if !first {
+    if !count_up(&net.flood, vtep) {
         return;
     }
     match netlink.append_fdb(net.vxlan_index, ALL_ZEROS, vtep).await {
@@ -224,21 +218,7 @@ async fn flood_remove<S: PeerSink>(net: &Network, netlink: &S, vtep: IpAddr) {
     if !net.bum || vtep == net.local_vtep {
         return;
     }
-    let last = {
-        let mut flood = lock(&net.flood);
-        match flood.get_mut(&vtep) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                flood.remove(&vtep);
-                true
-            }
-            None => false,
-        }
-    };
-    if !last {
+    if !count_down(&net.flood, &vtep) {
         return;
     }
     match gone_ok(

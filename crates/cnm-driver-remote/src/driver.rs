@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::RemoteError;
-use crate::plugin::{Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
+use crate::plugin::{Answer, Body, Call, ClientConfig, PluginClient, PluginDirs, PluginError};
 use crate::wire::network as wire;
 
 /// Docker's names of its default IPAM's address spaces, sent in `IPv4Data`/`IPv6Data` (the
@@ -194,6 +194,19 @@ impl RemoteDriver {
         }
     }
 
+    /// Sends a call on one endpoint for its effect alone (see [`RemoteDriver::send`]).
+    async fn send_endpoint(
+        &self,
+        call: Call,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<(), DriverError> {
+        let request = wire::EndpointRequest::new(network_id, endpoint_id);
+        self.send(call, &request)
+            .await
+            .map_err(|e| self.error(e.into()))
+    }
+
     /// After `cause` failed a constructive call: sends its inverse when the plugin may have done
     /// something (or answered at all, in case it did some of the work before failing), and
     /// returns the error to report. A failed inverse is reported when the plugin may have done
@@ -218,6 +231,28 @@ impl RemoteDriver {
                 tracing::debug!(error = %e, "nothing to undo after a refusal");
                 cause.into()
             }
+        }
+    }
+
+    /// Makes the constructive `call` and reads its answer with `read`, which checks what the
+    /// plugin filled in; when either fails, [`RemoteDriver::undo`] sends the call's `inverse`.
+    async fn call_checked<A: Answer, T>(
+        &self,
+        (call, request): (Call, &impl Serialize),
+        (inverse, inverse_request): (Call, &impl Serialize),
+        read: impl FnOnce(&AnswerCheck<'_>, &A) -> Result<T, PluginError>,
+    ) -> Result<T, DriverError> {
+        let check = AnswerCheck {
+            plugin: self.client.name(),
+            call,
+        };
+        let result = match self.client.call_json::<A>(call, request).await {
+            Ok(answer) => read(&check, &answer),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(cause) => Err(self.error(self.undo(cause, inverse, inverse_request).await)),
         }
     }
 
@@ -661,31 +696,18 @@ impl Driver for RemoteDriver {
             options: string_options(&spec.options),
         };
         let inverse = wire::EndpointRequest::new(&spec.network_id, &spec.endpoint_id);
-        let check = AnswerCheck {
-            plugin: self.client.name(),
-            call: wire::CREATE_ENDPOINT,
+        let asked = Asked {
+            ipv4: spec.ipv4,
+            ipv6: spec.ipv6,
+            mac: spec.mac,
         };
-        let result = match self
-            .client
-            .call_json::<wire::CreateEndpointResponse>(wire::CREATE_ENDPOINT, &request)
-            .await
-        {
-            Ok(answer) => {
-                let asked = Asked {
-                    ipv4: spec.ipv4,
-                    ipv6: spec.ipv6,
-                    mac: spec.mac,
-                };
-                assigned(&check, asked, &answer)
-            }
-            Err(e) => Err(e),
-        };
-        let assigned = match result {
-            Ok(a) => a,
-            Err(cause) => {
-                return Err(self.error(self.undo(cause, wire::DELETE_ENDPOINT, &inverse).await));
-            }
-        };
+        let assigned = self
+            .call_checked(
+                (wire::CREATE_ENDPOINT, &request),
+                (wire::DELETE_ENDPOINT, &inverse),
+                |check, answer: &wire::CreateEndpointResponse| assigned(check, asked, answer),
+            )
+            .await?;
         self.lock().insert(
             spec.endpoint_id.clone(),
             EndpointState {
@@ -710,10 +732,8 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest::new(network_id, endpoint_id);
-        self.send(wire::DELETE_ENDPOINT, &request)
-            .await
-            .map_err(|e| self.error(e.into()))?;
+        self.send_endpoint(wire::DELETE_ENDPOINT, network_id, endpoint_id)
+            .await?;
         self.lock().remove(endpoint_id);
         Ok(())
     }
@@ -725,32 +745,14 @@ impl Driver for RemoteDriver {
             sandbox_key: request.sandbox.key.display().to_string(),
             options: string_options(&request.options),
         };
-        let check = AnswerCheck {
-            plugin: self.client.name(),
-            call: wire::JOIN,
-        };
-        let result = match self
-            .client
-            .call_json::<wire::JoinResponse>(wire::JOIN, &body)
+        let inverse = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
+        self.call_checked((wire::JOIN, &body), (wire::LEAVE, &inverse), join_info)
             .await
-        {
-            Ok(answer) => join_info(&check, &answer),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(info) => Ok(info),
-            Err(cause) => {
-                let inverse = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
-                Err(self.error(self.undo(cause, wire::LEAVE, &inverse).await))
-            }
-        }
     }
 
     async fn leave(&self, request: &LeaveRequest) -> Result<(), DriverError> {
-        let body = wire::EndpointRequest::new(&request.network_id, &request.endpoint_id);
-        self.send(wire::LEAVE, &body)
+        self.send_endpoint(wire::LEAVE, &request.network_id, &request.endpoint_id)
             .await
-            .map_err(|e| self.error(e.into()))
     }
 
     /// Sends the bindings as Docker does (`com.docker.network.portmap`, one entry per container
@@ -801,10 +803,8 @@ impl Driver for RemoteDriver {
         network_id: &str,
         endpoint_id: &str,
     ) -> Result<(), DriverError> {
-        let request = wire::EndpointRequest::new(network_id, endpoint_id);
-        self.send(wire::REVOKE_EXTERNAL_CONNECTIVITY, &request)
+        self.send_endpoint(wire::REVOKE_EXTERNAL_CONNECTIVITY, network_id, endpoint_id)
             .await
-            .map_err(|e| self.error(e.into()))
     }
 }
 

@@ -109,7 +109,7 @@ impl EndpointInner {
 
     /// The state; held only for a few field updates, never across `.await`.
     pub(crate) fn state(&self) -> MutexGuard<'_, EndpointState> {
-        super::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     pub(crate) fn key(&self) -> String {

@@ -9,11 +9,3 @@
 pub(crate) mod endpoint;
 pub(crate) mod network;
 pub(crate) mod sandbox;
-
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-/// Locks a std mutex. Every critical section of the model is a few field or map updates that
-/// leave the data consistent, so a poisoned lock still guards valid data.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}

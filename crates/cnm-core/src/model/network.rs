@@ -122,25 +122,21 @@ impl NetworkState {
     }
 }
 
-/// One network. Immutable but for its state.
+/// One network: its parts, the version its record was written at, and its state. Immutable but
+/// for its state; its parts are read through it (`net.id`, `net.options`, …).
 pub(crate) struct NetworkInner {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) driver_name: String,
-    pub(crate) capability: Capability,
-    /// The options as the user gave them.
-    pub(crate) options: NetworkOptions,
-    /// The MTU (Docker's generic label), parsed once.
-    pub(crate) mtu: Option<u32>,
-    pub(crate) pools_v4: Vec<NetworkPool>,
-    pub(crate) pools_v6: Vec<NetworkPool>,
+    parts: NetworkParts,
     /// The store version of the network record (written once).
     pub(crate) version: u64,
-    /// When it was created.
-    pub(crate) created: SystemTime,
-    /// What the driver allocated for the network, once for the cluster.
-    pub(crate) allocation: DriverOptions,
     state: Mutex<NetworkState>,
+}
+
+impl std::ops::Deref for NetworkInner {
+    type Target = NetworkParts;
+
+    fn deref(&self) -> &NetworkParts {
+        &self.parts
+    }
 }
 
 /// What a network is made of, before it has a record version.
@@ -149,11 +145,15 @@ pub(crate) struct NetworkParts {
     pub(crate) name: String,
     pub(crate) driver_name: String,
     pub(crate) capability: Capability,
+    /// The options as the user gave them.
     pub(crate) options: NetworkOptions,
+    /// The options as the driver parsed them.
     pub(crate) parsed: ParsedOptions,
+    /// The MTU (Docker's generic label), parsed once.
     pub(crate) mtu: Option<u32>,
     pub(crate) pools_v4: Vec<NetworkPool>,
     pub(crate) pools_v6: Vec<NetworkPool>,
+    /// When it was created.
     pub(crate) created: SystemTime,
     /// What the driver allocated for the network ([`Driver::allocate_network`](crate::spi::Driver::allocate_network)).
     pub(crate) allocation: DriverOptions,
@@ -213,17 +213,8 @@ impl NetworkParts {
     /// The network, its record written at `version`.
     pub(crate) fn build(self, version: u64) -> NetworkInner {
         NetworkInner {
-            id: self.id,
-            name: self.name,
-            driver_name: self.driver_name,
-            capability: self.capability,
-            options: self.options,
-            mtu: self.mtu,
-            pools_v4: self.pools_v4,
-            pools_v6: self.pools_v6,
+            parts: self,
             version,
-            created: self.created,
-            allocation: self.allocation,
             state: Mutex::new(NetworkState::default()),
         }
     }
@@ -232,7 +223,7 @@ impl NetworkParts {
 impl NetworkInner {
     /// The state; held only for map operations, never across `.await`.
     pub(crate) fn state(&self) -> MutexGuard<'_, NetworkState> {
-        super::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// Whether the network is known to every host of the cluster.

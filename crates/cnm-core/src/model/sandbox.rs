@@ -210,17 +210,17 @@ impl SandboxInner {
         let gateway = gateway
             .filter(|g| joins.iter().any(|j| j.endpoint_id == *g))
             .map(str::to_owned);
-        *super::lock(&self.detached) = Detached { joins, gateway };
+        *crate::sync::lock(&self.detached) = Detached { joins, gateway };
     }
 
     /// The gateway endpoint, when its network waits for its driver: the sandbox keeps it.
     pub(crate) fn detached_gateway(&self) -> Option<String> {
-        super::lock(&self.detached).gateway.clone()
+        crate::sync::lock(&self.detached).gateway.clone()
     }
 
     /// The interface names waiting joins hold.
     pub(crate) fn detached_names(&self) -> Vec<IfName> {
-        super::lock(&self.detached)
+        crate::sync::lock(&self.detached)
             .joins
             .iter()
             .filter(|j| j.ifname.is_some())
@@ -230,7 +230,7 @@ impl SandboxInner {
 
     /// `N` of the `ethN` each waiting join holds.
     pub(crate) fn detached_eths(&self) -> Vec<u32> {
-        super::lock(&self.detached)
+        crate::sync::lock(&self.detached)
             .joins
             .iter()
             .filter(|j| j.ifname.is_some())
@@ -243,7 +243,7 @@ impl SandboxInner {
 
     /// Takes the waiting joins `which` selects.
     pub(crate) fn take_detached(&self, which: impl Fn(&JoinedRecord) -> bool) -> Vec<JoinedRecord> {
-        let mut all = super::lock(&self.detached);
+        let mut all = crate::sync::lock(&self.detached);
         let (taken, kept): (Vec<JoinedRecord>, Vec<JoinedRecord>) = std::mem::take(&mut all.joins)
             .into_iter()
             .partition(|j| which(j));
@@ -259,7 +259,7 @@ impl SandboxInner {
 
     /// The state; held only for a few field updates, never across `.await`.
     pub(crate) fn state(&self) -> MutexGuard<'_, SandboxState> {
-        super::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     pub(crate) fn short(&self) -> &str {
@@ -346,7 +346,7 @@ impl SandboxInner {
             endpoints: joined
                 .iter()
                 .map(Joined::to_record)
-                .chain(super::lock(&self.detached).joins.iter().cloned())
+                .chain(crate::sync::lock(&self.detached).joins.iter().cloned())
                 .collect(),
             gateway_endpoint: gateway.map(str::to_owned),
         }

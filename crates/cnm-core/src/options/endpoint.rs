@@ -223,22 +223,8 @@ impl TryFrom<RawEndpointOptions> for EndpointOptions {
                 CoreError::invalid("MacAddress", s, e.to_string())
             })?),
         };
-        let exposed_ports = raw
-            .exposed_ports
-            .iter()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: PortError| CoreError::invalid("ExposedPorts", s, e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        let port_bindings = raw
-            .port_bindings
-            .iter()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: PortError| CoreError::invalid("PortBindings", s, e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
+        let exposed_ports = parse_ports("ExposedPorts", &raw.exposed_ports)?;
+        let port_bindings = parse_ports("PortBindings", &raw.port_bindings)?;
         let typed = EndpointOptions {
             ipv4,
             ipv6,
@@ -252,6 +238,20 @@ impl TryFrom<RawEndpointOptions> for EndpointOptions {
         typed.validate()?;
         Ok(typed)
     }
+}
+
+/// Parses the ports of option `field`, each as Docker writes it.
+fn parse_ports<T>(field: &str, values: &[String]) -> Result<Vec<T>, CoreError>
+where
+    T: std::str::FromStr<Err = PortError>,
+{
+    values
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e: PortError| CoreError::invalid(field, s, e.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Network options: IPAM pools per family, IPv4/IPv6 switches, internal, labels, driver options.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -133,11 +134,7 @@ impl PoolConfig {
     pub fn with_ip_range(mut self, range: IpNet) -> Result<Self, CoreError> {
         let range = range.trunc();
         if !self.subnet.contains(&range) {
-            return Err(CoreError::invalid(
-                "ip-range",
-                range,
-                format!("it is not inside subnet {}", self.subnet),
-            ));
+            return Err(self.outside("ip-range", range));
         }
         self.ip_range = Some(range);
         Ok(self)
@@ -146,11 +143,7 @@ impl PoolConfig {
     /// Sets the gateway, which must lie inside the subnet.
     pub fn with_gateway(mut self, gateway: IpAddr) -> Result<Self, CoreError> {
         if !self.subnet.contains(&gateway) {
-            return Err(CoreError::invalid(
-                "gateway",
-                gateway,
-                format!("it is not inside subnet {}", self.subnet),
-            ));
+            return Err(self.outside("gateway", gateway));
         }
         self.gateway = Some(gateway);
         Ok(self)
@@ -164,14 +157,19 @@ impl PoolConfig {
     ) -> Result<Self, CoreError> {
         let name = name.into();
         if !self.subnet.contains(&ip) {
-            return Err(CoreError::invalid(
-                format!("auxiliary address {name}"),
-                ip,
-                format!("it is not inside subnet {}", self.subnet),
-            ));
+            return Err(self.outside(format!("auxiliary address {name}"), ip));
         }
         self.aux_addresses.insert(name, ip);
         Ok(self)
+    }
+
+    /// The refusal of `value`, given for option `field`, which is not inside the subnet.
+    fn outside(&self, field: impl Into<String>, value: impl fmt::Display) -> CoreError {
+        CoreError::invalid(
+            field,
+            value,
+            format!("it is not inside subnet {}", self.subnet),
+        )
     }
 
     /// The subnet.

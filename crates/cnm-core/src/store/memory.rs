@@ -13,6 +13,7 @@ use super::{
     Lease, LeaseId, Listing, Store, StoreError, Txn, TxnOp, Versioned, Watch, WatchEvent,
     check_lease_ttl,
 };
+use crate::sync::lock;
 
 #[derive(Debug)]
 struct MemoryState {
@@ -166,14 +167,6 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
         lock(&self.state)
     }
-}
-
-fn lock(state: &Mutex<MemoryState>) -> MutexGuard<'_, MemoryState> {
-    // A panic while holding this lock cannot leave the map half-written: every commit checks
-    // all expectations before its first write, so the data is consistent even if poisoned.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Ends `lease` when its deadline passes without a keep-alive; stops when the lease is gone

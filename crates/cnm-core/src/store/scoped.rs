@@ -85,12 +85,7 @@ impl ScopedStore {
     }
 
     fn check_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        if self
-            .leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&lease)
-        {
+        if crate::sync::lock(&self.leases).contains(&lease) {
             Ok(())
         } else {
             Err(StoreError::Invalid {
@@ -225,10 +220,7 @@ impl ScopedStore {
     /// Grants a lease ([`Store::grant_lease`]) that this handle may then write under.
     pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         let lease = self.store.grant_lease(ttl).await?;
-        self.leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(lease.id);
+        crate::sync::lock(&self.leases).insert(lease.id);
         Ok(lease)
     }
 
@@ -242,10 +234,7 @@ impl ScopedStore {
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.check_lease(lease)?;
         self.store.revoke_lease(lease).await?;
-        self.leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&lease);
+        crate::sync::lock(&self.leases).remove(&lease);
         Ok(())
     }
 }

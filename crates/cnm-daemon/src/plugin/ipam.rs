@@ -24,7 +24,7 @@ use cnm::cnm_ipam::{
 use cnm::ipnet::IpNet;
 use cnm_driver_remote::wire::ipam as wire;
 
-use super::{Field, PluginState, decode, error_reply, reply};
+use super::{Field, PluginState, body, error_reply, reply};
 
 type St = State<Arc<PluginState>>;
 
@@ -74,15 +74,6 @@ impl IpamServer {
 
 fn fail(msg: impl Into<String>) -> Response {
     error_reply(Field::Error, StatusCode::OK, msg)
-}
-
-macro_rules! body {
-    ($call:literal, $body:expr) => {
-        match decode($call, &$body) {
-            Ok(v) => v,
-            Err(e) => return error_reply(Field::Error, StatusCode::BAD_REQUEST, e),
-        }
-    };
 }
 
 /// `RequiresRequestReplay` is false: cnm's IPAM keeps its pools and addresses in cnm's durable
@@ -162,7 +153,7 @@ fn plan_pool(st: &PluginState, req: &wire::RequestPoolRequest) -> Result<PoolReq
 }
 
 pub(crate) async fn request_pool(State(st): St, body: Bytes) -> Response {
-    let req: wire::RequestPoolRequest = body!("IpamDriver.RequestPool", body);
+    let req: wire::RequestPoolRequest = body!(Field::Error, "IpamDriver.RequestPool", body);
     let planned = match plan_pool(&st, &req) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -197,7 +188,7 @@ fn pool_id(s: &str) -> Result<PoolId, String> {
 }
 
 pub(crate) async fn release_pool(State(st): St, body: Bytes) -> Response {
-    let req: wire::ReleasePoolRequest = body!("IpamDriver.ReleasePool", body);
+    let req: wire::ReleasePoolRequest = body!(Field::Error, "IpamDriver.ReleasePool", body);
     let id = match pool_id(&req.pool_id) {
         Ok(id) => id,
         Err(e) => return fail(e),
@@ -213,7 +204,7 @@ pub(crate) async fn release_pool(State(st): St, body: Bytes) -> Response {
 }
 
 pub(crate) async fn request_address(State(st): St, body: Bytes) -> Response {
-    let req: wire::RequestAddressRequest = body!("IpamDriver.RequestAddress", body);
+    let req: wire::RequestAddressRequest = body!(Field::Error, "IpamDriver.RequestAddress", body);
     let id = match pool_id(&req.pool_id) {
         Ok(id) => id,
         Err(e) => return fail(e),
@@ -257,7 +248,7 @@ pub(crate) async fn request_address(State(st): St, body: Bytes) -> Response {
 }
 
 pub(crate) async fn release_address(State(st): St, body: Bytes) -> Response {
-    let req: wire::ReleaseAddressRequest = body!("IpamDriver.ReleaseAddress", body);
+    let req: wire::ReleaseAddressRequest = body!(Field::Error, "IpamDriver.ReleaseAddress", body);
     let id = match pool_id(&req.pool_id) {
         Ok(id) => id,
         Err(e) => return fail(e),

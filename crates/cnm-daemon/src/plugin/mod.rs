@@ -36,7 +36,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Docker's plugin content type, sent with every answer.
-pub const CONTENT_TYPE_V12: &str = "application/vnd.docker.plugins.v1.2+json";
+pub const CONTENT_TYPE_V12: &str = cnm_driver_remote::plugin::MEDIA_TYPE;
 
 /// Docker's directory of plugin sockets, where dockerd looks first.
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
@@ -208,6 +208,24 @@ async fn save_file(file: PathBuf, bytes: Vec<u8>) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?
 }
+
+/// The body of the call `$call` decoded, or (returned early) a 400 answer carrying the error in
+/// the subsystem's error field `$field`.
+macro_rules! body {
+    ($field:expr, $call:literal, $body:expr) => {
+        match $crate::plugin::decode($call, &$body) {
+            Ok(v) => v,
+            Err(e) => {
+                return $crate::plugin::error_reply(
+                    $field,
+                    ::axum::http::StatusCode::BAD_REQUEST,
+                    e,
+                );
+            }
+        }
+    };
+}
+use body;
 
 /// Decodes a call's body (Go sends no body at all for calls without arguments); the error is
 /// the text of a 400 answer.

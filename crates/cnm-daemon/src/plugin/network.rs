@@ -65,7 +65,7 @@ use cnm::{CoreError, Endpoint, EndpointOptions, Network, NetworkOptions, PoolCon
 use cnm_driver_remote::wire::network as wire;
 use serde_json::Value;
 
-use super::{Field, PluginState, decode, error_reply, reply};
+use super::{Field, PluginState, body, error_reply, reply};
 
 type St = State<Arc<PluginState>>;
 
@@ -92,15 +92,6 @@ fn ok() -> Response {
 
 fn core_err(op: &str, what: &str, e: CoreError) -> Response {
     fail(format!("cnm: {op} {what}: {e}"))
-}
-
-macro_rules! body {
-    ($call:literal, $body:expr) => {
-        match decode($call, &$body) {
-            Ok(v) => v,
-            Err(e) => return error_reply(Field::Err, StatusCode::BAD_REQUEST, e),
-        }
-    };
 }
 
 pub(crate) async fn capabilities() -> Response {
@@ -326,7 +317,7 @@ fn plan_network(req: &wire::CreateNetworkRequest) -> Result<NetworkPlan, String>
 }
 
 pub(crate) async fn create_network(State(st): St, body: Bytes) -> Response {
-    let req: wire::CreateNetworkRequest = body!("NetworkDriver.CreateNetwork", body);
+    let req: wire::CreateNetworkRequest = body!(Field::Err, "NetworkDriver.CreateNetwork", body);
     if req.network_id.is_empty() {
         return fail("NetworkID is empty");
     }
@@ -406,7 +397,7 @@ async fn map_network(st: &PluginState, id: &str, name: &str) -> Response {
 }
 
 pub(crate) async fn delete_network(State(st): St, body: Bytes) -> Response {
-    let req: wire::DeleteNetworkRequest = body!("NetworkDriver.DeleteNetwork", body);
+    let req: wire::DeleteNetworkRequest = body!(Field::Err, "NetworkDriver.DeleteNetwork", body);
     if let Some(name) = st.networks.get(&req.network_id) {
         // The cnm network is cnm's (other hosts and containers may use it): only the mapping
         // goes, once dockerd's endpoints on it have.
@@ -442,7 +433,7 @@ fn endpoint_address(field: &str, s: &str) -> Result<Option<IpNet>, String> {
 }
 
 pub(crate) async fn create_endpoint(State(st): St, body: Bytes) -> Response {
-    let req: wire::CreateEndpointRequest = body!("NetworkDriver.CreateEndpoint", body);
+    let req: wire::CreateEndpointRequest = body!(Field::Err, "NetworkDriver.CreateEndpoint", body);
     let net = match network(&st, &req.network_id) {
         Ok(n) => n,
         Err(e) => return fail(e),
@@ -513,7 +504,7 @@ pub(crate) async fn create_endpoint(State(st): St, body: Bytes) -> Response {
 }
 
 pub(crate) async fn endpoint_oper_info(State(st): St, body: Bytes) -> Response {
-    let req: wire::EndpointRequest = body!("NetworkDriver.EndpointOperInfo", body);
+    let req: wire::EndpointRequest = body!(Field::Err, "NetworkDriver.EndpointOperInfo", body);
     let (net, ep) = match existing_endpoint(&st, &req.network_id, &req.endpoint_id) {
         Ok(found) => found,
         Err(e) => return fail(e),
@@ -563,7 +554,7 @@ async fn unjoin(st: &PluginState, endpoint_id: &str) -> Result<(), CoreError> {
 }
 
 pub(crate) async fn delete_endpoint(State(st): St, body: Bytes) -> Response {
-    let req: wire::EndpointRequest = body!("NetworkDriver.DeleteEndpoint", body);
+    let req: wire::EndpointRequest = body!(Field::Err, "NetworkDriver.DeleteEndpoint", body);
     let ep = match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) => ep,
         // Gone already: done (dockerd may repeat the call).
@@ -579,8 +570,18 @@ pub(crate) async fn delete_endpoint(State(st): St, body: Bytes) -> Response {
     }
 }
 
+/// The address of the first pool's gateway, as dockerd takes it in a join: empty where the
+/// network has none.
+fn first_gateway<N: Copy + Into<IpNet>>(pools: &[cnm::IpamData<N>]) -> String {
+    pools
+        .first()
+        .and_then(|d| d.gateway)
+        .map(|g| g.into().addr().to_string())
+        .unwrap_or_default()
+}
+
 pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
-    let req: wire::JoinRequest = body!("NetworkDriver.Join", body);
+    let req: wire::JoinRequest = body!(Field::Err, "NetworkDriver.Join", body);
     let (net, ep) = match existing_endpoint(&st, &req.network_id, &req.endpoint_id) {
         Ok(found) => found,
         Err(e) => return fail(e),
@@ -634,23 +635,10 @@ pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
         return fail(msg);
     }
     let internal = net.options().internal;
-    let gateway = if internal {
-        String::new()
+    let (gateway, gateway_ipv6) = if internal {
+        Default::default()
     } else {
-        net.ipv4()
-            .first()
-            .and_then(|d| d.gateway)
-            .map(|g| g.addr().to_string())
-            .unwrap_or_default()
-    };
-    let gateway_ipv6 = if internal {
-        String::new()
-    } else {
-        net.ipv6()
-            .first()
-            .and_then(|d| d.gateway)
-            .map(|g| g.addr().to_string())
-            .unwrap_or_default()
+        (first_gateway(&net.ipv4()), first_gateway(&net.ipv6()))
     };
     tracing::info!(network = %req.network_id, endpoint = %req.endpoint_id, interface = %host_name, sandbox_key = %req.sandbox_key, "docker plugin: joined");
     reply(
@@ -671,7 +659,7 @@ pub(crate) async fn join(State(st): St, body: Bytes) -> Response {
 }
 
 pub(crate) async fn leave(State(st): St, body: Bytes) -> Response {
-    let req: wire::EndpointRequest = body!("NetworkDriver.Leave", body);
+    let req: wire::EndpointRequest = body!(Field::Err, "NetworkDriver.Leave", body);
     match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) if ep.sandbox_id().is_some() => ok(),
         Ok(Some(_)) => fail(format!("endpoint {} is not joined", req.endpoint_id)),
@@ -682,7 +670,7 @@ pub(crate) async fn leave(State(st): St, body: Bytes) -> Response {
 
 /// Node discovery concerns global-scope drivers; every network served here is local.
 pub(crate) async fn discover(body: Bytes) -> Response {
-    let _: wire::DiscoveryNotification = body!("NetworkDriver.DiscoverNew", body);
+    let _: wire::DiscoveryNotification = body!(Field::Err, "NetworkDriver.DiscoverNew", body);
     ok()
 }
 
@@ -775,8 +763,11 @@ pub fn port_bindings(options: &wire::Options) -> Result<Vec<cnm::PortBinding>, S
 /// port mapping, one firewall transaction, recorded with the endpoint). Calling it again
 /// replaces what was published.
 pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) -> Response {
-    let req: wire::ProgramExternalConnectivityRequest =
-        body!("NetworkDriver.ProgramExternalConnectivity", body);
+    let req: wire::ProgramExternalConnectivityRequest = body!(
+        Field::Err,
+        "NetworkDriver.ProgramExternalConnectivity",
+        body
+    );
     let bindings = match port_bindings(&req.options) {
         Ok(b) => b,
         Err(e) => return fail(e),
@@ -799,7 +790,8 @@ pub(crate) async fn program_external_connectivity(State(st): St, body: Bytes) ->
 
 /// Withdraws the endpoint's published ports (done already when it is gone or never had any).
 pub(crate) async fn revoke_external_connectivity(State(st): St, body: Bytes) -> Response {
-    let req: wire::EndpointRequest = body!("NetworkDriver.RevokeExternalConnectivity", body);
+    let req: wire::EndpointRequest =
+        body!(Field::Err, "NetworkDriver.RevokeExternalConnectivity", body);
     let ep = match endpoint_of(&st, &req.network_id, &req.endpoint_id) {
         Ok(Some(ep)) => ep,
         Ok(None) => return ok(),

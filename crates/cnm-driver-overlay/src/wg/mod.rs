@@ -518,11 +518,11 @@ async fn configure_link(
         .await
         .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
         .ok_or_else(|| {
-            OverlayError::from(cnm_core::spi::Conflict {
-                op: "configure",
-                object: TUN_NAME.to_owned(),
-                reason: "it vanished right after it was created".to_owned(),
-            })
+            OverlayError::conflict(
+                "configure",
+                TUN_NAME,
+                "it vanished right after it was created",
+            )
         })?
         .index;
     let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);

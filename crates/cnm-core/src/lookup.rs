@@ -111,3 +111,14 @@ pub struct Conflict {
     /// Why not.
     pub reason: String,
 }
+
+impl Conflict {
+    /// A conflict: `op` cannot be done on `object` because of `reason`.
+    pub fn new(op: &'static str, object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            op,
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+}

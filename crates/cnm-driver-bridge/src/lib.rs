@@ -345,11 +345,11 @@ impl BridgeDriver {
                     .await
                     .map_err(|e| BridgeError::failed("look up bridge", bridge, e))?
                     .ok_or_else(|| {
-                        BridgeError::from(Conflict {
-                            op: "configure bridge",
-                            object: bridge.to_owned(),
-                            reason: "it vanished right after it was created".into(),
-                        })
+                        BridgeError::from(Conflict::new(
+                            "configure bridge",
+                            bridge,
+                            "it vanished right after it was created",
+                        ))
                     })?
                     .index
             }
@@ -413,11 +413,11 @@ impl BridgeDriver {
                 .cloned()
                 .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
-                return Err(BridgeError::from(Conflict {
-                    op: "delete network",
-                    object: network_id.to_owned(),
-                    reason: "it still has endpoints".into(),
-                }));
+                return Err(BridgeError::from(Conflict::new(
+                    "delete network",
+                    network_id,
+                    "it still has endpoints",
+                )));
             }
             nets.remove(network_id);
             net
@@ -445,11 +445,11 @@ impl BridgeDriver {
     async fn join_inner(&self, req: &JoinRequest) -> Result<JoinInfo, BridgeError> {
         let (net, ep) = self.endpoint(&req.network_id, &req.endpoint_id)?;
         if lock(&ep.state).joined.is_some() {
-            return Err(BridgeError::from(Conflict {
-                op: "join",
-                object: format!("endpoint {}", short(&ep.id)),
-                reason: "it is already joined".into(),
-            }));
+            return Err(BridgeError::from(Conflict::new(
+                "join",
+                format!("endpoint {}", short(&ep.id)),
+                "it is already joined",
+            )));
         }
         let plan = &net.plan;
         let mac = req.mac.unwrap_or(ep.mac);
@@ -522,11 +522,11 @@ impl BridgeDriver {
             }
             if let Err(e) = created {
                 if let Ok(None) = host.link(plan.bridge.as_str()).await {
-                    return Err(BridgeError::from(Conflict {
-                        op: "join",
-                        object: format!("network {}", short(&plan.network_id)),
-                        reason: "its bridge is missing".into(),
-                    }));
+                    return Err(BridgeError::from(Conflict::new(
+                        "join",
+                        format!("network {}", short(&plan.network_id)),
+                        "its bridge is missing",
+                    )));
                 }
                 return Err(BridgeError::failed(
                     "create veth",
@@ -594,11 +594,11 @@ impl BridgeDriver {
         let (_, ep) = self.endpoint(network_id, endpoint_id)?;
         let joined = lock(&ep.state).joined.take();
         let Some(host_if) = joined else {
-            return Err(BridgeError::from(Conflict {
-                op: "leave",
-                object: format!("endpoint {}", short(endpoint_id)),
-                reason: "it is not joined".into(),
-            }));
+            return Err(BridgeError::from(Conflict::new(
+                "leave",
+                format!("endpoint {}", short(endpoint_id)),
+                "it is not joined",
+            )));
         };
         if let Err(e) = self.unplug(&ep, &host_if).await {
             lock(&ep.state).joined = Some(host_if);
@@ -830,11 +830,11 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
         .await
         .map_err(|e| BridgeError::failed("look up", object(), e))?
         .map(|l| l.index)
-        .ok_or(BridgeError::from(Conflict {
-            op: "isolate bridge port",
-            object: format!("veth {host_if}"),
-            reason: "it vanished after it was created".into(),
-        }))?;
+        .ok_or(BridgeError::from(Conflict::new(
+            "isolate bridge port",
+            format!("veth {host_if}"),
+            "it vanished after it was created",
+        )))?;
     host.set_bridge_port_isolated(index, true)
         .await
         .map_err(|e| BridgeError::failed("isolate bridge port", object(), e))
@@ -843,11 +843,11 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
 /// The bridge options a network's spec carries, as [`Driver::parse_network_options`] made them.
 fn options_of(spec: &NetworkSpec) -> Result<&BridgeOptions, BridgeError> {
     spec.parsed.get::<BridgeOptions>().ok_or_else(|| {
-        BridgeError::from(Conflict {
-            op: "set up network",
-            object: short(&spec.id).to_owned(),
-            reason: "its options were not parsed by the bridge driver".into(),
-        })
+        BridgeError::from(Conflict::new(
+            "set up network",
+            short(&spec.id),
+            "its options were not parsed by the bridge driver",
+        ))
     })
 }
 

@@ -121,18 +121,6 @@ impl OverlayError {
         }
     }
 
-    pub(crate) fn conflict(
-        op: &'static str,
-        object: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
-        Self::Conflict(Conflict {
-            op,
-            object: object.into(),
-            reason: reason.into(),
-        })
-    }
-
     pub(crate) fn invalid(
         key: impl Into<String>,
         value: impl Into<String>,

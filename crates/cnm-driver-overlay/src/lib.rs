@@ -61,9 +61,10 @@ use cnm_core::cnm_firewall::{
     FragmentSpec, Key, Match, Protocol, Rule, SetElement, Value,
 };
 use cnm_core::spi::{
-    Capability, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo, EndpointSpec,
-    Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest, Lookup, NetworkSpec,
-    Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint, find_network,
+    Capability, Conflict, Driver, DriverContext, DriverError, DriverOptions, EndpointInfo,
+    EndpointSpec, Facts, HasEndpoints, JoinInfo, JoinRequest, JoinedInterface, LeaveRequest,
+    Lookup, NetworkSpec, Networks, ParsedOptions, RestoredEndpoint, Scope, find_endpoint,
+    find_network,
 };
 use cnm_core::store::{Expect, StoreError};
 use cnm_core::undo::Undo;
@@ -428,7 +429,7 @@ impl OverlayDriver {
                 "it is already joined"
             };
             let object = format!("endpoint {}", short(endpoint_id));
-            return Err(OverlayError::conflict(op, object, reason));
+            return Err(OverlayError::from(Conflict::new(op, object, reason)));
         }
         Ok((net, ep))
     }
@@ -566,11 +567,11 @@ impl OverlayDriver {
             let bridge_index = match existing {
                 Some(l) if restoring => l.index,
                 Some(_) => {
-                    return Err(OverlayError::conflict(
+                    return Err(OverlayError::from(Conflict::new(
                         "create bridge",
                         bridge.to_string(),
                         "a link of that name exists",
-                    ));
+                    )));
                 }
                 None => {
                     let mut link = LinkSpec::new(bridge.clone(), LinkKind::Bridge);
@@ -586,11 +587,11 @@ impl OverlayDriver {
                     lookup(bridge.clone())
                         .await?
                         .ok_or_else(|| {
-                            OverlayError::conflict(
+                            OverlayError::from(Conflict::new(
                                 "configure bridge",
                                 bridge.to_string(),
                                 "it vanished right after it was created",
-                            )
+                            ))
                         })?
                         .index
                 }
@@ -632,11 +633,11 @@ impl OverlayDriver {
             let vxlan_index = lookup(vxlan.clone())
                 .await?
                 .ok_or_else(|| {
-                    OverlayError::conflict(
+                    OverlayError::from(Conflict::new(
                         "configure vxlan",
                         vxlan.to_string(),
                         "it vanished right after it was created",
-                    )
+                    ))
                 })?
                 .index;
             host.set_alias(vxlan_index, &alias(&spec.id))
@@ -692,11 +693,11 @@ impl OverlayDriver {
 
     async fn create_network_inner(&self, spec: &NetworkSpec) -> Result<(), OverlayError> {
         if lock(&self.networks).contains_key(&spec.id) {
-            return Err(OverlayError::conflict(
+            return Err(OverlayError::from(Conflict::new(
                 "create network",
                 short(&spec.id),
                 "it exists",
-            ));
+            )));
         }
         let net = self.build_network(spec, false).await?;
         if let Err(e) = self.add_network(net.clone()) {
@@ -722,11 +723,11 @@ impl OverlayDriver {
                 .cloned()
                 .ok_or_else(|| Lookup::NetworkNotFound(network_id.to_owned()))?;
             if !lock(&net.endpoints).is_empty() {
-                return Err(OverlayError::conflict(
+                return Err(OverlayError::from(Conflict::new(
                     "delete network",
                     short(network_id),
                     "it still has endpoints",
-                ));
+                )));
             }
             nets.remove(network_id);
             net
@@ -1036,11 +1037,11 @@ impl Driver for OverlayDriver {
         };
         let mut eps = lock(&net.endpoints);
         if eps.contains_key(&spec.endpoint_id) {
-            return Err(OverlayError::conflict(
+            return Err(OverlayError::from(Conflict::new(
                 "create endpoint",
                 short(&spec.endpoint_id),
                 "it exists",
-            )
+            ))
             .into());
         }
         eps.insert(

@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use boringtun::noise::TunnResult;
-use cnm_core::spi::{DriverContext, FactEvent, Facts};
+use cnm_core::spi::{Conflict, DriverContext, FactEvent, Facts};
 use cnm_types::FailedTo;
 use ipnet::{IpNet, Ipv6Net};
 use tokio::io::unix::AsyncFd;
@@ -518,11 +518,11 @@ async fn configure_link(
         .await
         .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
         .ok_or_else(|| {
-            OverlayError::conflict(
+            OverlayError::from(Conflict::new(
                 "configure",
                 TUN_NAME,
                 "it vanished right after it was created",
-            )
+            ))
         })?
         .index;
     let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);

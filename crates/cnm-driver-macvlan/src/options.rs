@@ -239,14 +239,12 @@ mod tests {
             ("vepa", MacvlanMode::Vepa),
             ("passthru", MacvlanMode::Passthru),
         ] {
-            let o = NetworkOptions::parse(
-                Flavor::Macvlan,
-                &raw(&[(PARENT, "eth0"), (MACVLAN_MODE, s)]),
-            )
-            .unwrap();
+            let o =
+                NetworkOptions::parse(Flavor::Macvlan, &raw(&[(PARENT, "up0"), (MACVLAN_MODE, s)]))
+                    .unwrap();
             assert_eq!(o.mode, Mode::Macvlan(m));
             assert_eq!(o.mode.as_str(), s);
-            assert_eq!(o.parent.name().map(IfName::as_str), Some("eth0"));
+            assert_eq!(o.parent.name().map(IfName::as_str), Some("up0"));
         }
         let o = NetworkOptions::parse(Flavor::Ipvlan, &raw(&[(IPVLAN_MODE, "l3s")])).unwrap();
         assert_eq!(o.mode, Mode::Ipvlan(IpvlanMode::L3s));
@@ -287,24 +285,24 @@ mod tests {
 
     #[test]
     fn vlan_names() {
-        let o = NetworkOptions::parse(Flavor::Macvlan, &raw(&[(PARENT, "eth0.10")])).unwrap();
+        let o = NetworkOptions::parse(Flavor::Macvlan, &raw(&[(PARENT, "up0.10")])).unwrap();
         let Parent::Link { name, vlan } = o.parent else {
             panic!("a link")
         };
-        assert_eq!(name.as_str(), "eth0.10");
+        assert_eq!(name.as_str(), "up0.10");
         let (link, id) = vlan.unwrap().unwrap();
-        assert_eq!((link.as_str(), id), ("eth0", 10));
+        assert_eq!((link.as_str(), id), ("up0", 10));
         assert_eq!(
-            parse_vlan("eth0.4095").unwrap_err(),
+            parse_vlan("up0.4095").unwrap_err(),
             "vlan id must be between 1-4094, received: 4095"
         );
         assert_eq!(
-            parse_vlan("eth0.x").unwrap_err(),
+            parse_vlan("up0.x").unwrap_err(),
             "unable to parse a valid vlan id from: x (ex. eth0.10 for vlan 10)"
         );
         assert!(parse_vlan("a.b.1").unwrap_err().contains("name.vlan_id"));
         // Without a dot, a plain link.
-        let o = NetworkOptions::parse(Flavor::Macvlan, &raw(&[(PARENT, "eth0")])).unwrap();
+        let o = NetworkOptions::parse(Flavor::Macvlan, &raw(&[(PARENT, "up0")])).unwrap();
         assert!(matches!(o.parent, Parent::Link { vlan: None, .. }));
     }
 }

@@ -184,11 +184,11 @@ mod tests {
 
     #[test]
     fn existing_parent_is_used_as_it_is() {
-        let p = ParentPlan::new(&parent("eth0.10"), ID, true).unwrap();
+        let p = ParentPlan::new(&parent("up0.10"), ID, true).unwrap();
         assert_eq!(
             p,
             ParentPlan::Existing {
-                name: "eth0.10".parse().unwrap()
+                name: "up0.10".parse().unwrap()
             }
         );
         assert!(!p.makes_link());
@@ -197,18 +197,18 @@ mod tests {
 
     #[test]
     fn missing_vlan_parent_plans_an_8021q_sub_interface_up() {
-        let p = ParentPlan::new(&parent("eth0.10"), ID, false).unwrap();
+        let p = ParentPlan::new(&parent("up0.10"), ID, false).unwrap();
         assert_eq!(
             p,
             ParentPlan::Vlan {
-                name: "eth0.10".parse().unwrap(),
-                link: "eth0".parse().unwrap(),
+                name: "up0.10".parse().unwrap(),
+                link: "up0".parse().unwrap(),
                 id: 10
             }
         );
         assert!(p.makes_link());
         let spec = p.link_spec(Some(2)).unwrap();
-        assert_eq!(spec.name.as_str(), "eth0.10");
+        assert_eq!(spec.name.as_str(), "up0.10");
         assert!(spec.up);
         assert!(matches!(spec.kind, LinkKind::Vlan { parent: 2, id: 10 }));
         assert_eq!(spec.kind.kernel_feature(), "8021q");
@@ -222,7 +222,7 @@ mod tests {
             e.to_string(),
             "-o parent interface was not found on the host: eth9"
         );
-        let e = ParentPlan::new(&parent("eth0.5000"), ID, false).unwrap_err();
+        let e = ParentPlan::new(&parent("up0.5000"), ID, false).unwrap_err();
         assert!(
             e.to_string().contains("vlan id must be between 1-4094"),
             "{e}"

@@ -121,4 +121,10 @@ impl Conflict {
             reason: reason.into(),
         }
     }
+
+    /// `op` cannot be done on `object`, a link this driver had just created: it is gone again
+    /// (deleted by someone else between the create and the look-up).
+    pub fn vanished(op: &'static str, object: impl Into<String>) -> Self {
+        Self::new(op, object, "it vanished right after it was created")
+    }
 }

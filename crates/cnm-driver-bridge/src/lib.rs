@@ -345,11 +345,7 @@ impl BridgeDriver {
                     .await
                     .map_err(|e| BridgeError::failed("look up bridge", bridge, e))?
                     .ok_or_else(|| {
-                        BridgeError::from(Conflict::new(
-                            "configure bridge",
-                            bridge,
-                            "it vanished right after it was created",
-                        ))
+                        BridgeError::from(Conflict::vanished("configure bridge", bridge))
                     })?
                     .index
             }
@@ -830,10 +826,9 @@ async fn isolate_port(host: &cnm_sandbox::Netlink, host_if: &IfName) -> Result<(
         .await
         .map_err(|e| BridgeError::failed("look up", object(), e))?
         .map(|l| l.index)
-        .ok_or(BridgeError::from(Conflict::new(
+        .ok_or(BridgeError::from(Conflict::vanished(
             "isolate bridge port",
             format!("veth {host_if}"),
-            "it vanished after it was created",
         )))?;
     host.set_bridge_port_isolated(index, true)
         .await

@@ -587,10 +587,9 @@ impl OverlayDriver {
                     lookup(bridge.clone())
                         .await?
                         .ok_or_else(|| {
-                            OverlayError::from(Conflict::new(
+                            OverlayError::from(Conflict::vanished(
                                 "configure bridge",
                                 bridge.to_string(),
-                                "it vanished right after it was created",
                             ))
                         })?
                         .index
@@ -633,11 +632,7 @@ impl OverlayDriver {
             let vxlan_index = lookup(vxlan.clone())
                 .await?
                 .ok_or_else(|| {
-                    OverlayError::from(Conflict::new(
-                        "configure vxlan",
-                        vxlan.to_string(),
-                        "it vanished right after it was created",
-                    ))
+                    OverlayError::from(Conflict::vanished("configure vxlan", vxlan.to_string()))
                 })?
                 .index;
             host.set_alias(vxlan_index, &alias(&spec.id))

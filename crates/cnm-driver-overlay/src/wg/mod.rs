@@ -517,13 +517,7 @@ async fn configure_link(
         .link(TUN_NAME)
         .await
         .map_err(|e| OverlayError::failed("look up", TUN_NAME, e))?
-        .ok_or_else(|| {
-            OverlayError::from(Conflict::new(
-                "configure",
-                TUN_NAME,
-                "it vanished right after it was created",
-            ))
-        })?
+        .ok_or_else(|| OverlayError::from(Conflict::vanished("configure", TUN_NAME)))?
         .index;
     let mtu = underlay_mtu.saturating_sub(OVERHEAD_V4);
     host.set_mtu(index, mtu)

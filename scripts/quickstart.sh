@@ -2,7 +2,8 @@
 # cnm quickstart: build cnm, create a network, run two sandboxes on it that talk to each other,
 # reach a published port from the host, then remove everything this script created.
 #
-# Run as root on a Linux machine with cargo, nftables and iproute2:   sudo scripts/quickstart.sh
+# Run as root on a Linux machine with cargo (Debian/Ubuntu: missing build tools and python3 are
+# installed):   sudo scripts/quickstart.sh
 # Nothing is started by hand: the first `cnm` command starts cnmd in the background, and the
 # script stops that daemon at the end (a cnmd that was already running is left alone).
 #
@@ -22,12 +23,15 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root (cnm creates namespaces, bridges and nftables rules)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "quickstart: the demo server needs python3 (apt-get install python3-minimal)" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 
 if [ -n "${CNM_BIN_DIR:-}" ]; then
     BIN=$CNM_BIN_DIR
+    command -v python3 >/dev/null || { echo "quickstart: the demo server needs python3 (apt-get install python3-minimal)" >&2; exit 1; }
 else
+    # On a fresh machine: what the build needs (a C toolchain; protoc for cnmd's etcd client) and
+    # the demo server's python3.
+    scripts/build-deps.sh python3-minimal:python3
     say "Building cnm and cnmd"
     run cargo build --release -p cnm-cli -p cnm-daemon
     BIN=${CARGO_TARGET_DIR:-$PWD/target}/release

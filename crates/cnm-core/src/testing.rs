@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cnm_sandbox::{
-    HostsFile, InterfaceConfig, InterfaceSource, Netlink, ResolvConf, RouteSpec, SandboxError,
+    HostsFile, InterfaceConfig, InterfaceSource, NetNs, Netlink, ResolvConf, RouteSpec,
+    SandboxError,
 };
 use cnm_types::{ErrorKind, IfName, MacAddress};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -248,10 +249,23 @@ impl fmt::Debug for FakeKernel {
 }
 
 impl FakeKernel {
-    /// A fake kernel (needs a tokio runtime: it opens a netlink handle, unprivileged, in the
-    /// caller's own namespace, which it never changes).
+    /// A fake kernel (needs a tokio runtime). Its host namespace, where the controller's
+    /// firewall lives, is a throwaway one where the process may make one (as root: the
+    /// firewall's reload, which replaces what it finds of cnm's tables, never reaches the real
+    /// host's), else the caller's own, where the kernel refuses an unprivileged process every
+    /// change.
     pub fn new() -> Result<Arc<Self>, SandboxError> {
-        let host_netlink = Netlink::connect_current()?;
+        let throwaway = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            NetNs::current().ok()
+        })
+        .join()
+        .ok()
+        .flatten();
+        let host_netlink = match throwaway {
+            Some(ns) => Netlink::on_demand(&ns),
+            None => Netlink::connect_current()?,
+        };
         Ok(Arc::new(Self {
             host_netlink,
             inner: Mutex::new(KernelInner {
